@@ -1,0 +1,442 @@
+//! The graph: nodes (ops) in a petgraph `StableDiGraph`, connected through named tensor values.
+
+use crate::{Attribute, IrError, Result, Tensor, TensorType};
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Identifies a node; stable across removals of other nodes.
+pub type NodeId = NodeIndex<u32>;
+
+/// Identifies a tensor value of a [`Graph`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+/// A tensor value: a graph input, a constant (initializer) or a node output.
+#[derive(Debug, Clone)]
+pub struct Value {
+    /// Name, unique in the graph (ONNX value name).
+    pub name: String,
+    /// Static type, when known (declared or inferred).
+    pub ty: Option<TensorType>,
+    /// The node output that defines it, if any.
+    pub producer: Option<(NodeId, usize)>,
+    /// The data, for constants (initializers and folded values).
+    pub constant: Option<Arc<Tensor>>,
+    /// Nodes that read it (a node appears once per input slot that reads it).
+    pub consumers: Vec<NodeId>,
+}
+
+/// One operation: an op type from a domain at an opset version, with attributes.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Node name (made unique and non-empty on import).
+    pub name: String,
+    /// Op type, e.g. `MatMul`.
+    pub op_type: String,
+    /// Op domain: `""` for the ONNX default domain, `"fpx"` for fpx's own ops.
+    pub domain: String,
+    /// The opset version of the node's domain that the model imports.
+    pub opset: i64,
+    /// Attributes by name.
+    pub attrs: BTreeMap<String, Attribute>,
+    /// Inputs; `None` for an omitted optional input.
+    pub inputs: Vec<Option<ValueId>>,
+    /// Outputs.
+    pub outputs: Vec<ValueId>,
+}
+
+impl Node {
+    /// A node with no attributes.
+    pub fn new(
+        name: impl Into<String>,
+        op_type: impl Into<String>,
+        opset: i64,
+        inputs: Vec<Option<ValueId>>,
+        outputs: Vec<ValueId>,
+    ) -> Self {
+        Node {
+            name: name.into(),
+            op_type: op_type.into(),
+            domain: String::new(),
+            opset,
+            attrs: BTreeMap::new(),
+            inputs,
+            outputs,
+        }
+    }
+
+    /// An int attribute, or `default`.
+    pub fn attr_i(&self, name: &str, default: i64) -> i64 {
+        match self.attrs.get(name) {
+            Some(Attribute::Int(v)) => *v,
+            _ => default,
+        }
+    }
+
+    /// A float attribute, or `default`.
+    pub fn attr_f(&self, name: &str, default: f32) -> f32 {
+        match self.attrs.get(name) {
+            Some(Attribute::Float(v)) => *v,
+            _ => default,
+        }
+    }
+
+    /// A string attribute, or `default`.
+    pub fn attr_s<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
+        match self.attrs.get(name) {
+            Some(Attribute::String(v)) => v,
+            _ => default,
+        }
+    }
+
+    /// An ints attribute, if present.
+    pub fn attr_ints(&self, name: &str) -> Option<&[i64]> {
+        match self.attrs.get(name) {
+            Some(Attribute::Ints(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A floats attribute, if present.
+    pub fn attr_floats(&self, name: &str) -> Option<&[f32]> {
+        match self.attrs.get(name) {
+            Some(Attribute::Floats(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A tensor attribute, if present.
+    pub fn attr_tensor(&self, name: &str) -> Option<&Tensor> {
+        match self.attrs.get(name) {
+            Some(Attribute::Tensor(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// `op 'name'` — how errors refer to the node.
+    pub fn describe(&self) -> String {
+        format!("{} '{}'", self.op_type, self.name)
+    }
+}
+
+/// A computation graph. Nodes live in a `StableDiGraph` whose edges run from a value's
+/// producer to each consumer (weighted by the value); values are kept in a table by id.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    /// Graph name.
+    pub name: String,
+    dag: StableDiGraph<Node, ValueId>,
+    values: Vec<Value>,
+    by_name: HashMap<String, ValueId>,
+    /// Graph inputs, in order (initializers are not inputs here).
+    pub inputs: Vec<ValueId>,
+    /// Graph outputs, in order.
+    pub outputs: Vec<ValueId>,
+    /// Opset imports: domain (`""` = ONNX) → version.
+    pub opsets: BTreeMap<String, i64>,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new(name: impl Into<String>) -> Self {
+        Graph {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The value with this name, created (untyped, undefined) if it does not exist yet.
+    pub fn value_named(&mut self, name: &str) -> ValueId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(Value {
+            name: name.to_string(),
+            ty: None,
+            producer: None,
+            constant: None,
+            consumers: Vec::new(),
+        });
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+
+    /// A new value with a name not used yet, derived from `hint`.
+    pub fn fresh_value(&mut self, hint: &str) -> ValueId {
+        let mut name = hint.to_string();
+        let mut i = 0;
+        while self.by_name.contains_key(&name) {
+            i += 1;
+            name = format!("{hint}__{i}");
+        }
+        self.value_named(&name)
+    }
+
+    /// Looks a value up by name.
+    pub fn find_value(&self, name: &str) -> Option<ValueId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The value with this id.
+    pub fn value(&self, id: ValueId) -> &Value {
+        &self.values[id.0 as usize]
+    }
+
+    /// Mutable access to a value's type or constant data (its producer and consumers are kept by the graph).
+    pub fn set_type(&mut self, id: ValueId, ty: Option<TensorType>) {
+        self.values[id.0 as usize].ty = ty;
+    }
+
+    /// All value ids.
+    pub fn value_ids(&self) -> impl Iterator<Item = ValueId> {
+        (0..self.values.len() as u32).map(ValueId)
+    }
+
+    /// Declares a graph input.
+    pub fn add_input(&mut self, name: &str, ty: TensorType) -> Result<ValueId> {
+        let id = self.value_named(name);
+        if self.is_defined(id) {
+            return Err(IrError::MultipleProducers {
+                value: name.to_string(),
+                node: "<graph input>".into(),
+            });
+        }
+        self.values[id.0 as usize].ty = Some(ty);
+        self.inputs.push(id);
+        Ok(id)
+    }
+
+    /// Makes `id` a constant holding `data` (an initializer or a folded value).
+    pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) {
+        let v = &mut self.values[id.0 as usize];
+        v.ty = Some(TensorType::fixed(data.dtype(), data.shape()));
+        v.constant = Some(data);
+    }
+
+    /// Adds a constant (initializer) value named `name`.
+    pub fn add_constant(&mut self, name: &str, data: Tensor) -> Result<ValueId> {
+        let id = self.value_named(name);
+        if self.is_defined(id) {
+            return Err(IrError::MultipleProducers {
+                value: name.to_string(),
+                node: "<initializer>".into(),
+            });
+        }
+        self.set_constant(id, Arc::new(data));
+        Ok(id)
+    }
+
+    /// The constant data of a value, if it is a constant.
+    pub fn constant(&self, id: ValueId) -> Option<&Arc<Tensor>> {
+        self.value(id).constant.as_ref()
+    }
+
+    /// True when a graph input, constant or node output defines the value.
+    pub fn is_defined(&self, id: ValueId) -> bool {
+        let v = self.value(id);
+        v.producer.is_some() || v.constant.is_some() || self.inputs.contains(&id)
+    }
+
+    /// Adds a node, connecting it to the producers of its inputs and the consumers of its outputs.
+    /// Fails if one of its outputs is already defined.
+    pub fn add_node(&mut self, node: Node) -> Result<NodeId> {
+        for &o in &node.outputs {
+            if self.is_defined(o) {
+                return Err(IrError::MultipleProducers {
+                    value: self.value(o).name.clone(),
+                    node: node.name.clone(),
+                });
+            }
+        }
+        let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+        let outputs = node.outputs.clone();
+        let id = self.dag.add_node(node);
+        for v in inputs {
+            self.values[v.0 as usize].consumers.push(id);
+            if let Some((p, _)) = self.value(v).producer {
+                self.dag.add_edge(p, id, v);
+            }
+        }
+        for (slot, o) in outputs.into_iter().enumerate() {
+            self.values[o.0 as usize].producer = Some((id, slot));
+            let consumers = self.value(o).consumers.clone();
+            for c in consumers {
+                self.dag.add_edge(id, c, o);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Removes a node; its outputs become undefined and it stops consuming its inputs.
+    pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
+        let node = self.dag.remove_node(id)?;
+        for v in node.inputs.iter().flatten() {
+            let cons = &mut self.values[v.0 as usize].consumers;
+            if let Some(pos) = cons.iter().position(|&c| c == id) {
+                cons.remove(pos);
+            }
+        }
+        for &o in &node.outputs {
+            self.values[o.0 as usize].producer = None;
+        }
+        Some(node)
+    }
+
+    /// Points input `slot` of node `id` at another value.
+    pub fn set_node_input(&mut self, id: NodeId, slot: usize, new: Option<ValueId>) {
+        let mut node = self.remove_node(id).expect("node exists");
+        node.inputs[slot] = new;
+        let new_id = self.add_node(node).expect("outputs were just freed");
+        debug_assert_eq!(new_id, id, "StableGraph reuses the freed index");
+    }
+
+    /// Makes every reader of `old` (and the graph outputs) read `new` instead.
+    pub fn replace_all_uses(&mut self, old: ValueId, new: ValueId) {
+        let consumers = self.value(old).consumers.clone();
+        let mut seen = Vec::new();
+        for c in consumers {
+            if seen.contains(&c) {
+                continue;
+            }
+            seen.push(c);
+            let slots: Vec<usize> = self
+                .node(c)
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v == Some(old))
+                .map(|(i, _)| i)
+                .collect();
+            for s in slots {
+                self.set_node_input(c, s, Some(new));
+            }
+        }
+        for o in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.dag[id]
+    }
+
+    /// Mutable access to a node's name and attributes. Change inputs only through
+    /// [`Graph::set_node_input`], which keeps the edges right.
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.dag[id]
+    }
+
+    /// Ids of all nodes, in insertion order.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.dag.node_indices().collect()
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.dag.node_count()
+    }
+
+    /// The underlying petgraph graph (read-only).
+    pub fn dag(&self) -> &StableDiGraph<Node, ValueId> {
+        &self.dag
+    }
+
+    /// Nodes in an order where each comes after the producers of its inputs; an error names a node on a cycle.
+    pub fn topo_order(&self) -> Result<Vec<NodeId>> {
+        petgraph::algo::toposort(&self.dag, None).map_err(|c| {
+            let n = &self.dag[c.node_id()];
+            IrError::Cycle {
+                node: n.name.clone(),
+                op: n.op_type.clone(),
+            }
+        })
+    }
+
+    /// The opset version the graph imports for `domain` (`""` and `"ai.onnx"` are the same).
+    pub fn opset(&self, domain: &str) -> Option<i64> {
+        let d = if domain == "ai.onnx" { "" } else { domain };
+        self.opsets.get(d).copied()
+    }
+
+    /// Number of elements over all constants (the parameter count).
+    pub fn parameter_count(&self) -> usize {
+        self.values
+            .iter()
+            .filter_map(|v| v.constant.as_ref())
+            .map(|t| t.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    fn chain() -> (Graph, Vec<NodeId>) {
+        let mut g = Graph::new("t");
+        let x = g
+            .add_input("x", TensorType::fixed(DType::F32, &[2]))
+            .unwrap();
+        let a = g.value_named("a");
+        let b = g.value_named("b");
+        // Added out of order: the consumer first.
+        let n2 = g
+            .add_node(Node::new("n2", "Relu", 17, vec![Some(a)], vec![b]))
+            .unwrap();
+        let n1 = g
+            .add_node(Node::new("n1", "Neg", 17, vec![Some(x)], vec![a]))
+            .unwrap();
+        g.outputs.push(b);
+        (g, vec![n1, n2])
+    }
+
+    #[test]
+    fn edges_follow_values_whatever_the_insertion_order() {
+        let (g, ids) = chain();
+        assert_eq!(g.topo_order().unwrap(), ids);
+        assert_eq!(g.dag().edge_count(), 1);
+    }
+
+    #[test]
+    fn second_producer_is_rejected() {
+        let (mut g, _) = chain();
+        let a = g.find_value("a").unwrap();
+        let err = g
+            .add_node(Node::new("dup", "Neg", 17, vec![], vec![a]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("'a' is defined more than once"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cycle_is_reported_with_a_node_name() {
+        let mut g = Graph::new("c");
+        let a = g.value_named("a");
+        let b = g.value_named("b");
+        g.add_node(Node::new("p", "Neg", 17, vec![Some(b)], vec![a]))
+            .unwrap();
+        g.add_node(Node::new("q", "Neg", 17, vec![Some(a)], vec![b]))
+            .unwrap();
+        let err = g.topo_order().unwrap_err().to_string();
+        assert!(err.contains("cycle through node"), "{err}");
+    }
+
+    #[test]
+    fn replace_all_uses_rewires_edges() {
+        let (mut g, ids) = chain();
+        let x = g.find_value("x").unwrap();
+        let a = g.find_value("a").unwrap();
+        g.replace_all_uses(a, x);
+        assert_eq!(g.node(ids[1]).inputs, vec![Some(x)]);
+        assert!(g.value(a).consumers.is_empty());
+        assert_eq!(g.dag().edge_count(), 0);
+    }
+}

@@ -1,0 +1,26 @@
+//! fpx's intermediate representation.
+//!
+//! A [`Graph`] holds ops ([`Node`]) in a `petgraph` `StableDiGraph`; tensors flow between
+//! them as named [`Value`]s with static [`TensorType`]s (dims may be symbolic). Op schemas
+//! (opset range, arity, attributes, shape inference) are registered in an
+//! [`ops::OpRegistry`]; [`verify`] checks a graph, and [`pass`] holds the pass manager.
+
+mod attr;
+mod dtype;
+mod error;
+mod graph;
+pub mod ops;
+pub mod pass;
+mod tensor;
+mod types;
+pub mod verify;
+
+pub use attr::{AttrKind, Attribute};
+pub use dtype::{onnx_code, onnx_dtype, DType};
+pub use error::{IrError, Result};
+pub use graph::{Graph, Node, NodeId, Value, ValueId};
+pub use tensor::{Elem, Tensor};
+pub use types::{Dim, TensorType};
+
+pub use half;
+pub use ndarray;

@@ -1,0 +1,683 @@
+//! Shape and type inference functions for the built-in ops.
+
+use super::InferCtx;
+use crate::{Attribute, DType, Dim, Result, TensorType};
+
+type Out = Result<Vec<Option<TensorType>>>;
+
+/// Turns a possibly negative axis into an index in `0..rank`, or `None` if out of range.
+pub fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    (0..r).contains(&a).then_some(a as usize)
+}
+
+/// ONNX (numpy) multidirectional broadcasting of two shapes; `None` if they cannot broadcast.
+pub fn broadcast_dims(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let x = if i + a.len() >= n {
+            &a[i + a.len() - n]
+        } else {
+            &Dim::Fixed(1)
+        };
+        let y = if i + b.len() >= n {
+            &b[i + b.len() - n]
+        } else {
+            &Dim::Fixed(1)
+        };
+        let d = match (x, y) {
+            (Dim::Fixed(1), d) | (d, Dim::Fixed(1)) => d.clone(),
+            (Dim::Fixed(p), Dim::Fixed(q)) if p == q => x.clone(),
+            (Dim::Fixed(_), Dim::Fixed(_)) => return None,
+            (Dim::Fixed(_), _) => x.clone(),
+            (_, Dim::Fixed(_)) => y.clone(),
+            (Dim::Sym(p), Dim::Sym(q)) if p == q => x.clone(),
+            _ => Dim::Unknown,
+        };
+        out.push(d);
+    }
+    Some(out)
+}
+
+fn one(t: TensorType) -> Out {
+    Ok(vec![Some(t)])
+}
+
+fn unknown() -> Out {
+    Ok(vec![None])
+}
+
+/// Output = type of input 0.
+pub fn same_as_input(ctx: &InferCtx) -> Out {
+    Ok(vec![ctx.input(0).cloned()])
+}
+
+fn broadcast_all(ctx: &InferCtx, dtype: DType, from: usize) -> Out {
+    let mut shape: Option<Vec<Dim>> = Some(Vec::new());
+    for i in from..ctx.inputs.len() {
+        let Some(t) = ctx.input(i) else {
+            return one(TensorType::unranked(dtype));
+        };
+        shape = match (shape, &t.shape) {
+            (Some(s), Some(u)) => Some(broadcast_dims(&s, u).ok_or_else(|| {
+                ctx.error(format!(
+                    "input shapes cannot be broadcast together: {}",
+                    ctx.inputs
+                        .iter()
+                        .flatten()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ))
+            })?),
+            _ => None,
+        };
+    }
+    one(TensorType { dtype, shape })
+}
+
+/// Elementwise with broadcasting; the output has input 0's type.
+pub fn broadcast(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    for i in 1..ctx.inputs.len() {
+        if let Some(u) = ctx.input(i) {
+            if u.dtype != t.dtype {
+                return Err(ctx.error(format!(
+                    "input 0 is {} but input {i} is {}",
+                    t.dtype, u.dtype
+                )));
+            }
+        }
+    }
+    broadcast_all(ctx, t.dtype, 0)
+}
+
+/// Comparison with broadcasting: bool output.
+pub fn compare(ctx: &InferCtx) -> Out {
+    broadcast_all(ctx, DType::Bool, 0)
+}
+
+/// `Where(cond, x, y)`: broadcast of all three, type of x.
+pub fn where_(ctx: &InferCtx) -> Out {
+    let Some(x) = ctx.input(1) else {
+        return unknown();
+    };
+    broadcast_all(ctx, x.dtype, 0)
+}
+
+/// Numpy-style matrix product.
+pub fn matmul(ctx: &InferCtx) -> Out {
+    let (Some(a), Some(b)) = (ctx.input(0), ctx.input(1)) else {
+        return unknown();
+    };
+    if a.dtype != b.dtype {
+        return Err(ctx.error(format!("operands are {} and {}", a.dtype, b.dtype)));
+    }
+    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
+        return one(TensorType::unranked(a.dtype));
+    };
+    if sa.is_empty() || sb.is_empty() {
+        return Err(ctx.error("MatMul operands must have rank >= 1"));
+    }
+    let (mut sa2, mut sb2) = (sa.clone(), sb.clone());
+    if sa2.len() == 1 {
+        sa2.insert(0, Dim::Fixed(1));
+    }
+    if sb2.len() == 1 {
+        sb2.push(Dim::Fixed(1));
+    }
+    let (k1, k2) = (&sa2[sa2.len() - 1], &sb2[sb2.len() - 2]);
+    if !k1.compatible(k2) {
+        return Err(ctx.error(format!("inner dimensions differ: {} x {}", a, b)));
+    }
+    let batch = broadcast_dims(&sa2[..sa2.len() - 2], &sb2[..sb2.len() - 2])
+        .ok_or_else(|| ctx.error(format!("batch dimensions cannot broadcast: {a} x {b}")))?;
+    let mut out = batch;
+    if sa.len() > 1 {
+        out.push(sa2[sa2.len() - 2].clone());
+    }
+    if sb.len() > 1 {
+        out.push(sb2[sb2.len() - 1].clone());
+    }
+    one(TensorType {
+        dtype: a.dtype,
+        shape: Some(out),
+    })
+}
+
+/// `Gemm`: `[M, N]` from (optionally transposed) A and B.
+pub fn gemm(ctx: &InferCtx) -> Out {
+    let (Some(a), Some(b)) = (ctx.input(0), ctx.input(1)) else {
+        return unknown();
+    };
+    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
+        return one(TensorType::of_rank(a.dtype, 2));
+    };
+    if sa.len() != 2 || sb.len() != 2 {
+        return Err(ctx.error(format!("Gemm needs 2-D operands, found {a} and {b}")));
+    }
+    let ta = ctx.node.attr_i("transA", 0) != 0;
+    let tb = ctx.node.attr_i("transB", 0) != 0;
+    let (m, ka) = if ta {
+        (&sa[1], &sa[0])
+    } else {
+        (&sa[0], &sa[1])
+    };
+    let (kb, n) = if tb {
+        (&sb[1], &sb[0])
+    } else {
+        (&sb[0], &sb[1])
+    };
+    if !ka.compatible(kb) {
+        return Err(ctx.error(format!(
+            "inner dimensions differ: {a} x {b} (transA={ta}, transB={tb})"
+        )));
+    }
+    one(TensorType {
+        dtype: a.dtype,
+        shape: Some(vec![m.clone(), n.clone()]),
+    })
+}
+
+/// `Cast`: same shape, type from `to`.
+pub fn cast(ctx: &InferCtx) -> Out {
+    let to = ctx.node.attr_i("to", 0);
+    let dtype = crate::onnx_dtype(to)
+        .ok_or_else(|| ctx.error(format!("Cast to unsupported ONNX type {to}")))?;
+    Ok(vec![Some(TensorType {
+        dtype,
+        shape: ctx.input(0).and_then(|t| t.shape.clone()),
+    })])
+}
+
+/// `Shape`: 1-D int64 of length rank (sliced by start/end).
+pub fn shape(ctx: &InferCtx) -> Out {
+    let Some(r) = ctx.input(0).and_then(|t| t.rank()) else {
+        return one(TensorType::of_rank(DType::I64, 1));
+    };
+    let clamp = |v: i64| (if v < 0 { v + r as i64 } else { v }).clamp(0, r as i64) as usize;
+    let start = clamp(ctx.node.attr_i("start", 0));
+    let end = clamp(ctx.node.attr_i("end", r as i64));
+    one(TensorType::fixed(DType::I64, &[end.saturating_sub(start)]))
+}
+
+/// Axes from the `axes` attribute or, from opset `input_from` on, a constant input.
+fn axes(ctx: &InferCtx, input: usize) -> Option<Vec<i64>> {
+    if let Some(a) = ctx.node.attr_ints("axes") {
+        return Some(a.to_vec());
+    }
+    ctx.konst(input).map(|t| t.to_i64_vec())
+}
+
+/// `ReduceMean`/`ReduceSum`.
+pub fn reduce(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(s) = &t.shape else {
+        return one(TensorType::unranked(t.dtype));
+    };
+    let keep = ctx.node.attr_i("keepdims", 1) != 0;
+    let has_axes_input = ctx.inputs.len() > 1 && ctx.node.inputs[1].is_some();
+    let Some(ax) = axes(ctx, 1).or_else(|| (!has_axes_input).then(Vec::new)) else {
+        return one(if keep {
+            TensorType::of_rank(t.dtype, s.len())
+        } else {
+            TensorType::unranked(t.dtype)
+        });
+    };
+    let noop = ctx.node.attr_i("noop_with_empty_axes", 0) != 0;
+    if ax.is_empty() && noop {
+        return one(t.clone());
+    }
+    let mut set = vec![ax.is_empty(); s.len()];
+    for a in ax {
+        let i = normalize_axis(a, s.len())
+            .ok_or_else(|| ctx.error(format!("axis {a} out of range for {t}")))?;
+        set[i] = true;
+    }
+    let dims = s
+        .iter()
+        .zip(&set)
+        .filter_map(|(d, &r)| {
+            if r {
+                keep.then_some(Dim::Fixed(1))
+            } else {
+                Some(d.clone())
+            }
+        })
+        .collect();
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(dims),
+    })
+}
+
+/// `Transpose`.
+pub fn transpose(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(s) = &t.shape else {
+        return one(t.clone());
+    };
+    let perm: Vec<i64> = ctx
+        .node
+        .attr_ints("perm")
+        .map(|p| p.to_vec())
+        .unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+    if perm.len() != s.len() {
+        return Err(ctx.error(format!("perm {perm:?} does not match rank {}", s.len())));
+    }
+    let mut dims = Vec::new();
+    for &p in &perm {
+        dims.push(
+            s.get(
+                normalize_axis(p, s.len())
+                    .ok_or_else(|| ctx.error(format!("perm {perm:?} is not a permutation")))?,
+            )
+            .cloned()
+            .unwrap_or(Dim::Unknown),
+        );
+    }
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(dims),
+    })
+}
+
+/// `Reshape`.
+pub fn reshape(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(target) = ctx.konst(1) else {
+        let rank = ctx
+            .input(1)
+            .and_then(|s| s.fixed_dims())
+            .and_then(|d| d.first().copied());
+        return one(match rank {
+            Some(r) => TensorType::of_rank(t.dtype, r),
+            None => TensorType::unranked(t.dtype),
+        });
+    };
+    let target = target.to_i64_vec();
+    let allowzero = ctx.node.attr_i("allowzero", 0) != 0;
+    let src = t.shape.clone();
+    let mut dims: Vec<Dim> = Vec::with_capacity(target.len());
+    for (i, &d) in target.iter().enumerate() {
+        dims.push(match d {
+            0 if !allowzero => src
+                .as_ref()
+                .and_then(|s| s.get(i).cloned())
+                .unwrap_or(Dim::Unknown),
+            -1 => Dim::Unknown,
+            d if d < -1 => return Err(ctx.error(format!("invalid target shape {target:?}"))),
+            d => Dim::Fixed(d as usize),
+        });
+    }
+    if let (Some(pos), Some(total)) = (
+        target.iter().position(|&d| d == -1),
+        t.fixed_dims().map(|d| d.iter().product::<usize>()),
+    ) {
+        let known: Option<usize> = dims
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != pos)
+            .map(|(_, d)| d.fixed())
+            .product();
+        if let Some(k) = known.filter(|&k| k > 0) {
+            if total % k != 0 {
+                return Err(ctx.error(format!("cannot reshape {t} to {target:?}")));
+            }
+            dims[pos] = Dim::Fixed(total / k);
+        }
+    }
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(dims),
+    })
+}
+
+/// `Flatten`.
+pub fn flatten(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(s) = &t.shape else {
+        return one(TensorType::of_rank(t.dtype, 2));
+    };
+    let axis = ctx.node.attr_i("axis", 1);
+    let a = if axis < 0 {
+        axis + s.len() as i64
+    } else {
+        axis
+    };
+    if !(0..=s.len() as i64).contains(&a) {
+        return Err(ctx.error(format!("axis {axis} out of range for {t}")));
+    }
+    let prod = |ds: &[Dim]| {
+        ds.iter()
+            .map(Dim::fixed)
+            .product::<Option<usize>>()
+            .map(Dim::Fixed)
+            .unwrap_or(Dim::Unknown)
+    };
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(vec![prod(&s[..a as usize]), prod(&s[a as usize..])]),
+    })
+}
+
+/// `Gather`.
+pub fn gather(ctx: &InferCtx) -> Out {
+    let (Some(d), Some(i)) = (ctx.input(0), ctx.input(1)) else {
+        return unknown();
+    };
+    let (Some(ds), Some(is)) = (&d.shape, &i.shape) else {
+        return one(TensorType::unranked(d.dtype));
+    };
+    let axis = normalize_axis(ctx.node.attr_i("axis", 0), ds.len())
+        .ok_or_else(|| ctx.error(format!("axis out of range for {d}")))?;
+    let mut out = ds[..axis].to_vec();
+    out.extend(is.iter().cloned());
+    out.extend(ds[axis + 1..].iter().cloned());
+    one(TensorType {
+        dtype: d.dtype,
+        shape: Some(out),
+    })
+}
+
+/// `Concat`.
+pub fn concat(ctx: &InferCtx) -> Out {
+    let Some(first) = ctx.input(0) else {
+        return unknown();
+    };
+    let mut shape: Option<Vec<Dim>> = None;
+    let axis = ctx.node.attr_i("axis", 0);
+    for i in 0..ctx.inputs.len() {
+        let Some(t) = ctx.input(i) else {
+            return one(TensorType::unranked(first.dtype));
+        };
+        if t.dtype != first.dtype {
+            return Err(ctx.error(format!(
+                "input 0 is {} but input {i} is {}",
+                first.dtype, t.dtype
+            )));
+        }
+        let Some(s) = &t.shape else {
+            return one(TensorType::unranked(first.dtype));
+        };
+        let a = normalize_axis(axis, s.len())
+            .ok_or_else(|| ctx.error(format!("axis {axis} out of range for {t}")))?;
+        shape = Some(match shape {
+            None => s.clone(),
+            Some(acc) => {
+                if acc.len() != s.len() {
+                    return Err(ctx.error(format!(
+                        "inputs have different ranks ({} and {})",
+                        acc.len(),
+                        s.len()
+                    )));
+                }
+                acc.iter()
+                    .zip(s)
+                    .enumerate()
+                    .map(|(j, (x, y))| {
+                        if j == a {
+                            x.fixed()
+                                .zip(y.fixed())
+                                .map(|(p, q)| Dim::Fixed(p + q))
+                                .unwrap_or(Dim::Unknown)
+                        } else {
+                            x.clone()
+                        }
+                    })
+                    .collect()
+            }
+        });
+    }
+    one(TensorType {
+        dtype: first.dtype,
+        shape,
+    })
+}
+
+/// `Squeeze`.
+pub fn squeeze(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(s) = &t.shape else {
+        return one(t.clone());
+    };
+    let has_axes =
+        ctx.node.attr_ints("axes").is_some() || ctx.node.inputs.get(1).copied().flatten().is_some();
+    let Some(ax) = axes(ctx, 1) else {
+        return one(TensorType::unranked(t.dtype));
+    };
+    if !has_axes || ax.is_empty() {
+        if s.iter().all(|d| d.fixed().is_some()) {
+            return one(TensorType {
+                dtype: t.dtype,
+                shape: Some(s.iter().filter(|d| **d != Dim::Fixed(1)).cloned().collect()),
+            });
+        }
+        return one(TensorType::unranked(t.dtype));
+    }
+    let idx: Vec<usize> = ax
+        .iter()
+        .map(|&a| {
+            normalize_axis(a, s.len())
+                .ok_or_else(|| ctx.error(format!("axis {a} out of range for {t}")))
+        })
+        .collect::<Result<_>>()?;
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(
+            s.iter()
+                .enumerate()
+                .filter(|(i, _)| !idx.contains(i))
+                .map(|(_, d)| d.clone())
+                .collect(),
+        ),
+    })
+}
+
+/// `Unsqueeze`.
+pub fn unsqueeze(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(s) = &t.shape else {
+        return one(t.clone());
+    };
+    let Some(ax) = axes(ctx, 1) else {
+        return one(TensorType::unranked(t.dtype));
+    };
+    let rank = s.len() + ax.len();
+    let mut idx: Vec<usize> = ax
+        .iter()
+        .map(|&a| {
+            normalize_axis(a, rank)
+                .ok_or_else(|| ctx.error(format!("axis {a} out of range for output rank {rank}")))
+        })
+        .collect::<Result<_>>()?;
+    idx.sort_unstable();
+    let mut src = s.iter();
+    let dims = (0..rank)
+        .map(|i| {
+            if idx.contains(&i) {
+                Dim::Fixed(1)
+            } else {
+                src.next().cloned().unwrap_or(Dim::Unknown)
+            }
+        })
+        .collect();
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(dims),
+    })
+}
+
+/// `Slice`: exact when bounds are constant and dims fixed, else rank only.
+pub fn slice(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    match &t.shape {
+        Some(s) => one(TensorType::of_rank(t.dtype, s.len())),
+        None => one(t.clone()),
+    }
+}
+
+/// `Expand`.
+pub fn expand(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let Some(target) = ctx.konst(1) else {
+        return one(TensorType::unranked(t.dtype));
+    };
+    let target: Vec<Dim> = target
+        .to_i64_vec()
+        .into_iter()
+        .map(|d| Dim::Fixed(d.max(0) as usize))
+        .collect();
+    let Some(s) = &t.shape else {
+        return one(TensorType::unranked(t.dtype));
+    };
+    let dims = broadcast_dims(s, &target)
+        .ok_or_else(|| ctx.error(format!("cannot expand {t} to {target:?}")))?;
+    one(TensorType {
+        dtype: t.dtype,
+        shape: Some(dims),
+    })
+}
+
+/// `Constant`: the type of its value attribute.
+pub fn constant(ctx: &InferCtx) -> Out {
+    let n = ctx.node;
+    let ty = match n.attrs.values().next() {
+        Some(Attribute::Tensor(t)) => TensorType::fixed(t.dtype(), t.shape()),
+        Some(Attribute::Float(_)) => TensorType::fixed(DType::F32, &[]),
+        Some(Attribute::Floats(v)) => TensorType::fixed(DType::F32, &[v.len()]),
+        Some(Attribute::Int(_)) => TensorType::fixed(DType::I64, &[]),
+        Some(Attribute::Ints(v)) => TensorType::fixed(DType::I64, &[v.len()]),
+        _ => {
+            return Err(
+                ctx.error("Constant needs exactly one of value, value_float(s), value_int(s)")
+            )
+        }
+    };
+    if n.attrs.len() != 1 {
+        return Err(ctx.error("Constant needs exactly one value attribute"));
+    }
+    one(ty)
+}
+
+/// `ConstantOfShape`.
+pub fn constant_of_shape(ctx: &InferCtx) -> Out {
+    let dtype = ctx
+        .node
+        .attr_tensor("value")
+        .map(|t| t.dtype())
+        .unwrap_or(DType::F32);
+    match ctx.konst(0) {
+        Some(s) => one(TensorType::fixed(
+            dtype,
+            &s.to_i64_vec()
+                .iter()
+                .map(|&d| d.max(0) as usize)
+                .collect::<Vec<_>>(),
+        )),
+        None => match ctx.input(0).and_then(|t| t.fixed_dims()) {
+            Some(d) if d.len() == 1 => one(TensorType::of_rank(dtype, d[0])),
+            _ => one(TensorType::unranked(dtype)),
+        },
+    }
+}
+
+/// `Range`: 1-D of the start's type.
+pub fn range(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    one(TensorType::of_rank(t.dtype, 1))
+}
+
+/// `LayerNormalization`: Y like X; Mean and InvStdDev with the normalized axes set to 1.
+pub fn layer_norm(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    let stats = t.shape.as_ref().and_then(|s| {
+        let axis = normalize_axis(ctx.node.attr_i("axis", -1), s.len())?;
+        Some(
+            s.iter()
+                .enumerate()
+                .map(|(i, d)| if i >= axis { Dim::Fixed(1) } else { d.clone() })
+                .collect(),
+        )
+    });
+    let stash = crate::onnx_dtype(ctx.node.attr_i("stash_type", 1)).unwrap_or(DType::F32);
+    let st = TensorType {
+        dtype: stash,
+        shape: stats,
+    };
+    Ok(vec![Some(t.clone()), Some(st.clone()), Some(st)])
+}
+
+/// `Pow`: broadcast of base and exponent, which may have different types; the base's type.
+pub fn same_as_input_broadcast_base(ctx: &InferCtx) -> Out {
+    let Some(t) = ctx.input(0) else {
+        return unknown();
+    };
+    broadcast_all(ctx, t.dtype, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(v: &[i64]) -> Vec<Dim> {
+        v.iter()
+            .map(|&x| {
+                if x < 0 {
+                    Dim::Sym(format!("s{}", -x))
+                } else {
+                    Dim::Fixed(x as usize)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(
+            broadcast_dims(&d(&[2, 1, 4]), &d(&[3, 1])),
+            Some(d(&[2, 3, 4]))
+        );
+        assert_eq!(broadcast_dims(&d(&[-1, 4]), &d(&[4])), Some(d(&[-1, 4])));
+        assert_eq!(
+            broadcast_dims(&d(&[-1, 1]), &d(&[-1, 5])),
+            Some(d(&[-1, 5]))
+        );
+        assert_eq!(broadcast_dims(&d(&[2, 3]), &d(&[4, 3])), None);
+        assert_eq!(
+            broadcast_dims(&d(&[-1]), &d(&[-2])),
+            Some(vec![Dim::Unknown])
+        );
+    }
+
+    #[test]
+    fn axes_normalize() {
+        assert_eq!(normalize_axis(-1, 3), Some(2));
+        assert_eq!(normalize_axis(3, 3), None);
+        assert_eq!(normalize_axis(-4, 3), None);
+    }
+}

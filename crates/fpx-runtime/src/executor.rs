@@ -1,0 +1,266 @@
+//! The CPU executor: runs the nodes of a graph in topological order with the registered kernels.
+
+use crate::kernels::{KernelFn, KernelRegistry};
+use crate::{KernelError, RuntimeError};
+use fpx_ir::pass::NodeEvaluator;
+use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorType, ValueId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A graph prepared to run on the CPU: kernels resolved, order fixed, buffer lifetimes known.
+pub struct CpuExecutor {
+    graph: Graph,
+    steps: Vec<(NodeId, KernelFn)>,
+    /// For each value, the index of the last step that reads it (values not read: none).
+    last_use: HashMap<ValueId, usize>,
+}
+
+impl std::fmt::Debug for CpuExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuExecutor({} nodes)", self.steps.len())
+    }
+}
+
+impl CpuExecutor {
+    /// Prepares `graph` with the standard kernels. Fails on a cycle or an op with no kernel.
+    pub fn new(graph: Graph) -> Result<Self, RuntimeError> {
+        Self::with_kernels(graph, &KernelRegistry::standard())
+    }
+
+    /// Prepares `graph` with the kernels of `registry`.
+    pub fn with_kernels(graph: Graph, registry: &KernelRegistry) -> Result<Self, RuntimeError> {
+        let order = graph.topo_order()?;
+        let mut steps = Vec::with_capacity(order.len());
+        let mut last_use = HashMap::new();
+        for (i, id) in order.into_iter().enumerate() {
+            let node = graph.node(id);
+            let k = registry.get(&node.domain, &node.op_type).ok_or_else(|| {
+                RuntimeError::NoKernel {
+                    node: node.name.clone(),
+                    op: node.op_type.clone(),
+                    domain: node.domain.clone(),
+                }
+            })?;
+            for v in node.inputs.iter().flatten() {
+                last_use.insert(*v, i);
+            }
+            steps.push((id, k));
+        }
+        Ok(CpuExecutor {
+            graph,
+            steps,
+            last_use,
+        })
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Names and declared types of the graph inputs, in order.
+    pub fn input_specs(&self) -> Vec<(String, Option<TensorType>)> {
+        self.graph
+            .inputs
+            .iter()
+            .map(|&v| {
+                (
+                    self.graph.value(v).name.clone(),
+                    self.graph.value(v).ty.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Names of the graph outputs, in order.
+    pub fn output_names(&self) -> Vec<String> {
+        self.graph
+            .outputs
+            .iter()
+            .map(|&v| self.graph.value(v).name.clone())
+            .collect()
+    }
+
+    /// Checks caller inputs against the declared inputs: every input given once, nothing
+    /// extra, element types equal, ranks equal, fixed dims equal, symbolic dims consistent.
+    fn bind_inputs(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<HashMap<ValueId, Arc<Tensor>>, RuntimeError> {
+        let expected = || {
+            self.graph
+                .inputs
+                .iter()
+                .map(|v| format!("'{}'", self.graph.value(*v).name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut given: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in inputs {
+            if given.contains_key(&name) {
+                return Err(RuntimeError::Input {
+                    name,
+                    message: "given more than once".into(),
+                });
+            }
+            if !self
+                .graph
+                .inputs
+                .iter()
+                .any(|v| self.graph.value(*v).name == name)
+            {
+                return Err(RuntimeError::Input {
+                    message: format!("the model has no such input; its inputs are {}", expected()),
+                    name,
+                });
+            }
+            given.insert(name, t);
+        }
+        let mut bound = HashMap::new();
+        let mut syms: HashMap<String, (usize, String)> = HashMap::new();
+        for &v in &self.graph.inputs {
+            let val = self.graph.value(v);
+            let name = &val.name;
+            let t = given.remove(name).ok_or_else(|| RuntimeError::Input {
+                name: name.clone(),
+                message: format!("missing (the model's inputs are {})", expected()),
+            })?;
+            if let Some(ty) = &val.ty {
+                let err = |message: String| RuntimeError::Input {
+                    name: name.clone(),
+                    message,
+                };
+                if t.dtype() != ty.dtype {
+                    return Err(err(format!(
+                        "expected element type {}, got {}",
+                        ty.dtype,
+                        t.dtype()
+                    )));
+                }
+                if let Some(dims) = &ty.shape {
+                    if dims.len() != t.rank() {
+                        return Err(err(format!(
+                            "expected {ty} (rank {}), got shape {:?} (rank {})",
+                            dims.len(),
+                            t.shape(),
+                            t.rank()
+                        )));
+                    }
+                    for (i, (d, &n)) in dims.iter().zip(t.shape()).enumerate() {
+                        match d {
+                            Dim::Fixed(f) if *f != n => {
+                                return Err(err(format!(
+                                    "expected {ty}, got shape {:?}: dimension {i} must be {f}",
+                                    t.shape()
+                                )))
+                            }
+                            Dim::Sym(s) => match syms.get(s) {
+                                Some((m, other)) if *m != n => {
+                                    return Err(err(format!("dimension {i} ('{s}') is {n}, but input '{other}' set '{s}' to {m}")));
+                                }
+                                None => {
+                                    syms.insert(s.clone(), (n, name.clone()));
+                                }
+                                _ => {}
+                            },
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            bound.insert(v, Arc::new(t));
+        }
+        Ok(bound)
+    }
+
+    /// Runs the graph on named inputs; returns the outputs, named, in graph order.
+    pub fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let mut live = self.bind_inputs(inputs)?;
+        let keep: Vec<ValueId> = self.graph.outputs.clone();
+        for (i, (id, kernel)) in self.steps.iter().enumerate() {
+            let node = self.graph.node(*id);
+            let outs = {
+                let args: Vec<Option<&Tensor>> = node
+                    .inputs
+                    .iter()
+                    .map(|v| {
+                        v.map(|v| {
+                            self.graph
+                                .constant(v)
+                                .or_else(|| live.get(&v))
+                                .map(|t| &**t)
+                                .expect("topological order defines inputs first")
+                        })
+                    })
+                    .collect();
+                kernel(node, &args).map_err(|e| RuntimeError::Kernel {
+                    node: node.name.clone(),
+                    op: node.op_type.clone(),
+                    message: e.0,
+                })?
+            };
+            if outs.len() < node.outputs.len() {
+                return Err(RuntimeError::Kernel {
+                    node: node.name.clone(),
+                    op: node.op_type.clone(),
+                    message: format!(
+                        "kernel returned {} outputs, expected {}",
+                        outs.len(),
+                        node.outputs.len()
+                    ),
+                });
+            }
+            for (v, t) in node.outputs.iter().zip(outs) {
+                live.insert(*v, Arc::new(t));
+            }
+            for v in node.inputs.iter().flatten() {
+                if self.last_use.get(v) == Some(&i) && !keep.contains(v) {
+                    live.remove(v);
+                }
+            }
+        }
+        self.graph
+            .outputs
+            .iter()
+            .map(|&v| {
+                let val = self.graph.value(v);
+                let t = val
+                    .constant
+                    .as_ref()
+                    .or_else(|| live.get(&v))
+                    .ok_or_else(|| RuntimeError::Kernel {
+                        node: "<graph output>".into(),
+                        op: String::new(),
+                        message: format!("output '{}' was not computed", val.name),
+                    })?;
+                Ok((val.name.clone(), Tensor::clone(t)))
+            })
+            .collect()
+    }
+}
+
+/// Evaluates single nodes with the CPU kernels: the [`NodeEvaluator`] that constant folding uses.
+pub struct CpuEvaluator {
+    kernels: KernelRegistry,
+}
+
+impl Default for CpuEvaluator {
+    fn default() -> Self {
+        CpuEvaluator {
+            kernels: KernelRegistry::standard(),
+        }
+    }
+}
+
+impl NodeEvaluator for CpuEvaluator {
+    fn evaluate(&self, node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>, String> {
+        let k = self
+            .kernels
+            .get(&node.domain, &node.op_type)
+            .ok_or_else(|| format!("no CPU kernel for {}", node.op_type))?;
+        k(node, inputs).map_err(|KernelError(m)| m)
+    }
+}

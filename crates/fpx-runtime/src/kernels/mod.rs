@@ -1,0 +1,104 @@
+//! CPU kernels, one per op, registered by (domain, op type) — the same keys as the IR's
+//! op schema registry (`fpx_ir::ops::OpRegistry`).
+
+mod elementwise;
+mod matmul;
+mod nn;
+mod shape;
+
+use crate::{kbail, KernelError};
+use fpx_ir::ndarray::{ArrayD, IxDyn};
+use fpx_ir::{ops::broadcast_dims, Dim, Node, Tensor};
+use std::collections::HashMap;
+
+/// A CPU kernel: computes a node's outputs from its inputs (`None` = omitted optional input).
+pub type KernelFn = fn(&Node, &[Option<&Tensor>]) -> Result<Vec<Tensor>, KernelError>;
+
+/// CPU kernels by (domain, op type).
+#[derive(Clone, Default)]
+pub struct KernelRegistry {
+    map: HashMap<(String, String), KernelFn>,
+}
+
+impl KernelRegistry {
+    /// The kernels of every built-in op.
+    pub fn standard() -> Self {
+        let mut r = KernelRegistry::default();
+        elementwise::register(&mut r);
+        shape::register(&mut r);
+        nn::register(&mut r);
+        matmul::register(&mut r);
+        r
+    }
+
+    /// Registers a kernel for an op of the default ONNX domain.
+    pub fn add(&mut self, op_type: &str, k: KernelFn) {
+        self.add_in("", op_type, k);
+    }
+
+    /// Registers a kernel for an op of `domain`.
+    pub fn add_in(&mut self, domain: &str, op_type: &str, k: KernelFn) {
+        self.map
+            .insert((domain.to_string(), op_type.to_string()), k);
+    }
+
+    /// The kernel for an op, if any (`ai.onnx` is the default domain).
+    pub fn get(&self, domain: &str, op_type: &str) -> Option<KernelFn> {
+        let d = if domain == "ai.onnx" { "" } else { domain };
+        self.map.get(&(d.to_string(), op_type.to_string())).copied()
+    }
+
+    /// The registered (domain, op type) pairs, sorted.
+    pub fn ops(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.map.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Input `i`, which the op requires.
+pub(crate) fn arg<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, KernelError> {
+    match inputs.get(i).copied().flatten() {
+        Some(t) => Ok(t),
+        None => kbail!("input {i} is required"),
+    }
+}
+
+/// Optional input `i`.
+pub(crate) fn opt_arg<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a Tensor> {
+    inputs.get(i).copied().flatten()
+}
+
+/// The numpy broadcast of several shapes.
+pub(crate) fn broadcast_shape(shapes: &[&[usize]]) -> Result<Vec<usize>, KernelError> {
+    let mut out: Vec<Dim> = Vec::new();
+    for s in shapes {
+        let d: Vec<Dim> = s.iter().map(|&n| Dim::Fixed(n)).collect();
+        out = match broadcast_dims(&out, &d) {
+            Some(o) => o,
+            None => kbail!("shapes {:?} cannot be broadcast together", shapes),
+        };
+    }
+    Ok(out.iter().map(|d| d.fixed().unwrap_or(0)).collect())
+}
+
+/// Normalizes a possibly negative axis for `rank`.
+pub(crate) fn axis(a: i64, rank: usize) -> Result<usize, KernelError> {
+    match fpx_ir::ops::normalize_axis(a, rank) {
+        Some(x) => Ok(x),
+        None => kbail!("axis {a} is out of range for rank {rank}"),
+    }
+}
+
+/// An owned array with the given shape from a vector.
+pub(crate) fn array<T>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
+    ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+}
+
+/// The error for an input of an element type the op does not take.
+pub(crate) fn bad_type(t: &Tensor) -> KernelError {
+    KernelError(format!(
+        "element type {} is not supported by this op",
+        t.dtype()
+    ))
+}

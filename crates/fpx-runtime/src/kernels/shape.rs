@@ -1,0 +1,407 @@
+//! Data-movement kernels: reshapes, transposes, gathers, slices, concatenation, shape queries.
+
+use super::{arg, array, axis, broadcast_shape, opt_arg, KernelRegistry};
+use crate::{kbail, KernelError};
+use fpx_ir::ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+use fpx_ir::{dispatch, Attribute, Elem, Node, Tensor};
+
+type Res = Result<Vec<Tensor>, KernelError>;
+
+/// Upper bound on elements a shape-producing op may create (guards against absurd sizes).
+const MAX_ELEMENTS: usize = 1 << 32;
+
+fn checked_len(shape: &[usize]) -> Result<usize, KernelError> {
+    match shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        _ => kbail!("shape {shape:?} is too large"),
+    }
+}
+
+fn reshape_to(t: &Tensor, shape: &[usize]) -> Result<Tensor, KernelError> {
+    match t.reshape(shape) {
+        Some(r) => Ok(r),
+        None => kbail!(
+            "cannot reshape a tensor of shape {:?} ({} elements) to {:?}",
+            t.shape(),
+            t.len(),
+            shape
+        ),
+    }
+}
+
+fn reshape(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let (x, s) = (arg(i, 0)?, arg(i, 1)?.to_i64_vec());
+    let allowzero = n.attr_i("allowzero", 0) != 0;
+    let mut out = Vec::with_capacity(s.len());
+    let mut infer = None;
+    for (k, &d) in s.iter().enumerate() {
+        match d {
+            -1 if infer.is_none() => {
+                infer = Some(k);
+                out.push(1);
+            }
+            -1 => kbail!("target shape {s:?} has more than one -1"),
+            0 if !allowzero => match x.shape().get(k) {
+                Some(&v) => out.push(v),
+                None => kbail!(
+                    "target shape {s:?} copies dimension {k} (0) but the input has rank {}",
+                    x.rank()
+                ),
+            },
+            d if d < 0 => kbail!("target shape {s:?} has a negative dimension"),
+            d => out.push(d as usize),
+        }
+    }
+    if let Some(k) = infer {
+        let known = checked_len(&out)?;
+        if known == 0 || x.len() % known != 0 {
+            kbail!(
+                "cannot reshape {:?} ({} elements) to {s:?}",
+                x.shape(),
+                x.len()
+            );
+        }
+        out[k] = x.len() / known;
+    }
+    Ok(vec![reshape_to(x, &out)?])
+}
+
+fn flatten(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let a = n.attr_i("axis", 1);
+    let a = if a < 0 { a + x.rank() as i64 } else { a };
+    if !(0..=x.rank() as i64).contains(&a) {
+        kbail!(
+            "axis {} out of range for rank {}",
+            n.attr_i("axis", 1),
+            x.rank()
+        );
+    }
+    let outer: usize = x.shape()[..a as usize].iter().product();
+    let inner: usize = x.shape()[a as usize..].iter().product();
+    Ok(vec![reshape_to(x, &[outer, inner])?])
+}
+
+fn axes_of(n: &Node, i: &[Option<&Tensor>], slot: usize) -> Option<Vec<i64>> {
+    n.attr_ints("axes")
+        .map(|a| a.to_vec())
+        .or_else(|| opt_arg(i, slot).map(|t| t.to_i64_vec()))
+}
+
+fn squeeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let shape = x.shape();
+    let out: Vec<usize> = match axes_of(n, i, 1) {
+        None => shape.iter().copied().filter(|&d| d != 1).collect(),
+        Some(ax) => {
+            let idx: Vec<usize> = ax
+                .iter()
+                .map(|&a| axis(a, shape.len()))
+                .collect::<Result<_, _>>()?;
+            for &k in &idx {
+                if shape[k] != 1 {
+                    kbail!("cannot squeeze axis {k} of shape {shape:?}: its size is not 1");
+                }
+            }
+            shape
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !idx.contains(k))
+                .map(|(_, &d)| d)
+                .collect()
+        }
+    };
+    Ok(vec![reshape_to(x, &out)?])
+}
+
+fn unsqueeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let Some(ax) = axes_of(n, i, 1) else {
+        kbail!("axes are required")
+    };
+    let rank = x.rank() + ax.len();
+    let mut idx: Vec<usize> = ax
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<Result<_, _>>()?;
+    idx.sort_unstable();
+    if idx.windows(2).any(|w| w[0] == w[1]) {
+        kbail!("axes {ax:?} repeat an axis");
+    }
+    let mut src = x.shape().iter();
+    let out: Vec<usize> = (0..rank)
+        .map(|k| {
+            if idx.contains(&k) {
+                1
+            } else {
+                *src.next().unwrap_or(&1)
+            }
+        })
+        .collect();
+    Ok(vec![reshape_to(x, &out)?])
+}
+
+fn transpose(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let r = x.rank();
+    let perm: Vec<usize> = match n.attr_ints("perm") {
+        Some(p) => p.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
+        None => (0..r).rev().collect(),
+    };
+    let mut seen = vec![false; r];
+    if perm.len() != r || perm.iter().any(|&p| std::mem::replace(&mut seen[p], true)) {
+        kbail!(
+            "perm {:?} is not a permutation of the {r} axes",
+            n.attr_ints("perm")
+        );
+    }
+    Ok(vec![
+        dispatch!(x, a => Tensor::from(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned())),
+    ])
+}
+
+fn gather_t<T: Elem>(a: &ArrayD<T>, ax: usize, idx: &[usize], idx_shape: &[usize]) -> Tensor {
+    let a = a.as_standard_layout();
+    let s = a.shape();
+    let outer: usize = s[..ax].iter().product();
+    let inner: usize = s[ax + 1..].iter().product();
+    let dim = s[ax];
+    let data = a.as_slice().expect("standard layout");
+    let mut out = Vec::with_capacity(outer * idx.len() * inner);
+    for o in 0..outer {
+        for &k in idx {
+            let base = (o * dim + k) * inner;
+            out.extend_from_slice(&data[base..base + inner]);
+        }
+    }
+    let mut shape = s[..ax].to_vec();
+    shape.extend_from_slice(idx_shape);
+    shape.extend_from_slice(&s[ax + 1..]);
+    Tensor::from(array(&shape, out))
+}
+
+fn gather(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let (x, ind) = (arg(i, 0)?, arg(i, 1)?);
+    if !ind.dtype().is_int() {
+        kbail!("indices must be integers, got {}", ind.dtype());
+    }
+    let ax = axis(n.attr_i("axis", 0), x.rank())?;
+    let dim = x.shape()[ax] as i64;
+    let idx: Vec<usize> = ind
+        .to_i64_vec()
+        .into_iter()
+        .map(|k| {
+            let j = if k < 0 { k + dim } else { k };
+            if (0..dim).contains(&j) {
+                Ok(j as usize)
+            } else {
+                Err(KernelError(format!(
+                    "index {k} is out of range for axis {ax} of size {dim}"
+                )))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(vec![dispatch!(x, a => gather_t(a, ax, &idx, ind.shape()))])
+}
+
+fn concat_t<T: Elem>(first: &ArrayD<T>, all: &[&Tensor], ax: usize) -> Result<Tensor, KernelError> {
+    let mut views: Vec<ArrayViewD<T>> = vec![first.view()];
+    for t in &all[1..] {
+        match T::view(t) {
+            Some(a) => views.push(a.view()),
+            None => kbail!(
+                "inputs have different element types ({} and {})",
+                T::DTYPE,
+                t.dtype()
+            ),
+        }
+    }
+    match concatenate(Axis(ax), &views) {
+        Ok(a) => Ok(Tensor::from(a.as_standard_layout().into_owned())),
+        Err(_) => kbail!(
+            "cannot concatenate shapes {:?} on axis {ax}",
+            all.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
+        ),
+    }
+}
+
+fn concat(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let all: Vec<&Tensor> = (0..i.len()).map(|k| arg(i, k)).collect::<Result<_, _>>()?;
+    let ax = axis(n.attr_i("axis", 0), all[0].rank())?;
+    Ok(vec![dispatch!(all[0], a => concat_t(a, &all, ax)?)])
+}
+
+/// ONNX Slice bounds for one axis, as an ndarray `Slice`.
+fn slice_for(dim: usize, start: i64, end: i64, step: i64) -> Slice {
+    let d = dim as i64;
+    let norm = |v: i64| if v < 0 { v + d } else { v };
+    if step > 0 {
+        let s = norm(start).clamp(0, d);
+        let e = norm(end).clamp(0, d);
+        Slice::new(s as isize, Some(e.max(s) as isize), step as isize)
+    } else {
+        let s = norm(start).clamp(-1, d - 1);
+        let e = norm(end).clamp(-1, d - 1);
+        // Elements s, s+step, ... > e: the range (e, s] walked from its end.
+        let (lo, hi) = (e + 1, (s + 1).max(e + 1));
+        Slice::new(lo as isize, Some(hi as isize), step as isize)
+    }
+}
+
+fn slice(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let r = x.rank();
+    let (starts, ends, axes, steps) = if n.opset < 10 {
+        let st = n.attr_ints("starts").unwrap_or_default().to_vec();
+        let en = n.attr_ints("ends").unwrap_or_default().to_vec();
+        let ax = n
+            .attr_ints("axes")
+            .map(|a| a.to_vec())
+            .unwrap_or_else(|| (0..st.len() as i64).collect());
+        let sp = vec![1; st.len()];
+        (st, en, ax, sp)
+    } else {
+        let st = arg(i, 1)?.to_i64_vec();
+        let en = arg(i, 2)?.to_i64_vec();
+        let ax = opt_arg(i, 3)
+            .map(|t| t.to_i64_vec())
+            .unwrap_or_else(|| (0..st.len() as i64).collect());
+        let sp = opt_arg(i, 4)
+            .map(|t| t.to_i64_vec())
+            .unwrap_or_else(|| vec![1; st.len()]);
+        (st, en, ax, sp)
+    };
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        kbail!(
+            "starts, ends, axes and steps must have the same length ({}, {}, {}, {})",
+            starts.len(),
+            ends.len(),
+            axes.len(),
+            steps.len()
+        );
+    }
+    let mut per_axis: Vec<Option<(i64, i64, i64)>> = vec![None; r];
+    for k in 0..starts.len() {
+        let a = axis(axes[k], r)?;
+        if steps[k] == 0 {
+            kbail!("slice step must not be 0");
+        }
+        if per_axis[a]
+            .replace((starts[k], ends[k], steps[k]))
+            .is_some()
+        {
+            kbail!("axis {a} is sliced twice");
+        }
+    }
+    let shape = x.shape().to_vec();
+    Ok(vec![dispatch!(x, a => {
+        let v = a.slice_each_axis(|ad| match per_axis[ad.axis.index()] {
+            Some((s, e, st)) => slice_for(shape[ad.axis.index()], s, e, st),
+            None => Slice::from(..),
+        });
+        Tensor::from(v.as_standard_layout().into_owned())
+    })])
+}
+
+fn expand(_: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let target = arg(i, 1)?.to_i64_vec();
+    if target.iter().any(|&d| d < 0) {
+        kbail!("target shape {target:?} has a negative dimension");
+    }
+    let t: Vec<usize> = target.iter().map(|&d| d as usize).collect();
+    let shape = broadcast_shape(&[x.shape(), &t])?;
+    checked_len(&shape)?;
+    Ok(vec![
+        dispatch!(x, a => Tensor::from(a.broadcast(IxDyn(&shape)).expect("broadcastable").to_owned())),
+    ])
+}
+
+fn shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    let r = x.rank() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let (s, e) = (clamp(n.attr_i("start", 0)), clamp(n.attr_i("end", r)));
+    let dims: Vec<i64> = x.shape()[s..e.max(s)].iter().map(|&d| d as i64).collect();
+    Ok(vec![Tensor::vec_i64(dims)])
+}
+
+fn constant_of_shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let dims = arg(i, 0)?.to_i64_vec();
+    if dims.iter().any(|&d| d < 0) {
+        kbail!("shape {dims:?} has a negative dimension");
+    }
+    let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    checked_len(&shape)?;
+    let value = n
+        .attr_tensor("value")
+        .cloned()
+        .unwrap_or_else(|| Tensor::scalar_f32(0.0));
+    if value.len() != 1 {
+        kbail!("value must hold exactly one element, has {}", value.len());
+    }
+    Ok(vec![
+        dispatch!(&value, a => Tensor::from(ArrayD::from_elem(IxDyn(&shape), *a.iter().next().expect("one element")))),
+    ])
+}
+
+fn range(_: &Node, i: &[Option<&Tensor>]) -> Res {
+    let (s, l, d) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
+    if s.len() != 1 || l.len() != 1 || d.len() != 1 {
+        kbail!("start, limit and delta must be scalars");
+    }
+    let (start, limit, delta) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
+    if delta == 0.0 {
+        kbail!("delta must not be 0");
+    }
+    let count = ((limit - start) / delta).ceil().max(0.0);
+    if !count.is_finite() || count > MAX_ELEMENTS as f64 {
+        kbail!("range({start}, {limit}, {delta}) is too long");
+    }
+    let count = count as usize;
+    Ok(vec![if s.dtype().is_int() {
+        let (st, dl) = (s.to_i64_vec()[0], d.to_i64_vec()[0]);
+        Tensor::vec_i64((0..count as i64).map(|k| st + k * dl).collect()).cast(s.dtype())
+    } else {
+        Tensor::from(array(
+            &[count],
+            (0..count)
+                .map(|k| start + k as f64 * delta)
+                .collect::<Vec<f64>>(),
+        ))
+        .cast(s.dtype())
+    }])
+}
+
+fn constant(n: &Node, _: &[Option<&Tensor>]) -> Res {
+    let t = match n.attrs.values().next() {
+        Some(Attribute::Tensor(t)) => t.clone(),
+        Some(Attribute::Float(v)) => Tensor::scalar_f32(*v),
+        Some(Attribute::Floats(v)) => Tensor::from(array(&[v.len()], v.clone())),
+        Some(Attribute::Int(v)) => Tensor::from(ArrayD::from_elem(IxDyn(&[]), *v)),
+        Some(Attribute::Ints(v)) => Tensor::vec_i64(v.clone()),
+        _ => kbail!("Constant needs one of value, value_float(s), value_int(s)"),
+    };
+    Ok(vec![t])
+}
+
+pub(super) fn register(r: &mut KernelRegistry) {
+    let table: &[(&str, super::KernelFn)] = &[
+        ("Reshape", reshape),
+        ("Flatten", flatten),
+        ("Squeeze", squeeze),
+        ("Unsqueeze", unsqueeze),
+        ("Transpose", transpose),
+        ("Gather", gather),
+        ("Concat", concat),
+        ("Slice", slice),
+        ("Expand", expand),
+        ("Shape", shape),
+        ("ConstantOfShape", constant_of_shape),
+        ("Range", range),
+        ("Constant", constant),
+    ];
+    for (op, k) in table {
+        r.add(op, *k);
+    }
+}

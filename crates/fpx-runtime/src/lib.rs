@@ -1,0 +1,11 @@
+//! fpx's runtime: runs a graph. Today: the CPU executor, with a kernel per ONNX op
+//! registered in a [`KernelRegistry`], and `.npy` tensor I/O for the command line.
+
+mod error;
+mod executor;
+pub mod kernels;
+pub mod npy;
+
+pub use error::{KernelError, RuntimeError};
+pub use executor::{CpuEvaluator, CpuExecutor};
+pub use kernels::{KernelFn, KernelRegistry};

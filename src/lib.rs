@@ -1,0 +1,96 @@
+//! fpx: an ahead-of-time compiler for weight-quantized ONNX models.
+//!
+//! This facade ties the stages together (import → IR → passes → runtime). Today it imports
+//! an ONNX model into fpx's IR, simplifies it, and runs it on the CPU reference executor:
+//!
+//! ```no_run
+//! let model = fpx::Model::open("model.onnx".as_ref())?;
+//! let x = fpx::runtime::npy::read("input.npy".as_ref())?;
+//! let outputs = model.run(vec![("input".to_string(), x)])?;
+//! # Ok::<(), fpx::Error>(())
+//! ```
+
+mod summary;
+
+pub use fpx_ir as ir;
+pub use fpx_onnx as onnx;
+pub use fpx_runtime as runtime;
+pub use summary::{weight_matmuls, IoSpec, ModelSummary, WeightMatmul};
+
+use fpx_ir::ops::OpRegistry;
+use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
+use fpx_ir::{Graph, Tensor};
+use fpx_runtime::{CpuEvaluator, CpuExecutor};
+use std::path::Path;
+
+/// Any error of the fpx library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or importing the ONNX model failed.
+    #[error(transparent)]
+    Import(#[from] fpx_onnx::ImportError),
+    /// The graph is invalid or a pass failed.
+    #[error(transparent)]
+    Ir(#[from] fpx_ir::IrError),
+    /// Running the graph failed.
+    #[error(transparent)]
+    Runtime(#[from] fpx_runtime::RuntimeError),
+}
+
+/// Largest constant (in elements) that constant folding may create.
+const FOLD_LIMIT: usize = 1 << 20;
+
+/// The standard clean-up pipeline: fold constants, then drop dead nodes.
+pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
+    let registry = OpRegistry::standard();
+    PassManager::new()
+        .add(ConstantFolding {
+            evaluator: CpuEvaluator::default(),
+            max_elements: FOLD_LIMIT,
+        })
+        .add(DeadNodeElimination)
+        .run(graph, &registry)?;
+    Ok(())
+}
+
+/// An ONNX model imported, simplified and ready to run on the CPU (the FP32 reference path).
+#[derive(Debug)]
+pub struct Model {
+    executor: CpuExecutor,
+}
+
+impl Model {
+    /// Imports an `.onnx` file (external data only from its folder) and prepares it to run.
+    pub fn open(path: &Path) -> Result<Model, Error> {
+        let graph = fpx_onnx::load_model(path)?;
+        Model::from_graph(graph)
+    }
+
+    /// Prepares an already imported graph.
+    pub fn from_graph(mut graph: Graph) -> Result<Model, Error> {
+        simplify(&mut graph)?;
+        Ok(Model {
+            executor: CpuExecutor::new(graph)?,
+        })
+    }
+
+    /// The graph that runs (after simplification).
+    pub fn graph(&self) -> &Graph {
+        self.executor.graph()
+    }
+
+    /// Runs the model on named inputs; returns the outputs in graph order.
+    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, Error> {
+        Ok(self.executor.run(inputs)?)
+    }
+}
+
+/// The file name `fpx run` gives an output: every character that is not an ASCII letter or
+/// digit becomes `_`, then `.npy`.
+pub fn output_file_name(name: &str) -> String {
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{stem}.npy")
+}
