@@ -283,6 +283,22 @@ fn add_node(
         opset,
         message,
     };
+    // An unknown op or opset is the error to report, even when an attribute (a subgraph of
+    // `Loop`, say) could not be converted either.
+    let bare = Node {
+        name: name.clone(),
+        op_type: np.op_type.clone(),
+        domain: domain.clone(),
+        opset,
+        attrs: BTreeMap::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+    };
+    if let Err(e @ (IrError::UnknownOp { .. } | IrError::UnsupportedOpset { .. })) =
+        registry.check(&bare)
+    {
+        return Err(e.into());
+    }
     let mut attrs = BTreeMap::new();
     for a in &np.attribute {
         let v = attribute(a, &name, base_dir, &bad)?;

@@ -73,7 +73,14 @@ fn encode<T, const N: usize>(a: &ArrayD<T>, f: impl Fn(&T) -> [u8; N]) -> Vec<u8
 pub(crate) fn dtype_name(code: i64) -> String {
     match i32::try_from(code).ok().and_then(DataType::from_i32) {
         Some(d) => format!("{d:?}"),
-        None => format!("code {code}"),
+        // Types newer than the generated protobuf code (ONNX IR 11+).
+        None => match code {
+            23 => "FLOAT4E2M1".into(),
+            24 => "FLOAT8E8M0".into(),
+            25 => "UINT2".into(),
+            26 => "INT2".into(),
+            _ => format!("code {code}"),
+        },
     }
 }
 

@@ -28,11 +28,6 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         self.0 ^ (self.0 >> 29)
     }
-
-    /// Uniform in [-4, 4).
-    fn f64(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 8.0 - 4.0
-    }
 }
 
 /// A folder under the system temp dir, removed on drop.
@@ -81,13 +76,13 @@ fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Lcg) -> Tensor {
         DType::F16 => arr(
             shape,
             (0..n)
-                .map(|_| f16::from_bits(bits() as u16 & 0x7bff | 0x0400))
+                .map(|_| f16::from_bits(finite(bits() as u16, 0x7c00)))
                 .collect(),
         ),
         DType::BF16 => arr(
             shape,
             (0..n)
-                .map(|_| bf16::from_bits(bits() as u16 & 0xbfff))
+                .map(|_| bf16::from_bits(finite(bits() as u16, 0x7f80)))
                 .collect(),
         ),
         DType::I8 => arr(shape, (0..n).map(|_| bits() as i8).collect()),
@@ -99,6 +94,16 @@ fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Lcg) -> Tensor {
         DType::U32 => arr(shape, (0..n).map(|_| bits() as u32).collect()),
         DType::U64 => arr(shape, (0..n).map(|_| bits()).collect()),
         DType::Bool => arr(shape, (0..n).map(|_| bits() & 1 == 1).collect()),
+    }
+}
+
+/// `bits` with the top exponent bit cleared if the exponent (`mask`) is all ones: any pattern
+/// but inf/NaN (whose equality would fail), so all signs, subnormals and large values occur.
+fn finite(bits: u16, mask: u16) -> u16 {
+    if bits & mask == mask {
+        bits & !0x4000
+    } else {
+        bits
     }
 }
 
@@ -462,6 +467,7 @@ fn unsupported_dtypes_name_tensor_and_type() {
         (17, "FLOAT8E4M3FN"),
         (19, "FLOAT8E5M2"),
         (22, "INT4"),
+        (23, "FLOAT4E2M1"),
         (0, "UNDEFINED"),
         (99, "code 99"),
     ] {
@@ -673,6 +679,25 @@ fn unknown_and_missing_dims_and_shapes() {
     );
     let g = import(&m).unwrap();
     assert_eq!(g.value(g.inputs[0]).ty.as_ref().unwrap().shape, None);
+}
+
+#[test]
+fn unknown_op_with_a_subgraph_is_reported_as_unknown_op() {
+    let mut body = attr("body", AttributeType::GRAPH);
+    body.g = MessageField::some(GraphProto::new());
+    let m = model(
+        vec![node("Loop", "loop", &["n", "", "x"], &["y"], vec![body])],
+        vec![vi("n", INT64, Some(&[])), vi("x", FLOAT, Some(&["2"]))],
+        vec![vi("y", FLOAT, None)],
+        vec![],
+        vec![opset("", 17)],
+    );
+    let e = import(&m).unwrap_err();
+    assert!(
+        matches!(e, ImportError::Ir(IrError::UnknownOp { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("'Loop'"), "{e}");
 }
 
 #[test]
@@ -1475,4 +1500,46 @@ fn minilm_imports() {
         })
         .count();
     assert_eq!(const_w, 36);
+}
+
+#[test]
+fn every_backend_node_test_imports_or_fails_cleanly() {
+    let Some(dir) = node_tests_dir() else {
+        println!("skipped: ONNX backend node tests not found (set FPX_ONNX_NODE_TESTS)");
+        return;
+    };
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let (mut ok, mut failed, mut panicked) = (0, 0, Vec::new());
+    for case in &cases {
+        let model = case.join("model.onnx");
+        match std::panic::catch_unwind(|| load_model(&model)) {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                let s = e.to_string();
+                if std::env::var_os("FPX_ONNX_VERBOSE").is_some() {
+                    println!("{}: {s}", case.file_name().unwrap().to_string_lossy());
+                }
+            }
+            Err(_) => panicked.push(case.clone()),
+        }
+        for pb in std::fs::read_dir(case.join("test_data_set_0"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if std::panic::catch_unwind(|| load_tensor_pb(&pb.path())).is_err() {
+                panicked.push(pb.path());
+            }
+        }
+    }
+    println!(
+        "{} node tests: {ok} import, {failed} fail cleanly",
+        cases.len()
+    );
+    assert!(panicked.is_empty(), "import panicked on {panicked:?}");
 }

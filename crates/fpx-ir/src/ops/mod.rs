@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
 /// The newest ONNX default-domain opset fpx accepts.
-pub const MAX_ONNX_OPSET: i64 = 25;
+pub const MAX_ONNX_OPSET: i64 = 27;
 
 /// What an op's inference function sees: the node, its input types, and constant inputs.
 pub struct InferCtx<'a> {

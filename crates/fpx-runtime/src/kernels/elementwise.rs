@@ -353,14 +353,15 @@ fn clip(n: &Node, i: &[Option<&Tensor>]) -> Res {
 }
 
 fn clip_t<T: Elem>(a: &ArrayD<T>, lo: f64, hi: f64) -> Tensor {
+    // max(x, lo) then min(., hi): with lo > hi every element becomes hi, as ONNX specifies.
     Tensor::from(a.mapv(|v| {
         let f = v.to_f64();
         if f.is_nan() {
             v
+        } else if f > hi || lo > hi {
+            T::from_f64(hi)
         } else if f < lo {
             T::from_f64(lo)
-        } else if f > hi {
-            T::from_f64(hi)
         } else {
             v
         }
