@@ -24,6 +24,14 @@ if ! cargo fmt --all -- --check; then
     exit 1
 fi
 
+echo "test: cargo clippy --workspace --all-targets -- -D warnings"
+if ! cargo clippy --workspace --all-targets -- -D warnings; then
+    summary "FAILED: clippy warnings"
+    exit 1
+fi
+
+# Show what tests print (skip reasons, measured errors, the node-test tally) even when they pass.
+export RUST_TEST_NOCAPTURE=1
 echo "test: cargo test --workspace $*"
 if ! cargo test --workspace "$@"; then
     summary "FAILED: cargo test --workspace"

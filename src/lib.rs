@@ -44,11 +44,11 @@ const FOLD_LIMIT: usize = 1 << 20;
 pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
     let registry = OpRegistry::standard();
     PassManager::new()
-        .add(ConstantFolding {
+        .with(ConstantFolding {
             evaluator: CpuEvaluator::default(),
             max_elements: FOLD_LIMIT,
         })
-        .add(DeadNodeElimination)
+        .with(DeadNodeElimination)
         .run(graph, &registry)?;
     Ok(())
 }

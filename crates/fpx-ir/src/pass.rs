@@ -27,7 +27,7 @@ impl PassManager {
     }
 
     /// Appends a pass.
-    pub fn add(mut self, pass: impl Pass + 'static) -> Self {
+    pub fn with(mut self, pass: impl Pass + 'static) -> Self {
         self.passes.push(Box::new(pass));
         self
     }

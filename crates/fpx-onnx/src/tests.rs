@@ -1502,6 +1502,9 @@ fn minilm_imports() {
     assert_eq!(const_w, 36);
 }
 
+/// Every model and data file of the ONNX backend node tests either imports or is a clean
+/// error, never a panic (in the importer or in fpx-ir's inference). `FPX_ONNX_VERBOSE=1`
+/// prints each error.
 #[test]
 fn every_backend_node_test_imports_or_fails_cleanly() {
     let Some(dir) = node_tests_dir() else {
