@@ -10,10 +10,14 @@
 //! # Ok::<(), fpx::Error>(())
 //! ```
 
+pub mod report;
 mod summary;
 
 pub use fpx_ir as ir;
 pub use fpx_onnx as onnx;
+pub use fpx_passes as passes;
+pub use fpx_passes::{QuantSummary, QuantizeOptions, WeightScheme};
+pub use fpx_quant as quant;
 pub use fpx_runtime as runtime;
 pub use summary::{weight_matmuls, IoSpec, ModelSummary, WeightMatmul};
 
@@ -35,6 +39,9 @@ pub enum Error {
     /// Running the graph failed.
     #[error(transparent)]
     Runtime(#[from] fpx_runtime::RuntimeError),
+    /// Quantization failed (a non-finite weight, a bad option).
+    #[error(transparent)]
+    Quantize(#[from] fpx_passes::PassError),
 }
 
 /// Largest constant (in elements) that constant folding may create.
@@ -44,34 +51,56 @@ const FOLD_LIMIT: usize = 1 << 20;
 pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
     let registry = OpRegistry::standard();
     PassManager::new()
-        .with(ConstantFolding {
-            evaluator: CpuEvaluator::default(),
-            max_elements: FOLD_LIMIT,
-        })
+        .with(ConstantFolding { evaluator: CpuEvaluator::default(), max_elements: FOLD_LIMIT })
         .with(DeadNodeElimination)
         .run(graph, &registry)?;
     Ok(())
 }
 
-/// An ONNX model imported, simplified and ready to run on the CPU (the FP32 reference path).
+/// An ONNX model imported, simplified, optionally weight-quantized, and ready to run on the
+/// CPU (quantized products through the reference `QuantMatMul` path).
 #[derive(Debug)]
 pub struct Model {
     executor: CpuExecutor,
+    quantization: Option<QuantSummary>,
 }
 
 impl Model {
-    /// Imports an `.onnx` file (external data only from its folder) and prepares it to run.
+    /// Imports an `.onnx` file (external data only from its folder) and prepares it to run in
+    /// floating point (the FP32 reference).
     pub fn open(path: &Path) -> Result<Model, Error> {
-        let graph = fpx_onnx::load_model(path)?;
-        Model::from_graph(graph)
+        Model::open_with(path, &QuantizeOptions::new(WeightScheme::None))
     }
 
-    /// Prepares an already imported graph.
-    pub fn from_graph(mut graph: Graph) -> Result<Model, Error> {
+    /// Imports an `.onnx` file and quantizes its constant-weight products as `options` say.
+    pub fn open_with(path: &Path, options: &QuantizeOptions) -> Result<Model, Error> {
+        let graph = fpx_onnx::load_model(path)?;
+        Model::from_graph_with(graph, options)
+    }
+
+    /// Prepares an already imported graph (floating point).
+    pub fn from_graph(graph: Graph) -> Result<Model, Error> {
+        Model::from_graph_with(graph, &QuantizeOptions::new(WeightScheme::None))
+    }
+
+    /// Prepares an already imported graph, quantizing as `options` say.
+    pub fn from_graph_with(mut graph: Graph, options: &QuantizeOptions) -> Result<Model, Error> {
+        options.validate()?;
         simplify(&mut graph)?;
-        Ok(Model {
-            executor: CpuExecutor::new(graph)?,
-        })
+        let quantization = match options.scheme {
+            WeightScheme::None => None,
+            _ => {
+                let s = fpx_passes::quantize_weights(&mut graph, options)?;
+                fpx_ir::verify::verify(&graph, &OpRegistry::standard())?;
+                Some(s)
+            }
+        };
+        Ok(Model { executor: CpuExecutor::new(graph)?, quantization })
+    }
+
+    /// What quantization did, per layer (`None` for a floating-point model).
+    pub fn quantization(&self) -> Option<&QuantSummary> {
+        self.quantization.as_ref()
     }
 
     /// The graph that runs (after simplification).
@@ -88,9 +117,6 @@ impl Model {
 /// The file name `fpx run` gives an output: every character that is not an ASCII letter or
 /// digit becomes `_`, then `.npy`.
 pub fn output_file_name(name: &str) -> String {
-    let stem: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let stem: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("{stem}.npy")
 }

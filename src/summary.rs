@@ -54,35 +54,17 @@ pub fn weight_matmuls(graph: &Graph) -> Vec<WeightMatmul> {
     for id in graph.node_ids() {
         let n = graph.node(id);
         if n.op_type == "MatMul" || n.op_type == "Gemm" {
-            if let Some(w) = n
-                .inputs
-                .get(1)
-                .copied()
-                .flatten()
-                .and_then(|v| graph.constant(v))
-            {
+            if let Some(w) = n.inputs.get(1).copied().flatten().and_then(|v| graph.constant(v)) {
                 let transposed = n.op_type == "Gemm" && n.attr_i("transB", 0) != 0;
-                *groups
-                    .entry((n.op_type.clone(), w.shape().to_vec(), transposed))
-                    .or_insert(0) += 1;
+                *groups.entry((n.op_type.clone(), w.shape().to_vec(), transposed)).or_insert(0) += 1;
             }
         }
     }
-    groups
-        .into_iter()
-        .map(|((op, weight_shape, transposed), count)| WeightMatmul {
-            op,
-            weight_shape,
-            transposed,
-            count,
-        })
-        .collect()
+    groups.into_iter().map(|((op, weight_shape, transposed), count)| WeightMatmul { op, weight_shape, transposed, count }).collect()
 }
 
 fn type_text(ty: &Option<TensorType>) -> String {
-    ty.as_ref()
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| "?".into())
+    ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into())
 }
 
 impl ModelSummary {
@@ -93,12 +75,7 @@ impl ModelSummary {
             *op_counts.entry(graph.node(id).op_type.clone()).or_insert(0) += 1;
         }
         let io = |ids: &[fpx_ir::ValueId]| {
-            ids.iter()
-                .map(|&v| IoSpec {
-                    name: graph.value(v).name.clone(),
-                    ty: type_text(&graph.value(v).ty),
-                })
-                .collect()
+            ids.iter().map(|&v| IoSpec { name: graph.value(v).name.clone(), ty: type_text(&graph.value(v).ty) }).collect()
         };
         ModelSummary {
             name: graph.name.clone(),
@@ -116,20 +93,8 @@ impl ModelSummary {
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "model: {}",
-            if self.name.is_empty() {
-                "(unnamed)"
-            } else {
-                &self.name
-            }
-        );
-        let opsets: Vec<String> = self
-            .opsets
-            .iter()
-            .map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d }))
-            .collect();
+        let _ = writeln!(s, "model: {}", if self.name.is_empty() { "(unnamed)" } else { &self.name });
+        let opsets: Vec<String> = self.opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
         let _ = writeln!(s, "opsets: {}", opsets.join(", "));
         let _ = writeln!(s, "inputs:");
         for i in &self.inputs {
@@ -139,12 +104,7 @@ impl ModelSummary {
         for o in &self.outputs {
             let _ = writeln!(s, "  {}: {}", o.name, o.ty);
         }
-        let _ = writeln!(
-            s,
-            "parameters: {} ({:.2} MB as f32)",
-            self.parameters,
-            self.parameters as f64 * 4.0 / 1e6
-        );
+        let _ = writeln!(s, "parameters: {} ({:.2} MB as f32)", self.parameters, self.parameters as f64 * 4.0 / 1e6);
         let _ = writeln!(s, "nodes: {}", self.nodes);
         let mut ops: Vec<_> = self.op_counts.iter().collect();
         ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -154,14 +114,7 @@ impl ModelSummary {
         let total: usize = self.weight_matmuls.iter().map(|w| w.count).sum();
         let _ = writeln!(s, "matmuls with a constant weight: {total}");
         for w in &self.weight_matmuls {
-            let _ = writeln!(
-                s,
-                "  {} x {} W{:?}{}",
-                w.count,
-                w.op,
-                w.weight_shape,
-                if w.transposed { " (transB)" } else { "" }
-            );
+            let _ = writeln!(s, "  {} x {} W{:?}{}", w.count, w.op, w.weight_shape, if w.transposed { " (transB)" } else { "" });
         }
         s
     }

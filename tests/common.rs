@@ -10,11 +10,7 @@ pub fn repo_root() -> PathBuf {
 
 /// `../shared/models/<name>` beside the checkout, if present.
 pub fn shared_model_dir(name: &str) -> Option<PathBuf> {
-    let dir = repo_root()
-        .join("..")
-        .join("shared")
-        .join("models")
-        .join(name);
+    let dir = repo_root().join("..").join("shared").join("models").join(name);
     dir.join("model.onnx").is_file().then_some(dir)
 }
 
@@ -29,9 +25,7 @@ pub fn onnx_node_tests_dir() -> Option<PathBuf> {
     }
     let lib = repo_root().join(".venv").join("lib");
     for entry in std::fs::read_dir(lib).ok()?.flatten() {
-        let p = entry
-            .path()
-            .join("site-packages/onnx/backend/test/data/node");
+        let p = entry.path().join("site-packages/onnx/backend/test/data/node");
         if p.is_dir() {
             return Some(p);
         }
@@ -50,18 +44,10 @@ pub fn skip(test: &str, why: &str) {
 /// first difference.
 pub fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), String> {
     if got.dtype() != want.dtype() {
-        return Err(format!(
-            "element type {} != expected {}",
-            got.dtype(),
-            want.dtype()
-        ));
+        return Err(format!("element type {} != expected {}", got.dtype(), want.dtype()));
     }
     if got.shape() != want.shape() {
-        return Err(format!(
-            "shape {:?} != expected {:?}",
-            got.shape(),
-            want.shape()
-        ));
+        return Err(format!("shape {:?} != expected {:?}", got.shape(), want.shape()));
     }
     if want.dtype().is_float() {
         let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
@@ -83,11 +69,7 @@ pub fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), 
 /// Largest absolute difference between two float tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.to_f64_vec()
-        .iter()
-        .zip(b.to_f64_vec())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 /// Reads a `.npy` file that a test depends on.
@@ -99,8 +81,8 @@ pub fn npy(path: &Path) -> Tensor {
 pub mod onnx_builder {
     use fpx::onnx::onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
     use fpx::onnx::onnx_protobuf::{
-        type_proto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-        TensorShapeProto, TypeProto, ValueInfoProto,
+        type_proto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
+        ValueInfoProto,
     };
     use protobuf::MessageField;
     use std::path::Path;
@@ -144,12 +126,7 @@ pub mod onnx_builder {
     }
 
     /// A model of the default domain at opset 17.
-    pub fn model(
-        nodes: Vec<NodeProto>,
-        inputs: Vec<ValueInfoProto>,
-        outputs: Vec<ValueInfoProto>,
-        inits: Vec<TensorProto>,
-    ) -> ModelProto {
+    pub fn model(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>, inits: Vec<TensorProto>) -> ModelProto {
         let mut g = GraphProto::new();
         g.name = "test".into();
         g.node = nodes;
@@ -179,11 +156,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "fpx-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let p = std::env::temp_dir().join(format!("fpx-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)

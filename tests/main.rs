@@ -5,3 +5,4 @@ mod cli;
 mod common;
 mod models;
 mod node_tests;
+mod quant;

@@ -16,15 +16,12 @@ const ATOL: f64 = 1e-5;
 
 /// `test_name -> reason` from the committed exclusion list.
 fn exclusions() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(repo_root().join("tests/data/node_test_exclusions.txt"))
-        .expect("exclusion list exists");
+    let text = std::fs::read_to_string(repo_root().join("tests/data/node_test_exclusions.txt")).expect("exclusion list exists");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (name, reason) = l
-                .split_once('#')
-                .unwrap_or_else(|| panic!("exclusion '{l}' has no '# reason'"));
+            let (name, reason) = l.split_once('#').unwrap_or_else(|| panic!("exclusion '{l}' has no '# reason'"));
             let reason = reason.trim();
             assert!(!reason.is_empty(), "exclusion '{l}' has an empty reason");
             (name.trim().to_string(), reason.to_string())
@@ -41,10 +38,7 @@ fn in_scope(model: &Path, registry: &OpRegistry) -> bool {
         return false;
     };
     let g = m.graph.get_or_default();
-    !g.node.is_empty()
-        && g.node
-            .iter()
-            .all(|n| registry.get(&n.domain, &n.op_type).is_some())
+    !g.node.is_empty() && g.node.iter().all(|n| registry.get(&n.domain, &n.op_type).is_some())
 }
 
 /// Runs one case; `Err` describes the failure.
@@ -58,38 +52,19 @@ fn run_case(dir: &Path) -> Result<(), String> {
             if !p.exists() {
                 break;
             }
-            out.push(
-                fpx::onnx::load_tensor_pb(&p)
-                    .map_err(|e| format!("{prefix}_{i}.pb: {e}"))?
-                    .1,
-            );
+            out.push(fpx::onnx::load_tensor_pb(&p).map_err(|e| format!("{prefix}_{i}.pb: {e}"))?.1);
         }
         Ok(out)
     };
     let inputs = read("input")?;
     let expected = read("output")?;
-    let names: Vec<String> = model
-        .graph()
-        .inputs
-        .iter()
-        .map(|&v| model.graph().value(v).name.clone())
-        .collect();
+    let names: Vec<String> = model.graph().inputs.iter().map(|&v| model.graph().value(v).name.clone()).collect();
     if names.len() != inputs.len() {
-        return Err(format!(
-            "model has {} inputs, test data {}",
-            names.len(),
-            inputs.len()
-        ));
+        return Err(format!("model has {} inputs, test data {}", names.len(), inputs.len()));
     }
-    let outputs = model
-        .run(names.into_iter().zip(inputs).collect())
-        .map_err(|e| format!("run: {e}"))?;
+    let outputs = model.run(names.into_iter().zip(inputs).collect()).map_err(|e| format!("run: {e}"))?;
     if outputs.len() != expected.len() {
-        return Err(format!(
-            "{} outputs, expected {}",
-            outputs.len(),
-            expected.len()
-        ));
+        return Err(format!("{} outputs, expected {}", outputs.len(), expected.len()));
     }
     for (k, ((name, got), want)) in outputs.iter().zip(&expected).enumerate() {
         compare(got, want, RTOL, ATOL).map_err(|e| format!("output {k} '{name}': {e}"))?;
@@ -100,7 +75,10 @@ fn run_case(dir: &Path) -> Result<(), String> {
 #[test]
 fn onnx_backend_node_tests() {
     let Some(root) = onnx_node_tests_dir() else {
-        skip("onnx_backend_node_tests", "ONNX node tests not found: set FPX_ONNX_NODE_TESTS or run scripts/setup.sh (installs onnx==1.22.0 into .venv)");
+        skip(
+            "onnx_backend_node_tests",
+            "ONNX node tests not found: set FPX_ONNX_NODE_TESTS or run scripts/setup.sh (installs onnx==1.22.0 into .venv)",
+        );
         return;
     };
     let registry = OpRegistry::standard();
@@ -112,8 +90,7 @@ fn onnx_backend_node_tests() {
         .filter(|p| p.join("model.onnx").is_file())
         .collect();
     cases.sort();
-    let (mut passed, mut failed, mut skipped, mut out_of_scope) =
-        (Vec::new(), Vec::new(), 0usize, 0usize);
+    let (mut passed, mut failed, mut skipped, mut out_of_scope) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let mut unexpected_pass = Vec::new();
     for dir in &cases {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -121,8 +98,7 @@ fn onnx_backend_node_tests() {
             out_of_scope += 1;
             continue;
         }
-        let result =
-            std::panic::catch_unwind(|| run_case(dir)).unwrap_or_else(|_| Err("PANIC".to_string()));
+        let result = std::panic::catch_unwind(|| run_case(dir)).unwrap_or_else(|_| Err("PANIC".to_string()));
         match (result, excluded.contains_key(&name)) {
             (Ok(()), false) => passed.push(name),
             (Ok(()), true) => unexpected_pass.push(name),
@@ -130,10 +106,7 @@ fn onnx_backend_node_tests() {
             (Err(e), false) => failed.push(format!("{name}: {e}")),
         }
     }
-    let stale: Vec<&String> = excluded
-        .keys()
-        .filter(|n| !cases.iter().any(|c| c.ends_with(n.as_str())))
-        .collect();
+    let stale: Vec<&String> = excluded.keys().filter(|n| !cases.iter().any(|c| c.ends_with(n.as_str()))).collect();
     for f in &failed {
         eprintln!("FAIL {f}");
     }
@@ -144,22 +117,8 @@ fn onnx_backend_node_tests() {
         skipped,
         out_of_scope
     );
-    assert!(
-        failed.is_empty(),
-        "{} node tests failed (see FAIL lines above)",
-        failed.len()
-    );
-    assert!(
-        unexpected_pass.is_empty(),
-        "excluded cases now pass; remove them from the exclusion list: {unexpected_pass:?}"
-    );
-    assert!(
-        stale.is_empty(),
-        "exclusion list names cases that do not exist: {stale:?}"
-    );
-    assert!(
-        passed.len() > 300,
-        "only {} node tests ran; is the onnx 1.22.0 test data complete?",
-        passed.len()
-    );
+    assert!(failed.is_empty(), "{} node tests failed (see FAIL lines above)", failed.len());
+    assert!(unexpected_pass.is_empty(), "excluded cases now pass; remove them from the exclusion list: {unexpected_pass:?}");
+    assert!(stale.is_empty(), "exclusion list names cases that do not exist: {stale:?}");
+    assert!(passed.len() > 300, "only {} node tests ran; is the onnx 1.22.0 test data complete?", passed.len());
 }

@@ -25,11 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a model on inputs from .npy files and write every output as DIR/<name>.npy.
-    #[command(
-        after_help = "Each output is written to DIR/<name>.npy, where every character of the output name that is \
+    #[command(after_help = "Each output is written to DIR/<name>.npy, where every character of the output name that is \
 not a letter or digit becomes '_' (e.g. 'last_hidden_state' -> last_hidden_state.npy, 'out:0' -> out_0.npy).\n\n\
-Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --output-dir out/"
-    )]
+Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --output-dir out/")]
     Run {
         /// The model: an .onnx file.
         model: PathBuf,
@@ -39,7 +37,15 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
         /// Folder for the outputs (created if missing).
         #[arg(short, long, value_name = "DIR")]
         output_dir: PathBuf,
+        #[command(flatten)]
+        quant: QuantArgs,
     },
+    /// Compare weight schemes: run FP32 and each scheme on the same inputs and print, per scheme,
+    /// each output's max-abs and relative error and cosine vs FP32, and per layer the weight
+    /// relative RMSE. This is how to choose between FP6, FP4 and INT4.
+    #[command(after_help = "Schemes are comma-separated; add ':gN' for a group size along K (e.g. int4:g128).\n\n\
+Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --schemes fp6-e3m2,fp6-e2m3,int4,int4:g128 --html report.html")]
+    Report(ReportArgs),
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite).
     Inspect {
@@ -51,11 +57,73 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
     },
 }
 
+/// Arguments of `fpx report`.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The model: an .onnx file.
+    model: PathBuf,
+    /// A graph input as NAME=FILE.npy; repeat for each input of the model.
+    #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
+    inputs: Vec<String>,
+    /// Schemes to compare with FP32.
+    #[arg(long, value_name = "LIST", default_value = fpx::report::DEFAULT_SCHEMES)]
+    schemes: String,
+    /// Group size along K for schemes without their own ':gN' (default: one scale per output channel).
+    #[arg(long, value_name = "N")]
+    group_size: Option<usize>,
+    /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
+    #[arg(long)]
+    scale_search: bool,
+    /// Also write one self-contained HTML page with plots.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// The layer (node name) whose weight histogram the HTML page shows (default: the first).
+    #[arg(long, value_name = "NODE")]
+    layer: Option<String>,
+    /// Also compare [batch, seq, dim] outputs mean-pooled over this [batch, seq] input
+    /// (e.g. attention_mask): the sentence embedding an embedding model's user consumes.
+    #[arg(long, value_name = "INPUT")]
+    pool_mask: Option<String>,
+}
+
+/// Weight quantization flags shared by the commands that build a model.
+#[derive(clap::Args)]
+struct QuantArgs {
+    /// Weight scheme for every MatMul/Gemm with a constant weight: fp6-e3m2 | fp6-e2m3 | fp6-auto |
+    /// fp5-e2m2 | fp4-e2m1 | int4 | int8 | none. fp6-auto picks, per layer, the 6-bit format
+    /// with the lower weight error.
+    #[arg(long, value_name = "SCHEME", default_value = "none")]
+    weights: String,
+    /// Quantization group size along K (default: one scale per output channel).
+    #[arg(long, value_name = "N")]
+    group_size: Option<usize>,
+    /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
+    #[arg(long)]
+    scale_search: bool,
+}
+
+impl QuantArgs {
+    fn options(&self) -> Result<fpx::QuantizeOptions> {
+        let scheme = fpx::WeightScheme::parse(&self.weights)?;
+        let o = fpx::QuantizeOptions { scheme, group_size: self.group_size, scale_search: self.scale_search };
+        o.validate()?;
+        Ok(o)
+    }
+}
+
+fn read_inputs(inputs: &[String]) -> Result<Vec<(String, fpx::ir::Tensor)>> {
+    let mut feeds = Vec::new();
+    for spec in inputs {
+        let (name, file) = parse_input(spec)?;
+        let t = npy::read(&file).with_context(|| format!("cannot read input '{name}'"))?;
+        feeds.push((name, t));
+    }
+    Ok(feeds)
+}
+
 fn parse_input(spec: &str) -> Result<(String, PathBuf)> {
     match spec.split_once('=') {
-        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(file)))
-        }
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_string(), PathBuf::from(file))),
         _ => bail!("--input '{spec}' must look like NAME=FILE.npy"),
     }
 }
@@ -70,25 +138,26 @@ fn check_model_path(model: &Path) -> Result<()> {
     }
 }
 
-fn run(model_path: &Path, inputs: &[String], out_dir: &Path) -> Result<()> {
+fn run(model_path: &Path, inputs: &[String], out_dir: &Path, quant: &QuantArgs) -> Result<()> {
     check_model_path(model_path)?;
+    let options = quant.options()?;
     let t0 = Instant::now();
-    let model = fpx::Model::open(model_path)
-        .with_context(|| format!("cannot load model '{}'", model_path.display()))?;
+    let model = fpx::Model::open_with(model_path, &options).with_context(|| format!("cannot load model '{}'", model_path.display()))?;
     let load = t0.elapsed();
-    let mut feeds = Vec::new();
-    for spec in inputs {
-        let (name, file) = parse_input(spec)?;
-        let t = npy::read(&file).with_context(|| format!("cannot read input '{name}'"))?;
-        feeds.push((name, t));
+    if let Some(q) = model.quantization() {
+        println!(
+            "weights: {} layers as {}, {:.2} MB -> {:.2} MB",
+            q.layers.len(),
+            options.scheme.name(),
+            q.weight_bytes_in as f64 / 1e6,
+            q.weight_bytes_out as f64 / 1e6
+        );
     }
+    let feeds = read_inputs(inputs)?;
     let t1 = Instant::now();
-    let outputs = model
-        .run(feeds)
-        .with_context(|| format!("cannot run model '{}'", model_path.display()))?;
+    let outputs = model.run(feeds).with_context(|| format!("cannot run model '{}'", model_path.display()))?;
     let run_time = t1.elapsed();
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create output folder '{}'", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'", out_dir.display()))?;
     let mut used = std::collections::HashSet::new();
     for (name, t) in &outputs {
         let mut file = fpx::output_file_name(name);
@@ -100,18 +169,13 @@ fn run(model_path: &Path, inputs: &[String], out_dir: &Path) -> Result<()> {
         file = path.display().to_string();
         println!("{name}: {} {:?} -> {file}", t.dtype(), t.shape());
     }
-    println!(
-        "loaded in {:.1} ms, ran in {:.1} ms",
-        load.as_secs_f64() * 1e3,
-        run_time.as_secs_f64() * 1e3
-    );
+    println!("loaded in {:.1} ms, ran in {:.1} ms", load.as_secs_f64() * 1e3, run_time.as_secs_f64() * 1e3);
     Ok(())
 }
 
 fn inspect(model_path: &Path, json: bool) -> Result<()> {
     check_model_path(model_path)?;
-    let graph = fpx::onnx::load_model(model_path)
-        .with_context(|| format!("cannot load model '{}'", model_path.display()))?;
+    let graph = fpx::onnx::load_model(model_path).with_context(|| format!("cannot load model '{}'", model_path.display()))?;
     let mut summary = fpx::ModelSummary::of(&graph);
     // Weights behind constant subgraphs (a Transpose of an initializer, say) count too.
     let mut folded = graph;
@@ -125,14 +189,37 @@ fn inspect(model_path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn report(args: &ReportArgs) -> Result<()> {
+    check_model_path(&args.model)?;
+    let options = fpx::report::ReportOptions {
+        schemes: fpx::report::parse_schemes(&args.schemes, args.group_size, args.scale_search)?,
+        histogram_layer: args.layer.clone(),
+        pool_mask: args.pool_mask.clone(),
+    };
+    let feeds = read_inputs(&args.inputs)?;
+    let r = fpx::report::accuracy_report(&args.model, feeds, &options)
+        .with_context(|| format!("cannot report on '{}'", args.model.display()))?;
+    print!("{}", r.to_text());
+    if let Some(path) = &args.html {
+        let tmp = path.with_extension("html.tmp");
+        std::fs::write(&tmp, r.to_html())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() {
+    // Die quietly on a closed pipe (`fpx inspect m.onnx | head`) instead of panicking in println!.
+    // SAFETY: setting a signal disposition to its default at start-up, before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let res = match &cli.command {
-        Command::Run {
-            model,
-            inputs,
-            output_dir,
-        } => run(model, inputs, output_dir),
+        Command::Run { model, inputs, output_dir, quant } => run(model, inputs, output_dir, quant),
+        Command::Report(args) => report(args),
         Command::Inspect { model, json } => inspect(model, *json),
     };
     if let Err(e) = res {

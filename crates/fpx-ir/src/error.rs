@@ -7,55 +7,28 @@ use thiserror::Error;
 pub enum IrError {
     /// No schema is registered for this op in this domain.
     #[error("node '{node}': unsupported op '{op}' (domain '{domain}', opset {opset})")]
-    UnknownOp {
-        node: String,
-        op: String,
-        domain: String,
-        opset: i64,
-    },
+    UnknownOp { node: String, op: String, domain: String, opset: i64 },
     /// The op exists, but not at the model's opset version.
     #[error("node '{node}': op '{op}' (domain '{domain}') is supported for opsets {min}..={max}, but the model imports opset {opset}")]
-    UnsupportedOpset {
-        node: String,
-        op: String,
-        domain: String,
-        opset: i64,
-        min: i64,
-        max: i64,
-    },
+    UnsupportedOpset { node: String, op: String, domain: String, opset: i64, min: i64, max: i64 },
     /// An attribute is missing, unexpected or of the wrong kind.
     #[error("node '{node}' ({op}, opset {opset}): {message}")]
-    BadAttribute {
-        node: String,
-        op: String,
-        opset: i64,
-        message: String,
-    },
+    BadAttribute { node: String, op: String, opset: i64, message: String },
     /// The node has too few or too many inputs or outputs.
     #[error("node '{node}' ({op}): {message}")]
-    BadArity {
-        node: String,
-        op: String,
-        message: String,
-    },
+    BadArity { node: String, op: String, message: String },
     /// Two nodes (or a node and a graph input/initializer) define the same value.
     #[error("value '{value}' is defined more than once (again by node '{node}')")]
     MultipleProducers { value: String, node: String },
     /// A value is used but nothing defines it.
-    #[error(
-        "node '{node}' uses value '{value}', which no node, graph input or initializer defines"
-    )]
+    #[error("node '{node}' uses value '{value}', which no node, graph input or initializer defines")]
     Undefined { value: String, node: String },
     /// The graph has a cycle through this node.
     #[error("the graph has a cycle through node '{node}' ({op})")]
     Cycle { node: String, op: String },
     /// Inferred and declared types disagree, or inputs have types the op rejects.
     #[error("node '{node}' ({op}): {message}")]
-    TypeMismatch {
-        node: String,
-        op: String,
-        message: String,
-    },
+    TypeMismatch { node: String, op: String, message: String },
     /// Anything else wrong with the graph's structure.
     #[error("invalid graph: {0}")]
     Invalid(String),

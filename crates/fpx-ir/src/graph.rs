@@ -55,15 +55,7 @@ impl Node {
         inputs: Vec<Option<ValueId>>,
         outputs: Vec<ValueId>,
     ) -> Self {
-        Node {
-            name: name.into(),
-            op_type: op_type.into(),
-            domain: String::new(),
-            opset,
-            attrs: BTreeMap::new(),
-            inputs,
-            outputs,
-        }
+        Node { name: name.into(), op_type: op_type.into(), domain: String::new(), opset, attrs: BTreeMap::new(), inputs, outputs }
     }
 
     /// An int attribute, or `default`.
@@ -140,10 +132,7 @@ pub struct Graph {
 impl Graph {
     /// An empty graph.
     pub fn new(name: impl Into<String>) -> Self {
-        Graph {
-            name: name.into(),
-            ..Default::default()
-        }
+        Graph { name: name.into(), ..Default::default() }
     }
 
     /// The value with this name, created (untyped, undefined) if it does not exist yet.
@@ -152,13 +141,7 @@ impl Graph {
             return id;
         }
         let id = ValueId(self.values.len() as u32);
-        self.values.push(Value {
-            name: name.to_string(),
-            ty: None,
-            producer: None,
-            constant: None,
-            consumers: Vec::new(),
-        });
+        self.values.push(Value { name: name.to_string(), ty: None, producer: None, constant: None, consumers: Vec::new() });
         self.by_name.insert(name.to_string(), id);
         id
     }
@@ -198,10 +181,7 @@ impl Graph {
     pub fn add_input(&mut self, name: &str, ty: TensorType) -> Result<ValueId> {
         let id = self.value_named(name);
         if self.is_defined(id) {
-            return Err(IrError::MultipleProducers {
-                value: name.to_string(),
-                node: "<graph input>".into(),
-            });
+            return Err(IrError::MultipleProducers { value: name.to_string(), node: "<graph input>".into() });
         }
         self.values[id.0 as usize].ty = Some(ty);
         self.inputs.push(id);
@@ -219,10 +199,7 @@ impl Graph {
     pub fn add_constant(&mut self, name: &str, data: Tensor) -> Result<ValueId> {
         let id = self.value_named(name);
         if self.is_defined(id) {
-            return Err(IrError::MultipleProducers {
-                value: name.to_string(),
-                node: "<initializer>".into(),
-            });
+            return Err(IrError::MultipleProducers { value: name.to_string(), node: "<initializer>".into() });
         }
         self.set_constant(id, Arc::new(data));
         Ok(id)
@@ -244,10 +221,7 @@ impl Graph {
     pub fn add_node(&mut self, node: Node) -> Result<NodeId> {
         for &o in &node.outputs {
             if self.is_defined(o) {
-                return Err(IrError::MultipleProducers {
-                    value: self.value(o).name.clone(),
-                    node: node.name.clone(),
-                });
+                return Err(IrError::MultipleProducers { value: self.value(o).name.clone(), node: node.name.clone() });
             }
         }
         let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
@@ -301,14 +275,7 @@ impl Graph {
                 continue;
             }
             seen.push(c);
-            let slots: Vec<usize> = self
-                .node(c)
-                .inputs
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v == Some(old))
-                .map(|(i, _)| i)
-                .collect();
+            let slots: Vec<usize> = self.node(c).inputs.iter().enumerate().filter(|(_, v)| **v == Some(old)).map(|(i, _)| i).collect();
             for s in slots {
                 self.set_node_input(c, s, Some(new));
             }
@@ -350,10 +317,7 @@ impl Graph {
     pub fn topo_order(&self) -> Result<Vec<NodeId>> {
         petgraph::algo::toposort(&self.dag, None).map_err(|c| {
             let n = &self.dag[c.node_id()];
-            IrError::Cycle {
-                node: n.name.clone(),
-                op: n.op_type.clone(),
-            }
+            IrError::Cycle { node: n.name.clone(), op: n.op_type.clone() }
         })
     }
 
@@ -363,13 +327,22 @@ impl Graph {
         self.opsets.get(d).copied()
     }
 
+    /// Drops the data of constants that nothing reads (no consumer, not a graph output);
+    /// returns how many were dropped.
+    pub fn remove_unused_constants(&mut self) -> usize {
+        let mut dropped = 0;
+        for (i, v) in self.values.iter_mut().enumerate() {
+            if v.constant.is_some() && v.consumers.is_empty() && !self.outputs.contains(&ValueId(i as u32)) {
+                v.constant = None;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// Number of elements over all constants (the parameter count).
     pub fn parameter_count(&self) -> usize {
-        self.values
-            .iter()
-            .filter_map(|v| v.constant.as_ref())
-            .map(|t| t.len())
-            .sum()
+        self.values.iter().filter_map(|v| v.constant.as_ref()).map(|t| t.len()).sum()
     }
 }
 
@@ -380,18 +353,12 @@ mod tests {
 
     fn chain() -> (Graph, Vec<NodeId>) {
         let mut g = Graph::new("t");
-        let x = g
-            .add_input("x", TensorType::fixed(DType::F32, &[2]))
-            .unwrap();
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2])).unwrap();
         let a = g.value_named("a");
         let b = g.value_named("b");
         // Added out of order: the consumer first.
-        let n2 = g
-            .add_node(Node::new("n2", "Relu", 17, vec![Some(a)], vec![b]))
-            .unwrap();
-        let n1 = g
-            .add_node(Node::new("n1", "Neg", 17, vec![Some(x)], vec![a]))
-            .unwrap();
+        let n2 = g.add_node(Node::new("n2", "Relu", 17, vec![Some(a)], vec![b])).unwrap();
+        let n1 = g.add_node(Node::new("n1", "Neg", 17, vec![Some(x)], vec![a])).unwrap();
         g.outputs.push(b);
         (g, vec![n1, n2])
     }
@@ -407,13 +374,8 @@ mod tests {
     fn second_producer_is_rejected() {
         let (mut g, _) = chain();
         let a = g.find_value("a").unwrap();
-        let err = g
-            .add_node(Node::new("dup", "Neg", 17, vec![], vec![a]))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("'a' is defined more than once"),
-            "{err}"
-        );
+        let err = g.add_node(Node::new("dup", "Neg", 17, vec![], vec![a])).unwrap_err();
+        assert!(err.to_string().contains("'a' is defined more than once"), "{err}");
     }
 
     #[test]
@@ -421,10 +383,8 @@ mod tests {
         let mut g = Graph::new("c");
         let a = g.value_named("a");
         let b = g.value_named("b");
-        g.add_node(Node::new("p", "Neg", 17, vec![Some(b)], vec![a]))
-            .unwrap();
-        g.add_node(Node::new("q", "Neg", 17, vec![Some(a)], vec![b]))
-            .unwrap();
+        g.add_node(Node::new("p", "Neg", 17, vec![Some(b)], vec![a])).unwrap();
+        g.add_node(Node::new("q", "Neg", 17, vec![Some(a)], vec![b])).unwrap();
         let err = g.topo_order().unwrap_err().to_string();
         assert!(err.contains("cycle through node"), "{err}");
     }

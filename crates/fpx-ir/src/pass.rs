@@ -39,8 +39,7 @@ impl PassManager {
             if p.run(graph, registry)? {
                 changed.push(p.name().to_string());
             }
-            verify::verify(graph, registry)
-                .map_err(|e| crate::IrError::Invalid(format!("after pass '{}': {e}", p.name())))?;
+            verify::verify(graph, registry).map_err(|e| crate::IrError::Invalid(format!("after pass '{}': {e}", p.name())))?;
         }
         Ok(changed)
     }
@@ -56,32 +55,18 @@ impl Pass for DeadNodeElimination {
 
     fn run(&self, graph: &mut Graph, _: &OpRegistry) -> Result<bool> {
         let mut live: HashSet<NodeId> = HashSet::new();
-        let mut stack: Vec<NodeId> = graph
-            .outputs
-            .iter()
-            .filter_map(|o| graph.value(*o).producer.map(|p| p.0))
-            .collect();
+        let mut stack: Vec<NodeId> = graph.outputs.iter().filter_map(|o| graph.value(*o).producer.map(|p| p.0)).collect();
         while let Some(n) = stack.pop() {
             if live.insert(n) {
-                stack.extend(
-                    graph
-                        .node(n)
-                        .inputs
-                        .iter()
-                        .flatten()
-                        .filter_map(|v| graph.value(*v).producer.map(|p| p.0)),
-                );
+                stack.extend(graph.node(n).inputs.iter().flatten().filter_map(|v| graph.value(*v).producer.map(|p| p.0)));
             }
         }
-        let dead: Vec<NodeId> = graph
-            .node_ids()
-            .into_iter()
-            .filter(|n| !live.contains(n))
-            .collect();
+        let dead: Vec<NodeId> = graph.node_ids().into_iter().filter(|n| !live.contains(n)).collect();
         for &n in &dead {
             graph.remove_node(n);
         }
-        Ok(!dead.is_empty())
+        let dropped = graph.remove_unused_constants();
+        Ok(!dead.is_empty() || dropped > 0)
     }
 }
 
@@ -110,25 +95,15 @@ impl<E: NodeEvaluator> Pass for ConstantFolding<E> {
         let mut changed = false;
         for id in graph.topo_order()? {
             let node = graph.node(id);
-            let inputs: Vec<Option<Arc<Tensor>>> = node
-                .inputs
-                .iter()
-                .map(|v| v.and_then(|v| graph.constant(v).cloned()))
-                .collect();
-            if node
-                .inputs
-                .iter()
-                .zip(&inputs)
-                .any(|(v, c)| v.is_some() && c.is_none())
-            {
+            let inputs: Vec<Option<Arc<Tensor>>> = node.inputs.iter().map(|v| v.and_then(|v| graph.constant(v).cloned())).collect();
+            if node.inputs.iter().zip(&inputs).any(|(v, c)| v.is_some() && c.is_none()) {
                 continue;
             }
             let refs: Vec<Option<&Tensor>> = inputs.iter().map(|c| c.as_deref()).collect();
             let Ok(outs) = self.evaluator.evaluate(node, &refs) else {
                 continue;
             };
-            if outs.len() != node.outputs.len() || outs.iter().any(|t| t.len() > self.max_elements)
-            {
+            if outs.len() != node.outputs.len() || outs.iter().any(|t| t.len() > self.max_elements) {
                 continue;
             }
             let node = graph.remove_node(id).expect("node exists");

@@ -46,9 +46,7 @@ macro_rules! dispatch {
 }
 
 /// An element type a [`Tensor`] can hold, with the conversions ONNX `Cast` needs.
-pub trait Elem:
-    Copy + Default + PartialEq + PartialOrd + Send + Sync + std::fmt::Debug + 'static
-{
+pub trait Elem: Copy + Default + PartialEq + PartialOrd + Send + Sync + std::fmt::Debug + 'static {
     /// The tag of this element type.
     const DTYPE: DType;
     /// Widen to f64 (exact for every type but large 64-bit integers).
@@ -167,8 +165,7 @@ impl<T: Elem> From<ArrayD<T>> for Tensor {
 }
 
 fn cast_array<S: Elem, D: Elem>(a: &ArrayD<S>) -> ArrayD<D> {
-    let int_path = (S::DTYPE.is_int() || S::DTYPE == DType::Bool)
-        && (D::DTYPE.is_int() || D::DTYPE == DType::Bool);
+    let int_path = (S::DTYPE.is_int() || S::DTYPE == DType::Bool) && (D::DTYPE.is_int() || D::DTYPE == DType::Bool);
     if int_path {
         a.mapv(|x| D::from_i64(x.to_i64()))
     } else {
@@ -331,8 +328,7 @@ mod tests {
 
     #[test]
     fn cast_follows_onnx_rules() {
-        let t =
-            Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[4]), vec![-1.7, 0.0, 2.5, 300.0]).unwrap());
+        let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[4]), vec![-1.7, 0.0, 2.5, 300.0]).unwrap());
         assert_eq!(t.cast(DType::I64).to_i64_vec(), vec![-1, 0, 2, 300]);
         assert_eq!(t.cast(DType::Bool).to_i64_vec(), vec![1, 0, 1, 1]);
         assert_eq!(t.cast(DType::U8).to_i64_vec(), vec![0, 0, 2, 255]);

@@ -54,18 +54,12 @@ pub struct TensorType {
 impl TensorType {
     /// A type with fully known dimensions.
     pub fn fixed(dtype: DType, dims: &[usize]) -> Self {
-        TensorType {
-            dtype,
-            shape: Some(dims.iter().map(|&d| Dim::Fixed(d)).collect()),
-        }
+        TensorType { dtype, shape: Some(dims.iter().map(|&d| Dim::Fixed(d)).collect()) }
     }
 
     /// A type of known rank whose dimensions are all unknown.
     pub fn of_rank(dtype: DType, rank: usize) -> Self {
-        TensorType {
-            dtype,
-            shape: Some(vec![Dim::Unknown; rank]),
-        }
+        TensorType { dtype, shape: Some(vec![Dim::Unknown; rank]) }
     }
 
     /// A type whose shape is unknown.
@@ -89,9 +83,7 @@ impl TensorType {
             return false;
         }
         match (&self.shape, &other.shape) {
-            (Some(a), Some(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.compatible(y))
-            }
+            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.compatible(y)),
             _ => true,
         }
     }
@@ -113,10 +105,7 @@ impl TensorType {
             (Some(a), _) => Some(a.clone()),
             (None, b) => b.clone(),
         };
-        TensorType {
-            dtype: self.dtype,
-            shape,
-        }
+        TensorType { dtype: self.dtype, shape }
     }
 }
 

@@ -18,10 +18,7 @@ pub fn infer_types(graph: &mut Graph, registry: &OpRegistry) -> Result<()> {
                     return Err(IrError::TypeMismatch {
                         node: node.name.clone(),
                         op: node.op_type.clone(),
-                        message: format!(
-                            "output '{}' is declared {declared} but inferred {ty}",
-                            graph.value(*o).name
-                        ),
+                        message: format!("output '{}' is declared {declared} but inferred {ty}", graph.value(*o).name),
                     })
                 }
             };
@@ -40,22 +37,13 @@ pub fn verify(graph: &Graph, registry: &OpRegistry) -> Result<()> {
         registry.check(node)?;
         for v in node.inputs.iter().flatten() {
             if !graph.is_defined(*v) {
-                return Err(IrError::Undefined {
-                    value: graph.value(*v).name.clone(),
-                    node: node.name.clone(),
-                });
+                return Err(IrError::Undefined { value: graph.value(*v).name.clone(), node: node.name.clone() });
             }
         }
         for (slot, o) in node.outputs.iter().enumerate() {
             let val = graph.value(*o);
-            if val.producer != Some((id, slot))
-                || val.constant.is_some()
-                || graph.inputs.contains(o)
-            {
-                return Err(IrError::MultipleProducers {
-                    value: val.name.clone(),
-                    node: node.name.clone(),
-                });
+            if val.producer != Some((id, slot)) || val.constant.is_some() || graph.inputs.contains(o) {
+                return Err(IrError::MultipleProducers { value: val.name.clone(), node: node.name.clone() });
             }
         }
         let inferred = registry.infer_node(graph, node)?;
@@ -65,10 +53,7 @@ pub fn verify(graph: &Graph, registry: &OpRegistry) -> Result<()> {
                     return Err(IrError::TypeMismatch {
                         node: node.name.clone(),
                         op: node.op_type.clone(),
-                        message: format!(
-                            "output '{}' has type {have} but inference gives {ty}",
-                            graph.value(*o).name
-                        ),
+                        message: format!("output '{}' has type {have} but inference gives {ty}", graph.value(*o).name),
                     });
                 }
             }

@@ -12,12 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
 /// Reads the `expected` bytes of tensor `name`'s external data, resolved against `base_dir`.
-pub(crate) fn read_external(
-    t: &TensorProto,
-    name: &str,
-    base_dir: Option<&Path>,
-    expected: usize,
-) -> Result<Vec<u8>, ImportError> {
+pub(crate) fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>, expected: usize) -> Result<Vec<u8>, ImportError> {
     let mut location = None;
     let mut offset = None;
     let mut length = None;
@@ -30,21 +25,12 @@ pub(crate) fn read_external(
         }
     }
     let location = location.unwrap_or("");
-    let err = |message: String| ImportError::ExternalData {
-        tensor: name.to_string(),
-        location: location.to_string(),
-        message,
-    };
+    let err = |message: String| ImportError::ExternalData { tensor: name.to_string(), location: location.to_string(), message };
     if location.is_empty() {
         return Err(err("the tensor's external_data has no 'location'".into()));
     }
     let number = |key: &str, v: Option<&str>| -> Result<Option<u64>, ImportError> {
-        v.map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| err(format!("'{key}' is '{s}', not a non-negative integer")))
-        })
-        .transpose()
+        v.map(|s| s.trim().parse::<u64>().map_err(|_| err(format!("'{key}' is '{s}', not a non-negative integer")))).transpose()
     };
     let offset = number("offset", offset)?.unwrap_or(0);
     let length = number("length", length)?;
@@ -53,80 +39,45 @@ pub(crate) fn read_external(
     let expected_u64 = expected as u64;
     if let Some(len) = length {
         if len != expected_u64 {
-            return Err(err(format!(
-                "'length' is {len} bytes, but the tensor's type and dims need {expected}"
-            )));
+            return Err(err(format!("'length' is {len} bytes, but the tensor's type and dims need {expected}")));
         }
     }
-    let file_len = std::fs::metadata(&path)
-        .map_err(|e| err(format!("cannot read '{}': {e}", path.display())))?
-        .len();
-    let end = offset
-        .checked_add(expected_u64)
-        .ok_or_else(|| err(format!("offset {offset} + length {expected} overflows")))?;
+    let file_len = std::fs::metadata(&path).map_err(|e| err(format!("cannot read '{}': {e}", path.display())))?.len();
+    let end = offset.checked_add(expected_u64).ok_or_else(|| err(format!("offset {offset} + length {expected} overflows")))?;
     if end > file_len {
-        return Err(err(format!(
-            "offset {offset} + length {expected} is beyond the end of '{}' ({file_len} bytes)",
-            path.display()
-        )));
+        return Err(err(format!("offset {offset} + length {expected} is beyond the end of '{}' ({file_len} bytes)", path.display())));
     }
-    let mut file =
-        File::open(&path).map_err(|e| err(format!("cannot open '{}': {e}", path.display())))?;
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| err(format!("cannot seek in '{}': {e}", path.display())))?;
+    let mut file = File::open(&path).map_err(|e| err(format!("cannot open '{}': {e}", path.display())))?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| err(format!("cannot seek in '{}': {e}", path.display())))?;
     let mut buf = vec![0u8; expected];
-    file.read_exact(&mut buf).map_err(|e| {
-        err(format!(
-            "cannot read {expected} bytes at offset {offset} of '{}': {e}",
-            path.display()
-        ))
-    })?;
+    file.read_exact(&mut buf).map_err(|e| err(format!("cannot read {expected} bytes at offset {offset} of '{}': {e}", path.display())))?;
     Ok(buf)
 }
 
 /// The canonical path of `location` inside `base_dir`, or why it is not allowed.
 fn resolve(location: &str, base_dir: Option<&Path>) -> Result<PathBuf, String> {
-    let base_dir = base_dir.ok_or(
-        "the model was imported from bytes without a folder, so external data cannot be resolved",
-    )?;
+    let base_dir = base_dir.ok_or("the model was imported from bytes without a folder, so external data cannot be resolved")?;
     let rel = Path::new(location);
     if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
-        return Err(
-            "absolute paths are not allowed: external data must lie inside the model's folder"
-                .into(),
-        );
+        return Err("absolute paths are not allowed: external data must lie inside the model's folder".into());
     }
     for c in rel.components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(
-                    "'..' is not allowed: external data must lie inside the model's folder".into(),
-                )
+            Component::ParentDir => return Err("'..' is not allowed: external data must lie inside the model's folder".into()),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute paths are not allowed: external data must lie inside the model's folder".into())
             }
-            Component::RootDir | Component::Prefix(_) => return Err(
-                "absolute paths are not allowed: external data must lie inside the model's folder"
-                    .into(),
-            ),
         }
     }
-    let base = base_dir.canonicalize().map_err(|e| {
-        format!(
-            "cannot resolve the model's folder '{}': {e}",
-            base_dir.display()
-        )
-    })?;
+    let base = base_dir.canonicalize().map_err(|e| format!("cannot resolve the model's folder '{}': {e}", base_dir.display()))?;
     let joined = base.join(rel);
     let full = joined.canonicalize().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("file '{}' not found", joined.display()),
         _ => format!("cannot resolve '{}': {e}", joined.display()),
     })?;
     if !full.starts_with(&base) {
-        return Err(format!(
-            "resolves to '{}', outside the model's folder '{}'",
-            full.display(),
-            base.display()
-        ));
+        return Err(format!("resolves to '{}', outside the model's folder '{}'", full.display(), base.display()));
     }
     if !full.is_file() {
         return Err(format!("'{}' is not a regular file", full.display()));

@@ -7,30 +7,16 @@ use fpx_ir::ops::{OpRegistry, MAX_ONNX_OPSET};
 use fpx_ir::{onnx_dtype, Attribute, Dim, Graph, IrError, Node, Tensor, TensorType, ValueId};
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_shape_proto::dimension;
-use onnx_protobuf::{
-    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
-    ValueInfoProto,
-};
+use onnx_protobuf::{type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 /// Parses and imports a serialized model; `what` names it in parse errors.
-pub(crate) fn import(
-    bytes: &[u8],
-    base_dir: Option<&Path>,
-    what: &str,
-) -> Result<Graph, ImportError> {
-    let parse_err = |message: String| ImportError::Parse {
-        what: what.to_string(),
-        message,
-    };
-    let model = ModelProto::parse_from_bytes(bytes)
-        .map_err(|e| parse_err(format!("not a valid ONNX model: {e}")))?;
+pub(crate) fn import(bytes: &[u8], base_dir: Option<&Path>, what: &str) -> Result<Graph, ImportError> {
+    let parse_err = |message: String| ImportError::Parse { what: what.to_string(), message };
+    let model = ModelProto::parse_from_bytes(bytes).map_err(|e| parse_err(format!("not a valid ONNX model: {e}")))?;
     if model.ir_version <= 0 {
-        return Err(parse_err(format!(
-            "not a valid ONNX model: ir_version is {}",
-            model.ir_version
-        )));
+        return Err(parse_err(format!("not a valid ONNX model: ir_version is {}", model.ir_version)));
     }
     let Some(gp) = model.graph.as_ref() else {
         return Err(parse_err("not a valid ONNX model: it has no graph".into()));
@@ -60,9 +46,7 @@ fn opsets(imports: &[OperatorSetIdProto]) -> Result<BTreeMap<String, i64>, Impor
     }
     if let Some(&v) = out.get("") {
         if !(1..=MAX_ONNX_OPSET).contains(&v) {
-            return Err(ImportError::Unsupported(format!(
-                "the model imports ONNX opset {v}; fpx supports opsets 1 to {MAX_ONNX_OPSET}"
-            )));
+            return Err(ImportError::Unsupported(format!("the model imports ONNX opset {v}; fpx supports opsets 1 to {MAX_ONNX_OPSET}")));
         }
     }
     Ok(out)
@@ -78,24 +62,14 @@ fn normalize_domain(d: &str) -> &str {
 
 /// Adds initializers, inputs, declared types, nodes and outputs of `gp` to `g`, then checks
 /// that the graph is acyclic and every used value is defined.
-fn build(
-    g: &mut Graph,
-    gp: &GraphProto,
-    registry: &OpRegistry,
-    base_dir: Option<&Path>,
-) -> Result<(), ImportError> {
+fn build(g: &mut Graph, gp: &GraphProto, registry: &OpRegistry, base_dir: Option<&Path>) -> Result<(), ImportError> {
     if let Some(s) = gp.sparse_initializer.first() {
         let name = s.values.as_ref().map(|v| v.name.as_str()).unwrap_or("");
-        return Err(ImportError::Unsupported(format!(
-            "sparse initializer '{name}': sparse tensors are not supported"
-        )));
+        return Err(ImportError::Unsupported(format!("sparse initializer '{name}': sparse tensors are not supported")));
     }
     for t in &gp.initializer {
         if t.name.is_empty() {
-            return Err(ImportError::Tensor {
-                name: String::new(),
-                message: "an initializer has no name".into(),
-            });
+            return Err(ImportError::Tensor { name: String::new(), message: "an initializer has no name".into() });
         }
         let data = convert(t, &t.name, base_dir)?;
         g.add_constant(&t.name, data)?;
@@ -105,17 +79,11 @@ fn build(
             return Err(ImportError::Unsupported("a graph input has no name".into()));
         }
         // Before IR 4, initializers were also listed as graph inputs: they are constants here.
-        if g.find_value(&vi.name)
-            .is_some_and(|id| g.constant(id).is_some())
-        {
+        if g.find_value(&vi.name).is_some_and(|id| g.constant(id).is_some()) {
             continue;
         }
-        let ty = declared_type(vi, "graph input")?.ok_or_else(|| {
-            ImportError::Unsupported(format!(
-                "graph input '{}' has no tensor element type",
-                vi.name
-            ))
-        })?;
+        let ty = declared_type(vi, "graph input")?
+            .ok_or_else(|| ImportError::Unsupported(format!("graph input '{}' has no tensor element type", vi.name)))?;
         g.add_input(&vi.name, ty)?;
     }
     for vi in &gp.value_info {
@@ -123,9 +91,7 @@ fn build(
     }
     for vi in &gp.output {
         if vi.name.is_empty() {
-            return Err(ImportError::Unsupported(
-                "a graph output has no name".into(),
-            ));
+            return Err(ImportError::Unsupported("a graph output has no name".into()));
         }
         let id = declare(g, vi, "graph output")?;
         g.outputs.push(id);
@@ -141,11 +107,7 @@ fn build(
         let node = g.node(id);
         for v in node.inputs.iter().flatten() {
             if !g.is_defined(*v) {
-                return Err(IrError::Undefined {
-                    value: g.value(*v).name.clone(),
-                    node: node.name.clone(),
-                }
-                .into());
+                return Err(IrError::Undefined { value: g.value(*v).name.clone(), node: node.name.clone() }.into());
             }
         }
     }
@@ -169,13 +131,7 @@ fn declare(g: &mut Graph, vi: &ValueInfoProto, what: &str) -> Result<ValueId, Im
         let merged = match &g.value(id).ty {
             None => ty,
             Some(have) if have.compatible(&ty) => have.refine(&ty),
-            Some(have) => {
-                return Err(IrError::Invalid(format!(
-                    "{what} '{}' is declared {ty}, but it is {have}",
-                    vi.name
-                ))
-                .into())
-            }
+            Some(have) => return Err(IrError::Invalid(format!("{what} '{}' is declared {ty}, but it is {have}", vi.name)).into()),
         };
         g.set_type(id, Some(merged));
     }
@@ -198,10 +154,7 @@ fn declared_type(vi: &ValueInfoProto, what: &str) -> Result<Option<TensorType>, 
                 type_proto::Value::SparseTensorType(_) => "a sparse tensor",
                 _ => "not a tensor",
             };
-            return Err(ImportError::Unsupported(format!(
-                "{what} '{}' is {kind}; fpx supports dense tensors only",
-                vi.name
-            )));
+            return Err(ImportError::Unsupported(format!("{what} '{}' is {kind}; fpx supports dense tensors only", vi.name)));
         }
     };
     if tt.elem_type == 0 {
@@ -218,9 +171,7 @@ fn declared_type(vi: &ValueInfoProto, what: &str) -> Result<Option<TensorType>, 
         s.dim
             .iter()
             .map(|d| match &d.value {
-                Some(dimension::Value::DimValue(v)) => {
-                    usize::try_from(*v).map(Dim::Fixed).unwrap_or(Dim::Unknown)
-                }
+                Some(dimension::Value::DimValue(v)) => usize::try_from(*v).map(Dim::Fixed).unwrap_or(Dim::Unknown),
                 Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(p.clone()),
                 _ => Dim::Unknown,
             })
@@ -231,19 +182,11 @@ fn declared_type(vi: &ValueInfoProto, what: &str) -> Result<Option<TensorType>, 
 
 /// Unique, non-empty node names: a node's own name if free, else `Op_index` (with a suffix if taken).
 fn node_names(nodes: &[NodeProto]) -> Vec<String> {
-    let explicit: HashSet<&str> = nodes
-        .iter()
-        .map(|n| n.name.as_str())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let explicit: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).filter(|n| !n.is_empty()).collect();
     let mut used: HashSet<String> = HashSet::new();
     let mut out = Vec::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
-        let base = if n.name.is_empty() {
-            format!("{}_{i}", n.op_type)
-        } else {
-            n.name.clone()
-        };
+        let base = if n.name.is_empty() { format!("{}_{i}", n.op_type) } else { n.name.clone() };
         let mut name = base.clone();
         let mut k = 1;
         // A generated or suffixed name must not take a name some other node has explicitly.
@@ -258,31 +201,13 @@ fn node_names(nodes: &[NodeProto]) -> Vec<String> {
 }
 
 /// Converts one node, checks it against its schema, and adds it (or, for `Constant`, its value).
-fn add_node(
-    g: &mut Graph,
-    np: &NodeProto,
-    name: String,
-    registry: &OpRegistry,
-    base_dir: Option<&Path>,
-) -> Result<(), ImportError> {
+fn add_node(g: &mut Graph, np: &NodeProto, name: String, registry: &OpRegistry, base_dir: Option<&Path>) -> Result<(), ImportError> {
     let domain = normalize_domain(&np.domain).to_string();
     let opset = g.opset(&domain).ok_or_else(|| {
-        let shown = if domain.is_empty() {
-            "the ONNX default domain ''".to_string()
-        } else {
-            format!("domain '{domain}'")
-        };
-        ImportError::Unsupported(format!(
-            "node '{name}' ({}) is in {shown}, which the model's opset_import does not list",
-            np.op_type
-        ))
+        let shown = if domain.is_empty() { "the ONNX default domain ''".to_string() } else { format!("domain '{domain}'") };
+        ImportError::Unsupported(format!("node '{name}' ({}) is in {shown}, which the model's opset_import does not list", np.op_type))
     })?;
-    let bad = |message: String| IrError::BadAttribute {
-        node: name.clone(),
-        op: np.op_type.clone(),
-        opset,
-        message,
-    };
+    let bad = |message: String| IrError::BadAttribute { node: name.clone(), op: np.op_type.clone(), opset, message };
     // An unknown op or opset is the error to report, even when an attribute (a subgraph of
     // `Loop`, say) could not be converted either.
     let bare = Node {
@@ -294,9 +219,7 @@ fn add_node(
         inputs: Vec::new(),
         outputs: Vec::new(),
     };
-    if let Err(e @ (IrError::UnknownOp { .. } | IrError::UnsupportedOpset { .. })) =
-        registry.check(&bare)
-    {
+    if let Err(e @ (IrError::UnknownOp { .. } | IrError::UnsupportedOpset { .. })) = registry.check(&bare) {
         return Err(e.into());
     }
     let mut attrs = BTreeMap::new();
@@ -306,37 +229,15 @@ fn add_node(
             return Err(bad(format!("attribute '{}' appears twice", a.name)).into());
         }
     }
-    let inputs = np
-        .input
-        .iter()
-        .map(|s| (!s.is_empty()).then(|| g.value_named(s)))
-        .collect();
+    let inputs = np.input.iter().map(|s| (!s.is_empty()).then(|| g.value_named(s))).collect();
     // Trailing empty output names are omitted optional outputs; inner ones get fresh, unused values.
-    let n_out = np
-        .output
-        .iter()
-        .rposition(|s| !s.is_empty())
-        .map_or(0, |p| p + 1);
+    let n_out = np.output.iter().rposition(|s| !s.is_empty()).map_or(0, |p| p + 1);
     let outputs = np.output[..n_out]
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            if s.is_empty() {
-                g.fresh_value(&format!("{name}__unused_output{i}"))
-            } else {
-                g.value_named(s)
-            }
-        })
+        .map(|(i, s)| if s.is_empty() { g.fresh_value(&format!("{name}__unused_output{i}")) } else { g.value_named(s) })
         .collect();
-    let node = Node {
-        name: name.clone(),
-        op_type: np.op_type.clone(),
-        domain,
-        opset,
-        attrs,
-        inputs,
-        outputs,
-    };
+    let node = Node { name: name.clone(), op_type: np.op_type.clone(), domain, opset, attrs, inputs, outputs };
     registry.check(&node)?;
     if node.domain.is_empty() && node.op_type == "Constant" {
         let value = constant_value(&node, &bad)?;
@@ -357,71 +258,37 @@ fn constant_value(node: &Node, bad: &dyn Fn(String) -> IrError) -> Result<Tensor
         Attribute::Tensor(t) => t.clone(),
         Attribute::Float(f) => Tensor::scalar_f32(*f),
         Attribute::Floats(v) => Tensor::from(
-            fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[v.len()]), v.clone())
-                .map_err(|e| bad(e.to_string()))?,
+            fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[v.len()]), v.clone()).map_err(|e| bad(e.to_string()))?,
         ),
-        Attribute::Int(i) => Tensor::from(fpx_ir::ndarray::ArrayD::from_elem(
-            fpx_ir::ndarray::IxDyn(&[]),
-            *i,
-        )),
+        Attribute::Int(i) => Tensor::from(fpx_ir::ndarray::ArrayD::from_elem(fpx_ir::ndarray::IxDyn(&[]), *i)),
         Attribute::Ints(v) => Tensor::vec_i64(v.clone()),
-        Attribute::String(_) | Attribute::Strings(_) => {
-            return Err(bad("string constants are not supported".into()))
-        }
+        Attribute::String(_) | Attribute::Strings(_) => return Err(bad("string constants are not supported".into())),
     })
 }
 
 /// Converts one attribute; kinds fpx has no use for (graphs, sparse tensors, types) are errors.
-fn attribute(
-    a: &AttributeProto,
-    node: &str,
-    base_dir: Option<&Path>,
-    bad: &dyn Fn(String) -> IrError,
-) -> Result<Attribute, ImportError> {
+fn attribute(a: &AttributeProto, node: &str, base_dir: Option<&Path>, bad: &dyn Fn(String) -> IrError) -> Result<Attribute, ImportError> {
     if !a.ref_attr_name.is_empty() {
-        return Err(bad(format!("attribute '{}' refers to function attribute '{}', which is only allowed inside functions", a.name, a.ref_attr_name)).into());
-    }
-    let kind = a.type_.enum_value().map_err(|code| {
-        bad(format!(
-            "attribute '{}' has unknown type code {code}",
-            a.name
+        return Err(bad(format!(
+            "attribute '{}' refers to function attribute '{}', which is only allowed inside functions",
+            a.name, a.ref_attr_name
         ))
-    })?;
+        .into());
+    }
+    let kind = a.type_.enum_value().map_err(|code| bad(format!("attribute '{}' has unknown type code {code}", a.name)))?;
     Ok(match kind {
         AttributeType::FLOAT => Attribute::Float(a.f),
         AttributeType::INT => Attribute::Int(a.i),
         AttributeType::STRING => Attribute::String(String::from_utf8_lossy(&a.s).into_owned()),
         AttributeType::FLOATS => Attribute::Floats(a.floats.clone()),
         AttributeType::INTS => Attribute::Ints(a.ints.clone()),
-        AttributeType::STRINGS => Attribute::Strings(
-            a.strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
-        ),
+        AttributeType::STRINGS => Attribute::Strings(a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect()),
         AttributeType::TENSOR => {
-            let t = a.t.as_ref().ok_or_else(|| {
-                bad(format!(
-                    "attribute '{}' is of kind TENSOR but holds no tensor",
-                    a.name
-                ))
-            })?;
-            let tname = if t.name.is_empty() {
-                format!("{node}.{}", a.name)
-            } else {
-                t.name.clone()
-            };
+            let t = a.t.as_ref().ok_or_else(|| bad(format!("attribute '{}' is of kind TENSOR but holds no tensor", a.name)))?;
+            let tname = if t.name.is_empty() { format!("{node}.{}", a.name) } else { t.name.clone() };
             Attribute::Tensor(convert(t, &tname, base_dir)?)
         }
-        AttributeType::UNDEFINED => {
-            return Err(bad(format!("attribute '{}' has no type", a.name)).into())
-        }
-        other => {
-            return Err(bad(format!(
-                "attribute '{}' is of kind {other:?}, which fpx does not support",
-                a.name
-            ))
-            .into())
-        }
+        AttributeType::UNDEFINED => return Err(bad(format!("attribute '{}' has no type", a.name)).into()),
+        other => return Err(bad(format!("attribute '{}' is of kind {other:?}, which fpx does not support", a.name)).into()),
     })
 }

@@ -20,19 +20,10 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
 /// Reads a file holding one serialized `TensorProto` (as the ONNX backend tests'
 /// `test_data_set_0/input_0.pb`) and returns its name and data.
 pub fn load_tensor_pb(path: &Path) -> Result<(String, Tensor), ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let t = TensorProto::parse_from_bytes(&bytes).map_err(|e| ImportError::Parse {
-        what: path.display().to_string(),
-        message: format!("not a valid ONNX TensorProto: {e}"),
-    })?;
-    let name = if t.name.is_empty() {
-        path.display().to_string()
-    } else {
-        t.name.clone()
-    };
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let t = TensorProto::parse_from_bytes(&bytes)
+        .map_err(|e| ImportError::Parse { what: path.display().to_string(), message: format!("not a valid ONNX TensorProto: {e}") })?;
+    let name = if t.name.is_empty() { path.display().to_string() } else { t.name.clone() };
     let tensor = convert(&t, &name, path.parent())?;
     Ok((t.name, tensor))
 }
@@ -85,34 +76,18 @@ pub(crate) fn dtype_name(code: i64) -> String {
 }
 
 /// `tensor_from_proto` with the name used in errors given separately (attribute tensors are often unnamed).
-pub(crate) fn convert(
-    t: &TensorProto,
-    name: &str,
-    base_dir: Option<&Path>,
-) -> Result<Tensor, ImportError> {
-    let err = |message: String| ImportError::Tensor {
-        name: name.to_string(),
-        message,
-    };
-    let dtype = onnx_dtype(i64::from(t.data_type)).ok_or_else(|| {
-        err(format!(
-            "element type {} is not supported",
-            dtype_name(i64::from(t.data_type))
-        ))
-    })?;
+pub(crate) fn convert(t: &TensorProto, name: &str, base_dir: Option<&Path>) -> Result<Tensor, ImportError> {
+    let err = |message: String| ImportError::Tensor { name: name.to_string(), message };
+    let dtype = onnx_dtype(i64::from(t.data_type))
+        .ok_or_else(|| err(format!("element type {} is not supported", dtype_name(i64::from(t.data_type)))))?;
     let mut shape = Vec::with_capacity(t.dims.len());
     let mut count: usize = 1;
     for &d in &t.dims {
-        let d = usize::try_from(d)
-            .map_err(|_| err(format!("negative dimension {d} in dims {:?}", t.dims)))?;
-        count = count
-            .checked_mul(d)
-            .ok_or_else(|| err(format!("dims {:?} have too many elements", t.dims)))?;
+        let d = usize::try_from(d).map_err(|_| err(format!("negative dimension {d} in dims {:?}", t.dims)))?;
+        count = count.checked_mul(d).ok_or_else(|| err(format!("dims {:?} have too many elements", t.dims)))?;
         shape.push(d);
     }
-    let bytes = count
-        .checked_mul(dtype.size_bytes())
-        .ok_or_else(|| err(format!("dims {:?} have too many elements", t.dims)))?;
+    let bytes = count.checked_mul(dtype.size_bytes()).ok_or_else(|| err(format!("dims {:?} have too many elements", t.dims)))?;
     if t.segment.is_some() {
         return Err(err("segmented tensors are not supported".into()));
     }
@@ -139,9 +114,7 @@ pub(crate) fn convert(
 }
 
 fn array<T: fpx_ir::Elem>(shape: &[usize], v: Vec<T>) -> Result<Tensor, String> {
-    ArrayD::from_shape_vec(IxDyn(shape), v)
-        .map(Tensor::from)
-        .map_err(|e| format!("data does not fit dims {shape:?}: {e}"))
+    ArrayD::from_shape_vec(IxDyn(shape), v).map(Tensor::from).map_err(|e| format!("data does not fit dims {shape:?}: {e}"))
 }
 
 fn decode<T, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
@@ -175,17 +148,9 @@ fn from_raw(dtype: DType, shape: &[usize], b: &[u8]) -> Result<Tensor, String> {
 }
 
 /// Takes `count` values from the typed field `field` (named `what` in errors).
-fn take<S: Copy, T>(
-    field: &[S],
-    what: &str,
-    count: usize,
-    f: impl Fn(S) -> T,
-) -> Result<Vec<T>, String> {
+fn take<S: Copy, T>(field: &[S], what: &str, count: usize, f: impl Fn(S) -> T) -> Result<Vec<T>, String> {
     if field.len() != count {
-        return Err(format!(
-            "{what} has {} values, but the dims need {count}",
-            field.len()
-        ));
+        return Err(format!("{what} has {} values, but the dims need {count}", field.len()));
     }
     Ok(field.iter().map(|&x| f(x)).collect())
 }
@@ -196,14 +161,8 @@ fn from_typed(t: &TensorProto, dtype: DType, shape: &[usize], n: usize) -> Resul
     match dtype {
         DType::F32 => array(shape, take(&t.float_data, "float_data", n, |x| x)?),
         DType::F64 => array(shape, take(&t.double_data, "double_data", n, |x| x)?),
-        DType::F16 => array(
-            shape,
-            take(i32s, "int32_data", n, |x| f16::from_bits(x as u16))?,
-        ),
-        DType::BF16 => array(
-            shape,
-            take(i32s, "int32_data", n, |x| bf16::from_bits(x as u16))?,
-        ),
+        DType::F16 => array(shape, take(i32s, "int32_data", n, |x| f16::from_bits(x as u16))?),
+        DType::BF16 => array(shape, take(i32s, "int32_data", n, |x| bf16::from_bits(x as u16))?),
         DType::I8 => array(shape, take(i32s, "int32_data", n, |x| x as i8)?),
         DType::I16 => array(shape, take(i32s, "int32_data", n, |x| x as i16)?),
         DType::I32 => array(shape, take(i32s, "int32_data", n, |x| x)?),

@@ -8,8 +8,8 @@ use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataLocation;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
 use onnx_protobuf::{
-    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use protobuf::{EnumOrUnknown, MessageField};
 use std::path::{Path, PathBuf};
@@ -22,10 +22,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 ^ (self.0 >> 29)
     }
 }
@@ -37,11 +34,7 @@ impl TempDir {
     fn new(tag: &str) -> TempDir {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "fpx-onnx-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let p = std::env::temp_dir().join(format!("fpx-onnx-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -66,25 +59,10 @@ fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Lcg) -> Tensor {
     }
     let mut bits = || rng.next();
     match dtype {
-        DType::F32 => arr(
-            shape,
-            (0..n)
-                .map(|_| (bits() as i64 as f64 / 1e17) as f32)
-                .collect(),
-        ),
+        DType::F32 => arr(shape, (0..n).map(|_| (bits() as i64 as f64 / 1e17) as f32).collect()),
         DType::F64 => arr(shape, (0..n).map(|_| bits() as i64 as f64 / 1e15).collect()),
-        DType::F16 => arr(
-            shape,
-            (0..n)
-                .map(|_| f16::from_bits(finite(bits() as u16, 0x7c00)))
-                .collect(),
-        ),
-        DType::BF16 => arr(
-            shape,
-            (0..n)
-                .map(|_| bf16::from_bits(finite(bits() as u16, 0x7f80)))
-                .collect(),
-        ),
+        DType::F16 => arr(shape, (0..n).map(|_| f16::from_bits(finite(bits() as u16, 0x7c00))).collect()),
+        DType::BF16 => arr(shape, (0..n).map(|_| bf16::from_bits(finite(bits() as u16, 0x7f80))).collect()),
         DType::I8 => arr(shape, (0..n).map(|_| bits() as i8).collect()),
         DType::I16 => arr(shape, (0..n).map(|_| bits() as i16).collect()),
         DType::I32 => arr(shape, (0..n).map(|_| bits() as i32).collect()),
@@ -168,13 +146,7 @@ fn vi(name: &str, elem: i32, dims: Option<&[&str]>) -> ValueInfoProto {
 const FLOAT: i32 = 1;
 const INT64: i32 = 7;
 
-fn node(
-    op: &str,
-    name: &str,
-    inputs: &[&str],
-    outputs: &[&str],
-    attrs: Vec<AttributeProto>,
-) -> NodeProto {
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
     let mut n = NodeProto::new();
     n.op_type = op.into();
     n.name = name.into();
@@ -265,11 +237,7 @@ fn import_err(m: &ModelProto) -> String {
 }
 
 fn node_named<'g>(g: &'g fpx_ir::Graph, name: &str) -> &'g fpx_ir::Node {
-    let id = g
-        .node_ids()
-        .into_iter()
-        .find(|&id| g.node(id).name == name)
-        .unwrap_or_else(|| panic!("no node '{name}'"));
+    let id = g.node_ids().into_iter().find(|&id| g.node(id).name == name).unwrap_or_else(|| panic!("no node '{name}'"));
     g.node(id)
 }
 
@@ -281,19 +249,15 @@ fn workspace_root() -> PathBuf {
 fn node_tests_dir() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("FPX_ONNX_NODE_TESTS").map(PathBuf::from),
-        Some(
-            workspace_root().join(".venv/lib/python3.11/site-packages/onnx/backend/test/data/node"),
-        ),
+        Some(workspace_root().join(".venv/lib/python3.11/site-packages/onnx/backend/test/data/node")),
     ];
     candidates.into_iter().flatten().find(|p| p.is_dir())
 }
 
 /// The MiniLM model in `shared/models`, if present.
 fn minilm_path() -> Option<PathBuf> {
-    let candidates = [
-        workspace_root().join("../shared/models/minilm-l6-v2/model.onnx"),
-        PathBuf::from("/work/shared/models/minilm-l6-v2/model.onnx"),
-    ];
+    let candidates =
+        [workspace_root().join("../shared/models/minilm-l6-v2/model.onnx"), PathBuf::from("/work/shared/models/minilm-l6-v2/model.onnx")];
     candidates.into_iter().find(|p| p.is_file())
 }
 
@@ -313,11 +277,7 @@ fn every_dtype_round_trips_through_raw_data() {
             assert_eq!(back, t, "{dtype} {shape:?}");
             // Through serialized bytes too.
             let parsed = TensorProto::parse_from_bytes(&p.write_to_bytes().unwrap()).unwrap();
-            assert_eq!(
-                tensor_from_proto(&parsed, None).unwrap(),
-                t,
-                "{dtype} {shape:?}"
-            );
+            assert_eq!(tensor_from_proto(&parsed, None).unwrap(), t, "{dtype} {shape:?}");
         }
     }
 }
@@ -342,15 +302,9 @@ fn raw_data_is_little_endian() {
     p.dims = vec![2];
     p.data_type = onnx_code(DType::I32) as i32;
     p.raw_data = vec![1, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff];
-    assert_eq!(
-        tensor_from_proto(&p, None).unwrap().to_i64_vec(),
-        vec![1, -2]
-    );
+    assert_eq!(tensor_from_proto(&p, None).unwrap().to_i64_vec(), vec![1, -2]);
     let t = Tensor::U16(ArrayD::from_shape_vec(IxDyn(&[2]), vec![0x0102, 0xa0b0]).unwrap());
-    assert_eq!(
-        tensor_to_proto("u", &t).raw_data,
-        vec![0x02, 0x01, 0xb0, 0xa0]
-    );
+    assert_eq!(tensor_to_proto("u", &t).raw_data, vec![0x02, 0x01, 0xb0, 0xa0]);
 }
 
 #[test]
@@ -358,30 +312,14 @@ fn half_precision_bit_patterns_survive() {
     // 1.0, -2.0, +inf, the smallest negative subnormal, a NaN payload, -0.
     let h_bits = [0x3c00u16, 0xc000, 0x7c00, 0x8001, 0x7e01, 0x8000];
     let b_bits = [0x3f80u16, 0xc000, 0x7f80, 0x8001, 0x7fc1, 0x8000];
-    let h = Tensor::F16(
-        ArrayD::from_shape_vec(
-            IxDyn(&[6]),
-            h_bits.iter().map(|&b| f16::from_bits(b)).collect(),
-        )
-        .unwrap(),
-    );
-    let b = Tensor::BF16(
-        ArrayD::from_shape_vec(
-            IxDyn(&[6]),
-            b_bits.iter().map(|&b| bf16::from_bits(b)).collect(),
-        )
-        .unwrap(),
-    );
+    let h = Tensor::F16(ArrayD::from_shape_vec(IxDyn(&[6]), h_bits.iter().map(|&b| f16::from_bits(b)).collect()).unwrap());
+    let b = Tensor::BF16(ArrayD::from_shape_vec(IxDyn(&[6]), b_bits.iter().map(|&b| bf16::from_bits(b)).collect()).unwrap());
     for p in [tensor_to_proto("h", &h), typed_proto("h", &h)] {
-        let Tensor::F16(a) = tensor_from_proto(&p, None).unwrap() else {
-            panic!("not f16")
-        };
+        let Tensor::F16(a) = tensor_from_proto(&p, None).unwrap() else { panic!("not f16") };
         assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), h_bits);
     }
     for p in [tensor_to_proto("b", &b), typed_proto("b", &b)] {
-        let Tensor::BF16(a) = tensor_from_proto(&p, None).unwrap() else {
-            panic!("not bf16")
-        };
+        let Tensor::BF16(a) = tensor_from_proto(&p, None).unwrap() else { panic!("not bf16") };
         assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b_bits);
     }
     assert_eq!(typed_proto("h", &h).int32_data[0], 0x3c00);
@@ -394,32 +332,20 @@ fn length_mismatch_names_the_tensor() {
     let mut p = tensor_to_proto("weights.0", &t);
     p.raw_data.pop();
     let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-    assert!(
-        e.contains("weights.0") && e.contains("raw_data has 23 bytes") && e.contains("need 24"),
-        "{e}"
-    );
+    assert!(e.contains("weights.0") && e.contains("raw_data has 23 bytes") && e.contains("need 24"), "{e}");
 
     let mut p = typed_proto("bias", &t);
     p.dims = vec![7];
     let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-    assert!(matches!(
-        tensor_from_proto(&p, None),
-        Err(ImportError::Tensor { .. })
-    ));
-    assert!(
-        e.contains("bias") && e.contains("float_data has 6 values") && e.contains("need 7"),
-        "{e}"
-    );
+    assert!(matches!(tensor_from_proto(&p, None), Err(ImportError::Tensor { .. })));
+    assert!(e.contains("bias") && e.contains("float_data has 6 values") && e.contains("need 7"), "{e}");
 
     // Data in the wrong typed field counts as missing.
     let mut p = typed_proto("ids", &Tensor::vec_i64(vec![1, 2, 3]));
     p.int32_data = vec![1, 2, 3];
     p.int64_data.clear();
     let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-    assert!(
-        e.contains("ids") && e.contains("int64_data has 0 values"),
-        "{e}"
-    );
+    assert!(e.contains("ids") && e.contains("int64_data has 0 values"), "{e}");
 }
 
 #[test]
@@ -429,27 +355,18 @@ fn bad_dims_are_errors_not_panics() {
     p.data_type = 1;
     p.dims = vec![2, -1];
     let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-    assert!(
-        e.contains("'neg'") && e.contains("negative dimension -1"),
-        "{e}"
-    );
+    assert!(e.contains("'neg'") && e.contains("negative dimension -1"), "{e}");
 
     p.name = "huge".into();
     p.dims = vec![i64::MAX, i64::MAX, 4];
     let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-    assert!(
-        e.contains("'huge'") && e.contains("too many elements"),
-        "{e}"
-    );
+    assert!(e.contains("'huge'") && e.contains("too many elements"), "{e}");
 
     // Element count fits, byte count does not.
     p.dims = vec![1 << 62];
     p.data_type = 11;
     let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-    assert!(
-        e.contains("'huge'") && e.contains("too many elements"),
-        "{e}"
-    );
+    assert!(e.contains("'huge'") && e.contains("too many elements"), "{e}");
 
     // A large but representable count with no data: a mismatch, found before allocating.
     p.dims = vec![1 << 40];
@@ -476,10 +393,7 @@ fn unsupported_dtypes_name_tensor_and_type() {
         p.data_type = code;
         p.dims = vec![1];
         let e = tensor_from_proto(&p, None).unwrap_err().to_string();
-        assert!(
-            e.contains("'odd'") && e.contains(name) && e.contains("not supported"),
-            "{e}"
-        );
+        assert!(e.contains("'odd'") && e.contains(name) && e.contains("not supported"), "{e}");
     }
 }
 
@@ -499,10 +413,7 @@ fn load_tensor_pb_reads_a_file_and_rejects_garbage() {
     assert!(e.to_string().contains("bad.pb"), "{e}");
 
     let e = load_tensor_pb(&dir.path().join("missing.pb")).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Io { .. }) && e.to_string().contains("missing.pb"),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Io { .. }) && e.to_string().contains("missing.pb"), "{e}");
 }
 
 #[test]
@@ -526,12 +437,7 @@ fn backend_node_test_tensor_loads() {
 
 #[test]
 fn garbage_bytes_are_parse_errors() {
-    for bytes in [
-        &b""[..],
-        b"this is not an onnx model",
-        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
-        b"\x08",
-    ] {
+    for bytes in [&b""[..], b"this is not an onnx model", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x08"] {
         let e = import_model_bytes(bytes, None).unwrap_err();
         assert!(matches!(e, ImportError::Parse { .. }), "{e}");
         assert!(e.to_string().contains("not a valid ONNX model"), "{e}");
@@ -540,10 +446,7 @@ fn garbage_bytes_are_parse_errors() {
     let mut m = ModelProto::new();
     m.ir_version = 8;
     let e = import_model_bytes(&m.write_to_bytes().unwrap(), None).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Parse { .. }) && e.to_string().contains("no graph"),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Parse { .. }) && e.to_string().contains("no graph"), "{e}");
 }
 
 #[test]
@@ -557,11 +460,7 @@ fn random_and_damaged_bytes_never_panic() {
     }
     // Every truncation and many single-byte corruptions of a valid model.
     let mut m = relu_model(17);
-    m.graph
-        .as_mut()
-        .unwrap()
-        .initializer
-        .push(tensor_to_proto("unused", &f32_tensor(&[2], vec![1.0, 2.0])));
+    m.graph.as_mut().unwrap().initializer.push(tensor_to_proto("unused", &f32_tensor(&[2], vec![1.0, 2.0])));
     let good = m.write_to_bytes().unwrap();
     assert!(import_model_bytes(&good, None).is_ok());
     for cut in 0..good.len() {
@@ -583,10 +482,7 @@ fn truncated_real_model_is_a_parse_error() {
     };
     use std::io::Read;
     let mut head = vec![0u8; 1000];
-    std::fs::File::open(&path)
-        .unwrap()
-        .read_exact(&mut head)
-        .unwrap();
+    std::fs::File::open(&path).unwrap().read_exact(&mut head).unwrap();
     let e = import_model_bytes(&head, None).unwrap_err();
     assert!(matches!(e, ImportError::Parse { .. }), "{e}");
 
@@ -594,20 +490,13 @@ fn truncated_real_model_is_a_parse_error() {
     let p = dir.path().join("cut.onnx");
     std::fs::write(&p, &head).unwrap();
     let e = load_model(&p).unwrap_err().to_string();
-    assert!(
-        e.contains("cut.onnx") && e.contains("not a valid ONNX model"),
-        "{e}"
-    );
+    assert!(e.contains("cut.onnx") && e.contains("not a valid ONNX model"), "{e}");
 }
 
 #[test]
 fn missing_file_is_an_io_error() {
     let e = load_model(Path::new("/nonexistent/fpx/model.onnx")).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Io { .. })
-            && e.to_string().contains("/nonexistent/fpx/model.onnx"),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Io { .. }) && e.to_string().contains("/nonexistent/fpx/model.onnx"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,20 +513,11 @@ fn simple_model_imports_with_opsets_and_symbolic_dims() {
     assert_eq!(g.node_count(), 1);
     let x = g.inputs[0];
     let ty = g.value(x).ty.as_ref().unwrap();
-    assert_eq!(
-        (ty.dtype, ty.shape.clone()),
-        (
-            DType::F32,
-            Some(vec![Dim::Sym("batch".into()), Dim::Fixed(4)])
-        )
-    );
+    assert_eq!((ty.dtype, ty.shape.clone()), (DType::F32, Some(vec![Dim::Sym("batch".into()), Dim::Fixed(4)])));
     let y = g.value(g.outputs[0]).ty.clone().unwrap();
     assert_eq!(y.shape, Some(vec![Dim::Sym("batch".into()), Dim::Fixed(4)]));
     let n = node_named(&g, "relu");
-    assert_eq!(
-        (n.op_type.as_str(), n.domain.as_str(), n.opset),
-        ("Relu", "", 17)
-    );
+    assert_eq!((n.op_type.as_str(), n.domain.as_str(), n.opset), ("Relu", "", 17));
 }
 
 #[test]
@@ -660,15 +540,9 @@ fn unknown_and_missing_dims_and_shapes() {
         vec![opset("", 17)],
     );
     let g = import(&m).unwrap();
-    assert_eq!(
-        g.value(g.inputs[0]).ty.as_ref().unwrap().shape,
-        Some(vec![Dim::Unknown, Dim::Sym("n".into()), Dim::Fixed(3)])
-    );
+    assert_eq!(g.value(g.inputs[0]).ty.as_ref().unwrap().shape, Some(vec![Dim::Unknown, Dim::Sym("n".into()), Dim::Fixed(3)]));
     // The output declared no shape; inference gives the input's.
-    assert_eq!(
-        g.value(g.outputs[0]).ty.as_ref().unwrap().shape,
-        Some(vec![Dim::Unknown, Dim::Sym("n".into()), Dim::Fixed(3)])
-    );
+    assert_eq!(g.value(g.outputs[0]).ty.as_ref().unwrap().shape, Some(vec![Dim::Unknown, Dim::Sym("n".into()), Dim::Fixed(3)]));
 
     let m = model(
         vec![node("Relu", "r", &["x"], &["y"], vec![])],
@@ -693,10 +567,7 @@ fn unknown_op_with_a_subgraph_is_reported_as_unknown_op() {
         vec![opset("", 17)],
     );
     let e = import(&m).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Ir(IrError::UnknownOp { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Ir(IrError::UnknownOp { .. })), "{e}");
     assert!(e.to_string().contains("'Loop'"), "{e}");
 }
 
@@ -710,53 +581,28 @@ fn unknown_op_names_node_op_domain_and_opset() {
         vec![opset("", 17)],
     );
     let e = import(&m).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Ir(IrError::UnknownOp { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Ir(IrError::UnknownOp { .. })), "{e}");
     let e = e.to_string();
-    assert!(
-        e.contains("'mystery'")
-            && e.contains("'FooBar'")
-            && e.contains("domain ''")
-            && e.contains("opset 17"),
-        "{e}"
-    );
+    assert!(e.contains("'mystery'") && e.contains("'FooBar'") && e.contains("domain ''") && e.contains("opset 17"), "{e}");
 
     // A custom domain that is imported: unknown op naming the domain.
     let mut m = m.clone();
     m.opset_import.push(opset("com.example", 2));
     m.graph.as_mut().unwrap().node[0].domain = "com.example".into();
     let e = import_err(&m);
-    assert!(
-        e.contains("'mystery'")
-            && e.contains("'FooBar'")
-            && e.contains("domain 'com.example'")
-            && e.contains("opset 2"),
-        "{e}"
-    );
+    assert!(e.contains("'mystery'") && e.contains("'FooBar'") && e.contains("domain 'com.example'") && e.contains("opset 2"), "{e}");
 
     // A domain that is not imported: names the node and domain.
     m.opset_import.pop();
     let e = import_err(&m);
-    assert!(
-        e.contains("'mystery'")
-            && e.contains("FooBar")
-            && e.contains("com.example")
-            && e.contains("opset_import"),
-        "{e}"
-    );
+    assert!(e.contains("'mystery'") && e.contains("FooBar") && e.contains("com.example") && e.contains("opset_import"), "{e}");
 }
 
 #[test]
 fn unsupported_opsets_are_clear_errors() {
     let e = import(&relu_model(fpx_ir::ops::MAX_ONNX_OPSET + 1)).unwrap_err();
     assert!(matches!(e, ImportError::Unsupported(_)), "{e}");
-    assert!(
-        e.to_string()
-            .contains(&format!("ONNX opset {}", fpx_ir::ops::MAX_ONNX_OPSET + 1)),
-        "{e}"
-    );
+    assert!(e.to_string().contains(&format!("ONNX opset {}", fpx_ir::ops::MAX_ONNX_OPSET + 1)), "{e}");
     let e = import_err(&relu_model(0));
     assert!(e.contains("ONNX opset 0"), "{e}");
 
@@ -769,15 +615,9 @@ fn unsupported_opsets_are_clear_errors() {
         vec![opset("", 17)],
     );
     let e = import(&m).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Ir(IrError::UnsupportedOpset { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Ir(IrError::UnsupportedOpset { .. })), "{e}");
     let e = e.to_string();
-    assert!(
-        e.contains("'g'") && e.contains("Gelu") && e.contains("opset 17"),
-        "{e}"
-    );
+    assert!(e.contains("'g'") && e.contains("Gelu") && e.contains("opset 17"), "{e}");
 
     // Two different versions for one domain.
     let mut m = relu_model(17);
@@ -798,15 +638,9 @@ fn bad_attributes_name_node_op_and_opset() {
     };
     // Wrong kind for a known attribute (checked by the registry).
     let e = import(&softmax(attr_float("axis", 1.0))).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Ir(IrError::BadAttribute { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Ir(IrError::BadAttribute { .. })), "{e}");
     let e = e.to_string();
-    assert!(
-        e.contains("'sm'") && e.contains("Softmax") && e.contains("opset 13") && e.contains("axis"),
-        "{e}"
-    );
+    assert!(e.contains("'sm'") && e.contains("Softmax") && e.contains("opset 13") && e.contains("axis"), "{e}");
     // Unknown attribute.
     let e = import_err(&softmax(attr_int("axes", 1)));
     assert!(e.contains("unknown attribute 'axes'"), "{e}");
@@ -814,26 +648,13 @@ fn bad_attributes_name_node_op_and_opset() {
     let mut g = attr("body", AttributeType::GRAPH);
     g.g = MessageField::some(GraphProto::new());
     let e = import(&softmax(g)).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Ir(IrError::BadAttribute { .. })),
-        "{e}"
-    );
-    assert!(
-        e.to_string().contains("'sm'") && e.to_string().contains("GRAPH"),
-        "{e}"
-    );
-    for kind in [
-        AttributeType::GRAPHS,
-        AttributeType::SPARSE_TENSOR,
-        AttributeType::TYPE_PROTO,
-        AttributeType::TENSORS,
-        AttributeType::UNDEFINED,
-    ] {
+    assert!(matches!(e, ImportError::Ir(IrError::BadAttribute { .. })), "{e}");
+    assert!(e.to_string().contains("'sm'") && e.to_string().contains("GRAPH"), "{e}");
+    for kind in
+        [AttributeType::GRAPHS, AttributeType::SPARSE_TENSOR, AttributeType::TYPE_PROTO, AttributeType::TENSORS, AttributeType::UNDEFINED]
+    {
         let e = import_err(&softmax(attr("a", kind)));
-        assert!(
-            e.contains("'sm'") && e.contains("Softmax") && e.contains("'a'"),
-            "{e}"
-        );
+        assert!(e.contains("'sm'") && e.contains("Softmax") && e.contains("'a'"), "{e}");
     }
     // A reference to a function attribute.
     let mut r = attr_int("axis", 1);
@@ -845,10 +666,7 @@ fn bad_attributes_name_node_op_and_opset() {
     assert!(e.contains("holds no tensor"), "{e}");
     // Good attribute: kept.
     let g = import(&softmax(attr_int("axis", 0))).unwrap();
-    assert_eq!(
-        node_named(&g, "sm").attrs.get("axis"),
-        Some(&Attribute::Int(0))
-    );
+    assert_eq!(node_named(&g, "sm").attrs.get("axis"), Some(&Attribute::Int(0)));
 }
 
 #[test]
@@ -858,30 +676,9 @@ fn attributes_of_every_supported_kind_convert() {
     let m = model(
         vec![
             node("Gelu", "g", &["x"], &["a"], vec![s]),
-            node(
-                "Transpose",
-                "t",
-                &["a"],
-                &["b"],
-                vec![attr_ints("perm", &[1, 0])],
-            ),
-            node(
-                "LeakyRelu",
-                "l",
-                &["b"],
-                &["c"],
-                vec![attr_float("alpha", 0.25)],
-            ),
-            node(
-                "ConstantOfShape",
-                "cs",
-                &["shape"],
-                &["d"],
-                vec![attr_tensor(
-                    "value",
-                    tensor_to_proto("", &Tensor::vec_i64(vec![3])),
-                )],
-            ),
+            node("Transpose", "t", &["a"], &["b"], vec![attr_ints("perm", &[1, 0])]),
+            node("LeakyRelu", "l", &["b"], &["c"], vec![attr_float("alpha", 0.25)]),
+            node("ConstantOfShape", "cs", &["shape"], &["d"], vec![attr_tensor("value", tensor_to_proto("", &Tensor::vec_i64(vec![3])))]),
         ],
         vec![vi("x", FLOAT, Some(&["2", "3"]))],
         vec![vi("c", FLOAT, None), vi("d", INT64, None)],
@@ -892,16 +689,10 @@ fn attributes_of_every_supported_kind_convert() {
     assert_eq!(node_named(&g, "g").attr_s("approximate", ""), "tanh");
     assert_eq!(node_named(&g, "t").attr_ints("perm"), Some(&[1i64, 0][..]));
     assert_eq!(node_named(&g, "l").attr_f("alpha", 0.0), 0.25);
-    assert_eq!(
-        node_named(&g, "cs").attr_tensor("value"),
-        Some(&Tensor::vec_i64(vec![3]))
-    );
+    assert_eq!(node_named(&g, "cs").attr_tensor("value"), Some(&Tensor::vec_i64(vec![3])));
     let c = g.value(g.outputs[0]).ty.clone().unwrap();
     assert_eq!(c.fixed_dims(), Some(vec![3, 2]));
-    assert_eq!(
-        g.value(g.outputs[1]).ty.clone().unwrap(),
-        fpx_ir::TensorType::fixed(DType::I64, &[2, 2])
-    );
+    assert_eq!(g.value(g.outputs[1]).ty.clone().unwrap(), fpx_ir::TensorType::fixed(DType::I64, &[2, 2]));
 }
 
 #[test]
@@ -909,13 +700,7 @@ fn bad_attribute_tensor_is_named_after_node_and_attribute() {
     let mut t = tensor_to_proto("", &Tensor::vec_i64(vec![3]));
     t.raw_data.pop();
     let m = model(
-        vec![node(
-            "ConstantOfShape",
-            "cs",
-            &["shape"],
-            &["d"],
-            vec![attr_tensor("value", t)],
-        )],
+        vec![node("ConstantOfShape", "cs", &["shape"], &["d"], vec![attr_tensor("value", t)])],
         vec![],
         vec![vi("d", INT64, None)],
         vec![tensor_to_proto("shape", &Tensor::vec_i64(vec![2]))],
@@ -931,10 +716,7 @@ fn bad_attribute_tensor_is_named_after_node_and_attribute() {
 #[test]
 fn cyclic_graph_is_an_error_naming_a_node() {
     let m = model(
-        vec![
-            node("Add", "p", &["x", "b"], &["a"], vec![]),
-            node("Neg", "q", &["a"], &["b"], vec![]),
-        ],
+        vec![node("Add", "p", &["x", "b"], &["a"], vec![]), node("Neg", "q", &["a"], &["b"], vec![])],
         vec![vi("x", FLOAT, Some(&["2"]))],
         vec![vi("a", FLOAT, None)],
         vec![],
@@ -943,40 +725,22 @@ fn cyclic_graph_is_an_error_naming_a_node() {
     let e = import(&m).unwrap_err();
     assert!(matches!(e, ImportError::Ir(IrError::Cycle { .. })), "{e}");
     let e = e.to_string();
-    assert!(
-        e.contains("cycle through node") && (e.contains("'p'") || e.contains("'q'")),
-        "{e}"
-    );
+    assert!(e.contains("cycle through node") && (e.contains("'p'") || e.contains("'q'")), "{e}");
 }
 
 #[test]
 fn undefined_values_are_errors_naming_value_and_node() {
-    let m = model(
-        vec![node("Relu", "r", &["nowhere"], &["y"], vec![])],
-        vec![],
-        vec![vi("y", FLOAT, None)],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![node("Relu", "r", &["nowhere"], &["y"], vec![])], vec![], vec![vi("y", FLOAT, None)], vec![], vec![opset("", 17)]);
     let e = import_err(&m);
     assert!(e.contains("'nowhere'") && e.contains("'r'"), "{e}");
 
-    let m = model(
-        vec![],
-        vec![vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("ghost", FLOAT, None)],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![], vec![vi("x", FLOAT, Some(&["2"]))], vec![vi("ghost", FLOAT, None)], vec![], vec![opset("", 17)]);
     let e = import_err(&m);
     assert!(e.contains("graph output 'ghost'"), "{e}");
 
     // Two nodes defining one value.
     let m = model(
-        vec![
-            node("Relu", "r1", &["x"], &["y"], vec![]),
-            node("Neg", "r2", &["x"], &["y"], vec![]),
-        ],
+        vec![node("Relu", "r1", &["x"], &["y"], vec![]), node("Neg", "r2", &["x"], &["y"], vec![])],
         vec![vi("x", FLOAT, Some(&["2"]))],
         vec![vi("y", FLOAT, None)],
         vec![],
@@ -1002,11 +766,7 @@ fn node_names_are_generated_and_made_unique() {
         vec![opset("", 17)],
     );
     let g = import(&m).unwrap();
-    let mut names: Vec<String> = g
-        .node_ids()
-        .into_iter()
-        .map(|id| g.node(id).name.clone())
-        .collect();
+    let mut names: Vec<String> = g.node_ids().into_iter().map(|id| g.node(id).name.clone()).collect();
     names.sort();
     // The generated `Relu_0` yields to the node explicitly named so.
     assert_eq!(names, ["Neg_4", "Relu_0", "Relu_0_1", "dup", "dup_1"]);
@@ -1018,16 +778,9 @@ fn node_names_are_generated_and_made_unique() {
 fn initializers_listed_as_inputs_are_constants_and_omitted_inputs_are_none() {
     let w = f32_tensor(&[2], vec![0.5, -1.0]);
     let m = model(
-        vec![
-            node("Clip", "clip", &["x", "", "hi"], &["y"], vec![]),
-            node("Mul", "mul", &["y", "w"], &["z"], vec![]),
-        ],
+        vec![node("Clip", "clip", &["x", "", "hi"], &["y"], vec![]), node("Mul", "mul", &["y", "w"], &["z"], vec![])],
         // Old IR: the initializer `w` is listed as a graph input too.
-        vec![
-            vi("x", FLOAT, Some(&["2"])),
-            vi("w", FLOAT, Some(&["2"])),
-            vi("hi", FLOAT, Some(&[])),
-        ],
+        vec![vi("x", FLOAT, Some(&["2"])), vi("w", FLOAT, Some(&["2"])), vi("hi", FLOAT, Some(&[]))],
         vec![vi("z", FLOAT, Some(&["2"]))],
         vec![tensor_to_proto("w", &w)],
         vec![opset("", 13)],
@@ -1038,22 +791,13 @@ fn initializers_listed_as_inputs_are_constants_and_omitted_inputs_are_none() {
     let wid = g.find_value("w").unwrap();
     assert_eq!(g.constant(wid).map(|t| (**t).clone()), Some(w));
     let clip = node_named(&g, "clip");
-    assert_eq!(
-        clip.inputs,
-        vec![g.find_value("x"), None, g.find_value("hi")]
-    );
+    assert_eq!(clip.inputs, vec![g.find_value("x"), None, g.find_value("hi")]);
 }
 
 #[test]
 fn empty_output_names_are_omitted_optional_outputs() {
     let m = model(
-        vec![node(
-            "LayerNormalization",
-            "ln",
-            &["x", "s"],
-            &["y", "", ""],
-            vec![attr_float("epsilon", 1e-5)],
-        )],
+        vec![node("LayerNormalization", "ln", &["x", "s"], &["y", "", ""], vec![attr_float("epsilon", 1e-5)])],
         vec![vi("x", FLOAT, Some(&["b", "4"]))],
         vec![vi("y", FLOAT, None)],
         vec![tensor_to_proto("s", &f32_tensor(&[4], vec![1.0; 4]))],
@@ -1061,10 +805,7 @@ fn empty_output_names_are_omitted_optional_outputs() {
     );
     let g = import(&m).unwrap();
     assert_eq!(node_named(&g, "ln").outputs.len(), 1);
-    assert_eq!(
-        g.value(g.outputs[0]).ty.clone().unwrap().shape,
-        Some(vec![Dim::Sym("b".into()), Dim::Fixed(4)])
-    );
+    assert_eq!(g.value(g.outputs[0]).ty.clone().unwrap().shape, Some(vec![Dim::Sym("b".into()), Dim::Fixed(4)]));
 }
 
 #[test]
@@ -1078,13 +819,7 @@ fn non_tensor_inputs_are_rejected_by_name() {
     let e = import_err(&m);
     assert!(e.contains("'items'") && e.contains("sequence"), "{e}");
 
-    let m = model(
-        vec![],
-        vec![vi("s", 8, Some(&["2"]))],
-        vec![],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![], vec![vi("s", 8, Some(&["2"]))], vec![], vec![], vec![opset("", 17)]);
     let e = import_err(&m);
     assert!(e.contains("'s'") && e.contains("STRING"), "{e}");
 
@@ -1114,18 +849,11 @@ fn bad_initializers_are_named() {
     let mut m = relu_model(17);
     m.graph.as_mut().unwrap().initializer.push(t);
     let e = import(&m).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Tensor { .. }) && e.to_string().contains("'emb'"),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Tensor { .. }) && e.to_string().contains("'emb'"), "{e}");
 
     let mut m = relu_model(17);
     let dup = tensor_to_proto("w", &f32_tensor(&[1], vec![1.0]));
-    m.graph
-        .as_mut()
-        .unwrap()
-        .initializer
-        .extend([dup.clone(), dup]);
+    m.graph.as_mut().unwrap().initializer.extend([dup.clone(), dup]);
     let e = import_err(&m);
     assert!(e.contains("'w'") && e.contains("more than once"), "{e}");
 }
@@ -1138,37 +866,13 @@ fn constant_nodes_become_constants() {
     let c = f32_tensor(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
     let m = model(
         vec![
-            node(
-                "Constant",
-                "c0",
-                &[],
-                &["k"],
-                vec![attr_tensor("value", tensor_to_proto("k", &c))],
-            ),
+            node("Constant", "c0", &[], &["k"], vec![attr_tensor("value", tensor_to_proto("k", &c))]),
             node("Add", "add", &["x", "k"], &["y"], vec![]),
-            node(
-                "Constant",
-                "c1",
-                &[],
-                &["s"],
-                vec![attr_float("value_float", 0.5)],
-            ),
+            node("Constant", "c1", &[], &["s"], vec![attr_float("value_float", 0.5)]),
             node("Mul", "mul", &["y", "s"], &["z"], vec![]),
-            node(
-                "Constant",
-                "c2",
-                &[],
-                &["shape"],
-                vec![attr_ints("value_ints", &[4])],
-            ),
+            node("Constant", "c2", &[], &["shape"], vec![attr_ints("value_ints", &[4])]),
             node("Reshape", "rs", &["z", "shape"], &["r"], vec![]),
-            node(
-                "Constant",
-                "c3",
-                &[],
-                &["i"],
-                vec![attr_int("value_int", 7)],
-            ),
+            node("Constant", "c3", &[], &["i"], vec![attr_int("value_int", 7)]),
             node(
                 "Constant",
                 "c4",
@@ -1182,54 +886,31 @@ fn constant_nodes_become_constants() {
             ),
         ],
         vec![vi("x", FLOAT, Some(&["2", "2"]))],
-        vec![
-            vi("r", FLOAT, None),
-            vi("i", INT64, None),
-            vi("fs", FLOAT, None),
-        ],
+        vec![vi("r", FLOAT, None), vi("i", INT64, None), vi("fs", FLOAT, None)],
         vec![],
         vec![opset("", 17)],
     );
     let g = import(&m).unwrap();
     assert_eq!(g.node_count(), 3);
-    assert!(g
-        .node_ids()
-        .iter()
-        .all(|&id| g.node(id).op_type != "Constant"));
-    let k = |name: &str| {
-        g.constant(g.find_value(name).unwrap())
-            .map(|t| (**t).clone())
-            .unwrap()
-    };
+    assert!(g.node_ids().iter().all(|&id| g.node(id).op_type != "Constant"));
+    let k = |name: &str| g.constant(g.find_value(name).unwrap()).map(|t| (**t).clone()).unwrap();
     assert_eq!(k("k"), c);
     assert_eq!(k("s"), Tensor::scalar_f32(0.5));
     assert_eq!(k("shape"), Tensor::vec_i64(vec![4]));
     assert_eq!(k("i"), Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 7)));
     assert_eq!(k("fs"), f32_tensor(&[2], vec![1.5, 2.5]));
     // Reshape to a constant shape: inference sees the folded constant.
-    assert_eq!(
-        g.value(g.outputs[0]).ty.clone().unwrap().fixed_dims(),
-        Some(vec![4])
-    );
+    assert_eq!(g.value(g.outputs[0]).ty.clone().unwrap().fixed_dims(), Some(vec![4]));
 }
 
 #[test]
 fn bad_constant_nodes_name_the_node() {
     let mk = |attrs: Vec<AttributeProto>| {
-        model(
-            vec![node("Constant", "konst", &[], &["k"], attrs)],
-            vec![],
-            vec![vi("k", FLOAT, None)],
-            vec![],
-            vec![opset("", 17)],
-        )
+        model(vec![node("Constant", "konst", &[], &["k"], attrs)], vec![], vec![vi("k", FLOAT, None)], vec![], vec![opset("", 17)])
     };
     let e = import_err(&mk(vec![]));
     assert!(e.contains("'konst'") && e.contains("exactly one"), "{e}");
-    let e = import_err(&mk(vec![
-        attr_float("value_float", 1.0),
-        attr_int("value_int", 1),
-    ]));
+    let e = import_err(&mk(vec![attr_float("value_float", 1.0), attr_int("value_int", 1)]));
     assert!(e.contains("'konst'"), "{e}");
     let mut s = attr("value_string", AttributeType::STRING);
     s.s = b"hi".to_vec();
@@ -1288,22 +969,14 @@ fn external_data_inside_the_folder_loads() {
     let w = external_model(dir.path(), "weights.bin", Some(8), Some(24));
     std::fs::write(dir.path().join("weights.bin"), external_bytes(&w, 8)).unwrap();
     let g = load_model(&dir.path().join("model.onnx")).unwrap();
-    assert_eq!(
-        g.constant(g.find_value("w").unwrap())
-            .map(|t| (**t).clone()),
-        Some(w.clone())
-    );
+    assert_eq!(g.constant(g.find_value("w").unwrap()).map(|t| (**t).clone()), Some(w.clone()));
 
     // In a subfolder, without offset and length, through `./`.
     std::fs::create_dir(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/w.bin"), external_bytes(&w, 0)).unwrap();
     external_model(dir.path(), "./data/w.bin", None, None);
     let g = load_model(&dir.path().join("model.onnx")).unwrap();
-    assert_eq!(
-        g.constant(g.find_value("w").unwrap())
-            .map(|t| (**t).clone()),
-        Some(w)
-    );
+    assert_eq!(g.constant(g.find_value("w").unwrap()).map(|t| (**t).clone()), Some(w));
 }
 
 #[test]
@@ -1315,17 +988,11 @@ fn external_data_errors_name_tensor_and_file() {
     let e = load_model(&model_path).unwrap_err();
     assert!(matches!(e, ImportError::ExternalData { .. }), "{e}");
     let e = e.to_string();
-    assert!(
-        e.contains("'w'") && e.contains("weights.bin") && e.contains("not found"),
-        "{e}"
-    );
+    assert!(e.contains("'w'") && e.contains("weights.bin") && e.contains("not found"), "{e}");
     // Too short.
     std::fs::write(dir.path().join("weights.bin"), &external_bytes(&w, 0)[..20]).unwrap();
     let e = load_model(&model_path).unwrap_err().to_string();
-    assert!(
-        e.contains("'w'") && e.contains("beyond the end") && e.contains("20 bytes"),
-        "{e}"
-    );
+    assert!(e.contains("'w'") && e.contains("beyond the end") && e.contains("20 bytes"), "{e}");
     // Offset beyond the file.
     std::fs::write(dir.path().join("weights.bin"), external_bytes(&w, 0)).unwrap();
     external_model(dir.path(), "weights.bin", Some(4), None);
@@ -1338,14 +1005,12 @@ fn external_data_errors_name_tensor_and_file() {
     // Unparsable offset.
     external_model(dir.path(), "weights.bin", None, None);
     let mut m = ModelProto::parse_from_bytes(&std::fs::read(&model_path).unwrap()).unwrap();
-    m.graph.as_mut().unwrap().initializer[0]
-        .external_data
-        .push({
-            let mut e = StringStringEntryProto::new();
-            e.key = "offset".into();
-            e.value = "-3".into();
-            e
-        });
+    m.graph.as_mut().unwrap().initializer[0].external_data.push({
+        let mut e = StringStringEntryProto::new();
+        e.key = "offset".into();
+        e.value = "-3".into();
+        e
+    });
     std::fs::write(&model_path, m.write_to_bytes().unwrap()).unwrap();
     let e = load_model(&model_path).unwrap_err().to_string();
     assert!(e.contains("'offset' is '-3'"), "{e}");
@@ -1367,10 +1032,7 @@ fn external_data_without_a_folder_is_an_error() {
     std::fs::write(dir.path().join("weights.bin"), external_bytes(&w, 0)).unwrap();
     let bytes = std::fs::read(dir.path().join("model.onnx")).unwrap();
     let e = import_model_bytes(&bytes, None).unwrap_err();
-    assert!(
-        matches!(e, ImportError::ExternalData { .. }) && e.to_string().contains("without a folder"),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::ExternalData { .. }) && e.to_string().contains("without a folder"), "{e}");
     // With the folder given, it loads.
     assert!(import_model_bytes(&bytes, Some(dir.path())).is_ok());
 }
@@ -1396,29 +1058,20 @@ fn external_data_outside_the_folder_is_rejected() {
         let e = load_model(&model_path).unwrap_err();
         assert!(matches!(e, ImportError::ExternalData { .. }), "{e}");
         let e = e.to_string();
-        assert!(
-            e.contains("'w'") && e.contains(why) && e.contains("inside the model's folder"),
-            "{location}: {e}"
-        );
+        assert!(e.contains("'w'") && e.contains(why) && e.contains("inside the model's folder"), "{location}: {e}");
     }
     // `..` that would stay inside is rejected as well (no `..` at all).
     std::fs::write(inner.join("x"), external_bytes(&w, 0)).unwrap();
     std::fs::create_dir(inner.join("d")).unwrap();
     external_model(&inner, "d/../x", None, None);
-    assert!(load_model(&model_path)
-        .unwrap_err()
-        .to_string()
-        .contains("'..'"));
+    assert!(load_model(&model_path).unwrap_err().to_string().contains("'..'"));
 
     #[cfg(unix)]
     {
         std::os::unix::fs::symlink(&outside, inner.join("link.bin")).unwrap();
         external_model(&inner, "link.bin", None, None);
         let e = load_model(&model_path).unwrap_err().to_string();
-        assert!(
-            e.contains("'w'") && e.contains("outside the model's folder"),
-            "{e}"
-        );
+        assert!(e.contains("'w'") && e.contains("outside the model's folder"), "{e}");
         // A symlinked folder pointing outside.
         std::os::unix::fs::symlink(root.path(), inner.join("up")).unwrap();
         external_model(&inner, "up/secret.bin", None, None);
@@ -1444,49 +1097,17 @@ fn minilm_imports() {
     assert_eq!(g.opsets.get(""), Some(&17));
     // 516 nodes, of which 160 Constants became constant values.
     assert_eq!(g.node_count(), 516 - 160);
-    let count = |op: &str| {
-        g.node_ids()
-            .into_iter()
-            .filter(|&id| g.node(id).op_type == op)
-            .count()
-    };
-    assert_eq!(
-        (
-            count("MatMul"),
-            count("Add"),
-            count("LayerNormalization"),
-            count("Constant")
-        ),
-        (48, 63, 13, 0)
-    );
+    let count = |op: &str| g.node_ids().into_iter().filter(|&id| g.node(id).op_type == op).count();
+    assert_eq!((count("MatMul"), count("Add"), count("LayerNormalization"), count("Constant")), (48, 63, 13, 0));
     let sym = |s: &str| Dim::Sym(s.into());
-    let inputs: Vec<(&str, fpx_ir::TensorType)> = g
-        .inputs
-        .iter()
-        .map(|&v| (g.value(v).name.as_str(), g.value(v).ty.clone().unwrap()))
-        .collect();
-    let bs = fpx_ir::TensorType {
-        dtype: DType::I64,
-        shape: Some(vec![sym("batch"), sym("seq")]),
-    };
-    assert_eq!(
-        inputs,
-        vec![
-            ("input_ids", bs.clone()),
-            ("attention_mask", bs.clone()),
-            ("token_type_ids", bs)
-        ]
-    );
+    let inputs: Vec<(&str, fpx_ir::TensorType)> =
+        g.inputs.iter().map(|&v| (g.value(v).name.as_str(), g.value(v).ty.clone().unwrap())).collect();
+    let bs = fpx_ir::TensorType { dtype: DType::I64, shape: Some(vec![sym("batch"), sym("seq")]) };
+    assert_eq!(inputs, vec![("input_ids", bs.clone()), ("attention_mask", bs.clone()), ("token_type_ids", bs)]);
     assert_eq!(g.outputs.len(), 1);
     let out = g.value(g.outputs[0]);
     assert_eq!(out.name, "last_hidden_state");
-    assert_eq!(
-        out.ty,
-        Some(fpx_ir::TensorType {
-            dtype: DType::F32,
-            shape: Some(vec![sym("batch"), sym("seq"), Dim::Fixed(384)])
-        })
-    );
+    assert_eq!(out.ty, Some(fpx_ir::TensorType { dtype: DType::F32, shape: Some(vec![sym("batch"), sym("seq"), Dim::Fixed(384)]) }));
     // 22.7M parameters, in initializers and folded Constant nodes.
     let params = g.parameter_count();
     assert!((22_500_000..23_000_000).contains(&params), "{params}");
@@ -1494,10 +1115,7 @@ fn minilm_imports() {
     let const_w = g
         .node_ids()
         .into_iter()
-        .filter(|&id| {
-            g.node(id).op_type == "MatMul"
-                && g.node(id).inputs[1].is_some_and(|v| g.constant(v).is_some())
-        })
+        .filter(|&id| g.node(id).op_type == "MatMul" && g.node(id).inputs[1].is_some_and(|v| g.constant(v).is_some()))
         .count();
     assert_eq!(const_w, 36);
 }
@@ -1511,10 +1129,7 @@ fn every_backend_node_test_imports_or_fails_cleanly() {
         println!("skipped: ONNX backend node tests not found (set FPX_ONNX_NODE_TESTS)");
         return;
     };
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     cases.sort();
     let (mut ok, mut failed, mut panicked) = (0, 0, Vec::new());
     for case in &cases {
@@ -1530,19 +1145,12 @@ fn every_backend_node_test_imports_or_fails_cleanly() {
             }
             Err(_) => panicked.push(case.clone()),
         }
-        for pb in std::fs::read_dir(case.join("test_data_set_0"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for pb in std::fs::read_dir(case.join("test_data_set_0")).into_iter().flatten().flatten() {
             if std::panic::catch_unwind(|| load_tensor_pb(&pb.path())).is_err() {
                 panicked.push(pb.path());
             }
         }
     }
-    println!(
-        "{} node tests: {ok} import, {failed} fail cleanly",
-        cases.len()
-    );
+    println!("{} node tests: {ok} import, {failed} fail cleanly", cases.len());
     assert!(panicked.is_empty(), "import panicked on {panicked:?}");
 }

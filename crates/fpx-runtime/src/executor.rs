@@ -34,23 +34,17 @@ impl CpuExecutor {
         let mut last_use = HashMap::new();
         for (i, id) in order.into_iter().enumerate() {
             let node = graph.node(id);
-            let k = registry.get(&node.domain, &node.op_type).ok_or_else(|| {
-                RuntimeError::NoKernel {
-                    node: node.name.clone(),
-                    op: node.op_type.clone(),
-                    domain: node.domain.clone(),
-                }
+            let k = registry.get(&node.domain, &node.op_type).ok_or_else(|| RuntimeError::NoKernel {
+                node: node.name.clone(),
+                op: node.op_type.clone(),
+                domain: node.domain.clone(),
             })?;
             for v in node.inputs.iter().flatten() {
                 last_use.insert(*v, i);
             }
             steps.push((id, k));
         }
-        Ok(CpuExecutor {
-            graph,
-            steps,
-            last_use,
-        })
+        Ok(CpuExecutor { graph, steps, last_use })
     }
 
     /// The graph being run.
@@ -60,59 +54,25 @@ impl CpuExecutor {
 
     /// Names and declared types of the graph inputs, in order.
     pub fn input_specs(&self) -> Vec<(String, Option<TensorType>)> {
-        self.graph
-            .inputs
-            .iter()
-            .map(|&v| {
-                (
-                    self.graph.value(v).name.clone(),
-                    self.graph.value(v).ty.clone(),
-                )
-            })
-            .collect()
+        self.graph.inputs.iter().map(|&v| (self.graph.value(v).name.clone(), self.graph.value(v).ty.clone())).collect()
     }
 
     /// Names of the graph outputs, in order.
     pub fn output_names(&self) -> Vec<String> {
-        self.graph
-            .outputs
-            .iter()
-            .map(|&v| self.graph.value(v).name.clone())
-            .collect()
+        self.graph.outputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
     }
 
     /// Checks caller inputs against the declared inputs: every input given once, nothing
     /// extra, element types equal, ranks equal, fixed dims equal, symbolic dims consistent.
-    fn bind_inputs(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-    ) -> Result<HashMap<ValueId, Arc<Tensor>>, RuntimeError> {
-        let expected = || {
-            self.graph
-                .inputs
-                .iter()
-                .map(|v| format!("'{}'", self.graph.value(*v).name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+    fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<HashMap<ValueId, Arc<Tensor>>, RuntimeError> {
+        let expected = || self.graph.inputs.iter().map(|v| format!("'{}'", self.graph.value(*v).name)).collect::<Vec<_>>().join(", ");
         let mut given: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in inputs {
             if given.contains_key(&name) {
-                return Err(RuntimeError::Input {
-                    name,
-                    message: "given more than once".into(),
-                });
+                return Err(RuntimeError::Input { name, message: "given more than once".into() });
             }
-            if !self
-                .graph
-                .inputs
-                .iter()
-                .any(|v| self.graph.value(*v).name == name)
-            {
-                return Err(RuntimeError::Input {
-                    message: format!("the model has no such input; its inputs are {}", expected()),
-                    name,
-                });
+            if !self.graph.inputs.iter().any(|v| self.graph.value(*v).name == name) {
+                return Err(RuntimeError::Input { message: format!("the model has no such input; its inputs are {}", expected()), name });
             }
             given.insert(name, t);
         }
@@ -126,33 +86,18 @@ impl CpuExecutor {
                 message: format!("missing (the model's inputs are {})", expected()),
             })?;
             if let Some(ty) = &val.ty {
-                let err = |message: String| RuntimeError::Input {
-                    name: name.clone(),
-                    message,
-                };
+                let err = |message: String| RuntimeError::Input { name: name.clone(), message };
                 if t.dtype() != ty.dtype {
-                    return Err(err(format!(
-                        "expected element type {}, got {}",
-                        ty.dtype,
-                        t.dtype()
-                    )));
+                    return Err(err(format!("expected element type {}, got {}", ty.dtype, t.dtype())));
                 }
                 if let Some(dims) = &ty.shape {
                     if dims.len() != t.rank() {
-                        return Err(err(format!(
-                            "expected {ty} (rank {}), got shape {:?} (rank {})",
-                            dims.len(),
-                            t.shape(),
-                            t.rank()
-                        )));
+                        return Err(err(format!("expected {ty} (rank {}), got shape {:?} (rank {})", dims.len(), t.shape(), t.rank())));
                     }
                     for (i, (d, &n)) in dims.iter().zip(t.shape()).enumerate() {
                         match d {
                             Dim::Fixed(f) if *f != n => {
-                                return Err(err(format!(
-                                    "expected {ty}, got shape {:?}: dimension {i} must be {f}",
-                                    t.shape()
-                                )))
+                                return Err(err(format!("expected {ty}, got shape {:?}: dimension {i} must be {f}", t.shape())))
                             }
                             Dim::Sym(s) => match syms.get(s) {
                                 Some((m, other)) if *m != n => {
@@ -174,10 +119,7 @@ impl CpuExecutor {
     }
 
     /// Runs the graph on named inputs; returns the outputs, named, in graph order.
-    pub fn run(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut live = self.bind_inputs(inputs)?;
         let keep: Vec<ValueId> = self.graph.outputs.clone();
         for (i, (id, kernel)) in self.steps.iter().enumerate() {
@@ -188,29 +130,17 @@ impl CpuExecutor {
                     .iter()
                     .map(|v| {
                         v.map(|v| {
-                            self.graph
-                                .constant(v)
-                                .or_else(|| live.get(&v))
-                                .map(|t| &**t)
-                                .expect("topological order defines inputs first")
+                            self.graph.constant(v).or_else(|| live.get(&v)).map(|t| &**t).expect("topological order defines inputs first")
                         })
                     })
                     .collect();
-                kernel(node, &args).map_err(|e| RuntimeError::Kernel {
-                    node: node.name.clone(),
-                    op: node.op_type.clone(),
-                    message: e.0,
-                })?
+                kernel(node, &args).map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
             };
             if outs.len() < node.outputs.len() {
                 return Err(RuntimeError::Kernel {
                     node: node.name.clone(),
                     op: node.op_type.clone(),
-                    message: format!(
-                        "kernel returned {} outputs, expected {}",
-                        outs.len(),
-                        node.outputs.len()
-                    ),
+                    message: format!("kernel returned {} outputs, expected {}", outs.len(), node.outputs.len()),
                 });
             }
             for (v, t) in node.outputs.iter().zip(outs) {
@@ -227,15 +157,11 @@ impl CpuExecutor {
             .iter()
             .map(|&v| {
                 let val = self.graph.value(v);
-                let t = val
-                    .constant
-                    .as_ref()
-                    .or_else(|| live.get(&v))
-                    .ok_or_else(|| RuntimeError::Kernel {
-                        node: "<graph output>".into(),
-                        op: String::new(),
-                        message: format!("output '{}' was not computed", val.name),
-                    })?;
+                let t = val.constant.as_ref().or_else(|| live.get(&v)).ok_or_else(|| RuntimeError::Kernel {
+                    node: "<graph output>".into(),
+                    op: String::new(),
+                    message: format!("output '{}' was not computed", val.name),
+                })?;
                 Ok((val.name.clone(), Tensor::clone(t)))
             })
             .collect()
@@ -249,18 +175,13 @@ pub struct CpuEvaluator {
 
 impl Default for CpuEvaluator {
     fn default() -> Self {
-        CpuEvaluator {
-            kernels: KernelRegistry::standard(),
-        }
+        CpuEvaluator { kernels: KernelRegistry::standard() }
     }
 }
 
 impl NodeEvaluator for CpuEvaluator {
     fn evaluate(&self, node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>, String> {
-        let k = self
-            .kernels
-            .get(&node.domain, &node.op_type)
-            .ok_or_else(|| format!("no CPU kernel for {}", node.op_type))?;
+        let k = self.kernels.get(&node.domain, &node.op_type).ok_or_else(|| format!("no CPU kernel for {}", node.op_type))?;
         k(node, inputs).map_err(|KernelError(m)| m)
     }
 }

@@ -11,10 +11,7 @@ use std::path::Path;
 const MAGIC: &[u8] = b"\x93NUMPY";
 
 fn err(path: &Path, message: impl Into<String>) -> RuntimeError {
-    RuntimeError::File {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    RuntimeError::File { path: path.to_path_buf(), message: message.into() }
 }
 
 /// The numpy `descr` of an element type.
@@ -41,9 +38,7 @@ fn dtype_of(d: &str) -> Option<DType> {
     if order == ">" && !code.ends_with('1') {
         return None;
     }
-    DType::ALL
-        .into_iter()
-        .find(|&t| descr(t)[1..] == *code && t != DType::BF16)
+    DType::ALL.into_iter().find(|&t| descr(t)[1..] == *code && t != DType::BF16)
 }
 
 /// The value of `'key':` in the header dict, up to the next top-level comma or brace.
@@ -58,10 +53,9 @@ fn header_field<'a>(h: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn parse_header(h: &str) -> Result<(DType, bool, Vec<usize>), String> {
-    let d = header_field(h, "descr")
-        .ok_or("header has no 'descr'")?
-        .trim_matches(|c| c == '\'' || c == '"');
-    let dtype = dtype_of(d).ok_or_else(|| format!("unsupported element type '{d}' (supported: little-endian float16/32/64, int8–64, uint8–64, bool)"))?;
+    let d = header_field(h, "descr").ok_or("header has no 'descr'")?.trim_matches(|c| c == '\'' || c == '"');
+    let dtype = dtype_of(d)
+        .ok_or_else(|| format!("unsupported element type '{d}' (supported: little-endian float16/32/64, int8–64, uint8–64, bool)"))?;
     let fortran = match header_field(h, "fortran_order").ok_or("header has no 'fortran_order'")? {
         "True" => true,
         "False" => false,
@@ -72,28 +66,15 @@ fn parse_header(h: &str) -> Result<(DType, bool, Vec<usize>), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.trim_end_matches('L')
-                .parse::<usize>()
-                .map_err(|_| format!("bad dimension '{s}' in shape"))
-        })
+        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| format!("bad dimension '{s}' in shape")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((dtype, fortran, shape))
 }
 
-fn decode<T: Elem>(
-    bytes: &[u8],
-    shape: &[usize],
-    fortran: bool,
-    conv: impl Fn(&[u8]) -> T,
-) -> Tensor {
+fn decode<T: Elem>(bytes: &[u8], shape: &[usize], fortran: bool, conv: impl Fn(&[u8]) -> T) -> Tensor {
     let size = std::mem::size_of::<T>().max(1);
     let v: Vec<T> = bytes.chunks_exact(size).map(conv).collect();
-    let a = if fortran {
-        ArrayD::from_shape_vec(IxDyn(shape).f(), v)
-    } else {
-        ArrayD::from_shape_vec(IxDyn(shape), v)
-    };
+    let a = if fortran { ArrayD::from_shape_vec(IxDyn(shape).f(), v) } else { ArrayD::from_shape_vec(IxDyn(shape), v) };
     Tensor::from(a.expect("length checked").as_standard_layout().into_owned())
 }
 
@@ -104,51 +85,28 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Tensor, RuntimeError> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(err(path, format!("unsupported .npy version {v}"))),
     };
-    let header = bytes
-        .get(start..start + hlen)
-        .ok_or_else(|| err(path, "truncated .npy header"))?;
-    let header =
-        std::str::from_utf8(header).map_err(|_| err(path, "the .npy header is not text"))?;
+    let header = bytes.get(start..start + hlen).ok_or_else(|| err(path, "truncated .npy header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| err(path, "the .npy header is not text"))?;
     let (dtype, fortran, shape) = parse_header(header).map_err(|m| err(path, m))?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| err(path, "shape too large"))?;
+    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| err(path, "shape too large"))?;
     let data = &bytes[start + hlen..];
-    let need = count
-        .checked_mul(dtype.size_bytes())
-        .ok_or_else(|| err(path, "shape too large"))?;
+    let need = count.checked_mul(dtype.size_bytes()).ok_or_else(|| err(path, "shape too large"))?;
     if data.len() != need {
-        return Err(err(
-            path,
-            format!(
-                "data holds {} bytes, but shape {shape:?} of {dtype} needs {need}",
-                data.len()
-            ),
-        ));
+        return Err(err(path, format!("data holds {} bytes, but shape {shape:?} of {dtype} needs {need}", data.len())));
     }
     macro_rules! le {
         ($t:ty) => {
-            decode::<$t>(data, &shape, fortran, |b| {
-                <$t>::from_le_bytes(b.try_into().expect("chunk size"))
-            })
+            decode::<$t>(data, &shape, fortran, |b| <$t>::from_le_bytes(b.try_into().expect("chunk size")))
         };
     }
     Ok(match dtype {
         DType::F32 => le!(f32),
         DType::F64 => le!(f64),
-        DType::F16 => decode::<f16>(data, &shape, fortran, |b| {
-            f16::from_bits(u16::from_le_bytes([b[0], b[1]]))
-        }),
-        DType::BF16 => decode::<bf16>(data, &shape, fortran, |b| {
-            bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))
-        }),
+        DType::F16 => decode::<f16>(data, &shape, fortran, |b| f16::from_bits(u16::from_le_bytes([b[0], b[1]]))),
+        DType::BF16 => decode::<bf16>(data, &shape, fortran, |b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))),
         DType::I8 => le!(i8),
         DType::I16 => le!(i16),
         DType::I32 => le!(i32),
@@ -201,16 +159,9 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     let shape = match t.shape() {
         [] => String::new(),
         [d] => format!("{d},"),
-        dims => dims
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        dims => dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
     };
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': ({shape}), }}",
-        descr(t.dtype())
-    );
+    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': ({shape}), }}", descr(t.dtype()));
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
@@ -243,10 +194,7 @@ mod tests {
     #[test]
     fn round_trips_every_type() {
         for dt in DType::ALL {
-            let src = Tensor::vec_i64(vec![0, 1, -2, 3, 4, 5])
-                .cast(dt)
-                .reshape(&[2, 3])
-                .unwrap();
+            let src = Tensor::vec_i64(vec![0, 1, -2, 3, 4, 5]).cast(dt).reshape(&[2, 3]).unwrap();
             let back = from_bytes(&to_bytes(&src), Path::new("x.npy"));
             if dt == DType::BF16 {
                 assert!(back.is_err(), "bf16 has no numpy type and is not read back");
@@ -255,21 +203,13 @@ mod tests {
             assert_eq!(back.unwrap(), src, "{dt}");
         }
         let scalar = Tensor::scalar_f32(2.5);
-        assert_eq!(
-            from_bytes(&to_bytes(&scalar), Path::new("s.npy")).unwrap(),
-            scalar
-        );
+        assert_eq!(from_bytes(&to_bytes(&scalar), Path::new("s.npy")).unwrap(), scalar);
     }
 
     #[test]
     fn fortran_order_is_transposed_into_c_order() {
-        let mut b = to_bytes(
-            &Tensor::vec_i64(vec![1, 2, 3, 4, 5, 6])
-                .reshape(&[2, 3])
-                .unwrap(),
-        );
-        let s =
-            String::from_utf8_lossy(&b).replace("'fortran_order': False", "'fortran_order': True ");
+        let mut b = to_bytes(&Tensor::vec_i64(vec![1, 2, 3, 4, 5, 6]).reshape(&[2, 3]).unwrap());
+        let s = String::from_utf8_lossy(&b).replace("'fortran_order': False", "'fortran_order': True ");
         b = s.into_bytes();
         let t = from_bytes(&b, Path::new("f.npy")).unwrap();
         assert_eq!(t.shape(), &[2, 3]);
@@ -279,24 +219,14 @@ mod tests {
     #[test]
     fn bad_files_are_errors_not_panics() {
         let p = Path::new("bad.npy");
-        for bytes in [
-            &b""[..],
-            b"hello world",
-            b"\x93NUMPY\x01\x00\xff\xff{",
-            b"\x93NUMPY\x09\x00\x00\x00",
-        ] {
+        for bytes in [&b""[..], b"hello world", b"\x93NUMPY\x01\x00\xff\xff{", b"\x93NUMPY\x09\x00\x00\x00"] {
             assert!(from_bytes(bytes, p).is_err());
         }
         let mut good = to_bytes(&Tensor::scalar_f32(1.0));
         good.pop();
         let e = from_bytes(&good, p).unwrap_err().to_string();
         assert!(e.contains("bad.npy") && e.contains("needs 4"), "{e}");
-        let weird = String::from_utf8_lossy(&to_bytes(&Tensor::scalar_f32(1.0)))
-            .replace("<f4", "<c8")
-            .into_bytes();
-        assert!(from_bytes(&weird, p)
-            .unwrap_err()
-            .to_string()
-            .contains("unsupported element type"));
+        let weird = String::from_utf8_lossy(&to_bytes(&Tensor::scalar_f32(1.0))).replace("<f4", "<c8").into_bytes();
+        assert!(from_bytes(&weird, p).unwrap_err().to_string().contains("unsupported element type"));
     }
 }

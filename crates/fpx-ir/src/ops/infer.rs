@@ -17,16 +17,8 @@ pub fn broadcast_dims(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
     let n = a.len().max(b.len());
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let x = if i + a.len() >= n {
-            &a[i + a.len() - n]
-        } else {
-            &Dim::Fixed(1)
-        };
-        let y = if i + b.len() >= n {
-            &b[i + b.len() - n]
-        } else {
-            &Dim::Fixed(1)
-        };
+        let x = if i + a.len() >= n { &a[i + a.len() - n] } else { &Dim::Fixed(1) };
+        let y = if i + b.len() >= n { &b[i + b.len() - n] } else { &Dim::Fixed(1) };
         let d = match (x, y) {
             (Dim::Fixed(1), d) | (d, Dim::Fixed(1)) => d.clone(),
             (Dim::Fixed(p), Dim::Fixed(q)) if p == q => x.clone(),
@@ -64,12 +56,7 @@ fn broadcast_all(ctx: &InferCtx, dtype: DType, from: usize) -> Out {
             (Some(s), Some(u)) => Some(broadcast_dims(&s, u).ok_or_else(|| {
                 ctx.error(format!(
                     "input shapes cannot be broadcast together: {}",
-                    ctx.inputs
-                        .iter()
-                        .flatten()
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    ctx.inputs.iter().flatten().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ")
                 ))
             })?),
             _ => None,
@@ -86,10 +73,7 @@ pub fn broadcast(ctx: &InferCtx) -> Out {
     for i in 1..ctx.inputs.len() {
         if let Some(u) = ctx.input(i) {
             if u.dtype != t.dtype {
-                return Err(ctx.error(format!(
-                    "input 0 is {} but input {i} is {}",
-                    t.dtype, u.dtype
-                )));
+                return Err(ctx.error(format!("input 0 is {} but input {i} is {}", t.dtype, u.dtype)));
             }
         }
     }
@@ -143,10 +127,7 @@ pub fn matmul(ctx: &InferCtx) -> Out {
     if sb.len() > 1 {
         out.push(sb2[sb2.len() - 1].clone());
     }
-    one(TensorType {
-        dtype: a.dtype,
-        shape: Some(out),
-    })
+    one(TensorType { dtype: a.dtype, shape: Some(out) })
 }
 
 /// `Gemm`: `[M, N]` from (optionally transposed) A and B.
@@ -162,36 +143,19 @@ pub fn gemm(ctx: &InferCtx) -> Out {
     }
     let ta = ctx.node.attr_i("transA", 0) != 0;
     let tb = ctx.node.attr_i("transB", 0) != 0;
-    let (m, ka) = if ta {
-        (&sa[1], &sa[0])
-    } else {
-        (&sa[0], &sa[1])
-    };
-    let (kb, n) = if tb {
-        (&sb[1], &sb[0])
-    } else {
-        (&sb[0], &sb[1])
-    };
+    let (m, ka) = if ta { (&sa[1], &sa[0]) } else { (&sa[0], &sa[1]) };
+    let (kb, n) = if tb { (&sb[1], &sb[0]) } else { (&sb[0], &sb[1]) };
     if !ka.compatible(kb) {
-        return Err(ctx.error(format!(
-            "inner dimensions differ: {a} x {b} (transA={ta}, transB={tb})"
-        )));
+        return Err(ctx.error(format!("inner dimensions differ: {a} x {b} (transA={ta}, transB={tb})")));
     }
-    one(TensorType {
-        dtype: a.dtype,
-        shape: Some(vec![m.clone(), n.clone()]),
-    })
+    one(TensorType { dtype: a.dtype, shape: Some(vec![m.clone(), n.clone()]) })
 }
 
 /// `Cast`: same shape, type from `to`.
 pub fn cast(ctx: &InferCtx) -> Out {
     let to = ctx.node.attr_i("to", 0);
-    let dtype = crate::onnx_dtype(to)
-        .ok_or_else(|| ctx.error(format!("Cast to unsupported ONNX type {to}")))?;
-    Ok(vec![Some(TensorType {
-        dtype,
-        shape: ctx.input(0).and_then(|t| t.shape.clone()),
-    })])
+    let dtype = crate::onnx_dtype(to).ok_or_else(|| ctx.error(format!("Cast to unsupported ONNX type {to}")))?;
+    Ok(vec![Some(TensorType { dtype, shape: ctx.input(0).and_then(|t| t.shape.clone()) })])
 }
 
 /// `Shape`: 1-D int64 of length rank (sliced by start/end).
@@ -224,11 +188,7 @@ pub fn reduce(ctx: &InferCtx) -> Out {
     let keep = ctx.node.attr_i("keepdims", 1) != 0;
     let has_axes_input = ctx.inputs.len() > 1 && ctx.node.inputs[1].is_some();
     let Some(ax) = axes(ctx, 1).or_else(|| (!has_axes_input).then(Vec::new)) else {
-        return one(if keep {
-            TensorType::of_rank(t.dtype, s.len())
-        } else {
-            TensorType::unranked(t.dtype)
-        });
+        return one(if keep { TensorType::of_rank(t.dtype, s.len()) } else { TensorType::unranked(t.dtype) });
     };
     let noop = ctx.node.attr_i("noop_with_empty_axes", 0) != 0;
     if ax.is_empty() && noop {
@@ -236,25 +196,11 @@ pub fn reduce(ctx: &InferCtx) -> Out {
     }
     let mut set = vec![ax.is_empty(); s.len()];
     for a in ax {
-        let i = normalize_axis(a, s.len())
-            .ok_or_else(|| ctx.error(format!("axis {a} out of range for {t}")))?;
+        let i = normalize_axis(a, s.len()).ok_or_else(|| ctx.error(format!("axis {a} out of range for {t}")))?;
         set[i] = true;
     }
-    let dims = s
-        .iter()
-        .zip(&set)
-        .filter_map(|(d, &r)| {
-            if r {
-                keep.then_some(Dim::Fixed(1))
-            } else {
-                Some(d.clone())
-            }
-        })
-        .collect();
-    one(TensorType {
-        dtype: t.dtype,
-        shape: Some(dims),
-    })
+    let dims = s.iter().zip(&set).filter_map(|(d, &r)| if r { keep.then_some(Dim::Fixed(1)) } else { Some(d.clone()) }).collect();
+    one(TensorType { dtype: t.dtype, shape: Some(dims) })
 }
 
 /// `Transpose`.
@@ -265,29 +211,19 @@ pub fn transpose(ctx: &InferCtx) -> Out {
     let Some(s) = &t.shape else {
         return one(t.clone());
     };
-    let perm: Vec<i64> = ctx
-        .node
-        .attr_ints("perm")
-        .map(|p| p.to_vec())
-        .unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+    let perm: Vec<i64> = ctx.node.attr_ints("perm").map(|p| p.to_vec()).unwrap_or_else(|| (0..s.len() as i64).rev().collect());
     if perm.len() != s.len() {
         return Err(ctx.error(format!("perm {perm:?} does not match rank {}", s.len())));
     }
     let mut dims = Vec::new();
     for &p in &perm {
         dims.push(
-            s.get(
-                normalize_axis(p, s.len())
-                    .ok_or_else(|| ctx.error(format!("perm {perm:?} is not a permutation")))?,
-            )
-            .cloned()
-            .unwrap_or(Dim::Unknown),
+            s.get(normalize_axis(p, s.len()).ok_or_else(|| ctx.error(format!("perm {perm:?} is not a permutation")))?)
+                .cloned()
+                .unwrap_or(Dim::Unknown),
         );
     }
-    one(TensorType {
-        dtype: t.dtype,
-        shape: Some(dims),
-    })
+    one(TensorType { dtype: t.dtype, shape: Some(dims) })
 }
 
 /// `Reshape`.
@@ -296,10 +232,7 @@ pub fn reshape(ctx: &InferCtx) -> Out {
         return unknown();
     };
     let Some(target) = ctx.konst(1) else {
-        let rank = ctx
-            .input(1)
-            .and_then(|s| s.fixed_dims())
-            .and_then(|d| d.first().copied());
+        let rank = ctx.input(1).and_then(|s| s.fixed_dims()).and_then(|d| d.first().copied());
         return one(match rank {
             Some(r) => TensorType::of_rank(t.dtype, r),
             None => TensorType::unranked(t.dtype),
@@ -311,25 +244,14 @@ pub fn reshape(ctx: &InferCtx) -> Out {
     let mut dims: Vec<Dim> = Vec::with_capacity(target.len());
     for (i, &d) in target.iter().enumerate() {
         dims.push(match d {
-            0 if !allowzero => src
-                .as_ref()
-                .and_then(|s| s.get(i).cloned())
-                .unwrap_or(Dim::Unknown),
+            0 if !allowzero => src.as_ref().and_then(|s| s.get(i).cloned()).unwrap_or(Dim::Unknown),
             -1 => Dim::Unknown,
             d if d < -1 => return Err(ctx.error(format!("invalid target shape {target:?}"))),
             d => Dim::Fixed(d as usize),
         });
     }
-    if let (Some(pos), Some(total)) = (
-        target.iter().position(|&d| d == -1),
-        t.fixed_dims().map(|d| d.iter().product::<usize>()),
-    ) {
-        let known: Option<usize> = dims
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != pos)
-            .map(|(_, d)| d.fixed())
-            .product();
+    if let (Some(pos), Some(total)) = (target.iter().position(|&d| d == -1), t.fixed_dims().map(|d| d.iter().product::<usize>())) {
+        let known: Option<usize> = dims.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.fixed()).product();
         if let Some(k) = known.filter(|&k| k > 0) {
             if total % k != 0 {
                 return Err(ctx.error(format!("cannot reshape {t} to {target:?}")));
@@ -337,10 +259,7 @@ pub fn reshape(ctx: &InferCtx) -> Out {
             dims[pos] = Dim::Fixed(total / k);
         }
     }
-    one(TensorType {
-        dtype: t.dtype,
-        shape: Some(dims),
-    })
+    one(TensorType { dtype: t.dtype, shape: Some(dims) })
 }
 
 /// `Flatten`.
@@ -352,25 +271,12 @@ pub fn flatten(ctx: &InferCtx) -> Out {
         return one(TensorType::of_rank(t.dtype, 2));
     };
     let axis = ctx.node.attr_i("axis", 1);
-    let a = if axis < 0 {
-        axis + s.len() as i64
-    } else {
-        axis
-    };
+    let a = if axis < 0 { axis + s.len() as i64 } else { axis };
     if !(0..=s.len() as i64).contains(&a) {
         return Err(ctx.error(format!("axis {axis} out of range for {t}")));
     }
-    let prod = |ds: &[Dim]| {
-        ds.iter()
-            .map(Dim::fixed)
-            .product::<Option<usize>>()
-            .map(Dim::Fixed)
-            .unwrap_or(Dim::Unknown)
-    };
-    one(TensorType {
-        dtype: t.dtype,
-        shape: Some(vec![prod(&s[..a as usize]), prod(&s[a as usize..])]),
-    })
+    let prod = |ds: &[Dim]| ds.iter().map(Dim::fixed).product::<Option<usize>>().map(Dim::Fixed).unwrap_or(Dim::Unknown);
+    one(TensorType { dtype: t.dtype, shape: Some(vec![prod(&s[..a as usize]), prod(&s[a as usize..])]) })
 }
 
 /// `Gather`.
@@ -381,15 +287,11 @@ pub fn gather(ctx: &InferCtx) -> Out {
     let (Some(ds), Some(is)) = (&d.shape, &i.shape) else {
         return one(TensorType::unranked(d.dtype));
     };
-    let axis = normalize_axis(ctx.node.attr_i("axis", 0), ds.len())
-        .ok_or_else(|| ctx.error(format!("axis out of range for {d}")))?;
+    let axis = normalize_axis(ctx.node.attr_i("axis", 0), ds.len()).ok_or_else(|| ctx.error(format!("axis out of range for {d}")))?;
     let mut out = ds[..axis].to_vec();
     out.extend(is.iter().cloned());
     out.extend(ds[axis + 1..].iter().cloned());
-    one(TensorType {
-        dtype: d.dtype,
-        shape: Some(out),
-    })
+    one(TensorType { dtype: d.dtype, shape: Some(out) })
 }
 
 /// `Concat`.
@@ -404,47 +306,34 @@ pub fn concat(ctx: &InferCtx) -> Out {
             return one(TensorType::unranked(first.dtype));
         };
         if t.dtype != first.dtype {
-            return Err(ctx.error(format!(
-                "input 0 is {} but input {i} is {}",
-                first.dtype, t.dtype
-            )));
+            return Err(ctx.error(format!("input 0 is {} but input {i} is {}", first.dtype, t.dtype)));
         }
         let Some(s) = &t.shape else {
             return one(TensorType::unranked(first.dtype));
         };
-        let a = normalize_axis(axis, s.len())
-            .ok_or_else(|| ctx.error(format!("axis {axis} out of range for {t}")))?;
-        shape = Some(match shape {
-            None => s.clone(),
-            Some(acc) => {
-                if acc.len() != s.len() {
-                    return Err(ctx.error(format!(
-                        "inputs have different ranks ({} and {})",
-                        acc.len(),
-                        s.len()
-                    )));
+        let a = normalize_axis(axis, s.len()).ok_or_else(|| ctx.error(format!("axis {axis} out of range for {t}")))?;
+        shape =
+            Some(match shape {
+                None => s.clone(),
+                Some(acc) => {
+                    if acc.len() != s.len() {
+                        return Err(ctx.error(format!("inputs have different ranks ({} and {})", acc.len(), s.len())));
+                    }
+                    acc.iter()
+                        .zip(s)
+                        .enumerate()
+                        .map(|(j, (x, y))| {
+                            if j == a {
+                                x.fixed().zip(y.fixed()).map(|(p, q)| Dim::Fixed(p + q)).unwrap_or(Dim::Unknown)
+                            } else {
+                                x.clone()
+                            }
+                        })
+                        .collect()
                 }
-                acc.iter()
-                    .zip(s)
-                    .enumerate()
-                    .map(|(j, (x, y))| {
-                        if j == a {
-                            x.fixed()
-                                .zip(y.fixed())
-                                .map(|(p, q)| Dim::Fixed(p + q))
-                                .unwrap_or(Dim::Unknown)
-                        } else {
-                            x.clone()
-                        }
-                    })
-                    .collect()
-            }
-        });
+            });
     }
-    one(TensorType {
-        dtype: first.dtype,
-        shape,
-    })
+    one(TensorType { dtype: first.dtype, shape })
 }
 
 /// `Squeeze`.
@@ -455,36 +344,23 @@ pub fn squeeze(ctx: &InferCtx) -> Out {
     let Some(s) = &t.shape else {
         return one(t.clone());
     };
-    let has_axes =
-        ctx.node.attr_ints("axes").is_some() || ctx.node.inputs.get(1).copied().flatten().is_some();
+    let has_axes = ctx.node.attr_ints("axes").is_some() || ctx.node.inputs.get(1).copied().flatten().is_some();
     let Some(ax) = axes(ctx, 1) else {
         return one(TensorType::unranked(t.dtype));
     };
     if !has_axes || ax.is_empty() {
         if s.iter().all(|d| d.fixed().is_some()) {
-            return one(TensorType {
-                dtype: t.dtype,
-                shape: Some(s.iter().filter(|d| **d != Dim::Fixed(1)).cloned().collect()),
-            });
+            return one(TensorType { dtype: t.dtype, shape: Some(s.iter().filter(|d| **d != Dim::Fixed(1)).cloned().collect()) });
         }
         return one(TensorType::unranked(t.dtype));
     }
     let idx: Vec<usize> = ax
         .iter()
-        .map(|&a| {
-            normalize_axis(a, s.len())
-                .ok_or_else(|| ctx.error(format!("axis {a} out of range for {t}")))
-        })
+        .map(|&a| normalize_axis(a, s.len()).ok_or_else(|| ctx.error(format!("axis {a} out of range for {t}"))))
         .collect::<Result<_>>()?;
     one(TensorType {
         dtype: t.dtype,
-        shape: Some(
-            s.iter()
-                .enumerate()
-                .filter(|(i, _)| !idx.contains(i))
-                .map(|(_, d)| d.clone())
-                .collect(),
-        ),
+        shape: Some(s.iter().enumerate().filter(|(i, _)| !idx.contains(i)).map(|(_, d)| d.clone()).collect()),
     })
 }
 
@@ -502,26 +378,12 @@ pub fn unsqueeze(ctx: &InferCtx) -> Out {
     let rank = s.len() + ax.len();
     let mut idx: Vec<usize> = ax
         .iter()
-        .map(|&a| {
-            normalize_axis(a, rank)
-                .ok_or_else(|| ctx.error(format!("axis {a} out of range for output rank {rank}")))
-        })
+        .map(|&a| normalize_axis(a, rank).ok_or_else(|| ctx.error(format!("axis {a} out of range for output rank {rank}"))))
         .collect::<Result<_>>()?;
     idx.sort_unstable();
     let mut src = s.iter();
-    let dims = (0..rank)
-        .map(|i| {
-            if idx.contains(&i) {
-                Dim::Fixed(1)
-            } else {
-                src.next().cloned().unwrap_or(Dim::Unknown)
-            }
-        })
-        .collect();
-    one(TensorType {
-        dtype: t.dtype,
-        shape: Some(dims),
-    })
+    let dims = (0..rank).map(|i| if idx.contains(&i) { Dim::Fixed(1) } else { src.next().cloned().unwrap_or(Dim::Unknown) }).collect();
+    one(TensorType { dtype: t.dtype, shape: Some(dims) })
 }
 
 /// `Slice`: exact when bounds are constant and dims fixed, else rank only.
@@ -543,20 +405,12 @@ pub fn expand(ctx: &InferCtx) -> Out {
     let Some(target) = ctx.konst(1) else {
         return one(TensorType::unranked(t.dtype));
     };
-    let target: Vec<Dim> = target
-        .to_i64_vec()
-        .into_iter()
-        .map(|d| Dim::Fixed(d.max(0) as usize))
-        .collect();
+    let target: Vec<Dim> = target.to_i64_vec().into_iter().map(|d| Dim::Fixed(d.max(0) as usize)).collect();
     let Some(s) = &t.shape else {
         return one(TensorType::unranked(t.dtype));
     };
-    let dims = broadcast_dims(s, &target)
-        .ok_or_else(|| ctx.error(format!("cannot expand {t} to {target:?}")))?;
-    one(TensorType {
-        dtype: t.dtype,
-        shape: Some(dims),
-    })
+    let dims = broadcast_dims(s, &target).ok_or_else(|| ctx.error(format!("cannot expand {t} to {target:?}")))?;
+    one(TensorType { dtype: t.dtype, shape: Some(dims) })
 }
 
 /// `Constant`: the type of its value attribute.
@@ -568,11 +422,7 @@ pub fn constant(ctx: &InferCtx) -> Out {
         Some(Attribute::Floats(v)) => TensorType::fixed(DType::F32, &[v.len()]),
         Some(Attribute::Int(_)) => TensorType::fixed(DType::I64, &[]),
         Some(Attribute::Ints(v)) => TensorType::fixed(DType::I64, &[v.len()]),
-        _ => {
-            return Err(
-                ctx.error("Constant needs exactly one of value, value_float(s), value_int(s)")
-            )
-        }
+        _ => return Err(ctx.error("Constant needs exactly one of value, value_float(s), value_int(s)")),
     };
     if n.attrs.len() != 1 {
         return Err(ctx.error("Constant needs exactly one value attribute"));
@@ -582,19 +432,9 @@ pub fn constant(ctx: &InferCtx) -> Out {
 
 /// `ConstantOfShape`.
 pub fn constant_of_shape(ctx: &InferCtx) -> Out {
-    let dtype = ctx
-        .node
-        .attr_tensor("value")
-        .map(|t| t.dtype())
-        .unwrap_or(DType::F32);
+    let dtype = ctx.node.attr_tensor("value").map(|t| t.dtype()).unwrap_or(DType::F32);
     match ctx.konst(0) {
-        Some(s) => one(TensorType::fixed(
-            dtype,
-            &s.to_i64_vec()
-                .iter()
-                .map(|&d| d.max(0) as usize)
-                .collect::<Vec<_>>(),
-        )),
+        Some(s) => one(TensorType::fixed(dtype, &s.to_i64_vec().iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>())),
         None => match ctx.input(0).and_then(|t| t.fixed_dims()) {
             Some(d) if d.len() == 1 => one(TensorType::of_rank(dtype, d[0])),
             _ => one(TensorType::unranked(dtype)),
@@ -617,18 +457,10 @@ pub fn layer_norm(ctx: &InferCtx) -> Out {
     };
     let stats = t.shape.as_ref().and_then(|s| {
         let axis = normalize_axis(ctx.node.attr_i("axis", -1), s.len())?;
-        Some(
-            s.iter()
-                .enumerate()
-                .map(|(i, d)| if i >= axis { Dim::Fixed(1) } else { d.clone() })
-                .collect(),
-        )
+        Some(s.iter().enumerate().map(|(i, d)| if i >= axis { Dim::Fixed(1) } else { d.clone() }).collect())
     });
     let stash = crate::onnx_dtype(ctx.node.attr_i("stash_type", 1)).unwrap_or(DType::F32);
-    let st = TensorType {
-        dtype: stash,
-        shape: stats,
-    };
+    let st = TensorType { dtype: stash, shape: stats };
     Ok(vec![Some(t.clone()), Some(st.clone()), Some(st)])
 }
 
@@ -640,38 +472,38 @@ pub fn same_as_input_broadcast_base(ctx: &InferCtx) -> Out {
     broadcast_all(ctx, t.dtype, 0)
 }
 
+/// `fpx:QuantMatMul(X[..., K], packed, scales, bias?)`: `[..., N]` in X's type.
+pub fn quant_matmul(ctx: &InferCtx) -> Out {
+    let Some(x) = ctx.input(0) else { return unknown() };
+    let (k, n) = (ctx.node.attr_i("k", 0), ctx.node.attr_i("n", 0));
+    if k <= 0 || n <= 0 {
+        return Err(ctx.error(format!("k = {k} and n = {n} must be positive")));
+    }
+    let Some(s) = &x.shape else { return one(TensorType::unranked(x.dtype)) };
+    let Some(last) = s.last() else { return Err(ctx.error("X must have rank >= 1")) };
+    if !last.compatible(&Dim::Fixed(k as usize)) {
+        return Err(ctx.error(format!("X is {x} but the weight has K = {k}")));
+    }
+    let mut dims = s.clone();
+    *dims.last_mut().expect("rank >= 1") = Dim::Fixed(n as usize);
+    one(TensorType { dtype: x.dtype, shape: Some(dims) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn d(v: &[i64]) -> Vec<Dim> {
-        v.iter()
-            .map(|&x| {
-                if x < 0 {
-                    Dim::Sym(format!("s{}", -x))
-                } else {
-                    Dim::Fixed(x as usize)
-                }
-            })
-            .collect()
+        v.iter().map(|&x| if x < 0 { Dim::Sym(format!("s{}", -x)) } else { Dim::Fixed(x as usize) }).collect()
     }
 
     #[test]
     fn broadcasting_follows_numpy() {
-        assert_eq!(
-            broadcast_dims(&d(&[2, 1, 4]), &d(&[3, 1])),
-            Some(d(&[2, 3, 4]))
-        );
+        assert_eq!(broadcast_dims(&d(&[2, 1, 4]), &d(&[3, 1])), Some(d(&[2, 3, 4])));
         assert_eq!(broadcast_dims(&d(&[-1, 4]), &d(&[4])), Some(d(&[-1, 4])));
-        assert_eq!(
-            broadcast_dims(&d(&[-1, 1]), &d(&[-1, 5])),
-            Some(d(&[-1, 5]))
-        );
+        assert_eq!(broadcast_dims(&d(&[-1, 1]), &d(&[-1, 5])), Some(d(&[-1, 5])));
         assert_eq!(broadcast_dims(&d(&[2, 3]), &d(&[4, 3])), None);
-        assert_eq!(
-            broadcast_dims(&d(&[-1]), &d(&[-2])),
-            Some(vec![Dim::Unknown])
-        );
+        assert_eq!(broadcast_dims(&d(&[-1]), &d(&[-2])), Some(vec![Dim::Unknown]));
     }
 
     #[test]

@@ -10,6 +10,9 @@ use crate::{AttrKind, Graph, IrError, Node, Result, Tensor, TensorType};
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
+/// The domain of fpx's own ops (`QuantMatMul`); its opset version is 1.
+pub const FPX_DOMAIN: &str = "fpx";
+
 /// The newest ONNX default-domain opset fpx accepts.
 pub const MAX_ONNX_OPSET: i64 = 27;
 
@@ -36,11 +39,7 @@ impl<'a> InferCtx<'a> {
 
     /// A type error naming this node.
     pub fn error(&self, message: impl Into<String>) -> IrError {
-        IrError::TypeMismatch {
-            node: self.node.name.clone(),
-            op: self.node.op_type.clone(),
-            message: message.into(),
-        }
+        IrError::TypeMismatch { node: self.node.name.clone(), op: self.node.op_type.clone(), message: message.into() }
     }
 }
 
@@ -79,11 +78,7 @@ pub struct OpDef {
 
 impl std::fmt::Debug for OpDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "OpDef({}:{} opsets {:?})",
-            self.domain, self.op_type, self.opsets
-        )
+        write!(f, "OpDef({}:{} opsets {:?})", self.domain, self.op_type, self.opsets)
     }
 }
 
@@ -118,14 +113,12 @@ impl OpRegistry {
 
     /// Adds (or replaces) a schema.
     pub fn register(&mut self, def: OpDef) {
-        self.defs
-            .insert((def.domain.to_string(), def.op_type.to_string()), def);
+        self.defs.insert((def.domain.to_string(), def.op_type.to_string()), def);
     }
 
     /// The schema for an op, if registered.
     pub fn get(&self, domain: &str, op_type: &str) -> Option<&OpDef> {
-        self.defs
-            .get(&(canonical_domain(domain).to_string(), op_type.to_string()))
+        self.defs.get(&(canonical_domain(domain).to_string(), op_type.to_string()))
     }
 
     /// All schemas, sorted by domain and op type.
@@ -137,14 +130,12 @@ impl OpRegistry {
 
     /// Checks a node against its schema: known op, opset in range, arity, attributes.
     pub fn check(&self, node: &Node) -> Result<&OpDef> {
-        let def = self
-            .get(&node.domain, &node.op_type)
-            .ok_or_else(|| IrError::UnknownOp {
-                node: node.name.clone(),
-                op: node.op_type.clone(),
-                domain: node.domain.clone(),
-                opset: node.opset,
-            })?;
+        let def = self.get(&node.domain, &node.op_type).ok_or_else(|| IrError::UnknownOp {
+            node: node.name.clone(),
+            op: node.op_type.clone(),
+            domain: node.domain.clone(),
+            opset: node.opset,
+        })?;
         if !def.opsets.contains(&node.opset) {
             return Err(IrError::UnsupportedOpset {
                 node: node.name.clone(),
@@ -174,31 +165,19 @@ impl OpRegistry {
         };
         arity("inputs", node.inputs.len(), &def.inputs)?;
         arity("outputs", node.outputs.len(), &def.outputs)?;
-        let bad = |message: String| IrError::BadAttribute {
-            node: node.name.clone(),
-            op: node.op_type.clone(),
-            opset: node.opset,
-            message,
-        };
+        let bad = |message: String| IrError::BadAttribute { node: node.name.clone(), op: node.op_type.clone(), opset: node.opset, message };
         for (name, value) in &node.attrs {
             match def.attrs.iter().find(|s| s.name == name) {
                 None => return Err(bad(format!("unknown attribute '{name}'"))),
                 Some(spec) if spec.kind != value.kind() => {
-                    return Err(bad(format!(
-                        "attribute '{name}' must be of kind {}, found {}",
-                        spec.kind,
-                        value.kind()
-                    )));
+                    return Err(bad(format!("attribute '{name}' must be of kind {}, found {}", spec.kind, value.kind())));
                 }
                 Some(_) => {}
             }
         }
         for spec in def.attrs.iter().filter(|s| s.required) {
             if !node.attrs.contains_key(spec.name) {
-                return Err(bad(format!(
-                    "required attribute '{}' is missing",
-                    spec.name
-                )));
+                return Err(bad(format!("required attribute '{}' is missing", spec.name)));
             }
         }
         Ok(def)
@@ -207,21 +186,9 @@ impl OpRegistry {
     /// Infers the output types of one node of `graph` from its inputs.
     pub fn infer_node(&self, graph: &Graph, node: &Node) -> Result<Vec<Option<TensorType>>> {
         let def = self.check(node)?;
-        let inputs = node
-            .inputs
-            .iter()
-            .map(|v| v.and_then(|v| graph.value(v).ty.as_ref()))
-            .collect();
-        let consts = node
-            .inputs
-            .iter()
-            .map(|v| v.and_then(|v| graph.constant(v).map(|t| &**t)))
-            .collect();
-        let ctx = InferCtx {
-            node,
-            inputs,
-            consts,
-        };
+        let inputs = node.inputs.iter().map(|v| v.and_then(|v| graph.value(v).ty.as_ref())).collect();
+        let consts = node.inputs.iter().map(|v| v.and_then(|v| graph.constant(v).map(|t| &**t))).collect();
+        let ctx = InferCtx { node, inputs, consts };
         let mut out = (def.infer)(&ctx)?;
         out.resize(node.outputs.len(), None);
         Ok(out)

@@ -47,29 +47,18 @@ macro_rules! same_type2 {
             (Tensor::U32($x), Tensor::U32($y)) => $body,
             (Tensor::U64($x), Tensor::U64($y)) => $body,
             (Tensor::Bool($x), Tensor::Bool($y)) => $body,
-            (p, q) => kbail!(
-                "operand element types differ: {} and {}",
-                p.dtype(),
-                q.dtype()
-            ),
+            (p, q) => kbail!("operand element types differ: {} and {}", p.dtype(), q.dtype()),
         }
     };
 }
 
 /// Applies `f` elementwise over two arrays with numpy broadcasting.
-pub(crate) fn zip2<A: Copy, B: Copy, C>(
-    a: &ArrayD<A>,
-    b: &ArrayD<B>,
-    f: impl Fn(A, B) -> C,
-) -> Result<ArrayD<C>, KernelError> {
+pub(crate) fn zip2<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, KernelError> {
     if a.shape() == b.shape() {
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
     let shape = broadcast_shape(&[a.shape(), b.shape()])?;
-    let (av, bv) = (
-        a.broadcast(IxDyn(&shape)).expect("broadcastable"),
-        b.broadcast(IxDyn(&shape)).expect("broadcastable"),
-    );
+    let (av, bv) = (a.broadcast(IxDyn(&shape)).expect("broadcastable"), b.broadcast(IxDyn(&shape)).expect("broadcastable"));
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
 
@@ -86,11 +75,7 @@ fn float_unary(t: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor, KernelError
     Ok(float_only!(t, a => map_num(a, &f, |x| x)))
 }
 
-fn numeric_unary(
-    t: &Tensor,
-    ff: impl Fn(f64) -> f64,
-    fi: impl Fn(i64) -> i64,
-) -> Result<Tensor, KernelError> {
+fn numeric_unary(t: &Tensor, ff: impl Fn(f64) -> f64, fi: impl Fn(i64) -> i64) -> Result<Tensor, KernelError> {
     Ok(numeric!(t, a => map_num(a, &ff, &fi)))
 }
 
@@ -119,42 +104,23 @@ fn neg(_: &Node, i: &[Option<&Tensor>]) -> Res {
 }
 
 fn abs(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    Ok(vec![numeric_unary(
-        arg(i, 0)?,
-        f64::abs,
-        i64::wrapping_abs,
-    )?])
+    Ok(vec![numeric_unary(arg(i, 0)?, f64::abs, i64::wrapping_abs)?])
 }
 
 fn relu(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    Ok(vec![numeric_unary(
-        arg(i, 0)?,
-        |x| if x > 0.0 { x } else { 0.0 },
-        |x| x.max(0),
-    )?])
+    Ok(vec![numeric_unary(arg(i, 0)?, |x| if x > 0.0 { x } else { 0.0 }, |x| x.max(0))?])
 }
 
 fn leaky_relu(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let alpha = n.attr_f("alpha", 0.01) as f64;
-    Ok(vec![float_unary(arg(i, 0)?, move |x| {
-        if x >= 0.0 {
-            x
-        } else {
-            alpha * x
-        }
-    })?])
+    Ok(vec![float_unary(arg(i, 0)?, move |x| if x >= 0.0 { x } else { alpha * x })?])
 }
 
 fn gelu(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let t = arg(i, 0)?;
     let out = match n.attr_s("approximate", "none") {
-        "none" => float_unary(t, |x| {
-            0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
-        })?,
-        "tanh" => float_unary(t, |x| {
-            0.5 * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-        })?,
+        "none" => float_unary(t, |x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)))?,
+        "tanh" => float_unary(t, |x| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()))?,
         other => kbail!("unknown approximate mode '{other}' (expected 'none' or 'tanh')"),
     };
     Ok(vec![out])
@@ -173,29 +139,18 @@ fn identity(_: &Node, i: &[Option<&Tensor>]) -> Res {
 
 fn cast(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let to = n.attr_i("to", 0);
-    let Some(dt) = onnx_dtype(to) else {
-        kbail!("cast to ONNX type {to} is not supported")
-    };
+    let Some(dt) = onnx_dtype(to) else { kbail!("cast to ONNX type {to} is not supported") };
     Ok(vec![arg(i, 0)?.cast(dt)])
 }
 
-fn arith<T: Elem>(
-    x: &ArrayD<T>,
-    y: &ArrayD<T>,
-    ff: fn(f64, f64) -> f64,
-    fi: fn(i64, i64) -> i64,
-) -> Result<Tensor, KernelError> {
+fn arith<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, ff: fn(f64, f64) -> f64, fi: fn(i64, i64) -> i64) -> Result<Tensor, KernelError> {
     if T::DTYPE == DType::Bool {
         kbail!("arithmetic on bool tensors is not supported");
     }
     if T::DTYPE.is_float() {
-        Ok(Tensor::from(zip2(x, y, |p, q| {
-            T::from_f64(ff(p.to_f64(), q.to_f64()))
-        })?))
+        Ok(Tensor::from(zip2(x, y, |p, q| T::from_f64(ff(p.to_f64(), q.to_f64())))?))
     } else {
-        Ok(Tensor::from(zip2(x, y, |p, q| {
-            T::from_i64(fi(p.to_i64(), q.to_i64()))
-        })?))
+        Ok(Tensor::from(zip2(x, y, |p, q| T::from_i64(fi(p.to_i64(), q.to_i64())))?))
     }
 }
 
@@ -211,16 +166,10 @@ macro_rules! arith_kernel {
 arith_kernel!(add, |p, q| p + q, i64::wrapping_add);
 arith_kernel!(sub, |p, q| p - q, i64::wrapping_sub);
 arith_kernel!(mul, |p, q| p * q, i64::wrapping_mul);
-arith_kernel!(div, |p, q| p / q, |p, q| if q == 0 {
-    0
-} else {
-    p.wrapping_div(q)
-});
+arith_kernel!(div, |p, q| p / q, |p, q| if q == 0 { 0 } else { p.wrapping_div(q) });
 
 fn pow_t<T: Elem>(a: &ArrayD<T>, e: &ArrayD<f64>) -> Result<Tensor, KernelError> {
-    Ok(Tensor::from(zip2(a, e, |p, q| {
-        T::from_f64(p.to_f64().powf(q))
-    })?))
+    Ok(Tensor::from(zip2(a, e, |p, q| T::from_f64(p.to_f64().powf(q)))?))
 }
 
 fn pow(_: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -229,11 +178,7 @@ fn pow(_: &Node, i: &[Option<&Tensor>]) -> Res {
     Ok(vec![numeric!(base, a => pow_t(a, &ev)?)])
 }
 
-fn compare<T: Elem>(
-    x: &ArrayD<T>,
-    y: &ArrayD<T>,
-    f: fn(&T, &T) -> bool,
-) -> Result<Tensor, KernelError> {
+fn compare<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, f: fn(&T, &T) -> bool) -> Result<Tensor, KernelError> {
     Ok(Tensor::from(zip2(x, y, |p, q| f(&p, &q))?))
 }
 
@@ -255,11 +200,7 @@ compare_kernel!(greater_equal, |p, q| p >= q);
 fn logic(i: &[Option<&Tensor>], f: fn(bool, bool) -> bool) -> Res {
     match (arg(i, 0)?, arg(i, 1)?) {
         (Tensor::Bool(a), Tensor::Bool(b)) => Ok(vec![Tensor::from(zip2(a, b, f)?)]),
-        (a, b) => kbail!(
-            "logical ops take bool tensors, got {} and {}",
-            a.dtype(),
-            b.dtype()
-        ),
+        (a, b) => kbail!("logical ops take bool tensors, got {} and {}", a.dtype(), b.dtype()),
     }
 }
 
@@ -283,18 +224,11 @@ fn select<T: Elem>(c: &ArrayD<bool>, x: &ArrayD<T>, y: &ArrayD<T>) -> Result<Ten
         x.broadcast(sh.clone()).expect("broadcastable"),
         y.broadcast(sh).expect("broadcastable"),
     );
-    Ok(Tensor::from(
-        Zip::from(&cv)
-            .and(&xv)
-            .and(&yv)
-            .map_collect(|&c, &p, &q| if c { p } else { q }),
-    ))
+    Ok(Tensor::from(Zip::from(&cv).and(&xv).and(&yv).map_collect(|&c, &p, &q| if c { p } else { q })))
 }
 
 fn where_(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    let Tensor::Bool(c) = arg(i, 0)? else {
-        kbail!("condition must be bool, got {}", arg(i, 0)?.dtype())
-    };
+    let Tensor::Bool(c) = arg(i, 0)? else { kbail!("condition must be bool, got {}", arg(i, 0)?.dtype()) };
     let (a, b) = (arg(i, 1)?, arg(i, 2)?);
     Ok(vec![same_type2!(a, b, x, y => select(c, x, y)?)])
 }
@@ -335,11 +269,7 @@ fn clip(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let x = arg(i, 0)?;
     let bound = |slot: usize, attr: &str, default: f64| -> Result<f64, KernelError> {
         if n.opset < 11 {
-            return Ok(n
-                .attrs
-                .get(attr)
-                .map(|_| n.attr_f(attr, 0.0) as f64)
-                .unwrap_or(default));
+            return Ok(n.attrs.get(attr).map(|_| n.attr_f(attr, 0.0) as f64).unwrap_or(default));
         }
         match opt_arg(i, slot) {
             Some(t) if t.len() == 1 => Ok(t.to_f64_vec()[0]),

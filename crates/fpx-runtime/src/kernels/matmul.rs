@@ -50,24 +50,7 @@ impl Gemm for f32 {
         assert!(c.len() >= m * n);
         // SAFETY: callers pass slices that cover every (row, col) reached through the strides
         // (checked by `check_extent`), and `c` holds m*n elements in row-major order.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                alpha,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                beta,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        }
+        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1) }
     }
     fn values(t: &Tensor) -> Vec<f32> {
         match t {
@@ -100,24 +83,7 @@ impl Gemm for f64 {
     ) {
         assert!(c.len() >= m * n);
         // SAFETY: as for f32.
-        unsafe {
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                alpha,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                beta,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        }
+        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1) }
     }
     fn values(t: &Tensor) -> Vec<f64> {
         t.to_f64_vec()
@@ -128,6 +94,16 @@ impl Gemm for f64 {
     fn tensor(shape: &[usize], v: Vec<f64>) -> Tensor {
         Tensor::from(array(shape, v))
     }
+}
+
+/// `y[m][n] = x[m][k] · w[k][n]`, all row-major f32 (the QuantMatMul reference path uses it).
+pub(crate) fn sgemm_rows(m: usize, k: usize, n: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
+    if m * n == 0 || k == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    assert!(x.len() >= m * k && w.len() >= k * n && y.len() >= m * n);
+    f32::gemm(m, k, n, 1.0, x, k as isize, 1, w, n as isize, 1, 0.0, y);
 }
 
 fn check_float(t: &Tensor) -> Result<(), KernelError> {
@@ -172,16 +148,8 @@ fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
     if sa.is_empty() || sb.is_empty() {
         kbail!("MatMul operands must have rank >= 1, got {sa:?} and {sb:?}");
     }
-    let a2 = if sa.len() == 1 {
-        vec![1, sa[0]]
-    } else {
-        sa.clone()
-    };
-    let b2 = if sb.len() == 1 {
-        vec![sb[0], 1]
-    } else {
-        sb.clone()
-    };
+    let a2 = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
+    let b2 = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     if k != k2 {
@@ -190,10 +158,7 @@ fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
     let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
     let batch = broadcast_shape(&[ab, bb])?;
     let (av, bv) = (T::values(a), T::values(b));
-    let (oa, ob) = (
-        batch_offsets(&batch, ab, m * k),
-        batch_offsets(&batch, bb, k * n),
-    );
+    let (oa, ob) = (batch_offsets(&batch, ab, m * k), batch_offsets(&batch, bb, k * n));
     let count = oa.len();
     let mut out = vec![T::default(); count * m * n];
     if m * n > 0 {
@@ -203,20 +168,7 @@ fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
             if k == 0 {
                 return;
             }
-            T::gemm(
-                m,
-                k,
-                n,
-                one,
-                &av[oa[i]..oa[i] + m * k],
-                k as isize,
-                1,
-                &bv[ob[i]..ob[i] + k * n],
-                n as isize,
-                1,
-                zero,
-                c,
-            );
+            T::gemm(m, k, n, one, &av[oa[i]..oa[i] + m * k], k as isize, 1, &bv[ob[i]..ob[i] + k * n], n as isize, 1, zero, c);
         };
         if count > 1 {
             out.par_chunks_mut(m * n).enumerate().for_each(run);
@@ -239,11 +191,7 @@ fn matmul(_: &Node, i: &[Option<&Tensor>]) -> Res {
     check_float(a)?;
     check_float(b)?;
     if a.dtype() != b.dtype() {
-        kbail!(
-            "operand element types differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        );
+        kbail!("operand element types differ: {} and {}", a.dtype(), b.dtype());
     }
     Ok(vec![match a.dtype() {
         DType::F64 => matmul_t::<f64>(a, b)?,
@@ -251,12 +199,7 @@ fn matmul(_: &Node, i: &[Option<&Tensor>]) -> Res {
     }])
 }
 
-fn gemm_t<T: Gemm>(
-    n: &Node,
-    a: &Tensor,
-    b: &Tensor,
-    c: Option<&Tensor>,
-) -> Result<Tensor, KernelError> {
+fn gemm_t<T: Gemm>(n: &Node, a: &Tensor, b: &Tensor, c: Option<&Tensor>) -> Result<Tensor, KernelError> {
     let (sa, sb) = (a.shape(), b.shape());
     if sa.len() != 2 || sb.len() != 2 {
         kbail!("Gemm needs 2-D A and B, got {sa:?} and {sb:?}");
@@ -273,12 +216,7 @@ fn gemm_t<T: Gemm>(
     let mut beta_t = T::from_f64(0.0);
     if let Some(c) = c {
         let cf = c.to_f64();
-        let Some(bc) = cf.broadcast(IxDyn(&[m, nn])) else {
-            kbail!(
-                "C of shape {:?} does not broadcast to [{m}, {nn}]",
-                c.shape()
-            )
-        };
+        let Some(bc) = cf.broadcast(IxDyn(&[m, nn])) else { kbail!("C of shape {:?} does not broadcast to [{m}, {nn}]", c.shape()) };
         for (o, v) in out.iter_mut().zip(bc.iter()) {
             *o = T::from_f64(*v);
         }
@@ -287,14 +225,8 @@ fn gemm_t<T: Gemm>(
     if m * nn > 0 && k > 0 {
         let (av, bv) = (T::values(a), T::values(b));
         let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
-        let (rsb, csb) = if tb {
-            (1, k as isize)
-        } else {
-            (nn as isize, 1)
-        };
-        T::gemm(
-            m, k, nn, alpha, &av, rsa, csa, &bv, rsb, csb, beta_t, &mut out,
-        );
+        let (rsb, csb) = if tb { (1, k as isize) } else { (nn as isize, 1) };
+        T::gemm(m, k, nn, alpha, &av, rsa, csa, &bv, rsb, csb, beta_t, &mut out);
     } else if c.is_some() {
         for o in &mut out {
             *o = T::from_f64(0.0);
@@ -330,14 +262,10 @@ mod tests {
 
     /// Deterministic pseudo-random values in [-1, 1).
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -347,9 +275,7 @@ mod tests {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
-                c[i * n + j] = (0..k)
-                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                    .sum();
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
             }
         }
         c
@@ -368,13 +294,7 @@ mod tests {
         let got = out.to_f64_vec();
         for x in 0..2 {
             for y in 0..4 {
-                let want = naive(
-                    &a[(x * 4 + y) * m * k..][..m * k],
-                    &b[y * k * n..][..k * n],
-                    m,
-                    k,
-                    n,
-                );
+                let want = naive(&a[(x * 4 + y) * m * k..][..m * k], &b[y * k * n..][..k * n], m, k, n);
                 let g = &got[(x * 4 + y) * m * n..][..m * n];
                 for (p, q) in g.iter().zip(&want) {
                     assert!((p - q).abs() < 1e-5, "{p} vs {q}");
@@ -393,29 +313,16 @@ mod tests {
         let tb = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[n, k]), b.clone()).unwrap());
         let tc = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[n]), c.clone()).unwrap());
         let mut node = Node::new("g", "Gemm", 13, vec![], vec![]);
-        node.attrs
-            .insert("transA".into(), fpx_ir::Attribute::Int(1));
-        node.attrs
-            .insert("transB".into(), fpx_ir::Attribute::Int(1));
-        node.attrs
-            .insert("alpha".into(), fpx_ir::Attribute::Float(0.5));
-        node.attrs
-            .insert("beta".into(), fpx_ir::Attribute::Float(2.0));
-        let out = gemm(&node, &[Some(&ta), Some(&tb), Some(&tc)])
-            .unwrap()
-            .remove(0)
-            .to_f64_vec();
+        node.attrs.insert("transA".into(), fpx_ir::Attribute::Int(1));
+        node.attrs.insert("transB".into(), fpx_ir::Attribute::Int(1));
+        node.attrs.insert("alpha".into(), fpx_ir::Attribute::Float(0.5));
+        node.attrs.insert("beta".into(), fpx_ir::Attribute::Float(2.0));
+        let out = gemm(&node, &[Some(&ta), Some(&tb), Some(&tc)]).unwrap().remove(0).to_f64_vec();
         for i in 0..m {
             for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| a[p * m + i] as f64 * b[j * k + p] as f64)
-                    .sum();
+                let dot: f64 = (0..k).map(|p| a[p * m + i] as f64 * b[j * k + p] as f64).sum();
                 let want = 0.5 * dot + 2.0 * c[j] as f64;
-                assert!(
-                    (out[i * n + j] - want).abs() < 1e-5,
-                    "({i},{j}) {} vs {want}",
-                    out[i * n + j]
-                );
+                assert!((out[i * n + j] - want).abs() < 1e-5, "({i},{j}) {} vs {want}", out[i * n + j]);
             }
         }
     }

@@ -4,6 +4,7 @@
 mod elementwise;
 mod matmul;
 mod nn;
+pub mod quant;
 mod shape;
 
 use crate::{kbail, KernelError};
@@ -28,6 +29,7 @@ impl KernelRegistry {
         shape::register(&mut r);
         nn::register(&mut r);
         matmul::register(&mut r);
+        quant::register(&mut r);
         r
     }
 
@@ -38,8 +40,7 @@ impl KernelRegistry {
 
     /// Registers a kernel for an op of `domain`.
     pub fn add_in(&mut self, domain: &str, op_type: &str, k: KernelFn) {
-        self.map
-            .insert((domain.to_string(), op_type.to_string()), k);
+        self.map.insert((domain.to_string(), op_type.to_string()), k);
     }
 
     /// The kernel for an op, if any (`ai.onnx` is the default domain).
@@ -97,8 +98,22 @@ pub(crate) fn array<T>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
 
 /// The error for an input of an element type the op does not take.
 pub(crate) fn bad_type(t: &Tensor) -> KernelError {
-    KernelError(format!(
-        "element type {} is not supported by this op",
-        t.dtype()
-    ))
+    KernelError(format!("element type {} is not supported by this op", t.dtype()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelRegistry;
+    use fpx_ir::ops::OpRegistry;
+
+    #[test]
+    fn every_op_schema_has_a_cpu_kernel_and_every_kernel_a_schema() {
+        let (schemas, kernels) = (OpRegistry::standard(), KernelRegistry::standard());
+        for d in schemas.defs() {
+            assert!(kernels.get(d.domain, d.op_type).is_some(), "schema {}:{} has no CPU kernel", d.domain, d.op_type);
+        }
+        for (domain, op) in kernels.ops() {
+            assert!(schemas.get(&domain, &op).is_some(), "kernel {domain}:{op} has no schema");
+        }
+    }
 }

@@ -31,33 +31,19 @@ fn softmax(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let (mut v, shape) = f64_data(x);
     let r = shape.len();
     let default_axis = if n.opset < 13 { 1 } else { -1 };
-    let a = if r == 0 {
-        0
-    } else {
-        axis(n.attr_i("axis", default_axis), r)?
-    };
+    let a = if r == 0 { 0 } else { axis(n.attr_i("axis", default_axis), r)? };
     // Before opset 13 the input is coerced to 2-D at `axis`; from 13 on only `axis` is reduced.
     let (outer, len, inner) = if n.opset < 13 {
-        (
-            shape[..a].iter().product::<usize>(),
-            shape[a..].iter().product::<usize>(),
-            1,
-        )
+        (shape[..a].iter().product::<usize>(), shape[a..].iter().product::<usize>(), 1)
     } else if r == 0 {
         (1, 1, 1)
     } else {
-        (
-            shape[..a].iter().product(),
-            shape[a],
-            shape[a + 1..].iter().product(),
-        )
+        (shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product())
     };
     for o in 0..outer {
         for k in 0..inner {
             let idx = |j: usize| (o * len + j) * inner + k;
-            let m = (0..len)
-                .map(|j| v[idx(j)])
-                .fold(f64::NEG_INFINITY, f64::max);
+            let m = (0..len).map(|j| v[idx(j)]).fold(f64::NEG_INFINITY, f64::max);
             let mut sum = 0.0;
             for j in 0..len {
                 let e = (v[idx(j)] - m).exp();
@@ -85,10 +71,7 @@ fn layer_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
         let f = t.to_f64();
         match f.broadcast(IxDyn(norm_shape)) {
             Some(b) => Ok(b.iter().copied().collect()),
-            None => kbail!(
-                "{what} of shape {:?} does not broadcast to the normalized shape {norm_shape:?}",
-                t.shape()
-            ),
+            None => kbail!("{what} of shape {:?} does not broadcast to the normalized shape {norm_shape:?}", t.shape()),
         }
     };
     let scale = expand(arg(i, 1)?, "scale")?;
@@ -111,17 +94,9 @@ fn layer_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
         means.push(mean);
         inv_stds.push(inv);
     }
-    let stat_shape: Vec<usize> = shape
-        .iter()
-        .enumerate()
-        .map(|(k, &d)| if k < a { d } else { 1 })
-        .collect();
+    let stat_shape: Vec<usize> = shape.iter().enumerate().map(|(k, &d)| if k < a { d } else { 1 }).collect();
     let stash = fpx_ir::onnx_dtype(n.attr_i("stash_type", 1)).unwrap_or(DType::F32);
-    Ok(vec![
-        back(x.dtype(), &shape, out),
-        back(stash, &stat_shape, means),
-        back(stash, &stat_shape, inv_stds),
-    ])
+    Ok(vec![back(x.dtype(), &shape, out), back(stash, &stat_shape, means), back(stash, &stat_shape, inv_stds)])
 }
 
 /// How a reduction combines values.
@@ -134,15 +109,8 @@ enum Reduce {
 }
 
 /// The reduced axes (sorted, deduplicated), or `None` for "no-op" (empty axes with noop_with_empty_axes).
-fn reduce_axes(
-    n: &Node,
-    i: &[Option<&Tensor>],
-    rank: usize,
-) -> Result<Option<Vec<usize>>, KernelError> {
-    let given = n
-        .attr_ints("axes")
-        .map(|a| a.to_vec())
-        .or_else(|| opt_arg(i, 1).map(|t| t.to_i64_vec()));
+fn reduce_axes(n: &Node, i: &[Option<&Tensor>], rank: usize) -> Result<Option<Vec<usize>>, KernelError> {
+    let given = n.attr_ints("axes").map(|a| a.to_vec()).or_else(|| opt_arg(i, 1).map(|t| t.to_i64_vec()));
     let mut ax: Vec<usize> = match given {
         Some(a) if !a.is_empty() => a.iter().map(|&x| axis(x, rank)).collect::<Result<_, _>>()?,
         _ if n.attr_i("noop_with_empty_axes", 0) != 0 => return Ok(None),
@@ -162,10 +130,7 @@ fn reduce_t<T: Elem>(a: &ArrayD<T>, axes: &[usize], keep: bool, how: Reduce) -> 
     let moved = a.view().permuted_axes(IxDyn(&perm));
     let data: Vec<T> = moved.iter().copied().collect();
     let len: usize = axes.iter().map(|&k| shape[k]).product();
-    let outer: usize = (0..r)
-        .filter(|k| !axes.contains(k))
-        .map(|k| shape[k])
-        .product();
+    let outer: usize = (0..r).filter(|k| !axes.contains(k)).map(|k| shape[k]).product();
     let float = T::DTYPE.is_float();
     let mut out = Vec::with_capacity(outer);
     for o in 0..outer {
@@ -173,19 +138,11 @@ fn reduce_t<T: Elem>(a: &ArrayD<T>, axes: &[usize], keep: bool, how: Reduce) -> 
         let v = match how {
             Reduce::Sum | Reduce::Mean if float => {
                 let s: f64 = run.iter().map(|x| x.to_f64()).sum();
-                T::from_f64(if matches!(how, Reduce::Mean) {
-                    s / len as f64
-                } else {
-                    s
-                })
+                T::from_f64(if matches!(how, Reduce::Mean) { s / len as f64 } else { s })
             }
             Reduce::Sum | Reduce::Mean => {
                 let s: i64 = run.iter().fold(0i64, |acc, x| acc.wrapping_add(x.to_i64()));
-                T::from_i64(if matches!(how, Reduce::Mean) && len > 0 {
-                    s / len as i64
-                } else {
-                    s
-                })
+                T::from_i64(if matches!(how, Reduce::Mean) && len > 0 { s / len as i64 } else { s })
             }
             Reduce::Max | Reduce::Min => {
                 let want_max = matches!(how, Reduce::Max);
@@ -201,26 +158,14 @@ fn reduce_t<T: Elem>(a: &ArrayD<T>, axes: &[usize], keep: bool, how: Reduce) -> 
                 };
                 match run.iter().copied().reduce(better) {
                     Some(v) => v,
-                    None if float => T::from_f64(if want_max {
-                        f64::NEG_INFINITY
-                    } else {
-                        f64::INFINITY
-                    }),
+                    None if float => T::from_f64(if want_max { f64::NEG_INFINITY } else { f64::INFINITY }),
                     None => T::from_i64(if want_max { i64::MIN } else { i64::MAX }),
                 }
             }
         };
         out.push(v);
     }
-    let out_shape: Vec<usize> = (0..r)
-        .filter_map(|k| {
-            if axes.contains(&k) {
-                keep.then_some(1)
-            } else {
-                Some(shape[k])
-            }
-        })
-        .collect();
+    let out_shape: Vec<usize> = (0..r).filter_map(|k| if axes.contains(&k) { keep.then_some(1) } else { Some(shape[k]) }).collect();
     Tensor::from(array(&out_shape, out))
 }
 
@@ -255,11 +200,7 @@ fn reduce_min(n: &Node, i: &[Option<&Tensor>]) -> Res {
 fn cumsum_t<T: Elem>(a: &ArrayD<T>, ax: usize, exclusive: bool, reverse: bool) -> Tensor {
     let a = a.as_standard_layout();
     let s = a.shape().to_vec();
-    let (outer, len, inner): (usize, usize, usize) = (
-        s[..ax].iter().product(),
-        s[ax],
-        s[ax + 1..].iter().product(),
-    );
+    let (outer, len, inner): (usize, usize, usize) = (s[..ax].iter().product(), s[ax], s[ax + 1..].iter().product());
     let src = a.as_slice().expect("standard layout");
     let mut out = vec![T::default(); src.len()];
     let float = T::DTYPE.is_float();
@@ -271,20 +212,12 @@ fn cumsum_t<T: Elem>(a: &ArrayD<T>, ax: usize, exclusive: bool, reverse: bool) -
                 let idx = (o * len + j) * inner + k;
                 let x = src[idx];
                 if exclusive {
-                    out[idx] = if float {
-                        T::from_f64(accf)
-                    } else {
-                        T::from_i64(acci)
-                    };
+                    out[idx] = if float { T::from_f64(accf) } else { T::from_i64(acci) };
                 }
                 accf += x.to_f64();
                 acci = acci.wrapping_add(x.to_i64());
                 if !exclusive {
-                    out[idx] = if float {
-                        T::from_f64(accf)
-                    } else {
-                        T::from_i64(acci)
-                    };
+                    out[idx] = if float { T::from_f64(accf) } else { T::from_i64(acci) };
                 }
             }
         }

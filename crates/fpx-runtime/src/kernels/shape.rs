@@ -20,12 +20,7 @@ fn checked_len(shape: &[usize]) -> Result<usize, KernelError> {
 fn reshape_to(t: &Tensor, shape: &[usize]) -> Result<Tensor, KernelError> {
     match t.reshape(shape) {
         Some(r) => Ok(r),
-        None => kbail!(
-            "cannot reshape a tensor of shape {:?} ({} elements) to {:?}",
-            t.shape(),
-            t.len(),
-            shape
-        ),
+        None => kbail!("cannot reshape a tensor of shape {:?} ({} elements) to {:?}", t.shape(), t.len(), shape),
     }
 }
 
@@ -43,10 +38,7 @@ fn reshape(n: &Node, i: &[Option<&Tensor>]) -> Res {
             -1 => kbail!("target shape {s:?} has more than one -1"),
             0 if !allowzero => match x.shape().get(k) {
                 Some(&v) => out.push(v),
-                None => kbail!(
-                    "target shape {s:?} copies dimension {k} (0) but the input has rank {}",
-                    x.rank()
-                ),
+                None => kbail!("target shape {s:?} copies dimension {k} (0) but the input has rank {}", x.rank()),
             },
             d if d < 0 => kbail!("target shape {s:?} has a negative dimension"),
             d => out.push(d as usize),
@@ -55,11 +47,7 @@ fn reshape(n: &Node, i: &[Option<&Tensor>]) -> Res {
     if let Some(k) = infer {
         let known = checked_len(&out)?;
         if known == 0 || x.len() % known != 0 {
-            kbail!(
-                "cannot reshape {:?} ({} elements) to {s:?}",
-                x.shape(),
-                x.len()
-            );
+            kbail!("cannot reshape {:?} ({} elements) to {s:?}", x.shape(), x.len());
         }
         out[k] = x.len() / known;
     }
@@ -71,11 +59,7 @@ fn flatten(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let a = n.attr_i("axis", 1);
     let a = if a < 0 { a + x.rank() as i64 } else { a };
     if !(0..=x.rank() as i64).contains(&a) {
-        kbail!(
-            "axis {} out of range for rank {}",
-            n.attr_i("axis", 1),
-            x.rank()
-        );
+        kbail!("axis {} out of range for rank {}", n.attr_i("axis", 1), x.rank());
     }
     let outer: usize = x.shape()[..a as usize].iter().product();
     let inner: usize = x.shape()[a as usize..].iter().product();
@@ -83,9 +67,7 @@ fn flatten(n: &Node, i: &[Option<&Tensor>]) -> Res {
 }
 
 fn axes_of(n: &Node, i: &[Option<&Tensor>], slot: usize) -> Option<Vec<i64>> {
-    n.attr_ints("axes")
-        .map(|a| a.to_vec())
-        .or_else(|| opt_arg(i, slot).map(|t| t.to_i64_vec()))
+    n.attr_ints("axes").map(|a| a.to_vec()).or_else(|| opt_arg(i, slot).map(|t| t.to_i64_vec()))
 }
 
 fn squeeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -94,21 +76,13 @@ fn squeeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let out: Vec<usize> = match axes_of(n, i, 1) {
         None => shape.iter().copied().filter(|&d| d != 1).collect(),
         Some(ax) => {
-            let idx: Vec<usize> = ax
-                .iter()
-                .map(|&a| axis(a, shape.len()))
-                .collect::<Result<_, _>>()?;
+            let idx: Vec<usize> = ax.iter().map(|&a| axis(a, shape.len())).collect::<Result<_, _>>()?;
             for &k in &idx {
                 if shape[k] != 1 {
                     kbail!("cannot squeeze axis {k} of shape {shape:?}: its size is not 1");
                 }
             }
-            shape
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| !idx.contains(k))
-                .map(|(_, &d)| d)
-                .collect()
+            shape.iter().enumerate().filter(|(k, _)| !idx.contains(k)).map(|(_, &d)| d).collect()
         }
     };
     Ok(vec![reshape_to(x, &out)?])
@@ -116,28 +90,15 @@ fn squeeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
 
 fn unsqueeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let x = arg(i, 0)?;
-    let Some(ax) = axes_of(n, i, 1) else {
-        kbail!("axes are required")
-    };
+    let Some(ax) = axes_of(n, i, 1) else { kbail!("axes are required") };
     let rank = x.rank() + ax.len();
-    let mut idx: Vec<usize> = ax
-        .iter()
-        .map(|&a| axis(a, rank))
-        .collect::<Result<_, _>>()?;
+    let mut idx: Vec<usize> = ax.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?;
     idx.sort_unstable();
     if idx.windows(2).any(|w| w[0] == w[1]) {
         kbail!("axes {ax:?} repeat an axis");
     }
     let mut src = x.shape().iter();
-    let out: Vec<usize> = (0..rank)
-        .map(|k| {
-            if idx.contains(&k) {
-                1
-            } else {
-                *src.next().unwrap_or(&1)
-            }
-        })
-        .collect();
+    let out: Vec<usize> = (0..rank).map(|k| if idx.contains(&k) { 1 } else { *src.next().unwrap_or(&1) }).collect();
     Ok(vec![reshape_to(x, &out)?])
 }
 
@@ -150,14 +111,9 @@ fn transpose(n: &Node, i: &[Option<&Tensor>]) -> Res {
     };
     let mut seen = vec![false; r];
     if perm.len() != r || perm.iter().any(|&p| std::mem::replace(&mut seen[p], true)) {
-        kbail!(
-            "perm {:?} is not a permutation of the {r} axes",
-            n.attr_ints("perm")
-        );
+        kbail!("perm {:?} is not a permutation of the {r} axes", n.attr_ints("perm"));
     }
-    Ok(vec![
-        dispatch!(x, a => Tensor::from(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned())),
-    ])
+    Ok(vec![dispatch!(x, a => Tensor::from(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()))])
 }
 
 fn gather_t<T: Elem>(a: &ArrayD<T>, ax: usize, idx: &[usize], idx_shape: &[usize]) -> Tensor {
@@ -195,9 +151,7 @@ fn gather(n: &Node, i: &[Option<&Tensor>]) -> Res {
             if (0..dim).contains(&j) {
                 Ok(j as usize)
             } else {
-                Err(KernelError(format!(
-                    "index {k} is out of range for axis {ax} of size {dim}"
-                )))
+                Err(KernelError(format!("index {k} is out of range for axis {ax} of size {dim}")))
             }
         })
         .collect::<Result<_, _>>()?;
@@ -209,19 +163,12 @@ fn concat_t<T: Elem>(first: &ArrayD<T>, all: &[&Tensor], ax: usize) -> Result<Te
     for t in &all[1..] {
         match T::view(t) {
             Some(a) => views.push(a.view()),
-            None => kbail!(
-                "inputs have different element types ({} and {})",
-                T::DTYPE,
-                t.dtype()
-            ),
+            None => kbail!("inputs have different element types ({} and {})", T::DTYPE, t.dtype()),
         }
     }
     match concatenate(Axis(ax), &views) {
         Ok(a) => Ok(Tensor::from(a.as_standard_layout().into_owned())),
-        Err(_) => kbail!(
-            "cannot concatenate shapes {:?} on axis {ax}",
-            all.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
-        ),
+        Err(_) => kbail!("cannot concatenate shapes {:?} on axis {ax}", all.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()),
     }
 }
 
@@ -254,21 +201,14 @@ fn slice(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let (starts, ends, axes, steps) = if n.opset < 10 {
         let st = n.attr_ints("starts").unwrap_or_default().to_vec();
         let en = n.attr_ints("ends").unwrap_or_default().to_vec();
-        let ax = n
-            .attr_ints("axes")
-            .map(|a| a.to_vec())
-            .unwrap_or_else(|| (0..st.len() as i64).collect());
+        let ax = n.attr_ints("axes").map(|a| a.to_vec()).unwrap_or_else(|| (0..st.len() as i64).collect());
         let sp = vec![1; st.len()];
         (st, en, ax, sp)
     } else {
         let st = arg(i, 1)?.to_i64_vec();
         let en = arg(i, 2)?.to_i64_vec();
-        let ax = opt_arg(i, 3)
-            .map(|t| t.to_i64_vec())
-            .unwrap_or_else(|| (0..st.len() as i64).collect());
-        let sp = opt_arg(i, 4)
-            .map(|t| t.to_i64_vec())
-            .unwrap_or_else(|| vec![1; st.len()]);
+        let ax = opt_arg(i, 3).map(|t| t.to_i64_vec()).unwrap_or_else(|| (0..st.len() as i64).collect());
+        let sp = opt_arg(i, 4).map(|t| t.to_i64_vec()).unwrap_or_else(|| vec![1; st.len()]);
         (st, en, ax, sp)
     };
     if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
@@ -286,10 +226,7 @@ fn slice(n: &Node, i: &[Option<&Tensor>]) -> Res {
         if steps[k] == 0 {
             kbail!("slice step must not be 0");
         }
-        if per_axis[a]
-            .replace((starts[k], ends[k], steps[k]))
-            .is_some()
-        {
+        if per_axis[a].replace((starts[k], ends[k], steps[k])).is_some() {
             kbail!("axis {a} is sliced twice");
         }
     }
@@ -312,9 +249,7 @@ fn expand(_: &Node, i: &[Option<&Tensor>]) -> Res {
     let t: Vec<usize> = target.iter().map(|&d| d as usize).collect();
     let shape = broadcast_shape(&[x.shape(), &t])?;
     checked_len(&shape)?;
-    Ok(vec![
-        dispatch!(x, a => Tensor::from(a.broadcast(IxDyn(&shape)).expect("broadcastable").to_owned())),
-    ])
+    Ok(vec![dispatch!(x, a => Tensor::from(a.broadcast(IxDyn(&shape)).expect("broadcastable").to_owned()))])
 }
 
 fn shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -333,16 +268,11 @@ fn constant_of_shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
     }
     let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
     checked_len(&shape)?;
-    let value = n
-        .attr_tensor("value")
-        .cloned()
-        .unwrap_or_else(|| Tensor::scalar_f32(0.0));
+    let value = n.attr_tensor("value").cloned().unwrap_or_else(|| Tensor::scalar_f32(0.0));
     if value.len() != 1 {
         kbail!("value must hold exactly one element, has {}", value.len());
     }
-    Ok(vec![
-        dispatch!(&value, a => Tensor::from(ArrayD::from_elem(IxDyn(&shape), *a.iter().next().expect("one element")))),
-    ])
+    Ok(vec![dispatch!(&value, a => Tensor::from(ArrayD::from_elem(IxDyn(&shape), *a.iter().next().expect("one element"))))])
 }
 
 fn range(_: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -363,13 +293,7 @@ fn range(_: &Node, i: &[Option<&Tensor>]) -> Res {
         let (st, dl) = (s.to_i64_vec()[0], d.to_i64_vec()[0]);
         Tensor::vec_i64((0..count as i64).map(|k| st + k * dl).collect()).cast(s.dtype())
     } else {
-        Tensor::from(array(
-            &[count],
-            (0..count)
-                .map(|k| start + k as f64 * delta)
-                .collect::<Vec<f64>>(),
-        ))
-        .cast(s.dtype())
+        Tensor::from(array(&[count], (0..count).map(|k| start + k as f64 * delta).collect::<Vec<f64>>())).cast(s.dtype())
     }])
 }
 

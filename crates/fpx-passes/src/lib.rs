@@ -1,0 +1,28 @@
+//! Graph rewrites of fpx. The main one, [`quantize_weights`], replaces every MatMul/Gemm whose
+//! weight is a constant by an `fpx:QuantMatMul` node holding the weight in the 4+2 bit-plane
+//! layout with per-channel (or per-group) scales into which the format's bias-shift factor is
+//! folded, so the kernels dequantize with shifts and masks and scale once per output.
+
+mod quantize;
+mod scheme;
+#[cfg(test)]
+mod tests;
+
+pub use quantize::{quantize_weights, LayerQuant, QuantSummary, QuantizeWeights};
+pub use scheme::{QuantizeOptions, WeightScheme};
+
+use thiserror::Error;
+
+/// Why a rewrite failed.
+#[derive(Debug, Error)]
+pub enum PassError {
+    /// A weight could not be quantized (names the tensor).
+    #[error(transparent)]
+    Quant(#[from] fpx_quant::QuantError),
+    /// The graph is invalid.
+    #[error(transparent)]
+    Ir(#[from] fpx_ir::IrError),
+    /// An option is invalid (unknown scheme, zero group size).
+    #[error("{0}")]
+    Option(String),
+}

@@ -1,0 +1,92 @@
+//! Weight quantization schemes as users name them (`--weights fp6-e3m2`).
+
+use crate::PassError;
+use fpx_quant::Format;
+
+/// How weights are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightScheme {
+    /// Keep weights in floating point (no rewrite).
+    None,
+    /// One format for every layer.
+    Fixed(Format),
+    /// Per layer, the 6-bit format (e3m2 or e2m3) with the lower weight error; both use the
+    /// same 4+2 packing and kernels.
+    Fp6Auto,
+}
+
+/// The scheme names `--weights` accepts.
+pub const SCHEME_NAMES: &[&str] = &["fp6-e3m2", "fp6-e2m3", "fp6-auto", "fp5-e2m2", "fp4-e2m1", "int4", "int8", "none"];
+
+impl WeightScheme {
+    /// Parses a scheme name (see [`SCHEME_NAMES`]).
+    pub fn parse(s: &str) -> Result<WeightScheme, PassError> {
+        match s {
+            "none" => Ok(WeightScheme::None),
+            "fp6-auto" => Ok(WeightScheme::Fp6Auto),
+            other => match Format::parse(other) {
+                Some(f) if SCHEME_NAMES.contains(&other) => Ok(WeightScheme::Fixed(f)),
+                _ => Err(PassError::Option(format!("unknown weight scheme '{s}'; choose one of: {}", SCHEME_NAMES.join(", ")))),
+            },
+        }
+    }
+
+    /// The name users type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WeightScheme::None => "none",
+            WeightScheme::Fp6Auto => "fp6-auto",
+            WeightScheme::Fixed(f) => f.name(),
+        }
+    }
+
+    /// The formats tried per layer (empty for `None`).
+    pub fn candidates(&self) -> Vec<Format> {
+        match self {
+            WeightScheme::None => vec![],
+            WeightScheme::Fixed(f) => vec![*f],
+            WeightScheme::Fp6Auto => vec![Format::Fp6E3M2, Format::Fp6E2M3],
+        }
+    }
+}
+
+/// Everything that decides how weights are quantized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantizeOptions {
+    /// The scheme.
+    pub scheme: WeightScheme,
+    /// Quantization group size along K; `None` = one scale per output channel.
+    pub group_size: Option<usize>,
+    /// Search a clipping ratio per channel (or group) that minimizes squared error.
+    pub scale_search: bool,
+}
+
+impl QuantizeOptions {
+    /// Per-channel scales, no search.
+    pub fn new(scheme: WeightScheme) -> Self {
+        QuantizeOptions { scheme, group_size: None, scale_search: false }
+    }
+
+    /// Checks option values.
+    pub fn validate(&self) -> Result<(), PassError> {
+        if self.group_size == Some(0) {
+            return Err(PassError::Option("group size must be at least 1 (omit it for one scale per output channel)".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_parses_back() {
+        for name in SCHEME_NAMES {
+            assert_eq!(WeightScheme::parse(name).unwrap().name(), *name);
+        }
+        let e = WeightScheme::parse("fp7").unwrap_err().to_string();
+        assert!(e.contains("'fp7'") && e.contains("fp6-e3m2"), "{e}");
+        assert!(WeightScheme::parse("fp8-e4m3").is_err(), "FP8 is an activation format, not a weight scheme");
+    }
+}

@@ -1,0 +1,215 @@
+//! The quantize rewrite on small random graphs, run by the CPU executor and compared with an
+//! f64 reference computed from `QuantizedMatrix::dequantize` (an independent path: it decodes
+//! codes directly instead of rebuilding bias-shifted FP16 values times folded scales).
+
+use crate::{quantize_weights, QuantizeOptions, WeightScheme};
+use fpx_ir::ndarray::{ArrayD, IxDyn};
+use fpx_ir::ops::{OpRegistry, FPX_DOMAIN};
+use fpx_ir::{verify, Attribute, DType, Graph, Node, Tensor, TensorType};
+use fpx_quant::{quantize, Format, QuantConfig};
+use fpx_runtime::CpuExecutor;
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
+    Tensor::from(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+}
+
+/// y = x · w (+ bias) in f64 from a dequantized [k][n] weight.
+fn reference(x: &[f32], m: usize, k: usize, n: usize, w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            y[i * n + j] = (0..k).map(|p| x[i * k + p] as f64 * w[p * n + j] as f64).sum::<f64>() + bias.map_or(0.0, |b| b[j] as f64);
+        }
+    }
+    y
+}
+
+fn run(g: Graph, x: Tensor) -> Vec<f64> {
+    let out = CpuExecutor::new(g).unwrap().run(vec![("x".into(), x)]).unwrap();
+    out[0].1.to_f64_vec()
+}
+
+fn assert_close(got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |a, b| a.max(b.abs())).max(1e-6);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b}");
+    }
+}
+
+/// x [m, k] → MatMul(x, W [k, n]) → y.
+fn matmul_graph(m: usize, k: usize, n: usize, w: &[f32]) -> Graph {
+    let mut g = Graph::new("mm");
+    g.opsets.insert(String::new(), 17);
+    let x = g.add_input("x", TensorType::fixed(DType::F32, &[m, k])).unwrap();
+    let wv = g.add_constant("W", tensor(&[k, n], w.to_vec())).unwrap();
+    let y = g.value_named("y");
+    g.add_node(Node::new("mm", "MatMul", 17, vec![Some(x), Some(wv)], vec![y])).unwrap();
+    g.outputs.push(y);
+    g
+}
+
+#[test]
+fn matmul_becomes_quantmatmul_and_matches_the_dequantized_reference() {
+    for format in [Format::Fp6E3M2, Format::Fp6E2M3, Format::Fp5E2M2, Format::Fp4E2M1, Format::Int4, Format::Int8] {
+        for (m, k, n, group) in [(3, 37, 19, None), (1, 64, 256, Some(32)), (5, 100, 7, Some(48))] {
+            let w = rand(k * n, 7 + k as u64);
+            let x = rand(m * k, 99);
+            let mut g = matmul_graph(m, k, n, &w);
+            let opts = QuantizeOptions { scheme: WeightScheme::Fixed(format), group_size: group, scale_search: false };
+            let s = quantize_weights(&mut g, &opts).unwrap();
+            assert_eq!(s.layers.len(), 1);
+            verify::verify(&g, &OpRegistry::standard()).unwrap();
+            let node = g.node(g.node_ids()[0]);
+            assert_eq!((node.op_type.as_str(), node.domain.as_str()), ("QuantMatMul", FPX_DOMAIN));
+            assert!(g.find_value("W").and_then(|v| g.constant(v)).is_none(), "the float weight is dropped");
+            let q = quantize("W", &w, k, n, &QuantConfig { format, group_size: group, scale_search: false }).unwrap();
+            assert!((s.layers[0].rel_rmse - q.relative_rmse(&w)).abs() < 1e-12);
+            let want = reference(&x, m, k, n, &q.dequantize(), None);
+            assert_close(&run(g, tensor(&[m, k], x)), &want);
+        }
+    }
+}
+
+#[test]
+fn gemm_variants_fold_alpha_beta_bias_and_transposes() {
+    let (m, k, n) = (4, 33, 20);
+    let b_t = rand(n * k, 3); // stored [n, k] for transB = 1
+    let c = rand(n, 4);
+    let x = rand(m * k, 5);
+    let mut w = vec![0f32; k * n];
+    for r in 0..k {
+        for col in 0..n {
+            w[r * n + col] = b_t[col * k + r];
+        }
+    }
+    // Cases: (transA, C kind: 0 none / 1 constant [n] / 2 graph input [m, n]).
+    for (trans_a, c_kind) in [(0, 0), (0, 1), (1, 1), (0, 2)] {
+        let mut g = Graph::new("gemm");
+        g.opsets.insert(String::new(), 13);
+        let xs = if trans_a == 1 { [k, m] } else { [m, k] };
+        let xv = g.add_input("x", TensorType::fixed(DType::F32, &xs)).unwrap();
+        let bv = g.add_constant("B", tensor(&[n, k], b_t.clone())).unwrap();
+        let mut inputs = vec![Some(xv), Some(bv)];
+        let cfull = rand(m * n, 6);
+        match c_kind {
+            1 => inputs.push(Some(g.add_constant("C", tensor(&[n], c.clone())).unwrap())),
+            2 => inputs.push(Some(g.add_input("c", TensorType::fixed(DType::F32, &[m, n])).unwrap())),
+            _ => {}
+        }
+        let y = g.value_named("y");
+        let mut node = Node::new("gemm", "Gemm", 13, inputs, vec![y]);
+        node.attrs.insert("transB".into(), Attribute::Int(1));
+        node.attrs.insert("transA".into(), Attribute::Int(trans_a));
+        node.attrs.insert("alpha".into(), Attribute::Float(0.75));
+        node.attrs.insert("beta".into(), Attribute::Float(1.5));
+        g.add_node(node).unwrap();
+        g.outputs.push(y);
+        quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2))).unwrap();
+        verify::verify(&g, &OpRegistry::standard()).unwrap();
+        let q = quantize("B", &w, k, n, &QuantConfig { format: Format::Fp6E3M2, group_size: None, scale_search: false }).unwrap();
+        let dq: Vec<f32> = q.dequantize().iter().map(|v| v * 0.75).collect();
+        let bias: Option<Vec<f32>> = (c_kind == 1).then(|| c.iter().map(|v| v * 1.5).collect());
+        let mut want = reference(&x, m, k, n, &dq, bias.as_deref());
+        if c_kind == 2 {
+            for (o, cv) in want.iter_mut().zip(&cfull) {
+                *o += 1.5 * *cv as f64;
+            }
+        }
+        let xt = if trans_a == 1 {
+            let mut t = vec![0f32; m * k];
+            for i in 0..m {
+                for p in 0..k {
+                    t[p * m + i] = x[i * k + p];
+                }
+            }
+            t
+        } else {
+            x.clone()
+        };
+        let mut feeds = vec![("x".to_string(), tensor(&xs, xt))];
+        if c_kind == 2 {
+            feeds.push(("c".into(), tensor(&[m, n], cfull.clone())));
+        }
+        let out = CpuExecutor::new(g).unwrap().run(feeds).unwrap();
+        assert_close(&out[0].1.to_f64_vec(), &want);
+    }
+}
+
+#[test]
+fn shared_weights_are_quantized_once_and_activation_products_stay() {
+    let (k, n) = (16, 8);
+    let mut g = Graph::new("shared");
+    g.opsets.insert(String::new(), 17);
+    let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, k])).unwrap();
+    let w = g.add_constant("W", tensor(&[k, n], rand(k * n, 1))).unwrap();
+    let (a, b, z) = (g.value_named("a"), g.value_named("b"), g.value_named("z"));
+    g.add_node(Node::new("m1", "MatMul", 17, vec![Some(x), Some(w)], vec![a])).unwrap();
+    g.add_node(Node::new("m2", "MatMul", 17, vec![Some(x), Some(w)], vec![b])).unwrap();
+    let bt = g.value_named("bt");
+    let mut t = Node::new("t", "Transpose", 17, vec![Some(b)], vec![bt]);
+    t.attrs.insert("perm".into(), Attribute::Ints(vec![1, 0]));
+    g.add_node(t).unwrap();
+    g.add_node(Node::new("act", "MatMul", 17, vec![Some(a), Some(bt)], vec![z])).unwrap();
+    g.outputs.push(z);
+    let s = quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E2M3))).unwrap();
+    assert_eq!(s.layers.len(), 2);
+    let packed: Vec<_> = g.value_ids().filter(|&v| g.constant(v).is_some_and(|t| t.dtype() == DType::U8)).collect();
+    assert_eq!(packed.len(), 1, "one packed copy of the shared weight");
+    let ops: Vec<String> = g.node_ids().iter().map(|&i| g.node(i).op_type.clone()).collect();
+    assert_eq!(ops.iter().filter(|o| *o == "QuantMatMul").count(), 2);
+    assert_eq!(ops.iter().filter(|o| *o == "MatMul").count(), 1, "the activation product stays a MatMul");
+    assert_eq!(s.weight_bytes_in, k * n * 4);
+}
+
+#[test]
+fn fp6_auto_keeps_the_better_format_per_layer() {
+    let (k, n) = (64, 32);
+    // Layer 1: Gaussian-like with outliers (wide range favours e3m2); layer 2: uniform (favours e2m3).
+    let mut w1 = rand(k * n, 11);
+    for i in (0..w1.len()).step_by(97) {
+        w1[i] *= 30.0;
+    }
+    let w2 = rand(k * n, 12);
+    let mut g = Graph::new("auto");
+    g.opsets.insert(String::new(), 17);
+    let x = g.add_input("x", TensorType::fixed(DType::F32, &[1, k])).unwrap();
+    let c1 = g.add_constant("W1", tensor(&[k, n], w1)).unwrap();
+    let c2 = g.add_constant("W2", tensor(&[n, n], w2[..n * n].to_vec())).unwrap();
+    let (a, b) = (g.value_named("a"), g.value_named("b"));
+    g.add_node(Node::new("l1", "MatMul", 17, vec![Some(x), Some(c1)], vec![a])).unwrap();
+    g.add_node(Node::new("l2", "MatMul", 17, vec![Some(a), Some(c2)], vec![b])).unwrap();
+    g.outputs.push(b);
+    let s = quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fp6Auto)).unwrap();
+    for l in &s.layers {
+        assert_eq!(l.tried.len(), 2);
+        let best = l.tried.iter().min_by(|p, q| p.1.total_cmp(&q.1)).unwrap();
+        assert_eq!(l.format, best.0, "{}: {:?}", l.node, l.tried);
+    }
+    assert_ne!(s.layers[0].format, s.layers[1].format, "the two layers prefer different formats: {:?}", s.layers);
+}
+
+#[test]
+fn nan_weight_and_zero_group_are_clear_errors() {
+    let mut w = rand(16 * 4, 1);
+    w[5] = f32::NAN;
+    let mut g = matmul_graph(1, 16, 4, &w);
+    let e = quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2))).unwrap_err().to_string();
+    assert!(e.contains("'W'") && e.contains("NaN"), "{e}");
+    let mut g = matmul_graph(1, 16, 4, &rand(64, 2));
+    let e =
+        quantize_weights(&mut g, &QuantizeOptions { scheme: WeightScheme::Fixed(Format::Int4), group_size: Some(0), scale_search: false })
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("group size"), "{e}");
+}

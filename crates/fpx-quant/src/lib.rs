@@ -1,0 +1,27 @@
+//! fpx-quant: the numbers behind fpx's weight quantization.
+//!
+//! Pure Rust, no I/O, no graph knowledge. It owns
+//! - [`Format`]: the weight formats (FP6 e3m2/e2m3, FP5 e2m2, FP4 e2m1, FP8 e4m3/e5m2,
+//!   INT4/INT8), exact decoding and round-to-nearest-even, saturating encoding;
+//! - [`scale`]: per-channel (or per-group) scales, absmax or MSE-searched, and [`quantize`];
+//! - [`bias_shift`]: FP→FP16/BF16 conversion with shifts and masks only, the constant factor
+//!   being folded into the scales;
+//! - [`fold`]: what kernels store per code and the factor folded into the stored scales;
+//! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
+//!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod bias_shift;
+mod error;
+pub mod fold;
+pub mod format;
+pub mod layout;
+pub mod scale;
+
+pub use error::QuantError;
+pub use format::Format;
+pub use scale::{quantize, QuantConfig, QuantizedMatrix};
+
+#[cfg(test)]
+mod test_util;

@@ -1,0 +1,424 @@
+//! Scales and quantization of a MatMul weight.
+//!
+//! The weight is the ONNX MatMul right operand `w: [k][n]` (row-major); each column is one
+//! output channel. Each (group, channel) gets a scale `s` and each weight the code
+//! `format.encode(w / s)`; the dequantized value is `decode(code) * s`.
+//!
+//! - absmax: `s = absmax / format.max_value()` over the (group, channel), so the largest
+//!   weight maps onto the format's largest value; an all-zero group/channel gets `s = 1`.
+//! - scale search (`scale_search: true`): clipping ratios `r = 1.00, 0.99, ..., 0.50`
+//!   (`s = r * absmax / max`) are tried and the one with the least squared error of the
+//!   dequantized values is kept (ties: the larger `r`). `r = 1` is absmax, so the search is
+//!   never worse than absmax.
+//! - groups: `group_size: None` is one group over all of K (per-channel, "coarse grain");
+//!   `Some(g)` splits K into `ceil(k / g)` groups of `g` rows, the last possibly shorter.
+
+use crate::{Format, QuantError};
+
+/// How to quantize a weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantConfig {
+    /// The code format.
+    pub format: Format,
+    /// Rows of K per scale group; `None` = one scale per output channel.
+    pub group_size: Option<usize>,
+    /// Search clipping ratios for the least-squared-error scale instead of plain absmax.
+    pub scale_search: bool,
+}
+
+/// A quantized weight: codes in output-channel-major order plus the real scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedMatrix {
+    /// The code format.
+    pub format: Format,
+    /// Reduction length (rows of the original `[k][n]` weight).
+    pub k: usize,
+    /// Output channels (columns of the original weight).
+    pub n: usize,
+    /// The group size used (`None` = per-channel).
+    pub group_size: Option<usize>,
+    /// Codes, `[n][k]` row-major (transposed relative to the weight, ready for [`crate::layout::pack`]).
+    pub codes: Vec<u8>,
+    /// Scales, `[groups][n]`: the real per-(group, channel) scale, no bias-shift factor folded in.
+    pub scales: Vec<f32>,
+}
+
+/// Quantizes the MatMul weight `w` (`[k][n]` row-major, channel = column) named
+/// `tensor_name` (used in errors). Fails on a length mismatch or empty dimension, on a
+/// group size of 0, and on any NaN/inf weight (reporting the first, in row-major order).
+pub fn quantize(tensor_name: &str, w: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantError> {
+    let shape_error = |message: String| QuantError::Shape { tensor: tensor_name.to_string(), message };
+    if k == 0 || n == 0 {
+        return Err(shape_error(format!("weight shape [{k}, {n}] has an empty dimension")));
+    }
+    if k.checked_mul(n) != Some(w.len()) {
+        return Err(shape_error(format!("weight has {} values, expected {k} x {n}", w.len())));
+    }
+    if cfg.group_size == Some(0) {
+        return Err(QuantError::BadGroupSize { tensor: tensor_name.to_string(), group: 0, k });
+    }
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row: i / n, col: i % n, value: w[i] });
+    }
+
+    let format = cfg.format;
+    let group = cfg.group_size.unwrap_or(k);
+    let groups = k.div_ceil(group);
+    let table = decode_table(format);
+    // Transpose to [n][k] so each channel's weights are contiguous.
+    let mut wt = vec![0f32; n * k];
+    for (row, w_row) in w.chunks_exact(n).enumerate() {
+        for (col, &v) in w_row.iter().enumerate() {
+            wt[col * k + row] = v;
+        }
+    }
+    let mut codes = vec![0u8; n * k];
+    let mut scales = vec![0f32; groups * n];
+    for col in 0..n {
+        for gi in 0..groups {
+            let range = col * k + gi * group..col * k + ((gi + 1) * group).min(k);
+            let values = &wt[range.clone()];
+            let s = choose_scale(format, &table, values, cfg.scale_search);
+            scales[gi * n + col] = s;
+            for (code, &v) in codes[range].iter_mut().zip(values) {
+                *code = format.encode(v / s);
+            }
+        }
+    }
+    Ok(QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes, scales })
+}
+
+/// Decoded value of every code in `0..2^bits`, for fast error evaluation.
+fn decode_table(format: Format) -> Vec<f32> {
+    (0..=format.code_mask()).map(|c| format.decode(c)).collect()
+}
+
+/// The scale for clipping ratio `ratio`: `ratio * absmax / max`, never 0 (an absmax so small
+/// that this underflows gets the smallest positive f32, and its weights then saturate) and
+/// never so large that `max * s` overflows.
+fn scale_for(format: Format, absmax: f32, ratio: f64) -> f32 {
+    let s = ((ratio * absmax as f64 / format.max_value()) as f32).max(f32::from_bits(1));
+    if (format.max_value() as f32 * s).is_finite() {
+        s
+    } else {
+        // absmax near f32::MAX: round the scale down so `max * s` (a dequantized value) stays finite.
+        f32::from_bits(s.to_bits() - 1)
+    }
+}
+
+/// Squared error of quantizing `values` with scale `s`, in f64.
+fn squared_error(format: Format, table: &[f32], values: &[f32], s: f32) -> f64 {
+    values
+        .iter()
+        .map(|&v| {
+            let dq = table[format.encode(v / s) as usize] * s;
+            let d = v as f64 - dq as f64;
+            d * d
+        })
+        .sum()
+}
+
+/// The scale of one (group, channel): absmax, or the least-squared-error clipping ratio.
+fn choose_scale(format: Format, table: &[f32], values: &[f32], search: bool) -> f32 {
+    let absmax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if absmax == 0.0 {
+        return 1.0;
+    }
+    let mut best = scale_for(format, absmax, 1.0);
+    if !search {
+        return best;
+    }
+    let mut best_err = squared_error(format, table, values, best);
+    for i in 1..=50 {
+        let s = scale_for(format, absmax, (100 - i) as f64 / 100.0);
+        let err = squared_error(format, table, values, s);
+        if err < best_err {
+            (best, best_err) = (s, err);
+        }
+    }
+    best
+}
+
+impl QuantizedMatrix {
+    /// Number of scale groups along K: `ceil(k / group_size)`, or 1 per-channel.
+    pub fn groups(&self) -> usize {
+        match self.group_size {
+            None => 1,
+            Some(g) => self.k.div_ceil(g),
+        }
+    }
+
+    /// The scale applying to weight (`row_k`, `col_n`) of the original `[k][n]` matrix.
+    pub fn scale(&self, row_k: usize, col_n: usize) -> f32 {
+        let group = self.group_size.map_or(0, |g| row_k / g);
+        self.scales[group * self.n + col_n]
+    }
+
+    /// The dequantized weight, `[k][n]` like the original: `decode(code) * scale` in f32
+    /// (exactly what a reference kernel computes).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let table = decode_table(self.format);
+        let mut out = vec![0f32; self.k * self.n];
+        for col in 0..self.n {
+            for row in 0..self.k {
+                let code = self.codes[col * self.k + row];
+                out[row * self.n + col] = table[(code & self.format.code_mask()) as usize] * self.scale(row, col);
+            }
+        }
+        out
+    }
+
+    /// Relative RMS error against the original weight `w` (`[k][n]`):
+    /// `sqrt(sum (w - dq)^2 / sum w^2)`, 0 if `w` is all zero. Panics if `w.len() != k * n`.
+    pub fn relative_rmse(&self, w: &[f32]) -> f64 {
+        assert_eq!(w.len(), self.k * self.n, "relative_rmse: weight length mismatch");
+        let (mut err, mut norm) = (0f64, 0f64);
+        for (&a, &b) in w.iter().zip(&self.dequantize()) {
+            let d = a as f64 - b as f64;
+            err += d * d;
+            norm += a as f64 * a as f64;
+        }
+        if norm == 0.0 {
+            0.0
+        } else {
+            (err / norm).sqrt()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::Lcg;
+
+    fn cfg(format: Format, group_size: Option<usize>, scale_search: bool) -> QuantConfig {
+        QuantConfig { format, group_size, scale_search }
+    }
+
+    /// Half the gap between the representable neighbours around `q` (|q| <= max).
+    fn half_gap(format: Format, q: f64) -> f64 {
+        let mut values: Vec<f64> = format.codes().map(|c| format.decode(c) as f64).collect();
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        let i = values.partition_point(|&v| v <= q);
+        if i == 0 || i == values.len() {
+            return 0.0; // q is ±max exactly
+        }
+        (values[i] - values[i - 1]) / 2.0
+    }
+
+    #[test]
+    fn error_is_at_most_half_a_step() {
+        let mut rng = Lcg::new(1);
+        for format in Format::ALL {
+            for (group, search) in [(None, false), (Some(16), false), (None, true)] {
+                let (k, n) = (64, 24);
+                let w = rng.normals(k * n);
+                let q = quantize("w", &w, k, n, &cfg(format, group, search)).unwrap();
+                assert_eq!(q.codes.len(), n * k);
+                assert_eq!(q.scales.len(), q.groups() * n);
+                let dq = q.dequantize();
+                for row in 0..k {
+                    for col in 0..n {
+                        let s = q.scale(row, col);
+                        let x = w[row * n + col] / s;
+                        let code = q.codes[col * k + row];
+                        assert!(format.is_valid_code(code));
+                        let v = format.decode(code);
+                        assert_eq!(dq[row * n + col], v * s);
+                        if (x.abs() as f64) <= format.max_value() {
+                            let err = (v as f64 - x as f64).abs();
+                            assert!(err <= half_gap(format, x as f64), "{format} x={x} v={v}");
+                        } else {
+                            // Clipping, or absmax / (absmax / max) rounding a hair above max.
+                            let rounding = (x.abs() as f64) <= format.max_value() * (1.0 + 1e-6);
+                            assert!(search || rounding, "{format}: {x} beyond max");
+                            assert_eq!(v.abs() as f64, format.max_value());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn absmax_scales() {
+        let (k, n) = (3, 2);
+        let w = [1.0, -0.5, -2.8, 0.25, 0.5, 0.0];
+        let q = quantize("w", &w, k, n, &cfg(Format::Fp6E3M2, None, false)).unwrap();
+        assert_eq!(q.scales, [0.1, 0.5 / 28.0]);
+        // The channel's absmax weight maps to ±max exactly.
+        // codes are [n][k]: codes[1] is channel 0, row 1 (-2.8); codes[3] channel 1, row 0 (-0.5).
+        assert_eq!(q.codes[1], Format::Fp6E3M2.encode(-28.0));
+        assert_eq!(q.codes[3], Format::Fp6E3M2.encode(-28.0));
+        assert_eq!(q.codes[4], Format::Fp6E3M2.encode(14.0));
+    }
+
+    #[test]
+    fn scale_search_never_worse_and_helps_heavy_tails() {
+        let mut rng = Lcg::new(2);
+        let (k, n) = (256, 32);
+        let gaussian = rng.normals(k * n);
+        let mut heavy = rng.normals(k * n);
+        for v in heavy.iter_mut() {
+            if rng.below(100) == 0 {
+                *v *= 12.0; // a few outliers per channel
+            }
+        }
+        for format in Format::ALL {
+            for group in [None, Some(64)] {
+                for (name, w) in [("gaussian", &gaussian), ("heavy", &heavy)] {
+                    let plain = quantize("w", w, k, n, &cfg(format, group, false)).unwrap();
+                    let searched = quantize("w", w, k, n, &cfg(format, group, true)).unwrap();
+                    // Per (group, channel): never worse.
+                    let (dp, ds) = (plain.dequantize(), searched.dequantize());
+                    let g = group.unwrap_or(k);
+                    for col in 0..n {
+                        for gi in 0..k.div_ceil(g) {
+                            let err = |dq: &[f32]| -> f64 {
+                                (gi * g..((gi + 1) * g).min(k)).map(|r| (w[r * n + col] as f64 - dq[r * n + col] as f64).powi(2)).sum()
+                            };
+                            assert!(err(&ds) <= err(&dp), "{format} {name} col {col} group {gi}");
+                        }
+                    }
+                    let (ep, es) = (plain.relative_rmse(w), searched.relative_rmse(w));
+                    assert!(es <= ep, "{format} {name} {group:?}: {es} > {ep}");
+                    if name == "heavy" {
+                        assert!(es < ep, "{format} heavy {group:?}: search should help ({es} vs {ep})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_are_named() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut w = vec![0.5f32; 4 * 3];
+            w[2 * 3 + 1] = bad;
+            w[3 * 3 + 2] = bad; // only the first is reported
+            let err = quantize("layer.0.weight", &w, 4, 3, &cfg(Format::Fp6E3M2, None, false)).unwrap_err();
+            match &err {
+                QuantError::NonFinite { tensor, row, col, value } => {
+                    assert_eq!((tensor.as_str(), *row, *col), ("layer.0.weight", 2, 1));
+                    assert_eq!(value.to_bits(), bad.to_bits());
+                }
+                e => panic!("unexpected {e:?}"),
+            }
+            let msg = err.to_string();
+            assert!(msg.contains("layer.0.weight") && msg.contains("[2, 1]"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_group_and_shapes_rejected() {
+        let w = vec![1.0f32; 12];
+        let err = quantize("t", &w, 4, 3, &cfg(Format::Int4, Some(0), false)).unwrap_err();
+        assert!(matches!(err, QuantError::BadGroupSize { group: 0, k: 4, .. }), "{err:?}");
+        assert!(err.to_string().contains("'t'"));
+        let err = quantize("t", &w, 5, 3, &cfg(Format::Int4, None, false)).unwrap_err();
+        assert!(matches!(err, QuantError::Shape { .. }), "{err:?}");
+        assert!(err.to_string().contains("12 values"), "{err}");
+        let err = quantize("t", &[], 0, 3, &cfg(Format::Int4, None, false)).unwrap_err();
+        assert!(matches!(err, QuantError::Shape { .. }), "{err:?}");
+        // A group larger than K is one group.
+        let q = quantize("t", &w, 4, 3, &cfg(Format::Int4, Some(1000), false)).unwrap();
+        assert_eq!(q.groups(), 1);
+    }
+
+    #[test]
+    fn ragged_last_group() {
+        let mut rng = Lcg::new(5);
+        let (k, n) = (100, 8);
+        let mut w = rng.normals(k * n);
+        // Make the last group (rows 96..100) of channel 3 much smaller than the rest.
+        for r in 96..100 {
+            w[r * n + 3] *= 0.01;
+        }
+        let format = Format::Fp6E3M2;
+        let q = quantize("w", &w, k, n, &cfg(format, Some(32), false)).unwrap();
+        assert_eq!(q.groups(), 4);
+        assert_eq!(q.scales.len(), 4 * n);
+        for col in 0..n {
+            for gi in 0..4 {
+                let rows = gi * 32..((gi + 1) * 32).min(k);
+                let absmax = rows.clone().map(|r| w[r * n + col].abs()).fold(0f32, f32::max);
+                assert_eq!(q.scales[gi * n + col], (absmax as f64 / 28.0) as f32);
+                for r in rows {
+                    assert_eq!(q.scale(r, col), q.scales[gi * n + col]);
+                }
+            }
+        }
+        assert!(q.scales[3 * n + 3] < 0.05 * q.scales[2 * n + 3]);
+        assert!(q.relative_rmse(&w) < 0.1);
+        let searched = quantize("w", &w, k, n, &cfg(format, Some(32), true)).unwrap();
+        assert!(searched.relative_rmse(&w) <= q.relative_rmse(&w));
+    }
+
+    #[test]
+    fn all_zero_channel() {
+        let (k, n) = (8, 3);
+        let mut w = vec![0f32; k * n];
+        for r in 0..k {
+            w[r * n] = r as f32 - 3.0;
+            w[r * n + 2] = if r % 2 == 0 { -0.0 } else { 0.0 };
+        }
+        for format in Format::ALL {
+            for search in [false, true] {
+                let q = quantize("w", &w, k, n, &cfg(format, Some(4), search)).unwrap();
+                assert!(q.codes[k..].iter().all(|&c| c == 0), "{format}");
+                for gi in 0..2 {
+                    assert_eq!(q.scales[gi * n + 1], 1.0);
+                    assert_eq!(q.scales[gi * n + 2], 1.0);
+                }
+                let dq = q.dequantize();
+                assert!(dq.iter().all(|v| v.is_finite()));
+                for r in 0..k {
+                    assert_eq!(dq[r * n + 1], 0.0);
+                    assert_eq!(dq[r * n + 2], 0.0);
+                }
+            }
+        }
+        let q = quantize("w", &[0.0; 6], 2, 3, &cfg(Format::Fp6E3M2, None, true)).unwrap();
+        assert_eq!(q.relative_rmse(&[0.0; 6]), 0.0);
+    }
+
+    #[test]
+    fn tiny_and_huge_weights_stay_finite() {
+        for format in Format::ALL {
+            for search in [false, true] {
+                let w = [f32::from_bits(1), -f32::from_bits(3), 1e-39, f32::MAX, -f32::MAX, 1.0];
+                let q = quantize("w", &w, 3, 2, &cfg(format, Some(1), search)).unwrap();
+                assert!(q.scales.iter().all(|s| s.is_finite() && *s > 0.0), "{format} {:?}", q.scales);
+                assert!(q.dequantize().iter().all(|v| v.is_finite()), "{format}");
+            }
+        }
+    }
+
+    /// Relative RMSE of per-channel quantization of N(0, 1) weights of shape [384][384].
+    fn gaussian_rmse(format: Format, search: bool) -> f64 {
+        let mut rng = Lcg::new(384);
+        let w = rng.normals(384 * 384);
+        let q = quantize("w", &w, 384, 384, &cfg(format, None, search)).unwrap();
+        q.relative_rmse(&w)
+    }
+
+    #[test]
+    fn fp6_beats_int4_on_gaussian_weights() {
+        let e3m2 = gaussian_rmse(Format::Fp6E3M2, false);
+        let int4 = gaussian_rmse(Format::Int4, false);
+        assert!(e3m2 < 0.5 * int4, "e3m2 {e3m2} vs int4 {int4}");
+        assert!((0.02..0.08).contains(&e3m2), "e3m2 {e3m2}");
+        assert!(int4 > 0.1, "int4 {int4}");
+    }
+
+    /// Prints the table in the crate report: `cargo test -p fpx-quant -- --nocapture rmse_table`.
+    #[test]
+    fn rmse_table() {
+        for format in Format::ALL {
+            let (plain, searched) = (gaussian_rmse(format, false), gaussian_rmse(format, true));
+            println!("{:>9}  absmax {plain:.4}  search {searched:.4}", format.name());
+            assert!(searched <= plain);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `fpx:QuantMatMul` by the reference path: unpack the 4+2 planes, rebuild each weight from
+//! its bias-shifted FP16 value and the folded scale, then multiply in f32. The fast kernels
+//! (LLVM, CUDA) are checked against this.
+
+use super::matmul::sgemm_rows;
+use super::{arg, array, opt_arg, KernelRegistry};
+use crate::{kbail, KernelError};
+use fpx_ir::ops::FPX_DOMAIN;
+use fpx_ir::{DType, Node, Tensor};
+use fpx_quant::layout::{self, PackedShape};
+use fpx_quant::{fold, Format};
+
+type Res = Result<Vec<Tensor>, KernelError>;
+
+/// The dequantized weight `[k][n]` of a QuantMatMul: `v(code) * scales[group][n]`.
+pub fn dequantize(format: Format, k: usize, n: usize, group: usize, packed: &[u8], scales: &[f32]) -> Result<Vec<f32>, KernelError> {
+    let shape = PackedShape::new(n, k, format.bits());
+    if packed.len() != shape.total_bytes() {
+        kbail!("packed weight has {} bytes, but {} [{k} x {n}] needs {}", packed.len(), format.name(), shape.total_bytes());
+    }
+    let groups = if group == 0 { 1 } else { k.div_ceil(group) };
+    if scales.len() != groups * n {
+        kbail!("scales hold {} values, expected {groups} x {n}", scales.len());
+    }
+    let codes = layout::unpack(packed, &shape);
+    let table: Vec<f32> = (0..=255u8).map(|c| fold::stored_value(format, c)).collect();
+    let mut w = vec![0f32; k * n];
+    for c in 0..n {
+        for r in 0..k {
+            let g = r.checked_div(group).unwrap_or(0);
+            w[r * n + c] = table[codes[c * k + r] as usize] * scales[g * n + c];
+        }
+    }
+    Ok(w)
+}
+
+fn quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
+    let (x, packed, scales) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
+    let fname = node.attr_s("format", "");
+    let Some(format) = Format::parse(fname) else { kbail!("unknown weight format '{fname}'") };
+    let (k, n, group) = (node.attr_i("k", 0), node.attr_i("n", 0), node.attr_i("group_size", 0));
+    if k <= 0 || n <= 0 || group < 0 {
+        kbail!("k = {k}, n = {n} and group_size = {group} must be positive (group_size 0 = per channel)");
+    }
+    let (k, n, group) = (k as usize, n as usize, group as usize);
+    let Tensor::U8(p) = packed else { kbail!("packed weight must be uint8, got {}", packed.dtype()) };
+    let Tensor::F32(s) = scales else { kbail!("scales must be float, got {}", scales.dtype()) };
+    if !x.dtype().is_float() {
+        kbail!("X must be a float tensor, got {}", x.dtype());
+    }
+    if x.shape().last() != Some(&k) {
+        kbail!("X has shape {:?}, but the weight has K = {k}", x.shape());
+    }
+    let w = dequantize(
+        format,
+        k,
+        n,
+        group,
+        p.as_standard_layout().as_slice().expect("standard"),
+        s.as_standard_layout().as_slice().expect("standard"),
+    )?;
+    let xv: Vec<f32> = x.to_f32().iter().copied().collect();
+    let m = xv.len() / k;
+    let mut y = vec![0f32; m * n];
+    sgemm_rows(m, k, n, &xv, &w, &mut y);
+    if let Some(b) = opt_arg(i, 3) {
+        let b = b.to_f32();
+        if b.len() != n {
+            kbail!("bias has {} values, expected {n}", b.len());
+        }
+        let bv: Vec<f32> = b.iter().copied().collect();
+        for row in y.chunks_mut(n) {
+            for (o, bb) in row.iter_mut().zip(&bv) {
+                *o += bb;
+            }
+        }
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    let out = Tensor::from(array(&shape, y));
+    Ok(vec![if x.dtype() == DType::F32 { out } else { out.cast(x.dtype()) }])
+}
+
+pub(super) fn register(r: &mut KernelRegistry) {
+    r.add_in(FPX_DOMAIN, "QuantMatMul", quant_matmul);
+}

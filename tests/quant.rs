@@ -1,0 +1,149 @@
+//! Weight quantization end to end on real models: the accuracy bars of the FP6 formats on
+//! MiniLM's sentence embeddings, and the quantized path through the CLI.
+
+use crate::common::{npy, repo_root, shared_model_dir, skip, TempDir};
+use fpx::ir::Tensor;
+use fpx::report::{cosine, parse_schemes};
+
+/// Mean over unmasked tokens of `[batch, seq, hidden]`: the sentence embedding.
+fn mean_pool(h: &Tensor, mask: &Tensor) -> Vec<Vec<f64>> {
+    let (b, s, d) = (h.shape()[0], h.shape()[1], h.shape()[2]);
+    let (hv, mv) = (h.to_f64_vec(), mask.to_f64_vec());
+    (0..b)
+        .map(|i| {
+            let mut e = vec![0.0; d];
+            let count: f64 = (0..s).map(|t| mv[i * s + t]).sum();
+            for t in 0..s {
+                for j in 0..d {
+                    e[j] += hv[(i * s + t) * d + j] * mv[i * s + t];
+                }
+            }
+            e.iter().map(|x| x / count.max(1.0)).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn minilm_fp6_keeps_sentence_embeddings() {
+    let Some(dir) = shared_model_dir("minilm-l6-v2") else {
+        skip("minilm_fp6_keeps_sentence_embeddings", "../shared/models/minilm-l6-v2 is absent");
+        return;
+    };
+    let names = ["input_ids", "attention_mask", "token_type_ids"];
+    let inputs: Vec<(String, Tensor)> = names.iter().map(|n| (n.to_string(), npy(&dir.join(format!("{n}.npy"))))).collect();
+    let mask = npy(&dir.join("attention_mask.npy"));
+    let reference = npy(&dir.join("ref_sentence_embedding.npy"));
+    let d = reference.shape()[1];
+    let want: Vec<Vec<f64>> = reference.to_f64_vec().chunks(d).map(|c| c.to_vec()).collect();
+    let options = fpx::report::ReportOptions {
+        schemes: parse_schemes("fp6-e3m2,fp6-e2m3,fp6-auto,int4,int4:g128", None, false).unwrap(),
+        histogram_layer: None,
+        pool_mask: Some("attention_mask".into()),
+    };
+    let report = fpx::report::accuracy_report(&dir.join("model.onnx"), inputs, &options).expect("report runs");
+    let fp32_cos = {
+        let e = mean_pool(&report.fp32[0].1, &mask);
+        e.iter().zip(&want).map(|(a, b)| cosine(a, b)).sum::<f64>() / e.len() as f64
+    };
+    assert!(fp32_cos > 0.99999, "FP32 path must reproduce onnxruntime's embeddings: {fp32_cos}");
+    let mut cos = std::collections::BTreeMap::new();
+    for r in &report.schemes {
+        let e = mean_pool(&r.values[0].1, &mask);
+        let c = e.iter().zip(&want).map(|(a, b)| cosine(a, b)).sum::<f64>() / e.len() as f64;
+        eprintln!("MiniLM mean embedding cosine vs FP32, {:<10} {c:.5} (weights {:.2} MB)", r.label, r.weight_bytes_out as f64 / 1e6);
+        let pooled = r.outputs[0].pooled_cosine.expect("pooled over attention_mask");
+        assert!((pooled - c).abs() < 2e-4, "report's pooled cosine vs fpx FP32 {pooled} ~ test's vs onnxruntime {c}");
+        cos.insert(r.label.clone(), c);
+    }
+    assert!(cos["fp6-e3m2"] >= 0.992, "fp6-e3m2 {}", cos["fp6-e3m2"]);
+    assert!(cos["fp6-e2m3"] >= 0.996, "fp6-e2m3 {}", cos["fp6-e2m3"]);
+    let better = cos["fp6-e3m2"].max(cos["fp6-e2m3"]);
+    assert!(cos["fp6-auto"] >= better - 0.0005, "fp6-auto {} vs best {better}", cos["fp6-auto"]);
+    // INT4 must be clearly worse than FP6, or something is wrong with either.
+    assert!(cos["int4"] < cos["fp6-e3m2"] && cos["int4:g128"] < cos["fp6-e2m3"], "{cos:?}");
+    let fp6 = &report.schemes[0];
+    assert_eq!(fp6.layers.len(), 36, "all 36 constant-weight MatMuls are quantized");
+    let ratio = fp6.weight_bytes_in as f64 / fp6.weight_bytes_out as f64;
+    assert!(ratio > 5.0 && ratio < 5.4, "FP6 stores 6 bits of 32 plus scales: ratio {ratio}");
+}
+
+fn fpx(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fpx")).args(args).output().expect("fpx runs")
+}
+
+#[test]
+fn cli_runs_quantized_and_reports_with_html() {
+    let ex = repo_root().join("examples/tiny-transformer");
+    let (m, i) = (ex.join("model.onnx"), format!("input={}", ex.join("input.npy").display()));
+    let dir = TempDir::new("quant-cli");
+    let out = fpx(&["run", m.to_str().unwrap(), "--input", &i, "-o", dir.0.to_str().unwrap(), "--weights", "fp6-e2m3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("weights: 13 layers as fp6-e2m3"), "{stdout}");
+    let got = npy(&dir.join("output.npy"));
+    let want = npy(&ex.join("ref_output.npy"));
+    let c = cosine(&got.to_f64_vec(), &want.to_f64_vec());
+    assert!(c > 0.99 && c < 1.0, "quantized output is close to, but not exactly, FP32: cosine {c}");
+
+    let html = dir.join("r.html");
+    let out = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", "fp6-e3m2,int4:g32", "--html", html.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in ["fp6-e3m2", "int4:g32", "cosine", "per-layer weight relative RMSE"] {
+        assert!(stdout.contains(needle), "'{needle}' missing:\n{stdout}");
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.starts_with("<!doctype html>") && page.contains("<svg") && page.contains("fp6-e2m3") && !page.contains("<script src"),
+        "self-contained page with plots"
+    );
+
+    for (args, needle) in [
+        (vec!["--weights", "fp7"], "unknown weight scheme 'fp7'"),
+        (vec!["--weights", "int4", "--group-size", "0"], "group size must be at least 1"),
+    ] {
+        let mut a = vec!["run", m.to_str().unwrap(), "--input", &i, "-o", dir.0.to_str().unwrap()];
+        a.extend(args);
+        let out = fpx(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn nan_weight_is_an_error_naming_the_tensor() {
+    use crate::common::onnx_builder::{model, node, save, value};
+    let dir = TempDir::new("quant-nan");
+    let mut w = vec![0.5f32; 8];
+    w[3] = f32::NAN;
+    let wt = fpx::onnx::tensor_to_proto(
+        "proj.weight",
+        &Tensor::from(fpx::ir::ndarray::ArrayD::from_shape_vec(fpx::ir::ndarray::IxDyn(&[4, 2]), w).unwrap()),
+    );
+    let p = dir.join("nan.onnx");
+    save(
+        &model(
+            vec![node("MatMul", "proj", &["x", "proj.weight"], &["y"])],
+            vec![value("x", &["1", "4"])],
+            vec![value("y", &["1", "2"])],
+            vec![wt],
+        ),
+        &p,
+    );
+    let x = dir.join("x.npy");
+    fpx::runtime::npy::write(&x, &Tensor::from(fpx::ir::ndarray::ArrayD::<f32>::ones(fpx::ir::ndarray::IxDyn(&[1, 4])))).unwrap();
+    let out = fpx(&[
+        "run",
+        p.to_str().unwrap(),
+        "--input",
+        &format!("x={}", x.display()),
+        "-o",
+        dir.0.to_str().unwrap(),
+        "--weights",
+        "fp6-e3m2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("'proj.weight'") && err.contains("NaN") && !err.contains("panicked"), "{err}");
+}
