@@ -10,6 +10,7 @@
 //! # Ok::<(), fpx::Error>(())
 //! ```
 
+pub mod bench;
 pub mod report;
 mod summary;
 
@@ -96,6 +97,11 @@ impl Model {
             }
         };
         Ok(Model { executor: CpuExecutor::new(graph)?, quantization })
+    }
+
+    /// The prepared executor (for benchmarking and profiling).
+    pub fn executor(&self) -> &CpuExecutor {
+        &self.executor
     }
 
     /// What quantization did, per layer (`None` for a floating-point model).

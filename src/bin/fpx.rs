@@ -46,6 +46,10 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
     #[command(after_help = "Schemes are comma-separated; add ':gN' for a group size along K (e.g. int4:g128).\n\n\
 Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --schemes fp6-e3m2,fp6-e2m3,int4,int4:g128 --html report.html")]
     Report(ReportArgs),
+    /// Time a model in-process: median/min/max latency over repeated runs, and per matrix product
+    /// its time and effective weight bandwidth (weight bytes / time).
+    #[command(after_help = "Example:\n  fpx bench model.onnx --weights fp6-e3m2 --input input_ids=ids.npy --iters 50 --threads 2 --json")]
+    Bench(BenchArgs),
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite).
     Inspect {
@@ -55,6 +59,27 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Arguments of `fpx bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The model: an .onnx file.
+    model: PathBuf,
+    /// A graph input as NAME=FILE.npy; repeat for each input of the model.
+    #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
+    inputs: Vec<String>,
+    /// Measured iterations (after one warm-up run).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print JSON (field names carry their unit, e.g. median_us).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    quant: QuantArgs,
 }
 
 /// Arguments of `fpx report`.
@@ -210,6 +235,25 @@ fn report(args: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench(args: &BenchArgs) -> Result<()> {
+    check_model_path(&args.model)?;
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let model = fpx::Model::open_with(&args.model, &args.quant.options()?)
+        .with_context(|| format!("cannot load model '{}'", args.model.display()))?;
+    let feeds = read_inputs(&args.inputs)?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
+        .with_context(|| format!("cannot run model '{}'", args.model.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.to_text());
+    }
+    Ok(())
+}
+
 fn main() {
     // Die quietly on a closed pipe (`fpx inspect m.onnx | head`) instead of panicking in println!.
     // SAFETY: setting a signal disposition to its default at start-up, before any threads exist.
@@ -220,6 +264,7 @@ fn main() {
     let res = match &cli.command {
         Command::Run { model, inputs, output_dir, quant } => run(model, inputs, output_dir, quant),
         Command::Report(args) => report(args),
+        Command::Bench(args) => bench(args),
         Command::Inspect { model, json } => inspect(model, *json),
     };
     if let Err(e) = res {

@@ -1,16 +1,39 @@
 //! The CPU executor: runs the nodes of a graph in topological order with the registered kernels.
 
 use crate::kernels::{KernelFn, KernelRegistry};
+use crate::native::{NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
 use fpx_ir::pass::NodeEvaluator;
 use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// How one node runs: a reference kernel, or a natively compiled QuantMatMul.
+#[derive(Clone, Copy)]
+enum Step {
+    Kernel(KernelFn),
+    Native(NativeQmm),
+}
+
+/// Wall time of one node in a profiled run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTiming {
+    /// Node name.
+    pub node: String,
+    /// Op type.
+    pub op: String,
+    /// Whether a native (compiled) kernel ran.
+    pub native: bool,
+    /// Seconds.
+    pub seconds: f64,
+}
+
 /// A graph prepared to run on the CPU: kernels resolved, order fixed, buffer lifetimes known.
 pub struct CpuExecutor {
     graph: Graph,
-    steps: Vec<(NodeId, KernelFn)>,
+    steps: Vec<(NodeId, Step)>,
+    /// Keeps native code mapped while its function pointers are in `steps`.
+    _libraries: Vec<Arc<NativeLibrary>>,
     /// For each value, the index of the last step that reads it (values not read: none).
     last_use: HashMap<ValueId, usize>,
 }
@@ -29,6 +52,17 @@ impl CpuExecutor {
 
     /// Prepares `graph` with the kernels of `registry`.
     pub fn with_kernels(graph: Graph, registry: &KernelRegistry) -> Result<Self, RuntimeError> {
+        Self::with_native(graph, registry, HashMap::new(), Vec::new())
+    }
+
+    /// Prepares `graph`; the QuantMatMul nodes named in `native` run their compiled kernels
+    /// (kept alive by `libraries`), every other node its reference kernel.
+    pub fn with_native(
+        graph: Graph,
+        registry: &KernelRegistry,
+        mut native: HashMap<String, NativeQmm>,
+        libraries: Vec<Arc<NativeLibrary>>,
+    ) -> Result<Self, RuntimeError> {
         let order = graph.topo_order()?;
         let mut steps = Vec::with_capacity(order.len());
         let mut last_use = HashMap::new();
@@ -42,9 +76,27 @@ impl CpuExecutor {
             for v in node.inputs.iter().flatten() {
                 last_use.insert(*v, i);
             }
-            steps.push((id, k));
+            let step = match native.remove(&node.name) {
+                Some(q) if node.op_type == "QuantMatMul" => Step::Native(q),
+                Some(_) => {
+                    return Err(RuntimeError::Kernel {
+                        node: node.name.clone(),
+                        op: node.op_type.clone(),
+                        message: "a native kernel was given for a node that is not a QuantMatMul".into(),
+                    })
+                }
+                None => Step::Kernel(k),
+            };
+            steps.push((id, step));
         }
-        Ok(CpuExecutor { graph, steps, last_use })
+        if let Some(name) = native.keys().next() {
+            return Err(RuntimeError::Kernel {
+                node: name.clone(),
+                op: "QuantMatMul".into(),
+                message: "a native kernel names a node the graph does not have".into(),
+            });
+        }
+        Ok(CpuExecutor { graph, steps, _libraries: libraries, last_use })
     }
 
     /// The graph being run.
@@ -120,10 +172,20 @@ impl CpuExecutor {
 
     /// Runs the graph on named inputs; returns the outputs, named, in graph order.
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        self.run_profiled(inputs, None)
+    }
+
+    /// Like [`CpuExecutor::run`], and records each node's wall time into `profile` when given.
+    pub fn run_profiled(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        mut profile: Option<&mut Vec<NodeTiming>>,
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut live = self.bind_inputs(inputs)?;
         let keep: Vec<ValueId> = self.graph.outputs.clone();
-        for (i, (id, kernel)) in self.steps.iter().enumerate() {
+        for (i, (id, step)) in self.steps.iter().enumerate() {
             let node = self.graph.node(*id);
+            let started = profile.is_some().then(std::time::Instant::now);
             let outs = {
                 let args: Vec<Option<&Tensor>> = node
                     .inputs
@@ -134,8 +196,20 @@ impl CpuExecutor {
                         })
                     })
                     .collect();
-                kernel(node, &args).map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
+                let result = match step {
+                    Step::Kernel(kernel) => kernel(node, &args),
+                    Step::Native(q) => run_native(q, node, &args),
+                };
+                result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
             };
+            if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
+                p.push(NodeTiming {
+                    node: node.name.clone(),
+                    op: node.op_type.clone(),
+                    native: matches!(step, Step::Native(_)),
+                    seconds: t.elapsed().as_secs_f64(),
+                });
+            }
             if outs.len() < node.outputs.len() {
                 return Err(RuntimeError::Kernel {
                     node: node.name.clone(),
@@ -166,6 +240,31 @@ impl CpuExecutor {
             })
             .collect()
     }
+}
+
+/// Runs a QuantMatMul node through its compiled kernel.
+fn run_native(q: &NativeQmm, node: &Node, args: &[Option<&Tensor>]) -> Result<Vec<Tensor>, KernelError> {
+    let get = |i: usize| args.get(i).copied().flatten().ok_or_else(|| KernelError::new(format!("input {i} is required")));
+    let (x, packed, scales) = (get(0)?, get(1)?, get(2)?);
+    let (k, n) = (node.attr_i("k", 0) as usize, node.attr_i("n", 0) as usize);
+    if x.shape().last() != Some(&k) {
+        return Err(KernelError::new(format!("X has shape {:?}, but the weight has K = {k}", x.shape())));
+    }
+    let (Tensor::U8(p), Tensor::F32(s)) = (packed, scales) else { return Err(KernelError::new("packed must be uint8 and scales float")) };
+    let xv: Vec<f32> = match x {
+        Tensor::F32(a) if a.is_standard_layout() => a.as_slice().expect("standard").to_vec(),
+        other => other.to_f32().iter().copied().collect(),
+    };
+    let m = xv.len() / k.max(1);
+    let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
+    let mut y = vec![0f32; m * n];
+    let p = p.as_standard_layout();
+    let s = s.as_standard_layout();
+    q.run(&xv, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
+    Ok(vec![if x.dtype() == fpx_ir::DType::F32 { out } else { out.cast(x.dtype()) }])
 }
 
 /// Evaluates single nodes with the CPU kernels: the [`NodeEvaluator`] that constant folding uses.

@@ -4,8 +4,9 @@
 mod error;
 mod executor;
 pub mod kernels;
+pub mod native;
 pub mod npy;
 
 pub use error::{KernelError, RuntimeError};
-pub use executor::{CpuEvaluator, CpuExecutor};
+pub use executor::{CpuEvaluator, CpuExecutor, NodeTiming};
 pub use kernels::{KernelFn, KernelRegistry};

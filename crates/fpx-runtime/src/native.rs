@@ -1,0 +1,146 @@
+//! Native CPU kernels compiled ahead of time (by `fpx-llvm`) and shipped inside an artifact:
+//! loading the shared object from memory without leaving a file behind, and calling the
+//! quantized-product kernels across threads.
+
+use crate::{KernelError, RuntimeError};
+use std::ffi::CString;
+use std::path::PathBuf;
+
+/// The C ABI of a generated QuantMatMul kernel: computes `y[r][c]` for every row `r < m` and
+/// column `c` in `[n_begin, n_end)`; `y`'s row stride is N (a constant of the kernel).
+pub type QmmFn = unsafe extern "C" fn(
+    x: *const f32,
+    m: i64,
+    packed: *const u8,
+    scales: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    n_begin: i64,
+    n_end: i64,
+);
+
+/// A shared object loaded from bytes. The code stays mapped while this value lives.
+pub struct NativeLibrary {
+    lib: libloading::Library,
+}
+
+impl std::fmt::Debug for NativeLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NativeLibrary")
+    }
+}
+
+fn err(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::File { path: PathBuf::from("<artifact CPU code>"), message: message.into() }
+}
+
+impl NativeLibrary {
+    /// Loads a shared object held in memory: written to an anonymous in-memory file
+    /// (`memfd_create`) and opened through `/proc/self/fd`, so no file is left on disk.
+    ///
+    /// # Safety
+    /// Loading runs the library's initializers and its code is trusted: load only artifacts
+    /// you trust.
+    pub unsafe fn load(bytes: &[u8]) -> Result<NativeLibrary, RuntimeError> {
+        let name = CString::new("fpx-cpu-kernels").expect("no NUL");
+        let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            return Err(err(format!("memfd_create failed: {}", std::io::Error::last_os_error())));
+        }
+        let mut written = 0usize;
+        while written < bytes.len() {
+            let n = libc::write(fd, bytes[written..].as_ptr().cast(), bytes.len() - written);
+            if n <= 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                return Err(err(format!("cannot stage the shared object in memory: {e}")));
+            }
+            written += n as usize;
+        }
+        let path = format!("/proc/self/fd/{fd}");
+        let lib = libloading::Library::new(&path);
+        libc::close(fd);
+        let lib = lib.map_err(|e| err(format!("cannot load the shared object: {e}")))?;
+        Ok(NativeLibrary { lib })
+    }
+
+    /// The kernel exported under `symbol`.
+    pub fn qmm(&self, symbol: &str) -> Result<QmmFn, RuntimeError> {
+        // SAFETY: the symbol was generated with exactly the `QmmFn` signature (fpx-llvm's ABI).
+        unsafe { self.lib.get::<QmmFn>(symbol.as_bytes()).map(|s| *s).map_err(|e| err(format!("kernel '{symbol}' is missing: {e}"))) }
+    }
+}
+
+/// The two generated variants of one QuantMatMul node's kernel.
+#[derive(Clone, Copy)]
+pub struct NativeQmm {
+    /// For M = 1..=8 (weight streaming).
+    pub gemv: QmmFn,
+    /// For larger M (tiled).
+    pub gemm: QmmFn,
+}
+
+impl std::fmt::Debug for NativeQmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NativeQmm")
+    }
+}
+
+/// Largest M the GEMV variant serves.
+pub const GEMV_MAX_M: usize = 8;
+
+struct SendPtr(*mut f32);
+// SAFETY: threads write disjoint column ranges of the output through this pointer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl NativeQmm {
+    /// Runs `y[m][n] = x[m][k] · W + bias`, splitting N across the current rayon pool's threads
+    /// at multiples of 16 (the kernels' tile).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        packed: &[u8],
+        scales: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
+        if x.len() != m * k || y.len() != m * n || bias.is_some_and(|b| b.len() != n) {
+            return Err(KernelError::new(format!("native kernel: buffers do not match m={m}, k={k}, n={n}")));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let f = if m <= GEMV_MAX_M { self.gemv } else { self.gemm };
+        let threads = rayon::current_num_threads().max(1);
+        let tiles = n.div_ceil(16);
+        let per = tiles.div_ceil(threads).max(1);
+        let out = SendPtr(y.as_mut_ptr());
+        let call = |t: usize| {
+            let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+            let (b, e) = ((t * per * 16).min(n), ((t + 1) * per * 16).min(n));
+            if b < e {
+                let o = &out;
+                // SAFETY: buffers were checked against m, k, n above; each call writes only
+                // columns [b, e) of every row, disjoint across threads.
+                unsafe { f(x.as_ptr(), m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
+            }
+        };
+        let chunks = tiles.div_ceil(per);
+        if chunks <= 1 {
+            call(0);
+        } else {
+            rayon::scope(|s| {
+                for t in 0..chunks {
+                    let call = &call;
+                    s.spawn(move |_| call(t));
+                }
+            });
+        }
+        Ok(())
+    }
+}

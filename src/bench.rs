@@ -1,0 +1,146 @@
+//! `fpx bench`: run a prepared model repeatedly in-process and report latency and, per
+//! quantized product, time and effective weight bandwidth.
+
+use crate::Error;
+use fpx_ir::Tensor;
+use fpx_runtime::{CpuExecutor, NodeTiming};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Per-node timing summary over the measured iterations.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelStat {
+    /// Node name.
+    pub node: String,
+    /// Op type.
+    pub op: String,
+    /// Whether the node ran a natively compiled kernel (else the reference path).
+    pub native: bool,
+    /// Median time.
+    pub median_us: f64,
+    /// Bytes of packed weights plus scales the node reads (0 for other ops).
+    pub weight_bytes: u64,
+    /// `weight_bytes / median` (0 for other ops).
+    pub weight_gb_per_s: f64,
+}
+
+/// What `fpx bench` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Measured iterations (after one warm-up).
+    pub iters: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Median end-to-end latency.
+    pub median_us: f64,
+    /// Fastest iteration.
+    pub min_us: f64,
+    /// Slowest iteration.
+    pub max_us: f64,
+    /// Per QuantMatMul/MatMul/Gemm node, in graph order, then the rest summed by op.
+    pub kernels: Vec<KernelStat>,
+    /// Total median time per op type.
+    pub per_op_us: BTreeMap<String, f64>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Runs `executor` `iters` times (plus one warm-up) on `threads` threads.
+pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, threads: usize) -> Result<BenchReport, Error> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| fpx_passes::PassError::Option(format!("cannot start {threads} threads: {e}")))?;
+    pool.install(|| -> Result<BenchReport, Error> {
+        executor.run(inputs.to_vec())?;
+        let mut totals = Vec::with_capacity(iters);
+        let mut per_node: Vec<Vec<NodeTiming>> = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            let mut prof = Vec::new();
+            let t = Instant::now();
+            executor.run_profiled(inputs.to_vec(), Some(&mut prof))?;
+            totals.push(t.elapsed().as_secs_f64() * 1e6);
+            per_node.push(prof);
+        }
+        let g = executor.graph();
+        let weight_bytes = |name: &str| -> u64 {
+            g.node_ids()
+                .into_iter()
+                .map(|id| g.node(id))
+                .find(|n| n.name == name && n.op_type == "QuantMatMul")
+                .map(|n| {
+                    n.inputs[1..3].iter().flatten().filter_map(|v| g.constant(*v)).map(|t| (t.len() * t.dtype().size_bytes()) as u64).sum()
+                })
+                .unwrap_or(0)
+        };
+        let mut kernels = Vec::new();
+        let mut per_op: BTreeMap<String, f64> = BTreeMap::new();
+        for (i, first) in per_node[0].iter().enumerate() {
+            let mut times: Vec<f64> = per_node.iter().map(|p| p[i].seconds * 1e6).collect();
+            let med = median(&mut times);
+            *per_op.entry(first.op.clone()).or_default() += med;
+            if matches!(first.op.as_str(), "QuantMatMul" | "MatMul" | "Gemm") {
+                let wb = weight_bytes(&first.node);
+                kernels.push(KernelStat {
+                    node: first.node.clone(),
+                    op: first.op.clone(),
+                    native: first.native,
+                    median_us: med,
+                    weight_bytes: wb,
+                    weight_gb_per_s: if med > 0.0 { wb as f64 / (med * 1e-6) / 1e9 } else { 0.0 },
+                });
+            }
+        }
+        let (min, max) = (totals.iter().copied().fold(f64::INFINITY, f64::min), totals.iter().copied().fold(0.0, f64::max));
+        Ok(BenchReport {
+            iters: iters.max(1),
+            threads: threads.max(1),
+            median_us: median(&mut totals),
+            min_us: min,
+            max_us: max,
+            kernels,
+            per_op_us: per_op,
+        })
+    })
+}
+
+impl BenchReport {
+    /// The text table.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} iterations, {} threads: median {:.1} us, min {:.1} us, max {:.1} us",
+            self.iters, self.threads, self.median_us, self.min_us, self.max_us
+        );
+        let _ = writeln!(s, "\n{:<48} {:<12} {:>7} {:>11} {:>11} {:>9}", "node", "op", "native", "median_us", "weight_MB", "GB/s");
+        for k in &self.kernels {
+            let _ = writeln!(
+                s,
+                "{:<48} {:<12} {:>7} {:>11.1} {:>11.3} {:>9.2}",
+                k.node.chars().rev().take(48).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
+                k.op,
+                if k.native { "yes" } else { "no" },
+                k.median_us,
+                k.weight_bytes as f64 / 1e6,
+                k.weight_gb_per_s
+            );
+        }
+        let _ = writeln!(s, "\ntime per op type (sum of medians):");
+        let mut ops: Vec<_> = self.per_op_us.iter().collect();
+        ops.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (op, us) in ops {
+            let _ = writeln!(s, "  {op:<24} {us:>10.1} us");
+        }
+        s
+    }
+}
