@@ -144,3 +144,42 @@ impl BenchReport {
         s
     }
 }
+
+/// A measured memory read bandwidth.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bandwidth {
+    /// Worker threads.
+    pub threads: usize,
+    /// Bytes read per pass.
+    pub bytes: u64,
+    /// Seconds of the best pass.
+    pub seconds: f64,
+    /// `bytes / seconds`.
+    pub gb_per_s: f64,
+    /// Passes measured.
+    pub passes: usize,
+}
+
+/// Reads a `bytes`-sized buffer of f32 with a max-reduction on `threads` threads, best of 5
+/// passes (after touching every page once), and returns the read bandwidth.
+pub fn read_bandwidth(bytes: usize, threads: usize) -> Result<Bandwidth, Error> {
+    use rayon::prelude::*;
+    let n = (bytes / 4).max(1 << 20);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| fpx_passes::PassError::Option(format!("cannot start {threads} threads: {e}")))?;
+    let data: Vec<f32> = (0..n).map(|i| (i % 1021) as f32).collect();
+    let chunk = n.div_ceil(threads.max(1) * 8);
+    let mut best = f64::INFINITY;
+    let mut sink = 0f32;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let m = pool.install(|| data.par_chunks(chunk).map(|c| c.iter().fold(f32::MIN, |a, &b| a.max(b))).reduce(|| f32::MIN, f32::max));
+        best = best.min(t.elapsed().as_secs_f64());
+        sink += m;
+    }
+    std::hint::black_box(sink);
+    let bytes = (n * 4) as u64;
+    Ok(Bandwidth { threads: threads.max(1), bytes, seconds: best, gb_per_s: bytes as f64 / best / 1e9, passes: 5 })
+}

@@ -50,6 +50,19 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
     /// its time and effective weight bandwidth (weight bytes / time).
     #[command(after_help = "Example:\n  fpx bench model.onnx --weights fp6-e3m2 --input input_ids=ids.npy --iters 50 --threads 2 --json")]
     Bench(BenchArgs),
+    /// Measure this machine's memory read bandwidth (a max-reduction over a large buffer), the
+    /// ceiling a weight-streaming kernel is compared with.
+    Membw {
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Buffer size in GiB (use well above the last-level cache).
+        #[arg(long, default_value_t = 1.0)]
+        gib: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite).
     Inspect {
@@ -254,6 +267,26 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn membw(threads: Option<usize>, gib: f64, json: bool) -> Result<()> {
+    if !(gib > 0.0 && gib <= 64.0) {
+        bail!("--gib must be in (0, 64]");
+    }
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let r = fpx::bench::read_bandwidth((gib * (1u64 << 30) as f64) as usize, threads)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "read bandwidth: {:.2} GB/s ({} threads, {:.2} GiB, best of {} passes)",
+            r.gb_per_s,
+            r.threads,
+            r.bytes as f64 / (1u64 << 30) as f64,
+            r.passes
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     // Die quietly on a closed pipe (`fpx inspect m.onnx | head`) instead of panicking in println!.
     // SAFETY: setting a signal disposition to its default at start-up, before any threads exist.
@@ -265,6 +298,7 @@ fn main() {
         Command::Run { model, inputs, output_dir, quant } => run(model, inputs, output_dir, quant),
         Command::Report(args) => report(args),
         Command::Bench(args) => bench(args),
+        Command::Membw { threads, gib, json } => membw(*threads, *gib, *json),
         Command::Inspect { model, json } => inspect(model, *json),
     };
     if let Err(e) = res {
