@@ -11,16 +11,20 @@
 //! ```
 
 pub mod bench;
+mod compile;
 pub mod report;
 mod summary;
 
+pub use compile::{compile, compile_with_progress, load, CompileOptions, Compiled, Loaded, Stage, Target};
+pub use fpx_artifact as artifact;
 pub use fpx_ir as ir;
+pub use fpx_llvm as llvm;
 pub use fpx_onnx as onnx;
 pub use fpx_passes as passes;
 pub use fpx_passes::{QuantSummary, QuantizeOptions, WeightScheme};
 pub use fpx_quant as quant;
 pub use fpx_runtime as runtime;
-pub use summary::{weight_matmuls, IoSpec, ModelSummary, WeightMatmul};
+pub use summary::{weight_matmuls, ArtifactSummary, IoSpec, ModelSummary, WeightMatmul};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
@@ -43,6 +47,12 @@ pub enum Error {
     /// Quantization failed (a non-finite weight, a bad option).
     #[error(transparent)]
     Quantize(#[from] fpx_passes::PassError),
+    /// Generating CPU code failed.
+    #[error(transparent)]
+    Codegen(#[from] fpx_llvm::LlvmError),
+    /// Writing or reading an artifact failed.
+    #[error(transparent)]
+    Artifact(#[from] fpx_artifact::ArtifactError),
 }
 
 /// Largest constant (in elements) that constant folding may create.

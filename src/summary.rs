@@ -119,3 +119,134 @@ impl ModelSummary {
         s
     }
 }
+
+/// One section of an artifact, for `fpx inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionSpec {
+    /// Section name (a constant's value name, or `cpu:<target>`).
+    pub name: String,
+    /// `constant`, `cpu shared object`, `ptx`, ...
+    pub kind: String,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub bytes: u64,
+    /// CRC-32 of the contents.
+    pub crc32: u32,
+}
+
+/// The CPU code of an artifact, for `fpx inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuCodeSpec {
+    /// The CPU the code was compiled for.
+    pub target: String,
+    /// Features it requires.
+    pub features: Vec<String>,
+    /// Size of the shared object.
+    pub shared_object_bytes: usize,
+    /// Whether this machine can run it.
+    pub runs_here: bool,
+    /// (node, gemv symbol, gemm symbol).
+    pub kernels: Vec<(String, String, String)>,
+}
+
+/// A summary of an `.fpx` artifact: manifest, sections, kernels, targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactSummary {
+    /// Format version of the file.
+    pub format_version: u32,
+    /// The fpx that wrote it.
+    pub producer: String,
+    /// File size.
+    pub file_bytes: u64,
+    /// Build metadata (weight scheme, source model, ...).
+    pub metadata: BTreeMap<String, String>,
+    /// The graph, summarized like an ONNX model.
+    pub graph: ModelSummary,
+    /// Every section.
+    pub sections: Vec<SectionSpec>,
+    /// CPU code per target.
+    pub cpu: Vec<CpuCodeSpec>,
+}
+
+impl ArtifactSummary {
+    /// Summarizes an opened artifact and its rebuilt graph.
+    pub fn of(a: &fpx_artifact::Artifact, graph: &Graph) -> ArtifactSummary {
+        ArtifactSummary {
+            format_version: a.format_version(),
+            producer: a.producer().to_string(),
+            file_bytes: a.file_bytes(),
+            metadata: a.metadata().clone(),
+            graph: ModelSummary::of(graph),
+            sections: a
+                .sections()
+                .into_iter()
+                .map(|s| SectionSpec { name: s.name, kind: s.kind.to_string(), offset: s.offset, bytes: s.length, crc32: s.checksum })
+                .collect(),
+            cpu: a
+                .cpu_code()
+                .into_iter()
+                .map(|c| CpuCodeSpec {
+                    target: c.target.to_string(),
+                    features: c.features.to_vec(),
+                    shared_object_bytes: c.shared_object.len(),
+                    runs_here: fpx_runtime::native::missing_cpu_features(c.features).is_empty(),
+                    kernels: c.kernels.iter().map(|k| (k.node.clone(), k.gemv.clone(), k.gemm.clone())).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Human-readable report.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "artifact: format version {}, written by {}, {:.2} MB",
+            self.format_version,
+            self.producer,
+            self.file_bytes as f64 / 1e6
+        );
+        for (k, v) in &self.metadata {
+            let _ = writeln!(s, "  {k}: {v}");
+        }
+        let _ = writeln!(s, "sections: {}", self.sections.len());
+        let mut by_kind: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+        for sec in &self.sections {
+            let e = by_kind.entry(&sec.kind).or_default();
+            e.0 += 1;
+            e.1 += sec.bytes;
+        }
+        for (kind, (n, b)) in by_kind {
+            let _ = writeln!(s, "  {n:>5} x {kind:<18} {:>10.3} MB", b as f64 / 1e6);
+        }
+        let mut largest: Vec<&SectionSpec> = self.sections.iter().collect();
+        largest.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.offset.cmp(&b.offset)));
+        let _ = writeln!(s, "  largest:");
+        for sec in largest.iter().take(5) {
+            let _ =
+                writeln!(s, "    {:<56} {:<18} {:>10} bytes @ {:>10}  crc32 {:08x}", sec.name, sec.kind, sec.bytes, sec.offset, sec.crc32);
+        }
+        for c in &self.cpu {
+            let _ = writeln!(
+                s,
+                "cpu code: {} [{}], {:.1} KB, {} kernels, {}",
+                c.target,
+                c.features.join(","),
+                c.shared_object_bytes as f64 / 1e3,
+                c.kernels.len(),
+                if c.runs_here { "runs on this machine" } else { "NOT runnable on this machine (missing CPU features)" }
+            );
+            for (node, gemv, gemm) in c.kernels.iter().take(8) {
+                let _ = writeln!(s, "  {node}: {gemv} / {gemm}");
+            }
+            if c.kernels.len() > 8 {
+                let _ = writeln!(s, "  ... {} more", c.kernels.len() - 8);
+            }
+        }
+        let _ = writeln!(s, "--- graph ---");
+        s.push_str(&self.graph.to_text());
+        s
+    }
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `fpx` package: one binary with modules (each test binary links the
 //! whole stack, so there is only one).
 
+mod artifact;
 mod cli;
 mod common;
 mod models;

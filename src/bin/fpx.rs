@@ -24,12 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a model on inputs from .npy files and write every output as DIR/<name>.npy.
+    /// Run a model (.onnx, or an .fpx artifact from `fpx compile`) on inputs from .npy files and
+    /// write every output as DIR/<name>.npy.
     #[command(after_help = "Each output is written to DIR/<name>.npy, where every character of the output name that is \
 not a letter or digit becomes '_' (e.g. 'last_hidden_state' -> last_hidden_state.npy, 'out:0' -> out_0.npy).\n\n\
 Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --output-dir out/")]
     Run {
-        /// The model: an .onnx file.
+        /// The model: an .onnx file or an .fpx artifact.
         model: PathBuf,
         /// A graph input as NAME=FILE.npy; repeat for each input of the model.
         #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
@@ -63,10 +64,17 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
         #[arg(long)]
         json: bool,
     },
+    /// Compile an ONNX model ahead of time into one .fpx artifact: weights quantized (FP6 by
+    /// default), a CPU kernel generated with LLVM for each GEMM shape, everything checksummed.
+    #[command(
+        after_help = "Example:\n  fpx compile model.onnx -o model.fpx --weights fp6-e3m2 --cpu x86-64-v3\n  fpx run model.fpx --input x=x.npy --output-dir out/\n\n\
+An artifact contains native code: load only artifacts you trust."
+    )]
+    Compile(CompileArgs),
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite).
     Inspect {
-        /// The model: an .onnx file.
+        /// The model: an .onnx file or an .fpx artifact.
         model: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -74,10 +82,38 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
     },
 }
 
+/// Arguments of `fpx compile`.
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// The model: an .onnx file.
+    model: PathBuf,
+    /// Where to write the artifact (written to a temporary file, then renamed).
+    #[arg(short, long, value_name = "OUT.fpx")]
+    output: PathBuf,
+    /// Weight scheme: fp6-e3m2 | fp6-e2m3 | fp6-auto | fp4-e2m1 | int4 (CPU kernels exist for these).
+    #[arg(long, value_name = "SCHEME", default_value = "fp6-e3m2")]
+    weights: String,
+    /// Quantization group size along K (default: one scale per output channel).
+    #[arg(long, value_name = "N")]
+    group_size: Option<usize>,
+    /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
+    #[arg(long)]
+    scale_search: bool,
+    /// Which code to generate: cpu (cuda and all come with the CUDA backend).
+    #[arg(long, value_name = "cpu|cuda|all", default_value = "cpu")]
+    target: String,
+    /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), or native (this machine).
+    #[arg(long, value_name = "CPU", default_value = "x86-64-v3")]
+    cpu: String,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
 /// Arguments of `fpx bench`.
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// The model: an .onnx file.
+    /// The model: an .onnx file or an .fpx artifact.
     model: PathBuf,
     /// A graph input as NAME=FILE.npy; repeat for each input of the model.
     #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
@@ -166,34 +202,74 @@ fn parse_input(spec: &str) -> Result<(String, PathBuf)> {
     }
 }
 
-fn check_model_path(model: &Path) -> Result<()> {
+/// Checks that `model` exists and is an .onnx file (or, where `artifact_ok`, an .fpx artifact).
+fn check_model_file(model: &Path, artifact_ok: bool) -> Result<()> {
     if !model.exists() {
         bail!("model file '{}' does not exist", model.display());
     }
     match model.extension().and_then(|e| e.to_str()) {
         Some("onnx") => Ok(()),
-        _ => bail!("'{}' is not an .onnx model (fpx run takes .onnx files; .fpx artifacts come with `fpx compile`)", model.display()),
+        Some("fpx") if artifact_ok => Ok(()),
+        _ if artifact_ok => bail!("'{}' is neither an .onnx model nor an .fpx artifact", model.display()),
+        _ => bail!("'{}' is not an .onnx model", model.display()),
+    }
+}
+
+fn check_model_path(model: &Path) -> Result<()> {
+    check_model_file(model, false)
+}
+
+/// A model ready to run: an .onnx on the reference path, or a compiled artifact. One exists at
+/// a time, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Runnable {
+    Onnx(fpx::Model),
+    Artifact(fpx::Loaded),
+}
+
+impl Runnable {
+    /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact.
+    fn open(path: &Path, quant: &QuantArgs) -> Result<Runnable> {
+        check_model_file(path, true)?;
+        if is_artifact(path) {
+            if quant.weights != "none" || quant.group_size.is_some() || quant.scale_search {
+                bail!(
+                    "--weights/--group-size/--scale-search apply to .onnx models; '{}' was quantized when it was compiled",
+                    path.display()
+                );
+            }
+            let loaded = fpx::load(path).with_context(|| format!("cannot load artifact '{}'", path.display()))?;
+            return Ok(Runnable::Artifact(loaded));
+        }
+        let options = quant.options()?;
+        let model = fpx::Model::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
+        if let Some(q) = model.quantization() {
+            println!(
+                "weights: {} layers as {}, {:.2} MB -> {:.2} MB",
+                q.layers.len(),
+                options.scheme.name(),
+                q.weight_bytes_in as f64 / 1e6,
+                q.weight_bytes_out as f64 / 1e6
+            );
+        }
+        Ok(Runnable::Onnx(model))
+    }
+
+    fn executor(&self) -> &fpx::runtime::CpuExecutor {
+        match self {
+            Runnable::Onnx(m) => m.executor(),
+            Runnable::Artifact(a) => a.executor(),
+        }
     }
 }
 
 fn run(model_path: &Path, inputs: &[String], out_dir: &Path, quant: &QuantArgs) -> Result<()> {
-    check_model_path(model_path)?;
-    let options = quant.options()?;
     let t0 = Instant::now();
-    let model = fpx::Model::open_with(model_path, &options).with_context(|| format!("cannot load model '{}'", model_path.display()))?;
+    let model = Runnable::open(model_path, quant)?;
     let load = t0.elapsed();
-    if let Some(q) = model.quantization() {
-        println!(
-            "weights: {} layers as {}, {:.2} MB -> {:.2} MB",
-            q.layers.len(),
-            options.scheme.name(),
-            q.weight_bytes_in as f64 / 1e6,
-            q.weight_bytes_out as f64 / 1e6
-        );
-    }
     let feeds = read_inputs(inputs)?;
     let t1 = Instant::now();
-    let outputs = model.run(feeds).with_context(|| format!("cannot run model '{}'", model_path.display()))?;
+    let outputs = model.executor().run(feeds).with_context(|| format!("cannot run model '{}'", model_path.display()))?;
     let run_time = t1.elapsed();
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'", out_dir.display()))?;
     let mut used = std::collections::HashSet::new();
@@ -212,7 +288,18 @@ fn run(model_path: &Path, inputs: &[String], out_dir: &Path, quant: &QuantArgs) 
 }
 
 fn inspect(model_path: &Path, json: bool) -> Result<()> {
-    check_model_path(model_path)?;
+    check_model_file(model_path, true)?;
+    if is_artifact(model_path) {
+        let a = fpx::artifact::Artifact::open(model_path).with_context(|| format!("cannot open artifact '{}'", model_path.display()))?;
+        let graph = a.graph()?;
+        let summary = fpx::ArtifactSummary::of(&a, &graph);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            print!("{}", summary.to_text());
+        }
+        return Ok(());
+    }
     let graph = fpx::onnx::load_model(model_path).with_context(|| format!("cannot load model '{}'", model_path.display()))?;
     let mut summary = fpx::ModelSummary::of(&graph);
     // Weights behind constant subgraphs (a Transpose of an initializer, say) count too.
@@ -249,12 +336,10 @@ fn report(args: &ReportArgs) -> Result<()> {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    check_model_path(&args.model)?;
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let model = fpx::Model::open_with(&args.model, &args.quant.options()?)
-        .with_context(|| format!("cannot load model '{}'", args.model.display()))?;
+    let model = Runnable::open(&args.model, &args.quant)?;
     let feeds = read_inputs(&args.inputs)?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
@@ -287,6 +372,71 @@ fn membw(threads: Option<usize>, gib: f64, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn compile(args: &CompileArgs) -> Result<()> {
+    check_model_path(&args.model)?;
+    let scheme = fpx::WeightScheme::parse(&args.weights)?;
+    if scheme == fpx::WeightScheme::None {
+        bail!(
+            "--weights none: an artifact holds quantized weights; pick a scheme (e.g. fp6-e3m2), or run the .onnx directly with `fpx run`"
+        );
+    }
+    let target = match args.target.as_str() {
+        "cpu" => fpx::Target::Cpu,
+        "cuda" => fpx::Target::Cuda,
+        "all" => fpx::Target::All,
+        other => bail!("--target '{other}': choose cpu, cuda or all"),
+    };
+    let cpu = match args.cpu.as_str() {
+        "native" => fpx::llvm::CpuTarget::Native,
+        "x86-64-v3" => fpx::llvm::CpuTarget::X86_64V3,
+        "x86-64-v4" => fpx::llvm::CpuTarget::X86_64V4,
+        other => bail!("--cpu '{other}': choose native, x86-64-v3 or x86-64-v4"),
+    };
+    let options = fpx::CompileOptions {
+        quantize: fpx::QuantizeOptions { scheme, group_size: args.group_size, scale_search: args.scale_search },
+        target,
+        cpu,
+    };
+    let t0 = Instant::now();
+    let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let compiled = fpx::compile_with_progress(&args.model, &options, |stage| {
+        bar.set_message(stage.label());
+        bar.inc(1);
+    })
+    .with_context(|| format!("cannot compile '{}'", args.model.display()))?;
+    bar.set_message("write artifact");
+    let written = compiled.save(&args.output).with_context(|| format!("cannot write '{}'", args.output.display()))?;
+    bar.inc(1);
+    bar.finish_and_clear();
+    let q = &compiled.quantization;
+    println!("compiled {} -> {} in {:.2} s", args.model.display(), args.output.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "  weights: {} layers as {}, {:.2} MB -> {:.2} MB ({:.2}x smaller)",
+        q.layers.len(),
+        scheme.name(),
+        q.weight_bytes_in as f64 / 1e6,
+        q.weight_bytes_out as f64 / 1e6,
+        q.weight_bytes_in as f64 / q.weight_bytes_out.max(1) as f64
+    );
+    for code in &compiled.contents.cpu {
+        println!(
+            "  cpu code: {} ({}), {} distinct kernels x 2 variants, {:.1} KB shared object",
+            code.target,
+            code.features.join(","),
+            compiled.kernels,
+            code.shared_object.len() as f64 / 1e3
+        );
+    }
+    println!("  artifact: {:.2} MB in {} sections", written.bytes as f64 / 1e6, written.sections);
+    Ok(())
+}
+
+/// `.fpx` artifacts are run from their compiled form; anything else must be an .onnx model.
+fn is_artifact(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("fpx")
+}
+
 fn main() {
     // Die quietly on a closed pipe (`fpx inspect m.onnx | head`) instead of panicking in println!.
     // SAFETY: setting a signal disposition to its default at start-up, before any threads exist.
@@ -298,6 +448,7 @@ fn main() {
         Command::Run { model, inputs, output_dir, quant } => run(model, inputs, output_dir, quant),
         Command::Report(args) => report(args),
         Command::Bench(args) => bench(args),
+        Command::Compile(args) => compile(args),
         Command::Membw { threads, gib, json } => membw(*threads, *gib, *json),
         Command::Inspect { model, json } => inspect(model, *json),
     };

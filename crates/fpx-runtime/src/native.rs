@@ -21,7 +21,19 @@ pub type QmmFn = unsafe extern "C" fn(
 
 /// A shared object loaded from bytes. The code stays mapped while this value lives.
 pub struct NativeLibrary {
-    lib: libloading::Library,
+    lib: Option<libloading::Library>,
+    /// The in-memory file the library was opened from. It stays open while the library is
+    /// loaded: `dlopen` recognizes an already-loaded library by its path, so a reused
+    /// `/proc/self/fd/N` would return the old library instead of loading the new one.
+    fd: libc::c_int,
+}
+
+impl Drop for NativeLibrary {
+    fn drop(&mut self) {
+        drop(self.lib.take());
+        // SAFETY: `fd` is the memfd this value owns; closed once, after the library.
+        unsafe { libc::close(self.fd) };
+    }
 }
 
 impl std::fmt::Debug for NativeLibrary {
@@ -43,6 +55,7 @@ impl NativeLibrary {
     /// you trust.
     pub unsafe fn load(bytes: &[u8]) -> Result<NativeLibrary, RuntimeError> {
         let name = CString::new("fpx-cpu-kernels").expect("no NUL");
+        // MFD_CLOEXEC keeps the file out of child processes.
         let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
         if fd < 0 {
             return Err(err(format!("memfd_create failed: {}", std::io::Error::last_os_error())));
@@ -58,16 +71,20 @@ impl NativeLibrary {
             written += n as usize;
         }
         let path = format!("/proc/self/fd/{fd}");
-        let lib = libloading::Library::new(&path);
-        libc::close(fd);
-        let lib = lib.map_err(|e| err(format!("cannot load the shared object: {e}")))?;
-        Ok(NativeLibrary { lib })
+        match libloading::Library::new(&path) {
+            Ok(lib) => Ok(NativeLibrary { lib: Some(lib), fd }),
+            Err(e) => {
+                libc::close(fd);
+                Err(err(format!("cannot load the shared object: {e}")))
+            }
+        }
     }
 
     /// The kernel exported under `symbol`.
     pub fn qmm(&self, symbol: &str) -> Result<QmmFn, RuntimeError> {
         // SAFETY: the symbol was generated with exactly the `QmmFn` signature (fpx-llvm's ABI).
-        unsafe { self.lib.get::<QmmFn>(symbol.as_bytes()).map(|s| *s).map_err(|e| err(format!("kernel '{symbol}' is missing: {e}"))) }
+        let lib = self.lib.as_ref().expect("loaded until dropped");
+        unsafe { lib.get::<QmmFn>(symbol.as_bytes()).map(|s| *s).map_err(|e| err(format!("kernel '{symbol}' is missing: {e}"))) }
     }
 }
 
@@ -143,4 +160,42 @@ impl NativeQmm {
         }
         Ok(())
     }
+}
+
+/// The CPU features in `features` (as `is_x86_feature_detected!` names) this machine lacks;
+/// unknown names count as missing. The loader refuses code that needs any.
+pub fn missing_cpu_features(features: &[String]) -> Vec<String> {
+    features.iter().filter(|f| !has_feature(f)).cloned().collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_feature(f: &str) -> bool {
+    use std::arch::is_x86_feature_detected as d;
+    match f {
+        "sse2" => d!("sse2"),
+        "sse3" => d!("sse3"),
+        "ssse3" => d!("ssse3"),
+        "sse4.1" => d!("sse4.1"),
+        "sse4.2" => d!("sse4.2"),
+        "popcnt" => d!("popcnt"),
+        "avx" => d!("avx"),
+        "avx2" => d!("avx2"),
+        "fma" => d!("fma"),
+        "f16c" => d!("f16c"),
+        "bmi1" => d!("bmi1"),
+        "bmi2" => d!("bmi2"),
+        "lzcnt" => d!("lzcnt"),
+        "movbe" => d!("movbe"),
+        "avx512f" => d!("avx512f"),
+        "avx512bw" => d!("avx512bw"),
+        "avx512dq" => d!("avx512dq"),
+        "avx512vl" => d!("avx512vl"),
+        "avx512cd" => d!("avx512cd"),
+        _ => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_feature(_: &str) -> bool {
+    false
 }

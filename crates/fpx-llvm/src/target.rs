@@ -1,0 +1,258 @@
+//! CPU targets: the LLVM target machine for each [`CpuTarget`], the features its code needs,
+//! and the host checks a loader runs before it maps a library.
+
+use std::sync::Once;
+
+use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple};
+use inkwell::OptimizationLevel;
+
+use crate::LlvmError;
+
+/// The CPU a library is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CpuTarget {
+    /// The machine doing the compiling (`TargetMachine::get_host_cpu_name/features`): fastest
+    /// here, not portable. AVX-512 code if the host has AVX-512 F/BW/DQ/VL, else AVX2 code.
+    Native,
+    /// x86-64-v3: AVX2, FMA, F16C, BMI1/2 (Haswell, Zen 1 and later).
+    X86_64V3,
+    /// x86-64-v4: v3 plus AVX-512 F, BW, CD, DQ, VL (Skylake-X, Zen 4 and later).
+    X86_64V4,
+}
+
+/// Instruction-set parameters the code generator specializes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Isa {
+    /// `f32` lanes per vector register: 8 (AVX2) or 16 (AVX-512).
+    pub w: u32,
+    /// Rows of X per register block in the Gemv loop.
+    pub gemv_rows: u32,
+    /// Rows of X per register block in the panel (Gemm) loop.
+    pub gemm_rows: u32,
+    /// Tiles (of 32 K) per dequantized panel (2 KiB of `f32` each).
+    pub panel_tiles: u32,
+}
+
+impl Isa {
+    fn avx2() -> Isa {
+        Isa { w: 8, gemv_rows: 2, gemm_rows: 3, panel_tiles: 8 }
+    }
+
+    fn avx512() -> Isa {
+        Isa { w: 16, gemv_rows: 4, gemm_rows: 6, panel_tiles: 8 }
+    }
+}
+
+/// A configured LLVM target machine plus what fpx records about it.
+pub(crate) struct Machine {
+    /// The LLVM target machine (PIC, O3).
+    pub tm: TargetMachine,
+    /// LLVM CPU name.
+    pub cpu: String,
+    /// Features the emitted code may use, as `is_x86_feature_detected!` names.
+    pub required_features: Vec<String>,
+    /// The code generator's parameters.
+    pub isa: Isa,
+}
+
+const V3_FEATURES: [&str; 13] =
+    ["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt", "movbe"];
+const V4_EXTRA: [&str; 5] = ["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"];
+
+/// LLVM feature names and the `is_x86_feature_detected!` names they are checked under; host
+/// features not in this table do not affect the code fpx generates and are not recorded.
+const FEATURE_NAMES: [(&str, &str); 34] = [
+    ("sse3", "sse3"),
+    ("ssse3", "ssse3"),
+    ("sse4.1", "sse4.1"),
+    ("sse4.2", "sse4.2"),
+    ("sse4a", "sse4a"),
+    ("popcnt", "popcnt"),
+    ("avx", "avx"),
+    ("avx2", "avx2"),
+    ("fma", "fma"),
+    ("f16c", "f16c"),
+    ("bmi", "bmi1"),
+    ("bmi2", "bmi2"),
+    ("lzcnt", "lzcnt"),
+    ("movbe", "movbe"),
+    ("adx", "adx"),
+    ("aes", "aes"),
+    ("pclmul", "pclmulqdq"),
+    ("sha", "sha"),
+    ("gfni", "gfni"),
+    ("vaes", "vaes"),
+    ("vpclmulqdq", "vpclmulqdq"),
+    ("avx512f", "avx512f"),
+    ("avx512bw", "avx512bw"),
+    ("avx512cd", "avx512cd"),
+    ("avx512dq", "avx512dq"),
+    ("avx512vl", "avx512vl"),
+    ("avx512vbmi", "avx512vbmi"),
+    ("avx512vbmi2", "avx512vbmi2"),
+    ("avx512vnni", "avx512vnni"),
+    ("avx512bitalg", "avx512bitalg"),
+    ("avx512vpopcntdq", "avx512vpopcntdq"),
+    ("avx512ifma", "avx512ifma"),
+    ("avx512bf16", "avx512bf16"),
+    ("avx512fp16", "avx512fp16"),
+];
+
+/// Whether this process's CPU has `feature` (an `is_x86_feature_detected!` name); `None` for
+/// a name fpx does not know.
+fn detect(feature: &str) -> Option<bool> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! known {
+            ($($name:tt),*) => {
+                match feature {
+                    $($name => Some(std::arch::is_x86_feature_detected!($name)),)*
+                    _ => None,
+                }
+            };
+        }
+        known!(
+            "sse3",
+            "ssse3",
+            "sse4.1",
+            "sse4.2",
+            "sse4a",
+            "popcnt",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "bmi1",
+            "bmi2",
+            "lzcnt",
+            "movbe",
+            "adx",
+            "aes",
+            "pclmulqdq",
+            "sha",
+            "gfni",
+            "vaes",
+            "vpclmulqdq",
+            "avx512f",
+            "avx512bw",
+            "avx512cd",
+            "avx512dq",
+            "avx512vl",
+            "avx512vbmi",
+            "avx512vbmi2",
+            "avx512vnni",
+            "avx512bitalg",
+            "avx512vpopcntdq",
+            "avx512ifma",
+            "avx512bf16",
+            "avx512fp16"
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = feature;
+        Some(false)
+    }
+}
+
+/// Checks that this CPU has every feature in `features` (names as in
+/// [`CompiledCpu::features`](crate::CompiledCpu::features)). `Err` names the missing (or
+/// unknown) features: a loader must refuse a library built for a CPU it is not running on.
+pub fn host_supports(features: &[String]) -> Result<(), String> {
+    let mut missing = Vec::new();
+    let mut unknown = Vec::new();
+    for f in features {
+        match detect(f) {
+            Some(true) => {}
+            Some(false) => missing.push(f.as_str()),
+            None => unknown.push(f.as_str()),
+        }
+    }
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("this CPU lacks {}", missing.join(", ")));
+    }
+    if !unknown.is_empty() {
+        parts.push(format!("unknown CPU features {}", unknown.join(", ")));
+    }
+    if parts.is_empty() {
+        Ok(())
+    } else {
+        Err(parts.join("; "))
+    }
+}
+
+/// The host CPU as LLVM names it, and the features [`CpuTarget::Native`] code would require.
+pub fn host_cpu() -> (String, Vec<String>) {
+    init();
+    let name = TargetMachine::get_host_cpu_name().to_string();
+    let features = host_features(&TargetMachine::get_host_cpu_features().to_string());
+    (name, features)
+}
+
+/// The recorded (`is_x86_feature_detected!`) names of the `+` features in an LLVM feature string.
+fn host_features(llvm_features: &str) -> Vec<String> {
+    let enabled: Vec<&str> = llvm_features.split(',').filter_map(|f| f.strip_prefix('+')).collect();
+    FEATURE_NAMES.iter().filter(|(llvm, _)| enabled.contains(llvm)).map(|(_, rust)| rust.to_string()).collect()
+}
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| Target::initialize_x86(&InitializationConfig::default()));
+}
+
+/// The target machine, required features and code-generation parameters for `target`.
+pub(crate) fn machine(target: CpuTarget) -> Result<Machine, LlvmError> {
+    init();
+    let (cpu, llvm_features, required, isa) = match target {
+        CpuTarget::X86_64V3 => ("x86-64-v3".to_string(), String::new(), V3_FEATURES.to_vec(), Isa::avx2()),
+        CpuTarget::X86_64V4 => {
+            let required = V3_FEATURES.iter().chain(V4_EXTRA.iter()).copied().collect();
+            ("x86-64-v4".to_string(), String::new(), required, Isa::avx512())
+        }
+        CpuTarget::Native => {
+            let cpu = TargetMachine::get_host_cpu_name().to_string();
+            let features = TargetMachine::get_host_cpu_features().to_string();
+            let names = host_features(&features);
+            let has = |f: &str| names.iter().any(|n| n == f);
+            if !(has("avx2") && has("fma") && has("f16c")) {
+                return Err(LlvmError::Llvm(format!("the host CPU ({cpu}) lacks AVX2, FMA or F16C, which fpx's CPU kernels need")));
+            }
+            let isa = if V4_EXTRA.iter().all(|f| has(f)) { Isa::avx512() } else { Isa::avx2() };
+            let required = names.iter().map(String::as_str).collect::<Vec<_>>();
+            let tm = create(&cpu, &features)?;
+            return Ok(Machine { tm, required_features: required.iter().map(|s| s.to_string()).collect(), cpu, isa });
+        }
+    };
+    let tm = create(&cpu, &llvm_features)?;
+    Ok(Machine { tm, cpu, required_features: required.iter().map(|s| s.to_string()).collect(), isa })
+}
+
+fn create(cpu: &str, features: &str) -> Result<TargetMachine, LlvmError> {
+    let triple = TargetTriple::create("x86_64-unknown-linux-gnu");
+    let target = Target::from_triple(&triple).map_err(|e| LlvmError::Llvm(format!("x86-64 target: {e}")))?;
+    target
+        .create_target_machine(&triple, cpu, features, OptimizationLevel::Aggressive, RelocMode::PIC, CodeModel::Default)
+        .ok_or_else(|| LlvmError::Llvm(format!("cannot create a target machine for CPU {cpu}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_strings_map_to_detect_names() {
+        let f = host_features("+avx2,-avx512f,+bmi,+fma,+f16c,+cx16,+pclmul");
+        assert_eq!(f, ["avx2", "fma", "f16c", "bmi1", "pclmulqdq"]);
+        for (_, name) in FEATURE_NAMES {
+            assert!(detect(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn host_supports_names_missing_features() {
+        assert!(host_supports(&[]).is_ok());
+        let err = host_supports(&["no-such-feature".to_string()]).unwrap_err();
+        assert!(err.contains("unknown CPU features no-such-feature"), "{err}");
+    }
+}

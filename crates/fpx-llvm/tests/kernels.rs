@@ -1,0 +1,300 @@
+//! Every generated kernel against an independent f64 reference: `fpx_quant::quantize` of random
+//! weights → `QuantizedMatrix::dequantize` → f64 matmul, on random X, for shapes whose K and N
+//! are not multiples of any tile or vector width, M from 1 to 200, both variants, every format,
+//! per-channel, aligned and ragged groups, and column sub-ranges. Plus determinism and targets.
+
+use std::path::PathBuf;
+
+use fpx_llvm::{compile_cpu, host_supports, CompiledCpu, CpuTarget, KernelSpec, Variant};
+use fpx_quant::layout::{pack, PackedShape};
+use fpx_quant::{fold, quantize, Format, QuantConfig};
+
+type KernelFn = unsafe extern "C" fn(*const f32, i64, *const u8, *const f32, *const f32, *mut f32, i64, i64);
+
+/// Knuth's MMIX LCG (fixed seeds, no dev-dependencies).
+struct Lcg(u64);
+
+impl Lcg {
+    fn new(seed: u64) -> Lcg {
+        Lcg(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 32) as u32
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.next_u32() as f64 / 4_294_967_296.0
+    }
+
+    fn normal(&mut self) -> f32 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    fn normals(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.normal()).collect()
+    }
+}
+
+/// A loaded kernel library; the file lives in a temp dir removed on drop.
+struct Lib {
+    lib: libloading::Library,
+    dir: PathBuf,
+}
+
+impl Lib {
+    fn load(compiled: &CompiledCpu) -> Lib {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!("fpx-llvm-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kernels.so");
+        std::fs::write(&path, &compiled.shared_object).unwrap();
+        // SAFETY: the library is fpx-llvm's output: plain functions, no initializers.
+        let lib = unsafe { libloading::Library::new(&path) }.unwrap();
+        Lib { lib, dir }
+    }
+
+    fn kernel(&self, symbol: &str) -> KernelFn {
+        // SAFETY: every exported kernel has the documented C signature.
+        unsafe { *self.lib.get::<KernelFn>(symbol.as_bytes()).unwrap_or_else(|e| panic!("{symbol}: {e}")) }
+    }
+}
+
+impl Drop for Lib {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A quantized weight ready for a kernel, with its exactly dequantized `[k][n]` values.
+struct Weight {
+    spec: KernelSpec,
+    packed: Vec<u8>,
+    /// Scales as the kernel takes them (bias-shift factor folded in), `[groups][n]`.
+    scales: Vec<f32>,
+    dequantized: Vec<f32>,
+}
+
+impl Weight {
+    fn new(spec: KernelSpec, seed: u64) -> Weight {
+        let mut rng = Lcg::new(seed);
+        let w = rng.normals(spec.k * spec.n);
+        let cfg = QuantConfig { format: spec.format, group_size: (spec.group_size > 0).then_some(spec.group_size), scale_search: false };
+        let q = quantize("w", &w, spec.k, spec.n, &cfg).unwrap();
+        let packed = pack(&q.codes, &PackedShape::new(spec.n, spec.k, spec.format.bits()));
+        let factor = fold::storage_factor(spec.format);
+        let scales = q.scales.iter().map(|s| s * factor).collect();
+        Weight { spec, packed, scales, dequantized: q.dequantize() }
+    }
+
+    /// Runs `kernel` on `m` random rows for columns `[nb, ne)` of a NaN-poisoned Y and checks
+    /// every element: inside the range against the f64 reference, outside still NaN.
+    fn check(&self, kernel: KernelFn, m: usize, range: std::ops::Range<usize>, with_bias: bool, seed: u64, what: &str) {
+        let (nb, ne) = (range.start, range.end);
+        let KernelSpec { k, n, .. } = self.spec;
+        let mut rng = Lcg::new(seed);
+        let x = rng.normals(m * k);
+        let bias = rng.normals(n);
+        let mut y = vec![f32::NAN; m * n];
+        let bias_ptr = if with_bias { bias.as_ptr() } else { std::ptr::null() };
+        // SAFETY: buffers sized as the ABI requires.
+        unsafe { kernel(x.as_ptr(), m as i64, self.packed.as_ptr(), self.scales.as_ptr(), bias_ptr, y.as_mut_ptr(), nb as i64, ne as i64) };
+        for r in 0..m {
+            let mut want = vec![0f64; n];
+            let mut magnitude = 0f64;
+            for (kk, &xv) in x[r * k..(r + 1) * k].iter().enumerate() {
+                for (c, wv) in want.iter_mut().enumerate() {
+                    let t = xv as f64 * self.dequantized[kk * n + c] as f64;
+                    *wv += t;
+                    magnitude += t.abs();
+                }
+            }
+            if with_bias {
+                for (wv, b) in want.iter_mut().zip(&bias) {
+                    *wv += *b as f64;
+                    magnitude += b.abs() as f64;
+                }
+            }
+            let tol = 1e-4 * (magnitude / n as f64).max(want.iter().fold(0f64, |a, v| a.max(v.abs()))).max(1e-30);
+            for c in 0..n {
+                let got = y[r * n + c];
+                if (nb..ne).contains(&c) {
+                    let err = (got as f64 - want[c]).abs();
+                    assert!(err <= tol, "{what}: m {m} range [{nb}, {ne}) y[{r}][{c}] = {got}, want {} (tol {tol:e})", want[c]);
+                } else {
+                    assert!(got.is_nan(), "{what}: m {m} range [{nb}, {ne}) wrote y[{r}][{c}] = {got} outside the range");
+                }
+            }
+        }
+    }
+}
+
+fn spec(format: Format, k: usize, n: usize, group_size: usize) -> KernelSpec {
+    KernelSpec { format, k, n, group_size }
+}
+
+/// Shapes (K, N, group size): tails in K and N, per-channel, aligned and ragged groups.
+const SHAPES: [(usize, usize, usize); 12] = [
+    (1, 1, 0),
+    (31, 15, 0),
+    (33, 17, 0),
+    (100, 40, 0),
+    (100, 40, 48),
+    (100, 40, 32),
+    (384, 384, 0),
+    (384, 17, 32),
+    (33, 384, 0),
+    (100, 15, 64),
+    (70, 33, 20),
+    (64, 48, 0),
+];
+
+fn ms_for(k: usize, n: usize) -> &'static [usize] {
+    if k * n > 100_000 {
+        &[1, 2, 7, 9, 64]
+    } else {
+        &[1, 2, 7, 8, 9, 64, 200]
+    }
+}
+
+fn check_format(format: Format, target: CpuTarget) {
+    let specs: Vec<KernelSpec> = SHAPES.iter().map(|&(k, n, g)| spec(format, k, n, g)).collect();
+    let compiled = compile_cpu(&specs, target).unwrap();
+    assert_eq!(compiled.symbols.len(), 2 * specs.len());
+    let lib = Lib::load(&compiled);
+    for (i, s) in specs.iter().enumerate() {
+        let weight = Weight::new(*s, 1000 + i as u64);
+        for variant in Variant::ALL {
+            let symbol = s.symbol(variant);
+            let kernel = lib.kernel(&symbol);
+            for (j, &m) in ms_for(s.k, s.n).iter().enumerate() {
+                weight.check(kernel, m, 0..s.n, j % 2 == 0, 7 * j as u64 + i as u64, &symbol);
+            }
+            // Column sub-ranges starting at multiples of 16, ending anywhere.
+            if s.n > 16 {
+                weight.check(kernel, 3, 16..s.n, true, 99, &symbol);
+                weight.check(kernel, 9, 0..16, false, 98, &symbol);
+                weight.check(kernel, 2, 16..(s.n - 3).max(17), true, 97, &symbol);
+            }
+            weight.check(kernel, 1, 0..s.n.min(5), true, 96, &symbol);
+            // An empty range and m = 0 write nothing.
+            weight.check(kernel, 2, 0..0, true, 95, &symbol);
+            weight.check(kernel, 0, 0..s.n, true, 94, &symbol);
+        }
+    }
+}
+
+#[test]
+fn fp6_e3m2() {
+    check_format(Format::Fp6E3M2, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp6_e2m3() {
+    check_format(Format::Fp6E2M3, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp5_e2m2() {
+    check_format(Format::Fp5E2M2, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp4_e2m1() {
+    check_format(Format::Fp4E2M1, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp8_e4m3() {
+    check_format(Format::Fp8E4M3, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp8_e5m2() {
+    check_format(Format::Fp8E5M2, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn int4() {
+    check_format(Format::Int4, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn int8() {
+    check_format(Format::Int8, CpuTarget::X86_64V3);
+}
+
+/// A library with a few kernels for the target tests.
+fn few_specs() -> Vec<KernelSpec> {
+    vec![spec(Format::Fp6E3M2, 100, 40, 0), spec(Format::Int4, 64, 33, 32), spec(Format::Fp6E2M3, 70, 33, 20)]
+}
+
+fn check_target(target: CpuTarget) {
+    let compiled = compile_cpu(&few_specs(), target).unwrap();
+    if let Err(why) = host_supports(&compiled.features) {
+        println!("skipping {target:?}: {why}");
+        return;
+    }
+    let lib = Lib::load(&compiled);
+    for (i, s) in few_specs().iter().enumerate() {
+        let weight = Weight::new(*s, 500 + i as u64);
+        for variant in Variant::ALL {
+            let kernel = lib.kernel(&s.symbol(variant));
+            for m in [1, 5, 13] {
+                weight.check(kernel, m, 0..s.n, true, m as u64, &format!("{target:?} {}", s.symbol(variant)));
+            }
+        }
+    }
+}
+
+#[test]
+fn native_target_runs() {
+    check_target(CpuTarget::Native);
+}
+
+#[test]
+fn v4_target_runs_where_supported() {
+    check_target(CpuTarget::X86_64V4);
+}
+
+#[test]
+fn compiled_library_describes_itself() {
+    let specs = few_specs();
+    let mut doubled = specs.clone();
+    doubled.extend(specs.iter().rev().copied());
+    let compiled = compile_cpu(&doubled, CpuTarget::X86_64V3).unwrap();
+    assert_eq!(compiled.target, "x86-64-v3");
+    for f in ["avx2", "fma", "f16c"] {
+        assert!(compiled.features.iter().any(|x| x == f), "{f} missing from {:?}", compiled.features);
+    }
+    assert_eq!(compiled.symbols.len(), 2 * specs.len(), "duplicates removed");
+    assert!(compiled.shared_object.starts_with(b"\x7fELF"));
+    let lib = Lib::load(&compiled);
+    for (s, v, sym) in &compiled.symbols {
+        assert_eq!(*sym, s.symbol(*v));
+        lib.kernel(sym);
+    }
+    assert_eq!(spec(Format::Fp6E3M2, 384, 1536, 0).symbol(Variant::Gemv), "fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv");
+    let v4 = compile_cpu(&specs[..1], CpuTarget::X86_64V4).unwrap();
+    assert!(v4.features.iter().any(|x| x == "avx512bw"));
+}
+
+#[test]
+fn output_is_deterministic() {
+    let specs = few_specs();
+    let a = compile_cpu(&specs, CpuTarget::X86_64V3).unwrap();
+    let reversed: Vec<KernelSpec> = specs.iter().rev().copied().collect();
+    let b = compile_cpu(&reversed, CpuTarget::X86_64V3).unwrap();
+    assert_eq!(a.symbols, b.symbols);
+    assert!(a.shared_object == b.shared_object, "same specs must give byte-identical libraries");
+}
+
+#[test]
+fn bad_specs_are_errors() {
+    let err = compile_cpu(&[spec(Format::Fp6E3M2, 0, 16, 0)], CpuTarget::X86_64V3).unwrap_err();
+    assert!(err.to_string().contains("must be positive"), "{err}");
+}
