@@ -3,8 +3,8 @@
 # read bandwidth of this machine, fpx FP6 (e3m2) matrix-product kernels vs onnxruntime FP32 MatMul
 # and int4 MatMulNBits (accuracy_level 0 and 4), and MiniLM end to end (scripts/bench_cpu.py).
 #
-#   ./scripts/bench-cpu.sh                          # full run (about 15 minutes on 2 cores)
-#   ./scripts/bench-cpu.sh --quick                  # 4096x4096, M in 1, 8 (about 2 minutes)
+#   ./scripts/bench-cpu.sh                          # full run (a few minutes on 2 cores, 15 at most)
+#   ./scripts/bench-cpu.sh --quick                  # 4096x4096, M in 1, 8 (under a minute)
 #   ./scripts/bench-cpu.sh --shapes 4096x4096 --threads 1 --json bench.json
 #   ./scripts/bench-cpu.sh --help                   # every option
 #

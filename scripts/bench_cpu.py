@@ -10,8 +10,9 @@ Prints, in one run:
   3. MiniLM-L6-v2 end to end (if ../shared/models/minilm-l6-v2 exists): ORT FP32 vs fpx FP32 vs fpx FP6.
 
 Normally started through scripts/bench-cpu.sh (setup, release build, then this script):
-    ./scripts/bench-cpu.sh                  # full run (~15 min on 2 cores)
-    ./scripts/bench-cpu.sh --quick          # 4096x4096, M in 1, 8 (~2 min)
+    ./scripts/bench-cpu.sh                  # full run (about 3 min on 2 cores with compiled fpx
+                                            # kernels, models cached; 15 min at most)
+    ./scripts/bench-cpu.sh --quick          # 4096x4096, M in 1, 8 (under 1 min)
     .venv/bin/python scripts/bench_cpu.py --fpx target/debug/fpx --quick --json out.json
 
 Models, inputs and compiled artifacts go to --workdir (default /tmp/fpx-bench) and are reused by
@@ -26,7 +27,13 @@ The fpx command-line contract this script relies on:
       -> {"median_us": .., "min_us": .., "kernels": [{"node", "op", "native", "median_us",
           "weight_bytes", "weight_gb_per_s"}, ...], ...}
 When `fpx compile` fails, the fpx column falls back to `fpx bench MODEL.onnx --weights fp6-e3m2`
-(the reference executor: no compiled kernels) and says so.
+(the reference executor: no compiled kernels) and says so; when `fpx membw` fails, the bandwidth
+comes from numpy (np.max over 1 GiB, best of 3, one thread). Lines printed before the JSON object
+are ignored.
+
+Timing: onnxruntime cells are timed in-process (session.run wall time: warm-up, then up to --iters
+runs, fewer when one run is slow, so that a cell takes about --cell-seconds); medians and minimums.
+fpx cells come from `fpx bench` (one probe run with --iters 1 sizes the iterations).
 """
 
 from __future__ import annotations

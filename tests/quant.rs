@@ -85,6 +85,12 @@ fn cli_runs_quantized_and_reports_with_html() {
     let c = cosine(&got.to_f64_vec(), &want.to_f64_vec());
     assert!(c > 0.99 && c < 1.0, "quantized output is close to, but not exactly, FP32: cosine {c}");
 
+    // bench --json prints only JSON, even when it quantizes first.
+    let out = fpx(&["bench", m.to_str().unwrap(), "--input", &i, "--weights", "fp6-e3m2", "--iters", "2", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(v["kernels"].as_array().unwrap().iter().any(|k| k["op"] == "QuantMatMul" && k["native"] == false));
+
     let html = dir.join("r.html");
     let out = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", "fp6-e3m2,int4:g32", "--html", html.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

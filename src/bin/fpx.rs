@@ -228,8 +228,9 @@ enum Runnable {
 }
 
 impl Runnable {
-    /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact.
-    fn open(path: &Path, quant: &QuantArgs) -> Result<Runnable> {
+    /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact; `announce`
+    /// prints what quantization did (off where stdout must hold only JSON).
+    fn open(path: &Path, quant: &QuantArgs, announce: bool) -> Result<Runnable> {
         check_model_file(path, true)?;
         if is_artifact(path) {
             if quant.weights != "none" || quant.group_size.is_some() || quant.scale_search {
@@ -243,7 +244,7 @@ impl Runnable {
         }
         let options = quant.options()?;
         let model = fpx::Model::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
-        if let Some(q) = model.quantization() {
+        if let Some(q) = model.quantization().filter(|_| announce) {
             println!(
                 "weights: {} layers as {}, {:.2} MB -> {:.2} MB",
                 q.layers.len(),
@@ -265,7 +266,7 @@ impl Runnable {
 
 fn run(model_path: &Path, inputs: &[String], out_dir: &Path, quant: &QuantArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = Runnable::open(model_path, quant)?;
+    let model = Runnable::open(model_path, quant, true)?;
     let load = t0.elapsed();
     let feeds = read_inputs(inputs)?;
     let t1 = Instant::now();
@@ -339,7 +340,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let model = Runnable::open(&args.model, &args.quant)?;
+    let model = Runnable::open(&args.model, &args.quant, !args.json)?;
     let feeds = read_inputs(&args.inputs)?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
