@@ -813,9 +813,17 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             let d = self.pshufb(&FP6_LOW_FIELD, high_i)?;
             // Half 0 reads H bytes 1 (even codes) and 3 (odd), half 1 bytes 0 and 2. Word byte 0
             // holds pairs 3 (low nibble) and 2, byte 1 pairs 0 and 1, bytes 2 and 3 the odd codes.
-            let or = |x: VectorValue<'ctx>, y: VectorValue<'ctx>| self.b.build_or(x, y, "");
-            let half0 = (or(self.shift16(a, -8)?, self.and(b, 0xff00_ff00)?)?, or(self.shift16(c, -8)?, self.and(d, 0xff00_ff00)?)?);
-            let half1 = (or(self.and(a, 0x00ff_00ff)?, self.shift16(b, 8)?)?, or(self.and(c, 0x00ff_00ff)?, self.shift16(d, 8)?)?);
+            // Even bytes from the first vector, odd bytes from the second (vpblendvb).
+            let blend = |x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+                let bytes = self.ctx.i8_type().vec_type(4 * self.w());
+                let xb = self.b.build_bit_cast(x, bytes, "")?.into_vector_value();
+                let yb = self.b.build_bit_cast(y, bytes, "")?.into_vector_value();
+                let n = 4 * self.w();
+                let idx: Vec<u32> = (0..n).map(|i| if i % 2 == 0 { i } else { n + i }).collect();
+                Ok(self.b.build_bit_cast(self.shuf(xb, yb, &idx)?, self.vi32(self.w()), "")?.into_vector_value())
+            };
+            let half0 = (blend(self.shift16(a, -8)?, b)?, blend(self.shift16(c, -8)?, d)?);
+            let half1 = (blend(a, self.shift16(b, 8)?)?, blend(c, self.shift16(d, 8)?)?);
             out.push([half0, half1]);
         }
         Ok(out)

@@ -25,7 +25,10 @@
 //!
 //! computes `y[r][c]` for every row `r < m` and column `c` in `[n_begin, n_end)` (y's row stride
 //! is N); `n_begin` must be a multiple of 16, `n_end` may be anything up to N. Columns outside
-//! the range are not touched, so threads may split `[0, N)` at multiples of 16.
+//! the range are not touched, so threads may split `[0, N)` at multiples of 16. `y` must not
+//! overlap the inputs (the pointers are declared `noalias`); all but `bias` must be non-null,
+//! with no alignment requirement beyond `f32`'s. Kernels are reentrant and use no heap (a
+//! ~17 KiB stack frame at most).
 //!
 //! # How the kernels work
 //!

@@ -250,6 +250,14 @@ mod tests {
     }
 
     #[test]
+    fn host_cpu_reports_supported_features() {
+        let (name, features) = host_cpu();
+        assert!(!name.is_empty());
+        // Whatever LLVM reports for the host, this host has it.
+        assert_eq!(host_supports(&features), Ok(()), "{name}: {features:?}");
+    }
+
+    #[test]
     fn host_supports_names_missing_features() {
         assert!(host_supports(&[]).is_ok());
         let err = host_supports(&["no-such-feature".to_string()]).unwrap_err();
