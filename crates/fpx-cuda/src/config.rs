@@ -1,0 +1,523 @@
+//! GEMM tile configs: what the template is instantiated with, the analytic default
+//! ([`heuristic_config`]), the launch geometry and the generated source ([`instantiate`]).
+
+use std::fmt::Write as _;
+
+use crate::CudaError;
+
+/// The CUDA template of the FP6 weight-only GEMM (`kernels-templates/fp6_gemm.cu`).
+pub const FP6_GEMM_TEMPLATE: &str = include_str!("../../../kernels-templates/fp6_gemm.cu");
+
+/// Output channels per layout tile (the MMA M; `fpx_quant::layout::TILE_N`).
+const TILE_N: usize = fpx_quant::layout::TILE_N;
+/// Reduction indices per layout tile (`fpx_quant::layout::TILE_K`).
+const TILE_K: usize = fpx_quant::layout::TILE_K;
+/// The shared memory a block may use without opting in (`cuFuncSetAttribute`), and the budget
+/// [`heuristic_config`] keeps to.
+pub const DEFAULT_SHARED_LIMIT: usize = 48 * 1024;
+/// The largest dynamic shared memory per block on sm_80 (A100); the smallest of the targets.
+pub const MAX_SHARED_BYTES: usize = 163 * 1024;
+/// Threads per block of the split-K reduction kernel.
+pub const REDUCE_THREADS: u32 = 256;
+/// Wave efficiency FP6-LLM's split-K rule asks for.
+pub const TARGET_WAVE_EFFICIENCY: f64 = 0.8;
+
+/// The FP6 weight format (the template's `FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fp6Format {
+    /// 1 sign, 3 exponent, 2 mantissa bits (FORMAT 0).
+    E3M2,
+    /// 1 sign, 2 exponent, 3 mantissa bits (FORMAT 1).
+    E2M3,
+}
+
+impl Fp6Format {
+    /// The template parameter.
+    pub fn template_arg(self) -> u32 {
+        match self {
+            Fp6Format::E3M2 => 0,
+            Fp6Format::E2M3 => 1,
+        }
+    }
+
+    /// The matching `fpx_quant` format.
+    pub fn quant_format(self) -> fpx_quant::Format {
+        match self {
+            Fp6Format::E3M2 => fpx_quant::Format::Fp6E3M2,
+            Fp6Format::E2M3 => fpx_quant::Format::Fp6E2M3,
+        }
+    }
+
+    /// The FP6 format of an `fpx_quant` format, if it is one.
+    pub fn from_quant(format: fpx_quant::Format) -> Option<Fp6Format> {
+        match format {
+            fpx_quant::Format::Fp6E3M2 => Some(Fp6Format::E3M2),
+            fpx_quant::Format::Fp6E2M3 => Some(Fp6Format::E2M3),
+            _ => None,
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Fp6Format::E3M2 => "e3m2",
+            Fp6Format::E2M3 => "e2m3",
+        }
+    }
+}
+
+/// The activation (and output) type (the template's `ACT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Act {
+    /// FP16 activations, FP16 output (ACT 0).
+    F16,
+    /// BF16 activations, BF16 output (ACT 1); weights dequantized by the BF16 offset path.
+    Bf16,
+}
+
+impl Act {
+    /// The template parameter.
+    pub fn template_arg(self) -> u32 {
+        match self {
+            Act::F16 => 0,
+            Act::Bf16 => 1,
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Act::F16 => "f16",
+            Act::Bf16 => "bf16",
+        }
+    }
+}
+
+/// One instantiation of the FP6 GEMM `Y[M][N] = X[M][K] · dequant(W)[K][N]`: the GEMM's N and
+/// K are compile-time constants, M is a kernel argument. A block has `warps` warps, each
+/// owning `warp_ntiles` tiles of 16 output channels and all `m_tile` tokens; a pipeline stage
+/// holds `k_tiles` tiles of 32 K; `stages` stages are in flight; `split_k` blocks share one
+/// output tile's K range (FP32 workspace + reduction kernel).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GemmConfig {
+    /// FP6 weight format.
+    pub format: Fp6Format,
+    /// Activation / output type.
+    pub act: Act,
+    /// Output channels (logical, unpadded).
+    pub n: usize,
+    /// Reduction length (logical, unpadded).
+    pub k: usize,
+    /// Tokens per block: 8, 16, 32 or 64.
+    pub m_tile: usize,
+    /// Warps per block (1..=8), stacked along N.
+    pub warps: usize,
+    /// 16-channel tiles per warp (1..=8).
+    pub warp_ntiles: usize,
+    /// 32-K tiles per pipeline stage (1..=4).
+    pub k_tiles: usize,
+    /// cp.async pipeline stages (2..=8).
+    pub stages: usize,
+    /// K splits (>= 1; > 1 needs the workspace and the `_reduce` kernel).
+    pub split_k: usize,
+}
+
+impl GemmConfig {
+    /// `n` rounded up to 16 (the layout's padding).
+    pub fn n_pad(&self) -> usize {
+        self.n.div_ceil(TILE_N) * TILE_N
+    }
+
+    /// `k` rounded up to 32 (the layout's padding; also the row stride of X).
+    pub fn k_pad(&self) -> usize {
+        self.k.div_ceil(TILE_K) * TILE_K
+    }
+
+    /// 16-channel tiles along N.
+    pub fn n_tiles(&self) -> usize {
+        self.n_pad() / TILE_N
+    }
+
+    /// 16-channel tiles per block.
+    pub fn block_n_tiles(&self) -> usize {
+        self.warps * self.warp_ntiles
+    }
+
+    /// Output channels per block.
+    pub fn block_n(&self) -> usize {
+        self.block_n_tiles() * TILE_N
+    }
+
+    /// Pipeline steps over the whole K (`ceil(k_pad / (32 * k_tiles))`).
+    pub fn k_steps(&self) -> usize {
+        (self.k_pad() / TILE_K).div_ceil(self.k_tiles)
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        self.warps * 32
+    }
+
+    /// Shared memory of one stage: both weight planes of the block's tiles plus the X slice
+    /// (rows padded by 8 halves against bank conflicts). Mirrors `Gemm::STAGE_BYTES`; the
+    /// instantiation `static_assert`s that the two agree.
+    pub fn stage_bytes(&self) -> usize {
+        let weights = self.block_n_tiles() * self.k_tiles * (256 + 128);
+        let x = self.m_tile * (TILE_K * self.k_tiles + 8) * 2;
+        weights + x
+    }
+
+    /// Dynamic shared memory per block (`stages * stage_bytes`).
+    pub fn shared_bytes(&self) -> usize {
+        self.stages * self.stage_bytes()
+    }
+
+    /// Bytes of FP32 split-K workspace for `m` tokens (0 when `split_k == 1`).
+    pub fn workspace_bytes(&self, m: usize) -> usize {
+        if self.split_k > 1 {
+            self.split_k * m * self.n * 4
+        } else {
+            0
+        }
+    }
+
+    /// The GEMM kernel's name, unique per config: e.g.
+    /// `fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6`.
+    pub fn kernel_name(&self) -> String {
+        format!(
+            "fpx_fp6_gemm_{}_{}_n{}_k{}_m{}_w{}x{}_kt{}_s{}_sk{}",
+            self.format.tag(),
+            self.act.tag(),
+            self.n,
+            self.k,
+            self.m_tile,
+            self.warps,
+            self.warp_ntiles,
+            self.k_tiles,
+            self.stages,
+            self.split_k
+        )
+    }
+
+    /// The split-K reduction kernel's name (`<kernel_name>_reduce`), present when `split_k > 1`.
+    pub fn reduce_kernel_name(&self) -> Option<String> {
+        (self.split_k > 1).then(|| format!("{}_reduce", self.kernel_name()))
+    }
+
+    /// Checks the config is one the template instantiates and that fits every target.
+    pub fn validate(&self) -> Result<(), CudaError> {
+        let bad = |what: String| Err(CudaError::Config(format!("{what} in {self:?}")));
+        if self.n == 0 || self.k == 0 {
+            return bad("n and k must be positive".into());
+        }
+        if !matches!(self.m_tile, 8 | 16 | 32 | 64) {
+            return bad(format!("m_tile {} is not 8, 16, 32 or 64", self.m_tile));
+        }
+        if !(1..=8).contains(&self.warps) || !(1..=8).contains(&self.warp_ntiles) || !(1..=4).contains(&self.k_tiles) {
+            return bad("warps and warp_ntiles must be 1..=8, k_tiles 1..=4".into());
+        }
+        if !(2..=8).contains(&self.stages) {
+            return bad(format!("stages {} is not 2..=8", self.stages));
+        }
+        if self.split_k == 0 || self.split_k > self.k_steps() {
+            return bad(format!("split_k {} is not 1..={} (the K steps)", self.split_k, self.k_steps()));
+        }
+        if self.shared_bytes() > MAX_SHARED_BYTES {
+            return bad(format!("{} bytes of shared memory (at most {MAX_SHARED_BYTES})", self.shared_bytes()));
+        }
+        // Channel and token indices are 32-bit ints in the kernel (global offsets are 64-bit).
+        if self.n_pad() > i32::MAX as usize || self.k_pad() > i32::MAX as usize {
+            return bad("n or k too large".into());
+        }
+        Ok(())
+    }
+}
+
+/// Wave efficiency of `blocks` equal blocks on `sm_count` SMs, one block per SM at a time:
+/// `blocks / (ceil(blocks / sm_count) * sm_count)`.
+pub fn wave_efficiency(blocks: usize, sm_count: usize) -> f64 {
+    let sm = sm_count.max(1);
+    if blocks == 0 {
+        return 0.0;
+    }
+    blocks as f64 / (blocks.div_ceil(sm) * sm) as f64
+}
+
+/// The analytic default config for an `[n][k]` weight and `m` tokens on a GPU with `sm_count`
+/// SMs (format e3m2, FP16 activations; set `format` / `act` on the result, they do not change
+/// the tiling).
+///
+/// - token tile: the smallest of 8, 16, 32, 64 that holds `m` (64 beyond);
+/// - tiles per warp: 4 (64 channels, as FP6-LLM) up to 32 tokens, 2 for 64 tokens, so the
+///   FP32 accumulators stay at 64 registers per thread; up to 4 warps (fewer when N is small);
+/// - 2 k-tiles (64 K) per stage, as FP6-LLM; the most stages (at most 4) within 48 KiB of
+///   shared memory, at least 2;
+/// - split-K, FP6-LLM's rule: with `b` blocks from the N and M tiling, the smallest split `s`
+///   (1..=K steps, at most 32) whose wave efficiency `b*s / (ceil(b*s / SMs) * SMs)` is at
+///   least 0.8; if none reaches it, the most efficient (smallest on ties).
+pub fn heuristic_config(n: usize, k: usize, m: usize, sm_count: usize) -> GemmConfig {
+    let m_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= m).unwrap_or(64);
+    let warp_ntiles = if m_tile <= 32 { 4 } else { 2 };
+    let n_tiles = n.div_ceil(TILE_N).max(1);
+    let warps = n_tiles.div_ceil(warp_ntiles).clamp(1, 4);
+    let k_tiles = if k.div_ceil(TILE_K) >= 2 { 2 } else { 1 };
+    let mut cfg = GemmConfig { format: Fp6Format::E3M2, act: Act::F16, n, k, m_tile, warps, warp_ntiles, k_tiles, stages: 2, split_k: 1 };
+    cfg.stages = (2..=4).rev().find(|&s| s * cfg.stage_bytes() <= DEFAULT_SHARED_LIMIT).unwrap_or(2);
+    let blocks = n_tiles.div_ceil(cfg.block_n_tiles()) * m.max(1).div_ceil(m_tile);
+    cfg.split_k = split_k_rule(blocks, cfg.k_steps().min(32), sm_count);
+    cfg
+}
+
+/// FP6-LLM's split-K rule (see [`heuristic_config`]): the smallest split in `1..=max_split`
+/// reaching [`TARGET_WAVE_EFFICIENCY`], else the most efficient one.
+pub fn split_k_rule(blocks: usize, max_split: usize, sm_count: usize) -> usize {
+    let max_split = max_split.max(1);
+    if let Some(s) = (1..=max_split).find(|&s| wave_efficiency(blocks * s, sm_count) >= TARGET_WAVE_EFFICIENCY) {
+        return s;
+    }
+    let mut best = 1;
+    for s in 2..=max_split {
+        if wave_efficiency(blocks * s, sm_count) > wave_efficiency(blocks * best, sm_count) {
+            best = s;
+        }
+    }
+    best
+}
+
+/// `(grid, block, dynamic shared bytes)` of the GEMM kernel for `m` tokens: grid x over
+/// blocks of `block_n()` channels, y over token tiles, z over K splits. `m == 0` gives a grid
+/// with y = 0: nothing to launch. Shared memory above 48 KiB needs
+/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` set before the launch.
+pub fn launch_geometry(cfg: &GemmConfig, m: usize) -> ([u32; 3], [u32; 3], u32) {
+    let grid = [cfg.n_tiles().div_ceil(cfg.block_n_tiles()) as u32, m.div_ceil(cfg.m_tile) as u32, cfg.split_k as u32];
+    (grid, [cfg.threads() as u32, 1, 1], cfg.shared_bytes() as u32)
+}
+
+/// `(grid, block)` of the split-K reduction kernel for `m` tokens (grid-stride over `m * n`
+/// outputs, at most 65535 blocks); `None` when `split_k == 1` or `m == 0`.
+pub fn reduce_geometry(cfg: &GemmConfig, m: usize) -> Option<([u32; 3], [u32; 3])> {
+    if cfg.split_k == 1 || m == 0 {
+        return None;
+    }
+    let blocks = (m * cfg.n).div_ceil(REDUCE_THREADS as usize).min(65535) as u32;
+    Some(([blocks, 1, 1], [REDUCE_THREADS, 1, 1]))
+}
+
+/// The CUDA source for `cfg`: the template followed by the `extern "C"` kernels
+/// `kernel_name()` (and `<name>_reduce` when `split_k > 1`), with a `static_assert` that the
+/// template's shared-memory size equals [`GemmConfig::shared_bytes`]. Kernel signatures:
+///
+/// ```text
+/// name(const u16* X, const u8* W, const float* scales, const float* bias_or_null, u16* Y, float* ws_or_null, int M)
+/// name_reduce(const float* ws, const float* scales, const float* bias_or_null, u16* Y, int M)
+/// ```
+pub fn instantiate(cfg: &GemmConfig) -> Result<String, CudaError> {
+    cfg.validate()?;
+    let mut src = String::with_capacity(FP6_GEMM_TEMPLATE.len() + 1024);
+    src.push_str(FP6_GEMM_TEMPLATE);
+    let (f, a) = (cfg.format.template_arg(), cfg.act.template_arg());
+    let gemm = format!(
+        "fpx::Gemm<{f}, {a}, {}, {}, {}, {}, {}, {}, {}, {}>",
+        cfg.n, cfg.k, cfg.m_tile, cfg.warps, cfg.warp_ntiles, cfg.k_tiles, cfg.stages, cfg.split_k
+    );
+    let name = cfg.kernel_name();
+    let _ = write!(
+        src,
+        "\n// ---- instantiation generated by fpx-cuda ----\n\
+         static_assert({gemm}::SHARED_BYTES == {shared}, \"fpx-cuda's shared-memory formula disagrees with the template\");\n\
+         extern \"C\" __global__ void __launch_bounds__({threads}) {name}(const fpx_u16* X, const unsigned char* W, const float* scales,\n\
+         \x20   const float* bias, fpx_u16* Y, float* ws, int M) {{\n\
+         \x20   {gemm}::run(X, W, scales, bias, Y, ws, M);\n}}\n",
+        shared = cfg.shared_bytes(),
+        threads = cfg.threads(),
+    );
+    if let Some(reduce) = cfg.reduce_kernel_name() {
+        let _ = write!(
+            src,
+            "extern \"C\" __global__ void __launch_bounds__({REDUCE_THREADS}) {reduce}(const float* ws, const float* scales, const float* bias,\n\
+             \x20   fpx_u16* Y, int M) {{\n\
+             \x20   fpx::gemm_reduce<{f}, {a}, {}, {}>(ws, scales, bias, Y, M);\n}}\n",
+            cfg.n, cfg.split_k
+        );
+    }
+    Ok(src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays the kernel's epilogue mapping (block, warp, tile, lane, accumulator element →
+    /// token, channel, with the kernel's guards) over the launch grid: every output element of
+    /// `[m][n]` must be written exactly once, and every K step must belong to exactly one split.
+    fn assert_covers(cfg: &GemmConfig, m: usize) {
+        let (grid, block, shared) = launch_geometry(cfg, m);
+        assert_eq!(block, [cfg.threads() as u32, 1, 1]);
+        assert_eq!(shared as usize, cfg.shared_bytes());
+        let mut hits = vec![0u8; m * cfg.n];
+        for bx in 0..grid[0] as usize {
+            for by in 0..grid[1] as usize {
+                let (nt0, m0) = (bx * cfg.block_n_tiles(), by * cfg.m_tile);
+                for warp in 0..cfg.warps {
+                    for lane in 0..32 {
+                        let (g, t) = (lane / 4, lane % 4);
+                        for i in 0..cfg.warp_ntiles {
+                            for hrow in 0..2 {
+                                let ch = (nt0 + warp * cfg.warp_ntiles + i) * 16 + g + 8 * hrow;
+                                if ch >= cfg.n {
+                                    continue;
+                                }
+                                for mb in 0..cfg.m_tile / 8 {
+                                    for q in 0..2 {
+                                        let tok = m0 + mb * 8 + 2 * t + q;
+                                        if tok < m {
+                                            hits[tok * cfg.n + ch] += 1;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bad) = hits.iter().position(|&h| h != 1) {
+            panic!("output ({}, {}) written {} times by {cfg:?} for m = {m}", bad / cfg.n, bad % cfg.n, hits[bad]);
+        }
+        // Split-K: contiguous step ranges of ceil(steps / split) cover 0..steps once.
+        let steps = cfg.k_steps();
+        let per = steps.div_ceil(cfg.split_k);
+        let mut step_hits = vec![0u8; steps];
+        for z in 0..grid[2] as usize {
+            for h in &mut step_hits[(z * per).min(steps)..((z + 1) * per).min(steps)] {
+                *h += 1;
+            }
+        }
+        assert!(step_hits.iter().all(|&h| h == 1), "{cfg:?}: K steps {step_hits:?}");
+        assert!(cfg.k_steps() * cfg.k_tiles * 32 >= cfg.k_pad());
+        if let Some((rgrid, rblock)) = reduce_geometry(cfg, m) {
+            assert!(rgrid[0] >= 1 && rblock[0] == REDUCE_THREADS);
+        }
+    }
+
+    #[test]
+    fn launch_geometry_covers_every_output_for_awkward_shapes() {
+        for n in [1, 15, 16, 17, 100, 255, 257, 383, 384, 1000, 1536] {
+            for k in [1, 31, 33, 70, 384, 1000] {
+                for m in [1, 2, 7, 8, 9, 15, 17, 33, 63, 65, 100, 129] {
+                    for sms in [108, 132] {
+                        let cfg = heuristic_config(n, k, m, sms);
+                        cfg.validate().unwrap();
+                        assert_covers(&cfg, m);
+                        // A config tuned for another M still covers this M.
+                        assert_covers(&heuristic_config(n, k, 1, sms), m);
+                        assert_covers(&heuristic_config(n, k, 128, sms), m);
+                    }
+                }
+            }
+        }
+        // Hand-made tilings with more warps / fewer tiles per warp.
+        for (warps, wnt) in [(1, 1), (3, 2), (8, 1), (2, 8)] {
+            let cfg = GemmConfig { warps, warp_ntiles: wnt, ..heuristic_config(1000, 1000, 40, 108) };
+            assert_covers(&cfg, 40);
+            assert_covers(&cfg, 3);
+        }
+        let cfg = heuristic_config(384, 384, 16, 108);
+        assert_eq!(launch_geometry(&cfg, 0).0[1], 0, "m = 0: nothing to launch");
+        assert_eq!(reduce_geometry(&cfg, 0), None);
+    }
+
+    #[test]
+    fn split_k_rule_on_a100_and_h100() {
+        assert_eq!(wave_efficiency(108, 108), 1.0);
+        assert_eq!(wave_efficiency(109, 108), 109.0 / 216.0);
+        assert_eq!(wave_efficiency(0, 108), 0.0);
+        // 4096 x 4096, one token: 256 n-tiles / 16 per block = 16 blocks. A100: 6 splits give
+        // 96 / 108 = 0.89 (5 give 0.74); H100: 7 give 112 / 132 = 0.85 (6 give 0.73).
+        assert_eq!(heuristic_config(4096, 4096, 1, 108).split_k, 6);
+        assert_eq!(heuristic_config(4096, 4096, 1, 132).split_k, 7);
+        // N = 28672: 112 blocks. H100: 112 / 132 = 0.85, no split. A100: 2 splits 224 / 324 =
+        // 0.69, 3 splits 336 / 432 = 0.78, 4 splits 448 / 540 = 0.83.
+        assert_eq!(heuristic_config(28672, 8192, 1, 132).split_k, 1);
+        assert_eq!(heuristic_config(28672, 8192, 1, 108).split_k, 4);
+        // 128 tokens of 8192 x 28672: 64-token tiles, 8 n-tiles per block: 224 x 2 = 448 blocks.
+        let c = heuristic_config(28672, 8192, 128, 108);
+        assert_eq!((c.m_tile, c.block_n_tiles(), c.split_k), (64, 8, 1));
+        // MiniLM 384 x 384: 2 blocks, only 6 K steps: no split reaches 0.8, take the best (6).
+        assert_eq!(heuristic_config(384, 384, 1, 108).split_k, 6);
+        assert_eq!(split_k_rule(2, 6, 108), 6);
+        // Never more splits than K steps, never zero.
+        assert_eq!(split_k_rule(1, 1, 132), 1);
+        assert_eq!(split_k_rule(1, 0, 132), 1);
+        // 54 blocks: 2 splits fill 108 SMs exactly.
+        assert_eq!(split_k_rule(54, 4, 108), 2);
+        // 70 blocks, at most 2 splits: both 70 / 108 and 140 / 216 = 0.648; a tie keeps 1.
+        assert_eq!(split_k_rule(70, 2, 108), 1);
+        for (k, n) in [(384, 384), (4096, 11008), (28672, 8192)] {
+            for m in [1, 16, 128] {
+                for sms in [108, 132] {
+                    let c = heuristic_config(n, k, m, sms);
+                    assert!(c.split_k >= 1 && c.split_k <= c.k_steps());
+                    assert!(c.shared_bytes() <= DEFAULT_SHARED_LIMIT);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn heuristic_tiles() {
+        let m_tiles: Vec<usize> =
+            [1, 8, 9, 16, 17, 32, 33, 64, 65, 1000].iter().map(|&m| heuristic_config(4096, 4096, m, 132).m_tile).collect();
+        assert_eq!(m_tiles, [8, 8, 16, 16, 32, 32, 64, 64, 64, 64]);
+        // Small N: fewer warps, not idle ones.
+        let c = heuristic_config(32, 64, 1, 108);
+        assert_eq!((c.warps, c.warp_ntiles, c.k_tiles), (1, 4, 2));
+        assert_eq!(heuristic_config(16, 16, 1, 108).k_tiles, 1);
+        // Stage count: as many as fit in 48 KiB (3 for the usual tiles).
+        assert_eq!(heuristic_config(4096, 4096, 16, 108).stages, 3);
+        assert_eq!(heuristic_config(4096, 4096, 16, 108).shared_bytes(), 3 * (16 * 2 * 384 + 16 * 72 * 2));
+    }
+
+    #[test]
+    fn validate_rejects_bad_configs() {
+        let good = heuristic_config(4096, 4096, 16, 108);
+        good.validate().unwrap();
+        let cases = [
+            GemmConfig { m_tile: 24, ..good.clone() },
+            GemmConfig { warps: 0, ..good.clone() },
+            GemmConfig { warps: 9, ..good.clone() },
+            GemmConfig { k_tiles: 5, ..good.clone() },
+            GemmConfig { stages: 1, ..good.clone() },
+            GemmConfig { split_k: 0, ..good.clone() },
+            GemmConfig { split_k: 65, ..good.clone() },
+            GemmConfig { n: 0, ..good.clone() },
+            GemmConfig { warps: 8, warp_ntiles: 8, k_tiles: 4, stages: 8, ..good.clone() },
+        ];
+        for c in cases {
+            let e = c.validate().unwrap_err();
+            assert!(matches!(e, CudaError::Config(_)), "{c:?}");
+            assert!(instantiate(&c).is_err());
+        }
+    }
+
+    #[test]
+    fn instantiation_names_and_source() {
+        let c = heuristic_config(4096, 4096, 1, 108);
+        assert_eq!(c.kernel_name(), "fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6");
+        let src = instantiate(&c).unwrap();
+        assert!(src.starts_with(FP6_GEMM_TEMPLATE));
+        assert!(src.contains("extern \"C\" __global__ void __launch_bounds__(128) fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6("));
+        assert!(src.contains("fpx::Gemm<0, 0, 4096, 4096, 8, 4, 4, 2, 3, 6>::run("));
+        assert!(src.contains(&format!("static_assert(fpx::Gemm<0, 0, 4096, 4096, 8, 4, 4, 2, 3, 6>::SHARED_BYTES == {}", c.shared_bytes())));
+        assert!(src.contains("fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6_reduce("));
+        assert!(src.contains("fpx::gemm_reduce<0, 0, 4096, 6>("));
+        assert_eq!(c.workspace_bytes(16), 6 * 16 * 4096 * 4);
+        let c = GemmConfig { format: Fp6Format::E2M3, act: Act::Bf16, split_k: 1, ..c };
+        assert_eq!(c.kernel_name(), "fpx_fp6_gemm_e2m3_bf16_n4096_k4096_m8_w4x4_kt2_s3_sk1");
+        assert_eq!(c.reduce_kernel_name(), None);
+        assert_eq!(c.workspace_bytes(16), 0);
+        let src = instantiate(&c).unwrap();
+        assert!(src.contains("fpx::Gemm<1, 1, 4096, 4096, 8, 4, 4, 2, 3, 1>::run(") && !src.contains("_sk1_reduce("));
+        assert_eq!(Fp6Format::from_quant(fpx_quant::Format::Fp6E2M3), Some(Fp6Format::E2M3));
+        assert_eq!(Fp6Format::from_quant(fpx_quant::Format::Int4), None);
+        assert_eq!(Fp6Format::E3M2.quant_format(), fpx_quant::Format::Fp6E3M2);
+    }
+}

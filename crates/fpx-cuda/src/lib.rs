@@ -1,0 +1,104 @@
+//! fpx's CUDA side: the `kernels-templates/` GEMM instantiated per (shape, tile config), NVRTC
+//! → PTX through cudarc, `ptxas -v` resource checks, and launch geometry.
+//!
+//! Everything here builds and runs without a GPU or a CUDA installation: NVRTC and the driver
+//! are loaded at run time (cudarc's `dynamic-loading`), and their absence is a [`CudaError`]
+//! that says what is missing ([`CudaError::NoNvrtc`], [`CudaError::NoDriver`]), never a panic.
+//!
+//! - [`config`]: [`GemmConfig`] (format, activation type, N, K, token tile, warps, stages,
+//!   split-K), [`heuristic_config`] (the analytic default, FP6-LLM's split-K rule),
+//!   [`launch_geometry`] and [`instantiate`] (template source + `extern "C"` kernels).
+//! - [`compile`]: [`compile_ptx`] (NVRTC, with an in-memory cache keyed by template hash,
+//!   config and arch), [`ptxas_check`] (registers, spills, shared memory from `ptxas -v`),
+//!   [`driver_available`].
+//!
+//! # What is checked without a GPU, and what is not
+//!
+//! Checked here (tests): every config [`heuristic_config`] picks for the MiniLM and LLaMA-2
+//! linear shapes compiles with NVRTC for sm_80 and sm_90 and assembles with `ptxas` with no
+//! spills and no stack; a CPU emulation of the kernel (cp.async chunk mapping into shared
+//! memory, fragment reads, dequantization, `mma.m16n8k16` by its PTX fragment definition,
+//! guarded epilogue, split-K reduction) matches decode-then-multiply; the launch geometry
+//! covers every output exactly once; the split-K rule; the no-NVRTC / no-driver errors.
+//!
+//! Not checked without a GPU: that the hardware executes the PTX as the emulation assumes
+//! (numerical results on a device), `cp.async` zero-fill and the evict-first policy at run
+//! time, the absence of races and misaligned accesses (compute-sanitizer), and speed.
+//!
+//! Launch requirements: `X` and `W` 16-byte aligned (`cuMemAlloc` gives 256); `X` rows of
+//! `k_pad()` elements with zero padding columns; configs above 48 KiB of shared memory need
+//! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` (the heuristic stays within 48 KiB);
+//! per-channel scales only (no K groups yet).
+
+pub mod compile;
+pub mod config;
+
+pub use compile::{
+    compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,
+};
+pub use config::{heuristic_config, instantiate, launch_geometry, reduce_geometry, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE};
+
+/// A GPU architecture fpx emits PTX for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arch {
+    /// Ampere (A100): `compute_80` / `sm_80`.
+    Sm80,
+    /// Hopper (H100/H200): `compute_90` / `sm_90`.
+    Sm90,
+}
+
+impl Arch {
+    /// Both architectures, oldest first.
+    pub const ALL: [Arch; 2] = [Arch::Sm80, Arch::Sm90];
+
+    /// The NVRTC virtual architecture (`compute_80`).
+    pub fn compute(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "compute_80",
+            Arch::Sm90 => "compute_90",
+        }
+    }
+
+    /// The ptxas real architecture (`sm_80`).
+    pub fn sm(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.sm())
+    }
+}
+
+/// Everything that can go wrong on the CUDA side.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// libnvrtc could not be loaded.
+    #[error(
+        "no NVRTC found: libnvrtc.so.13 is not loadable ({0}); put FPX_CUDA_HOME/lib on LD_LIBRARY_PATH or set FPX_CUDA_HOME to a CUDA 13.0 \
+         home with lib/libnvrtc.so.13 and lib/libnvrtc-builtins.so.13.0 (scripts/setup.sh writes it to .fpx-env)"
+    )]
+    NoNvrtc(String),
+    /// The CUDA driver (libcuda) could not be loaded: no GPU machine.
+    #[error("no CUDA driver found: libcuda.so is not loadable (no NVIDIA driver on this machine, or it is not on LD_LIBRARY_PATH)")]
+    NoDriver,
+    /// ptxas could not be found or run.
+    #[error("no ptxas found: {0} (put FPX_CUDA_HOME/bin on PATH or set FPX_CUDA_HOME)")]
+    NoPtxas(String),
+    /// NVRTC rejected the kernel source.
+    #[error("NVRTC failed to compile {kernel} for {arch}: {message}")]
+    Compile { kernel: String, arch: Arch, message: String },
+    /// ptxas rejected the PTX or its output could not be understood.
+    #[error("ptxas failed for {arch}: {message}")]
+    Ptxas { arch: Arch, message: String },
+    /// A GEMM config that the template cannot instantiate.
+    #[error("invalid GEMM config: {0}")]
+    Config(String),
+    /// An I/O error around the external tools.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,570 @@
+//! NVRTC + ptxas checks of the GEMM template (no GPU needed; skipped with a printed reason if
+//! NVRTC or ptxas are absent), and the no-driver path.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use fpx_cuda::*;
+
+/// The CUDA home: FPX_CUDA_HOME, else the workspace's `.venv` (scripts/setup.sh installs the
+/// NVRTC/ptxas 13.0 wheels there).
+fn find_cuda_home() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("FPX_CUDA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    let venv_lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
+    std::fs::read_dir(venv_lib)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("site-packages/nvidia/cu13"))
+        .find(|p| p.join("lib/libnvrtc.so.13").is_file())
+}
+
+/// Sets up NVRTC and ptxas, or returns why the test must skip.
+fn toolchain() -> Result<(), String> {
+    if let Some(home) = find_cuda_home() {
+        set_cuda_home(&home);
+    }
+    load_nvrtc(None).map_err(|e| e.to_string())?;
+    find_ptxas().ok_or("no ptxas on PATH, in FPX_CUDA_HOME/bin or the workspace .venv")?;
+    Ok(())
+}
+
+macro_rules! require_toolchain {
+    () => {
+        if let Err(why) = toolchain() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// (K, N) of the MiniLM and LLaMA-2 linear layers.
+const SHAPES: [(usize, usize); 10] = [
+    (384, 384),
+    (384, 1536),
+    (1536, 384),
+    (4096, 4096),
+    (4096, 11008),
+    (11008, 4096),
+    (8192, 8192),
+    (8192, 28672),
+    (28672, 8192),
+    (8192, 10240),
+];
+
+/// SM counts of the A100 and the H100.
+const SMS: [usize; 2] = [108, 132];
+
+fn compile_and_check(cfg: &GemmConfig, arch: Arch) -> PtxasReport {
+    let ptx = compile_ptx(cfg, arch).unwrap_or_else(|e| panic!("{e}"));
+    let report = ptxas_check(&ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", cfg.kernel_name()));
+    let names: BTreeSet<&str> = report.kernels.iter().map(|k| k.name.as_str()).collect();
+    let mut want = BTreeSet::from([ptx.kernel.as_str()]);
+    if let Some(r) = &ptx.reduce_kernel {
+        want.insert(r.as_str());
+    }
+    assert_eq!(names, want, "entry functions of {}", cfg.kernel_name());
+    assert_eq!((report.spill_stores, report.spill_loads), (0, 0), "{} spills on {arch}: {report:?}", cfg.kernel_name());
+    assert!(report.kernels.iter().all(|k| k.stack_bytes == 0), "{} uses a stack frame on {arch}: {report:?}", cfg.kernel_name());
+    assert!(report.registers <= 255);
+    report
+}
+
+/// Every config the heuristic picks for the model shapes, M in 1, 16, 128, on A100 and H100
+/// SM counts, compiles for sm_80 and sm_90 and assembles with no spills.
+#[test]
+fn heuristic_configs_compile_without_spills() {
+    require_toolchain!();
+    let mut configs = BTreeSet::new();
+    for (k, n) in SHAPES {
+        for m in [1, 16, 128] {
+            for sms in SMS {
+                configs.insert(format!("{:?}", heuristic_config(n, k, m, sms)));
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut jobs = Vec::new();
+    for (k, n) in SHAPES {
+        for m in [1, 16, 128] {
+            for sms in SMS {
+                let cfg = heuristic_config(n, k, m, sms);
+                if seen.insert(cfg.clone()) {
+                    jobs.extend(Arch::ALL.map(|arch| (cfg.clone(), arch)));
+                }
+            }
+        }
+    }
+    // NVRTC and ptxas on two threads (independent programs and processes).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let mut rows: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let jobs = &jobs;
+                scope.spawn(move || {
+                    jobs.iter()
+                        .skip(w)
+                        .step_by(workers)
+                        .map(|(cfg, arch)| {
+                            let r = compile_and_check(cfg, *arch);
+                            let regs =
+                                |reduce: bool| r.kernels.iter().find(|x| x.name.ends_with("_reduce") == reduce).map_or(0, |x| x.registers);
+                            format!(
+                                "{arch} {:<58} regs {:>3} (reduce {:>2}) spills 0 shared {}",
+                                cfg.kernel_name(),
+                                regs(false),
+                                regs(true),
+                                cfg.shared_bytes()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    rows.sort();
+    assert_eq!(seen.len(), configs.len());
+    eprintln!("{} configs x 2 archs:\n{}", seen.len(), rows.join("\n"));
+}
+
+/// The other template options (e2m3, BF16, more stages, 64-token tiles with 4 tiles per
+/// warp, odd shapes) compile and assemble too.
+#[test]
+fn other_template_options_compile_without_spills() {
+    require_toolchain!();
+    let base = heuristic_config(4096, 4096, 16, 132);
+    let mut cases = Vec::new();
+    for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
+        for act in [Act::F16, Act::Bf16] {
+            cases.push(GemmConfig { format, act, ..base.clone() });
+        }
+    }
+    cases.push(GemmConfig { act: Act::Bf16, format: Fp6Format::E2M3, ..heuristic_config(11008, 4096, 128, 108) });
+    cases.push(GemmConfig { stages: 4, k_tiles: 1, ..base.clone() });
+    cases.push(GemmConfig { m_tile: 32, warps: 8, warp_ntiles: 2, k_tiles: 4, stages: 2, ..base.clone() });
+    // Awkward shapes: N not a multiple of 16 or of the block, K not a multiple of 32 or 64.
+    cases.push(heuristic_config(100, 70, 3, 108));
+    cases.push(GemmConfig { act: Act::Bf16, ..heuristic_config(1000, 1000, 40, 132) });
+    for cfg in cases {
+        for arch in Arch::ALL {
+            let r = compile_and_check(&cfg, arch);
+            eprintln!("{arch} {} regs {}", cfg.kernel_name(), r.registers);
+        }
+    }
+}
+
+#[test]
+fn ptx_uses_tensor_cores_async_copies_and_the_evict_first_hint() {
+    require_toolchain!();
+    for act in [Act::F16, Act::Bf16] {
+        let cfg = GemmConfig { act, ..heuristic_config(384, 1536, 16, 108) };
+        let ptx = compile_ptx(&cfg, Arch::Sm90).unwrap();
+        let dtype = if act == Act::F16 { "f16.f16" } else { "bf16.bf16" };
+        for needle in [
+            format!("mma.sync.aligned.m16n8k16.row.col.f32.{dtype}.f32"),
+            "cp.async.cg.shared.global.L2::cache_hint".into(),
+            "createpolicy.fractional.L2::evict_first".into(),
+            "cp.async.wait_group".into(),
+            format!(".visible .entry {}(", cfg.kernel_name()),
+        ] {
+            assert!(ptx.src.contains(&needle), "{needle} missing from the PTX of {}", cfg.kernel_name());
+        }
+        assert_eq!(ptx.arch, Arch::Sm90);
+        assert!(ptx.src.contains(".target sm_90"));
+    }
+}
+
+#[test]
+fn compile_cache_hits() {
+    require_toolchain!();
+    let cfg = GemmConfig { stages: 2, ..heuristic_config(1536, 384, 1, 132) };
+    let a = compile_ptx(&cfg, Arch::Sm80).unwrap();
+    let before = fpx_cuda::compile::nvrtc_compilations();
+    let b = compile_ptx(&cfg, Arch::Sm80).unwrap();
+    assert_eq!(fpx_cuda::compile::nvrtc_compilations(), before, "second compile of the same key must hit the cache");
+    assert_eq!(a, b);
+    let c = compile_ptx(&cfg, Arch::Sm90).unwrap();
+    assert_ne!(a.src, c.src, "the arch is part of the key");
+}
+
+#[test]
+fn compile_errors_are_errors() {
+    require_toolchain!();
+    let bad = GemmConfig { m_tile: 12, ..heuristic_config(384, 384, 1, 108) };
+    assert!(matches!(compile_ptx(&bad, Arch::Sm80), Err(CudaError::Config(_))));
+}
+
+/// No GPU here: the driver probe must be an error that says so, never a panic. (On a GPU
+/// machine it is Ok.)
+#[test]
+fn driver_probe_never_panics() {
+    match driver_available() {
+        Ok(()) => eprintln!("CUDA driver present"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(matches!(e, CudaError::NoDriver));
+            assert!(msg.contains("no CUDA driver found"), "{msg}");
+        }
+    }
+}
+
+/// A Rust mirror of the template's `fp6_pair_bits` + `fp6_to_x2` (the text is checked below).
+fn mirror_fp6_to_x2(low: u32, high: u32, half: u32, pair: u32, format: Fp6Format, act: Act) -> (u32, u32) {
+    let lo = match pair {
+        0 => low << 2,
+        1 => low >> 2,
+        2 => low << 6,
+        _ => low << 10,
+    };
+    let x = (lo & 0x3c00_3c00) | ((high << (2 * (4 * half + pair))) & 0xc000_c000);
+    let e3m2 = format == Fp6Format::E3M2;
+    match act {
+        // (value bits, 0): the FP16 path has nothing to subtract.
+        Act::F16 => ((x & 0x8000_8000) | ((x & 0x7c00_7c00) >> if e3m2 { 2 } else { 3 }), 0),
+        // (w, s) with the kernel's result w - s (one fma.rn.bf16x2 per pair).
+        Act::Bf16 => {
+            let (mbits, bias) = if e3m2 { (2, 3u32) } else { (3, 1u32) };
+            let norm = ((127 - bias) << 7) * 0x10001;
+            let one = ((128 - bias) << 7) * 0x10001;
+            let expm = if e3m2 { 0x7000_7000 } else { 0x6000_6000 };
+            let sign = x & 0x8000_8000;
+            let mag = (x & 0x7c00_7c00) >> (3 + mbits);
+            let e = x & expm;
+            let sub = (if e & 0xffff == 0 { 0x0000_ffff } else { 0 }) | (if e >> 16 == 0 { 0xffff_0000 } else { 0 });
+            (sign | (mag + ((one & sub) | (norm & !sub))), sub & (sign | one))
+        }
+    }
+}
+
+#[test]
+fn template_dequant_matches_fpx_quant_for_every_code() {
+    use fpx_quant::bias_shift::{bf16_offset_bits, f16_bits};
+    use fpx_quant::layout::{fp6_pair_to_f16x2, high_field_pos, low_nibble_pos};
+    use half::bf16;
+    for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
+        let qf = format.quant_format();
+        for c0 in 0..64u8 {
+            for c1 in [c0, 63 - c0, c0.wrapping_mul(7) & 63] {
+                for half in 0..2u32 {
+                    for pair in 0..4u32 {
+                        // Place codes c0 / c1 at elements 2*pair / 2*pair+1 of (half, lane) words.
+                        let (mut low, mut high) = (0u32, 0u32);
+                        for (i, c) in [(0usize, c0), (1, c1)] {
+                            let e = 2 * pair as usize + i;
+                            low |= ((c & 0xf) as u32) << (4 * low_nibble_pos(e));
+                            high |= ((c >> 4) as u32) << (2 * high_field_pos(half as usize, e));
+                        }
+                        let (f16x2, zero) = mirror_fp6_to_x2(low, high, half, pair, format, Act::F16);
+                        assert_eq!(zero, 0);
+                        assert_eq!(f16x2, fp6_pair_to_f16x2(low, high, half as usize, pair as usize, qf));
+                        assert_eq!(f16x2, f16_bits(qf, c0) as u32 | (f16_bits(qf, c1) as u32) << 16);
+                        let (w, s) = mirror_fp6_to_x2(low, high, half, pair, format, Act::Bf16);
+                        for (i, c) in [(0, c0), (1, c1)] {
+                            let (wi, si) = ((w >> (16 * i)) as u16, (s >> (16 * i)) as u16);
+                            // Neither operand of the fma is a BF16 subnormal (tensor cores and
+                            // bf16 arithmetic would flush it).
+                            for v in [wi, si] {
+                                assert!(v & 0x7f80 != 0 || v & 0x7f == 0, "{format:?} code {c:#x}: subnormal operand {v:#x}");
+                            }
+                            let value = bf16::from_bits(wi).to_f32() - bf16::from_bits(si).to_f32();
+                            assert_eq!(value, qf.decode(c), "{format:?} code {c:#x}");
+                            assert_eq!(bf16::from_f32(value).to_f32(), value, "w - s must be exact in BF16");
+                            let (bits, sub) = bf16_offset_bits(qf, c);
+                            if c & 0x1f != 0 {
+                                assert_eq!((wi, bf16::from_bits(si).to_f32()), (bits, sub), "{format:?} code {c:#x}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The mirror's constants are the template's.
+    for needle in [
+        "PAIR == 0 ? (low << 2) : PAIR == 1 ? (low >> 2) : PAIR == 2 ? (low << 6) : (low << 10)",
+        "(lo & 0x3c003c00u) | ((high << (2 * (4 * HALF + PAIR))) & 0xc000c000u)",
+        "(x & 0x80008000u) | ((x & 0x7c007c00u) >> (FORMAT == 0 ? 2 : 3))",
+        "const fpx_u32 NORM = ((127u - BIAS) << 7) * 0x10001u;",
+        "const fpx_u32 ONE = ((128u - BIAS) << 7) * 0x10001u;",
+        "const fpx_u32 EXPM = FORMAT == 0 ? 0x70007000u : 0x60006000u;",
+        "fpx_u32 mag = (x & 0x7c007c00u) >> (3 + MBITS);",
+        "fpx_u32 w = sign | (mag + ((ONE & sub) | (NORM & ~sub)));",
+        "fpx_u32 s = sub & (sign | ONE);",
+        "fma.rn.bf16x2 %0, %1, %2, %3;\" : \"=r\"(d) : \"r\"(s), \"r\"(0xbf80bf80u), \"r\"(w)",
+    ] {
+        assert!(FP6_GEMM_TEMPLATE.contains(needle), "template lost: {needle}");
+    }
+}
+
+/// Small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn act_to_f32(bits: u16, act: Act) -> f32 {
+    match act {
+        Act::F16 => half::f16::from_bits(bits).to_f32(),
+        Act::Bf16 => half::bf16::from_bits(bits).to_f32(),
+    }
+}
+
+/// Emulates the template's GEMM on the CPU, step by step as the kernel does it: per block the
+/// cp.async chunk mapping (with zero-fill) into a byte image of each shared stage, the per-lane
+/// fragment reads from it, the dequantization mirror, `mma.m16n8k16` by its PTX fragment
+/// definition, the guarded epilogue and the split-K workspace + reduction. Returns Y in FP32
+/// (before the final rounding to FP16/BF16).
+fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+    let (n_tiles, k_tiles, kt_n, bnt, wnt) = (cfg.n_tiles(), cfg.k_pad() / 32, cfg.k_tiles, cfg.block_n_tiles(), cfg.warp_ntiles);
+    let (k_pad, n, mb_n, k_step) = (cfg.k_pad(), cfg.n, cfg.m_tile / 8, 32 * cfg.k_tiles);
+    let x_stride = k_step + 8;
+    let (w_low, w_high) = (bnt * kt_n * 256, bnt * kt_n * 128);
+    let low_plane = n_tiles * k_tiles * 256;
+    let steps = cfg.k_steps();
+    let per_split = steps.div_ceil(cfg.split_k);
+    let adj = match (cfg.act, cfg.format) {
+        (Act::F16, _) => 1.0,
+        (Act::Bf16, Fp6Format::E3M2) => 1.0 / 4096.0,
+        (Act::Bf16, Fp6Format::E2M3) => 1.0 / 16384.0,
+    };
+    let (grid, block, _) = launch_geometry(cfg, m);
+    let threads = block[0] as usize;
+    let mut ws = vec![0f32; cfg.split_k * m * n];
+    let mut y = vec![0f32; m * n];
+    for bz in 0..grid[2] as usize {
+        for by in 0..grid[1] as usize {
+            for bx in 0..grid[0] as usize {
+                let (nt0, m0) = (bx * bnt, by * cfg.m_tile);
+                let (s0, s1) = ((bz * per_split).min(steps), ((bz + 1) * per_split).min(steps));
+                // acc[warp][lane][i][mb][4]
+                let mut acc = vec![[0f32; 4]; cfg.warps * 32 * wnt * mb_n];
+                let ai = |warp: usize, lane: usize, i: usize, mb: usize| ((warp * 32 + lane) * wnt + i) * mb_n + mb;
+                for step in s0..s1 {
+                    let mut st = vec![0xAAu8; cfg.stage_bytes()]; // garbage where nothing is copied
+                    let kt0 = step * kt_n;
+                    for tid in 0..threads {
+                        for c in (tid..bnt * kt_n * 16).step_by(threads) {
+                            let (i, r) = (c / (kt_n * 16), c % (kt_n * 16));
+                            let (nt, kt) = (nt0 + i, r / 16);
+                            let ok = nt < n_tiles && kt0 + kt < k_tiles;
+                            let src = (nt * k_tiles + kt0 + kt) * 256 + (r % 16) * 16;
+                            for b in 0..16 {
+                                st[c * 16 + b] = if ok { w[src + b] } else { 0 };
+                            }
+                        }
+                        for c in (tid..bnt * kt_n * 8).step_by(threads) {
+                            let (i, r) = (c / (kt_n * 8), c % (kt_n * 8));
+                            let (nt, kt) = (nt0 + i, r / 8);
+                            let ok = nt < n_tiles && kt0 + kt < k_tiles;
+                            let src = low_plane + (nt * k_tiles + kt0 + kt) * 128 + (r % 8) * 16;
+                            for b in 0..16 {
+                                st[w_low + c * 16 + b] = if ok { w[src + b] } else { 0 };
+                            }
+                        }
+                        for c in (tid..cfg.m_tile * (k_step / 8)).step_by(threads) {
+                            let (row, col) = (c / (k_step / 8), (c % (k_step / 8)) * 8);
+                            let (gm, gk) = (m0 + row, kt0 * 32 + col);
+                            let ok = gm < m && gk < k_pad;
+                            for h in 0..8 {
+                                let v = if ok { x[gm * k_pad + gk + h] } else { 0 };
+                                let d = w_low + w_high + (row * x_stride + col + h) * 2;
+                                st[d..d + 2].copy_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                    }
+                    let word = |byte: usize| u32::from_le_bytes(st[byte..byte + 4].try_into().unwrap());
+                    let half_at =
+                        |idx: usize| u16::from_le_bytes(st[w_low + w_high + 2 * idx..w_low + w_high + 2 * idx + 2].try_into().unwrap());
+                    for warp in 0..cfg.warps {
+                        for kt in 0..kt_n {
+                            for hf in 0..2u32 {
+                                for i in 0..wnt {
+                                    let tile = (warp * wnt + i) * kt_n + kt;
+                                    // A[16][16] and, per token block, B[16][8] from all lanes' registers.
+                                    let mut a = [[0f32; 16]; 16];
+                                    for lane in 0..32 {
+                                        let (g, t) = (lane / 4, lane % 4);
+                                        let low = word(4 * (tile * 64 + hf as usize * 32 + lane));
+                                        let high = word(w_low + 4 * (tile * 32 + lane));
+                                        for pair in 0..4u32 {
+                                            let (v, s) = mirror_fp6_to_x2(low, high, hf, pair, cfg.format, cfg.act);
+                                            for q in 0..2 {
+                                                let e = 2 * pair as usize + q;
+                                                let val = act_to_f32((v >> (16 * q)) as u16, cfg.act)
+                                                    - act_to_f32((s >> (16 * q)) as u16, cfg.act);
+                                                a[g + 8 * ((e >> 1) & 1)][2 * t + (e & 1) + 8 * (e >> 2)] = val;
+                                            }
+                                        }
+                                    }
+                                    for mb in 0..mb_n {
+                                        let mut b = [[0f32; 8]; 16];
+                                        for lane in 0..32 {
+                                            let (g, t) = (lane / 4, lane % 4);
+                                            let p = (mb * 8 + g) * x_stride + kt * 32 + hf as usize * 16 + 2 * t;
+                                            for (r, off) in [(0, 0), (1, 8)] {
+                                                for q in 0..2 {
+                                                    b[2 * t + q + 8 * r][g] = act_to_f32(half_at(p + off + q), cfg.act);
+                                                }
+                                            }
+                                        }
+                                        for lane in 0..32 {
+                                            let (g, t) = (lane / 4, lane % 4);
+                                            let c = &mut acc[ai(warp, lane, i, mb)];
+                                            for (ci, (row, col)) in
+                                                [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)].into_iter().enumerate()
+                                            {
+                                                c[ci] += (0..16).map(|kk| a[row][kk] * b[kk][col]).sum::<f32>();
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // Epilogue.
+                for warp in 0..cfg.warps {
+                    for lane in 0..32 {
+                        let (g, t) = (lane / 4, lane % 4);
+                        for i in 0..wnt {
+                            for hrow in 0..2 {
+                                let ch = (nt0 + warp * wnt + i) * 16 + g + 8 * hrow;
+                                if ch >= n {
+                                    continue;
+                                }
+                                for mb in 0..mb_n {
+                                    for q in 0..2 {
+                                        let tok = m0 + mb * 8 + 2 * t + q;
+                                        if tok >= m {
+                                            continue;
+                                        }
+                                        let v = acc[ai(warp, lane, i, mb)][2 * hrow + q];
+                                        if cfg.split_k == 1 {
+                                            y[tok * n + ch] = v * (scales[ch] * adj) + bias.map_or(0.0, |b| b[ch]);
+                                        } else {
+                                            ws[(bz * m + tok) * n + ch] = v;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if cfg.split_k > 1 {
+        for idx in 0..m * n {
+            let s: f32 = (0..cfg.split_k).map(|z| ws[z * m * n + idx]).sum();
+            y[idx] = s * (scales[idx % n] * adj) + bias.map_or(0.0, |b| b[idx % n]);
+        }
+    }
+    y
+}
+
+/// The kernel's index math and arithmetic, emulated, match decode-then-multiply on random
+/// data for awkward shapes, both formats, both activation types, split or not.
+#[test]
+fn emulated_kernel_matches_the_reference() {
+    use fpx_quant::layout::{pack, PackedShape};
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let cases = [
+        (100, 70, 3, 108, None),
+        (40, 200, 17, 132, None),
+        (
+            33,
+            96,
+            9,
+            108,
+            Some(GemmConfig { warps: 3, warp_ntiles: 1, k_tiles: 1, stages: 2, split_k: 2, ..heuristic_config(33, 96, 9, 108) }),
+        ),
+        (257, 64, 1, 132, None),
+        (48, 130, 70, 108, Some(GemmConfig { split_k: 3, ..heuristic_config(48, 130, 70, 108) })),
+        (16, 32, 8, 108, None),
+    ];
+    for (n, k, m, sms, custom) in cases {
+        for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
+            for act in [Act::F16, Act::Bf16] {
+                let cfg = GemmConfig { format, act, ..custom.clone().unwrap_or_else(|| heuristic_config(n, k, m, sms)) };
+                cfg.validate().unwrap();
+                let qf = format.quant_format();
+                let codes: Vec<u8> = (0..n * k).map(|_| (rng.next() & 63) as u8).collect();
+                let w = pack(&codes, &PackedShape::new(n, k, 6));
+                let true_scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.unit().abs() * 0.1).collect();
+                let stored: Vec<f32> = true_scales.iter().map(|s| s * fpx_quant::fold::storage_factor(qf)).collect();
+                let bias: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+                let k_pad = cfg.k_pad();
+                let mut x = vec![0u16; m * k_pad];
+                let mut xf = vec![0f32; m * k];
+                for r in 0..m {
+                    for c in 0..k {
+                        let v = rng.unit() * 4.0;
+                        x[r * k_pad + c] = match act {
+                            Act::F16 => half::f16::from_f32(v).to_bits(),
+                            Act::Bf16 => half::bf16::from_f32(v).to_bits(),
+                        };
+                        xf[r * k + c] = act_to_f32(x[r * k_pad + c], act);
+                    }
+                }
+                let y = emulate(&cfg, &x, &w, &stored, Some(&bias), m);
+                for r in 0..m {
+                    for c in 0..n {
+                        let (mut want, mut mag) = (0f64, 0f64);
+                        for kk in 0..k {
+                            let t = xf[r * k + kk] as f64 * qf.decode(codes[c * k + kk]) as f64;
+                            want += t;
+                            mag += t.abs();
+                        }
+                        let want = want * true_scales[c] as f64 + bias[c] as f64;
+                        let got = y[r * n + c] as f64;
+                        let tol = 1e-5 * (mag * true_scales[c] as f64 + 1.0);
+                        assert!((got - want).abs() <= tol, "{} y[{r}][{c}] = {got}, want {want}", cfg.kernel_name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The emulation above transcribes these lines of the template; if they change, it must too.
+#[test]
+fn emulation_mirrors_the_template_text() {
+    for needle in [
+        "W + ((fpx_u64)nt * K_TILES + kt0 + kt) * 256 + (r % 16) * 16",
+        "W + LOW_PLANE_BYTES + ((fpx_u64)nt * K_TILES + kt0 + kt) * 128 + (r % 8) * 16",
+        "const int i = c / (KT * 16), r = c % (KT * 16), kt = r / 16;",
+        "const int i = c / (KT * 8), r = c % (KT * 8), kt = r / 8;",
+        "const int row = c / (K_STEP / 8), col = (c % (K_STEP / 8)) * 8;",
+        "const bool ok = gm < M && gk < K_PAD;",
+        "X + (fpx_u64)gm * K_PAD + gk",
+        "(row * X_STRIDE + col) * 2",
+        "static constexpr int X_STRIDE = K_STEP + 8;",
+        "sx + (mb * 8 + g) * X_STRIDE + HALF * 16 + 2 * t",
+        "b[mb][1] = *(const fpx_u32*)(p + 8);",
+        "const int tile = (warp * WNT + i) * KT + kt;",
+        "lw[i][0] = slow[tile * 64 + lane];",
+        "lw[i][1] = slow[tile * 64 + 32 + lane];",
+        "hw[i] = shigh[tile * 32 + lane];",
+        "mma_half<0>(acc, lw, hw, sx + kt * 32);",
+        "const int ch = (nt0 + warp * WNT + i) * 16 + g + 8 * hrow;",
+        "const int tok = m0 + mb * 8 + 2 * t + q;",
+        "const float v = acc[i][mb][2 * hrow + q];",
+        "Y[(fpx_u64)tok * N + ch] = from_f32<ACT>(v * sc + bi);",
+        "ws[((fpx_u64)blockIdx.z * M + tok) * N + ch] = v;",
+        "const int step_begin = blockIdx.z * STEPS_PER_SPLIT;",
+        "for (int z = 0; z < SPLIT_K; ++z) s += ws[(fpx_u64)z * total + idx];",
+    ] {
+        assert!(FP6_GEMM_TEMPLATE.contains(needle), "template changed: {needle}");
+    }
+}
