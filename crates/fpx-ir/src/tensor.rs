@@ -315,10 +315,10 @@ impl Tensor {
 
     /// The same data with another shape of the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Option<Tensor> {
-        dispatch!(self, a => {
-            let v: Vec<_> = a.iter().copied().collect();
-            ArrayD::from_shape_vec(IxDyn(shape), v).ok().map(Tensor::from)
-        })
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(self.len()) {
+            return None;
+        }
+        dispatch!(self, a => a.as_standard_layout().into_owned().into_shape_with_order(IxDyn(shape)).ok().map(Tensor::from))
     }
 }
 

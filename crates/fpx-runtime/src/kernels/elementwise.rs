@@ -52,8 +52,32 @@ macro_rules! same_type2 {
     };
 }
 
-/// Applies `f` elementwise over two arrays with numpy broadcasting.
+/// True when `small`, without leading 1s, is the trailing block of `big` and no longer than it:
+/// then broadcasting repeats `small` over `big`'s contiguous chunks.
+fn is_trailing_block(big: &[usize], small: &[usize]) -> bool {
+    let lead = small.iter().take_while(|&&d| d == 1).count();
+    let core = &small[lead..];
+    small.len() <= big.len() && big.ends_with(core)
+}
+
+/// Applies `f` elementwise over two arrays with numpy broadcasting. Contiguous inputs of equal
+/// shape, or where one is a trailing block of the other (a bias over the last dims), take a
+/// flat loop; everything else goes through ndarray's broadcasting.
 pub(crate) fn zip2<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, KernelError> {
+    if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
+        if a.shape() == b.shape() {
+            let v = x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect();
+            return Ok(ArrayD::from_shape_vec(a.raw_dim(), v).expect("same shape"));
+        }
+        if !y.is_empty() && is_trailing_block(a.shape(), b.shape()) {
+            let v = x.chunks_exact(y.len()).flat_map(|c| c.iter().zip(y).map(|(&p, &q)| f(p, q))).collect();
+            return Ok(ArrayD::from_shape_vec(a.raw_dim(), v).expect("a's shape"));
+        }
+        if !x.is_empty() && is_trailing_block(b.shape(), a.shape()) {
+            let v = y.chunks_exact(x.len()).flat_map(|c| x.iter().zip(c).map(|(&p, &q)| f(p, q))).collect();
+            return Ok(ArrayD::from_shape_vec(b.raw_dim(), v).expect("b's shape"));
+        }
+    }
     if a.shape() == b.shape() {
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
@@ -75,6 +99,15 @@ fn float_unary(t: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor, KernelError
     Ok(float_only!(t, a => map_num(a, &f, |x| x)))
 }
 
+/// Like [`float_unary`], with an f32 implementation for f32 tensors (faster where the f64 one
+/// is costly, e.g. `erf`).
+fn float_unary_f32(t: &Tensor, f32_fn: fn(f32) -> f32, f: impl Fn(f64) -> f64) -> Result<Tensor, KernelError> {
+    match t {
+        Tensor::F32(a) => Ok(Tensor::from(a.mapv(f32_fn))),
+        other => float_unary(other, f),
+    }
+}
+
 fn numeric_unary(t: &Tensor, ff: impl Fn(f64) -> f64, fi: impl Fn(i64) -> i64) -> Result<Tensor, KernelError> {
     Ok(numeric!(t, a => map_num(a, &ff, &fi)))
 }
@@ -90,7 +123,9 @@ macro_rules! unary_kernel {
 unary_kernel!(sqrt, f64::sqrt);
 unary_kernel!(exp, f64::exp);
 unary_kernel!(log, f64::ln);
-unary_kernel!(erf, libm::erf);
+fn erf(_: &Node, i: &[Option<&Tensor>]) -> Res {
+    Ok(vec![float_unary_f32(arg(i, 0)?, libm::erff, libm::erf)?])
+}
 unary_kernel!(tanh, f64::tanh);
 unary_kernel!(sigmoid, |x: f64| 1.0 / (1.0 + (-x).exp()));
 unary_kernel!(reciprocal, |x: f64| 1.0 / x);
@@ -119,7 +154,11 @@ fn leaky_relu(n: &Node, i: &[Option<&Tensor>]) -> Res {
 fn gelu(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let t = arg(i, 0)?;
     let out = match n.attr_s("approximate", "none") {
-        "none" => float_unary(t, |x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)))?,
+        "none" => float_unary_f32(
+            t,
+            |x| 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            |x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        )?,
         "tanh" => float_unary(t, |x| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()))?,
         other => kbail!("unknown approximate mode '{other}' (expected 'none' or 'tanh')"),
     };
@@ -143,7 +182,7 @@ fn cast(n: &Node, i: &[Option<&Tensor>]) -> Res {
     Ok(vec![arg(i, 0)?.cast(dt)])
 }
 
-fn arith<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, ff: fn(f64, f64) -> f64, fi: fn(i64, i64) -> i64) -> Result<Tensor, KernelError> {
+fn arith<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, ff: impl Fn(f64, f64) -> f64, fi: impl Fn(i64, i64) -> i64) -> Result<Tensor, KernelError> {
     if T::DTYPE == DType::Bool {
         kbail!("arithmetic on bool tensors is not supported");
     }
@@ -178,7 +217,7 @@ fn pow(_: &Node, i: &[Option<&Tensor>]) -> Res {
     Ok(vec![numeric!(base, a => pow_t(a, &ev)?)])
 }
 
-fn compare<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, f: fn(&T, &T) -> bool) -> Result<Tensor, KernelError> {
+fn compare<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, f: impl Fn(&T, &T) -> bool) -> Result<Tensor, KernelError> {
     Ok(Tensor::from(zip2(x, y, |p, q| f(&p, &q))?))
 }
 
