@@ -3,6 +3,7 @@
 
 use crate::common::{max_abs_diff, npy, repo_root, shared_model_dir, skip, TempDir};
 use fpx::ir::Tensor;
+use fpx::quant::Format;
 use fpx::report::{cosine, mean_pool};
 use fpx::{CompileOptions, QuantizeOptions, WeightScheme};
 use std::path::Path;
@@ -11,7 +12,7 @@ fn fpx_cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_fpx")).args(args).output().expect("fpx runs")
 }
 
-fn options(format: fpx::quant::Format) -> CompileOptions {
+fn options(format: Format) -> CompileOptions {
     CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(format)), ..CompileOptions::default() }
 }
 
@@ -35,7 +36,7 @@ fn artifact_matches_reference(model: &Path, inputs: Vec<(String, Tensor)>, opts:
 fn example_compiles_for_every_cpu_format_and_matches_the_reference_path() {
     let ex = repo_root().join("examples/tiny-transformer");
     let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
-    for f in [fpx::quant::Format::Fp6E3M2, fpx::quant::Format::Fp6E2M3, fpx::quant::Format::Fp4E2M1, fpx::quant::Format::Int4] {
+    for f in [Format::Fp6E3M2, Format::Fp6E2M3, Format::Fp5E2M2, Format::Fp4E2M1, Format::Int4, Format::Int8] {
         artifact_matches_reference(&ex.join("model.onnx"), x.clone(), &options(f), 1e-5);
     }
     let grouped = CompileOptions {
@@ -53,7 +54,7 @@ fn minilm_artifact_keeps_the_fp6_bars() {
     };
     let inputs: Vec<(String, Tensor)> =
         ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| (n.to_string(), npy(&dir.join(format!("{n}.npy"))))).collect();
-    let out = artifact_matches_reference(&dir.join("model.onnx"), inputs, &options(fpx::quant::Format::Fp6E3M2), 1e-5);
+    let out = artifact_matches_reference(&dir.join("model.onnx"), inputs, &options(Format::Fp6E3M2), 1e-5);
     let mask = npy(&dir.join("attention_mask.npy"));
     let reference = npy(&dir.join("ref_sentence_embedding.npy"));
     let d = reference.shape()[1];

@@ -90,7 +90,8 @@ struct CompileArgs {
     /// Where to write the artifact (written to a temporary file, then renamed).
     #[arg(short, long, value_name = "OUT.fpx")]
     output: PathBuf,
-    /// Weight scheme: fp6-e3m2 | fp6-e2m3 | fp6-auto | fp4-e2m1 | int4 (CPU kernels exist for these).
+    /// Weight scheme: fp6-e3m2 | fp6-e2m3 | fp6-auto | fp5-e2m2 | fp4-e2m1 | int4 | int8. fp6-auto picks, per
+    /// layer, the 6-bit format with the lower weight error.
     #[arg(long, value_name = "SCHEME", default_value = "fp6-e3m2")]
     weights: String,
     /// Quantization group size along K (default: one scale per output channel).
