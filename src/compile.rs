@@ -143,11 +143,11 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     }
     let specs: Vec<KernelSpec> = nodes.iter().map(|(_, s)| *s).collect();
     let mut cpu = Vec::new();
-    let mut distinct = specs.clone();
-    distinct.sort_by_key(|s| (s.format.name(), s.k, s.n, s.group_size));
-    distinct.dedup();
+    let mut distinct_kernels = 0;
     if !specs.is_empty() {
         let compiled = fpx_llvm::compile_cpu(&specs, options.cpu)?;
+        // compile_cpu deduplicates specs and emits each in every variant.
+        distinct_kernels = compiled.symbols.len() / Variant::ALL.len();
         let kernels = nodes
             .iter()
             .map(|(node, s)| KernelEntry { node: node.clone(), gemv: s.symbol(Variant::Gemv), gemm: s.symbol(Variant::Gemm) })
@@ -160,7 +160,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     metadata.insert("group_size".to_string(), options.quantize.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
     metadata.insert("scale_search".to_string(), options.quantize.scale_search.to_string());
     metadata.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
-    Ok(Compiled { contents: ArtifactContents { graph, cpu, metadata }, quantization, kernels: distinct.len() })
+    Ok(Compiled { contents: ArtifactContents { graph, cpu, metadata }, quantization, kernels: distinct_kernels })
 }
 
 /// A loaded artifact, ready to run: its graph on the CPU executor, QuantMatMul nodes through

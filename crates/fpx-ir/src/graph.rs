@@ -167,7 +167,7 @@ impl Graph {
         &self.values[id.0 as usize]
     }
 
-    /// Mutable access to a value's type or constant data (its producer and consumers are kept by the graph).
+    /// Sets a value's static type (its producer, consumers and data are kept by the graph).
     pub fn set_type(&mut self, id: ValueId, ty: Option<TensorType>) {
         self.values[id.0 as usize].ty = ty;
     }

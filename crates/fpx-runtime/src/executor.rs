@@ -251,16 +251,21 @@ fn run_native(q: &NativeQmm, node: &Node, args: &[Option<&Tensor>]) -> Result<Ve
         return Err(KernelError::new(format!("X has shape {:?}, but the weight has K = {k}", x.shape())));
     }
     let (Tensor::U8(p), Tensor::F32(s)) = (packed, scales) else { return Err(KernelError::new("packed must be uint8 and scales float")) };
-    let xv: Vec<f32> = match x {
-        Tensor::F32(a) if a.is_standard_layout() => a.as_slice().expect("standard").to_vec(),
-        other => other.to_f32().iter().copied().collect(),
+    // Borrow X when it already is contiguous f32 (the common case); convert otherwise.
+    let converted: Vec<f32>;
+    let xv: &[f32] = match x {
+        Tensor::F32(a) if a.is_standard_layout() => a.as_slice().expect("standard"),
+        other => {
+            converted = other.to_f32().iter().copied().collect();
+            &converted
+        }
     };
     let m = xv.len() / k.max(1);
     let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
     let mut y = vec![0f32; m * n];
     let p = p.as_standard_layout();
     let s = s.as_standard_layout();
-    q.run(&xv, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
+    q.run(xv, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
     let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
