@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub enum Target {
     /// CPU kernels generated with LLVM.
     Cpu,
-    /// PTX for NVIDIA GPUs (not built yet: the CUDA backend is its own issue).
+    /// PTX for NVIDIA GPUs (sm_80 and sm_90) through NVRTC; FP6 weights, per-channel scales.
     Cuda,
     /// Both.
     All,
@@ -56,15 +56,17 @@ pub enum Stage {
     Simplify,
     /// Quantizing weights.
     Quantize,
-    /// Generating and linking kernels.
+    /// Generating and linking CPU kernels.
     Codegen,
+    /// Compiling GPU kernels to PTX.
+    GpuCodegen,
     /// Building the artifact.
     Package,
 }
 
 impl Stage {
     /// Every stage in order.
-    pub const ALL: [Stage; 5] = [Stage::Import, Stage::Simplify, Stage::Quantize, Stage::Codegen, Stage::Package];
+    pub const ALL: [Stage; 6] = [Stage::Import, Stage::Simplify, Stage::Quantize, Stage::Codegen, Stage::GpuCodegen, Stage::Package];
 
     /// A short label.
     pub fn label(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Stage {
             Stage::Simplify => "simplify",
             Stage::Quantize => "quantize weights",
             Stage::Codegen => "generate CPU kernels (LLVM)",
+            Stage::GpuCodegen => "generate GPU kernels (NVRTC)",
             Stage::Package => "package",
         }
     }
@@ -103,7 +106,7 @@ impl Compiled {
 }
 
 /// The kernel spec of a QuantMatMul node.
-fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
+pub(crate) fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
     let format = Format::parse(node.attr_s("format", ""))?;
     Some(KernelSpec {
         format,
@@ -120,9 +123,6 @@ pub fn compile(path: &Path, options: &CompileOptions) -> Result<Compiled, Error>
 
 /// [`compile`], calling `progress` as each stage starts.
 pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress: impl FnMut(Stage)) -> Result<Compiled, Error> {
-    if options.target != Target::Cpu {
-        return Err(fpx_passes::PassError::Option("--target cuda/all: the CUDA backend is not built yet; use --target cpu".into()).into());
-    }
     options.quantize.validate()?;
     progress(Stage::Import);
     let mut graph: Graph = fpx_onnx::load_model(path)?;
@@ -144,7 +144,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     let specs: Vec<KernelSpec> = nodes.iter().map(|(_, s)| *s).collect();
     let mut cpu = Vec::new();
     let mut distinct_kernels = 0;
-    if !specs.is_empty() {
+    if options.target != Target::Cuda && !specs.is_empty() {
         let compiled = fpx_llvm::compile_cpu(&specs, options.cpu)?;
         // compile_cpu deduplicates specs and emits each in every variant.
         distinct_kernels = compiled.symbols.len() / Variant::ALL.len();
@@ -154,13 +154,15 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
             .collect();
         cpu.push(CpuCode { target: compiled.target, features: compiled.features, shared_object: compiled.shared_object, kernels });
     }
+    progress(Stage::GpuCodegen);
+    let ptx = if options.target == Target::Cpu { Vec::new() } else { crate::gpu_codegen::ptx_code(&nodes)? };
     progress(Stage::Package);
     let mut metadata = BTreeMap::new();
     metadata.insert("weights".to_string(), options.quantize.scheme.name().to_string());
     metadata.insert("group_size".to_string(), options.quantize.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
     metadata.insert("scale_search".to_string(), options.quantize.scale_search.to_string());
     metadata.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
-    Ok(Compiled { contents: ArtifactContents { graph, cpu, metadata }, quantization, kernels: distinct_kernels })
+    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels: distinct_kernels })
 }
 
 /// A loaded artifact, ready to run: its graph on the CPU executor, QuantMatMul nodes through

@@ -12,11 +12,13 @@
 
 pub mod bench;
 mod compile;
+mod gpu_codegen;
 pub mod report;
 mod summary;
 
 pub use compile::{compile, compile_with_progress, load, CompileOptions, Compiled, Loaded, Stage, Target};
 pub use fpx_artifact as artifact;
+pub use fpx_cuda as cuda;
 pub use fpx_ir as ir;
 pub use fpx_llvm as llvm;
 pub use fpx_onnx as onnx;
@@ -24,7 +26,7 @@ pub use fpx_passes as passes;
 pub use fpx_passes::{QuantSummary, QuantizeOptions, WeightScheme};
 pub use fpx_quant as quant;
 pub use fpx_runtime as runtime;
-pub use summary::{weight_matmuls, ArtifactSummary, IoSpec, ModelSummary, WeightMatmul};
+pub use summary::{weight_matmuls, ArtifactSummary, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
@@ -53,6 +55,9 @@ pub enum Error {
     /// Writing or reading an artifact failed.
     #[error(transparent)]
     Artifact(#[from] fpx_artifact::ArtifactError),
+    /// Generating or running GPU code failed (NVRTC, the CUDA driver).
+    #[error(transparent)]
+    Cuda(#[from] fpx_cuda::CudaError),
 }
 
 /// Largest constant (in elements) that constant folding may create.

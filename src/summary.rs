@@ -150,6 +150,19 @@ pub struct CpuCodeSpec {
     pub kernels: Vec<(String, String, String)>,
 }
 
+/// The GPU code of an artifact for one architecture, for `fpx inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PtxCodeSpec {
+    /// The architecture, e.g. `sm_90`.
+    pub arch: String,
+    /// The SM count the tile configs were planned for.
+    pub sm_count: u32,
+    /// (module name, PTX bytes, entry points).
+    pub modules: Vec<(String, usize, Vec<String>)>,
+    /// (node, max M (0 = any larger), kernel, tile config).
+    pub gemms: Vec<(String, u64, String, String)>,
+}
+
 /// A summary of an `.fpx` artifact: manifest, sections, kernels, targets.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArtifactSummary {
@@ -167,6 +180,8 @@ pub struct ArtifactSummary {
     pub sections: Vec<SectionSpec>,
     /// CPU code per target.
     pub cpu: Vec<CpuCodeSpec>,
+    /// GPU code per architecture.
+    pub gpu: Vec<PtxCodeSpec>,
 }
 
 impl ArtifactSummary {
@@ -192,6 +207,16 @@ impl ArtifactSummary {
                     shared_object_bytes: c.shared_object.len(),
                     runs_here: fpx_runtime::native::missing_cpu_features(c.features).is_empty(),
                     kernels: c.kernels.iter().map(|k| (k.node.clone(), k.gemv.clone(), k.gemm.clone())).collect(),
+                })
+                .collect(),
+            gpu: a
+                .ptx_code()
+                .into_iter()
+                .map(|p| PtxCodeSpec {
+                    arch: p.arch.to_string(),
+                    sm_count: p.sm_count,
+                    modules: p.modules.iter().map(|m| (m.name.to_string(), m.ptx.len(), m.entries.to_vec())).collect(),
+                    gemms: p.gemms.iter().map(|g| (g.node.clone(), g.max_m, g.kernel.clone(), g.config.clone())).collect(),
                 })
                 .collect(),
         }
@@ -243,6 +268,25 @@ impl ArtifactSummary {
             }
             if c.kernels.len() > 8 {
                 let _ = writeln!(s, "  ... {} more", c.kernels.len() - 8);
+            }
+        }
+        for p in &self.gpu {
+            let bytes: usize = p.modules.iter().map(|m| m.1).sum();
+            let _ = writeln!(
+                s,
+                "gpu code: {} (tiles for {} SMs), {} PTX modules, {:.1} KB, {} GEMM choices (`--dump-ptx DIR` writes the PTX)",
+                p.arch,
+                p.sm_count,
+                p.modules.len(),
+                bytes as f64 / 1e3,
+                p.gemms.len()
+            );
+            for (node, max_m, kernel, _) in p.gemms.iter().take(8) {
+                let range = if *max_m == 0 { "larger M".to_string() } else { format!("M <= {max_m}") };
+                let _ = writeln!(s, "  {node} ({range}): {kernel}");
+            }
+            if p.gemms.len() > 8 {
+                let _ = writeln!(s, "  ... {} more", p.gemms.len() - 8);
             }
         }
         let _ = writeln!(s, "--- graph ---");

@@ -149,3 +149,107 @@ fn damaged_foreign_and_unrunnable_artifacts_are_clear_errors() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.code() == Some(1) && err.contains("no-such-feature") && err.contains("recompile"), "{err}");
 }
+
+/// `--target all`: PTX for sm_80 and sm_90 in the artifact, one config per M range per node
+/// (exactly the heuristic's), `inspect --dump-ptx` writes modules that ptxas accepts, and the
+/// CPU side runs exactly as a CPU-only artifact.
+#[test]
+fn gpu_code_goes_into_the_artifact() {
+    if let Err(e) = fpx::cuda::load_nvrtc(None) {
+        return skip("gpu_code_goes_into_the_artifact", &format!("NVRTC is not loadable ({e}); scripts/setup.sh installs it"));
+    }
+    let ex = repo_root().join("examples/tiny-transformer");
+    let model = ex.join("model.onnx");
+    let dir = TempDir::new("art-gpu");
+    let (all, cpu_only) = (dir.join("all.fpx"), dir.join("cpu.fpx"));
+    let o = fpx_cli(&["compile", model.to_str().unwrap(), "-o", all.to_str().unwrap(), "--target", "all", "-q"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for needle in ["cpu code: x86-64-v3", "gpu code: sm_80 (tiles planned for 108 SMs)", "gpu code: sm_90 (tiles planned for 132 SMs)"] {
+        assert!(stdout.contains(needle), "'{needle}' missing from:\n{stdout}");
+    }
+    assert!(fpx_cli(&["compile", model.to_str().unwrap(), "-o", cpu_only.to_str().unwrap(), "-q"]).status.success());
+
+    let a = fpx::artifact::Artifact::open(&all).unwrap();
+    let graph = a.graph().unwrap();
+    let shapes: Vec<(String, usize, usize)> = graph
+        .node_ids()
+        .into_iter()
+        .map(|id| graph.node(id))
+        .filter(|n| n.op_type == "QuantMatMul")
+        .map(|n| (n.name.clone(), n.attr_i("n", 0) as usize, n.attr_i("k", 0) as usize))
+        .collect();
+    assert_eq!(shapes.len(), 13);
+    let code = a.ptx_code();
+    assert_eq!(code.iter().map(|p| p.arch).collect::<Vec<_>>(), ["sm_80", "sm_90"]);
+    for p in &code {
+        for (node, n, k) in &shapes {
+            let want = fpx::cuda::config::configs_by_m(fpx::cuda::Fp6Format::E3M2, fpx::cuda::Act::F16, *n, *k, p.sm_count as usize);
+            let got: Vec<_> = p.gemms.iter().filter(|g| &g.node == node).collect();
+            assert_eq!(got.len(), want.len(), "{node} on {}", p.arch);
+            for (g, (max_m, cfg)) in got.iter().zip(&want) {
+                assert_eq!(g.max_m, *max_m as u64);
+                assert_eq!(&g.config.parse::<fpx::cuda::GemmConfig>().unwrap(), cfg);
+                assert_eq!(g.kernel, cfg.kernel_name());
+                let module = p.modules.iter().find(|m| m.name == g.module).expect("module");
+                assert!(module.ptx.contains(&format!(".entry {}(", g.kernel)), "{} lacks its entry", g.module);
+            }
+        }
+    }
+
+    let dump = dir.join("ptx");
+    let o = fpx_cli(&["inspect", all.to_str().unwrap(), "--dump-ptx", dump.to_str().unwrap()]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("gpu code: sm_90"), "{}", String::from_utf8_lossy(&o.stderr));
+    for p in &code {
+        let files: Vec<_> = std::fs::read_dir(dump.join(p.arch)).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), p.modules.len());
+        // One module per architecture through ptxas (the fpx-cuda tests cover every config).
+        if fpx::cuda::find_ptxas().is_some() {
+            let m = &p.modules[0];
+            let arch = if p.arch == "sm_80" { fpx::cuda::Arch::Sm80 } else { fpx::cuda::Arch::Sm90 };
+            let ptx = fpx::cuda::Ptx {
+                arch,
+                kernel: m.entries[0].clone(),
+                reduce_kernel: m.entries.get(1).cloned(),
+                src: std::fs::read_to_string(dump.join(p.arch).join(format!("{}.ptx", m.name))).unwrap().into(),
+            };
+            let report = fpx::cuda::ptxas_check(&ptx, arch).unwrap();
+            assert!(report.kernels.iter().all(|k| k.spill_stores == 0 && k.spill_loads == 0), "{report:?}");
+        }
+    }
+
+    // The PTX does not change what runs on the CPU.
+    let input = format!("input={}", ex.join("input.npy").display());
+    let (out_all, out_cpu) = (dir.join("out-all"), dir.join("out-cpu"));
+    for (art, out) in [(&all, &out_all), (&cpu_only, &out_cpu)] {
+        let o = fpx_cli(&["run", art.to_str().unwrap(), "--input", &input, "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(out_all.join("output.npy")).unwrap(), std::fs::read(out_cpu.join("output.npy")).unwrap());
+}
+
+/// What the GPU GEMM cannot take is refused at compile time, naming the node; `--dump-ptx`
+/// without GPU code says so.
+#[test]
+fn gpu_target_errors_name_the_node_and_the_fix() {
+    let ex = repo_root().join("examples/tiny-transformer");
+    let model = ex.join("model.onnx");
+    let dir = TempDir::new("art-gpu-err");
+    let out = dir.join("x.fpx");
+    for (extra, needle) in [
+        (&["--weights", "int4"][..], "has int4 weights; the GPU GEMM takes fp6-e3m2 or fp6-e2m3"),
+        (&["--group-size", "32"][..], "is quantized with groups of 32 along K; the GPU GEMM takes one scale per output channel"),
+    ] {
+        let mut args = vec!["compile", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--target", "cuda", "-q"];
+        args.extend_from_slice(extra);
+        let o = fpx_cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && err.contains("node '"), "{args:?}: {err}");
+        assert!(!out.exists(), "nothing is written on failure");
+    }
+    assert!(fpx_cli(&["compile", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"]).status.success());
+    let o = fpx_cli(&["inspect", out.to_str().unwrap(), "--dump-ptx", dir.join("ptx").to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("the artifact has no GPU code"));
+    let o = fpx_cli(&["inspect", model.to_str().unwrap(), "--dump-ptx", dir.join("ptx").to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is not an .fpx artifact"));
+}

@@ -79,6 +79,9 @@ An artifact contains native code: load only artifacts you trust."
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Write every PTX module of an artifact to DIR/<arch>/<module>.ptx (the folder is created).
+        #[arg(long, value_name = "DIR")]
+        dump_ptx: Option<PathBuf>,
     },
 }
 
@@ -100,7 +103,8 @@ struct CompileArgs {
     /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
     #[arg(long)]
     scale_search: bool,
-    /// Which code to generate: cpu (cuda and all come with the CUDA backend).
+    /// Which code to generate: cpu (LLVM), cuda (PTX for sm_80 and sm_90 via NVRTC; needs FP6 weights with one scale
+    /// per output channel, and NVRTC 13.0: scripts/setup.sh installs it), or all (both).
     #[arg(long, value_name = "cpu|cuda|all", default_value = "cpu")]
     target: String,
     /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), or native (this machine).
@@ -289,10 +293,17 @@ fn run(model_path: &Path, inputs: &[String], out_dir: &Path, quant: &QuantArgs) 
     Ok(())
 }
 
-fn inspect(model_path: &Path, json: bool) -> Result<()> {
+fn inspect(model_path: &Path, json: bool, dump_ptx: Option<&Path>) -> Result<()> {
     check_model_file(model_path, true)?;
+    if dump_ptx.is_some() && !is_artifact(model_path) {
+        bail!("--dump-ptx: '{}' is not an .fpx artifact (compile it with `fpx compile --target cuda` first)", model_path.display());
+    }
     if is_artifact(model_path) {
         let a = fpx::artifact::Artifact::open(model_path).with_context(|| format!("cannot open artifact '{}'", model_path.display()))?;
+        if let Some(dir) = dump_ptx {
+            let written = dump_ptx_modules(&a, dir)?;
+            eprintln!("wrote {written} PTX modules under {}", dir.display());
+        }
         let graph = a.graph()?;
         let summary = fpx::ArtifactSummary::of(&a, &graph);
         if json {
@@ -314,6 +325,27 @@ fn inspect(model_path: &Path, json: bool) -> Result<()> {
         print!("{}", summary.to_text());
     }
     Ok(())
+}
+
+/// Writes every PTX module of `a` to `dir/<arch>/<module>.ptx`; returns how many.
+fn dump_ptx_modules(a: &fpx::artifact::Artifact, dir: &Path) -> Result<usize> {
+    let code = a.ptx_code();
+    if code.is_empty() {
+        bail!("--dump-ptx: the artifact has no GPU code (compile with `fpx compile --target cuda` or `--target all`)");
+    }
+    let mut written = 0;
+    for p in &code {
+        let sub = dir.join(p.arch);
+        std::fs::create_dir_all(&sub).with_context(|| format!("cannot create folder '{}'", sub.display()))?;
+        for m in &p.modules {
+            // Module names come from the file: keep them to one plain path component.
+            let safe: String = m.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+            let path = sub.join(format!("{safe}.ptx"));
+            std::fs::write(&path, m.ptx).with_context(|| format!("cannot write '{}'", path.display()))?;
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 fn report(args: &ReportArgs) -> Result<()> {
@@ -430,6 +462,16 @@ fn compile(args: &CompileArgs) -> Result<()> {
             code.shared_object.len() as f64 / 1e3
         );
     }
+    for code in &compiled.contents.ptx {
+        let bytes: usize = code.modules.iter().map(|m| m.ptx.len()).sum();
+        println!(
+            "  gpu code: {} (tiles planned for {} SMs), {} PTX modules, {:.1} KB of PTX",
+            code.arch,
+            code.sm_count,
+            code.modules.len(),
+            bytes as f64 / 1e3
+        );
+    }
     println!("  artifact: {:.2} MB in {} sections", written.bytes as f64 / 1e6, written.sections);
     Ok(())
 }
@@ -452,7 +494,7 @@ fn main() {
         Command::Bench(args) => bench(args),
         Command::Compile(args) => compile(args),
         Command::Membw { threads, gib, json } => membw(*threads, *gib, *json),
-        Command::Inspect { model, json } => inspect(model, *json),
+        Command::Inspect { model, json, dump_ptx } => inspect(model, *json, dump_ptx.as_deref()),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -48,8 +48,8 @@ mod write;
 mod tests;
 
 pub use error::ArtifactError;
-pub use read::{Artifact, CpuCodeRef, SectionInfo, SectionKind};
-pub use write::{to_bytes, write, ArtifactContents, CpuCode, KernelEntry, WriteSummary};
+pub use read::{Artifact, CpuCodeRef, PtxCodeRef, PtxModuleRef, SectionInfo, SectionKind};
+pub use write::{to_bytes, write, ArtifactContents, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, WriteSummary};
 
 /// The format version this crate writes, and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -22,7 +22,7 @@ pub struct Manifest {
     /// Native CPU code, one entry per target.
     #[prost(message, repeated, tag = "4")]
     pub cpu_code: Vec<CpuCode>,
-    /// PTX, one entry per GPU architecture (reserved: not written yet).
+    /// PTX, one entry per GPU architecture.
     #[prost(message, repeated, tag = "5")]
     pub ptx_code: Vec<PtxCode>,
     /// Free-form key → value facts (e.g. the weight scheme).
@@ -315,13 +315,56 @@ pub struct Kernel {
     pub gemm: String,
 }
 
-/// PTX for one GPU architecture (reserved).
+/// GPU code for one architecture: PTX modules and each node's GEMM kernels per range of M.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PtxCode {
     /// The architecture, e.g. `sm_90`.
     #[prost(string, tag = "1")]
     pub arch: String,
+    /// The SM count the tile heuristic assumed.
+    #[prost(uint32, tag = "2")]
+    pub sm_count: u32,
+    /// The PTX modules (names unique within the architecture).
+    #[prost(message, repeated, tag = "3")]
+    pub modules: Vec<PtxModule>,
+    /// Per node, the GEMM kernel for each range of M (ascending `max_m`, the last 0 = any).
+    #[prost(message, repeated, tag = "4")]
+    pub gemms: Vec<GpuGemm>,
+}
+
+/// One PTX module: a section of PTX text and its entry points.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PtxModule {
+    /// The module's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
     /// The section holding the PTX text.
     #[prost(uint32, tag = "2")]
     pub section: u32,
+    /// Its kernel entry points.
+    #[prost(string, repeated, tag = "3")]
+    pub entries: Vec<String>,
+}
+
+/// The GEMM kernel one node launches for M up to `max_m`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GpuGemm {
+    /// The node's name.
+    #[prost(string, tag = "1")]
+    pub node: String,
+    /// Largest M this kernel is chosen for; 0 = any larger M.
+    #[prost(uint64, tag = "2")]
+    pub max_m: u64,
+    /// The module holding the kernels.
+    #[prost(string, tag = "3")]
+    pub module: String,
+    /// The GEMM entry point.
+    #[prost(string, tag = "4")]
+    pub kernel: String,
+    /// The split-K reduction entry point, empty if none.
+    #[prost(string, tag = "5")]
+    pub reduce: String,
+    /// The tile configuration as fpx-cuda writes it.
+    #[prost(string, tag = "6")]
+    pub config: String,
 }

@@ -3,7 +3,7 @@
 use crate::data::{checked_shape, dtype_from_code, tensor_from_bytes};
 use crate::manifest as pb;
 use crate::write::align_up;
-use crate::{ArtifactError, KernelEntry, FORMAT_VERSION, HEADER_LEN, MAGIC};
+use crate::{ArtifactError, GpuGemmEntry, KernelEntry, FORMAT_VERSION, HEADER_LEN, MAGIC};
 use fpx_ir::{Attribute, DType, Dim, Graph, Node, Tensor, TensorType, ValueId};
 use memmap2::Mmap;
 use prost::Message;
@@ -65,6 +65,30 @@ pub struct CpuCodeRef<'a> {
     pub kernels: &'a [KernelEntry],
 }
 
+/// GPU code of one architecture, borrowed from the artifact.
+#[derive(Debug, Clone)]
+pub struct PtxCodeRef<'a> {
+    /// The architecture, e.g. `sm_90`.
+    pub arch: &'a str,
+    /// The SM count the tile heuristic assumed.
+    pub sm_count: u32,
+    /// The PTX modules.
+    pub modules: Vec<PtxModuleRef<'a>>,
+    /// Per node, the GEMM kernel for each range of M (ascending `max_m`, the last 0 = any).
+    pub gemms: &'a [GpuGemmEntry],
+}
+
+/// One PTX module, borrowed from the artifact.
+#[derive(Debug, Clone, Copy)]
+pub struct PtxModuleRef<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The PTX text (checked to be UTF-8 when the file was opened).
+    pub ptx: &'a str,
+    /// Its kernel entry points.
+    pub entries: &'a [String],
+}
+
 /// The bytes of an artifact: a read-only memory map of the file, or a buffer.
 enum Bytes {
     Mapped(Mmap),
@@ -88,6 +112,21 @@ pub(crate) struct CpuEntry {
     kernels: Vec<KernelEntry>,
 }
 
+/// A checked PTX module entry.
+pub(crate) struct PtxModuleEntry {
+    name: String,
+    section: usize,
+    entries: Vec<String>,
+}
+
+/// A checked GPU code entry.
+pub(crate) struct PtxEntry {
+    arch: String,
+    sm_count: u32,
+    modules: Vec<PtxModuleEntry>,
+    gemms: Vec<GpuGemmEntry>,
+}
+
 /// An opened artifact: the file's bytes (memory-mapped) and its decoded, fully checked manifest.
 ///
 /// Opening checks the header, the format version, the manifest's checksum and contents (every
@@ -103,6 +142,7 @@ pub struct Artifact {
     manifest: pb::Manifest,
     sections: Vec<SectionInfo>,
     cpu: Vec<CpuEntry>,
+    ptx: Vec<PtxEntry>,
 }
 
 impl fmt::Debug for Artifact {
@@ -148,10 +188,19 @@ impl Artifact {
 
     fn parse(what: String, bytes: Bytes) -> Result<Artifact, ArtifactError> {
         let (version, manifest, sections) = parse_layout(&what, bytes.as_slice())?;
-        let cpu = check_code(&what, &manifest, &sections)?;
+        let (cpu, ptx) = check_code(&what, &manifest, &sections)?;
+        for p in &ptx {
+            for m in &p.modules {
+                let text = slice(bytes.as_slice(), &sections[m.section]).unwrap_or_default();
+                if let Err(e) = std::str::from_utf8(text) {
+                    let message = format!("the PTX of module '{}' for {} is not UTF-8 text ({e})", m.name, p.arch);
+                    return Err(ArtifactError::corrupt(&what, message));
+                }
+            }
+        }
         // Build the graph once without copying constants: every check `graph` makes happens now.
         build_graph(&what, &manifest, &sections, Constants::Check(bytes.as_slice()))?;
-        Ok(Artifact { what, bytes, version, manifest, sections, cpu })
+        Ok(Artifact { what, bytes, version, manifest, sections, cpu, ptx })
     }
 
     /// Rebuilds the graph; constants are copied out of the file into tensors.
@@ -168,6 +217,28 @@ impl Artifact {
                 features: &c.features,
                 shared_object: self.section_bytes(c.section),
                 kernels: &c.kernels,
+            })
+            .collect()
+    }
+
+    /// The GPU code entries (one per architecture), in file order.
+    pub fn ptx_code(&self) -> Vec<PtxCodeRef<'_>> {
+        self.ptx
+            .iter()
+            .map(|p| PtxCodeRef {
+                arch: &p.arch,
+                sm_count: p.sm_count,
+                modules: p
+                    .modules
+                    .iter()
+                    .map(|m| PtxModuleRef {
+                        name: &m.name,
+                        // Checked to be UTF-8 in `parse`.
+                        ptx: std::str::from_utf8(self.section_bytes(m.section)).unwrap_or_default(),
+                        entries: &m.entries,
+                    })
+                    .collect(),
+                gemms: &p.gemms,
             })
             .collect()
     }
@@ -327,7 +398,7 @@ fn parse_layout(what: &str, data: &[u8]) -> Result<(u32, pb::Manifest, Vec<Secti
 }
 
 /// Checks the CPU and PTX entries' section references.
-pub(crate) fn check_code(what: &str, m: &pb::Manifest, sections: &[SectionInfo]) -> Result<Vec<CpuEntry>, ArtifactError> {
+pub(crate) fn check_code(what: &str, m: &pb::Manifest, sections: &[SectionInfo]) -> Result<(Vec<CpuEntry>, Vec<PtxEntry>), ArtifactError> {
     let section = |i: u32, want: SectionKind, who: String| -> Result<usize, ArtifactError> {
         let s = sections.get(i as usize).ok_or_else(|| {
             ArtifactError::corrupt(what, format!("{who} refers to section #{i}, but there are only {} sections", sections.len()))
@@ -340,10 +411,15 @@ pub(crate) fn check_code(what: &str, m: &pb::Manifest, sections: &[SectionInfo])
         }
         Ok(i as usize)
     };
-    for p in &m.ptx_code {
-        section(p.section, SectionKind::Ptx, format!("the PTX for '{}'", p.arch))?;
+    let ptx = m.ptx_code.iter().map(|p| check_ptx(what, p, &section)).collect::<Result<Vec<_>, _>>()?;
+    let mut archs = BTreeMap::new();
+    for p in &ptx {
+        if archs.insert(p.arch.as_str(), ()).is_some() {
+            return Err(ArtifactError::corrupt(what, format!("the GPU code for '{}' is listed twice", p.arch)));
+        }
     }
-    m.cpu_code
+    let cpu = m
+        .cpu_code
         .iter()
         .map(|c| {
             Ok(CpuEntry {
@@ -357,7 +433,61 @@ pub(crate) fn check_code(what: &str, m: &pb::Manifest, sections: &[SectionInfo])
                     .collect(),
             })
         })
-        .collect()
+        .collect::<Result<_, ArtifactError>>()?;
+    Ok((cpu, ptx))
+}
+
+/// Checks one architecture's GPU code: modules point at PTX sections, names are unique, every
+/// GEMM names an existing module and entry, and each node's M ranges ascend and end with 0.
+fn check_ptx(
+    what: &str,
+    p: &pb::PtxCode,
+    section: &dyn Fn(u32, SectionKind, String) -> Result<usize, ArtifactError>,
+) -> Result<PtxEntry, ArtifactError> {
+    let bad = |message: String| ArtifactError::corrupt(what, format!("the GPU code for '{}': {message}", p.arch));
+    let mut modules: Vec<PtxModuleEntry> = Vec::with_capacity(p.modules.len());
+    for m in &p.modules {
+        if modules.iter().any(|e| e.name == m.name) {
+            return Err(bad(format!("module '{}' is listed twice", m.name)));
+        }
+        let s = section(m.section, SectionKind::Ptx, format!("PTX module '{}' for '{}'", m.name, p.arch))?;
+        modules.push(PtxModuleEntry { name: m.name.clone(), section: s, entries: m.entries.clone() });
+    }
+    let mut last_max: BTreeMap<&str, u64> = BTreeMap::new();
+    for g in &p.gemms {
+        let module = modules
+            .iter()
+            .find(|e| e.name == g.module)
+            .ok_or_else(|| bad(format!("node '{}' uses module '{}', which is not there", g.node, g.module)))?;
+        for entry in [&g.kernel, &g.reduce].into_iter().filter(|e| !e.is_empty()) {
+            if !module.entries.contains(entry) {
+                return Err(bad(format!("node '{}' uses kernel '{entry}', which module '{}' does not have", g.node, g.module)));
+            }
+        }
+        match last_max.insert(&g.node, g.max_m) {
+            Some(0) => return Err(bad(format!("node '{}' has a GEMM after its unbounded one", g.node))),
+            Some(prev) if g.max_m != 0 && g.max_m <= prev => {
+                return Err(bad(format!("node '{}' lists M ranges out of order ({prev}, then {})", g.node, g.max_m)))
+            }
+            _ => {}
+        }
+    }
+    if let Some((node, _)) = last_max.iter().find(|(_, &m)| m != 0) {
+        return Err(bad(format!("node '{node}' has no GEMM for large M (the last entry must have max_m 0)")));
+    }
+    let gemms = p
+        .gemms
+        .iter()
+        .map(|g| GpuGemmEntry {
+            node: g.node.clone(),
+            max_m: g.max_m,
+            module: g.module.clone(),
+            kernel: g.kernel.clone(),
+            reduce: g.reduce.clone(),
+            config: g.config.clone(),
+        })
+        .collect();
+    Ok(PtxEntry { arch: p.arch.clone(), sm_count: p.sm_count, modules, gemms })
 }
 
 fn dtype(what: &str, code: i32, who: &dyn Fn() -> String) -> Result<DType, ArtifactError> {

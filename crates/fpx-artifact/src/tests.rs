@@ -3,7 +3,7 @@
 
 use crate::manifest as pb;
 use crate::write::assemble;
-use crate::{to_bytes, Artifact, ArtifactContents, ArtifactError, CpuCode, KernelEntry, HEADER_LEN};
+use crate::{to_bytes, Artifact, ArtifactContents, ArtifactError, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, HEADER_LEN};
 use fpx_ir::{Attribute, DType, Graph, Node, Tensor, TensorType};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,7 +163,7 @@ fn proto_file_matches_the_prost_declarations() {
     let rust = rust_schema(include_str!("manifest.rs"));
     let proto = proto_schema(include_str!("../artifact.proto"));
     // The parsers found something (not two empty schemas agreeing).
-    assert!(rust.messages.len() == 19 && rust.messages["Manifest"].0.len() == 6, "{rust:#?}");
+    assert!(rust.messages.len() == 21 && rust.messages["Manifest"].0.len() == 6, "{rust:#?}");
     assert!(rust.messages["Attribute"].0.contains(&("f".to_string(), 2)), "{rust:#?}");
     assert!(rust.messages["Value"].0.contains(&("type".to_string(), 2)), "{rust:#?}");
     assert_eq!(rust.enums["SectionKind"].len(), 5, "{rust:#?}");
@@ -198,7 +198,25 @@ fn small_contents() -> ArtifactContents {
         shared_object: vec![7; 100],
         kernels: vec![KernelEntry { node: "add".into(), gemv: "g1".into(), gemm: "g2".into() }],
     }];
-    ArtifactContents { graph: g, cpu, metadata: BTreeMap::new() }
+    let gemm = |max_m, kernel: &str, reduce: &str| GpuGemmEntry {
+        node: "add".into(),
+        max_m,
+        module: "gemm".into(),
+        kernel: kernel.into(),
+        reduce: reduce.into(),
+        config: "n=2".into(),
+    };
+    let ptx = vec![PtxCode {
+        arch: "sm_90".into(),
+        sm_count: 132,
+        modules: vec![PtxModule {
+            name: "gemm".into(),
+            ptx: ".version 9.0\n".into(),
+            entries: vec!["k16".into(), "k16_reduce".into(), "k128".into()],
+        }],
+        gemms: vec![gemm(16, "k16", "k16_reduce"), gemm(0, "k128", "")],
+    }];
+    ArtifactContents { graph: g, cpu, ptx, metadata: BTreeMap::new() }
 }
 
 /// The manifest and section bytes of a valid artifact.
@@ -242,7 +260,7 @@ fn inconsistent_manifests_are_rejected() {
     rejects("no graph", |m, _| m.graph = None);
     rejects("unknown kind (99)", |m, _| m.sections[0].kind = 99);
     rejects("unknown kind (0)", |m, _| m.sections[0].kind = 0);
-    rejects("refers to section #9, but there are only 3 sections", |m, _| graph(m).values[1].constant.as_mut().unwrap().section = 9);
+    rejects("refers to section #9, but there are only 4 sections", |m, _| graph(m).values[1].constant.as_mut().unwrap().section = 9);
     rejects("which holds a cpu shared object, not a constant", |m, _| graph(m).values[1].constant.as_mut().unwrap().section = 2);
     rejects("unknown element type code 99", |m, _| graph(m).values[1].constant.as_mut().unwrap().dtype = 99);
     rejects("unknown element type code -1", |m, _| graph(m).values[0].r#type.as_mut().unwrap().dtype = -1);
@@ -278,9 +296,28 @@ fn inconsistent_manifests_are_rejected() {
     });
     rejects("the CPU code for 'generic' refers to section #5", |m, _| m.cpu_code[0].section = 5);
     rejects("which holds a constant, not a cpu shared object", |m, _| m.cpu_code[0].section = 0);
-    rejects("the PTX for 'sm_90' refers to section #0 'w', which holds a constant, not a ptx", |m, _| {
-        m.ptx_code.push(pb::PtxCode { arch: "sm_90".into(), section: 0 })
+    rejects("PTX module 'gemm' for 'sm_90' refers to section #0 'w', which holds a constant, not a ptx", |m, _| {
+        m.ptx_code[0].modules[0].section = 0
     });
+    rejects("module 'gemm' is listed twice", |m, _| {
+        let module = m.ptx_code[0].modules[0].clone();
+        m.ptx_code[0].modules.push(module);
+    });
+    rejects("the GPU code for 'sm_90' is listed twice", |m, _| {
+        let code = m.ptx_code[0].clone();
+        m.ptx_code.push(code);
+    });
+    rejects("node 'add' uses module 'nope', which is not there", |m, _| m.ptx_code[0].gemms[0].module = "nope".into());
+    rejects("node 'add' uses kernel 'k64', which module 'gemm' does not have", |m, _| m.ptx_code[0].gemms[1].kernel = "k64".into());
+    rejects("uses kernel 'r', which module", |m, _| m.ptx_code[0].gemms[0].reduce = "r".into());
+    rejects("node 'add' has a GEMM after its unbounded one", |m, _| m.ptx_code[0].gemms.swap(0, 1));
+    rejects("node 'add' has no GEMM for large M", |m, _| m.ptx_code[0].gemms[1].max_m = 1000);
+    rejects("node 'add' lists M ranges out of order (16, then 8)", |m, _| {
+        let mut g = m.ptx_code[0].gemms[0].clone();
+        g.max_m = 8;
+        m.ptx_code[0].gemms.insert(1, g);
+    });
+    rejects("the PTX of module 'gemm' for sm_90 is not UTF-8", |_, s| s[3] = vec![0xff, 0xfe]);
 }
 
 #[test]

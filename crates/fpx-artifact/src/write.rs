@@ -38,6 +38,47 @@ pub struct KernelEntry {
     pub gemm: String,
 }
 
+/// GPU code for one architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PtxCode {
+    /// The architecture, e.g. `sm_90`.
+    pub arch: String,
+    /// The SM count the tile heuristic assumed when choosing configs.
+    pub sm_count: u32,
+    /// PTX modules (names unique within the architecture).
+    pub modules: Vec<PtxModule>,
+    /// Per node, the GEMM kernel to launch for each range of M (ascending `max_m`, the last 0).
+    pub gemms: Vec<GpuGemmEntry>,
+}
+
+/// One PTX module.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PtxModule {
+    /// Its name (unique within its architecture).
+    pub name: String,
+    /// The PTX text.
+    pub ptx: String,
+    /// Its kernel entry points.
+    pub entries: Vec<String>,
+}
+
+/// The GEMM kernel a node launches for M up to `max_m`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GpuGemmEntry {
+    /// The node's name.
+    pub node: String,
+    /// Largest M this kernel is chosen for; 0 = any larger M.
+    pub max_m: u64,
+    /// The module holding the kernels.
+    pub module: String,
+    /// The GEMM entry point.
+    pub kernel: String,
+    /// The split-K reduction entry point, empty if none.
+    pub reduce: String,
+    /// The tile configuration, as fpx-cuda writes it (`GemmConfig`'s key=value words).
+    pub config: String,
+}
+
 /// Everything an artifact holds.
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactContents {
@@ -45,6 +86,8 @@ pub struct ArtifactContents {
     pub graph: Graph,
     /// Native CPU code, one entry per target.
     pub cpu: Vec<CpuCode>,
+    /// GPU code, one entry per architecture.
+    pub ptx: Vec<PtxCode>,
     /// Free-form facts (e.g. `weights` → `fp6-auto`), stored sorted by key.
     pub metadata: BTreeMap<String, String>,
 }
@@ -302,6 +345,33 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
         cpu_code.push(pb::CpuCode { target: c.target.clone(), features: c.features.clone(), section, kernels });
     }
 
+    let mut ptx_code = Vec::with_capacity(contents.ptx.len());
+    for p in &contents.ptx {
+        let mut modules = Vec::with_capacity(p.modules.len());
+        for m in &p.modules {
+            let section = add_section(
+                format!("ptx:{}:{}", p.arch, m.name),
+                pb::SectionKind::Ptx,
+                m.ptx.len() as u64,
+                Source::Bytes(m.ptx.as_bytes()),
+            )?;
+            modules.push(pb::PtxModule { name: m.name.clone(), section, entries: m.entries.clone() });
+        }
+        let gemms = p
+            .gemms
+            .iter()
+            .map(|g| pb::GpuGemm {
+                node: g.node.clone(),
+                max_m: g.max_m,
+                module: g.module.clone(),
+                kernel: g.kernel.clone(),
+                reduce: g.reduce.clone(),
+                config: g.config.clone(),
+            })
+            .collect();
+        ptx_code.push(pb::PtxCode { arch: p.arch.clone(), sm_count: p.sm_count, modules, gemms });
+    }
+
     for (s, src) in sections.iter_mut().zip(&sources) {
         let mut h = crc32fast::Hasher::new();
         let _ = src.stream::<()>(&mut |b| {
@@ -316,7 +386,7 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
         graph: Some(pb::Graph { name: g.name.clone(), opset_imports, values, nodes, inputs, outputs }),
         sections,
         cpu_code,
-        ptx_code: Vec::new(),
+        ptx_code,
         metadata: contents.metadata.clone(),
     };
     let (bytes, total) = layout(&mut manifest, what)?;

@@ -1,6 +1,9 @@
 //! The public API: round trip, determinism, atomic write, and damaged or foreign files.
 
-use fpx_artifact::{to_bytes, write, Artifact, ArtifactContents, ArtifactError, CpuCode, KernelEntry, SectionKind, FORMAT_VERSION};
+use fpx_artifact::{
+    to_bytes, write, Artifact, ArtifactContents, ArtifactError, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, SectionKind,
+    FORMAT_VERSION,
+};
 use fpx_ir::half::{bf16, f16};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{Attribute, DType, Dim, Graph, Node, Tensor, TensorType, ValueId};
@@ -159,7 +162,41 @@ fn rich_contents() -> ArtifactContents {
         CpuCode { target: "generic".into(), features: vec![], shared_object: vec![], kernels: vec![] },
     ];
     let metadata = BTreeMap::from([("weights".to_string(), "fp6-auto".to_string()), ("source".to_string(), "model.onnx".to_string())]);
-    ArtifactContents { graph: rich_graph(), cpu, metadata }
+    let module = |name: &str, entries: &[&str], r: &mut Rng| PtxModule {
+        name: name.into(),
+        ptx: format!(
+            "// {name}\n.version 9.0\n.target sm_90\n{}",
+            r.bytes(700).iter().map(|b| (b'a' + b % 26) as char).collect::<String>()
+        ),
+        entries: entries.iter().map(|e| e.to_string()).collect(),
+    };
+    let gemm = |node: &str, max_m, module: &str, kernel: &str, reduce: &str| GpuGemmEntry {
+        node: node.into(),
+        max_m,
+        module: module.into(),
+        kernel: kernel.into(),
+        reduce: reduce.into(),
+        config: format!("module={module}"),
+    };
+    let ptx = vec![
+        PtxCode {
+            arch: "sm_80".into(),
+            sm_count: 108,
+            modules: vec![
+                module("g1", &["g1", "g1_reduce"], &mut r),
+                module("g2", &["g2"], &mut r),
+                module("ops", &["fpx_add_f16"], &mut r),
+            ],
+            gemms: vec![gemm("quant", 16, "g1", "g1", "g1_reduce"), gemm("quant", 0, "g2", "g2", "")],
+        },
+        PtxCode {
+            arch: "sm_90".into(),
+            sm_count: 132,
+            modules: vec![module("g2", &["g2"], &mut r)],
+            gemms: vec![gemm("quant", 0, "g2", "g2", "")],
+        },
+    ];
+    ArtifactContents { graph: rich_graph(), cpu, ptx, metadata }
 }
 
 /// Bit-exact tensor equality (NaN payloads and the sign of zero included).
@@ -280,10 +317,23 @@ fn round_trip_keeps_everything() {
             assert_eq!(r.kernels, &c.kernels[..]);
         }
 
+        let ptx = a.ptx_code();
+        assert_eq!(ptx.len(), contents.ptx.len());
+        for (r, c) in ptx.iter().zip(&contents.ptx) {
+            assert_eq!((r.arch, r.sm_count, r.gemms), (c.arch.as_str(), c.sm_count, &c.gemms[..]));
+            assert_eq!(r.modules.len(), c.modules.len());
+            for (rm, cm) in r.modules.iter().zip(&c.modules) {
+                assert_eq!((rm.name, rm.ptx, rm.entries), (cm.name.as_str(), cm.ptx.as_str(), &cm.entries[..]));
+            }
+        }
+
         let sections = a.sections();
         assert_eq!(summary.sections, sections.len());
         let n_constants = contents.graph.value_ids().filter(|&v| contents.graph.constant(v).is_some()).count();
-        assert_eq!(sections.len(), n_constants + contents.cpu.len());
+        let n_ptx: usize = contents.ptx.iter().map(|p| p.modules.len()).sum();
+        assert_eq!(sections.len(), n_constants + contents.cpu.len() + n_ptx);
+        assert_eq!(sections.last().unwrap().name, "ptx:sm_90:g2");
+        assert!(sections[sections.len() - n_ptx..].iter().all(|s| s.kind == SectionKind::Ptx));
         assert!(sections[..n_constants].iter().all(|s| s.kind == SectionKind::Constant));
         assert_eq!(sections[n_constants].name, "cpu:x86-64-v3");
         assert_eq!(sections[n_constants].kind, SectionKind::CpuSharedObject);
@@ -351,6 +401,20 @@ fn writing_is_deterministic() {
                 features: c.features.to_vec(),
                 shared_object: c.shared_object.to_vec(),
                 kernels: c.kernels.to_vec(),
+            })
+            .collect(),
+        ptx: a
+            .ptx_code()
+            .iter()
+            .map(|p| PtxCode {
+                arch: p.arch.into(),
+                sm_count: p.sm_count,
+                modules: p
+                    .modules
+                    .iter()
+                    .map(|m| PtxModule { name: m.name.into(), ptx: m.ptx.into(), entries: m.entries.to_vec() })
+                    .collect(),
+                gemms: p.gemms.to_vec(),
             })
             .collect(),
         metadata: a.metadata().clone(),

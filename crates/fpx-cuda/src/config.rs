@@ -231,6 +231,103 @@ impl GemmConfig {
     }
 }
 
+impl std::fmt::Display for GemmConfig {
+    /// `format=e3m2 act=f16 n=384 k=384 m_tile=8 warps=4 warp_ntiles=4 k_tiles=2 stages=4 split_k=3`:
+    /// what the artifact stores per GEMM (read back by [`GemmConfig::from_str`](std::str::FromStr)).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "format={} act={} n={} k={} m_tile={} warps={} warp_ntiles={} k_tiles={} stages={} split_k={}",
+            self.format.tag(),
+            self.act.tag(),
+            self.n,
+            self.k,
+            self.m_tile,
+            self.warps,
+            self.warp_ntiles,
+            self.k_tiles,
+            self.stages,
+            self.split_k
+        )
+    }
+}
+
+impl std::str::FromStr for GemmConfig {
+    type Err = CudaError;
+
+    /// Parses what `Display` writes (every key exactly once, any order) and validates it.
+    fn from_str(s: &str) -> Result<GemmConfig, CudaError> {
+        let bad = |what: String| CudaError::Config(format!("'{s}': {what}"));
+        let mut fields = std::collections::BTreeMap::new();
+        for word in s.split_whitespace() {
+            let (k, v) = word.split_once('=').ok_or_else(|| bad(format!("'{word}' is not key=value")))?;
+            if fields.insert(k, v).is_some() {
+                return Err(bad(format!("'{k}' given twice")));
+            }
+        }
+        const KEYS: [&str; 10] = ["format", "act", "n", "k", "m_tile", "warps", "warp_ntiles", "k_tiles", "stages", "split_k"];
+        if let Some(k) = fields.keys().find(|k| !KEYS.contains(k)) {
+            return Err(bad(format!("unknown key '{k}'")));
+        }
+        let mut take = |k: &str| fields.remove(k).ok_or_else(|| bad(format!("'{k}' is missing")));
+        let format = match take("format")? {
+            "e3m2" => Fp6Format::E3M2,
+            "e2m3" => Fp6Format::E2M3,
+            other => return Err(bad(format!("format '{other}' is not e3m2 or e2m3"))),
+        };
+        let act = match take("act")? {
+            "f16" => Act::F16,
+            "bf16" => Act::Bf16,
+            other => return Err(bad(format!("act '{other}' is not f16 or bf16"))),
+        };
+        let mut num = |k: &str| -> Result<usize, CudaError> {
+            let v = take(k)?;
+            v.parse().map_err(|_| bad(format!("{k}='{v}' is not a number")))
+        };
+        let cfg = GemmConfig {
+            format,
+            act,
+            n: num("n")?,
+            k: num("k")?,
+            m_tile: num("m_tile")?,
+            warps: num("warps")?,
+            warp_ntiles: num("warp_ntiles")?,
+            k_tiles: num("k_tiles")?,
+            stages: num("stages")?,
+            split_k: num("split_k")?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The largest M of each bucket the artifact compiles a GEMM config for; larger M use the
+/// config chosen for [`LARGE_M`].
+pub const M_BUCKETS: [usize; 4] = [8, 16, 32, 64];
+
+/// The M the heuristic is asked about for "any larger M".
+pub const LARGE_M: usize = 512;
+
+/// The GEMM configs an artifact carries for one `[n][k]` weight on a GPU with `sm_count` SMs:
+/// `(max_m, config)` in ascending `max_m`, the last with `max_m = 0` (any larger M). Buckets
+/// whose config equals the next bucket's are merged into it.
+pub fn configs_by_m(format: Fp6Format, act: Act, n: usize, k: usize, sm_count: usize) -> Vec<(usize, GemmConfig)> {
+    let with = |m: usize| GemmConfig { format, act, ..heuristic_config(n, k, m, sm_count) };
+    let mut out: Vec<(usize, GemmConfig)> = Vec::new();
+    for (max_m, cfg) in M_BUCKETS.iter().map(|&m| (m, with(m))).chain([(0, with(LARGE_M))]) {
+        match out.last_mut() {
+            Some(last) if last.1 == cfg => last.0 = max_m,
+            _ => out.push((max_m, cfg)),
+        }
+    }
+    out
+}
+
+/// Picks the config for `m` rows from [`configs_by_m`]'s list (the first bucket that holds it).
+pub fn pick_config(list: &[(usize, GemmConfig)], m: usize) -> Option<&GemmConfig> {
+    list.iter().find(|(max_m, _)| *max_m == 0 || m <= *max_m).map(|(_, c)| c)
+}
+
 /// Wave efficiency of `blocks` equal blocks on `sm_count` SMs, one block per SM at a time:
 /// `blocks / (ceil(blocks / sm_count) * sm_count)`.
 pub fn wave_efficiency(blocks: usize, sm_count: usize) -> f64 {
@@ -519,5 +616,52 @@ mod tests {
         assert_eq!(Fp6Format::from_quant(fpx_quant::Format::Fp6E2M3), Some(Fp6Format::E2M3));
         assert_eq!(Fp6Format::from_quant(fpx_quant::Format::Int4), None);
         assert_eq!(Fp6Format::E3M2.quant_format(), fpx_quant::Format::Fp6E3M2);
+    }
+
+    #[test]
+    fn config_strings_round_trip_and_bad_ones_are_refused() {
+        for (n, k) in [(384, 384), (1536, 384), (4096, 11008), (28672, 8192), (100, 40)] {
+            for m in [1, 8, 16, 33, 64, 1000] {
+                for sm in [108, 132] {
+                    let mut cfg = heuristic_config(n, k, m, sm);
+                    cfg.format = if m % 2 == 0 { Fp6Format::E2M3 } else { Fp6Format::E3M2 };
+                    cfg.act = if sm == 108 { Act::Bf16 } else { Act::F16 };
+                    let text = cfg.to_string();
+                    assert_eq!(text.parse::<GemmConfig>().unwrap(), cfg, "{text}");
+                }
+            }
+        }
+        let good = heuristic_config(384, 384, 8, 132).to_string();
+        for (bad, why) in [
+            (good.replace("format=e3m2", "format=e4m3"), "format 'e4m3'"),
+            (good.replace(" stages=", " stagez="), "unknown key 'stagez'"),
+            (good.replace("m_tile=8", "m_tile=x"), "m_tile='x' is not a number"),
+            (good.replace("m_tile=8", "m_tile=12"), "m_tile 12 is not 8, 16, 32 or 64"),
+            (format!("{good} n=5"), "'n' given twice"),
+            (good.replace(" act=f16", ""), "'act' is missing"),
+            (good.replace("split_k=", "split_k"), "is not key=value"),
+        ] {
+            let e = bad.parse::<GemmConfig>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn m_buckets_cover_every_m_with_the_heuristic_choice() {
+        for (n, k) in [(384, 384), (384, 1536), (4096, 4096), (8192, 28672)] {
+            for sm in [108, 132] {
+                let list = configs_by_m(Fp6Format::E3M2, Act::F16, n, k, sm);
+                assert_eq!(list.last().unwrap().0, 0, "{list:?}");
+                let maxes: Vec<usize> = list[..list.len() - 1].iter().map(|(m, _)| *m).collect();
+                assert!(maxes.windows(2).all(|w| w[0] < w[1]) && maxes.iter().all(|m| M_BUCKETS.contains(m)), "{maxes:?}");
+                for m in 1..=300 {
+                    let picked = pick_config(&list, m).unwrap();
+                    // The bucket's config is the heuristic's for the bucket's upper end.
+                    let bucket = M_BUCKETS.iter().copied().find(|&b| m <= b).unwrap_or(LARGE_M);
+                    assert_eq!(picked, &heuristic_config(n, k, bucket, sm), "n={n} k={k} m={m} sm={sm}");
+                    assert!(picked.m_tile >= m.min(64));
+                }
+            }
+        }
     }
 }
