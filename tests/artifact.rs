@@ -252,4 +252,16 @@ fn gpu_target_errors_name_the_node_and_the_fix() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("the artifact has no GPU code"));
     let o = fpx_cli(&["inspect", model.to_str().unwrap(), "--dump-ptx", dir.join("ptx").to_str().unwrap()]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is not an .fpx artifact"));
+    // --device cuda never falls back to the CPU silently: no driver, or no executor yet.
+    let input = format!("input={}", ex.join("input.npy").display());
+    for cmd in ["run", "bench"] {
+        let mut args = vec![cmd, out.to_str().unwrap(), "--input", &input, "--device", "cuda"];
+        let o_dir = dir.join("o");
+        if cmd == "run" {
+            args.extend(["-o", o_dir.to_str().unwrap()]);
+        }
+        let o = fpx_cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && (err.contains("no CUDA driver found") || err.contains("not built yet")), "{cmd}: {err}");
+    }
 }

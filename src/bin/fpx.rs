@@ -38,6 +38,9 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
         /// Folder for the outputs (created if missing).
         #[arg(short, long, value_name = "DIR")]
         output_dir: PathBuf,
+        /// Where to run: cpu, or cuda (the GPU; whole-graph GPU execution is not built yet).
+        #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
+        device: String,
         #[command(flatten)]
         quant: QuantArgs,
     },
@@ -132,6 +135,9 @@ struct BenchArgs {
     /// Print JSON (field names carry their unit, e.g. median_us).
     #[arg(long)]
     json: bool,
+    /// Where to run: cpu, or cuda (the GPU; whole-graph GPU execution is not built yet).
+    #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
+    device: String,
     #[command(flatten)]
     quant: QuantArgs,
 }
@@ -266,6 +272,22 @@ impl Runnable {
             Runnable::Onnx(m) => m.executor(),
             Runnable::Artifact(a) => a.executor(),
         }
+    }
+}
+
+/// `--device`: cpu runs; cuda says what is missing (no driver, or the executor) instead of
+/// silently running on the CPU.
+fn check_device(device: &str) -> Result<()> {
+    match device {
+        "cpu" => Ok(()),
+        "cuda" => {
+            fpx::cuda::driver_available().context("--device cuda")?;
+            bail!(
+                "--device cuda: whole-graph GPU execution is not built yet (the GPU GEMM kernels are: scripts/gpu-check.sh tests and \
+                 benchmarks them); use --device cpu"
+            )
+        }
+        other => bail!("--device '{other}': choose cpu or cuda"),
     }
 }
 
@@ -489,9 +511,11 @@ fn main() {
     }
     let cli = Cli::parse();
     let res = match &cli.command {
-        Command::Run { model, inputs, output_dir, quant } => run(model, inputs, output_dir, quant),
+        Command::Run { model, inputs, output_dir, device, quant } => {
+            check_device(device).and_then(|_| run(model, inputs, output_dir, quant))
+        }
         Command::Report(args) => report(args),
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => check_device(&args.device).and_then(|_| bench(args)),
         Command::Compile(args) => compile(args),
         Command::Membw { threads, gib, json } => membw(*threads, *gib, *json),
         Command::Inspect { model, json, dump_ptx } => inspect(model, *json, dump_ptx.as_deref()),

@@ -11,6 +11,13 @@
 //! - [`compile`]: [`compile_ptx`] (NVRTC, with an in-memory cache keyed by template hash,
 //!   config and arch), [`ptxas_check`] (registers, spills, shared memory from `ptxas -v`),
 //!   [`driver_available`].
+//! - [`ops`]: the rest of a transformer on the GPU: header-free templates (elementwise unary and
+//!   binary ops with numpy broadcasting, casts, LayerNormalization, Softmax, ReduceSum/Mean,
+//!   Gather, Transpose) in FP16 or FP32 storage with FP32 math, one PTX module per family
+//!   ([`compile_ops_ptx`]), every [`OpKernel`] with its arguments and [`ops::launch_config`],
+//!   and the planners that turn ONNX shapes into kernel arguments ([`binary_plan`],
+//!   [`transpose_plan`], [`gather_plan`]), checked on the CPU by replaying the kernels' index
+//!   math. Not checked without a GPU: their numerical results on a device and their speed.
 //!
 //! # What is checked without a GPU, and what is not
 //!
@@ -32,11 +39,17 @@
 
 pub mod compile;
 pub mod config;
+pub mod device;
+pub mod ops;
 
 pub use compile::{
     compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,
 };
 pub use config::{heuristic_config, instantiate, launch_geometry, reduce_geometry, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE};
+pub use ops::{
+    binary_plan, broadcast_args, compile_family_ptx, compile_ops_ptx, gather_plan, transpose_plan, BcastArgs, BinaryOp, BinaryPlan, CastOp,
+    Elem, GatherPlan, OpFamily, OpKernel, OpShapeError, OpsPtx, PermArgs, ReduceOp, TransposePlan, UnaryOp, Width,
+};
 
 /// A GPU architecture fpx emits PTX for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +108,9 @@ pub enum CudaError {
     /// ptxas rejected the PTX or its output could not be understood.
     #[error("ptxas failed for {arch}: {message}")]
     Ptxas { arch: Arch, message: String },
+    /// The CUDA driver failed (no device, a failed load or launch).
+    #[error("CUDA driver error: {0}")]
+    Driver(String),
     /// A GEMM config that the template cannot instantiate.
     #[error("invalid GEMM config: {0}")]
     Config(String),

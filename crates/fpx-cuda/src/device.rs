@@ -1,0 +1,318 @@
+//! Running fpx's FP6 GEMM on a GPU through the CUDA driver API (cudarc): open a device, load
+//! a config's PTX, launch the GEMM (and its split-K reduction), time it with CUDA events.
+//!
+//! Nothing here runs without a GPU: [`Gpu::open`] turns a missing driver or device into a
+//! [`CudaError`] (cudarc would panic on a missing library; [`crate::driver_available`] is
+//! checked first). This is what the GPU tests (`tests/gpu.rs`), the GPU benchmark
+//! (`examples/gpu_bench.rs`) and `scripts/gpu-check.sh` use.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+
+use crate::config::{launch_geometry, reduce_geometry, DEFAULT_SHARED_LIMIT};
+use crate::{compile_ptx, driver_available, Arch, CudaError, GemmConfig};
+
+fn driver(what: &str) -> impl Fn(DriverError) -> CudaError + '_ {
+    move |e| CudaError::Driver(format!("{what}: {e:?}"))
+}
+
+/// One GPU: its context and stream, and what fpx needs to know about it.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// The device's name (e.g. "NVIDIA H100 80GB HBM3").
+    pub name: String,
+    /// Streaming multiprocessors (what the tile heuristic plans waves over).
+    pub sm_count: usize,
+    /// Compute capability (major, minor).
+    pub capability: (i32, i32),
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("name", &self.name).field("sm_count", &self.sm_count).field("capability", &self.capability).finish()
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`. Errors: [`CudaError::NoDriver`] without a driver library,
+    /// [`CudaError::Driver`] when there is no such device or it cannot be initialized.
+    pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
+        driver_available()?;
+        let ctx = CudaContext::new(ordinal).map_err(driver("cannot open GPU device"))?;
+        let attr = |a| ctx.attribute(a).map_err(driver("cannot query the GPU"));
+        let sm_count = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+        let capability = (
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        );
+        let name = ctx.name().map_err(driver("cannot query the GPU"))?;
+        let stream = ctx.default_stream();
+        Ok(Gpu { ctx, stream, name, sm_count, capability })
+    }
+
+    /// The newest architecture fpx emits PTX for that this GPU runs (sm_90 PTX needs 9.x or
+    /// newer; sm_80 PTX runs on 8.x and newer). `None` below 8.0 (no `cp.async`).
+    pub fn arch(&self) -> Option<Arch> {
+        match self.capability.0 {
+            ..=7 => None,
+            8 => Some(Arch::Sm80),
+            _ => Some(Arch::Sm90),
+        }
+    }
+
+    /// Loads a PTX module (e.g. [`crate::compile_ops_ptx`]'s or an artifact's) into this GPU's
+    /// context; get kernels from it with `load_function(name)`.
+    pub fn load_module(&self, ptx: &str) -> Result<Arc<CudaModule>, CudaError> {
+        self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(driver("the driver cannot load the PTX"))
+    }
+
+    /// The stream everything runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Copies `data` to a new device buffer.
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.clone_htod(data).map_err(driver("cannot copy to the GPU"))
+    }
+
+    /// A zeroed device buffer of `len` elements.
+    pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.alloc_zeros(len.max(1)).map_err(driver("cannot allocate GPU memory"))
+    }
+
+    /// Copies a device buffer back.
+    pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, data: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+        self.stream.clone_dtoh(data).map_err(driver("cannot copy from the GPU"))
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(driver("GPU work failed"))
+    }
+
+    /// Milliseconds `work` takes on the stream, measured with CUDA events (median of `reps`
+    /// after one warm-up call).
+    pub fn time_ms(&self, reps: usize, mut work: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        work()?;
+        self.synchronize()?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            let start = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+            let end = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+            start.record(&self.stream).map_err(driver("cannot record an event"))?;
+            work()?;
+            end.record(&self.stream).map_err(driver("cannot record an event"))?;
+            times.push(start.elapsed_ms(&end).map_err(driver("cannot time GPU work"))? as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    /// Device-to-device copy bandwidth in GB/s (bytes read + bytes written, over `bytes` per
+    /// copy): the "HBM bandwidth" the GEMM's weight streaming is compared with.
+    pub fn copy_bandwidth_gbs(&self, bytes: usize) -> Result<f64, CudaError> {
+        let src: CudaSlice<u8> = self.zeros(bytes)?;
+        let mut dst: CudaSlice<u8> = self.zeros(bytes)?;
+        let ms = self.time_ms(10, || self.stream.memcpy_dtod(&src, &mut dst).map_err(driver("device copy failed")))?;
+        Ok(2.0 * bytes as f64 / (ms * 1e-3) / 1e9)
+    }
+}
+
+/// One GEMM config loaded on a GPU: its kernel and (with split-K) its reduction kernel.
+pub struct GpuGemm {
+    /// The config.
+    pub cfg: GemmConfig,
+    gemm: CudaFunction,
+    reduce: Option<CudaFunction>,
+}
+
+/// The device operands of one product `Y[M][N] = X[M][K_PAD] · dequant(W)` (see the template's
+/// header for the layouts).
+pub struct GemmOperands<'a> {
+    /// FP16/BF16 activations, `[m][k_pad]`, padding columns zero.
+    pub x: &'a CudaSlice<u16>,
+    /// The packed 4+2 planes.
+    pub w: &'a CudaSlice<u8>,
+    /// Folded per-channel scales, `[n]`.
+    pub scales: &'a CudaSlice<f32>,
+    /// Optional bias, `[n]`.
+    pub bias: Option<&'a CudaSlice<f32>>,
+    /// Output, `[m][n]`.
+    pub y: &'a mut CudaSlice<u16>,
+    /// Split-K workspace of at least `cfg.workspace_bytes(m) / 4` floats (unused when split_k = 1).
+    pub ws: Option<&'a mut CudaSlice<f32>>,
+}
+
+impl GpuGemm {
+    /// Compiles (NVRTC, cached) and loads `cfg` for `gpu`'s architecture.
+    pub fn load(gpu: &Gpu, cfg: &GemmConfig) -> Result<GpuGemm, CudaError> {
+        let arch = gpu.arch().ok_or_else(|| {
+            CudaError::Driver(format!(
+                "{} has compute capability {}.{}; fpx's GPU kernels need 8.0 or newer",
+                gpu.name, gpu.capability.0, gpu.capability.1
+            ))
+        })?;
+        let ptx = compile_ptx(cfg, arch)?;
+        Self::from_ptx(gpu, cfg, &ptx.src, &ptx.kernel, ptx.reduce_kernel.as_deref())
+    }
+
+    /// Loads a GEMM from PTX text (e.g. an artifact's module) with the given entry names.
+    pub fn from_ptx(gpu: &Gpu, cfg: &GemmConfig, ptx: &str, kernel: &str, reduce: Option<&str>) -> Result<GpuGemm, CudaError> {
+        let module = gpu.load_module(ptx)?;
+        let gemm = module.load_function(kernel).map_err(driver("the PTX lacks the GEMM entry"))?;
+        if cfg.shared_bytes() > DEFAULT_SHARED_LIMIT {
+            gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_bytes() as i32)
+                .map_err(driver("cannot raise the shared-memory limit"))?;
+        }
+        let reduce = match (cfg.split_k > 1, reduce) {
+            (true, Some(r)) => Some(module.load_function(r).map_err(driver("the PTX lacks the reduction entry"))?),
+            (true, None) => return Err(CudaError::Config(format!("{} splits K but no reduction kernel was given", cfg.kernel_name()))),
+            (false, _) => None,
+        };
+        Ok(GpuGemm { cfg: cfg.clone(), gemm, reduce })
+    }
+
+    /// Queues the product for `m` rows on `gpu`'s stream (the workspace is required when the
+    /// config splits K; buffer sizes are checked).
+    pub fn launch(&self, gpu: &Gpu, m: usize, ops: GemmOperands<'_>) -> Result<(), CudaError> {
+        let c = &self.cfg;
+        let short = |what: &str, have: usize, need: usize| {
+            CudaError::Config(format!("{}: the {what} buffer has {have} elements, {need} needed for M = {m}", c.kernel_name()))
+        };
+        let need_w = (c.n_pad() / 16) * (c.k_pad() / 32) * (256 + 128);
+        for (what, have, need) in [
+            ("X", ops.x.len(), m * c.k_pad()),
+            ("W", ops.w.len(), need_w),
+            ("scales", ops.scales.len(), c.n),
+            ("Y", ops.y.len(), m * c.n),
+            ("bias", ops.bias.map_or(c.n, |b| b.len()), c.n),
+        ] {
+            if have < need {
+                return Err(short(what, have, need));
+            }
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let m_arg = i32::try_from(m).map_err(|_| CudaError::Config(format!("M = {m} does not fit the kernel's int")))?;
+        let null: u64 = 0;
+        let (grid, block, shared) = launch_geometry(c, m);
+        let cfg =
+            LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared };
+        let mut ws = ops.ws;
+        if c.split_k > 1 {
+            let have = ws.as_ref().map_or(0, |w| w.len());
+            if have < c.workspace_bytes(m) / 4 {
+                return Err(short("workspace", have, c.workspace_bytes(m) / 4));
+            }
+        }
+        {
+            let mut b = gpu.stream.launch_builder(&self.gemm);
+            b.arg(ops.x).arg(ops.w).arg(ops.scales);
+            match ops.bias {
+                Some(bias) => b.arg(bias),
+                None => b.arg(&null),
+            };
+            b.arg(&mut *ops.y);
+            match ws.as_deref_mut() {
+                Some(w) if c.split_k > 1 => b.arg(w),
+                _ => b.arg(&null),
+            };
+            b.arg(&m_arg);
+            // SAFETY: the arguments match the kernel's signature (see `instantiate`) and the
+            // buffers were checked to be large enough for `m`.
+            unsafe { b.launch(cfg) }.map_err(driver("the GEMM launch failed"))?;
+        }
+        if let (Some(reduce), Some(([gx, gy, gz], [bx, by, bz]))) = (&self.reduce, reduce_geometry(c, m)) {
+            let w = ws.expect("checked above");
+            let mut r = gpu.stream.launch_builder(reduce);
+            r.arg(&*w).arg(ops.scales);
+            match ops.bias {
+                Some(bias) => r.arg(bias),
+                None => r.arg(&null),
+            };
+            r.arg(&mut *ops.y).arg(&m_arg);
+            let rc = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (bx, by, bz), shared_mem_bytes: 0 };
+            // SAFETY: as above, for the reduction's signature.
+            unsafe { r.launch(rc) }.map_err(driver("the split-K reduction launch failed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// cuBLAS FP16 GEMM (FP32 accumulation, default algorithm): the peer the GPU benchmark
+/// compares with, the same call `torch.matmul` makes for FP16 tensors.
+pub struct Cublas {
+    blas: cudarc::cublas::CudaBlas,
+    stream: Arc<CudaStream>,
+}
+
+impl Cublas {
+    /// A cuBLAS handle on `gpu`'s stream; an error (not a panic) when libcublas is absent.
+    pub fn new(gpu: &Gpu) -> Result<Cublas, CudaError> {
+        // SAFETY: only tries to dlopen the candidate library names.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::Driver(
+                "libcublas is not loadable (install the CUDA toolkit's cuBLAS or put it on LD_LIBRARY_PATH)".into(),
+            ));
+        }
+        let blas = cudarc::cublas::CudaBlas::new(gpu.stream.clone())
+            .map_err(|e| CudaError::Driver(format!("cannot create a cuBLAS handle: {e:?}")))?;
+        Ok(Cublas { blas, stream: gpu.stream.clone() })
+    }
+
+    /// `Y[m][n] = X[m][k] · W[k][n]`, all row-major FP16 (as bits).
+    pub fn hgemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: &CudaSlice<u16>,
+        w: &CudaSlice<u16>,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        if x.len() < m * k || w.len() < k * n || y.len() < m * n {
+            return Err(CudaError::Config(format!("hgemm {m}x{n}x{k}: a buffer is too small")));
+        }
+        let dim = |v: usize| i32::try_from(v).map_err(|_| CudaError::Config(format!("hgemm dimension {v} is too large")));
+        let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let stream = &self.stream;
+        let (xp, _rx) = x.device_ptr(stream);
+        let (wp, _rw) = w.device_ptr(stream);
+        let (yp, _ry) = y.device_ptr_mut(stream);
+        // Row-major Y = X·W is column-major Yᵀ = Wᵀ·Xᵀ: (n × k) · (k × m), no transposes.
+        // SAFETY: the pointers are live device buffers of the checked sizes on this stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cublasOperation_t::CUBLAS_OP_N,
+                cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                (&alpha) as *const f32 as *const _,
+                wp as *const _,
+                cudaDataType::CUDA_R_16F,
+                ni,
+                xp as *const _,
+                cudaDataType::CUDA_R_16F,
+                ki,
+                (&beta) as *const f32 as *const _,
+                yp as *mut _,
+                cudaDataType::CUDA_R_16F,
+                ni,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaError::Driver(format!("cuBLAS GemmEx failed: {e:?}")))
+    }
+}
