@@ -1,6 +1,6 @@
 //! The CPU executor: runs the nodes of a graph in topological order with the registered kernels.
 
-use crate::kernels::{KernelFn, KernelRegistry};
+use crate::kernels::{KernelFn, KernelRegistry, OwnedKernelFn};
 use crate::native::{NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
 use fpx_ir::pass::NodeEvaluator;
@@ -28,10 +28,20 @@ pub struct NodeTiming {
     pub seconds: f64,
 }
 
+/// A by-value kernel and the input slots it may take: values no later node reads (and not
+/// graph outputs, constants, or given in two slots of the node).
+#[derive(Clone)]
+struct Consume {
+    kernel: OwnedKernelFn,
+    slots: Vec<usize>,
+}
+
 /// A graph prepared to run on the CPU: kernels resolved, order fixed, buffer lifetimes known.
 pub struct CpuExecutor {
     graph: Graph,
     steps: Vec<(NodeId, Step)>,
+    /// Per step, the by-value kernel variant when the step can take an input by value.
+    consume: Vec<Option<Consume>>,
     /// Keeps native code mapped while its function pointers are in `steps`.
     _libraries: Vec<Arc<NativeLibrary>>,
     /// For each value, the index of the last step that reads it (values not read: none).
@@ -96,7 +106,28 @@ impl CpuExecutor {
                 message: "a native kernel names a node the graph does not have".into(),
             });
         }
-        Ok(CpuExecutor { graph, steps, _libraries: libraries, last_use })
+        let consume = steps
+            .iter()
+            .enumerate()
+            .map(|(i, (id, step))| {
+                let node = graph.node(*id);
+                let kernel = match step {
+                    Step::Kernel(_) => registry.get_owned(&node.domain, &node.op_type)?,
+                    Step::Native(_) => return None,
+                };
+                let slots: Vec<usize> = (0..node.inputs.len())
+                    .filter(|&k| {
+                        let Some(v) = node.inputs[k] else { return false };
+                        last_use.get(&v) == Some(&i)
+                            && !graph.outputs.contains(&v)
+                            && graph.constant(v).is_none()
+                            && node.inputs.iter().filter(|u| **u == Some(v)).count() == 1
+                    })
+                    .collect();
+                (!slots.is_empty()).then_some(Consume { kernel, slots })
+            })
+            .collect();
+        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use })
     }
 
     /// The graph being run.
@@ -186,19 +217,44 @@ impl CpuExecutor {
         for (i, (id, step)) in self.steps.iter().enumerate() {
             let node = self.graph.node(*id);
             let started = profile.is_some().then(std::time::Instant::now);
+            // Take by value the largest input no later node reads, when the kernel can use it.
+            let mut owned: Option<(usize, Tensor)> = None;
+            if let Some(c) = &self.consume[i] {
+                let pick = c
+                    .slots
+                    .iter()
+                    .filter_map(|&k| node.inputs[k].and_then(|v| live.get(&v).map(|t| (k, v, t.len()))))
+                    .max_by_key(|&(k, _, len)| (len, std::cmp::Reverse(k)));
+                if let Some((k, v, _)) = pick {
+                    let t = live.remove(&v).expect("just found");
+                    match Arc::try_unwrap(t) {
+                        Ok(t) => owned = Some((k, t)),
+                        Err(t) => {
+                            live.insert(v, t);
+                        }
+                    }
+                }
+            }
             let outs = {
                 let args: Vec<Option<&Tensor>> = node
                     .inputs
                     .iter()
-                    .map(|v| {
+                    .enumerate()
+                    .map(|(k, v)| {
+                        if owned.as_ref().is_some_and(|(slot, _)| *slot == k) {
+                            return None;
+                        }
                         v.map(|v| {
                             self.graph.constant(v).or_else(|| live.get(&v)).map(|t| &**t).expect("topological order defines inputs first")
                         })
                     })
                     .collect();
-                let result = match step {
-                    Step::Kernel(kernel) => kernel(node, &args),
-                    Step::Native(q) => run_native(q, node, &args),
+                let result = match (step, owned) {
+                    (Step::Kernel(_), Some((slot, t))) => {
+                        (self.consume[i].as_ref().expect("a by-value kernel").kernel)(node, &args, slot, t)
+                    }
+                    (Step::Kernel(kernel), None) => kernel(node, &args),
+                    (Step::Native(q), _) => run_native(q, node, &args),
                 };
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
             };
@@ -226,17 +282,27 @@ impl CpuExecutor {
                 }
             }
         }
-        self.graph
-            .outputs
+        // Outputs move out of the live set (cloned only when named twice or constant).
+        let outputs = &self.graph.outputs;
+        outputs
             .iter()
-            .map(|&v| {
+            .enumerate()
+            .map(|(k, &v)| {
                 let val = self.graph.value(v);
-                let t = val.constant.as_ref().or_else(|| live.get(&v)).ok_or_else(|| RuntimeError::Kernel {
+                let missing = || RuntimeError::Kernel {
                     node: "<graph output>".into(),
                     op: String::new(),
                     message: format!("output '{}' was not computed", val.name),
-                })?;
-                Ok((val.name.clone(), Tensor::clone(t)))
+                };
+                let t = match &val.constant {
+                    Some(c) => Tensor::clone(c),
+                    None if outputs[k + 1..].contains(&v) => Tensor::clone(live.get(&v).ok_or_else(missing)?),
+                    None => {
+                        let t = live.remove(&v).ok_or_else(missing)?;
+                        Arc::try_unwrap(t).unwrap_or_else(|t| Tensor::clone(&t))
+                    }
+                };
+                Ok((val.name.clone(), t))
             })
             .collect()
     }
@@ -287,5 +353,57 @@ impl NodeEvaluator for CpuEvaluator {
     fn evaluate(&self, node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>, String> {
         let k = self.kernels.get(&node.domain, &node.op_type).ok_or_else(|| format!("no CPU kernel for {}", node.op_type))?;
         k(node, inputs).map_err(|KernelError(m)| m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fpx_ir::ndarray::{ArrayD, IxDyn};
+    use fpx_ir::{DType, Node, TensorType};
+
+    fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
+        Tensor::from(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+    }
+
+    /// Inputs taken by value (reshaped without a copy, overwritten in place) give the same
+    /// outputs as the by-reference kernels, and never a value that is still needed: one read
+    /// twice by a node, one read again later, a graph output read later, an output named twice.
+    #[test]
+    fn taking_inputs_by_value_changes_no_result() {
+        let mut g = Graph::new("own");
+        g.opsets.insert(String::new(), 17);
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 3, 4])).unwrap();
+        let c = g.add_constant("c", t(&[4], vec![0.5, -1.0, 2.0, 0.25])).unwrap();
+        let shape = g.add_constant("shape", Tensor::vec_i64(vec![6, 4])).unwrap();
+        let add = |g: &mut Graph, op: &str, ins: &[ValueId], out: &str| {
+            let o = g.value_named(out);
+            g.add_node(Node::new(out, op, 17, ins.iter().map(|&v| Some(v)).collect(), vec![o])).unwrap();
+            o
+        };
+        let a = add(&mut g, "Add", &[x, c], "a"); // x is read again below
+        let b = add(&mut g, "Mul", &[a, a], "b"); // the same value twice
+        let r = add(&mut g, "Reshape", &[b, shape], "r"); // b dies: reshaped in place
+        let e = add(&mut g, "Erf", &[r], "e"); // r dies: in place; e is a graph output read later
+        let x2 = add(&mut g, "Reshape", &[x, shape], "x2"); // the graph input dies here
+        let s = add(&mut g, "Sub", &[x2, e], "s"); // x2 dies, e does not
+        let sm = add(&mut g, "Softmax", &[s], "sm");
+        g.outputs.extend([e, sm, sm, a]);
+        let xv: Vec<f32> = (0..24).map(|k| (k as f32 - 11.0) / 7.0).collect();
+        let run = |reg: &KernelRegistry| {
+            let ex = CpuExecutor::with_kernels(g.clone(), reg).unwrap();
+            ex.run(vec![("x".into(), t(&[2, 3, 4], xv.clone()))]).unwrap()
+        };
+        let (fast, plain) = (run(&KernelRegistry::standard()), run(&KernelRegistry::standard().without_owned()));
+        assert_eq!(fast.len(), 4);
+        for ((n1, a), (n2, b)) in fast.iter().zip(&plain) {
+            assert_eq!(n1, n2);
+            assert_eq!(a.shape(), b.shape());
+            assert_eq!(a.to_f64_vec(), b.to_f64_vec(), "output {n1}");
+        }
+        // Spot-check values: a = x + c, e = erf(a²).
+        let a0 = xv[0] as f64 + 0.5;
+        assert!((fast[0].1.to_f64_vec()[0] - libm::erf(a0 * a0)).abs() < 1e-6);
+        assert!((fast[3].1.to_f64_vec()[0] - a0).abs() < 1e-6);
     }
 }

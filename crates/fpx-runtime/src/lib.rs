@@ -9,4 +9,4 @@ pub mod npy;
 
 pub use error::{KernelError, RuntimeError};
 pub use executor::{CpuEvaluator, CpuExecutor, NodeTiming};
-pub use kernels::{KernelFn, KernelRegistry};
+pub use kernels::{KernelFn, KernelRegistry, OwnedKernelFn};

@@ -1,6 +1,7 @@
 //! Elementwise kernels: unary math, broadcasting arithmetic, comparisons, logic, selection, casts.
 
-use super::{arg, bad_type, broadcast_shape, opt_arg, KernelRegistry};
+use super::fast::{self, Binary, BroadcastPlan, Unary};
+use super::{arg, bad_type, broadcast_shape, f32_slice, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{ArrayD, IxDyn, Zip};
 use fpx_ir::{onnx_dtype, DType, Elem, Node, Tensor};
@@ -99,15 +100,6 @@ fn float_unary(t: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor, KernelError
     Ok(float_only!(t, a => map_num(a, &f, |x| x)))
 }
 
-/// Like [`float_unary`], with an f32 implementation for f32 tensors (faster where the f64 one
-/// is costly, e.g. `erf`).
-fn float_unary_f32(t: &Tensor, f32_fn: fn(f32) -> f32, f: impl Fn(f64) -> f64) -> Result<Tensor, KernelError> {
-    match t {
-        Tensor::F32(a) => Ok(Tensor::from(a.mapv(f32_fn))),
-        other => float_unary(other, f),
-    }
-}
-
 fn numeric_unary(t: &Tensor, ff: impl Fn(f64) -> f64, fi: impl Fn(i64) -> i64) -> Result<Tensor, KernelError> {
     Ok(numeric!(t, a => map_num(a, &ff, &fi)))
 }
@@ -120,31 +112,63 @@ macro_rules! unary_kernel {
     };
 }
 
-unary_kernel!(sqrt, f64::sqrt);
 unary_kernel!(exp, f64::exp);
 unary_kernel!(log, f64::ln);
-fn erf(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    Ok(vec![float_unary_f32(arg(i, 0)?, libm::erff, libm::erf)?])
-}
-unary_kernel!(tanh, f64::tanh);
-unary_kernel!(sigmoid, |x: f64| 1.0 / (1.0 + (-x).exp()));
-unary_kernel!(reciprocal, |x: f64| 1.0 / x);
 unary_kernel!(floor, f64::floor);
 unary_kernel!(ceil, f64::ceil);
 unary_kernel!(sin, f64::sin);
 unary_kernel!(cos, f64::cos);
 
-fn neg(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    Ok(vec![numeric_unary(arg(i, 0)?, |x| -x, i64::wrapping_neg)?])
+/// `op` over a contiguous f32 tensor, or `None` when the tensor is not one.
+fn fast_unary(op: Unary, t: &Tensor) -> Option<Tensor> {
+    let x = f32_slice(t)?;
+    Some(Tensor::from(super::array(t.shape(), fast::unary(op, x))))
 }
 
-fn abs(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    Ok(vec![numeric_unary(arg(i, 0)?, f64::abs, i64::wrapping_abs)?])
+/// `op` in place over an owned contiguous f32 tensor; gives the tensor back otherwise.
+fn fast_unary_owned(op: Unary, t: Tensor) -> Result<Tensor, Tensor> {
+    match t {
+        Tensor::F32(mut a) => match a.as_slice_mut() {
+            Some(buf) => {
+                fast::unary_in_place(op, buf);
+                Ok(Tensor::F32(a))
+            }
+            None => Err(Tensor::F32(a)),
+        },
+        other => Err(other),
+    }
 }
 
-fn relu(_: &Node, i: &[Option<&Tensor>]) -> Res {
-    Ok(vec![numeric_unary(arg(i, 0)?, |x| if x > 0.0 { x } else { 0.0 }, |x| x.max(0))?])
+/// Defines a unary kernel with an f32 fast path (`$op`), its by-value variant `$owned`, and
+/// the generic path `$generic` (a `fn(&Node, &Tensor) -> Result<Tensor, KernelError>`).
+macro_rules! fast_unary_kernel {
+    ($name:ident, $owned:ident, $op:expr, $generic:expr) => {
+        fn $name(n: &Node, i: &[Option<&Tensor>]) -> Res {
+            let t = arg(i, 0)?;
+            match fast_unary($op, t) {
+                Some(out) => Ok(vec![out]),
+                None => Ok(vec![$generic(n, t)?]),
+            }
+        }
+
+        fn $owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+            match (slot, fast_unary_owned($op, t)) {
+                (0, Ok(out)) => Ok(vec![out]),
+                (_, Ok(_)) => unreachable!("only input 0 is taken by value"),
+                (_, Err(t)) => $name(n, &with_owned(i, slot, &t)),
+            }
+        }
+    };
 }
+
+fast_unary_kernel!(sqrt, sqrt_owned, Unary::Sqrt, |_, t| float_unary(t, f64::sqrt));
+fast_unary_kernel!(erf, erf_owned, Unary::Erf, |_, t| float_unary(t, libm::erf));
+fast_unary_kernel!(tanh, tanh_owned, Unary::Tanh, |_, t| float_unary(t, f64::tanh));
+fast_unary_kernel!(sigmoid, sigmoid_owned, Unary::Sigmoid, |_, t| float_unary(t, |x: f64| 1.0 / (1.0 + (-x).exp())));
+fast_unary_kernel!(reciprocal, reciprocal_owned, Unary::Reciprocal, |_, t| float_unary(t, |x: f64| 1.0 / x));
+fast_unary_kernel!(neg, neg_owned, Unary::Neg, |_, t| numeric_unary(t, |x| -x, i64::wrapping_neg));
+fast_unary_kernel!(abs, abs_owned, Unary::Abs, |_, t| numeric_unary(t, f64::abs, i64::wrapping_abs));
+fast_unary_kernel!(relu, relu_owned, Unary::Relu, |_, t| numeric_unary(t, |x| if x > 0.0 { x } else { 0.0 }, |x: i64| x.max(0)));
 
 fn leaky_relu(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let alpha = n.attr_f("alpha", 0.01) as f64;
@@ -154,15 +178,25 @@ fn leaky_relu(n: &Node, i: &[Option<&Tensor>]) -> Res {
 fn gelu(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let t = arg(i, 0)?;
     let out = match n.attr_s("approximate", "none") {
-        "none" => float_unary_f32(
-            t,
-            |x| 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
-            |x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        )?,
+        "none" => match fast_unary(Unary::Gelu, t) {
+            Some(out) => out,
+            None => float_unary(t, |x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)))?,
+        },
         "tanh" => float_unary(t, |x| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()))?,
         other => kbail!("unknown approximate mode '{other}' (expected 'none' or 'tanh')"),
     };
     Ok(vec![out])
+}
+
+fn gelu_owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+    if slot == 0 && n.attr_s("approximate", "none") == "none" {
+        match fast_unary_owned(Unary::Gelu, t) {
+            Ok(out) => Ok(vec![out]),
+            Err(t) => gelu(n, &with_owned(i, slot, &t)),
+        }
+    } else {
+        gelu(n, &with_owned(i, slot, &t))
+    }
 }
 
 fn not(_: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -174,6 +208,10 @@ fn not(_: &Node, i: &[Option<&Tensor>]) -> Res {
 
 fn identity(_: &Node, i: &[Option<&Tensor>]) -> Res {
     Ok(vec![arg(i, 0)?.clone()])
+}
+
+fn identity_owned(_: &Node, _: &[Option<&Tensor>], _: usize, t: Tensor) -> Res {
+    Ok(vec![t])
 }
 
 fn cast(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -193,19 +231,63 @@ fn arith<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, ff: impl Fn(f64, f64) -> f64, fi
     }
 }
 
+/// `op` over two contiguous f32 tensors with broadcasting, or `None` when the fast path does
+/// not apply (other types or layouts; shapes that do not broadcast are left to the generic
+/// path's error).
+fn fast_binary(op: Binary, a: &Tensor, b: &Tensor) -> Option<Tensor> {
+    let (x, y) = (f32_slice(a)?, f32_slice(b)?);
+    let plan = BroadcastPlan::new(a.shape(), b.shape())?;
+    let v = fast::binary(op, &plan, x, y);
+    Some(Tensor::from(super::array(&plan.out_shape, v)))
+}
+
+/// `op` written into the owned input `slot` (0 = a, 1 = b) when it is contiguous f32 of the
+/// output's shape and the other input is contiguous f32; gives the tensor back otherwise.
+fn fast_binary_owned(op: Binary, slot: usize, owned: Tensor, other: &Tensor) -> Result<Tensor, Tensor> {
+    let Tensor::F32(mut a) = owned else { return Err(owned) };
+    let (Some(y), true) = (f32_slice(other), a.is_standard_layout()) else { return Err(Tensor::F32(a)) };
+    let plan = match slot {
+        0 => BroadcastPlan::new(a.shape(), other.shape()),
+        _ => BroadcastPlan::new(other.shape(), a.shape()),
+    };
+    match plan {
+        Some(plan) if plan.out_shape == a.shape() => {
+            let buf = a.as_slice_mut().expect("standard layout");
+            if slot == 0 {
+                fast::binary_into_a(op, &plan, buf, y);
+            } else {
+                fast::binary_into_b(op, &plan, y, buf);
+            }
+            Ok(Tensor::F32(a))
+        }
+        _ => Err(Tensor::F32(a)),
+    }
+}
+
 macro_rules! arith_kernel {
-    ($name:ident, $ff:expr, $fi:expr) => {
+    ($name:ident, $owned:ident, $op:expr, $ff:expr, $fi:expr) => {
         fn $name(_: &Node, i: &[Option<&Tensor>]) -> Res {
             let (a, b) = (arg(i, 0)?, arg(i, 1)?);
+            if let Some(out) = fast_binary($op, a, b) {
+                return Ok(vec![out]);
+            }
             Ok(vec![same_type2!(a, b, x, y => arith(x, y, $ff, $fi)?)])
+        }
+
+        fn $owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+            let other = arg(i, 1 - slot.min(1))?;
+            match fast_binary_owned($op, slot, t, other) {
+                Ok(out) => Ok(vec![out]),
+                Err(t) => $name(n, &with_owned(i, slot, &t)),
+            }
         }
     };
 }
 
-arith_kernel!(add, |p, q| p + q, i64::wrapping_add);
-arith_kernel!(sub, |p, q| p - q, i64::wrapping_sub);
-arith_kernel!(mul, |p, q| p * q, i64::wrapping_mul);
-arith_kernel!(div, |p, q| p / q, |p, q| if q == 0 { 0 } else { p.wrapping_div(q) });
+arith_kernel!(add, add_owned, Binary::Add, |p, q| p + q, i64::wrapping_add);
+arith_kernel!(sub, sub_owned, Binary::Sub, |p, q| p - q, i64::wrapping_sub);
+arith_kernel!(mul, mul_owned, Binary::Mul, |p, q| p * q, i64::wrapping_mul);
+arith_kernel!(div, div_owned, Binary::Div, |p, q| p / q, |p, q| if q == 0 { 0 } else { p.wrapping_div(q) });
 
 fn pow_t<T: Elem>(a: &ArrayD<T>, e: &ArrayD<f64>) -> Result<Tensor, KernelError> {
     Ok(Tensor::from(zip2(a, e, |p, q| T::from_f64(p.to_f64().powf(q)))?))
@@ -213,8 +295,31 @@ fn pow_t<T: Elem>(a: &ArrayD<T>, e: &ArrayD<f64>) -> Result<Tensor, KernelError>
 
 fn pow(_: &Node, i: &[Option<&Tensor>]) -> Res {
     let (base, e) = (arg(i, 0)?, arg(i, 1)?);
+    if squares(base, e) {
+        if let Some(out) = fast_unary(Unary::Square, base) {
+            return Ok(vec![out]);
+        }
+    }
     let ev = e.to_f64();
     Ok(vec![numeric!(base, a => pow_t(a, &ev)?)])
+}
+
+/// Whether `base ^ e` is `base * base` of `base`'s shape: one exponent, 2, of no higher rank.
+/// (For f32 the product rounds exactly as the f64 `powf` rounded to f32 does.)
+fn squares(base: &Tensor, e: &Tensor) -> bool {
+    e.len() == 1 && e.rank() <= base.rank() && e.to_f64_vec()[0] == 2.0
+}
+
+fn pow_owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+    let e = arg(i, 1 - slot.min(1))?;
+    if slot == 0 && squares(&t, e) {
+        match fast_unary_owned(Unary::Square, t) {
+            Ok(out) => Ok(vec![out]),
+            Err(t) => pow(n, &with_owned(i, slot, &t)),
+        }
+    } else {
+        pow(n, &with_owned(i, slot, &t))
+    }
 }
 
 fn compare<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, f: impl Fn(&T, &T) -> bool) -> Result<Tensor, KernelError> {
@@ -378,5 +483,25 @@ pub(super) fn register(r: &mut KernelRegistry) {
     ];
     for (op, k) in table {
         r.add(op, *k);
+    }
+    let owned: &[(&str, super::OwnedKernelFn)] = &[
+        ("Sqrt", sqrt_owned),
+        ("Erf", erf_owned),
+        ("Tanh", tanh_owned),
+        ("Sigmoid", sigmoid_owned),
+        ("Reciprocal", reciprocal_owned),
+        ("Neg", neg_owned),
+        ("Abs", abs_owned),
+        ("Relu", relu_owned),
+        ("Gelu", gelu_owned),
+        ("Identity", identity_owned),
+        ("Add", add_owned),
+        ("Sub", sub_owned),
+        ("Mul", mul_owned),
+        ("Div", div_owned),
+        ("Pow", pow_owned),
+    ];
+    for (op, k) in owned {
+        r.add_owned(op, *k);
     }
 }

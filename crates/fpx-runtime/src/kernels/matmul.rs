@@ -1,61 +1,77 @@
 //! Matrix products of two tensors (MatMul, Gemm) through the `matrixmultiply` GEMM:
-//! f32 (f16/bf16 upcast to f32) and f64, batched with numpy broadcasting, batches in parallel.
+//! f32 (f16/bf16 upcast to f32) and f64, batched with numpy broadcasting. The GEMM runs on one
+//! thread per call; work is split across the current rayon pool here (batches, or column/row
+//! blocks of one product), so the executor's thread count is respected.
 
+use super::fast::SendPtr;
 use super::{arg, array, bad_type, broadcast_shape, opt_arg, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::IxDyn;
 use fpx_ir::{DType, Node, Tensor};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
 /// Element types the GEMM computes in.
 trait Gemm: Copy + Default + Send + Sync + 'static {
-    /// `c = alpha * a·b + beta * c` for row/column strides given in elements.
+    /// `c = alpha * a·b + beta * c` for row/column strides given in elements; `c`'s rows are
+    /// `ldc` elements apart.
+    ///
+    /// # Safety
+    /// Every element reached through the pointers and strides must be valid (and `c`'s writable
+    /// and not read or written by anyone else during the call).
     #[allow(clippy::too_many_arguments)]
-    fn gemm(
+    unsafe fn gemm_raw(
         m: usize,
         k: usize,
         n: usize,
         alpha: Self,
-        a: &[Self],
+        a: *const Self,
         rsa: isize,
         csa: isize,
-        b: &[Self],
+        b: *const Self,
         rsb: isize,
         csb: isize,
         beta: Self,
-        c: &mut [Self],
+        c: *mut Self,
+        ldc: isize,
     );
     fn values(t: &Tensor) -> Vec<Self>;
+    /// The tensor's data without a copy, when it already is of this type in standard layout.
+    fn slice(t: &Tensor) -> Option<&[Self]>;
     fn from_f64(v: f64) -> Self;
     fn tensor(shape: &[usize], v: Vec<Self>) -> Tensor;
 }
 
 impl Gemm for f32 {
-    fn gemm(
+    unsafe fn gemm_raw(
         m: usize,
         k: usize,
         n: usize,
         alpha: f32,
-        a: &[f32],
+        a: *const f32,
         rsa: isize,
         csa: isize,
-        b: &[f32],
+        b: *const f32,
         rsb: isize,
         csb: isize,
         beta: f32,
-        c: &mut [f32],
+        c: *mut f32,
+        ldc: isize,
     ) {
-        assert!(c.len() >= m * n);
-        // SAFETY: callers pass slices that cover every (row, col) reached through the strides
-        // (checked by `check_extent`), and `c` holds m*n elements in row-major order.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1) }
+        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, 1)
     }
     fn values(t: &Tensor) -> Vec<f32> {
         match t {
             Tensor::F32(a) => a.as_standard_layout().iter().copied().collect(),
             other => other.to_f32().iter().copied().collect(),
+        }
+    }
+    fn slice(t: &Tensor) -> Option<&[f32]> {
+        match t {
+            Tensor::F32(a) => a.as_slice(),
+            _ => None,
         }
     }
     fn from_f64(v: f64) -> f32 {
@@ -67,32 +83,108 @@ impl Gemm for f32 {
 }
 
 impl Gemm for f64 {
-    fn gemm(
+    unsafe fn gemm_raw(
         m: usize,
         k: usize,
         n: usize,
         alpha: f64,
-        a: &[f64],
+        a: *const f64,
         rsa: isize,
         csa: isize,
-        b: &[f64],
+        b: *const f64,
         rsb: isize,
         csb: isize,
         beta: f64,
-        c: &mut [f64],
+        c: *mut f64,
+        ldc: isize,
     ) {
-        assert!(c.len() >= m * n);
-        // SAFETY: as for f32.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1) }
+        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, 1)
     }
     fn values(t: &Tensor) -> Vec<f64> {
         t.to_f64_vec()
+    }
+    fn slice(t: &Tensor) -> Option<&[f64]> {
+        match t {
+            Tensor::F64(a) => a.as_slice(),
+            _ => None,
+        }
     }
     fn from_f64(v: f64) -> f64 {
         v
     }
     fn tensor(shape: &[usize], v: Vec<f64>) -> Tensor {
         Tensor::from(array(shape, v))
+    }
+}
+
+/// A GEMM operand: borrowed when the tensor already holds contiguous values of type `T`.
+fn operand<T: Gemm>(t: &Tensor) -> Cow<'_, [T]> {
+    match T::slice(t) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(T::values(t)),
+    }
+}
+
+/// Multiply-adds below which one product stays on one thread.
+const PAR_GEMM_MIN: usize = 1 << 20;
+
+/// `c = alpha * a·b + beta * c` for a row-major `m × n` `c`, split across the current rayon
+/// pool when large: by blocks of columns (each thread packs only its part of `b`), or by blocks
+/// of rows when `c` is too narrow. Panics if a stride reaches outside `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+fn par_gemm<T: Gemm>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: &[T],
+    rsa: isize,
+    csa: isize,
+    b: &[T],
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: &mut [T],
+) {
+    assert!(c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The last element each operand's strides reach must be inside it.
+    let reach = |rows: usize, cols: usize, rs: isize, cs: isize| (rows - 1) * rs.unsigned_abs() + (cols - 1) * cs.unsigned_abs();
+    assert!(k == 0 || (reach(m, k, rsa, csa) < a.len() && reach(k, n, rsb, csb) < b.len()), "GEMM operand strides out of range");
+    let threads = rayon::current_num_threads();
+    let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), a.as_ptr() as usize, b.as_ptr() as usize);
+    // SAFETY (all calls below): the extents were checked above; each call writes its own block
+    // of `c` (disjoint rows or columns).
+    let run = |i0: usize, i1: usize, j0: usize, j1: usize| unsafe {
+        let c = cp;
+        T::gemm_raw(
+            i1 - i0,
+            k,
+            j1 - j0,
+            alpha,
+            (ap as *const T).offset(i0 as isize * rsa),
+            rsa,
+            csa,
+            (bp as *const T).offset(j0 as isize * csb),
+            rsb,
+            csb,
+            beta,
+            c.0.add(i0 * n + j0),
+            n as isize,
+        )
+    };
+    if threads <= 1 || m * k * n < PAR_GEMM_MIN {
+        run(0, m, 0, n);
+    } else if n >= 32 * threads {
+        let per = n.div_ceil(threads).div_ceil(16) * 16;
+        (0..n.div_ceil(per)).into_par_iter().for_each(|t| run(0, m, t * per, ((t + 1) * per).min(n)));
+    } else if m >= 2 * threads {
+        let per = m.div_ceil(threads);
+        (0..m.div_ceil(per)).into_par_iter().for_each(|t| run(t * per, ((t + 1) * per).min(m), 0, n));
+    } else {
+        run(0, m, 0, n);
     }
 }
 
@@ -103,7 +195,7 @@ pub(crate) fn sgemm_rows(m: usize, k: usize, n: usize, x: &[f32], w: &[f32], y: 
         return;
     }
     assert!(x.len() >= m * k && w.len() >= k * n && y.len() >= m * n);
-    f32::gemm(m, k, n, 1.0, x, k as isize, 1, w, n as isize, 1, 0.0, y);
+    par_gemm(m, k, n, 1.0, x, k as isize, 1, w, n as isize, 1, 0.0, y);
 }
 
 fn check_float(t: &Tensor) -> Result<(), KernelError> {
@@ -157,23 +249,24 @@ fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
     }
     let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
     let batch = broadcast_shape(&[ab, bb])?;
-    let (av, bv) = (T::values(a), T::values(b));
+    let (av, bv) = (operand::<T>(a), operand::<T>(b));
     let (oa, ob) = (batch_offsets(&batch, ab, m * k), batch_offsets(&batch, bb, k * n));
     let count = oa.len();
     let mut out = vec![T::default(); count * m * n];
-    if m * n > 0 {
+    if m * n > 0 && k > 0 {
         let one = T::from_f64(1.0);
         let zero = T::from_f64(0.0);
-        let run = |(i, c): (usize, &mut [T])| {
-            if k == 0 {
-                return;
-            }
-            T::gemm(m, k, n, one, &av[oa[i]..oa[i] + m * k], k as isize, 1, &bv[ob[i]..ob[i] + k * n], n as isize, 1, zero, c);
-        };
-        if count > 1 {
-            out.par_chunks_mut(m * n).enumerate().for_each(run);
+        let (ki, ni) = (k as isize, n as isize);
+        if ob.iter().all(|&o| o == 0) && oa.iter().enumerate().all(|(i, &o)| o == i * m * k) {
+            // One B for consecutive A matrices (activations times a weight): one product with
+            // the batches stacked as rows.
+            par_gemm(count * m, k, n, one, &av, ki, 1, &bv, ni, 1, zero, &mut out);
+        } else if count > 1 {
+            out.par_chunks_mut(m * n)
+                .enumerate()
+                .for_each(|(i, c)| par_gemm(m, k, n, one, &av[oa[i]..oa[i] + m * k], ki, 1, &bv[ob[i]..ob[i] + k * n], ni, 1, zero, c));
         } else {
-            out.chunks_mut(m * n).enumerate().for_each(run);
+            par_gemm(m, k, n, one, &av[..m * k], ki, 1, &bv[..k * n], ni, 1, zero, &mut out);
         }
     }
     let mut shape = batch;
@@ -223,10 +316,10 @@ fn gemm_t<T: Gemm>(n: &Node, a: &Tensor, b: &Tensor, c: Option<&Tensor>) -> Resu
         beta_t = T::from_f64(beta);
     }
     if m * nn > 0 && k > 0 {
-        let (av, bv) = (T::values(a), T::values(b));
+        let (av, bv) = (operand::<T>(a), operand::<T>(b));
         let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
         let (rsb, csb) = if tb { (1, k as isize) } else { (nn as isize, 1) };
-        T::gemm(m, k, nn, alpha, &av, rsa, csa, &bv, rsb, csb, beta_t, &mut out);
+        par_gemm(m, k, nn, alpha, &av, rsa, csa, &bv, rsb, csb, beta_t, &mut out);
     } else if c.is_some() {
         for o in &mut out {
             *o = T::from_f64(0.0);

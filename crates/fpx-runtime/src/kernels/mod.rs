@@ -2,6 +2,9 @@
 //! op schema registry (`fpx_ir::ops::OpRegistry`).
 
 mod elementwise;
+mod fast;
+#[cfg(test)]
+mod fast_path_tests;
 mod matmul;
 mod nn;
 pub mod quant;
@@ -15,10 +18,16 @@ use std::collections::HashMap;
 /// A CPU kernel: computes a node's outputs from its inputs (`None` = omitted optional input).
 pub type KernelFn = fn(&Node, &[Option<&Tensor>]) -> Result<Vec<Tensor>, KernelError>;
 
+/// A CPU kernel that may take one input by value (reusing its buffer for the output, or
+/// reshaping it without a copy): `owned` is input `slot`, whose entry in the inputs is `None`.
+/// The executor calls it instead of the [`KernelFn`] when that input is read by no later node.
+pub type OwnedKernelFn = fn(&Node, &[Option<&Tensor>], usize, Tensor) -> Result<Vec<Tensor>, KernelError>;
+
 /// CPU kernels by (domain, op type).
 #[derive(Clone, Default)]
 pub struct KernelRegistry {
     map: HashMap<(String, String), KernelFn>,
+    owned: HashMap<(String, String), OwnedKernelFn>,
 }
 
 impl KernelRegistry {
@@ -41,6 +50,25 @@ impl KernelRegistry {
     /// Registers a kernel for an op of `domain`.
     pub fn add_in(&mut self, domain: &str, op_type: &str, k: KernelFn) {
         self.map.insert((domain.to_string(), op_type.to_string()), k);
+    }
+
+    /// Registers, for an op of the default ONNX domain, the variant of its kernel that takes
+    /// an input by value (the op must also have a [`KernelFn`]).
+    pub fn add_owned(&mut self, op_type: &str, k: OwnedKernelFn) {
+        self.owned.insert((String::new(), op_type.to_string()), k);
+    }
+
+    /// The by-value variant of an op's kernel, if it has one.
+    pub fn get_owned(&self, domain: &str, op_type: &str) -> Option<OwnedKernelFn> {
+        let d = if domain == "ai.onnx" { "" } else { domain };
+        self.owned.get(&(d.to_string(), op_type.to_string())).copied()
+    }
+
+    /// The same kernels without their by-value variants (for tests of the executor).
+    #[cfg(test)]
+    pub(crate) fn without_owned(mut self) -> Self {
+        self.owned.clear();
+        self
     }
 
     /// The kernel for an op, if any (`ai.onnx` is the default domain).
@@ -96,6 +124,24 @@ pub(crate) fn array<T>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
 }
 
+/// The inputs with `owned` back in its slot: for a by-value kernel that falls back to its
+/// by-reference path.
+pub(crate) fn with_owned<'a>(inputs: &[Option<&'a Tensor>], slot: usize, owned: &'a Tensor) -> Vec<Option<&'a Tensor>> {
+    let mut v = inputs.to_vec();
+    if let Some(s) = v.get_mut(slot) {
+        *s = Some(owned);
+    }
+    v
+}
+
+/// The contiguous f32 data of a tensor, if it is f32 in standard layout.
+pub(crate) fn f32_slice(t: &Tensor) -> Option<&[f32]> {
+    match t {
+        Tensor::F32(a) => a.as_slice(),
+        _ => None,
+    }
+}
+
 /// The error for an input of an element type the op does not take.
 pub(crate) fn bad_type(t: &Tensor) -> KernelError {
     KernelError(format!("element type {} is not supported by this op", t.dtype()))
@@ -114,6 +160,9 @@ mod tests {
         }
         for (domain, op) in kernels.ops() {
             assert!(schemas.get(&domain, &op).is_some(), "kernel {domain}:{op} has no schema");
+        }
+        for (domain, op) in kernels.owned.keys() {
+            assert!(kernels.get(domain, op).is_some(), "by-value kernel {domain}:{op} has no by-reference kernel");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Normalizations and reductions: Softmax, LayerNormalization, Reduce*, CumSum.
 
-use super::{arg, array, axis, bad_type, opt_arg, KernelRegistry};
+use super::{arg, array, axis, bad_type, f32_slice, fast, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{dispatch, DType, Elem, Node, Tensor};
@@ -25,21 +25,31 @@ fn require_float(t: &Tensor) -> Result<(), KernelError> {
     }
 }
 
-fn softmax(n: &Node, i: &[Option<&Tensor>]) -> Res {
-    let x = arg(i, 0)?;
-    require_float(x)?;
-    let (mut v, shape) = f64_data(x);
+/// Softmax's reduction as (outer, len, inner): rows of `len` elements `inner` apart.
+fn softmax_layout(n: &Node, shape: &[usize]) -> Result<(usize, usize, usize), KernelError> {
     let r = shape.len();
     let default_axis = if n.opset < 13 { 1 } else { -1 };
     let a = if r == 0 { 0 } else { axis(n.attr_i("axis", default_axis), r)? };
     // Before opset 13 the input is coerced to 2-D at `axis`; from 13 on only `axis` is reduced.
-    let (outer, len, inner) = if n.opset < 13 {
+    Ok(if n.opset < 13 {
         (shape[..a].iter().product::<usize>(), shape[a..].iter().product::<usize>(), 1)
     } else if r == 0 {
         (1, 1, 1)
     } else {
         (shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product())
-    };
+    })
+}
+
+fn softmax(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    require_float(x)?;
+    let (outer, len, inner) = softmax_layout(n, x.shape())?;
+    if let (Some(src), 1) = (f32_slice(x), inner) {
+        let mut out = vec![0f32; src.len()];
+        fast::softmax(len, Some(src), &mut out);
+        return Ok(vec![Tensor::from(array(x.shape(), out))]);
+    }
+    let (mut v, shape) = f64_data(x);
     for o in 0..outer {
         for k in 0..inner {
             let idx = |j: usize| (o * len + j) * inner + k;
@@ -58,10 +68,32 @@ fn softmax(n: &Node, i: &[Option<&Tensor>]) -> Res {
     Ok(vec![back(x.dtype(), &shape, v)])
 }
 
-fn layer_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
-    let x = arg(i, 0)?;
-    require_float(x)?;
-    let shape = x.shape().to_vec();
+fn softmax_owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+    match (slot, t) {
+        (0, Tensor::F32(mut a)) => {
+            let (_, len, inner) = softmax_layout(n, a.shape())?;
+            if let (Some(buf), 1) = (a.as_slice_mut(), inner) {
+                fast::softmax(len, None, buf);
+                return Ok(vec![Tensor::F32(a)]);
+            }
+            softmax(n, &with_owned(i, slot, &Tensor::F32(a)))
+        }
+        (_, t) => softmax(n, &with_owned(i, slot, &t)),
+    }
+}
+
+/// LayerNormalization's attributes and operands, checked against the input's shape.
+struct LayerNormParams {
+    /// The first normalized axis.
+    a: usize,
+    eps: f64,
+    outer: usize,
+    inner: usize,
+    scale: Vec<f64>,
+    bias: Vec<f64>,
+}
+
+fn layer_norm_params(n: &Node, i: &[Option<&Tensor>], shape: &[usize]) -> Result<LayerNormParams, KernelError> {
     let a = axis(n.attr_i("axis", -1), shape.len())?;
     let eps = n.attr_f("epsilon", 1e-5) as f64;
     let norm_shape = &shape[a..];
@@ -79,6 +111,38 @@ fn layer_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
         Some(b) => expand(b, "bias")?,
         None => vec![0.0; inner],
     };
+    Ok(LayerNormParams { a, eps, outer, inner, scale, bias })
+}
+
+/// The Mean and InvStdDev outputs (shape: the input's, 1 from the normalized axes on).
+fn layer_norm_stats(n: &Node, shape: &[usize], a: usize, means: Tensor, inv_stds: Tensor) -> [Tensor; 2] {
+    let stat_shape: Vec<usize> = shape.iter().enumerate().map(|(k, &d)| if k < a { d } else { 1 }).collect();
+    let stash = fpx_ir::onnx_dtype(n.attr_i("stash_type", 1)).unwrap_or(DType::F32);
+    let shaped = |t: Tensor| t.reshape(&stat_shape).expect("one value per row").cast(stash);
+    [shaped(means), shaped(inv_stds)]
+}
+
+/// The f32 path: normalizes `src` into `out`, or `out` in place when `src` is `None`.
+fn layer_norm_f32(n: &Node, p: &LayerNormParams, shape: &[usize], src: Option<&[f32]>, out: Tensor) -> Vec<Tensor> {
+    let (mut means, mut invs) = (vec![0f64; p.outer], vec![0f64; p.outer]);
+    let mut out = out;
+    let Tensor::F32(a) = &mut out else { unreachable!("f32 output") };
+    let rows = fast::LayerNormRows { inner: p.inner, eps: p.eps, scale: &p.scale, bias: &p.bias };
+    fast::layer_norm(&rows, src, a.as_slice_mut().expect("standard layout"), &mut means, &mut invs);
+    let [m, v] = layer_norm_stats(n, shape, p.a, Tensor::from(array(&[p.outer], means)), Tensor::from(array(&[p.outer], invs)));
+    vec![out, m, v]
+}
+
+fn layer_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let x = arg(i, 0)?;
+    require_float(x)?;
+    let shape = x.shape().to_vec();
+    let p = layer_norm_params(n, i, &shape)?;
+    if let (Some(src), true) = (f32_slice(x), p.inner > 0) {
+        let out = Tensor::from(array(&shape, vec![0f32; src.len()]));
+        return Ok(layer_norm_f32(n, &p, &shape, Some(src), out));
+    }
+    let (inner, outer) = (p.inner, p.outer);
     let v = x.to_f64_vec();
     let mut out = vec![0.0; v.len()];
     let mut means = Vec::with_capacity(outer);
@@ -87,16 +151,28 @@ fn layer_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
         let row = &v[o * inner..(o + 1) * inner];
         let mean = row.iter().sum::<f64>() / inner as f64;
         let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / inner as f64;
-        let inv = 1.0 / (var + eps).sqrt();
+        let inv = 1.0 / (var + p.eps).sqrt();
         for (j, x) in row.iter().enumerate() {
-            out[o * inner + j] = (x - mean) * inv * scale[j] + bias[j];
+            out[o * inner + j] = (x - mean) * inv * p.scale[j] + p.bias[j];
         }
         means.push(mean);
         inv_stds.push(inv);
     }
-    let stat_shape: Vec<usize> = shape.iter().enumerate().map(|(k, &d)| if k < a { d } else { 1 }).collect();
-    let stash = fpx_ir::onnx_dtype(n.attr_i("stash_type", 1)).unwrap_or(DType::F32);
-    Ok(vec![back(x.dtype(), &shape, out), back(stash, &stat_shape, means), back(stash, &stat_shape, inv_stds)])
+    let [m, s] = layer_norm_stats(n, &shape, p.a, Tensor::from(array(&[outer], means)), Tensor::from(array(&[outer], inv_stds)));
+    Ok(vec![back(x.dtype(), &shape, out), m, s])
+}
+
+fn layer_norm_owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+    let contiguous_f32 = matches!(&t, Tensor::F32(a) if a.is_standard_layout());
+    if slot != 0 || !contiguous_f32 {
+        return layer_norm(n, &with_owned(i, slot, &t));
+    }
+    let shape = t.shape().to_vec();
+    let p = layer_norm_params(n, i, &shape)?;
+    if p.inner == 0 {
+        return layer_norm(n, &with_owned(i, slot, &t));
+    }
+    Ok(layer_norm_f32(n, &p, &shape, None, t))
 }
 
 /// How a reduction combines values.
@@ -178,6 +254,22 @@ fn reduce(n: &Node, i: &[Option<&Tensor>], how: Reduce) -> Res {
     if matches!(how, Reduce::Sum | Reduce::Mean) && x.dtype() == DType::Bool {
         return Err(bad_type(x));
     }
+    // f32 sums over trailing axes: rows of contiguous values.
+    let r = x.rank();
+    if let (Some(src), Reduce::Sum | Reduce::Mean) = (f32_slice(x), how) {
+        if axes.iter().enumerate().all(|(k, &a)| a == r - axes.len() + k) {
+            let len: usize = x.shape()[r - axes.len()..].iter().product();
+            let mean = matches!(how, Reduce::Mean);
+            let v: Vec<f32> = if len == 0 {
+                vec![if mean { f32::NAN } else { 0.0 }; x.shape()[..r - axes.len()].iter().product()]
+            } else {
+                fast::row_sums(len, src).into_iter().map(|s| (if mean { s / len as f64 } else { s }) as f32).collect()
+            };
+            let out_shape: Vec<usize> =
+                (0..r).filter_map(|k| if axes.contains(&k) { keep.then_some(1) } else { Some(x.shape()[k]) }).collect();
+            return Ok(vec![Tensor::from(array(&out_shape, v))]);
+        }
+    }
     Ok(vec![dispatch!(x, a => reduce_t(a, &axes, keep, how))])
 }
 
@@ -252,4 +344,6 @@ pub(super) fn register(r: &mut KernelRegistry) {
     for (op, k) in table {
         r.add(op, *k);
     }
+    r.add_owned("Softmax", softmax_owned);
+    r.add_owned("LayerNormalization", layer_norm_owned);
 }

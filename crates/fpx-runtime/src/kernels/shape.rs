@@ -1,9 +1,10 @@
 //! Data-movement kernels: reshapes, transposes, gathers, slices, concatenation, shape queries.
 
-use super::{arg, array, axis, broadcast_shape, opt_arg, KernelRegistry};
+use super::{arg, array, axis, broadcast_shape, fast, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 use fpx_ir::{dispatch, Attribute, Elem, Node, Tensor};
+use rayon::prelude::*;
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
@@ -24,8 +25,47 @@ fn reshape_to(t: &Tensor, shape: &[usize]) -> Result<Tensor, KernelError> {
     }
 }
 
-fn reshape(n: &Node, i: &[Option<&Tensor>]) -> Res {
-    let (x, s) = (arg(i, 0)?, arg(i, 1)?.to_i64_vec());
+/// An owned array in a new shape of the same length: no copy when it is in standard layout.
+fn into_shape<T: Elem>(a: ArrayD<T>, shape: &[usize]) -> ArrayD<T> {
+    let a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
+    a.into_shape_with_order(IxDyn(shape)).expect("length checked, standard layout")
+}
+
+/// Like [`reshape_to`], reusing the owned tensor's buffer.
+fn reshape_owned_to(t: Tensor, shape: &[usize]) -> Result<Tensor, KernelError> {
+    if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(t.len()) {
+        kbail!("cannot reshape a tensor of shape {:?} ({} elements) to {:?}", t.shape(), t.len(), shape);
+    }
+    Ok(dispatch!(t, a => Tensor::from(into_shape(a, shape))))
+}
+
+/// Defines the by-value variant `$owned` of a reshaping kernel `$name` whose output shape
+/// `$dims(node, inputs, input shape, input length)` computes.
+macro_rules! reshape_kernel {
+    ($name:ident, $owned:ident, $dims:ident) => {
+        fn $name(n: &Node, i: &[Option<&Tensor>]) -> Res {
+            let x = arg(i, 0)?;
+            let out = $dims(n, i, x.shape(), x.len())?;
+            Ok(vec![reshape_to(x, &out)?])
+        }
+
+        fn $owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+            if slot != 0 {
+                return $name(n, &with_owned(i, slot, &t));
+            }
+            let out = $dims(n, i, t.shape(), t.len())?;
+            Ok(vec![reshape_owned_to(t, &out)?])
+        }
+    };
+}
+
+reshape_kernel!(reshape, reshape_owned, reshape_dims);
+reshape_kernel!(flatten, flatten_owned, flatten_dims);
+reshape_kernel!(squeeze, squeeze_owned, squeeze_dims);
+reshape_kernel!(unsqueeze, unsqueeze_owned, unsqueeze_dims);
+
+fn reshape_dims(n: &Node, i: &[Option<&Tensor>], shape: &[usize], len: usize) -> Result<Vec<usize>, KernelError> {
+    let s = arg(i, 1)?.to_i64_vec();
     let allowzero = n.attr_i("allowzero", 0) != 0;
     let mut out = Vec::with_capacity(s.len());
     let mut infer = None;
@@ -36,9 +76,9 @@ fn reshape(n: &Node, i: &[Option<&Tensor>]) -> Res {
                 out.push(1);
             }
             -1 => kbail!("target shape {s:?} has more than one -1"),
-            0 if !allowzero => match x.shape().get(k) {
+            0 if !allowzero => match shape.get(k) {
                 Some(&v) => out.push(v),
-                None => kbail!("target shape {s:?} copies dimension {k} (0) but the input has rank {}", x.rank()),
+                None => kbail!("target shape {s:?} copies dimension {k} (0) but the input has rank {}", shape.len()),
             },
             d if d < 0 => kbail!("target shape {s:?} has a negative dimension"),
             d => out.push(d as usize),
@@ -46,34 +86,32 @@ fn reshape(n: &Node, i: &[Option<&Tensor>]) -> Res {
     }
     if let Some(k) = infer {
         let known = checked_len(&out)?;
-        if known == 0 || x.len() % known != 0 {
-            kbail!("cannot reshape {:?} ({} elements) to {s:?}", x.shape(), x.len());
+        if known == 0 || !len.is_multiple_of(known) {
+            kbail!("cannot reshape {shape:?} ({len} elements) to {s:?}");
         }
-        out[k] = x.len() / known;
+        out[k] = len / known;
     }
-    Ok(vec![reshape_to(x, &out)?])
+    Ok(out)
 }
 
-fn flatten(n: &Node, i: &[Option<&Tensor>]) -> Res {
-    let x = arg(i, 0)?;
+fn flatten_dims(n: &Node, _: &[Option<&Tensor>], shape: &[usize], _: usize) -> Result<Vec<usize>, KernelError> {
+    let rank = shape.len();
     let a = n.attr_i("axis", 1);
-    let a = if a < 0 { a + x.rank() as i64 } else { a };
-    if !(0..=x.rank() as i64).contains(&a) {
-        kbail!("axis {} out of range for rank {}", n.attr_i("axis", 1), x.rank());
+    let a = if a < 0 { a + rank as i64 } else { a };
+    if !(0..=rank as i64).contains(&a) {
+        kbail!("axis {} out of range for rank {rank}", n.attr_i("axis", 1));
     }
-    let outer: usize = x.shape()[..a as usize].iter().product();
-    let inner: usize = x.shape()[a as usize..].iter().product();
-    Ok(vec![reshape_to(x, &[outer, inner])?])
+    let outer: usize = shape[..a as usize].iter().product();
+    let inner: usize = shape[a as usize..].iter().product();
+    Ok(vec![outer, inner])
 }
 
 fn axes_of(n: &Node, i: &[Option<&Tensor>], slot: usize) -> Option<Vec<i64>> {
     n.attr_ints("axes").map(|a| a.to_vec()).or_else(|| opt_arg(i, slot).map(|t| t.to_i64_vec()))
 }
 
-fn squeeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
-    let x = arg(i, 0)?;
-    let shape = x.shape();
-    let out: Vec<usize> = match axes_of(n, i, 1) {
+fn squeeze_dims(n: &Node, i: &[Option<&Tensor>], shape: &[usize], _: usize) -> Result<Vec<usize>, KernelError> {
+    Ok(match axes_of(n, i, 1) {
         None => shape.iter().copied().filter(|&d| d != 1).collect(),
         Some(ax) => {
             let idx: Vec<usize> = ax.iter().map(|&a| axis(a, shape.len())).collect::<Result<_, _>>()?;
@@ -84,22 +122,83 @@ fn squeeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
             }
             shape.iter().enumerate().filter(|(k, _)| !idx.contains(k)).map(|(_, &d)| d).collect()
         }
-    };
-    Ok(vec![reshape_to(x, &out)?])
+    })
 }
 
-fn unsqueeze(n: &Node, i: &[Option<&Tensor>]) -> Res {
-    let x = arg(i, 0)?;
+fn unsqueeze_dims(n: &Node, i: &[Option<&Tensor>], shape: &[usize], _: usize) -> Result<Vec<usize>, KernelError> {
     let Some(ax) = axes_of(n, i, 1) else { kbail!("axes are required") };
-    let rank = x.rank() + ax.len();
+    let rank = shape.len() + ax.len();
     let mut idx: Vec<usize> = ax.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?;
     idx.sort_unstable();
     if idx.windows(2).any(|w| w[0] == w[1]) {
         kbail!("axes {ax:?} repeat an axis");
     }
-    let mut src = x.shape().iter();
-    let out: Vec<usize> = (0..rank).map(|k| if idx.contains(&k) { 1 } else { *src.next().unwrap_or(&1) }).collect();
-    Ok(vec![reshape_to(x, &out)?])
+    let mut src = shape.iter();
+    Ok((0..rank).map(|k| if idx.contains(&k) { 1 } else { *src.next().unwrap_or(&1) }).collect())
+}
+
+/// The elements of a row-major array of `shape` with its axes permuted by `perm`, in
+/// row-major order: contiguous runs copied whole, dimensions that stay adjacent merged, rows
+/// split across threads when large.
+fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let r = shape.len();
+    let mut st = vec![1usize; r];
+    for d in (0..r.saturating_sub(1)).rev() {
+        st[d] = st[d + 1] * shape[d + 1];
+    }
+    // Output dimensions, outermost first, as (size, stride in the source).
+    let mut dims: Vec<(usize, usize)> = Vec::with_capacity(r);
+    for &p in perm {
+        if shape[p] == 1 {
+            continue;
+        }
+        match dims.last_mut() {
+            Some(last) if last.1 == st[p] * shape[p] => *last = (last.0 * shape[p], st[p]),
+            _ => dims.push((shape[p], st[p])),
+        }
+    }
+    let n: usize = shape.iter().product();
+    let Some((inner, istride)) = dims.pop() else { return src.to_vec() };
+    if n == 0 {
+        return Vec::new();
+    }
+    let outer = dims;
+    let fill = |row0: usize, out: &mut [T]| {
+        let nd = outer.len();
+        let mut idx = vec![0usize; nd];
+        let (mut off, mut rest) = (0usize, row0);
+        for d in (0..nd).rev() {
+            idx[d] = rest % outer[d].0;
+            rest /= outer[d].0;
+            off += idx[d] * outer[d].1;
+        }
+        for row in out.chunks_exact_mut(inner) {
+            if istride == 1 {
+                row.copy_from_slice(&src[off..off + inner]);
+            } else {
+                for (o, &v) in row.iter_mut().zip(src[off..].iter().step_by(istride)) {
+                    *o = v;
+                }
+            }
+            for d in (0..nd).rev() {
+                idx[d] += 1;
+                off += outer[d].1;
+                if idx[d] < outer[d].0 {
+                    break;
+                }
+                idx[d] = 0;
+                off -= outer[d].0 * outer[d].1;
+            }
+        }
+    };
+    let mut out = vec![T::default(); n];
+    if fast::parallel(n) {
+        let rows = (1usize << 13).div_ceil(inner);
+        out.par_chunks_mut(rows * inner).enumerate().for_each(|(k, o)| fill(k * rows, o));
+    } else {
+        fill(0, &mut out);
+    }
+    out
 }
 
 fn transpose(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -113,7 +212,11 @@ fn transpose(n: &Node, i: &[Option<&Tensor>]) -> Res {
     if perm.len() != r || perm.iter().any(|&p| std::mem::replace(&mut seen[p], true)) {
         kbail!("perm {:?} is not a permutation of the {r} axes", n.attr_ints("perm"));
     }
-    Ok(vec![dispatch!(x, a => Tensor::from(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()))])
+    let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    Ok(vec![dispatch!(x, a => match a.as_slice() {
+        Some(s) => Tensor::from(array(&out_shape, permute(s, a.shape(), &perm))),
+        None => Tensor::from(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()),
+    })])
 }
 
 fn gather_t<T: Elem>(a: &ArrayD<T>, ax: usize, idx: &[usize], idx_shape: &[usize]) -> Tensor {
@@ -328,4 +431,8 @@ pub(super) fn register(r: &mut KernelRegistry) {
     for (op, k) in table {
         r.add(op, *k);
     }
+    r.add_owned("Reshape", reshape_owned);
+    r.add_owned("Flatten", flatten_owned);
+    r.add_owned("Squeeze", squeeze_owned);
+    r.add_owned("Unsqueeze", unsqueeze_owned);
 }
