@@ -63,11 +63,13 @@ pub enum Error {
 /// Largest constant (in elements) that constant folding may create.
 const FOLD_LIMIT: usize = 1 << 20;
 
-/// The standard clean-up pipeline: fold constants, then drop dead nodes.
+/// The standard clean-up pipeline: fold constants, fuse exporter op chains (erf GELU), then drop
+/// dead nodes.
 pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
     let registry = OpRegistry::standard();
     PassManager::new()
         .with(ConstantFolding { evaluator: CpuEvaluator::default(), max_elements: FOLD_LIMIT })
+        .with(fpx_passes::FuseGelu)
         .with(DeadNodeElimination)
         .run(graph, &registry)?;
     Ok(())

@@ -3,11 +3,13 @@
 //! layout with per-channel (or per-group) scales into which the format's bias-shift factor is
 //! folded, so the kernels dequantize with shifts and masks and scale once per output.
 
+mod fuse;
 mod quantize;
 mod scheme;
 #[cfg(test)]
 mod tests;
 
+pub use fuse::FuseGelu;
 pub use quantize::{quantize_weights, LayerQuant, QuantSummary, QuantizeWeights};
 pub use scheme::{QuantizeOptions, WeightScheme};
 

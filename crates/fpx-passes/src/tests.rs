@@ -213,3 +213,72 @@ fn nan_weight_and_zero_group_are_clear_errors() {
             .to_string();
     assert!(e.contains("group size"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Erf-GELU fusion
+
+/// `y = Mul(Mul(x, Add(Erf(Div(x, c_div)), c_add)), c_half)` as PyTorch exports it; `swap`
+/// flips the operand order of every commutative node; `leak` also makes the Erf output a graph
+/// output (so the chain must stay).
+fn gelu_chain(c_div: f32, c_add: f32, c_half: f32, swap: bool, leak: bool) -> Graph {
+    let mut g = Graph::new("gelu");
+    g.opsets.insert(String::new(), 17);
+    let x = g.add_input("x", TensorType::fixed(DType::F32, &[3, 37])).unwrap();
+    let cd = g.add_constant("c_div", Tensor::scalar_f32(c_div)).unwrap();
+    let ca = g.add_constant("c_add", Tensor::scalar_f32(c_add)).unwrap();
+    let ch = g.add_constant("c_half", Tensor::scalar_f32(c_half)).unwrap();
+    let [d, e, a, m, y] = ["d", "e", "a", "m", "y"].map(|n| g.value_named(n));
+    let ord = |p, q| if swap { vec![Some(q), Some(p)] } else { vec![Some(p), Some(q)] };
+    g.add_node(Node::new("div", "Div", 17, vec![Some(x), Some(cd)], vec![d])).unwrap();
+    g.add_node(Node::new("erf", "Erf", 17, vec![Some(d)], vec![e])).unwrap();
+    g.add_node(Node::new("add", "Add", 17, ord(e, ca), vec![a])).unwrap();
+    g.add_node(Node::new("mul", "Mul", 17, ord(x, a), vec![m])).unwrap();
+    g.add_node(Node::new("mul_1", "Mul", 17, ord(m, ch), vec![y])).unwrap();
+    g.outputs = if leak { vec![y, e] } else { vec![y] };
+    g
+}
+
+fn fuse(g: &mut Graph) -> bool {
+    use fpx_ir::pass::PassManager;
+    let before = g.node_count();
+    PassManager::new().with(crate::FuseGelu).run(g, &OpRegistry::standard()).unwrap();
+    g.node_count() != before
+}
+
+#[test]
+fn erf_gelu_chains_fuse_into_one_gelu_with_the_same_values() {
+    let x = tensor(&[3, 37], rand(3 * 37, 11).iter().map(|v| v * 6.0).collect());
+    for swap in [false, true] {
+        let original = gelu_chain(std::f32::consts::SQRT_2, 1.0, 0.5, swap, false);
+        let want = run(original.clone(), x.clone());
+        let mut g = original;
+        assert!(fuse(&mut g), "swap={swap}: the chain is fused");
+        let ops: Vec<String> = g.node_ids().into_iter().map(|id| g.node(id).op_type.clone()).collect();
+        assert_eq!(ops, ["Gelu"], "swap={swap}");
+        let gelu = g.node(g.node_ids()[0]);
+        assert_eq!((gelu.name.as_str(), gelu.opset, gelu.outputs[0]), ("mul_1", 20, g.outputs[0]));
+        assert_eq!(g.find_value("c_div").and_then(|v| g.constant(v)), None, "the chain's constants are dropped");
+        let got = run(g, x.clone());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "element {i}: fused {a} vs chain {b}");
+        }
+        // And against the exact GELU in f64.
+        for (v, gv) in x.to_f64_vec().iter().zip(&got) {
+            let exact = 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            assert!((gv - exact).abs() <= 1e-5 * exact.abs().max(1.0), "gelu({v}) = {gv}, want {exact}");
+        }
+    }
+}
+
+#[test]
+fn near_miss_chains_are_left_alone() {
+    for (what, mut g) in [
+        ("a 0.4 instead of 0.5", gelu_chain(std::f32::consts::SQRT_2, 1.0, 0.4, false, false)),
+        ("dividing by 2", gelu_chain(2.0, 1.0, 0.5, false, false)),
+        ("adding 2", gelu_chain(std::f32::consts::SQRT_2, 2.0, 0.5, true, false)),
+        ("the Erf output also a graph output", gelu_chain(std::f32::consts::SQRT_2, 1.0, 0.5, false, true)),
+    ] {
+        assert!(!fuse(&mut g), "{what}: nothing is fused");
+        assert_eq!(g.node_count(), 5, "{what}");
+    }
+}
