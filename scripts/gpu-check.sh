@@ -41,12 +41,11 @@ build() {
     [ -f .fpx-env ] && source .fpx-env
     echo "gpu-check: building GPU tests and benchmark (release)"
     local json
-    json=$(cargo test -p fpx-cuda --release --no-run --message-format=json --test gpu --test gpu_ops 2>"$LOG/build.err") || { cat "$LOG/build.err" >&2; return 1; }
+    json=$(cargo test -p fpx-cuda --release --no-run --message-format=json --test cuda 2>"$LOG/build.err") || { cat "$LOG/build.err" >&2; return 1; }
     cargo build -p fpx-cuda --release --example gpu_bench 2>>"$LOG/build.err" || { cat "$LOG/build.err" >&2; return 1; }
     echo "$json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | while read -r exe; do
         case "$(basename "$exe")" in
-            gpu-*) cp "$exe" "$BIN/gpu" ;;
-            gpu_ops-*) cp "$exe" "$BIN/gpu_ops" ;;
+            cuda-*) cp "$exe" "$BIN/cuda_tests" ;;
         esac
     done
     cp target/release/examples/gpu_bench "$BIN/gpu_bench"
@@ -55,7 +54,7 @@ build() {
 
 if command -v cargo >/dev/null 2>&1; then
     build || { echo "gpu-check: build failed" >&2; exit 1; }
-elif [ ! -x "$BIN/gpu" ]; then
+elif [ ! -x "$BIN/cuda_tests" ]; then
     echo "gpu-check: no cargo here and no prebuilt binaries in $BIN (run --build-only on a build machine and carry $OUTDIR)" >&2
     exit 1
 fi
@@ -84,10 +83,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 declare -a ROWS
 row() { ROWS+=("$(printf '%-46s %-8s %s' "$1" "$2" "$3")"); }
 
-run_tests() { # name binary filter...
-    local name="$1" bin="$2"; shift 2
+run_tests() { # name filter... (test-name filters of the fpx-cuda test binary)
+    local name="$1"; shift
     local log="$LOG/$name.log"
-    RUST_TEST_NOCAPTURE=1 "$BIN/$bin" --test-threads=1 "$@" >"$log" 2>&1
+    RUST_TEST_NOCAPTURE=1 "$BIN/cuda_tests" --test-threads=1 "$@" >"$log" 2>&1
     local rc=$?
     local summary
     summary=$(grep -E "^test result" "$log" | tail -1 | sed 's/test result: //')
@@ -102,14 +101,14 @@ run_tests() { # name binary filter...
 }
 
 echo "gpu-check: GPU tests"
-run_tests "GEMM vs CPU reference" gpu
-run_tests "op kernels vs CPU reference" gpu_ops
+run_tests "GEMM vs CPU reference" gpu::
+run_tests "op kernels vs CPU reference" gpu_ops::
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck; do
         log="$LOG/sanitizer-$tool.log"
         echo "gpu-check: compute-sanitizer --tool $tool"
-        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN/gpu" --test-threads=1 undersized_operands_are_refused bf16_activations_match_the_reference >"$log" 2>&1
+        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN/cuda_tests" --test-threads=1 gpu::undersized_operands_are_refused gpu::bf16_activations_match_the_reference >"$log" 2>&1
         rc=$?
         errs=$(grep -Eo "ERROR SUMMARY: [0-9]+ error" "$log" | tail -1)
         if [ $rc -eq 0 ]; then row "compute-sanitizer $tool (GEMM tests)" "ok" "${errs:-no summary}"; else row "compute-sanitizer $tool (GEMM tests)" "FAILED" "${errs:-rc $rc} (see $log)"; fi

@@ -106,7 +106,7 @@ impl Compiled {
 }
 
 /// The kernel spec of a QuantMatMul node.
-pub(crate) fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
+fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
     let format = Format::parse(node.attr_s("format", ""))?;
     Some(KernelSpec {
         format,

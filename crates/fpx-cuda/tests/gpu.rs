@@ -9,30 +9,11 @@ use fpx_cuda::{heuristic_config, Act, Fp6Format, GemmConfig};
 use fpx_quant::layout::{pack, PackedShape};
 use half::f16;
 
-struct Lcg(u64);
+use crate::common::{open_gpu, Lcg, LINEAR_SHAPES};
 
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn unit(&mut self) -> f64 {
-        self.next() as f64 / (1u64 << 31) as f64
-    }
-}
-
+/// GPU 0 with NVRTC ready, or `None` after printing why `test` skips.
 fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) if g.arch().is_some() => Some(g),
-        Ok(g) => {
-            eprintln!("SKIP {test}: {} is older than sm_80", g.name);
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIP {test}: {e}");
-            None
-        }
-    }
+    open_gpu(test).map(|(gpu, _)| gpu)
 }
 
 /// One random problem: codes `[n][k]`, true scales, bias, X `[m][k_pad]` as FP16 bits.
@@ -122,20 +103,9 @@ fn check(gpu: &Gpu, gemm: &GpuGemm, p: &Problem, m: usize, seed: u64) -> f64 {
 }
 
 /// The shapes: MiniLM's and the LLaMA-2 linear layers (K × N), plus awkward ones.
-const SHAPES: [(usize, usize); 12] = [
-    (384, 384),
-    (384, 1536),
-    (1536, 384),
-    (4096, 4096),
-    (4096, 11008),
-    (11008, 4096),
-    (8192, 8192),
-    (8192, 28672),
-    (28672, 8192),
-    (8192, 10240),
-    (100, 40),
-    (4128, 1000),
-];
+fn shapes() -> impl Iterator<Item = (usize, usize)> {
+    LINEAR_SHAPES.into_iter().chain([(100, 40), (4128, 1000)])
+}
 
 const MS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1000];
 
@@ -143,7 +113,7 @@ const MS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1000];
 fn fp6_gemm_matches_the_cpu_reference_on_every_shape_and_m() {
     let Some(gpu) = gpu_or_skip("fp6_gemm_matches_the_cpu_reference_on_every_shape_and_m") else { return };
     eprintln!("GPU: {} ({} SMs, compute {}.{})", gpu.name, gpu.sm_count, gpu.capability.0, gpu.capability.1);
-    for (i, &(k, n)) in SHAPES.iter().enumerate() {
+    for (i, (k, n)) in shapes().enumerate() {
         let format = if i % 2 == 0 { Fp6Format::E3M2 } else { Fp6Format::E2M3 };
         let p = Problem::new(format, n, k, i % 3 == 0, 1000 + i as u64);
         let mut worst = 0f64;

@@ -13,7 +13,6 @@
 
 use std::f64::consts::PI;
 use std::fmt::Debug;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
@@ -21,6 +20,8 @@ use fpx_cuda::device::Gpu;
 use fpx_cuda::ops::launch_config;
 use fpx_cuda::*;
 use half::f16;
+
+use crate::common::{open_gpu, Lcg};
 
 /// Poisoned elements after every output, which must stay poisoned.
 const TAIL: usize = 8;
@@ -34,48 +35,16 @@ struct Dev {
     arch: Arch,
 }
 
-/// The CUDA home: FPX_CUDA_HOME, else the workspace's `.venv` (scripts/setup.sh installs the
-/// NVRTC 13.0 wheel there).
-fn find_cuda_home() -> Option<PathBuf> {
-    if let Some(h) = std::env::var_os("FPX_CUDA_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(h));
-    }
-    let venv_lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
-    std::fs::read_dir(venv_lib)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("site-packages/nvidia/cu13"))
-        .find(|p| p.join("lib/libnvrtc.so.13").is_file())
-}
-
 impl Dev {
     /// The GPU, or `None` after printing why `test` skips.
     fn open(test: &str) -> Option<Dev> {
-        let gpu = match Gpu::open(0) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("SKIP {test}: {e}");
-                return None;
-            }
-        };
-        let Some(arch) = gpu.arch() else {
-            eprintln!("SKIP {test}: {} has compute capability {}.{}, older than sm_80", gpu.name, gpu.capability.0, gpu.capability.1);
-            return None;
-        };
-        if let Some(home) = find_cuda_home() {
-            set_cuda_home(home);
-        }
-        if let Err(e) = load_nvrtc(None) {
-            eprintln!("SKIP {test}: {e}");
-            return None;
-        }
-        Some(Dev { gpu, arch })
+        open_gpu(test).map(|(gpu, arch)| Dev { gpu, arch })
     }
 
     /// Compiles (NVRTC, cached) and loads one family's module.
     fn module(&self, family: OpFamily) -> Arc<CudaModule> {
         let ptx = compile_family_ptx(family, self.arch).unwrap_or_else(|e| panic!("{e}"));
-        self.gpu.stream().context().load_module(ptx.to_cudarc()).unwrap_or_else(|e| panic!("loading {}: {e:?}", ptx.module_name()))
+        self.gpu.load_module(&ptx.src).unwrap_or_else(|e| panic!("loading {}: {e:?}", ptx.module_name()))
     }
 
     fn func(&self, module: &Arc<CudaModule>, kernel: &OpKernel) -> CudaFunction {
@@ -120,28 +89,6 @@ macro_rules! launch {
 
 // ---------------------------------------------------------------------------------------------
 // Data and comparison
-
-/// Small deterministic generator (64-bit LCG, high bits).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 32
-    }
-    fn unit(&mut self) -> f64 {
-        self.next() as f64 / (1u64 << 32) as f64
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// A storage type of the float kernels: FP16 as raw bits (`u16`) or `f32`.
 trait Real: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Debug + 'static {

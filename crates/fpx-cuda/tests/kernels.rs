@@ -2,33 +2,10 @@
 //! NVRTC or ptxas are absent), and the no-driver path.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use fpx_cuda::*;
 
-/// The CUDA home: FPX_CUDA_HOME, else the workspace's `.venv` (scripts/setup.sh installs the
-/// NVRTC/ptxas 13.0 wheels there).
-fn find_cuda_home() -> Option<PathBuf> {
-    if let Some(h) = std::env::var_os("FPX_CUDA_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(h));
-    }
-    let venv_lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
-    std::fs::read_dir(venv_lib)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("site-packages/nvidia/cu13"))
-        .find(|p| p.join("lib/libnvrtc.so.13").is_file())
-}
-
-/// Sets up NVRTC and ptxas, or returns why the test must skip.
-fn toolchain() -> Result<(), String> {
-    if let Some(home) = find_cuda_home() {
-        set_cuda_home(&home);
-    }
-    load_nvrtc(None).map_err(|e| e.to_string())?;
-    find_ptxas().ok_or("no ptxas on PATH, in FPX_CUDA_HOME/bin or the workspace .venv")?;
-    Ok(())
-}
+use crate::common::{toolchain, Lcg, LINEAR_SHAPES as SHAPES};
 
 macro_rules! require_toolchain {
     () => {
@@ -38,20 +15,6 @@ macro_rules! require_toolchain {
         }
     };
 }
-
-/// (K, N) of the MiniLM and LLaMA-2 linear layers.
-const SHAPES: [(usize, usize); 10] = [
-    (384, 384),
-    (384, 1536),
-    (1536, 384),
-    (4096, 4096),
-    (4096, 11008),
-    (11008, 4096),
-    (8192, 8192),
-    (8192, 28672),
-    (28672, 8192),
-    (8192, 10240),
-];
 
 /// SM counts of the A100 and the H100.
 const SMS: [usize; 2] = [108, 132];
@@ -298,21 +261,6 @@ fn template_dequant_matches_fpx_quant_for_every_code() {
     }
 }
 
-/// Small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
 fn act_to_f32(bits: u16, act: Act) -> f32 {
     match act {
         Act::F16 => half::f16::from_bits(bits).to_f32(),
@@ -478,7 +426,7 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
 #[test]
 fn emulated_kernel_matches_the_reference() {
     use fpx_quant::layout::{pack, PackedShape};
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Lcg(0x9e37_79b9_7f4a_7c15);
     let cases = [
         (100, 70, 3, 108, None),
         (40, 200, 17, 132, None),
@@ -501,15 +449,15 @@ fn emulated_kernel_matches_the_reference() {
                 let qf = format.quant_format();
                 let codes: Vec<u8> = (0..n * k).map(|_| (rng.next() & 63) as u8).collect();
                 let w = pack(&codes, &PackedShape::new(n, k, 6));
-                let true_scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.unit().abs() * 0.1).collect();
+                let true_scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.signed().abs() * 0.1).collect();
                 let stored: Vec<f32> = true_scales.iter().map(|s| s * fpx_quant::fold::storage_factor(qf)).collect();
-                let bias: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+                let bias: Vec<f32> = (0..n).map(|_| rng.signed()).collect();
                 let k_pad = cfg.k_pad();
                 let mut x = vec![0u16; m * k_pad];
                 let mut xf = vec![0f32; m * k];
                 for r in 0..m {
                     for c in 0..k {
-                        let v = rng.unit() * 4.0;
+                        let v = rng.signed() * 4.0;
                         x[r * k_pad + c] = match act {
                             Act::F16 => half::f16::from_f32(v).to_bits(),
                             Act::Bf16 => half::bf16::from_f32(v).to_bits(),

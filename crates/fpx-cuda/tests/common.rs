@@ -1,0 +1,101 @@
+//! What the fpx-cuda test modules share: finding NVRTC/ptxas, opening a GPU (or saying why a
+//! test skips), the random generator and the linear-layer shapes.
+
+use std::path::PathBuf;
+
+use fpx_cuda::device::Gpu;
+use fpx_cuda::{find_ptxas, load_nvrtc, set_cuda_home, Arch};
+
+/// (K, N) of the MiniLM and LLaMA-2 linear layers (the shapes).
+pub const LINEAR_SHAPES: [(usize, usize); 10] = [
+    (384, 384),
+    (384, 1536),
+    (1536, 384),
+    (4096, 4096),
+    (4096, 11008),
+    (11008, 4096),
+    (8192, 8192),
+    (8192, 28672),
+    (28672, 8192),
+    (8192, 10240),
+];
+
+/// The CUDA home: FPX_CUDA_HOME, else the workspace's `.venv` (scripts/setup.sh installs the
+/// NVRTC/ptxas 13.0 wheels there).
+fn find_cuda_home() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("FPX_CUDA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    let venv_lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
+    std::fs::read_dir(venv_lib)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("site-packages/nvidia/cu13"))
+        .find(|p| p.join("lib/libnvrtc.so.13").is_file())
+}
+
+/// Loads NVRTC (from the CUDA home when one is found), or says why not.
+pub fn nvrtc() -> Result<(), String> {
+    if let Some(home) = find_cuda_home() {
+        set_cuda_home(home);
+    }
+    load_nvrtc(None).map_err(|e| e.to_string())
+}
+
+/// NVRTC and ptxas, or why a compile-only test must skip.
+pub fn toolchain() -> Result<(), String> {
+    nvrtc()?;
+    find_ptxas().ok_or("no ptxas on PATH, in FPX_CUDA_HOME/bin or the workspace .venv")?;
+    Ok(())
+}
+
+/// GPU 0 (sm_80 or newer) with NVRTC loaded, or `None` after printing why `test` skips.
+pub fn open_gpu(test: &str) -> Option<(Gpu, Arch)> {
+    let skip = |why: String| {
+        eprintln!("SKIP {test}: {why}");
+        None
+    };
+    let gpu = match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => return skip(e.to_string()),
+    };
+    let Some(arch) = gpu.arch() else {
+        return skip(format!("{} has compute capability {}.{}, older than sm_80", gpu.name, gpu.capability.0, gpu.capability.1));
+    };
+    if let Err(e) = nvrtc() {
+        return skip(e);
+    }
+    Some((gpu, arch))
+}
+
+/// Small deterministic generator (64-bit LCG, high bits).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 32
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.next() as f64 / (1u64 << 32) as f64
+    }
+
+    /// Uniform in [-1, 1), as f32.
+    pub fn signed(&mut self) -> f32 {
+        (self.unit() * 2.0 - 1.0) as f32
+    }
+
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}

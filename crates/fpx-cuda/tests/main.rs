@@ -1,0 +1,9 @@
+//! fpx-cuda's integration tests, one binary: `kernels` (NVRTC + ptxas checks and the CPU
+//! emulation of the GEMM; no GPU needed), `gpu` (the FP6 GEMM on a device vs the CPU reference)
+//! and `gpu_ops` (every op kernel on a device). GPU tests print `SKIP <test>: <reason>` and pass
+//! without a driver or device; `scripts/gpu-check.sh` runs them on a GPU machine.
+
+mod common;
+mod gpu;
+mod gpu_ops;
+mod kernels;
