@@ -475,18 +475,7 @@ fn check_ptx(
     if let Some((node, _)) = last_max.iter().find(|(_, &m)| m != 0) {
         return Err(bad(format!("node '{node}' has no GEMM for large M (the last entry must have max_m 0)")));
     }
-    let gemms = p
-        .gemms
-        .iter()
-        .map(|g| GpuGemmEntry {
-            node: g.node.clone(),
-            max_m: g.max_m,
-            module: g.module.clone(),
-            kernel: g.kernel.clone(),
-            reduce: g.reduce.clone(),
-            config: g.config.clone(),
-        })
-        .collect();
+    let gemms = p.gemms.iter().map(GpuGemmEntry::from).collect();
     Ok(PtxEntry { arch: p.arch.clone(), sm_count: p.sm_count, modules, gemms })
 }
 

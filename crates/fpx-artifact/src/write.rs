@@ -79,6 +79,32 @@ pub struct GpuGemmEntry {
     pub config: String,
 }
 
+impl From<&GpuGemmEntry> for pb::GpuGemm {
+    fn from(g: &GpuGemmEntry) -> pb::GpuGemm {
+        pb::GpuGemm {
+            node: g.node.clone(),
+            max_m: g.max_m,
+            module: g.module.clone(),
+            kernel: g.kernel.clone(),
+            reduce: g.reduce.clone(),
+            config: g.config.clone(),
+        }
+    }
+}
+
+impl From<&pb::GpuGemm> for GpuGemmEntry {
+    fn from(g: &pb::GpuGemm) -> GpuGemmEntry {
+        GpuGemmEntry {
+            node: g.node.clone(),
+            max_m: g.max_m,
+            module: g.module.clone(),
+            kernel: g.kernel.clone(),
+            reduce: g.reduce.clone(),
+            config: g.config.clone(),
+        }
+    }
+}
+
 /// Everything an artifact holds.
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactContents {
@@ -357,18 +383,7 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
             )?;
             modules.push(pb::PtxModule { name: m.name.clone(), section, entries: m.entries.clone() });
         }
-        let gemms = p
-            .gemms
-            .iter()
-            .map(|g| pb::GpuGemm {
-                node: g.node.clone(),
-                max_m: g.max_m,
-                module: g.module.clone(),
-                kernel: g.kernel.clone(),
-                reduce: g.reduce.clone(),
-                config: g.config.clone(),
-            })
-            .collect();
+        let gemms = p.gemms.iter().map(pb::GpuGemm::from).collect();
         ptx_code.push(pb::PtxCode { arch: p.arch.clone(), sm_count: p.sm_count, modules, gemms });
     }
 
