@@ -7,11 +7,13 @@
 //! - [`bias_shift`]: FP→FP16/BF16 conversion with shifts and masks only, the constant factor
 //!   being folded into the scales;
 //! - [`fold`]: what kernels store per code and the factor folded into the stored scales;
+//! - [`act8`]: int8 activations (per row and block of 32) for the byte dot-product kernels;
 //! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
 //!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod act8;
 pub mod bias_shift;
 mod error;
 pub mod fold;

@@ -1,0 +1,307 @@
+//! Int8 activations for the integer dot-product CPU kernels (`--activations int8`).
+//!
+//! Weight formats whose stored values are small integers in some power-of-two unit (FP6 e2m3
+//! in eighths, FP4 e2m1 in halves, INT4) can multiply int8 activations with byte dot products
+//! (`vpmaddubsw`, 32 multiply-adds per instruction on AVX2) instead of `f32` FMAs (8). Like
+//! onnxruntime's `MatMulNBits` at `accuracy_level` 4, activations are quantized symmetrically
+//! per row and per block of 32 K columns (one layout tile): `x ≈ scale · code`, `code` in
+//! `-127..=127`, `scale = absmax / 127`.
+//!
+//! # The buffer a kernel reads ([`Int8Activations`])
+//!
+//! For `m` rows and `kt = ceil(k / 32)` blocks, 4-byte aligned, little-endian:
+//! 1. `m · kt` `f32` scales, row-major;
+//! 2. `m · kt` `i32` corrections: [`WEIGHT_OFFSET`] times the sum of the block's codes (the
+//!    kernels multiply unsigned `weight + 64` by the signed code, then subtract this);
+//! 3. `m · kt · 32` `i8` codes, block by block; inside a block the 32 columns are permuted so
+//!    that 4-byte group `4j + t` holds columns `16j + 2t + [8, 0, 9, 1]` ([`code_position`]),
+//!    the order in which the 4+2 layout's low-plane bytes carry one output row's codes.
+//!    Columns past `k` are zero.
+
+use crate::fold;
+use crate::Format;
+
+/// Columns per activation block (one layout tile along K).
+pub const BLOCK: usize = 32;
+
+/// What the kernels add to a weight's integer value to make it an unsigned byte.
+pub const WEIGHT_OFFSET: i32 = 64;
+
+/// Largest integer weight magnitude the byte kernels take: `(64 + 64) · 127 · 2` still fits
+/// the `i16` sums of `vpmaddubsw`.
+pub const MAX_WEIGHT_UNITS: f32 = 64.0;
+
+/// The power of two `u` that makes every stored value of `format` an integer `v · u` with
+/// `|v · u| <= 64`, or `None` if the format cannot use int8 activations (FP6 e3m2 spans
+/// 1/16 to 28: 448 sixteenths; FP8 and INT8 are too wide as well).
+pub fn int8_units(format: Format) -> Option<f32> {
+    if format.bits() > 6 {
+        return None;
+    }
+    let values: Vec<f32> = format.codes().map(|c| fold::stored_value(format, c)).collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let max = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if max == 0.0 {
+        return None;
+    }
+    // The largest unit that keeps the maximum within 64; then check integrality.
+    let units = 2f32.powi((MAX_WEIGHT_UNITS / max).log2().floor() as i32);
+    let ok = values.iter().all(|v| {
+        let s = v * units;
+        s == s.round() && s.abs() <= MAX_WEIGHT_UNITS
+    });
+    ok.then_some(units)
+}
+
+/// Where column `col` (`0..32`) of a block sits among the block's 32 code bytes.
+pub const fn code_position(col: usize) -> usize {
+    let j = col / 16;
+    let c = col % 16;
+    let (t, within) = if c < 8 { (c / 2, [1, 3][c % 2]) } else { ((c - 8) / 2, [0, 2][c % 2]) };
+    4 * (4 * j + t) + within
+}
+
+/// Activations quantized for an int8 kernel: the buffer its `x` pointer takes (see the
+/// module docs for the layout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Activations {
+    words: Vec<u32>,
+    rows: usize,
+    k: usize,
+}
+
+/// For each of a block's 32 code bytes, the column it holds (the inverse of [`code_position`]).
+const COLUMN_AT: [usize; BLOCK] = {
+    let mut t = [0usize; BLOCK];
+    let mut c = 0;
+    while c < BLOCK {
+        t[code_position(c)] = c;
+        c += 1;
+    }
+    t
+};
+
+/// One row's parts of an [`Int8Activations`] buffer, to fill independently of other rows.
+#[derive(Debug)]
+pub struct RowMut<'a> {
+    scales: &'a mut [u32],
+    corrections: &'a mut [u32],
+    codes: &'a mut [u32],
+}
+
+impl RowMut<'_> {
+    /// Quantizes one row of `k` activations into this row's scales, corrections and codes.
+    pub fn quantize(self, row: &[f32]) {
+        // 1.5 · 2^23: adding and subtracting it rounds |v| < 2^22 to the nearest integer, ties
+        // to even, with plain SSE2 (f32::round is a library call on baseline x86-64).
+        const ROUND: f32 = 12_582_912.0;
+        for (b, cols) in row.chunks(BLOCK).enumerate() {
+            let mut v = [0f32; BLOCK];
+            v[..cols.len()].copy_from_slice(cols);
+            let absmax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let scale = if v.iter().any(|x| x.is_nan()) { f32::NAN } else { absmax / 127.0 };
+            let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
+            let mut q = [0i32; BLOCK];
+            for (q, x) in q.iter_mut().zip(&v) {
+                *q = ((x * inv + ROUND) - ROUND).clamp(-127.0, 127.0) as i32;
+            }
+            let sum: i32 = q.iter().sum();
+            self.scales[b] = scale.to_bits();
+            self.corrections[b] = (sum * WEIGHT_OFFSET) as u32;
+            for (w, cols) in self.codes[b * BLOCK / 4..(b + 1) * BLOCK / 4].iter_mut().zip(COLUMN_AT.chunks_exact(4)) {
+                *w = u32::from_le_bytes([q[cols[0]] as u8, q[cols[1]] as u8, q[cols[2]] as u8, q[cols[3]] as u8]);
+            }
+        }
+    }
+}
+
+impl Int8Activations {
+    /// Quantizes the `m × k` row-major `x` per row and block of 32 columns, rounding to
+    /// nearest (ties to even). A block whose absolute maximum is 0 gets scale 0; a NaN or an
+    /// infinity makes its block's scale NaN or infinite, so it shows in the output as it would
+    /// in `f32`.
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Int8Activations {
+        assert_eq!(x.len(), m * k, "x must be m × k");
+        let mut q = Int8Activations::zeroed(m, k);
+        for (r, row) in q.rows_mut().into_iter().enumerate() {
+            row.quantize(&x[r * k..(r + 1) * k]);
+        }
+        q
+    }
+
+    /// A buffer for `m × k` activations, all codes and scales zero; fill it through
+    /// [`Int8Activations::rows_mut`] (e.g. from several threads).
+    pub fn zeroed(m: usize, k: usize) -> Int8Activations {
+        let blocks = m * k.div_ceil(BLOCK);
+        Int8Activations { words: vec![0u32; 2 * blocks + blocks * BLOCK / 4], rows: m, k }
+    }
+
+    /// Every row's parts of the buffer, in row order, to fill independently.
+    pub fn rows_mut(&mut self) -> Vec<RowMut<'_>> {
+        let kt = self.k_blocks();
+        let blocks = self.rows * kt;
+        let (scales, rest) = self.words.split_at_mut(blocks);
+        let (corrections, codes) = rest.split_at_mut(blocks);
+        if kt == 0 {
+            return Vec::new();
+        }
+        scales
+            .chunks_mut(kt)
+            .zip(corrections.chunks_mut(kt))
+            .zip(codes.chunks_mut(kt * BLOCK / 4))
+            .map(|((scales, corrections), codes)| RowMut { scales, corrections, codes })
+            .collect()
+    }
+
+    /// The buffer, as the kernels' `x` argument.
+    pub fn as_ptr(&self) -> *const f32 {
+        self.words.as_ptr().cast()
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Blocks per row.
+    pub fn k_blocks(&self) -> usize {
+        self.k.div_ceil(BLOCK)
+    }
+
+    /// The scale of block `b` of row `r`.
+    pub fn scale(&self, r: usize, b: usize) -> f32 {
+        f32::from_bits(self.words[r * self.k_blocks() + b])
+    }
+
+    /// The stored correction of block `b` of row `r`.
+    pub fn correction(&self, r: usize, b: usize) -> i32 {
+        let blocks = self.rows * self.k_blocks();
+        self.words[blocks + r * self.k_blocks() + b] as i32
+    }
+
+    /// The code of element `(r, col)`.
+    pub fn code(&self, r: usize, col: usize) -> i8 {
+        let blocks = self.rows * self.k_blocks();
+        let (b, c) = (col / BLOCK, col % BLOCK);
+        let byte = (r * self.k_blocks() + b) * BLOCK + code_position(c);
+        self.words[2 * blocks + byte / 4].to_le_bytes()[byte % 4] as i8
+    }
+
+    /// The activations the codes stand for (`scale · code`), `m × k` row-major: what an int8
+    /// kernel multiplies in effect, for references.
+    pub fn dequantized(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.k);
+        for r in 0..self.rows {
+            for c in 0..self.k {
+                out.push(self.scale(r, c / BLOCK) * self.code(r, c) as f32);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout;
+
+    #[test]
+    fn units_of_the_byte_formats() {
+        // e2m3 stored values are multiples of 1/8 of their largest binade, e2m1 of 1/2, int4 integers.
+        for f in [Format::Fp6E2M3, Format::Fp5E2M2, Format::Fp4E2M1, Format::Int4] {
+            let u = int8_units(f).unwrap_or_else(|| panic!("{f} should take int8 activations"));
+            let max = f.codes().map(|c| (fold::stored_value(f, c) * u).abs()).fold(0f32, f32::max);
+            assert!(max <= 64.0 && max > 32.0 || f == Format::Int4, "{f}: max {max}");
+        }
+        for f in [Format::Fp6E3M2, Format::Fp8E4M3, Format::Fp8E5M2, Format::Int8] {
+            assert_eq!(int8_units(f), None, "{f}");
+        }
+    }
+
+    #[test]
+    fn code_positions_follow_the_low_plane_rows() {
+        let mut seen: Vec<usize> = (0..32).map(code_position).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        // Group 4j + t holds row g's elements e4, e0, e5, e1 of lane (j, t) in that order.
+        for j in 0..2 {
+            for t in 0..4 {
+                for (i, e) in [4usize, 0, 5, 1].into_iter().enumerate() {
+                    let shape = layout::PackedShape::new(16, 32, 6);
+                    let slot = layout::Slot { tile: 0, half: j, lane: t, elem: e };
+                    let (row, col) = layout::position_of(&shape, slot);
+                    assert_eq!(row, 0);
+                    assert_eq!(code_position(col), 4 * (4 * j + t) + i, "j {j} t {t} e {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_round_trips_within_half_a_step() {
+        let (m, k) = (3, 75);
+        let mut s = 0x1234_5678u64;
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if i == 7 {
+                    0.0
+                } else {
+                    u * (1 + i % 5) as f32
+                }
+            })
+            .collect();
+        let q = Int8Activations::quantize(&x, m, k);
+        assert_eq!(q.k_blocks(), 3);
+        let back = q.dequantized();
+        for r in 0..m {
+            for b in 0..3 {
+                let cols = b * 32..((b + 1) * 32).min(k);
+                let absmax = cols.clone().map(|c| x[r * k + c].abs()).fold(0f32, f32::max);
+                assert_eq!(q.scale(r, b), absmax / 127.0);
+                let sum: i32 = cols.clone().map(|c| q.code(r, c) as i32).sum();
+                assert_eq!(q.correction(r, b), 64 * sum);
+                assert!(cols.clone().any(|c| q.code(r, c).abs() == 127), "the absmax maps to ±127");
+                for c in cols {
+                    let err = (back[r * k + c] - x[r * k + c]).abs();
+                    assert!(err <= q.scale(r, b) * 0.5 * (1.0 + 1e-5), "({r}, {c}): {err}");
+                }
+            }
+        }
+        // Padding columns of the last block (row 0) are zero codes.
+        let blocks = 9;
+        for c in 75 % 32..32 {
+            let byte = 2 * 32 + code_position(c);
+            assert_eq!(q.words[2 * blocks + byte / 4].to_le_bytes()[byte % 4], 0, "pad column {c}");
+        }
+    }
+
+    #[test]
+    fn rows_filled_in_any_order_give_the_same_buffer() {
+        let (m, k) = (5, 70);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+        let mut q = Int8Activations::zeroed(m, k);
+        let mut rows = q.rows_mut();
+        assert_eq!(rows.len(), m);
+        while let Some(row) = rows.pop() {
+            let r = rows.len();
+            row.quantize(&x[r * k..(r + 1) * k]);
+        }
+        assert_eq!(q, Int8Activations::quantize(&x, m, k));
+        assert!(Int8Activations::zeroed(3, 0).rows_mut().is_empty());
+    }
+
+    #[test]
+    fn all_zero_and_nan_blocks() {
+        let mut x = vec![0f32; 64];
+        x[40] = f32::NAN;
+        let q = Int8Activations::quantize(&x, 1, 64);
+        assert_eq!(q.scale(0, 0), 0.0);
+        assert!((0..32).all(|c| q.code(0, c) == 0));
+        assert!(q.scale(0, 1).is_nan());
+        assert!(q.dequantized()[33].is_nan(), "a NaN poisons its block");
+    }
+}
