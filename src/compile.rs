@@ -6,7 +6,7 @@ use crate::{simplify, Error, QuantSummary, QuantizeOptions, WeightScheme};
 use fpx_artifact::{Artifact, ArtifactContents, CpuCode, KernelEntry, WriteSummary};
 use fpx_ir::ops::{OpRegistry, FPX_DOMAIN};
 use fpx_ir::{Graph, Tensor};
-use fpx_llvm::{CpuTarget, KernelSpec, Variant};
+use fpx_llvm::{Activations, CpuTarget, KernelSpec, Variant};
 use fpx_quant::Format;
 use fpx_runtime::native::{missing_cpu_features, NativeLibrary, NativeQmm};
 use fpx_runtime::{CpuExecutor, KernelRegistry};
@@ -35,6 +35,10 @@ pub struct CompileOptions {
     /// Which CPU the CPU code is for (x86-64-v3 runs on any AVX2 machine; `Native` is fastest
     /// on the build machine only).
     pub cpu: CpuTarget,
+    /// What the CPU kernels multiply the weights with: `f32` (exact), or int8 per row and
+    /// block of 32 (about twice the multiply rate; only for weight formats with small integer
+    /// values: fp6-e2m3, fp4-e2m1, int4). GPU code is unaffected.
+    pub activations: Activations,
 }
 
 impl Default for CompileOptions {
@@ -43,6 +47,7 @@ impl Default for CompileOptions {
             quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2)),
             target: Target::Cpu,
             cpu: CpuTarget::X86_64V3,
+            activations: Activations::F32,
         }
     }
 }
@@ -105,15 +110,39 @@ impl Compiled {
     }
 }
 
-/// The kernel spec of a QuantMatMul node.
-fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
+/// The kernel spec of a QuantMatMul node, with `activations`.
+fn spec_of(node: &fpx_ir::Node, activations: Activations) -> Option<KernelSpec> {
     let format = Format::parse(node.attr_s("format", ""))?;
     Some(KernelSpec {
         format,
         k: node.attr_i("k", 0) as usize,
         n: node.attr_i("n", 0) as usize,
         group_size: node.attr_i("group_size", 0) as usize,
+        activations,
     })
+}
+
+/// Int8 activations need, on every quantized product, weights with small integer values and
+/// groups of whole tiles: names the first node that has neither.
+fn check_activations(nodes: &[(String, KernelSpec)], options: &CompileOptions) -> Result<(), Error> {
+    if options.activations != Activations::Int8 {
+        return Ok(());
+    }
+    for (node, s) in nodes {
+        if !Activations::Int8.supports(s.format) {
+            return Err(Error::Options(format!(
+                "--activations int8: node '{node}' has {} weights, whose values are not small integers; int8 activations work with --weights fp6-e2m3, fp4-e2m1 or int4",
+                s.format
+            )));
+        }
+        if !s.group_size.is_multiple_of(32) {
+            return Err(Error::Options(format!(
+                "--activations int8: node '{node}' has scale groups of {} rows; int8 activations need per-channel scales or groups that are a multiple of 32",
+                s.group_size
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Compiles an ONNX model into an artifact in memory.
@@ -136,11 +165,12 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     for id in graph.topo_order()? {
         let n = graph.node(id);
         if n.domain == FPX_DOMAIN && n.op_type == "QuantMatMul" {
-            if let Some(spec) = spec_of(n) {
+            if let Some(spec) = spec_of(n, options.activations) {
                 nodes.push((n.name.clone(), spec));
             }
         }
     }
+    check_activations(&nodes, options)?;
     let specs: Vec<KernelSpec> = nodes.iter().map(|(_, s)| *s).collect();
     let mut cpu = Vec::new();
     let mut distinct_kernels = 0;
@@ -150,7 +180,12 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
         distinct_kernels = compiled.symbols.len() / Variant::ALL.len();
         let kernels = nodes
             .iter()
-            .map(|(node, s)| KernelEntry { node: node.clone(), gemv: s.symbol(Variant::Gemv), gemm: s.symbol(Variant::Gemm) })
+            .map(|(node, s)| KernelEntry {
+                node: node.clone(),
+                gemv: s.symbol(Variant::Gemv),
+                gemm: s.symbol(Variant::Gemm),
+                int8_activations: s.activations == Activations::Int8,
+            })
             .collect();
         cpu.push(CpuCode { target: compiled.target, features: compiled.features, shared_object: compiled.shared_object, kernels });
     }
@@ -161,6 +196,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     metadata.insert("weights".to_string(), options.quantize.scheme.name().to_string());
     metadata.insert("group_size".to_string(), options.quantize.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
     metadata.insert("scale_search".to_string(), options.quantize.scale_search.to_string());
+    metadata.insert("activations".to_string(), options.activations.name().to_string());
     metadata.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels: distinct_kernels })
 }
@@ -198,7 +234,8 @@ impl Loaded {
             // SAFETY: an artifact's code is trusted (see the README's security note).
             let lib = Arc::new(unsafe { NativeLibrary::load(code.shared_object)? });
             for k in code.kernels {
-                native.insert(k.node.clone(), NativeQmm { gemv: lib.qmm(&k.gemv)?, gemm: lib.qmm(&k.gemm)? });
+                let (gemv, gemm) = (lib.qmm(&k.gemv)?, lib.qmm(&k.gemm)?);
+                native.insert(k.node.clone(), NativeQmm { gemv, gemm, int8_activations: k.int8_activations });
             }
             libraries.push(lib);
             native_target = Some(code.target.to_string());

@@ -58,6 +58,9 @@ pub enum Error {
     /// Generating or running GPU code failed (NVRTC, the CUDA driver).
     #[error(transparent)]
     Cuda(#[from] fpx_cuda::CudaError),
+    /// The options do not fit the model (e.g. int8 activations with fp6-e3m2 weights).
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Largest constant (in elements) that constant folding may create.

@@ -3,6 +3,7 @@
 
 use crate::common::{max_abs_diff, npy, repo_root, shared_model_dir, skip, TempDir};
 use fpx::ir::Tensor;
+use fpx::llvm::Activations;
 use fpx::quant::Format;
 use fpx::report::{cosine, mean_pool};
 use fpx::{CompileOptions, QuantizeOptions, WeightScheme};
@@ -65,6 +66,74 @@ fn minilm_artifact_keeps_the_fp6_bars() {
     assert!(c >= 0.992, "{c}");
 }
 
+fn int8(format: Format) -> CompileOptions {
+    CompileOptions { activations: Activations::Int8, ..options(format) }
+}
+
+/// Relative RMS difference of two outputs.
+fn rel_rms(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+#[test]
+fn int8_activations_stay_close_to_the_f32_artifact() {
+    let ex = repo_root().join("examples/tiny-transformer");
+    let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
+    let model = ex.join("model.onnx");
+    for f in [Format::Fp6E2M3, Format::Fp4E2M1, Format::Int4] {
+        let exact = fpx::compile(&model, &options(f)).unwrap().load().unwrap().run(x.clone()).unwrap();
+        let compiled = fpx::compile(&model, &int8(f)).unwrap();
+        assert!(compiled.contents.cpu[0].kernels.iter().all(|k| k.int8_activations && k.gemv.contains("_a8_")));
+        let loaded = compiled.load().unwrap();
+        let approx = loaded.run(x.clone()).unwrap();
+        for ((n, a), (_, b)) in approx.iter().zip(&exact) {
+            let rel = rel_rms(a, b);
+            eprintln!("tiny-transformer {f} int8 vs f32 activations, {n}: relative RMS {rel:.2e}");
+            assert!(rel > 0.0 && rel < 2e-2, "{f} {n}: {rel}");
+        }
+    }
+}
+
+#[test]
+fn int8_activations_on_minilm_keep_the_embedding() {
+    let Some(dir) = shared_model_dir("minilm-l6-v2") else {
+        skip("int8_activations_on_minilm_keep_the_embedding", "../shared/models/minilm-l6-v2 is absent");
+        return;
+    };
+    let inputs: Vec<(String, Tensor)> =
+        ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| (n.to_string(), npy(&dir.join(format!("{n}.npy"))))).collect();
+    let mask = npy(&dir.join("attention_mask.npy"));
+    let reference = npy(&dir.join("ref_sentence_embedding.npy"));
+    let d = reference.shape()[1];
+    let want: Vec<Vec<f64>> = reference.to_f64_vec().chunks(d).map(|c| c.to_vec()).collect();
+    let cos = |opts: &CompileOptions| {
+        let out = fpx::compile(&dir.join("model.onnx"), opts).unwrap().load().unwrap().run(inputs.clone()).unwrap();
+        let got = mean_pool(&out[0].1, &mask).unwrap();
+        got.iter().zip(&want).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64
+    };
+    let (exact, approx) = (cos(&options(Format::Fp6E2M3)), cos(&int8(Format::Fp6E2M3)));
+    eprintln!("MiniLM fp6-e2m3: mean embedding cosine vs onnxruntime FP32 {exact:.5} (f32 activations), {approx:.5} (int8)");
+    assert!(approx >= 0.99 && approx >= exact - 0.003, "int8 {approx} vs f32 {exact}");
+}
+
+#[test]
+fn int8_activations_with_unsuitable_weights_name_the_node() {
+    let model = repo_root().join("examples/tiny-transformer/model.onnx");
+    let err = fpx::compile(&model, &int8(Format::Fp6E3M2)).unwrap_err().to_string();
+    assert!(err.contains("--activations int8: node '") && err.contains("fp6-e3m2") && err.contains("fp6-e2m3"), "{err}");
+    let grouped = CompileOptions {
+        quantize: QuantizeOptions { group_size: Some(48), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Int4)) },
+        ..int8(Format::Int4)
+    };
+    let err = fpx::compile(&model, &grouped).unwrap_err().to_string();
+    assert!(err.contains("groups of 48 rows"), "{err}");
+    let o = fpx_cli(&["compile", model.to_str().unwrap(), "-o", "/nonexistent/x.fpx", "--activations", "int9"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("choose f32 or int8"));
+}
+
 #[test]
 fn same_model_and_options_give_a_byte_identical_artifact() {
     let m = repo_root().join("examples/tiny-transformer/model.onnx");
@@ -95,7 +164,8 @@ fn cli_compile_run_inspect_and_bench_an_artifact() {
     let o = fpx_cli(&["inspect", art.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
     for needle in [
-        "format version 1",
+        "format version 2",
+        "activations: f32",
         "weights: fp6-e2m3",
         "cpu shared object",
         "runs on this machine",

@@ -70,7 +70,7 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
     /// Compile an ONNX model ahead of time into one .fpx artifact: weights quantized (FP6 by
     /// default), a CPU kernel generated with LLVM for each GEMM shape, everything checksummed.
     #[command(
-        after_help = "Example:\n  fpx compile model.onnx -o model.fpx --weights fp6-e3m2 --cpu x86-64-v3\n  fpx run model.fpx --input x=x.npy --output-dir out/\n\n\
+        after_help = "Example:\n  fpx compile model.onnx -o model.fpx --weights fp6-e3m2 --cpu x86-64-v3\n  fpx run model.fpx --input x=x.npy --output-dir out/\n  fpx compile model.onnx -o fast.fpx --weights fp6-e2m3 --activations int8   # byte dot products\n\n\
 An artifact contains native code: load only artifacts you trust."
     )]
     Compile(CompileArgs),
@@ -113,6 +113,11 @@ struct CompileArgs {
     /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), or native (this machine).
     #[arg(long, value_name = "CPU", default_value = "x86-64-v3")]
     cpu: String,
+    /// What the CPU kernels multiply the weights with: f32 (exact), or int8 (activations quantized per row and block
+    /// of 32 columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: about twice the multiply rate,
+    /// with int8 rounding). int8 needs weights with small integer values: fp6-e2m3, fp4-e2m1 or int4.
+    #[arg(long, value_name = "f32|int8", default_value = "f32")]
+    activations: String,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -448,10 +453,14 @@ fn compile(args: &CompileArgs) -> Result<()> {
         "x86-64-v4" => fpx::llvm::CpuTarget::X86_64V4,
         other => bail!("--cpu '{other}': choose native, x86-64-v3 or x86-64-v4"),
     };
+    let Some(activations) = fpx::llvm::Activations::parse(&args.activations) else {
+        bail!("--activations '{}': choose f32 or int8", args.activations);
+    };
     let options = fpx::CompileOptions {
         quantize: fpx::QuantizeOptions { scheme, group_size: args.group_size, scale_search: args.scale_search },
         target,
         cpu,
+        activations,
     };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };

@@ -51,8 +51,10 @@ pub use error::ArtifactError;
 pub use read::{Artifact, CpuCodeRef, PtxCodeRef, PtxModuleRef, SectionInfo, SectionKind};
 pub use write::{to_bytes, write, ArtifactContents, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, WriteSummary};
 
-/// The format version this crate writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes, and the newest it reads. Version 2 added kernels
+/// that take int8 activations (`Kernel.int8_activations`): a version-1 reader would hand them
+/// `f32` rows, so it must refuse such files.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The first 8 bytes of every artifact.
 pub const MAGIC: [u8; 8] = *b"FPX\0ART\0";

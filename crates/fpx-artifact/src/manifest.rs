@@ -313,6 +313,9 @@ pub struct Kernel {
     /// The symbol of the matrix-matrix kernel.
     #[prost(string, tag = "3")]
     pub gemm: String,
+    /// Whether the kernels take int8 activations (`fpx_quant::act8`) instead of `f32` rows.
+    #[prost(bool, tag = "4")]
+    pub int8_activations: bool,
 }
 
 /// GPU code for one architecture: PTX modules and each node's GEMM kernels per range of M.

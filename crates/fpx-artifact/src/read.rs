@@ -429,7 +429,12 @@ pub(crate) fn check_code(what: &str, m: &pb::Manifest, sections: &[SectionInfo])
                 kernels: c
                     .kernels
                     .iter()
-                    .map(|k| KernelEntry { node: k.node.clone(), gemv: k.gemv.clone(), gemm: k.gemm.clone() })
+                    .map(|k| KernelEntry {
+                        node: k.node.clone(),
+                        gemv: k.gemv.clone(),
+                        gemm: k.gemm.clone(),
+                        int8_activations: k.int8_activations,
+                    })
                     .collect(),
             })
         })

@@ -196,7 +196,7 @@ fn small_contents() -> ArtifactContents {
         target: "generic".into(),
         features: vec![],
         shared_object: vec![7; 100],
-        kernels: vec![KernelEntry { node: "add".into(), gemv: "g1".into(), gemm: "g2".into() }],
+        kernels: vec![KernelEntry { node: "add".into(), gemv: "g1".into(), gemm: "g2".into(), int8_activations: true }],
     }];
     let gemm = |max_m, kernel: &str, reduce: &str| GpuGemmEntry {
         node: "add".into(),

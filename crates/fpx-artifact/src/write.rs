@@ -36,6 +36,9 @@ pub struct KernelEntry {
     pub gemv: String,
     /// The symbol of its matrix-matrix kernel.
     pub gemm: String,
+    /// Whether both kernels take int8 activations (an `fpx_quant::act8::Int8Activations`
+    /// buffer) instead of `f32` rows.
+    pub int8_activations: bool,
 }
 
 /// GPU code for one architecture.
@@ -367,7 +370,11 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
             c.shared_object.len() as u64,
             Source::Bytes(&c.shared_object),
         )?;
-        let kernels = c.kernels.iter().map(|k| pb::Kernel { node: k.node.clone(), gemv: k.gemv.clone(), gemm: k.gemm.clone() }).collect();
+        let kernels = c
+            .kernels
+            .iter()
+            .map(|k| pb::Kernel { node: k.node.clone(), gemv: k.gemv.clone(), gemm: k.gemm.clone(), int8_activations: k.int8_activations })
+            .collect();
         cpu_code.push(pb::CpuCode { target: c.target.clone(), features: c.features.clone(), section, kernels });
     }
 

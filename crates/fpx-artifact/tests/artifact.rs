@@ -154,8 +154,8 @@ fn rich_contents() -> ArtifactContents {
             features: vec!["avx2".into(), "fma".into(), "f16c".into()],
             shared_object: r.bytes(3001),
             kernels: vec![
-                KernelEntry { node: "quant".into(), gemv: "fpx_quant_gemv".into(), gemm: "fpx_quant_gemm".into() },
-                KernelEntry { node: "mm".into(), gemv: "mm_v".into(), gemm: "mm_m".into() },
+                KernelEntry { node: "quant".into(), gemv: "fpx_quant_gemv".into(), gemm: "fpx_quant_gemm".into(), int8_activations: true },
+                KernelEntry { node: "mm".into(), gemv: "mm_v".into(), gemm: "mm_m".into(), int8_activations: false },
             ],
         },
         // An empty shared object: a zero-length section.
@@ -537,8 +537,7 @@ fn every_flipped_byte_is_detected() {
         let msg = err.to_string();
         match i {
             0..8 => assert_eq!(kind(&err), "NotAnArtifact", "byte {i}: {msg}"),
-            8 => assert_eq!(kind(&err), "Corrupt", "byte {i}: {msg}"), // version 1 → 0
-            9..12 => assert_eq!(kind(&err), "NewerVersion", "byte {i}: {msg}"),
+            8..12 => assert_eq!(kind(&err), "NewerVersion", "byte {i}: {msg}"), // version 2 → 3, 2 + 2^k
             12..16 => assert!(matches!(kind(&err), "Corrupt" | "ChecksumMismatch"), "byte {i}: {msg}"),
             _ if i < manifest_end + 4 => {
                 assert_eq!(kind(&err), "ChecksumMismatch", "byte {i}: {msg}");
@@ -673,12 +672,16 @@ fn newer_versions_are_refused() {
             other => panic!("version {v}: expected NewerVersion, got {other:?}"),
         }
     }
+    // Version 1 (before int8 activations) still reads.
+    let mut d = bytes.clone();
+    d[8..12].copy_from_slice(&1u32.to_le_bytes());
+    Artifact::from_bytes(d, "v1.fpx").expect("version 1 artifacts load");
     // A newer file is refused whatever follows its header.
     let mut d = b"FPX\0ART\0".to_vec();
-    d.extend_from_slice(&2u32.to_le_bytes());
+    d.extend_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     assert_eq!(kind(&Artifact::from_bytes(d, "short.fpx").unwrap_err()), "Corrupt", "shorter than the header");
     let mut d = b"FPX\0ART\0".to_vec();
-    d.extend_from_slice(&2u32.to_le_bytes());
+    d.extend_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     d.extend_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(kind(&Artifact::from_bytes(d, "new.fpx").unwrap_err()), "NewerVersion");
 }

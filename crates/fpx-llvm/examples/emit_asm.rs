@@ -21,7 +21,7 @@ fn main() {
     let usage = "usage: emit_asm [--ir | --so PATH] FORMAT K N GROUP [native|v3|v4]";
     let format = Format::parse(args.first().expect(usage)).expect("unknown format");
     let num = |i: usize| args.get(i).expect(usage).parse::<usize>().expect("number");
-    let spec = KernelSpec { format, k: num(1), n: num(2), group_size: num(3) };
+    let spec = KernelSpec { format, k: num(1), n: num(2), group_size: num(3), activations: Default::default() };
     let target = match args.get(4).map(String::as_str) {
         None | Some("v3") => CpuTarget::X86_64V3,
         Some("v4") => CpuTarget::X86_64V4,

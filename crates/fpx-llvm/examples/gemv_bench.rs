@@ -1,7 +1,8 @@
 //! Times the FP6 (e3m2, per-channel) GEMV kernel at M = 1 (and a few larger M) with 1 and 2
 //! threads splitting N, and prints GB/s of packed weight bytes read.
 //!
-//! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4] [--sizes 4096,8192] [--reps N]`
+//! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4] [--sizes 4096,8192] [--reps N]
+//!  [--ms 1,8,32] [--format fp6-e2m3] [--activations f32|int8] [--variant gemv|gemm|both]`
 //!
 //! "cold" rotates over enough copies of the weight to exceed the last-level cache, so every
 //! call streams from DRAM; "hot" reuses one copy (L3-resident when it fits).
@@ -9,7 +10,8 @@
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use fpx_llvm::{compile_cpu, CpuTarget, KernelSpec, Variant};
+use fpx_llvm::{compile_cpu, Activations, CpuTarget, KernelSpec, Variant};
+use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::PackedShape;
 use fpx_quant::Format;
 
@@ -68,7 +70,7 @@ impl Pool {
     }
 
     /// Runs one call split over the pool's threads at multiples of 16 columns.
-    fn run(&self, f: KernelFn, (x, m): (&[f32], usize), packed: &[u8], scales: &[f32], y: &mut [f32], n: usize) {
+    fn run(&self, f: KernelFn, (x, m): (*const f32, usize), packed: &[u8], scales: &[f32], y: &mut [f32], n: usize) {
         let t = self.jobs.len();
         let tiles = n.div_ceil(16);
         for (i, job) in self.jobs.iter().enumerate() {
@@ -76,7 +78,7 @@ impl Pool {
             let ne = (tiles * (i + 1) / t * 16).min(n);
             let call = Call {
                 f,
-                x: x.as_ptr(),
+                x,
                 m: m as i64,
                 packed: packed.as_ptr(),
                 scales: scales.as_ptr(),
@@ -116,6 +118,7 @@ fn main() {
     let reps: usize = get("--reps").map(|s| s.parse().unwrap()).unwrap_or(50);
     let ms: Vec<usize> = get("--ms").unwrap_or_else(|| "1,2,4,8".into()).split(',').map(|s| s.parse().unwrap()).collect();
     let format = get("--format").map(|f| Format::parse(&f).expect("format")).unwrap_or(Format::Fp6E3M2);
+    let activations = get("--activations").map(|a| Activations::parse(&a).expect("activations: f32 or int8")).unwrap_or_default();
     let variants: Vec<Variant> = match get("--variant").as_deref() {
         None | Some("gemv") => vec![Variant::Gemv],
         Some("gemm") => vec![Variant::Gemm],
@@ -123,7 +126,7 @@ fn main() {
         Some(v) => panic!("unknown variant {v}"),
     };
 
-    let specs: Vec<KernelSpec> = sizes.iter().map(|&s| KernelSpec { format, k: s, n: s, group_size: 0 }).collect();
+    let specs: Vec<KernelSpec> = sizes.iter().map(|&s| KernelSpec { format, k: s, n: s, group_size: 0, activations }).collect();
     let t0 = Instant::now();
     let compiled = compile_cpu(&specs, target).expect("compile");
     println!(
@@ -167,7 +170,10 @@ fn main() {
                         for rep in 0..reps + 3 {
                             let w = if cold { &packed[rep % copies] } else { &packed[0] };
                             let t = Instant::now();
-                            pool.run(f, (&x, m), w, &scales, &mut y, n);
+                            // Int8 kernels take the rows quantized: timed, as the runtime does it per call.
+                            let q = (activations == Activations::Int8).then(|| Int8Activations::quantize(&x[..m * k], m, k));
+                            let xp = q.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
+                            pool.run(f, (xp, m), w, &scales, &mut y, n);
                             if rep >= 3 {
                                 times.push(t.elapsed().as_secs_f64());
                             }

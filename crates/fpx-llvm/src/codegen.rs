@@ -23,7 +23,7 @@ use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, Point
 use inkwell::{AddressSpace, IntPredicate};
 
 use crate::target::{Isa, Machine};
-use crate::{KernelSpec, LlvmError, Variant};
+use crate::{Activations, KernelSpec, LlvmError, Variant};
 
 type R<T> = Result<T, LlvmError>;
 
@@ -372,10 +372,14 @@ fn build_module<'ctx>(ctx: &'ctx Context, specs: &[KernelSpec], machine: &Machin
     module.set_triple(&machine.tm.get_triple());
     module.set_data_layout(&machine.tm.get_target_data().get_data_layout());
     let gen = Gen { ctx, module: &module, b: ctx.create_builder(), isa: machine.isa, lanes: Lanes::new(machine.isa.w as usize) };
+    // The int8 kernels are written for 256-bit vectors (AVX2 byte dot products), also on AVX-512.
+    let isa8 = Isa { w: 8, ..machine.isa };
+    let gen8 = Gen { ctx, module: &module, b: ctx.create_builder(), isa: isa8, lanes: Lanes::new(8) };
     for spec in specs {
         let plan = Plan::new(spec);
+        let g = if spec.activations == Activations::Int8 { &gen8 } else { &gen };
         for variant in Variant::ALL {
-            gen.kernel(&plan, variant)?;
+            g.kernel(&plan, variant)?;
         }
     }
     module.verify().map_err(|e| LlvmError::Llvm(format!("generated IR does not verify: {e}")))?;
@@ -1075,8 +1079,10 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// tile-aligned, the panel loop otherwise (still one dequantization per weight).
     fn kernel(&self, plan: &Plan, variant: Variant) -> R<()> {
         let name = plan.spec.symbol(variant);
-        let direct = if variant == Variant::Gemv && plan.tpg.is_some() { Some(self.direct_ntile(plan, &name)?) } else { None };
-        let panel = self.panel_ntile(plan, &name)?;
+        let int8 = plan.spec.activations == Activations::Int8;
+        let direct = if variant == Variant::Gemv && plan.tpg.is_some() && !int8 { Some(self.direct_ntile(plan, &name)?) } else { None };
+        // Int8 kernels have one loop for every m, shared by both exported symbols.
+        let panel = if int8 { self.i8_ntile(plan, &plan.spec.symbol(Variant::Gemm))? } else { self.panel_ntile(plan, &name)? };
 
         let (p, i) = (self.ptr_t(), self.i64_t());
         let f = self.function(&name, &[p, i, p, p, p, p, i, i], false);
@@ -1127,8 +1133,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(())
     }
 
-    /// Calls `block(b)` (row-block functions for `b` rows, `b` in `1..=rows`) over the rows
-    /// of X: full blocks of `rows` in a loop, then the remainder.
+    /// Calls `call(b, xb, yb)` (row-block functions for `b` rows, `b` in `1..=rows`) over
+    /// the `f32` rows of X and Y: full blocks of `rows` in a loop, then the remainder.
     fn row_blocks(
         &self,
         f: FunctionValue<'ctx>,
@@ -1138,26 +1144,37 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         (x, y): (PointerValue<'ctx>, PointerValue<'ctx>),
         call: &mut dyn FnMut(&Self, u32, PointerValue<'ctx>, PointerValue<'ctx>) -> R<()>,
     ) -> R<()> {
+        self.row_blocks_at(f, rows, m, &mut |g, b, r0| {
+            let xb = g.gep(x, g.mul(r0, 4 * plan.k())?)?;
+            let yb = g.gep(y, g.mul(r0, 4 * plan.n())?)?;
+            call(g, b, xb, yb)
+        })
+    }
+
+    /// Calls `call(b, r0)` for blocks of `b` rows starting at row `r0`: full blocks of `rows`
+    /// in a loop, then the remainder (a switch over `1..rows`).
+    fn row_blocks_at(
+        &self,
+        f: FunctionValue<'ctx>,
+        rows: u32,
+        m: IntValue<'ctx>,
+        call: &mut dyn FnMut(&Self, u32, IntValue<'ctx>) -> R<()>,
+    ) -> R<()> {
         let rows64 = self.i64c(rows as u64);
         let full = self.b.build_int_signed_div(m, rows64, "")?;
         self.for_loop(f, self.i64c(0), full, vec![], &mut |g, i, _| {
-            let r0 = g.mul(i, rows as u64)?;
-            let xb = g.gep(x, g.mul(r0, 4 * plan.k())?)?;
-            let yb = g.gep(y, g.mul(r0, 4 * plan.n())?)?;
-            call(g, rows, xb, yb)?;
+            call(g, rows, g.mul(i, rows as u64)?)?;
             Ok(vec![])
         })?;
         if rows > 1 {
             let r0 = self.mul(full, rows as u64)?;
             let rem = self.b.build_int_nsw_sub(m, r0, "")?;
-            let xb = self.gep(x, self.mul(r0, 4 * plan.k())?)?;
-            let yb = self.gep(y, self.mul(r0, 4 * plan.n())?)?;
             let done = self.block(f, "rows.done");
             let cases: Vec<_> = (1..rows).map(|b| (self.i64c(b as u64), self.block(f, "rows.rem"))).collect();
             self.b.build_switch(rem, done, &cases)?;
             for (b, (_, bb)) in (1..rows).zip(&cases) {
                 self.b.position_at_end(*bb);
-                call(self, b, xb, yb)?;
+                call(self, b, r0)?;
                 self.b.build_unconditional_branch(done)?;
             }
             self.b.position_at_end(done);
@@ -1448,6 +1465,373 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             let old =
                 self.if_then(f, self.b.build_not(first, "")?, vec![bias16.into()], &mut |g| Ok(vec![g.load16(yrow, n0, ne)?.into()]))?;
             let vals = self.b.build_float_add(self.reduce(ar)?, old[0].into_vector_value(), "")?;
+            self.store16(f, yrow, n0, ne, vals)?;
+        }
+        self.b.build_return(None)?;
+        Ok(f)
+    }
+}
+
+// -------------------------------------------------------------------- int8 activations
+
+/// Bytes of one int8 panel tile: 16 vectors of 32 unsigned weight bytes (`weight + 64`), then
+/// two vectors of `f32` scales in accumulator lane order (grouped weights only).
+const I8_TILE_BYTES: u64 = 576;
+/// Where the scales start in an int8 panel tile.
+const I8_SCALES_AT: u64 = 512;
+/// Tiles per int8 panel (9 KiB: L1-resident with the activations).
+const I8_PANEL_TILES: u64 = 16;
+/// Rows of X per int8 row block: 2 `i32` and 2 `f32` accumulators each.
+const I8_ROWS: u32 = 4;
+
+/// How a format's codes become unsigned weight bytes `value · units + 64` for the int8 kernels.
+#[derive(Debug, Clone, Copy)]
+struct ByteDecode {
+    /// `1 / units`: folded into the scales.
+    inv_units: f32,
+    kind: ByteKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ByteKind {
+    /// 4-bit codes: one table from the code to `value · units + 64`.
+    Table([u8; 16]),
+    /// FP6: the code byte `s << 7 | e << 4 | low nibble` (as the byte method assembles it);
+    /// magnitudes from `mag[e][nibble]` (`identity0`: `mag[0]` is the nibble itself), sign from bit 7.
+    Fp6 { mag: [[u8; 16]; 2], identity0: bool },
+}
+
+impl ByteDecode {
+    fn of(format: Format) -> R<ByteDecode> {
+        let units = fpx_quant::act8::int8_units(format)
+            .ok_or_else(|| LlvmError::Llvm(format!("{format} has no integer form for int8 activations")))?;
+        let value = |c: u8| fold::stored_value(format, c) * units;
+        let kind = match format.bits() {
+            4 => {
+                let mut t = [0u8; 16];
+                for (c, e) in t.iter_mut().enumerate() {
+                    *e = (value(c as u8) as i32 + fpx_quant::act8::WEIGHT_OFFSET) as u8;
+                }
+                ByteKind::Table(t)
+            }
+            6 => {
+                let mut mag = [[0u8; 16]; 2];
+                for (e, row) in mag.iter_mut().enumerate() {
+                    for (l, m) in row.iter_mut().enumerate() {
+                        let c = (16 * e + l) as u8;
+                        let (v, neg) = (value(c), value(c | 0x20));
+                        if v < 0.0 || (neg != -v && !(v == 0.0 && neg == 0.0)) {
+                            return Err(LlvmError::Llvm(format!("{format}: code {c:#x} is not sign-magnitude")));
+                        }
+                        *m = v as u8;
+                    }
+                }
+                let identity0 = mag[0].iter().enumerate().all(|(l, &m)| m as usize == l);
+                ByteKind::Fp6 { mag, identity0 }
+            }
+            b => return Err(LlvmError::Llvm(format!("no byte decoder for {b}-bit codes"))),
+        };
+        Ok(ByteDecode { inv_units: 1.0 / units, kind })
+    }
+}
+
+impl<'m, 'ctx> Gen<'m, 'ctx> {
+    fn as_bytes(&self, v: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let n = v.get_type().get_size() * v.get_type().get_element_type().into_int_type().get_bit_width() / 8;
+        Ok(self.b.build_bit_cast(v, self.ctx.i8_type().vec_type(n), "")?.into_vector_value())
+    }
+
+    fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'ctx> {
+        let c = self.ctx.i8_type().const_int(x as u64, false);
+        VectorType::const_vector(&vec![c; n as usize])
+    }
+
+    /// Even bytes of `a`, odd bytes of `b`.
+    fn even_odd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let (ab, bb) = (self.as_bytes(a)?, self.as_bytes(b)?);
+        let n = ab.get_type().get_size();
+        let idx: Vec<u32> = (0..n).map(|i| if i % 2 == 0 { i } else { n + i }).collect();
+        self.shuf(ab, bb, &idx)
+    }
+
+    /// Code bytes (see [`ByteKind`]) to unsigned weight bytes.
+    fn decode_bytes(&self, dec: &ByteDecode, r: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let w = self.w();
+        let to_bytes = |v: VectorValue<'ctx>| self.as_bytes(v);
+        match dec.kind {
+            ByteKind::Table(t) => to_bytes(self.pshufb(&t, self.b.build_bit_cast(r, self.vi32(w), "")?.into_vector_value())?),
+            ByteKind::Fp6 { mag, identity0 } => {
+                let n = 4 * w;
+                let r32 = self.b.build_bit_cast(r, self.vi32(w), "")?.into_vector_value();
+                let nib = self.and(r32, 0x0f0f_0f0f)?;
+                let m0 = if identity0 { to_bytes(nib)? } else { to_bytes(self.pshufb(&mag[0], nib)?)? };
+                let m1 = to_bytes(self.pshufb(&mag[1], nib)?)?;
+                let rb = to_bytes(r)?;
+                let ebit = self.b.build_and(rb, self.splat_i8(0x10, n), "")?;
+                let e = self.b.build_int_compare(IntPredicate::NE, ebit, self.ctx.i8_type().vec_type(n).const_zero(), "")?;
+                let m = self.b.build_select(e, m1, m0, "")?.into_vector_value();
+                let off = self.splat_i8(fpx_quant::act8::WEIGHT_OFFSET as u8, n);
+                let pos = self.b.build_int_add(off, m, "")?;
+                let neg = self.b.build_int_sub(off, m, "")?;
+                let s = self.b.build_int_compare(IntPredicate::SLT, rb, self.ctx.i8_type().vec_type(n).const_zero(), "")?;
+                Ok(self.b.build_select(s, neg, pos, "")?.into_vector_value())
+            }
+        }
+    }
+
+    /// Row (0..8) of each `i32` lane of a T-vector: the same for every T-vector on AVX2.
+    fn i8_lane_rows(&self) -> R<Vec<usize>> {
+        let l = &self.lanes;
+        let rows: Vec<usize> = l.order[0].iter().map(|w| w / 4).collect();
+        for v in 0..l.nq {
+            if l.order[v].iter().map(|w| w / 4).collect::<Vec<_>>() != rows || l.chunk_t(v, 0) != l.chunk_t(v, 1) {
+                return Err(LlvmError::Llvm("int8 kernels need T-vectors of one t and fixed rows".into()));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Decodes tile `kt` (relative to the n-tile) into int8 panel slot `at`: for each half `j`
+    /// and T-vector `v`, the bytes of rows `g` then `g + 8` (4 codes per lane, columns
+    /// `c + [8, 0, 9, 1]`, `c = 16j + 2t`), then the grouped scales.
+    #[allow(clippy::too_many_arguments)]
+    fn i8_build(
+        &self,
+        plan: &Plan,
+        dec: &ByteDecode,
+        (packed, scales): (PointerValue<'ctx>, PointerValue<'ctx>),
+        (tile0, kt, n0): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        valid: VectorValue<'ctx>,
+        dst: PointerValue<'ctx>,
+        rows: &[usize],
+    ) -> R<()> {
+        let dq = plan.dq;
+        let tile = self.add(tile0, kt)?;
+        let lo = self.gep(packed, self.mul(tile, LOW_TILE_BYTES)?)?;
+        let sets = if dq.h > 0 {
+            let hi_off = self.add(self.i64c(plan.low_bytes), self.mul(tile, 64 * dq.h as u64)?)?;
+            match self.high_words(&dq, self.gep(packed, hi_off)?)? {
+                High::Fields(f) if dq.h == 2 => Some(self.fp6_sets(&f)?),
+                _ => return Err(LlvmError::Llvm("int8 kernels decode 4- and 6-bit codes only".into())),
+            }
+        } else {
+            None
+        };
+        let w = self.w() as u64;
+        for j in 0..2usize {
+            let words = self.low_words(lo, j as u64)?;
+            for (v, &low) in words.iter().enumerate() {
+                let low_n = self.and(low, 0x0f0f_0f0f)?;
+                let high_n = self.and(self.shift(low, -4)?, 0x0f0f_0f0f)?;
+                let (bl, bh) = match &sets {
+                    Some(s) => {
+                        let (sl, sh) = s[v][j];
+                        (self.b.build_or(low_n, sl, "")?, self.b.build_or(high_n, sh, "")?)
+                    }
+                    None => (low_n, high_n),
+                };
+                // Word bytes: low nibbles [e6, e0, e7, e1], high nibbles [e4, e2, e5, e3].
+                let row_g = self.even_odd(bh, bl)?; // [e4, e0, e5, e1]
+                let row_g8 = self.even_odd(bl, bh)?; // [e6, e2, e7, e3]
+                for (h, r) in [row_g, row_g8].into_iter().enumerate() {
+                    let u = self.decode_bytes(dec, r)?;
+                    let at = ((j * self.lanes.nq + v) * 2 + h) as u64 * 4 * w;
+                    self.store(u, self.gep(dst, self.i64c(at))?, 32)?;
+                }
+            }
+        }
+        if let Some(tpg) = plan.tpg.filter(|_| plan.groups > 1) {
+            let grp = self.b.build_int_unsigned_div(kt, self.i64c(tpg), "")?;
+            let s16 = self.scales16(plan, scales, grp, n0, valid)?;
+            for h in 0..2 {
+                let idx: Vec<u32> = rows.iter().map(|&g| (g + 8 * h) as u32).collect();
+                let s = self.b.build_float_mul(self.shuf(s16, s16, &idx)?, self.splat_f32(dec.inv_units, w as u32), "")?;
+                self.store(s, self.gep(dst, self.i64c(I8_SCALES_AT + h as u64 * 4 * w))?, 32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The int8 n-tile loop: K in panels of [`I8_PANEL_TILES`] tiles, each decoded once and
+    /// consumed by every block of rows.
+    fn i8_ntile(&self, plan: &Plan, name: &str) -> R<FunctionValue<'ctx>> {
+        let fname = format!("{name}.i8");
+        if let Some(f) = self.module.get_function(&fname) {
+            return Ok(f);
+        }
+        let dec = ByteDecode::of(plan.spec.format)?;
+        let lane_rows = self.i8_lane_rows()?;
+        let rows = I8_ROWS;
+        let blocks: Vec<FunctionValue<'ctx>> = (1..=rows).map(|b| self.i8_rows(plan, &dec, &lane_rows, name, b)).collect::<R<_>>()?;
+        let (p, i) = (self.ptr_t(), self.i64_t());
+        let f = self.function(&fname, &[p, i, p, p, p, p, i, i], true);
+        self.b.position_at_end(self.block(f, "entry"));
+        let arg = |k: u32| f.get_nth_param(k).expect("param");
+        let (x, m, packed, scales, bias, y) = (
+            arg(0).into_pointer_value(),
+            arg(1).into_int_value(),
+            arg(2).into_pointer_value(),
+            arg(3).into_pointer_value(),
+            arg(4),
+            arg(5).into_pointer_value(),
+        );
+        let (nt, ne) = (arg(6).into_int_value(), arg(7).into_int_value());
+        let panel_ty = self.ctx.i8_type().array_type((I8_PANEL_TILES * I8_TILE_BYTES) as u32);
+        let panel = self.b.build_alloca(panel_ty, "i8panel")?;
+        panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(|e| LlvmError::Llvm(e.to_string()))?;
+        let kt = plan.kt;
+        let blocks_total = self.b.build_int_nsw_mul(m, self.i64c(kt), "")?;
+        let xs = x;
+        let xc = self.gep(x, self.b.build_int_nsw_mul(blocks_total, self.i64c(4), "")?)?;
+        let xq = self.gep(x, self.b.build_int_nsw_mul(blocks_total, self.i64c(8), "")?)?;
+        let n0 = self.mul(nt, 16)?;
+        let tile0 = self.mul(nt, kt)?;
+        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
+        let kct = I8_PANEL_TILES;
+        let nkb = kt.div_ceil(kct);
+        self.for_loop(f, self.i64c(0), self.i64c(nkb), vec![], &mut |g, kb, _| {
+            let kt0 = g.mul(kb, kct)?;
+            let left = g.b.build_int_nsw_sub(g.i64c(kt), kt0, "")?;
+            let small = g.b.build_int_compare(IntPredicate::SLT, left, g.i64c(kct), "")?;
+            let count = g.b.build_select(small, left, g.i64c(kct), "")?.into_int_value();
+            g.for_loop(f, g.i64c(0), count, vec![], &mut |g, i, _| {
+                let dst = g.gep(panel, g.mul(i, I8_TILE_BYTES)?)?;
+                g.i8_build(plan, &dec, (packed, scales), (tile0, g.add(kt0, i)?, n0), valid, dst, &lane_rows)?;
+                Ok(vec![])
+            })?;
+            let first = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64c(0), "")?;
+            g.row_blocks_at(f, rows, m, &mut |g, b, r0| {
+                let rb = g.mul(r0, 4 * kt)?;
+                let args = [
+                    g.gep(xq, g.mul(r0, 32 * kt)?)?.into(),
+                    g.gep(xs, rb)?.into(),
+                    g.gep(xc, rb)?.into(),
+                    panel.into(),
+                    kt0.into(),
+                    count.into(),
+                    first.into(),
+                    scales.into(),
+                    bias,
+                    g.gep(y, g.mul(r0, 4 * plan.n())?)?.into(),
+                    nt.into(),
+                    ne.into(),
+                ];
+                g.call(blocks[b as usize - 1], &args)?;
+                Ok(())
+            })?;
+            Ok(vec![])
+        })?;
+        self.b.build_return(None)?;
+        Ok(f)
+    }
+
+    /// The int8 row block: `rows` rows of quantized X against the panel's tiles; per tile and
+    /// row, byte dot products into `i32`, then the correction, the activation scale (and the
+    /// tile's weight scales) into `f32`; finally adds to y (or the bias, for the first panel).
+    fn i8_rows(&self, plan: &Plan, dec: &ByteDecode, lane_rows: &[usize], name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
+        let (p, i) = (self.ptr_t(), self.i64_t());
+        let b1 = self.ctx.bool_type().into();
+        let f = self.function(&format!("{name}.i8rows{rows}"), &[p, p, p, p, i, i, b1, p, p, p, i, i], true);
+        self.b.position_at_end(self.block(f, "entry"));
+        let arg = |k: u32| f.get_nth_param(k).expect("param");
+        let (xq, xs, xc, panel) =
+            (arg(0).into_pointer_value(), arg(1).into_pointer_value(), arg(2).into_pointer_value(), arg(3).into_pointer_value());
+        let (kt0, count, first) = (arg(4).into_int_value(), arg(5).into_int_value(), arg(6).into_int_value());
+        let (scales, bias, y) = (arg(7).into_pointer_value(), arg(8).into_pointer_value(), arg(9).into_pointer_value());
+        let (nt, ne) = (arg(10).into_int_value(), arg(11).into_int_value());
+        let w = self.w();
+        let kt = plan.kt;
+        let grouped = plan.groups > 1;
+        let bytes_t = self.ctx.i8_type().vec_type(4 * w);
+        let pmaddubsw = self.intrinsic("llvm.x86.avx2.pmadd.ub.sw", &[])?;
+        let pmaddwd = self.intrinsic("llvm.x86.avx2.pmadd.wd", &[])?;
+        let ones = self.splat_i16(1, 2 * w);
+        let rows_u = rows as usize;
+        let splat_idx = vec![0u32; w as usize];
+
+        let yf0: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(w).into(); 2 * rows_u];
+        let yf = self.for_loop(f, self.i64c(0), count, yf0, &mut |g, ti, carried| {
+            let tile = g.add(kt0, ti)?;
+            let src = g.gep(panel, g.mul(ti, I8_TILE_BYTES)?)?;
+            let mut acc = vec![g.vi32(w).const_zero(); 2 * rows_u];
+            for q in 0..2 * g.lanes.nq {
+                let (j, v) = (q / g.lanes.nq, q % g.lanes.nq);
+                let t = g.lanes.chunk_t(v, 0) as u64;
+                let wv: Vec<VectorValue<'ctx>> = (0..2)
+                    .map(|h| -> R<VectorValue<'ctx>> {
+                        let at = g.i64c((q * 2 + h) as u64 * 4 * w as u64);
+                        Ok(g.load(bytes_t, g.gep(src, at)?, 32)?.into_vector_value())
+                    })
+                    .collect::<R<_>>()?;
+                let xoff = g.add(g.mul(tile, 32)?, g.i64c((4 * j as u64 + t) * 4))?;
+                for r in 0..rows_u {
+                    let xp = g.gep(xq, g.add(xoff, g.i64c(r as u64 * 32 * kt))?)?;
+                    let xd = g.load(g.ctx.i32_type(), xp, 4)?;
+                    let x1 = g.b.build_insert_element(g.vi32(w).get_poison(), xd, g.ctx.i32_type().const_zero(), "")?;
+                    let xv = g.shuf(x1, g.vi32(w).get_poison(), &splat_idx)?;
+                    let xb = g.as_bytes(xv)?;
+                    for h in 0..2 {
+                        let prod = g.call(pmaddubsw, &[wv[h].into(), xb.into()])?.expect("returns").into_vector_value();
+                        let sums = g.call(pmaddwd, &[prod.into(), ones.into()])?.expect("returns").into_vector_value();
+                        acc[2 * r + h] = g.b.build_int_add(acc[2 * r + h], sums, "")?;
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(2 * rows_u);
+            for r in 0..rows_u {
+                let at = g.mul(g.add(tile, g.i64c(r as u64 * kt))?, 4)?;
+                let c = g.load(g.ctx.i32_type(), g.gep(xc, at)?, 4)?;
+                let s = g.load(g.ctx.f32_type(), g.gep(xs, at)?, 4)?;
+                let cv = g.shuf(
+                    g.b.build_insert_element(g.vi32(w).get_poison(), c, g.ctx.i32_type().const_zero(), "")?,
+                    g.vi32(w).get_poison(),
+                    &splat_idx,
+                )?;
+                let sv = g.shuf(
+                    g.b.build_insert_element(g.vf32(w).get_poison(), s, g.ctx.i32_type().const_zero(), "")?,
+                    g.vf32(w).get_poison(),
+                    &splat_idx,
+                )?;
+                for h in 0..2 {
+                    let a = g.b.build_int_sub(acc[2 * r + h], cv, "")?;
+                    let af = g.b.build_signed_int_to_float(a, g.vf32(w), "")?;
+                    let scale = if grouped {
+                        let ws = g.load(g.vf32(w), g.gep(src, g.i64c(I8_SCALES_AT + h as u64 * 4 * w as u64))?, 32)?;
+                        g.b.build_float_mul(sv, ws.into_vector_value(), "")?
+                    } else {
+                        sv
+                    };
+                    out.push(g.fma(af, scale, carried[2 * r + h].into_vector_value())?.into());
+                }
+            }
+            Ok(out)
+        })?;
+
+        let n0 = self.mul(nt, 16)?;
+        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
+        let bias16 = self.bias16(f, bias, n0, valid)?;
+        let per_channel = if grouped {
+            None
+        } else {
+            let s16 = self.scales16(plan, scales, self.i64c(0), n0, valid)?;
+            Some(self.b.build_float_mul(s16, self.splat_f32(dec.inv_units, 16), "")?)
+        };
+        // Natural order: output n = lane_rows[f] + 8h comes from lane f of accumulator h.
+        let nat: Vec<u32> = (0..16)
+            .map(|n| {
+                let (h, g) = (n / 8, n % 8);
+                (h * w as usize + lane_rows.iter().position(|&r| r == g).expect("every row has a lane")) as u32
+            })
+            .collect();
+        for r in 0..rows_u {
+            let mut vals = self.shuf(yf[2 * r].into_vector_value(), yf[2 * r + 1].into_vector_value(), &nat)?;
+            if let Some(s) = per_channel {
+                vals = self.b.build_float_mul(vals, s, "")?;
+            }
+            let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
+            let old =
+                self.if_then(f, self.b.build_not(first, "")?, vec![bias16.into()], &mut |g| Ok(vec![g.load16(yrow, n0, ne)?.into()]))?;
+            let vals = self.b.build_float_add(vals, old[0].into_vector_value(), "")?;
             self.store16(f, yrow, n0, ne, vals)?;
         }
         self.b.build_return(None)?;

@@ -30,6 +30,10 @@
 //! with no alignment requirement beyond `f32`'s. Kernels are reentrant and use no heap (a
 //! ~17 KiB stack frame at most).
 //!
+//! Kernels of a spec with [`Activations::Int8`] (symbols with `_a8`) have the same signature,
+//! but `x` points to an [`fpx_quant::act8::Int8Activations`] buffer for the `m` rows (scales,
+//! corrections, permuted int8 codes) instead of `f32` rows.
+//!
 //! # How the kernels work
 //!
 //! The 4+2 layout ([`fpx_quant::layout`]) stores a 16 × 32 tile as 2 halves × 32 "lanes" of
@@ -63,6 +67,14 @@
 //! - [`Variant::Gemm`] (larger m): 8 tiles at a time are dequantized, scales applied, into a
 //!   16 KiB L1-resident panel, then every block of rows (3 on AVX2, 6 on AVX-512) reuses it.
 //!   Ragged groups (size not a multiple of 32) are handled here, per pair of K columns.
+//! - Int8 activations (one loop for every `m`, 256-bit vectors also on AVX-512): 16 tiles at a
+//!   time are decoded with the byte method into unsigned bytes `value · units + 64` (a
+//!   `pshufb` table for 4-bit codes; for FP6 e2m3 two magnitude tables, a select on the top
+//!   exponent bit and one on the sign), regrouped so that each 32-bit lane holds 4 codes of one
+//!   output row, into a 9 KiB panel. Blocks of 4 rows then take, per lane vector, a 32-bit
+//!   broadcast of the matching 4 activation codes, `vpmaddubsw` (32 byte products) and
+//!   `vpmaddwd` by ones into `i32`; per tile and row the correction (64 · the codes' sum) is
+//!   subtracted and the activation scale (and grouped weight scales) applied in `f32`.
 #![deny(missing_docs)]
 
 mod codegen;
@@ -106,6 +118,57 @@ impl From<inkwell::builder::BuilderError> for LlvmError {
     }
 }
 
+/// What a kernel multiplies the weights with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Activations {
+    /// `f32` activations and FMA: exact up to `f32` rounding.
+    #[default]
+    F32,
+    /// Activations quantized to int8 per row and block of 32 columns, multiplied with byte dot
+    /// products (`vpmaddubsw`): about twice the multiply rate of `f32`, with the rounding error
+    /// of int8 activations (like onnxruntime's `MatMulNBits` at `accuracy_level` 4). `x` points
+    /// to a [`fpx_quant::act8::Int8Activations`] buffer instead of `f32` rows. Only for weight
+    /// formats with small integer values (see [`Activations::supports`]) and groups that are
+    /// whole tiles (per channel or a multiple of 32).
+    Int8,
+}
+
+impl Activations {
+    /// Every choice, in symbol order.
+    pub const ALL: [Activations; 2] = [Activations::F32, Activations::Int8];
+
+    /// The name used on the command line and in artifacts: `f32` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F32 => "f32",
+            Activations::Int8 => "int8",
+        }
+    }
+
+    /// Parses [`Activations::name`].
+    pub fn parse(s: &str) -> Option<Activations> {
+        Activations::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Whether CPU kernels with these activations exist for `format`: always for `f32`; for
+    /// int8, the formats whose stored values are integers of at most 64 units
+    /// ([`fpx_quant::act8::int8_units`]) and whose codes the byte decoder handles (4 and 6
+    /// bits): FP6 e2m3, FP4 e2m1 and INT4.
+    pub fn supports(self, format: Format) -> bool {
+        match self {
+            Activations::F32 => codegen::supports(format),
+            Activations::Int8 => matches!(format.bits(), 4 | 6) && fpx_quant::act8::int8_units(format).is_some(),
+        }
+    }
+}
+
+impl fmt::Display for Activations {
+    /// Writes [`Activations::name`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The compile-time shape of one quantized matrix product: what a kernel is specialized to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSpec {
@@ -117,6 +180,8 @@ pub struct KernelSpec {
     pub n: usize,
     /// Rows of K per scale group; 0 = one group (per output channel).
     pub group_size: usize,
+    /// What the weights multiply.
+    pub activations: Activations,
 }
 
 /// Which loop structure a kernel uses; both compute the same result for any `m`.
@@ -149,9 +214,11 @@ impl fmt::Display for Variant {
 }
 
 impl KernelSpec {
-    /// The exported symbol of this spec's kernel, e.g. `fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv`.
+    /// The exported symbol of this spec's kernel, e.g. `fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv`
+    /// (int8 activations add `_a8` before the variant).
     pub fn symbol(&self, variant: Variant) -> String {
-        format!("fpx_qmm_{}_k{}_n{}_g{}_{}", self.format.name().replace('-', "_"), self.k, self.n, self.group_size, variant.name())
+        let act = if self.activations == Activations::Int8 { "_a8" } else { "" };
+        format!("fpx_qmm_{}_k{}_n{}_g{}{act}_{}", self.format.name().replace('-', "_"), self.k, self.n, self.group_size, variant.name())
     }
 
     /// The number of scale groups along K: `ceil(k / group_size)`, or 1 per channel.
@@ -164,8 +231,8 @@ impl KernelSpec {
     }
 
     /// A sort key that orders specs deterministically.
-    fn key(&self) -> (&'static str, usize, usize, usize) {
-        (self.format.name(), self.k, self.n, self.group_size)
+    fn key(&self) -> (&'static str, usize, usize, usize, Activations) {
+        (self.format.name(), self.k, self.n, self.group_size, self.activations)
     }
 
     /// Checks that a kernel can be generated for this spec.
@@ -176,6 +243,17 @@ impl KernelSpec {
         }
         if !codegen::supports(self.format) {
             return Err(LlvmError::UnsupportedFormat(self.format));
+        }
+        if self.activations == Activations::Int8 {
+            if !self.activations.supports(self.format) {
+                return Err(bad(format!(
+                    "int8 activations need weights with small integer values (fp6-e2m3, fp4-e2m1 or int4); {} has none",
+                    self.format
+                )));
+            }
+            if !self.group_size.is_multiple_of(32) {
+                return Err(bad(format!("int8 activations need a group size that is a multiple of 32, not {}", self.group_size)));
+            }
         }
         // Offsets inside the kernels are computed in 64 bits, but lane masks and the row
         // stride of X use 32-bit arithmetic in places: keep every dimension well inside i32.

@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use fpx_llvm::{compile_cpu, host_supports, CompiledCpu, CpuTarget, KernelSpec, Variant};
+use fpx_llvm::{compile_cpu, host_supports, Activations, CompiledCpu, CpuTarget, KernelSpec, Variant};
+use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::{pack, PackedShape};
 use fpx_quant::{fold, quantize, Format, QuantConfig};
 
@@ -92,17 +93,26 @@ impl Weight {
     }
 
     /// Runs `kernel` on `m` random rows for columns `[nb, ne)` of a NaN-poisoned Y and checks
-    /// every element: inside the range against the f64 reference, outside still NaN.
+    /// every element: inside the range against the f64 reference, outside still NaN. Int8
+    /// kernels get the rows quantized, and the reference multiplies what those codes stand for.
     fn check(&self, kernel: KernelFn, m: usize, range: std::ops::Range<usize>, with_bias: bool, seed: u64, what: &str) {
         let (nb, ne) = (range.start, range.end);
         let KernelSpec { k, n, .. } = self.spec;
         let mut rng = Lcg::new(seed);
-        let x = rng.normals(m * k);
+        let mut x = rng.normals(m * k);
         let bias = rng.normals(n);
         let mut y = vec![f32::NAN; m * n];
         let bias_ptr = if with_bias { bias.as_ptr() } else { std::ptr::null() };
+        let int8 = (self.spec.activations == Activations::Int8).then(|| Int8Activations::quantize(&x, m, k));
+        let x_ptr = match &int8 {
+            Some(q) => {
+                x = q.dequantized();
+                q.as_ptr()
+            }
+            None => x.as_ptr(),
+        };
         // SAFETY: buffers sized as the ABI requires.
-        unsafe { kernel(x.as_ptr(), m as i64, self.packed.as_ptr(), self.scales.as_ptr(), bias_ptr, y.as_mut_ptr(), nb as i64, ne as i64) };
+        unsafe { kernel(x_ptr, m as i64, self.packed.as_ptr(), self.scales.as_ptr(), bias_ptr, y.as_mut_ptr(), nb as i64, ne as i64) };
         for r in 0..m {
             let mut want = vec![0f64; n];
             let mut magnitude = 0f64;
@@ -134,7 +144,11 @@ impl Weight {
 }
 
 fn spec(format: Format, k: usize, n: usize, group_size: usize) -> KernelSpec {
-    KernelSpec { format, k, n, group_size }
+    KernelSpec { format, k, n, group_size, activations: Activations::F32 }
+}
+
+fn spec8(format: Format, k: usize, n: usize, group_size: usize) -> KernelSpec {
+    KernelSpec { activations: Activations::Int8, ..spec(format, k, n, group_size) }
 }
 
 /// Shapes (K, N, group size): tails in K and N, per-channel, aligned and ragged groups.
@@ -163,7 +177,18 @@ fn ms_for(k: usize, n: usize) -> &'static [usize] {
 
 fn check_format(format: Format, target: CpuTarget) {
     let specs: Vec<KernelSpec> = SHAPES.iter().map(|&(k, n, g)| spec(format, k, n, g)).collect();
-    let compiled = compile_cpu(&specs, target).unwrap();
+    check_specs(&specs, target);
+}
+
+/// Int8 activations: the shapes whose groups are whole tiles.
+fn check_format_int8(format: Format, target: CpuTarget) {
+    let specs: Vec<KernelSpec> = SHAPES.iter().filter(|s| s.2 % 32 == 0).map(|&(k, n, g)| spec8(format, k, n, g)).collect();
+    assert!(specs.len() >= 9);
+    check_specs(&specs, target);
+}
+
+fn check_specs(specs: &[KernelSpec], target: CpuTarget) {
+    let compiled = compile_cpu(specs, target).unwrap();
     assert_eq!(compiled.symbols.len(), 2 * specs.len());
     let lib = Lib::load(&compiled);
     for (i, s) in specs.iter().enumerate() {
@@ -226,6 +251,75 @@ fn int4() {
 #[test]
 fn int8() {
     check_format(Format::Int8, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp6_e2m3_int8_activations() {
+    check_format_int8(Format::Fp6E2M3, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn fp4_e2m1_int8_activations() {
+    check_format_int8(Format::Fp4E2M1, CpuTarget::X86_64V3);
+}
+
+#[test]
+fn int4_int8_activations() {
+    check_format_int8(Format::Int4, CpuTarget::X86_64V3);
+}
+
+/// Int8 activations stay close to the `f32` kernel on the same weights: the relative RMS
+/// difference is that of 8-bit rounding (under 1%), and not zero (the rows are quantized).
+#[test]
+fn int8_activations_are_close_to_f32() {
+    let (k, n, m) = (512, 96, 24);
+    let specs = [spec(Format::Fp6E2M3, k, n, 0), spec8(Format::Fp6E2M3, k, n, 0)];
+    let compiled = compile_cpu(&specs, CpuTarget::X86_64V3).unwrap();
+    let lib = Lib::load(&compiled);
+    let weight = Weight::new(specs[0], 77);
+    let x = Lcg::new(78).normals(m * k);
+    let q = Int8Activations::quantize(&x, m, k);
+    let run = |s: &KernelSpec, xp: *const f32| {
+        let mut y = vec![f32::NAN; m * n];
+        let f = lib.kernel(&s.symbol(Variant::Gemm));
+        // SAFETY: buffers sized as the ABI requires.
+        unsafe { f(xp, m as i64, weight.packed.as_ptr(), weight.scales.as_ptr(), std::ptr::null(), y.as_mut_ptr(), 0, n as i64) };
+        y
+    };
+    let (exact, approx) = (run(&specs[0], x.as_ptr()), run(&specs[1], q.as_ptr()));
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in exact.iter().zip(&approx) {
+        num += ((a - b) as f64).powi(2);
+        den += (*a as f64).powi(2);
+    }
+    let rel = (num / den).sqrt();
+    assert!(rel > 1e-5 && rel < 1e-2, "relative RMS difference {rel:e}");
+}
+
+#[test]
+fn int8_activations_on_avx512_and_native() {
+    for target in [CpuTarget::Native, CpuTarget::X86_64V4] {
+        let specs = [spec8(Format::Fp6E2M3, 100, 40, 0), spec8(Format::Int4, 64, 33, 32)];
+        let compiled = compile_cpu(&specs, target).unwrap();
+        if let Err(why) = host_supports(&compiled.features) {
+            println!("skipping int8 on {target:?}: {why}");
+            continue;
+        }
+        let lib = Lib::load(&compiled);
+        for (i, s) in specs.iter().enumerate() {
+            let weight = Weight::new(*s, 600 + i as u64);
+            for m in [1, 4, 13] {
+                weight.check(
+                    lib.kernel(&s.symbol(Variant::Gemv)),
+                    m,
+                    0..s.n,
+                    true,
+                    m as u64,
+                    &format!("{target:?} {}", s.symbol(Variant::Gemv)),
+                );
+            }
+        }
+    }
 }
 
 /// A library with a few kernels for the target tests.
@@ -297,4 +391,9 @@ fn output_is_deterministic() {
 fn bad_specs_are_errors() {
     let err = compile_cpu(&[spec(Format::Fp6E3M2, 0, 16, 0)], CpuTarget::X86_64V3).unwrap_err();
     assert!(err.to_string().contains("must be positive"), "{err}");
+    let err = compile_cpu(&[spec8(Format::Fp6E3M2, 64, 16, 0)], CpuTarget::X86_64V3).unwrap_err();
+    assert!(err.to_string().contains("int8 activations need weights with small integer values"), "{err}");
+    assert!(err.to_string().contains("fp6_e3m2_k64_n16_g0_a8_gemv"), "{err}");
+    let err = compile_cpu(&[spec8(Format::Fp6E2M3, 64, 16, 48)], CpuTarget::X86_64V3).unwrap_err();
+    assert!(err.to_string().contains("multiple of 32, not 48"), "{err}");
 }

@@ -95,6 +95,9 @@ pub struct NativeQmm {
     pub gemv: QmmFn,
     /// For larger M (tiled).
     pub gemm: QmmFn,
+    /// Both kernels take int8 activations: `run` quantizes X once per call
+    /// ([`fpx_quant::act8::Int8Activations`]) and hands every thread that buffer.
+    pub int8_activations: bool,
 }
 
 impl std::fmt::Debug for NativeQmm {
@@ -110,6 +113,11 @@ struct SendPtr(*mut f32);
 // SAFETY: threads write disjoint column ranges of the output through this pointer.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+struct SendConst(*const f32);
+// SAFETY: the input buffer is only read, and outlives the scope that uses it.
+unsafe impl Send for SendConst {}
+unsafe impl Sync for SendConst {}
 
 impl NativeQmm {
     /// Runs `y[m][n] = x[m][k] · W + bias`, splitting N across the current rayon pool's threads
@@ -133,6 +141,9 @@ impl NativeQmm {
             return Ok(());
         }
         let f = if m <= GEMV_MAX_M { self.gemv } else { self.gemm };
+        let int8 = self.int8_activations.then(|| quantize_rows(x, m, k));
+        let x_ptr = int8.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
+        let x_ptr = SendConst(x_ptr);
         let threads = rayon::current_num_threads().max(1);
         let tiles = n.div_ceil(16);
         let per = tiles.div_ceil(threads).max(1);
@@ -141,10 +152,11 @@ impl NativeQmm {
             let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
             let (b, e) = ((t * per * 16).min(n), ((t + 1) * per * 16).min(n));
             if b < e {
-                let o = &out;
-                // SAFETY: buffers were checked against m, k, n above; each call writes only
-                // columns [b, e) of every row, disjoint across threads.
-                unsafe { f(x.as_ptr(), m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
+                let (o, xp) = (&out, &x_ptr);
+                // SAFETY: buffers were checked against m, k, n above (the int8 buffer was built
+                // from them); each call writes only columns [b, e) of every row, disjoint across
+                // threads.
+                unsafe { f(xp.0, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
             }
         };
         let chunks = tiles.div_ceil(per);
@@ -161,6 +173,23 @@ impl NativeQmm {
         Ok(())
     }
 }
+
+/// Int8 activations for the kernels ([`fpx_quant::act8`]), rows quantized in parallel on the
+/// current rayon pool when there are many.
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> fpx_quant::act8::Int8Activations {
+    use rayon::prelude::*;
+    let mut q = fpx_quant::act8::Int8Activations::zeroed(m, k);
+    let rows = q.rows_mut();
+    if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
+        rows.into_par_iter().enumerate().for_each(|(r, row)| row.quantize(&x[r * k..(r + 1) * k]));
+    } else {
+        rows.into_iter().enumerate().for_each(|(r, row)| row.quantize(&x[r * k..(r + 1) * k]));
+    }
+    q
+}
+
+/// Activations (elements) from which quantizing them is split across threads.
+const PARALLEL_QUANTIZE: usize = 32 * 1024;
 
 /// The CPU features in `features` (as `is_x86_feature_detected!` names) this machine lacks;
 /// unknown names count as missing. The loader refuses code that needs any.
