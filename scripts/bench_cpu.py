@@ -4,10 +4,12 @@
 Prints, in one run:
   1. the machine's read bandwidth, measured now (`fpx membw`, or numpy when that is missing);
   2. a kernel table per (K×N, M, threads): onnxruntime FP32 MatMul, MatMulNBits (4 bits, block 32,
-     symmetric) with accuracy_level 0 and 4, and fpx FP6 e3m2 (the QuantMatMul kernel time that
+     symmetric) with accuracy_level 0 and 4, fpx FP6 e3m2 (the QuantMatMul kernel time that
      `fpx bench --json` measures in-process), speed-ups, weight bandwidth, and which of the issue's
-     targets each row meets;
-  3. MiniLM-L6-v2 end to end (if ../shared/models/minilm-l6-v2 exists): ORT FP32 vs fpx FP32 vs fpx FP6.
+     targets each row meets; then fpx FP6 e2m3 with int8 activations (`--activations int8`, the
+     like-for-like peer of int4 accuracy_level 4) and its targets;
+  3. MiniLM-L6-v2 end to end (if ../shared/models/minilm-l6-v2 exists): ORT FP32 vs fpx FP32 vs fpx FP6
+     (e3m2) vs fpx FP6 e2m3 with int8 activations.
 
 Normally started through scripts/bench-cpu.sh (setup, release build, then this script):
     ./scripts/bench-cpu.sh                  # full run (about 3 min on 2 cores with compiled fpx
@@ -522,17 +524,19 @@ class Fpx:
         else:
             self.binary_key = ""
 
-    def compile(self, model: Path, out: Path, weights: str = "fp6-e3m2") -> Path | None:
+    def compile(self, model: Path, out: Path, weights: str = "fp6-e3m2", activations: str = "f32") -> Path | None:
         """Compiles once per (model, binary); None (and compile_error set) when compile fails."""
         if not self.path or self.compile_unsupported:
             return None
         key_file = out.with_name(out.name + ".key")
-        key = f"{self.binary_key}|{model.resolve()}|{model.stat().st_mtime_ns}|{weights}"
+        key = f"{self.binary_key}|{model.resolve()}|{model.stat().st_mtime_ns}|{weights}|{activations}"
         if not self.recompile and out.exists() and key_file.exists() and key_file.read_text() == key:
             return out
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         cmd = [self.path, "compile", str(model), "-o", str(tmp), "--weights", weights]
-        log(f"fpx compile {model.name} --weights {weights}")
+        if activations != "f32":
+            cmd += ["--activations", activations]
+        log(f"fpx compile {model.name} --weights {weights} --activations {activations}")
         r = run_cmd(cmd)
         if r["rc"] != 0 or not tmp.exists():
             why = r["why"] or "no output file written"
@@ -682,10 +686,12 @@ def bench_kernels(args, wd: Path, fpx: Fpx | None, membw: dict) -> list[dict]:
         int4_paths = make_int4_models(wd, k, n, args.seed, args.ort_quantizer)
         models = {"ort_fp32": fp32_path, "ort_int4_l0": int4_paths[0], "ort_int4_l4": int4_paths[4]}
         xs = {m: make_input(wd, m, k, args.seed) for m in args.ms}
-        fpx_model, fpx_mode = None, None
+        fpx_model, fpx_mode, fpx_a8 = None, None, None
         if fpx is not None:
             fpx_model = fpx.compile(fp32_path, wd / f"matmul_k{k}_n{n}_seed{args.seed}_fp6-e3m2.fpx")
             fpx_mode = "compiled" if fpx_model is not None else "reference"
+            fpx_a8 = fpx.compile(fp32_path, wd / f"matmul_k{k}_n{n}_seed{args.seed}_fp6-e2m3-a8.fpx",
+                                 weights="fp6-e2m3", activations="int8")
         for t in args.threads:
             log(f"{k}x{n} T={t}: ORT sessions")
             sessions = {key: ort_session(models[key], t) for key, _ in ORT_VARIANTS}
@@ -729,6 +735,17 @@ def bench_kernels(args, wd: Path, fpx: Fpx | None, membw: dict) -> list[dict]:
                             "cmd": res.get("cmd"),
                         }
                         log(f"  fpx ({fpx_mode}) M={m}: QuantMatMul median {kern['median_us']:.1f} us")
+                r["fpx_a8"] = None
+                if fpx_a8 is not None:
+                    res = fpx.bench(fpx_a8, {"X": xs[m]}, t, args.iters, args.cell_seconds)
+                    kern = quant_kernel(res) if "error" not in res else None
+                    if kern is None:
+                        r["fpx_a8"] = {"error": res.get("error", "no QuantMatMul entry")}
+                    else:
+                        r["fpx_a8"] = {"median_us": float(kern["median_us"]), "weight_bytes": int(kern["weight_bytes"]),
+                                       "weight_gb_per_s": float(kern["weight_gb_per_s"]), "cmd": res.get("cmd")}
+                        log(f"  fpx e2m3 int8-activations M={m}: QuantMatMul median {kern['median_us']:.1f} us")
+                r["targets_a8"] = targets_for(m, (r["fpx_a8"] or {}).get("median_us"), r["ort"])
                 fx = r["fpx"] or {}
                 fus = fx.get("median_us")
                 r["speedup"] = {key: (r["ort"][key]["median_us"] / fus if fus else None) for key, _ in ORT_VARIANTS}
@@ -761,10 +778,12 @@ def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
     shape = list(next(iter(feed.values())).shape)
     out = {"model": str(model), "input_shape": shape, "rows": []}
     fp6 = None
+    fp6_a8 = None
     mode = None
     if fpx is not None:
         fp6 = fpx.compile(model, wd / "minilm-l6-v2_fp6-e3m2.fpx")
         mode = "compiled" if fp6 is not None else "reference"
+        fp6_a8 = fpx.compile(model, wd / "minilm-l6-v2_fp6-e2m3-a8.fpx", weights="fp6-e2m3", activations="int8")
     out["fpx_fp6_mode"] = mode
     for t in args.threads:
         row = {"threads": t}
@@ -787,6 +806,11 @@ def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
             row["fpx_fp6"] = ({"error": r["error"], "mode": mode} if "error" in r else
                               {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
                                "mode": mode, "per_op_us": r.get("per_op_us")})
+            if fp6_a8 is not None:
+                log(f"MiniLM T={t}: fpx fp6-e2m3, int8 activations")
+                r = fpx.bench(fp6_a8, inputs, t, args.iters, 2 * args.cell_seconds)
+                row["fpx_fp6_a8"] = ({"error": r["error"]} if "error" in r else
+                                     {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters")})
         out["rows"].append(row)
     return out
 
@@ -869,7 +893,7 @@ def main(argv: list[str]) -> int:
     print("   Targets (issue): M=1: fpx ≥5× faster than ORT fp32, faster than int4 lvl0, within 1.2× of int4 "
           "lvl4 (fpx ≤ 1.2 × lvl4 time); M=8, 32: faster than all three.")
     hdr = ["K×N", "M", "T", "ORT fp32", "ORT i4 l0", "ORT i4 l4", "fpx fp6", "vs fp32", "vs i4l0", "vs i4l4",
-           "fpx GB/s", "% BW", "weights", "targets met"]
+           "fpx GB/s", "% BW", "weights", "targets met", "fpx e2m3·a8", "targets met (a8)"]
     trows = []
     for r in kernel_rows:
         fx = r.get("fpx") or {}
@@ -885,8 +909,12 @@ def main(argv: list[str]) -> int:
             f"{r['fpx_pct_of_membw']:.0f}%" if r.get("fpx_pct_of_membw") is not None else "n/a",
             f"{mib(wb)} {ws_note(wb)}" if wb else "n/a",
             fmt_targets(r.get("targets")),
+            fmt_us((r.get("fpx_a8") or {}).get("median_us")),
+            fmt_targets(r.get("targets_a8")),
         ])
-    print(table(hdr, trows, right={1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}))
+    print("   fpx e2m3·a8: `fpx compile --weights fp6-e2m3 --activations int8` (same FP6 bytes; activations quantized "
+          "to int8 per row and block of 32 inside the timed call, byte dot products — like int4 lvl4).")
+    print(table(hdr, trows, right={1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14}))
     errs = sorted({(r["fpx"]["error"]) for r in kernel_rows if r.get("fpx") and r["fpx"].get("error")})
     for e in errs:
         print(f"   fpx error: {e}")
@@ -929,12 +957,15 @@ def main(argv: list[str]) -> int:
             return (f"{a['median_us'] / b['median_us']:.2f}×" if a and b and "error" not in a and "error" not in b
                     else "n/a")
 
+        print("   fpx e2m3·a8: `fpx compile model.onnx --weights fp6-e2m3 --activations int8` artifact")
         mrows = [[str(r["threads"]), ms(r["ort_fp32"]), ms(r.get("fpx_fp32")), ms(r.get("fpx_fp6")),
-                  sp(r["ort_fp32"], r.get("fpx_fp32")), sp(r["ort_fp32"], r.get("fpx_fp6"))]
+                  ms(r.get("fpx_fp6_a8")), sp(r["ort_fp32"], r.get("fpx_fp32")), sp(r["ort_fp32"], r.get("fpx_fp6")),
+                  sp(r["ort_fp32"], r.get("fpx_fp6_a8"))]
                  for r in minilm["rows"]]
-        print(table(["T", "ORT fp32", "fpx fp32", "fpx fp6", "fpx fp32 vs ORT", "fpx fp6 vs ORT"], mrows))
+        print(table(["T", "ORT fp32", "fpx fp32", "fpx fp6", "fpx e2m3·a8", "fpx fp32 vs ORT", "fpx fp6 vs ORT",
+                     "e2m3·a8 vs ORT"], mrows))
         for r in minilm["rows"]:
-            for key in ("fpx_fp32", "fpx_fp6"):
+            for key in ("fpx_fp32", "fpx_fp6", "fpx_fp6_a8"):
                 if r.get(key) and "error" in r[key]:
                     print(f"   {key} T={r['threads']}: {r[key]['error']}")
     print()
