@@ -47,21 +47,39 @@ fn example_compiles_for_every_cpu_format_and_matches_the_reference_path() {
     artifact_matches_reference(&ex.join("model.onnx"), x, &grouped, 1e-5);
 }
 
+/// MiniLM's inputs and onnxruntime's FP32 sentence embeddings, from `dir`.
+struct MiniLm {
+    inputs: Vec<(String, Tensor)>,
+    mask: Tensor,
+    embeddings: Vec<Vec<f64>>,
+}
+
+impl MiniLm {
+    fn load(dir: &Path) -> MiniLm {
+        let inputs =
+            ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| (n.to_string(), npy(&dir.join(format!("{n}.npy"))))).collect();
+        let reference = npy(&dir.join("ref_sentence_embedding.npy"));
+        let d = reference.shape()[1];
+        let embeddings = reference.to_f64_vec().chunks(d).map(|c| c.to_vec()).collect();
+        MiniLm { inputs, mask: npy(&dir.join("attention_mask.npy")), embeddings }
+    }
+
+    /// Mean cosine of the mean-pooled `hidden` states vs the reference embeddings.
+    fn cosine(&self, hidden: &Tensor) -> f64 {
+        let got = mean_pool(hidden, &self.mask).unwrap();
+        got.iter().zip(&self.embeddings).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64
+    }
+}
+
 #[test]
 fn minilm_artifact_keeps_the_fp6_bars() {
     let Some(dir) = shared_model_dir("minilm-l6-v2") else {
         skip("minilm_artifact_keeps_the_fp6_bars", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
-    let inputs: Vec<(String, Tensor)> =
-        ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| (n.to_string(), npy(&dir.join(format!("{n}.npy"))))).collect();
-    let out = artifact_matches_reference(&dir.join("model.onnx"), inputs, &options(Format::Fp6E3M2), 1e-5);
-    let mask = npy(&dir.join("attention_mask.npy"));
-    let reference = npy(&dir.join("ref_sentence_embedding.npy"));
-    let d = reference.shape()[1];
-    let want: Vec<Vec<f64>> = reference.to_f64_vec().chunks(d).map(|c| c.to_vec()).collect();
-    let got = mean_pool(&out[0].1, &mask).unwrap();
-    let c = got.iter().zip(&want).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64;
+    let case = MiniLm::load(&dir);
+    let out = artifact_matches_reference(&dir.join("model.onnx"), case.inputs.clone(), &options(Format::Fp6E3M2), 1e-5);
+    let c = case.cosine(&out[0].1);
     eprintln!("MiniLM fp6-e3m2 artifact: mean embedding cosine vs onnxruntime FP32 {c:.5}");
     assert!(c >= 0.992, "{c}");
 }
@@ -103,16 +121,10 @@ fn int8_activations_on_minilm_keep_the_embedding() {
         skip("int8_activations_on_minilm_keep_the_embedding", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
-    let inputs: Vec<(String, Tensor)> =
-        ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| (n.to_string(), npy(&dir.join(format!("{n}.npy"))))).collect();
-    let mask = npy(&dir.join("attention_mask.npy"));
-    let reference = npy(&dir.join("ref_sentence_embedding.npy"));
-    let d = reference.shape()[1];
-    let want: Vec<Vec<f64>> = reference.to_f64_vec().chunks(d).map(|c| c.to_vec()).collect();
+    let case = MiniLm::load(&dir);
     let cos = |opts: &CompileOptions| {
-        let out = fpx::compile(&dir.join("model.onnx"), opts).unwrap().load().unwrap().run(inputs.clone()).unwrap();
-        let got = mean_pool(&out[0].1, &mask).unwrap();
-        got.iter().zip(&want).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64
+        let out = fpx::compile(&dir.join("model.onnx"), opts).unwrap().load().unwrap().run(case.inputs.clone()).unwrap();
+        case.cosine(&out[0].1)
     };
     let (exact, approx) = (cos(&options(Format::Fp6E2M3)), cos(&int8(Format::Fp6E2M3)));
     eprintln!("MiniLM fp6-e2m3: mean embedding cosine vs onnxruntime FP32 {exact:.5} (f32 activations), {approx:.5} (int8)");

@@ -354,6 +354,18 @@ struct CvtBuf<'ctx> {
     load: PointerValue<'ctx>,
 }
 
+/// The parameters of an n-tile function: the kernel's, with the n-tile index `nt`.
+struct NtileArgs<'ctx> {
+    x: PointerValue<'ctx>,
+    m: IntValue<'ctx>,
+    packed: PointerValue<'ctx>,
+    scales: PointerValue<'ctx>,
+    bias: BasicValueEnum<'ctx>,
+    y: PointerValue<'ctx>,
+    nt: IntValue<'ctx>,
+    ne: IntValue<'ctx>,
+}
+
 /// Slots of the conversion buffer (one per pair of a T-vector).
 const CVT_SLOTS: u64 = 4;
 
@@ -746,20 +758,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// A conversion buffer in the current function's entry block (see [`CvtBuf`]).
     fn cvt_buf(&self) -> R<CvtBuf<'ctx>> {
         let w = self.w();
-        let ty = self.ctx.i16_type().array_type(2 * w * CVT_SLOTS as u32);
-        let store = self.b.build_alloca(ty, "cvtbuf")?;
-        store.as_instruction_value().expect("alloca").set_alignment(64).map_err(|e| LlvmError::Llvm(e.to_string()))?;
-        let ptr = self.ctx.ptr_type(AddressSpace::default());
-        let fty = ptr.fn_type(&[ptr.into()], false);
-        let asm = self.ctx.create_inline_asm(fty, String::new(), "=r,0".to_string(), false, false, None, false);
-        let load = self
-            .b
-            .build_indirect_call(fty, asm, &[store.into()], "")?
-            .try_as_basic_value()
-            .basic()
-            .expect("asm returns")
-            .into_pointer_value();
-        Ok(CvtBuf { store, load })
+        let store = self.aligned_alloca(self.ctx.i16_type().array_type(2 * w * CVT_SLOTS as u32), "cvtbuf")?;
+        Ok(CvtBuf { store, load: self.launder(store)? })
     }
 
     /// Both chunks of a pair's FP16 bits as `<W x float>` (minus `offset` if given), converted
@@ -1300,29 +1300,49 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(f)
     }
 
+    /// Creates the internal n-tile function `name` (the exported kernel's parameters, with the
+    /// n-tile index in place of `n_begin`), positioned at its entry.
+    fn ntile_function(&self, name: &str) -> (FunctionValue<'ctx>, NtileArgs<'ctx>) {
+        let (p, i) = (self.ptr_t(), self.i64_t());
+        let f = self.function(name, &[p, i, p, p, p, p, i, i], true);
+        self.b.position_at_end(self.block(f, "entry"));
+        let arg = |k: u32| f.get_nth_param(k).expect("param");
+        let args = NtileArgs {
+            x: arg(0).into_pointer_value(),
+            m: arg(1).into_int_value(),
+            packed: arg(2).into_pointer_value(),
+            scales: arg(3).into_pointer_value(),
+            bias: arg(4),
+            y: arg(5).into_pointer_value(),
+            nt: arg(6).into_int_value(),
+            ne: arg(7).into_int_value(),
+        };
+        (f, args)
+    }
+
+    /// A 64-byte aligned stack buffer of type `ty` in the current function.
+    fn aligned_alloca<T: BasicType<'ctx>>(&self, ty: T, name: &str) -> R<PointerValue<'ctx>> {
+        let p = self.b.build_alloca(ty, name)?;
+        p.as_instruction_value().expect("alloca").set_alignment(64).map_err(|e| LlvmError::Llvm(e.to_string()))?;
+        Ok(p)
+    }
+
+    /// The tiles in K block `kb` of `per` tiles, out of `total`: `min(per, total - kb · per)`.
+    fn tiles_in_block(&self, kb: IntValue<'ctx>, per: u64, total: u64) -> R<IntValue<'ctx>> {
+        let left = self.b.build_int_nsw_sub(self.i64c(total), self.mul(kb, per)?, "")?;
+        let small = self.b.build_int_compare(IntPredicate::SLT, left, self.i64c(per), "")?;
+        Ok(self.b.build_select(small, left, self.i64c(per), "")?.into_int_value())
+    }
+
     /// Gemm (and Gemv with ragged groups): per n-tile, blocks of tiles are dequantized with
     /// their scales into a panel, then every block of rows of X consumes the panel.
     fn panel_ntile(&self, plan: &Plan, name: &str) -> R<FunctionValue<'ctx>> {
         let rows = self.isa.gemm_rows;
         let blocks: Vec<FunctionValue<'ctx>> = (1..=rows).map(|b| self.panel_rows(plan, name, b)).collect::<R<_>>()?;
-        let (p, i) = (self.ptr_t(), self.i64_t());
-        let f = self.function(&format!("{name}.panel"), &[p, i, p, p, p, p, i, i], true);
-        self.b.position_at_end(self.block(f, "entry"));
-        let arg = |k: u32| f.get_nth_param(k).expect("param");
-        let (x, m, packed, scales, bias, y) = (
-            arg(0).into_pointer_value(),
-            arg(1).into_int_value(),
-            arg(2).into_pointer_value(),
-            arg(3).into_pointer_value(),
-            arg(4),
-            arg(5).into_pointer_value(),
-        );
-        let (nt, ne) = (arg(6).into_int_value(), arg(7).into_int_value());
+        let (f, NtileArgs { x, m, packed, scales, bias, y, nt, ne }) = self.ntile_function(&format!("{name}.panel"));
         let kct = self.isa.panel_tiles as u64;
-        let panel_ty = self.ctx.f32_type().array_type((kct * PANEL_TILE_BYTES / 4) as u32);
-        let panel = self.b.build_alloca(panel_ty, "panel")?;
+        let panel = self.aligned_alloca(self.ctx.f32_type().array_type((kct * PANEL_TILE_BYTES / 4) as u32), "panel")?;
         let cvt = self.cvt_buf()?;
-        panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(|e| LlvmError::Llvm(e.to_string()))?;
         let n0 = self.mul(nt, 16)?;
         let tile0 = self.mul(nt, plan.kt)?;
         let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
@@ -1358,10 +1378,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let nkb = plan.kt.div_ceil(kct);
         self.for_loop(f, self.i64c(0), self.i64c(nkb), vec![], &mut |g, kb, _| {
             let kt0 = g.mul(kb, kct)?;
-            // Full tiles in this block: min(kct, ft - kt0).
-            let left = g.b.build_int_nsw_sub(g.i64c(plan.ft), kt0, "")?;
-            let small = g.b.build_int_compare(IntPredicate::SLT, left, g.i64c(kct), "")?;
-            let nfull = g.b.build_select(small, left, g.i64c(kct), "")?.into_int_value();
+            // Full tiles in this block.
+            let nfull = g.tiles_in_block(kb, kct, plan.ft)?;
             g.for_loop(f, g.i64c(0), nfull, vec![], &mut |g, i, _| {
                 build(g, g.add(kt0, i)?, i, 32)?;
                 Ok(vec![])
@@ -1481,8 +1499,9 @@ const I8_TILE_BYTES: u64 = 576;
 const I8_SCALES_AT: u64 = 512;
 /// Tiles per int8 panel (9 KiB: L1-resident with the activations).
 const I8_PANEL_TILES: u64 = 16;
-/// Rows of X per int8 row block: 2 `i32` and 2 `f32` accumulators each.
-const I8_ROWS: u32 = 4;
+/// Rows of X per int8 row block: 2 `f32` accumulators each, plus one row's 2 `i32` ones at a time
+/// (3 measured at least as fast as 4 or 5 on Zen 3 and spills least).
+const I8_ROWS: u32 = 3;
 
 /// How a format's codes become unsigned weight bytes `value · units + 64` for the int8 kernels.
 #[derive(Debug, Clone, Copy)]
@@ -1544,6 +1563,21 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'ctx> {
         let c = self.ctx.i8_type().const_int(x as u64, false);
         VectorType::const_vector(&vec![c; n as usize])
+    }
+
+    /// `p` passed through an empty inline asm: the same address, but LLVM cannot prove it, so
+    /// loads through it are not merged with loads through `p` (or another laundered copy).
+    fn launder(&self, p: PointerValue<'ctx>) -> R<PointerValue<'ctx>> {
+        let ptr = self.ctx.ptr_type(AddressSpace::default());
+        let fty = ptr.fn_type(&[ptr.into()], false);
+        let asm = self.ctx.create_inline_asm(fty, String::new(), "=r,0".to_string(), false, false, None, false);
+        Ok(self.b.build_indirect_call(fty, asm, &[p.into()], "")?.try_as_basic_value().basic().expect("asm returns").into_pointer_value())
+    }
+
+    /// The scalar `v` in every lane of a `<W x ty>` vector.
+    fn splat_scalar(&self, v: BasicValueEnum<'ctx>, ty: VectorType<'ctx>) -> R<VectorValue<'ctx>> {
+        let one = self.b.build_insert_element(ty.get_poison(), v, self.ctx.i32_type().const_zero(), "")?;
+        self.shuf(one, ty.get_poison(), &vec![0; ty.get_size() as usize])
     }
 
     /// Even bytes of `a`, odd bytes of `b`.
@@ -1663,22 +1697,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let lane_rows = self.i8_lane_rows()?;
         let rows = I8_ROWS;
         let blocks: Vec<FunctionValue<'ctx>> = (1..=rows).map(|b| self.i8_rows(plan, &dec, &lane_rows, name, b)).collect::<R<_>>()?;
-        let (p, i) = (self.ptr_t(), self.i64_t());
-        let f = self.function(&fname, &[p, i, p, p, p, p, i, i], true);
-        self.b.position_at_end(self.block(f, "entry"));
-        let arg = |k: u32| f.get_nth_param(k).expect("param");
-        let (x, m, packed, scales, bias, y) = (
-            arg(0).into_pointer_value(),
-            arg(1).into_int_value(),
-            arg(2).into_pointer_value(),
-            arg(3).into_pointer_value(),
-            arg(4),
-            arg(5).into_pointer_value(),
-        );
-        let (nt, ne) = (arg(6).into_int_value(), arg(7).into_int_value());
-        let panel_ty = self.ctx.i8_type().array_type((I8_PANEL_TILES * I8_TILE_BYTES) as u32);
-        let panel = self.b.build_alloca(panel_ty, "i8panel")?;
-        panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(|e| LlvmError::Llvm(e.to_string()))?;
+        let (f, NtileArgs { x, m, packed, scales, bias, y, nt, ne }) = self.ntile_function(&fname);
+        let panel = self.aligned_alloca(self.ctx.i8_type().array_type((I8_PANEL_TILES * I8_TILE_BYTES) as u32), "i8panel")?;
         let kt = plan.kt;
         let blocks_total = self.b.build_int_nsw_mul(m, self.i64c(kt), "")?;
         let xs = x;
@@ -1691,9 +1711,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let nkb = kt.div_ceil(kct);
         self.for_loop(f, self.i64c(0), self.i64c(nkb), vec![], &mut |g, kb, _| {
             let kt0 = g.mul(kb, kct)?;
-            let left = g.b.build_int_nsw_sub(g.i64c(kt), kt0, "")?;
-            let small = g.b.build_int_compare(IntPredicate::SLT, left, g.i64c(kct), "")?;
-            let count = g.b.build_select(small, left, g.i64c(kct), "")?.into_int_value();
+            let count = g.tiles_in_block(kb, kct, kt)?;
             g.for_loop(f, g.i64c(0), count, vec![], &mut |g, i, _| {
                 let dst = g.gep(panel, g.mul(i, I8_TILE_BYTES)?)?;
                 g.i8_build(plan, &dec, (packed, scales), (tile0, g.add(kt0, i)?, n0), valid, dst, &lane_rows)?;
@@ -1747,31 +1765,27 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let pmaddwd = self.intrinsic("llvm.x86.avx2.pmadd.wd", &[])?;
         let ones = self.splat_i16(1, 2 * w);
         let rows_u = rows as usize;
-        let splat_idx = vec![0u32; w as usize];
 
         let yf0: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(w).into(); 2 * rows_u];
         let yf = self.for_loop(f, self.i64c(0), count, yf0, &mut |g, ti, carried| {
             let tile = g.add(kt0, ti)?;
             let src = g.gep(panel, g.mul(ti, I8_TILE_BYTES)?)?;
+            // Row by row, each reloading the panel from L1 through its own laundered pointer (else
+            // LLVM merges the loads and keeps 16 panel vectors live across rows, spilling them):
+            // only one row's `i32` accumulators are live next to the `f32` ones.
             let mut acc = vec![g.vi32(w).const_zero(); 2 * rows_u];
-            for q in 0..2 * g.lanes.nq {
-                let (j, v) = (q / g.lanes.nq, q % g.lanes.nq);
-                let t = g.lanes.chunk_t(v, 0) as u64;
-                let wv: Vec<VectorValue<'ctx>> = (0..2)
-                    .map(|h| -> R<VectorValue<'ctx>> {
-                        let at = g.i64c((q * 2 + h) as u64 * 4 * w as u64);
-                        Ok(g.load(bytes_t, g.gep(src, at)?, 32)?.into_vector_value())
-                    })
-                    .collect::<R<_>>()?;
-                let xoff = g.add(g.mul(tile, 32)?, g.i64c((4 * j as u64 + t) * 4))?;
-                for r in 0..rows_u {
-                    let xp = g.gep(xq, g.add(xoff, g.i64c(r as u64 * 32 * kt))?)?;
-                    let xd = g.load(g.ctx.i32_type(), xp, 4)?;
-                    let x1 = g.b.build_insert_element(g.vi32(w).get_poison(), xd, g.ctx.i32_type().const_zero(), "")?;
-                    let xv = g.shuf(x1, g.vi32(w).get_poison(), &splat_idx)?;
-                    let xb = g.as_bytes(xv)?;
+            for r in 0..rows_u {
+                let src = g.launder(src)?;
+                for q in 0..2 * g.lanes.nq {
+                    let (j, v) = (q / g.lanes.nq, q % g.lanes.nq);
+                    let t = g.lanes.chunk_t(v, 0) as u64;
+                    let xoff = g.add(g.mul(tile, 32)?, g.i64c((4 * j as u64 + t) * 4 + r as u64 * 32 * kt))?;
+                    let xd = g.load(g.ctx.i32_type(), g.gep(xq, xoff)?, 4)?;
+                    let xb = g.as_bytes(g.splat_scalar(xd, g.vi32(w))?)?;
                     for h in 0..2 {
-                        let prod = g.call(pmaddubsw, &[wv[h].into(), xb.into()])?.expect("returns").into_vector_value();
+                        let at = g.i64c((q * 2 + h) as u64 * 4 * w as u64);
+                        let wv = g.load(bytes_t, g.gep(src, at)?, 32)?;
+                        let prod = g.call(pmaddubsw, &[wv, xb.into()])?.expect("returns").into_vector_value();
                         let sums = g.call(pmaddwd, &[prod.into(), ones.into()])?.expect("returns").into_vector_value();
                         acc[2 * r + h] = g.b.build_int_add(acc[2 * r + h], sums, "")?;
                     }
@@ -1782,16 +1796,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 let at = g.mul(g.add(tile, g.i64c(r as u64 * kt))?, 4)?;
                 let c = g.load(g.ctx.i32_type(), g.gep(xc, at)?, 4)?;
                 let s = g.load(g.ctx.f32_type(), g.gep(xs, at)?, 4)?;
-                let cv = g.shuf(
-                    g.b.build_insert_element(g.vi32(w).get_poison(), c, g.ctx.i32_type().const_zero(), "")?,
-                    g.vi32(w).get_poison(),
-                    &splat_idx,
-                )?;
-                let sv = g.shuf(
-                    g.b.build_insert_element(g.vf32(w).get_poison(), s, g.ctx.i32_type().const_zero(), "")?,
-                    g.vf32(w).get_poison(),
-                    &splat_idx,
-                )?;
+                let (cv, sv) = (g.splat_scalar(c, g.vi32(w))?, g.splat_scalar(s, g.vf32(w))?);
                 for h in 0..2 {
                     let a = g.b.build_int_sub(acc[2 * r + h], cv, "")?;
                     let af = g.b.build_signed_int_to_float(a, g.vf32(w), "")?;

@@ -71,7 +71,7 @@
 //!   time are decoded with the byte method into unsigned bytes `value · units + 64` (a
 //!   `pshufb` table for 4-bit codes; for FP6 e2m3 two magnitude tables, a select on the top
 //!   exponent bit and one on the sign), regrouped so that each 32-bit lane holds 4 codes of one
-//!   output row, into a 9 KiB panel. Blocks of 4 rows then take, per lane vector, a 32-bit
+//!   output row, into a 9 KiB panel. Blocks of 3 rows then take, per lane vector, a 32-bit
 //!   broadcast of the matching 4 activation codes, `vpmaddubsw` (32 byte products) and
 //!   `vpmaddwd` by ones into `i32`; per tile and row the correction (64 · the codes' sum) is
 //!   subtracted and the activation scale (and grouped weight scales) applied in `f32`.
