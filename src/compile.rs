@@ -35,10 +35,6 @@ pub struct CompileOptions {
     /// Which CPU the CPU code is for (x86-64-v3 runs on any AVX2 machine; `Native` is fastest
     /// on the build machine only).
     pub cpu: CpuTarget,
-    /// What the CPU kernels multiply the weights with: `f32` (exact), or int8 per row and
-    /// block of 32 (about twice the multiply rate; only for weight formats with small integer
-    /// values: fp6-e2m3, fp4-e2m1, int4). GPU code is unaffected.
-    pub activations: Activations,
 }
 
 impl Default for CompileOptions {
@@ -47,7 +43,6 @@ impl Default for CompileOptions {
             quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2)),
             target: Target::Cpu,
             cpu: CpuTarget::X86_64V3,
-            activations: Activations::F32,
         }
     }
 }
@@ -110,9 +105,10 @@ impl Compiled {
     }
 }
 
-/// The kernel spec of a QuantMatMul node, with `activations`.
-fn spec_of(node: &fpx_ir::Node, activations: Activations) -> Option<KernelSpec> {
+/// The kernel spec of a QuantMatMul node.
+fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
     let format = Format::parse(node.attr_s("format", ""))?;
+    let activations = Activations::parse(node.attr_s("activations", "f32"))?;
     Some(KernelSpec {
         format,
         k: node.attr_i("k", 0) as usize,
@@ -122,22 +118,19 @@ fn spec_of(node: &fpx_ir::Node, activations: Activations) -> Option<KernelSpec> 
     })
 }
 
-/// Int8 activations need, on every quantized product, weights with small integer values and
-/// groups of whole tiles: names the first node that has neither.
-fn check_activations(nodes: &[(String, KernelSpec)], options: &CompileOptions) -> Result<(), Error> {
-    if options.activations != Activations::Int8 {
-        return Ok(());
-    }
-    for (node, s) in nodes {
-        if !Activations::Int8.supports(s.format) {
+/// Int8-activation products need CPU kernels for their format (FP5 has none) and groups of
+/// whole tiles: names the first node that lacks either.
+fn check_int8_kernels(nodes: &[(String, KernelSpec)]) -> Result<(), Error> {
+    for (node, s) in nodes.iter().filter(|(_, s)| s.activations == Activations::Int8) {
+        if !fpx_llvm::has_kernel(s.format, s.activations) {
             return Err(Error::Options(format!(
-                "--activations int8: node '{node}' has {} weights, whose values are not small integers; int8 activations work with --weights fp6-e2m3, fp4-e2m1 or int4",
+                "--activations int8: node '{node}' has {} weights, which have no int8 CPU kernel; use fp6-e2m3, fp4-e2m1 or int4",
                 s.format
             )));
         }
         if !s.group_size.is_multiple_of(32) {
             return Err(Error::Options(format!(
-                "--activations int8: node '{node}' has scale groups of {} rows; int8 activations need per-channel scales or groups that are a multiple of 32",
+                "--activations int8: node '{node}' has scale groups of {} rows; int8 kernels need per-channel scales or groups that are a multiple of 32",
                 s.group_size
             )));
         }
@@ -153,6 +146,11 @@ pub fn compile(path: &Path, options: &CompileOptions) -> Result<Compiled, Error>
 /// [`compile`], calling `progress` as each stage starts.
 pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress: impl FnMut(Stage)) -> Result<Compiled, Error> {
     options.quantize.validate()?;
+    if options.quantize.activations == Activations::Int8 && options.target != Target::Cpu {
+        return Err(Error::Options(
+            "--activations int8 is for CPU code: the GPU kernels multiply FP16 activations; use --target cpu, or f32 activations for cuda|all".into(),
+        ));
+    }
     progress(Stage::Import);
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     progress(Stage::Simplify);
@@ -165,12 +163,12 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     for id in graph.topo_order()? {
         let n = graph.node(id);
         if n.domain == FPX_DOMAIN && n.op_type == "QuantMatMul" {
-            if let Some(spec) = spec_of(n, options.activations) {
+            if let Some(spec) = spec_of(n) {
                 nodes.push((n.name.clone(), spec));
             }
         }
     }
-    check_activations(&nodes, options)?;
+    check_int8_kernels(&nodes)?;
     let specs: Vec<KernelSpec> = nodes.iter().map(|(_, s)| *s).collect();
     let mut cpu = Vec::new();
     let mut distinct_kernels = 0;
@@ -196,7 +194,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     metadata.insert("weights".to_string(), options.quantize.scheme.name().to_string());
     metadata.insert("group_size".to_string(), options.quantize.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
     metadata.insert("scale_search".to_string(), options.quantize.scale_search.to_string());
-    metadata.insert("activations".to_string(), options.activations.name().to_string());
+    metadata.insert("activations".to_string(), options.quantize.activations.name().to_string());
     metadata.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels: distinct_kernels })
 }

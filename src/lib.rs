@@ -25,6 +25,7 @@ pub use fpx_onnx as onnx;
 pub use fpx_passes as passes;
 pub use fpx_passes::{QuantSummary, QuantizeOptions, WeightScheme};
 pub use fpx_quant as quant;
+pub use fpx_quant::act8::Activations;
 pub use fpx_runtime as runtime;
 pub use summary::{weight_matmuls, ArtifactSummary, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
 

@@ -2,7 +2,7 @@
 //! how far each drifts — per output (max-abs, relative error, cosine) and per layer (weight
 //! relative RMSE) — as a text table or one self-contained HTML page with plots.
 
-use crate::{Error, Model, QuantizeOptions, WeightScheme};
+use crate::{Activations, Error, Model, QuantizeOptions, WeightScheme};
 use fpx_ir::Tensor;
 use fpx_passes::{LayerQuant, PassError};
 use fpx_quant::Format;
@@ -22,17 +22,22 @@ pub struct SchemeSpec {
     pub options: QuantizeOptions,
 }
 
-/// Parses `a,b:g128,...`: scheme names, each optionally with `:gN` for a group size along K.
+/// Parses `a,b:g128,c:a8,...`: scheme names, each optionally with `:gN` for a group size along K
+/// and then `:a8` for int8 activations.
 /// `group_size` and `scale_search` apply to every scheme without its own `:gN`.
 pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool) -> Result<Vec<SchemeSpec>, Error> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, group) = match item.split_once(":g") {
+        let (base, activations) = match item.strip_suffix(":a8") {
+            Some(b) => (b, Activations::Int8),
+            None => (item, Activations::F32),
+        };
+        let (name, group) = match base.split_once(":g") {
             Some((n, g)) => {
                 let g: usize = g.parse().map_err(|_| PassError::Option(format!("'{item}': the group size after ':g' must be a number")))?;
                 (n, Some(g))
             }
-            None => (item, group_size),
+            None => (base, group_size),
         };
         let scheme = WeightScheme::parse(name)?;
         if scheme == WeightScheme::None {
@@ -40,7 +45,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool) 
                 PassError::Option("'none' is the FP32 baseline every scheme is compared with; leave it out of --schemes".into()).into()
             );
         }
-        let options = QuantizeOptions { scheme, group_size: group, scale_search };
+        let options = QuantizeOptions { scheme, group_size: group, scale_search, activations };
         options.validate()?;
         out.push(SchemeSpec { label: item.to_string(), options });
     }
@@ -465,6 +470,10 @@ mod tests {
         assert!(parse_schemes("int4:gx", None, false).is_err());
         assert!(parse_schemes("int4:g0", None, false).unwrap_err().to_string().contains("at least 1"));
         assert!(parse_schemes("none", None, false).is_err());
+        let v = parse_schemes("fp6-e2m3:a8,int4:g64:a8,int4", None, false).unwrap();
+        assert_eq!(v.iter().map(|s| s.options.activations).collect::<Vec<_>>(), [Activations::Int8, Activations::Int8, Activations::F32]);
+        assert_eq!((v[1].options.group_size, v[1].label.as_str()), (Some(64), "int4:g64:a8"));
+        assert!(parse_schemes("fp6-e3m2:a8", None, false).unwrap_err().to_string().contains("fp6-e3m2 has none"));
     }
 
     #[test]

@@ -115,7 +115,7 @@ struct CompileArgs {
     cpu: String,
     /// What the CPU kernels multiply the weights with: f32 (exact), or int8 (activations quantized per row and block
     /// of 32 columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: about twice the multiply rate,
-    /// with int8 rounding). int8 needs weights with small integer values: fp6-e2m3, fp4-e2m1 or int4.
+    /// with int8 rounding). int8 needs weights with small integer values (fp6-e2m3, fp4-e2m1 or int4) and --target cpu.
     #[arg(long, value_name = "f32|int8", default_value = "f32")]
     activations: String,
     /// No progress bar.
@@ -155,7 +155,8 @@ struct ReportArgs {
     /// A graph input as NAME=FILE.npy; repeat for each input of the model.
     #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
     inputs: Vec<String>,
-    /// Schemes to compare with FP32.
+    /// Schemes to compare with FP32, comma-separated; each may end in ':gN' (group size N along K) and then ':a8'
+    /// (int8 activations, as `--activations int8` artifacts run), e.g. fp6-e2m3:a8,int4:g128.
     #[arg(long, value_name = "LIST", default_value = fpx::report::DEFAULT_SCHEMES)]
     schemes: String,
     /// Group size along K for schemes without their own ':gN' (default: one scale per output channel).
@@ -190,15 +191,24 @@ struct QuantArgs {
     /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
     #[arg(long)]
     scale_search: bool,
+    /// What quantized products multiply the weights with: f32, or int8 (activations quantized per row and block of
+    /// 32 columns, as int8 artifact kernels do; needs fp6-e2m3, fp5-e2m2, fp4-e2m1 or int4 weights).
+    #[arg(long, value_name = "f32|int8", default_value = "f32")]
+    activations: String,
 }
 
 impl QuantArgs {
     fn options(&self) -> Result<fpx::QuantizeOptions> {
         let scheme = fpx::WeightScheme::parse(&self.weights)?;
-        let o = fpx::QuantizeOptions { scheme, group_size: self.group_size, scale_search: self.scale_search };
+        let activations = parse_activations(&self.activations)?;
+        let o = fpx::QuantizeOptions { scheme, group_size: self.group_size, scale_search: self.scale_search, activations };
         o.validate()?;
         Ok(o)
     }
+}
+
+fn parse_activations(s: &str) -> Result<fpx::Activations> {
+    fpx::Activations::parse(s).with_context(|| format!("--activations '{s}': choose f32 or int8"))
 }
 
 fn read_inputs(inputs: &[String]) -> Result<Vec<(String, fpx::ir::Tensor)>> {
@@ -249,9 +259,9 @@ impl Runnable {
     fn open(path: &Path, quant: &QuantArgs, announce: bool) -> Result<Runnable> {
         check_model_file(path, true)?;
         if is_artifact(path) {
-            if quant.weights != "none" || quant.group_size.is_some() || quant.scale_search {
+            if quant.weights != "none" || quant.group_size.is_some() || quant.scale_search || quant.activations != "f32" {
                 bail!(
-                    "--weights/--group-size/--scale-search apply to .onnx models; '{}' was quantized when it was compiled",
+                    "--weights/--group-size/--scale-search/--activations apply to .onnx models; '{}' was quantized when it was compiled",
                     path.display()
                 );
             }
@@ -453,14 +463,11 @@ fn compile(args: &CompileArgs) -> Result<()> {
         "x86-64-v4" => fpx::llvm::CpuTarget::X86_64V4,
         other => bail!("--cpu '{other}': choose native, x86-64-v3 or x86-64-v4"),
     };
-    let Some(activations) = fpx::llvm::Activations::parse(&args.activations) else {
-        bail!("--activations '{}': choose f32 or int8", args.activations);
-    };
+    let activations = parse_activations(&args.activations)?;
     let options = fpx::CompileOptions {
-        quantize: fpx::QuantizeOptions { scheme, group_size: args.group_size, scale_search: args.scale_search },
+        quantize: fpx::QuantizeOptions { scheme, group_size: args.group_size, scale_search: args.scale_search, activations },
         target,
         cpu,
-        activations,
     };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };

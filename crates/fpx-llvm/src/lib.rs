@@ -85,6 +85,7 @@ use std::fmt;
 
 use fpx_quant::Format;
 
+pub use fpx_quant::act8::Activations;
 pub use target::{host_cpu, host_supports, CpuTarget};
 
 /// Why kernels could not be generated, compiled or linked.
@@ -118,54 +119,14 @@ impl From<inkwell::builder::BuilderError> for LlvmError {
     }
 }
 
-/// What a kernel multiplies the weights with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Activations {
-    /// `f32` activations and FMA: exact up to `f32` rounding.
-    #[default]
-    F32,
-    /// Activations quantized to int8 per row and block of 32 columns, multiplied with byte dot
-    /// products (`vpmaddubsw`): about twice the multiply rate of `f32`, with the rounding error
-    /// of int8 activations (like onnxruntime's `MatMulNBits` at `accuracy_level` 4). `x` points
-    /// to a [`fpx_quant::act8::Int8Activations`] buffer instead of `f32` rows. Only for weight
-    /// formats with small integer values (see [`Activations::supports`]) and groups that are
-    /// whole tiles (per channel or a multiple of 32).
-    Int8,
-}
-
-impl Activations {
-    /// Every choice, in symbol order.
-    pub const ALL: [Activations; 2] = [Activations::F32, Activations::Int8];
-
-    /// The name used on the command line and in artifacts: `f32` or `int8`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Activations::F32 => "f32",
-            Activations::Int8 => "int8",
-        }
-    }
-
-    /// Parses [`Activations::name`].
-    pub fn parse(s: &str) -> Option<Activations> {
-        Activations::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    /// Whether CPU kernels with these activations exist for `format`: always for `f32`; for
-    /// int8, the formats whose stored values are integers of at most 64 units
-    /// ([`fpx_quant::act8::int8_units`]) and whose codes the byte decoder handles (4 and 6
-    /// bits): FP6 e2m3, FP4 e2m1 and INT4.
-    pub fn supports(self, format: Format) -> bool {
-        match self {
-            Activations::F32 => codegen::supports(format),
-            Activations::Int8 => matches!(format.bits(), 4 | 6) && fpx_quant::act8::int8_units(format).is_some(),
-        }
-    }
-}
-
-impl fmt::Display for Activations {
-    /// Writes [`Activations::name`].
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// Whether CPU kernels exist for `format` with `activations`: always for `f32`; for int8, the
+/// formats whose stored values are integers of at most 64 units
+/// ([`fpx_quant::act8::int8_units`]) and whose codes the byte decoder handles (4 and 6 bits):
+/// FP6 e2m3, FP4 e2m1 and INT4.
+pub fn has_kernel(format: Format, activations: Activations) -> bool {
+    match activations {
+        Activations::F32 => codegen::supports(format),
+        Activations::Int8 => matches!(format.bits(), 4 | 6) && fpx_quant::act8::int8_units(format).is_some(),
     }
 }
 
@@ -245,7 +206,7 @@ impl KernelSpec {
             return Err(LlvmError::UnsupportedFormat(self.format));
         }
         if self.activations == Activations::Int8 {
-            if !self.activations.supports(self.format) {
+            if !has_kernel(self.format, self.activations) {
                 return Err(bad(format!(
                     "int8 activations need weights with small integer values (fp6-e2m3, fp4-e2m1 or int4); {} has none",
                     self.format

@@ -1,8 +1,9 @@
 //! The quantize rewrite: MatMul / Gemm with a constant weight → `fpx:QuantMatMul`.
 //!
 //! `QuantMatMul(X[..., K], packed: uint8[bytes], scales: float[groups, N], bias?: float[N])`
-//! with attributes `format`, `k`, `n`, `group_size` (0 = per channel) computes
-//! `Y = X · W + bias` where `W[k, n] = v(code[n, k]) · scales[k / group, n]` and `v` is the
+//! with attributes `format`, `k`, `n`, `group_size` (0 = per channel) and optionally
+//! `activations` (`int8`: X is first quantized per row and block of 32, `fpx_quant::act8`)
+//! computes `Y = X · W + bias` where `W[k, n] = v(code[n, k]) · scales[k / group, n]` and `v` is the
 //! code's bias-shifted FP16 value (`fpx_quant::fold`): the format's power-of-two factor is
 //! already in `scales`, so kernels never multiply per weight.
 
@@ -10,6 +11,7 @@ use crate::{PassError, QuantizeOptions};
 use fpx_ir::ops::{OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, Tensor, ValueId};
+use fpx_quant::act8::Activations;
 use fpx_quant::layout::{self, PackedShape};
 use fpx_quant::{fold, quantize, Format, QuantConfig, QuantizedMatrix};
 use rayon::prelude::*;
@@ -105,7 +107,7 @@ fn weight_kn(t: &Tensor, transposed: bool) -> (Vec<f32>, usize, usize) {
 fn quantize_best(name: &str, w: &[f32], k: usize, n: usize, opts: &QuantizeOptions) -> Result<Choice, PassError> {
     let mut best: Option<(QuantizedMatrix, f64)> = None;
     let mut tried = Vec::new();
-    for format in opts.scheme.candidates() {
+    for format in opts.candidates() {
         let q = quantize(name, w, k, n, &QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search })?;
         let e = q.relative_rmse(w);
         tried.push((format, e));
@@ -230,6 +232,9 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
         qm.attrs.insert("k".into(), Attribute::Int(m.k as i64));
         qm.attrs.insert("n".into(), Attribute::Int(m.n as i64));
         qm.attrs.insert("group_size".into(), Attribute::Int(m.group_size.unwrap_or(0) as i64));
+        if opts.activations != Activations::F32 {
+            qm.attrs.insert("activations".into(), Attribute::String(opts.activations.name().to_string()));
+        }
         extra.push(qm);
         if let Some(c) = add_c {
             let opset = graph.opset("").unwrap_or(13);

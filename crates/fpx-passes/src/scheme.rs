@@ -1,6 +1,7 @@
 //! Weight quantization schemes as users name them (`--weights fp6-e3m2`).
 
 use crate::PassError;
+use fpx_quant::act8::Activations;
 use fpx_quant::Format;
 
 /// How weights are quantized.
@@ -59,18 +60,39 @@ pub struct QuantizeOptions {
     pub group_size: Option<usize>,
     /// Search a clipping ratio per channel (or group) that minimizes squared error.
     pub scale_search: bool,
+    /// What the quantized products multiply their weights with (the `activations` attribute
+    /// of `fpx:QuantMatMul`). Int8 limits the candidate formats to those with small integer
+    /// values ([`fpx_quant::act8::int8_units`]); `fp6-auto` then means fp6-e2m3.
+    pub activations: Activations,
 }
 
 impl QuantizeOptions {
     /// Per-channel scales, no search.
     pub fn new(scheme: WeightScheme) -> Self {
-        QuantizeOptions { scheme, group_size: None, scale_search: false }
+        QuantizeOptions { scheme, group_size: None, scale_search: false, activations: Activations::F32 }
+    }
+
+    /// The formats this scheme tries for a weight, given the activations.
+    pub fn candidates(&self) -> Vec<Format> {
+        let fits = |f: &Format| self.activations == Activations::F32 || fpx_quant::act8::int8_units(*f).is_some();
+        self.scheme.candidates().into_iter().filter(fits).collect()
     }
 
     /// Checks option values.
     pub fn validate(&self) -> Result<(), PassError> {
         if self.group_size == Some(0) {
             return Err(PassError::Option("group size must be at least 1 (omit it for one scale per output channel)".into()));
+        }
+        if self.activations == Activations::Int8 && self.candidates().is_empty() {
+            return Err(PassError::Option(match self.scheme {
+                WeightScheme::None => {
+                    "--activations int8 applies to quantized products: pick a weight scheme (e.g. --weights fp6-e2m3)".into()
+                }
+                s => format!(
+                    "--activations int8 needs weights with small integer values (fp6-e2m3, fp5-e2m2, fp4-e2m1 or int4); {} has none",
+                    s.name()
+                ),
+            }));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use crate::{quantize_weights, QuantizeOptions, WeightScheme};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::ops::{OpRegistry, FPX_DOMAIN};
 use fpx_ir::{verify, Attribute, DType, Graph, Node, Tensor, TensorType};
+use fpx_quant::act8::{Activations, Int8Activations};
 use fpx_quant::{quantize, Format, QuantConfig};
 use fpx_runtime::CpuExecutor;
 
@@ -66,7 +67,7 @@ fn matmul_becomes_quantmatmul_and_matches_the_dequantized_reference() {
             let w = rand(k * n, 7 + k as u64);
             let x = rand(m * k, 99);
             let mut g = matmul_graph(m, k, n, &w);
-            let opts = QuantizeOptions { scheme: WeightScheme::Fixed(format), group_size: group, scale_search: false };
+            let opts = QuantizeOptions { group_size: group, ..QuantizeOptions::new(WeightScheme::Fixed(format)) };
             let s = quantize_weights(&mut g, &opts).unwrap();
             assert_eq!(s.layers.len(), 1);
             verify::verify(&g, &OpRegistry::standard()).unwrap();
@@ -207,11 +208,35 @@ fn nan_weight_and_zero_group_are_clear_errors() {
     let e = quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2))).unwrap_err().to_string();
     assert!(e.contains("'W'") && e.contains("NaN"), "{e}");
     let mut g = matmul_graph(1, 16, 4, &rand(64, 2));
-    let e =
-        quantize_weights(&mut g, &QuantizeOptions { scheme: WeightScheme::Fixed(Format::Int4), group_size: Some(0), scale_search: false })
-            .unwrap_err()
-            .to_string();
+    let e = quantize_weights(&mut g, &QuantizeOptions { group_size: Some(0), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Int4)) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("group size"), "{e}");
+}
+
+#[test]
+fn int8_activations_mark_the_node_and_quantize_x_in_the_reference_path() {
+    let (m, k, n) = (3, 70, 24);
+    let (w, x) = (rand(k * n, 11), rand(m * k, 12));
+    let mut g = matmul_graph(m, k, n, &w);
+    let opts = QuantizeOptions { activations: Activations::Int8, ..QuantizeOptions::new(WeightScheme::Fp6Auto) };
+    let s = quantize_weights(&mut g, &opts).unwrap();
+    // fp6-auto may only pick the format whose values are small integers.
+    assert_eq!(s.layers[0].format, Format::Fp6E2M3);
+    verify::verify(&g, &OpRegistry::standard()).unwrap();
+    let node = g.node(g.node_ids()[0]);
+    assert_eq!(node.attr_s("activations", ""), "int8");
+    // The product takes what the int8 codes stand for: an f64 reference on those rows.
+    let q = quantize("W", &w, k, n, &QuantConfig { format: Format::Fp6E2M3, group_size: None, scale_search: false }).unwrap();
+    let xq = Int8Activations::quantize(&x, m, k).dequantized();
+    assert_close(&run(g, tensor(&[m, k], x.clone())), &reference(&xq, m, k, n, &q.dequantize(), None));
+    assert!(xq != x, "the rows were quantized");
+    // A scheme without small integer values, or none at all, is refused up front.
+    for (scheme, needle) in [(WeightScheme::Fixed(Format::Fp6E3M2), "fp6-e3m2 has none"), (WeightScheme::None, "pick a weight scheme")] {
+        let opts = QuantizeOptions { activations: Activations::Int8, ..QuantizeOptions::new(scheme) };
+        let e = quantize_weights(&mut matmul_graph(1, 16, 4, &rand(64, 2)), &opts).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

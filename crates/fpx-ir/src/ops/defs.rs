@@ -121,7 +121,7 @@ pub fn standard_defs() -> Vec<OpDef> {
         opsets: 1..=1,
         inputs: 3..=4,
         outputs: 1..=1,
-        attrs: &[req!("format", String), req!("k", Int), req!("n", Int), opt!("group_size", Int)],
+        attrs: &[req!("format", String), req!("k", Int), req!("n", Int), opt!("group_size", Int), opt!("activations", String)],
         infer: i::quant_matmul,
     });
     v.push(def("Pow", 7, (2, 2), (1, 1), &[], i::same_as_input_broadcast_base));

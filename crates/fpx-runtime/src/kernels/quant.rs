@@ -1,5 +1,6 @@
 //! `fpx:QuantMatMul` by the reference path: unpack the 4+2 planes, rebuild each weight from
-//! its bias-shifted FP16 value and the folded scale, then multiply in f32. The fast kernels
+//! its bias-shifted FP16 value and the folded scale, then multiply in f32 (with int8
+//! activations, X quantized and dequantized first). The fast kernels
 //! (LLVM, CUDA) are checked against this.
 
 use super::matmul::sgemm_rows;
@@ -59,8 +60,14 @@ fn quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
         p.as_standard_layout().as_slice().expect("standard"),
         s.as_standard_layout().as_slice().expect("standard"),
     )?;
-    let xv: Vec<f32> = x.to_f32().iter().copied().collect();
+    let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
     let m = xv.len() / k;
+    match node.attr_s("activations", "f32") {
+        "f32" => {}
+        // What the int8 kernels multiply in effect: the rows quantized per block of 32.
+        "int8" => xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized(),
+        other => kbail!("unknown activations '{other}' (f32 or int8)"),
+    }
     let mut y = vec![0f32; m * n];
     sgemm_rows(m, k, n, &xv, &w, &mut y);
     if let Some(b) = opt_arg(i, 3) {
