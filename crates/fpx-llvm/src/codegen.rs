@@ -1601,14 +1601,17 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 let m0 = if identity0 { to_bytes(nib)? } else { to_bytes(self.pshufb(&mag[0], nib)?)? };
                 let m1 = to_bytes(self.pshufb(&mag[1], nib)?)?;
                 let rb = to_bytes(r)?;
-                let ebit = self.b.build_and(rb, self.splat_i8(0x10, n), "")?;
-                let e = self.b.build_int_compare(IntPredicate::NE, ebit, self.ctx.i8_type().vec_type(n).const_zero(), "")?;
+                let zero = self.ctx.i8_type().vec_type(n).const_zero();
+                // The exponent bit (bit 4) moved to each byte's sign by a 16-bit shift (bits
+                // from the neighbouring byte land below bit 7): one vpsllw, then vpblendvb.
+                let e = self.b.build_int_compare(IntPredicate::SLT, to_bytes(self.shift16(r32, 3)?)?, zero, "")?;
                 let m = self.b.build_select(e, m1, m0, "")?.into_vector_value();
+                // vpsignb: the magnitude negated where the code's sign (bit 7) is set (a zero
+                // code byte is +0, whose magnitude is 0 anyway).
+                let psign = self.intrinsic("llvm.x86.avx2.psign.b", &[])?;
+                let signed = self.call(psign, &[m.into(), rb.into()])?.expect("returns").into_vector_value();
                 let off = self.splat_i8(fpx_quant::act8::WEIGHT_OFFSET as u8, n);
-                let pos = self.b.build_int_add(off, m, "")?;
-                let neg = self.b.build_int_sub(off, m, "")?;
-                let s = self.b.build_int_compare(IntPredicate::SLT, rb, self.ctx.i8_type().vec_type(n).const_zero(), "")?;
-                Ok(self.b.build_select(s, neg, pos, "")?.into_vector_value())
+                Ok(self.b.build_int_add(signed, off, "")?)
             }
         }
     }

@@ -69,8 +69,8 @@
 //!   Ragged groups (size not a multiple of 32) are handled here, per pair of K columns.
 //! - Int8 activations (one loop for every `m`, 256-bit vectors also on AVX-512): 16 tiles at a
 //!   time are decoded with the byte method into unsigned bytes `value · units + 64` (a
-//!   `pshufb` table for 4-bit codes; for FP6 e2m3 two magnitude tables, a select on the top
-//!   exponent bit and one on the sign), regrouped so that each 32-bit lane holds 4 codes of one
+//!   `pshufb` table for 4-bit codes; for FP6 e2m3 a magnitude table, a select on the top
+//!   exponent bit and `vpsignb` for the sign), regrouped so that each 32-bit lane holds 4 codes of one
 //!   output row, into a 9 KiB panel. Blocks of 3 rows then take, per lane vector, a 32-bit
 //!   broadcast of the matching 4 activation codes, `vpmaddubsw` (32 byte products) and
 //!   `vpmaddwd` by ones into `i32`; per tile and row the correction (64 · the codes' sum) is
