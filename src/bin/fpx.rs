@@ -492,8 +492,9 @@ fn compile(args: &CompileArgs) -> Result<()> {
         q.weight_bytes_in as f64 / q.weight_bytes_out.max(1) as f64
     );
     for code in &compiled.contents.cpu {
+        let int8 = if activations == fpx::Activations::Int8 { ", int8 activations (byte dot products)" } else { "" };
         println!(
-            "  cpu code: {} ({}), {} distinct kernels x 2 variants, {:.1} KB shared object",
+            "  cpu code: {} ({}), {} distinct kernels x 2 variants{int8}, {:.1} KB shared object",
             code.target,
             code.features.join(","),
             compiled.kernels,
