@@ -118,22 +118,11 @@ fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
     })
 }
 
-/// Int8-activation products need CPU kernels for their format (FP5 has none) and groups of
-/// whole tiles: names the first node that lacks either.
-fn check_int8_kernels(nodes: &[(String, KernelSpec)]) -> Result<(), Error> {
-    for (node, s) in nodes.iter().filter(|(_, s)| s.activations == Activations::Int8) {
-        if !fpx_llvm::has_kernel(s.format, s.activations) {
-            return Err(Error::Options(format!(
-                "--activations int8: node '{node}' has {} weights, which have no int8 CPU kernel; use fp6-e2m3, fp4-e2m1 or int4",
-                s.format
-            )));
-        }
-        if !s.group_size.is_multiple_of(32) {
-            return Err(Error::Options(format!(
-                "--activations int8: node '{node}' has scale groups of {} rows; int8 kernels need per-channel scales or groups that are a multiple of 32",
-                s.group_size
-            )));
-        }
+/// Checks every node's kernel spec before generating code ([`KernelSpec::validate`], which
+/// [`fpx_llvm::compile_cpu`] would run anyway), so that an error names the node.
+fn check_specs(nodes: &[(String, KernelSpec)]) -> Result<(), Error> {
+    for (node, s) in nodes {
+        s.validate().map_err(|source| Error::Kernel { node: node.clone(), source })?;
     }
     Ok(())
 }
@@ -168,11 +157,11 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
             }
         }
     }
-    check_int8_kernels(&nodes)?;
     let specs: Vec<KernelSpec> = nodes.iter().map(|(_, s)| *s).collect();
     let mut cpu = Vec::new();
     let mut distinct_kernels = 0;
     if options.target != Target::Cuda && !specs.is_empty() {
+        check_specs(&nodes)?;
         let compiled = fpx_llvm::compile_cpu(&specs, options.cpu)?;
         // compile_cpu deduplicates specs and emits each in every variant.
         distinct_kernels = compiled.symbols.len() / Variant::ALL.len();

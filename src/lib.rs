@@ -59,9 +59,18 @@ pub enum Error {
     /// Generating or running GPU code failed (NVRTC, the CUDA driver).
     #[error(transparent)]
     Cuda(#[from] fpx_cuda::CudaError),
-    /// The options do not fit the model (e.g. int8 activations with fp6-e3m2 weights).
+    /// The options do not fit the model (e.g. int8 activations with a GPU target).
     #[error("{0}")]
     Options(String),
+    /// No CPU kernel can be generated for a node (e.g. int8 activations with FP5 weights).
+    #[error("node '{node}': {source}")]
+    Kernel {
+        /// The QuantMatMul node.
+        node: String,
+        /// Why its kernel cannot be generated.
+        #[source]
+        source: fpx_llvm::LlvmError,
+    },
 }
 
 /// Largest constant (in elements) that constant folding may create.

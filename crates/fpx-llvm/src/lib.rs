@@ -196,8 +196,9 @@ impl KernelSpec {
         (self.format.name(), self.k, self.n, self.group_size, self.activations)
     }
 
-    /// Checks that a kernel can be generated for this spec.
-    fn validate(&self) -> Result<(), LlvmError> {
+    /// Checks that a kernel can be generated for this spec ([`compile_cpu`] does it for every
+    /// spec; callers that know which node a spec serves check first, to name it).
+    pub fn validate(&self) -> Result<(), LlvmError> {
         let bad = |message: String| LlvmError::BadSpec { spec: self.symbol(Variant::Gemv), message };
         if self.k == 0 || self.n == 0 {
             return Err(bad(format!("K = {} and N = {} must be positive", self.k, self.n)));
@@ -207,13 +208,13 @@ impl KernelSpec {
         }
         if self.activations == Activations::Int8 {
             if !has_kernel(self.format, self.activations) {
-                return Err(bad(format!(
-                    "int8 activations need weights with small integer values (fp6-e2m3, fp4-e2m1 or int4); {} has none",
-                    self.format
-                )));
+                return Err(bad(format!("{} weights have no int8-activation CPU kernel (fp6-e2m3, fp4-e2m1 and int4 have)", self.format)));
             }
             if !self.group_size.is_multiple_of(32) {
-                return Err(bad(format!("int8 activations need a group size that is a multiple of 32, not {}", self.group_size)));
+                return Err(bad(format!(
+                    "int8-activation kernels need per-channel scales or groups that are a multiple of 32, not {}",
+                    self.group_size
+                )));
             }
         }
         // Offsets inside the kernels are computed in 64 bits, but lane masks and the row

@@ -200,11 +200,6 @@ impl Int8Activations {
         self.words.as_ptr().cast()
     }
 
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Blocks per row.
     pub fn k_blocks(&self) -> usize {
         self.k.div_ceil(BLOCK)

@@ -2,6 +2,7 @@
 //! loading the shared object from memory without leaving a file behind, and calling the
 //! quantized-product kernels across threads.
 
+use crate::kernels::SendPtr;
 use crate::{KernelError, RuntimeError};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -109,16 +110,6 @@ impl std::fmt::Debug for NativeQmm {
 /// Largest M the GEMV variant serves.
 pub const GEMV_MAX_M: usize = 8;
 
-struct SendPtr(*mut f32);
-// SAFETY: threads write disjoint column ranges of the output through this pointer.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-struct SendConst(*const f32);
-// SAFETY: the input buffer is only read, and outlives the scope that uses it.
-unsafe impl Send for SendConst {}
-unsafe impl Sync for SendConst {}
-
 impl NativeQmm {
     /// Runs `y[m][n] = x[m][k] · W + bias`, splitting N across the current rayon pool's threads
     /// at multiples of 16 (the kernels' tile).
@@ -142,8 +133,6 @@ impl NativeQmm {
         }
         let f = if m <= GEMV_MAX_M { self.gemv } else { self.gemm };
         let int8 = self.int8_activations.then(|| quantize_rows(x, m, k));
-        let x_ptr = int8.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
-        let x_ptr = SendConst(x_ptr);
         let threads = rayon::current_num_threads().max(1);
         let tiles = n.div_ceil(16);
         let per = tiles.div_ceil(threads).max(1);
@@ -152,11 +141,12 @@ impl NativeQmm {
             let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
             let (b, e) = ((t * per * 16).min(n), ((t + 1) * per * 16).min(n));
             if b < e {
-                let (o, xp) = (&out, &x_ptr);
+                let o = &out;
+                let x_ptr = int8.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
                 // SAFETY: buffers were checked against m, k, n above (the int8 buffer was built
                 // from them); each call writes only columns [b, e) of every row, disjoint across
-                // threads.
-                unsafe { f(xp.0, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
+                // threads (threads share the output through `SendPtr`).
+                unsafe { f(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
             }
         };
         let chunks = tiles.div_ceil(per);

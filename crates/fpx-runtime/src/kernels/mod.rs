@@ -3,6 +3,7 @@
 
 mod elementwise;
 mod fast;
+pub(crate) use fast::SendPtr;
 #[cfg(test)]
 mod fast_path_tests;
 mod matmul;
