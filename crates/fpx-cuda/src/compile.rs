@@ -31,13 +31,6 @@ pub struct Ptx {
     pub src: Arc<str>,
 }
 
-impl Ptx {
-    /// As cudarc's PTX type, for `CudaContext::load_module`.
-    pub fn to_cudarc(&self) -> cudarc::nvrtc::Ptx {
-        cudarc::nvrtc::Ptx::from_src(self.src.to_string())
-    }
-}
-
 static CUDA_HOME: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Overrides the CUDA home (the folder with `lib/libnvrtc.so.13` and `bin/ptxas`) for this
@@ -133,30 +126,34 @@ pub fn compile_ptx(cfg: &GemmConfig, arch: Arch) -> Result<Ptx, CudaError> {
         return Ok(p.clone());
     }
     let src = instantiate(cfg)?;
-    load_nvrtc(None)?;
     let kernel = cfg.kernel_name();
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(arch.compute()),
-        options: vec!["--std=c++17".into()],
-        name: Some(format!("{kernel}.cu")),
-        ..Default::default()
-    };
-    COMPILATIONS.fetch_add(1, Ordering::Relaxed);
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| CudaError::Compile {
-        kernel: kernel.clone(),
-        arch,
-        message: compile_error_message(&e),
-    })?;
-    let ptx = Ptx { arch, kernel, reduce_kernel: cfg.reduce_kernel_name(), src: ptx.to_src().into() };
+    let ptx = nvrtc_ptx(&src, &kernel, arch, &COMPILATIONS)?;
+    let ptx = Ptx { arch, kernel, reduce_kernel: cfg.reduce_kernel_name(), src: ptx };
     cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, ptx.clone());
     Ok(ptx)
 }
 
-fn compile_error_message(e: &cudarc::nvrtc::CompileError) -> String {
-    match e {
-        cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => format!("{nvrtc:?}: {}", log.to_string_lossy()),
-        other => format!("{other:?}"),
-    }
+/// NVRTC → PTX text for `arch` (`compute_XX`, C++17), the translation unit named `unit.cu`;
+/// counts the compilation in `counter`. Errors: [`CudaError::NoNvrtc`], or
+/// [`CudaError::Compile`] with NVRTC's log.
+pub(crate) fn nvrtc_ptx(src: &str, unit: &str, arch: Arch, counter: &AtomicU64) -> Result<Arc<str>, CudaError> {
+    load_nvrtc(None)?;
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch.compute()),
+        options: vec!["--std=c++17".into()],
+        name: Some(format!("{unit}.cu")),
+        ..Default::default()
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| CudaError::Compile {
+        kernel: unit.to_string(),
+        arch,
+        message: match &e {
+            cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => format!("{nvrtc:?}: {}", log.to_string_lossy()),
+            other => format!("{other:?}"),
+        },
+    })?;
+    Ok(ptx.to_src().into())
 }
 
 /// ptxas's resource usage for one entry function.

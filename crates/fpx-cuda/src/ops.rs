@@ -41,14 +41,13 @@
 //! `b128` units a planner picks (`cuMemAlloc` gives 256); a gather's `err` flag zeroed by the
 //! caller beforehand.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::compile::{load_nvrtc, Ptx};
+use crate::compile::{nvrtc_ptx, Ptx};
 use crate::{Arch, CudaError};
 
 /// The prelude every op family is compiled with (`kernels-templates/ops_common.cuh`).
@@ -366,7 +365,12 @@ impl OpFamily {
     pub const ALL: [OpFamily; 6] =
         [OpFamily::Elementwise, OpFamily::LayerNorm, OpFamily::Softmax, OpFamily::Reduce, OpFamily::Gather, OpFamily::Transpose];
 
-    /// Short name (`layernorm`); the module is `fpx_ops_<name>`.
+    /// The PTX module's name: `fpx_ops_<name>`.
+    pub fn module_name(self) -> String {
+        format!("fpx_ops_{}", self.name())
+    }
+
+    /// Short name (`layernorm`); the module is [`OpFamily::module_name`].
     pub fn name(self) -> &'static str {
         match self {
             OpFamily::Elementwise => "elementwise",
@@ -1005,22 +1009,13 @@ pub fn family_source(family: OpFamily) -> String {
     src
 }
 
-/// A hash of one family's full source (part of the compile cache key).
-pub fn family_hash(family: OpFamily) -> u64 {
-    let mut h = DefaultHasher::new();
-    family_source(family).hash(&mut h);
-    h.finish()
-}
-
 /// PTX of one op family for one arch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpsPtx {
     /// The family.
     pub family: OpFamily,
-    /// The architecture it was compiled for.
+    /// The architecture it was compiled for (its kernels are `family.kernels()`).
     pub arch: Arch,
-    /// Its kernels (entry names: [`OpKernel::name`]).
-    pub kernels: Vec<OpKernel>,
     /// The PTX source.
     pub src: Arc<str>,
 }
@@ -1028,7 +1023,7 @@ pub struct OpsPtx {
 impl OpsPtx {
     /// The module name (`fpx_ops_elementwise`).
     pub fn module_name(&self) -> String {
-        format!("fpx_ops_{}", self.family.name())
+        self.family.module_name()
     }
 
     /// As the crate's [`Ptx`] (for [`ptxas_check`](crate::ptxas_check)); its `kernel` is the
@@ -1036,14 +1031,10 @@ impl OpsPtx {
     pub fn to_ptx(&self) -> Ptx {
         Ptx { arch: self.arch, kernel: self.module_name(), reduce_kernel: None, src: self.src.clone() }
     }
-
-    /// As cudarc's PTX type, for `CudaContext::load_module`.
-    pub fn to_cudarc(&self) -> cudarc::nvrtc::Ptx {
-        cudarc::nvrtc::Ptx::from_src(self.src.to_string())
-    }
 }
 
-type OpsCacheKey = (u64, OpFamily, Arch);
+/// The family sources are fixed at build time, so a family and an arch identify a module.
+type OpsCacheKey = (OpFamily, Arch);
 
 fn ops_cache() -> &'static Mutex<HashMap<OpsCacheKey, OpsPtx>> {
     static CACHE: OnceLock<Mutex<HashMap<OpsCacheKey, OpsPtx>>> = OnceLock::new();
@@ -1058,31 +1049,15 @@ pub fn ops_nvrtc_compilations() -> u64 {
 }
 
 /// Compiles one family with NVRTC for `arch` (C++17, `compute_XX`, as the GEMM), cached in
-/// memory per (source hash, family, arch). Errors: [`CudaError::NoNvrtc`], or
+/// memory per (family, arch). Errors: [`CudaError::NoNvrtc`], or
 /// [`CudaError::Compile`] with NVRTC's log.
 pub fn compile_family_ptx(family: OpFamily, arch: Arch) -> Result<OpsPtx, CudaError> {
-    let key = (family_hash(family), family, arch);
+    let key = (family, arch);
     if let Some(p) = ops_cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(p.clone());
     }
-    load_nvrtc(None)?;
-    let module = format!("fpx_ops_{}", family.name());
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(arch.compute()),
-        options: vec!["--std=c++17".into()],
-        name: Some(format!("{module}.cu")),
-        ..Default::default()
-    };
-    OPS_COMPILATIONS.fetch_add(1, Ordering::Relaxed);
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(family_source(family), opts).map_err(|e| CudaError::Compile {
-        kernel: module,
-        arch,
-        message: match &e {
-            cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => format!("{nvrtc:?}: {}", log.to_string_lossy()),
-            other => format!("{other:?}"),
-        },
-    })?;
-    let out = OpsPtx { family, arch, kernels: family.kernels(), src: ptx.to_src().into() };
+    let src = nvrtc_ptx(&family_source(family), &family.module_name(), arch, &OPS_COMPILATIONS)?;
+    let out = OpsPtx { family, arch, src };
     ops_cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, out.clone());
     Ok(out)
 }
@@ -1652,75 +1627,6 @@ mod tests {
             "extern \"C\" __global__ void __launch_bounds__(256) fpx_pow_bcast_f32(const float* a, const float* b, float* y, fpx_bcast s) {\n    fpx::binary_bcast<fpx::F32, 4>(a, b, y, s);\n}\n"
         );
         assert_eq!(OpKernel::Cast(CastOp::I64ToF16).wrapper().lines().nth(1), Some("    fpx::cast<fpx::I64, fpx::F16>(x, y, n);"));
-        assert_ne!(family_hash(OpFamily::Softmax), family_hash(OpFamily::Reduce));
-    }
-
-    /// Sets up NVRTC and ptxas (FPX_CUDA_HOME, else the workspace `.venv` where
-    /// scripts/setup.sh installs the 13.0 wheels), or says why the test must skip.
-    fn toolchain() -> Result<(), String> {
-        if crate::cuda_home().is_none() {
-            let venv_lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
-            let home = std::fs::read_dir(venv_lib)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("site-packages/nvidia/cu13"))
-                .find(|p| p.join("lib/libnvrtc.so.13").is_file());
-            if let Some(home) = home {
-                crate::set_cuda_home(home);
-            }
-        }
-        load_nvrtc(None).map_err(|e| e.to_string())?;
-        crate::find_ptxas().ok_or("no ptxas on PATH or in FPX_CUDA_HOME/bin")?;
-        Ok(())
-    }
-
-    #[test]
-    fn every_family_compiles_and_assembles_without_spills() {
-        if let Err(why) = toolchain() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-        let mut rows = Vec::new();
-        for arch in Arch::ALL {
-            let modules = compile_ops_ptx(arch).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(modules.len(), OpFamily::ALL.len());
-            for m in modules {
-                assert_eq!(m.arch, arch);
-                assert!(m.src.contains(&format!(".target {}", arch.sm())));
-                for k in &m.kernels {
-                    assert!(m.src.contains(&format!(".visible .entry {}(", k.name())), "{k} missing from the PTX");
-                }
-                let report = crate::ptxas_check(&m.to_ptx(), arch).unwrap_or_else(|e| panic!("{}: {e}", m.module_name()));
-                let got: BTreeSet<&str> = report.kernels.iter().map(|k| k.name.as_str()).collect();
-                let want: Vec<String> = m.kernels.iter().map(OpKernel::name).collect();
-                assert_eq!(got, want.iter().map(String::as_str).collect(), "entries of {}", m.module_name());
-                for k in &report.kernels {
-                    assert_eq!((k.spill_stores, k.spill_loads, k.stack_bytes), (0, 0, 0), "{arch} {}: {k:?}", k.name);
-                    rows.push(format!("{arch} {:<24} regs {:>3} smem {}", k.name, k.registers, k.shared_bytes));
-                }
-            }
-        }
-        eprintln!("{}", rows.join("\n"));
-    }
-
-    #[test]
-    fn ops_compile_cache_hits() {
-        if let Err(why) = toolchain() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-        let a = compile_family_ptx(OpFamily::Softmax, Arch::Sm80).unwrap();
-        let before = ops_nvrtc_compilations();
-        let b = compile_family_ptx(OpFamily::Softmax, Arch::Sm80).unwrap();
-        assert_eq!(ops_nvrtc_compilations(), before, "second compile of the same key must hit the cache");
-        assert_eq!(a, b);
-        let c = compile_family_ptx(OpFamily::Softmax, Arch::Sm90).unwrap();
-        assert_ne!(a.src, c.src, "the arch is part of the key");
-        // The FP16 paths use PTX cvt, the same-shape ones 16-byte vector accesses.
-        let e = compile_family_ptx(OpFamily::Elementwise, Arch::Sm90).unwrap();
-        for needle in ["cvt.rn.f16.f32", "cvt.f32.f16", "ld.global.v4.u32", "st.global.v4.u32"] {
-            assert!(e.src.contains(needle), "{needle} missing from the elementwise PTX");
-        }
+        assert_eq!(OpFamily::LayerNorm.module_name(), "fpx_ops_layernorm");
     }
 }

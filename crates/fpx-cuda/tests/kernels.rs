@@ -516,3 +516,48 @@ fn emulation_mirrors_the_template_text() {
         assert!(FP6_GEMM_TEMPLATE.contains(needle), "template changed: {needle}");
     }
 }
+
+/// Every op family (elementwise, LayerNorm, Softmax, reductions, Gather, Transpose) compiles for
+/// sm_80 and sm_90 and assembles with every entry present and no spills.
+#[test]
+fn every_family_compiles_and_assembles_without_spills() {
+    require_toolchain!();
+    let mut rows = Vec::new();
+    for arch in Arch::ALL {
+        let modules = compile_ops_ptx(arch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(modules.len(), OpFamily::ALL.len());
+        for m in modules {
+            assert_eq!(m.arch, arch);
+            assert!(m.src.contains(&format!(".target {}", arch.sm())));
+            for k in &m.family.kernels() {
+                assert!(m.src.contains(&format!(".visible .entry {}(", k.name())), "{k} missing from the PTX");
+            }
+            let report = ptxas_check(&m.to_ptx(), arch).unwrap_or_else(|e| panic!("{}: {e}", m.module_name()));
+            let got: BTreeSet<&str> = report.kernels.iter().map(|k| k.name.as_str()).collect();
+            let want: Vec<String> = m.family.kernels().iter().map(OpKernel::name).collect();
+            assert_eq!(got, want.iter().map(String::as_str).collect(), "entries of {}", m.module_name());
+            for k in &report.kernels {
+                assert_eq!((k.spill_stores, k.spill_loads, k.stack_bytes), (0, 0, 0), "{arch} {}: {k:?}", k.name);
+                rows.push(format!("{arch} {:<24} regs {:>3} smem {}", k.name, k.registers, k.shared_bytes));
+            }
+        }
+    }
+    eprintln!("{}", rows.join("\n"));
+}
+
+#[test]
+fn ops_compile_cache_hits() {
+    require_toolchain!();
+    let a = compile_family_ptx(OpFamily::Softmax, Arch::Sm80).unwrap();
+    let before = fpx_cuda::ops::ops_nvrtc_compilations();
+    let b = compile_family_ptx(OpFamily::Softmax, Arch::Sm80).unwrap();
+    assert_eq!(fpx_cuda::ops::ops_nvrtc_compilations(), before, "second compile of the same key must hit the cache");
+    assert_eq!(a, b);
+    let c = compile_family_ptx(OpFamily::Softmax, Arch::Sm90).unwrap();
+    assert_ne!(a.src, c.src, "the arch is part of the key");
+    // The FP16 paths use PTX cvt, the same-shape ones 16-byte vector accesses.
+    let e = compile_family_ptx(OpFamily::Elementwise, Arch::Sm90).unwrap();
+    for needle in ["cvt.rn.f16.f32", "cvt.f32.f16", "ld.global.v4.u32", "st.global.v4.u32"] {
+        assert!(e.src.contains(needle), "{needle} missing from the elementwise PTX");
+    }
+}
