@@ -101,9 +101,9 @@ impl Gpu {
         self.synchronize()?;
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut times = Vec::with_capacity(reps.max(1));
+        let start = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+        let end = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
         for _ in 0..reps.max(1) {
-            let start = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
-            let end = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
             start.record(&self.stream).map_err(driver("cannot record an event"))?;
             work()?;
             end.record(&self.stream).map_err(driver("cannot record an event"))?;
@@ -184,7 +184,7 @@ impl GpuGemm {
         let short = |what: &str, have: usize, need: usize| {
             CudaError::Config(format!("{}: the {what} buffer has {have} elements, {need} needed for M = {m}", c.kernel_name()))
         };
-        let need_w = (c.n_pad() / 16) * (c.k_pad() / 32) * (256 + 128);
+        let need_w = fpx_quant::layout::PackedShape::new(c.n, c.k, 6).total_bytes();
         for (what, have, need) in [
             ("X", ops.x.len(), m * c.k_pad()),
             ("W", ops.w.len(), need_w),

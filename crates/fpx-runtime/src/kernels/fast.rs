@@ -281,21 +281,14 @@ impl BroadcastPlan {
         let r = sa.len().max(sb.len());
         let pad = |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, r - s.len()).chain(s.iter().copied()).collect() };
         let (pa, pb) = (pad(sa), pad(sb));
-        let mut out_shape = Vec::with_capacity(r);
-        for (&x, &y) in pa.iter().zip(&pb) {
-            out_shape.push(match (x, y) {
-                _ if x == y => x,
-                (1, _) => y,
-                (_, 1) => x,
-                _ => return None,
-            });
-        }
+        let out_shape = super::broadcast_shape(&[sa, sb]).ok()?;
+        // Row-major strides, 0 along the dimensions that broadcast.
         let strides = |s: &[usize]| -> Vec<usize> {
-            let mut st = vec![0; r];
-            let mut acc = 1;
-            for d in (0..r).rev() {
-                st[d] = if s[d] == 1 { 0 } else { acc };
-                acc *= s[d];
+            let mut st = super::row_major_strides(s);
+            for (x, &n) in st.iter_mut().zip(s) {
+                if n == 1 {
+                    *x = 0;
+                }
             }
             st
         };

@@ -69,10 +69,7 @@ impl Gemm for f32 {
         }
     }
     fn slice(t: &Tensor) -> Option<&[f32]> {
-        match t {
-            Tensor::F32(a) => a.as_slice(),
-            _ => None,
-        }
+        super::f32_slice(t)
     }
     fn from_f64(v: f64) -> f32 {
         v as f32
@@ -206,21 +203,12 @@ fn check_float(t: &Tensor) -> Result<(), KernelError> {
     }
 }
 
-/// Row-major strides of a shape, in elements.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for k in (0..shape.len().saturating_sub(1)).rev() {
-        s[k] = s[k + 1] * shape[k + 1];
-    }
-    s
-}
-
 /// Offsets of each broadcast batch matrix inside an operand with batch dims `dims`.
 fn batch_offsets(batch: &[usize], dims: &[usize], matrix: usize) -> Vec<usize> {
     let pad = batch.len() - dims.len();
-    let st = strides(dims);
+    let st = super::row_major_strides(dims);
     let count: usize = batch.iter().product();
-    let bst = strides(batch);
+    let bst = super::row_major_strides(batch);
     (0..count)
         .map(|flat| {
             let mut off = 0;

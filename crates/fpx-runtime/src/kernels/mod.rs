@@ -99,6 +99,15 @@ pub(crate) fn opt_arg<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a
     inputs.get(i).copied().flatten()
 }
 
+/// Row-major strides of a shape, in elements.
+pub(crate) fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        s[k] = s[k + 1] * shape[k + 1];
+    }
+    s
+}
+
 /// The numpy broadcast of several shapes.
 pub(crate) fn broadcast_shape(shapes: &[&[usize]]) -> Result<Vec<usize>, KernelError> {
     let mut out: Vec<Dim> = Vec::new();

@@ -142,10 +142,7 @@ fn unsqueeze_dims(n: &Node, i: &[Option<&Tensor>], shape: &[usize], _: usize) ->
 /// split across threads when large.
 fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
     let r = shape.len();
-    let mut st = vec![1usize; r];
-    for d in (0..r.saturating_sub(1)).rev() {
-        st[d] = st[d + 1] * shape[d + 1];
-    }
+    let st = super::row_major_strides(shape);
     // Output dimensions, outermost first, as (size, stride in the source).
     let mut dims: Vec<(usize, usize)> = Vec::with_capacity(r);
     for &p in perm {
