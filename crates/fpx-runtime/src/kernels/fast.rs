@@ -439,11 +439,17 @@ fn binary_run(op: Binary, plan: &BroadcastPlan, a: Src<'_>, b: Src<'_>, out: &mu
     if out.is_empty() {
         return;
     }
-    if parallel(out.len()) {
+    for_row_chunks(out, inner, |row0, o| binary_rows(op, plan, a, b, o, row0));
+}
+
+/// Calls `f(first_row, chunk)` on `out` cut into whole rows of `inner` elements: chunks of about
+/// [`PAR_CHUNK`] elements across the rayon pool when `out` is large, else `out` at once.
+pub(crate) fn for_row_chunks<T: Send>(out: &mut [T], inner: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if parallel(out.len()) && inner > 0 {
         let rows = PAR_CHUNK.div_ceil(inner);
-        out.par_chunks_mut(rows * inner).enumerate().for_each(|(i, o)| binary_rows(op, plan, a, b, o, i * rows));
+        out.par_chunks_mut(rows * inner).enumerate().for_each(|(i, o)| f(i * rows, o));
     } else {
-        binary_rows(op, plan, a, b, out, 0);
+        f(0, out);
     }
 }
 
@@ -592,15 +598,7 @@ pub(crate) fn softmax(n: usize, src: Option<&[f32]>, out: &mut [f32]) {
     if n == 0 || out.is_empty() {
         return;
     }
-    if parallel(out.len()) {
-        let rows = PAR_CHUNK.div_ceil(n);
-        out.par_chunks_mut(rows * n).enumerate().for_each(|(i, o)| {
-            let s = src.map(|s| &s[i * rows * n..i * rows * n + o.len()]);
-            softmax_chunk(n, s, o);
-        });
-    } else {
-        softmax_chunk(n, src, out);
-    }
+    for_row_chunks(out, n, |row0, o| softmax_chunk(n, src.map(|s| &s[row0 * n..row0 * n + o.len()]), o));
 }
 
 multiversion! {

@@ -4,7 +4,6 @@ use super::{arg, array, axis, broadcast_shape, fast, opt_arg, with_owned, Kernel
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 use fpx_ir::{dispatch, Attribute, Elem, Node, Tensor};
-use rayon::prelude::*;
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
@@ -189,12 +188,7 @@ fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
         }
     };
     let mut out = vec![T::default(); n];
-    if fast::parallel(n) {
-        let rows = (1usize << 13).div_ceil(inner);
-        out.par_chunks_mut(rows * inner).enumerate().for_each(|(k, o)| fill(k * rows, o));
-    } else {
-        fill(0, &mut out);
-    }
+    fast::for_row_chunks(&mut out, inner, fill);
     out
 }
 
