@@ -478,29 +478,26 @@ pub(crate) fn binary_into_b(op: Binary, plan: &BroadcastPlan, a: &[f32], b: &mut
 /// Sum in f64 over 8 independent lanes (vectorizes; also more accurate than one running sum).
 #[inline(always)]
 fn sum_f64(x: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut it = x.chunks_exact(8);
-    for c in &mut it {
-        for k in 0..8 {
-            acc[k] += c[k] as f64;
-        }
-    }
-    let tail: f64 = it.remainder().iter().map(|&v| v as f64).sum();
-    acc.iter().sum::<f64>() + tail
+    lanes_sum_f64(x, |v| v)
 }
 
 /// Sum of squared deviations from `mean`, in f64 over 8 lanes.
 #[inline(always)]
 fn sq_dev_f64(x: &[f32], mean: f64) -> f64 {
+    lanes_sum_f64(x, |v| (v - mean) * (v - mean))
+}
+
+/// Sum of `f(x as f64)` in 8 f64 lanes (vectorizable), then the lanes and the tail.
+#[inline(always)]
+fn lanes_sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0f64; 8];
     let mut it = x.chunks_exact(8);
     for c in &mut it {
         for k in 0..8 {
-            let d = c[k] as f64 - mean;
-            acc[k] += d * d;
+            acc[k] += f(c[k] as f64);
         }
     }
-    let tail: f64 = it.remainder().iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum();
+    let tail: f64 = it.remainder().iter().map(|&v| f(v as f64)).sum();
     acc.iter().sum::<f64>() + tail
 }
 
