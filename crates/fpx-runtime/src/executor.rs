@@ -218,7 +218,7 @@ impl CpuExecutor {
             let node = self.graph.node(*id);
             let started = profile.is_some().then(std::time::Instant::now);
             // Take by value the largest input no later node reads, when the kernel can use it.
-            let mut owned: Option<(usize, Tensor)> = None;
+            let mut owned: Option<(usize, Tensor, OwnedKernelFn)> = None;
             if let Some(c) = &self.consume[i] {
                 let pick = c
                     .slots
@@ -228,7 +228,7 @@ impl CpuExecutor {
                 if let Some((k, v, _)) = pick {
                     let t = live.remove(&v).expect("just found");
                     match Arc::try_unwrap(t) {
-                        Ok(t) => owned = Some((k, t)),
+                        Ok(t) => owned = Some((k, t, c.kernel)),
                         Err(t) => {
                             live.insert(v, t);
                         }
@@ -241,7 +241,7 @@ impl CpuExecutor {
                     .iter()
                     .enumerate()
                     .map(|(k, v)| {
-                        if owned.as_ref().is_some_and(|(slot, _)| *slot == k) {
+                        if owned.as_ref().is_some_and(|(slot, _, _)| *slot == k) {
                             return None;
                         }
                         v.map(|v| {
@@ -250,9 +250,7 @@ impl CpuExecutor {
                     })
                     .collect();
                 let result = match (step, owned) {
-                    (Step::Kernel(_), Some((slot, t))) => {
-                        (self.consume[i].as_ref().expect("a by-value kernel").kernel)(node, &args, slot, t)
-                    }
+                    (Step::Kernel(_), Some((slot, t, by_value))) => by_value(node, &args, slot, t),
                     (Step::Kernel(kernel), None) => kernel(node, &args),
                     (Step::Native(q), _) => run_native(q, node, &args),
                 };

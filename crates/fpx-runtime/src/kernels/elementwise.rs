@@ -152,10 +152,10 @@ macro_rules! fast_unary_kernel {
         }
 
         fn $owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
-            match (slot, fast_unary_owned($op, t)) {
-                (0, Ok(out)) => Ok(vec![out]),
-                (_, Ok(_)) => unreachable!("only input 0 is taken by value"),
-                (_, Err(t)) => $name(n, &with_owned(i, slot, &t)),
+            // A unary op has one input: `slot` is 0.
+            match fast_unary_owned($op, t) {
+                Ok(out) => Ok(vec![out]),
+                Err(t) => $name(n, &with_owned(i, slot, &t)),
             }
         }
     };
