@@ -25,6 +25,8 @@ use inkwell::{AddressSpace, IntPredicate};
 use crate::target::{Isa, Machine};
 use crate::{Activations, KernelSpec, LlvmError, Variant};
 
+mod vnni;
+
 type R<T> = Result<T, LlvmError>;
 
 /// Bytes of one tile's low plane.
@@ -389,7 +391,8 @@ fn build_module<'ctx>(ctx: &'ctx Context, specs: &[KernelSpec], machine: &Machin
     let gen8 = Gen { ctx, module: &module, b: ctx.create_builder(), isa: isa8, lanes: Lanes::new(8) };
     for spec in specs {
         let plan = Plan::new(spec);
-        let g = if spec.activations == Activations::Int8 { &gen8 } else { &gen };
+        let int8_256 = spec.activations == Activations::Int8 && !(machine.isa.vnni8 && vnni::supported(&plan));
+        let g = if int8_256 { &gen8 } else { &gen };
         for variant in Variant::ALL {
             g.kernel(&plan, variant)?;
         }
@@ -1080,9 +1083,20 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     fn kernel(&self, plan: &Plan, variant: Variant) -> R<()> {
         let name = plan.spec.symbol(variant);
         let int8 = plan.spec.activations == Activations::Int8;
-        let direct = if variant == Variant::Gemv && plan.tpg.is_some() && !int8 { Some(self.direct_ntile(plan, &name)?) } else { None };
-        // Int8 kernels have one loop for every m, shared by both exported symbols.
-        let panel = if int8 { self.i8_ntile(plan, &plan.spec.symbol(Variant::Gemm))? } else { self.panel_ntile(plan, &name)? };
+        // Int8 kernels share their loops between both exported symbols.
+        let shared = plan.spec.symbol(Variant::Gemm);
+        let (direct, panel) = if int8 && self.isa.vnni8 && vnni::supported(plan) {
+            (Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS)), self.vn_panel_ntile(plan, &shared)?)
+        } else if int8 {
+            (None, self.i8_ntile(plan, &shared)?)
+        } else {
+            let direct = if variant == Variant::Gemv && plan.tpg.is_some() {
+                Some((self.direct_ntile(plan, &name)?, self.isa.gemv_rows))
+            } else {
+                None
+            };
+            (direct, self.panel_ntile(plan, &name)?)
+        };
 
         let (p, i) = (self.ptr_t(), self.i64_t());
         let f = self.function(&name, &[p, i, p, p, p, p, i, i], false);
@@ -1111,8 +1125,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 })
             };
             match direct {
-                Some(d) => {
-                    let few = g.b.build_int_compare(IntPredicate::SLE, m, g.i64c(g.isa.gemv_rows as u64), "")?;
+                Some((d, rows)) => {
+                    let few = g.b.build_int_compare(IntPredicate::SLE, m, g.i64c(rows as u64), "")?;
                     let (db, pb, done) = (g.block(f, "direct"), g.block(f, "panel"), g.block(f, "done"));
                     g.b.build_conditional_branch(few, db, pb)?;
                     g.b.position_at_end(db);

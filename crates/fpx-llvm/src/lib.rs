@@ -67,7 +67,7 @@
 //! - [`Variant::Gemm`] (larger m): 8 tiles at a time are dequantized, scales applied, into a
 //!   16 KiB L1-resident panel, then every block of rows (3 on AVX2, 6 on AVX-512) reuses it.
 //!   Ragged groups (size not a multiple of 32) are handled here, per pair of K columns.
-//! - Int8 activations (one loop for every `m`, 256-bit vectors also on AVX-512): 16 tiles at a
+//! - Int8 activations, AVX2 (one loop for every `m`, 256-bit vectors also on AVX-512 without VNNI): 16 tiles at a
 //!   time are decoded with the byte method into unsigned bytes `value · units + 64` (a
 //!   `pshufb` table for 4-bit codes; for FP6 e2m3 a magnitude table, a select on the top
 //!   exponent bit and `vpsignb` for the sign), regrouped so that each 32-bit lane holds 4 codes of one
@@ -75,6 +75,12 @@
 //!   broadcast of the matching 4 activation codes, `vpmaddubsw` (32 byte products) and
 //!   `vpmaddwd` by ones into `i32`; per tile and row the correction (64 · the codes' sum) is
 //!   subtracted and the activation scale (and grouped weight scales) applied in `f32`.
+//! - Int8 activations on a target with AVX-512 VBMI and VNNI (`CpuTarget::Native` on Ice Lake,
+//!   Zen 4 and later; 4- and 6-bit codes, tile-aligned groups): 512-bit code with no transpose.
+//!   Per lane vector two `vpmultishiftqb` pick each code's nibble and high-plane field, a
+//!   `vpternlogd` merges them, `vpermb` maps the code to its unsigned byte and `vpdpbusd`
+//!   multiplies by the activation group; `m ≤ 2` streams each tile once from registers, larger
+//!   `m` shares an 8 KiB panel between blocks of 4 rows (see `codegen/vnni.rs`).
 #![deny(missing_docs)]
 
 mod codegen;

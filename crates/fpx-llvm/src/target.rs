@@ -12,7 +12,8 @@ use crate::LlvmError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CpuTarget {
     /// The machine doing the compiling (`TargetMachine::get_host_cpu_name/features`): fastest
-    /// here, not portable. AVX-512 code if the host has AVX-512 F/BW/DQ/VL, else AVX2 code.
+    /// here, not portable. AVX-512 code if the host has AVX-512 F/BW/DQ/VL (and 512-bit int8
+    /// kernels with VBMI and VNNI where it has those too), else AVX2 code.
     Native,
     /// x86-64-v3: AVX2, FMA, F16C, BMI1/2 (Haswell, Zen 1 and later).
     X86_64V3,
@@ -31,15 +32,18 @@ pub(crate) struct Isa {
     pub gemm_rows: u32,
     /// Tiles (of 32 K) per dequantized panel (2 KiB of `f32` each).
     pub panel_tiles: u32,
+    /// Int8-activation kernels use 512-bit AVX-512 VBMI (`vpermb`, `vpmultishiftqb`) and
+    /// VNNI (`vpdpbusd`) code; else 256-bit AVX2 code.
+    pub vnni8: bool,
 }
 
 impl Isa {
     fn avx2() -> Isa {
-        Isa { w: 8, gemv_rows: 2, gemm_rows: 3, panel_tiles: 8 }
+        Isa { w: 8, gemv_rows: 2, gemm_rows: 3, panel_tiles: 8, vnni8: false }
     }
 
     fn avx512() -> Isa {
-        Isa { w: 16, gemv_rows: 4, gemm_rows: 6, panel_tiles: 8 }
+        Isa { w: 16, gemv_rows: 4, gemm_rows: 6, panel_tiles: 8, vnni8: false }
     }
 }
 
@@ -218,7 +222,11 @@ pub(crate) fn machine(target: CpuTarget) -> Result<Machine, LlvmError> {
             if !(has("avx2") && has("fma") && has("f16c")) {
                 return Err(LlvmError::Llvm(format!("the host CPU ({cpu}) lacks AVX2, FMA or F16C, which fpx's CPU kernels need")));
             }
-            let isa = if V4_EXTRA.iter().all(|f| has(f)) { Isa::avx512() } else { Isa::avx2() };
+            let isa = if V4_EXTRA.iter().all(|f| has(f)) {
+                Isa { vnni8: has("avx512vbmi") && has("avx512vnni"), ..Isa::avx512() }
+            } else {
+                Isa::avx2()
+            };
             let required = names.iter().map(String::as_str).collect::<Vec<_>>();
             let tm = create(&cpu, &features)?;
             return Ok(Machine { tm, required_features: required.iter().map(|s| s.to_string()).collect(), cpu, isa });

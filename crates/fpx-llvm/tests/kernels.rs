@@ -268,6 +268,51 @@ fn int4_int8_activations() {
     check_format_int8(Format::Int4, CpuTarget::X86_64V3);
 }
 
+/// Whether this host runs the 512-bit VBMI + VNNI int8 kernels (`CpuTarget::Native` picks
+/// them there); prints why not otherwise.
+fn host_has_vnni8(what: &str) -> bool {
+    let has = std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+        && std::arch::is_x86_feature_detected!("avx512vnni");
+    if !has {
+        println!("skipping {what}: this CPU lacks AVX-512 VBMI or VNNI");
+    }
+    has
+}
+
+#[test]
+fn fp6_e2m3_int8_activations_vnni() {
+    if host_has_vnni8("the VNNI fp6-e2m3 int8 kernels") {
+        check_format_int8(Format::Fp6E2M3, CpuTarget::Native);
+    }
+}
+
+#[test]
+fn int4_and_fp4_int8_activations_vnni() {
+    if host_has_vnni8("the VNNI 4-bit int8 kernels") {
+        check_format_int8(Format::Int4, CpuTarget::Native);
+        check_format_int8(Format::Fp4E2M1, CpuTarget::Native);
+    }
+}
+
+/// Native code on a VBMI + VNNI host takes the 512-bit int8 path (and the portable v4 target
+/// does not); ragged groups keep the 256-bit path.
+#[test]
+fn vnni_int8_path_is_chosen_by_target() {
+    if !host_has_vnni8("the VNNI code-path check") {
+        return;
+    }
+    let specs = [spec8(Format::Fp6E2M3, 100, 40, 0)];
+    let (_, native) = fpx_llvm::emit_ir_and_asm(&specs, CpuTarget::Native).unwrap();
+    assert!(
+        native.contains("vpdpbusd") && native.contains("vpermb") && native.contains("vpmultishiftqb"),
+        "native int8 code lacks VNNI/VBMI"
+    );
+    let (_, v4) = fpx_llvm::emit_ir_and_asm(&specs, CpuTarget::X86_64V4).unwrap();
+    assert!(!v4.contains("vpdpbusd") && v4.contains("vpmaddubsw"), "x86-64-v4 int8 code must not need VNNI");
+}
+
 /// Int8 activations stay close to the `f32` kernel on the same weights: the relative RMS
 /// difference is that of 8-bit rounding (under 1%), and not zero (the rows are quantized).
 #[test]
