@@ -136,6 +136,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-minilm", action="store_true", help="skip the MiniLM end-to-end section")
     p.add_argument("--membw-gib", type=int, default=1, help="GiB read by the bandwidth measurement (default 1)")
     p.add_argument("--recompile", action="store_true", help="recompile .fpx artifacts even if cached")
+    p.add_argument("--cpu", default="native", choices=["native", "x86-64-v3", "x86-64-v4"],
+                   help="`fpx compile --cpu` for the artifacts (default native: the host's best vector code, as "
+                        "onnxruntime picks its kernels for the host at run time)")
     p.add_argument("--ort-quantizer", choices=["auto", "official", "direct"], default="auto",
                    help="auto: MatMulNBitsQuantizer if it imports, else the same C++ routine "
                         "(quantize_matmul_4bits) called directly; official/direct: force one")
@@ -510,10 +513,11 @@ def run_cmd(cmd: list[str], timeout: float = FPX_TIMEOUT_S) -> dict:
 class Fpx:
     """fpx invocations: compile (cached per binary), bench (with a probe to size the iterations)."""
 
-    def __init__(self, path: str | None, wd: Path, recompile: bool):
+    def __init__(self, path: str | None, wd: Path, recompile: bool, cpu: str = "native"):
         self.path = path
         self.wd = wd
         self.recompile = recompile
+        self.cpu = cpu
         self.compile_error: str | None = None  # first `fpx compile` failure (then: reference path)
         self.compile_errors: dict[str, str] = {}  # model file name -> why compiling it failed
         self.compile_unsupported = False  # `fpx compile` does not exist: do not try again
@@ -529,14 +533,14 @@ class Fpx:
         if not self.path or self.compile_unsupported:
             return None
         key_file = out.with_name(out.name + ".key")
-        key = f"{self.binary_key}|{model.resolve()}|{model.stat().st_mtime_ns}|{weights}|{activations}"
+        key = f"{self.binary_key}|{model.resolve()}|{model.stat().st_mtime_ns}|{weights}|{activations}|{self.cpu}"
         if not self.recompile and out.exists() and key_file.exists() and key_file.read_text() == key:
             return out
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        cmd = [self.path, "compile", str(model), "-o", str(tmp), "--weights", weights]
+        cmd = [self.path, "compile", str(model), "-o", str(tmp), "--weights", weights, "--cpu", self.cpu]
         if activations != "f32":
             cmd += ["--activations", activations]
-        log(f"fpx compile {model.name} --weights {weights} --activations {activations}")
+        log(f"fpx compile {model.name} --weights {weights} --activations {activations} --cpu {self.cpu}")
         r = run_cmd(cmd)
         if r["rc"] != 0 or not tmp.exists():
             why = r["why"] or "no output file written"
@@ -832,7 +836,7 @@ def main(argv: list[str]) -> int:
     if not (os.path.isfile(fpx_path) and os.access(fpx_path, os.X_OK)):
         fpx_note = f"fpx binary {fpx_path} not found (build it, or pass --fpx PATH)"
         fpx_path = None
-    fpx = Fpx(fpx_path, wd, args.recompile) if fpx_path else None
+    fpx = Fpx(fpx_path, wd, args.recompile, args.cpu) if fpx_path else None
 
     if max(args.threads) > (info.get("cpus") or 1):
         log(f"warning: {max(args.threads)} threads > {info.get('cpus')} CPUs")
@@ -844,7 +848,8 @@ def main(argv: list[str]) -> int:
     print(f"versions: onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}")
     print(f"fpx: {fpx_path or 'n/a'}" + (" (debug build: fpx timings are not representative)"
-                                         if fpx_path and "/debug/" in os.path.realpath(fpx_path) else ""))
+                                         if fpx_path and "/debug/" in os.path.realpath(fpx_path) else "")
+          + f"; artifacts compiled with --cpu {args.cpu}")
     if fpx_note:
         print(f"fpx columns: n/a — {fpx_note}")
     print(f"workdir: {wd}; seed {args.seed}; threads {','.join(map(str, args.threads))}; "

@@ -76,11 +76,14 @@
 //!   `vpmaddwd` by ones into `i32`; per tile and row the correction (64 · the codes' sum) is
 //!   subtracted and the activation scale (and grouped weight scales) applied in `f32`.
 //! - Int8 activations on a target with AVX-512 VBMI and VNNI (`CpuTarget::Native` on Ice Lake,
-//!   Zen 4 and later; 4- and 6-bit codes, tile-aligned groups): 512-bit code with no transpose.
-//!   Per lane vector two `vpmultishiftqb` pick each code's nibble and high-plane field, a
-//!   `vpternlogd` merges them, `vpermb` maps the code to its unsigned byte and `vpdpbusd`
-//!   multiplies by the activation group; `m ≤ 2` streams each tile once from registers, larger
-//!   `m` shares an 8 KiB panel between blocks of 4 rows (see `codegen/vnni.rs`).
+//!   Zen 4 and later; 4- and 6-bit codes, tile-aligned groups): 512-bit code in which each
+//!   `i32` lane is one output row. Per tile, `vpermt2q` regroups the lane words by `t`; per `t`
+//!   two `vpmultishiftqb` pick each code's nibble and high-plane field, a `vpternlogd` merges
+//!   them, `vpermb` maps the code to its unsigned byte and `vpdpbusd` multiplies it by the
+//!   activation group broadcast from memory. Each tile's exact `i32` dot product is converted
+//!   once, as in the reference kernel, so results match it bit for bit. `m ≤ 8` streams each
+//!   tile once from registers; larger `m` decodes 16 tiles into an 8 KiB panel that blocks of
+//!   8 rows reuse (see `codegen/vnni.rs`).
 #![deny(missing_docs)]
 
 mod codegen;

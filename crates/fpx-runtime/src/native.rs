@@ -187,31 +187,55 @@ pub fn missing_cpu_features(features: &[String]) -> Vec<String> {
     features.iter().filter(|f| !has_feature(f)).cloned().collect()
 }
 
+/// Every feature name fpx-llvm records (its LLVM-to-`std` table, kept in step by the
+/// `native_artifacts_load_on_this_host` test of the `fpx` package).
 #[cfg(target_arch = "x86_64")]
 fn has_feature(f: &str) -> bool {
-    use std::arch::is_x86_feature_detected as d;
-    match f {
-        "sse2" => d!("sse2"),
-        "sse3" => d!("sse3"),
-        "ssse3" => d!("ssse3"),
-        "sse4.1" => d!("sse4.1"),
-        "sse4.2" => d!("sse4.2"),
-        "popcnt" => d!("popcnt"),
-        "avx" => d!("avx"),
-        "avx2" => d!("avx2"),
-        "fma" => d!("fma"),
-        "f16c" => d!("f16c"),
-        "bmi1" => d!("bmi1"),
-        "bmi2" => d!("bmi2"),
-        "lzcnt" => d!("lzcnt"),
-        "movbe" => d!("movbe"),
-        "avx512f" => d!("avx512f"),
-        "avx512bw" => d!("avx512bw"),
-        "avx512dq" => d!("avx512dq"),
-        "avx512vl" => d!("avx512vl"),
-        "avx512cd" => d!("avx512cd"),
-        _ => false,
+    macro_rules! known {
+        ($($name:tt),*) => {
+            match f {
+                $($name => std::arch::is_x86_feature_detected!($name),)*
+                _ => false,
+            }
+        };
     }
+    known!(
+        "sse2",
+        "sse3",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "sse4a",
+        "popcnt",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi1",
+        "bmi2",
+        "lzcnt",
+        "movbe",
+        "adx",
+        "aes",
+        "pclmulqdq",
+        "sha",
+        "gfni",
+        "vaes",
+        "vpclmulqdq",
+        "avx512f",
+        "avx512bw",
+        "avx512cd",
+        "avx512dq",
+        "avx512vl",
+        "avx512vbmi",
+        "avx512vbmi2",
+        "avx512vnni",
+        "avx512bitalg",
+        "avx512vpopcntdq",
+        "avx512ifma",
+        "avx512bf16",
+        "avx512fp16"
+    )
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -1,23 +1,26 @@
 //! Int8-activation kernels for CPUs with AVX-512 VBMI and VNNI (Ice Lake, Zen 4 and later):
-//! 512-bit vectors, no transpose and no per-weight arithmetic beyond three byte operations.
+//! 512-bit vectors, each `i32` lane one output row, and three byte operations per 64 codes.
 //!
-//! A 64-byte load of low-plane words (16 lanes of one half) holds, per lane, row `g`'s codes
-//! e4, e0, e5, e1 and row `g + 8`'s e6, e2, e7, e3 — the columns `c + [8, 0, 9, 1]`
-//! ([`fpx_quant::act8::code_position`]) in which the activation codes are stored. So per
-//! lane vector and row set:
+//! Per half `j` a tile's low plane is two 64-byte vectors of lane words `(g, t)` (`g = 0..8`
+//! in two halves of 4, `t = 0..4`); one `vpermt2q` per pair of `t` regroups them so that
+//! 64-bit word `g` holds the words `(g, t)` and `(g, t + 1)`, and the high plane likewise.
+//! Then, per `t`:
 //!
-//! 1. `vpmultishiftqb` picks each code's nibble from its word into bits 0..4 of a byte, and
-//!    a second one picks its high-plane field from the lane's high word into bits 4..6 (the
-//!    bit positions are constants of the layout, [`low_nibble_pos`] and [`high_field_pos`]);
+//! 1. `vpmultishiftqb` picks, from the word `(g, t)`, row `g`'s codes e4, e0, e5, e1 into the
+//!    first `i32` of 64-bit word `g` and row `g + 8`'s e6, e2, e7, e3 into the second: the
+//!    columns `16j + 2t + [8, 0, 9, 1]`, the order of the activation codes
+//!    ([`fpx_quant::act8::code_position`]). Each byte gets its nibble in bits 0..4; a second
+//!    `vpmultishiftqb` on the high plane brings the 2-bit field to bits 4..6 (bit positions
+//!    are layout constants, [`low_nibble_pos`] and [`high_field_pos`]);
 //! 2. one `vpternlogd` merges them into the 6-bit code (bits 6..8 are ignored below);
-//! 3. `vpermb` looks the code up in a 64-entry table of unsigned bytes `value · units + 64`;
-//! 4. `vpdpbusd` multiplies 64 of those by the 16-byte activation group of the half (broadcast
-//!    to every 128-bit lane) and adds each lane's 4 products to an `i32` accumulator, which
-//!    starts at `-correction / 4` (each output's 4 lanes share the `64 · Σ codes` correction).
+//! 3. `vpermb` maps the code through a 64-entry table to the unsigned byte `value · units + 64`;
+//! 4. `vpdpbusd` multiplies it by the 4 activation codes of `(j, t)`, broadcast from memory,
+//!    adding into lane `2g + rs` the 4 products of row `g + 8 rs`.
 //!
-//! Per tile and row the 4 `i32` accumulators (16 lanes: 4 rows × 4 column groups) are
-//! converted and multiplied by the activation scale (and grouped weight scales) into `f32`
-//! ones; the column groups are summed once per n-tile. When `m` is at most
+//! After the 8 `(j, t)` steps each lane holds its row's exact `i32` dot product over the
+//! tile's 32 columns (the chain for `j = 0` starts at `-64 · Σ codes`, the correction); it is
+//! converted once and multiplied by the activation scale, the reference kernel's operations
+//! in its order, so results equal the reference bit for bit. When `m` is at most
 //! [`DIRECT_ROWS`] every tile is decoded in registers and streamed once; otherwise
 //! [`PANEL_TILES`] tiles at a time are decoded into an 8 KiB panel that blocks of
 //! [`PANEL_ROWS`] rows reuse.
@@ -31,11 +34,11 @@ use inkwell::IntPredicate;
 use super::{fold, Gen, LlvmError, Plan, LOW_TILE_BYTES, R};
 use fpx_quant::Format;
 
-/// Rows of X up to which tiles are decoded in registers (8 code vectors and 4 `f32`
-/// accumulators per row stay in the 32 vector registers).
-pub(super) const DIRECT_ROWS: u32 = 2;
+/// Rows of X up to which tiles are decoded in registers (8 code vectors, one `f32`
+/// accumulator per row and two `i32` dot chains stay in the 32 vector registers).
+pub(super) const DIRECT_ROWS: u32 = 8;
 /// Rows of X per panel row block.
-const PANEL_ROWS: u32 = 4;
+const PANEL_ROWS: u32 = 8;
 /// Tiles per panel: 16 × 512 code bytes = 8 KiB, L1-resident with the activations.
 const PANEL_TILES: u64 = 16;
 /// Code bytes of one decoded tile: 8 vectors of 64.
@@ -65,20 +68,22 @@ fn code_table(format: Format) -> R<[u8; 64]> {
     Ok(t)
 }
 
-/// `vpmultishiftqb` controls putting the nibble of each element of row set `rs` at bits 0..4.
-fn nibble_controls(rs: usize) -> [u8; 8] {
-    std::array::from_fn(|b| (32 * (b / 4) as u32 + 4 * low_nibble_pos(ROW_SET_ELEMS[rs][b % 4])) as u8)
+/// `vpmultishiftqb` controls: byte `4 rs + i` of a 64-bit word gets the nibble of element
+/// `ROW_SET_ELEMS[rs][i]` of the word's `i32` number `u` at bits 0..4.
+fn nibble_controls(u: usize) -> [u8; 8] {
+    std::array::from_fn(|b| (32 * u as u32 + 4 * low_nibble_pos(ROW_SET_ELEMS[b / 4][b % 4])) as u8)
 }
 
-/// `vpmultishiftqb` controls putting the 2-bit high field of each element of row set `rs`
-/// (half `j`) at bits 4..6 (the rotation wraps within the 64-bit word).
-fn field_controls(j: usize, rs: usize) -> [u8; 8] {
-    std::array::from_fn(|b| ((32 * (b / 4) as u32 + 2 * high_field_pos(j, ROW_SET_ELEMS[rs][b % 4]) + 60) % 64) as u8)
+/// `vpmultishiftqb` controls: the same bytes get the element's 2-bit high field (half `j`)
+/// at bits 4..6 (the rotation wraps within the 64-bit word).
+fn field_controls(j: usize, u: usize) -> [u8; 8] {
+    std::array::from_fn(|b| ((32 * u as u32 + 2 * high_field_pos(j, ROW_SET_ELEMS[b / 4][b % 4]) + 60) % 64) as u8)
 }
 
-/// Index of the code vector for (half, lane half, row set) in a decoded tile.
-fn code_index(j: usize, lh: usize, rs: usize) -> usize {
-    (j * 2 + lh) * 2 + rs
+/// Output row (of the n-tile's 16) of `i32`/`f32` lane `l`: 64-bit word `g = l / 2`, row set
+/// `rs = l % 2`.
+fn lane_row(l: usize) -> usize {
+    l / 2 + 8 * (l % 2)
 }
 
 /// Where the pieces of the activation buffer for row block `r0` start.
@@ -103,55 +108,57 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(self.call(f, args)?.expect("intrinsic returns").into_vector_value())
     }
 
-    /// The 8 code vectors (`<64 x i8>`, unsigned weight bytes) of tile `tile`, in
-    /// [`code_index`] order.
+    /// The 8 code vectors (`<64 x i8>` of unsigned weight bytes, lanes as [`lane_row`]) of
+    /// tile `tile`; vector `4j + t` multiplies the activation codes of `(j, t)`.
     fn vn_codes(&self, plan: &Plan, table: &[u8; 64], packed: PointerValue<'ctx>, tile: IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> {
         let bytes = self.ctx.i8_type().vec_type(64);
+        let qwords = self.ctx.i64_type().vec_type(8);
+        let load = |p: PointerValue<'ctx>, at: u64| -> R<VectorValue<'ctx>> {
+            Ok(self.load(qwords, self.gep(p, self.i64c(at))?, 1)?.into_vector_value())
+        };
+        // Words (g, 2tp) and (g, 2tp + 1): 64-bit word 2 (g % 4) + tp of lane half g / 4.
+        let regroup = |a: VectorValue<'ctx>, b: VectorValue<'ctx>, tp: u32| -> R<VectorValue<'ctx>> {
+            let idx: Vec<u32> = (0..8).map(|g| 2 * (g % 4) + tp + 8 * (g / 4)).collect();
+            Ok(self.b.build_bit_cast(self.shuf(a, b, &idx)?, bytes, "")?.into_vector_value())
+        };
         let lo = self.gep(packed, self.mul(tile, LOW_TILE_BYTES)?)?;
-        let high: Option<Vec<VectorValue<'ctx>>> = if plan.dq.h == 2 {
+        let high: Option<[VectorValue<'ctx>; 2]> = if plan.dq.h == 2 {
             let hi = self.gep(packed, self.add(self.i64c(plan.low_bytes), self.mul(tile, 128)?)?)?;
-            Some((0..2).map(|lh| Ok(self.load(bytes, self.gep(hi, self.i64c(64 * lh))?, 1)?.into_vector_value())).collect::<R<_>>()?)
+            let (h0, h1) = (load(hi, 0)?, load(hi, 64)?);
+            Some([regroup(h0, h1, 0)?, regroup(h0, h1, 1)?])
         } else {
             None
         };
         let table = self.bytes64(table);
         let keep = self.bytes64(&[0x30]);
-        let mut out = vec![bytes.const_zero(); 8];
+        let multishift = |ctl: &[u8; 8], v: VectorValue<'ctx>| {
+            self.call_vec("llvm.x86.avx512.pmultishift.qb.512", &[self.bytes64(ctl).into(), v.into()])
+        };
+        let mut out = Vec::with_capacity(8);
         for j in 0..2 {
-            for lh in 0..2 {
-                let words = self.load(bytes, self.gep(lo, self.i64c(128 * j as u64 + 64 * lh as u64))?, 1)?.into_vector_value();
-                for rs in 0..2 {
-                    let nib =
-                        self.call_vec("llvm.x86.avx512.pmultishift.qb.512", &[self.bytes64(&nibble_controls(rs)).into(), words.into()])?;
+            let (l0, l1) = (load(lo, 128 * j as u64)?, load(lo, 128 * j as u64 + 64)?);
+            for tp in 0..2 {
+                let words = regroup(l0, l1, tp as u32)?;
+                for u in 0..2 {
+                    let nib = multishift(&nibble_controls(u), words)?;
                     let code = match &high {
                         Some(h) => {
-                            let ctl = self.bytes64(&field_controls(j, rs));
-                            let field = self.call_vec("llvm.x86.avx512.pmultishift.qb.512", &[ctl.into(), h[lh].into()])?;
+                            let field = multishift(&field_controls(j, u), h[tp])?;
                             let f = self.b.build_and(field, keep, "")?;
                             let n = self.b.build_and(nib, self.b.build_not(keep, "")?, "")?;
                             self.b.build_or(f, n, "")?
                         }
                         None => nib,
                     };
-                    out[code_index(j, lh, rs)] = self.call_vec("llvm.x86.avx512.permvar.qi.512", &[table.into(), code.into()])?;
+                    out.push(self.call_vec("llvm.x86.avx512.permvar.qi.512", &[table.into(), code.into()])?);
                 }
             }
         }
         Ok(out)
     }
 
-    /// The 16 activation codes of half `j` of tile `tile` of the row at `xq`, in every
-    /// 128-bit lane, as `<16 x i32>`.
-    fn vn_xgroup(&self, xq: PointerValue<'ctx>, tile: IntValue<'ctx>, j: u64) -> R<VectorValue<'ctx>> {
-        let v16 = self.ctx.i8_type().vec_type(16);
-        let x = self.load(v16, self.gep(xq, self.add(self.mul(tile, 32)?, self.i64c(16 * j))?)?, 1)?.into_vector_value();
-        let idx: Vec<u32> = (0..64).map(|i| i % 16).collect();
-        let b = self.shuf(x, x, &idx)?;
-        Ok(self.b.build_bit_cast(b, self.vi32(16), "")?.into_vector_value())
-    }
-
-    /// Grouped weights: the scales of tile `tile`'s group (times `1 / units`) in the lane
-    /// order of each `f32` accumulator (lane `i` of accumulator `(lh, rs)` is row `4 lh + i / 4 + 8 rs`).
+    /// Grouped weights: the scales of tile `tile`'s group (times `1 / units`) in accumulator
+    /// lane order ([`lane_row`]).
     fn vn_group_scales(
         &self,
         plan: &Plan,
@@ -159,66 +166,49 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         tile: IntValue<'ctx>,
         n0: IntValue<'ctx>,
         inv_units: f32,
-    ) -> R<Vec<VectorValue<'ctx>>> {
+    ) -> R<VectorValue<'ctx>> {
         let tpg = plan.tpg.expect("supported plans have tile-aligned groups");
         let grp = self.b.build_int_unsigned_div(tile, self.i64c(tpg), "")?;
         let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
         let s16 = self.b.build_float_mul(self.scales16(plan, scales, grp, n0, valid)?, self.splat_f32(inv_units, 16), "")?;
-        (0..4)
-            .map(|a| {
-                let (lh, rs) = (a / 2, a % 2);
-                let idx: Vec<u32> = (0..16).map(|i| (4 * lh + i / 4 + 8 * rs) as u32).collect();
-                self.shuf(s16, s16, &idx)
-            })
-            .collect()
+        let idx: Vec<u32> = (0..16).map(|l| lane_row(l) as u32).collect();
+        self.shuf(s16, s16, &idx)
     }
 
-    /// Adds one tile's products for the row at `x` (tile index `tile`) to its 4 `f32`
-    /// accumulators `acc` (index `2 lh + rs`). `codes(i)` yields code vector `i`.
+    /// Adds one tile's products for the row at `x` (tile index `tile`) to its `f32`
+    /// accumulator `acc`: per output the tile's exact `i32` dot product, converted once and
+    /// multiplied by the activation scale. `codes(i)` yields code vector `i`.
     fn vn_row_tile(
         &self,
         x: &XRows<'ctx>,
         tile: IntValue<'ctx>,
         codes: &mut dyn FnMut(usize) -> R<VectorValue<'ctx>>,
-        wscales: Option<&[VectorValue<'ctx>]>,
-        acc: &mut [VectorValue<'ctx>],
-    ) -> R<()> {
+        wscales: Option<VectorValue<'ctx>>,
+        acc: VectorValue<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
+        let i32t = self.ctx.i32_type();
         let at = self.mul(tile, 4)?;
-        let c = self.load(self.ctx.i32_type(), self.gep(x.c, at)?, 4)?.into_int_value();
-        let quarter = self.b.build_right_shift(c, self.ctx.i32_type().const_int(2, false), true, "")?;
-        let init = self.splat_scalar(self.b.build_int_neg(quarter, "")?.into(), self.vi32(16))?;
+        let c = self.load(i32t, self.gep(x.c, at)?, 4)?.into_int_value();
         let s = self.load(self.ctx.f32_type(), self.gep(x.s, at)?, 4)?;
-        let sv = self.splat_scalar(s, self.vf32(16))?;
-        let xs = [self.vn_xgroup(x.q, tile, 0)?, self.vn_xgroup(x.q, tile, 1)?];
-        for lh in 0..2 {
-            for rs in 0..2 {
-                let mut dot = init;
-                for (j, xj) in xs.iter().enumerate() {
-                    let w = self.b.build_bit_cast(codes(code_index(j, lh, rs))?, self.vi32(16), "")?;
-                    dot = self.call_vec("llvm.x86.avx512.vpdpbusd.512", &[dot.into(), w, (*xj).into()])?;
-                }
-                let a = 2 * lh + rs;
-                let f = self.b.build_signed_int_to_float(dot, self.vf32(16), "")?;
-                let scale = match wscales {
-                    Some(ws) => self.b.build_float_mul(sv, ws[a], "")?,
-                    None => sv,
-                };
-                acc[a] = self.fma(f, scale, acc[a])?;
+        // Two chains (one per half) for latency; the first starts at minus the correction.
+        let mut chains = [self.splat_scalar(self.b.build_int_neg(c, "")?.into(), self.vi32(16))?, self.vi32(16).const_zero()];
+        for (j, chain) in chains.iter_mut().enumerate() {
+            for t in 0..4 {
+                let off = self.add(self.mul(tile, 32)?, self.i64c(16 * j as u64 + 4 * t as u64))?;
+                let xg = self.load(i32t, self.gep(x.q, off)?, 1)?;
+                let w = self.b.build_bit_cast(codes(4 * j + t)?, self.vi32(16), "")?;
+                *chain =
+                    self.call_vec("llvm.x86.avx512.vpdpbusd.512", &[(*chain).into(), w, self.splat_scalar(xg, self.vi32(16))?.into()])?;
             }
         }
-        Ok(())
-    }
-
-    /// Sums the column groups of one row's 4 accumulators: the 16 outputs in natural order.
-    fn vn_reduce(&self, acc: &[VectorValue<'ctx>]) -> R<VectorValue<'ctx>> {
-        let even: Vec<u32> = (0..16).map(|i| 2 * i).collect();
-        let odd: Vec<u32> = (0..16).map(|i| 2 * i + 1).collect();
-        let pairs = |a: VectorValue<'ctx>, b: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-            Ok(self.b.build_float_add(self.shuf(a, b, &even)?, self.shuf(a, b, &odd)?, "")?)
+        let dot = self.b.build_int_add(chains[0], chains[1], "")?;
+        let f = self.b.build_signed_int_to_float(dot, self.vf32(16), "")?;
+        let sv = self.splat_scalar(s, self.vf32(16))?;
+        let scale = match wscales {
+            Some(ws) => self.b.build_float_mul(sv, ws, "")?,
+            None => sv,
         };
-        // Lane i of (lh, rs): row 4 lh + i / 4 + 8 rs, column group i % 4.
-        let rows_of_set = |rs: usize| pairs(acc[rs], acc[2 + rs]);
-        pairs(rows_of_set(0)?, rows_of_set(1)?)
+        self.fma(f, scale, acc)
     }
 
     /// Writes one row's 16 outputs: `acc` reduced, times the per-channel scales if given, plus
@@ -227,14 +217,15 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     fn vn_finish(
         &self,
         f: FunctionValue<'ctx>,
-        acc: &[VectorValue<'ctx>],
+        acc: VectorValue<'ctx>,
         per_channel: Option<VectorValue<'ctx>>,
         first: IntValue<'ctx>,
         bias16: VectorValue<'ctx>,
         yrow: PointerValue<'ctx>,
         (n0, ne): (IntValue<'ctx>, IntValue<'ctx>),
     ) -> R<()> {
-        let mut vals = self.vn_reduce(acc)?;
+        let natural: Vec<u32> = (0..16).map(|n| (0..16).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect();
+        let mut vals = self.shuf(acc, acc, &natural)?;
         if let Some(s) = per_channel {
             vals = self.b.build_float_mul(vals, s, "")?;
         }
@@ -311,24 +302,22 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let x0 = self.vn_xrows(x, m, r0, kt)?;
         let xr: Vec<XRows<'ctx>> = (0..rows as u64).map(|r| self.xrows_next(&x0, r, kt)).collect::<R<_>>()?;
         let grouped = plan.groups > 1;
-        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); 4 * rows as usize];
+        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rows as usize];
         let acc = self.for_loop(f, self.i64c(0), self.i64c(kt), init, &mut |g, t, carried| {
             let codes = g.vn_codes(plan, table, packed, g.add(tile0, t)?)?;
             let ws = if grouped { Some(g.vn_group_scales(plan, scales, t, n0, inv_units)?) } else { None };
-            let mut acc: Vec<VectorValue<'ctx>> = carried.iter().map(|v| v.into_vector_value()).collect();
-            for (r, x) in xr.iter().enumerate() {
-                g.vn_row_tile(x, t, &mut |i| Ok(codes[i]), ws.as_deref(), &mut acc[4 * r..4 * r + 4])?;
-            }
-            Ok(acc.into_iter().map(Into::into).collect())
+            xr.iter()
+                .zip(&carried)
+                .map(|(x, acc)| Ok(g.vn_row_tile(x, t, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
+                .collect()
         })?;
         let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
         let bias16 = self.bias16(f, bias, n0, valid)?;
         let per_channel = self.vn_per_channel(plan, scales, n0, inv_units)?;
         let first = self.ctx.bool_type().const_int(1, false);
-        for r in 0..rows as usize {
-            let a: Vec<VectorValue<'ctx>> = acc[4 * r..4 * r + 4].iter().map(|v| v.into_vector_value()).collect();
+        for (r, a) in acc.iter().enumerate() {
             let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            self.vn_finish(f, &a, per_channel, first, bias16, yrow, (n0, ne))?;
+            self.vn_finish(f, a.into_vector_value(), per_channel, first, bias16, yrow, (n0, ne))?;
         }
         self.b.build_return(None)?;
         Ok(f)
@@ -403,29 +392,26 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let xr: Vec<XRows<'ctx>> = (0..rows as u64).map(|r| self.xrows_next(&x0, r, kt)).collect::<R<_>>()?;
         let grouped = plan.groups > 1;
         let bytes = self.ctx.i8_type().vec_type(64);
-        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); 4 * rows as usize];
+        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rows as usize];
         let acc = self.for_loop(f, self.i64c(0), count, init, &mut |g, ti, carried| {
             let tile = g.add(kt0, ti)?;
             let src = g.gep(panel, g.mul(ti, TILE_CODE_BYTES)?)?;
             let ws = if grouped { Some(g.vn_group_scales(plan, scales, tile, n0, inv_units)?) } else { None };
-            let mut acc: Vec<VectorValue<'ctx>> = carried.iter().map(|v| v.into_vector_value()).collect();
-            for (r, x) in xr.iter().enumerate() {
-                // Each row reloads the codes through its own laundered pointer: they feed
-                // `vpdpbusd` from memory instead of 8 registers kept live across rows.
-                let src = g.launder(src)?;
-                let mut codes =
-                    |i: usize| -> R<VectorValue<'ctx>> { Ok(g.load(bytes, g.gep(src, g.i64c(64 * i as u64))?, 64)?.into_vector_value()) };
-                g.vn_row_tile(x, tile, &mut codes, ws.as_deref(), &mut acc[4 * r..4 * r + 4])?;
-            }
-            Ok(acc.into_iter().map(Into::into).collect())
+            // The tile's 8 code vectors stay in registers for every row (the activations come
+            // from memory as `vpdpbusd` broadcast operands).
+            let codes: Vec<VectorValue<'ctx>> =
+                (0..8).map(|i| Ok(g.load(bytes, g.gep(src, g.i64c(64 * i as u64))?, 64)?.into_vector_value())).collect::<R<_>>()?;
+            xr.iter()
+                .zip(&carried)
+                .map(|(x, acc)| Ok(g.vn_row_tile(x, tile, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
+                .collect()
         })?;
         let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
         let bias16 = self.bias16(f, bias, n0, valid)?;
         let per_channel = self.vn_per_channel(plan, scales, n0, inv_units)?;
-        for r in 0..rows as usize {
-            let a: Vec<VectorValue<'ctx>> = acc[4 * r..4 * r + 4].iter().map(|v| v.into_vector_value()).collect();
+        for (r, a) in acc.iter().enumerate() {
             let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            self.vn_finish(f, &a, per_channel, first, bias16, yrow, (n0, ne))?;
+            self.vn_finish(f, a.into_vector_value(), per_channel, first, bias16, yrow, (n0, ne))?;
         }
         self.b.build_return(None)?;
         Ok(f)
@@ -438,12 +424,16 @@ mod tests {
 
     #[test]
     fn controls_pick_the_layout_bits() {
-        // Row g of a lane holds e4, e0, e5, e1 (nibbles at bits 4, 8, 20, 24 of the word).
-        assert_eq!(nibble_controls(0), [4, 8, 20, 24, 36, 40, 52, 56]);
-        assert_eq!(nibble_controls(1), [0, 12, 16, 28, 32, 44, 48, 60]);
-        // Half 1, pair 3, even code: field at bit 0, rotated 4 up (60 wraps to bit 0 at bit 4).
-        assert_eq!(field_controls(1, 1)[0], 60);
+        // Row g's e4, e0, e5, e1 (nibbles at bits 4, 8, 20, 24 of the word), then row g + 8's
+        // e6, e2, e7, e3 (bits 0, 12, 16, 28); the second word 32 bits up.
+        assert_eq!(nibble_controls(0), [4, 8, 20, 24, 0, 12, 16, 28]);
+        assert_eq!(nibble_controls(1), [36, 40, 52, 56, 32, 44, 48, 60]);
+        // Half 1, e6 (pair 3, even): field at bit 0, rotated 4 up (60 wraps to bit 0 at bit 4).
+        assert_eq!(field_controls(1, 0)[4], 60);
         assert_eq!(field_controls(1, 1)[4], 28);
+        let mut rows: Vec<usize> = (0..16).map(lane_row).collect();
+        rows.sort_unstable();
+        assert_eq!(rows, (0..16).collect::<Vec<_>>());
     }
 
     #[test]
