@@ -110,7 +110,9 @@ struct CompileArgs {
     /// per output channel, and NVRTC 13.0: scripts/setup.sh installs it), or all (both).
     #[arg(long, value_name = "cpu|cuda|all", default_value = "cpu")]
     target: String,
-    /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), or native (this machine).
+    /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), x86-64-v4-vnni (AVX-512 with
+    /// VBMI and VNNI: Ice Lake, Zen 4 and later; fastest int8 activations), or native (this machine). The artifact
+    /// records the features its code needs and refuses to load on a CPU without them.
     #[arg(long, value_name = "CPU", default_value = "x86-64-v3")]
     cpu: String,
     /// What the CPU kernels multiply the weights with: f32 (exact), or int8 (activations quantized per row and block
@@ -461,7 +463,8 @@ fn compile(args: &CompileArgs) -> Result<()> {
         "native" => fpx::llvm::CpuTarget::Native,
         "x86-64-v3" => fpx::llvm::CpuTarget::X86_64V3,
         "x86-64-v4" => fpx::llvm::CpuTarget::X86_64V4,
-        other => bail!("--cpu '{other}': choose native, x86-64-v3 or x86-64-v4"),
+        "x86-64-v4-vnni" => fpx::llvm::CpuTarget::X86_64V4Vnni,
+        other => bail!("--cpu '{other}': choose native, x86-64-v3, x86-64-v4 or x86-64-v4-vnni"),
     };
     let activations = parse_activations(&args.activations)?;
     let options = fpx::CompileOptions {

@@ -1,6 +1,6 @@
 //! Prints the generated IR (unoptimized) or assembly (after O3) of one kernel spec.
 //!
-//! `cargo run -p fpx-llvm --release --example emit_asm -- [--ir | --so PATH] FORMAT K N GROUP [native|v3|v4] [f32|int8]`
+//! `cargo run -p fpx-llvm --release --example emit_asm -- [--ir | --so PATH] FORMAT K N GROUP [native|v3|v4|v4vnni] [f32|int8]`
 //! (`--so PATH` writes the linked shared library instead).
 
 use fpx_llvm::{compile_cpu, emit_ir_and_asm, Activations, CpuTarget, KernelSpec};
@@ -18,7 +18,7 @@ fn main() {
     } else {
         None
     };
-    let usage = "usage: emit_asm [--ir | --so PATH] FORMAT K N GROUP [native|v3|v4] [f32|int8]";
+    let usage = "usage: emit_asm [--ir | --so PATH] FORMAT K N GROUP [native|v3|v4|v4vnni] [f32|int8]";
     let format = Format::parse(args.first().expect(usage)).expect("unknown format");
     let num = |i: usize| args.get(i).expect(usage).parse::<usize>().expect("number");
     let activations = args.get(5).map_or(Activations::F32, |a| Activations::parse(a).expect("activations: f32 or int8"));
@@ -26,6 +26,7 @@ fn main() {
     let target = match args.get(4).map(String::as_str) {
         None | Some("v3") => CpuTarget::X86_64V3,
         Some("v4") => CpuTarget::X86_64V4,
+        Some("v4vnni") => CpuTarget::X86_64V4Vnni,
         Some("native") => CpuTarget::Native,
         Some(t) => panic!("unknown target {t}"),
     };

@@ -1,7 +1,7 @@
 //! Times the FP6 (e3m2, per-channel) GEMV kernel at M = 1 (and a few larger M) with 1 and 2
 //! threads splitting N, and prints GB/s of packed weight bytes read.
 //!
-//! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4] [--sizes 4096,8192] [--reps N]
+//! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4|v4vnni] [--sizes 4096,8192] [--reps N]
 //!  [--ms 1,8,32] [--format fp6-e2m3] [--activations f32|int8] [--variant gemv|gemm|both]`
 //!
 //! "cold" rotates over enough copies of the weight to exceed the last-level cache, so every
@@ -112,6 +112,7 @@ fn main() {
         None | Some("native") => CpuTarget::Native,
         Some("v3") => CpuTarget::X86_64V3,
         Some("v4") => CpuTarget::X86_64V4,
+        Some("v4vnni") => CpuTarget::X86_64V4Vnni,
         Some(t) => panic!("unknown target {t}"),
     };
     let sizes: Vec<usize> = get("--sizes").unwrap_or_else(|| "4096,8192".into()).split(',').map(|s| s.parse().unwrap()).collect();

@@ -19,6 +19,9 @@ pub enum CpuTarget {
     X86_64V3,
     /// x86-64-v4: v3 plus AVX-512 F, BW, CD, DQ, VL (Skylake-X, Zen 4 and later).
     X86_64V4,
+    /// x86-64-v4 plus AVX-512 VBMI and VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later): the
+    /// portable way to the 512-bit int8-activation kernels.
+    X86_64V4Vnni,
 }
 
 /// Instruction-set parameters the code generator specializes to.
@@ -51,7 +54,7 @@ impl Isa {
 pub(crate) struct Machine {
     /// The LLVM target machine (PIC, O3).
     pub tm: TargetMachine,
-    /// LLVM CPU name.
+    /// The name the library records: the LLVM CPU name, or the named target's (`x86-64-v4-vnni`).
     pub cpu: String,
     /// Features the emitted code may use, as `is_x86_feature_detected!` names.
     pub required_features: Vec<String>,
@@ -62,6 +65,8 @@ pub(crate) struct Machine {
 const V3_FEATURES: [&str; 13] =
     ["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt", "movbe"];
 const V4_EXTRA: [&str; 5] = ["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"];
+/// What the 512-bit int8 kernels need beyond x86-64-v4.
+const VNNI_EXTRA: [&str; 2] = ["avx512vbmi", "avx512vnni"];
 
 /// LLVM feature names and the `is_x86_feature_detected!` names they are checked under; host
 /// features not in this table do not affect the code fpx generates and are not recorded.
@@ -214,6 +219,10 @@ pub(crate) fn machine(target: CpuTarget) -> Result<Machine, LlvmError> {
             let required = V3_FEATURES.iter().chain(V4_EXTRA.iter()).copied().collect();
             ("x86-64-v4".to_string(), String::new(), required, Isa::avx512())
         }
+        CpuTarget::X86_64V4Vnni => {
+            let required = V3_FEATURES.iter().chain(V4_EXTRA.iter()).chain(VNNI_EXTRA.iter()).copied().collect();
+            ("x86-64-v4".to_string(), "+avx512vbmi,+avx512vnni".to_string(), required, Isa { vnni8: true, ..Isa::avx512() })
+        }
         CpuTarget::Native => {
             let cpu = TargetMachine::get_host_cpu_name().to_string();
             let features = TargetMachine::get_host_cpu_features().to_string();
@@ -223,7 +232,7 @@ pub(crate) fn machine(target: CpuTarget) -> Result<Machine, LlvmError> {
                 return Err(LlvmError::Llvm(format!("the host CPU ({cpu}) lacks AVX2, FMA or F16C, which fpx's CPU kernels need")));
             }
             let isa = if V4_EXTRA.iter().all(|f| has(f)) {
-                Isa { vnni8: has("avx512vbmi") && has("avx512vnni"), ..Isa::avx512() }
+                Isa { vnni8: VNNI_EXTRA.iter().all(|f| has(f)), ..Isa::avx512() }
             } else {
                 Isa::avx2()
             };
@@ -233,6 +242,7 @@ pub(crate) fn machine(target: CpuTarget) -> Result<Machine, LlvmError> {
         }
     };
     let tm = create(&cpu, &llvm_features)?;
+    let cpu = if target == CpuTarget::X86_64V4Vnni { "x86-64-v4-vnni".to_string() } else { cpu };
     Ok(Machine { tm, cpu, required_features: required.iter().map(|s| s.to_string()).collect(), isa })
 }
 

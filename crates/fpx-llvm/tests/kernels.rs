@@ -284,33 +284,31 @@ fn host_has_vnni8(what: &str) -> bool {
 #[test]
 fn fp6_e2m3_int8_activations_vnni() {
     if host_has_vnni8("the VNNI fp6-e2m3 int8 kernels") {
-        check_format_int8(Format::Fp6E2M3, CpuTarget::Native);
+        check_format_int8(Format::Fp6E2M3, CpuTarget::X86_64V4Vnni);
     }
 }
 
 #[test]
 fn int4_and_fp4_int8_activations_vnni() {
     if host_has_vnni8("the VNNI 4-bit int8 kernels") {
-        check_format_int8(Format::Int4, CpuTarget::Native);
-        check_format_int8(Format::Fp4E2M1, CpuTarget::Native);
+        check_format_int8(Format::Int4, CpuTarget::X86_64V4Vnni);
+        check_format_int8(Format::Fp4E2M1, CpuTarget::X86_64V4Vnni);
     }
 }
 
-/// Native code on a VBMI + VNNI host takes the 512-bit int8 path (and the portable v4 target
-/// does not); ragged groups keep the 256-bit path.
+/// x86-64-v4-vnni code (and native code on a VBMI + VNNI host) takes the 512-bit int8 path;
+/// plain x86-64-v4 code does not.
 #[test]
 fn vnni_int8_path_is_chosen_by_target() {
-    if !host_has_vnni8("the VNNI code-path check") {
-        return;
-    }
-    let specs = [spec8(Format::Fp6E2M3, 100, 40, 0)];
-    let (_, native) = fpx_llvm::emit_ir_and_asm(&specs, CpuTarget::Native).unwrap();
-    assert!(
-        native.contains("vpdpbusd") && native.contains("vpermb") && native.contains("vpmultishiftqb"),
-        "native int8 code lacks VNNI/VBMI"
-    );
-    let (_, v4) = fpx_llvm::emit_ir_and_asm(&specs, CpuTarget::X86_64V4).unwrap();
+    let asm = |specs: &[KernelSpec], target| fpx_llvm::emit_ir_and_asm(specs, target).unwrap().1;
+    let vnni = |a: &str| a.contains("vpdpbusd") && a.contains("vpermb") && a.contains("vpmultishiftqb");
+    let aligned = [spec8(Format::Fp6E2M3, 100, 40, 0)];
+    assert!(vnni(&asm(&aligned, CpuTarget::X86_64V4Vnni)), "x86-64-v4-vnni int8 code lacks VNNI/VBMI");
+    let v4 = asm(&aligned, CpuTarget::X86_64V4);
     assert!(!v4.contains("vpdpbusd") && v4.contains("vpmaddubsw"), "x86-64-v4 int8 code must not need VNNI");
+    if host_has_vnni8("the native VNNI code-path check") {
+        assert!(vnni(&asm(&aligned, CpuTarget::Native)), "native int8 code on a VNNI host lacks VNNI/VBMI");
+    }
 }
 
 /// Int8 activations stay close to the `f32` kernel on the same weights: the relative RMS
@@ -401,6 +399,11 @@ fn v4_target_runs_where_supported() {
 }
 
 #[test]
+fn v4_vnni_target_runs_where_supported() {
+    check_target(CpuTarget::X86_64V4Vnni);
+}
+
+#[test]
 fn compiled_library_describes_itself() {
     let specs = few_specs();
     let mut doubled = specs.clone();
@@ -420,6 +423,11 @@ fn compiled_library_describes_itself() {
     assert_eq!(spec(Format::Fp6E3M2, 384, 1536, 0).symbol(Variant::Gemv), "fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv");
     let v4 = compile_cpu(&specs[..1], CpuTarget::X86_64V4).unwrap();
     assert!(v4.features.iter().any(|x| x == "avx512bw"));
+    let vnni = compile_cpu(&specs[..1], CpuTarget::X86_64V4Vnni).unwrap();
+    assert_eq!(vnni.target, "x86-64-v4-vnni");
+    for f in ["avx512bw", "avx512vbmi", "avx512vnni"] {
+        assert!(vnni.features.iter().any(|x| x == f), "{f} missing from {:?}", vnni.features);
+    }
 }
 
 #[test]
