@@ -5,7 +5,8 @@
 //! offsets and the dequantization bit tricks are compile-time constants. [`compile_cpu`] builds
 //! one module holding every requested kernel in both [`Variant`]s, runs LLVM's O3 pipeline for
 //! a [`CpuTarget`], emits an object and links it with `cc -shared`; the caller stores the
-//! returned bytes (the artifact) and a loader `dlopen`s them after checking [`host_supports`].
+//! returned bytes (the artifact) and a loader `dlopen`s them after checking that the host has
+//! every feature in [`CompiledCpu::features`] (fpx-runtime's `missing_cpu_features`).
 //!
 //! # What a kernel computes
 //!
@@ -95,7 +96,7 @@ use std::fmt;
 use fpx_quant::Format;
 
 pub use fpx_quant::act8::Activations;
-pub use target::{host_cpu, host_supports, CpuTarget};
+pub use target::{host_cpu, CpuTarget};
 
 /// Why kernels could not be generated, compiled or linked.
 #[derive(Debug, thiserror::Error)]

@@ -107,90 +107,6 @@ const FEATURE_NAMES: [(&str, &str); 34] = [
     ("avx512fp16", "avx512fp16"),
 ];
 
-/// Whether this process's CPU has `feature` (an `is_x86_feature_detected!` name); `None` for
-/// a name fpx does not know.
-fn detect(feature: &str) -> Option<bool> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! known {
-            ($($name:tt),*) => {
-                match feature {
-                    $($name => Some(std::arch::is_x86_feature_detected!($name)),)*
-                    _ => None,
-                }
-            };
-        }
-        known!(
-            "sse3",
-            "ssse3",
-            "sse4.1",
-            "sse4.2",
-            "sse4a",
-            "popcnt",
-            "avx",
-            "avx2",
-            "fma",
-            "f16c",
-            "bmi1",
-            "bmi2",
-            "lzcnt",
-            "movbe",
-            "adx",
-            "aes",
-            "pclmulqdq",
-            "sha",
-            "gfni",
-            "vaes",
-            "vpclmulqdq",
-            "avx512f",
-            "avx512bw",
-            "avx512cd",
-            "avx512dq",
-            "avx512vl",
-            "avx512vbmi",
-            "avx512vbmi2",
-            "avx512vnni",
-            "avx512bitalg",
-            "avx512vpopcntdq",
-            "avx512ifma",
-            "avx512bf16",
-            "avx512fp16"
-        )
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = feature;
-        Some(false)
-    }
-}
-
-/// Checks that this CPU has every feature in `features` (names as in
-/// [`CompiledCpu::features`](crate::CompiledCpu::features)). `Err` names the missing (or
-/// unknown) features: a loader must refuse a library built for a CPU it is not running on.
-pub fn host_supports(features: &[String]) -> Result<(), String> {
-    let mut missing = Vec::new();
-    let mut unknown = Vec::new();
-    for f in features {
-        match detect(f) {
-            Some(true) => {}
-            Some(false) => missing.push(f.as_str()),
-            None => unknown.push(f.as_str()),
-        }
-    }
-    let mut parts = Vec::new();
-    if !missing.is_empty() {
-        parts.push(format!("this CPU lacks {}", missing.join(", ")));
-    }
-    if !unknown.is_empty() {
-        parts.push(format!("unknown CPU features {}", unknown.join(", ")));
-    }
-    if parts.is_empty() {
-        Ok(())
-    } else {
-        Err(parts.join("; "))
-    }
-}
-
 /// The host CPU as LLVM names it, and the features [`CpuTarget::Native`] code would require.
 pub fn host_cpu() -> (String, Vec<String>) {
     init();
@@ -262,23 +178,5 @@ mod tests {
     fn feature_strings_map_to_detect_names() {
         let f = host_features("+avx2,-avx512f,+bmi,+fma,+f16c,+cx16,+pclmul");
         assert_eq!(f, ["avx2", "fma", "f16c", "bmi1", "pclmulqdq"]);
-        for (_, name) in FEATURE_NAMES {
-            assert!(detect(name).is_some(), "{name}");
-        }
-    }
-
-    #[test]
-    fn host_cpu_reports_supported_features() {
-        let (name, features) = host_cpu();
-        assert!(!name.is_empty());
-        // Whatever LLVM reports for the host, this host has it.
-        assert_eq!(host_supports(&features), Ok(()), "{name}: {features:?}");
-    }
-
-    #[test]
-    fn host_supports_names_missing_features() {
-        assert!(host_supports(&[]).is_ok());
-        let err = host_supports(&["no-such-feature".to_string()]).unwrap_err();
-        assert!(err.contains("unknown CPU features no-such-feature"), "{err}");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use fpx_llvm::{compile_cpu, host_supports, Activations, CompiledCpu, CpuTarget, KernelSpec, Variant};
+use fpx_llvm::{compile_cpu, Activations, CompiledCpu, CpuTarget, KernelSpec, Variant};
 use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::{pack, PackedShape};
 use fpx_quant::{fold, quantize, Format, QuantConfig};
@@ -266,6 +266,26 @@ fn fp4_e2m1_int8_activations() {
 #[test]
 fn int4_int8_activations() {
     check_format_int8(Format::Int4, CpuTarget::X86_64V3);
+}
+
+/// `Err` naming what this CPU lacks of `features`, as the artifact loader checks them.
+fn host_supports(features: &[String]) -> Result<(), String> {
+    let missing = fpx_runtime::native::missing_cpu_features(features);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("this CPU lacks {}", missing.join(", ")))
+    }
+}
+
+/// Every feature LLVM reports for the host (what a `native` library records) is one the
+/// loader knows and finds on this host.
+#[test]
+fn loader_detects_every_host_feature() {
+    let (name, features) = fpx_llvm::host_cpu();
+    assert!(features.iter().any(|f| f == "sse3"), "{name}: {features:?}");
+    assert_eq!(host_supports(&features), Ok(()), "{name}: {features:?}");
+    assert!(host_supports(&["no-such-feature".to_string()]).is_err());
 }
 
 /// Whether this host runs the 512-bit VBMI + VNNI int8 kernels (`CpuTarget::Native` picks

@@ -96,6 +96,22 @@ struct XRows<'ctx> {
     c: PointerValue<'ctx>,
 }
 
+/// Yields a tile's 8 code vectors, given the tile's index in the row block and in the n-tile's K.
+type TileCodes<'s, 'm, 'ctx> = dyn FnMut(&Gen<'m, 'ctx>, IntValue<'ctx>, IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> + 's;
+
+/// A row block's inputs: the activation buffer `x` of `m` rows, the block's first row `r0` and
+/// row count, the K tiles `kt0 .. kt0 + count` it covers, and whether those start K (`first`:
+/// add the bias, else what y holds).
+struct RowsIn<'ctx> {
+    x: PointerValue<'ctx>,
+    m: IntValue<'ctx>,
+    r0: IntValue<'ctx>,
+    rows: u32,
+    kt0: IntValue<'ctx>,
+    count: IntValue<'ctx>,
+    first: IntValue<'ctx>,
+}
+
 impl<'m, 'ctx> Gen<'m, 'ctx> {
     fn bytes64(&self, vals: &[u8]) -> VectorValue<'ctx> {
         let i8t = self.ctx.i8_type();
@@ -263,6 +279,44 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         })
     }
 
+    /// The body of a row block: for each of `count` tiles from K tile `kt0`, the code vectors
+    /// from `codes(ti, tile)` (the tile relative to the block and to the n-tile's K) and every
+    /// row's products (activations from memory as `vpdpbusd` broadcast operands); then each
+    /// row's 16 outputs.
+    fn vn_rows_loop(
+        &self,
+        f: FunctionValue<'ctx>,
+        plan: &Plan,
+        inv_units: f32,
+        rin: &RowsIn<'ctx>,
+        (scales, bias, y, nt, ne): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        codes: &mut TileCodes<'_, 'm, 'ctx>,
+    ) -> R<()> {
+        let kt = plan.kt;
+        let n0 = self.mul(nt, 16)?;
+        let x0 = self.vn_xrows(rin.x, rin.m, rin.r0, kt)?;
+        let xr: Vec<XRows<'ctx>> = (0..rin.rows as u64).map(|r| self.xrows_next(&x0, r, kt)).collect::<R<_>>()?;
+        let grouped = plan.groups > 1;
+        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rin.rows as usize];
+        let acc = self.for_loop(f, self.i64c(0), rin.count, init, &mut |g, ti, carried| {
+            let tile = g.add(rin.kt0, ti)?;
+            let ws = if grouped { Some(g.vn_group_scales(plan, scales, tile, n0, inv_units)?) } else { None };
+            let codes = codes(g, ti, tile)?;
+            xr.iter()
+                .zip(&carried)
+                .map(|(x, acc)| Ok(g.vn_row_tile(x, tile, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
+                .collect()
+        })?;
+        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
+        let bias16 = self.bias16(f, bias, n0, valid)?;
+        let per_channel = self.vn_per_channel(plan, scales, n0, inv_units)?;
+        for (r, a) in acc.iter().enumerate() {
+            let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
+            self.vn_finish(f, a.into_vector_value(), per_channel, rin.first, bias16, yrow, (n0, ne))?;
+        }
+        Ok(())
+    }
+
     /// The n-tile function for `m ≤ DIRECT_ROWS`: every tile decoded in registers once, all
     /// rows accumulated from them.
     pub(super) fn vn_direct_ntile(&self, plan: &Plan, name: &str) -> R<FunctionValue<'ctx>> {
@@ -296,29 +350,12 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (packed, scales, bias, y) =
             (arg(3).into_pointer_value(), arg(4).into_pointer_value(), arg(5).into_pointer_value(), arg(6).into_pointer_value());
         let (nt, ne) = (arg(7).into_int_value(), arg(8).into_int_value());
-        let kt = plan.kt;
-        let n0 = self.mul(nt, 16)?;
-        let tile0 = self.mul(nt, kt)?;
-        let x0 = self.vn_xrows(x, m, r0, kt)?;
-        let xr: Vec<XRows<'ctx>> = (0..rows as u64).map(|r| self.xrows_next(&x0, r, kt)).collect::<R<_>>()?;
-        let grouped = plan.groups > 1;
-        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rows as usize];
-        let acc = self.for_loop(f, self.i64c(0), self.i64c(kt), init, &mut |g, t, carried| {
-            let codes = g.vn_codes(plan, table, packed, g.add(tile0, t)?)?;
-            let ws = if grouped { Some(g.vn_group_scales(plan, scales, t, n0, inv_units)?) } else { None };
-            xr.iter()
-                .zip(&carried)
-                .map(|(x, acc)| Ok(g.vn_row_tile(x, t, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
-                .collect()
+        let tile0 = self.mul(nt, plan.kt)?;
+        let rows_in =
+            RowsIn { x, m, r0, rows, kt0: self.i64c(0), count: self.i64c(plan.kt), first: self.ctx.bool_type().const_int(1, false) };
+        self.vn_rows_loop(f, plan, inv_units, &rows_in, (scales, bias, y, nt, ne), &mut |g, _, tile| {
+            g.vn_codes(plan, table, packed, g.add(tile0, tile)?)
         })?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let bias16 = self.bias16(f, bias, n0, valid)?;
-        let per_channel = self.vn_per_channel(plan, scales, n0, inv_units)?;
-        let first = self.ctx.bool_type().const_int(1, false);
-        for (r, a) in acc.iter().enumerate() {
-            let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            self.vn_finish(f, a.into_vector_value(), per_channel, first, bias16, yrow, (n0, ne))?;
-        }
         self.b.build_return(None)?;
         Ok(f)
     }
@@ -386,33 +423,13 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (kt0, count, first) = (arg(4).into_int_value(), arg(5).into_int_value(), arg(6).into_int_value());
         let (scales, bias, y) = (arg(7).into_pointer_value(), arg(8).into_pointer_value(), arg(9).into_pointer_value());
         let (nt, ne) = (arg(10).into_int_value(), arg(11).into_int_value());
-        let kt = plan.kt;
-        let n0 = self.mul(nt, 16)?;
-        let x0 = self.vn_xrows(x, m, r0, kt)?;
-        let xr: Vec<XRows<'ctx>> = (0..rows as u64).map(|r| self.xrows_next(&x0, r, kt)).collect::<R<_>>()?;
-        let grouped = plan.groups > 1;
         let bytes = self.ctx.i8_type().vec_type(64);
-        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rows as usize];
-        let acc = self.for_loop(f, self.i64c(0), count, init, &mut |g, ti, carried| {
-            let tile = g.add(kt0, ti)?;
+        let rows_in = RowsIn { x, m, r0, rows, kt0, count, first };
+        // The tile's 8 code vectors are loaded once and stay in registers for every row.
+        self.vn_rows_loop(f, plan, inv_units, &rows_in, (scales, bias, y, nt, ne), &mut |g, ti, _| {
             let src = g.gep(panel, g.mul(ti, TILE_CODE_BYTES)?)?;
-            let ws = if grouped { Some(g.vn_group_scales(plan, scales, tile, n0, inv_units)?) } else { None };
-            // The tile's 8 code vectors stay in registers for every row (the activations come
-            // from memory as `vpdpbusd` broadcast operands).
-            let codes: Vec<VectorValue<'ctx>> =
-                (0..8).map(|i| Ok(g.load(bytes, g.gep(src, g.i64c(64 * i as u64))?, 64)?.into_vector_value())).collect::<R<_>>()?;
-            xr.iter()
-                .zip(&carried)
-                .map(|(x, acc)| Ok(g.vn_row_tile(x, tile, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
-                .collect()
+            (0..8).map(|i| Ok(g.load(bytes, g.gep(src, g.i64c(64 * i as u64))?, 64)?.into_vector_value())).collect()
         })?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let bias16 = self.bias16(f, bias, n0, valid)?;
-        let per_channel = self.vn_per_channel(plan, scales, n0, inv_units)?;
-        for (r, a) in acc.iter().enumerate() {
-            let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            self.vn_finish(f, a.into_vector_value(), per_channel, first, bias16, yrow, (n0, ne))?;
-        }
         self.b.build_return(None)?;
         Ok(f)
     }
