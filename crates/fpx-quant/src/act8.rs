@@ -112,17 +112,6 @@ pub struct Int8Activations {
     k: usize,
 }
 
-/// For each of a block's 32 code bytes, the column it holds (the inverse of [`code_position`]).
-const COLUMN_AT: [usize; BLOCK] = {
-    let mut t = [0usize; BLOCK];
-    let mut c = 0;
-    while c < BLOCK {
-        t[code_position(c)] = c;
-        c += 1;
-    }
-    t
-};
-
 /// One row's parts of an [`Int8Activations`] buffer, to fill independently of other rows.
 #[derive(Debug)]
 pub struct RowMut<'a> {
@@ -133,28 +122,54 @@ pub struct RowMut<'a> {
 
 impl RowMut<'_> {
     /// Quantizes one row of `k` activations into this row's scales, corrections and codes.
+    /// Inlined, so that a caller compiled for a wider vector ISA (the runtime's AVX2 version)
+    /// vectorizes it; the results do not depend on the ISA.
+    #[inline(always)]
     pub fn quantize(self, row: &[f32]) {
-        // 1.5 · 2^23: adding and subtracting it rounds |v| < 2^22 to the nearest integer, ties
-        // to even, with plain SSE2 (f32::round is a library call on baseline x86-64).
-        const ROUND: f32 = 12_582_912.0;
         for (b, cols) in row.chunks(BLOCK).enumerate() {
             let mut v = [0f32; BLOCK];
             v[..cols.len()].copy_from_slice(cols);
-            let absmax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
-            let scale = if v.iter().any(|x| x.is_nan()) { f32::NAN } else { absmax / 127.0 };
-            let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
-            let mut q = [0i32; BLOCK];
-            for (q, x) in q.iter_mut().zip(&v) {
-                *q = ((x * inv + ROUND) - ROUND).clamp(-127.0, 127.0) as i32;
-            }
-            let sum: i32 = q.iter().sum();
+            let (scale, sum, bytes) = quantize_block(&v);
             self.scales[b] = scale.to_bits();
             self.corrections[b] = (sum * WEIGHT_OFFSET) as u32;
-            for (w, cols) in self.codes[b * BLOCK / 4..(b + 1) * BLOCK / 4].iter_mut().zip(COLUMN_AT.chunks_exact(4)) {
-                *w = u32::from_le_bytes([q[cols[0]] as u8, q[cols[1]] as u8, q[cols[2]] as u8, q[cols[3]] as u8]);
+            for (w, four) in self.codes[b * BLOCK / 4..(b + 1) * BLOCK / 4].iter_mut().zip(bytes.chunks_exact(4)) {
+                *w = u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
             }
         }
     }
+}
+
+/// One block: its scale (NaN if it holds a NaN, infinite if an infinity), the sum of its codes
+/// and the code bytes in [`code_position`] order. Written without branches per element so
+/// that it vectorizes.
+#[inline(always)]
+fn quantize_block(v: &[f32; BLOCK]) -> (f32, i32, [u8; BLOCK]) {
+    // 1.5 · 2^23: adding and subtracting it rounds |v| < 2^22 to the nearest integer, ties
+    // to even (f32::round is a library call on baseline x86-64).
+    const ROUND: f32 = 12_582_912.0;
+    // The largest |x| as bits: a NaN's exceed every number's, so a NaN makes the scale NaN.
+    let absmax = f32::from_bits(v.iter().fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff)));
+    let scale = absmax / 127.0;
+    let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
+    let mut q = [0i32; BLOCK];
+    if inv != 0.0 {
+        // Every x is finite here. x · inv + ROUND is ROUND + n exactly, n the rounded integer,
+        // whose bits are ROUND's plus n: no float-to-int conversion (which does not vectorize).
+        for (q, x) in q.iter_mut().zip(v) {
+            let y = (x * inv + ROUND).clamp(ROUND - 127.0, ROUND + 127.0);
+            *q = y.to_bits() as i32 - ROUND.to_bits() as i32;
+        }
+    }
+    let sum = q.iter().sum();
+    // code_position: per half of 16 columns, byte 2i holds column 8 + i and byte 2i + 1 column i.
+    let mut bytes = [0u8; BLOCK];
+    for half in 0..2 {
+        for i in 0..8 {
+            bytes[16 * half + 2 * i] = q[16 * half + 8 + i] as u8;
+            bytes[16 * half + 2 * i + 1] = q[16 * half + i] as u8;
+        }
+    }
+    (scale, sum, bytes)
 }
 
 impl Int8Activations {
@@ -252,6 +267,21 @@ mod tests {
         }
         for f in [Format::Fp6E3M2, Format::Fp8E4M3, Format::Fp8E5M2, Format::Int8] {
             assert_eq!(int8_units(f), None, "{f}");
+        }
+    }
+
+    #[test]
+    fn block_bytes_follow_code_position() {
+        let mut v = [0f32; BLOCK];
+        for (c, x) in v.iter_mut().enumerate() {
+            *x = c as f32 - 15.0;
+        }
+        v[31] = 127.0; // scale 1: every code is its column's value
+        let (scale, sum, bytes) = quantize_block(&v);
+        assert_eq!(scale, 1.0);
+        assert_eq!(sum, v.iter().map(|&x| x as i32).sum::<i32>());
+        for (c, &x) in v.iter().enumerate() {
+            assert_eq!(bytes[code_position(c)] as i8, x as i8, "column {c}");
         }
     }
 

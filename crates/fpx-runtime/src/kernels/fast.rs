@@ -53,22 +53,23 @@ macro_rules! multiversion {
         $(#[$attr])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn portable<$m: MulAdd>($($arg: $ty),*) $(-> $ret)? $body
+            fn portable<$m: $crate::kernels::fast::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    portable::<Fused>($($arg),*)
+                    portable::<$crate::kernels::fast::Fused>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: this CPU supports AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            portable::<Plain>($($arg),*)
+            portable::<$crate::kernels::fast::Plain>($($arg),*)
         }
     };
 }
+pub(crate) use multiversion;
 
 // ---------------------------------------------------------------------------------------------
 // Vectorizable scalar math (branch-free: both sides of each choice are computed, then selected).

@@ -2,7 +2,7 @@
 //! op schema registry (`fpx_ir::ops::OpRegistry`).
 
 mod elementwise;
-mod fast;
+pub(crate) mod fast;
 pub(crate) use fast::SendPtr;
 #[cfg(test)]
 mod fast_path_tests;
