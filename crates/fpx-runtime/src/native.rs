@@ -178,12 +178,22 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> fpx_quant::act8::Int8Activati
     q
 }
 
-crate::kernels::fast::multiversion! {
-    /// One row of activations quantized, vectorized for AVX2 where the CPU has it (the same
-    /// results either way: the quantizer uses no fused operations).
-    fn quantize_row<M>(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
-        row.quantize(x)
+/// One row of activations quantized, vectorized for AVX2 where the CPU has it (the same results
+/// either way: the quantizer uses no fused operations). Not AVX-512: its 512-bit version
+/// measured slower (the 32-column blocks fill one vector, and the byte interleave crosses lanes).
+fn quantize_row(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
+            row.quantize(x)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: this CPU supports AVX2.
+            return unsafe { avx2(row, x) };
+        }
     }
+    row.quantize(x)
 }
 
 /// Activations (elements) from which quantizing them is split across threads.

@@ -45,31 +45,45 @@ impl MulAdd for Fused {
     }
 }
 
-/// Defines `fn $name` that runs `$body` compiled for AVX2 and FMA (with `$m` = [`Fused`]) when
-/// the CPU has them, and for the baseline target (with `$m` = [`Plain`]) otherwise. Helpers the
+/// Defines `fn $name` that runs `$body` compiled for AVX-512 (F/BW/DQ/VL) or else AVX2, with FMA
+/// (`$m` = [`Fused`]), when the CPU has them, and for the baseline target (with `$m` =
+/// [`Plain`]) otherwise. The fused versions compute the same operations in the same order, so
+/// they give the same results; only the vector width differs. Helpers the
 /// body calls must be `#[inline(always)]` so they are compiled into both versions.
 macro_rules! multiversion {
     ($(#[$attr:meta])* $vis:vis fn $name:ident<$m:ident>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$attr])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn portable<$m: $crate::kernels::fast::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
+            fn portable<$m: MulAdd>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    portable::<Fused>($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    portable::<$crate::kernels::fast::Fused>($($arg),*)
+                    portable::<Fused>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: this CPU supports AVX-512 F/BW/DQ/VL and FMA.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: this CPU supports AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            portable::<$crate::kernels::fast::Plain>($($arg),*)
+            portable::<Plain>($($arg),*)
         }
     };
 }
-pub(crate) use multiversion;
 
 // ---------------------------------------------------------------------------------------------
 // Vectorizable scalar math (branch-free: both sides of each choice are computed, then selected).

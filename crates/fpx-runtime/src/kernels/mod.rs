@@ -2,7 +2,7 @@
 //! op schema registry (`fpx_ir::ops::OpRegistry`).
 
 mod elementwise;
-pub(crate) mod fast;
+mod fast;
 pub(crate) use fast::SendPtr;
 #[cfg(test)]
 mod fast_path_tests;
