@@ -127,8 +127,12 @@ impl RowMut<'_> {
     #[inline(always)]
     pub fn quantize(self, row: &[f32]) {
         for (b, cols) in row.chunks(BLOCK).enumerate() {
-            let mut v = [0f32; BLOCK];
-            v[..cols.len()].copy_from_slice(cols);
+            // Full blocks by value (a fixed-size copy); the last, partial one zero-padded.
+            let v: [f32; BLOCK] = cols.try_into().unwrap_or_else(|_| {
+                let mut v = [0f32; BLOCK];
+                v[..cols.len()].copy_from_slice(cols);
+                v
+            });
             let (scale, sum, bytes) = quantize_block(&v);
             self.scales[b] = scale.to_bits();
             self.corrections[b] = (sum * WEIGHT_OFFSET) as u32;
