@@ -38,9 +38,8 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
         /// Folder for the outputs (created if missing).
         #[arg(short, long, value_name = "DIR")]
         output_dir: PathBuf,
-        /// Where to run: cpu, or cuda (the GPU; whole-graph GPU execution is not built yet).
-        #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
         #[command(flatten)]
         quant: QuantArgs,
     },
@@ -142,11 +141,18 @@ struct BenchArgs {
     /// Print JSON (field names carry their unit, e.g. median_us).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[command(flatten)]
+    quant: QuantArgs,
+}
+
+/// `--device` of `fpx run` and `fpx bench`.
+#[derive(clap::Args)]
+struct DeviceArg {
     /// Where to run: cpu, or cuda (the GPU; whole-graph GPU execution is not built yet).
     #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
     device: String,
-    #[command(flatten)]
-    quant: QuantArgs,
 }
 
 /// Arguments of `fpx report`.
@@ -532,10 +538,10 @@ fn main() {
     let cli = Cli::parse();
     let res = match &cli.command {
         Command::Run { model, inputs, output_dir, device, quant } => {
-            check_device(device).and_then(|_| run(model, inputs, output_dir, quant))
+            check_device(&device.device).and_then(|_| run(model, inputs, output_dir, quant))
         }
         Command::Report(args) => report(args),
-        Command::Bench(args) => check_device(&args.device).and_then(|_| bench(args)),
+        Command::Bench(args) => check_device(&args.device.device).and_then(|_| bench(args)),
         Command::Compile(args) => compile(args),
         Command::Membw { threads, gib, json } => membw(*threads, *gib, *json),
         Command::Inspect { model, json, dump_ptx } => inspect(model, *json, dump_ptx.as_deref()),
