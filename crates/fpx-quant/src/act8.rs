@@ -197,6 +197,16 @@ impl Int8Activations {
         Int8Activations { words: vec![0u32; 2 * blocks + blocks * BLOCK / 4], rows: m, k }
     }
 
+    /// Rows of activations held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (the K of the product) per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Every row's parts of the buffer, in row order, to fill independently.
     pub fn rows_mut(&mut self) -> Vec<RowMut<'_>> {
         let kt = self.k_blocks();

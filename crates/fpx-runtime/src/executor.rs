@@ -5,7 +5,8 @@ use crate::native::{NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
 use fpx_ir::pass::NodeEvaluator;
 use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorType, ValueId};
-use std::collections::HashMap;
+use fpx_quant::act8::Int8Activations;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How one node runs: a reference kernel, or a natively compiled QuantMatMul.
@@ -46,6 +47,9 @@ pub struct CpuExecutor {
     _libraries: Vec<Arc<NativeLibrary>>,
     /// For each value, the index of the last step that reads it (values not read: none).
     last_use: HashMap<ValueId, usize>,
+    /// Values that two or more int8-activation native steps multiply (e.g. one layer's Q, K and
+    /// V projections): quantized once per run and shared.
+    shared_act8: HashSet<ValueId>,
 }
 
 impl std::fmt::Debug for CpuExecutor {
@@ -127,7 +131,16 @@ impl CpuExecutor {
                 (!slots.is_empty()).then_some(Consume { kernel, slots })
             })
             .collect();
-        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use })
+        let mut int8_readers: HashMap<ValueId, usize> = HashMap::new();
+        for (id, step) in &steps {
+            if let (Step::Native(q), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
+                if q.int8_activations {
+                    *int8_readers.entry(*x).or_default() += 1;
+                }
+            }
+        }
+        let shared_act8 = int8_readers.into_iter().filter(|&(_, n)| n > 1).map(|(v, _)| v).collect();
+        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_act8 })
     }
 
     /// The graph being run.
@@ -213,6 +226,7 @@ impl CpuExecutor {
         mut profile: Option<&mut Vec<NodeTiming>>,
     ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut live = self.bind_inputs(inputs)?;
+        let mut act8: Act8Cache = HashMap::new();
         let keep: Vec<ValueId> = self.graph.outputs.clone();
         for (i, (id, step)) in self.steps.iter().enumerate() {
             let node = self.graph.node(*id);
@@ -252,7 +266,10 @@ impl CpuExecutor {
                 let result = match (step, owned) {
                     (Step::Kernel(_), Some((slot, t, by_value))) => by_value(node, &args, slot, t),
                     (Step::Kernel(kernel), None) => kernel(node, &args),
-                    (Step::Native(q), _) => run_native(q, node, &args),
+                    (Step::Native(q), _) => {
+                        let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_act8.contains(x));
+                        run_native(q, node, &args, shared.map(|x| (x, &mut act8)))
+                    }
                 };
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
             };
@@ -275,8 +292,11 @@ impl CpuExecutor {
                 live.insert(*v, Arc::new(t));
             }
             for v in node.inputs.iter().flatten() {
-                if self.last_use.get(v) == Some(&i) && !keep.contains(v) {
-                    live.remove(v);
+                if self.last_use.get(v) == Some(&i) {
+                    act8.remove(v);
+                    if !keep.contains(v) {
+                        live.remove(v);
+                    }
                 }
             }
         }
@@ -306,8 +326,17 @@ impl CpuExecutor {
     }
 }
 
-/// Runs a QuantMatMul node through its compiled kernel.
-fn run_native(q: &NativeQmm, node: &Node, args: &[Option<&Tensor>]) -> Result<Vec<Tensor>, KernelError> {
+/// Int8 activations of shared values ([`CpuExecutor`]'s `shared_act8`) during one run.
+type Act8Cache = HashMap<ValueId, Int8Activations>;
+
+/// Runs a QuantMatMul node through its compiled kernel. With `shared`, its X is a value other
+/// int8 steps also read: its quantized form comes from (or goes into) the cache.
+fn run_native(
+    q: &NativeQmm,
+    node: &Node,
+    args: &[Option<&Tensor>],
+    shared: Option<(ValueId, &mut Act8Cache)>,
+) -> Result<Vec<Tensor>, KernelError> {
     let get = |i: usize| args.get(i).copied().flatten().ok_or_else(|| KernelError::new(format!("input {i} is required")));
     let (x, packed, scales) = (get(0)?, get(1)?, get(2)?);
     let (k, n) = (node.attr_i("k", 0) as usize, node.attr_i("n", 0) as usize);
@@ -329,7 +358,8 @@ fn run_native(q: &NativeQmm, node: &Node, args: &[Option<&Tensor>]) -> Result<Ve
     let mut y = vec![0f32; m * n];
     let p = p.as_standard_layout();
     let s = s.as_standard_layout();
-    q.run(xv, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
+    let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| q.quantize(xv, m, k)));
+    q.run_with(xv, prepared, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
     let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));

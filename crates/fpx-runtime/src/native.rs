@@ -4,6 +4,7 @@
 
 use crate::kernels::SendPtr;
 use crate::{KernelError, RuntimeError};
+use fpx_quant::act8::Int8Activations;
 use std::ffi::CString;
 use std::path::PathBuf;
 
@@ -125,14 +126,42 @@ impl NativeQmm {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        self.run_with(x, None, m, k, n, packed, scales, bias, y)
+    }
+
+    /// `x` quantized as the int8 kernels take it (rows in parallel when there are many); for
+    /// [`NativeQmm::run_with`] when several kernels multiply the same `x`.
+    pub fn quantize(&self, x: &[f32], m: usize, k: usize) -> Int8Activations {
+        quantize_rows(x, m, k)
+    }
+
+    /// [`NativeQmm::run`], with `x` already quantized (`prepared`, from [`NativeQmm::quantize`]
+    /// of the same `x`) when the kernels take int8 activations; quantized here when `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with(
+        &self,
+        x: &[f32],
+        prepared: Option<&Int8Activations>,
+        m: usize,
+        k: usize,
+        n: usize,
+        packed: &[u8],
+        scales: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
         if x.len() != m * k || y.len() != m * n || bias.is_some_and(|b| b.len() != n) {
             return Err(KernelError::new(format!("native kernel: buffers do not match m={m}, k={k}, n={n}")));
+        }
+        if prepared.is_some_and(|q| q.rows() != m || q.k() != k) {
+            return Err(KernelError::new(format!("native kernel: the quantized activations are not {m} x {k}")));
         }
         if m == 0 || n == 0 {
             return Ok(());
         }
         let f = if m <= GEMV_MAX_M { self.gemv } else { self.gemm };
-        let int8 = self.int8_activations.then(|| quantize_rows(x, m, k));
+        let owned = (self.int8_activations && prepared.is_none()).then(|| quantize_rows(x, m, k));
+        let int8 = if self.int8_activations { prepared.or(owned.as_ref()) } else { None };
         let threads = rayon::current_num_threads().max(1);
         let tiles = n.div_ceil(16);
         let per = tiles.div_ceil(threads).max(1);
@@ -142,7 +171,7 @@ impl NativeQmm {
             let (b, e) = ((t * per * 16).min(n), ((t + 1) * per * 16).min(n));
             if b < e {
                 let o = &out;
-                let x_ptr = int8.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
+                let x_ptr = int8.map_or(x.as_ptr(), |q| q.as_ptr());
                 // SAFETY: buffers were checked against m, k, n above (the int8 buffer was built
                 // from them); each call writes only columns [b, e) of every row, disjoint across
                 // threads (threads share the output through `SendPtr`).
@@ -166,9 +195,9 @@ impl NativeQmm {
 
 /// Int8 activations for the kernels ([`fpx_quant::act8`]), rows quantized in parallel on the
 /// current rayon pool when there are many.
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> fpx_quant::act8::Int8Activations {
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> Int8Activations {
     use rayon::prelude::*;
-    let mut q = fpx_quant::act8::Int8Activations::zeroed(m, k);
+    let mut q = Int8Activations::zeroed(m, k);
     let rows = q.rows_mut();
     if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
         rows.into_par_iter().enumerate().for_each(|(r, row)| quantize_row(row, &x[r * k..(r + 1) * k]));
