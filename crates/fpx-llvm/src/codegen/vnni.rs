@@ -113,12 +113,14 @@ struct RowsIn<'ctx> {
 }
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
+    /// A `<64 x i8>` constant repeating `vals`.
     fn bytes64(&self, vals: &[u8]) -> VectorValue<'ctx> {
         let i8t = self.ctx.i8_type();
         let v: Vec<IntValue<'ctx>> = (0..64).map(|i| i8t.const_int(vals[i % vals.len()] as u64, false)).collect();
         VectorType::const_vector(&v)
     }
 
+    /// Calls the intrinsic `name` (not overloaded) and returns its vector result.
     fn call_vec(&self, name: &str, args: &[BasicValueEnum<'ctx>]) -> R<VectorValue<'ctx>> {
         let f = self.intrinsic(name, &[])?;
         Ok(self.call(f, args)?.expect("intrinsic returns").into_vector_value())
