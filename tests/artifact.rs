@@ -132,13 +132,16 @@ fn native_artifacts_load_on_this_host() {
         let opts = CompileOptions { cpu: fpx::llvm::CpuTarget::Native, ..opts };
         artifact_matches_reference(&ex.join("model.onnx"), x.clone(), &opts, 1e-5);
     }
-    // The portable VNNI target: recorded by name, and bit-exact where it runs.
+    // The portable VNNI target: recorded by name; where it runs, it equals the reference path
+    // and gives exactly the outputs of the AVX2 int8 kernels.
     let opts = CompileOptions { cpu: fpx::llvm::CpuTarget::X86_64V4Vnni, ..int8(Format::Fp6E2M3) };
     let compiled = fpx::compile(&ex.join("model.onnx"), &opts).unwrap();
     assert_eq!(compiled.contents.cpu[0].target, "x86-64-v4-vnni");
     match fpx::runtime::native::missing_cpu_features(&compiled.contents.cpu[0].features) {
         missing if missing.is_empty() => {
-            artifact_matches_reference(&ex.join("model.onnx"), x, &opts, 1e-5);
+            let vnni = artifact_matches_reference(&ex.join("model.onnx"), x.clone(), &opts, 1e-5);
+            let avx2 = fpx::compile(&ex.join("model.onnx"), &int8(Format::Fp6E2M3)).unwrap().load().unwrap().run(x).unwrap();
+            assert_eq!(vnni, avx2, "512-bit VNNI and AVX2 int8 kernels must agree bit for bit");
         }
         missing => skip("native_artifacts_load_on_this_host (x86-64-v4-vnni part)", &format!("this CPU lacks {missing:?}")),
     }

@@ -82,7 +82,7 @@
 //!   two `vpmultishiftqb` pick each code's nibble and high-plane field, a `vpternlogd` merges
 //!   them, `vpermb` maps the code to its unsigned byte and `vpdpbusd` multiplies it by the
 //!   activation group broadcast from memory. Each tile's exact `i32` dot product is converted
-//!   once, as in the reference kernel, so results match it bit for bit. `m ≤ 8` streams each
+//!   once, as in the AVX2 int8 kernels, so both give bit-identical results. `m ≤ 8` streams each
 //!   tile once from registers; larger `m` decodes 16 tiles into an 8 KiB panel that blocks of
 //!   8 rows reuse (see `codegen/vnni.rs`).
 #![deny(missing_docs)]

@@ -19,8 +19,9 @@
 //!
 //! After the 8 `(j, t)` steps each lane holds its row's exact `i32` dot product over the
 //! tile's 32 columns (the chain for `j = 0` starts at `-64 · Σ codes`, the correction); it is
-//! converted once and multiplied by the activation scale, the reference kernel's operations
-//! in its order, so results equal the reference bit for bit. When `m` is at most
+//! converted once and multiplied by the activation scale: the AVX2 int8 kernels' operations
+//! in their order, so both give bit-identical results (an artifact's outputs do not depend on
+//! which of the two its CPU runs). When `m` is at most
 //! [`DIRECT_ROWS`] every tile is decoded in registers and streamed once; otherwise
 //! [`PANEL_TILES`] tiles at a time are decoded into an 8 KiB panel that blocks of
 //! [`PANEL_ROWS`] rows reuse.
