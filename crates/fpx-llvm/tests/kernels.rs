@@ -316,6 +316,44 @@ fn int4_and_fp4_int8_activations_vnni() {
     }
 }
 
+/// The 512-bit VNNI and the 256-bit AVX2 int8 kernels compute the same operations in the same
+/// order: bit-identical outputs on every int8 shape and several m (direct and panel loops).
+#[test]
+fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
+    if !host_has_vnni8("the VNNI vs AVX2 int8 comparison") {
+        return;
+    }
+    let specs: Vec<KernelSpec> = SHAPES
+        .iter()
+        .filter(|s| s.2 % 32 == 0)
+        .flat_map(|&(k, n, g)| [spec8(Format::Fp6E2M3, k, n, g), spec8(Format::Int4, k, n, g)])
+        .collect();
+    let (v3, vnni) = (compile_cpu(&specs, CpuTarget::X86_64V3).unwrap(), compile_cpu(&specs, CpuTarget::X86_64V4Vnni).unwrap());
+    let (v3, vnni) = (Lib::load(&v3), Lib::load(&vnni));
+    for (i, s) in specs.iter().enumerate() {
+        let weight = Weight::new(*s, 700 + i as u64);
+        let bias = Lcg::new(800 + i as u64).normals(s.n);
+        for m in [1, 3, 8, 9, 40] {
+            let q = Int8Activations::quantize(&Lcg::new(900 + m as u64).normals(m * s.k), m, s.k);
+            let run = |lib: &Lib| {
+                let mut y = vec![f32::NAN; m * s.n];
+                let f = lib.kernel(&s.symbol(Variant::Gemm));
+                // SAFETY: buffers sized as the ABI requires.
+                unsafe {
+                    f(q.as_ptr(), m as i64, weight.packed.as_ptr(), weight.scales.as_ptr(), bias.as_ptr(), y.as_mut_ptr(), 0, s.n as i64)
+                };
+                y
+            };
+            let (a, b) = (run(&v3), run(&vnni));
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{}: m {m}: AVX2 and VNNI outputs differ",
+                s.symbol(Variant::Gemm)
+            );
+        }
+    }
+}
+
 /// x86-64-v4-vnni code (and native code on a VBMI + VNNI host) takes the 512-bit int8 path;
 /// plain x86-64-v4 code does not.
 #[test]
