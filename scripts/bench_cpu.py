@@ -136,7 +136,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-minilm", action="store_true", help="skip the MiniLM end-to-end section")
     p.add_argument("--membw-gib", type=int, default=1, help="GiB read by the bandwidth measurement (default 1)")
     p.add_argument("--recompile", action="store_true", help="recompile .fpx artifacts even if cached")
-    p.add_argument("--cpu", default="native", choices=["native", "x86-64-v3", "x86-64-v4"],
+    p.add_argument("--cpu", default="native", choices=["native", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"],
                    help="`fpx compile --cpu` for the artifacts (default native: the host's best vector code, as "
                         "onnxruntime picks its kernels for the host at run time)")
     p.add_argument("--ort-quantizer", choices=["auto", "official", "direct"], default="auto",

@@ -387,12 +387,11 @@ fn build_module<'ctx>(ctx: &'ctx Context, specs: &[KernelSpec], machine: &Machin
     module.set_data_layout(&machine.tm.get_target_data().get_data_layout());
     let gen = Gen { ctx, module: &module, b: ctx.create_builder(), isa: machine.isa, lanes: Lanes::new(machine.isa.w as usize) };
     // The int8 kernels are written for 256-bit vectors (AVX2 byte dot products), also on AVX-512.
-    let isa8 = Isa { w: 8, ..machine.isa };
+    let isa8 = Isa { w: 8, vnni8: false, ..machine.isa };
     let gen8 = Gen { ctx, module: &module, b: ctx.create_builder(), isa: isa8, lanes: Lanes::new(8) };
     for spec in specs {
         let plan = Plan::new(spec);
-        let int8_256 = spec.activations == Activations::Int8 && !(machine.isa.vnni8 && vnni::supported(&plan));
-        let g = if int8_256 { &gen8 } else { &gen };
+        let g = if spec.activations == Activations::Int8 && !vnni::runs(&machine.isa, &plan) { &gen8 } else { &gen };
         for variant in Variant::ALL {
             g.kernel(&plan, variant)?;
         }
@@ -1085,7 +1084,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let int8 = plan.spec.activations == Activations::Int8;
         // Int8 kernels share their loops between both exported symbols.
         let shared = plan.spec.symbol(Variant::Gemm);
-        let (direct, panel) = if int8 && self.isa.vnni8 && vnni::supported(plan) {
+        let (direct, panel) = if vnni::runs(&self.isa, plan) {
             (Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS)), self.vn_panel_ntile(plan, &shared)?)
         } else if int8 {
             (None, self.i8_ntile(plan, &shared)?)
@@ -1506,6 +1505,17 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
 
 // -------------------------------------------------------------------- int8 activations
 
+/// Where row `r`'s parts of an int8 activation buffer ([`fpx_quant::act8::Int8Activations`]
+/// of `m` rows: all scales, all corrections, then all codes) start.
+struct Act8Rows<'ctx> {
+    /// Codes: `32 · kt` bytes per row.
+    q: PointerValue<'ctx>,
+    /// Scales: `kt` `f32` per row.
+    s: PointerValue<'ctx>,
+    /// Corrections: `kt` `i32` per row.
+    c: PointerValue<'ctx>,
+}
+
 /// Bytes of one int8 panel tile: 16 vectors of 32 unsigned weight bytes (`weight + 64`), then
 /// two vectors of `f32` scales in accumulator lane order (grouped weights only).
 const I8_TILE_BYTES: u64 = 576;
@@ -1577,6 +1587,17 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'ctx> {
         let c = self.ctx.i8_type().const_int(x as u64, false);
         VectorType::const_vector(&vec![c; n as usize])
+    }
+
+    /// Row `r`'s parts of the int8 activation buffer `x` of `m` rows with `kt` blocks each.
+    fn act8_rows(&self, x: PointerValue<'ctx>, m: IntValue<'ctx>, r: IntValue<'ctx>, kt: u64) -> R<Act8Rows<'ctx>> {
+        let blocks = self.b.build_int_nsw_mul(m, self.i64c(kt), "")?;
+        let (corrections, codes) = (self.gep(x, self.mul(blocks, 4)?)?, self.gep(x, self.mul(blocks, 8)?)?);
+        Ok(Act8Rows {
+            q: self.gep(codes, self.mul(r, 32 * kt)?)?,
+            s: self.gep(x, self.mul(r, 4 * kt)?)?,
+            c: self.gep(corrections, self.mul(r, 4 * kt)?)?,
+        })
     }
 
     /// `p` passed through an empty inline asm: the same address, but LLVM cannot prove it, so
@@ -1717,10 +1738,6 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (f, NtileArgs { x, m, packed, scales, bias, y, nt, ne }) = self.ntile_function(&fname);
         let panel = self.aligned_alloca(self.ctx.i8_type().array_type((I8_PANEL_TILES * I8_TILE_BYTES) as u32), "i8panel")?;
         let kt = plan.kt;
-        let blocks_total = self.b.build_int_nsw_mul(m, self.i64c(kt), "")?;
-        let xs = x;
-        let xc = self.gep(x, self.b.build_int_nsw_mul(blocks_total, self.i64c(4), "")?)?;
-        let xq = self.gep(x, self.b.build_int_nsw_mul(blocks_total, self.i64c(8), "")?)?;
         let n0 = self.mul(nt, 16)?;
         let tile0 = self.mul(nt, kt)?;
         let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
@@ -1736,11 +1753,11 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             })?;
             let first = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64c(0), "")?;
             g.row_blocks_at(f, rows, m, &mut |g, b, r0| {
-                let rb = g.mul(r0, 4 * kt)?;
+                let xr = g.act8_rows(x, m, r0, kt)?;
                 let args = [
-                    g.gep(xq, g.mul(r0, 32 * kt)?)?.into(),
-                    g.gep(xs, rb)?.into(),
-                    g.gep(xc, rb)?.into(),
+                    xr.q.into(),
+                    xr.s.into(),
+                    xr.c.into(),
                     panel.into(),
                     kt0.into(),
                     count.into(),

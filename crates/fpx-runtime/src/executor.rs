@@ -1,7 +1,7 @@
 //! The CPU executor: runs the nodes of a graph in topological order with the registered kernels.
 
 use crate::kernels::{KernelFn, KernelRegistry, OwnedKernelFn};
-use crate::native::{NativeLibrary, NativeQmm};
+use crate::native::{quantize_activations, NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
 use fpx_ir::pass::NodeEvaluator;
 use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorType, ValueId};
@@ -358,8 +358,8 @@ fn run_native(
     let mut y = vec![0f32; m * n];
     let p = p.as_standard_layout();
     let s = s.as_standard_layout();
-    let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| q.quantize(xv, m, k)));
-    q.run_with(xv, prepared, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
+    let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
+    q.run(xv, prepared, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
     let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));

@@ -113,32 +113,11 @@ pub const GEMV_MAX_M: usize = 8;
 
 impl NativeQmm {
     /// Runs `y[m][n] = x[m][k] · W + bias`, splitting N across the current rayon pool's threads
-    /// at multiples of 16 (the kernels' tile).
+    /// at multiples of 16 (the kernels' tile). Kernels with int8 activations take `prepared`
+    /// ([`quantize_activations`] of this `x`, when several kernels multiply the same `x`), or
+    /// quantize `x` here when it is `None`.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
-        &self,
-        x: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        packed: &[u8],
-        scales: &[f32],
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-    ) -> Result<(), KernelError> {
-        self.run_with(x, None, m, k, n, packed, scales, bias, y)
-    }
-
-    /// `x` quantized as the int8 kernels take it (rows in parallel when there are many); for
-    /// [`NativeQmm::run_with`] when several kernels multiply the same `x`.
-    pub fn quantize(&self, x: &[f32], m: usize, k: usize) -> Int8Activations {
-        quantize_rows(x, m, k)
-    }
-
-    /// [`NativeQmm::run`], with `x` already quantized (`prepared`, from [`NativeQmm::quantize`]
-    /// of the same `x`) when the kernels take int8 activations; quantized here when `None`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_with(
         &self,
         x: &[f32],
         prepared: Option<&Int8Activations>,
@@ -160,8 +139,15 @@ impl NativeQmm {
             return Ok(());
         }
         let f = if m <= GEMV_MAX_M { self.gemv } else { self.gemm };
-        let owned = (self.int8_activations && prepared.is_none()).then(|| quantize_rows(x, m, k));
-        let int8 = if self.int8_activations { prepared.or(owned.as_ref()) } else { None };
+        let owned;
+        let int8 = match (self.int8_activations, prepared) {
+            (false, _) => None,
+            (true, Some(q)) => Some(q),
+            (true, None) => {
+                owned = quantize_activations(x, m, k);
+                Some(&owned)
+            }
+        };
         let threads = rayon::current_num_threads().max(1);
         let tiles = n.div_ceil(16);
         let per = tiles.div_ceil(threads).max(1);
@@ -193,9 +179,9 @@ impl NativeQmm {
     }
 }
 
-/// Int8 activations for the kernels ([`fpx_quant::act8`]), rows quantized in parallel on the
-/// current rayon pool when there are many.
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> Int8Activations {
+/// The `m × k` activations `x` quantized for int8 kernels ([`fpx_quant::act8`]), rows in
+/// parallel on the current rayon pool when there are many.
+pub fn quantize_activations(x: &[f32], m: usize, k: usize) -> Int8Activations {
     use rayon::prelude::*;
     let mut q = Int8Activations::zeroed(m, k);
     let rows = q.rows_mut();
@@ -234,8 +220,8 @@ pub fn missing_cpu_features(features: &[String]) -> Vec<String> {
     features.iter().filter(|f| !has_feature(f)).cloned().collect()
 }
 
-/// Every feature name fpx-llvm records (its LLVM-to-`std` table, kept in step by the
-/// `native_artifacts_load_on_this_host` test of the `fpx` package).
+/// Every feature name fpx-llvm records (its LLVM-to-`std` table, kept in step by fpx-llvm's
+/// `loader_detects_every_host_feature` test).
 #[cfg(target_arch = "x86_64")]
 fn has_feature(f: &str) -> bool {
     macro_rules! known {
@@ -288,4 +274,32 @@ fn has_feature(f: &str) -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn has_feature(_: &str) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The activation buffer the probe kernel was last handed.
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn probe(x: *const f32, _: i64, _: *const u8, _: *const f32, _: *const f32, _: *mut f32, _: i64, _: i64) {
+        SEEN.store(x as usize, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn prepared_activations_are_used_and_checked() {
+        let q = NativeQmm { gemv: probe, gemm: probe, int8_activations: true };
+        let (m, k, n) = (2, 40, 16);
+        let x: Vec<f32> = (0..m * k).map(|i| i as f32 - 30.0).collect();
+        let prepared = quantize_activations(&x, m, k);
+        assert_eq!(prepared, fpx_quant::act8::Int8Activations::quantize(&x, m, k));
+        let mut y = vec![0f32; m * n];
+        q.run(&x, Some(&prepared), m, k, n, &[], &[], None, &mut y).unwrap();
+        assert_eq!(SEEN.load(Ordering::SeqCst), prepared.as_ptr() as usize, "the kernel got the prepared buffer");
+        let wrong = quantize_activations(&x[..k], 1, k);
+        let err = q.run(&x, Some(&wrong), m, k, n, &[], &[], None, &mut y).unwrap_err();
+        assert!(err.0.contains("not 2 x 40"), "{}", err.0);
+    }
 }

@@ -32,7 +32,7 @@ use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-use super::{fold, Gen, LlvmError, Plan, LOW_TILE_BYTES, R};
+use super::{fold, Act8Rows, Activations, Gen, Isa, LlvmError, Plan, LOW_TILE_BYTES, R};
 use fpx_quant::Format;
 
 /// Rows of X up to which tiles are decoded in registers (8 code vectors, one `f32`
@@ -48,14 +48,19 @@ const TILE_CODE_BYTES: u64 = 512;
 /// row `g` then row `g + 8` (see the module docs).
 const ROW_SET_ELEMS: [[usize; 4]; 2] = [[4, 0, 5, 1], [6, 2, 7, 3]];
 
-/// Whether `plan` has a VNNI kernel: 4- or 6-bit codes with an integer form, and scale
-/// groups that are whole tiles (or one group).
-pub(super) fn supported(plan: &Plan) -> bool {
-    matches!(plan.spec.format.bits(), 4 | 6) && plan.tpg.is_some() && code_table(plan.spec.format).is_ok()
+/// Whether `plan`'s kernels are this module's on `isa`: int8 activations, a target with VBMI and
+/// VNNI, and 4- or 6-bit codes with an integer form in scale groups of whole tiles (or one).
+pub(super) fn runs(isa: &Isa, plan: &Plan) -> bool {
+    plan.spec.activations == Activations::Int8
+        && isa.vnni8
+        && matches!(plan.spec.format.bits(), 4 | 6)
+        && plan.tpg.is_some()
+        && code_table(plan.spec.format).is_ok()
 }
 
-/// The `vpermb` table: code (low 6 bits of the index) to the unsigned byte `value · units + 64`.
-fn code_table(format: Format) -> R<[u8; 64]> {
+/// The `vpermb` table: code (low 6 bits of the index) to the unsigned byte `value · units + 64`;
+/// and `1 / units`, which the scales take back.
+fn code_table(format: Format) -> R<([u8; 64], f32)> {
     let units = int8_units(format).ok_or_else(|| LlvmError::Llvm(format!("{format} has no integer form for int8 activations")))?;
     let mask = (1u8 << format.bits()) - 1;
     let mut t = [0u8; 64];
@@ -66,7 +71,7 @@ fn code_table(format: Format) -> R<[u8; 64]> {
         }
         *e = v as u8;
     }
-    Ok(t)
+    Ok((t, 1.0 / units))
 }
 
 /// `vpmultishiftqb` controls: byte `4 rs + i` of a 64-bit word gets the nibble of element
@@ -85,16 +90,6 @@ fn field_controls(j: usize, u: usize) -> [u8; 8] {
 /// `rs = l % 2`.
 fn lane_row(l: usize) -> usize {
     l / 2 + 8 * (l % 2)
-}
-
-/// Where the pieces of the activation buffer for row block `r0` start.
-struct XRows<'ctx> {
-    /// Codes: `32 · kt` bytes per row.
-    q: PointerValue<'ctx>,
-    /// Scales: `kt` `f32` per row.
-    s: PointerValue<'ctx>,
-    /// Corrections: `kt` `i32` per row.
-    c: PointerValue<'ctx>,
 }
 
 /// Yields a tile's 8 code vectors, given the tile's index in the row block and in the n-tile's K.
@@ -199,7 +194,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// multiplied by the activation scale. `codes(i)` yields code vector `i`.
     fn vn_row_tile(
         &self,
-        x: &XRows<'ctx>,
+        x: &Act8Rows<'ctx>,
         tile: IntValue<'ctx>,
         codes: &mut dyn FnMut(usize) -> R<VectorValue<'ctx>>,
         wscales: Option<VectorValue<'ctx>>,
@@ -263,25 +258,6 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(Some(self.b.build_float_mul(s16, self.splat_f32(inv_units, 16), "")?))
     }
 
-    /// The activation buffer pointers of row `r0` (the buffer holds `m` rows).
-    fn vn_xrows(&self, x: PointerValue<'ctx>, m: IntValue<'ctx>, r0: IntValue<'ctx>, kt: u64) -> R<XRows<'ctx>> {
-        let blocks = self.b.build_int_nsw_mul(m, self.i64c(kt), "")?;
-        let (s, c, q) = (x, self.gep(x, self.mul(blocks, 4)?)?, self.gep(x, self.mul(blocks, 8)?)?);
-        Ok(XRows {
-            q: self.gep(q, self.mul(r0, 32 * kt)?)?,
-            s: self.gep(s, self.mul(r0, 4 * kt)?)?,
-            c: self.gep(c, self.mul(r0, 4 * kt)?)?,
-        })
-    }
-
-    fn xrows_next(&self, x: &XRows<'ctx>, r: u64, kt: u64) -> R<XRows<'ctx>> {
-        Ok(XRows {
-            q: self.gep(x.q, self.i64c(32 * kt * r))?,
-            s: self.gep(x.s, self.i64c(4 * kt * r))?,
-            c: self.gep(x.c, self.i64c(4 * kt * r))?,
-        })
-    }
-
     /// The body of a row block: for each of `count` tiles from K tile `kt0`, the code vectors
     /// from `codes(ti, tile)` (the tile relative to the block and to the n-tile's K) and every
     /// row's products (activations from memory as `vpdpbusd` broadcast operands); then each
@@ -297,8 +273,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     ) -> R<()> {
         let kt = plan.kt;
         let n0 = self.mul(nt, 16)?;
-        let x0 = self.vn_xrows(rin.x, rin.m, rin.r0, kt)?;
-        let xr: Vec<XRows<'ctx>> = (0..rin.rows as u64).map(|r| self.xrows_next(&x0, r, kt)).collect::<R<_>>()?;
+        let xr: Vec<Act8Rows<'ctx>> =
+            (0..rin.rows as u64).map(|r| self.act8_rows(rin.x, rin.m, self.add(rin.r0, self.i64c(r))?, kt)).collect::<R<_>>()?;
         let grouped = plan.groups > 1;
         let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rin.rows as usize];
         let acc = self.for_loop(f, self.i64c(0), rin.count, init, &mut |g, ti, carried| {
@@ -327,8 +303,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         if let Some(f) = self.module.get_function(&fname) {
             return Ok(f);
         }
-        let table = code_table(plan.spec.format)?;
-        let inv_units = 1.0 / int8_units(plan.spec.format).expect("checked by code_table");
+        let (table, inv_units) = code_table(plan.spec.format)?;
         let blocks: Vec<FunctionValue<'ctx>> =
             (1..=DIRECT_ROWS).map(|b| self.vn_direct_rows(plan, &table, inv_units, name, b)).collect::<R<_>>()?;
         let (f, a) = self.ntile_function(&fname);
@@ -370,8 +345,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         if let Some(f) = self.module.get_function(&fname) {
             return Ok(f);
         }
-        let table = code_table(plan.spec.format)?;
-        let inv_units = 1.0 / int8_units(plan.spec.format).expect("checked by code_table");
+        let (table, inv_units) = code_table(plan.spec.format)?;
         let blocks: Vec<FunctionValue<'ctx>> = (1..=PANEL_ROWS).map(|b| self.vn_panel_rows(plan, inv_units, name, b)).collect::<R<_>>()?;
         let (f, a) = self.ntile_function(&fname);
         let panel = self.aligned_alloca(self.ctx.i8_type().array_type((PANEL_TILES * TILE_CODE_BYTES) as u32), "vnpanel")?;
@@ -458,7 +432,8 @@ mod tests {
 
     #[test]
     fn code_tables_hold_offset_integers() {
-        let t = code_table(Format::Fp6E2M3).unwrap();
+        let (t, inv_units) = code_table(Format::Fp6E2M3).unwrap();
+        assert_eq!(inv_units, 1.0 / int8_units(Format::Fp6E2M3).unwrap());
         assert_eq!(t[0], 64);
         // 0x0f: exponent 1, mantissa 7 = 1.875 → 15 units of 1/8; 0x2f is its negative.
         assert_eq!(t[0x0f], 64 + 15);
