@@ -36,8 +36,6 @@
 //! # Ok::<(), fpx_artifact::ArtifactError>(())
 //! ```
 
-#![warn(missing_docs)]
-
 mod data;
 mod error;
 mod manifest;

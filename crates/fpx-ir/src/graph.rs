@@ -323,8 +323,7 @@ impl Graph {
 
     /// The opset version the graph imports for `domain` (`""` and `"ai.onnx"` are the same).
     pub fn opset(&self, domain: &str) -> Option<i64> {
-        let d = if domain == "ai.onnx" { "" } else { domain };
-        self.opsets.get(d).copied()
+        self.opsets.get(crate::canonical_domain(domain)).copied()
     }
 
     /// Drops the data of constants that nothing reads (no consumer, not a graph output);

@@ -19,6 +19,7 @@ pub use attr::{AttrKind, Attribute};
 pub use dtype::{onnx_code, onnx_dtype, DType};
 pub use error::{IrError, Result};
 pub use graph::{Graph, Node, NodeId, Value, ValueId};
+pub use ops::canonical_domain;
 pub use tensor::{Elem, Tensor};
 pub use types::{Dim, TensorType};
 

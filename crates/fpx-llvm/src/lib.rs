@@ -85,7 +85,6 @@
 //!   once, as in the AVX2 int8 kernels, so both give bit-identical results. `m ≤ 8` streams each
 //!   tile once from registers; larger `m` decodes 16 tiles into an 8 KiB panel that blocks of
 //!   8 rows reuse (see `codegen/vnni.rs`).
-#![deny(missing_docs)]
 
 mod codegen;
 mod link;

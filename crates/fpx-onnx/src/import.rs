@@ -34,7 +34,7 @@ pub(crate) fn import(bytes: &[u8], base_dir: Option<&Path>, what: &str) -> Resul
 fn opsets(imports: &[OperatorSetIdProto]) -> Result<BTreeMap<String, i64>, ImportError> {
     let mut out = BTreeMap::new();
     for o in imports {
-        let domain = normalize_domain(&o.domain).to_string();
+        let domain = fpx_ir::canonical_domain(&o.domain).to_string();
         if let Some(prev) = out.insert(domain.clone(), o.version) {
             if prev != o.version {
                 return Err(ImportError::Unsupported(format!(
@@ -50,14 +50,6 @@ fn opsets(imports: &[OperatorSetIdProto]) -> Result<BTreeMap<String, i64>, Impor
         }
     }
     Ok(out)
-}
-
-fn normalize_domain(d: &str) -> &str {
-    if d == "ai.onnx" {
-        ""
-    } else {
-        d
-    }
 }
 
 /// Adds initializers, inputs, declared types, nodes and outputs of `gp` to `g`, then checks
@@ -202,7 +194,7 @@ fn node_names(nodes: &[NodeProto]) -> Vec<String> {
 
 /// Converts one node, checks it against its schema, and adds it (or, for `Constant`, its value).
 fn add_node(g: &mut Graph, np: &NodeProto, name: String, registry: &OpRegistry, base_dir: Option<&Path>) -> Result<(), ImportError> {
-    let domain = normalize_domain(&np.domain).to_string();
+    let domain = fpx_ir::canonical_domain(&np.domain).to_string();
     let opset = g.opset(&domain).ok_or_else(|| {
         let shown = if domain.is_empty() { "the ONNX default domain ''".to_string() } else { format!("domain '{domain}'") };
         ImportError::Unsupported(format!("node '{name}' ({}) is in {shown}, which the model's opset_import does not list", np.op_type))

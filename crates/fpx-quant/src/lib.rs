@@ -10,7 +10,6 @@
 //! - [`act8`]: int8 activations (per row and block of 32) for the byte dot-product kernels;
 //! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
 //!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
-#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod act8;

@@ -88,7 +88,9 @@ pub struct OpRegistry {
     defs: HashMap<(String, String), OpDef>,
 }
 
-fn canonical_domain(d: &str) -> &str {
+/// The one spelling of a domain: ONNX's default domain may be written `""` or `"ai.onnx"`;
+/// both become `""`. Every lookup by domain (schemas, kernels, opset imports) goes through this.
+pub fn canonical_domain(d: &str) -> &str {
     if d == "ai.onnx" {
         ""
     } else {

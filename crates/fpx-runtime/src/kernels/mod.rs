@@ -61,8 +61,7 @@ impl KernelRegistry {
 
     /// The by-value variant of an op's kernel, if it has one.
     pub fn get_owned(&self, domain: &str, op_type: &str) -> Option<OwnedKernelFn> {
-        let d = if domain == "ai.onnx" { "" } else { domain };
-        self.owned.get(&(d.to_string(), op_type.to_string())).copied()
+        self.owned.get(&(fpx_ir::canonical_domain(domain).to_string(), op_type.to_string())).copied()
     }
 
     /// The same kernels without their by-value variants (for tests of the executor).
@@ -74,8 +73,7 @@ impl KernelRegistry {
 
     /// The kernel for an op, if any (`ai.onnx` is the default domain).
     pub fn get(&self, domain: &str, op_type: &str) -> Option<KernelFn> {
-        let d = if domain == "ai.onnx" { "" } else { domain };
-        self.map.get(&(d.to_string(), op_type.to_string())).copied()
+        self.map.get(&(fpx_ir::canonical_domain(domain).to_string(), op_type.to_string())).copied()
     }
 
     /// The registered (domain, op type) pairs, sorted.

@@ -1,0 +1,17 @@
+//! Helpers shared by fpx's tests (never a dependency of shipped code).
+//!
+//! - [`Rng`]: a seeded, dependency-free random generator, so every test's data is reproducible;
+//! - [`TempDir`]: a fresh folder removed on drop;
+//! - [`onnx`]: small ONNX models built in Rust (no Python needed);
+//! - [`data`]: where optional test data lives (`../shared/models`, the ONNX node tests);
+//! - [`require`]: skips that `FPX_REQUIRE` turns into failures.
+
+pub mod data;
+pub mod onnx;
+pub mod require;
+mod rng;
+mod temp;
+
+pub use require::{skip, Requirement};
+pub use rng::Rng;
+pub use temp::TempDir;

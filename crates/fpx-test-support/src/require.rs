@@ -1,0 +1,85 @@
+//! Skips that a machine meant to have something can turn into failures.
+//!
+//! A test that needs something absent (a GPU, an AVX-512 VNNI CPU, the real models in
+//! `../shared/models`) skips with a printed reason. `FPX_REQUIRE` lists what this machine must
+//! have (any of `gpu`, `vnni`, `models`, comma-separated, or `all`); a skip of a listed
+//! requirement panics instead, so a run on a machine that should have it cannot pass by
+//! skipping (`scripts/gpu-check.sh` sets `FPX_REQUIRE=gpu`).
+
+use std::fmt;
+
+/// Something a test may need that not every machine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// An NVIDIA GPU (sm_80 or newer) with a driver, and NVRTC.
+    Gpu,
+    /// A CPU with AVX-512 VBMI and VNNI.
+    Vnni,
+    /// The real models of `../shared/models` and the ONNX backend node tests.
+    Models,
+}
+
+impl Requirement {
+    /// Every requirement.
+    pub const ALL: [Requirement; 3] = [Requirement::Gpu, Requirement::Vnni, Requirement::Models];
+
+    /// The name `FPX_REQUIRE` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Requirement::Gpu => "gpu",
+            Requirement::Vnni => "vnni",
+            Requirement::Models => "models",
+        }
+    }
+
+    /// Whether `FPX_REQUIRE` lists this requirement.
+    pub fn required(self) -> bool {
+        required_in(std::env::var("FPX_REQUIRE").ok().as_deref(), self)
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether the `FPX_REQUIRE` value `list` names `r`. An unknown name panics, so a typo cannot
+/// silently require nothing.
+pub fn required_in(list: Option<&str>, r: Requirement) -> bool {
+    let Some(list) = list else { return false };
+    let mut hit = false;
+    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if word == "all" || word == r.name() {
+            hit = true;
+        } else if !Requirement::ALL.iter().any(|q| q.name() == word) {
+            panic!("FPX_REQUIRE='{list}': unknown requirement '{word}' (use gpu, vnni, models or all)");
+        }
+    }
+    hit
+}
+
+/// Skips `test` because `why` (prints `SKIP <test>: <why>`), or panics when `FPX_REQUIRE`
+/// lists `needs`.
+pub fn skip(needs: Requirement, test: &str, why: &str) {
+    if needs.required() {
+        panic!("{test}: FPX_REQUIRE={} requires {needs}, but: {why}", std::env::var("FPX_REQUIRE").unwrap_or_default());
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_lists_parse() {
+        assert!(!required_in(None, Requirement::Gpu));
+        assert!(required_in(Some("gpu"), Requirement::Gpu));
+        assert!(!required_in(Some("gpu"), Requirement::Vnni));
+        assert!(required_in(Some(" models , vnni"), Requirement::Vnni));
+        assert!(required_in(Some("all"), Requirement::Models));
+        assert!(!required_in(Some(""), Requirement::Gpu));
+        assert!(std::panic::catch_unwind(|| required_in(Some("gpus"), Requirement::Gpu)).is_err());
+    }
+}
