@@ -104,10 +104,22 @@ pub enum CudaError {
     NoPtxas(String),
     /// NVRTC rejected the kernel source.
     #[error("NVRTC failed to compile {kernel} for {arch}: {message}")]
-    Compile { kernel: String, arch: Arch, message: String },
+    Compile {
+        /// The kernel's name.
+        kernel: String,
+        /// The target architecture.
+        arch: Arch,
+        /// What is wrong.
+        message: String,
+    },
     /// ptxas rejected the PTX or its output could not be understood.
     #[error("ptxas failed for {arch}: {message}")]
-    Ptxas { arch: Arch, message: String },
+    Ptxas {
+        /// The target architecture.
+        arch: Arch,
+        /// What is wrong.
+        message: String,
+    },
     /// The CUDA driver failed (no device, a failed load or launch).
     #[error("CUDA driver error: {0}")]
     Driver(String),

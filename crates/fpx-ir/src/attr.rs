@@ -6,24 +6,38 @@ use std::fmt;
 /// An attribute value of a node (the ONNX attribute kinds fpx supports).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attribute {
+    /// A 32-bit float.
     Float(f32),
+    /// A 64-bit integer.
     Int(i64),
+    /// A UTF-8 string.
     String(String),
+    /// A constant tensor.
     Tensor(Tensor),
+    /// A list of 32-bit floats.
     Floats(Vec<f32>),
+    /// A list of 64-bit integers.
     Ints(Vec<i64>),
+    /// A list of strings.
     Strings(Vec<String>),
 }
 
 /// The kind of an [`Attribute`], used by op schemas to declare what they accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrKind {
+    /// `Float`: A 32-bit float.
     Float,
+    /// `Int`: A 64-bit integer.
     Int,
+    /// `String`: A UTF-8 string.
     String,
+    /// `Tensor`: A constant tensor.
     Tensor,
+    /// `Floats`: A list of 32-bit floats.
     Floats,
+    /// `Ints`: A list of 64-bit integers.
     Ints,
+    /// `Strings`: A list of strings.
     Strings,
 }
 

@@ -5,18 +5,31 @@ use std::fmt;
 /// The element type of a tensor value. Names follow ONNX (`float`, `int64`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
+    /// ONNX `float`: 32-bit IEEE binary32.
     F32,
+    /// ONNX `double`: 64-bit IEEE binary64.
     F64,
+    /// ONNX `float16`: IEEE binary16.
     F16,
+    /// ONNX `bfloat16`: the top half of a binary32.
     BF16,
+    /// ONNX `int8`.
     I8,
+    /// ONNX `int16`.
     I16,
+    /// ONNX `int32`.
     I32,
+    /// ONNX `int64`.
     I64,
+    /// ONNX `uint8`.
     U8,
+    /// ONNX `uint16`.
     U16,
+    /// ONNX `uint32`.
     U32,
+    /// ONNX `uint64`.
     U64,
+    /// ONNX `bool` (one byte, 0 or 1, when stored).
     Bool,
 }
 

@@ -7,18 +7,31 @@ use ndarray::{ArrayD, IxDyn};
 /// A dense tensor. Each variant holds an `ndarray` array of the matching element type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tensor {
+    /// Elements of ONNX `float`: 32-bit IEEE binary32.
     F32(ArrayD<f32>),
+    /// Elements of ONNX `double`: 64-bit IEEE binary64.
     F64(ArrayD<f64>),
+    /// Elements of ONNX `float16`: IEEE binary16.
     F16(ArrayD<f16>),
+    /// Elements of ONNX `bfloat16`: the top half of a binary32.
     BF16(ArrayD<bf16>),
+    /// Elements of ONNX `int8`.
     I8(ArrayD<i8>),
+    /// Elements of ONNX `int16`.
     I16(ArrayD<i16>),
+    /// Elements of ONNX `int32`.
     I32(ArrayD<i32>),
+    /// Elements of ONNX `int64`.
     I64(ArrayD<i64>),
+    /// Elements of ONNX `uint8`.
     U8(ArrayD<u8>),
+    /// Elements of ONNX `uint16`.
     U16(ArrayD<u16>),
+    /// Elements of ONNX `uint32`.
     U32(ArrayD<u32>),
+    /// Elements of ONNX `uint64`.
     U64(ArrayD<u64>),
+    /// Elements of ONNX `bool` (one byte, 0 or 1, when stored).
     Bool(ArrayD<bool>),
 }
 

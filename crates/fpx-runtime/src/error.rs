@@ -30,14 +30,38 @@ pub enum RuntimeError {
     Graph(#[from] IrError),
     /// No CPU kernel exists for this op.
     #[error("node '{node}': no CPU kernel for op '{op}' (domain '{domain}')")]
-    NoKernel { node: String, op: String, domain: String },
+    NoKernel {
+        /// The node's name.
+        node: String,
+        /// The op type.
+        op: String,
+        /// The op's domain (`""` = ONNX).
+        domain: String,
+    },
     /// A caller-supplied input is missing, unknown, or of the wrong type or shape.
     #[error("input '{name}': {message}")]
-    Input { name: String, message: String },
+    Input {
+        /// The input's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A kernel failed while running a node.
     #[error("node '{node}' ({op}): {message}")]
-    Kernel { node: String, op: String, message: String },
+    Kernel {
+        /// The node's name.
+        node: String,
+        /// The op type.
+        op: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Reading or writing a tensor file failed.
     #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
