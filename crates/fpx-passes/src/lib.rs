@@ -27,4 +27,13 @@ pub enum PassError {
     /// An option is invalid (unknown scheme, zero group size).
     #[error("{0}")]
     Option(String),
+    /// A rewritten product would not be one fpx can run.
+    #[error("node '{node}': {source}")]
+    Gemm {
+        /// The MatMul/Gemm node.
+        node: String,
+        /// What is wrong with its quantized product.
+        #[source]
+        source: fpx_quant::GemmError,
+    },
 }

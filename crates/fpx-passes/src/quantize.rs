@@ -8,12 +8,11 @@
 //! already in `scales`, so kernels never multiply per weight.
 
 use crate::{PassError, QuantizeOptions};
-use fpx_ir::ops::{OpRegistry, FPX_DOMAIN};
+use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, Tensor, ValueId};
-use fpx_quant::act8::Activations;
 use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, quantize, Format, QuantConfig, QuantizedMatrix};
+use fpx_quant::{fold, quantize, Format, QuantConfig, QuantGemm, QuantizedMatrix};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -223,18 +222,14 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
         let add_c = c.filter(|_| bias_value.is_none());
         let y = node.outputs[0];
         let qm_out = if add_c.is_some() { graph.fresh_value(&format!("{}__qmm", node.name)) } else { y };
-        let mut qm = Node::new(node.name.clone(), "QuantMatMul", fpx_opset, vec![x, Some(q.packed), Some(scales)], vec![qm_out]);
+        let mut qm = Node::new(node.name.clone(), quant_matmul::OP_TYPE, fpx_opset, vec![x, Some(q.packed), Some(scales)], vec![qm_out]);
         qm.domain = FPX_DOMAIN.to_string();
         if let Some(b) = bias_value {
             qm.inputs.push(Some(b));
         }
-        qm.attrs.insert("format".into(), Attribute::String(m.format.name().to_string()));
-        qm.attrs.insert("k".into(), Attribute::Int(m.k as i64));
-        qm.attrs.insert("n".into(), Attribute::Int(m.n as i64));
-        qm.attrs.insert("group_size".into(), Attribute::Int(m.group_size.unwrap_or(0) as i64));
-        if opts.activations != Activations::F32 {
-            qm.attrs.insert("activations".into(), Attribute::String(opts.activations.name().to_string()));
-        }
+        let gemm = QuantGemm { format: m.format, k: m.k, n: m.n, group_size: m.group_size.unwrap_or(0), activations: opts.activations };
+        gemm.validate().map_err(|source| PassError::Gemm { node: node.name.clone(), source })?;
+        quant_matmul::write(&mut qm, &gemm);
         extra.push(qm);
         if let Some(c) = add_c {
             let opset = graph.opset("").unwrap_or(13);

@@ -62,7 +62,8 @@ pub struct QuantizeOptions {
     pub scale_search: bool,
     /// What the quantized products multiply their weights with (the `activations` attribute
     /// of `fpx:QuantMatMul`). Int8 limits the candidate formats to those with small integer
-    /// values ([`fpx_quant::act8::int8_units`]); `fp6-auto` then means fp6-e2m3.
+    /// values that the int8 kernels decode ([`fpx_quant::takes_int8_activations`]); `fp6-auto`
+    /// then means fp6-e2m3.
     pub activations: Activations,
 }
 
@@ -74,14 +75,25 @@ impl QuantizeOptions {
 
     /// The formats this scheme tries for a weight, given the activations.
     pub fn candidates(&self) -> Vec<Format> {
-        let fits = |f: &Format| self.activations == Activations::F32 || fpx_quant::act8::int8_units(*f).is_some();
+        let fits = |f: &Format| self.activations == Activations::F32 || fpx_quant::takes_int8_activations(*f);
         self.scheme.candidates().into_iter().filter(fits).collect()
     }
 
-    /// Checks option values.
+    /// Checks option values: what every quantized product's [`fpx_quant::QuantGemm`] will need
+    /// that the options alone decide.
     pub fn validate(&self) -> Result<(), PassError> {
-        if self.group_size == Some(0) {
-            return Err(PassError::Option("group size must be at least 1 (omit it for one scale per output channel)".into()));
+        match self.group_size {
+            Some(0) => return Err(PassError::Option("group size must be at least 1 (omit it for one scale per output channel)".into())),
+            Some(g) if g > fpx_quant::gemm::MAX_DIM => {
+                return Err(PassError::Option(format!("group size {g} is too large (at most {})", fpx_quant::gemm::MAX_DIM)))
+            }
+            Some(g) if self.activations == Activations::Int8 && !g.is_multiple_of(fpx_quant::layout::TILE_K) => {
+                return Err(PassError::Option(format!(
+                    "--activations int8 quantizes activations per block of {} columns: the group size must be a multiple of it, not {g}",
+                    fpx_quant::layout::TILE_K
+                )))
+            }
+            _ => {}
         }
         if self.activations == Activations::Int8 && self.candidates().is_empty() {
             return Err(PassError::Option(match self.scheme {
@@ -89,7 +101,8 @@ impl QuantizeOptions {
                     "--activations int8 applies to quantized products: pick a weight scheme (e.g. --weights fp6-e2m3)".into()
                 }
                 s => format!(
-                    "--activations int8 needs weights with small integer values (fp6-e2m3, fp5-e2m2, fp4-e2m1 or int4); {} has none",
+                    "--activations int8 needs weights with small integer values ({}); {} has none",
+                    fpx_quant::gemm::int8_format_list(),
                     s.name()
                 ),
             }));

@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// A weight number format fpx can quantize to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Format {
     /// FP6 1-3-2, bias 3, subnormals, no inf/NaN: ±28 max, 0.0625 smallest (FP6-LLM's default).
     Fp6E3M2,

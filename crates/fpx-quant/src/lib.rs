@@ -7,6 +7,8 @@
 //! - [`bias_shift`]: FP→FP16/BF16 conversion with shifts and masks only, the constant factor
 //!   being folded into the scales;
 //! - [`fold`]: what kernels store per code and the factor folded into the stored scales;
+//! - [`gemm`]: [`QuantGemm`], the one typed contract of a quantized product, and
+//!   [`KernelTable`], which kernel serves which M;
 //! - [`act8`]: int8 activations (per row and block of 32) for the byte dot-product kernels;
 //! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
 //!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
@@ -17,11 +19,13 @@ pub mod bias_shift;
 mod error;
 pub mod fold;
 pub mod format;
+pub mod gemm;
 pub mod layout;
 pub mod scale;
 
 pub use error::QuantError;
 pub use format::Format;
+pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
 pub use scale::{quantize, QuantConfig, QuantizedMatrix};
 
 #[cfg(test)]

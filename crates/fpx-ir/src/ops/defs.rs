@@ -116,12 +116,12 @@ pub fn standard_defs() -> Vec<OpDef> {
         v.push(binary(op, since));
     }
     v.push(OpDef {
-        op_type: "QuantMatMul",
+        op_type: super::quant_matmul::OP_TYPE,
         domain: FPX_DOMAIN,
         opsets: 1..=1,
         inputs: 3..=4,
         outputs: 1..=1,
-        attrs: &[req!("format", String), req!("k", Int), req!("n", Int), opt!("group_size", Int), opt!("activations", String)],
+        attrs: super::quant_matmul::ATTRS,
         infer: i::quant_matmul,
     });
     v.push(def("Pow", 7, (2, 2), (1, 1), &[], i::same_as_input_broadcast_base));

@@ -474,18 +474,16 @@ pub fn same_as_input_broadcast_base(ctx: &InferCtx) -> Out {
 
 /// `fpx:QuantMatMul(X[..., K], packed, scales, bias?)`: `[..., N]` in X's type.
 pub fn quant_matmul(ctx: &InferCtx) -> Out {
+    let gemm = super::quant_matmul::read(ctx.node)?;
     let Some(x) = ctx.input(0) else { return unknown() };
-    let (k, n) = (ctx.node.attr_i("k", 0), ctx.node.attr_i("n", 0));
-    if k <= 0 || n <= 0 {
-        return Err(ctx.error(format!("k = {k} and n = {n} must be positive")));
-    }
+    let (k, n) = (gemm.k, gemm.n);
     let Some(s) = &x.shape else { return one(TensorType::unranked(x.dtype)) };
     let Some(last) = s.last() else { return Err(ctx.error("X must have rank >= 1")) };
-    if !last.compatible(&Dim::Fixed(k as usize)) {
+    if !last.compatible(&Dim::Fixed(k)) {
         return Err(ctx.error(format!("X is {x} but the weight has K = {k}")));
     }
     let mut dims = s.clone();
-    *dims.last_mut().expect("rank >= 1") = Dim::Fixed(n as usize);
+    *dims.last_mut().expect("rank >= 1") = Dim::Fixed(n);
     one(TensorType { dtype: x.dtype, shape: Some(dims) })
 }
 

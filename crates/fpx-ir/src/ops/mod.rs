@@ -3,6 +3,7 @@
 
 mod defs;
 mod infer;
+pub mod quant_matmul;
 
 pub use infer::{broadcast_dims, normalize_axis};
 
