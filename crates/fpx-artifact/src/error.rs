@@ -35,6 +35,17 @@ pub enum ArtifactError {
         /// The newest version this crate reads ([`crate::FORMAT_VERSION`]).
         supported: u32,
     },
+    /// The file was written by an older fpx, in a format version whose fields mean something
+    /// else to this one.
+    #[error("'{what}' is an fpx artifact of format version {found}, written by an older fpx; this fpx reads only version {supported}: recompile the model with `fpx compile`")]
+    OlderVersion {
+        /// The file.
+        what: String,
+        /// The version in the file's header.
+        found: u32,
+        /// The one version this crate reads ([`crate::FORMAT_VERSION`]).
+        supported: u32,
+    },
     /// The file is damaged or inconsistent: truncated, bad lengths or offsets, a manifest that
     /// does not decode or refers to things that are not there.
     #[error("'{what}' is a damaged fpx artifact: {message}")]

@@ -14,13 +14,18 @@
 //! The file ends where its last section ends. The manifest holds the producer, the graph
 //! (values with types and constant references, nodes in topological order with attributes,
 //! graph inputs and outputs, opset imports), the section table (name, kind, offset, length,
-//! CRC-32), CPU code entries (target, features, shared-object section, kernel table), PTX
-//! entries (reserved) and free-form metadata. Each constant is one section of raw
+//! CRC-32), CPU code entries (target, features, shared-object section, and per quantized
+//! product a [`fpx_quant::KernelTable`] of [`CpuKernel`]s), GPU code entries (PTX modules, and
+//! per product a table of [`GpuKernel`]s with their [`GpuTiles`]) and free-form metadata. Each constant is one section of raw
 //! little-endian elements in row-major order (bool as one byte).
 //!
 //! [`write`] is atomic and deterministic; [`Artifact::open`] memory-maps a file and checks
 //! everything (header, version, manifest, every section's bounds and checksum) so a damaged,
-//! truncated, foreign or newer file is a clear [`ArtifactError`], never a panic. This crate
+//! truncated, foreign, older or newer file is a clear [`ArtifactError`], never a panic.
+//!
+//! Files: `format.rs` (what an artifact holds, shared by both sides), `read.rs` (open and
+//! check), `write.rs` (lay out and write), `validate.rs` (the code entries' rules), `decode.rs`
+//! (the manifest's graph), `data.rs` (tensor bytes), `manifest.rs` (the protobuf messages). This crate
 //! executes nothing — but an artifact carries native code: load only artifacts you trust.
 //!
 //! ```
@@ -37,28 +42,22 @@
 //! ```
 
 mod data;
+mod decode;
 mod error;
+mod format;
 mod manifest;
 mod read;
+mod validate;
 mod write;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::ArtifactError;
-pub use read::{Artifact, CpuCodeRef, PtxCodeRef, PtxModuleRef, SectionInfo, SectionKind};
-pub use write::{to_bytes, write, ArtifactContents, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, WriteSummary};
-
-/// The format version this crate writes, and the newest it reads. Version 2 added kernels
-/// that take int8 activations (`Kernel.int8_activations`): a version-1 reader would hand them
-/// `f32` rows, so it must refuse such files.
-pub const FORMAT_VERSION: u32 = 2;
-
-/// The first 8 bytes of every artifact.
-pub const MAGIC: [u8; 8] = *b"FPX\0ART\0";
-
-/// Length of the fixed header (magic, version, manifest length).
-pub const HEADER_LEN: u64 = 16;
-
-/// Every section starts at a multiple of this many bytes from the start of the file.
-pub const SECTION_ALIGN: u64 = 64;
+pub use format::{
+    ArtifactContents, CpuCode, CpuKernel, GpuActivations, GpuKernel, GpuTiles, NodeKernels, PtxCode, PtxModule, SectionInfo, SectionKind,
+    WriteSummary, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN,
+};
+pub use read::{Artifact, CpuCodeRef, PtxCodeRef, PtxModuleRef};
+pub use validate::is_plain_name;
+pub use write::{to_bytes, write};

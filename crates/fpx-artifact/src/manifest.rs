@@ -296,26 +296,39 @@ pub struct CpuCode {
     /// The section holding the shared object.
     #[prost(uint32, tag = "3")]
     pub section: u32,
-    /// Which symbols implement which node.
+    /// Per node, the kernel for each range of M (ascending `max_m`, the last 0 = any).
     #[prost(message, repeated, tag = "4")]
-    pub kernels: Vec<Kernel>,
+    pub gemms: Vec<CpuGemm>,
 }
 
-/// The kernels of one node in a shared object.
+/// The kernel one node calls for M up to `max_m`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Kernel {
+pub struct CpuGemm {
     /// The node's name.
     #[prost(string, tag = "1")]
     pub node: String,
-    /// The symbol of the matrix-vector kernel.
-    #[prost(string, tag = "2")]
-    pub gemv: String,
-    /// The symbol of the matrix-matrix kernel.
+    /// Largest M this kernel is chosen for; 0 = any larger M.
+    #[prost(uint64, tag = "2")]
+    pub max_m: u64,
+    /// The exported kernel.
     #[prost(string, tag = "3")]
-    pub gemm: String,
-    /// Whether the kernels take int8 activations (`fpx_quant::act8`) instead of `f32` rows.
-    #[prost(bool, tag = "4")]
-    pub int8_activations: bool,
+    pub symbol: String,
+    /// Threads split N at multiples of this.
+    #[prost(uint32, tag = "4")]
+    pub column_split: u32,
+    /// What the kernel multiplies the weights with.
+    #[prost(enumeration = "Activations", tag = "5")]
+    pub activations: i32,
+}
+
+/// What a CPU kernel multiplies its weights with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Activations {
+    /// `f32` rows.
+    F32 = 0,
+    /// An int8 activation buffer.
+    Int8 = 1,
 }
 
 /// GPU code for one architecture: PTX modules and each node's GEMM kernels per range of M.
@@ -367,7 +380,52 @@ pub struct GpuGemm {
     /// The split-K reduction entry point, empty if none.
     #[prost(string, tag = "5")]
     pub reduce: String,
-    /// The tile configuration as fpx-cuda writes it.
-    #[prost(string, tag = "6")]
-    pub config: String,
+    /// The tile configuration the kernel was instantiated with.
+    #[prost(message, optional, tag = "6")]
+    pub tiles: Option<GpuTiles>,
+}
+
+/// The tile configuration of one GPU GEMM kernel.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GpuTiles {
+    /// Weight format name.
+    #[prost(string, tag = "1")]
+    pub format: String,
+    /// Activation and output type.
+    #[prost(enumeration = "GpuActivations", tag = "2")]
+    pub activations: i32,
+    /// Output channels.
+    #[prost(uint64, tag = "3")]
+    pub n: u64,
+    /// Reduction length.
+    #[prost(uint64, tag = "4")]
+    pub k: u64,
+    /// Tokens per block.
+    #[prost(uint32, tag = "5")]
+    pub m_tile: u32,
+    /// Warps per block.
+    #[prost(uint32, tag = "6")]
+    pub warps: u32,
+    /// 16-channel tiles per warp.
+    #[prost(uint32, tag = "7")]
+    pub warp_ntiles: u32,
+    /// 32-K tiles per pipeline stage.
+    #[prost(uint32, tag = "8")]
+    pub k_tiles: u32,
+    /// Pipeline stages.
+    #[prost(uint32, tag = "9")]
+    pub stages: u32,
+    /// K splits.
+    #[prost(uint32, tag = "10")]
+    pub split_k: u32,
+}
+
+/// The activation type of a GPU GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum GpuActivations {
+    /// FP16 activations and output.
+    F16 = 0,
+    /// BF16 activations and output.
+    Bf16 = 1,
 }

@@ -3,8 +3,13 @@
 
 use crate::manifest as pb;
 use crate::write::assemble;
-use crate::{to_bytes, Artifact, ArtifactContents, ArtifactError, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, HEADER_LEN};
+use crate::{
+    to_bytes, Artifact, ArtifactContents, ArtifactError, CpuCode, CpuKernel, GpuActivations, GpuKernel, GpuTiles, NodeKernels, PtxCode,
+    PtxModule, HEADER_LEN,
+};
 use fpx_ir::{Attribute, DType, Graph, Node, Tensor, TensorType};
+use fpx_quant::act8::Activations;
+use fpx_quant::{Format, KernelTable};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -163,7 +168,7 @@ fn proto_file_matches_the_prost_declarations() {
     let rust = rust_schema(include_str!("manifest.rs"));
     let proto = proto_schema(include_str!("../artifact.proto"));
     // The parsers found something (not two empty schemas agreeing).
-    assert!(rust.messages.len() == 21 && rust.messages["Manifest"].0.len() == 6, "{rust:#?}");
+    assert!(rust.messages.len() == 22 && rust.messages["Manifest"].0.len() == 6, "{rust:#?}");
     assert!(rust.messages["Attribute"].0.contains(&("f".to_string(), 2)), "{rust:#?}");
     assert!(rust.messages["Value"].0.contains(&("type".to_string(), 2)), "{rust:#?}");
     assert_eq!(rust.enums["SectionKind"].len(), 5, "{rust:#?}");
@@ -196,15 +201,32 @@ fn small_contents() -> ArtifactContents {
         target: "generic".into(),
         features: vec![],
         shared_object: vec![7; 100],
-        kernels: vec![KernelEntry { node: "add".into(), gemv: "g1".into(), gemm: "g2".into(), int8_activations: true }],
+        kernels: vec![NodeKernels {
+            node: "add".into(),
+            table: KernelTable::new(vec![
+                (8, CpuKernel { symbol: "g1".into(), column_split: 16, activations: Activations::Int8 }),
+                (0, CpuKernel { symbol: "g2".into(), column_split: 32, activations: Activations::Int8 }),
+            ])
+            .unwrap(),
+        }],
     }];
-    let gemm = |max_m, kernel: &str, reduce: &str| GpuGemmEntry {
-        node: "add".into(),
-        max_m,
+    let tiles = GpuTiles {
+        format: Format::Fp6E3M2,
+        activations: GpuActivations::Bf16,
+        n: 2,
+        k: 64,
+        m_tile: 8,
+        warps: 4,
+        warp_ntiles: 2,
+        k_tiles: 2,
+        stages: 3,
+        split_k: 2,
+    };
+    let gemm = |kernel: &str, reduce: &str| GpuKernel {
         module: "gemm".into(),
         kernel: kernel.into(),
-        reduce: reduce.into(),
-        config: "n=2".into(),
+        reduce: (!reduce.is_empty()).then(|| reduce.into()),
+        tiles,
     };
     let ptx = vec![PtxCode {
         arch: "sm_90".into(),
@@ -214,7 +236,10 @@ fn small_contents() -> ArtifactContents {
             ptx: ".version 9.0\n".into(),
             entries: vec!["k16".into(), "k16_reduce".into(), "k128".into()],
         }],
-        gemms: vec![gemm(16, "k16", "k16_reduce"), gemm(0, "k128", "")],
+        kernels: vec![NodeKernels {
+            node: "add".into(),
+            table: KernelTable::new(vec![(16, gemm("k16", "k16_reduce")), (0, gemm("k128", ""))]).unwrap(),
+        }],
     }];
     ArtifactContents { graph: g, cpu, ptx, metadata: BTreeMap::new() }
 }
@@ -310,12 +335,32 @@ fn inconsistent_manifests_are_rejected() {
     rejects("node 'add' uses module 'nope', which is not there", |m, _| m.ptx_code[0].gemms[0].module = "nope".into());
     rejects("node 'add' uses kernel 'k64', which module 'gemm' does not have", |m, _| m.ptx_code[0].gemms[1].kernel = "k64".into());
     rejects("uses kernel 'r', which module", |m, _| m.ptx_code[0].gemms[0].reduce = "r".into());
-    rejects("node 'add' has a GEMM after its unbounded one", |m, _| m.ptx_code[0].gemms.swap(0, 1));
-    rejects("node 'add' has no GEMM for large M", |m, _| m.ptx_code[0].gemms[1].max_m = 1000);
-    rejects("node 'add' lists M ranges out of order (16, then 8)", |m, _| {
+    rejects("node 'add': no kernel for M above 16", |m, _| m.ptx_code[0].gemms.swap(0, 1));
+    rejects("node 'add': no kernel for M above 1000", |m, _| m.ptx_code[0].gemms[1].max_m = 1000);
+    rejects("node 'add': M ranges out of order (16, then 8)", |m, _| {
         let mut g = m.ptx_code[0].gemms[0].clone();
         g.max_m = 8;
         m.ptx_code[0].gemms.insert(1, g);
+    });
+    rejects("node 'add' has a GEMM without its tile configuration", |m, _| m.ptx_code[0].gemms[0].tiles = None);
+    rejects("node 'add': unknown weight format 'fp7'", |m, _| m.ptx_code[0].gemms[0].tiles.as_mut().unwrap().format = "fp7".into());
+    rejects("the kernels of node 'add' are not listed together", |m, _| {
+        let mut other = m.ptx_code[0].gemms[0].clone();
+        other.node = "neg".into();
+        m.ptx_code[0].gemms.insert(1, other);
+    });
+    rejects("GPU code names the architecture \"../..\", which is not a plain name", |m, _| m.ptx_code[0].arch = "../..".into());
+    rejects("module name \"a/b\" is not a plain name", |m, _| {
+        m.ptx_code[0].modules[0].name = "a/b".into();
+        m.ptx_code[0].gemms.iter_mut().for_each(|g| g.module = "a/b".into());
+    });
+    rejects("the CPU code for 'generic': node 'add': M ranges out of order (0, then 0)", |m, _| m.cpu_code[0].gemms[0].max_m = 0);
+    rejects("node 'add' splits columns at multiples of 24, not of 16", |m, _| m.cpu_code[0].gemms[0].column_split = 24);
+    rejects("node 'add' has a kernel without a symbol", |m, _| m.cpu_code[0].gemms[1].symbol.clear());
+    rejects("node 'add': unknown activations code 7", |m, _| m.cpu_code[0].gemms[0].activations = 7);
+    rejects("the CPU code for 'generic' is listed twice", |m, _| {
+        let code = m.cpu_code[0].clone();
+        m.cpu_code.push(code);
     });
     rejects("the PTX of module 'gemm' for sm_90 is not UTF-8", |_, s| s[3] = vec![0xff, 0xfe]);
 }

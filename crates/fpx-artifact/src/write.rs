@@ -2,138 +2,19 @@
 //! fsync, rename over the destination.
 
 use crate::data::{dtype_code, stream_tensor, tensor_bytes};
+use crate::decode::{build_graph, Constants};
+use crate::format::{align_up, cpu_rows, gpu_rows, producer, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN};
 use crate::manifest as pb;
-use crate::read::{build_graph, check_code, section_kind, Constants};
-use crate::{ArtifactError, SectionInfo, SectionKind, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN};
+use crate::validate::check_code;
+use crate::{ArtifactContents, ArtifactError, SectionInfo, WriteSummary};
 use fpx_ir::{Attribute, Dim, Graph, NodeId, Tensor, TensorType, ValueId};
 use prost::Message;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Native CPU code for one target: a shared object and the kernels it exports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuCode {
-    /// The CPU the code was generated for (as LLVM names it, e.g. `x86-64-v3`).
-    pub target: String,
-    /// CPU features the code requires (e.g. `avx2`, `fma`).
-    pub features: Vec<String>,
-    /// The shared object's bytes.
-    pub shared_object: Vec<u8>,
-    /// Which exported symbols implement which node.
-    pub kernels: Vec<KernelEntry>,
-}
-
-/// The kernels of one node in a shared object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelEntry {
-    /// The node's name.
-    pub node: String,
-    /// The symbol of its matrix-vector kernel (one activation row).
-    pub gemv: String,
-    /// The symbol of its matrix-matrix kernel.
-    pub gemm: String,
-    /// Whether both kernels take int8 activations (an `fpx_quant::act8::Int8Activations`
-    /// buffer) instead of `f32` rows.
-    pub int8_activations: bool,
-}
-
-/// GPU code for one architecture.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PtxCode {
-    /// The architecture, e.g. `sm_90`.
-    pub arch: String,
-    /// The SM count the tile heuristic assumed when choosing configs.
-    pub sm_count: u32,
-    /// PTX modules (names unique within the architecture).
-    pub modules: Vec<PtxModule>,
-    /// Per node, the GEMM kernel to launch for each range of M (ascending `max_m`, the last 0).
-    pub gemms: Vec<GpuGemmEntry>,
-}
-
-/// One PTX module.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PtxModule {
-    /// Its name (unique within its architecture).
-    pub name: String,
-    /// The PTX text.
-    pub ptx: String,
-    /// Its kernel entry points.
-    pub entries: Vec<String>,
-}
-
-/// The GEMM kernel a node launches for M up to `max_m`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GpuGemmEntry {
-    /// The node's name.
-    pub node: String,
-    /// Largest M this kernel is chosen for; 0 = any larger M.
-    pub max_m: u64,
-    /// The module holding the kernels.
-    pub module: String,
-    /// The GEMM entry point.
-    pub kernel: String,
-    /// The split-K reduction entry point, empty if none.
-    pub reduce: String,
-    /// The tile configuration, as fpx-cuda writes it (`GemmConfig`'s key=value words).
-    pub config: String,
-}
-
-impl From<&GpuGemmEntry> for pb::GpuGemm {
-    fn from(g: &GpuGemmEntry) -> pb::GpuGemm {
-        pb::GpuGemm {
-            node: g.node.clone(),
-            max_m: g.max_m,
-            module: g.module.clone(),
-            kernel: g.kernel.clone(),
-            reduce: g.reduce.clone(),
-            config: g.config.clone(),
-        }
-    }
-}
-
-impl From<&pb::GpuGemm> for GpuGemmEntry {
-    fn from(g: &pb::GpuGemm) -> GpuGemmEntry {
-        GpuGemmEntry {
-            node: g.node.clone(),
-            max_m: g.max_m,
-            module: g.module.clone(),
-            kernel: g.kernel.clone(),
-            reduce: g.reduce.clone(),
-            config: g.config.clone(),
-        }
-    }
-}
-
-/// Everything an artifact holds.
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactContents {
-    /// The compiled graph (constants included).
-    pub graph: Graph,
-    /// Native CPU code, one entry per target.
-    pub cpu: Vec<CpuCode>,
-    /// GPU code, one entry per architecture.
-    pub ptx: Vec<PtxCode>,
-    /// Free-form facts (e.g. `weights` → `fp6-auto`), stored sorted by key.
-    pub metadata: BTreeMap<String, String>,
-}
-
-/// What [`write`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteSummary {
-    /// Size of the file in bytes.
-    pub bytes: u64,
-    /// Number of sections in it.
-    pub sections: usize,
-}
-
-/// The producer string written into every artifact.
-pub(crate) fn producer() -> String {
-    format!("fpx {}", env!("CARGO_PKG_VERSION"))
-}
 
 /// Where a section's bytes come from.
 enum Source<'a> {
@@ -245,11 +126,6 @@ impl Plan<'_> {
         }
         Ok(())
     }
-}
-
-/// Rounds `n` up to the next multiple of [`SECTION_ALIGN`].
-pub(crate) fn align_up(n: u64) -> Option<u64> {
-    n.checked_add(SECTION_ALIGN - 1).map(|x| x / SECTION_ALIGN * SECTION_ALIGN)
 }
 
 /// Sets every section's offset (each at the first aligned position after what precedes it)
@@ -370,12 +246,7 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
             c.shared_object.len() as u64,
             Source::Bytes(&c.shared_object),
         )?;
-        let kernels = c
-            .kernels
-            .iter()
-            .map(|k| pb::Kernel { node: k.node.clone(), gemv: k.gemv.clone(), gemm: k.gemm.clone(), int8_activations: k.int8_activations })
-            .collect();
-        cpu_code.push(pb::CpuCode { target: c.target.clone(), features: c.features.clone(), section, kernels });
+        cpu_code.push(pb::CpuCode { target: c.target.clone(), features: c.features.clone(), section, gemms: cpu_rows(&c.kernels) });
     }
 
     let mut ptx_code = Vec::with_capacity(contents.ptx.len());
@@ -390,8 +261,7 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
             )?;
             modules.push(pb::PtxModule { name: m.name.clone(), section, entries: m.entries.clone() });
         }
-        let gemms = p.gemms.iter().map(pb::GpuGemm::from).collect();
-        ptx_code.push(pb::PtxCode { arch: p.arch.clone(), sm_count: p.sm_count, modules, gemms });
+        ptx_code.push(pb::PtxCode { arch: p.arch.clone(), sm_count: p.sm_count, modules, gemms: gpu_rows(&p.kernels) });
     }
 
     for (s, src) in sections.iter_mut().zip(&sources) {
@@ -422,17 +292,7 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
 /// here rather than by the reader.
 fn check_reads_back(m: &pb::Manifest, what: &str) -> Result<(), ArtifactError> {
     let refuse = |message: String| ArtifactError::Graph { what: what.to_string(), message: format!("it would not read back: {message}") };
-    let sections: Vec<SectionInfo> = m
-        .sections
-        .iter()
-        .map(|s| SectionInfo {
-            name: s.name.clone(),
-            kind: section_kind(s.kind).unwrap_or(SectionKind::Other),
-            offset: s.offset,
-            length: s.length,
-            checksum: s.crc32,
-        })
-        .collect();
+    let sections: Vec<SectionInfo> = m.sections.iter().map(SectionInfo::from_pb).collect();
     check_code(what, m, &sections).and_then(|_| build_graph(what, m, &sections, Constants::Skip)).map(|_| ()).map_err(|e| match e {
         ArtifactError::Corrupt { message, .. } => refuse(message),
         ArtifactError::Ir { source, .. } => refuse(source.to_string()),

@@ -6,10 +6,11 @@
 use super::matmul::sgemm_rows;
 use super::{arg, array, opt_arg, KernelRegistry};
 use crate::{kbail, KernelError};
-use fpx_ir::ops::FPX_DOMAIN;
+use fpx_ir::ops::{quant_matmul, FPX_DOMAIN};
 use fpx_ir::{DType, Node, Tensor};
 use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, Format};
+use fpx_quant::act8::Activations;
+use fpx_quant::{fold, Format, QuantGemm};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
@@ -35,15 +36,10 @@ pub fn dequantize(format: Format, k: usize, n: usize, group: usize, packed: &[u8
     Ok(w)
 }
 
-fn quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
+fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     let (x, packed, scales) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
-    let fname = node.attr_s("format", "");
-    let Some(format) = Format::parse(fname) else { kbail!("unknown weight format '{fname}'") };
-    let (k, n, group) = (node.attr_i("k", 0), node.attr_i("n", 0), node.attr_i("group_size", 0));
-    if k <= 0 || n <= 0 || group < 0 {
-        kbail!("k = {k}, n = {n} and group_size = {group} must be positive (group_size 0 = per channel)");
-    }
-    let (k, n, group) = (k as usize, n as usize, group as usize);
+    let gemm = quant_matmul::read(node).map_err(|e| KernelError::new(e.to_string()))?;
+    let QuantGemm { format, k, n, group_size: group, activations } = gemm;
     let Tensor::U8(p) = packed else { kbail!("packed weight must be uint8, got {}", packed.dtype()) };
     let Tensor::F32(s) = scales else { kbail!("scales must be float, got {}", scales.dtype()) };
     if !x.dtype().is_float() {
@@ -62,11 +58,9 @@ fn quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     )?;
     let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
     let m = xv.len() / k;
-    match node.attr_s("activations", "f32") {
-        "f32" => {}
+    if activations == Activations::Int8 {
         // What the int8 kernels multiply in effect: the rows quantized per block of 32.
-        "int8" => xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized(),
-        other => kbail!("unknown activations '{other}' (f32 or int8)"),
+        xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized();
     }
     let mut y = vec![0f32; m * n];
     sgemm_rows(m, k, n, &xv, &w, &mut y);
@@ -89,5 +83,5 @@ fn quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
 }
 
 pub(super) fn register(r: &mut KernelRegistry) {
-    r.add_in(FPX_DOMAIN, "QuantMatMul", quant_matmul);
+    r.add_in(FPX_DOMAIN, quant_matmul::OP_TYPE, reference_quant_matmul);
 }

@@ -1,0 +1,135 @@
+//! The checks of a manifest's code entries: every section they name exists and holds what it
+//! should, kernel tables are well formed, names are unique, and every name that may become part
+//! of a path (a GPU architecture, a module) is one plain path component. The reader runs them on
+//! every file it opens, the writer on every manifest it writes.
+
+use crate::format::{cpu_tables, gpu_tables, NodeKernels};
+use crate::manifest as pb;
+use crate::{ArtifactError, CpuKernel, GpuKernel, SectionInfo, SectionKind};
+use fpx_quant::layout::TILE_N;
+use std::collections::BTreeSet;
+
+/// A checked CPU code entry: [`crate::CpuCode`] with its shared object still in the file.
+#[derive(Debug)]
+pub(crate) struct CheckedCpu {
+    pub target: String,
+    pub features: Vec<String>,
+    pub section: usize,
+    pub kernels: Vec<NodeKernels<CpuKernel>>,
+}
+
+/// A checked PTX module entry.
+#[derive(Debug)]
+pub(crate) struct CheckedModule {
+    pub name: String,
+    pub section: usize,
+    pub entries: Vec<String>,
+}
+
+/// A checked GPU code entry.
+#[derive(Debug)]
+pub(crate) struct CheckedPtx {
+    pub arch: String,
+    pub sm_count: u32,
+    pub modules: Vec<CheckedModule>,
+    pub kernels: Vec<NodeKernels<GpuKernel>>,
+}
+
+/// Whether `name` can be used as one file or folder name: non-empty, at most 200 bytes, only
+/// ASCII letters, digits, `_`, `-` and `.`, and not `.` or `..`.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Checks the CPU and PTX entries of `m` against the section table.
+pub(crate) fn check_code(
+    what: &str,
+    m: &pb::Manifest,
+    sections: &[SectionInfo],
+) -> Result<(Vec<CheckedCpu>, Vec<CheckedPtx>), ArtifactError> {
+    let section = |i: u32, want: SectionKind, who: &str| -> Result<usize, ArtifactError> {
+        let s = sections.get(i as usize).ok_or_else(|| {
+            ArtifactError::corrupt(what, format!("{who} refers to section #{i}, but there are only {} sections", sections.len()))
+        })?;
+        if s.kind != want {
+            return Err(ArtifactError::corrupt(
+                what,
+                format!("{who} refers to section #{i} '{}', which holds a {}, not a {want}", s.name, s.kind),
+            ));
+        }
+        Ok(i as usize)
+    };
+    let mut cpu = Vec::with_capacity(m.cpu_code.len());
+    for c in &m.cpu_code {
+        let who = format!("the CPU code for '{}'", c.target);
+        if cpu.iter().any(|e: &CheckedCpu| e.target == c.target) {
+            return Err(ArtifactError::corrupt(what, format!("{who} is listed twice")));
+        }
+        let section = section(c.section, SectionKind::CpuSharedObject, &who)?;
+        let kernels = cpu_tables(c).map_err(|e| ArtifactError::corrupt(what, format!("{who}: {e}")))?;
+        for k in &kernels {
+            for (_, e) in k.table.rows() {
+                if e.symbol.is_empty() {
+                    return Err(ArtifactError::corrupt(what, format!("{who}: node '{}' has a kernel without a symbol", k.node)));
+                }
+                if e.column_split == 0 || e.column_split as usize % TILE_N != 0 {
+                    let message = format!("{who}: node '{}' splits columns at multiples of {}, not of {TILE_N}", k.node, e.column_split);
+                    return Err(ArtifactError::corrupt(what, message));
+                }
+            }
+        }
+        cpu.push(CheckedCpu { target: c.target.clone(), features: c.features.clone(), section, kernels });
+    }
+    let mut ptx: Vec<CheckedPtx> = Vec::with_capacity(m.ptx_code.len());
+    for p in &m.ptx_code {
+        if !is_plain_name(&p.arch) {
+            return Err(ArtifactError::corrupt(what, format!("GPU code names the architecture {:?}, which is not a plain name", p.arch)));
+        }
+        if ptx.iter().any(|e| e.arch == p.arch) {
+            return Err(ArtifactError::corrupt(what, format!("the GPU code for '{}' is listed twice", p.arch)));
+        }
+        ptx.push(check_ptx(what, p, &section)?);
+    }
+    Ok((cpu, ptx))
+}
+
+/// Checks one architecture's GPU code: modules point at PTX sections, names are plain and
+/// unique, every GEMM names an existing module and entry, and each node's table is well formed.
+fn check_ptx(
+    what: &str,
+    p: &pb::PtxCode,
+    section: &dyn Fn(u32, SectionKind, &str) -> Result<usize, ArtifactError>,
+) -> Result<CheckedPtx, ArtifactError> {
+    let bad = |message: String| ArtifactError::corrupt(what, format!("the GPU code for '{}': {message}", p.arch));
+    let mut modules: Vec<CheckedModule> = Vec::with_capacity(p.modules.len());
+    let mut names = BTreeSet::new();
+    for m in &p.modules {
+        if !is_plain_name(&m.name) {
+            return Err(bad(format!("module name {:?} is not a plain name", m.name)));
+        }
+        if !names.insert(m.name.as_str()) {
+            return Err(bad(format!("module '{}' is listed twice", m.name)));
+        }
+        let s = section(m.section, SectionKind::Ptx, &format!("PTX module '{}' for '{}'", m.name, p.arch))?;
+        modules.push(CheckedModule { name: m.name.clone(), section: s, entries: m.entries.clone() });
+    }
+    let kernels = gpu_tables(p).map_err(bad)?;
+    for k in &kernels {
+        for (_, g) in k.table.rows() {
+            let module = modules
+                .iter()
+                .find(|e| e.name == g.module)
+                .ok_or_else(|| bad(format!("node '{}' uses module '{}', which is not there", k.node, g.module)))?;
+            for entry in std::iter::once(&g.kernel).chain(g.reduce.as_ref()) {
+                if !module.entries.contains(entry) {
+                    return Err(bad(format!("node '{}' uses kernel '{entry}', which module '{}' does not have", k.node, g.module)));
+                }
+            }
+        }
+    }
+    Ok(CheckedPtx { arch: p.arch.clone(), sm_count: p.sm_count, modules, kernels })
+}
