@@ -191,6 +191,11 @@ impl Artifact {
         self.sections.clone()
     }
 
+    /// The file's path (or the name given to [`Artifact::from_bytes`]), as errors name it.
+    pub fn name(&self) -> &str {
+        &self.what
+    }
+
     /// The format version in the file's header.
     pub fn format_version(&self) -> u32 {
         self.version

@@ -56,6 +56,28 @@ pub enum RuntimeError {
         /// What is wrong.
         message: String,
     },
+    /// An artifact could not be opened (damaged, foreign, another format version).
+    #[error(transparent)]
+    Artifact(#[from] fpx_artifact::ArtifactError),
+    /// No CPU code of the artifact runs on this machine.
+    #[error(
+        "'{artifact}': its CPU code was compiled for '{target}' and needs CPU features this machine lacks: {}; recompile with `fpx compile --cpu x86-64-v3` (or --cpu native on this machine)",
+        missing.join(", ")
+    )]
+    MissingCpuFeatures {
+        /// The artifact.
+        artifact: String,
+        /// The CPU the code was compiled for.
+        target: String,
+        /// The features this machine lacks.
+        missing: Vec<String>,
+    },
+    /// The artifact's native code could not be loaded or does not fit its graph.
+    #[error("the artifact's CPU code: {message}")]
+    NativeCode {
+        /// What went wrong.
+        message: String,
+    },
     /// Reading or writing a tensor file failed.
     #[error("{}: {message}", path.display())]
     File {

@@ -3,6 +3,7 @@
 use crate::kernels::{KernelFn, KernelRegistry, OwnedKernelFn};
 use crate::native::{quantize_activations, NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
+use fpx_ir::ops::quant_matmul;
 use fpx_ir::pass::NodeEvaluator;
 use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorType, ValueId};
 use fpx_quant::act8::Int8Activations;
@@ -10,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How one node runs: a reference kernel, or a natively compiled QuantMatMul.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Step {
     Kernel(KernelFn),
     Native(NativeQmm),
@@ -90,8 +91,18 @@ impl CpuExecutor {
             for v in node.inputs.iter().flatten() {
                 last_use.insert(*v, i);
             }
+            // A quantized product whose attributes are not a valid QuantGemm is refused now,
+            // naming the node, whichever kernel would run it.
+            let gemm = quant_matmul::is_quant_matmul(node).then(|| quant_matmul::read(node)).transpose()?;
             let step = match native.remove(&node.name) {
-                Some(q) if node.op_type == "QuantMatMul" => Step::Native(q),
+                Some(q) if gemm == Some(q.gemm) => Step::Native(q),
+                Some(q) if gemm.is_some() => {
+                    return Err(RuntimeError::Kernel {
+                        node: node.name.clone(),
+                        op: node.op_type.clone(),
+                        message: format!("the native kernel computes {}, but the node is {}", q.gemm, gemm.expect("checked")),
+                    })
+                }
                 Some(_) => {
                     return Err(RuntimeError::Kernel {
                         node: node.name.clone(),
@@ -106,7 +117,7 @@ impl CpuExecutor {
         if let Some(name) = native.keys().next() {
             return Err(RuntimeError::Kernel {
                 node: name.clone(),
-                op: "QuantMatMul".into(),
+                op: quant_matmul::OP_TYPE.into(),
                 message: "a native kernel names a node the graph does not have".into(),
             });
         }
@@ -134,7 +145,7 @@ impl CpuExecutor {
         let mut int8_readers: HashMap<ValueId, usize> = HashMap::new();
         for (id, step) in &steps {
             if let (Step::Native(q), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
-                if q.int8_activations {
+                if q.int8_activations() {
                     *int8_readers.entry(*x).or_default() += 1;
                 }
             }
@@ -268,7 +279,7 @@ impl CpuExecutor {
                     (Step::Kernel(kernel), None) => kernel(node, &args),
                     (Step::Native(q), _) => {
                         let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_act8.contains(x));
-                        run_native(q, node, &args, shared.map(|x| (x, &mut act8)))
+                        run_native(q, &args, shared.map(|x| (x, &mut act8)))
                     }
                 };
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
@@ -331,15 +342,10 @@ type Act8Cache = HashMap<ValueId, Int8Activations>;
 
 /// Runs a QuantMatMul node through its compiled kernel. With `shared`, its X is a value other
 /// int8 steps also read: its quantized form comes from (or goes into) the cache.
-fn run_native(
-    q: &NativeQmm,
-    node: &Node,
-    args: &[Option<&Tensor>],
-    shared: Option<(ValueId, &mut Act8Cache)>,
-) -> Result<Vec<Tensor>, KernelError> {
+fn run_native(q: &NativeQmm, args: &[Option<&Tensor>], shared: Option<(ValueId, &mut Act8Cache)>) -> Result<Vec<Tensor>, KernelError> {
     let get = |i: usize| args.get(i).copied().flatten().ok_or_else(|| KernelError::new(format!("input {i} is required")));
     let (x, packed, scales) = (get(0)?, get(1)?, get(2)?);
-    let (k, n) = (node.attr_i("k", 0) as usize, node.attr_i("n", 0) as usize);
+    let (k, n) = (q.gemm.k, q.gemm.n);
     if x.shape().last() != Some(&k) {
         return Err(KernelError::new(format!("X has shape {:?}, but the weight has K = {k}", x.shape())));
     }
@@ -359,7 +365,7 @@ fn run_native(
     let p = p.as_standard_layout();
     let s = s.as_standard_layout();
     let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
-    q.run(xv, prepared, m, k, n, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
+    q.run(xv, prepared, m, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
     let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));

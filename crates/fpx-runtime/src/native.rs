@@ -4,9 +4,9 @@
 
 use crate::kernels::SendPtr;
 use crate::{KernelError, RuntimeError};
-use fpx_quant::act8::Int8Activations;
+use fpx_quant::act8::{Activations, Int8Activations};
+use fpx_quant::{KernelTable, QuantGemm};
 use std::ffi::CString;
-use std::path::PathBuf;
 
 /// The C ABI of a generated QuantMatMul kernel: computes `y[r][c]` for every row `r < m` and
 /// column `c` in `[n_begin, n_end)`; `y`'s row stride is N (a constant of the kernel).
@@ -45,7 +45,7 @@ impl std::fmt::Debug for NativeLibrary {
 }
 
 fn err(message: impl Into<String>) -> RuntimeError {
-    RuntimeError::File { path: PathBuf::from("<artifact CPU code>"), message: message.into() }
+    RuntimeError::NativeCode { message: message.into() }
 }
 
 impl NativeLibrary {
@@ -57,27 +57,31 @@ impl NativeLibrary {
     /// you trust.
     pub unsafe fn load(bytes: &[u8]) -> Result<NativeLibrary, RuntimeError> {
         let name = CString::new("fpx-cpu-kernels").expect("no NUL");
-        // MFD_CLOEXEC keeps the file out of child processes.
-        let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
-        if fd < 0 {
-            return Err(err(format!("memfd_create failed: {}", std::io::Error::last_os_error())));
-        }
-        let mut written = 0usize;
-        while written < bytes.len() {
-            let n = libc::write(fd, bytes[written..].as_ptr().cast(), bytes.len() - written);
-            if n <= 0 {
-                let e = std::io::Error::last_os_error();
-                libc::close(fd);
-                return Err(err(format!("cannot stage the shared object in memory: {e}")));
+        // SAFETY: plain system calls on a descriptor this function owns; the library's code runs
+        // only when the caller (who vouched for it) loads it below.
+        unsafe {
+            // MFD_CLOEXEC keeps the file out of child processes.
+            let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(err(format!("memfd_create failed: {}", std::io::Error::last_os_error())));
             }
-            written += n as usize;
-        }
-        let path = format!("/proc/self/fd/{fd}");
-        match libloading::Library::new(&path) {
-            Ok(lib) => Ok(NativeLibrary { lib: Some(lib), fd }),
-            Err(e) => {
-                libc::close(fd);
-                Err(err(format!("cannot load the shared object: {e}")))
+            let mut written = 0usize;
+            while written < bytes.len() {
+                let n = libc::write(fd, bytes[written..].as_ptr().cast(), bytes.len() - written);
+                if n <= 0 {
+                    let e = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    return Err(err(format!("cannot stage the shared object in memory: {e}")));
+                }
+                written += n as usize;
+            }
+            let path = format!("/proc/self/fd/{fd}");
+            match libloading::Library::new(&path) {
+                Ok(lib) => Ok(NativeLibrary { lib: Some(lib), fd }),
+                Err(e) => {
+                    libc::close(fd);
+                    Err(err(format!("cannot load the shared object: {e}")))
+                }
             }
         }
     }
@@ -90,57 +94,75 @@ impl NativeLibrary {
     }
 }
 
-/// The two generated variants of one QuantMatMul node's kernel.
+/// One compiled kernel entry point and the column multiple at which threads may split N.
 #[derive(Clone, Copy)]
-pub struct NativeQmm {
-    /// For M = 1..=8 (weight streaming).
-    pub gemv: QmmFn,
-    /// For larger M (tiled).
-    pub gemm: QmmFn,
-    /// Both kernels take int8 activations: `run` quantizes X once per call
-    /// ([`fpx_quant::act8::Int8Activations`]) and hands every thread that buffer.
-    pub int8_activations: bool,
+pub struct NativeKernel {
+    /// The kernel.
+    pub f: QmmFn,
+    /// Threads split `[0, N)` at multiples of this (a multiple of the kernels' 16-row tile).
+    pub column_split: usize,
 }
 
-impl std::fmt::Debug for NativeQmm {
+impl std::fmt::Debug for NativeKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NativeQmm")
+        write!(f, "NativeKernel(split {})", self.column_split)
     }
 }
 
-/// Largest M the GEMV variant serves.
-pub const GEMV_MAX_M: usize = 8;
+/// A QuantMatMul node's compiled kernels: the product they compute and which kernel serves
+/// which M (the artifact's kernel table, picked from the same way for every backend).
+#[derive(Debug, Clone)]
+pub struct NativeQmm {
+    /// The product (from the node's attributes).
+    pub gemm: QuantGemm,
+    /// The kernels by M.
+    pub kernels: KernelTable<NativeKernel>,
+}
 
 impl NativeQmm {
-    /// Runs `y[m][n] = x[m][k] · W + bias`, splitting N across the current rayon pool's threads
-    /// at multiples of 16 (the kernels' tile). Kernels with int8 activations take `prepared`
-    /// ([`quantize_activations`] of this `x`, when several kernels multiply the same `x`), or
-    /// quantize `x` here when it is `None`.
+    /// Whether the kernels take int8 activations: `run` quantizes X once per call
+    /// ([`fpx_quant::act8::Int8Activations`]) and hands every thread that buffer.
+    pub fn int8_activations(&self) -> bool {
+        self.gemm.activations == Activations::Int8
+    }
+
+    /// Runs `y[m][n] = x[m][k] · W + bias` with the kernel the table picks for `m`, splitting N
+    /// across the current rayon pool's threads at multiples of its column split. Kernels with
+    /// int8 activations take `prepared` ([`quantize_activations`] of this `x`, when several
+    /// kernels multiply the same `x`), or quantize `x` here when it is `None`.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         x: &[f32],
         prepared: Option<&Int8Activations>,
         m: usize,
-        k: usize,
-        n: usize,
         packed: &[u8],
         scales: &[f32],
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        let (k, n) = (self.gemm.k, self.gemm.n);
         if x.len() != m * k || y.len() != m * n || bias.is_some_and(|b| b.len() != n) {
             return Err(KernelError::new(format!("native kernel: buffers do not match m={m}, k={k}, n={n}")));
+        }
+        let shape = self.gemm.packed_shape();
+        if packed.len() != shape.total_bytes() || scales.len() != self.gemm.groups() * n {
+            return Err(KernelError::new(format!(
+                "native kernel: the packed weight ({} bytes) or scales ({} values) do not match {}",
+                packed.len(),
+                scales.len(),
+                self.gemm
+            )));
         }
         if prepared.is_some_and(|q| q.rows() != m || q.k() != k) {
             return Err(KernelError::new(format!("native kernel: the quantized activations are not {m} x {k}")));
         }
-        if m == 0 || n == 0 {
+        if m == 0 {
             return Ok(());
         }
-        let f = if m <= GEMV_MAX_M { self.gemv } else { self.gemm };
+        let kernel = *self.kernels.pick(m);
         let owned;
-        let int8 = match (self.int8_activations, prepared) {
+        let int8 = match (self.int8_activations(), prepared) {
             (false, _) => None,
             (true, Some(q)) => Some(q),
             (true, None) => {
@@ -148,20 +170,21 @@ impl NativeQmm {
                 Some(&owned)
             }
         };
+        let split = kernel.column_split.max(1);
         let threads = rayon::current_num_threads().max(1);
-        let tiles = n.div_ceil(16);
+        let tiles = n.div_ceil(split);
         let per = tiles.div_ceil(threads).max(1);
         let out = SendPtr(y.as_mut_ptr());
         let call = |t: usize| {
             let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
-            let (b, e) = ((t * per * 16).min(n), ((t + 1) * per * 16).min(n));
+            let (b, e) = ((t * per * split).min(n), ((t + 1) * per * split).min(n));
             if b < e {
                 let o = &out;
                 let x_ptr = int8.map_or(x.as_ptr(), |q| q.as_ptr());
-                // SAFETY: buffers were checked against m, k, n above (the int8 buffer was built
-                // from them); each call writes only columns [b, e) of every row, disjoint across
-                // threads (threads share the output through `SendPtr`).
-                unsafe { f(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
+                // SAFETY: buffers were checked against m, k, n and the packed shape above (the
+                // int8 buffer was built from them); each call writes only columns [b, e) of every
+                // row, disjoint across threads (threads share the output through `SendPtr`).
+                unsafe { (kernel.f)(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
             }
         };
         let chunks = tiles.div_ceil(per);
@@ -290,16 +313,20 @@ mod tests {
 
     #[test]
     fn prepared_activations_are_used_and_checked() {
-        let q = NativeQmm { gemv: probe, gemm: probe, int8_activations: true };
         let (m, k, n) = (2, 40, 16);
+        let gemm = QuantGemm { format: fpx_quant::Format::Int4, k, n, group_size: 0, activations: Activations::Int8 };
+        let q = NativeQmm { gemm, kernels: KernelTable::single(NativeKernel { f: probe, column_split: 16 }) };
+        let (packed, scales) = (vec![0u8; gemm.packed_shape().total_bytes()], vec![1f32; n]);
         let x: Vec<f32> = (0..m * k).map(|i| i as f32 - 30.0).collect();
         let prepared = quantize_activations(&x, m, k);
         assert_eq!(prepared, fpx_quant::act8::Int8Activations::quantize(&x, m, k));
         let mut y = vec![0f32; m * n];
-        q.run(&x, Some(&prepared), m, k, n, &[], &[], None, &mut y).unwrap();
+        q.run(&x, Some(&prepared), m, &packed, &scales, None, &mut y).unwrap();
         assert_eq!(SEEN.load(Ordering::SeqCst), prepared.as_ptr() as usize, "the kernel got the prepared buffer");
         let wrong = quantize_activations(&x[..k], 1, k);
-        let err = q.run(&x, Some(&wrong), m, k, n, &[], &[], None, &mut y).unwrap_err();
+        let err = q.run(&x, Some(&wrong), m, &packed, &scales, None, &mut y).unwrap_err();
         assert!(err.0.contains("not 2 x 40"), "{}", err.0);
+        let err = q.run(&x, None, m, &packed[1..], &scales, None, &mut y).unwrap_err();
+        assert!(err.0.contains("do not match int4 k=40 n=16"), "{}", err.0);
     }
 }

@@ -8,8 +8,8 @@ use super::{arg, array, opt_arg, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ops::{quant_matmul, FPX_DOMAIN};
 use fpx_ir::{DType, Node, Tensor};
-use fpx_quant::layout::{self, PackedShape};
 use fpx_quant::act8::Activations;
+use fpx_quant::layout::{self, PackedShape};
 use fpx_quant::{fold, Format, QuantGemm};
 
 type Res = Result<Vec<Tensor>, KernelError>;
