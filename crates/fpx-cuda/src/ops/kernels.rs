@@ -382,7 +382,7 @@ pub enum OpKernel {
         /// Storage type.
         elem: Elem,
     },
-    /// `fpx_<op>_bcast_<elem>(const T* a, const T* b, T* y, fpx_bcast s)`: see [`BcastArgs`].
+    /// `fpx_<op>_bcast_<elem>(const T* a, const T* b, T* y, fpx_bcast s)`: see [`BcastArgs`](super::BcastArgs).
     BinaryBcast {
         /// The op.
         op: BinaryOp,
@@ -404,7 +404,7 @@ pub enum OpKernel {
     },
     /// `fpx_gather_<w>(const U* data, const fpx_i64* idx, U* y, fpx_u32 outer, fpx_u32 axis_dim, fpx_u32 n_idx, fpx_u32 inner, int* err)`.
     Gather(Width),
-    /// `fpx_transpose_<w>(const U* x, U* y, fpx_perm p)`: see [`PermArgs`].
+    /// `fpx_transpose_<w>(const U* x, U* y, fpx_perm p)`: see [`PermArgs`](super::PermArgs).
     Transpose(Width),
     /// `fpx_transpose_tile_<w>(const U* x, U* y, fpx_u32 batch, fpx_u32 rows, fpx_u32 cols)`.
     TransposeTile(Width),
