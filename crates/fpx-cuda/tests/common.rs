@@ -1,10 +1,13 @@
 //! What the fpx-cuda test modules share: finding NVRTC/ptxas, opening a GPU (or saying why a
-//! test skips), the random generator and the linear-layer shapes.
+//! test skips) and the linear-layer shapes. Every skip goes through
+//! [`fpx_test_support::skip`] with [`Requirement::Gpu`], so `FPX_REQUIRE=gpu` turns it into a
+//! failure (NVRTC and ptxas count as part of the GPU requirement).
 
 use std::path::PathBuf;
 
 use fpx_cuda::device::Gpu;
 use fpx_cuda::{find_ptxas, load_nvrtc, set_cuda_home, Arch};
+use fpx_test_support::{skip, Requirement};
 
 /// (K, N) of the MiniLM and LLaMA-2 linear layers (the shapes).
 pub const LINEAR_SHAPES: [(usize, usize); 10] = [
@@ -49,53 +52,33 @@ pub fn toolchain() -> Result<(), String> {
     Ok(())
 }
 
-/// GPU 0 (sm_80 or newer) with NVRTC loaded, or `None` after printing why `test` skips.
+/// Whether NVRTC and ptxas are ready; `false` after skipping `test` ([`Requirement::Gpu`]).
+pub fn toolchain_or_skip(test: &str) -> bool {
+    match toolchain() {
+        Ok(()) => true,
+        Err(why) => {
+            skip(Requirement::Gpu, test, &why);
+            false
+        }
+    }
+}
+
+/// GPU 0 (sm_80 or newer) with NVRTC loaded, or `None` after skipping `test`
+/// ([`Requirement::Gpu`]).
 pub fn open_gpu(test: &str) -> Option<(Gpu, Arch)> {
-    let skip = |why: String| {
-        eprintln!("SKIP {test}: {why}");
+    let skipped = |why: String| {
+        skip(Requirement::Gpu, test, &why);
         None
     };
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
-        Err(e) => return skip(e.to_string()),
+        Err(e) => return skipped(e.to_string()),
     };
     let Some(arch) = gpu.arch() else {
-        return skip(format!("{} has compute capability {}.{}, older than sm_80", gpu.name, gpu.capability.0, gpu.capability.1));
+        return skipped(format!("{} has compute capability {}.{}, older than sm_80", gpu.name, gpu.capability.0, gpu.capability.1));
     };
     if let Err(e) = nvrtc() {
-        return skip(e);
+        return skipped(e);
     }
     Some((gpu, arch))
-}
-
-/// Small deterministic generator (64-bit LCG, high bits).
-pub struct Lcg(pub u64);
-
-impl Lcg {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 32
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        self.next() as f64 / (1u64 << 32) as f64
-    }
-
-    /// Uniform in [-1, 1), as f32.
-    pub fn signed(&mut self) -> f32 {
-        (self.unit() * 2.0 - 1.0) as f32
-    }
-
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }

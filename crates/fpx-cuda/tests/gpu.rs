@@ -1,17 +1,20 @@
 //! The FP6 GEMM on a GPU against an independent CPU reference (decode every code, multiply in
 //! f64): random codes and FP16 activations (fixed seeds), the MiniLM and LLaMA-2 linear shapes
 //! plus awkward ones, M from 1 to 1000, both FP6 formats, with and without bias, outputs
-//! poisoned first. Without a CUDA driver or device every test prints SKIP and passes; on a GPU
-//! machine `scripts/gpu-check.sh` runs them (and compute-sanitizer over them).
+//! poisoned first. Without a CUDA driver or device every test prints SKIP and passes (fails
+//! with `FPX_REQUIRE=gpu`); on a GPU machine `scripts/gpu-check.sh` runs them (and
+//! compute-sanitizer over them).
 
 use fpx_cuda::device::{GemmOperands, Gpu, GpuGemm};
 use fpx_cuda::{heuristic_config, Act, Fp6Format, GemmConfig};
 use fpx_quant::layout::{pack, PackedShape};
 use half::f16;
 
-use crate::common::{open_gpu, Lcg, LINEAR_SHAPES};
+use fpx_test_support::Rng;
 
-/// GPU 0 with NVRTC ready, or `None` after printing why `test` skips.
+use crate::common::{open_gpu, LINEAR_SHAPES};
+
+/// GPU 0 with NVRTC ready, or `None` after skipping `test` ([`open_gpu`]).
 fn gpu_or_skip(test: &str) -> Option<Gpu> {
     open_gpu(test).map(|(gpu, _)| gpu)
 }
@@ -28,21 +31,21 @@ struct Problem {
 
 impl Problem {
     fn new(format: Fp6Format, n: usize, k: usize, with_bias: bool, seed: u64) -> Problem {
-        let mut r = Lcg(seed);
-        let codes = (0..n * k).map(|_| (r.next() % 64) as u8).collect();
+        let mut r = Rng::new(seed);
+        let codes = (0..n * k).map(|_| r.below(64) as u8).collect();
         let spread = (k as f64).sqrt();
-        let scales = (0..n).map(|_| ((0.25 + r.unit()) / spread) as f32).collect();
-        let bias = with_bias.then(|| (0..n).map(|_| (r.unit() * 2.0 - 1.0) as f32).collect());
+        let scales = (0..n).map(|_| ((0.25 + r.uniform()) / spread) as f32).collect();
+        let bias = with_bias.then(|| (0..n).map(|_| (r.uniform() * 2.0 - 1.0) as f32).collect());
         Problem { format, n, k, codes, scales, bias }
     }
 
     fn activations(&self, m: usize, seed: u64) -> Vec<u16> {
-        let mut r = Lcg(seed);
+        let mut r = Rng::new(seed);
         let k_pad = self.k.div_ceil(32) * 32;
         let mut x = vec![0u16; m * k_pad];
         for row in x.chunks_mut(k_pad) {
             for v in &mut row[..self.k] {
-                *v = f16::from_f64(r.unit() * 2.0 - 1.0).to_bits();
+                *v = f16::from_f64(r.uniform() * 2.0 - 1.0).to_bits();
             }
         }
         x
@@ -76,13 +79,10 @@ fn check(gpu: &Gpu, gemm: &GpuGemm, p: &Problem, m: usize, seed: u64) -> f64 {
     gemm.launch(gpu, m, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: db.as_ref(), y: &mut dy, ws: Some(&mut ws) }).unwrap();
     let y = gpu.download(&dy).unwrap();
 
-    let mut r = Lcg(seed ^ 0x5eed);
-    let rows: Vec<usize> = if m <= 64 { (0..m).collect() } else { (0..24).map(|_| r.next() as usize % m).chain([0, m - 1]).collect() };
-    let cols: Vec<usize> = if p.n <= 512 {
-        (0..p.n).collect()
-    } else {
-        (0..80).map(|_| r.next() as usize % p.n).chain((0..16).chain(p.n - 16..p.n)).collect()
-    };
+    let mut r = Rng::new(seed ^ 0x5eed);
+    let rows: Vec<usize> = if m <= 64 { (0..m).collect() } else { (0..24).map(|_| r.below(m)).chain([0, m - 1]).collect() };
+    let cols: Vec<usize> =
+        if p.n <= 512 { (0..p.n).collect() } else { (0..80).map(|_| r.below(p.n)).chain((0..16).chain(p.n - 16..p.n)).collect() };
     let mut worst = 0f64;
     for &row in &rows {
         let want: Vec<f64> = cols.iter().map(|&c| p.reference(&x, row, c)).collect();

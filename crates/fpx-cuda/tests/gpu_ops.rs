@@ -9,7 +9,8 @@
 //! must stay untouched.
 //!
 //! Without a CUDA driver, a device (sm_80 or newer) or NVRTC every test prints `SKIP <test>:
-//! <reason>` and passes; on a GPU machine `scripts/gpu-check.sh` runs them.
+//! <reason>` and passes (fails with `FPX_REQUIRE=gpu`); on a GPU machine
+//! `scripts/gpu-check.sh` runs them.
 
 use std::f64::consts::PI;
 use std::fmt::Debug;
@@ -21,7 +22,10 @@ use fpx_cuda::ops::launch_config;
 use fpx_cuda::*;
 use half::f16;
 
-use crate::common::{open_gpu, Lcg};
+use fpx_ir::shape::unravel_index;
+use fpx_test_support::Rng;
+
+use crate::common::open_gpu;
 
 /// Poisoned elements after every output, which must stay poisoned.
 const TAIL: usize = 8;
@@ -36,7 +40,7 @@ struct Dev {
 }
 
 impl Dev {
-    /// The GPU, or `None` after printing why `test` skips.
+    /// The GPU, or `None` after skipping `test` ([`open_gpu`]).
     fn open(test: &str) -> Option<Dev> {
         open_gpu(test).map(|(gpu, arch)| Dev { gpu, arch })
     }
@@ -164,16 +168,6 @@ fn check_margins<T: Real>(what: &str, y: &[T], lead: usize, len: usize) {
     assert!(outside.is_none(), "{what}: wrote outside its output (margin element {outside:?})");
 }
 
-/// Row-major multi-index of `i` in `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
 /// Row-major offset of `idx` in `shape`.
 fn ravel(idx: &[usize], shape: &[usize]) -> usize {
     idx.iter().zip(shape).fold(0, |acc, (&i, &s)| acc * s + i)
@@ -220,21 +214,21 @@ fn unary_ref(op: UnaryOp, x: f64) -> f64 {
 }
 
 /// An input in the op's test domain (sqrt and log on positives, reciprocal away from zero).
-fn unary_input(op: UnaryOp, r: &mut Lcg) -> f64 {
+fn unary_input(op: UnaryOp, r: &mut Rng) -> f64 {
     match op {
-        UnaryOp::Erf | UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Sigmoid | UnaryOp::Tanh => r.uniform(-6.0, 6.0),
-        UnaryOp::Relu | UnaryOp::Neg => r.uniform(-100.0, 100.0),
-        UnaryOp::Sqrt => r.uniform(0.0, 1000.0),
+        UnaryOp::Erf | UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Sigmoid | UnaryOp::Tanh => r.range(-6.0, 6.0),
+        UnaryOp::Relu | UnaryOp::Neg => r.range(-100.0, 100.0),
+        UnaryOp::Sqrt => r.range(0.0, 1000.0),
         UnaryOp::Reciprocal => {
-            let m = 10f64.powf(r.uniform(-1.3, 1.3));
+            let m = 10f64.powf(r.range(-1.3, 1.3));
             if r.below(2) == 0 {
                 m
             } else {
                 -m
             }
         }
-        UnaryOp::Exp => r.uniform(-10.0, 10.0),
-        UnaryOp::Log => 10f64.powf(r.uniform(-3.0, 3.0)),
+        UnaryOp::Exp => r.range(-10.0, 10.0),
+        UnaryOp::Log => 10f64.powf(r.range(-3.0, 3.0)),
     }
 }
 
@@ -261,18 +255,18 @@ fn binary_ref(op: BinaryOp, a: f64, b: f64) -> f64 {
 }
 
 /// Inputs `(a, b)` in the op's domain; Max and Min get some NaNs (which must propagate).
-fn binary_inputs(op: BinaryOp, r: &mut Lcg, na: usize, nb: usize) -> (Vec<f64>, Vec<f64>) {
+fn binary_inputs(op: BinaryOp, r: &mut Rng, na: usize, nb: usize) -> (Vec<f64>, Vec<f64>) {
     let mut a: Vec<f64> = (0..na)
         .map(|_| match op {
-            BinaryOp::Pow => r.uniform(0.1, 4.0),
-            _ => r.uniform(-10.0, 10.0),
+            BinaryOp::Pow => r.range(0.1, 4.0),
+            _ => r.range(-10.0, 10.0),
         })
         .collect();
     let mut b: Vec<f64> = (0..nb)
         .map(|_| match op {
-            BinaryOp::Pow => r.uniform(-3.0, 3.0),
-            BinaryOp::Div => r.uniform(0.1, 10.0) * if r.below(2) == 0 { 1.0 } else { -1.0 },
-            _ => r.uniform(-10.0, 10.0),
+            BinaryOp::Pow => r.range(-3.0, 3.0),
+            BinaryOp::Div => r.range(0.1, 10.0) * if r.below(2) == 0 { 1.0 } else { -1.0 },
+            _ => r.range(-10.0, 10.0),
         })
         .collect();
     if matches!(op, BinaryOp::Max | BinaryOp::Min) {
@@ -311,7 +305,7 @@ fn bcast_offset(out_idx: &[usize], shape: &[usize]) -> usize {
 /// misaligned for the 16-byte vector path when the offsets are not multiples of 16 bytes),
 /// with the planned grid or `grid` blocks.
 #[allow(clippy::too_many_arguments)]
-fn unary_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: UnaryOp, n: usize, x_off: usize, y_off: usize, grid: Option<u32>, r: &mut Lcg) {
+fn unary_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: UnaryOp, n: usize, x_off: usize, y_off: usize, grid: Option<u32>, r: &mut Rng) {
     let kernel = OpKernel::Unary { op, elem: T::ELEM };
     let what = format!("{kernel} n={n} x_off={x_off} y_off={y_off} grid={grid:?}");
     let f = dev.func(m, &kernel);
@@ -354,7 +348,7 @@ fn unary_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: UnaryOp, n: usize, x_
 
 fn unary_all<T: Real>(dev: &Dev, seed: u64) {
     let m = dev.module(OpFamily::Elementwise);
-    let mut r = Lcg(seed);
+    let mut r = Rng::new(seed);
     for op in UnaryOp::ALL {
         for n in [0, 1, 7, 8, 1000, 65537 + 3] {
             unary_case::<T>(dev, &m, op, n, 0, 0, None, &mut r);
@@ -391,7 +385,7 @@ fn unary_ops_f16() {
 // Binary
 
 /// `a op b` as `binary_plan` plans it; `bcast` says which kernel the plan must pick.
-fn binary_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: BinaryOp, sa: &[usize], sb: &[usize], bcast: bool, r: &mut Lcg) {
+fn binary_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: BinaryOp, sa: &[usize], sb: &[usize], bcast: bool, r: &mut Rng) {
     let plan = binary_plan(op, T::ELEM, sa, sb).unwrap_or_else(|e| panic!("{e}"));
     let what = format!("{} {sa:?} {sb:?}", plan.kernel);
     assert_eq!(matches!(plan.kernel, OpKernel::BinaryBcast { .. }), bcast, "{what}: wrong kernel kind");
@@ -417,7 +411,7 @@ fn binary_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: BinaryOp, sa: &[usiz
     check_margins(&what, &yh, 0, numel);
     let want: Vec<f64> = (0..numel)
         .map(|i| {
-            let idx = unravel(i, &out);
+            let idx = unravel_index(i, &out);
             binary_ref(op, ah[bcast_offset(&idx, sa)].to_f64(), bh[bcast_offset(&idx, sb)].to_f64())
         })
         .collect();
@@ -454,7 +448,7 @@ fn binary_plans_as_intended() {
 
 fn binary_all<T: Real>(dev: &Dev, same: bool, seed: u64) {
     let m = dev.module(OpFamily::Elementwise);
-    let mut r = Lcg(seed);
+    let mut r = Rng::new(seed);
     for op in BinaryOp::ALL {
         if same {
             for s in SAME {
@@ -497,7 +491,7 @@ fn binary_broadcast_f16() {
 fn binary_misaligned_and_grid_stride() {
     let Some(dev) = Dev::open("binary_misaligned_and_grid_stride") else { return };
     let m = dev.module(OpFamily::Elementwise);
-    let mut r = Lcg(0x0015);
+    let mut r = Rng::new(0x0015);
     let n = 4099;
     for (offs, grid) in
         [([1, 0, 0], None), ([0, 2, 0], None), ([0, 0, 3], None), ([3, 3, 3], None), ([0, 0, 0], Some(1)), ([1, 1, 1], Some(2))]
@@ -505,8 +499,8 @@ fn binary_misaligned_and_grid_stride() {
         let kernel = OpKernel::Binary { op: BinaryOp::Sub, elem: Elem::F16 };
         let what = format!("{kernel} offsets {offs:?} grid {grid:?}");
         let f = dev.func(&m, &kernel);
-        let ah: Vec<u16> = (0..offs[0] + n).map(|_| u16::from_f64(r.uniform(-10.0, 10.0))).collect();
-        let bh: Vec<u16> = (0..offs[1] + n).map(|_| u16::from_f64(r.uniform(-10.0, 10.0))).collect();
+        let ah: Vec<u16> = (0..offs[0] + n).map(|_| u16::from_f64(r.range(-10.0, 10.0))).collect();
+        let bh: Vec<u16> = (0..offs[1] + n).map(|_| u16::from_f64(r.range(-10.0, 10.0))).collect();
         let (a, b) = (dev.upload(&ah), dev.upload(&bh));
         let mut y = dev.upload(&vec![u16::POISON; offs[2] + n + TAIL]);
         let mut cfg = config(&kernel, n, 0).unwrap();
@@ -554,7 +548,7 @@ fn check_bits<T: Copy + PartialEq + Debug>(what: &str, got: &[T], want: &[T], in
 fn casts() {
     let Some(dev) = Dev::open("casts") else { return };
     let m = dev.module(OpFamily::Elementwise);
-    let mut r = Lcg(0x0021);
+    let mut r = Rng::new(0x0021);
 
     // FP16 -> FP32: every bit pattern, exact.
     let all: Vec<u16> = (0..=u16::MAX).collect();
@@ -592,10 +586,10 @@ fn casts() {
         1.0 + 1.0 / 2048.0,
     ];
     xs.extend((0..20001).map(|_| {
-        let mag = 2f64.powf(r.uniform(-30.0, 17.0));
+        let mag = 2f64.powf(r.range(-30.0, 17.0));
         (if r.below(2) == 0 { mag } else { -mag }) as f32
     }));
-    xs.extend((0..2000).map(|_| f32::from_bits(r.next() as u32)));
+    xs.extend((0..2000).map(|_| f32::from_bits(r.next_u32())));
     let got: Vec<u16> = cast_run(&dev, &m, CastOp::F32ToF16, &xs);
     let want: Vec<u16> = xs.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
     check_bits("fpx_cast_f32_f16", &got, &want, |i| format!("{:e}", xs[i]), |b| f16::from_bits(b).is_nan());
@@ -604,7 +598,7 @@ fn casts() {
     let mut is: Vec<i64> =
         vec![0, 1, -1, 2047, 2049, 65504, 65519, 65520, -65520, 1 << 24, (1 << 24) + 1, (1 << 53) + 1, i64::MAX, i64::MIN];
     is.extend((0..10007).map(|_| r.below(200_001) as i64 - 100_000));
-    is.extend((0..1000).map(|_| ((r.next() << 32) | r.next()) as i64));
+    is.extend((0..1000).map(|_| r.next_u64() as i64));
     let got: Vec<f32> = cast_run(&dev, &m, CastOp::I64ToF32, &is);
     let want: Vec<f32> = is.iter().map(|&v| v as f32).collect();
     check_bits("fpx_cast_i64_f32", &got, &want, |i| is[i].to_string(), f32::is_nan);
@@ -628,18 +622,18 @@ fn layernorm_case<T: Real>(
     with_gamma: bool,
     with_beta: bool,
     eps: f32,
-    r: &mut Lcg,
+    r: &mut Rng,
 ) {
     let kernel = OpKernel::LayerNorm(T::ELEM);
     let what = format!("{kernel} {rows}x{cols} gamma {with_gamma} beta {with_beta}");
     let f = dev.func(m, &kernel);
     let mut xh = Vec::with_capacity(rows * cols);
     for _ in 0..rows {
-        let (c, s) = (r.uniform(-3.0, 3.0), r.uniform(0.5, 2.0));
-        xh.extend((0..cols).map(|_| T::from_f64(c + s * r.uniform(-1.0, 1.0))));
+        let (c, s) = (r.range(-3.0, 3.0), r.range(0.5, 2.0));
+        xh.extend((0..cols).map(|_| T::from_f64(c + s * r.range(-1.0, 1.0))));
     }
-    let gh: Vec<T> = (0..cols).map(|_| T::from_f64(r.uniform(0.5, 1.5))).collect();
-    let bh: Vec<T> = (0..cols).map(|_| T::from_f64(r.uniform(-1.0, 1.0))).collect();
+    let gh: Vec<T> = (0..cols).map(|_| T::from_f64(r.range(0.5, 1.5))).collect();
+    let bh: Vec<T> = (0..cols).map(|_| T::from_f64(r.range(-1.0, 1.0))).collect();
     let x = dev.upload(&xh);
     let (g, b) = (dev.upload(&gh), dev.upload(&bh));
     let mut y = dev.upload(&vec![T::POISON; rows * cols + TAIL]);
@@ -690,7 +684,7 @@ fn layernorm_case<T: Real>(
 
 fn layernorm_all<T: Real>(dev: &Dev, seed: u64) {
     let m = dev.module(OpFamily::LayerNorm);
-    let mut r = Lcg(seed);
+    let mut r = Rng::new(seed);
     for (rows, cols) in [(1, 1), (3, 1), (1, 384), (37, 384), (4, 1000), (300, 64), (9, 33), (2, 4099)] {
         for (g, b) in [(true, true), (false, false), (true, false), (false, true)] {
             layernorm_case::<T>(dev, &m, rows, cols, g, b, 1e-5, &mut r);
@@ -724,7 +718,7 @@ enum SoftmaxRows {
     AllMasked,
 }
 
-fn softmax_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, rows: usize, cols: usize, fill: SoftmaxRows, r: &mut Lcg) {
+fn softmax_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, rows: usize, cols: usize, fill: SoftmaxRows, r: &mut Rng) {
     let kernel = OpKernel::Softmax(T::ELEM);
     let what = format!("{kernel} {rows}x{cols} {fill:?}");
     let f = dev.func(m, &kernel);
@@ -733,10 +727,10 @@ fn softmax_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, rows: usize, cols: usiz
         let keep = r.below(cols);
         xh.extend((0..cols).map(|c| {
             T::from_f64(match fill {
-                SoftmaxRows::Plain => r.uniform(-8.0, 8.0),
-                SoftmaxRows::Offset(o) => o + r.uniform(-8.0, 8.0),
+                SoftmaxRows::Plain => r.range(-8.0, 8.0),
+                SoftmaxRows::Offset(o) => o + r.range(-8.0, 8.0),
                 SoftmaxRows::Masked if c != keep && r.below(4) == 0 => f64::NEG_INFINITY,
-                SoftmaxRows::Masked => r.uniform(-8.0, 8.0),
+                SoftmaxRows::Masked => r.range(-8.0, 8.0),
                 SoftmaxRows::AllMasked => f64::NEG_INFINITY,
             })
         }));
@@ -767,7 +761,7 @@ fn softmax_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, rows: usize, cols: usiz
 
 fn softmax_all<T: Real>(dev: &Dev, seed: u64) {
     let m = dev.module(OpFamily::Softmax);
-    let mut r = Lcg(seed);
+    let mut r = Rng::new(seed);
     for (rows, cols) in [(1, 1), (5, 19), (2 * 12 * 19, 19), (7, 128), (3, 1000), (2, 4099)] {
         for fill in [SoftmaxRows::Plain, SoftmaxRows::Offset(500.0), SoftmaxRows::Offset(-500.0), SoftmaxRows::Masked] {
             softmax_case::<T>(dev, &m, rows, cols, fill, &mut r);
@@ -792,14 +786,14 @@ fn softmax_f16() {
     softmax_all::<u16>(&dev, 0x0042);
 }
 
-fn reduce_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: ReduceOp, rows: usize, cols: usize, r: &mut Lcg) {
+fn reduce_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: ReduceOp, rows: usize, cols: usize, r: &mut Rng) {
     let kernel = OpKernel::Reduce { op, elem: T::ELEM };
     let what = format!("{kernel} {rows}x{cols}");
     let f = dev.func(m, &kernel);
     let mut xh: Vec<T> = Vec::with_capacity(rows * cols + 1);
     for _ in 0..rows {
-        let c = r.uniform(-2.0, 2.0);
-        xh.extend((0..cols).map(|_| T::from_f64(c + r.uniform(-1.0, 1.0))));
+        let c = r.range(-2.0, 2.0);
+        xh.extend((0..cols).map(|_| T::from_f64(c + r.range(-1.0, 1.0))));
     }
     xh.push(T::POISON); // never read (also keeps the buffer non-empty for cols = 0)
     let x = dev.upload(&xh);
@@ -823,7 +817,7 @@ fn reduce_case<T: Real>(dev: &Dev, m: &Arc<CudaModule>, op: ReduceOp, rows: usiz
 
 fn reduce_all<T: Real>(dev: &Dev, seed: u64) {
     let m = dev.module(OpFamily::Reduce);
-    let mut r = Lcg(seed);
+    let mut r = Rng::new(seed);
     for op in ReduceOp::ALL {
         for (rows, cols) in [(1, 1), (5, 7), (13, 384), (3, 1000), (2, 4099), (1000, 3), (3, 0)] {
             reduce_case::<T>(dev, &m, op, rows, cols, &mut r);
@@ -851,13 +845,13 @@ fn reduce_f16() {
 fn in_place() {
     let Some(dev) = Dev::open("in_place") else { return };
     let ew = dev.module(OpFamily::Elementwise);
-    let mut r = Lcg(0x0061);
+    let mut r = Rng::new(0x0061);
     let stream = dev.gpu.stream().clone();
 
     // Unary FP16 (vector path + tail).
     let n = 1003;
     let kernel = OpKernel::Unary { op: UnaryOp::Sigmoid, elem: Elem::F16 };
-    let xh: Vec<u16> = (0..n).map(|_| u16::from_f64(r.uniform(-6.0, 6.0))).collect();
+    let xh: Vec<u16> = (0..n).map(|_| u16::from_f64(r.range(-6.0, 6.0))).collect();
     let mut x = dev.upload(&xh);
     {
         let (p, _sync) = x.device_ptr_mut(&stream);
@@ -868,8 +862,8 @@ fn in_place() {
 
     // Binary FP32 same shape, y = a.
     let kernel = OpKernel::Binary { op: BinaryOp::Mul, elem: Elem::F32 };
-    let ah: Vec<f32> = (0..n).map(|_| r.uniform(-4.0, 4.0) as f32).collect();
-    let bh: Vec<f32> = (0..n).map(|_| r.uniform(-4.0, 4.0) as f32).collect();
+    let ah: Vec<f32> = (0..n).map(|_| r.range(-4.0, 4.0) as f32).collect();
+    let bh: Vec<f32> = (0..n).map(|_| r.range(-4.0, 4.0) as f32).collect();
     let mut a = dev.upload(&ah);
     let b = dev.upload(&bh);
     {
@@ -883,7 +877,7 @@ fn in_place() {
     let ln = dev.module(OpFamily::LayerNorm);
     let (rows, cols) = (19, 384);
     let kernel = OpKernel::LayerNorm(Elem::F16);
-    let xh: Vec<u16> = (0..rows * cols).map(|_| u16::from_f64(r.uniform(-2.0, 3.0))).collect();
+    let xh: Vec<u16> = (0..rows * cols).map(|_| u16::from_f64(r.range(-2.0, 3.0))).collect();
     let mut x = dev.upload(&xh);
     {
         let (p, _sync) = x.device_ptr_mut(&stream);
@@ -904,7 +898,7 @@ fn in_place() {
     let sm = dev.module(OpFamily::Softmax);
     let (rows, cols) = (6, 1000);
     let kernel = OpKernel::Softmax(Elem::F32);
-    let xh: Vec<f32> = (0..rows * cols).map(|_| r.uniform(-8.0, 8.0) as f32).collect();
+    let xh: Vec<f32> = (0..rows * cols).map(|_| r.range(-8.0, 8.0) as f32).collect();
     let mut x = dev.upload(&xh);
     {
         let (p, _sync) = x.device_ptr_mut(&stream);
@@ -934,7 +928,7 @@ fn gather_case(
     idx: &[i64],
     eb: usize,
     with_err: bool,
-    r: &mut Lcg,
+    r: &mut Rng,
 ) {
     let plan = gather_plan(shape, axis, idx_shape, eb).unwrap_or_else(|e| panic!("{e}"));
     let what = format!("{} data {shape:?} x{eb} axis {axis} idx {idx:?}", plan.kernel);
@@ -1002,7 +996,7 @@ fn unit_bytes(plan: &GatherPlan) -> usize {
 fn gather() {
     let Some(dev) = Dev::open("gather") else { return };
     let m = dev.module(OpFamily::Gather);
-    let mut r = Lcg(0x0071);
+    let mut r = Rng::new(0x0071);
     // Embedding lookup: [vocab, 384] FP16 rows (16-byte units), token ids with negatives.
     let ids: Vec<i64> = (0..2 * 7).map(|i| if i % 5 == 0 { -(r.below(50) as i64) - 1 } else { r.below(50) as i64 }).collect();
     gather_case(&dev, &m, &[50, 384], 0, &[2, 7], &ids, 2, true, &mut r);
@@ -1030,7 +1024,7 @@ fn gather() {
 
 /// `Transpose(perm)` of a `shape` of `eb`-byte elements as `transpose_plan` plans it, against a
 /// naive byte transpose; `kind` is the plan the case is meant to hit.
-fn transpose_case(dev: &Dev, m: &Arc<CudaModule>, shape: &[usize], perm: &[usize], eb: usize, kind: &str, r: &mut Lcg) {
+fn transpose_case(dev: &Dev, m: &Arc<CudaModule>, shape: &[usize], perm: &[usize], eb: usize, kind: &str, r: &mut Rng) {
     let plan = transpose_plan(shape, perm, eb).unwrap_or_else(|e| panic!("{e}"));
     let what = format!("{shape:?} perm {perm:?} x{eb}: {plan:?}");
     let numel: usize = shape.iter().product();
@@ -1038,7 +1032,7 @@ fn transpose_case(dev: &Dev, m: &Arc<CudaModule>, shape: &[usize], perm: &[usize
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let mut want = vec![0u8; numel * eb];
     for (o, chunk) in want.chunks_mut(eb).enumerate() {
-        let oi = unravel(o, &out_shape);
+        let oi = unravel_index(o, &out_shape);
         let mut ii = vec![0; shape.len()];
         for (d, &p) in perm.iter().enumerate() {
             ii[p] = oi[d];
@@ -1124,7 +1118,7 @@ fn transpose() {
     }
     let Some(dev) = Dev::open("transpose") else { return };
     let m = dev.module(OpFamily::Transpose);
-    let mut r = Lcg(0x0081);
+    let mut r = Rng::new(0x0081);
     for (shape, perm, eb, kind) in TRANSPOSES {
         transpose_case(&dev, &m, shape, perm, eb, kind, &mut r);
     }

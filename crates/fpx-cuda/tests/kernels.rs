@@ -1,16 +1,18 @@
 //! NVRTC + ptxas checks of the GEMM template (no GPU needed; skipped with a printed reason if
-//! NVRTC or ptxas are absent), and the no-driver path.
+//! NVRTC or ptxas are absent, failed instead with `FPX_REQUIRE=gpu`), and the no-driver path.
 
 use std::collections::BTreeSet;
 
 use fpx_cuda::*;
 
-use crate::common::{toolchain, Lcg, LINEAR_SHAPES as SHAPES};
+use fpx_test_support::Rng;
 
+use crate::common::{toolchain_or_skip, LINEAR_SHAPES as SHAPES};
+
+/// Returns from test `$test` after skipping it when NVRTC or ptxas is missing.
 macro_rules! require_toolchain {
-    () => {
-        if let Err(why) = toolchain() {
-            eprintln!("SKIPPED: {why}");
+    ($test:literal) => {
+        if !toolchain_or_skip($test) {
             return;
         }
     };
@@ -38,7 +40,7 @@ fn compile_and_check(cfg: &GemmConfig, arch: Arch) -> PtxasReport {
 /// SM counts, compiles for sm_80 and sm_90 and assembles with no spills.
 #[test]
 fn heuristic_configs_compile_without_spills() {
-    require_toolchain!();
+    require_toolchain!("heuristic_configs_compile_without_spills");
     let mut configs = BTreeSet::new();
     for (k, n) in SHAPES {
         for m in [1, 16, 128] {
@@ -96,7 +98,7 @@ fn heuristic_configs_compile_without_spills() {
 /// warp, odd shapes) compile and assemble too.
 #[test]
 fn other_template_options_compile_without_spills() {
-    require_toolchain!();
+    require_toolchain!("other_template_options_compile_without_spills");
     let base = heuristic_config(4096, 4096, 16, 132);
     let mut cases = Vec::new();
     for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
@@ -120,7 +122,7 @@ fn other_template_options_compile_without_spills() {
 
 #[test]
 fn ptx_uses_tensor_cores_async_copies_and_the_evict_first_hint() {
-    require_toolchain!();
+    require_toolchain!("ptx_uses_tensor_cores_async_copies_and_the_evict_first_hint");
     for act in [Act::F16, Act::Bf16] {
         let cfg = GemmConfig { act, ..heuristic_config(384, 1536, 16, 108) };
         let ptx = compile_ptx(&cfg, Arch::Sm90).unwrap();
@@ -141,7 +143,7 @@ fn ptx_uses_tensor_cores_async_copies_and_the_evict_first_hint() {
 
 #[test]
 fn compile_cache_hits() {
-    require_toolchain!();
+    require_toolchain!("compile_cache_hits");
     let cfg = GemmConfig { stages: 2, ..heuristic_config(1536, 384, 1, 132) };
     let a = compile_ptx(&cfg, Arch::Sm80).unwrap();
     let before = fpx_cuda::compile::nvrtc_compilations();
@@ -154,7 +156,7 @@ fn compile_cache_hits() {
 
 #[test]
 fn compile_errors_are_errors() {
-    require_toolchain!();
+    require_toolchain!("compile_errors_are_errors");
     let bad = GemmConfig { m_tile: 12, ..heuristic_config(384, 384, 1, 108) };
     assert!(matches!(compile_ptx(&bad, Arch::Sm80), Err(CudaError::Config(_))));
 }
@@ -426,7 +428,7 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
 #[test]
 fn emulated_kernel_matches_the_reference() {
     use fpx_quant::layout::{pack, PackedShape};
-    let mut rng = Lcg(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let cases = [
         (100, 70, 3, 108, None),
         (40, 200, 17, 132, None),
@@ -447,7 +449,7 @@ fn emulated_kernel_matches_the_reference() {
                 let cfg = GemmConfig { format, act, ..custom.clone().unwrap_or_else(|| heuristic_config(n, k, m, sms)) };
                 cfg.validate().unwrap();
                 let qf = format.quant_format();
-                let codes: Vec<u8> = (0..n * k).map(|_| (rng.next() & 63) as u8).collect();
+                let codes: Vec<u8> = (0..n * k).map(|_| (rng.next_u32() & 63) as u8).collect();
                 let w = pack(&codes, &PackedShape::new(n, k, 6));
                 let true_scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.signed().abs() * 0.1).collect();
                 let stored: Vec<f32> = true_scales.iter().map(|s| s * fpx_quant::fold::storage_factor(qf)).collect();
@@ -521,7 +523,7 @@ fn emulation_mirrors_the_template_text() {
 /// sm_80 and sm_90 and assembles with every entry present and no spills.
 #[test]
 fn every_family_compiles_and_assembles_without_spills() {
-    require_toolchain!();
+    require_toolchain!("every_family_compiles_and_assembles_without_spills");
     let mut rows = Vec::new();
     for arch in Arch::ALL {
         let modules = compile_ops_ptx(arch).unwrap_or_else(|e| panic!("{e}"));
@@ -547,7 +549,7 @@ fn every_family_compiles_and_assembles_without_spills() {
 
 #[test]
 fn ops_compile_cache_hits() {
-    require_toolchain!();
+    require_toolchain!("ops_compile_cache_hits");
     let a = compile_family_ptx(OpFamily::Softmax, Arch::Sm80).unwrap();
     let before = fpx_cuda::ops::ops_nvrtc_compilations();
     let b = compile_family_ptx(OpFamily::Softmax, Arch::Sm80).unwrap();

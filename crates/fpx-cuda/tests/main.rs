@@ -1,7 +1,8 @@
 //! fpx-cuda's integration tests, one binary: `kernels` (NVRTC + ptxas checks and the CPU
 //! emulation of the GEMM; no GPU needed), `gpu` (the FP6 GEMM on a device vs the CPU reference)
 //! and `gpu_ops` (every op kernel on a device). GPU tests print `SKIP <test>: <reason>` and pass
-//! without a driver or device; `scripts/gpu-check.sh` runs them on a GPU machine.
+//! without a driver, device or NVRTC/ptxas, unless `FPX_REQUIRE` lists `gpu` (then the skip
+//! fails the test); `scripts/gpu-check.sh` runs them on a GPU machine.
 
 mod common;
 mod gpu;

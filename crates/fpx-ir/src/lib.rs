@@ -4,6 +4,7 @@
 //! them as named [`Value`]s with static [`TensorType`]s (dims may be symbolic). Op schemas
 //! (opset range, arity, attributes, shape inference) are registered in an
 //! [`ops::OpRegistry`]; [`verify`] checks a graph, and [`pass`] holds the pass manager.
+//! [`shape`] is the concrete shape math (broadcasting, strides) the CPU and GPU kernels share.
 
 mod attr;
 mod dtype;
@@ -11,6 +12,7 @@ mod error;
 mod graph;
 pub mod ops;
 pub mod pass;
+pub mod shape;
 mod tensor;
 mod types;
 pub mod verify;

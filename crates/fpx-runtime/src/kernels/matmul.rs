@@ -13,30 +13,18 @@ use std::borrow::Cow;
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
+/// A `matrixmultiply` GEMM (`sgemm`, `dgemm`): `c = alpha * a·b + beta * c` for `m`, `k`, `n`,
+/// `alpha`, `a` with its row and column strides, `b` with its strides, `beta`, `c` with its
+/// strides, all in elements.
+///
+/// Calling it is unsafe: every element reached through the pointers and strides must be valid
+/// (and `c`'s writable and not read or written by anyone else during the call).
+type GemmFn<T> = unsafe fn(usize, usize, usize, T, *const T, isize, isize, *const T, isize, isize, T, *mut T, isize, isize);
+
 /// Element types the GEMM computes in.
 trait Gemm: Copy + Default + Send + Sync + 'static {
-    /// `c = alpha * a·b + beta * c` for row/column strides given in elements; `c`'s rows are
-    /// `ldc` elements apart.
-    ///
-    /// # Safety
-    /// Every element reached through the pointers and strides must be valid (and `c`'s writable
-    /// and not read or written by anyone else during the call).
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        ldc: isize,
-    );
+    /// The `matrixmultiply` GEMM of this type.
+    const GEMM: GemmFn<Self>;
     fn values(t: &Tensor) -> Vec<Self>;
     /// The tensor's data without a copy, when it already is of this type in standard layout.
     fn slice(t: &Tensor) -> Option<&[Self]>;
@@ -45,23 +33,7 @@ trait Gemm: Copy + Default + Send + Sync + 'static {
 }
 
 impl Gemm for f32 {
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f32,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
-        beta: f32,
-        c: *mut f32,
-        ldc: isize,
-    ) {
-        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, 1)
-    }
+    const GEMM: GemmFn<f32> = matrixmultiply::sgemm;
     fn values(t: &Tensor) -> Vec<f32> {
         match t {
             Tensor::F32(a) => a.as_standard_layout().iter().copied().collect(),
@@ -80,23 +52,7 @@ impl Gemm for f32 {
 }
 
 impl Gemm for f64 {
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f64,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
-        beta: f64,
-        c: *mut f64,
-        ldc: isize,
-    ) {
-        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, 1)
-    }
+    const GEMM: GemmFn<f64> = matrixmultiply::dgemm;
     fn values(t: &Tensor) -> Vec<f64> {
         t.to_f64_vec()
     }
@@ -156,7 +112,7 @@ fn par_gemm<T: Gemm>(
     // of `c` (disjoint rows or columns).
     let run = |i0: usize, i1: usize, j0: usize, j1: usize| unsafe {
         let c = cp;
-        T::gemm_raw(
+        T::GEMM(
             i1 - i0,
             k,
             j1 - j0,
@@ -170,6 +126,7 @@ fn par_gemm<T: Gemm>(
             beta,
             c.0.add(i0 * n + j0),
             n as isize,
+            1,
         )
     };
     if threads <= 1 || m * k * n < PAR_GEMM_MIN {
@@ -205,22 +162,10 @@ fn check_float(t: &Tensor) -> Result<(), KernelError> {
 
 /// Offsets of each broadcast batch matrix inside an operand with batch dims `dims`.
 fn batch_offsets(batch: &[usize], dims: &[usize], matrix: usize) -> Vec<usize> {
-    let pad = batch.len() - dims.len();
-    let st = super::row_major_strides(dims);
+    let st = fpx_ir::shape::broadcast_strides(dims, batch.len());
     let count: usize = batch.iter().product();
     let bst = super::row_major_strides(batch);
-    (0..count)
-        .map(|flat| {
-            let mut off = 0;
-            for (d, &size) in batch.iter().enumerate() {
-                let idx = flat / bst[d] % size;
-                if d >= pad && dims[d - pad] != 1 {
-                    off += idx * st[d - pad];
-                }
-            }
-            off * matrix
-        })
-        .collect()
+    (0..count).map(|flat| batch.iter().enumerate().map(|(d, &size)| flat / bst[d] % size * st[d]).sum::<usize>() * matrix).collect()
 }
 
 fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
@@ -340,17 +285,7 @@ pub(super) fn register(r: &mut KernelRegistry) {
 mod tests {
     use super::*;
     use fpx_ir::ndarray::ArrayD;
-
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use fpx_test_support::Rng;
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
         let mut c = vec![0.0; m * n];
@@ -365,8 +300,8 @@ mod tests {
     #[test]
     fn batched_broadcast_matmul_matches_f64_reference() {
         let (m, k, n) = (5, 7, 3);
-        let a = rand_vec(2 * 4 * m * k, 1);
-        let b = rand_vec(4 * k * n, 2);
+        let a = Rng::new(1).signeds(2 * 4 * m * k);
+        let b = Rng::new(2).signeds(4 * k * n);
         let ta = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[2, 4, m, k]), a.clone()).unwrap());
         let tb = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[4, k, n]), b.clone()).unwrap());
         let node = Node::new("mm", "MatMul", 17, vec![], vec![]);
@@ -387,9 +322,9 @@ mod tests {
     #[test]
     fn gemm_with_transposes_alpha_beta_and_bias() {
         let (m, k, n) = (4, 6, 5);
-        let a = rand_vec(k * m, 3); // stored transposed: [k, m]
-        let b = rand_vec(n * k, 4); // stored transposed: [n, k]
-        let c = rand_vec(n, 5);
+        let a = Rng::new(3).signeds(k * m); // stored transposed: [k, m]
+        let b = Rng::new(4).signeds(n * k); // stored transposed: [n, k]
+        let c = Rng::new(5).signeds(n);
         let ta = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[k, m]), a.clone()).unwrap());
         let tb = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[n, k]), b.clone()).unwrap());
         let tc = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[n]), c.clone()).unwrap());

@@ -13,7 +13,7 @@ mod shape;
 
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
-use fpx_ir::{ops::broadcast_dims, Dim, Node, Tensor};
+use fpx_ir::{Node, Tensor};
 use std::collections::HashMap;
 
 /// A CPU kernel: computes a node's outputs from its inputs (`None` = omitted optional input).
@@ -97,26 +97,14 @@ pub(crate) fn opt_arg<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a
     inputs.get(i).copied().flatten()
 }
 
-/// Row-major strides of a shape, in elements.
-pub(crate) fn row_major_strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for k in (0..shape.len().saturating_sub(1)).rev() {
-        s[k] = s[k + 1] * shape[k + 1];
-    }
-    s
-}
+pub(crate) use fpx_ir::shape::row_major_strides;
 
-/// The numpy broadcast of several shapes.
+/// The numpy broadcast of several shapes ([`fpx_ir::shape::broadcast_shape`]).
 pub(crate) fn broadcast_shape(shapes: &[&[usize]]) -> Result<Vec<usize>, KernelError> {
-    let mut out: Vec<Dim> = Vec::new();
-    for s in shapes {
-        let d: Vec<Dim> = s.iter().map(|&n| Dim::Fixed(n)).collect();
-        out = match broadcast_dims(&out, &d) {
-            Some(o) => o,
-            None => kbail!("shapes {:?} cannot be broadcast together", shapes),
-        };
+    match fpx_ir::shape::broadcast_shape(shapes) {
+        Some(out) => Ok(out),
+        None => kbail!("shapes {:?} cannot be broadcast together", shapes),
     }
-    Ok(out.iter().map(|d| d.fixed().unwrap_or(0)).collect())
 }
 
 /// Normalizes a possibly negative axis for `rank`.

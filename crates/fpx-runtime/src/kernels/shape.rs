@@ -3,6 +3,7 @@
 use super::{arg, array, axis, broadcast_shape, fast, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+use fpx_ir::shape::merge_dims;
 use fpx_ir::{dispatch, Attribute, Elem, Node, Tensor};
 
 type Res = Result<Vec<Tensor>, KernelError>;
@@ -140,25 +141,16 @@ fn unsqueeze_dims(n: &Node, i: &[Option<&Tensor>], shape: &[usize], _: usize) ->
 /// row-major order: contiguous runs copied whole, dimensions that stay adjacent merged, rows
 /// split across threads when large.
 fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
-    let r = shape.len();
     let st = super::row_major_strides(shape);
-    // Output dimensions, outermost first, as (size, stride in the source).
-    let mut dims: Vec<(usize, usize)> = Vec::with_capacity(r);
-    for &p in perm {
-        if shape[p] == 1 {
-            continue;
-        }
-        match dims.last_mut() {
-            Some(last) if last.1 == st[p] * shape[p] => *last = (last.0 * shape[p], st[p]),
-            _ => dims.push((shape[p], st[p])),
-        }
-    }
+    // Output dimensions, innermost first, as (size, [stride in the source]), adjacent ones merged.
+    let dims = merge_dims(perm.iter().rev().map(|&p| (shape[p], [st[p]])));
     let n: usize = shape.iter().product();
-    let Some((inner, istride)) = dims.pop() else { return src.to_vec() };
+    let Some(&(inner, [istride])) = dims.first() else { return src.to_vec() };
     if n == 0 {
         return Vec::new();
     }
-    let outer = dims;
+    // The other dimensions, outermost first, as (size, stride in the source).
+    let outer: Vec<(usize, usize)> = dims[1..].iter().rev().map(|&(size, [stride])| (size, stride)).collect();
     let fill = |row0: usize, out: &mut [T]| {
         let nd = outer.len();
         let mut idx = vec![0usize; nd];
