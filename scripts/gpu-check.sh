@@ -8,6 +8,8 @@
 #   4. the GPU benchmark: fpx FP6 GEMM vs cuBLAS FP16 (cublasGemmEx, what torch.matmul calls) in
 #      one run, plus torch.matmul itself when python3 has torch;
 #   5. one table at the end.
+# FPX_REQUIRE=gpu is set for every test run, so a missing GPU, driver or NVRTC fails a test
+# rather than skipping it.
 # Whole-graph GPU execution (`fpx run --device cuda`, MiniLM on the GPU) is not built yet: the
 # table says so rather than skipping silently.
 #
@@ -79,6 +81,12 @@ EOF
     ); do add_lib_dir "$d"; done
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu-check: GPU: /'
+
+# On a GPU machine nothing may pass by skipping: a test that would print SKIP for want of a GPU,
+# its driver or NVRTC fails instead (fpx_test_support::skip). Set FPX_REQUIRE yourself to widen it
+# (e.g. FPX_REQUIRE=gpu,vnni,models).
+export FPX_REQUIRE="${FPX_REQUIRE:-gpu}"
+echo "gpu-check: FPX_REQUIRE=$FPX_REQUIRE"
 
 declare -a ROWS
 row() { ROWS+=("$(printf '%-46s %-8s %s' "$1" "$2" "$3")"); }

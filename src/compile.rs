@@ -1,18 +1,19 @@
-//! `fpx compile` and `fpx::load`: the ahead-of-time path. A model is imported, simplified and
-//! weight-quantized, a CPU kernel is generated per distinct (N, K, format, group size) with
-//! LLVM, and everything goes into one `.fpx` artifact that [`load`] maps and runs.
+//! `fpx compile`: the ahead-of-time pipeline as a few named steps over one graph. A model is
+//! imported, simplified and weight-quantized; each backend takes the model's quantized products
+//! ([`fpx_quant::QuantGemm`], read from the nodes) and returns its code with a kernel table per
+//! node (CPU: `fpx_llvm::cpu_code`, GPU: `fpx_cuda::plan::ptx_code`); everything goes into one
+//! `.fpx` artifact, which `fpx_runtime::LoadedArtifact` runs.
 
 use crate::{simplify, Error, QuantSummary, QuantizeOptions, WeightScheme};
-use fpx_artifact::{Artifact, ArtifactContents, CpuCode, KernelEntry, WriteSummary};
-use fpx_ir::ops::{OpRegistry, FPX_DOMAIN};
-use fpx_ir::{Graph, Tensor};
-use fpx_llvm::{Activations, CpuTarget, KernelSpec, Variant};
-use fpx_quant::Format;
-use fpx_runtime::native::{missing_cpu_features, NativeLibrary, NativeQmm};
-use fpx_runtime::{CpuExecutor, KernelRegistry};
-use std::collections::{BTreeMap, HashMap};
+use fpx_artifact::{Artifact, ArtifactContents, WriteSummary};
+use fpx_ir::ops::{quant_matmul, OpRegistry};
+use fpx_ir::Graph;
+use fpx_llvm::CpuTarget;
+use fpx_quant::act8::Activations;
+use fpx_quant::{Format, QuantGemm};
+use fpx_runtime::LoadedArtifact;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Which code an artifact carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,44 @@ pub enum Target {
     Cuda,
     /// Both.
     All,
+}
+
+impl Target {
+    /// Every target, as `--target` lists them.
+    pub const ALL: [Target; 3] = [Target::Cpu, Target::Cuda, Target::All];
+
+    /// The name `--target` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+            Target::All => "all",
+        }
+    }
+
+    fn has_cpu(self) -> bool {
+        self != Target::Cuda
+    }
+
+    fn has_gpu(self) -> bool {
+        self != Target::Cpu
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    /// Parses [`Target::name`].
+    fn from_str(s: &str) -> Result<Target, String> {
+        Target::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| format!("unknown target '{s}'; choose cpu, cuda or all"))
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// Writes [`Target::name`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Everything `fpx compile` decides.
@@ -88,7 +127,7 @@ pub struct Compiled {
     pub contents: ArtifactContents,
     /// What quantization did.
     pub quantization: QuantSummary,
-    /// Distinct kernels generated (each in two variants).
+    /// Distinct CPU kernels generated (entry points in the shared object).
     pub kernels: usize,
 }
 
@@ -99,32 +138,10 @@ impl Compiled {
     }
 
     /// Loads the compiled model for running without writing a file.
-    pub fn load(&self) -> Result<Loaded, Error> {
+    pub fn load(&self) -> Result<LoadedArtifact, Error> {
         let bytes = fpx_artifact::to_bytes(&self.contents)?;
-        Loaded::from_artifact(Artifact::from_bytes(bytes, "<compiled in memory>")?)
+        Ok(LoadedArtifact::from_artifact(Artifact::from_bytes(bytes, "<compiled in memory>")?)?)
     }
-}
-
-/// The kernel spec of a QuantMatMul node.
-fn spec_of(node: &fpx_ir::Node) -> Option<KernelSpec> {
-    let format = Format::parse(node.attr_s("format", ""))?;
-    let activations = Activations::parse(node.attr_s("activations", "f32"))?;
-    Some(KernelSpec {
-        format,
-        k: node.attr_i("k", 0) as usize,
-        n: node.attr_i("n", 0) as usize,
-        group_size: node.attr_i("group_size", 0) as usize,
-        activations,
-    })
-}
-
-/// Checks every node's kernel spec before generating code ([`KernelSpec::validate`], which
-/// [`fpx_llvm::compile_cpu`] would run anyway), so that an error names the node.
-fn check_specs(nodes: &[(String, KernelSpec)]) -> Result<(), Error> {
-    for (node, s) in nodes {
-        s.validate().map_err(|source| Error::Kernel { node: node.clone(), source })?;
-    }
-    Ok(())
 }
 
 /// Compiles an ONNX model into an artifact in memory.
@@ -134,125 +151,73 @@ pub fn compile(path: &Path, options: &CompileOptions) -> Result<Compiled, Error>
 
 /// [`compile`], calling `progress` as each stage starts.
 pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress: impl FnMut(Stage)) -> Result<Compiled, Error> {
-    options.quantize.validate()?;
-    if options.quantize.activations == Activations::Int8 && options.target != Target::Cpu {
-        return Err(Error::Options(
-            "--activations int8 is for CPU code: the GPU kernels multiply FP16 activations; use --target cpu, or f32 activations for cuda|all".into(),
-        ));
-    }
+    check_options(options)?;
     progress(Stage::Import);
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     progress(Stage::Simplify);
     simplify(&mut graph)?;
     progress(Stage::Quantize);
     let quantization = fpx_passes::quantize_weights(&mut graph, &options.quantize)?;
+    // Shape inference reads every QuantMatMul's attributes (an invalid one is an error naming
+    // the node) and checks the rest of the graph, so what compiles also runs.
     fpx_ir::verify::verify(&graph, &OpRegistry::standard())?;
+    let gemms = quantized_products(&graph)?;
     progress(Stage::Codegen);
-    let mut nodes: Vec<(String, KernelSpec)> = Vec::new();
-    for id in graph.topo_order()? {
-        let n = graph.node(id);
-        if n.domain == FPX_DOMAIN && n.op_type == "QuantMatMul" {
-            if let Some(spec) = spec_of(n) {
-                nodes.push((n.name.clone(), spec));
-            }
-        }
-    }
-    let specs: Vec<KernelSpec> = nodes.iter().map(|(_, s)| *s).collect();
     let mut cpu = Vec::new();
-    let mut distinct_kernels = 0;
-    if options.target != Target::Cuda && !specs.is_empty() {
-        check_specs(&nodes)?;
-        let compiled = fpx_llvm::compile_cpu(&specs, options.cpu)?;
-        // compile_cpu deduplicates specs and emits each in every variant.
-        distinct_kernels = compiled.symbols.len() / Variant::ALL.len();
-        let kernels = nodes
-            .iter()
-            .map(|(node, s)| KernelEntry {
-                node: node.clone(),
-                gemv: s.symbol(Variant::Gemv),
-                gemm: s.symbol(Variant::Gemm),
-                int8_activations: s.activations == Activations::Int8,
-            })
-            .collect();
-        cpu.push(CpuCode { target: compiled.target, features: compiled.features, shared_object: compiled.shared_object, kernels });
+    let mut kernels = 0;
+    if options.target.has_cpu() && !gemms.is_empty() {
+        let code = fpx_llvm::cpu_code(&gemms, options.cpu)?;
+        kernels = code.kernels.iter().flat_map(|k| k.table.rows().iter().map(|(_, e)| e.symbol.as_str())).collect::<std::collections::BTreeSet<_>>().len();
+        cpu.push(code);
     }
     progress(Stage::GpuCodegen);
-    let ptx = if options.target == Target::Cpu { Vec::new() } else { crate::gpu_codegen::ptx_code(&nodes)? };
+    let ptx = if options.target.has_gpu() { fpx_cuda::plan::ptx_code(&gemms)? } else { Vec::new() };
     progress(Stage::Package);
-    let mut metadata = BTreeMap::new();
-    metadata.insert("weights".to_string(), options.quantize.scheme.name().to_string());
-    metadata.insert("group_size".to_string(), options.quantize.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
-    metadata.insert("scale_search".to_string(), options.quantize.scale_search.to_string());
-    metadata.insert("activations".to_string(), options.quantize.activations.name().to_string());
-    metadata.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
-    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels: distinct_kernels })
+    let metadata = metadata(path, &options.quantize);
+    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels })
 }
 
-/// A loaded artifact, ready to run: its graph on the CPU executor, QuantMatMul nodes through
-/// the artifact's compiled kernels.
-#[derive(Debug)]
-pub struct Loaded {
-    executor: CpuExecutor,
-    artifact: Artifact,
-    native_target: Option<String>,
+/// Checks the options against each other before any work.
+fn check_options(options: &CompileOptions) -> Result<(), Error> {
+    options.quantize.validate()?;
+    if options.quantize.scheme == WeightScheme::None {
+        return Err(Error::Options(
+            "an artifact holds quantized weights: pick a weight scheme (e.g. fp6-e3m2), or run the .onnx directly".into(),
+        ));
+    }
+    if options.quantize.activations == Activations::Int8 && options.target.has_gpu() {
+        return Err(Error::Options(
+            "int8 activations are for CPU code: the GPU kernels multiply FP16 activations; use --target cpu, or f32 activations for cuda|all".into(),
+        ));
+    }
+    Ok(())
 }
 
-impl Loaded {
-    fn from_artifact(artifact: Artifact) -> Result<Loaded, Error> {
-        let graph = artifact.graph()?;
-        let codes = artifact.cpu_code();
-        let mut native = HashMap::new();
-        let mut libraries = Vec::new();
-        let mut native_target = None;
-        if !codes.is_empty() {
-            let usable = codes.iter().find(|c| missing_cpu_features(c.features).is_empty());
-            let Some(code) = usable else {
-                let c = &codes[0];
-                return Err(fpx_runtime::RuntimeError::File {
-                    path: artifact.producer().into(),
-                    message: format!(
-                        "this artifact's CPU code was compiled for '{}' and needs CPU features this machine lacks: {}; recompile with `fpx compile --cpu x86-64-v3` (or --cpu native on this machine)",
-                        c.target,
-                        missing_cpu_features(c.features).join(", ")
-                    ),
-                }
-                .into());
-            };
-            // SAFETY: an artifact's code is trusted (see the README's security note).
-            let lib = Arc::new(unsafe { NativeLibrary::load(code.shared_object)? });
-            for k in code.kernels {
-                let (gemv, gemm) = (lib.qmm(&k.gemv)?, lib.qmm(&k.gemm)?);
-                native.insert(k.node.clone(), NativeQmm { gemv, gemm, int8_activations: k.int8_activations });
-            }
-            libraries.push(lib);
-            native_target = Some(code.target.to_string());
+/// Every quantized product of `graph` as (node name, [`QuantGemm`]), in topological order.
+pub fn quantized_products(graph: &Graph) -> Result<Vec<(String, QuantGemm)>, Error> {
+    let mut out = Vec::new();
+    for id in graph.topo_order()? {
+        let n = graph.node(id);
+        if quant_matmul::is_quant_matmul(n) {
+            out.push((n.name.clone(), quant_matmul::read(n)?));
         }
-        let executor = CpuExecutor::with_native(graph, &KernelRegistry::standard(), native, libraries)?;
-        Ok(Loaded { executor, artifact, native_target })
     }
-
-    /// Runs the model on named inputs; returns the outputs in graph order.
-    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, Error> {
-        Ok(self.executor.run(inputs)?)
-    }
-
-    /// The executor (for benchmarks and profiling).
-    pub fn executor(&self) -> &CpuExecutor {
-        &self.executor
-    }
-
-    /// The artifact (manifest, sections, metadata).
-    pub fn artifact(&self) -> &Artifact {
-        &self.artifact
-    }
-
-    /// The CPU the loaded native code was compiled for (`None`: no native code, reference kernels only).
-    pub fn native_target(&self) -> Option<&str> {
-        self.native_target.as_deref()
-    }
+    Ok(out)
 }
 
-/// Opens an `.fpx` artifact, checks it, loads its CPU code for this machine, and prepares it to run.
-pub fn load(path: &Path) -> Result<Loaded, Error> {
-    Loaded::from_artifact(Artifact::open(path)?)
+/// The facts `fpx inspect` shows about how an artifact was built.
+fn metadata(path: &Path, q: &QuantizeOptions) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("weights".to_string(), q.scheme.name().to_string());
+    m.insert("group_size".to_string(), q.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
+    m.insert("scale_search".to_string(), q.scale_search.to_string());
+    m.insert("activations".to_string(), q.activations.name().to_string());
+    m.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
+    m
+}
+
+/// Opens an `.fpx` artifact, checks it, loads its CPU code for this machine, and prepares it to
+/// run (`fpx_runtime::LoadedArtifact::open`).
+pub fn load(path: &Path) -> Result<LoadedArtifact, Error> {
+    Ok(LoadedArtifact::open(path)?)
 }

@@ -1,10 +1,11 @@
 //! fpx: an ahead-of-time compiler for weight-quantized ONNX models.
 //!
-//! This facade ties the stages together (import → IR → passes → runtime). Today it imports
-//! an ONNX model into fpx's IR, simplifies it, and runs it on the CPU reference executor:
+//! This facade ties the stages together (import → IR → passes → codegen → artifact → runtime)
+//! and holds no stage's logic: [`compile`] runs the pipeline, [`open`] gives one runnable for an
+//! `.onnx` model (the CPU reference executor) or an `.fpx` artifact (its compiled kernels):
 //!
 //! ```no_run
-//! let model = fpx::Model::open("model.onnx".as_ref())?;
+//! let model = fpx::open("model.fpx".as_ref())?; // or "model.onnx"
 //! let x = fpx::runtime::npy::read("input.npy".as_ref())?;
 //! let outputs = model.run(vec![("input".to_string(), x)])?;
 //! # Ok::<(), fpx::Error>(())
@@ -12,11 +13,13 @@
 
 pub mod bench;
 mod compile;
-mod gpu_codegen;
 pub mod report;
+mod runnable;
 mod summary;
 
-pub use compile::{compile, compile_with_progress, load, CompileOptions, Compiled, Loaded, Stage, Target};
+pub use compile::{compile, compile_with_progress, load, quantized_products, CompileOptions, Compiled, Stage, Target};
+pub use fpx_runtime::LoadedArtifact;
+pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use fpx_artifact as artifact;
 pub use fpx_cuda as cuda;
 pub use fpx_ir as ir;
@@ -27,7 +30,7 @@ pub use fpx_passes::{QuantSummary, QuantizeOptions, WeightScheme};
 pub use fpx_quant as quant;
 pub use fpx_quant::act8::Activations;
 pub use fpx_runtime as runtime;
-pub use summary::{weight_matmuls, ArtifactSummary, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
+pub use summary::{weight_matmuls, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
@@ -59,18 +62,9 @@ pub enum Error {
     /// Generating or running GPU code failed (NVRTC, the CUDA driver).
     #[error(transparent)]
     Cuda(#[from] fpx_cuda::CudaError),
-    /// The options do not fit the model (e.g. int8 activations with a GPU target).
+    /// The options do not fit each other or the model (e.g. int8 activations with a GPU target).
     #[error("{0}")]
     Options(String),
-    /// No CPU kernel can be generated for a node (e.g. int8 activations with FP5 weights).
-    #[error("node '{node}': {source}")]
-    Kernel {
-        /// The QuantMatMul node.
-        node: String,
-        /// Why its kernel cannot be generated.
-        #[source]
-        source: fpx_llvm::LlvmError,
-    },
 }
 
 /// Largest constant (in elements) that constant folding may create.

@@ -146,8 +146,45 @@ pub struct CpuCodeSpec {
     pub shared_object_bytes: usize,
     /// Whether this machine can run it.
     pub runs_here: bool,
-    /// (node, gemv symbol, gemm symbol).
-    pub kernels: Vec<(String, String, String)>,
+    /// Per node and range of M, the kernel that runs.
+    pub kernels: Vec<CpuKernelSpec>,
+}
+
+/// The CPU kernel one node calls for a range of M.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuKernelSpec {
+    /// The node.
+    pub node: String,
+    /// Largest M it serves (0 = any larger M).
+    pub max_m: u64,
+    /// The exported symbol.
+    pub symbol: String,
+    /// Threads split N at multiples of this.
+    pub column_split: u32,
+    /// `f32` or `int8`.
+    pub activations: String,
+}
+
+/// The GPU GEMM one node launches for a range of M.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuKernelSpec {
+    /// The node.
+    pub node: String,
+    /// Largest M it serves (0 = any larger M).
+    pub max_m: u64,
+    /// The GEMM entry point.
+    pub kernel: String,
+    /// The tile configuration (`key=value` words).
+    pub config: String,
+}
+
+/// `M <= 8`, or `larger M` for the unbounded row.
+fn m_range(max_m: u64) -> String {
+    if max_m == 0 {
+        "larger M".to_string()
+    } else {
+        format!("M <= {max_m}")
+    }
 }
 
 /// The GPU code of an artifact for one architecture, for `fpx inspect`.
@@ -159,8 +196,8 @@ pub struct PtxCodeSpec {
     pub sm_count: u32,
     /// (module name, PTX bytes, entry points).
     pub modules: Vec<(String, usize, Vec<String>)>,
-    /// (node, max M (0 = any larger), kernel, tile config).
-    pub gemms: Vec<(String, u64, String, String)>,
+    /// Per node and range of M, the GEMM that runs.
+    pub gemms: Vec<GpuKernelSpec>,
 }
 
 /// A summary of an `.fpx` artifact: manifest, sections, kernels, targets.
@@ -206,7 +243,19 @@ impl ArtifactSummary {
                     features: c.features.to_vec(),
                     shared_object_bytes: c.shared_object.len(),
                     runs_here: fpx_runtime::native::missing_cpu_features(c.features).is_empty(),
-                    kernels: c.kernels.iter().map(|k| (k.node.clone(), k.gemv.clone(), k.gemm.clone())).collect(),
+                    kernels: c
+                        .kernels
+                        .iter()
+                        .flat_map(|k| {
+                            k.table.rows().iter().map(|(max_m, e)| CpuKernelSpec {
+                                node: k.node.clone(),
+                                max_m: *max_m,
+                                symbol: e.symbol.clone(),
+                                column_split: e.column_split,
+                                activations: e.activations.to_string(),
+                            })
+                        })
+                        .collect(),
                 })
                 .collect(),
             gpu: a
@@ -216,7 +265,18 @@ impl ArtifactSummary {
                     arch: p.arch.to_string(),
                     sm_count: p.sm_count,
                     modules: p.modules.iter().map(|m| (m.name.to_string(), m.ptx.len(), m.entries.to_vec())).collect(),
-                    gemms: p.gemms.iter().map(|g| (g.node.clone(), g.max_m, g.kernel.clone(), g.config.clone())).collect(),
+                    gemms: p
+                        .kernels
+                        .iter()
+                        .flat_map(|k| {
+                            k.table.rows().iter().map(|(max_m, g)| GpuKernelSpec {
+                                node: k.node.clone(),
+                                max_m: *max_m,
+                                kernel: g.kernel.clone(),
+                                config: fpx_cuda::GemmConfig::try_from(&g.tiles).map_or_else(|e| format!("invalid: {e}"), |c| c.to_string()),
+                            })
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -256,15 +316,15 @@ impl ArtifactSummary {
         for c in &self.cpu {
             let _ = writeln!(
                 s,
-                "cpu code: {} [{}], {:.1} KB, {} kernels, {}",
+                "cpu code: {} [{}], {:.1} KB, {} kernel choices, {}",
                 c.target,
                 c.features.join(","),
                 c.shared_object_bytes as f64 / 1e3,
                 c.kernels.len(),
                 if c.runs_here { "runs on this machine" } else { "NOT runnable on this machine (missing CPU features)" }
             );
-            for (node, gemv, gemm) in c.kernels.iter().take(8) {
-                let _ = writeln!(s, "  {node}: {gemv} / {gemm}");
+            for k in c.kernels.iter().take(8) {
+                let _ = writeln!(s, "  {} ({}): {} [{} activations, columns split at {}]", k.node, m_range(k.max_m), k.symbol, k.activations, k.column_split);
             }
             if c.kernels.len() > 8 {
                 let _ = writeln!(s, "  ... {} more", c.kernels.len() - 8);
@@ -281,9 +341,8 @@ impl ArtifactSummary {
                 bytes as f64 / 1e3,
                 p.gemms.len()
             );
-            for (node, max_m, kernel, _) in p.gemms.iter().take(8) {
-                let range = if *max_m == 0 { "larger M".to_string() } else { format!("M <= {max_m}") };
-                let _ = writeln!(s, "  {node} ({range}): {kernel}");
+            for g in p.gemms.iter().take(8) {
+                let _ = writeln!(s, "  {} ({}): {} [{}]", g.node, m_range(g.max_m), g.kernel, g.config);
             }
             if p.gemms.len() > 8 {
                 let _ = writeln!(s, "  ... {} more", p.gemms.len() - 8);

@@ -23,7 +23,11 @@ fn artifact_matches_reference(model: &Path, inputs: Vec<(String, Tensor)>, opts:
     let compiled = fpx::compile(model, opts).expect("compiles");
     assert!(!compiled.contents.cpu.is_empty(), "CPU code was generated");
     let int8 = opts.quantize.activations == Activations::Int8;
-    assert!(compiled.contents.cpu[0].kernels.iter().all(|k| k.int8_activations == int8 && k.gemv.contains("_a8_") == int8));
+    for k in &compiled.contents.cpu[0].kernels {
+        let rows = k.table.rows();
+        assert_eq!(rows.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [fpx::llvm::GEMV_MAX_M, 0], "{}: gemv, then gemm", k.node);
+        assert!(rows.iter().all(|(_, e)| e.activations == opts.quantize.activations && e.symbol.contains("_a8_") == int8 && e.column_split == 16));
+    }
     let loaded = compiled.load().expect("loads");
     assert!(loaded.native_target().is_some(), "native kernels are in use");
     let got = loaded.run(inputs.clone()).expect("runs");
@@ -180,15 +184,18 @@ fn int8_activations_with_unsuitable_weights_name_the_node() {
     assert!(err.contains("--activations int8 needs weights with small integer values") && err.contains("fp6-e3m2 has none"), "{err}");
     // FP5 values fit int8, but no CPU kernel decodes them for it: the node is named.
     let err = fpx::compile(&model, &int8(Format::Fp5E2M2)).unwrap_err().to_string();
-    assert!(err.contains("node '") && err.contains("fp5-e2m2 weights have no int8-activation CPU kernel"), "{err}");
+    assert!(err.contains("fp5-e2m2 has none") && err.contains("fp6-e2m3, fp4-e2m1 or int4"), "{err}");
     let mut grouped = int8(Format::Int4);
     grouped.quantize.group_size = Some(48);
     let err = fpx::compile(&model, &grouped).unwrap_err().to_string();
-    assert!(err.contains("node '") && err.contains("groups that are a multiple of 32, not 48"), "{err}");
+    assert!(err.contains("the group size must be a multiple of it, not 48"), "{err}");
     let gpu = CompileOptions { target: fpx::Target::All, ..int8(Format::Fp6E2M3) };
-    assert!(fpx::compile(&model, &gpu).unwrap_err().to_string().contains("--activations int8 is for CPU code"));
+    assert!(fpx::compile(&model, &gpu).unwrap_err().to_string().contains("int8 activations are for CPU code"));
     let o = fpx_cli(&["compile", model.to_str().unwrap(), "-o", "/nonexistent/x.fpx", "--activations", "int9"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("choose f32 or int8"));
+    // The CLI's help lists the formats from the one rule.
+    let help = String::from_utf8_lossy(&fpx_cli(&["compile", "--help"]).stdout).to_string();
+    assert!(help.contains(&format!("({})", fpx::quant::gemm::int8_format_list())), "{help}");
 }
 
 /// On an .onnx, `fpx run --weights fp6-e2m3 --activations int8` runs the reference path of
@@ -240,12 +247,13 @@ fn cli_compile_run_inspect_and_bench_an_artifact() {
     let o = fpx_cli(&["inspect", art.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
     for needle in [
-        "format version 2",
+        "format version 3",
         "activations: f32",
         "weights: fp6-e2m3",
         "cpu shared object",
         "runs on this machine",
-        "fpx_qmm_fp6_e2m3_k64_n256_g0_gemv",
+        "(M <= 8): fpx_qmm_fp6_e2m3_k64_n256_g0_gemv [f32 activations, columns split at 16]",
+        "(larger M): fpx_qmm_fp6_e2m3_k64_n256_g0_gemm",
         "QuantMatMul",
     ] {
         assert!(text.contains(needle), "'{needle}' missing from:\n{text}");
@@ -322,8 +330,11 @@ fn gpu_code_goes_into_the_artifact() {
         .node_ids()
         .into_iter()
         .map(|id| graph.node(id))
-        .filter(|n| n.op_type == "QuantMatMul")
-        .map(|n| (n.name.clone(), n.attr_i("n", 0) as usize, n.attr_i("k", 0) as usize))
+        .filter(|n| fpx::ir::ops::quant_matmul::is_quant_matmul(n))
+        .map(|n| {
+            let g = fpx::ir::ops::quant_matmul::read(n).unwrap();
+            (n.name.clone(), g.n, g.k)
+        })
         .collect();
     assert_eq!(shapes.len(), 13);
     let code = a.ptx_code();
@@ -331,11 +342,11 @@ fn gpu_code_goes_into_the_artifact() {
     for p in &code {
         for (node, n, k) in &shapes {
             let want = fpx::cuda::config::configs_by_m(fpx::cuda::Fp6Format::E3M2, fpx::cuda::Act::F16, *n, *k, p.sm_count as usize);
-            let got: Vec<_> = p.gemms.iter().filter(|g| &g.node == node).collect();
-            assert_eq!(got.len(), want.len(), "{node} on {}", p.arch);
-            for (g, (max_m, cfg)) in got.iter().zip(&want) {
-                assert_eq!(g.max_m, *max_m as u64);
-                assert_eq!(&g.config.parse::<fpx::cuda::GemmConfig>().unwrap(), cfg);
+            let got = &p.kernels.iter().find(|g| &g.node == node).expect("a kernel table per node").table;
+            assert_eq!(got.rows().len(), want.rows().len(), "{node} on {}", p.arch);
+            for ((max_m, g), (want_m, cfg)) in got.rows().iter().zip(want.rows()) {
+                assert_eq!(max_m, want_m);
+                assert_eq!(&fpx::cuda::GemmConfig::try_from(&g.tiles).unwrap(), cfg);
                 assert_eq!(g.kernel, cfg.kernel_name());
                 let module = p.modules.iter().find(|m| m.name == g.module).expect("module");
                 assert!(module.ptx.contains(&format!(".entry {}(", g.kernel)), "{} lacks its entry", g.module);

@@ -4,6 +4,7 @@
 mod artifact;
 mod cli;
 mod common;
+mod contract;
 mod models;
 mod node_tests;
 mod quant;

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::CudaError;
+use fpx_artifact::{GpuActivations, GpuTiles};
+use fpx_quant::KernelTable;
 
 /// The CUDA template of the FP6 weight-only GEMM (`kernels-templates/fp6_gemm.cu`).
 pub const FP6_GEMM_TEMPLATE: &str = include_str!("../../../kernels-templates/fp6_gemm.cu");
@@ -233,7 +235,7 @@ impl GemmConfig {
 
 impl std::fmt::Display for GemmConfig {
     /// `format=e3m2 act=f16 n=384 k=384 m_tile=8 warps=4 warp_ntiles=4 k_tiles=2 stages=4 split_k=3`:
-    /// what the artifact stores per GEMM (read back by [`GemmConfig::from_str`](std::str::FromStr)).
+    /// how `fpx inspect` shows a config (the artifact stores it as a [`GpuTiles`] message).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -252,49 +254,50 @@ impl std::fmt::Display for GemmConfig {
     }
 }
 
-impl std::str::FromStr for GemmConfig {
-    type Err = CudaError;
+impl From<&GemmConfig> for GpuTiles {
+    /// The config as the artifact stores it.
+    fn from(c: &GemmConfig) -> GpuTiles {
+        let small = |v: usize| u32::try_from(v).expect("a validated config's tile counts are small");
+        GpuTiles {
+            format: c.format.quant_format(),
+            activations: match c.act {
+                Act::F16 => GpuActivations::F16,
+                Act::Bf16 => GpuActivations::Bf16,
+            },
+            n: c.n as u64,
+            k: c.k as u64,
+            m_tile: small(c.m_tile),
+            warps: small(c.warps),
+            warp_ntiles: small(c.warp_ntiles),
+            k_tiles: small(c.k_tiles),
+            stages: small(c.stages),
+            split_k: small(c.split_k),
+        }
+    }
+}
 
-    /// Parses what `Display` writes (every key exactly once, any order) and validates it.
-    fn from_str(s: &str) -> Result<GemmConfig, CudaError> {
-        let bad = |what: String| CudaError::Config(format!("'{s}': {what}"));
-        let mut fields = std::collections::BTreeMap::new();
-        for word in s.split_whitespace() {
-            let (k, v) = word.split_once('=').ok_or_else(|| bad(format!("'{word}' is not key=value")))?;
-            if fields.insert(k, v).is_some() {
-                return Err(bad(format!("'{k}' given twice")));
-            }
-        }
-        const KEYS: [&str; 10] = ["format", "act", "n", "k", "m_tile", "warps", "warp_ntiles", "k_tiles", "stages", "split_k"];
-        if let Some(k) = fields.keys().find(|k| !KEYS.contains(k)) {
-            return Err(bad(format!("unknown key '{k}'")));
-        }
-        let mut take = |k: &str| fields.remove(k).ok_or_else(|| bad(format!("'{k}' is missing")));
-        let format = match take("format")? {
-            "e3m2" => Fp6Format::E3M2,
-            "e2m3" => Fp6Format::E2M3,
-            other => return Err(bad(format!("format '{other}' is not e3m2 or e2m3"))),
-        };
-        let act = match take("act")? {
-            "f16" => Act::F16,
-            "bf16" => Act::Bf16,
-            other => return Err(bad(format!("act '{other}' is not f16 or bf16"))),
-        };
-        let mut num = |k: &str| -> Result<usize, CudaError> {
-            let v = take(k)?;
-            v.parse().map_err(|_| bad(format!("{k}='{v}' is not a number")))
-        };
+impl TryFrom<&GpuTiles> for GemmConfig {
+    type Error = CudaError;
+
+    /// The config an artifact stored, validated ([`GemmConfig::validate`]).
+    fn try_from(t: &GpuTiles) -> Result<GemmConfig, CudaError> {
+        let format = Fp6Format::from_quant(t.format)
+            .ok_or_else(|| CudaError::Config(format!("the GPU GEMM takes fp6-e3m2 or fp6-e2m3 weights, not {}", t.format)))?;
+        let size = |v: u64| usize::try_from(v).map_err(|_| CudaError::Config(format!("{v} does not fit this machine's usize")));
         let cfg = GemmConfig {
             format,
-            act,
-            n: num("n")?,
-            k: num("k")?,
-            m_tile: num("m_tile")?,
-            warps: num("warps")?,
-            warp_ntiles: num("warp_ntiles")?,
-            k_tiles: num("k_tiles")?,
-            stages: num("stages")?,
-            split_k: num("split_k")?,
+            act: match t.activations {
+                GpuActivations::F16 => Act::F16,
+                GpuActivations::Bf16 => Act::Bf16,
+            },
+            n: size(t.n)?,
+            k: size(t.k)?,
+            m_tile: t.m_tile as usize,
+            warps: t.warps as usize,
+            warp_ntiles: t.warp_ntiles as usize,
+            k_tiles: t.k_tiles as usize,
+            stages: t.stages as usize,
+            split_k: t.split_k as usize,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -308,24 +311,20 @@ pub const M_BUCKETS: [usize; 4] = [8, 16, 32, 64];
 /// The M the heuristic is asked about for "any larger M".
 pub const LARGE_M: usize = 512;
 
-/// The GEMM configs an artifact carries for one `[n][k]` weight on a GPU with `sm_count` SMs:
-/// `(max_m, config)` in ascending `max_m`, the last with `max_m = 0` (any larger M). Buckets
-/// whose config equals the next bucket's are merged into it.
-pub fn configs_by_m(format: Fp6Format, act: Act, n: usize, k: usize, sm_count: usize) -> Vec<(usize, GemmConfig)> {
+/// The GEMM configs an artifact carries for one `[n][k]` weight on a GPU with `sm_count` SMs,
+/// as a kernel table: one config per bucket of M (ascending, the last for any larger M);
+/// buckets whose config equals the next bucket's are merged into it. The runtime picks from it
+/// with [`KernelTable::pick`], as it does for the CPU kernels.
+pub fn configs_by_m(format: Fp6Format, act: Act, n: usize, k: usize, sm_count: usize) -> KernelTable<GemmConfig> {
     let with = |m: usize| GemmConfig { format, act, ..heuristic_config(n, k, m, sm_count) };
-    let mut out: Vec<(usize, GemmConfig)> = Vec::new();
-    for (max_m, cfg) in M_BUCKETS.iter().map(|&m| (m, with(m))).chain([(0, with(LARGE_M))]) {
-        match out.last_mut() {
+    let mut rows: Vec<(u64, GemmConfig)> = Vec::new();
+    for (max_m, cfg) in M_BUCKETS.iter().map(|&m| (m as u64, with(m))).chain([(0, with(LARGE_M))]) {
+        match rows.last_mut() {
             Some(last) if last.1 == cfg => last.0 = max_m,
-            _ => out.push((max_m, cfg)),
+            _ => rows.push((max_m, cfg)),
         }
     }
-    out
-}
-
-/// Picks the config for `m` rows from [`configs_by_m`]'s list (the first bucket that holds it).
-pub fn pick_config(list: &[(usize, GemmConfig)], m: usize) -> Option<&GemmConfig> {
-    list.iter().find(|(max_m, _)| *max_m == 0 || m <= *max_m).map(|(_, c)| c)
+    KernelTable::new(rows).expect("buckets ascend and end with the unbounded one")
 }
 
 /// Wave efficiency of `blocks` equal blocks on `sm_count` SMs, one block per SM at a time:
@@ -619,30 +618,28 @@ mod tests {
     }
 
     #[test]
-    fn config_strings_round_trip_and_bad_ones_are_refused() {
+    fn configs_round_trip_through_the_artifact_message_and_bad_ones_are_refused() {
         for (n, k) in [(384, 384), (1536, 384), (4096, 11008), (28672, 8192), (100, 40)] {
             for m in [1, 8, 16, 33, 64, 1000] {
                 for sm in [108, 132] {
                     let mut cfg = heuristic_config(n, k, m, sm);
                     cfg.format = if m % 2 == 0 { Fp6Format::E2M3 } else { Fp6Format::E3M2 };
                     cfg.act = if sm == 108 { Act::Bf16 } else { Act::F16 };
-                    let text = cfg.to_string();
-                    assert_eq!(text.parse::<GemmConfig>().unwrap(), cfg, "{text}");
+                    let tiles = GpuTiles::from(&cfg);
+                    assert_eq!(GemmConfig::try_from(&tiles).unwrap(), cfg, "{cfg}");
                 }
             }
         }
-        let good = heuristic_config(384, 384, 8, 132).to_string();
+        let good = GpuTiles::from(&heuristic_config(384, 384, 8, 132));
         for (bad, why) in [
-            (good.replace("format=e3m2", "format=e4m3"), "format 'e4m3'"),
-            (good.replace(" stages=", " stagez="), "unknown key 'stagez'"),
-            (good.replace("m_tile=8", "m_tile=x"), "m_tile='x' is not a number"),
-            (good.replace("m_tile=8", "m_tile=12"), "m_tile 12 is not 8, 16, 32 or 64"),
-            (format!("{good} n=5"), "'n' given twice"),
-            (good.replace(" act=f16", ""), "'act' is missing"),
-            (good.replace("split_k=", "split_k"), "is not key=value"),
+            (GpuTiles { format: fpx_quant::Format::Int4, ..good }, "not int4"),
+            (GpuTiles { m_tile: 12, ..good }, "m_tile 12 is not 8, 16, 32 or 64"),
+            (GpuTiles { stages: 1, ..good }, "stages 1 is not 2..=8"),
+            (GpuTiles { split_k: 0, ..good }, "split_k 0 is not"),
+            (GpuTiles { n: 0, ..good }, "n and k must be positive"),
         ] {
-            let e = bad.parse::<GemmConfig>().unwrap_err().to_string();
-            assert!(e.contains(why), "{bad}: {e}");
+            let e = GemmConfig::try_from(&bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
         }
     }
 
@@ -650,12 +647,12 @@ mod tests {
     fn m_buckets_cover_every_m_with_the_heuristic_choice() {
         for (n, k) in [(384, 384), (384, 1536), (4096, 4096), (8192, 28672)] {
             for sm in [108, 132] {
-                let list = configs_by_m(Fp6Format::E3M2, Act::F16, n, k, sm);
-                assert_eq!(list.last().unwrap().0, 0, "{list:?}");
-                let maxes: Vec<usize> = list[..list.len() - 1].iter().map(|(m, _)| *m).collect();
-                assert!(maxes.windows(2).all(|w| w[0] < w[1]) && maxes.iter().all(|m| M_BUCKETS.contains(m)), "{maxes:?}");
+                let table = configs_by_m(Fp6Format::E3M2, Act::F16, n, k, sm);
+                let rows = table.rows();
+                let maxes: Vec<usize> = rows[..rows.len() - 1].iter().map(|(m, _)| *m as usize).collect();
+                assert!(maxes.iter().all(|m| M_BUCKETS.contains(m)), "{maxes:?}");
                 for m in 1..=300 {
-                    let picked = pick_config(&list, m).unwrap();
+                    let picked = table.pick(m);
                     // The bucket's config is the heuristic's for the bucket's upper end.
                     let bucket = M_BUCKETS.iter().copied().find(|&b| m <= b).unwrap_or(LARGE_M);
                     assert_eq!(picked, &heuristic_config(n, k, bucket, sm), "n={n} k={k} m={m} sm={sm}");

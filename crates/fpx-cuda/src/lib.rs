@@ -11,6 +11,8 @@
 //! - [`compile`]: [`compile_ptx`] (NVRTC, with an in-memory cache keyed by template hash,
 //!   config and arch), [`ptxas_check`] (registers, spills, shared memory from `ptxas -v`),
 //!   [`driver_available`].
+//! - [`plan`]: the GPU half of an artifact: per architecture, a kernel table per quantized
+//!   product ([`plan::ptx_code`]) and one PTX module per distinct config.
 //! - [`ops`]: the rest of a transformer on the GPU: header-free templates (elementwise unary and
 //!   binary ops with numpy broadcasting, casts, LayerNormalization, Softmax, ReduceSum/Mean,
 //!   Gather, Transpose) in FP16 or FP32 storage with FP32 math, one PTX module per family
@@ -41,6 +43,7 @@ pub mod compile;
 pub mod config;
 pub mod device;
 pub mod ops;
+pub mod plan;
 
 pub use compile::{
     compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,

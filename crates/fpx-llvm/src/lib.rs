@@ -1,12 +1,14 @@
 //! fpx-llvm: CPU kernels for fpx's quantized matrix product (`fpx:QuantMatMul`), generated with
 //! LLVM through inkwell, emitted as one object and linked into a shared library.
 //!
-//! Each kernel is specialized to one [`KernelSpec`] (format, K, N, group size): trip counts,
-//! offsets and the dequantization bit tricks are compile-time constants. [`compile_cpu`] builds
-//! one module holding every requested kernel in both [`Variant`]s, runs LLVM's O3 pipeline for
-//! a [`CpuTarget`], emits an object and links it with `cc -shared`; the caller stores the
-//! returned bytes (the artifact) and a loader `dlopen`s them after checking that the host has
-//! every feature in [`CompiledCpu::features`] (fpx-runtime's `missing_cpu_features`).
+//! Each kernel is specialized to one [`QuantGemm`] (format, K, N, group size, activations): trip
+//! counts, offsets and the dequantization bit tricks are compile-time constants. [`cpu_code`] is
+//! the CPU backend: it takes a model's quantized products and returns one shared object with,
+//! per node, a [`KernelTable`] (which kernel serves which M) — what the artifact stores and the
+//! runtime picks from. Underneath, [`compile_cpu`] builds one module holding every requested
+//! kernel in both [`Variant`]s, runs LLVM's O3 pipeline for a [`CpuTarget`], emits an object and
+//! links it with `cc -shared`; a loader `dlopen`s it after checking that the host has every
+//! feature in [`CompiledCpu::features`] (fpx-runtime's `missing_cpu_features`).
 //!
 //! # What a kernel computes
 //!
@@ -92,9 +94,12 @@ mod target;
 
 use std::fmt;
 
-use fpx_quant::Format;
+use fpx_artifact::{CpuCode, CpuKernel, NodeKernels};
+use fpx_quant::layout::TILE_N;
+use fpx_quant::{Format, KernelTable};
 
 pub use fpx_quant::act8::Activations;
+pub use fpx_quant::QuantGemm;
 pub use target::{host_cpu, CpuTarget};
 
 /// Why kernels could not be generated, compiled or linked.
@@ -103,13 +108,23 @@ pub enum LlvmError {
     /// The format has no CPU kernel.
     #[error("fpx-llvm has no CPU kernel for weight format {0}")]
     UnsupportedFormat(Format),
-    /// A spec is malformed (an empty dimension, or too large for the kernels' 32-bit offsets).
-    #[error("bad kernel spec {spec}: {message}")]
+    /// A product has no kernel (an empty dimension, int8 activations with a format or groups
+    /// that cannot take them, too large for the kernels' offsets).
+    #[error("no CPU kernel for {spec}: {message}")]
     BadSpec {
-        /// The offending spec, as its Gemv symbol.
+        /// The offending product, as its Gemv symbol.
         spec: String,
         /// What is wrong with it.
         message: String,
+    },
+    /// A node's kernel cannot be generated.
+    #[error("node '{node}': {source}")]
+    Node {
+        /// The `fpx:QuantMatMul` node.
+        node: String,
+        /// Why.
+        #[source]
+        source: Box<LlvmError>,
     },
     /// LLVM refused something: target lookup, IR verification, the pass pipeline or emission.
     #[error("LLVM: {0}")]
@@ -128,31 +143,9 @@ impl From<inkwell::builder::BuilderError> for LlvmError {
     }
 }
 
-/// Whether CPU kernels exist for `format` with `activations`: always for `f32`; for int8, the
-/// formats whose stored values are integers of at most 64 units
-/// ([`fpx_quant::act8::int8_units`]) and whose codes the byte decoder handles (4 and 6 bits):
-/// FP6 e2m3, FP4 e2m1 and INT4.
-pub fn has_kernel(format: Format, activations: Activations) -> bool {
-    match activations {
-        Activations::F32 => codegen::supports(format),
-        Activations::Int8 => matches!(format.bits(), 4 | 6) && fpx_quant::act8::int8_units(format).is_some(),
-    }
-}
-
-/// The compile-time shape of one quantized matrix product: what a kernel is specialized to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KernelSpec {
-    /// Code format of the packed weight.
-    pub format: Format,
-    /// Reduction length (columns of X, rows of W).
-    pub k: usize,
-    /// Output channels (columns of W and Y).
-    pub n: usize,
-    /// Rows of K per scale group; 0 = one group (per output channel).
-    pub group_size: usize,
-    /// What the weights multiply.
-    pub activations: Activations,
-}
+/// Largest M the [`Variant::Gemv`] kernel serves in [`kernel_table`]; larger M take
+/// [`Variant::Gemm`].
+pub const GEMV_MAX_M: u64 = 8;
 
 /// Which loop structure a kernel uses; both compute the same result for any `m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -183,58 +176,38 @@ impl fmt::Display for Variant {
     }
 }
 
-impl KernelSpec {
-    /// The exported symbol of this spec's kernel, e.g. `fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv`
-    /// (int8 activations add `_a8` before the variant).
-    pub fn symbol(&self, variant: Variant) -> String {
-        let act = if self.activations == Activations::Int8 { "_a8" } else { "" };
-        format!("fpx_qmm_{}_k{}_n{}_g{}{act}_{}", self.format.name().replace('-', "_"), self.k, self.n, self.group_size, variant.name())
-    }
+/// The exported symbol of `gemm`'s kernel in `variant`, e.g.
+/// `fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv` (int8 activations add `_a8` before the variant).
+pub fn symbol(gemm: &QuantGemm, variant: Variant) -> String {
+    let act = if gemm.activations == Activations::Int8 { "_a8" } else { "" };
+    format!("fpx_qmm_{}_k{}_n{}_g{}{act}_{}", gemm.format.name().replace('-', "_"), gemm.k, gemm.n, gemm.group_size, variant.name())
+}
 
-    /// The number of scale groups along K: `ceil(k / group_size)`, or 1 per channel.
-    pub fn groups(&self) -> usize {
-        if self.group_size == 0 {
-            1
-        } else {
-            self.k.div_ceil(self.group_size)
-        }
+/// Checks that a kernel can be generated for `gemm`: a valid product
+/// ([`QuantGemm::validate`]: dimensions, int8 formats and groups), a format the code generator
+/// handles, and a packed weight the kernels' offsets can address. [`compile_cpu`] checks every
+/// product; [`cpu_code`] names the node of the one at fault.
+pub fn check(gemm: &QuantGemm) -> Result<(), LlvmError> {
+    let bad = |message: String| LlvmError::BadSpec { spec: symbol(gemm, Variant::Gemv), message };
+    gemm.validate().map_err(|e| bad(e.to_string()))?;
+    if !codegen::supports(gemm.format) {
+        return Err(LlvmError::UnsupportedFormat(gemm.format));
     }
+    // Offsets inside the kernels are computed in 64 bits, but lane masks and the row stride of
+    // X use 32-bit arithmetic in places: QuantGemm keeps K and N within 2^30; the packed weight
+    // must stay well inside 64-bit offsets too.
+    if gemm.packed_shape().total_bytes() >= 1usize << 40 {
+        return Err(bad("the packed weight is too large".to_string()));
+    }
+    Ok(())
+}
 
-    /// A sort key that orders specs deterministically.
-    fn key(&self) -> (&'static str, usize, usize, usize, Activations) {
-        (self.format.name(), self.k, self.n, self.group_size, self.activations)
-    }
-
-    /// Checks that a kernel can be generated for this spec ([`compile_cpu`] does it for every
-    /// spec; callers that know which node a spec serves check first, to name it).
-    pub fn validate(&self) -> Result<(), LlvmError> {
-        let bad = |message: String| LlvmError::BadSpec { spec: self.symbol(Variant::Gemv), message };
-        if self.k == 0 || self.n == 0 {
-            return Err(bad(format!("K = {} and N = {} must be positive", self.k, self.n)));
-        }
-        if !codegen::supports(self.format) {
-            return Err(LlvmError::UnsupportedFormat(self.format));
-        }
-        if self.activations == Activations::Int8 {
-            if !has_kernel(self.format, self.activations) {
-                return Err(bad(format!("{} weights have no int8-activation CPU kernel (fp6-e2m3, fp4-e2m1 and int4 have)", self.format)));
-            }
-            if !self.group_size.is_multiple_of(32) {
-                return Err(bad(format!(
-                    "int8-activation kernels need per-channel scales or groups that are a multiple of 32, not {}",
-                    self.group_size
-                )));
-            }
-        }
-        // Offsets inside the kernels are computed in 64 bits, but lane masks and the row
-        // stride of X use 32-bit arithmetic in places: keep every dimension well inside i32.
-        let limit = 1usize << 30;
-        let packed = fpx_quant::layout::PackedShape::new(self.n, self.k, self.format.bits()).total_bytes();
-        if self.k >= limit || self.n >= limit || packed >= 1usize << 40 {
-            return Err(bad("dimensions too large".to_string()));
-        }
-        Ok(())
-    }
+/// The kernel table of `gemm` in a shared object from [`compile_cpu`]: the [`Variant::Gemv`]
+/// kernel up to [`GEMV_MAX_M`] rows, the [`Variant::Gemm`] kernel above; threads split N at
+/// multiples of the layout's 16-row tile.
+pub fn kernel_table(gemm: &QuantGemm) -> KernelTable<CpuKernel> {
+    let entry = |v: Variant| CpuKernel { symbol: symbol(gemm, v), column_split: TILE_N as u32, activations: gemm.activations };
+    KernelTable::new(vec![(GEMV_MAX_M, entry(Variant::Gemv)), (0, entry(Variant::Gemm))]).expect("ascending, ends unbounded")
 }
 
 /// Kernels compiled for one CPU target, linked into one shared library.
@@ -246,33 +219,46 @@ pub struct CompiledCpu {
     pub features: Vec<String>,
     /// The shared library (ELF `.so`) holding every kernel.
     pub shared_object: Vec<u8>,
-    /// Every kernel in the library: its spec, variant and exported symbol.
-    pub symbols: Vec<(KernelSpec, Variant, String)>,
+    /// Every kernel in the library: its product, variant and exported symbol.
+    pub symbols: Vec<(QuantGemm, Variant, String)>,
 }
 
-/// Generates every kernel of `specs` (duplicates removed) in both variants for `target`, in
-/// one module optimized at O3, emits one object and links it with `cc -shared`. The same specs
-/// and target give byte-identical output (the specs are sorted first).
-pub fn compile_cpu(specs: &[KernelSpec], target: CpuTarget) -> Result<CompiledCpu, LlvmError> {
-    let mut specs: Vec<KernelSpec> = specs.to_vec();
-    specs.sort_by(|a, b| a.key().cmp(&b.key()));
-    specs.dedup();
-    for s in &specs {
-        s.validate()?;
+/// Generates every kernel of `gemms` (duplicates removed) in both variants for `target`, in
+/// one module optimized at O3, emits one object and links it with `cc -shared`. The same
+/// products and target give byte-identical output (they are sorted first).
+pub fn compile_cpu(gemms: &[QuantGemm], target: CpuTarget) -> Result<CompiledCpu, LlvmError> {
+    let mut gemms: Vec<QuantGemm> = gemms.to_vec();
+    gemms.sort();
+    gemms.dedup();
+    for g in &gemms {
+        check(g)?;
     }
     let machine = target::machine(target)?;
-    let object = codegen::compile_object(&specs, &machine)?;
+    let object = codegen::compile_object(&gemms, &machine)?;
     let shared_object = link::link_shared(&object)?;
-    let symbols = specs.iter().flat_map(|s| Variant::ALL.map(|v| (*s, v, s.symbol(v)))).collect();
+    let symbols = gemms.iter().flat_map(|g| Variant::ALL.map(|v| (*g, v, symbol(g, v)))).collect();
     Ok(CompiledCpu { target: machine.cpu.clone(), features: machine.required_features.clone(), shared_object, symbols })
 }
 
-/// The textual LLVM IR (before optimization) and the assembly (after O3) of `specs`' kernels
+/// The CPU backend: the code for a model's quantized products `gemms` (node name, product) on
+/// `target`, as the artifact stores it — one shared object and, per node, its kernel table.
+/// An error names the node whose kernel cannot be generated.
+pub fn cpu_code(gemms: &[(String, QuantGemm)], target: CpuTarget) -> Result<CpuCode, LlvmError> {
+    for (node, g) in gemms {
+        check(g).map_err(|e| LlvmError::Node { node: node.clone(), source: Box::new(e) })?;
+    }
+    let products: Vec<QuantGemm> = gemms.iter().map(|(_, g)| *g).collect();
+    let compiled = compile_cpu(&products, target)?;
+    let kernels = gemms.iter().map(|(node, g)| NodeKernels { node: node.clone(), table: kernel_table(g) }).collect();
+    Ok(CpuCode { target: compiled.target, features: compiled.features, shared_object: compiled.shared_object, kernels })
+}
+
+/// The textual LLVM IR (before optimization) and the assembly (after O3) of `gemms`' kernels
 /// for `target`: for inspecting the generated code.
-pub fn emit_ir_and_asm(specs: &[KernelSpec], target: CpuTarget) -> Result<(String, String), LlvmError> {
-    for s in specs {
-        s.validate()?;
+pub fn emit_ir_and_asm(gemms: &[QuantGemm], target: CpuTarget) -> Result<(String, String), LlvmError> {
+    for g in gemms {
+        check(g)?;
     }
     let machine = target::machine(target)?;
-    codegen::ir_and_asm(specs, &machine)
+    codegen::ir_and_asm(gemms, &machine)
 }

@@ -24,6 +24,40 @@ pub enum CpuTarget {
     X86_64V4Vnni,
 }
 
+impl CpuTarget {
+    /// Every target, in the order `--cpu` lists them.
+    pub const ALL: [CpuTarget; 4] = [CpuTarget::X86_64V3, CpuTarget::X86_64V4, CpuTarget::X86_64V4Vnni, CpuTarget::Native];
+
+    /// The name `--cpu` takes: `x86-64-v3`, `x86-64-v4`, `x86-64-v4-vnni` or `native`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuTarget::Native => "native",
+            CpuTarget::X86_64V3 => "x86-64-v3",
+            CpuTarget::X86_64V4 => "x86-64-v4",
+            CpuTarget::X86_64V4Vnni => "x86-64-v4-vnni",
+        }
+    }
+}
+
+impl std::fmt::Display for CpuTarget {
+    /// Writes [`CpuTarget::name`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CpuTarget {
+    type Err = String;
+
+    /// Parses [`CpuTarget::name`].
+    fn from_str(s: &str) -> Result<CpuTarget, String> {
+        CpuTarget::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = CpuTarget::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown CPU target '{s}'; choose one of: {}", names.join(", "))
+        })
+    }
+}
+
 /// Instruction-set parameters the code generator specializes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Isa {

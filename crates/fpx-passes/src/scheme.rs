@@ -51,6 +51,22 @@ impl WeightScheme {
     }
 }
 
+impl std::str::FromStr for WeightScheme {
+    type Err = PassError;
+
+    /// [`WeightScheme::parse`].
+    fn from_str(s: &str) -> Result<WeightScheme, PassError> {
+        WeightScheme::parse(s)
+    }
+}
+
+impl std::fmt::Display for WeightScheme {
+    /// Writes [`WeightScheme::name`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything that decides how weights are quantized.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuantizeOptions {

@@ -32,7 +32,7 @@ pub enum Activations {
     /// Activations quantized to int8 per row and block of 32 columns ([`Int8Activations`]):
     /// byte dot products on the CPU, with the rounding error of int8 activations (like
     /// onnxruntime's `MatMulNBits` at `accuracy_level` 4). Only for weight formats with small
-    /// integer values ([`int8_units`]).
+    /// integer values that the byte decoders unpack ([`crate::takes_int8_activations`]).
     Int8,
 }
 
@@ -54,6 +54,15 @@ impl Activations {
     }
 }
 
+impl std::str::FromStr for Activations {
+    type Err = String;
+
+    /// Parses [`Activations::name`].
+    fn from_str(s: &str) -> Result<Activations, String> {
+        Activations::parse(s).ok_or_else(|| format!("unknown activations '{s}'; choose f32 or int8"))
+    }
+}
+
 impl fmt::Display for Activations {
     /// Writes [`Activations::name`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,8 +81,9 @@ pub const WEIGHT_OFFSET: i32 = 64;
 pub const MAX_WEIGHT_UNITS: f32 = 64.0;
 
 /// The power of two `u` that makes every stored value of `format` an integer `v · u` with
-/// `|v · u| <= 64`, or `None` if the format cannot use int8 activations (FP6 e3m2 spans
-/// 1/16 to 28: 448 sixteenths; FP8 and INT8 are too wide as well).
+/// `|v · u| <= 64`, or `None` if its values are not such integers (FP6 e3m2 spans 1/16 to 28:
+/// 448 sixteenths; FP8 and INT8 are too wide as well). Whether a format may take int8
+/// activations is [`crate::takes_int8_activations`], which also needs 4- or 6-bit codes.
 pub fn int8_units(format: Format) -> Option<f32> {
     if format.bits() > 6 {
         return None;

@@ -82,4 +82,29 @@ mod tests {
         assert!(!required_in(Some(""), Requirement::Gpu));
         assert!(std::panic::catch_unwind(|| required_in(Some("gpus"), Requirement::Gpu)).is_err());
     }
+
+    /// In a child process (this test binary, this test only): `skip` fails the test when
+    /// FPX_REQUIRE names the requirement, and prints SKIP when it names another.
+    #[test]
+    fn skip_fails_the_test_only_when_required() {
+        if std::env::var_os("FPX_TEST_SKIP_PROBE").is_some() {
+            skip(Requirement::Gpu, "probe", "no GPU in this probe");
+            return;
+        }
+        let run = |require: &str| {
+            let exe = std::env::current_exe().expect("the test binary");
+            std::process::Command::new(exe)
+                .args(["require::tests::skip_fails_the_test_only_when_required", "--exact", "--nocapture", "--test-threads=1"])
+                .env("FPX_TEST_SKIP_PROBE", "1")
+                .env("FPX_REQUIRE", require)
+                .output()
+                .expect("the test binary runs")
+        };
+        let required = run("gpu");
+        let err = String::from_utf8_lossy(&required.stderr);
+        assert!(!required.status.success() && err.contains("FPX_REQUIRE=gpu requires gpu, but: no GPU in this probe"), "{err}");
+        let other = run("vnni,models");
+        let err = String::from_utf8_lossy(&other.stderr);
+        assert!(other.status.success() && err.contains("SKIP probe: no GPU in this probe"), "{err}");
+    }
 }

@@ -1,0 +1,79 @@
+//! The GPU half of an artifact (`fpx compile --target cuda|all`): for each architecture (sm_80
+//! and sm_90), every quantized product gets a kernel table — a tile config per range of M from
+//! [`configs_by_m`] — and each distinct config is compiled once with NVRTC into its own PTX
+//! module.
+
+use crate::config::{configs_by_m, Act, Fp6Format};
+use crate::{Arch, CudaError, GemmConfig};
+use fpx_artifact::{GpuKernel, GpuTiles, NodeKernels, PtxCode, PtxModule};
+use fpx_quant::QuantGemm;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// The SM count fpx plans tiles for on each architecture (A100: 108, H100 SXM: 132).
+pub fn planned_sm_count(arch: Arch) -> usize {
+    match arch {
+        Arch::Sm80 => 108,
+        Arch::Sm90 => 132,
+    }
+}
+
+/// Checks that the GPU GEMM can run `gemm` (FP6, one scale per output channel, f32
+/// activations in the graph, which the GPU multiplies in FP16); the error names `node`.
+pub fn gpu_format(node: &str, gemm: &QuantGemm) -> Result<Fp6Format, CudaError> {
+    let format = Fp6Format::from_quant(gemm.format).ok_or_else(|| {
+        CudaError::Config(format!(
+            "node '{node}' has {} weights; the GPU GEMM takes fp6-e3m2 or fp6-e2m3 (compile with --weights fp6-e3m2|fp6-e2m3|fp6-auto, or --target cpu)",
+            gemm.format.name()
+        ))
+    })?;
+    if !gemm.per_channel() {
+        return Err(CudaError::Config(format!(
+            "node '{node}' is quantized with groups of {} along K; the GPU GEMM takes one scale per output channel (drop --group-size, or --target cpu)",
+            gemm.group_size
+        )));
+    }
+    if gemm.activations != fpx_quant::act8::Activations::F32 {
+        return Err(CudaError::Config(format!(
+            "node '{node}' takes {} activations; the GPU GEMM multiplies FP16 activations (use --target cpu for int8 activations)",
+            gemm.activations
+        )));
+    }
+    Ok(format)
+}
+
+/// The GPU code of every architecture for the quantized products `gemms` (node name, product):
+/// per architecture the PTX modules and, per node, its kernel table.
+pub fn ptx_code(gemms: &[(String, QuantGemm)]) -> Result<Vec<PtxCode>, CudaError> {
+    let mut out = Vec::new();
+    for arch in Arch::ALL {
+        let sm_count = planned_sm_count(arch);
+        let mut kernels = Vec::with_capacity(gemms.len());
+        let mut configs: BTreeMap<String, GemmConfig> = BTreeMap::new();
+        for (node, gemm) in gemms {
+            let format = gpu_format(node, gemm)?;
+            let table = configs_by_m(format, Act::F16, gemm.n, gemm.k, sm_count).try_map(|cfg| {
+                let kernel = cfg.kernel_name();
+                configs.insert(kernel.clone(), cfg.clone());
+                Ok::<_, CudaError>(GpuKernel {
+                    module: kernel.clone(),
+                    kernel,
+                    reduce: cfg.reduce_kernel_name(),
+                    tiles: GpuTiles::from(cfg),
+                })
+            })?;
+            kernels.push(NodeKernels { node: node.clone(), table });
+        }
+        // NVRTC compiles independent programs in parallel; the result order is the map's.
+        let modules = configs
+            .par_iter()
+            .map(|(name, cfg)| {
+                let ptx = crate::compile_ptx(cfg, arch)?;
+                let entries = std::iter::once(ptx.kernel.clone()).chain(ptx.reduce_kernel.clone()).collect();
+                Ok(PtxModule { name: name.clone(), ptx: ptx.src.to_string(), entries })
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        out.push(PtxCode { arch: arch.sm().to_string(), sm_count: sm_count as u32, modules, kernels });
+    }
+    Ok(out)
+}

@@ -1,0 +1,249 @@
+//! The command line's arguments (clap): one struct per command, one flattened group per shared
+//! concern (quantization, scales, device). Values parse into the library's own types
+//! (`FromStr`), so a bad value is refused by clap with the type's message.
+
+use clap::{Args, Parser, Subcommand};
+use fpx::llvm::CpuTarget;
+use fpx::{Activations, Target, WeightScheme};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "fpx",
+    version,
+    about = "Ahead-of-time compiler for weight-quantized (FP6) ONNX models",
+    long_about = "fpx imports an ONNX model into its own graph IR, rewrites matrix products with constant \
+weights into FP6 quantized products, generates kernels for each GEMM shape (CPU with LLVM, CUDA with NVRTC) and \
+writes one runnable .fpx artifact.\n\n`fpx compile` builds an artifact; `fpx run` and `fpx bench` run an .onnx model \
+(the FP32 reference, optionally quantized in memory) or an .fpx artifact; `fpx report` compares weight schemes \
+against FP32; `fpx inspect` summarizes a model or an artifact.",
+    after_help = "Examples:\n  fpx compile model.onnx -o model.fpx\n  fpx run model.fpx --input input_ids=ids.npy --output-dir out/\n  \
+fpx inspect model.onnx"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Compile an ONNX model ahead of time into one .fpx artifact: weights quantized (FP6 by
+    /// default), a kernel generated for each GEMM shape (CPU with LLVM; PTX with --target cuda),
+    /// everything checksummed.
+    #[command(
+        after_help = "Example:\n  fpx compile model.onnx -o model.fpx --weights fp6-e3m2 --cpu x86-64-v3\n  fpx run model.fpx --input x=x.npy --output-dir out/\n  fpx compile model.onnx -o fast.fpx --weights fp6-e2m3 --activations int8   # byte dot products\n\n\
+An artifact contains native code: load only artifacts you trust."
+    )]
+    Compile(CompileArgs),
+    /// Run a model (.onnx, or an .fpx artifact from `fpx compile`) on inputs from .npy files and
+    /// write every output as DIR/<name>.npy.
+    #[command(after_help = "Each output is written to DIR/<name>.npy, where every character of the output name that is \
+not a letter or digit becomes '_' (e.g. 'last_hidden_state' -> last_hidden_state.npy, 'out:0' -> out_0.npy).\n\n\
+Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --output-dir out/")]
+    Run(RunArgs),
+    /// Compare weight schemes: run FP32 and each scheme on the same inputs and print, per scheme,
+    /// each output's max-abs and relative error and cosine vs FP32, and per layer the weight
+    /// relative RMSE. This is how to choose between FP6, FP4 and INT4.
+    #[command(after_help = "Schemes are comma-separated; add ':gN' for a group size along K (e.g. int4:g128).\n\n\
+Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --schemes fp6-e3m2,fp6-e2m3,int4,int4:g128 --html report.html")]
+    Report(ReportArgs),
+    /// Time a model in-process: median/min/max latency over repeated runs, and per matrix product
+    /// its time and effective weight bandwidth (weight bytes / time).
+    #[command(after_help = "Example:\n  fpx bench model.fpx --input input_ids=ids.npy --iters 50 --threads 2 --json")]
+    Bench(BenchArgs),
+    /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
+    /// with a constant weight (what quantization will rewrite); for an artifact also its
+    /// sections and, per node and range of M, the kernel that runs.
+    Inspect(InspectArgs),
+    /// Measure this machine's memory read bandwidth (a max-reduction over a large buffer), the
+    /// ceiling a weight-streaming kernel is compared with.
+    Membw(MembwArgs),
+}
+
+/// The model argument of commands that take an .onnx model or an .fpx artifact.
+#[derive(Args)]
+pub struct ModelArg {
+    /// The model: an .onnx file or an .fpx artifact (told apart by the file's first bytes).
+    pub model: PathBuf,
+}
+
+/// `--input NAME=FILE.npy`, repeated.
+#[derive(Args)]
+pub struct InputArgs {
+    /// A graph input as NAME=FILE.npy; repeat for each input of the model.
+    #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
+    pub inputs: Vec<String>,
+}
+
+/// How weights get their scales: shared by every command that quantizes.
+#[derive(Args, Clone, Copy)]
+pub struct ScaleArgs {
+    /// Quantization group size along K (default: one scale per output channel).
+    #[arg(long, value_name = "N")]
+    pub group_size: Option<usize>,
+    /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
+    #[arg(long)]
+    pub scale_search: bool,
+}
+
+/// How weights are quantized: the one flag group of `fpx compile`, `fpx run` and `fpx bench`.
+#[derive(Args, Clone, Copy)]
+pub struct QuantArgs {
+    /// Weight scheme for every MatMul/Gemm with a constant weight: fp6-e3m2 | fp6-e2m3 | fp6-auto |
+    /// fp5-e2m2 | fp4-e2m1 | int4 | int8 | none. fp6-auto picks, per layer, the 6-bit format with
+    /// the lower weight error. Default: fp6-e3m2 for `fpx compile`; none (FP32) for run and bench
+    /// of an .onnx model (an artifact was quantized when it was compiled).
+    #[arg(long, value_name = "SCHEME")]
+    pub weights: Option<WeightScheme>,
+    #[command(flatten)]
+    pub scales: ScaleArgs,
+    /// What quantized products multiply the weights with: f32 (exact), or int8 (activations quantized
+    /// per row and block of 32 columns at run time, like onnxruntime's MatMulNBits accuracy_level 4:
+    /// byte dot products, with int8 rounding).
+    #[arg(long, value_name = "f32|int8", default_value = "f32", long_help = activations_help())]
+    pub activations: Activations,
+}
+
+/// The long help of `--activations`, with the formats that can take int8 from the one rule
+/// (`fpx::quant::takes_int8_activations`).
+fn activations_help() -> String {
+    format!(
+        "What quantized products multiply the weights with: f32 (exact), or int8 (activations quantized per row and \
+block of 32 columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: byte dot products, with int8 \
+rounding). int8 needs weights with small integer values ({}), one scale per channel or groups that are a \
+multiple of 32, and CPU code (--target cpu).",
+        fpx::quant::gemm::int8_format_list()
+    )
+}
+
+/// `--device`.
+#[derive(Args, Clone, Copy)]
+pub struct DeviceArg {
+    /// Where to run: cpu, or cuda (the GPU; whole-graph GPU execution is not built yet).
+    #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
+    pub device: Device,
+}
+
+/// Where `fpx run` and `fpx bench` run a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// This machine's CPU.
+    Cpu,
+    /// An NVIDIA GPU.
+    Cuda,
+}
+
+/// Arguments of `fpx compile`.
+#[derive(Args)]
+pub struct CompileArgs {
+    /// The model: an .onnx file.
+    pub model: PathBuf,
+    /// Where to write the artifact (written to a temporary file, then renamed).
+    #[arg(short, long, value_name = "OUT.fpx")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Which code to generate: cpu (LLVM), cuda (PTX for sm_80 and sm_90 via NVRTC; needs FP6 weights with one scale
+    /// per output channel, and NVRTC 13.0: scripts/setup.sh installs it), or all (both).
+    #[arg(long, value_name = "cpu|cuda|all", default_value = "cpu")]
+    pub target: Target,
+    /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), x86-64-v4-vnni (AVX-512 with
+    /// VBMI and VNNI: Ice Lake, Zen 4 and later; fastest int8 activations), or native (this machine). The artifact
+    /// records the features its code needs and refuses to load on a CPU without them.
+    #[arg(long, value_name = "CPU", default_value = "x86-64-v3")]
+    pub cpu: CpuTarget,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `fpx run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    /// Folder for the outputs (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub output_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// Arguments of `fpx bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    /// Measured iterations (after one warm-up run).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print JSON (field names carry their unit, e.g. median_us).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// Arguments of `fpx report`.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The model: an .onnx file.
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    /// Schemes to compare with FP32, comma-separated; each may end in ':gN' (group size N along K) and then ':a8'
+    /// (int8 activations, as `--activations int8` artifacts run), e.g. fp6-e2m3:a8,int4:g128.
+    #[arg(long, value_name = "LIST", default_value = fpx::report::DEFAULT_SCHEMES)]
+    pub schemes: String,
+    /// Group size and scale search for schemes without their own ':gN'.
+    #[command(flatten)]
+    pub scales: ScaleArgs,
+    /// Also write one self-contained HTML page with plots.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// The layer (node name) whose weight histogram the HTML page shows (default: the first).
+    #[arg(long, value_name = "NODE")]
+    pub layer: Option<String>,
+    /// Also compare [batch, seq, dim] outputs mean-pooled over this [batch, seq] input
+    /// (e.g. attention_mask): the sentence embedding an embedding model's user consumes.
+    #[arg(long, value_name = "INPUT")]
+    pub pool_mask: Option<String>,
+}
+
+/// Arguments of `fpx inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every PTX module of an artifact to DIR/<arch>/<module>.ptx (the folder is created).
+    #[arg(long, value_name = "DIR")]
+    pub dump_ptx: Option<PathBuf>,
+}
+
+/// Arguments of `fpx membw`.
+#[derive(Args)]
+pub struct MembwArgs {
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Buffer size in GiB (use well above the last-level cache).
+    #[arg(long, default_value_t = 1.0)]
+    pub gib: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}

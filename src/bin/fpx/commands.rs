@@ -1,0 +1,284 @@
+//! What each command does, given its parsed arguments: library calls plus the messages and
+//! files a person sees. Every failure is an `anyhow` error with the file, input or node at fault.
+
+use crate::args::{BenchArgs, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs};
+use anyhow::{bail, Context, Result};
+use fpx::runtime::npy;
+use fpx::{QuantizeOptions, WeightScheme};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The quantization options of `--weights/--group-size/--scale-search/--activations`, with
+/// `default_scheme` when `--weights` is not given.
+fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> Result<QuantizeOptions> {
+    let o = QuantizeOptions {
+        scheme: q.weights.unwrap_or(default_scheme),
+        group_size: q.scales.group_size,
+        scale_search: q.scales.scale_search,
+        activations: q.activations,
+    };
+    o.validate()?;
+    Ok(o)
+}
+
+fn read_inputs(inputs: &[String]) -> Result<Vec<(String, fpx::ir::Tensor)>> {
+    let mut feeds = Vec::new();
+    for spec in inputs {
+        let (name, file) = parse_input(spec)?;
+        let t = npy::read(&file).with_context(|| format!("cannot read input '{name}'"))?;
+        feeds.push((name, t));
+    }
+    Ok(feeds)
+}
+
+fn parse_input(spec: &str) -> Result<(String, PathBuf)> {
+    match spec.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_string(), PathBuf::from(file))),
+        _ => bail!("--input '{spec}' must look like NAME=FILE.npy"),
+    }
+}
+
+/// Checks that `model` exists and is a file.
+fn check_model_file(model: &Path) -> Result<()> {
+    if !model.exists() {
+        bail!("model file '{}' does not exist", model.display());
+    }
+    if !model.is_file() {
+        bail!("'{}' is not a file", model.display());
+    }
+    Ok(())
+}
+
+/// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact; `announce`
+/// prints what quantization did (off where stdout must hold only JSON).
+fn open_model(path: &Path, quant: &QuantArgs, announce: bool) -> Result<fpx::Runnable> {
+    check_model_file(path)?;
+    let options = quantize_options(quant, WeightScheme::None)?;
+    if fpx::is_artifact(path) && options != QuantizeOptions::new(WeightScheme::None) {
+        bail!("--weights/--group-size/--scale-search/--activations apply to .onnx models; '{}' was quantized when it was compiled", path.display());
+    }
+    let model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
+    if let Some(q) = model.quantization().filter(|_| announce) {
+        println!(
+            "weights: {} layers as {}, {:.2} MB -> {:.2} MB",
+            q.layers.len(),
+            options.scheme,
+            q.weight_bytes_in as f64 / 1e6,
+            q.weight_bytes_out as f64 / 1e6
+        );
+    }
+    Ok(model)
+}
+
+/// `--device`: cpu runs; cuda says what is missing (no driver, or the executor) instead of
+/// silently running on the CPU.
+fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda => {
+            fpx::cuda::driver_available().context("--device cuda")?;
+            bail!(
+                "--device cuda: whole-graph GPU execution is not built yet (the GPU GEMM kernels are: scripts/gpu-check.sh tests and \
+                 benchmarks them); use --device cpu"
+            )
+        }
+    }
+}
+
+/// `fpx run`.
+pub fn run(args: &RunArgs) -> Result<()> {
+    check_device(args.device.device)?;
+    let path = &args.model.model;
+    let t0 = Instant::now();
+    let model = open_model(path, &args.quant, true)?;
+    let load = t0.elapsed();
+    let feeds = read_inputs(&args.inputs.inputs)?;
+    let t1 = Instant::now();
+    let outputs = model.run(feeds).with_context(|| format!("cannot run model '{}'", path.display()))?;
+    let run_time = t1.elapsed();
+    let out_dir = &args.output_dir;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'", out_dir.display()))?;
+    let mut used = std::collections::HashSet::new();
+    for (name, t) in &outputs {
+        let file = fpx::output_file_name(name);
+        if !used.insert(file.clone()) {
+            bail!("outputs '{name}' and another output map to the same file name '{file}'");
+        }
+        let path = out_dir.join(&file);
+        npy::write(&path, t)?;
+        println!("{name}: {} {:?} -> {}", t.dtype(), t.shape(), path.display());
+    }
+    println!("loaded in {:.1} ms, ran in {:.1} ms", load.as_secs_f64() * 1e3, run_time.as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// `fpx inspect`.
+pub fn inspect(args: &InspectArgs) -> Result<()> {
+    let path = &args.model.model;
+    check_model_file(path)?;
+    let artifact = fpx::is_artifact(path);
+    if args.dump_ptx.is_some() && !artifact {
+        bail!("--dump-ptx: '{}' is not an .fpx artifact (compile it with `fpx compile --target cuda` first)", path.display());
+    }
+    if artifact {
+        let a = fpx::artifact::Artifact::open(path).with_context(|| format!("cannot open artifact '{}'", path.display()))?;
+        if let Some(dir) = &args.dump_ptx {
+            let written = dump_ptx_modules(&a, dir)?;
+            eprintln!("wrote {written} PTX modules under {}", dir.display());
+        }
+        let graph = a.graph()?;
+        let summary = fpx::ArtifactSummary::of(&a, &graph);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            print!("{}", summary.to_text());
+        }
+        return Ok(());
+    }
+    let graph = fpx::onnx::load_model(path).with_context(|| format!("cannot load model '{}'", path.display()))?;
+    let mut summary = fpx::ModelSummary::of(&graph);
+    // Weights behind constant subgraphs (a Transpose of an initializer, say) count too.
+    let mut folded = graph;
+    fpx::simplify(&mut folded).context("cannot simplify the graph")?;
+    summary.weight_matmuls = fpx::weight_matmuls(&folded);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(())
+}
+
+/// Writes every PTX module of `a` to `dir/<arch>/<module>.ptx`; returns how many. The reader has
+/// checked that architectures and module names are plain file names.
+fn dump_ptx_modules(a: &fpx::artifact::Artifact, dir: &Path) -> Result<usize> {
+    let code = a.ptx_code();
+    if code.is_empty() {
+        bail!("--dump-ptx: the artifact has no GPU code (compile with `fpx compile --target cuda` or `--target all`)");
+    }
+    let mut written = 0;
+    for p in &code {
+        let sub = dir.join(p.arch);
+        std::fs::create_dir_all(&sub).with_context(|| format!("cannot create folder '{}'", sub.display()))?;
+        for m in &p.modules {
+            let path = sub.join(format!("{}.ptx", m.name));
+            std::fs::write(&path, m.ptx).with_context(|| format!("cannot write '{}'", path.display()))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// `fpx report`.
+pub fn report(args: &ReportArgs) -> Result<()> {
+    check_model_file(&args.model)?;
+    let options = fpx::report::ReportOptions {
+        schemes: fpx::report::parse_schemes(&args.schemes, args.scales.group_size, args.scales.scale_search)?,
+        histogram_layer: args.layer.clone(),
+        pool_mask: args.pool_mask.clone(),
+    };
+    let feeds = read_inputs(&args.inputs.inputs)?;
+    let r = fpx::report::accuracy_report(&args.model, feeds, &options).with_context(|| format!("cannot report on '{}'", args.model.display()))?;
+    print!("{}", r.to_text());
+    if let Some(path) = &args.html {
+        let tmp = path.with_extension("html.tmp");
+        std::fs::write(&tmp, r.to_html()).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("cannot write '{}'", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `fpx bench`.
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    check_device(args.device.device)?;
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let path = &args.model.model;
+    let model = open_model(path, &args.quant, !args.json)?;
+    let feeds = read_inputs(&args.inputs.inputs)?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads).with_context(|| format!("cannot run model '{}'", path.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.to_text());
+    }
+    Ok(())
+}
+
+/// `fpx membw`.
+pub fn membw(args: &MembwArgs) -> Result<()> {
+    if !(args.gib > 0.0 && args.gib <= 64.0) {
+        bail!("--gib must be in (0, 64]");
+    }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let r = fpx::bench::read_bandwidth((args.gib * (1u64 << 30) as f64) as usize, threads)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "read bandwidth: {:.2} GB/s ({} threads, {:.2} GiB, best of {} passes)",
+            r.gb_per_s,
+            r.threads,
+            r.bytes as f64 / (1u64 << 30) as f64,
+            r.passes
+        );
+    }
+    Ok(())
+}
+
+/// `fpx compile`.
+pub fn compile(args: &CompileArgs) -> Result<()> {
+    check_model_file(&args.model)?;
+    let quantize = quantize_options(&args.quant, WeightScheme::Fixed(fpx::quant::Format::Fp6E3M2))?;
+    if quantize.scheme == WeightScheme::None {
+        bail!("--weights none: an artifact holds quantized weights; pick a scheme (e.g. fp6-e3m2), or run the .onnx directly with `fpx run`");
+    }
+    let options = fpx::CompileOptions { quantize, target: args.target, cpu: args.cpu };
+    let t0 = Instant::now();
+    let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let compiled = fpx::compile_with_progress(&args.model, &options, |stage| {
+        bar.set_message(stage.label());
+        bar.inc(1);
+    })
+    .with_context(|| format!("cannot compile '{}'", args.model.display()))?;
+    bar.set_message("write artifact");
+    let written = compiled.save(&args.output).with_context(|| format!("cannot write '{}'", args.output.display()))?;
+    bar.inc(1);
+    bar.finish_and_clear();
+    let q = &compiled.quantization;
+    println!("compiled {} -> {} in {:.2} s", args.model.display(), args.output.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "  weights: {} layers as {}, {:.2} MB -> {:.2} MB ({:.2}x smaller)",
+        q.layers.len(),
+        quantize.scheme,
+        q.weight_bytes_in as f64 / 1e6,
+        q.weight_bytes_out as f64 / 1e6,
+        q.weight_bytes_in as f64 / q.weight_bytes_out.max(1) as f64
+    );
+    for code in &compiled.contents.cpu {
+        let int8 = if quantize.activations == fpx::Activations::Int8 { ", int8 activations (byte dot products)" } else { "" };
+        println!(
+            "  cpu code: {} ({}), {} kernels for {} products{int8}, {:.1} KB shared object",
+            code.target,
+            code.features.join(","),
+            compiled.kernels,
+            code.kernels.len(),
+            code.shared_object.len() as f64 / 1e3
+        );
+    }
+    for code in &compiled.contents.ptx {
+        let bytes: usize = code.modules.iter().map(|m| m.ptx.len()).sum();
+        println!(
+            "  gpu code: {} (tiles planned for {} SMs), {} PTX modules, {:.1} KB of PTX",
+            code.arch,
+            code.sm_count,
+            code.modules.len(),
+            bytes as f64 / 1e3
+        );
+    }
+    println!("  artifact: {:.2} MB in {} sections", written.bytes as f64 / 1e6, written.sections);
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! The `fpx` command line: argument parsing (`args.rs`) and the commands (`commands.rs`) over the
+//! `fpx` library.
+
+mod args;
+mod commands;
+
+use args::{Cli, Command};
+use clap::Parser;
+
+fn main() {
+    // Die quietly on a closed pipe (`fpx inspect m.onnx | head`) instead of panicking in println!.
+    // SAFETY: setting a signal disposition to its default at start-up, before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let res = match &cli.command {
+        Command::Compile(a) => commands::compile(a),
+        Command::Run(a) => commands::run(a),
+        Command::Report(a) => commands::report(a),
+        Command::Bench(a) => commands::bench(a),
+        Command::Inspect(a) => commands::inspect(a),
+        Command::Membw(a) => commands::membw(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
