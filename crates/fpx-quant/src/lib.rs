@@ -23,6 +23,3 @@ pub mod scale;
 pub use error::QuantError;
 pub use format::Format;
 pub use scale::{quantize, QuantConfig, QuantizedMatrix};
-
-#[cfg(test)]
-mod test_util;
