@@ -1,12 +1,14 @@
 //! The ahead-of-time path: `fpx compile` → one `.fpx` file → `fpx run`, through the library
 //! (`fpx::compile`, `fpx::load`) and the CLI.
 
-use crate::common::{max_abs_diff, npy, repo_root, shared_model_dir, skip, TempDir};
+use crate::common::{max_abs_diff, npy};
 use fpx::ir::Tensor;
 use fpx::llvm::Activations;
 use fpx::quant::Format;
 use fpx::report::{cosine, mean_pool};
 use fpx::{CompileOptions, QuantizeOptions, WeightScheme};
+use fpx_test_support::data::{shared_model_dir, workspace_root};
+use fpx_test_support::{skip, Requirement, TempDir};
 use std::path::Path;
 
 fn fpx_cli(args: &[&str]) -> std::process::Output {
@@ -42,7 +44,7 @@ fn artifact_matches_reference(model: &Path, inputs: Vec<(String, Tensor)>, opts:
 
 #[test]
 fn example_compiles_for_every_cpu_format_and_matches_the_reference_path() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
     for f in [Format::Fp6E3M2, Format::Fp6E2M3, Format::Fp5E2M2, Format::Fp4E2M1, Format::Int4, Format::Int8] {
         artifact_matches_reference(&ex.join("model.onnx"), x.clone(), &options(f), 1e-5);
@@ -81,7 +83,7 @@ impl MiniLm {
 #[test]
 fn minilm_artifact_keeps_the_fp6_bars() {
     let Some(dir) = shared_model_dir("minilm-l6-v2") else {
-        skip("minilm_artifact_keeps_the_fp6_bars", "../shared/models/minilm-l6-v2 is absent");
+        skip(Requirement::Models, "minilm_artifact_keeps_the_fp6_bars", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
     let case = MiniLm::load(&dir);
@@ -106,7 +108,7 @@ fn rel_rms(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn int8_activations_stay_close_to_the_f32_artifact() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
     let model = ex.join("model.onnx");
     for f in [Format::Fp6E2M3, Format::Fp4E2M1, Format::Int4] {
@@ -127,7 +129,7 @@ fn int8_activations_stay_close_to_the_f32_artifact() {
 /// the int8 artifact runs the 512-bit int8 kernels.
 #[test]
 fn native_artifacts_load_on_this_host() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
     for opts in [options(Format::Fp6E3M2), int8(Format::Fp6E2M3), int8(Format::Int4)] {
         let opts = CompileOptions { cpu: fpx::llvm::CpuTarget::Native, ..opts };
@@ -144,14 +146,16 @@ fn native_artifacts_load_on_this_host() {
             let avx2 = fpx::compile(&ex.join("model.onnx"), &int8(Format::Fp6E2M3)).unwrap().load().unwrap().run(x).unwrap();
             assert_eq!(vnni, avx2, "512-bit VNNI and AVX2 int8 kernels must agree bit for bit");
         }
-        missing => skip("native_artifacts_load_on_this_host (x86-64-v4-vnni part)", &format!("this CPU lacks {missing:?}")),
+        missing => {
+            skip(Requirement::Vnni, "native_artifacts_load_on_this_host (x86-64-v4-vnni part)", &format!("this CPU lacks {missing:?}"))
+        }
     }
 }
 
 #[test]
 fn int8_activations_on_minilm_keep_the_embedding() {
     let Some(dir) = shared_model_dir("minilm-l6-v2") else {
-        skip("int8_activations_on_minilm_keep_the_embedding", "../shared/models/minilm-l6-v2 is absent");
+        skip(Requirement::Models, "int8_activations_on_minilm_keep_the_embedding", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
     let case = MiniLm::load(&dir);
@@ -179,7 +183,7 @@ fn int8_activations_on_minilm_keep_the_embedding() {
 
 #[test]
 fn int8_activations_with_unsuitable_weights_name_the_node() {
-    let model = repo_root().join("examples/tiny-transformer/model.onnx");
+    let model = workspace_root().join("examples/tiny-transformer/model.onnx");
     let err = fpx::compile(&model, &int8(Format::Fp6E3M2)).unwrap_err().to_string();
     assert!(err.contains("--activations int8 needs weights with small integer values") && err.contains("fp6-e3m2 has none"), "{err}");
     // FP5 values fit int8, but no CPU kernel decodes them for it: the node is named.
@@ -202,11 +206,11 @@ fn int8_activations_with_unsuitable_weights_name_the_node() {
 /// int8 activations.
 #[test]
 fn cli_runs_int8_activations_on_the_reference_path() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let model = ex.join("model.onnx");
     let dir = TempDir::new("a8-run");
     let input = format!("input={}", ex.join("input.npy").display());
-    let (m, out) = (model.to_str().unwrap(), dir.0.to_str().unwrap());
+    let (m, out) = (model.to_str().unwrap(), dir.path().to_str().unwrap());
     let o = fpx_cli(&["run", m, "--input", &input, "--output-dir", out, "--weights", "fp6-e2m3", "--activations", "int8"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let a8 = npy(&dir.join("output.npy"));
@@ -219,7 +223,7 @@ fn cli_runs_int8_activations_on_the_reference_path() {
 
 #[test]
 fn same_model_and_options_give_a_byte_identical_artifact() {
-    let m = repo_root().join("examples/tiny-transformer/model.onnx");
+    let m = workspace_root().join("examples/tiny-transformer/model.onnx");
     let dir = TempDir::new("art-det");
     let (a, b) = (dir.join("a.fpx"), dir.join("b.fpx"));
     for p in [&a, &b] {
@@ -227,20 +231,19 @@ fn same_model_and_options_give_a_byte_identical_artifact() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    let leftovers: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(leftovers.len(), 2, "no temporary files left: {leftovers:?}");
+    assert_eq!(dir.listing(), ["a.fpx", "b.fpx"], "no temporary files left");
 }
 
 #[test]
 fn cli_compile_run_inspect_and_bench_an_artifact() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let dir = TempDir::new("art-cli");
     let art = dir.join("m.fpx");
     let input = format!("input={}", ex.join("input.npy").display());
     let o = fpx_cli(&["compile", ex.join("model.onnx").to_str().unwrap(), "-o", art.to_str().unwrap(), "--weights", "fp6-e2m3", "-q"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && stdout.contains("13 layers as fp6-e2m3") && stdout.contains("cpu code: x86-64-v3"), "{stdout}");
-    let o = fpx_cli(&["run", art.to_str().unwrap(), "--input", &input, "-o", dir.0.to_str().unwrap()]);
+    let o = fpx_cli(&["run", art.to_str().unwrap(), "--input", &input, "-o", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let c = cosine(&npy(&dir.join("output.npy")).to_f64_vec(), &npy(&ex.join("ref_output.npy")).to_f64_vec());
     assert!(c > 0.99, "artifact output vs FP32 onnxruntime: cosine {c}");
@@ -264,13 +267,13 @@ fn cli_compile_run_inspect_and_bench_an_artifact() {
     let k = v["kernels"].as_array().unwrap().iter().find(|k| k["op"] == "QuantMatMul").expect("a QuantMatMul kernel");
     assert_eq!(k["native"], true);
     assert!(k["weight_bytes"].as_u64().unwrap() > 0 && k["weight_gb_per_s"].as_f64().unwrap() > 0.0);
-    let o = fpx_cli(&["run", art.to_str().unwrap(), "--weights", "int4", "--input", &input, "-o", dir.0.to_str().unwrap()]);
+    let o = fpx_cli(&["run", art.to_str().unwrap(), "--weights", "int4", "--input", &input, "-o", dir.path().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("quantized when it was compiled"));
 }
 
 #[test]
 fn damaged_foreign_and_unrunnable_artifacts_are_clear_errors() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let dir = TempDir::new("art-bad");
     let compiled = fpx::compile(&ex.join("model.onnx"), &CompileOptions::default()).unwrap();
     let good = dir.join("good.fpx");
@@ -280,7 +283,7 @@ fn damaged_foreign_and_unrunnable_artifacts_are_clear_errors() {
     let check = |name: &str, data: &[u8], needle: &str| {
         let p = dir.join(name);
         std::fs::write(&p, data).unwrap();
-        let o = fpx_cli(&["run", p.to_str().unwrap(), "--input", &input, "-o", dir.0.to_str().unwrap()]);
+        let o = fpx_cli(&["run", p.to_str().unwrap(), "--input", &input, "-o", dir.path().to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{name}: {err}");
         assert!(err.contains(needle) && !err.contains("panicked"), "{name}: '{needle}' not in {err}");
@@ -299,7 +302,7 @@ fn damaged_foreign_and_unrunnable_artifacts_are_clear_errors() {
     alien.cpu[0].features.push("no-such-feature".into());
     let p = dir.join("alien.fpx");
     fpx::artifact::write(&p, &alien).unwrap();
-    let o = fpx_cli(&["run", p.to_str().unwrap(), "--input", &input, "-o", dir.0.to_str().unwrap()]);
+    let o = fpx_cli(&["run", p.to_str().unwrap(), "--input", &input, "-o", dir.path().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.code() == Some(1) && err.contains("no-such-feature") && err.contains("recompile"), "{err}");
 }
@@ -310,9 +313,13 @@ fn damaged_foreign_and_unrunnable_artifacts_are_clear_errors() {
 #[test]
 fn gpu_code_goes_into_the_artifact() {
     if let Err(e) = fpx::cuda::load_nvrtc(None) {
-        return skip("gpu_code_goes_into_the_artifact", &format!("NVRTC is not loadable ({e}); scripts/setup.sh installs it"));
+        return skip(
+            Requirement::Gpu,
+            "gpu_code_goes_into_the_artifact",
+            &format!("NVRTC is not loadable ({e}); scripts/setup.sh installs it"),
+        );
     }
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let model = ex.join("model.onnx");
     let dir = TempDir::new("art-gpu");
     let (all, cpu_only) = (dir.join("all.fpx"), dir.join("cpu.fpx"));
@@ -389,7 +396,7 @@ fn gpu_code_goes_into_the_artifact() {
 /// without GPU code says so.
 #[test]
 fn gpu_target_errors_name_the_node_and_the_fix() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let model = ex.join("model.onnx");
     let dir = TempDir::new("art-gpu-err");
     let out = dir.join("x.fpx");

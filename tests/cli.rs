@@ -1,11 +1,12 @@
 //! The `fpx` binary on good and bad input: every failure is a clear message and a non-zero
 //! exit, never a panic.
 
-use crate::common::onnx_builder::{model, node, save, value};
-use crate::common::{repo_root, TempDir};
 use fpx::ir::Tensor;
 use fpx::onnx::onnx_protobuf::tensor_proto::DataLocation;
 use fpx::onnx::onnx_protobuf::StringStringEntryProto;
+use fpx_test_support::data::workspace_root;
+use fpx_test_support::onnx::{model, node, save, value};
+use fpx_test_support::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,7 +36,7 @@ fn fails_with(o: &Outcome, needles: &[&str]) {
 }
 
 fn example() -> PathBuf {
-    repo_root().join("examples/tiny-transformer")
+    workspace_root().join("examples/tiny-transformer")
 }
 
 fn s(p: &Path) -> &str {
@@ -50,7 +51,8 @@ fn write_npy(path: &Path, t: &Tensor) {
 fn run_writes_outputs_matching_onnxruntime() {
     let dir = TempDir::new("cli-run");
     let ex = example();
-    let o = fpx(&["run", s(&ex.join("model.onnx")), "--input", &format!("input={}", s(&ex.join("input.npy"))), "--output-dir", s(&dir.0)]);
+    let o =
+        fpx(&["run", s(&ex.join("model.onnx")), "--input", &format!("input={}", s(&ex.join("input.npy"))), "--output-dir", s(dir.path())]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert!(o.stdout.contains("output: float [2, 7, 64]"), "{}", o.stdout);
     assert!(o.stdout.contains("ran in"), "{}", o.stdout);
@@ -90,13 +92,13 @@ fn garbage_and_truncated_models_are_rejected() {
     let dir = TempDir::new("cli-garbage");
     let garbage = dir.join("garbage.onnx");
     std::fs::write(&garbage, b"this is not a protobuf \xff\xfe\x00\x01").unwrap();
-    fails_with(&fpx(&["run", s(&garbage), "-o", s(&dir.0)]), &["garbage.onnx"]);
+    fails_with(&fpx(&["run", s(&garbage), "-o", s(dir.path())]), &["garbage.onnx"]);
     let bytes = std::fs::read(example().join("model.onnx")).unwrap();
     let truncated = dir.join("truncated.onnx");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&fpx(&["run", s(&truncated), "-o", s(&dir.0)]), &["truncated.onnx"]);
+    fails_with(&fpx(&["run", s(&truncated), "-o", s(dir.path())]), &["truncated.onnx"]);
     fails_with(&fpx(&["inspect", s(&truncated)]), &["truncated.onnx"]);
-    fails_with(&fpx(&["run", s(&dir.join("missing.onnx")), "-o", s(&dir.0)]), &["does not exist"]);
+    fails_with(&fpx(&["run", s(&dir.join("missing.onnx")), "-o", s(dir.path())]), &["does not exist"]);
 }
 
 #[test]
@@ -106,7 +108,7 @@ fn bad_inputs_name_the_input() {
     let m = ex.join("model.onnx");
     let good = format!("input={}", s(&ex.join("input.npy")));
     let run = |extra: &[&str]| {
-        let mut a = vec!["run", s(&m), "-o", s(&dir.0)];
+        let mut a = vec!["run", s(&m), "-o", s(dir.path())];
         a.extend_from_slice(extra);
         fpx(&a)
     };
@@ -137,7 +139,7 @@ fn unsupported_op_names_node_op_domain_and_opset() {
     let dir = TempDir::new("cli-op");
     let p = dir.join("m.onnx");
     save(&model(vec![node("Frobnicate", "frob_1", &["x"], &["y"])], vec![value("x", &["2"])], vec![value("y", &["2"])], vec![]), &p);
-    fails_with(&fpx(&["run", s(&p), "-o", s(&dir.0)]), &["frob_1", "Frobnicate", "domain ''", "opset 17"]);
+    fails_with(&fpx(&["run", s(&p), "-o", s(dir.path())]), &["frob_1", "Frobnicate", "domain ''", "opset 17"]);
 }
 
 #[test]
@@ -146,7 +148,7 @@ fn cyclic_graph_is_rejected() {
     let p = dir.join("m.onnx");
     let nodes = vec![node("Add", "a", &["x", "c"], &["b"]), node("Relu", "r", &["b"], &["c"])];
     save(&model(nodes, vec![value("x", &["2"])], vec![value("c", &["2"])], vec![]), &p);
-    fails_with(&fpx(&["run", s(&p), "-o", s(&dir.0)]), &["cycle"]);
+    fails_with(&fpx(&["run", s(&p), "-o", s(dir.path())]), &["cycle"]);
 }
 
 #[test]
@@ -169,7 +171,7 @@ fn external_data_outside_the_model_folder_is_never_read() {
             &model(vec![node("MatMul", "mm", &["x", "w"], &["y"])], vec![value("x", &["1", "2"])], vec![value("y", &["1", "2"])], vec![w]),
             &p,
         );
-        fails_with(&fpx(&["run", s(&p), "-o", s(&dir.0)]), &["'w'", location]);
+        fails_with(&fpx(&["run", s(&p), "-o", s(dir.path())]), &["'w'", location]);
     }
 }
 

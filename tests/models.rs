@@ -1,11 +1,17 @@
 //! Real models end to end through the library (the same path as `fpx run`).
 
-use crate::common::{max_abs_diff, npy, repo_root, shared_model_dir, skip};
+use crate::common::{max_abs_diff, npy};
+use fpx_test_support::data::{shared_model_dir, workspace_root};
+use fpx_test_support::{skip, Requirement};
 
 #[test]
 fn minilm_matches_onnxruntime() {
     let Some(dir) = shared_model_dir("minilm-l6-v2") else {
-        skip("minilm_matches_onnxruntime", "../shared/models/minilm-l6-v2 is absent (it sits beside the checkout in CI)");
+        skip(
+            Requirement::Models,
+            "minilm_matches_onnxruntime",
+            "../shared/models/minilm-l6-v2 is absent (it sits beside the checkout in CI)",
+        );
         return;
     };
     let model = fpx::Model::open(&dir.join("model.onnx")).expect("MiniLM imports");
@@ -22,7 +28,7 @@ fn minilm_matches_onnxruntime() {
 
 #[test]
 fn bundled_example_matches_onnxruntime_at_another_shape_too() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let model = fpx::Model::open(&ex.join("model.onnx")).expect("example imports");
     let out = model.run(vec![("input".into(), npy(&ex.join("input.npy")))]).expect("runs");
     let err = max_abs_diff(&out[0].1, &npy(&ex.join("ref_output.npy")));

@@ -5,9 +5,11 @@
 //! `tests/data/node_test_exclusions.txt`; a listed case that passes fails the suite, so the
 //! list stays true.
 
-use crate::common::{compare, onnx_node_tests_dir, repo_root, skip};
+use crate::common::compare;
 use fpx::ir::ops::OpRegistry;
 use fpx::onnx::onnx_protobuf::{Message, ModelProto};
+use fpx_test_support::data::{onnx_node_tests_dir, workspace_root};
+use fpx_test_support::{skip, Requirement};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -16,7 +18,7 @@ const ATOL: f64 = 1e-5;
 
 /// `test_name -> reason` from the committed exclusion list.
 fn exclusions() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(repo_root().join("tests/data/node_test_exclusions.txt")).expect("exclusion list exists");
+    let text = std::fs::read_to_string(workspace_root().join("tests/data/node_test_exclusions.txt")).expect("exclusion list exists");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -76,6 +78,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
 fn onnx_backend_node_tests() {
     let Some(root) = onnx_node_tests_dir() else {
         skip(
+            Requirement::Models,
             "onnx_backend_node_tests",
             "ONNX node tests not found: set FPX_ONNX_NODE_TESTS or run scripts/setup.sh (installs onnx==1.22.0 into .venv)",
         );

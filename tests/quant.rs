@@ -1,9 +1,11 @@
 //! Weight quantization end to end on real models: the accuracy bars of the FP6 formats on
 //! MiniLM's sentence embeddings, and the quantized path through the CLI.
 
-use crate::common::{npy, repo_root, shared_model_dir, skip, TempDir};
+use crate::common::npy;
 use fpx::ir::Tensor;
 use fpx::report::{cosine, parse_schemes};
+use fpx_test_support::data::{shared_model_dir, workspace_root};
+use fpx_test_support::{skip, Requirement, TempDir};
 
 /// Mean over unmasked tokens of `[batch, seq, hidden]`: the sentence embedding.
 fn mean_pool(h: &Tensor, mask: &Tensor) -> Vec<Vec<f64>> {
@@ -26,7 +28,7 @@ fn mean_pool(h: &Tensor, mask: &Tensor) -> Vec<Vec<f64>> {
 #[test]
 fn minilm_fp6_keeps_sentence_embeddings() {
     let Some(dir) = shared_model_dir("minilm-l6-v2") else {
-        skip("minilm_fp6_keeps_sentence_embeddings", "../shared/models/minilm-l6-v2 is absent");
+        skip(Requirement::Models, "minilm_fp6_keeps_sentence_embeddings", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
     let names = ["input_ids", "attention_mask", "token_type_ids"];
@@ -73,10 +75,10 @@ fn fpx(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn cli_runs_quantized_and_reports_with_html() {
-    let ex = repo_root().join("examples/tiny-transformer");
+    let ex = workspace_root().join("examples/tiny-transformer");
     let (m, i) = (ex.join("model.onnx"), format!("input={}", ex.join("input.npy").display()));
     let dir = TempDir::new("quant-cli");
-    let out = fpx(&["run", m.to_str().unwrap(), "--input", &i, "-o", dir.0.to_str().unwrap(), "--weights", "fp6-e2m3"]);
+    let out = fpx(&["run", m.to_str().unwrap(), "--input", &i, "-o", dir.path().to_str().unwrap(), "--weights", "fp6-e2m3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("weights: 13 layers as fp6-e2m3"), "{stdout}");
@@ -108,7 +110,7 @@ fn cli_runs_quantized_and_reports_with_html() {
         (vec!["--weights", "fp7"], "unknown weight scheme 'fp7'"),
         (vec!["--weights", "int4", "--group-size", "0"], "group size must be at least 1"),
     ] {
-        let mut a = vec!["run", m.to_str().unwrap(), "--input", &i, "-o", dir.0.to_str().unwrap()];
+        let mut a = vec!["run", m.to_str().unwrap(), "--input", &i, "-o", dir.path().to_str().unwrap()];
         a.extend(args);
         let out = fpx(&a);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -119,7 +121,7 @@ fn cli_runs_quantized_and_reports_with_html() {
 
 #[test]
 fn nan_weight_is_an_error_naming_the_tensor() {
-    use crate::common::onnx_builder::{model, node, save, value};
+    use fpx_test_support::onnx::{model, node, save, value};
     let dir = TempDir::new("quant-nan");
     let mut w = vec![0.5f32; 8];
     w[3] = f32::NAN;
@@ -145,7 +147,7 @@ fn nan_weight_is_an_error_naming_the_tensor() {
         "--input",
         &format!("x={}", x.display()),
         "-o",
-        dir.0.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
         "--weights",
         "fp6-e3m2",
     ]);

@@ -7,59 +7,12 @@ use fpx_artifact::{
 use fpx_ir::half::{bf16, f16};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{Attribute, DType, Dim, Graph, Node, Tensor, TensorType, ValueId};
+use fpx_test_support::{Rng, TempDir};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// A small deterministic random generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// A fresh empty folder under the system's temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("fpx-artifact-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    /// The names of the folder's entries, sorted.
-    fn listing(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn arr<T: Clone>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
@@ -71,7 +24,7 @@ fn arr<T: Clone>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
 /// and at the end), a constant and a graph input that are graph outputs, several opset
 /// imports, nodes added out of order, and a hole left by a removed node.
 fn rich_graph() -> Graph {
-    let mut r = Rng(0x1234_5678_9abc_def1);
+    let mut r = Rng::new(0x1234_5678_9abc_def1);
     let mut g = Graph::new("rich");
     g.opsets.insert(String::new(), 17);
     g.opsets.insert("fpx".into(), 1);
@@ -147,7 +100,7 @@ fn rich_graph() -> Graph {
 }
 
 fn rich_contents() -> ArtifactContents {
-    let mut r = Rng(42);
+    let mut r = Rng::new(42);
     let cpu = vec![
         CpuCode {
             target: "x86-64-v3".into(),
@@ -586,7 +539,7 @@ fn random_damage_to_the_manifest_never_panics() {
     // see it: the result may be an error or (for a harmless change) a valid artifact.
     let bytes = to_bytes(&rich_contents()).unwrap();
     let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-    let mut r = Rng(7);
+    let mut r = Rng::new(7);
     let mut outcomes = BTreeMap::new();
     for _ in 0..3000 {
         let mut d = bytes.clone();
@@ -594,7 +547,7 @@ fn random_damage_to_the_manifest_never_panics() {
             let i = 16 + r.below(len);
             d[i] = match r.below(3) {
                 0 => d[i] ^ (1 << r.below(8)),
-                1 => r.next() as u8,
+                1 => r.next_u32() as u8,
                 _ => d[i].wrapping_add(1),
             };
         }

@@ -4,12 +4,16 @@ use super::*;
 use fpx_ir::half::{bf16, f16};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{onnx_code, Attribute, DType, Dim, IrError, Tensor};
+use fpx_test_support::data::{onnx_node_tests_dir, shared_model_dir};
+use fpx_test_support::onnx::{
+    attr, attr_float, attr_int, attr_ints, attr_string, attr_tensor, model, model_with_opsets, node, node_with, opset, value, value_info,
+    FLOAT, INT64,
+};
+use fpx_test_support::{skip, Requirement, Rng, TempDir};
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataLocation;
-use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
 use onnx_protobuf::{
-    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, StringStringEntryProto, TensorProto, TypeProto, ValueInfoProto,
 };
 use protobuf::{EnumOrUnknown, MessageField};
 use std::path::{Path, PathBuf};
@@ -17,47 +21,13 @@ use std::path::{Path, PathBuf};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A tiny deterministic generator (Knuth's MMIX LCG), so tests need no RNG crate.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-/// A folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("fpx-onnx-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A random tensor of `dtype`, using the type's whole range (negative, large, fractional values).
-fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Lcg) -> Tensor {
+fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Rng) -> Tensor {
     let n: usize = shape.iter().product();
     fn arr<T: fpx_ir::Elem>(shape: &[usize], v: Vec<T>) -> Tensor {
         Tensor::from(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
     }
-    let mut bits = || rng.next();
+    let mut bits = || rng.next_u64();
     match dtype {
         DType::F32 => arr(shape, (0..n).map(|_| (bits() as i64 as f64 / 1e17) as f32).collect()),
         DType::F64 => arr(shape, (0..n).map(|_| bits() as i64 as f64 / 1e15).collect()),
@@ -113,113 +83,12 @@ fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
     Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
 }
 
-/// A dim: a number is fixed, a name symbolic, "?" neither.
-fn dim(d: &str) -> Dimension {
-    let mut x = Dimension::new();
-    x.value = if d == "?" {
-        None
-    } else if let Ok(n) = d.parse::<i64>() {
-        Some(dimension::Value::DimValue(n))
-    } else {
-        Some(dimension::Value::DimParam(d.into()))
-    };
-    x
-}
-
-/// A tensor `ValueInfoProto`; `dims: None` leaves the shape out.
-fn vi(name: &str, elem: i32, dims: Option<&[&str]>) -> ValueInfoProto {
-    let mut tt = type_proto::Tensor::new();
-    tt.elem_type = elem;
-    if let Some(dims) = dims {
-        let mut s = TensorShapeProto::new();
-        s.dim = dims.iter().map(|d| dim(d)).collect();
-        tt.shape = MessageField::some(s);
-    }
-    let mut tp = TypeProto::new();
-    tp.value = Some(type_proto::Value::TensorType(tt));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = MessageField::some(tp);
-    v
-}
-
-const FLOAT: i32 = 1;
-const INT64: i32 = 7;
-
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-    let mut n = NodeProto::new();
-    n.op_type = op.into();
-    n.name = name.into();
-    n.input = inputs.iter().map(|s| s.to_string()).collect();
-    n.output = outputs.iter().map(|s| s.to_string()).collect();
-    n.attribute = attrs;
-    n
-}
-
-fn attr(name: &str, kind: AttributeType) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = EnumOrUnknown::new(kind);
-    a
-}
-
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    let mut a = attr(name, AttributeType::INT);
-    a.i = v;
-    a
-}
-
-fn attr_float(name: &str, v: f32) -> AttributeProto {
-    let mut a = attr(name, AttributeType::FLOAT);
-    a.f = v;
-    a
-}
-
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    let mut a = attr(name, AttributeType::INTS);
-    a.ints = v.to_vec();
-    a
-}
-
-fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    let mut a = attr(name, AttributeType::TENSOR);
-    a.t = MessageField::some(t);
-    a
-}
-
-fn opset(domain: &str, version: i64) -> OperatorSetIdProto {
-    let mut o = OperatorSetIdProto::new();
-    o.domain = domain.into();
-    o.version = version;
-    o
-}
-
-fn model(
-    nodes: Vec<NodeProto>,
-    inputs: Vec<ValueInfoProto>,
-    outputs: Vec<ValueInfoProto>,
-    inits: Vec<TensorProto>,
-    opsets: Vec<OperatorSetIdProto>,
-) -> ModelProto {
-    let mut g = GraphProto::new();
-    g.name = "test".into();
-    g.node = nodes;
-    g.input = inputs;
-    g.output = outputs;
-    g.initializer = inits;
-    let mut m = ModelProto::new();
-    m.ir_version = 8;
-    m.opset_import = opsets;
-    m.graph = MessageField::some(g);
-    m
-}
-
 /// A model computing `y = Relu(x)` on float [batch, 4] at `version` of the default domain.
 fn relu_model(version: i64) -> ModelProto {
-    model(
-        vec![node("Relu", "relu", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["batch", "4"]))],
-        vec![vi("y", FLOAT, Some(&["batch", "4"]))],
+    model_with_opsets(
+        vec![node("Relu", "relu", &["x"], &["y"])],
+        vec![value("x", &["batch", "4"])],
+        vec![value("y", &["batch", "4"])],
         vec![],
         vec![opset("", version)],
     )
@@ -241,24 +110,9 @@ fn node_named<'g>(g: &'g fpx_ir::Graph, name: &str) -> &'g fpx_ir::Node {
     g.node(id)
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The ONNX backend node tests (`onnx` 1.22's wheel), if installed.
-fn node_tests_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("FPX_ONNX_NODE_TESTS").map(PathBuf::from),
-        Some(workspace_root().join(".venv/lib/python3.11/site-packages/onnx/backend/test/data/node")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_dir())
-}
-
-/// The MiniLM model in `shared/models`, if present.
+/// The MiniLM model in `../shared/models`, if present.
 fn minilm_path() -> Option<PathBuf> {
-    let candidates =
-        [workspace_root().join("../shared/models/minilm-l6-v2/model.onnx"), PathBuf::from("/work/shared/models/minilm-l6-v2/model.onnx")];
-    candidates.into_iter().find(|p| p.is_file())
+    shared_model_dir("minilm-l6-v2").map(|d| d.join("model.onnx"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +120,7 @@ fn minilm_path() -> Option<PathBuf> {
 
 #[test]
 fn every_dtype_round_trips_through_raw_data() {
-    let mut rng = Lcg(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for dtype in DType::ALL {
         for shape in [vec![2, 3, 4], vec![], vec![0, 5], vec![7]] {
             let t = random_tensor(dtype, &shape, &mut rng);
@@ -284,7 +138,7 @@ fn every_dtype_round_trips_through_raw_data() {
 
 #[test]
 fn every_dtype_round_trips_through_typed_fields() {
-    let mut rng = Lcg(42);
+    let mut rng = Rng::new(42);
     for dtype in DType::ALL {
         for shape in [vec![3, 5], vec![]] {
             let t = random_tensor(dtype, &shape, &mut rng);
@@ -418,8 +272,12 @@ fn load_tensor_pb_reads_a_file_and_rejects_garbage() {
 
 #[test]
 fn backend_node_test_tensor_loads() {
-    let Some(dir) = node_tests_dir() else {
-        println!("skipped: ONNX backend node tests not found (set FPX_ONNX_NODE_TESTS)");
+    let Some(dir) = onnx_node_tests_dir() else {
+        skip(
+            Requirement::Models,
+            "backend_node_test_tensor_loads",
+            "ONNX backend node tests not found (set FPX_ONNX_NODE_TESTS or run scripts/setup.sh)",
+        );
         return;
     };
     let (name, t) = load_tensor_pb(&dir.join("test_add/test_data_set_0/input_0.pb")).unwrap();
@@ -451,10 +309,10 @@ fn garbage_bytes_are_parse_errors() {
 
 #[test]
 fn random_and_damaged_bytes_never_panic() {
-    let mut rng = Lcg(7);
+    let mut rng = Rng::new(7);
     for len in [1usize, 2, 5, 16, 100, 1000] {
         for _ in 0..20 {
-            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let bytes = rng.bytes(len);
             assert!(import_model_bytes(&bytes, None).is_err());
         }
     }
@@ -468,8 +326,8 @@ fn random_and_damaged_bytes_never_panic() {
     }
     for _ in 0..2000 {
         let mut b = good.clone();
-        let i = rng.next() as usize % b.len();
-        b[i] = rng.next() as u8;
+        let i = rng.below(b.len());
+        b[i] = rng.next_u32() as u8;
         let _ = import_model_bytes(&b, None);
     }
 }
@@ -477,7 +335,7 @@ fn random_and_damaged_bytes_never_panic() {
 #[test]
 fn truncated_real_model_is_a_parse_error() {
     let Some(path) = minilm_path() else {
-        println!("skipped: shared/models/minilm-l6-v2/model.onnx not found");
+        skip(Requirement::Models, "truncated_real_model_is_a_parse_error", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
     use std::io::Read;
@@ -532,25 +390,13 @@ fn ai_onnx_domain_is_the_default_domain() {
 
 #[test]
 fn unknown_and_missing_dims_and_shapes() {
-    let m = model(
-        vec![node("Relu", "r", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["?", "n", "3"]))],
-        vec![vi("y", FLOAT, None)],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![node("Relu", "r", &["x"], &["y"])], vec![value("x", &["?", "n", "3"])], vec![value_info("y", FLOAT, None)], vec![]);
     let g = import(&m).unwrap();
     assert_eq!(g.value(g.inputs[0]).ty.as_ref().unwrap().shape, Some(vec![Dim::Unknown, Dim::Sym("n".into()), Dim::Fixed(3)]));
     // The output declared no shape; inference gives the input's.
     assert_eq!(g.value(g.outputs[0]).ty.as_ref().unwrap().shape, Some(vec![Dim::Unknown, Dim::Sym("n".into()), Dim::Fixed(3)]));
 
-    let m = model(
-        vec![node("Relu", "r", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, None)],
-        vec![vi("y", FLOAT, None)],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![node("Relu", "r", &["x"], &["y"])], vec![value_info("x", FLOAT, None)], vec![value_info("y", FLOAT, None)], vec![]);
     let g = import(&m).unwrap();
     assert_eq!(g.value(g.inputs[0]).ty.as_ref().unwrap().shape, None);
 }
@@ -560,11 +406,10 @@ fn unknown_op_with_a_subgraph_is_reported_as_unknown_op() {
     let mut body = attr("body", AttributeType::GRAPH);
     body.g = MessageField::some(GraphProto::new());
     let m = model(
-        vec![node("Loop", "loop", &["n", "", "x"], &["y"], vec![body])],
-        vec![vi("n", INT64, Some(&[])), vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("y", FLOAT, None)],
+        vec![node_with("Loop", "loop", &["n", "", "x"], &["y"], vec![body])],
+        vec![value_info("n", INT64, Some(&[])), value("x", &["2"])],
+        vec![value_info("y", FLOAT, None)],
         vec![],
-        vec![opset("", 17)],
     );
     let e = import(&m).unwrap_err();
     assert!(matches!(e, ImportError::Ir(IrError::UnknownOp { .. })), "{e}");
@@ -573,13 +418,7 @@ fn unknown_op_with_a_subgraph_is_reported_as_unknown_op() {
 
 #[test]
 fn unknown_op_names_node_op_domain_and_opset() {
-    let m = model(
-        vec![node("FooBar", "mystery", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("y", FLOAT, None)],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![node("FooBar", "mystery", &["x"], &["y"])], vec![value("x", &["2"])], vec![value_info("y", FLOAT, None)], vec![]);
     let e = import(&m).unwrap_err();
     assert!(matches!(e, ImportError::Ir(IrError::UnknownOp { .. })), "{e}");
     let e = e.to_string();
@@ -607,13 +446,7 @@ fn unsupported_opsets_are_clear_errors() {
     assert!(e.contains("ONNX opset 0"), "{e}");
 
     // The op exists but not at this opset: Gelu is opset 20+.
-    let m = model(
-        vec![node("Gelu", "g", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("y", FLOAT, None)],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![node("Gelu", "g", &["x"], &["y"])], vec![value("x", &["2"])], vec![value_info("y", FLOAT, None)], vec![]);
     let e = import(&m).unwrap_err();
     assert!(matches!(e, ImportError::Ir(IrError::UnsupportedOpset { .. })), "{e}");
     let e = e.to_string();
@@ -628,10 +461,10 @@ fn unsupported_opsets_are_clear_errors() {
 #[test]
 fn bad_attributes_name_node_op_and_opset() {
     let softmax = |a: AttributeProto| {
-        model(
-            vec![node("Softmax", "sm", &["x"], &["y"], vec![a])],
-            vec![vi("x", FLOAT, Some(&["2", "3"]))],
-            vec![vi("y", FLOAT, None)],
+        model_with_opsets(
+            vec![node_with("Softmax", "sm", &["x"], &["y"], vec![a])],
+            vec![value("x", &["2", "3"])],
+            vec![value_info("y", FLOAT, None)],
             vec![],
             vec![opset("", 13)],
         )
@@ -671,17 +504,21 @@ fn bad_attributes_name_node_op_and_opset() {
 
 #[test]
 fn attributes_of_every_supported_kind_convert() {
-    let mut s = attr("approximate", AttributeType::STRING);
-    s.s = b"tanh".to_vec();
-    let m = model(
+    let m = model_with_opsets(
         vec![
-            node("Gelu", "g", &["x"], &["a"], vec![s]),
-            node("Transpose", "t", &["a"], &["b"], vec![attr_ints("perm", &[1, 0])]),
-            node("LeakyRelu", "l", &["b"], &["c"], vec![attr_float("alpha", 0.25)]),
-            node("ConstantOfShape", "cs", &["shape"], &["d"], vec![attr_tensor("value", tensor_to_proto("", &Tensor::vec_i64(vec![3])))]),
+            node_with("Gelu", "g", &["x"], &["a"], vec![attr_string("approximate", "tanh")]),
+            node_with("Transpose", "t", &["a"], &["b"], vec![attr_ints("perm", &[1, 0])]),
+            node_with("LeakyRelu", "l", &["b"], &["c"], vec![attr_float("alpha", 0.25)]),
+            node_with(
+                "ConstantOfShape",
+                "cs",
+                &["shape"],
+                &["d"],
+                vec![attr_tensor("value", tensor_to_proto("", &Tensor::vec_i64(vec![3])))],
+            ),
         ],
-        vec![vi("x", FLOAT, Some(&["2", "3"]))],
-        vec![vi("c", FLOAT, None), vi("d", INT64, None)],
+        vec![value("x", &["2", "3"])],
+        vec![value_info("c", FLOAT, None), value_info("d", INT64, None)],
         vec![tensor_to_proto("shape", &Tensor::vec_i64(vec![2, 2]))],
         vec![opset("", 20)],
     );
@@ -700,11 +537,10 @@ fn bad_attribute_tensor_is_named_after_node_and_attribute() {
     let mut t = tensor_to_proto("", &Tensor::vec_i64(vec![3]));
     t.raw_data.pop();
     let m = model(
-        vec![node("ConstantOfShape", "cs", &["shape"], &["d"], vec![attr_tensor("value", t)])],
+        vec![node_with("ConstantOfShape", "cs", &["shape"], &["d"], vec![attr_tensor("value", t)])],
         vec![],
-        vec![vi("d", INT64, None)],
+        vec![value_info("d", INT64, None)],
         vec![tensor_to_proto("shape", &Tensor::vec_i64(vec![2]))],
-        vec![opset("", 17)],
     );
     let e = import_err(&m);
     assert!(e.contains("tensor 'cs.value'"), "{e}");
@@ -716,11 +552,10 @@ fn bad_attribute_tensor_is_named_after_node_and_attribute() {
 #[test]
 fn cyclic_graph_is_an_error_naming_a_node() {
     let m = model(
-        vec![node("Add", "p", &["x", "b"], &["a"], vec![]), node("Neg", "q", &["a"], &["b"], vec![])],
-        vec![vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("a", FLOAT, None)],
+        vec![node("Add", "p", &["x", "b"], &["a"]), node("Neg", "q", &["a"], &["b"])],
+        vec![value("x", &["2"])],
+        vec![value_info("a", FLOAT, None)],
         vec![],
-        vec![opset("", 17)],
     );
     let e = import(&m).unwrap_err();
     assert!(matches!(e, ImportError::Ir(IrError::Cycle { .. })), "{e}");
@@ -730,21 +565,20 @@ fn cyclic_graph_is_an_error_naming_a_node() {
 
 #[test]
 fn undefined_values_are_errors_naming_value_and_node() {
-    let m = model(vec![node("Relu", "r", &["nowhere"], &["y"], vec![])], vec![], vec![vi("y", FLOAT, None)], vec![], vec![opset("", 17)]);
+    let m = model(vec![node("Relu", "r", &["nowhere"], &["y"])], vec![], vec![value_info("y", FLOAT, None)], vec![]);
     let e = import_err(&m);
     assert!(e.contains("'nowhere'") && e.contains("'r'"), "{e}");
 
-    let m = model(vec![], vec![vi("x", FLOAT, Some(&["2"]))], vec![vi("ghost", FLOAT, None)], vec![], vec![opset("", 17)]);
+    let m = model(vec![], vec![value("x", &["2"])], vec![value_info("ghost", FLOAT, None)], vec![]);
     let e = import_err(&m);
     assert!(e.contains("graph output 'ghost'"), "{e}");
 
     // Two nodes defining one value.
     let m = model(
-        vec![node("Relu", "r1", &["x"], &["y"], vec![]), node("Neg", "r2", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("y", FLOAT, None)],
+        vec![node("Relu", "r1", &["x"], &["y"]), node("Neg", "r2", &["x"], &["y"])],
+        vec![value("x", &["2"])],
+        vec![value_info("y", FLOAT, None)],
         vec![],
-        vec![opset("", 17)],
     );
     let e = import_err(&m);
     assert!(e.contains("'y'") && e.contains("'r2'"), "{e}");
@@ -754,16 +588,15 @@ fn undefined_values_are_errors_naming_value_and_node() {
 fn node_names_are_generated_and_made_unique() {
     let m = model(
         vec![
-            node("Relu", "", &["x"], &["a"], vec![]),
-            node("Neg", "dup", &["a"], &["b"], vec![]),
-            node("Abs", "dup", &["b"], &["c"], vec![]),
-            node("Relu", "Relu_0", &["c"], &["d"], vec![]),
-            node("Neg", "", &["d"], &["e"], vec![]),
+            node("Relu", "", &["x"], &["a"]),
+            node("Neg", "dup", &["a"], &["b"]),
+            node("Abs", "dup", &["b"], &["c"]),
+            node("Relu", "Relu_0", &["c"], &["d"]),
+            node("Neg", "", &["d"], &["e"]),
         ],
-        vec![vi("x", FLOAT, Some(&["2"]))],
-        vec![vi("e", FLOAT, None)],
+        vec![value("x", &["2"])],
+        vec![value_info("e", FLOAT, None)],
         vec![],
-        vec![opset("", 17)],
     );
     let g = import(&m).unwrap();
     let mut names: Vec<String> = g.node_ids().into_iter().map(|id| g.node(id).name.clone()).collect();
@@ -777,11 +610,10 @@ fn node_names_are_generated_and_made_unique() {
 #[test]
 fn initializers_listed_as_inputs_are_constants_and_omitted_inputs_are_none() {
     let w = f32_tensor(&[2], vec![0.5, -1.0]);
-    let m = model(
-        vec![node("Clip", "clip", &["x", "", "hi"], &["y"], vec![]), node("Mul", "mul", &["y", "w"], &["z"], vec![])],
-        // Old IR: the initializer `w` is listed as a graph input too.
-        vec![vi("x", FLOAT, Some(&["2"])), vi("w", FLOAT, Some(&["2"])), vi("hi", FLOAT, Some(&[]))],
-        vec![vi("z", FLOAT, Some(&["2"]))],
+    let m = model_with_opsets(
+        vec![node("Clip", "clip", &["x", "", "hi"], &["y"]), node("Mul", "mul", &["y", "w"], &["z"])], // Old IR: the initializer `w` is listed as a graph input too.
+        vec![value("x", &["2"]), value("w", &["2"]), value("hi", &[])],
+        vec![value("z", &["2"])],
         vec![tensor_to_proto("w", &w)],
         vec![opset("", 13)],
     );
@@ -797,11 +629,10 @@ fn initializers_listed_as_inputs_are_constants_and_omitted_inputs_are_none() {
 #[test]
 fn empty_output_names_are_omitted_optional_outputs() {
     let m = model(
-        vec![node("LayerNormalization", "ln", &["x", "s"], &["y", "", ""], vec![attr_float("epsilon", 1e-5)])],
-        vec![vi("x", FLOAT, Some(&["b", "4"]))],
-        vec![vi("y", FLOAT, None)],
+        vec![node_with("LayerNormalization", "ln", &["x", "s"], &["y", "", ""], vec![attr_float("epsilon", 1e-5)])],
+        vec![value("x", &["b", "4"])],
+        vec![value_info("y", FLOAT, None)],
         vec![tensor_to_proto("s", &f32_tensor(&[4], vec![1.0; 4]))],
-        vec![opset("", 17)],
     );
     let g = import(&m).unwrap();
     assert_eq!(node_named(&g, "ln").outputs.len(), 1);
@@ -815,29 +646,23 @@ fn non_tensor_inputs_are_rejected_by_name() {
     let mut tp = TypeProto::new();
     tp.value = Some(type_proto::Value::SequenceType(type_proto::Sequence::new()));
     seq.type_ = MessageField::some(tp);
-    let m = model(vec![], vec![seq], vec![], vec![], vec![opset("", 17)]);
+    let m = model(vec![], vec![seq], vec![], vec![]);
     let e = import_err(&m);
     assert!(e.contains("'items'") && e.contains("sequence"), "{e}");
 
-    let m = model(vec![], vec![vi("s", 8, Some(&["2"]))], vec![], vec![], vec![opset("", 17)]);
+    let m = model(vec![], vec![value_info("s", 8, Some(&["2"]))], vec![], vec![]);
     let e = import_err(&m);
     assert!(e.contains("'s'") && e.contains("STRING"), "{e}");
 
     let mut untyped = ValueInfoProto::new();
     untyped.name = "u".into();
-    let m = model(vec![], vec![untyped], vec![], vec![], vec![opset("", 17)]);
+    let m = model(vec![], vec![untyped], vec![], vec![]);
     assert!(import_err(&m).contains("'u'"));
 }
 
 #[test]
 fn declared_types_that_contradict_inference_are_errors() {
-    let m = model(
-        vec![node("Relu", "r", &["x"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["2", "3"]))],
-        vec![vi("y", FLOAT, Some(&["2", "5"]))],
-        vec![],
-        vec![opset("", 17)],
-    );
+    let m = model(vec![node("Relu", "r", &["x"], &["y"])], vec![value("x", &["2", "3"])], vec![value("y", &["2", "5"])], vec![]);
     let e = import_err(&m);
     assert!(e.contains("'r'") && e.contains("'y'"), "{e}");
 }
@@ -866,14 +691,14 @@ fn constant_nodes_become_constants() {
     let c = f32_tensor(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
     let m = model(
         vec![
-            node("Constant", "c0", &[], &["k"], vec![attr_tensor("value", tensor_to_proto("k", &c))]),
-            node("Add", "add", &["x", "k"], &["y"], vec![]),
-            node("Constant", "c1", &[], &["s"], vec![attr_float("value_float", 0.5)]),
-            node("Mul", "mul", &["y", "s"], &["z"], vec![]),
-            node("Constant", "c2", &[], &["shape"], vec![attr_ints("value_ints", &[4])]),
-            node("Reshape", "rs", &["z", "shape"], &["r"], vec![]),
-            node("Constant", "c3", &[], &["i"], vec![attr_int("value_int", 7)]),
-            node(
+            node_with("Constant", "c0", &[], &["k"], vec![attr_tensor("value", tensor_to_proto("k", &c))]),
+            node("Add", "add", &["x", "k"], &["y"]),
+            node_with("Constant", "c1", &[], &["s"], vec![attr_float("value_float", 0.5)]),
+            node("Mul", "mul", &["y", "s"], &["z"]),
+            node_with("Constant", "c2", &[], &["shape"], vec![attr_ints("value_ints", &[4])]),
+            node("Reshape", "rs", &["z", "shape"], &["r"]),
+            node_with("Constant", "c3", &[], &["i"], vec![attr_int("value_int", 7)]),
+            node_with(
                 "Constant",
                 "c4",
                 &[],
@@ -885,10 +710,9 @@ fn constant_nodes_become_constants() {
                 }],
             ),
         ],
-        vec![vi("x", FLOAT, Some(&["2", "2"]))],
-        vec![vi("r", FLOAT, None), vi("i", INT64, None), vi("fs", FLOAT, None)],
+        vec![value("x", &["2", "2"])],
+        vec![value_info("r", FLOAT, None), value_info("i", INT64, None), value_info("fs", FLOAT, None)],
         vec![],
-        vec![opset("", 17)],
     );
     let g = import(&m).unwrap();
     assert_eq!(g.node_count(), 3);
@@ -906,15 +730,13 @@ fn constant_nodes_become_constants() {
 #[test]
 fn bad_constant_nodes_name_the_node() {
     let mk = |attrs: Vec<AttributeProto>| {
-        model(vec![node("Constant", "konst", &[], &["k"], attrs)], vec![], vec![vi("k", FLOAT, None)], vec![], vec![opset("", 17)])
+        model(vec![node_with("Constant", "konst", &[], &["k"], attrs)], vec![], vec![value_info("k", FLOAT, None)], vec![])
     };
     let e = import_err(&mk(vec![]));
     assert!(e.contains("'konst'") && e.contains("exactly one"), "{e}");
     let e = import_err(&mk(vec![attr_float("value_float", 1.0), attr_int("value_int", 1)]));
     assert!(e.contains("'konst'"), "{e}");
-    let mut s = attr("value_string", AttributeType::STRING);
-    s.s = b"hi".to_vec();
-    let e = import_err(&mk(vec![s]));
+    let e = import_err(&mk(vec![attr_string("value_string", "hi")]));
     assert!(e.contains("'konst'") && e.contains("value_string"), "{e}");
     let mut sp = attr("sparse_value", AttributeType::SPARSE_TENSOR);
     sp.sparse_tensor = MessageField::some(onnx_protobuf::SparseTensorProto::new());
@@ -945,13 +767,8 @@ fn external_model(dir: &Path, location: &str, offset: Option<u64>, length: Optio
     if let Some(l) = length {
         entry("length", l.to_string());
     }
-    let m = model(
-        vec![node("Mul", "mul", &["x", "w"], &["y"], vec![])],
-        vec![vi("x", FLOAT, Some(&["2", "3"]))],
-        vec![vi("y", FLOAT, None)],
-        vec![p],
-        vec![opset("", 17)],
-    );
+    let m =
+        model(vec![node("Mul", "mul", &["x", "w"], &["y"])], vec![value("x", &["2", "3"])], vec![value_info("y", FLOAT, None)], vec![p]);
     std::fs::write(dir.join("model.onnx"), m.write_to_bytes().unwrap()).unwrap();
     w
 }
@@ -1090,7 +907,7 @@ fn external_data_outside_the_folder_is_rejected() {
 #[test]
 fn minilm_imports() {
     let Some(path) = minilm_path() else {
-        println!("skipped: shared/models/minilm-l6-v2/model.onnx not found");
+        skip(Requirement::Models, "minilm_imports", "../shared/models/minilm-l6-v2 is absent");
         return;
     };
     let g = load_model(&path).unwrap();
@@ -1125,8 +942,12 @@ fn minilm_imports() {
 /// prints each error.
 #[test]
 fn every_backend_node_test_imports_or_fails_cleanly() {
-    let Some(dir) = node_tests_dir() else {
-        println!("skipped: ONNX backend node tests not found (set FPX_ONNX_NODE_TESTS)");
+    let Some(dir) = onnx_node_tests_dir() else {
+        skip(
+            Requirement::Models,
+            "every_backend_node_test_imports_or_fails_cleanly",
+            "ONNX backend node tests not found (set FPX_ONNX_NODE_TESTS or run scripts/setup.sh)",
+        );
         return;
     };
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();

@@ -9,16 +9,7 @@ use fpx_ir::{verify, Attribute, DType, Graph, Node, Tensor, TensorType};
 use fpx_quant::act8::{Activations, Int8Activations};
 use fpx_quant::{quantize, Format, QuantConfig};
 use fpx_runtime::CpuExecutor;
-
-fn rand(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use fpx_test_support::Rng;
 
 fn tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
     Tensor::from(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
@@ -64,8 +55,8 @@ fn matmul_graph(m: usize, k: usize, n: usize, w: &[f32]) -> Graph {
 fn matmul_becomes_quantmatmul_and_matches_the_dequantized_reference() {
     for format in [Format::Fp6E3M2, Format::Fp6E2M3, Format::Fp5E2M2, Format::Fp4E2M1, Format::Int4, Format::Int8] {
         for (m, k, n, group) in [(3, 37, 19, None), (1, 64, 256, Some(32)), (5, 100, 7, Some(48))] {
-            let w = rand(k * n, 7 + k as u64);
-            let x = rand(m * k, 99);
+            let w = Rng::new(7 + k as u64).signeds(k * n);
+            let x = Rng::new(99).signeds(m * k);
             let mut g = matmul_graph(m, k, n, &w);
             let opts = QuantizeOptions { group_size: group, ..QuantizeOptions::new(WeightScheme::Fixed(format)) };
             let s = quantize_weights(&mut g, &opts).unwrap();
@@ -85,9 +76,9 @@ fn matmul_becomes_quantmatmul_and_matches_the_dequantized_reference() {
 #[test]
 fn gemm_variants_fold_alpha_beta_bias_and_transposes() {
     let (m, k, n) = (4, 33, 20);
-    let b_t = rand(n * k, 3); // stored [n, k] for transB = 1
-    let c = rand(n, 4);
-    let x = rand(m * k, 5);
+    let b_t = Rng::new(3).signeds(n * k); // stored [n, k] for transB = 1
+    let c = Rng::new(4).signeds(n);
+    let x = Rng::new(5).signeds(m * k);
     let mut w = vec![0f32; k * n];
     for r in 0..k {
         for col in 0..n {
@@ -102,7 +93,7 @@ fn gemm_variants_fold_alpha_beta_bias_and_transposes() {
         let xv = g.add_input("x", TensorType::fixed(DType::F32, &xs)).unwrap();
         let bv = g.add_constant("B", tensor(&[n, k], b_t.clone())).unwrap();
         let mut inputs = vec![Some(xv), Some(bv)];
-        let cfull = rand(m * n, 6);
+        let cfull = Rng::new(6).signeds(m * n);
         match c_kind {
             1 => inputs.push(Some(g.add_constant("C", tensor(&[n], c.clone())).unwrap())),
             2 => inputs.push(Some(g.add_input("c", TensorType::fixed(DType::F32, &[m, n])).unwrap())),
@@ -153,7 +144,7 @@ fn shared_weights_are_quantized_once_and_activation_products_stay() {
     let mut g = Graph::new("shared");
     g.opsets.insert(String::new(), 17);
     let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, k])).unwrap();
-    let w = g.add_constant("W", tensor(&[k, n], rand(k * n, 1))).unwrap();
+    let w = g.add_constant("W", tensor(&[k, n], Rng::new(1).signeds(k * n))).unwrap();
     let (a, b, z) = (g.value_named("a"), g.value_named("b"), g.value_named("z"));
     g.add_node(Node::new("m1", "MatMul", 17, vec![Some(x), Some(w)], vec![a])).unwrap();
     g.add_node(Node::new("m2", "MatMul", 17, vec![Some(x), Some(w)], vec![b])).unwrap();
@@ -177,11 +168,11 @@ fn shared_weights_are_quantized_once_and_activation_products_stay() {
 fn fp6_auto_keeps_the_better_format_per_layer() {
     let (k, n) = (64, 32);
     // Layer 1: Gaussian-like with outliers (wide range favours e3m2); layer 2: uniform (favours e2m3).
-    let mut w1 = rand(k * n, 11);
+    let mut w1 = Rng::new(11).signeds(k * n);
     for i in (0..w1.len()).step_by(97) {
         w1[i] *= 30.0;
     }
-    let w2 = rand(k * n, 12);
+    let w2 = Rng::new(12).signeds(k * n);
     let mut g = Graph::new("auto");
     g.opsets.insert(String::new(), 17);
     let x = g.add_input("x", TensorType::fixed(DType::F32, &[1, k])).unwrap();
@@ -202,12 +193,12 @@ fn fp6_auto_keeps_the_better_format_per_layer() {
 
 #[test]
 fn nan_weight_and_zero_group_are_clear_errors() {
-    let mut w = rand(16 * 4, 1);
+    let mut w = Rng::new(1).signeds(16 * 4);
     w[5] = f32::NAN;
     let mut g = matmul_graph(1, 16, 4, &w);
     let e = quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2))).unwrap_err().to_string();
     assert!(e.contains("'W'") && e.contains("NaN"), "{e}");
-    let mut g = matmul_graph(1, 16, 4, &rand(64, 2));
+    let mut g = matmul_graph(1, 16, 4, &Rng::new(2).signeds(64));
     let e = quantize_weights(&mut g, &QuantizeOptions { group_size: Some(0), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Int4)) })
         .unwrap_err()
         .to_string();
@@ -217,7 +208,7 @@ fn nan_weight_and_zero_group_are_clear_errors() {
 #[test]
 fn int8_activations_mark_the_node_and_quantize_x_in_the_reference_path() {
     let (m, k, n) = (3, 70, 24);
-    let (w, x) = (rand(k * n, 11), rand(m * k, 12));
+    let (w, x) = (Rng::new(11).signeds(k * n), Rng::new(12).signeds(m * k));
     let mut g = matmul_graph(m, k, n, &w);
     let opts = QuantizeOptions { activations: Activations::Int8, ..QuantizeOptions::new(WeightScheme::Fp6Auto) };
     let s = quantize_weights(&mut g, &opts).unwrap();
@@ -234,7 +225,7 @@ fn int8_activations_mark_the_node_and_quantize_x_in_the_reference_path() {
     // A scheme without small integer values, or none at all, is refused up front.
     for (scheme, needle) in [(WeightScheme::Fixed(Format::Fp6E3M2), "fp6-e3m2 has none"), (WeightScheme::None, "pick a weight scheme")] {
         let opts = QuantizeOptions { activations: Activations::Int8, ..QuantizeOptions::new(scheme) };
-        let e = quantize_weights(&mut matmul_graph(1, 16, 4, &rand(64, 2)), &opts).unwrap_err().to_string();
+        let e = quantize_weights(&mut matmul_graph(1, 16, 4, &Rng::new(2).signeds(64)), &opts).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");
     }
 }
@@ -272,7 +263,7 @@ fn fuse(g: &mut Graph) -> bool {
 
 #[test]
 fn erf_gelu_chains_fuse_into_one_gelu_with_the_same_values() {
-    let x = tensor(&[3, 37], rand(3 * 37, 11).iter().map(|v| v * 6.0).collect());
+    let x = tensor(&[3, 37], Rng::new(11).signeds(3 * 37).iter().map(|v| v * 6.0).collect());
     for swap in [false, true] {
         let original = gelu_chain(std::f32::consts::SQRT_2, 1.0, 0.5, swap, false);
         let want = run(original.clone(), x.clone());

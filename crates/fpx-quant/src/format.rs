@@ -258,7 +258,7 @@ impl fmt::Display for Format {
 #[allow(clippy::unusual_byte_groupings)]
 mod tests {
     use super::*;
-    use crate::test_util::Lcg;
+    use fpx_test_support::Rng;
 
     /// Independent reference decode in f64 from the textbook formula (not the bit tricks above).
     fn ref_decode(f: Format, code: u8) -> f64 {
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn encode_matches_brute_force_on_random_inputs() {
-        let mut rng = Lcg::new(7);
+        let mut rng = Rng::new(7);
         for f in Format::ALL {
             let tiny = f.codes().map(|c| ref_decode(f, c)).filter(|&v| v > 0.0).fold(f64::MAX, f64::min);
             let (lo, hi) = ((tiny / 8.0).log2(), (f.max_value() * 4.0).log2());

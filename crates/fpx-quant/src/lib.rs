@@ -27,6 +27,3 @@ pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
 pub use scale::{quantize, QuantConfig, QuantizedMatrix};
-
-#[cfg(test)]
-mod test_util;

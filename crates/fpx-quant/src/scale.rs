@@ -189,7 +189,7 @@ impl QuantizedMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::Lcg;
+    use fpx_test_support::Rng;
 
     fn cfg(format: Format, group_size: Option<usize>, scale_search: bool) -> QuantConfig {
         QuantConfig { format, group_size, scale_search }
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn error_is_at_most_half_a_step() {
-        let mut rng = Lcg::new(1);
+        let mut rng = Rng::new(1);
         for format in Format::ALL {
             for (group, search) in [(None, false), (Some(16), false), (None, true)] {
                 let (k, n) = (64, 24);
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn scale_search_never_worse_and_helps_heavy_tails() {
-        let mut rng = Lcg::new(2);
+        let mut rng = Rng::new(2);
         let (k, n) = (256, 32);
         let gaussian = rng.normals(k * n);
         let mut heavy = rng.normals(k * n);
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn ragged_last_group() {
-        let mut rng = Lcg::new(5);
+        let mut rng = Rng::new(5);
         let (k, n) = (100, 8);
         let mut w = rng.normals(k * n);
         // Make the last group (rows 96..100) of channel 3 much smaller than the rest.
@@ -397,7 +397,7 @@ mod tests {
 
     /// Relative RMSE of per-channel quantization of N(0, 1) weights of shape [384][384].
     fn gaussian_rmse(format: Format, search: bool) -> f64 {
-        let mut rng = Lcg::new(384);
+        let mut rng = Rng::new(384);
         let w = rng.normals(384 * 384);
         let q = quantize("w", &w, 384, 384, &cfg(format, None, search)).unwrap();
         q.relative_rmse(&w)

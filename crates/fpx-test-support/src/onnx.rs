@@ -65,7 +65,9 @@ pub fn node_with(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs:
     n
 }
 
-fn attr(name: &str, kind: AttributeType) -> AttributeProto {
+/// An attribute of `kind` with no value set: the base of the typed builders below, and by
+/// itself a kind without a builder (`GRAPH`, `FLOATS`, ...) or a malformed attribute.
+pub fn attr(name: &str, kind: AttributeType) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = EnumOrUnknown::new(kind);

@@ -26,6 +26,14 @@ impl TempDir {
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.0.join(name)
     }
+
+    /// The names of the folder's entries, sorted.
+    pub fn listing(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(&self.0).unwrap_or_else(|e| panic!("cannot read {}: {e}", self.0.display()));
+        let mut names: Vec<String> = entries.map(|e| e.expect("readable entry").file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
 }
 
 impl Drop for TempDir {
