@@ -76,7 +76,7 @@ pub(crate) fn check_code(
                 if e.symbol.is_empty() {
                     return Err(ArtifactError::corrupt(what, format!("{who}: node '{}' has a kernel without a symbol", k.node)));
                 }
-                if e.column_split == 0 || e.column_split as usize % TILE_N != 0 {
+                if e.column_split == 0 || !(e.column_split as usize).is_multiple_of(TILE_N) {
                     let message = format!("{who}: node '{}' splits columns at multiples of {}, not of {TILE_N}", k.node, e.column_split);
                     return Err(ArtifactError::corrupt(what, message));
                 }

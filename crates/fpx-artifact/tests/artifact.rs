@@ -1,9 +1,11 @@
 //! The public API: round trip, determinism, atomic write, and damaged or foreign files.
 
 use fpx_artifact::{
-    to_bytes, write, Artifact, ArtifactContents, ArtifactError, CpuCode, GpuGemmEntry, KernelEntry, PtxCode, PtxModule, SectionKind,
-    FORMAT_VERSION,
+    to_bytes, write, Artifact, ArtifactContents, ArtifactError, CpuCode, CpuKernel, GpuActivations, GpuKernel, GpuTiles, NodeKernels,
+    PtxCode, PtxModule, SectionKind, FORMAT_VERSION,
 };
+use fpx_quant::act8::Activations;
+use fpx_quant::{Format, KernelTable};
 use fpx_ir::half::{bf16, f16};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{Attribute, DType, Dim, Graph, Node, Tensor, TensorType, ValueId};
@@ -107,8 +109,18 @@ fn rich_contents() -> ArtifactContents {
             features: vec!["avx2".into(), "fma".into(), "f16c".into()],
             shared_object: r.bytes(3001),
             kernels: vec![
-                KernelEntry { node: "quant".into(), gemv: "fpx_quant_gemv".into(), gemm: "fpx_quant_gemm".into(), int8_activations: true },
-                KernelEntry { node: "mm".into(), gemv: "mm_v".into(), gemm: "mm_m".into(), int8_activations: false },
+                NodeKernels {
+                    node: "quant".into(),
+                    table: KernelTable::new(vec![
+                        (8, CpuKernel { symbol: "fpx_quant_gemv".into(), column_split: 16, activations: Activations::Int8 }),
+                        (0, CpuKernel { symbol: "fpx_quant_gemm".into(), column_split: 64, activations: Activations::Int8 }),
+                    ])
+                    .unwrap(),
+                },
+                NodeKernels {
+                    node: "mm".into(),
+                    table: KernelTable::single(CpuKernel { symbol: "mm_m".into(), column_split: 16, activations: Activations::F32 }),
+                },
             ],
         },
         // An empty shared object: a zero-length section.
@@ -123,13 +135,22 @@ fn rich_contents() -> ArtifactContents {
         ),
         entries: entries.iter().map(|e| e.to_string()).collect(),
     };
-    let gemm = |node: &str, max_m, module: &str, kernel: &str, reduce: &str| GpuGemmEntry {
-        node: node.into(),
-        max_m,
+    let gemm = |module: &str, kernel: &str, reduce: &str, split_k: u32| GpuKernel {
         module: module.into(),
         kernel: kernel.into(),
-        reduce: reduce.into(),
-        config: format!("module={module}"),
+        reduce: (!reduce.is_empty()).then(|| reduce.into()),
+        tiles: GpuTiles {
+            format: Format::Fp6E2M3,
+            activations: GpuActivations::F16,
+            n: 4096,
+            k: 11008,
+            m_tile: 16,
+            warps: 4,
+            warp_ntiles: 2,
+            k_tiles: 2,
+            stages: 4,
+            split_k,
+        },
     };
     let ptx = vec![
         PtxCode {
@@ -140,13 +161,16 @@ fn rich_contents() -> ArtifactContents {
                 module("g2", &["g2"], &mut r),
                 module("ops", &["fpx_add_f16"], &mut r),
             ],
-            gemms: vec![gemm("quant", 16, "g1", "g1", "g1_reduce"), gemm("quant", 0, "g2", "g2", "")],
+            kernels: vec![NodeKernels {
+                node: "quant".into(),
+                table: KernelTable::new(vec![(16, gemm("g1", "g1", "g1_reduce", 3)), (0, gemm("g2", "g2", "", 1))]).unwrap(),
+            }],
         },
         PtxCode {
             arch: "sm_90".into(),
             sm_count: 132,
             modules: vec![module("g2", &["g2"], &mut r)],
-            gemms: vec![gemm("quant", 0, "g2", "g2", "")],
+            kernels: vec![NodeKernels { node: "quant".into(), table: KernelTable::single(gemm("g2", "g2", "", 1)) }],
         },
     ];
     ArtifactContents { graph: rich_graph(), cpu, ptx, metadata }
@@ -230,6 +254,7 @@ fn kind(e: &ArtifactError) -> &'static str {
         ArtifactError::Io { .. } => "Io",
         ArtifactError::NotAnArtifact { .. } => "NotAnArtifact",
         ArtifactError::NewerVersion { .. } => "NewerVersion",
+        ArtifactError::OlderVersion { .. } => "OlderVersion",
         ArtifactError::Corrupt { .. } => "Corrupt",
         ArtifactError::ChecksumMismatch { .. } => "ChecksumMismatch",
         ArtifactError::Graph { .. } => "Graph",
@@ -273,7 +298,7 @@ fn round_trip_keeps_everything() {
         let ptx = a.ptx_code();
         assert_eq!(ptx.len(), contents.ptx.len());
         for (r, c) in ptx.iter().zip(&contents.ptx) {
-            assert_eq!((r.arch, r.sm_count, r.gemms), (c.arch.as_str(), c.sm_count, &c.gemms[..]));
+            assert_eq!((r.arch, r.sm_count, r.kernels), (c.arch.as_str(), c.sm_count, &c.kernels[..]));
             assert_eq!(r.modules.len(), c.modules.len());
             for (rm, cm) in r.modules.iter().zip(&c.modules) {
                 assert_eq!((rm.name, rm.ptx, rm.entries), (cm.name.as_str(), cm.ptx.as_str(), &cm.entries[..]));
@@ -367,7 +392,7 @@ fn writing_is_deterministic() {
                     .iter()
                     .map(|m| PtxModule { name: m.name.into(), ptx: m.ptx.into(), entries: m.entries.to_vec() })
                     .collect(),
-                gemms: p.gemms.to_vec(),
+                kernels: p.kernels.to_vec(),
             })
             .collect(),
         metadata: a.metadata().clone(),
@@ -490,7 +515,9 @@ fn every_flipped_byte_is_detected() {
         let msg = err.to_string();
         match i {
             0..8 => assert_eq!(kind(&err), "NotAnArtifact", "byte {i}: {msg}"),
-            8..12 => assert_eq!(kind(&err), "NewerVersion", "byte {i}: {msg}"), // version 2 → 3, 2 + 2^k
+            // Version 3 becomes 2 (older: its fields mean something else) or 3 + 2^k (newer).
+            8 => assert_eq!(kind(&err), "OlderVersion", "byte {i}: {msg}"),
+            9..12 => assert_eq!(kind(&err), "NewerVersion", "byte {i}: {msg}"),
             12..16 => assert!(matches!(kind(&err), "Corrupt" | "ChecksumMismatch"), "byte {i}: {msg}"),
             _ if i < manifest_end + 4 => {
                 assert_eq!(kind(&err), "ChecksumMismatch", "byte {i}: {msg}");
@@ -625,10 +652,15 @@ fn newer_versions_are_refused() {
             other => panic!("version {v}: expected NewerVersion, got {other:?}"),
         }
     }
-    // Version 1 (before int8 activations) still reads.
-    let mut d = bytes.clone();
-    d[8..12].copy_from_slice(&1u32.to_le_bytes());
-    Artifact::from_bytes(d, "v1.fpx").expect("version 1 artifacts load");
+    // Older versions are refused too: version 2 stored a GEMV/GEMM pair per node and the GPU
+    // tile config as text, which this reader would misread; version 1 had no int8 kernels.
+    for v in 1..FORMAT_VERSION {
+        let mut d = bytes.clone();
+        d[8..12].copy_from_slice(&v.to_le_bytes());
+        let e = Artifact::from_bytes(d, "old.fpx").unwrap_err();
+        assert_eq!(kind(&e), "OlderVersion", "{e}");
+        assert!(e.to_string().contains(&format!("format version {v}")) && e.to_string().contains("recompile"), "{e}");
+    }
     // A newer file is refused whatever follows its header.
     let mut d = b"FPX\0ART\0".to_vec();
     d.extend_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
