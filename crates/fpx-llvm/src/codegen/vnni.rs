@@ -32,8 +32,12 @@ use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-use super::{fold, Act8Rows, Activations, Gen, Isa, LlvmError, Plan, LOW_TILE_BYTES, R};
-use fpx_quant::Format;
+use super::decode::LOW_TILE_BYTES;
+use super::int8::Act8Rows;
+use super::{Gen, Plan, R};
+use crate::target::Isa;
+use crate::{Activations, LlvmError};
+use fpx_quant::{fold, Format};
 
 /// Rows of X up to which tiles are decoded in registers (8 code vectors, one `f32`
 /// accumulator per row and two `i32` dot chains stay in the 32 vector registers).
@@ -114,12 +118,6 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let i8t = self.ctx.i8_type();
         let v: Vec<IntValue<'ctx>> = (0..64).map(|i| i8t.const_int(vals[i % vals.len()] as u64, false)).collect();
         VectorType::const_vector(&v)
-    }
-
-    /// Calls the intrinsic `name` (not overloaded) and returns its vector result.
-    fn call_vec(&self, name: &str, args: &[BasicValueEnum<'ctx>]) -> R<VectorValue<'ctx>> {
-        let f = self.intrinsic(name, &[])?;
-        Ok(self.call(f, args)?.expect("intrinsic returns").into_vector_value())
     }
 
     /// The 8 code vectors (`<64 x i8>` of unsigned weight bytes, lanes as [`lane_row`]) of
@@ -321,13 +319,10 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
 
     fn vn_direct_rows(&self, plan: &Plan, table: &[u8; 64], inv_units: f32, name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
         let (p, i) = (self.ptr_t(), self.i64_t());
-        let f = self.function(&format!("{name}.vn_direct{rows}"), &[p, i, i, p, p, p, p, i, i], true);
-        self.b.position_at_end(self.block(f, "entry"));
-        let arg = |k: u32| f.get_nth_param(k).expect("param");
-        let (x, m, r0) = (arg(0).into_pointer_value(), arg(1).into_int_value(), arg(2).into_int_value());
-        let (packed, scales, bias, y) =
-            (arg(3).into_pointer_value(), arg(4).into_pointer_value(), arg(5).into_pointer_value(), arg(6).into_pointer_value());
-        let (nt, ne) = (arg(7).into_int_value(), arg(8).into_int_value());
+        let (f, a) = self.begin_function(&format!("{name}.vn_direct{rows}"), &[p, i, i, p, p, p, p, i, i], true);
+        let (x, m, r0) = (a.ptr(0), a.int(1), a.int(2));
+        let (packed, scales, bias, y) = (a.ptr(3), a.ptr(4), a.ptr(5), a.ptr(6));
+        let (nt, ne) = (a.int(7), a.int(8));
         let tile0 = self.mul(nt, plan.kt)?;
         let rows_in =
             RowsIn { x, m, r0, rows, kt0: self.i64c(0), count: self.i64c(plan.kt), first: self.ctx.bool_type().const_int(1, false) };
@@ -392,14 +387,11 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     fn vn_panel_rows(&self, plan: &Plan, inv_units: f32, name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
         let (p, i) = (self.ptr_t(), self.i64_t());
         let b1 = self.ctx.bool_type().into();
-        let f = self.function(&format!("{name}.vn_rows{rows}"), &[p, i, i, p, i, i, b1, p, p, p, i, i], true);
-        self.b.position_at_end(self.block(f, "entry"));
-        let arg = |k: u32| f.get_nth_param(k).expect("param");
-        let (x, m, r0, panel) =
-            (arg(0).into_pointer_value(), arg(1).into_int_value(), arg(2).into_int_value(), arg(3).into_pointer_value());
-        let (kt0, count, first) = (arg(4).into_int_value(), arg(5).into_int_value(), arg(6).into_int_value());
-        let (scales, bias, y) = (arg(7).into_pointer_value(), arg(8).into_pointer_value(), arg(9).into_pointer_value());
-        let (nt, ne) = (arg(10).into_int_value(), arg(11).into_int_value());
+        let (f, a) = self.begin_function(&format!("{name}.vn_rows{rows}"), &[p, i, i, p, i, i, b1, p, p, p, i, i], true);
+        let (x, m, r0, panel) = (a.ptr(0), a.int(1), a.int(2), a.ptr(3));
+        let (kt0, count, first) = (a.int(4), a.int(5), a.int(6));
+        let (scales, bias, y) = (a.ptr(7), a.ptr(8), a.ptr(9));
+        let (nt, ne) = (a.int(10), a.int(11));
         let bytes = self.ctx.i8_type().vec_type(64);
         let rows_in = RowsIn { x, m, r0, rows, kt0, count, first };
         // The tile's 8 code vectors are loaded once and stay in registers for every row.
