@@ -441,6 +441,12 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         f
     }
 
+    /// Returns from the function being built (`ret void`) and hands it back.
+    pub(super) fn end_function(&self, f: FunctionValue<'ctx>) -> R<FunctionValue<'ctx>> {
+        self.b.build_return(None)?;
+        Ok(f)
+    }
+
     /// [`Gen::function`], with the builder positioned in its new `entry` block.
     pub(super) fn begin_function(
         &self,

@@ -12,7 +12,7 @@ use super::{Gen, Plan, R};
 use crate::LlvmError;
 
 /// Bytes of one tile's low plane.
-pub(super) const LOW_TILE_BYTES: u64 = 256;
+const LOW_TILE_BYTES: u64 = 256;
 
 /// How a format's codes become `f32`: both codes of a pair are assembled in the two 16-bit
 /// halves of a 32-bit lane (low nibble at bit `nib`, the `h` high-plane bits right above it),
@@ -192,6 +192,16 @@ pub(super) struct CvtBuf<'ctx> {
 const CVT_SLOTS: u64 = 4;
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
+    /// The low-plane words of (absolute) tile `tile` in `packed`.
+    pub(super) fn low_plane(&self, packed: PointerValue<'ctx>, tile: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        self.gep(packed, self.mul(tile, LOW_TILE_BYTES)?)
+    }
+
+    /// The high-plane fields of (absolute) tile `tile` in `packed` (formats wider than 4 bits).
+    pub(super) fn high_plane(&self, plan: &Plan, packed: PointerValue<'ctx>, tile: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        self.gep(packed, self.add(self.i64c(plan.low_bytes), self.mul(tile, 64 * plan.dq.h as u64)?)?)
+    }
+
     /// Applies the transpose program to `inputs` (`32 / W` vectors of `W` words).
     fn transpose(&self, inputs: Vec<VectorValue<'ctx>>) -> R<Vec<VectorValue<'ctx>>> {
         let mut regs = inputs;
@@ -341,12 +351,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             // holds pairs 3 (low nibble) and 2, byte 1 pairs 0 and 1, bytes 2 and 3 the odd codes.
             // Even bytes from the first vector, odd bytes from the second (vpblendvb).
             let blend = |x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-                let bytes = self.ctx.i8_type().vec_type(4 * self.w());
-                let xb = self.b.build_bit_cast(x, bytes, "")?.into_vector_value();
-                let yb = self.b.build_bit_cast(y, bytes, "")?.into_vector_value();
-                let n = 4 * self.w();
-                let idx: Vec<u32> = (0..n).map(|i| if i % 2 == 0 { i } else { n + i }).collect();
-                Ok(self.b.build_bit_cast(self.shuf(xb, yb, &idx)?, self.vi32(self.w()), "")?.into_vector_value())
+                Ok(self.b.build_bit_cast(self.even_odd(x, y)?, self.vi32(self.w()), "")?.into_vector_value())
             };
             let half0 = (blend(self.shift16(a, -8)?, b)?, blend(self.shift16(c, -8)?, d)?);
             let half1 = (blend(a, self.shift16(b, 8)?)?, blend(c, self.shift16(d, 8)?)?);
@@ -420,9 +425,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         sink: &mut Sink<'_, 'ctx>,
     ) -> R<()> {
         let dq = plan.dq;
-        let lo = self.gep(packed, self.mul(tile, LOW_TILE_BYTES)?)?;
-        let hi_off = self.add(self.i64c(plan.low_bytes), self.mul(tile, 64 * dq.h as u64)?)?;
-        let high = if dq.h > 0 { self.high_words(&dq, self.gep(packed, hi_off)?)? } else { High::None };
+        let lo = self.low_plane(packed, tile)?;
+        let high = if dq.h > 0 { self.high_words(&dq, self.high_plane(plan, packed, tile)?)? } else { High::None };
         let chunks = self.chunks(kvalid);
         let sets = match (&dq.bytes, &high) {
             (Some(Bytes::Fp6 { .. }), High::Fields(f)) => Some(self.fp6_sets(f)?),

@@ -7,18 +7,47 @@ use inkwell::IntPredicate;
 
 use super::{Gen, Plan, R};
 
+/// The columns an n-tile function computes: the tile's first column `n0`, which of its 16
+/// lanes are columns of W (`valid`), and the end of the requested column range (`ne`).
+#[derive(Clone, Copy)]
+pub(super) struct Cols<'ctx> {
+    /// The first column of the n-tile.
+    pub(super) n0: IntValue<'ctx>,
+    /// `<16 x i1>`: lane `i` is a column of W (`n0 + i < N`).
+    pub(super) valid: VectorValue<'ctx>,
+    /// The end of the column range to compute (at most N).
+    pub(super) ne: IntValue<'ctx>,
+}
+
+/// What a row block adds its outputs to: the bias when its block of K is the first
+/// (`first`), else what y holds from the blocks before.
+#[derive(Clone, Copy)]
+pub(super) struct Prior<'ctx> {
+    /// Whether the block of K is the first (`i1`).
+    pub(super) first: IntValue<'ctx>,
+    /// The n-tile's bias (zero if there is none).
+    pub(super) bias16: VectorValue<'ctx>,
+    /// The n-tile's columns.
+    pub(super) cols: Cols<'ctx>,
+}
+
 impl<'m, 'ctx> Gen<'m, 'ctx> {
-    /// Natural-order scales of group `g` for the 16 columns at `n0` (zero past N).
-    pub(super) fn scales16(
-        &self,
-        plan: &Plan,
-        scales: PointerValue<'ctx>,
-        g: IntValue<'ctx>,
-        n0: IntValue<'ctx>,
-        valid: VectorValue<'ctx>,
-    ) -> R<VectorValue<'ctx>> {
-        let off = self.mul(self.add(self.mul(g, plan.n())?, n0)?, 4)?;
-        self.masked_load(self.gep(scales, off)?, valid)
+    /// The columns of the n-tile at `n0`, computed up to `ne`.
+    pub(super) fn cols(&self, plan: &Plan, n0: IntValue<'ctx>, ne: IntValue<'ctx>) -> R<Cols<'ctx>> {
+        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
+        Ok(Cols { n0, valid, ne })
+    }
+
+    /// Natural-order scales of group `g` for the n-tile's 16 columns (zero past N).
+    pub(super) fn scales16(&self, plan: &Plan, scales: PointerValue<'ctx>, g: IntValue<'ctx>, cols: Cols<'ctx>) -> R<VectorValue<'ctx>> {
+        let off = self.mul(self.add(self.mul(g, plan.n())?, cols.n0)?, 4)?;
+        self.masked_load(self.gep(scales, off)?, cols.valid)
+    }
+
+    /// The scale group of K tile `kt`, for groups of whole tiles.
+    pub(super) fn tile_group(&self, plan: &Plan, kt: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let tpg = plan.tpg.expect("groups of whole tiles");
+        Ok(self.b.build_int_unsigned_div(kt, self.i64c(tpg), "")?)
     }
 
     /// The 16 scales permuted into the lane layout of each accumulator.
@@ -66,32 +95,27 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         }
     }
 
-    /// The bias for the 16 columns at `n0` (zero if `bias` is null or past N).
-    pub(super) fn bias16(
-        &self,
-        f: FunctionValue<'ctx>,
-        bias: PointerValue<'ctx>,
-        n0: IntValue<'ctx>,
-        valid: VectorValue<'ctx>,
-    ) -> R<VectorValue<'ctx>> {
+    /// The bias for the n-tile's 16 columns (zero if `bias` is null or past N).
+    pub(super) fn bias16(&self, f: FunctionValue<'ctx>, bias: PointerValue<'ctx>, cols: Cols<'ctx>) -> R<VectorValue<'ctx>> {
         let present = self.b.build_is_not_null(bias, "")?;
         let out = self.if_then(f, present, vec![self.fzero(16).into()], &mut |g| {
-            let p = g.gep(bias, g.mul(n0, 4)?)?;
-            Ok(vec![g.masked_load(p, valid)?.into()])
+            let p = g.gep(bias, g.mul(cols.n0, 4)?)?;
+            Ok(vec![g.masked_load(p, cols.valid)?.into()])
         })?;
         Ok(out[0].into_vector_value())
     }
 
-    /// Stores (or, with `base`, adds to `base` and stores) the 16 outputs at `yrow + n0`,
-    /// only columns below `n_end`.
-    pub(super) fn store16(
-        &self,
-        f: FunctionValue<'ctx>,
-        yrow: PointerValue<'ctx>,
-        n0: IntValue<'ctx>,
-        n_end: IntValue<'ctx>,
-        vals: VectorValue<'ctx>,
-    ) -> R<()> {
+    /// What the row at `yrow` adds its outputs to: the bias in the first block of K, else what
+    /// y holds (from an earlier block).
+    pub(super) fn y_or_bias(&self, f: FunctionValue<'ctx>, prior: &Prior<'ctx>, yrow: PointerValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let Prior { first, bias16, cols } = *prior;
+        let old = self.if_then(f, self.b.build_not(first, "")?, vec![bias16.into()], &mut |g| Ok(vec![g.load16(yrow, cols)?.into()]))?;
+        Ok(old[0].into_vector_value())
+    }
+
+    /// Stores the 16 outputs `vals` at `yrow + n0`, only columns below `ne`.
+    pub(super) fn store16(&self, f: FunctionValue<'ctx>, yrow: PointerValue<'ctx>, cols: Cols<'ctx>, vals: VectorValue<'ctx>) -> R<()> {
+        let Cols { n0, ne: n_end, .. } = cols;
         let p = self.gep(yrow, self.mul(n0, 4)?)?;
         let end = self.add(n0, self.i64c(16))?;
         let full = self.b.build_int_compare(IntPredicate::SLE, end, n_end, "")?;
@@ -110,10 +134,10 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(())
     }
 
-    /// Loads y's 16 values at `yrow + n0` (columns from `n_end` on read as 0).
-    pub(super) fn load16(&self, yrow: PointerValue<'ctx>, n0: IntValue<'ctx>, n_end: IntValue<'ctx>) -> R<VectorValue<'ctx>> {
-        let p = self.gep(yrow, self.mul(n0, 4)?)?;
-        let mask = self.lanes_below(self.b.build_int_nsw_sub(n_end, n0, "")?)?;
+    /// Loads y's 16 values at `yrow + n0` (columns from `ne` on read as 0).
+    pub(super) fn load16(&self, yrow: PointerValue<'ctx>, cols: Cols<'ctx>) -> R<VectorValue<'ctx>> {
+        let p = self.gep(yrow, self.mul(cols.n0, 4)?)?;
+        let mask = self.lanes_below(self.b.build_int_nsw_sub(cols.ne, cols.n0, "")?)?;
         self.masked_load(p, mask)
     }
 }

@@ -7,6 +7,7 @@ use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, Vec
 use inkwell::IntPredicate;
 
 use super::decode::ChunkInfo;
+use super::epilogue::{Cols, Prior};
 use super::{Gen, NtileArgs, Plan, R};
 
 /// Bytes of one tile of dequantized `f32` values in a panel (16 × 32 × 4).
@@ -56,8 +57,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             g.call(blocks[b as usize - 1], &[xb.into(), packed.into(), scales.into(), bias, yb.into(), nt.into(), ne.into()])?;
             Ok(())
         })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 
     /// The accumulators of every row as carried values.
@@ -84,7 +84,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (nt, ne) = (a.int(5), a.int(6));
         let n0 = self.mul(nt, 16)?;
         let tile0 = self.mul(nt, plan.kt)?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
+        let cols = self.cols(plan, n0, ne)?;
         let xrows: Vec<PointerValue<'ctx>> = (0..rows as u64).map(|r| self.gep(x, self.i64c(r * 4 * plan.k()))).collect::<R<_>>()?;
         let tpg = plan.tpg.expect("direct path needs tile-aligned groups");
         let cvt = self.cvt_buf()?;
@@ -118,7 +118,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             Ok(acc)
         };
         let flush = |g: &Self, yacc: &mut Vec<Vec<VectorValue<'ctx>>>, acc: &[Vec<VectorValue<'ctx>>], group: IntValue<'ctx>| -> R<()> {
-            let s = g.scales_per_acc(g.scales16(plan, scales, group, n0, valid)?)?;
+            let s = g.scales_per_acc(g.scales16(plan, scales, group, cols)?)?;
             for (yr, ar) in yacc.iter_mut().zip(acc) {
                 for a in 0..ar.len() {
                     yr[a] = g.fma(ar[a], s[a], yr[a])?;
@@ -145,14 +145,13 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             let acc = group_body(self, self.i64c(full_groups * tpg), rem_tiles, has_tail)?;
             flush(self, &mut yacc, &acc, self.i64c(full_groups))?;
         }
-        let bias16 = self.bias16(f, bias, n0, valid)?;
+        let bias16 = self.bias16(f, bias, cols)?;
         for (r, yr) in yacc.iter().enumerate() {
             let vals = self.b.build_float_add(self.reduce(yr)?, bias16, "")?;
             let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            self.store16(f, yrow, n0, ne, vals)?;
+            self.store16(f, yrow, cols, vals)?;
         }
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 
     /// Gemm (and Gemv with ragged groups): per n-tile, blocks of tiles are dequantized with
@@ -166,10 +165,10 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let cvt = self.cvt_buf()?;
         let n0 = self.mul(nt, 16)?;
         let tile0 = self.mul(nt, plan.kt)?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
+        let cols = self.cols(plan, n0, ne)?;
         // Per-channel scales are the same for every tile: permute them once.
         let per_channel =
-            if plan.groups == 1 { Some(self.scales_per_acc(self.scales16(plan, scales, self.i64c(0), n0, valid)?)?) } else { None };
+            if plan.groups == 1 { Some(self.scales_per_acc(self.scales16(plan, scales, self.i64c(0), cols)?)?) } else { None };
         let lanes = &self.lanes;
         let w = lanes.w as u64;
 
@@ -178,17 +177,14 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             let dst = g.gep(panel, g.mul(at, PANEL_TILE_BYTES)?)?;
             let tile_scales = match (&per_channel, plan.tpg) {
                 (Some(s), _) => Some(s.clone()),
-                (None, Some(tpg)) => {
-                    let grp = g.b.build_int_unsigned_div(kt, g.i64c(tpg), "")?;
-                    Some(g.scales_per_acc(g.scales16(plan, scales, grp, n0, valid)?)?)
-                }
+                (None, Some(_)) => Some(g.scales_per_acc(g.scales16(plan, scales, g.tile_group(plan, kt)?, cols)?)?),
                 (None, None) => None,
             };
             let tile = g.add(tile0, kt)?;
             g.tile(plan, packed, cvt, tile, kvalid, &mut |g, ch| {
                 let s = match &tile_scales {
                     Some(s) => s[ch.info.a],
-                    None => g.ragged_scales(plan, scales, kt, ch.info, n0, valid)?,
+                    None => g.ragged_scales(plan, scales, kt, ch.info, cols)?,
                 };
                 let v = g.b.build_float_mul(ch.value, s, "")?;
                 g.store(v, g.gep(dst, g.i64c(ch.info.slot as u64 * w * 4))?, w as u32 * 4)
@@ -223,8 +219,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             })?;
             Ok(vec![])
         })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 
     /// Scales for one chunk when groups do not align with tiles: each of its two columns
@@ -235,8 +230,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         scales: PointerValue<'ctx>,
         kt: IntValue<'ctx>,
         ch: ChunkInfo,
-        n0: IntValue<'ctx>,
-        valid: VectorValue<'ctx>,
+        cols: Cols<'ctx>,
     ) -> R<VectorValue<'ctx>> {
         let c0 = self.add(self.mul(kt, 32)?, self.i64c(ch.col as u64))?;
         let group_of = |col: IntValue<'ctx>| -> R<IntValue<'ctx>> {
@@ -247,8 +241,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         };
         let ga = group_of(c0)?;
         let gb = group_of(self.add(c0, self.i64c(1))?)?;
-        let sa = self.scales16(plan, scales, ga, n0, valid)?;
-        let sb = self.scales16(plan, scales, gb, n0, valid)?;
+        let sa = self.scales16(plan, scales, ga, cols)?;
+        let sb = self.scales16(plan, scales, gb, cols)?;
         let l = &self.lanes;
         let idx: Vec<u32> = (0..l.w).map(|f| (l.acc_row(ch.a, f) + 16 * (f % 2)) as u32).collect();
         self.shuf(sa, sb, &idx)
@@ -292,17 +286,14 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             })?;
             acc = self.unflat(rows, &out);
         }
-        let n0 = self.mul(nt, 16)?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let bias16 = self.bias16(f, bias, n0, valid)?;
+        let cols = self.cols(plan, self.mul(nt, 16)?, ne)?;
+        let prior = Prior { first, bias16: self.bias16(f, bias, cols)?, cols };
         for (r, ar) in acc.iter().enumerate() {
             let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            let old =
-                self.if_then(f, self.b.build_not(first, "")?, vec![bias16.into()], &mut |g| Ok(vec![g.load16(yrow, n0, ne)?.into()]))?;
-            let vals = self.b.build_float_add(self.reduce(ar)?, old[0].into_vector_value(), "")?;
-            self.store16(f, yrow, n0, ne, vals)?;
+            let old = self.y_or_bias(f, &prior, yrow)?;
+            let vals = self.b.build_float_add(self.reduce(ar)?, old, "")?;
+            self.store16(f, yrow, cols, vals)?;
         }
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 }

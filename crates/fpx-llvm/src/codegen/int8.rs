@@ -1,6 +1,8 @@
 //! Int8-activation kernels with 256-bit AVX2 byte dot products (also used on AVX-512
 //! targets without VBMI and VNNI), and what they share with the 512-bit kernels of
-//! [`super::vnni`]: the activation buffer's layout.
+//! [`super::vnni`]: the activation buffer's layout ([`Act8Rows`]), the panel loop of an n-tile
+//! ([`Gen::int8_panel_loop`]), the row-block signature ([`PanelRowArgs`]) and the end of
+//! each row ([`Gen::int8_store_row`]).
 //!
 //! Per n-tile, [`I8_PANEL_TILES`] tiles at a time are decoded with the byte method into
 //! unsigned bytes `value · units + 64`, regrouped so that each 32-bit lane holds 4 codes of
@@ -9,10 +11,13 @@
 //! `f32`.
 
 use fpx_quant::{fold, Format};
+use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-use super::decode::{High, LOW_TILE_BYTES};
+use super::builder::Params;
+use super::decode::High;
+use super::epilogue::{Cols, Prior};
 use super::{Gen, NtileArgs, Plan, R};
 use crate::LlvmError;
 
@@ -25,6 +30,39 @@ pub(super) struct Act8Rows<'ctx> {
     pub(super) s: PointerValue<'ctx>,
     /// Corrections: `kt` `i32` per row.
     pub(super) c: PointerValue<'ctx>,
+}
+
+/// The parameters an int8 panel row block (of either family) takes after its three
+/// activation parameters: the panel and its K tiles, and where the outputs go.
+pub(super) struct PanelRowArgs<'ctx> {
+    /// The decoded tiles.
+    pub(super) panel: PointerValue<'ctx>,
+    /// The K tile of the panel's first tile.
+    pub(super) kt0: IntValue<'ctx>,
+    /// Tiles in the panel.
+    pub(super) count: IntValue<'ctx>,
+    /// Whether the panel starts K (`i1`): add the bias, else what y holds.
+    pub(super) first: IntValue<'ctx>,
+    /// The weight scales.
+    pub(super) scales: PointerValue<'ctx>,
+    /// The bias (may be null).
+    pub(super) bias: PointerValue<'ctx>,
+    /// The block's first row of y.
+    pub(super) y: PointerValue<'ctx>,
+    /// The n-tile.
+    pub(super) nt: IntValue<'ctx>,
+    /// The end of the column range.
+    pub(super) ne: IntValue<'ctx>,
+}
+
+/// How the rows of an int8 row block are finished ([`Gen::int8_store_row`]).
+pub(super) struct RowsOut<'ctx> {
+    /// The block's first row of y.
+    y: PointerValue<'ctx>,
+    /// What the outputs add to.
+    prior: Prior<'ctx>,
+    /// Per-channel weight scales times `1 / units` (`None` for grouped weights).
+    per_channel: Option<VectorValue<'ctx>>,
 }
 
 /// Bytes of one int8 panel tile: 16 vectors of 32 unsigned weight bytes (`weight + 64`), then
@@ -153,17 +191,16 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         plan: &Plan,
         dec: &ByteDecode,
         (packed, scales): (PointerValue<'ctx>, PointerValue<'ctx>),
-        (tile0, kt, n0): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-        valid: VectorValue<'ctx>,
+        (tile0, kt): (IntValue<'ctx>, IntValue<'ctx>),
+        cols: Cols<'ctx>,
         dst: PointerValue<'ctx>,
         rows: &[usize],
     ) -> R<()> {
         let dq = plan.dq;
         let tile = self.add(tile0, kt)?;
-        let lo = self.gep(packed, self.mul(tile, LOW_TILE_BYTES)?)?;
+        let lo = self.low_plane(packed, tile)?;
         let sets = if dq.h > 0 {
-            let hi_off = self.add(self.i64c(plan.low_bytes), self.mul(tile, 64 * dq.h as u64)?)?;
-            match self.high_words(&dq, self.gep(packed, hi_off)?)? {
+            match self.high_words(&dq, self.high_plane(plan, packed, tile)?)? {
                 High::Fields(f) if dq.h == 2 => Some(self.fp6_sets(&f)?),
                 _ => return Err(LlvmError::Llvm("int8 kernels decode 4- and 6-bit codes only".into())),
             }
@@ -193,9 +230,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 }
             }
         }
-        if let Some(tpg) = plan.tpg.filter(|_| plan.groups > 1) {
-            let grp = self.b.build_int_unsigned_div(kt, self.i64c(tpg), "")?;
-            let s16 = self.scales16(plan, scales, grp, n0, valid)?;
+        if plan.groups > 1 {
+            let s16 = self.scales16(plan, scales, self.tile_group(plan, kt)?, cols)?;
             for h in 0..2 {
                 let idx: Vec<u32> = rows.iter().map(|&g| (g + 8 * h) as u32).collect();
                 let s = self.b.build_float_mul(self.shuf(s16, s16, &idx)?, self.splat_f32(dec.inv_units, w as u32), "")?;
@@ -216,59 +252,30 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let lane_rows = self.i8_lane_rows()?;
         let rows = I8_ROWS;
         let blocks: Vec<FunctionValue<'ctx>> = (1..=rows).map(|b| self.i8_rows(plan, &dec, &lane_rows, name, b)).collect::<R<_>>()?;
-        let (f, NtileArgs { x, m, packed, scales, bias, y, nt, ne }) = self.ntile_function(&fname);
+        let (f, a) = self.ntile_function(&fname);
         let panel = self.aligned_alloca(self.ctx.i8_type().array_type((I8_PANEL_TILES * I8_TILE_BYTES) as u32), "i8panel")?;
-        let kt = plan.kt;
-        let n0 = self.mul(nt, 16)?;
-        let tile0 = self.mul(nt, kt)?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let kct = I8_PANEL_TILES;
-        let nkb = kt.div_ceil(kct);
-        self.for_loop(f, self.i64c(0), self.i64c(nkb), vec![], &mut |g, kb, _| {
-            let kt0 = g.mul(kb, kct)?;
-            let count = g.tiles_in_block(kb, kct, kt)?;
-            g.for_loop(f, g.i64c(0), count, vec![], &mut |g, i, _| {
-                let dst = g.gep(panel, g.mul(i, I8_TILE_BYTES)?)?;
-                g.i8_build(plan, &dec, (packed, scales), (tile0, g.add(kt0, i)?, n0), valid, dst, &lane_rows)?;
-                Ok(vec![])
-            })?;
-            let first = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64c(0), "")?;
-            g.row_blocks_at(f, rows, m, &mut |g, b, r0| {
-                let xr = g.act8_rows(x, m, r0, kt)?;
-                let args = [
-                    xr.q.into(),
-                    xr.s.into(),
-                    xr.c.into(),
-                    panel.into(),
-                    kt0.into(),
-                    count.into(),
-                    first.into(),
-                    scales.into(),
-                    bias,
-                    g.gep(y, g.mul(r0, 4 * plan.n())?)?.into(),
-                    nt.into(),
-                    ne.into(),
-                ];
-                g.call(blocks[b as usize - 1], &args)?;
-                Ok(())
-            })?;
-            Ok(vec![])
-        })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        let n0 = self.mul(a.nt, 16)?;
+        let tile0 = self.mul(a.nt, plan.kt)?;
+        let cols = self.cols(plan, n0, a.ne)?;
+        let mut decode = |g: &Self, i: IntValue<'ctx>, kt0: IntValue<'ctx>| {
+            let dst = g.gep(panel, g.mul(i, I8_TILE_BYTES)?)?;
+            g.i8_build(plan, &dec, (a.packed, a.scales), (tile0, g.add(kt0, i)?), cols, dst, &lane_rows)
+        };
+        let mut head = |g: &Self, r0: IntValue<'ctx>| {
+            let xr = g.act8_rows(a.x, a.m, r0, plan.kt)?;
+            Ok([xr.q.into(), xr.s.into(), xr.c.into()])
+        };
+        self.int8_panel_loop(f, plan, &a, (panel, I8_PANEL_TILES), &blocks, &mut decode, &mut head)
     }
 
     /// The int8 row block: `rows` rows of quantized X against the panel's tiles; per tile and
     /// row, byte dot products into `i32`, then the correction, the activation scale (and the
     /// tile's weight scales) into `f32`; finally adds to y (or the bias, for the first panel).
     fn i8_rows(&self, plan: &Plan, dec: &ByteDecode, lane_rows: &[usize], name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
-        let (p, i) = (self.ptr_t(), self.i64_t());
-        let b1 = self.ctx.bool_type().into();
-        let (f, a) = self.begin_function(&format!("{name}.i8rows{rows}"), &[p, p, p, p, i, i, b1, p, p, p, i, i], true);
-        let (xq, xs, xc, panel) = (a.ptr(0), a.ptr(1), a.ptr(2), a.ptr(3));
-        let (kt0, count, first) = (a.int(4), a.int(5), a.int(6));
-        let (scales, bias, y) = (a.ptr(7), a.ptr(8), a.ptr(9));
-        let (nt, ne) = (a.int(10), a.int(11));
+        let p = self.ptr_t();
+        let (f, a, PanelRowArgs { panel, kt0, count, first, scales, bias, y, nt, ne }) =
+            self.int8_rows_function(&format!("{name}.i8rows{rows}"), [p, p, p]);
+        let (xq, xs, xc) = (a.ptr(0), a.ptr(1), a.ptr(2));
         let w = self.w();
         let kt = plan.kt;
         let grouped = plan.groups > 1;
@@ -324,15 +331,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             Ok(out)
         })?;
 
-        let n0 = self.mul(nt, 16)?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let bias16 = self.bias16(f, bias, n0, valid)?;
-        let per_channel = if grouped {
-            None
-        } else {
-            let s16 = self.scales16(plan, scales, self.i64c(0), n0, valid)?;
-            Some(self.b.build_float_mul(s16, self.splat_f32(dec.inv_units, 16), "")?)
-        };
+        let cols = self.cols(plan, self.mul(nt, 16)?, ne)?;
+        let out = self.int8_rows_out(f, plan, (scales, bias, y), first, cols, dec.inv_units)?;
         // Natural order: output n = lane_rows[f] + 8h comes from lane f of accumulator h.
         let nat: Vec<u32> = (0..16)
             .map(|n| {
@@ -341,17 +341,107 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             })
             .collect();
         for r in 0..rows_u {
-            let mut vals = self.shuf(yf[2 * r].into_vector_value(), yf[2 * r + 1].into_vector_value(), &nat)?;
-            if let Some(s) = per_channel {
-                vals = self.b.build_float_mul(vals, s, "")?;
-            }
-            let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            let old =
-                self.if_then(f, self.b.build_not(first, "")?, vec![bias16.into()], &mut |g| Ok(vec![g.load16(yrow, n0, ne)?.into()]))?;
-            let vals = self.b.build_float_add(vals, old[0].into_vector_value(), "")?;
-            self.store16(f, yrow, n0, ne, vals)?;
+            let vals = self.shuf(yf[2 * r].into_vector_value(), yf[2 * r + 1].into_vector_value(), &nat)?;
+            self.int8_store_row(f, plan, &out, r, vals)?;
         }
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
+    }
+
+    // ---------------------------------------------------------------- shared with vnni
+
+    /// The n-tile loop both int8 kernel families share: K in blocks of `per` tiles;
+    /// `decode(i, kt0)` writes K tile `kt0 + i` into slot `i` of `panel`, then every block of
+    /// rows (`blocks[b - 1]` for `b` rows) gets its activation arguments `head(r0)` and the
+    /// panel's ([`PanelRowArgs`]). Ends the function.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn int8_panel_loop(
+        &self,
+        f: FunctionValue<'ctx>,
+        plan: &Plan,
+        a: &NtileArgs<'ctx>,
+        (panel, per): (PointerValue<'ctx>, u64),
+        blocks: &[FunctionValue<'ctx>],
+        decode: &mut dyn FnMut(&Self, IntValue<'ctx>, IntValue<'ctx>) -> R<()>,
+        head: &mut dyn FnMut(&Self, IntValue<'ctx>) -> R<[BasicValueEnum<'ctx>; 3]>,
+    ) -> R<FunctionValue<'ctx>> {
+        let kt = plan.kt;
+        self.for_loop(f, self.i64c(0), self.i64c(kt.div_ceil(per)), vec![], &mut |g, kb, _| {
+            let kt0 = g.mul(kb, per)?;
+            let count = g.tiles_in_block(kb, per, kt)?;
+            g.for_loop(f, g.i64c(0), count, vec![], &mut |g, i, _| {
+                decode(g, i, kt0)?;
+                Ok(vec![])
+            })?;
+            let first = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64c(0), "")?;
+            g.row_blocks_at(f, blocks.len() as u32, a.m, &mut |g, b, r0| {
+                let [x0, x1, x2] = head(g, r0)?;
+                let yb = g.gep(a.y, g.mul(r0, 4 * plan.n())?)?;
+                let panel_args = [panel.into(), kt0.into(), count.into(), first.into(), a.scales.into(), a.bias, yb.into()];
+                let args: Vec<BasicValueEnum<'ctx>> =
+                    [x0, x1, x2].into_iter().chain(panel_args).chain([a.nt.into(), a.ne.into()]).collect();
+                g.call(blocks[b as usize - 1], &args)?;
+                Ok(())
+            })?;
+            Ok(vec![])
+        })?;
+        self.end_function(f)
+    }
+
+    /// Declares the int8 panel row-block function `name` (internal), positioned at its entry:
+    /// three activation parameters of types `head`, then the panel's ([`PanelRowArgs`]).
+    pub(super) fn int8_rows_function(
+        &self,
+        name: &str,
+        head: [BasicMetadataTypeEnum<'ctx>; 3],
+    ) -> (FunctionValue<'ctx>, Params<'ctx>, PanelRowArgs<'ctx>) {
+        let (p, i) = (self.ptr_t(), self.i64_t());
+        let b1 = self.ctx.bool_type().into();
+        let [h0, h1, h2] = head;
+        let (f, a) = self.begin_function(name, &[h0, h1, h2, p, i, i, b1, p, p, p, i, i], true);
+        let (panel, kt0, count, first) = (a.ptr(3), a.int(4), a.int(5), a.int(6));
+        let panel_args =
+            PanelRowArgs { panel, kt0, count, first, scales: a.ptr(7), bias: a.ptr(8), y: a.ptr(9), nt: a.int(10), ne: a.int(11) };
+        (f, a, panel_args)
+    }
+
+    /// How the rows of an int8 row block end: the bias (or y) they add to, and the
+    /// per-channel scales times `1 / units` (for grouped weights the tile loop applied them).
+    pub(super) fn int8_rows_out(
+        &self,
+        f: FunctionValue<'ctx>,
+        plan: &Plan,
+        (scales, bias, y): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>),
+        first: IntValue<'ctx>,
+        cols: Cols<'ctx>,
+        inv_units: f32,
+    ) -> R<RowsOut<'ctx>> {
+        let prior = Prior { first, bias16: self.bias16(f, bias, cols)?, cols };
+        let per_channel = if plan.groups > 1 {
+            None
+        } else {
+            let s16 = self.scales16(plan, scales, self.i64c(0), cols)?;
+            Some(self.b.build_float_mul(s16, self.splat_f32(inv_units, 16), "")?)
+        };
+        Ok(RowsOut { y, prior, per_channel })
+    }
+
+    /// Stores row `r` of an int8 row block: its 16 outputs `vals` (natural order, `f32`),
+    /// times the per-channel scales, plus the bias or what y holds ([`Gen::y_or_bias`]).
+    pub(super) fn int8_store_row(
+        &self,
+        f: FunctionValue<'ctx>,
+        plan: &Plan,
+        out: &RowsOut<'ctx>,
+        r: usize,
+        vals: VectorValue<'ctx>,
+    ) -> R<()> {
+        let vals = match out.per_channel {
+            Some(s) => self.b.build_float_mul(vals, s, "")?,
+            None => vals,
+        };
+        let yrow = self.gep(out.y, self.i64c(r as u64 * 4 * plan.n()))?;
+        let old = self.y_or_bias(f, &out.prior, yrow)?;
+        let vals = self.b.build_float_add(vals, old, "")?;
+        self.store16(f, yrow, out.prior.cols, vals)
     }
 }

@@ -11,9 +11,10 @@
 //!
 //! The modules: [`builder`] (the [`Gen`] context and IR helpers), [`lanes`] (the transpose's
 //! lane bookkeeping), [`decode`] (format decoders: packed codes to FP16 and `f32`),
-//! [`epilogue`] (scales, bias, reduction, stores of y), [`f32`] (the `f32`-activation loops),
-//! [`int8`] (the AVX2 int8-activation loops) and [`vnni`] (the AVX-512 VBMI/VNNI int8 loops).
-//! This module holds the entry points and the per-kernel driver.
+//! [`epilogue`] (scales, bias, reduction, stores of y), [`f32`](mod@f32) (the
+//! `f32`-activation loops), [`int8`] (the AVX2 int8-activation loops) and [`vnni`] (the
+//! AVX-512 VBMI/VNNI int8 loops). This module holds the entry points and the per-kernel
+//! driver.
 
 use fpx_quant::layout::PackedShape;
 use fpx_quant::Format;
@@ -231,7 +232,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             }
             Ok(vec![])
         })?;
-        self.b.build_return(None)?;
+        self.end_function(f)?;
         Ok(())
     }
 
