@@ -13,6 +13,8 @@ use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum, VectorType
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::{AddressSpace, IntPredicate};
 
+use fpx_quant::layout::TILE_N;
+
 use super::lanes::Lanes;
 use super::R;
 use crate::target::Isa;
@@ -207,12 +209,14 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(self.call(f, &[a.into(), b.into(), c.into()])?.expect("fma returns").into_vector_value())
     }
 
-    /// `<16 x i1>`: lane `i < bound` (bound an i64, compared as i32; lanes ≥ 16 irrelevant).
+    /// `<TILE_N x i1>`, a mask over an n-tile's columns: lane `i < bound` (bound an i64,
+    /// compared as i32; lanes ≥ `TILE_N` irrelevant).
     pub(super) fn lanes_below(&self, bound: IntValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let n = TILE_N as u32;
         let b32 = self.b.build_int_truncate(bound, self.ctx.i32_type(), "")?;
-        let splat = self.b.build_insert_element(self.vi32(16).get_poison(), b32, self.ctx.i32_type().const_zero(), "")?;
-        let splat = self.shuf(splat, self.vi32(16).get_poison(), &[0; 16])?;
-        let iota = self.consts_i32(&(0..16).collect::<Vec<_>>());
+        let splat = self.b.build_insert_element(self.vi32(n).get_poison(), b32, self.ctx.i32_type().const_zero(), "")?;
+        let splat = self.shuf(splat, self.vi32(n).get_poison(), &[0; TILE_N])?;
+        let iota = self.consts_i32(&(0..n).collect::<Vec<_>>());
         Ok(self.b.build_int_compare(IntPredicate::SLT, iota, splat, "")?)
     }
 
@@ -250,9 +254,9 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(())
     }
 
-    /// `<16 x float>` from `ptr` where `mask` is set, 0 elsewhere.
+    /// An n-tile's `<TILE_N x float>` from `ptr` where `mask` is set, 0 elsewhere.
     pub(super) fn masked_load(&self, ptr: PointerValue<'ctx>, mask: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
-        let ty = self.vf32(16);
+        let ty = self.vf32(TILE_N as u32);
         let f = self.intrinsic("llvm.masked.load", &[ty.into(), self.ctx.ptr_type(AddressSpace::default()).into()])?;
         let align = self.ctx.i32_type().const_int(4, false);
         Ok(self.call(f, &[ptr.into(), align.into(), mask.into(), ty.const_zero().into()])?.expect("returns").into_vector_value())

@@ -5,14 +5,19 @@
 //! high-plane words, transpose them into T-vectors, rebuild each pair's FP16 bits, convert
 //! them through a small stack buffer and hand every chunk to a sink ([`Gen::tile`]).
 
+use fpx_quant::layout::{ELEMS, LANES, TILE_K, TILE_N};
 use fpx_quant::{fold, Format};
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 
 use super::{Gen, Plan, R};
 use crate::LlvmError;
 
-/// Bytes of one tile's low plane.
-const LOW_TILE_BYTES: u64 = 256;
+/// Bytes of one tile's low plane (4 bits per code).
+const LOW_TILE_BYTES: u64 = (TILE_N * TILE_K / 2) as u64;
+/// Bytes of one half of a tile's low plane: a `u32` word per lane.
+pub(super) const HALF_BYTES: u64 = 4 * LANES as u64;
+/// Pairs of a lane word: two elements of its fragment each.
+const PAIRS: usize = ELEMS / 2;
 
 /// How a format's codes become `f32`: both codes of a pair are assembled in the two 16-bit
 /// halves of a 32-bit lane (low nibble at bit `nib`, the `h` high-plane bits right above it),
@@ -189,7 +194,7 @@ pub(super) struct CvtBuf<'ctx> {
 }
 
 /// Slots of the conversion buffer (one per pair of a T-vector).
-const CVT_SLOTS: u64 = 4;
+const CVT_SLOTS: u64 = PAIRS as u64;
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// The low-plane words of (absolute) tile `tile` in `packed`.
@@ -199,7 +204,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
 
     /// The high-plane fields of (absolute) tile `tile` in `packed` (formats wider than 4 bits).
     pub(super) fn high_plane(&self, plan: &Plan, packed: PointerValue<'ctx>, tile: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
-        self.gep(packed, self.add(self.i64c(plan.low_bytes), self.mul(tile, 64 * plan.dq.h as u64)?)?)
+        self.gep(packed, self.add(self.i64c(plan.low_bytes), self.mul(tile, 2 * LANES as u64 * plan.dq.h as u64)?)?)
     }
 
     /// Applies the transpose program to `inputs` (`32 / W` vectors of `W` words).
@@ -216,8 +221,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     pub(super) fn low_words(&self, lo: PointerValue<'ctx>, j: u64) -> R<Vec<VectorValue<'ctx>>> {
         let w = self.w() as u64;
         let mut v = Vec::new();
-        for a in 0..32 / w {
-            let p = self.gep(lo, self.i64c(128 * j + 4 * w * a))?;
+        for a in 0..LANES as u64 / w {
+            let p = self.gep(lo, self.i64c(HALF_BYTES * j + 4 * w * a))?;
             v.push(self.load(self.vi32(self.w()), p, 1)?.into_vector_value());
         }
         self.transpose(v)
@@ -226,7 +231,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// The high-plane fields of the tile at `hi` (see [`High`]).
     pub(super) fn high_words(&self, dq: &Dequant, hi: PointerValue<'ctx>) -> R<High<'ctx>> {
         let w = self.w();
-        let groups = 32 / w as u64;
+        let groups = (LANES / w as usize) as u64;
         match dq.h {
             0 => Ok(High::None),
             1 => {
@@ -398,11 +403,11 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let mut out = Vec::new();
         for j in 0..2 {
             for v in 0..l.nq {
-                for p in 0..4 {
+                for p in 0..PAIRS {
                     for c in 0..2 {
                         let t = l.chunk_t(v, c);
                         let col = (16 * j + 8 * (p >> 1) + 2 * t) as u32;
-                        let slot = ((j * l.nq + v) * 4 + p) * 2 + c;
+                        let slot = ((j * l.nq + v) * PAIRS + p) * 2 + c;
                         if col < kvalid {
                             out.push(ChunkInfo { j, v, p, c, a: (p & 1) * l.nrs + l.row_set(c), col, slot });
                         }
@@ -455,7 +460,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 }
                 None => self.pair_f16(&dq, low, &high, ch.v, ch.j as u32, ch.p as u32)?,
             };
-            let values = self.convert_pair(cvt, (ch.v * 4 + ch.p) as u64, f16, offset)?;
+            let values = self.convert_pair(cvt, (ch.v * PAIRS + ch.p) as u64, f16, offset)?;
             while i < chunks.len() && (chunks[i].j, chunks[i].v, chunks[i].p) == (ch.j, ch.v, ch.p) {
                 sink(self, Chunk { value: values[chunks[i].c], info: chunks[i] })?;
                 i += 1;

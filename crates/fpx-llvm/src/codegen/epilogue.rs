@@ -2,6 +2,7 @@
 //! (natural order or permuted into accumulator lanes), the reduction of a row's accumulators
 //! to its 16 outputs, the bias, and the (masked) loads and stores of y.
 
+use fpx_quant::layout::TILE_N;
 use inkwell::values::{FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
@@ -68,7 +69,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         // Output rows [w/2 * s, w/2 * (s + 1)) ... come from exactly two accumulators.
         let per = w; // outputs per group of two accumulators
         let mut parts = Vec::new();
-        for s in 0..16 / per {
+        for s in 0..TILE_N / per {
             let rows = s * per..(s + 1) * per;
             let srcs: Vec<usize> = (0..l.nacc()).filter(|&a| (0..w).any(|f| rows.contains(&l.acc_row(a, f)))).collect();
             assert_eq!(srcs.len(), 2, "each output group comes from two accumulators");
@@ -91,14 +92,14 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         if parts.len() == 1 {
             Ok(parts[0])
         } else {
-            self.shuf(parts[0], parts[1], &(0..16).collect::<Vec<_>>())
+            self.shuf(parts[0], parts[1], &(0..TILE_N as u32).collect::<Vec<_>>())
         }
     }
 
     /// The bias for the n-tile's 16 columns (zero if `bias` is null or past N).
     pub(super) fn bias16(&self, f: FunctionValue<'ctx>, bias: PointerValue<'ctx>, cols: Cols<'ctx>) -> R<VectorValue<'ctx>> {
         let present = self.b.build_is_not_null(bias, "")?;
-        let out = self.if_then(f, present, vec![self.fzero(16).into()], &mut |g| {
+        let out = self.if_then(f, present, vec![self.fzero(TILE_N as u32).into()], &mut |g| {
             let p = g.gep(bias, g.mul(cols.n0, 4)?)?;
             Ok(vec![g.masked_load(p, cols.valid)?.into()])
         })?;
@@ -117,7 +118,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     pub(super) fn store16(&self, f: FunctionValue<'ctx>, yrow: PointerValue<'ctx>, cols: Cols<'ctx>, vals: VectorValue<'ctx>) -> R<()> {
         let Cols { n0, ne: n_end, .. } = cols;
         let p = self.gep(yrow, self.mul(n0, 4)?)?;
-        let end = self.add(n0, self.i64c(16))?;
+        let end = self.add(n0, self.i64c(TILE_N as u64))?;
         let full = self.b.build_int_compare(IntPredicate::SLE, end, n_end, "")?;
         let fb = self.block(f, "store.full");
         let pb = self.block(f, "store.part");

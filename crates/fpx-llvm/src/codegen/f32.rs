@@ -3,6 +3,7 @@
 //! and Gemv with ragged groups) dequantizes blocks of tiles, scales applied, into an
 //! L1-resident panel that every block of rows reuses.
 
+use fpx_quant::layout::{TILE_K, TILE_N};
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
@@ -11,12 +12,14 @@ use super::epilogue::{Cols, Prior};
 use super::{Gen, NtileArgs, Plan, R};
 
 /// Bytes of one tile of dequantized `f32` values in a panel (16 × 32 × 4).
-const PANEL_TILE_BYTES: u64 = 2048;
+const PANEL_TILE_BYTES: u64 = (TILE_N * TILE_K * 4) as u64;
+/// Valid columns of a full tile.
+const FULL: u32 = TILE_K as u32;
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// `[x[col], x[col + 1]]` broadcast to `W` lanes (the second 0 past the valid columns).
     fn xpair(&self, xrow: PointerValue<'ctx>, kt: IntValue<'ctx>, col: u32, kvalid: u32) -> R<VectorValue<'ctx>> {
-        let off = self.mul(self.add(self.mul(kt, 32)?, self.i64c(col as u64))?, 4)?;
+        let off = self.mul(self.add(self.mul(kt, TILE_K as u64)?, self.i64c(col as u64))?, 4)?;
         let p = self.gep(xrow, off)?;
         let v2 = self.vf32(2);
         let pair = if col + 1 < kvalid {
@@ -82,7 +85,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (f, a) = self.begin_function(&format!("{name}.rows{rows}"), &[p, p, p, p, p, i, i], true);
         let (x, packed, scales, bias, y) = (a.ptr(0), a.ptr(1), a.ptr(2), a.ptr(3), a.ptr(4));
         let (nt, ne) = (a.int(5), a.int(6));
-        let n0 = self.mul(nt, 16)?;
+        let n0 = self.mul(nt, TILE_N as u64)?;
         let tile0 = self.mul(nt, plan.kt)?;
         let cols = self.cols(plan, n0, ne)?;
         let xrows: Vec<PointerValue<'ctx>> = (0..rows as u64).map(|r| self.gep(x, self.i64c(r * 4 * plan.k()))).collect::<R<_>>()?;
@@ -107,7 +110,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 let end = g.add(first, g.i64c(count))?;
                 let out = g.for_loop(f, first, end, Self::flat(&acc), &mut |g, kt, carried| {
                     let mut acc = g.unflat(rows, &carried);
-                    tile(g, &mut acc, kt, 32)?;
+                    tile(g, &mut acc, kt, FULL)?;
                     Ok(Self::flat(&acc))
                 })?;
                 acc = g.unflat(rows, &out);
@@ -127,7 +130,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             Ok(())
         };
 
-        let has_tail = plan.krem < 32;
+        let has_tail = plan.krem < FULL;
         let full_groups = plan.ft / tpg;
         let rem_tiles = plan.ft - full_groups * tpg;
         let mut yacc = self.zero_acc(rows);
@@ -163,7 +166,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let kct = self.isa.panel_tiles as u64;
         let panel = self.aligned_alloca(self.ctx.f32_type().array_type((kct * PANEL_TILE_BYTES / 4) as u32), "panel")?;
         let cvt = self.cvt_buf()?;
-        let n0 = self.mul(nt, 16)?;
+        let n0 = self.mul(nt, TILE_N as u64)?;
         let tile0 = self.mul(nt, plan.kt)?;
         let cols = self.cols(plan, n0, ne)?;
         // Per-channel scales are the same for every tile: permute them once.
@@ -191,14 +194,14 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             })
         };
 
-        let has_tail = plan.krem < 32;
+        let has_tail = plan.krem < FULL;
         let nkb = plan.kt.div_ceil(kct);
         self.for_loop(f, self.i64c(0), self.i64c(nkb), vec![], &mut |g, kb, _| {
             let kt0 = g.mul(kb, kct)?;
             // Full tiles in this block.
             let nfull = g.tiles_in_block(kb, kct, plan.ft)?;
             g.for_loop(f, g.i64c(0), nfull, vec![], &mut |g, i, _| {
-                build(g, g.add(kt0, i)?, i, 32)?;
+                build(g, g.add(kt0, i)?, i, FULL)?;
                 Ok(vec![])
             })?;
             let last = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64c(nkb - 1), "")?;
@@ -232,7 +235,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         ch: ChunkInfo,
         cols: Cols<'ctx>,
     ) -> R<VectorValue<'ctx>> {
-        let c0 = self.add(self.mul(kt, 32)?, self.i64c(ch.col as u64))?;
+        let c0 = self.add(self.mul(kt, TILE_K as u64)?, self.i64c(ch.col as u64))?;
         let group_of = |col: IntValue<'ctx>| -> R<IntValue<'ctx>> {
             let g = self.b.build_int_unsigned_div(col, self.i64c(plan.group), "")?;
             let last = self.i64c(plan.groups - 1);
@@ -244,7 +247,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let sa = self.scales16(plan, scales, ga, cols)?;
         let sb = self.scales16(plan, scales, gb, cols)?;
         let l = &self.lanes;
-        let idx: Vec<u32> = (0..l.w).map(|f| (l.acc_row(ch.a, f) + 16 * (f % 2)) as u32).collect();
+        let idx: Vec<u32> = (0..l.w).map(|f| (l.acc_row(ch.a, f) + TILE_N * (f % 2)) as u32).collect();
         self.shuf(sa, sb, &idx)
     }
 
@@ -274,11 +277,11 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let acc0 = self.zero_acc(rows);
         let out = self.for_loop(f, self.i64c(0), nfull, Self::flat(&acc0), &mut |g, i, carried| {
             let mut acc = g.unflat(rows, &carried);
-            consume(g, &mut acc, i, g.add(kt0, i)?, 32)?;
+            consume(g, &mut acc, i, g.add(kt0, i)?, FULL)?;
             Ok(Self::flat(&acc))
         })?;
         let mut acc = self.unflat(rows, &out);
-        if plan.krem < 32 {
+        if plan.krem < FULL {
             let out = self.if_then(f, tail, Self::flat(&acc), &mut |g| {
                 let mut acc = g.unflat(rows, &Self::flat(&acc));
                 consume(g, &mut acc, nfull, g.i64c(plan.kt - 1), plan.krem)?;
@@ -286,7 +289,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             })?;
             acc = self.unflat(rows, &out);
         }
-        let cols = self.cols(plan, self.mul(nt, 16)?, ne)?;
+        let cols = self.cols(plan, self.mul(nt, TILE_N as u64)?, ne)?;
         let prior = Prior { first, bias16: self.bias16(f, bias, cols)?, cols };
         for (r, ar) in acc.iter().enumerate() {
             let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;

@@ -10,6 +10,7 @@
 //! `vpmaddubsw` and `vpmaddwd` into `i32`, subtract the correction and apply the scales in
 //! `f32`.
 
+use fpx_quant::layout::{TILE_K, TILE_N};
 use fpx_quant::{fold, Format};
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
@@ -67,9 +68,9 @@ pub(super) struct RowsOut<'ctx> {
 
 /// Bytes of one int8 panel tile: 16 vectors of 32 unsigned weight bytes (`weight + 64`), then
 /// two vectors of `f32` scales in accumulator lane order (grouped weights only).
-const I8_TILE_BYTES: u64 = 576;
-/// Where the scales start in an int8 panel tile.
-const I8_SCALES_AT: u64 = 512;
+const I8_TILE_BYTES: u64 = I8_SCALES_AT + 4 * TILE_N as u64;
+/// Where the scales start in an int8 panel tile (after one byte per weight).
+const I8_SCALES_AT: u64 = (TILE_N * TILE_K) as u64;
 /// Tiles per int8 panel (9 KiB: L1-resident with the activations).
 const I8_PANEL_TILES: u64 = 16;
 /// Rows of X per int8 row block: 2 `f32` accumulators each, plus one row's 2 `i32` ones at a time
@@ -136,7 +137,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let blocks = self.b.build_int_nsw_mul(m, self.i64c(kt), "")?;
         let (corrections, codes) = (self.gep(x, self.mul(blocks, 4)?)?, self.gep(x, self.mul(blocks, 8)?)?);
         Ok(Act8Rows {
-            q: self.gep(codes, self.mul(r, 32 * kt)?)?,
+            q: self.gep(codes, self.mul(r, TILE_K as u64 * kt)?)?,
             s: self.gep(x, self.mul(r, 4 * kt)?)?,
             c: self.gep(corrections, self.mul(r, 4 * kt)?)?,
         })
@@ -254,7 +255,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let blocks: Vec<FunctionValue<'ctx>> = (1..=rows).map(|b| self.i8_rows(plan, &dec, &lane_rows, name, b)).collect::<R<_>>()?;
         let (f, a) = self.ntile_function(&fname);
         let panel = self.aligned_alloca(self.ctx.i8_type().array_type((I8_PANEL_TILES * I8_TILE_BYTES) as u32), "i8panel")?;
-        let n0 = self.mul(a.nt, 16)?;
+        let n0 = self.mul(a.nt, TILE_N as u64)?;
         let tile0 = self.mul(a.nt, plan.kt)?;
         let cols = self.cols(plan, n0, a.ne)?;
         let mut decode = |g: &Self, i: IntValue<'ctx>, kt0: IntValue<'ctx>| {
@@ -298,7 +299,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 for q in 0..2 * g.lanes.nq {
                     let (j, v) = (q / g.lanes.nq, q % g.lanes.nq);
                     let t = g.lanes.chunk_t(v, 0) as u64;
-                    let xoff = g.add(g.mul(tile, 32)?, g.i64c((4 * j as u64 + t) * 4 + r as u64 * 32 * kt))?;
+                    let xoff = g.add(g.mul(tile, TILE_K as u64)?, g.i64c((4 * j as u64 + t) * 4 + r as u64 * TILE_K as u64 * kt))?;
                     let xd = g.load(g.ctx.i32_type(), g.gep(xq, xoff)?, 4)?;
                     let xb = g.as_bytes(g.splat_scalar(xd, g.vi32(w))?)?;
                     for h in 0..2 {
@@ -331,10 +332,10 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             Ok(out)
         })?;
 
-        let cols = self.cols(plan, self.mul(nt, 16)?, ne)?;
+        let cols = self.cols(plan, self.mul(nt, TILE_N as u64)?, ne)?;
         let out = self.int8_rows_out(f, plan, (scales, bias, y), first, cols, dec.inv_units)?;
         // Natural order: output n = lane_rows[f] + 8h comes from lane f of accumulator h.
-        let nat: Vec<u32> = (0..16)
+        let nat: Vec<u32> = (0..TILE_N)
             .map(|n| {
                 let (h, g) = (n / 8, n % 8);
                 (h * w as usize + lane_rows.iter().position(|&r| r == g).expect("every row has a lane")) as u32
@@ -420,7 +421,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             None
         } else {
             let s16 = self.scales16(plan, scales, self.i64c(0), cols)?;
-            Some(self.b.build_float_mul(s16, self.splat_f32(inv_units, 16), "")?)
+            Some(self.b.build_float_mul(s16, self.splat_f32(inv_units, TILE_N as u32), "")?)
         };
         Ok(RowsOut { y, prior, per_channel })
     }

@@ -2,11 +2,13 @@
 //! each T-vector holds after the shuffles, and which output row each `f32` lane of each
 //! accumulator stands for (see the [`super`] docs for the vocabulary).
 
+use fpx_quant::layout::LANES;
+
 /// The lane bookkeeping of the in-register transpose for a vector width.
 pub(super) struct Lanes {
     /// `f32` lanes per vector (8 or 16).
     pub(super) w: usize,
-    /// T-vectors per half (`32 / w`).
+    /// T-vectors per half (`LANES / w`).
     pub(super) nq: usize,
     /// The transpose as a program of two-source shuffles on `<w x i32>` registers: inputs are
     /// registers `0..nq` (words `w*a .. w*a + w`), each step appends a register.
@@ -24,7 +26,7 @@ pub(super) struct Lanes {
 impl Lanes {
     /// The transpose for `w`-lane vectors (8 or 16), checked on construction.
     pub(super) fn new(w: usize) -> Lanes {
-        let nq = 32 / w;
+        let nq = LANES / w;
         let (program, outputs) = if w == 8 {
             // The classic 4x4 transpose of 32-bit elements within each 128-bit chunk.
             const LO32: [u32; 8] = [0, 8, 1, 9, 4, 12, 5, 13];
@@ -105,6 +107,7 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fpx_quant::layout::TILE_N;
 
     #[test]
     fn transpose_orders_lanes_by_t() {
@@ -112,13 +115,13 @@ mod tests {
             let l = Lanes::new(w);
             let mut seen: Vec<usize> = l.order.iter().flatten().copied().collect();
             seen.sort_unstable();
-            assert_eq!(seen, (0..32).collect::<Vec<_>>(), "w {w}");
+            assert_eq!(seen, (0..LANES).collect::<Vec<_>>(), "w {w}");
             // Every (accumulator, lane) is a distinct (row, parity).
             let mut rows: Vec<(usize, usize)> =
                 (0..l.nacc()).flat_map(|a| (0..w).map(move |f| (a, f))).map(|(a, f)| (l.acc_row(a, f), f % 2)).collect();
             rows.sort_unstable();
             rows.dedup();
-            assert_eq!(rows.len(), 32, "w {w}");
+            assert_eq!(rows.len(), 2 * TILE_N, "w {w}");
         }
         let l = Lanes::new(8);
         assert_eq!(l.order[0], [0, 8, 16, 24, 4, 12, 20, 28]);

@@ -16,7 +16,7 @@
 //! AVX-512 VBMI/VNNI int8 loops). This module holds the entry points and the per-kernel
 //! driver.
 
-use fpx_quant::layout::PackedShape;
+use fpx_quant::layout::{PackedShape, TILE_K, TILE_N};
 use fpx_quant::Format;
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -43,6 +43,10 @@ use lanes::Lanes;
 
 /// Results of code generation.
 type R<T> = Result<T, LlvmError>;
+
+/// `log2(TILE_N)`: a column's n-tile is `column >> TILE_N_SHIFT`.
+const TILE_N_SHIFT: u64 = TILE_N.trailing_zeros() as u64;
+const _: () = assert!(TILE_N.is_power_of_two());
 
 /// Whether `format` has a CPU kernel.
 pub(crate) fn supports(format: Format) -> bool {
@@ -77,14 +81,14 @@ impl Plan {
         let dq = Dequant::of(spec.format).expect("validated format");
         let shape = PackedShape::new(spec.n, spec.k, spec.format.bits());
         let kt = shape.k_tiles() as u64;
-        let krem = (spec.k - (kt as usize - 1) * 32) as u32;
-        let ft = if krem == 32 { kt } else { kt - 1 };
+        let krem = (spec.k - (kt as usize - 1) * TILE_K) as u32;
+        let ft = if krem == TILE_K as u32 { kt } else { kt - 1 };
         let groups = spec.groups() as u64;
         let group = if groups == 1 { spec.k as u64 } else { spec.group_size as u64 };
         let tpg = if groups == 1 {
             Some(kt)
-        } else if group % 32 == 0 {
-            Some(group / 32)
+        } else if group.is_multiple_of(TILE_K as u64) {
+            Some(group / TILE_K as u64)
         } else {
             None
         };
@@ -204,8 +208,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let has_cols = self.b.build_int_compare(IntPredicate::SLT, nb, ne, "")?;
         let work = self.b.build_and(has_rows, has_cols, "")?;
         self.if_then(f, work, vec![], &mut |g| {
-            let ntb = g.b.build_right_shift(nb, g.i64c(4), false, "")?;
-            let nte = g.b.build_right_shift(g.add(ne, g.i64c(15))?, g.i64c(4), false, "")?;
+            let ntb = g.b.build_right_shift(nb, g.i64c(TILE_N_SHIFT), false, "")?;
+            let nte = g.b.build_right_shift(g.add(ne, g.i64c(TILE_N as u64 - 1))?, g.i64c(TILE_N_SHIFT), false, "")?;
             let args = |nt: IntValue<'ctx>| [x, m.into(), packed, scales, bias, y, nt.into(), ne.into()];
             let loop_over = |g: &Self, ntile: FunctionValue<'ctx>| {
                 g.for_loop(f, ntb, nte, vec![], &mut |g, nt, _| {

@@ -27,15 +27,16 @@
 //! [`PANEL_ROWS`] rows reuse.
 
 use fpx_quant::act8::{int8_units, WEIGHT_OFFSET};
-use fpx_quant::layout::{high_field_pos, low_nibble_pos};
+use fpx_quant::layout::{high_field_pos, low_nibble_pos, TILE_K, TILE_N};
+use fpx_quant::{fold, Format};
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 
+use super::decode::HALF_BYTES;
 use super::int8::{Act8Rows, PanelRowArgs};
 use super::{Gen, Plan, R};
 use crate::target::Isa;
 use crate::{Activations, LlvmError};
-use fpx_quant::{fold, Format};
 
 /// Rows of X up to which tiles are decoded in registers (8 code vectors, one `f32`
 /// accumulator per row and two `i32` dot chains stay in the 32 vector registers).
@@ -44,8 +45,8 @@ pub(super) const DIRECT_ROWS: u32 = 8;
 const PANEL_ROWS: u32 = 8;
 /// Tiles per panel: 16 × 512 code bytes = 8 KiB, L1-resident with the activations.
 const PANEL_TILES: u64 = 16;
-/// Code bytes of one decoded tile: 8 vectors of 64.
-const TILE_CODE_BYTES: u64 = 512;
+/// Code bytes of one decoded tile (one per weight): 8 vectors of 64.
+const TILE_CODE_BYTES: u64 = (TILE_N * TILE_K) as u64;
 /// Elements of a lane word in the byte order of the activation groups, per row set:
 /// row `g` then row `g + 8` (see the module docs).
 const ROW_SET_ELEMS: [[usize; 4]; 2] = [[4, 0, 5, 1], [6, 2, 7, 3]];
@@ -146,7 +147,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         };
         let mut out = Vec::with_capacity(8);
         for j in 0..2 {
-            let (l0, l1) = (load(lo, 128 * j as u64)?, load(lo, 128 * j as u64 + 64)?);
+            let (l0, l1) = (load(lo, HALF_BYTES * j as u64)?, load(lo, HALF_BYTES * j as u64 + 64)?);
             for tp in 0..2 {
                 let words = regroup(l0, l1, tp as u32)?;
                 for u in 0..2 {
@@ -170,8 +171,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
     /// Grouped weights: a group's scales `s16` (natural order) times `1 / units`, in
     /// accumulator lane order ([`lane_row`]).
     fn vn_lane_scales(&self, s16: VectorValue<'ctx>, inv_units: f32) -> R<VectorValue<'ctx>> {
-        let s16 = self.b.build_float_mul(s16, self.splat_f32(inv_units, 16), "")?;
-        let idx: Vec<u32> = (0..16).map(|l| lane_row(l) as u32).collect();
+        let s16 = self.b.build_float_mul(s16, self.splat_f32(inv_units, TILE_N as u32), "")?;
+        let idx: Vec<u32> = (0..TILE_N).map(|l| lane_row(l) as u32).collect();
         self.shuf(s16, s16, &idx)
     }
 
@@ -194,7 +195,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let mut chains = [self.splat_scalar(self.b.build_int_neg(c, "")?.into(), self.vi32(16))?, self.vi32(16).const_zero()];
         for (j, chain) in chains.iter_mut().enumerate() {
             for t in 0..4 {
-                let off = self.add(self.mul(tile, 32)?, self.i64c(16 * j as u64 + 4 * t as u64))?;
+                let off = self.add(self.mul(tile, TILE_K as u64)?, self.i64c(16 * j as u64 + 4 * t as u64))?;
                 let xg = self.load(i32t, self.gep(x.q, off)?, 1)?;
                 let w = self.b.build_bit_cast(codes(4 * j + t)?, self.vi32(16), "")?;
                 *chain =
@@ -225,7 +226,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         codes: &mut TileCodes<'_, 'm, 'ctx>,
     ) -> R<()> {
         let kt = plan.kt;
-        let n0 = self.mul(nt, 16)?;
+        let n0 = self.mul(nt, TILE_N as u64)?;
         let xr: Vec<Act8Rows<'ctx>> =
             (0..rin.rows as u64).map(|r| self.act8_rows(rin.x, rin.m, self.add(rin.r0, self.i64c(r))?, kt)).collect::<R<_>>()?;
         let grouped = plan.groups > 1;
@@ -248,7 +249,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         })?;
         let cols = self.cols(plan, n0, ne)?;
         let out = self.int8_rows_out(f, plan, (scales, bias, y), rin.first, cols, inv_units)?;
-        let natural: Vec<u32> = (0..16).map(|n| (0..16).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect();
+        let natural: Vec<u32> = (0..TILE_N).map(|n| (0..TILE_N).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect();
         for (r, a) in acc.iter().enumerate() {
             let a = a.into_vector_value();
             self.int8_store_row(f, plan, &out, r, self.shuf(a, a, &natural)?)?;
@@ -350,9 +351,9 @@ mod tests {
         // Half 1, e6 (pair 3, even): field at bit 0, rotated 4 up (60 wraps to bit 0 at bit 4).
         assert_eq!(field_controls(1, 0)[4], 60);
         assert_eq!(field_controls(1, 1)[4], 28);
-        let mut rows: Vec<usize> = (0..16).map(lane_row).collect();
+        let mut rows: Vec<usize> = (0..TILE_N).map(lane_row).collect();
         rows.sort_unstable();
-        assert_eq!(rows, (0..16).collect::<Vec<_>>());
+        assert_eq!(rows, (0..TILE_N).collect::<Vec<_>>());
     }
 
     #[test]
