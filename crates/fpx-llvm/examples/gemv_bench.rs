@@ -14,17 +14,9 @@ use fpx_llvm::{compile_cpu, Activations, CpuTarget, KernelSpec, Variant};
 use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::PackedShape;
 use fpx_quant::Format;
+use fpx_test_support::Rng;
 
 type KernelFn = unsafe extern "C" fn(*const f32, i64, *const u8, *const f32, *const f32, *mut f32, i64, i64);
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 32
-    }
-}
 
 /// Raw pointers handed to worker threads (the buffers outlive every call).
 #[derive(Clone, Copy)]
@@ -153,8 +145,8 @@ fn main() {
         let (k, n) = (spec.k, spec.n);
         let bytes = PackedShape::new(n, k, format.bits()).total_bytes();
         let copies = (96 << 20) / bytes + 1; // > 32 MiB L3 several times over
-        let mut rng = Lcg(42);
-        let packed: Vec<Vec<u8>> = (0..copies).map(|_| (0..bytes).map(|_| rng.next() as u8).collect()).collect();
+        let mut rng = Rng::new(42);
+        let packed: Vec<Vec<u8>> = (0..copies).map(|_| rng.bytes(bytes)).collect();
         let scales: Vec<f32> = (0..n).map(|i| 1e-4 * (1.0 + (i % 7) as f32)).collect();
         let mmax = *ms.iter().max().unwrap();
         let x: Vec<f32> = (0..mmax * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();

@@ -3,71 +3,34 @@
 //! are not multiples of any tile or vector width, M from 1 to 200, both variants, every format,
 //! per-channel, aligned and ragged groups, and column sub-ranges. Plus determinism and targets.
 
-use std::path::PathBuf;
-
 use fpx_llvm::{compile_cpu, Activations, CompiledCpu, CpuTarget, KernelSpec, Variant};
 use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::{pack, PackedShape};
 use fpx_quant::{fold, quantize, Format, QuantConfig};
+use fpx_test_support::{skip, Requirement, Rng, TempDir};
 
 type KernelFn = unsafe extern "C" fn(*const f32, i64, *const u8, *const f32, *const f32, *mut f32, i64, i64);
 
-/// Knuth's MMIX LCG (fixed seeds, no dev-dependencies).
-struct Lcg(u64);
-
-impl Lcg {
-    fn new(seed: u64) -> Lcg {
-        Lcg(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    fn next_u32(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 32) as u32
-    }
-
-    fn uniform(&mut self) -> f64 {
-        self.next_u32() as f64 / 4_294_967_296.0
-    }
-
-    fn normal(&mut self) -> f32 {
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-
-    fn normals(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.normal()).collect()
-    }
-}
-
-/// A loaded kernel library; the file lives in a temp dir removed on drop.
+/// A loaded kernel library; the file lives in a temp dir removed on drop (after the library
+/// is unloaded: fields drop in order).
 struct Lib {
     lib: libloading::Library,
-    dir: PathBuf,
+    _dir: TempDir,
 }
 
 impl Lib {
     fn load(compiled: &CompiledCpu) -> Lib {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!("fpx-llvm-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("llvm-kernels");
         let path = dir.join("kernels.so");
         std::fs::write(&path, &compiled.shared_object).unwrap();
         // SAFETY: the library is fpx-llvm's output: plain functions, no initializers.
         let lib = unsafe { libloading::Library::new(&path) }.unwrap();
-        Lib { lib, dir }
+        Lib { lib, _dir: dir }
     }
 
     fn kernel(&self, symbol: &str) -> KernelFn {
         // SAFETY: every exported kernel has the documented C signature.
         unsafe { *self.lib.get::<KernelFn>(symbol.as_bytes()).unwrap_or_else(|e| panic!("{symbol}: {e}")) }
-    }
-}
-
-impl Drop for Lib {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -82,7 +45,7 @@ struct Weight {
 
 impl Weight {
     fn new(spec: KernelSpec, seed: u64) -> Weight {
-        let mut rng = Lcg::new(seed);
+        let mut rng = Rng::new(seed);
         let w = rng.normals(spec.k * spec.n);
         let cfg = QuantConfig { format: spec.format, group_size: (spec.group_size > 0).then_some(spec.group_size), scale_search: false };
         let q = quantize("w", &w, spec.k, spec.n, &cfg).unwrap();
@@ -98,7 +61,7 @@ impl Weight {
     fn check(&self, kernel: KernelFn, m: usize, range: std::ops::Range<usize>, with_bias: bool, seed: u64, what: &str) {
         let (nb, ne) = (range.start, range.end);
         let KernelSpec { k, n, .. } = self.spec;
-        let mut rng = Lcg::new(seed);
+        let mut rng = Rng::new(seed);
         let mut x = rng.normals(m * k);
         let bias = rng.normals(n);
         let mut y = vec![f32::NAN; m * n];
@@ -289,38 +252,40 @@ fn loader_detects_every_host_feature() {
 }
 
 /// Whether this host runs the 512-bit VBMI + VNNI int8 kernels (`CpuTarget::Native` picks
-/// them there); prints why not otherwise.
-fn host_has_vnni8(what: &str) -> bool {
+/// them there); if not, skips `test` (a failure when `FPX_REQUIRE` lists `vnni`).
+fn host_has_vnni8(test: &str) -> bool {
     let has = std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512vbmi")
         && std::arch::is_x86_feature_detected!("avx512vnni");
     if !has {
-        println!("skipping {what}: this CPU lacks AVX-512 VBMI or VNNI");
+        skip(Requirement::Vnni, test, "this CPU lacks AVX-512 VBMI or VNNI");
     }
     has
 }
 
 #[test]
 fn fp6_e2m3_int8_activations_vnni() {
-    if host_has_vnni8("the VNNI fp6-e2m3 int8 kernels") {
-        check_format_int8(Format::Fp6E2M3, CpuTarget::X86_64V4Vnni);
+    if !host_has_vnni8("fp6_e2m3_int8_activations_vnni") {
+        return;
     }
+    check_format_int8(Format::Fp6E2M3, CpuTarget::X86_64V4Vnni);
 }
 
 #[test]
 fn int4_and_fp4_int8_activations_vnni() {
-    if host_has_vnni8("the VNNI 4-bit int8 kernels") {
-        check_format_int8(Format::Int4, CpuTarget::X86_64V4Vnni);
-        check_format_int8(Format::Fp4E2M1, CpuTarget::X86_64V4Vnni);
+    if !host_has_vnni8("int4_and_fp4_int8_activations_vnni") {
+        return;
     }
+    check_format_int8(Format::Int4, CpuTarget::X86_64V4Vnni);
+    check_format_int8(Format::Fp4E2M1, CpuTarget::X86_64V4Vnni);
 }
 
 /// The 512-bit VNNI and the 256-bit AVX2 int8 kernels compute the same operations in the same
 /// order: bit-identical outputs on every int8 shape and several m (direct and panel loops).
 #[test]
 fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
-    if !host_has_vnni8("the VNNI vs AVX2 int8 comparison") {
+    if !host_has_vnni8("vnni_and_avx2_int8_kernels_agree_bit_for_bit") {
         return;
     }
     let specs: Vec<KernelSpec> = SHAPES
@@ -332,9 +297,9 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
     let (v3, vnni) = (Lib::load(&v3), Lib::load(&vnni));
     for (i, s) in specs.iter().enumerate() {
         let weight = Weight::new(*s, 700 + i as u64);
-        let bias = Lcg::new(800 + i as u64).normals(s.n);
+        let bias = Rng::new(800 + i as u64).normals(s.n);
         for m in [1, 3, 8, 9, 40] {
-            let q = Int8Activations::quantize(&Lcg::new(900 + m as u64).normals(m * s.k), m, s.k);
+            let q = Int8Activations::quantize(&Rng::new(900 + m as u64).normals(m * s.k), m, s.k);
             let run = |lib: &Lib| {
                 let mut y = vec![f32::NAN; m * s.n];
                 let f = lib.kernel(&s.symbol(Variant::Gemm));
@@ -364,9 +329,11 @@ fn vnni_int8_path_is_chosen_by_target() {
     assert!(vnni(&asm(&aligned, CpuTarget::X86_64V4Vnni)), "x86-64-v4-vnni int8 code lacks VNNI/VBMI");
     let v4 = asm(&aligned, CpuTarget::X86_64V4);
     assert!(!v4.contains("vpdpbusd") && v4.contains("vpmaddubsw"), "x86-64-v4 int8 code must not need VNNI");
-    if host_has_vnni8("the native VNNI code-path check") {
-        assert!(vnni(&asm(&aligned, CpuTarget::Native)), "native int8 code on a VNNI host lacks VNNI/VBMI");
+    // The native check needs a VNNI host; the target checks above ran anyway.
+    if !host_has_vnni8("vnni_int8_path_is_chosen_by_target (native part)") {
+        return;
     }
+    assert!(vnni(&asm(&aligned, CpuTarget::Native)), "native int8 code on a VNNI host lacks VNNI/VBMI");
 }
 
 /// Int8 activations stay close to the `f32` kernel on the same weights: the relative RMS
@@ -378,7 +345,7 @@ fn int8_activations_are_close_to_f32() {
     let compiled = compile_cpu(&specs, CpuTarget::X86_64V3).unwrap();
     let lib = Lib::load(&compiled);
     let weight = Weight::new(specs[0], 77);
-    let x = Lcg::new(78).normals(m * k);
+    let x = Rng::new(78).normals(m * k);
     let q = Int8Activations::quantize(&x, m, k);
     let run = |s: &KernelSpec, xp: *const f32| {
         let mut y = vec![f32::NAN; m * n];
@@ -428,10 +395,16 @@ fn few_specs() -> Vec<KernelSpec> {
     vec![spec(Format::Fp6E3M2, 100, 40, 0), spec(Format::Int4, 64, 33, 32), spec(Format::Fp6E2M3, 70, 33, 20)]
 }
 
-fn check_target(target: CpuTarget) {
+/// Runs `few_specs` compiled for `target`, or skips `test` where this CPU cannot (a failure
+/// for x86-64-v4-vnni when `FPX_REQUIRE` lists `vnni`).
+fn check_target(target: CpuTarget, test: &str) {
     let compiled = compile_cpu(&few_specs(), target).unwrap();
     if let Err(why) = host_supports(&compiled.features) {
-        println!("skipping {target:?}: {why}");
+        if target == CpuTarget::X86_64V4Vnni {
+            skip(Requirement::Vnni, test, &why);
+        } else {
+            println!("skipping {test}: {why}");
+        }
         return;
     }
     let lib = Lib::load(&compiled);
@@ -448,17 +421,17 @@ fn check_target(target: CpuTarget) {
 
 #[test]
 fn native_target_runs() {
-    check_target(CpuTarget::Native);
+    check_target(CpuTarget::Native, "native_target_runs");
 }
 
 #[test]
 fn v4_target_runs_where_supported() {
-    check_target(CpuTarget::X86_64V4);
+    check_target(CpuTarget::X86_64V4, "v4_target_runs_where_supported");
 }
 
 #[test]
 fn v4_vnni_target_runs_where_supported() {
-    check_target(CpuTarget::X86_64V4Vnni);
+    check_target(CpuTarget::X86_64V4Vnni, "v4_vnni_target_runs_where_supported");
 }
 
 #[test]

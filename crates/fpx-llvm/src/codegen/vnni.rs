@@ -27,13 +27,16 @@
 //! [`PANEL_ROWS`] rows reuse.
 
 use fpx_quant::act8::{int8_units, WEIGHT_OFFSET};
-use fpx_quant::layout::{high_field_pos, low_nibble_pos};
+use fpx_quant::layout::{high_field_pos, low_nibble_pos, TILE_K, TILE_N};
+use fpx_quant::{fold, Format};
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
-use inkwell::IntPredicate;
 
-use super::{fold, Act8Rows, Activations, Gen, Isa, LlvmError, Plan, LOW_TILE_BYTES, R};
-use fpx_quant::Format;
+use super::decode::HALF_BYTES;
+use super::int8::{Act8Rows, PanelRowArgs};
+use super::{Gen, Plan, R};
+use crate::target::Isa;
+use crate::{Activations, LlvmError};
 
 /// Rows of X up to which tiles are decoded in registers (8 code vectors, one `f32`
 /// accumulator per row and two `i32` dot chains stay in the 32 vector registers).
@@ -42,8 +45,8 @@ pub(super) const DIRECT_ROWS: u32 = 8;
 const PANEL_ROWS: u32 = 8;
 /// Tiles per panel: 16 × 512 code bytes = 8 KiB, L1-resident with the activations.
 const PANEL_TILES: u64 = 16;
-/// Code bytes of one decoded tile: 8 vectors of 64.
-const TILE_CODE_BYTES: u64 = 512;
+/// Code bytes of one decoded tile (one per weight): 8 vectors of 64.
+const TILE_CODE_BYTES: u64 = (TILE_N * TILE_K) as u64;
 /// Elements of a lane word in the byte order of the activation groups, per row set:
 /// row `g` then row `g + 8` (see the module docs).
 const ROW_SET_ELEMS: [[usize; 4]; 2] = [[4, 0, 5, 1], [6, 2, 7, 3]];
@@ -116,12 +119,6 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         VectorType::const_vector(&v)
     }
 
-    /// Calls the intrinsic `name` (not overloaded) and returns its vector result.
-    fn call_vec(&self, name: &str, args: &[BasicValueEnum<'ctx>]) -> R<VectorValue<'ctx>> {
-        let f = self.intrinsic(name, &[])?;
-        Ok(self.call(f, args)?.expect("intrinsic returns").into_vector_value())
-    }
-
     /// The 8 code vectors (`<64 x i8>` of unsigned weight bytes, lanes as [`lane_row`]) of
     /// tile `tile`; vector `4j + t` multiplies the activation codes of `(j, t)`.
     fn vn_codes(&self, plan: &Plan, table: &[u8; 64], packed: PointerValue<'ctx>, tile: IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> {
@@ -135,9 +132,9 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             let idx: Vec<u32> = (0..8).map(|g| 2 * (g % 4) + tp + 8 * (g / 4)).collect();
             Ok(self.b.build_bit_cast(self.shuf(a, b, &idx)?, bytes, "")?.into_vector_value())
         };
-        let lo = self.gep(packed, self.mul(tile, LOW_TILE_BYTES)?)?;
+        let lo = self.low_plane(packed, tile)?;
         let high: Option<[VectorValue<'ctx>; 2]> = if plan.dq.h == 2 {
-            let hi = self.gep(packed, self.add(self.i64c(plan.low_bytes), self.mul(tile, 128)?)?)?;
+            let hi = self.high_plane(plan, packed, tile)?;
             let (h0, h1) = (load(hi, 0)?, load(hi, 64)?);
             Some([regroup(h0, h1, 0)?, regroup(h0, h1, 1)?])
         } else {
@@ -150,7 +147,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         };
         let mut out = Vec::with_capacity(8);
         for j in 0..2 {
-            let (l0, l1) = (load(lo, 128 * j as u64)?, load(lo, 128 * j as u64 + 64)?);
+            let (l0, l1) = (load(lo, HALF_BYTES * j as u64)?, load(lo, HALF_BYTES * j as u64 + 64)?);
             for tp in 0..2 {
                 let words = regroup(l0, l1, tp as u32)?;
                 for u in 0..2 {
@@ -171,21 +168,11 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(out)
     }
 
-    /// Grouped weights: the scales of tile `tile`'s group (times `1 / units`) in accumulator
-    /// lane order ([`lane_row`]).
-    fn vn_group_scales(
-        &self,
-        plan: &Plan,
-        scales: PointerValue<'ctx>,
-        tile: IntValue<'ctx>,
-        n0: IntValue<'ctx>,
-        inv_units: f32,
-    ) -> R<VectorValue<'ctx>> {
-        let tpg = plan.tpg.expect("supported plans have tile-aligned groups");
-        let grp = self.b.build_int_unsigned_div(tile, self.i64c(tpg), "")?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let s16 = self.b.build_float_mul(self.scales16(plan, scales, grp, n0, valid)?, self.splat_f32(inv_units, 16), "")?;
-        let idx: Vec<u32> = (0..16).map(|l| lane_row(l) as u32).collect();
+    /// Grouped weights: a group's scales `s16` (natural order) times `1 / units`, in
+    /// accumulator lane order ([`lane_row`]).
+    fn vn_lane_scales(&self, s16: VectorValue<'ctx>, inv_units: f32) -> R<VectorValue<'ctx>> {
+        let s16 = self.b.build_float_mul(s16, self.splat_f32(inv_units, TILE_N as u32), "")?;
+        let idx: Vec<u32> = (0..TILE_N).map(|l| lane_row(l) as u32).collect();
         self.shuf(s16, s16, &idx)
     }
 
@@ -208,7 +195,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let mut chains = [self.splat_scalar(self.b.build_int_neg(c, "")?.into(), self.vi32(16))?, self.vi32(16).const_zero()];
         for (j, chain) in chains.iter_mut().enumerate() {
             for t in 0..4 {
-                let off = self.add(self.mul(tile, 32)?, self.i64c(16 * j as u64 + 4 * t as u64))?;
+                let off = self.add(self.mul(tile, TILE_K as u64)?, self.i64c(16 * j as u64 + 4 * t as u64))?;
                 let xg = self.load(i32t, self.gep(x.q, off)?, 1)?;
                 let w = self.b.build_bit_cast(codes(4 * j + t)?, self.vi32(16), "")?;
                 *chain =
@@ -225,39 +212,6 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         self.fma(f, scale, acc)
     }
 
-    /// Writes one row's 16 outputs: `acc` reduced, times the per-channel scales if given, plus
-    /// the bias (when `first`) or what y holds.
-    #[allow(clippy::too_many_arguments)]
-    fn vn_finish(
-        &self,
-        f: FunctionValue<'ctx>,
-        acc: VectorValue<'ctx>,
-        per_channel: Option<VectorValue<'ctx>>,
-        first: IntValue<'ctx>,
-        bias16: VectorValue<'ctx>,
-        yrow: PointerValue<'ctx>,
-        (n0, ne): (IntValue<'ctx>, IntValue<'ctx>),
-    ) -> R<()> {
-        let natural: Vec<u32> = (0..16).map(|n| (0..16).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect();
-        let mut vals = self.shuf(acc, acc, &natural)?;
-        if let Some(s) = per_channel {
-            vals = self.b.build_float_mul(vals, s, "")?;
-        }
-        let old = self.if_then(f, self.b.build_not(first, "")?, vec![bias16.into()], &mut |g| Ok(vec![g.load16(yrow, n0, ne)?.into()]))?;
-        let vals = self.b.build_float_add(vals, old[0].into_vector_value(), "")?;
-        self.store16(f, yrow, n0, ne, vals)
-    }
-
-    /// The per-channel scales times `1 / units` (`None` for grouped weights).
-    fn vn_per_channel(&self, plan: &Plan, scales: PointerValue<'ctx>, n0: IntValue<'ctx>, inv_units: f32) -> R<Option<VectorValue<'ctx>>> {
-        if plan.groups > 1 {
-            return Ok(None);
-        }
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let s16 = self.scales16(plan, scales, self.i64c(0), n0, valid)?;
-        Ok(Some(self.b.build_float_mul(s16, self.splat_f32(inv_units, 16), "")?))
-    }
-
     /// The body of a row block: for each of `count` tiles from K tile `kt0`, the code vectors
     /// from `codes(ti, tile)` (the tile relative to the block and to the n-tile's K) and every
     /// row's products (activations from memory as `vpdpbusd` broadcast operands); then each
@@ -272,26 +226,33 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         codes: &mut TileCodes<'_, 'm, 'ctx>,
     ) -> R<()> {
         let kt = plan.kt;
-        let n0 = self.mul(nt, 16)?;
+        let n0 = self.mul(nt, TILE_N as u64)?;
         let xr: Vec<Act8Rows<'ctx>> =
             (0..rin.rows as u64).map(|r| self.act8_rows(rin.x, rin.m, self.add(rin.r0, self.i64c(r))?, kt)).collect::<R<_>>()?;
         let grouped = plan.groups > 1;
         let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rin.rows as usize];
+        // The columns' mask is made where it is used (per tile, and after the loop): made once
+        // before the loop it stays live across it and costs a spill.
         let acc = self.for_loop(f, self.i64c(0), rin.count, init, &mut |g, ti, carried| {
             let tile = g.add(rin.kt0, ti)?;
-            let ws = if grouped { Some(g.vn_group_scales(plan, scales, tile, n0, inv_units)?) } else { None };
+            let ws = if grouped {
+                let s16 = g.scales16(plan, scales, g.tile_group(plan, tile)?, g.cols(plan, n0, ne)?)?;
+                Some(g.vn_lane_scales(s16, inv_units)?)
+            } else {
+                None
+            };
             let codes = codes(g, ti, tile)?;
             xr.iter()
                 .zip(&carried)
                 .map(|(x, acc)| Ok(g.vn_row_tile(x, tile, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
                 .collect()
         })?;
-        let valid = self.lanes_below(self.b.build_int_nsw_sub(self.i64c(plan.n()), n0, "")?)?;
-        let bias16 = self.bias16(f, bias, n0, valid)?;
-        let per_channel = self.vn_per_channel(plan, scales, n0, inv_units)?;
+        let cols = self.cols(plan, n0, ne)?;
+        let out = self.int8_rows_out(f, plan, (scales, bias, y), rin.first, cols, inv_units)?;
+        let natural: Vec<u32> = (0..TILE_N).map(|n| (0..TILE_N).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect();
         for (r, a) in acc.iter().enumerate() {
-            let yrow = self.gep(y, self.i64c(r as u64 * 4 * plan.n()))?;
-            self.vn_finish(f, a.into_vector_value(), per_channel, rin.first, bias16, yrow, (n0, ne))?;
+            let a = a.into_vector_value();
+            self.int8_store_row(f, plan, &out, r, self.shuf(a, a, &natural)?)?;
         }
         Ok(())
     }
@@ -315,27 +276,24 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             )?;
             Ok(())
         })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 
+    /// The direct row block: `rows` rows of X against every tile of the n-tile, each decoded
+    /// in registers.
     fn vn_direct_rows(&self, plan: &Plan, table: &[u8; 64], inv_units: f32, name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
         let (p, i) = (self.ptr_t(), self.i64_t());
-        let f = self.function(&format!("{name}.vn_direct{rows}"), &[p, i, i, p, p, p, p, i, i], true);
-        self.b.position_at_end(self.block(f, "entry"));
-        let arg = |k: u32| f.get_nth_param(k).expect("param");
-        let (x, m, r0) = (arg(0).into_pointer_value(), arg(1).into_int_value(), arg(2).into_int_value());
-        let (packed, scales, bias, y) =
-            (arg(3).into_pointer_value(), arg(4).into_pointer_value(), arg(5).into_pointer_value(), arg(6).into_pointer_value());
-        let (nt, ne) = (arg(7).into_int_value(), arg(8).into_int_value());
+        let (f, a) = self.begin_function(&format!("{name}.vn_direct{rows}"), &[p, i, i, p, p, p, p, i, i], true);
+        let (x, m, r0) = (a.ptr(0), a.int(1), a.int(2));
+        let (packed, scales, bias, y) = (a.ptr(3), a.ptr(4), a.ptr(5), a.ptr(6));
+        let (nt, ne) = (a.int(7), a.int(8));
         let tile0 = self.mul(nt, plan.kt)?;
         let rows_in =
             RowsIn { x, m, r0, rows, kt0: self.i64c(0), count: self.i64c(plan.kt), first: self.ctx.bool_type().const_int(1, false) };
         self.vn_rows_loop(f, plan, inv_units, &rows_in, (scales, bias, y, nt, ne), &mut |g, _, tile| {
             g.vn_codes(plan, table, packed, g.add(tile0, tile)?)
         })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 
     /// The n-tile function for any `m`: K in panels of [`PANEL_TILES`] decoded tiles, each
@@ -349,57 +307,26 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let blocks: Vec<FunctionValue<'ctx>> = (1..=PANEL_ROWS).map(|b| self.vn_panel_rows(plan, inv_units, name, b)).collect::<R<_>>()?;
         let (f, a) = self.ntile_function(&fname);
         let panel = self.aligned_alloca(self.ctx.i8_type().array_type((PANEL_TILES * TILE_CODE_BYTES) as u32), "vnpanel")?;
-        let kt = plan.kt;
-        let tile0 = self.mul(a.nt, kt)?;
-        self.for_loop(f, self.i64c(0), self.i64c(kt.div_ceil(PANEL_TILES)), vec![], &mut |g, kb, _| {
-            let kt0 = g.mul(kb, PANEL_TILES)?;
-            let count = g.tiles_in_block(kb, PANEL_TILES, kt)?;
-            g.for_loop(f, g.i64c(0), count, vec![], &mut |g, i, _| {
-                let codes = g.vn_codes(plan, &table, a.packed, g.add(tile0, g.add(kt0, i)?)?)?;
-                let dst = g.gep(panel, g.mul(i, TILE_CODE_BYTES)?)?;
-                for (v, c) in codes.iter().enumerate() {
-                    g.store(*c, g.gep(dst, g.i64c(64 * v as u64))?, 64)?;
-                }
-                Ok(vec![])
-            })?;
-            let first = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64c(0), "")?;
-            g.row_blocks_at(f, PANEL_ROWS, a.m, &mut |g, b, r0| {
-                let args = [
-                    a.x.into(),
-                    a.m.into(),
-                    r0.into(),
-                    panel.into(),
-                    kt0.into(),
-                    count.into(),
-                    first.into(),
-                    a.scales.into(),
-                    a.bias,
-                    g.gep(a.y, g.mul(r0, 4 * plan.n())?)?.into(),
-                    a.nt.into(),
-                    a.ne.into(),
-                ];
-                g.call(blocks[b as usize - 1], &args)?;
-                Ok(())
-            })?;
-            Ok(vec![])
-        })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        let tile0 = self.mul(a.nt, plan.kt)?;
+        let mut decode = |g: &Self, i: IntValue<'ctx>, kt0: IntValue<'ctx>| {
+            let codes = g.vn_codes(plan, &table, a.packed, g.add(tile0, g.add(kt0, i)?)?)?;
+            let dst = g.gep(panel, g.mul(i, TILE_CODE_BYTES)?)?;
+            for (v, c) in codes.iter().enumerate() {
+                g.store(*c, g.gep(dst, g.i64c(64 * v as u64))?, 64)?;
+            }
+            Ok(())
+        };
+        let mut head = |_: &Self, r0: IntValue<'ctx>| Ok([a.x.into(), a.m.into(), r0.into()]);
+        self.int8_panel_loop(f, plan, &a, (panel, PANEL_TILES), &blocks, &mut decode, &mut head)
     }
 
     /// The panel row block: `rows` rows against the panel's tiles; adds to y (or the bias,
     /// for the first panel).
     fn vn_panel_rows(&self, plan: &Plan, inv_units: f32, name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
         let (p, i) = (self.ptr_t(), self.i64_t());
-        let b1 = self.ctx.bool_type().into();
-        let f = self.function(&format!("{name}.vn_rows{rows}"), &[p, i, i, p, i, i, b1, p, p, p, i, i], true);
-        self.b.position_at_end(self.block(f, "entry"));
-        let arg = |k: u32| f.get_nth_param(k).expect("param");
-        let (x, m, r0, panel) =
-            (arg(0).into_pointer_value(), arg(1).into_int_value(), arg(2).into_int_value(), arg(3).into_pointer_value());
-        let (kt0, count, first) = (arg(4).into_int_value(), arg(5).into_int_value(), arg(6).into_int_value());
-        let (scales, bias, y) = (arg(7).into_pointer_value(), arg(8).into_pointer_value(), arg(9).into_pointer_value());
-        let (nt, ne) = (arg(10).into_int_value(), arg(11).into_int_value());
+        let (f, a, PanelRowArgs { panel, kt0, count, first, scales, bias, y, nt, ne }) =
+            self.int8_rows_function(&format!("{name}.vn_rows{rows}"), [p, i, i]);
+        let (x, m, r0) = (a.ptr(0), a.int(1), a.int(2));
         let bytes = self.ctx.i8_type().vec_type(64);
         let rows_in = RowsIn { x, m, r0, rows, kt0, count, first };
         // The tile's 8 code vectors are loaded once and stay in registers for every row.
@@ -407,8 +334,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             let src = g.gep(panel, g.mul(ti, TILE_CODE_BYTES)?)?;
             (0..8).map(|i| Ok(g.load(bytes, g.gep(src, g.i64c(64 * i as u64))?, 64)?.into_vector_value())).collect()
         })?;
-        self.b.build_return(None)?;
-        Ok(f)
+        self.end_function(f)
     }
 }
 
@@ -425,9 +351,9 @@ mod tests {
         // Half 1, e6 (pair 3, even): field at bit 0, rotated 4 up (60 wraps to bit 0 at bit 4).
         assert_eq!(field_controls(1, 0)[4], 60);
         assert_eq!(field_controls(1, 1)[4], 28);
-        let mut rows: Vec<usize> = (0..16).map(lane_row).collect();
+        let mut rows: Vec<usize> = (0..TILE_N).map(lane_row).collect();
         rows.sort_unstable();
-        assert_eq!(rows, (0..16).collect::<Vec<_>>());
+        assert_eq!(rows, (0..TILE_N).collect::<Vec<_>>());
     }
 
     #[test]
