@@ -75,7 +75,7 @@ pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, 
             g.node_ids()
                 .into_iter()
                 .map(|id| g.node(id))
-                .find(|n| n.name == name && n.op_type == "QuantMatMul")
+                .find(|n| n.name == name && fpx_ir::ops::quant_matmul::is_quant_matmul(n))
                 .map(|n| {
                     n.inputs[1..3].iter().flatten().filter_map(|v| g.constant(*v)).map(|t| (t.len() * t.dtype().size_bytes()) as u64).sum()
                 })
@@ -87,7 +87,7 @@ pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, 
             let mut times: Vec<f64> = per_node.iter().map(|p| p[i].seconds * 1e6).collect();
             let med = median(&mut times);
             *per_op.entry(first.op.clone()).or_default() += med;
-            if matches!(first.op.as_str(), "QuantMatMul" | "MatMul" | "Gemm") {
+            if [fpx_ir::ops::quant_matmul::OP_TYPE, "MatMul", "Gemm"].contains(&first.op.as_str()) {
                 let wb = weight_bytes(&first.node);
                 kernels.push(KernelStat {
                     node: first.node.clone(),

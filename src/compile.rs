@@ -167,7 +167,12 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     let mut kernels = 0;
     if options.target.has_cpu() && !gemms.is_empty() {
         let code = fpx_llvm::cpu_code(&gemms, options.cpu)?;
-        kernels = code.kernels.iter().flat_map(|k| k.table.rows().iter().map(|(_, e)| e.symbol.as_str())).collect::<std::collections::BTreeSet<_>>().len();
+        kernels = code
+            .kernels
+            .iter()
+            .flat_map(|k| k.table.rows().iter().map(|(_, e)| e.symbol.as_str()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         cpu.push(code);
     }
     progress(Stage::GpuCodegen);

@@ -18,8 +18,6 @@ mod runnable;
 mod summary;
 
 pub use compile::{compile, compile_with_progress, load, quantized_products, CompileOptions, Compiled, Stage, Target};
-pub use fpx_runtime::LoadedArtifact;
-pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use fpx_artifact as artifact;
 pub use fpx_cuda as cuda;
 pub use fpx_ir as ir;
@@ -30,6 +28,8 @@ pub use fpx_passes::{QuantSummary, QuantizeOptions, WeightScheme};
 pub use fpx_quant as quant;
 pub use fpx_quant::act8::Activations;
 pub use fpx_runtime as runtime;
+pub use fpx_runtime::LoadedArtifact;
+pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use summary::{weight_matmuls, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
 
 use fpx_ir::ops::OpRegistry;

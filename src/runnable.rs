@@ -12,7 +12,7 @@ use std::path::Path;
 #[derive(Debug)]
 pub enum Runnable {
     /// An `.onnx` model, imported and simplified (and quantized in memory if asked).
-    Onnx(Model),
+    Onnx(Box<Model>),
     /// An `.fpx` artifact with its compiled kernels.
     Artifact(Box<LoadedArtifact>),
 }
@@ -42,7 +42,7 @@ pub fn open_with(path: &Path, options: &QuantizeOptions) -> Result<Runnable, Err
         }
         return Ok(Runnable::Artifact(Box::new(LoadedArtifact::open(path)?)));
     }
-    Ok(Runnable::Onnx(Model::open_with(path, options)?))
+    Ok(Runnable::Onnx(Box::new(Model::open_with(path, options)?)))
 }
 
 impl Runnable {

@@ -178,6 +178,18 @@ pub struct GpuKernelSpec {
     pub config: String,
 }
 
+/// Consecutive rows of the same node, grouped (tables are stored node by node).
+fn by_node<T>(rows: &[T], node: impl Fn(&T) -> &String) -> Vec<Vec<&T>> {
+    let mut out: Vec<Vec<&T>> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            Some(group) if node(group[0]) == node(r) => group.push(r),
+            _ => out.push(vec![r]),
+        }
+    }
+    out
+}
+
 /// `M <= 8`, or `larger M` for the unbounded row.
 fn m_range(max_m: u64) -> String {
     if max_m == 0 {
@@ -273,7 +285,8 @@ impl ArtifactSummary {
                                 node: k.node.clone(),
                                 max_m: *max_m,
                                 kernel: g.kernel.clone(),
-                                config: fpx_cuda::GemmConfig::try_from(&g.tiles).map_or_else(|e| format!("invalid: {e}"), |c| c.to_string()),
+                                config: fpx_cuda::GemmConfig::try_from(&g.tiles)
+                                    .map_or_else(|e| format!("invalid: {e}"), |c| c.to_string()),
                             })
                         })
                         .collect(),
@@ -323,11 +336,21 @@ impl ArtifactSummary {
                 c.kernels.len(),
                 if c.runs_here { "runs on this machine" } else { "NOT runnable on this machine (missing CPU features)" }
             );
-            for k in c.kernels.iter().take(8) {
-                let _ = writeln!(s, "  {} ({}): {} [{} activations, columns split at {}]", k.node, m_range(k.max_m), k.symbol, k.activations, k.column_split);
+            let nodes = by_node(&c.kernels, |k| &k.node);
+            for rows in nodes.iter().take(8) {
+                let choices: Vec<String> = rows.iter().map(|k| format!("{} {}", m_range(k.max_m), k.symbol)).collect();
+                let k = rows[0];
+                let _ = writeln!(
+                    s,
+                    "  {}: {} [{} activations, columns split at {}]",
+                    k.node,
+                    choices.join(", "),
+                    k.activations,
+                    k.column_split
+                );
             }
-            if c.kernels.len() > 8 {
-                let _ = writeln!(s, "  ... {} more", c.kernels.len() - 8);
+            if nodes.len() > 8 {
+                let _ = writeln!(s, "  ... {} more products", nodes.len() - 8);
             }
         }
         for p in &self.gpu {
@@ -341,11 +364,15 @@ impl ArtifactSummary {
                 bytes as f64 / 1e3,
                 p.gemms.len()
             );
-            for g in p.gemms.iter().take(8) {
-                let _ = writeln!(s, "  {} ({}): {} [{}]", g.node, m_range(g.max_m), g.kernel, g.config);
+            let nodes = by_node(&p.gemms, |g| &g.node);
+            for rows in nodes.iter().take(4) {
+                let _ = writeln!(s, "  {}:", rows[0].node);
+                for g in rows {
+                    let _ = writeln!(s, "    {}: {} [{}]", m_range(g.max_m), g.kernel, g.config);
+                }
             }
-            if p.gemms.len() > 8 {
-                let _ = writeln!(s, "  ... {} more", p.gemms.len() - 8);
+            if nodes.len() > 4 {
+                let _ = writeln!(s, "  ... {} more products", nodes.len() - 4);
             }
         }
         let _ = writeln!(s, "--- graph ---");

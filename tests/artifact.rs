@@ -28,7 +28,9 @@ fn artifact_matches_reference(model: &Path, inputs: Vec<(String, Tensor)>, opts:
     for k in &compiled.contents.cpu[0].kernels {
         let rows = k.table.rows();
         assert_eq!(rows.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [fpx::llvm::GEMV_MAX_M, 0], "{}: gemv, then gemm", k.node);
-        assert!(rows.iter().all(|(_, e)| e.activations == opts.quantize.activations && e.symbol.contains("_a8_") == int8 && e.column_split == 16));
+        assert!(rows
+            .iter()
+            .all(|(_, e)| e.activations == opts.quantize.activations && e.symbol.contains("_a8_") == int8 && e.column_split == 16));
     }
     let loaded = compiled.load().expect("loads");
     assert!(loaded.native_target().is_some(), "native kernels are in use");
@@ -255,8 +257,7 @@ fn cli_compile_run_inspect_and_bench_an_artifact() {
         "weights: fp6-e2m3",
         "cpu shared object",
         "runs on this machine",
-        "(M <= 8): fpx_qmm_fp6_e2m3_k64_n256_g0_gemv [f32 activations, columns split at 16]",
-        "(larger M): fpx_qmm_fp6_e2m3_k64_n256_g0_gemm",
+        ": M <= 8 fpx_qmm_fp6_e2m3_k64_n256_g0_gemv, larger M fpx_qmm_fp6_e2m3_k64_n256_g0_gemm [f32 activations, columns split at 16]",
         "QuantMatMul",
     ] {
         assert!(text.contains(needle), "'{needle}' missing from:\n{text}");

@@ -40,7 +40,8 @@ fn good_attrs() -> Vec<AttributeProto> {
 /// `fpx compile` and `fpx run` both fail with exit 1 and every one of `needles` in the message.
 fn compile_and_run_refuse(model: &Path, dir: &TempDir, needles: &[&str]) {
     let x = dir.join("x.npy");
-    fpx::runtime::npy::write(&x, &fpx::ir::Tensor::from(fpx::ir::ndarray::ArrayD::<f32>::zeros(fpx::ir::ndarray::IxDyn(&[2, 64])))).unwrap();
+    fpx::runtime::npy::write(&x, &fpx::ir::Tensor::from(fpx::ir::ndarray::ArrayD::<f32>::zeros(fpx::ir::ndarray::IxDyn(&[2, 64]))))
+        .unwrap();
     let m = model.to_str().unwrap();
     let runs = [
         fpx_cli(&["compile", m, "-o", dir.join("out.fpx").to_str().unwrap(), "-q"]),

@@ -30,6 +30,52 @@ pub(crate) fn align_up(n: u64) -> Option<u64> {
     n.checked_add(SECTION_ALIGN - 1).map(|x| x / SECTION_ALIGN * SECTION_ALIGN)
 }
 
+/// Calls the macro `$callback` with every CPU feature an artifact may record, as
+/// `"llvm name" => "recorded name"` pairs; the recorded names are `is_x86_feature_detected!`'s.
+/// The one table of CPU feature names: fpx-llvm maps the features LLVM reports through it, and
+/// the runtime detects the recorded ones (a macro, because detection takes literal names).
+#[macro_export]
+macro_rules! cpu_features {
+    ($callback:ident) => {
+        $callback! {
+            "sse3" => "sse3",
+            "ssse3" => "ssse3",
+            "sse4.1" => "sse4.1",
+            "sse4.2" => "sse4.2",
+            "sse4a" => "sse4a",
+            "popcnt" => "popcnt",
+            "avx" => "avx",
+            "avx2" => "avx2",
+            "fma" => "fma",
+            "f16c" => "f16c",
+            "bmi" => "bmi1",
+            "bmi2" => "bmi2",
+            "lzcnt" => "lzcnt",
+            "movbe" => "movbe",
+            "adx" => "adx",
+            "aes" => "aes",
+            "pclmul" => "pclmulqdq",
+            "sha" => "sha",
+            "gfni" => "gfni",
+            "vaes" => "vaes",
+            "vpclmulqdq" => "vpclmulqdq",
+            "avx512f" => "avx512f",
+            "avx512bw" => "avx512bw",
+            "avx512cd" => "avx512cd",
+            "avx512dq" => "avx512dq",
+            "avx512vl" => "avx512vl",
+            "avx512vbmi" => "avx512vbmi",
+            "avx512vbmi2" => "avx512vbmi2",
+            "avx512vnni" => "avx512vnni",
+            "avx512bitalg" => "avx512bitalg",
+            "avx512vpopcntdq" => "avx512vpopcntdq",
+            "avx512ifma" => "avx512ifma",
+            "avx512bf16" => "avx512bf16",
+            "avx512fp16" => "avx512fp16",
+        }
+    };
+}
+
 /// What a section holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SectionKind {

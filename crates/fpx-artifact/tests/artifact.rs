@@ -4,11 +4,11 @@ use fpx_artifact::{
     to_bytes, write, Artifact, ArtifactContents, ArtifactError, CpuCode, CpuKernel, GpuActivations, GpuKernel, GpuTiles, NodeKernels,
     PtxCode, PtxModule, SectionKind, FORMAT_VERSION,
 };
-use fpx_quant::act8::Activations;
-use fpx_quant::{Format, KernelTable};
 use fpx_ir::half::{bf16, f16};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{Attribute, DType, Dim, Graph, Node, Tensor, TensorType, ValueId};
+use fpx_quant::act8::Activations;
+use fpx_quant::{Format, KernelTable};
 use fpx_test_support::{Rng, TempDir};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

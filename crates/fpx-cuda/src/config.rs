@@ -184,19 +184,14 @@ impl GemmConfig {
     /// The GEMM kernel's name, unique per config: e.g.
     /// `fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6`.
     pub fn kernel_name(&self) -> String {
-        format!(
-            "fpx_fp6_gemm_{}_{}_n{}_k{}_m{}_w{}x{}_kt{}_s{}_sk{}",
-            self.format.tag(),
-            self.act.tag(),
-            self.n,
-            self.k,
-            self.m_tile,
-            self.warps,
-            self.warp_ntiles,
-            self.k_tiles,
-            self.stages,
-            self.split_k
-        )
+        let [n, k, m, w, wn, kt, s, sk] = self.sizes();
+        format!("fpx_fp6_gemm_{}_{}_n{n}_k{k}_m{m}_w{w}x{wn}_kt{kt}_s{s}_sk{sk}", self.format.tag(), self.act.tag())
+    }
+
+    /// The numbers of the config in declaration order: n, k, m_tile, warps, warp_ntiles,
+    /// k_tiles, stages, split_k (what names and `Display` spell out).
+    fn sizes(&self) -> [usize; 8] {
+        [self.n, self.k, self.m_tile, self.warps, self.warp_ntiles, self.k_tiles, self.stages, self.split_k]
     }
 
     /// The split-K reduction kernel's name (`<kernel_name>_reduce`), present when `split_k > 1`.
@@ -237,20 +232,12 @@ impl std::fmt::Display for GemmConfig {
     /// `format=e3m2 act=f16 n=384 k=384 m_tile=8 warps=4 warp_ntiles=4 k_tiles=2 stages=4 split_k=3`:
     /// how `fpx inspect` shows a config (the artifact stores it as a [`GpuTiles`] message).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "format={} act={} n={} k={} m_tile={} warps={} warp_ntiles={} k_tiles={} stages={} split_k={}",
-            self.format.tag(),
-            self.act.tag(),
-            self.n,
-            self.k,
-            self.m_tile,
-            self.warps,
-            self.warp_ntiles,
-            self.k_tiles,
-            self.stages,
-            self.split_k
-        )
+        const KEYS: [&str; 8] = ["n", "k", "m_tile", "warps", "warp_ntiles", "k_tiles", "stages", "split_k"];
+        write!(f, "format={} act={}", self.format.tag(), self.act.tag())?;
+        for (key, v) in KEYS.iter().zip(self.sizes()) {
+            write!(f, " {key}={v}")?;
+        }
+        Ok(())
     }
 }
 

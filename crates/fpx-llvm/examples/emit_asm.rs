@@ -3,7 +3,7 @@
 //! `cargo run -p fpx-llvm --release --example emit_asm -- [--ir | --so PATH] FORMAT K N GROUP [native|v3|v4|v4vnni] [f32|int8]`
 //! (`--so PATH` writes the linked shared library instead).
 
-use fpx_llvm::{compile_cpu, emit_ir_and_asm, Activations, CpuTarget, KernelSpec};
+use fpx_llvm::{compile_cpu, emit_ir_and_asm, Activations, CpuTarget, QuantGemm};
 use fpx_quant::Format;
 
 fn main() {
@@ -22,7 +22,7 @@ fn main() {
     let format = Format::parse(args.first().expect(usage)).expect("unknown format");
     let num = |i: usize| args.get(i).expect(usage).parse::<usize>().expect("number");
     let activations = args.get(5).map_or(Activations::F32, |a| Activations::parse(a).expect("activations: f32 or int8"));
-    let spec = KernelSpec { format, k: num(1), n: num(2), group_size: num(3), activations };
+    let spec = QuantGemm { format, k: num(1), n: num(2), group_size: num(3), activations };
     let target = match args.get(4).map(String::as_str) {
         None | Some("v3") => CpuTarget::X86_64V3,
         Some("v4") => CpuTarget::X86_64V4,

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use fpx_llvm::{compile_cpu, Activations, CpuTarget, KernelSpec, Variant};
+use fpx_llvm::{compile_cpu, Activations, CpuTarget, QuantGemm, Variant};
 use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::PackedShape;
 use fpx_quant::Format;
@@ -119,7 +119,7 @@ fn main() {
         Some(v) => panic!("unknown variant {v}"),
     };
 
-    let specs: Vec<KernelSpec> = sizes.iter().map(|&s| KernelSpec { format, k: s, n: s, group_size: 0, activations }).collect();
+    let specs: Vec<QuantGemm> = sizes.iter().map(|&s| QuantGemm { format, k: s, n: s, group_size: 0, activations }).collect();
     let t0 = Instant::now();
     let compiled = compile_cpu(&specs, target).expect("compile");
     println!(
@@ -152,7 +152,7 @@ fn main() {
         let x: Vec<f32> = (0..mmax * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let mut y = vec![0f32; mmax * n];
         for &variant in &variants {
-            let symbol = spec.symbol(variant);
+            let symbol = fpx_llvm::symbol(spec, variant);
             // SAFETY: exported by the library with the documented signature.
             let f: KernelFn = unsafe { *lib.get::<KernelFn>(symbol.as_bytes()).unwrap() };
             for threads in [1, 2] {

@@ -102,44 +102,17 @@ const V4_EXTRA: [&str; 5] = ["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx
 /// What the 512-bit int8 kernels need beyond x86-64-v4.
 const VNNI_EXTRA: [&str; 2] = ["avx512vbmi", "avx512vnni"];
 
-/// LLVM feature names and the `is_x86_feature_detected!` names they are checked under; host
-/// features not in this table do not affect the code fpx generates and are not recorded.
-const FEATURE_NAMES: [(&str, &str); 34] = [
-    ("sse3", "sse3"),
-    ("ssse3", "ssse3"),
-    ("sse4.1", "sse4.1"),
-    ("sse4.2", "sse4.2"),
-    ("sse4a", "sse4a"),
-    ("popcnt", "popcnt"),
-    ("avx", "avx"),
-    ("avx2", "avx2"),
-    ("fma", "fma"),
-    ("f16c", "f16c"),
-    ("bmi", "bmi1"),
-    ("bmi2", "bmi2"),
-    ("lzcnt", "lzcnt"),
-    ("movbe", "movbe"),
-    ("adx", "adx"),
-    ("aes", "aes"),
-    ("pclmul", "pclmulqdq"),
-    ("sha", "sha"),
-    ("gfni", "gfni"),
-    ("vaes", "vaes"),
-    ("vpclmulqdq", "vpclmulqdq"),
-    ("avx512f", "avx512f"),
-    ("avx512bw", "avx512bw"),
-    ("avx512cd", "avx512cd"),
-    ("avx512dq", "avx512dq"),
-    ("avx512vl", "avx512vl"),
-    ("avx512vbmi", "avx512vbmi"),
-    ("avx512vbmi2", "avx512vbmi2"),
-    ("avx512vnni", "avx512vnni"),
-    ("avx512bitalg", "avx512bitalg"),
-    ("avx512vpopcntdq", "avx512vpopcntdq"),
-    ("avx512ifma", "avx512ifma"),
-    ("avx512bf16", "avx512bf16"),
-    ("avx512fp16", "avx512fp16"),
-];
+/// LLVM feature names and the names an artifact records them under (the one table,
+/// `fpx_artifact::cpu_features!`); host features not in it do not affect the code fpx generates
+/// and are not recorded.
+const FEATURE_NAMES: &[(&str, &str)] = {
+    macro_rules! pairs {
+        ($($llvm:literal => $name:literal),* $(,)?) => {
+            &[$(($llvm, $name)),*]
+        };
+    }
+    fpx_artifact::cpu_features!(pairs)
+};
 
 /// The host CPU as LLVM names it, and the features [`CpuTarget::Native`] code would require.
 pub fn host_cpu() -> (String, Vec<String>) {

@@ -3,7 +3,7 @@
 //! are not multiples of any tile or vector width, M from 1 to 200, both variants, every format,
 //! per-channel, aligned and ragged groups, and column sub-ranges. Plus determinism and targets.
 
-use fpx_llvm::{compile_cpu, Activations, CompiledCpu, CpuTarget, KernelSpec, Variant};
+use fpx_llvm::{compile_cpu, Activations, CompiledCpu, CpuTarget, QuantGemm, Variant};
 use fpx_quant::act8::Int8Activations;
 use fpx_quant::layout::{pack, PackedShape};
 use fpx_quant::{fold, quantize, Format, QuantConfig};
@@ -36,7 +36,7 @@ impl Lib {
 
 /// A quantized weight ready for a kernel, with its exactly dequantized `[k][n]` values.
 struct Weight {
-    spec: KernelSpec,
+    spec: QuantGemm,
     packed: Vec<u8>,
     /// Scales as the kernel takes them (bias-shift factor folded in), `[groups][n]`.
     scales: Vec<f32>,
@@ -44,7 +44,7 @@ struct Weight {
 }
 
 impl Weight {
-    fn new(spec: KernelSpec, seed: u64) -> Weight {
+    fn new(spec: QuantGemm, seed: u64) -> Weight {
         let mut rng = Rng::new(seed);
         let w = rng.normals(spec.k * spec.n);
         let cfg = QuantConfig { format: spec.format, group_size: (spec.group_size > 0).then_some(spec.group_size), scale_search: false };
@@ -60,7 +60,7 @@ impl Weight {
     /// kernels get the rows quantized, and the reference multiplies what those codes stand for.
     fn check(&self, kernel: KernelFn, m: usize, range: std::ops::Range<usize>, with_bias: bool, seed: u64, what: &str) {
         let (nb, ne) = (range.start, range.end);
-        let KernelSpec { k, n, .. } = self.spec;
+        let QuantGemm { k, n, .. } = self.spec;
         let mut rng = Rng::new(seed);
         let mut x = rng.normals(m * k);
         let bias = rng.normals(n);
@@ -106,12 +106,12 @@ impl Weight {
     }
 }
 
-fn spec(format: Format, k: usize, n: usize, group_size: usize) -> KernelSpec {
-    KernelSpec { format, k, n, group_size, activations: Activations::F32 }
+fn spec(format: Format, k: usize, n: usize, group_size: usize) -> QuantGemm {
+    QuantGemm { format, k, n, group_size, activations: Activations::F32 }
 }
 
-fn spec8(format: Format, k: usize, n: usize, group_size: usize) -> KernelSpec {
-    KernelSpec { activations: Activations::Int8, ..spec(format, k, n, group_size) }
+fn spec8(format: Format, k: usize, n: usize, group_size: usize) -> QuantGemm {
+    QuantGemm { activations: Activations::Int8, ..spec(format, k, n, group_size) }
 }
 
 /// Shapes (K, N, group size): tails in K and N, per-channel, aligned and ragged groups.
@@ -139,25 +139,25 @@ fn ms_for(k: usize, n: usize) -> &'static [usize] {
 }
 
 fn check_format(format: Format, target: CpuTarget) {
-    let specs: Vec<KernelSpec> = SHAPES.iter().map(|&(k, n, g)| spec(format, k, n, g)).collect();
+    let specs: Vec<QuantGemm> = SHAPES.iter().map(|&(k, n, g)| spec(format, k, n, g)).collect();
     check_specs(&specs, target);
 }
 
 /// Int8 activations: the shapes whose groups are whole tiles.
 fn check_format_int8(format: Format, target: CpuTarget) {
-    let specs: Vec<KernelSpec> = SHAPES.iter().filter(|s| s.2 % 32 == 0).map(|&(k, n, g)| spec8(format, k, n, g)).collect();
+    let specs: Vec<QuantGemm> = SHAPES.iter().filter(|s| s.2 % 32 == 0).map(|&(k, n, g)| spec8(format, k, n, g)).collect();
     assert!(specs.len() >= 9);
     check_specs(&specs, target);
 }
 
-fn check_specs(specs: &[KernelSpec], target: CpuTarget) {
+fn check_specs(specs: &[QuantGemm], target: CpuTarget) {
     let compiled = compile_cpu(specs, target).unwrap();
     assert_eq!(compiled.symbols.len(), 2 * specs.len());
     let lib = Lib::load(&compiled);
     for (i, s) in specs.iter().enumerate() {
         let weight = Weight::new(*s, 1000 + i as u64);
         for variant in Variant::ALL {
-            let symbol = s.symbol(variant);
+            let symbol = fpx_llvm::symbol(s, variant);
             let kernel = lib.kernel(&symbol);
             for (j, &m) in ms_for(s.k, s.n).iter().enumerate() {
                 weight.check(kernel, m, 0..s.n, j % 2 == 0, 7 * j as u64 + i as u64, &symbol);
@@ -288,7 +288,7 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
     if !host_has_vnni8("vnni_and_avx2_int8_kernels_agree_bit_for_bit") {
         return;
     }
-    let specs: Vec<KernelSpec> = SHAPES
+    let specs: Vec<QuantGemm> = SHAPES
         .iter()
         .filter(|s| s.2 % 32 == 0)
         .flat_map(|&(k, n, g)| [spec8(Format::Fp6E2M3, k, n, g), spec8(Format::Int4, k, n, g)])
@@ -302,7 +302,7 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
             let q = Int8Activations::quantize(&Rng::new(900 + m as u64).normals(m * s.k), m, s.k);
             let run = |lib: &Lib| {
                 let mut y = vec![f32::NAN; m * s.n];
-                let f = lib.kernel(&s.symbol(Variant::Gemm));
+                let f = lib.kernel(&fpx_llvm::symbol(s, Variant::Gemm));
                 // SAFETY: buffers sized as the ABI requires.
                 unsafe {
                     f(q.as_ptr(), m as i64, weight.packed.as_ptr(), weight.scales.as_ptr(), bias.as_ptr(), y.as_mut_ptr(), 0, s.n as i64)
@@ -313,7 +313,7 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
             assert!(
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{}: m {m}: AVX2 and VNNI outputs differ",
-                s.symbol(Variant::Gemm)
+                fpx_llvm::symbol(s, Variant::Gemm)
             );
         }
     }
@@ -323,7 +323,7 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
 /// plain x86-64-v4 code does not.
 #[test]
 fn vnni_int8_path_is_chosen_by_target() {
-    let asm = |specs: &[KernelSpec], target| fpx_llvm::emit_ir_and_asm(specs, target).unwrap().1;
+    let asm = |specs: &[QuantGemm], target| fpx_llvm::emit_ir_and_asm(specs, target).unwrap().1;
     let vnni = |a: &str| a.contains("vpdpbusd") && a.contains("vpermb") && a.contains("vpmultishiftqb");
     let aligned = [spec8(Format::Fp6E2M3, 100, 40, 0)];
     assert!(vnni(&asm(&aligned, CpuTarget::X86_64V4Vnni)), "x86-64-v4-vnni int8 code lacks VNNI/VBMI");
@@ -347,9 +347,9 @@ fn int8_activations_are_close_to_f32() {
     let weight = Weight::new(specs[0], 77);
     let x = Rng::new(78).normals(m * k);
     let q = Int8Activations::quantize(&x, m, k);
-    let run = |s: &KernelSpec, xp: *const f32| {
+    let run = |s: &QuantGemm, xp: *const f32| {
         let mut y = vec![f32::NAN; m * n];
-        let f = lib.kernel(&s.symbol(Variant::Gemm));
+        let f = lib.kernel(&fpx_llvm::symbol(s, Variant::Gemm));
         // SAFETY: buffers sized as the ABI requires.
         unsafe { f(xp, m as i64, weight.packed.as_ptr(), weight.scales.as_ptr(), std::ptr::null(), y.as_mut_ptr(), 0, n as i64) };
         y
@@ -378,12 +378,12 @@ fn int8_activations_on_avx512_and_native() {
             let weight = Weight::new(*s, 600 + i as u64);
             for m in [1, 4, 13] {
                 weight.check(
-                    lib.kernel(&s.symbol(Variant::Gemv)),
+                    lib.kernel(&fpx_llvm::symbol(s, Variant::Gemv)),
                     m,
                     0..s.n,
                     true,
                     m as u64,
-                    &format!("{target:?} {}", s.symbol(Variant::Gemv)),
+                    &format!("{target:?} {}", fpx_llvm::symbol(s, Variant::Gemv)),
                 );
             }
         }
@@ -391,7 +391,7 @@ fn int8_activations_on_avx512_and_native() {
 }
 
 /// A library with a few kernels for the target tests.
-fn few_specs() -> Vec<KernelSpec> {
+fn few_specs() -> Vec<QuantGemm> {
     vec![spec(Format::Fp6E3M2, 100, 40, 0), spec(Format::Int4, 64, 33, 32), spec(Format::Fp6E2M3, 70, 33, 20)]
 }
 
@@ -411,9 +411,9 @@ fn check_target(target: CpuTarget, test: &str) {
     for (i, s) in few_specs().iter().enumerate() {
         let weight = Weight::new(*s, 500 + i as u64);
         for variant in Variant::ALL {
-            let kernel = lib.kernel(&s.symbol(variant));
+            let kernel = lib.kernel(&fpx_llvm::symbol(s, variant));
             for m in [1, 5, 13] {
-                weight.check(kernel, m, 0..s.n, true, m as u64, &format!("{target:?} {}", s.symbol(variant)));
+                weight.check(kernel, m, 0..s.n, true, m as u64, &format!("{target:?} {}", fpx_llvm::symbol(s, variant)));
             }
         }
     }
@@ -448,10 +448,10 @@ fn compiled_library_describes_itself() {
     assert!(compiled.shared_object.starts_with(b"\x7fELF"));
     let lib = Lib::load(&compiled);
     for (s, v, sym) in &compiled.symbols {
-        assert_eq!(*sym, s.symbol(*v));
+        assert_eq!(*sym, fpx_llvm::symbol(s, *v));
         lib.kernel(sym);
     }
-    assert_eq!(spec(Format::Fp6E3M2, 384, 1536, 0).symbol(Variant::Gemv), "fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv");
+    assert_eq!(fpx_llvm::symbol(&spec(Format::Fp6E3M2, 384, 1536, 0), Variant::Gemv), "fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv");
     let v4 = compile_cpu(&specs[..1], CpuTarget::X86_64V4).unwrap();
     assert!(v4.features.iter().any(|x| x == "avx512bw"));
     let vnni = compile_cpu(&specs[..1], CpuTarget::X86_64V4Vnni).unwrap();
@@ -465,7 +465,7 @@ fn compiled_library_describes_itself() {
 fn output_is_deterministic() {
     let specs = few_specs();
     let a = compile_cpu(&specs, CpuTarget::X86_64V3).unwrap();
-    let reversed: Vec<KernelSpec> = specs.iter().rev().copied().collect();
+    let reversed: Vec<QuantGemm> = specs.iter().rev().copied().collect();
     let b = compile_cpu(&reversed, CpuTarget::X86_64V3).unwrap();
     assert_eq!(a.symbols, b.symbols);
     assert!(a.shared_object == b.shared_object, "same specs must give byte-identical libraries");
@@ -476,10 +476,13 @@ fn bad_specs_are_errors() {
     let err = compile_cpu(&[spec(Format::Fp6E3M2, 0, 16, 0)], CpuTarget::X86_64V3).unwrap_err();
     assert!(err.to_string().contains("must be positive"), "{err}");
     let err = compile_cpu(&[spec8(Format::Fp6E3M2, 64, 16, 0)], CpuTarget::X86_64V3).unwrap_err();
-    assert!(err.to_string().contains("fp6-e3m2 weights have no int8-activation CPU kernel"), "{err}");
+    assert!(err.to_string().contains("fp6-e3m2 weights cannot take int8 activations (only fp6-e2m3, fp4-e2m1 or int4 can)"), "{err}");
     assert!(err.to_string().contains("fp6_e3m2_k64_n16_g0_a8_gemv"), "{err}");
     let err = compile_cpu(&[spec8(Format::Fp6E2M3, 64, 16, 48)], CpuTarget::X86_64V3).unwrap_err();
     assert!(err.to_string().contains("multiple of 32, not 48"), "{err}");
     let ok = spec8(Format::Fp6E2M3, 64, 16, 64);
-    assert!(ok.validate().is_ok(), "validate is public for callers that name the node");
+    assert!(fpx_llvm::check(&ok).is_ok(), "check is public for callers that name the node");
+    // The backend seam names the node of a product that has no kernel.
+    let err = fpx_llvm::cpu_code(&[("proj".to_string(), spec8(Format::Int4, 64, 16, 48))], CpuTarget::X86_64V3).unwrap_err();
+    assert!(err.to_string().starts_with("node 'proj': no CPU kernel for fpx_qmm_int4_k64_n16_g48_a8_gemv"), "{err}");
 }

@@ -216,7 +216,7 @@ fn int8_activations_mark_the_node_and_quantize_x_in_the_reference_path() {
     assert_eq!(s.layers[0].format, Format::Fp6E2M3);
     verify::verify(&g, &OpRegistry::standard()).unwrap();
     let node = g.node(g.node_ids()[0]);
-    assert_eq!(node.attr_s("activations", ""), "int8");
+    assert_eq!(fpx_ir::ops::quant_matmul::read(node).unwrap().activations, fpx_quant::act8::Activations::Int8);
     // The product takes what the int8 codes stand for: an f64 reference on those rows.
     let q = quantize("W", &w, k, n, &QuantConfig { format: Format::Fp6E2M3, group_size: None, scale_search: false }).unwrap();
     let xq = Int8Activations::quantize(&x, m, k).dequantized();

@@ -36,7 +36,7 @@ pub struct QuantGemm {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GemmError {
     /// K or N is 0, or a dimension exceeds [`MAX_DIM`].
-    #[error("K = {k}, N = {n} and group size {group_size} must be at most {MAX_DIM}, K and N at least 1")]
+    #[error("{}", dimensions_message(*k, *n, *group_size))]
     Dimensions {
         /// The reduction length.
         k: usize,
@@ -57,6 +57,15 @@ pub enum GemmError {
         /// The group size.
         group_size: usize,
     },
+}
+
+/// What [`GemmError::Dimensions`] says: which dimension is empty or too large.
+fn dimensions_message(k: usize, n: usize, group_size: usize) -> String {
+    if k == 0 || n == 0 {
+        format!("K = {k} and N = {n} must be positive")
+    } else {
+        format!("K = {k}, N = {n} and group size {group_size} must be at most {MAX_DIM}")
+    }
 }
 
 impl QuantGemm {

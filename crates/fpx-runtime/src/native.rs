@@ -243,55 +243,19 @@ pub fn missing_cpu_features(features: &[String]) -> Vec<String> {
     features.iter().filter(|f| !has_feature(f)).cloned().collect()
 }
 
-/// Every feature name fpx-llvm records (its LLVM-to-`std` table, kept in step by fpx-llvm's
-/// `loader_detects_every_host_feature` test).
+/// Whether this CPU has the recorded feature `f` (the names of `fpx_artifact::cpu_features!`;
+/// any other name counts as missing).
 #[cfg(target_arch = "x86_64")]
 fn has_feature(f: &str) -> bool {
-    macro_rules! known {
-        ($($name:tt),*) => {
+    macro_rules! detect {
+        ($($llvm:literal => $name:tt),* $(,)?) => {
             match f {
                 $($name => std::arch::is_x86_feature_detected!($name),)*
                 _ => false,
             }
         };
     }
-    known!(
-        "sse2",
-        "sse3",
-        "ssse3",
-        "sse4.1",
-        "sse4.2",
-        "sse4a",
-        "popcnt",
-        "avx",
-        "avx2",
-        "fma",
-        "f16c",
-        "bmi1",
-        "bmi2",
-        "lzcnt",
-        "movbe",
-        "adx",
-        "aes",
-        "pclmulqdq",
-        "sha",
-        "gfni",
-        "vaes",
-        "vpclmulqdq",
-        "avx512f",
-        "avx512bw",
-        "avx512cd",
-        "avx512dq",
-        "avx512vl",
-        "avx512vbmi",
-        "avx512vbmi2",
-        "avx512vnni",
-        "avx512bitalg",
-        "avx512vpopcntdq",
-        "avx512ifma",
-        "avx512bf16",
-        "avx512fp16"
-    )
+    fpx_artifact::cpu_features!(detect)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -55,7 +55,10 @@ fn open_model(path: &Path, quant: &QuantArgs, announce: bool) -> Result<fpx::Run
     check_model_file(path)?;
     let options = quantize_options(quant, WeightScheme::None)?;
     if fpx::is_artifact(path) && options != QuantizeOptions::new(WeightScheme::None) {
-        bail!("--weights/--group-size/--scale-search/--activations apply to .onnx models; '{}' was quantized when it was compiled", path.display());
+        bail!(
+            "--weights/--group-size/--scale-search/--activations apply to .onnx models; '{}' was quantized when it was compiled",
+            path.display()
+        );
     }
     let model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
     if let Some(q) = model.quantization().filter(|_| announce) {
@@ -178,11 +181,14 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         pool_mask: args.pool_mask.clone(),
     };
     let feeds = read_inputs(&args.inputs.inputs)?;
-    let r = fpx::report::accuracy_report(&args.model, feeds, &options).with_context(|| format!("cannot report on '{}'", args.model.display()))?;
+    let r = fpx::report::accuracy_report(&args.model, feeds, &options)
+        .with_context(|| format!("cannot report on '{}'", args.model.display()))?;
     print!("{}", r.to_text());
     if let Some(path) = &args.html {
         let tmp = path.with_extension("html.tmp");
-        std::fs::write(&tmp, r.to_html()).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("cannot write '{}'", path.display()))?;
+        std::fs::write(&tmp, r.to_html())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
         println!("\nwrote {}", path.display());
     }
     Ok(())
@@ -198,7 +204,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let model = open_model(path, &args.quant, !args.json)?;
     let feeds = read_inputs(&args.inputs.inputs)?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads).with_context(|| format!("cannot run model '{}'", path.display()))?;
+    let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
+        .with_context(|| format!("cannot run model '{}'", path.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -233,7 +240,9 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
     check_model_file(&args.model)?;
     let quantize = quantize_options(&args.quant, WeightScheme::Fixed(fpx::quant::Format::Fp6E3M2))?;
     if quantize.scheme == WeightScheme::None {
-        bail!("--weights none: an artifact holds quantized weights; pick a scheme (e.g. fp6-e3m2), or run the .onnx directly with `fpx run`");
+        bail!(
+            "--weights none: an artifact holds quantized weights; pick a scheme (e.g. fp6-e3m2), or run the .onnx directly with `fpx run`"
+        );
     }
     let options = fpx::CompileOptions { quantize, target: args.target, cpu: args.cpu };
     let t0 = Instant::now();

@@ -5,7 +5,7 @@ mod args;
 mod commands;
 
 use args::{Cli, Command};
-use clap::Parser;
+use clap::Parser as _;
 
 fn main() {
     // Die quietly on a closed pipe (`fpx inspect m.onnx | head`) instead of panicking in println!.
@@ -13,7 +13,17 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A value the library's parser refuses (an unknown scheme, CPU or target) is an error
+        // like every other `error:` of fpx (exit 1); usage errors keep clap's exit code 2, and
+        // --help/--version exit 0.
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation) => {
+            let _ = e.print();
+            std::process::exit(1)
+        }
+        Err(e) => e.exit(),
+    };
     let res = match &cli.command {
         Command::Compile(a) => commands::compile(a),
         Command::Run(a) => commands::run(a),

@@ -27,7 +27,7 @@ use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
 use crate::target::{Isa, Machine};
-use crate::{Activations, KernelSpec, LlvmError, Variant};
+use crate::{Activations, LlvmError, QuantGemm, Variant};
 
 mod builder;
 mod decode;
@@ -56,7 +56,7 @@ pub(crate) fn supports(format: Format) -> bool {
 /// Compile-time facts about one kernel.
 struct Plan {
     /// The spec.
-    spec: KernelSpec,
+    spec: QuantGemm,
     /// How its codes are decoded to `f32`.
     dq: Dequant,
     /// Tiles along K.
@@ -77,7 +77,7 @@ struct Plan {
 
 impl Plan {
     /// The plan of a validated spec.
-    fn new(spec: &KernelSpec) -> Plan {
+    fn new(spec: &QuantGemm) -> Plan {
         let dq = Dequant::of(spec.format).expect("validated format");
         let shape = PackedShape::new(spec.n, spec.k, spec.format.bits());
         let kt = shape.k_tiles() as u64;
@@ -127,7 +127,7 @@ struct NtileArgs<'ctx> {
 }
 
 /// Builds the module with every kernel of `specs` (already validated, sorted and deduplicated).
-fn build_module<'ctx>(ctx: &'ctx Context, specs: &[KernelSpec], machine: &Machine) -> R<Module<'ctx>> {
+fn build_module<'ctx>(ctx: &'ctx Context, specs: &[QuantGemm], machine: &Machine) -> R<Module<'ctx>> {
     let module = ctx.create_module("fpx_kernels");
     module.set_source_file_name("fpx_kernels");
     module.set_triple(&machine.tm.get_triple());
@@ -153,7 +153,7 @@ fn optimize(module: &Module<'_>, machine: &Machine) -> R<()> {
 }
 
 /// Generates, optimizes and emits the object file holding every kernel of `specs`.
-pub(crate) fn compile_object(specs: &[KernelSpec], machine: &Machine) -> R<Vec<u8>> {
+pub(crate) fn compile_object(specs: &[QuantGemm], machine: &Machine) -> R<Vec<u8>> {
     let ctx = Context::create();
     let module = build_module(&ctx, specs, machine)?;
     optimize(&module, machine)?;
@@ -163,7 +163,7 @@ pub(crate) fn compile_object(specs: &[KernelSpec], machine: &Machine) -> R<Vec<u
 }
 
 /// The unoptimized IR and the optimized assembly of `specs`' kernels.
-pub(crate) fn ir_and_asm(specs: &[KernelSpec], machine: &Machine) -> R<(String, String)> {
+pub(crate) fn ir_and_asm(specs: &[QuantGemm], machine: &Machine) -> R<(String, String)> {
     let ctx = Context::create();
     let module = build_module(&ctx, specs, machine)?;
     let ir = module.print_to_string().to_string();
@@ -174,14 +174,14 @@ pub(crate) fn ir_and_asm(specs: &[KernelSpec], machine: &Machine) -> R<(String, 
 }
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
-    /// Emits the exported kernel `spec.symbol(variant)` and its internal helpers. Gemv runs the
+    /// Emits the exported kernel `crate::symbol(&plan.spec, variant)` and its internal helpers. Gemv runs the
     /// register-streaming loop when `m` fits one register block of rows and the groups are
     /// tile-aligned, the panel loop otherwise (still one dequantization per weight).
     fn kernel(&self, plan: &Plan, variant: Variant) -> R<()> {
-        let name = plan.spec.symbol(variant);
+        let name = crate::symbol(&plan.spec, variant);
         let int8 = plan.spec.activations == Activations::Int8;
         // Int8 kernels share their loops between both exported symbols.
-        let shared = plan.spec.symbol(Variant::Gemm);
+        let shared = crate::symbol(&plan.spec, Variant::Gemm);
         let (direct, panel) = if vnni::runs(&self.isa, plan) {
             (Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS)), self.vn_panel_ntile(plan, &shared)?)
         } else if int8 {
