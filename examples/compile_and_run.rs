@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("wrote {} ({} bytes, {} kernels)", artifact.display(), written.bytes, compiled.kernels);
 
     // 2. Load and run (in a deployment this happens elsewhere, from the file alone).
-    let loaded = fpx::load(&artifact)?;
+    let loaded = fpx::open(&artifact)?;
     let mut inputs = Vec::new();
     for f in &feeds {
         let (name, path) = f.split_once('=').ok_or("inputs look like NAME=FILE.npy")?;

@@ -220,9 +220,3 @@ fn metadata(path: &Path, q: &QuantizeOptions) -> BTreeMap<String, String> {
     m.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     m
 }
-
-/// Opens an `.fpx` artifact, checks it, loads its CPU code for this machine, and prepares it to
-/// run (`fpx_runtime::LoadedArtifact::open`).
-pub fn load(path: &Path) -> Result<LoadedArtifact, Error> {
-    Ok(LoadedArtifact::open(path)?)
-}

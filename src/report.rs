@@ -193,14 +193,10 @@ fn time<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<(T, f64), Error> {
 /// Per-channel-normalized weights of the MatMul/Gemm named `layer` (or the first one).
 fn layer_histogram(fp32: &Model, layer: Option<&str>) -> Option<LayerHistogram> {
     let g = fp32.graph();
-    let ids = g.topo_order().ok()?;
-    let node = ids.iter().map(|&id| g.node(id)).find(|n| {
-        (n.op_type == "MatMul" || n.op_type == "Gemm")
-            && n.inputs.get(1).copied().flatten().and_then(|v| g.constant(v)).is_some_and(|t| t.rank() == 2)
-            && layer.is_none_or(|l| l == n.name)
-    })?;
-    let w = g.constant(node.inputs[1]?)?;
-    let transposed = node.op_type == "Gemm" && node.attr_i("transB", 0) != 0;
+    let site = fpx_passes::weight_sites(g).ok()?.into_iter().find(|s| layer.is_none_or(|l| l == g.node(s.node).name))?;
+    let node = g.node(site.node);
+    let w = g.constant(site.weight)?;
+    let transposed = site.transposed;
     let a = w.to_f32();
     let a = if transposed { a.t().to_owned() } else { a };
     let (k, n) = (a.shape()[0], a.shape()[1]);

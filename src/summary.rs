@@ -48,17 +48,13 @@ pub struct ModelSummary {
     pub weight_matmuls: Vec<WeightMatmul>,
 }
 
-/// MatMul/Gemm nodes whose weight (input 1) is a constant, grouped by op and weight shape.
+/// The MatMul/Gemm nodes quantization will rewrite ([`fpx_passes::weight_sites`]), grouped by
+/// op and weight shape (none for a graph with a cycle, which nothing can run).
 pub fn weight_matmuls(graph: &Graph) -> Vec<WeightMatmul> {
     let mut groups: BTreeMap<(String, Vec<usize>, bool), usize> = BTreeMap::new();
-    for id in graph.node_ids() {
-        let n = graph.node(id);
-        if n.op_type == "MatMul" || n.op_type == "Gemm" {
-            if let Some(w) = n.inputs.get(1).copied().flatten().and_then(|v| graph.constant(v)) {
-                let transposed = n.op_type == "Gemm" && n.attr_i("transB", 0) != 0;
-                *groups.entry((n.op_type.clone(), w.shape().to_vec(), transposed)).or_insert(0) += 1;
-            }
-        }
+    for site in fpx_passes::weight_sites(graph).unwrap_or_default() {
+        let shape = graph.constant(site.weight).map(|w| w.shape().to_vec()).unwrap_or_default();
+        *groups.entry((graph.node(site.node).op_type.clone(), shape, site.transposed)).or_insert(0) += 1;
     }
     groups.into_iter().map(|((op, weight_shape, transposed), count)| WeightMatmul { op, weight_shape, transposed, count }).collect()
 }
@@ -254,7 +250,7 @@ impl ArtifactSummary {
                     target: c.target.to_string(),
                     features: c.features.to_vec(),
                     shared_object_bytes: c.shared_object.len(),
-                    runs_here: fpx_runtime::native::missing_cpu_features(c.features).is_empty(),
+                    runs_here: fpx_artifact::missing_cpu_features(c.features).is_empty(),
                     kernels: c
                         .kernels
                         .iter()

@@ -1,5 +1,5 @@
 //! The ahead-of-time path: `fpx compile` → one `.fpx` file → `fpx run`, through the library
-//! (`fpx::compile`, `fpx::load`) and the CLI.
+//! (`fpx::compile`, `fpx::open`) and the CLI.
 
 use crate::common::{max_abs_diff, npy};
 use fpx::ir::Tensor;
@@ -194,7 +194,7 @@ fn int8_activations_with_unsuitable_weights_name_the_node() {
     let mut grouped = int8(Format::Int4);
     grouped.quantize.group_size = Some(48);
     let err = fpx::compile(&model, &grouped).unwrap_err().to_string();
-    assert!(err.contains("the group size must be a multiple of it, not 48"), "{err}");
+    assert!(err.contains("groups that are a multiple of 32, not 48"), "{err}");
     let gpu = CompileOptions { target: fpx::Target::All, ..int8(Format::Fp6E2M3) };
     assert!(fpx::compile(&model, &gpu).unwrap_err().to_string().contains("int8 activations are for CPU code"));
     let o = fpx_cli(&["compile", model.to_str().unwrap(), "-o", "/nonexistent/x.fpx", "--activations", "int9"]);

@@ -83,6 +83,20 @@ fn invalid_quant_matmul_attributes_are_refused_by_compile_and_run_naming_the_nod
     }
 }
 
+/// An artifact cannot carry such a node either: the writer refuses it, naming the node (the
+/// reader's refusal of a crafted file is fpx-artifact's test).
+#[test]
+fn an_artifact_with_an_invalid_quant_matmul_is_not_written() {
+    let model = fpx_test_support::data::workspace_root().join("examples/tiny-transformer/model.onnx");
+    let mut contents = fpx::compile(&model, &fpx::CompileOptions::default()).unwrap().contents;
+    let g = &mut contents.graph;
+    let id = g.node_ids().into_iter().find(|&id| fpx::ir::ops::quant_matmul::is_quant_matmul(g.node(id))).unwrap();
+    let name = g.node(id).name.clone();
+    g.node_mut(id).attrs.insert("format".into(), fpx::ir::Attribute::String("fp7".into()));
+    let err = fpx::artifact::to_bytes(&contents).unwrap_err().to_string();
+    assert!(err.contains(&format!("node '{name}'")) && err.contains("unknown weight format 'fp7'"), "{err}");
+}
+
 #[test]
 fn out_of_range_group_sizes_are_refused_by_every_command() {
     let ex = fpx_test_support::data::workspace_root().join("examples/tiny-transformer");
@@ -99,6 +113,6 @@ fn out_of_range_group_sizes_are_refused_by_every_command() {
         let o = fpx_cli(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains(&format!("group size {huge} is too large")), "{args:?}: {err}");
+        assert!(err.contains(&format!("group size {huge} must be at most")), "{args:?}: {err}");
     }
 }

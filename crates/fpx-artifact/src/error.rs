@@ -26,13 +26,13 @@ pub enum ArtifactError {
         message: String,
     },
     /// The file was written by a newer fpx, in a format version this one cannot read.
-    #[error("'{what}' is an fpx artifact of format version {found}, but this fpx reads only versions up to {supported}: use a newer fpx, or recompile the model with this one")]
+    #[error("'{what}' is an fpx artifact of format version {found}, but this fpx reads only version {supported}: use a newer fpx, or recompile the model with this one")]
     NewerVersion {
         /// The file.
         what: String,
         /// The version in the file's header.
         found: u32,
-        /// The newest version this crate reads ([`crate::FORMAT_VERSION`]).
+        /// The one version this crate reads ([`crate::FORMAT_VERSION`]).
         supported: u32,
     },
     /// The file was written by an older fpx, in a format version whose fields mean something

@@ -76,6 +76,33 @@ macro_rules! cpu_features {
     };
 }
 
+/// The CPU features in `features` (recorded names, [`cpu_features!`]) this machine lacks; unknown
+/// names count as missing. The runtime refuses code that needs any; `fpx inspect` says whether
+/// an artifact's code runs here.
+pub fn missing_cpu_features(features: &[String]) -> Vec<String> {
+    features.iter().filter(|f| !has_feature(f)).cloned().collect()
+}
+
+/// Whether this CPU has the recorded feature `f` (the names of `fpx_artifact::cpu_features!`;
+/// any other name counts as missing).
+#[cfg(target_arch = "x86_64")]
+fn has_feature(f: &str) -> bool {
+    macro_rules! detect {
+        ($($llvm:literal => $name:tt),* $(,)?) => {
+            match f {
+                $($name => std::arch::is_x86_feature_detected!($name),)*
+                _ => false,
+            }
+        };
+    }
+    crate::cpu_features!(detect)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_feature(_: &str) -> bool {
+    false
+}
+
 /// What a section holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SectionKind {

@@ -3,7 +3,7 @@
 use crate::decode::{build_graph, Constants};
 use crate::format::{align_up, NodeKernels, FORMAT_VERSION, HEADER_LEN, MAGIC};
 use crate::manifest as pb;
-use crate::validate::{check_code, CheckedCpu, CheckedPtx};
+use crate::validate::{check_code, check_tables, CheckedCpu, CheckedPtx};
 use crate::{ArtifactError, CpuKernel, GpuKernel, SectionInfo, SectionKind};
 use fpx_ir::Graph;
 use memmap2::Mmap;
@@ -137,7 +137,8 @@ impl Artifact {
             }
         }
         // Build the graph once without copying constants: every check `graph` makes happens now.
-        build_graph(&what, &manifest, &sections, Constants::Check(bytes.as_slice()))?;
+        let graph = build_graph(&what, &manifest, &sections, Constants::Check(bytes.as_slice()))?;
+        check_tables(&what, &graph, &cpu, &ptx)?;
         Ok(Artifact { what, bytes, version, manifest, sections, cpu, ptx })
     }
 

@@ -196,13 +196,22 @@ fn small_contents() -> ArtifactContents {
     n.attrs.insert("t".into(), Attribute::Tensor(Tensor::vec_i64(vec![1, 2])));
     g.add_node(n).unwrap();
     g.add_node(Node::new("neg", "Neg", 17, vec![Some(a)], vec![b])).unwrap();
+    // The quantized product the code entries serve (added last: the value and node numbers of
+    // the other nodes stay as the cases below count them).
+    g.opsets.insert(fpx_ir::ops::FPX_DOMAIN.into(), 1);
+    let q = g.value_named("q");
+    let mut qmm = Node::new("qmm", fpx_ir::ops::quant_matmul::OP_TYPE, 1, vec![Some(b), Some(w), Some(w)], vec![q]);
+    qmm.domain = fpx_ir::ops::FPX_DOMAIN.into();
+    let gemm = fpx_quant::QuantGemm { format: Format::Fp6E2M3, k: 64, n: 2, group_size: 0, activations: Activations::Int8 };
+    fpx_ir::ops::quant_matmul::write(&mut qmm, &gemm);
+    g.add_node(qmm).unwrap();
     g.outputs = vec![b, m];
     let cpu = vec![CpuCode {
         target: "generic".into(),
         features: vec![],
         shared_object: vec![7; 100],
         kernels: vec![NodeKernels {
-            node: "add".into(),
+            node: "qmm".into(),
             table: KernelTable::new(vec![
                 (8, CpuKernel { symbol: "g1".into(), column_split: 16, activations: Activations::Int8 }),
                 (0, CpuKernel { symbol: "g2".into(), column_split: 32, activations: Activations::Int8 }),
@@ -211,7 +220,7 @@ fn small_contents() -> ArtifactContents {
         }],
     }];
     let tiles = GpuTiles {
-        format: Format::Fp6E3M2,
+        format: Format::Fp6E2M3,
         activations: GpuActivations::Bf16,
         n: 2,
         k: 64,
@@ -237,7 +246,7 @@ fn small_contents() -> ArtifactContents {
             entries: vec!["k16".into(), "k16_reduce".into(), "k128".into()],
         }],
         kernels: vec![NodeKernels {
-            node: "add".into(),
+            node: "qmm".into(),
             table: KernelTable::new(vec![(16, gemm("k16", "k16_reduce")), (0, gemm("k128", ""))]).unwrap(),
         }],
     }];
@@ -276,7 +285,7 @@ fn graph(m: &mut pb::Manifest) -> &mut pb::Graph {
 fn the_unmodified_parts_assemble_into_a_valid_artifact() {
     let (m, sections) = parts();
     let a = Artifact::from_bytes(assemble(m, &sections), "ok.fpx").unwrap();
-    assert_eq!(a.graph().unwrap().node_count(), 2);
+    assert_eq!(a.graph().unwrap().node_count(), 3);
     assert_eq!(to_bytes(&small_contents()).unwrap().len() as u64, a.file_bytes());
 }
 
@@ -303,7 +312,7 @@ fn inconsistent_manifests_are_rejected() {
     rejects("a graph output refers to value #77", |m, _| graph(m).outputs.push(77));
     rejects("a graph input refers to value #77", |m, _| graph(m).inputs.push(77));
     rejects("an input of node 'neg' refers to value #1000", |m, _| graph(m).nodes[1].inputs[0].value = Some(1000));
-    rejects("an output of node 'add' refers to value #5", |m, _| graph(m).nodes[0].outputs[0] = 5);
+    rejects("an output of node 'add' refers to value #6", |m, _| graph(m).nodes[0].outputs[0] = 6);
     rejects("not in topological order", |m, _| graph(m).nodes.swap(0, 1));
     rejects("produced by both node 'add' and node 'neg'", |m, _| graph(m).nodes[1].outputs[0] = graph(m).nodes[0].outputs[0]);
     rejects("attribute 't' of node 'add' has no value", |m, _| graph(m).nodes[0].attributes[0].value = None);
@@ -332,19 +341,19 @@ fn inconsistent_manifests_are_rejected() {
         let code = m.ptx_code[0].clone();
         m.ptx_code.push(code);
     });
-    rejects("node 'add' uses module 'nope', which is not there", |m, _| m.ptx_code[0].gemms[0].module = "nope".into());
-    rejects("node 'add' uses kernel 'k64', which module 'gemm' does not have", |m, _| m.ptx_code[0].gemms[1].kernel = "k64".into());
+    rejects("node 'qmm' uses module 'nope', which is not there", |m, _| m.ptx_code[0].gemms[0].module = "nope".into());
+    rejects("node 'qmm' uses kernel 'k64', which module 'gemm' does not have", |m, _| m.ptx_code[0].gemms[1].kernel = "k64".into());
     rejects("uses kernel 'r', which module", |m, _| m.ptx_code[0].gemms[0].reduce = "r".into());
-    rejects("node 'add': no kernel for M above 16", |m, _| m.ptx_code[0].gemms.swap(0, 1));
-    rejects("node 'add': no kernel for M above 1000", |m, _| m.ptx_code[0].gemms[1].max_m = 1000);
-    rejects("node 'add': M ranges out of order (16, then 8)", |m, _| {
+    rejects("node 'qmm': no kernel for M above 16", |m, _| m.ptx_code[0].gemms.swap(0, 1));
+    rejects("node 'qmm': no kernel for M above 1000", |m, _| m.ptx_code[0].gemms[1].max_m = 1000);
+    rejects("node 'qmm': M ranges out of order (16, then 8)", |m, _| {
         let mut g = m.ptx_code[0].gemms[0].clone();
         g.max_m = 8;
         m.ptx_code[0].gemms.insert(1, g);
     });
-    rejects("node 'add' has a GEMM without its tile configuration", |m, _| m.ptx_code[0].gemms[0].tiles = None);
-    rejects("node 'add': unknown weight format 'fp7'", |m, _| m.ptx_code[0].gemms[0].tiles.as_mut().unwrap().format = "fp7".into());
-    rejects("the kernels of node 'add' are not listed together", |m, _| {
+    rejects("node 'qmm' has a GEMM without its tile configuration", |m, _| m.ptx_code[0].gemms[0].tiles = None);
+    rejects("node 'qmm': unknown weight format 'fp7'", |m, _| m.ptx_code[0].gemms[0].tiles.as_mut().unwrap().format = "fp7".into());
+    rejects("the kernels of node 'qmm' are not listed together", |m, _| {
         let mut other = m.ptx_code[0].gemms[0].clone();
         other.node = "neg".into();
         m.ptx_code[0].gemms.insert(1, other);
@@ -354,15 +363,39 @@ fn inconsistent_manifests_are_rejected() {
         m.ptx_code[0].modules[0].name = "a/b".into();
         m.ptx_code[0].gemms.iter_mut().for_each(|g| g.module = "a/b".into());
     });
-    rejects("the CPU code for 'generic': node 'add': M ranges out of order (0, then 0)", |m, _| m.cpu_code[0].gemms[0].max_m = 0);
-    rejects("node 'add' splits columns at multiples of 24, not of 16", |m, _| m.cpu_code[0].gemms[0].column_split = 24);
-    rejects("node 'add' has a kernel without a symbol", |m, _| m.cpu_code[0].gemms[1].symbol.clear());
-    rejects("node 'add': unknown activations code 7", |m, _| m.cpu_code[0].gemms[0].activations = 7);
+    rejects("the CPU code for 'generic': node 'qmm': M ranges out of order (0, then 0)", |m, _| m.cpu_code[0].gemms[0].max_m = 0);
+    rejects("node 'qmm' splits columns at multiples of 24, not of 16", |m, _| m.cpu_code[0].gemms[0].column_split = 24);
+    rejects("node 'qmm' has a kernel without a symbol", |m, _| m.cpu_code[0].gemms[1].symbol.clear());
+    rejects("node 'qmm': unknown activations code 7", |m, _| m.cpu_code[0].gemms[0].activations = 7);
+    rejects("the CPU code for 'generic': node 'neg' is not a quantized product of the graph", |m, _| {
+        m.cpu_code[0].gemms.iter_mut().for_each(|g| g.node = "neg".into())
+    });
+    rejects("the CPU code for 'generic' has no kernels for the quantized product 'qmm'", |m, _| m.cpu_code[0].gemms.clear());
+    rejects("kernel 'g1' takes f32 activations, but node 'qmm' multiplies int8", |m, _| {
+        m.cpu_code[0].gemms.iter_mut().for_each(|g| g.activations = 0);
+    });
+    rejects("the GPU code for 'sm_90': kernel 'k128' was tiled for fp6-e2m3 n=2 k=96, but node 'qmm' is fp6-e2m3 k=64 n=2", |m, _| {
+        m.ptx_code[0].gemms[1].tiles.as_mut().unwrap().k = 96
+    });
     rejects("the CPU code for 'generic' is listed twice", |m, _| {
         let code = m.cpu_code[0].clone();
         m.cpu_code.push(code);
     });
     rejects("the PTX of module 'gemm' for sm_90 is not UTF-8", |_, s| s[3] = vec![0xff, 0xfe]);
+}
+
+#[test]
+fn a_quantized_product_with_invalid_attributes_is_an_ir_error_naming_it() {
+    let (mut m, sections) = parts();
+    let qmm = graph(&mut m).nodes.iter_mut().find(|n| n.name == "qmm").unwrap();
+    let format = qmm.attributes.iter_mut().find(|a| a.name == "format").unwrap();
+    format.value = Some(pb::attribute::Value::S("fp7".into()));
+    match Artifact::from_bytes(assemble(m, &sections), "bad-qmm.fpx") {
+        Err(e @ ArtifactError::Ir { .. }) => {
+            assert!(e.to_string().contains("node 'qmm' (QuantMatMul, opset 1): unknown weight format 'fp7'"), "{e}")
+        }
+        other => panic!("expected an Ir error, got {other:?}"),
+    }
 }
 
 #[test]

@@ -6,7 +6,10 @@
 use crate::format::{cpu_tables, gpu_tables, NodeKernels};
 use crate::manifest as pb;
 use crate::{ArtifactError, CpuKernel, GpuKernel, SectionInfo, SectionKind};
+use fpx_ir::ops::quant_matmul;
+use fpx_ir::Graph;
 use fpx_quant::layout::TILE_N;
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 /// A checked CPU code entry: [`crate::CpuCode`] with its shared object still in the file.
@@ -132,4 +135,58 @@ fn check_ptx(
         }
     }
     Ok(CheckedPtx { arch: p.arch.clone(), sm_count: p.sm_count, modules, kernels })
+}
+
+/// Checks the kernel tables against the graph they serve: each names a quantized product of the
+/// graph; CPU kernels take the activations the node's [`fpx_quant::QuantGemm`] says, and a CPU
+/// code entry has a table for every quantized product (none may silently fall back to the slow
+/// reference kernel); GPU kernels were tiled for the node's format, N and K.
+pub(crate) fn check_tables(what: &str, graph: &Graph, cpu: &[CheckedCpu], ptx: &[CheckedPtx]) -> Result<(), ArtifactError> {
+    let mut products = BTreeMap::new();
+    for id in graph.node_ids() {
+        let n = graph.node(id);
+        if quant_matmul::is_quant_matmul(n) {
+            let gemm = quant_matmul::read(n).map_err(|source| ArtifactError::Ir { what: what.to_string(), source })?;
+            products.insert(n.name.as_str(), gemm);
+        }
+    }
+    let product = |who: &str, node: &str| {
+        products
+            .get(node)
+            .copied()
+            .ok_or_else(|| ArtifactError::corrupt(what, format!("{who}: node '{node}' is not a quantized product of the graph")))
+    };
+    for c in cpu {
+        let who = format!("the CPU code for '{}'", c.target);
+        for k in &c.kernels {
+            let gemm = product(&who, &k.node)?;
+            if let Some((_, e)) = k.table.rows().iter().find(|(_, e)| e.activations != gemm.activations) {
+                let message = format!(
+                    "{who}: kernel '{}' takes {} activations, but node '{}' multiplies {}",
+                    e.symbol, e.activations, k.node, gemm.activations
+                );
+                return Err(ArtifactError::corrupt(what, message));
+            }
+        }
+        if let Some(node) = products.keys().find(|n| !c.kernels.iter().any(|k| k.node == **n)) {
+            return Err(ArtifactError::corrupt(what, format!("{who} has no kernels for the quantized product '{node}'")));
+        }
+    }
+    for p in ptx {
+        let who = format!("the GPU code for '{}'", p.arch);
+        for k in &p.kernels {
+            let gemm = product(&who, &k.node)?;
+            for (_, g) in k.table.rows() {
+                let t = &g.tiles;
+                if t.format != gemm.format || t.n != gemm.n as u64 || t.k != gemm.k as u64 {
+                    let message = format!(
+                        "{who}: kernel '{}' was tiled for {} n={} k={}, but node '{}' is {gemm}",
+                        g.kernel, t.format, t.n, t.k, k.node
+                    );
+                    return Err(ArtifactError::corrupt(what, message));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use crate::data::{dtype_code, stream_tensor, tensor_bytes};
 use crate::decode::{build_graph, Constants};
 use crate::format::{align_up, cpu_rows, gpu_rows, producer, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN};
 use crate::manifest as pb;
-use crate::validate::check_code;
+use crate::validate::{check_code, check_tables};
 use crate::{ArtifactContents, ArtifactError, SectionInfo, WriteSummary};
 use fpx_ir::{Attribute, Dim, Graph, NodeId, Tensor, TensorType, ValueId};
 use prost::Message;
@@ -293,7 +293,10 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
 fn check_reads_back(m: &pb::Manifest, what: &str) -> Result<(), ArtifactError> {
     let refuse = |message: String| ArtifactError::Graph { what: what.to_string(), message: format!("it would not read back: {message}") };
     let sections: Vec<SectionInfo> = m.sections.iter().map(SectionInfo::from_pb).collect();
-    check_code(what, m, &sections).and_then(|_| build_graph(what, m, &sections, Constants::Skip)).map(|_| ()).map_err(|e| match e {
+    let checked = check_code(what, m, &sections)
+        .and_then(|(cpu, ptx)| build_graph(what, m, &sections, Constants::Skip).map(|g| (g, cpu, ptx)))
+        .and_then(|(g, cpu, ptx)| check_tables(what, &g, &cpu, &ptx));
+    checked.map_err(|e| match e {
         ArtifactError::Corrupt { message, .. } => refuse(message),
         ArtifactError::Ir { source, .. } => refuse(source.to_string()),
         other => other,

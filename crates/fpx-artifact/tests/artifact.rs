@@ -25,6 +25,11 @@ fn arr<T: Clone>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
 /// unranked and untyped values, every attribute kind, omitted optional inputs (in the middle
 /// and at the end), a constant and a graph input that are graph outputs, several opset
 /// imports, nodes added out of order, and a hole left by a removed node.
+/// The quantized product of [`rich_graph`]'s node `quant`, which the code entries serve.
+fn quant_gemm() -> fpx_quant::QuantGemm {
+    fpx_quant::QuantGemm { format: Format::Fp6E2M3, k: 32, n: 3, group_size: 0, activations: Activations::Int8 }
+}
+
 fn rich_graph() -> Graph {
     let mut r = Rng::new(0x1234_5678_9abc_def1);
     let mut g = Graph::new("rich");
@@ -70,10 +75,7 @@ fn rich_graph() -> Graph {
     // Consumers first: the writer must put them in topological order.
     let mut quant = Node::new("quant", "QuantMatMul", 1, vec![Some(c), Some(packed), Some(scales), None], vec![q]);
     quant.domain = "fpx".into();
-    quant.attrs.insert("format".into(), Attribute::String("fp6_e3m2".into()));
-    quant.attrs.insert("k".into(), Attribute::Int(32));
-    quant.attrs.insert("n".into(), Attribute::Int(3));
-    quant.attrs.insert("group_size".into(), Attribute::Int(0));
+    fpx_ir::ops::quant_matmul::write(&mut quant, &quant_gemm());
     g.add_node(quant).unwrap();
     g.add_node(Node::new("clip", "Clip", 17, vec![Some(h), None, Some(clip_max)], vec![c])).unwrap();
     // A node that is removed again, leaving a hole in the node indices.
@@ -108,23 +110,25 @@ fn rich_contents() -> ArtifactContents {
             target: "x86-64-v3".into(),
             features: vec!["avx2".into(), "fma".into(), "f16c".into()],
             shared_object: r.bytes(3001),
-            kernels: vec![
-                NodeKernels {
-                    node: "quant".into(),
-                    table: KernelTable::new(vec![
-                        (8, CpuKernel { symbol: "fpx_quant_gemv".into(), column_split: 16, activations: Activations::Int8 }),
-                        (0, CpuKernel { symbol: "fpx_quant_gemm".into(), column_split: 64, activations: Activations::Int8 }),
-                    ])
-                    .unwrap(),
-                },
-                NodeKernels {
-                    node: "mm".into(),
-                    table: KernelTable::single(CpuKernel { symbol: "mm_m".into(), column_split: 16, activations: Activations::F32 }),
-                },
-            ],
+            kernels: vec![NodeKernels {
+                node: "quant".into(),
+                table: KernelTable::new(vec![
+                    (8, CpuKernel { symbol: "fpx_quant_gemv".into(), column_split: 16, activations: Activations::Int8 }),
+                    (0, CpuKernel { symbol: "fpx_quant_gemm".into(), column_split: 64, activations: Activations::Int8 }),
+                ])
+                .unwrap(),
+            }],
         },
         // An empty shared object: a zero-length section.
-        CpuCode { target: "generic".into(), features: vec![], shared_object: vec![], kernels: vec![] },
+        CpuCode {
+            target: "generic".into(),
+            features: vec![],
+            shared_object: vec![],
+            kernels: vec![NodeKernels {
+                node: "quant".into(),
+                table: KernelTable::single(CpuKernel { symbol: "q".into(), column_split: 16, activations: Activations::Int8 }),
+            }],
+        },
     ];
     let metadata = BTreeMap::from([("weights".to_string(), "fp6-auto".to_string()), ("source".to_string(), "model.onnx".to_string())]);
     let module = |name: &str, entries: &[&str], r: &mut Rng| PtxModule {
@@ -142,8 +146,8 @@ fn rich_contents() -> ArtifactContents {
         tiles: GpuTiles {
             format: Format::Fp6E2M3,
             activations: GpuActivations::F16,
-            n: 4096,
-            k: 11008,
+            n: quant_gemm().n as u64,
+            k: quant_gemm().k as u64,
             m_tile: 16,
             warps: 4,
             warp_ntiles: 2,

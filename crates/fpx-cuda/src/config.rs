@@ -205,6 +205,11 @@ impl GemmConfig {
         if self.n == 0 || self.k == 0 {
             return bad("n and k must be positive".into());
         }
+        // First, before anything derived from them: channel and token indices are 32-bit ints
+        // in the kernel (global offsets are 64-bit), and a file may hold any n and k.
+        if self.n > fpx_quant::gemm::MAX_DIM || self.k > fpx_quant::gemm::MAX_DIM {
+            return bad(format!("n = {} or k = {} is larger than {}", self.n, self.k, fpx_quant::gemm::MAX_DIM));
+        }
         if !matches!(self.m_tile, 8 | 16 | 32 | 64) {
             return bad(format!("m_tile {} is not 8, 16, 32 or 64", self.m_tile));
         }
@@ -219,10 +224,6 @@ impl GemmConfig {
         }
         if self.shared_bytes() > MAX_SHARED_BYTES {
             return bad(format!("{} bytes of shared memory (at most {MAX_SHARED_BYTES})", self.shared_bytes()));
-        }
-        // Channel and token indices are 32-bit ints in the kernel (global offsets are 64-bit).
-        if self.n_pad() > i32::MAX as usize || self.k_pad() > i32::MAX as usize {
-            return bad("n or k too large".into());
         }
         Ok(())
     }
@@ -624,6 +625,8 @@ mod tests {
             (GpuTiles { stages: 1, ..good }, "stages 1 is not 2..=8"),
             (GpuTiles { split_k: 0, ..good }, "split_k 0 is not"),
             (GpuTiles { n: 0, ..good }, "n and k must be positive"),
+            (GpuTiles { k: u64::MAX, ..good }, "is larger than"),
+            (GpuTiles { n: 1 << 31, ..good }, "is larger than"),
         ] {
             let e = GemmConfig::try_from(&bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");

@@ -8,7 +8,7 @@
 //! runtime picks from. Underneath, [`compile_cpu`] builds one module holding every requested
 //! kernel in both [`Variant`]s, runs LLVM's O3 pipeline for a [`CpuTarget`], emits an object and
 //! links it with `cc -shared`; a loader `dlopen`s it after checking that the host has every
-//! feature in [`CompiledCpu::features`] (fpx-runtime's `missing_cpu_features`).
+//! feature in [`CompiledCpu::features`] (`fpx_artifact::missing_cpu_features`).
 //!
 //! # What a kernel computes
 //!
@@ -33,7 +33,7 @@
 //! with no alignment requirement beyond `f32`'s. Kernels are reentrant and use no heap (a
 //! ~17 KiB stack frame at most).
 //!
-//! Kernels of a spec with [`Activations::Int8`] (symbols with `_a8`) have the same signature,
+//! Kernels of a product with [`Activations::Int8`] (symbols with `_a8`) have the same signature,
 //! but `x` points to an [`fpx_quant::act8::Int8Activations`] buffer for the `m` rows (scales,
 //! corrections, permuted int8 codes) instead of `f32` rows.
 //!
@@ -110,10 +110,10 @@ pub enum LlvmError {
     UnsupportedFormat(Format),
     /// A product has no kernel (an empty dimension, int8 activations with a format or groups
     /// that cannot take them, too large for the kernels' offsets).
-    #[error("no CPU kernel for {spec}: {message}")]
-    BadSpec {
+    #[error("no CPU kernel for {gemm}: {message}")]
+    BadGemm {
         /// The offending product, as its Gemv symbol.
-        spec: String,
+        gemm: String,
         /// What is wrong with it.
         message: String,
     },
@@ -188,7 +188,7 @@ pub fn symbol(gemm: &QuantGemm, variant: Variant) -> String {
 /// handles, and a packed weight the kernels' offsets can address. [`compile_cpu`] checks every
 /// product; [`cpu_code`] names the node of the one at fault.
 pub fn check(gemm: &QuantGemm) -> Result<(), LlvmError> {
-    let bad = |message: String| LlvmError::BadSpec { spec: symbol(gemm, Variant::Gemv), message };
+    let bad = |message: String| LlvmError::BadGemm { gemm: symbol(gemm, Variant::Gemv), message };
     gemm.validate().map_err(|e| bad(e.to_string()))?;
     if !codegen::supports(gemm.format) {
         return Err(LlvmError::UnsupportedFormat(gemm.format));

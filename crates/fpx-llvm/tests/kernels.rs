@@ -233,7 +233,7 @@ fn int4_int8_activations() {
 
 /// `Err` naming what this CPU lacks of `features`, as the artifact loader checks them.
 fn host_supports(features: &[String]) -> Result<(), String> {
-    let missing = fpx_runtime::native::missing_cpu_features(features);
+    let missing = fpx_artifact::missing_cpu_features(features);
     if missing.is_empty() {
         Ok(())
     } else {

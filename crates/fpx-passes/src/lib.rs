@@ -10,8 +10,8 @@ mod scheme;
 mod tests;
 
 pub use fuse::FuseGelu;
-pub use quantize::{quantize_weights, LayerQuant, QuantSummary, QuantizeWeights};
-pub use scheme::{QuantizeOptions, WeightScheme};
+pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
+pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};
 
 use thiserror::Error;
 

@@ -49,11 +49,16 @@ pub struct QuantSummary {
     pub weight_bytes_out: usize,
 }
 
-/// A rewrite candidate.
-struct Site {
-    node: NodeId,
-    weight: ValueId,
-    transposed: bool,
+/// A MatMul/Gemm the quantize rewrite applies to: its weight (input 1) is a constant 2-D float
+/// matrix with elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightSite {
+    /// The MatMul or Gemm node.
+    pub node: NodeId,
+    /// The constant weight.
+    pub weight: ValueId,
+    /// Whether the weight is used transposed (a Gemm with `transB`).
+    pub transposed: bool,
 }
 
 /// Which key identifies a quantized weight: the constant and whether it is used transposed.
@@ -71,8 +76,9 @@ struct Quantized {
     packed: ValueId,
 }
 
-/// Finds MatMul/Gemm nodes whose weight is a constant 2-D float matrix.
-fn sites(graph: &Graph) -> Result<Vec<Site>, IrError> {
+/// Every MatMul/Gemm the quantize rewrite applies to, in topological order: what `fpx inspect`
+/// lists and `fpx report` plots, so they show exactly what quantization will rewrite.
+pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
     let mut out = Vec::new();
     for id in graph.topo_order()? {
         let n = graph.node(id);
@@ -85,7 +91,7 @@ fn sites(graph: &Graph) -> Result<Vec<Site>, IrError> {
             continue;
         }
         let transposed = n.op_type == "Gemm" && n.attr_i("transB", 0) != 0;
-        out.push(Site { node: id, weight: w, transposed });
+        out.push(WeightSite { node: id, weight: w, transposed });
     }
     Ok(out)
 }
@@ -152,7 +158,7 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
     if opts.scheme.candidates().is_empty() {
         return Ok(summary);
     }
-    let sites = sites(graph)?;
+    let sites = weight_sites(graph)?;
     // Quantize each distinct weight once, in parallel.
     let mut keys: Vec<WeightKey> = sites.iter().map(|s| (s.weight, s.transposed)).collect();
     keys.sort();
@@ -166,9 +172,20 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
             Ok(((v, tr), choice, t.len() * t.dtype().size_bytes()))
         })
         .collect();
+    let results = results.into_iter().collect::<Result<Vec<_>, PassError>>()?;
+    // Every rewritten product must be one fpx can run: check them all before the graph changes,
+    // so an error leaves the graph as it was.
+    let mut gemms: HashMap<NodeId, QuantGemm> = HashMap::new();
+    for site in &sites {
+        let (_, choice, _) =
+            results.iter().find(|(key, _, _)| *key == (site.weight, site.transposed)).expect("every site's weight was quantized");
+        let m = &choice.matrix;
+        let gemm = QuantGemm { format: m.format, k: m.k, n: m.n, group_size: m.group_size.unwrap_or(0), activations: opts.activations };
+        gemm.validate().map_err(|source| PassError::Gemm { node: graph.node(site.node).name.clone(), source })?;
+        gemms.insert(site.node, gemm);
+    }
     let mut done: HashMap<WeightKey, Quantized> = HashMap::new();
-    for r in results {
-        let (key, choice, bytes_in) = r?;
+    for (key, choice, bytes_in) in results {
         let matrix = &choice.matrix;
         let shape = PackedShape::new(matrix.n, matrix.k, matrix.format.bits());
         let packed = layout::pack(&matrix.codes, &shape);
@@ -227,9 +244,7 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
         if let Some(b) = bias_value {
             qm.inputs.push(Some(b));
         }
-        let gemm = QuantGemm { format: m.format, k: m.k, n: m.n, group_size: m.group_size.unwrap_or(0), activations: opts.activations };
-        gemm.validate().map_err(|source| PassError::Gemm { node: node.name.clone(), source })?;
-        quant_matmul::write(&mut qm, &gemm);
+        quant_matmul::write(&mut qm, &gemms[&site.node]);
         extra.push(qm);
         if let Some(c) = add_c {
             let opset = graph.opset("").unwrap_or(13);

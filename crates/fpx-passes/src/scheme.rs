@@ -100,16 +100,8 @@ impl QuantizeOptions {
     pub fn validate(&self) -> Result<(), PassError> {
         match self.group_size {
             Some(0) => return Err(PassError::Option("group size must be at least 1 (omit it for one scale per output channel)".into())),
-            Some(g) if g > fpx_quant::gemm::MAX_DIM => {
-                return Err(PassError::Option(format!("group size {g} is too large (at most {})", fpx_quant::gemm::MAX_DIM)))
-            }
-            Some(g) if self.activations == Activations::Int8 && !g.is_multiple_of(fpx_quant::layout::TILE_K) => {
-                return Err(PassError::Option(format!(
-                    "--activations int8 quantizes activations per block of {} columns: the group size must be a multiple of it, not {g}",
-                    fpx_quant::layout::TILE_K
-                )))
-            }
-            _ => {}
+            Some(g) => fpx_quant::gemm::check_group_size(g, self.activations).map_err(|e| PassError::Option(e.to_string()))?,
+            None => {}
         }
         if self.activations == Activations::Int8 && self.candidates().is_empty() {
             return Err(PassError::Option(match self.scheme {

@@ -8,7 +8,7 @@
 //! tables.
 
 use crate::act8::{self, Activations};
-use crate::layout::{PackedShape, TILE_K};
+use crate::layout::PackedShape;
 use crate::Format;
 use std::fmt;
 
@@ -35,13 +35,17 @@ pub struct QuantGemm {
 /// Why a [`QuantGemm`] is not one fpx can run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GemmError {
-    /// K or N is 0, or a dimension exceeds [`MAX_DIM`].
-    #[error("{}", dimensions_message(*k, *n, *group_size))]
+    /// K or N is 0 or exceeds [`MAX_DIM`].
+    #[error("{}", dimensions_message(*k, *n))]
     Dimensions {
         /// The reduction length.
         k: usize,
         /// The output channels.
         n: usize,
+    },
+    /// The group size exceeds [`MAX_DIM`].
+    #[error("group size {group_size} must be at most {MAX_DIM}")]
+    GroupTooLarge {
         /// The group size.
         group_size: usize,
     },
@@ -52,7 +56,7 @@ pub enum GemmError {
         format: Format,
     },
     /// Int8 activations are quantized per block of 32 columns of K; weight groups must align.
-    #[error("int8 activations need one scale per output channel or groups that are a multiple of {TILE_K}, not {group_size}")]
+    #[error("int8 activations need one scale per output channel or groups that are a multiple of {}, not {group_size}", act8::BLOCK)]
     Int8Groups {
         /// The group size.
         group_size: usize,
@@ -60,30 +64,38 @@ pub enum GemmError {
 }
 
 /// What [`GemmError::Dimensions`] says: which dimension is empty or too large.
-fn dimensions_message(k: usize, n: usize, group_size: usize) -> String {
+fn dimensions_message(k: usize, n: usize) -> String {
     if k == 0 || n == 0 {
         format!("K = {k} and N = {n} must be positive")
     } else {
-        format!("K = {k}, N = {n} and group size {group_size} must be at most {MAX_DIM}")
+        format!("K = {k} and N = {n} must be at most {MAX_DIM}")
     }
+}
+
+/// The rules a group size must follow whatever the weight's shape: at most [`MAX_DIM`], and with
+/// int8 activations (quantized per block of [`act8::BLOCK`] columns) a multiple of that block or
+/// 0 (per channel). [`QuantGemm::validate`] and the quantization options both check them here.
+pub fn check_group_size(group_size: usize, activations: Activations) -> Result<(), GemmError> {
+    if group_size > MAX_DIM {
+        return Err(GemmError::GroupTooLarge { group_size });
+    }
+    if activations == Activations::Int8 && !group_size.is_multiple_of(act8::BLOCK) {
+        return Err(GemmError::Int8Groups { group_size });
+    }
+    Ok(())
 }
 
 impl QuantGemm {
     /// Checks that fpx can run this product: dimensions in range, and int8 activations only
     /// with a format that [`takes_int8_activations`] and groups aligned to their blocks.
     pub fn validate(&self) -> Result<(), GemmError> {
-        if self.k == 0 || self.n == 0 || self.k > MAX_DIM || self.n > MAX_DIM || self.group_size > MAX_DIM {
-            return Err(GemmError::Dimensions { k: self.k, n: self.n, group_size: self.group_size });
+        if self.k == 0 || self.n == 0 || self.k > MAX_DIM || self.n > MAX_DIM {
+            return Err(GemmError::Dimensions { k: self.k, n: self.n });
         }
-        if self.activations == Activations::Int8 {
-            if !takes_int8_activations(self.format) {
-                return Err(GemmError::Int8Format { format: self.format });
-            }
-            if !self.group_size.is_multiple_of(TILE_K) {
-                return Err(GemmError::Int8Groups { group_size: self.group_size });
-            }
+        if self.activations == Activations::Int8 && !takes_int8_activations(self.format) {
+            return Err(GemmError::Int8Format { format: self.format });
         }
-        Ok(())
+        check_group_size(self.group_size, self.activations)
     }
 
     /// The number of scale groups along K: `ceil(k / group_size)`, or 1 per channel.
@@ -248,8 +260,8 @@ mod tests {
         assert!(matches!(g.validate(), Err(GemmError::Dimensions { .. })));
         g.k = 8;
         g.group_size = usize::MAX;
-        let e = g.validate().unwrap_err().to_string();
-        assert!(e.contains(&usize::MAX.to_string()), "{e}");
+        assert_eq!(g.validate(), Err(GemmError::GroupTooLarge { group_size: usize::MAX }));
+        assert!(g.validate().unwrap_err().to_string().contains(&usize::MAX.to_string()));
         let e = gemm(Format::Fp6E3M2, 0, Activations::Int8).validate().unwrap_err().to_string();
         assert!(e.contains("fp6-e3m2") && e.contains("fp6-e2m3, fp4-e2m1 or int4"), "{e}");
     }

@@ -81,8 +81,9 @@ impl LoadedArtifact {
     }
 }
 
-/// Each kernel table of `code` bound to its node: every symbol resolved in `lib`, and every
-/// entry checked to take the activations the node's [`fpx_quant::QuantGemm`] says.
+/// Each kernel table of `code` bound to its node: every symbol resolved in `lib`. The reader has
+/// checked the tables against the graph (each names a quantized product, takes its activations,
+/// and every product has one).
 fn bind_kernels(graph: &Graph, code: &CpuCodeRef<'_>, lib: &NativeLibrary) -> Result<HashMap<String, NativeQmm>, RuntimeError> {
     let nodes: HashMap<&str, &fpx_ir::Node> = graph.node_ids().into_iter().map(|id| graph.node(id)).map(|n| (n.name.as_str(), n)).collect();
     let mut bound = HashMap::new();
@@ -93,15 +94,8 @@ fn bind_kernels(graph: &Graph, code: &CpuCodeRef<'_>, lib: &NativeLibrary) -> Re
             return Err(bad(format!("kernels are given for a {} node, not a quantized product", node.op_type)));
         }
         let gemm = quant_matmul::read(node)?;
-        let kernels = k.table.try_map(|e| {
-            if e.activations != gemm.activations {
-                return Err(bad(format!(
-                    "kernel '{}' takes {} activations, but the node multiplies {}",
-                    e.symbol, e.activations, gemm.activations
-                )));
-            }
-            Ok(NativeKernel { f: lib.qmm(&e.symbol)?, column_split: e.column_split as usize })
-        })?;
+        let kernels =
+            k.table.try_map(|e| Ok::<_, RuntimeError>(NativeKernel { f: lib.qmm(&e.symbol)?, column_split: e.column_split as usize }))?;
         bound.insert(k.node.clone(), NativeQmm { gemm, kernels });
     }
     Ok(bound)

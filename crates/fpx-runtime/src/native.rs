@@ -237,31 +237,7 @@ fn quantize_row(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
 /// Activations (elements) from which quantizing them is split across threads.
 const PARALLEL_QUANTIZE: usize = 32 * 1024;
 
-/// The CPU features in `features` (as `is_x86_feature_detected!` names) this machine lacks;
-/// unknown names count as missing. The loader refuses code that needs any.
-pub fn missing_cpu_features(features: &[String]) -> Vec<String> {
-    features.iter().filter(|f| !has_feature(f)).cloned().collect()
-}
-
-/// Whether this CPU has the recorded feature `f` (the names of `fpx_artifact::cpu_features!`;
-/// any other name counts as missing).
-#[cfg(target_arch = "x86_64")]
-fn has_feature(f: &str) -> bool {
-    macro_rules! detect {
-        ($($llvm:literal => $name:tt),* $(,)?) => {
-            match f {
-                $($name => std::arch::is_x86_feature_detected!($name),)*
-                _ => false,
-            }
-        };
-    }
-    fpx_artifact::cpu_features!(detect)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn has_feature(_: &str) -> bool {
-    false
-}
+pub use fpx_artifact::missing_cpu_features;
 
 #[cfg(test)]
 mod tests {

@@ -20,11 +20,14 @@ against FP32; `fpx inspect` summarizes a model or an artifact.",
     after_help = "Examples:\n  fpx compile model.onnx -o model.fpx\n  fpx run model.fpx --input input_ids=ids.npy --output-dir out/\n  \
 fpx inspect model.onnx"
 )]
+/// The `fpx` command line.
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands.
 #[derive(Subcommand)]
 pub enum Command {
     /// Compile an ONNX model ahead of time into one .fpx artifact: weights quantized (FP6 by
@@ -89,29 +92,35 @@ pub struct ScaleArgs {
 /// How weights are quantized: the one flag group of `fpx compile`, `fpx run` and `fpx bench`.
 #[derive(Args, Clone, Copy)]
 pub struct QuantArgs {
-    /// Weight scheme for every MatMul/Gemm with a constant weight: fp6-e3m2 | fp6-e2m3 | fp6-auto |
-    /// fp5-e2m2 | fp4-e2m1 | int4 | int8 | none. fp6-auto picks, per layer, the 6-bit format with
-    /// the lower weight error. Default: fp6-e3m2 for `fpx compile`; none (FP32) for run and bench
-    /// of an .onnx model (an artifact was quantized when it was compiled).
-    #[arg(long, value_name = "SCHEME")]
+    /// Weight scheme for every MatMul/Gemm with a constant weight (default: fp6-e3m2 for compile, none for run/bench).
+    #[arg(long, value_name = "SCHEME", long_help = weights_help())]
     pub weights: Option<WeightScheme>,
     #[command(flatten)]
     pub scales: ScaleArgs,
-    /// What quantized products multiply the weights with: f32 (exact), or int8 (activations quantized
-    /// per row and block of 32 columns at run time, like onnxruntime's MatMulNBits accuracy_level 4:
-    /// byte dot products, with int8 rounding).
+    /// What quantized products multiply the weights with: f32 (exact) or int8 (byte dot products).
     #[arg(long, value_name = "f32|int8", default_value = "f32", long_help = activations_help())]
     pub activations: Activations,
 }
 
+/// The long help of `--weights`, listing the schemes `WeightScheme` parses.
+fn weights_help() -> String {
+    format!(
+        "Weight scheme for every MatMul/Gemm with a constant weight: {}. fp6-auto picks, per layer, the 6-bit format \
+with the lower weight error. Default: fp6-e3m2 for `fpx compile`; none (FP32) for run and bench of an .onnx model \
+(an artifact was quantized when it was compiled).",
+        fpx::passes::SCHEME_NAMES.join(" | ")
+    )
+}
+
 /// The long help of `--activations`, with the formats that can take int8 from the one rule
-/// (`fpx::quant::takes_int8_activations`).
+/// (`fpx::quant::takes_int8_activations`) and the activation block size.
 fn activations_help() -> String {
+    let block = fpx::quant::act8::BLOCK;
     format!(
         "What quantized products multiply the weights with: f32 (exact), or int8 (activations quantized per row and \
-block of 32 columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: byte dot products, with int8 \
+block of {block} columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: byte dot products, with int8 \
 rounding). int8 needs weights with small integer values ({}), one scale per channel or groups that are a \
-multiple of 32, and CPU code (--target cpu).",
+multiple of {block}, and CPU code (--target cpu).",
         fpx::quant::gemm::int8_format_list()
     )
 }

@@ -54,11 +54,7 @@ const ROW_SET_ELEMS: [[usize; 4]; 2] = [[4, 0, 5, 1], [6, 2, 7, 3]];
 /// Whether `plan`'s kernels are this module's on `isa`: int8 activations, a target with VBMI and
 /// VNNI, and 4- or 6-bit codes with an integer form in scale groups of whole tiles (or one).
 pub(super) fn runs(isa: &Isa, plan: &Plan) -> bool {
-    plan.spec.activations == Activations::Int8
-        && isa.vnni8
-        && matches!(plan.spec.format.bits(), 4 | 6)
-        && plan.tpg.is_some()
-        && code_table(plan.spec.format).is_ok()
+    plan.spec.activations == Activations::Int8 && isa.vnni8 && fpx_quant::takes_int8_activations(plan.spec.format) && plan.tpg.is_some()
 }
 
 /// The `vpermb` table: code (low 6 bits of the index) to the unsigned byte `value · units + 64`;

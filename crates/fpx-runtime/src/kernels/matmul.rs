@@ -13,18 +13,52 @@ use std::borrow::Cow;
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
-/// A `matrixmultiply` GEMM (`sgemm`, `dgemm`): `c = alpha * a·b + beta * c` for `m`, `k`, `n`,
-/// `alpha`, `a` with its row and column strides, `b` with its strides, `beta`, `c` with its
-/// strides, all in elements.
-///
-/// Calling it is unsafe: every element reached through the pointers and strides must be valid
-/// (and `c`'s writable and not read or written by anyone else during the call).
-type GemmFn<T> = unsafe fn(usize, usize, usize, T, *const T, isize, isize, *const T, isize, isize, T, *mut T, isize, isize);
+/// The body of [`Gemm::gemm_raw`] for one `matrixmultiply` GEMM (`sgemm`, `dgemm`), called
+/// directly: through a function pointer it would not be inlined and specialized for the unit
+/// column stride of `c`, which measured 6% slower on MiniLM's products.
+macro_rules! gemm_raw_calls {
+    ($gemm:path) => {
+        unsafe fn gemm_raw(
+            m: usize,
+            k: usize,
+            n: usize,
+            alpha: Self,
+            a: *const Self,
+            (rsa, csa): (isize, isize),
+            b: *const Self,
+            (rsb, csb): (isize, isize),
+            beta: Self,
+            c: *mut Self,
+            ldc: isize,
+        ) {
+            // SAFETY: the caller upholds the trait method's contract, which is the GEMM's.
+            unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, 1) }
+        }
+    };
+}
 
 /// Element types the GEMM computes in.
 trait Gemm: Copy + Default + Send + Sync + 'static {
-    /// The `matrixmultiply` GEMM of this type.
-    const GEMM: GemmFn<Self>;
+    /// `c = alpha * a·b + beta * c` for `(row, column)` strides of `a` and `b` given in
+    /// elements; `c`'s rows are `ldc` elements apart.
+    ///
+    /// # Safety
+    /// Every element reached through the pointers and strides must be valid (and `c`'s writable
+    /// and not read or written by anyone else during the call).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        a_strides: (isize, isize),
+        b: *const Self,
+        b_strides: (isize, isize),
+        beta: Self,
+        c: *mut Self,
+        ldc: isize,
+    );
     fn values(t: &Tensor) -> Vec<Self>;
     /// The tensor's data without a copy, when it already is of this type in standard layout.
     fn slice(t: &Tensor) -> Option<&[Self]>;
@@ -33,7 +67,7 @@ trait Gemm: Copy + Default + Send + Sync + 'static {
 }
 
 impl Gemm for f32 {
-    const GEMM: GemmFn<f32> = matrixmultiply::sgemm;
+    gemm_raw_calls!(matrixmultiply::sgemm);
     fn values(t: &Tensor) -> Vec<f32> {
         match t {
             Tensor::F32(a) => a.as_standard_layout().iter().copied().collect(),
@@ -52,7 +86,7 @@ impl Gemm for f32 {
 }
 
 impl Gemm for f64 {
-    const GEMM: GemmFn<f64> = matrixmultiply::dgemm;
+    gemm_raw_calls!(matrixmultiply::dgemm);
     fn values(t: &Tensor) -> Vec<f64> {
         t.to_f64_vec()
     }
@@ -112,21 +146,18 @@ fn par_gemm<T: Gemm>(
     // of `c` (disjoint rows or columns).
     let run = |i0: usize, i1: usize, j0: usize, j1: usize| unsafe {
         let c = cp;
-        T::GEMM(
+        T::gemm_raw(
             i1 - i0,
             k,
             j1 - j0,
             alpha,
             (ap as *const T).offset(i0 as isize * rsa),
-            rsa,
-            csa,
+            (rsa, csa),
             (bp as *const T).offset(j0 as isize * csb),
-            rsb,
-            csb,
+            (rsb, csb),
             beta,
             c.0.add(i0 * n + j0),
             n as isize,
-            1,
         )
     };
     if threads <= 1 || m * k * n < PAR_GEMM_MIN {
@@ -162,10 +193,22 @@ fn check_float(t: &Tensor) -> Result<(), KernelError> {
 
 /// Offsets of each broadcast batch matrix inside an operand with batch dims `dims`.
 fn batch_offsets(batch: &[usize], dims: &[usize], matrix: usize) -> Vec<usize> {
-    let st = fpx_ir::shape::broadcast_strides(dims, batch.len());
+    let pad = batch.len() - dims.len();
+    let st = super::row_major_strides(dims);
     let count: usize = batch.iter().product();
     let bst = super::row_major_strides(batch);
-    (0..count).map(|flat| batch.iter().enumerate().map(|(d, &size)| flat / bst[d] % size * st[d]).sum::<usize>() * matrix).collect()
+    (0..count)
+        .map(|flat| {
+            let mut off = 0;
+            for (d, &size) in batch.iter().enumerate() {
+                let idx = flat / bst[d] % size;
+                if d >= pad && dims[d - pad] != 1 {
+                    off += idx * st[d - pad];
+                }
+            }
+            off * matrix
+        })
+        .collect()
 }
 
 fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {

@@ -9,18 +9,19 @@ use crate::{kbail, KernelError};
 use fpx_ir::ops::{quant_matmul, FPX_DOMAIN};
 use fpx_ir::{DType, Node, Tensor};
 use fpx_quant::act8::Activations;
-use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, Format, QuantGemm};
+use fpx_quant::layout;
+use fpx_quant::{fold, QuantGemm};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
-/// The dequantized weight `[k][n]` of a QuantMatMul: `v(code) * scales[group][n]`.
-pub fn dequantize(format: Format, k: usize, n: usize, group: usize, packed: &[u8], scales: &[f32]) -> Result<Vec<f32>, KernelError> {
-    let shape = PackedShape::new(n, k, format.bits());
+/// The dequantized weight `[k][n]` of the product `gemm`: `v(code) * scales[group][n]`.
+pub fn dequantize(gemm: &QuantGemm, packed: &[u8], scales: &[f32]) -> Result<Vec<f32>, KernelError> {
+    let QuantGemm { format, k, n, group_size: group, .. } = *gemm;
+    let shape = gemm.packed_shape();
     if packed.len() != shape.total_bytes() {
         kbail!("packed weight has {} bytes, but {} [{k} x {n}] needs {}", packed.len(), format.name(), shape.total_bytes());
     }
-    let groups = if group == 0 { 1 } else { k.div_ceil(group) };
+    let groups = gemm.groups();
     if scales.len() != groups * n {
         kbail!("scales hold {} values, expected {groups} x {n}", scales.len());
     }
@@ -39,7 +40,7 @@ pub fn dequantize(format: Format, k: usize, n: usize, group: usize, packed: &[u8
 fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     let (x, packed, scales) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
     let gemm = quant_matmul::read(node).map_err(|e| KernelError::new(e.to_string()))?;
-    let QuantGemm { format, k, n, group_size: group, activations } = gemm;
+    let QuantGemm { k, n, activations, .. } = gemm;
     let Tensor::U8(p) = packed else { kbail!("packed weight must be uint8, got {}", packed.dtype()) };
     let Tensor::F32(s) = scales else { kbail!("scales must be float, got {}", scales.dtype()) };
     if !x.dtype().is_float() {
@@ -48,14 +49,7 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     if x.shape().last() != Some(&k) {
         kbail!("X has shape {:?}, but the weight has K = {k}", x.shape());
     }
-    let w = dequantize(
-        format,
-        k,
-        n,
-        group,
-        p.as_standard_layout().as_slice().expect("standard"),
-        s.as_standard_layout().as_slice().expect("standard"),
-    )?;
+    let w = dequantize(&gemm, p.as_standard_layout().as_slice().expect("standard"), s.as_standard_layout().as_slice().expect("standard"))?;
     let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
     let m = xv.len() / k;
     if activations == Activations::Int8 {
