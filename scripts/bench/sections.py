@@ -1,0 +1,152 @@
+"""The measured sections: the kernel table (per K×N, threads and M: the three onnxruntime variants,
+fpx FP6 e3m2 and fpx FP6 e2m3 with int8 activations) and MiniLM-L6-v2 end to end. Each returns
+the rows that report.py prints and writes as JSON."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bench.common import ORT_VARIANTS, log
+from bench.measure import Fpx, ort_session, quant_kernel, time_ort, time_ort_interleaved
+from bench.models import BLOCK_SIZE, make_fp32_model, make_input, make_int4_models
+from bench.report import targets_for, ws_note
+
+
+def bench_kernels(args, wd: Path, fpx: Fpx | None, membw: dict) -> list[dict]:
+    rows = []
+    for (k, n) in args.shapes:
+        fp32_path = make_fp32_model(wd, k, n, args.seed)
+        int4_paths = make_int4_models(wd, k, n, args.seed, args.ort_quantizer)
+        models = {"ort_fp32": fp32_path, "ort_int4_l0": int4_paths[0], "ort_int4_l4": int4_paths[4]}
+        xs = {m: make_input(wd, m, k, args.seed) for m in args.ms}
+        fpx_model, fpx_mode, fpx_a8 = None, None, None
+        if fpx is not None:
+            fpx_model = fpx.compile(fp32_path, wd / f"matmul_k{k}_n{n}_seed{args.seed}_fp6-e3m2.fpx")
+            fpx_mode = "compiled" if fpx_model is not None else "reference"
+            fpx_a8 = fpx.compile(fp32_path, wd / f"matmul_k{k}_n{n}_seed{args.seed}_fp6-e2m3-a8.fpx",
+                                 weights="fp6-e2m3", activations="int8")
+        for t in args.threads:
+            log(f"{k}x{n} T={t}: ORT sessions")
+            sessions = {key: ort_session(models[key], t) for key, _ in ORT_VARIANTS}
+            for m in args.ms:
+                r = {"K": k, "N": n, "M": m, "threads": t}
+                r["ort"] = time_ort_interleaved(sessions, {"X": np.load(xs[m])}, args.iters, args.cell_seconds)
+                log(f"  M={m}: ORT median us " + ", ".join(f"{lbl} {r['ort'][key]['median_us']:.1f}"
+                                                         for key, lbl in ORT_VARIANTS))
+                r["weight_bytes"] = {
+                    "fp32": k * n * 4,
+                    "int4_b32": n * ((k + BLOCK_SIZE - 1) // BLOCK_SIZE) * (BLOCK_SIZE // 2 + 4),
+                }
+                for key in ("ort_int4_l0", "ort_int4_l4"):
+                    o = r["ort"][key]
+                    o["weight_gb_per_s"] = r["weight_bytes"]["int4_b32"] / (o["median_us"] * 1e-6) / 1e9
+                o = r["ort"]["ort_fp32"]
+                o["weight_gb_per_s"] = r["weight_bytes"]["fp32"] / (o["median_us"] * 1e-6) / 1e9
+                r["fpx"] = None
+                if fpx is not None:
+                    if fpx_mode == "compiled":
+                        res = fpx.bench(fpx_model, {"X": xs[m]}, t, args.iters, args.cell_seconds)
+                    else:
+                        res = fpx.bench(fp32_path, {"X": xs[m]}, t, args.iters, args.cell_seconds,
+                                        weights="fp6-e3m2")
+                    kern = quant_kernel(res) if "error" not in res else None
+                    if "error" in res:
+                        r["fpx"] = {"mode": fpx_mode, "error": res["error"]}
+                        log(f"  fpx M={m}: {res['error']}")
+                    elif kern is None:
+                        r["fpx"] = {"mode": fpx_mode, "error": "no QuantMatMul entry in `fpx bench --json` kernels"}
+                    else:
+                        r["fpx"] = {
+                            "mode": fpx_mode,
+                            "median_us": float(kern["median_us"]),
+                            "weight_bytes": int(kern["weight_bytes"]),
+                            "weight_gb_per_s": float(kern["weight_gb_per_s"]),
+                            "native": bool(kern.get("native")),
+                            "run_median_us": res.get("median_us"),
+                            "run_min_us": res.get("min_us"),
+                            "iters": res.get("iters"),
+                            "cmd": res.get("cmd"),
+                        }
+                        log(f"  fpx ({fpx_mode}) M={m}: QuantMatMul median {kern['median_us']:.1f} us")
+                r["fpx_a8"] = None
+                if fpx_a8 is not None:
+                    res = fpx.bench(fpx_a8, {"X": xs[m]}, t, args.iters, args.cell_seconds)
+                    kern = quant_kernel(res) if "error" not in res else None
+                    if kern is None:
+                        r["fpx_a8"] = {"error": res.get("error", "no QuantMatMul entry")}
+                    else:
+                        r["fpx_a8"] = {"median_us": float(kern["median_us"]), "weight_bytes": int(kern["weight_bytes"]),
+                                       "weight_gb_per_s": float(kern["weight_gb_per_s"]), "cmd": res.get("cmd")}
+                        log(f"  fpx e2m3 int8-activations M={m}: QuantMatMul median {kern['median_us']:.1f} us")
+                r["targets_a8"] = targets_for(m, (r["fpx_a8"] or {}).get("median_us"), r["ort"])
+                fx = r["fpx"] or {}
+                fus = fx.get("median_us")
+                r["speedup"] = {key: (r["ort"][key]["median_us"] / fus if fus else None) for key, _ in ORT_VARIANTS}
+                bw = membw.get(t, {}).get("gb_per_s")
+                r["fpx_pct_of_membw"] = (100.0 * fx["weight_gb_per_s"] / bw) if fus and bw else None
+                wb = fx.get("weight_bytes")
+                r["working_set_note"] = ws_note(wb)
+                r["targets"] = targets_for(m, fus, r["ort"])
+                rows.append(r)
+            del sessions
+            gc.collect()
+    return rows
+
+
+def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
+    d = Path(args.minilm)
+    model = d / "model.onnx"
+    if args.no_minilm:
+        return {"skipped": "--no-minilm"}
+    if not model.exists():
+        return {"skipped": f"{model} not found"}
+    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
+    inputs = {}
+    for nm in names:
+        f = d / f"{nm}.npy"
+        if not f.exists():
+            return {"skipped": f"input {f} not found"}
+        inputs[nm] = f
+    feed = {nm: np.load(f) for nm, f in inputs.items()}
+    shape = list(next(iter(feed.values())).shape)
+    out = {"model": str(model), "input_shape": shape, "rows": []}
+    fp6 = None
+    fp6_a8 = None
+    mode = None
+    if fpx is not None:
+        fp6 = fpx.compile(model, wd / "minilm-l6-v2_fp6-e3m2.fpx")
+        mode = "compiled" if fp6 is not None else "reference"
+        fp6_a8 = fpx.compile(model, wd / "minilm-l6-v2_fp6-e2m3-a8.fpx", weights="fp6-e2m3", activations="int8")
+    out["fpx_fp6_mode"] = mode
+    for t in args.threads:
+        row = {"threads": t}
+        log(f"MiniLM T={t}: ORT fp32")
+        sess = ort_session(model, t)
+        row["ort_fp32"] = time_ort(sess, feed, args.iters, 2 * args.cell_seconds)
+        del sess
+        gc.collect()
+        if fpx is not None:
+            log(f"MiniLM T={t}: fpx fp32")
+            r = fpx.bench(model, inputs, t, args.iters, 2 * args.cell_seconds)
+            row["fpx_fp32"] = ({"error": r["error"]} if "error" in r else
+                               {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
+                                "per_op_us": r.get("per_op_us")})
+            log(f"MiniLM T={t}: fpx fp6-e3m2 ({mode})")
+            if fp6 is not None:
+                r = fpx.bench(fp6, inputs, t, args.iters, 2 * args.cell_seconds)
+            else:
+                r = fpx.bench(model, inputs, t, args.iters, 2 * args.cell_seconds, weights="fp6-e3m2")
+            row["fpx_fp6"] = ({"error": r["error"], "mode": mode} if "error" in r else
+                              {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
+                               "mode": mode, "per_op_us": r.get("per_op_us")})
+            if fp6_a8 is not None:
+                log(f"MiniLM T={t}: fpx fp6-e2m3, int8 activations")
+                r = fpx.bench(fp6_a8, inputs, t, args.iters, 2 * args.cell_seconds)
+                row["fpx_fp6_a8"] = ({"error": r["error"]} if "error" in r else
+                                     {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters")})
+        out["rows"].append(row)
+    return out
