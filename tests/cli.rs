@@ -259,6 +259,10 @@ fn compile_never_replaces_its_model() {
     fails_with(&fpx(&["compile", s(&m), "-o", s(&soft), "-q"]), &["would replace the model", "soft.fpx"]);
     assert_eq!(std::fs::read(&m).unwrap(), before, "the model changed");
     fails_with(&fpx(&["compile", s(&m), "-o", s(dir.path()), "-q"]), &["is a folder"]);
+    // Nor does report's HTML page.
+    let input = format!("input={}", s(&example().join("input.npy")));
+    fails_with(&fpx(&["report", s(&m), "--input", &input, "--html", s(&soft)]), &["--html", "the model"]);
+    assert_eq!(std::fs::read(&m).unwrap(), before, "the model changed");
 }
 
 #[test]

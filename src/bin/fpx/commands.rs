@@ -248,6 +248,20 @@ fn dump_ptx_modules(a: &fpx::artifact::Artifact, dir: &Path) -> Result<usize> {
 /// `fpx report`.
 pub fn report(args: &ReportArgs) -> Result<()> {
     check_model_file(&args.model)?;
+    if let Some(html) = &args.html {
+        let mut sources = vec![("the model".to_string(), args.model.clone())];
+        for spec in &args.inputs.inputs {
+            let (name, file) = parse_input(spec)?;
+            sources.push((format!("input '{name}'"), file));
+        }
+        if let Some((what, src)) = sources.iter().find(|(_, src)| same_file(html, src)) {
+            bail!(
+                "--html '{}' is {what} '{}': writing the page there would replace it; choose another file",
+                html.display(),
+                src.display()
+            );
+        }
+    }
     let options = fpx::report::ReportOptions {
         schemes: fpx::report::parse_schemes(&args.schemes, args.scales.group_size, args.scales.scale_search)?,
         histogram_layer: args.layer.clone(),
