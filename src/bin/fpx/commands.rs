@@ -141,7 +141,11 @@ fn output_files(graph: &fpx::ir::Graph, dir: &Path, sources: &[(String, PathBuf)
         }
         for (what, src) in sources {
             if same_file(&out, src) {
-                bail!("output '{name}' would overwrite {what} '{}' (as '{}'); choose another --output-dir", src.display(), out.display());
+                bail!(
+                    "output '{name}' would be written to '{}', which is {what} ('{}'); choose another --output-dir",
+                    out.display(),
+                    src.display()
+                );
             }
         }
         files.push(out);
@@ -256,7 +260,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         }
         if let Some((what, src)) = sources.iter().find(|(_, src)| same_file(html, src)) {
             bail!(
-                "--html '{}' is {what} '{}': writing the page there would replace it; choose another file",
+                "--html '{}' is {what} ('{}'): writing the page there would replace it; choose another file",
                 html.display(),
                 src.display()
             );
