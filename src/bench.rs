@@ -8,6 +8,24 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// Most measured iterations [`bench`] takes (`fpx bench --iters`): a million runs of even the
+/// smallest model take minutes, and each iteration keeps its timings.
+pub const MAX_ITERS: usize = 1_000_000;
+
+/// Most worker threads [`bench`] and [`read_bandwidth`] start (`--threads`): more than any
+/// machine fpx targets has cores, and few enough that starting them is quick.
+pub const MAX_THREADS: usize = 1024;
+
+/// Largest buffer [`read_bandwidth`] reads, in GiB (`fpx membw --gib`).
+pub const MAX_GIB: f64 = 64.0;
+
+fn check_threads(threads: usize) -> Result<(), Error> {
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(Error::Options(format!("{threads} threads: the thread count must be 1 to {MAX_THREADS}")));
+    }
+    Ok(())
+}
+
 /// Per-node timing summary over the measured iterations.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelStat {
@@ -54,7 +72,12 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Runs `executor` `iters` times (plus one warm-up) on `threads` threads.
+/// `iters` must be 1 to [`MAX_ITERS`] and `threads` 1 to [`MAX_THREADS`].
 pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, threads: usize) -> Result<BenchReport, Error> {
+    if !(1..=MAX_ITERS).contains(&iters) {
+        return Err(Error::Options(format!("{iters} iterations: the iteration count must be 1 to {MAX_ITERS}")));
+    }
+    check_threads(threads)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
@@ -175,15 +198,31 @@ fn max_of(c: &[f32]) -> f32 {
 }
 
 /// Reads a `bytes`-sized buffer of f32 with a max-reduction on `threads` threads, best of 5
-/// passes (after touching every page once), and returns the read bandwidth.
+/// passes (after touching every page once), and returns the read bandwidth. `threads` must be 1
+/// to [`MAX_THREADS`]; a buffer larger than the memory available now (`MemAvailable` of
+/// `/proc/meminfo`) or than the allocator grants is an error, not an abort.
 pub fn read_bandwidth(bytes: usize, threads: usize) -> Result<Bandwidth, Error> {
     use rayon::prelude::*;
+    check_threads(threads)?;
     let n = (bytes / 4).max(1 << 20);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let want = n as u64 * 4;
+    if let Some(avail) = mem_available() {
+        if want > avail {
+            return Err(Error::Options(format!(
+                "a {:.2} GiB buffer does not fit in the {:.2} GiB of memory available now; use a smaller size",
+                gib(want),
+                gib(avail)
+            )));
+        }
+    }
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(n).map_err(|_| Error::Options(format!("cannot allocate a {:.2} GiB buffer; use a smaller size", gib(want))))?;
+    data.extend((0..n).map(|i| (i % 1021) as f32));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| fpx_passes::PassError::Option(format!("cannot start {threads} threads: {e}")))?;
-    let data: Vec<f32> = (0..n).map(|i| (i % 1021) as f32).collect();
     let chunk = n.div_ceil(threads.max(1) * 8);
     let mut best = f64::INFINITY;
     let mut sink = 0f32;
@@ -196,4 +235,33 @@ pub fn read_bandwidth(bytes: usize, threads: usize) -> Result<Bandwidth, Error> 
     std::hint::black_box(sink);
     let bytes = (n * 4) as u64;
     Ok(Bandwidth { threads: threads.max(1), bytes, seconds: best, gb_per_s: bytes as f64 / best / 1e9, passes: 5 })
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes (`None` where it cannot be read).
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_and_size_bounds_are_errors() {
+        assert!(read_bandwidth(1 << 22, 0).unwrap_err().to_string().contains("1 to 1024"));
+        assert!(read_bandwidth(1 << 22, MAX_THREADS + 1).unwrap_err().to_string().contains("1 to 1024"));
+        // More than any machine has: refused before allocating, never an abort.
+        let e = read_bandwidth(usize::MAX / 2, 1).unwrap_err().to_string();
+        assert!(e.contains("GiB"), "{e}");
+    }
+
+    #[test]
+    fn mem_available_reads_meminfo() {
+        if std::path::Path::new("/proc/meminfo").exists() {
+            assert!(mem_available().is_some_and(|b| b > 0));
+        }
+    }
 }

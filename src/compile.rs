@@ -161,6 +161,9 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     // Shape inference reads every QuantMatMul's attributes (an invalid one is an error naming
     // the node) and checks the rest of the graph, so what compiles also runs.
     fpx_ir::verify::verify(&graph, &OpRegistry::standard())?;
+    // And the checks `fpx run` makes when it prepares the graph (a CPU kernel for every node),
+    // so an artifact that could never run is refused here, naming the node, not at run time.
+    fpx_runtime::CpuExecutor::new(graph.clone())?;
     let gemms = quantized_products(&graph)?;
     progress(Stage::Codegen);
     let mut cpu = Vec::new();

@@ -183,3 +183,247 @@ fn help_teaches() {
     let o = fpx(&["--help"]);
     assert!(o.stdout.contains("inspect") && o.stdout.contains("run"), "{}", o.stdout);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bad input found by a sweep of the release binary: each is a clean refusal.
+
+/// Runs fpx, killing it after `secs` seconds (a test of something that used to hang fails
+/// instead of hanging the suite).
+fn fpx_within(secs: u64, args: &[&str]) -> Outcome {
+    use std::process::Stdio;
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_fpx")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("fpx starts");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("waits").is_none() {
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fpx {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// A refusal of a value: exit 1 (a value clap's parser refused) or 2 (a usage error), one
+/// `error:` message containing `needles`, no panic, nothing on stdout.
+fn refused(o: &Outcome, needles: &[&str]) {
+    assert!(matches!(o.code, Some(1 | 2)), "expected exit 1 or 2, got {:?}; stderr: {}", o.code, o.stderr);
+    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
+    assert!(o.stderr.starts_with("error: "), "stderr: {}", o.stderr);
+    assert!(o.stdout.is_empty(), "stdout: {}", o.stdout);
+    for n in needles {
+        assert!(o.stderr.contains(n), "'{n}' not in: {}", o.stderr);
+    }
+}
+
+#[test]
+fn bench_and_membw_numbers_are_bounded() {
+    let ex = example();
+    let m = ex.join("model.onnx");
+    let input = format!("input={}", s(&ex.join("input.npy")));
+    let bench = |flag: &str, v: &str| fpx_within(60, &["bench", s(&m), "--input", &input, flag, v]);
+    refused(&bench("--iters", "18446744073709551615"), &["--iters", "1000000"]);
+    refused(&bench("--iters", "1000001"), &["--iters"]);
+    refused(&bench("--iters", "0"), &["--iters"]);
+    refused(&bench("--threads", "1000000"), &["--threads", "1024"]);
+    refused(&bench("--threads", "0"), &["--threads"]);
+    for gib in ["64.5", "NaN", "inf", "-1", "0", "-0", "lots"] {
+        refused(&fpx_within(60, &["membw", "--gib", gib]), &["--gib"]);
+    }
+    refused(&fpx_within(60, &["membw", "--threads", "1000000"]), &["--threads"]);
+    let help = fpx(&["bench", "--help"]);
+    assert!(help.stdout.contains("1 to 1000000") && help.stdout.contains("1 to 1024"), "{}", help.stdout);
+}
+
+#[test]
+fn compile_never_replaces_its_model() {
+    let dir = TempDir::new("cli-same-output");
+    let m = dir.join("m.onnx");
+    std::fs::copy(example().join("model.onnx"), &m).unwrap();
+    let before = std::fs::read(&m).unwrap();
+    fails_with(&fpx(&["compile", s(&m), "-o", s(&m), "-q"]), &["would replace the model", "m.onnx"]);
+    // The same file under another spelling, a hard link and a symbolic link.
+    let dotted = dir.path().join(".").join("m.onnx");
+    fails_with(&fpx(&["compile", s(&m), "-o", s(&dotted), "-q"]), &["would replace the model"]);
+    let hard = dir.join("hard.fpx");
+    std::fs::hard_link(&m, &hard).unwrap();
+    fails_with(&fpx(&["compile", s(&m), "-o", s(&hard), "-q"]), &["would replace the model", "hard.fpx"]);
+    let soft = dir.join("soft.fpx");
+    std::os::unix::fs::symlink(&m, &soft).unwrap();
+    fails_with(&fpx(&["compile", s(&m), "-o", s(&soft), "-q"]), &["would replace the model", "soft.fpx"]);
+    assert_eq!(std::fs::read(&m).unwrap(), before, "the model changed");
+    fails_with(&fpx(&["compile", s(&m), "-o", s(dir.path()), "-q"]), &["is a folder"]);
+    // Nor does report's HTML page.
+    let input = format!("input={}", s(&example().join("input.npy")));
+    fails_with(&fpx(&["report", s(&m), "--input", &input, "--html", s(&soft)]), &["--html", "the model"]);
+    assert_eq!(std::fs::read(&m).unwrap(), before, "the model changed");
+}
+
+#[test]
+fn a_missing_output_folder_is_named_once_before_compiling() {
+    let dir = TempDir::new("cli-missing-folder");
+    let out = dir.join("absent").join("x.fpx");
+    let o = fpx(&["compile", s(&example().join("model.onnx")), "-o", s(&out), "-q"]);
+    fails_with(&o, &["x.fpx", "does not exist"]);
+    assert_eq!(o.stderr.matches("does not exist").count(), 1, "{}", o.stderr);
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    // A folder where no file can be created: the operating system's reason is said once.
+    if Path::new("/proc").is_dir() {
+        let o = fpx(&["compile", s(&example().join("model.onnx")), "-o", "/proc/x.fpx", "-q"]);
+        fails_with(&o, &["/proc/x.fpx"]);
+        assert_eq!(o.stderr.matches("os error").count(), 1, "{}", o.stderr);
+    }
+}
+
+#[test]
+fn run_outputs_never_overwrite_inputs() {
+    let dir = TempDir::new("cli-run-overwrite");
+    let ex = example();
+    let m = dir.join("m.onnx");
+    std::fs::copy(ex.join("model.onnx"), &m).unwrap();
+    // The model's output 'output' goes to DIR/output.npy: here that is the input file.
+    let input = dir.join("output.npy");
+    std::fs::copy(ex.join("input.npy"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let o = fpx(&["run", s(&m), "--input", &format!("input={}", s(&input)), "-o", s(dir.path())]);
+    fails_with(&o, &["output 'output'", "input 'input'", "output.npy"]);
+    // Through a symbolic link from the output folder.
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink(&input, out.join("output.npy")).unwrap();
+    fails_with(&fpx(&["run", s(&m), "--input", &format!("input={}", s(&input)), "-o", s(&out)]), &["input 'input'"]);
+    assert_eq!(std::fs::read(&input).unwrap(), before, "the input changed");
+    // The model itself.
+    let named = dir.join("output.npy.onnx");
+    std::fs::copy(&m, &named).unwrap();
+    let sneaky = dir.join("sneaky");
+    std::fs::create_dir_all(&sneaky).unwrap();
+    std::fs::hard_link(&named, sneaky.join("output.npy")).unwrap();
+    fails_with(&fpx(&["run", s(&named), "--input", &format!("input={}", s(&ex.join("input.npy"))), "-o", s(&sneaky)]), &["the model"]);
+}
+
+#[test]
+fn colliding_output_names_write_nothing() {
+    let dir = TempDir::new("cli-collide");
+    let input = dir.join("x.npy");
+    write_npy(&input, &Tensor::from(fpx::ir::ndarray::ArrayD::<f32>::zeros(fpx::ir::ndarray::IxDyn(&[2]))));
+    let feed = format!("x={}", s(&input));
+    let p = dir.join("collide.onnx");
+    let nodes = vec![node("Relu", "r", &["x"], &["a:b"]), node("Neg", "n", &["x"], &["a_b"])];
+    save(&model(nodes, vec![value("x", &["2"])], vec![value("a:b", &["2"]), value("a_b", &["2"])], vec![]), &p);
+    let out = dir.join("out");
+    fails_with(&fpx(&["run", s(&p), "--input", &feed, "-o", s(&out)]), &["'a:b'", "'a_b'", "a_b.npy"]);
+    assert!(!out.exists(), "the output folder was created");
+    let p = dir.join("twice.onnx");
+    save(
+        &model(vec![node("Relu", "r", &["x"], &["y"])], vec![value("x", &["2"])], vec![value("y", &["2"]), value("y", &["2"])], vec![]),
+        &p,
+    );
+    fails_with(&fpx(&["run", s(&p), "--input", &feed, "-o", s(&out)]), &["'y' twice"]);
+    assert!(!out.exists(), "the output folder was created");
+    // A good run leaves only the outputs (no temporary files).
+    let p = dir.join("good.onnx");
+    save(&model(vec![node("Relu", "r", &["x"], &["y"])], vec![value("x", &["2"])], vec![value("y", &["2"])], vec![]), &p);
+    let o = fpx(&["run", s(&p), "--input", &feed, "-o", s(&out)]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["y.npy"]);
+}
+
+#[test]
+fn initializers_listed_as_inputs_cannot_be_fed() {
+    let dir = TempDir::new("cli-init-input");
+    let w = fpx_test_support::onnx::float_tensor("w", &[2], &[1.0, 2.0]);
+    let feed_file = dir.join("w.npy");
+    write_npy(&feed_file, &Tensor::from(fpx::ir::ndarray::ArrayD::<f32>::zeros(fpx::ir::ndarray::IxDyn(&[2]))));
+    let feed = format!("w={}", s(&feed_file));
+    // No real inputs at all.
+    let p = dir.join("none.onnx");
+    save(&model(vec![node("Neg", "n", &["w"], &["y"])], vec![value("w", &["2"])], vec![value("y", &["2"])], vec![w.clone()]), &p);
+    fails_with(&fpx(&["run", s(&p), "--input", &feed, "-o", s(&dir.join("o"))]), &["'w'", "constant", "takes no inputs"]);
+    // One real input.
+    let p = dir.join("one.onnx");
+    save(
+        &model(
+            vec![node("Add", "a", &["x", "w"], &["y"])],
+            vec![value("x", &["2"]), value("w", &["2"])],
+            vec![value("y", &["2"])],
+            vec![w],
+        ),
+        &p,
+    );
+    let x = format!("x={}", s(&feed_file));
+    fails_with(&fpx(&["run", s(&p), "--input", &x, "--input", &feed, "-o", s(&dir.join("o"))]), &["'w'", "constant", "inputs are 'x'"]);
+}
+
+#[test]
+fn compile_refuses_what_run_refuses() {
+    use fpx_test_support::onnx::{float_tensor, value_info, INT64};
+    let dir = TempDir::new("cli-unrunnable");
+    let gemm = dir.join("gemm.onnx");
+    let (b, c) = (float_tensor("b", &[4, 3], &[0.5; 12]), float_tensor("c", &[2], &[1.0, 2.0]));
+    save(
+        &model(
+            vec![node("Gemm", "bad_gemm", &["a", "b", "c"], &["y"])],
+            vec![value("a", &["1", "4"])],
+            vec![value("y", &["1", "3"])],
+            vec![b, c],
+        ),
+        &gemm,
+    );
+    let int_mm = dir.join("int.onnx");
+    save(
+        &model(
+            vec![node("MatMul", "int_mm", &["x", "z"], &["y"])],
+            vec![value_info("x", INT64, Some(&["2", "2"])), value_info("z", INT64, Some(&["2", "2"]))],
+            vec![value_info("y", INT64, Some(&["2", "2"]))],
+            vec![],
+        ),
+        &int_mm,
+    );
+    for (m, needles) in [(&gemm, ["bad_gemm", "does not broadcast"]), (&int_mm, ["int_mm", "int64"])] {
+        let out = dir.join("x.fpx");
+        fails_with(&fpx(&["compile", s(m), "-o", s(&out), "-q"]), &needles);
+        assert!(!out.exists(), "an artifact was written");
+        fails_with(&fpx(&["run", s(m), "-o", s(&dir.join("o"))]), &needles);
+    }
+}
+
+#[test]
+fn integer_division_by_zero_is_an_error_naming_the_node() {
+    use fpx_test_support::onnx::{value_info, INT64};
+    let dir = TempDir::new("cli-div0");
+    let p = dir.join("div.onnx");
+    let int = |n: &str| value_info(n, INT64, Some(&["3"]));
+    save(&model(vec![node("Div", "the_div", &["x", "z"], &["y"])], vec![int("x"), int("z")], vec![int("y")], vec![]), &p);
+    let (x, z) = (dir.join("x.npy"), dir.join("z.npy"));
+    write_npy(&x, &Tensor::vec_i64(vec![6, 7, 8]));
+    write_npy(&z, &Tensor::vec_i64(vec![2, 0, 4]));
+    let out = dir.join("o");
+    let args = |z: &Path| {
+        vec![
+            "run".to_string(),
+            s(&p).into(),
+            "--input".into(),
+            format!("x={}", s(&x)),
+            "--input".into(),
+            format!("z={}", s(z)),
+            "-o".into(),
+            s(&out).into(),
+        ]
+    };
+    let a = args(&z);
+    fails_with(&fpx(&a.iter().map(String::as_str).collect::<Vec<_>>()), &["the_div", "division by zero"]);
+    assert!(!out.exists());
+    write_npy(&z, &Tensor::vec_i64(vec![2, -7, 4]));
+    let a = args(&z);
+    let o = fpx(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(crate::common::npy(&out.join("y.npy")).len(), 3);
+}

@@ -159,16 +159,25 @@ fn declared_type(vi: &ValueInfoProto, what: &str) -> Result<Option<TensorType>, 
             dtype_name(i64::from(tt.elem_type))
         ))
     })?;
-    let shape = tt.shape.as_ref().map(|s| {
-        s.dim
-            .iter()
-            .map(|d| match &d.value {
-                Some(dimension::Value::DimValue(v)) => usize::try_from(*v).map(Dim::Fixed).unwrap_or(Dim::Unknown),
-                Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(p.clone()),
-                _ => Dim::Unknown,
-            })
-            .collect()
-    });
+    let shape = match tt.shape.as_ref() {
+        None => None,
+        Some(s) => Some(
+            s.dim
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match &d.value {
+                    Some(dimension::Value::DimValue(v)) => usize::try_from(*v).map(Dim::Fixed).map_err(|_| {
+                        ImportError::Unsupported(format!(
+                            "{what} '{}' declares dimension {i} as {v}; a dimension must be 0 or more (or a name for a variable one)",
+                            vi.name
+                        ))
+                    }),
+                    Some(dimension::Value::DimParam(p)) if !p.is_empty() => Ok(Dim::Sym(p.clone())),
+                    _ => Ok(Dim::Unknown),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     Ok(Some(TensorType { dtype, shape }))
 }
 

@@ -172,14 +172,30 @@ impl CpuExecutor {
     /// Checks caller inputs against the declared inputs: every input given once, nothing
     /// extra, element types equal, ranks equal, fixed dims equal, symbolic dims consistent.
     fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<HashMap<ValueId, Arc<Tensor>>, RuntimeError> {
-        let expected = || self.graph.inputs.iter().map(|v| format!("'{}'", self.graph.value(*v).name)).collect::<Vec<_>>().join(", ");
+        let expected = || {
+            if self.graph.inputs.is_empty() {
+                return "the model takes no inputs".to_string();
+            }
+            let names = self.graph.inputs.iter().map(|v| format!("'{}'", self.graph.value(*v).name)).collect::<Vec<_>>();
+            format!("the model's inputs are {}", names.join(", "))
+        };
         let mut given: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in inputs {
             if given.contains_key(&name) {
                 return Err(RuntimeError::Input { name, message: "given more than once".into() });
             }
             if !self.graph.inputs.iter().any(|v| self.graph.value(*v).name == name) {
-                return Err(RuntimeError::Input { message: format!("the model has no such input; its inputs are {}", expected()), name });
+                // An initializer the model also lists as a graph input (ONNX allows it) is a
+                // constant here: fpx does not let the caller replace it.
+                let what = match self.graph.find_value(&name) {
+                    Some(id) if self.graph.constant(id).is_some() => {
+                        "is a constant of the model (an initializer, also listed as a graph input), which cannot be fed"
+                    }
+                    // A constant folded into the model, or a node's output.
+                    Some(_) => "is not an input the caller can feed: it is a constant of the model (an initializer listed as a graph input is one) or a value computed inside it",
+                    None => "the model has no such input",
+                };
+                return Err(RuntimeError::Input { message: format!("{what}; {}", expected()), name });
             }
             given.insert(name, t);
         }
@@ -188,10 +204,9 @@ impl CpuExecutor {
         for &v in &self.graph.inputs {
             let val = self.graph.value(v);
             let name = &val.name;
-            let t = given.remove(name).ok_or_else(|| RuntimeError::Input {
-                name: name.clone(),
-                message: format!("missing (the model's inputs are {})", expected()),
-            })?;
+            let t = given
+                .remove(name)
+                .ok_or_else(|| RuntimeError::Input { name: name.clone(), message: format!("missing ({})", expected()) })?;
             if let Some(ty) = &val.ty {
                 let err = |message: String| RuntimeError::Input { name: name.clone(), message };
                 if t.dtype() != ty.dtype {
@@ -439,5 +454,47 @@ mod tests {
         let a0 = xv[0] as f64 + 0.5;
         assert!((fast[0].1.to_f64_vec()[0] - libm::erf(a0 * a0)).abs() < 1e-6);
         assert!((fast[3].1.to_f64_vec()[0] - a0).abs() < 1e-6);
+    }
+
+    /// A constant (an initializer the model also listed as a graph input) cannot be fed, and the
+    /// message says so and lists the real inputs, or that there are none.
+    #[test]
+    fn constants_cannot_be_fed_and_the_message_lists_the_real_inputs() {
+        let mut g = Graph::new("consts");
+        g.opsets.insert(String::new(), 17);
+        let w = g.add_constant("w", t(&[2], vec![1.0, 2.0])).unwrap();
+        let y = g.value_named("y");
+        g.add_node(Node::new("neg", "Neg", 17, vec![Some(w)], vec![y])).unwrap();
+        g.outputs.push(y);
+        let ex = CpuExecutor::new(g.clone()).unwrap();
+        let e = ex.run(vec![("w".into(), t(&[2], vec![0.0; 2]))]).unwrap_err().to_string();
+        assert!(e.contains("'w'") && e.contains("is a constant") && e.contains("the model takes no inputs"), "{e}");
+        let e = ex.run(vec![("v".into(), t(&[2], vec![0.0; 2]))]).unwrap_err().to_string();
+        assert!(e.contains("no such input") && e.contains("takes no inputs"), "{e}");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2])).unwrap();
+        let z = g.value_named("z");
+        g.add_node(Node::new("add", "Add", 17, vec![Some(x), Some(y)], vec![z])).unwrap();
+        let ex = CpuExecutor::new(g).unwrap();
+        let e = ex.run(vec![("x".into(), t(&[2], vec![0.0; 2])), ("w".into(), t(&[2], vec![0.0; 2]))]).unwrap_err().to_string();
+        assert!(e.contains("is a constant") && e.contains("the model's inputs are 'x'"), "{e}");
+    }
+
+    /// Integer division by zero is an error naming the node (onnxruntime refuses it too); float
+    /// division by zero is IEEE (inf).
+    #[test]
+    fn integer_division_by_zero_names_the_node() {
+        let mut g = Graph::new("div");
+        g.opsets.insert(String::new(), 17);
+        let x = g.add_input("x", TensorType::fixed(DType::I32, &[3])).unwrap();
+        let d = g.add_input("d", TensorType::fixed(DType::I32, &[3])).unwrap();
+        let y = g.value_named("y");
+        g.add_node(Node::new("int_div", "Div", 17, vec![Some(x), Some(d)], vec![y])).unwrap();
+        g.outputs.push(y);
+        let ex = CpuExecutor::new(g).unwrap();
+        let i32s = |v: Vec<i32>| Tensor::from(ArrayD::from_shape_vec(IxDyn(&[3]), v).unwrap());
+        let e = ex.run(vec![("x".into(), i32s(vec![1, 2, 3])), ("d".into(), i32s(vec![1, 0, 1]))]).unwrap_err().to_string();
+        assert!(e.contains("int_div") && e.contains("division by zero"), "{e}");
+        let out = ex.run(vec![("x".into(), i32s(vec![7, -7, 3])), ("d".into(), i32s(vec![2, 2, -1]))]).unwrap();
+        assert_eq!(out[0].1.to_f64_vec(), vec![3.0, -3.0, -3.0]);
     }
 }

@@ -189,11 +189,11 @@ pub struct BenchArgs {
     pub model: ModelArg,
     #[command(flatten)]
     pub inputs: InputArgs,
-    /// Measured iterations (after one warm-up run).
-    #[arg(long, default_value_t = 20)]
+    /// Measured iterations (after one warm-up run), 1 to 1000000.
+    #[arg(long, default_value_t = 20, value_parser = iters_parser())]
     pub iters: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads, 1 to 1024 (default: all cores).
+    #[arg(long, value_parser = threads_parser())]
     pub threads: Option<usize>,
     /// Print JSON (field names carry their unit, e.g. median_us).
     #[arg(long)]
@@ -246,13 +246,33 @@ pub struct InspectArgs {
 /// Arguments of `fpx membw`.
 #[derive(Args)]
 pub struct MembwArgs {
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads, 1 to 1024 (default: all cores).
+    #[arg(long, value_parser = threads_parser())]
     pub threads: Option<usize>,
-    /// Buffer size in GiB (use well above the last-level cache).
-    #[arg(long, default_value_t = 1.0)]
+    /// Buffer size in GiB, more than 0 and at most 64, and it must fit in the memory available
+    /// now (use well above the last-level cache).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_gib, allow_negative_numbers = true)]
     pub gib: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--iters`: 1 to [`fpx::bench::MAX_ITERS`].
+fn iters_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=fpx::bench::MAX_ITERS as u64)
+}
+
+/// `--threads`: 1 to [`fpx::bench::MAX_THREADS`].
+fn threads_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=fpx::bench::MAX_THREADS as u64)
+}
+
+/// `--gib`: a finite number of GiB in (0, [`fpx::bench::MAX_GIB`]].
+fn parse_gib(s: &str) -> Result<f64, String> {
+    let g: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(g.is_finite() && g > 0.0 && g <= fpx::bench::MAX_GIB) {
+        return Err(format!("the size must be more than 0 and at most {} GiB", fpx::bench::MAX_GIB));
+    }
+    Ok(g)
 }

@@ -92,27 +92,104 @@ fn check_device(device: Device) -> Result<()> {
 pub fn run(args: &RunArgs) -> Result<()> {
     check_device(args.device.device)?;
     let path = &args.model.model;
+    let out_dir = &args.output_dir;
+    if out_dir.exists() && !out_dir.is_dir() {
+        bail!("--output-dir '{}' exists and is not a folder", out_dir.display());
+    }
     let t0 = Instant::now();
     let model = open_model(path, &args.quant, true)?;
     let load = t0.elapsed();
+    // Every output's file is decided, and checked against the model and the input files, before
+    // anything runs or is written.
+    let mut sources = vec![("the model".to_string(), path.clone())];
+    for spec in &args.inputs.inputs {
+        let (name, file) = parse_input(spec)?;
+        sources.push((format!("input '{name}'"), file));
+    }
+    let files = output_files(model.graph(), out_dir, &sources)?;
     let feeds = read_inputs(&args.inputs.inputs)?;
     let t1 = Instant::now();
     let outputs = model.run(feeds).with_context(|| format!("cannot run model '{}'", path.display()))?;
     let run_time = t1.elapsed();
-    let out_dir = &args.output_dir;
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'", out_dir.display()))?;
-    let mut used = std::collections::HashSet::new();
-    for (name, t) in &outputs {
-        let file = fpx::output_file_name(name);
-        if !used.insert(file.clone()) {
-            bail!("outputs '{name}' and another output map to the same file name '{file}'");
-        }
-        let path = out_dir.join(&file);
-        npy::write(&path, t)?;
+    write_outputs(&outputs, &files)?;
+    for ((name, t), path) in outputs.iter().zip(&files) {
         println!("{name}: {} {:?} -> {}", t.dtype(), t.shape(), path.display());
     }
     println!("loaded in {:.1} ms, ran in {:.1} ms", load.as_secs_f64() * 1e3, run_time.as_secs_f64() * 1e3);
     Ok(())
+}
+
+/// The file of each graph output under `dir`, in graph order: an error when two outputs map to
+/// the same file (or one is listed twice), or when a file would replace one of `sources` (what
+/// it is, its path: the model and the input files).
+fn output_files(graph: &fpx::ir::Graph, dir: &Path, sources: &[(String, PathBuf)]) -> Result<Vec<PathBuf>> {
+    let mut by_file: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    let mut files = Vec::new();
+    for &v in &graph.outputs {
+        let name = graph.value(v).name.as_str();
+        let file = fpx::output_file_name(name);
+        if let Some(other) = by_file.insert(file.clone(), name) {
+            if other == name {
+                bail!("the model lists output '{name}' twice; each output is written to its own file");
+            }
+            bail!("outputs '{other}' and '{name}' would both be written to '{file}'; nothing was written");
+        }
+        let out = dir.join(&file);
+        if out.is_dir() {
+            bail!("output '{name}' would be written to '{}', which is a folder", out.display());
+        }
+        for (what, src) in sources {
+            if same_file(&out, src) {
+                bail!(
+                    "output '{name}' would be written to '{}', which is {what} ('{}'); choose another --output-dir",
+                    out.display(),
+                    src.display()
+                );
+            }
+        }
+        files.push(out);
+    }
+    Ok(files)
+}
+
+/// Writes every output to a temporary file beside its destination, then renames them all into
+/// place: a failure leaves no partial `.npy` (and removes the temporary files written so far).
+fn write_outputs(outputs: &[(String, fpx::ir::Tensor)], files: &[PathBuf]) -> Result<()> {
+    if outputs.len() != files.len() {
+        bail!("the model returned {} outputs, but declares {}", outputs.len(), files.len());
+    }
+    let temp = |f: &Path| {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        f.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+    };
+    let mut written: Vec<PathBuf> = Vec::new();
+    let cleanup = |written: &[PathBuf]| written.iter().for_each(|t| drop(std::fs::remove_file(t)));
+    for ((name, t), file) in outputs.iter().zip(files) {
+        let tmp = temp(file);
+        if let Err(e) = npy::write(&tmp, t) {
+            cleanup(&written);
+            return Err(e).with_context(|| format!("cannot write output '{name}' to '{}'", file.display()));
+        }
+        written.push(tmp);
+    }
+    for (i, file) in files.iter().enumerate() {
+        if let Err(e) = std::fs::rename(&written[i], file) {
+            cleanup(&written[i..]);
+            return Err(e).with_context(|| format!("cannot write '{}'", file.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same existing file: the same device and inode (hard links, and
+/// symbolic links, which are followed), or the same canonical path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y),
+    }
 }
 
 /// `fpx inspect`.
@@ -175,6 +252,20 @@ fn dump_ptx_modules(a: &fpx::artifact::Artifact, dir: &Path) -> Result<usize> {
 /// `fpx report`.
 pub fn report(args: &ReportArgs) -> Result<()> {
     check_model_file(&args.model)?;
+    if let Some(html) = &args.html {
+        let mut sources = vec![("the model".to_string(), args.model.clone())];
+        for spec in &args.inputs.inputs {
+            let (name, file) = parse_input(spec)?;
+            sources.push((format!("input '{name}'"), file));
+        }
+        if let Some((what, src)) = sources.iter().find(|(_, src)| same_file(html, src)) {
+            bail!(
+                "--html '{}' is {what} ('{}'): writing the page there would replace it; choose another file",
+                html.display(),
+                src.display()
+            );
+        }
+    }
     let options = fpx::report::ReportOptions {
         schemes: fpx::report::parse_schemes(&args.schemes, args.scales.group_size, args.scales.scale_search)?,
         histogram_layer: args.layer.clone(),
@@ -197,13 +288,10 @@ pub fn report(args: &ReportArgs) -> Result<()> {
 /// `fpx bench`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     check_device(args.device.device)?;
-    if args.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
     let path = &args.model.model;
     let model = open_model(path, &args.quant, !args.json)?;
     let feeds = read_inputs(&args.inputs.inputs)?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args.threads.unwrap_or_else(default_threads);
     let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
         .with_context(|| format!("cannot run model '{}'", path.display()))?;
     if args.json {
@@ -214,13 +302,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One worker thread per core, at most [`fpx::bench::MAX_THREADS`].
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(fpx::bench::MAX_THREADS)
+}
+
 /// `fpx membw`.
 pub fn membw(args: &MembwArgs) -> Result<()> {
-    if !(args.gib > 0.0 && args.gib <= 64.0) {
-        bail!("--gib must be in (0, 64]");
-    }
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let r = fpx::bench::read_bandwidth((args.gib * (1u64 << 30) as f64) as usize, threads)?;
+    let threads = args.threads.unwrap_or_else(default_threads);
+    let r =
+        fpx::bench::read_bandwidth((args.gib * (1u64 << 30) as f64) as usize, threads).with_context(|| format!("--gib {}", args.gib))?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -244,6 +335,7 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
             "--weights none: an artifact holds quantized weights; pick a scheme (e.g. fp6-e3m2), or run the .onnx directly with `fpx run`"
         );
     }
+    check_artifact_path(&args.output, &args.model)?;
     let options = fpx::CompileOptions { quantize, target: args.target, cpu: args.cpu };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
@@ -289,5 +381,25 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         );
     }
     println!("  artifact: {:.2} MB in {} sections", written.bytes as f64 / 1e6, written.sections);
+    Ok(())
+}
+
+/// Checks, before any work, that the artifact can go to `output`: not the model itself (by path,
+/// hard link or symbolic link), not a folder, and in a folder that exists.
+fn check_artifact_path(output: &Path, model: &Path) -> Result<()> {
+    if same_file(output, model) {
+        bail!(
+            "-o '{}' is the model '{}': writing the artifact there would replace the model; choose another output file",
+            output.display(),
+            model.display()
+        );
+    }
+    if output.is_dir() {
+        bail!("-o '{}' is a folder; give the artifact's file name (e.g. model.fpx)", output.display());
+    }
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("cannot write '{}': the folder '{}' does not exist", output.display(), parent.display());
+    }
     Ok(())
 }

@@ -33,7 +33,24 @@ fn main() {
         Command::Membw(a) => commands::membw(a),
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by ": " (as `{:#}` does), leaving out a cause whose text an
+/// outer message already includes (many errors print their source, e.g. "cannot open 'x': No such
+/// file or directory", and also return it as their source).
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.is_empty() {
+            text = c;
+        } else if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }

@@ -101,6 +101,7 @@ pub fn matmul(ctx: &InferCtx) -> Out {
     if a.dtype != b.dtype {
         return Err(ctx.error(format!("operands are {} and {}", a.dtype, b.dtype)));
     }
+    float_operands(ctx, a)?;
     let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
         return one(TensorType::unranked(a.dtype));
     };
@@ -135,6 +136,8 @@ pub fn gemm(ctx: &InferCtx) -> Out {
     let (Some(a), Some(b)) = (ctx.input(0), ctx.input(1)) else {
         return unknown();
     };
+    float_operands(ctx, a)?;
+    float_operands(ctx, b)?;
     let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
         return one(TensorType::of_rank(a.dtype, 2));
     };
@@ -148,7 +151,24 @@ pub fn gemm(ctx: &InferCtx) -> Out {
     if !ka.compatible(kb) {
         return Err(ctx.error(format!("inner dimensions differ: {a} x {b} (transA={ta}, transB={tb})")));
     }
+    // C must broadcast to [M, N] (one-directional: each of its dimensions is 1 or the output's).
+    if let Some(sc) = ctx.input(2).and_then(|c| c.shape.as_ref()) {
+        let fits = sc.len() <= 2 && sc.iter().rev().zip([n, m]).all(|(d, t)| *d == Dim::Fixed(1) || d.compatible(t));
+        if !fits {
+            let dims = sc.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+            return Err(ctx.error(format!("C of shape [{dims}] does not broadcast to the output [{m}, {n}]")));
+        }
+    }
     one(TensorType { dtype: a.dtype, shape: Some(vec![m.clone(), n.clone()]) })
+}
+
+/// MatMul and Gemm run on floating-point operands only (the CPU kernels' types).
+fn float_operands(ctx: &InferCtx, t: &TensorType) -> Result<()> {
+    if t.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(ctx.error(format!("operands of type {} are not supported (float, double, float16 or bfloat16 only)", t.dtype)))
+    }
 }
 
 /// `Cast`: same shape, type from `to`.
@@ -502,6 +522,28 @@ mod tests {
         assert_eq!(broadcast_dims(&d(&[-1, 1]), &d(&[-1, 5])), Some(d(&[-1, 5])));
         assert_eq!(broadcast_dims(&d(&[2, 3]), &d(&[4, 3])), None);
         assert_eq!(broadcast_dims(&d(&[-1]), &d(&[-2])), Some(vec![Dim::Unknown]));
+    }
+
+    /// The output types `op` infers for inputs of types `ins` (named x0, x1, ...).
+    fn infer(op: &str, ins: &[TensorType]) -> Result<Vec<Option<TensorType>>> {
+        let mut g = crate::Graph::new("t");
+        let ids = ins.iter().enumerate().map(|(i, t)| g.add_input(&format!("x{i}"), t.clone()).map(Some)).collect::<Result<Vec<_>>>()?;
+        let y = g.value_named("y");
+        let node = crate::Node::new("the_node", op, 17, ids, vec![y]);
+        super::super::OpRegistry::standard().infer_node(&g, &node)
+    }
+
+    #[test]
+    fn matmul_and_gemm_take_float_operands_and_a_bias_that_broadcasts() {
+        let f = |dims: &[usize]| TensorType::fixed(DType::F32, dims);
+        let e = infer("MatMul", &[TensorType::fixed(DType::I64, &[2, 2]), TensorType::fixed(DType::I64, &[2, 2])]).unwrap_err().to_string();
+        assert!(e.contains("the_node") && e.contains("int64"), "{e}");
+        let e = infer("Gemm", &[f(&[1, 4]), f(&[4, 3]), f(&[2])]).unwrap_err().to_string();
+        assert!(e.contains("the_node") && e.contains("does not broadcast"), "{e}");
+        assert!(infer("Gemm", &[f(&[1, 4]), f(&[4, 3]), f(&[2, 3])]).is_err());
+        for c in [&[3][..], &[1], &[1, 3], &[1, 1], &[]] {
+            assert_eq!(infer("Gemm", &[f(&[1, 4]), f(&[4, 3]), f(c)]).unwrap(), vec![Some(f(&[1, 3]))], "C {c:?}");
+        }
     }
 
     #[test]

@@ -198,3 +198,13 @@ fn bad_constant_nodes_name_the_node() {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+#[test]
+fn negative_declared_dimensions_are_errors_naming_the_value() {
+    let m = model(vec![node("Relu", "r", &["x"], &["y"])], vec![value("x", &["2", "-3"])], vec![value("y", &["2", "?"])], vec![]);
+    let e = import_err(&m);
+    assert!(e.contains("graph input 'x'") && e.contains("dimension 1 as -3"), "{e}");
+    let m = model(vec![node("Relu", "r", &["x"], &["y"])], vec![value("x", &["2", "3"])], vec![value("y", &["-1", "3"])], vec![]);
+    let e = import_err(&m);
+    assert!(e.contains("graph output 'y'") && e.contains("dimension 0 as -1"), "{e}");
+}

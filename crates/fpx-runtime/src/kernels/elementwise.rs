@@ -287,7 +287,30 @@ macro_rules! arith_kernel {
 arith_kernel!(add, add_owned, Binary::Add, |p, q| p + q, i64::wrapping_add);
 arith_kernel!(sub, sub_owned, Binary::Sub, |p, q| p - q, i64::wrapping_sub);
 arith_kernel!(mul, mul_owned, Binary::Mul, |p, q| p * q, i64::wrapping_mul);
-arith_kernel!(div, div_owned, Binary::Div, |p, q| p / q, |p, q| if q == 0 { 0 } else { p.wrapping_div(q) });
+arith_kernel!(div_values, div_owned_values, Binary::Div, |p, q| p / q, |p, q| if q == 0 { 0 } else { p.wrapping_div(q) });
+
+/// Integer division by zero is an error (as in onnxruntime), not a made-up value.
+fn check_int_divisor(b: &Tensor) -> Result<(), KernelError> {
+    let dt = b.dtype();
+    if !dt.is_float() && dt != DType::Bool {
+        if let Tensor::I64(d) = b.cast(DType::I64) {
+            if d.iter().any(|&q| q == 0) {
+                kbail!("integer division by zero (the divisor, of type {dt}, holds a 0)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn div(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    check_int_divisor(arg(i, 1)?)?;
+    div_values(n, i)
+}
+
+fn div_owned(n: &Node, i: &[Option<&Tensor>], slot: usize, t: Tensor) -> Res {
+    check_int_divisor(if slot == 1 { &t } else { arg(i, 1)? })?;
+    div_owned_values(n, i, slot, t)
+}
 
 fn pow_t<T: Elem>(a: &ArrayD<T>, e: &ArrayD<f64>) -> Result<Tensor, KernelError> {
     Ok(Tensor::from(zip2(a, e, |p, q| T::from_f64(p.to_f64().powf(q)))?))
