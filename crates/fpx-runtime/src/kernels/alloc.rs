@@ -123,6 +123,11 @@ mod tests {
         let (s, l, d) = (s.reshape(&[]).unwrap(), l.reshape(&[]).unwrap(), d.reshape(&[]).unwrap());
         let e = run("Range", &[], &[&s, &l, &d]).unwrap_err().0;
         assert!(e.contains("int64") && e.contains("8 TiB"), "{e}");
+        // Sizes past 2^64 bytes are refused before ndarray sees the shape.
+        let e = run("Expand", &[], &[&Tensor::scalar_f32(1.0), &Tensor::vec_i64(vec![1 << 40, 1 << 40])]).unwrap_err().0;
+        assert!(e.contains("more than 2^64 bytes"), "{e}");
+        let e = run("ConstantOfShape", &[], &[&Tensor::vec_i64(vec![1 << 62, 1 << 62])]).unwrap_err().0;
+        assert!(e.contains("more than 2^64 bytes"), "{e}");
         // A cast to a wider type: 16 bools fit 64 bytes, 16 int64 do not.
         let bools = Tensor::from(ArrayD::from_elem(IxDyn(&[16]), false));
         let e = with_budget(TensorBudget::new(64), || run("Cast", &[("to", Attribute::Int(7))], &[&bools])).unwrap_err().0;

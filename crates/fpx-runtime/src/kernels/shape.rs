@@ -343,7 +343,9 @@ fn expand(_: &Node, i: &[Option<&Tensor>]) -> Res {
     let t: Vec<usize> = target.iter().map(|&d| d as usize).collect();
     let shape = broadcast_shape(&[x.shape(), &t])?;
     Ok(vec![dispatch!(x, a => {
-        let v = alloc::collect(&shape, a.broadcast(IxDyn(&shape)).expect("broadcastable").iter().copied())?;
+        // Reserved first: only a shape within the budget is handed to ndarray.
+        let mut v = alloc::reserve(&shape)?;
+        v.extend(a.broadcast(IxDyn(&shape)).expect("broadcastable, and its size fits").iter().copied());
         Tensor::from(array(&shape, v))
     })])
 }
