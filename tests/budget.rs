@@ -194,3 +194,37 @@ fn the_example_runs_identically_within_the_budget() {
     let err = m.run(vec![("input".into(), input)]).unwrap_err().to_string();
     assert!(err.contains("more than the tensor budget of 64 bytes"), "{err}");
 }
+
+/// Quantized products are checked too: the reference QuantMatMul kernel and the natively
+/// compiled one (N comes from the node, so the output size is the node's to claim).
+#[test]
+fn quantized_products_are_checked_on_both_paths() {
+    let dir = TempDir::new("budget-qmm");
+    let w: Vec<f32> = (0..64 * 64).map(|k| ((k * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let m = model(
+        vec![node("MatMul", "mm", &["x", "w"], &["y"])],
+        vec![value("x", &["m", "64"])],
+        vec![value("y", &["m", "64"])],
+        vec![fpx_test_support::onnx::float_tensor("w", &[64, 64], &w)],
+    );
+    let path = dir.join("mm.onnx");
+    save(&m, &path);
+    let quantize = fpx::QuantizeOptions::new(fpx::WeightScheme::Fixed(fpx::quant::Format::Fp6E3M2));
+    let x = || vec![("x".to_string(), f32s(&[256, 64], 0.5))]; // a 64 KiB output
+    let small = TensorBudget::new(32 << 10);
+    let check = |err: String| {
+        for needle in ["(QuantMatMul)", "[256, 64]", "64 KiB", "tensor budget of 32 KiB"] {
+            assert!(err.contains(needle), "'{needle}' not in: {err}");
+        }
+    };
+    let mut reference = fpx::Model::open_with(&path, &quantize).unwrap();
+    assert_eq!(reference.run(x()).unwrap()[0].1.shape(), &[256, 64]);
+    reference.set_budget(small);
+    check(reference.run(x()).unwrap_err().to_string());
+    let opts = fpx::CompileOptions { quantize, ..fpx::CompileOptions::default() };
+    let mut native = fpx::compile(&path, &opts).unwrap().load().unwrap();
+    assert!(native.native_target().is_some(), "native kernels are in use");
+    assert_eq!(native.run(x()).unwrap()[0].1.shape(), &[256, 64]);
+    native.set_budget(small);
+    check(native.run(x()).unwrap_err().to_string());
+}
