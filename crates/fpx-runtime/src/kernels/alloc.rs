@@ -7,6 +7,13 @@
 //! through a thread-local that the executor and the constant-folding evaluator set around each
 //! kernel call ([`with_budget`]); a kernel called directly sees the default budget. Kernels
 //! allocate on the calling thread (worker threads only fill buffers allocated here).
+//!
+//! Kernels whose outputs can outgrow their inputs use it: ConstantOfShape, Expand, Range,
+//! Gather, Concat, Transpose, MatMul, Gemm, QuantMatMul (reference and native), Cast,
+//! the broadcasting elementwise ops, Where, Min/Max, the reductions and LayerNormalization's
+//! statistics. Kernels whose output is no larger than an input of the same element type
+//! (unary maps, Slice, Reshape, Softmax, CumSum, LayerNormalization's Y) allocate directly:
+//! they cannot create more than their inputs already hold.
 
 use crate::KernelError;
 use fpx_ir::ndarray::ArrayD;
