@@ -62,6 +62,9 @@ pub enum Error {
     /// Generating or running GPU code failed (NVRTC, the CUDA driver).
     #[error(transparent)]
     Cuda(#[from] fpx_cuda::CudaError),
+    /// The tensor budget could not be read (a malformed `FPX_MAX_TENSOR_BYTES`).
+    #[error(transparent)]
+    Budget(#[from] fpx_ir::BudgetError),
     /// The options do not fit each other or the model (e.g. int8 activations with a GPU target).
     #[error("{0}")]
     Options(String),
@@ -71,11 +74,17 @@ pub enum Error {
 const FOLD_LIMIT: usize = 1 << 20;
 
 /// The standard clean-up pipeline: fold constants, fuse exporter op chains (erf GELU), then drop
-/// dead nodes.
+/// dead nodes. Folding creates no tensor over the budget `FPX_MAX_TENSOR_BYTES` sets (default
+/// [`fpx_ir::TensorBudget::DEFAULT_MAX_BYTES`]).
 pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
+    simplify_with(graph, fpx_ir::TensorBudget::from_env()?)
+}
+
+/// [`simplify`] with an explicit tensor budget for constant folding.
+pub fn simplify_with(graph: &mut Graph, budget: fpx_ir::TensorBudget) -> Result<(), Error> {
     let registry = OpRegistry::standard();
     PassManager::new()
-        .with(ConstantFolding { evaluator: CpuEvaluator::default(), max_elements: FOLD_LIMIT })
+        .with(ConstantFolding { evaluator: CpuEvaluator::with_budget(budget), max_elements: FOLD_LIMIT, budget })
         .with(fpx_passes::FuseGelu)
         .with(DeadNodeElimination)
         .run(graph, &registry)?;
@@ -126,6 +135,12 @@ impl Model {
     /// The prepared executor (for benchmarking and profiling).
     pub fn executor(&self) -> &CpuExecutor {
         &self.executor
+    }
+
+    /// Sets the tensor budget of its runs: every tensor a kernel creates is checked against it
+    /// before it is allocated (default: `FPX_MAX_TENSOR_BYTES`, else 4 GiB per tensor).
+    pub fn set_budget(&mut self, budget: fpx_ir::TensorBudget) {
+        self.executor.set_budget(budget);
     }
 
     /// What quantization did, per layer (`None` for a floating-point model).

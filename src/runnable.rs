@@ -53,6 +53,23 @@ impl Runnable {
         Ok(self.executor().run(inputs)?)
     }
 
+    /// Sets the tensor budget of its runs: every tensor a kernel creates is checked against it
+    /// before it is allocated, and one over it is an error naming the node (default: the budget
+    /// `FPX_MAX_TENSOR_BYTES` sets, else [`fpx_ir::TensorBudget::DEFAULT_MAX_BYTES`]). Opening
+    /// an ONNX model folds constants under the environment's budget ([`crate::simplify`]); its
+    /// folding limit is far below any useful budget.
+    pub fn set_budget(&mut self, budget: fpx_ir::TensorBudget) {
+        match self {
+            Runnable::Onnx(m) => m.set_budget(budget),
+            Runnable::Artifact(a) => a.set_budget(budget),
+        }
+    }
+
+    /// The tensor budget of its runs.
+    pub fn budget(&self) -> fpx_ir::TensorBudget {
+        self.executor().budget()
+    }
+
     /// The executor (for benchmarks and profiling).
     pub fn executor(&self) -> &CpuExecutor {
         match self {

@@ -2,6 +2,7 @@
 //! whole stack, so there is only one).
 
 mod artifact;
+mod budget;
 mod cli;
 mod common;
 mod contract;

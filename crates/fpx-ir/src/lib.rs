@@ -7,6 +7,7 @@
 //! [`shape`] is the concrete shape math (broadcasting, strides) the CPU and GPU kernels share.
 
 mod attr;
+pub mod budget;
 mod dtype;
 mod error;
 mod graph;
@@ -18,6 +19,7 @@ mod types;
 pub mod verify;
 
 pub use attr::{AttrKind, Attribute};
+pub use budget::{BudgetError, TensorBudget};
 pub use dtype::{onnx_code, onnx_dtype, DType};
 pub use error::{IrError, Result};
 pub use graph::{Graph, Node, NodeId, Value, ValueId};

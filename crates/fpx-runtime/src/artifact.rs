@@ -64,6 +64,11 @@ impl LoadedArtifact {
         &self.executor
     }
 
+    /// Sets the tensor budget of its runs (see [`CpuExecutor::with_budget`]).
+    pub fn set_budget(&mut self, budget: fpx_ir::TensorBudget) {
+        self.executor.set_budget(budget);
+    }
+
     /// The graph that runs.
     pub fn graph(&self) -> &Graph {
         self.executor.graph()

@@ -28,6 +28,9 @@ pub enum RuntimeError {
     /// The graph itself is invalid (cycle, unknown op, ...).
     #[error(transparent)]
     Graph(#[from] IrError),
+    /// The tensor budget could not be read (a malformed `FPX_MAX_TENSOR_BYTES`).
+    #[error(transparent)]
+    Budget(#[from] fpx_ir::BudgetError),
     /// No CPU kernel exists for this op.
     #[error("node '{node}': no CPU kernel for op '{op}' (domain '{domain}')")]
     NoKernel {

@@ -1,11 +1,12 @@
 //! The CPU executor: runs the nodes of a graph in topological order with the registered kernels.
 
+use crate::kernels::alloc;
 use crate::kernels::{KernelFn, KernelRegistry, OwnedKernelFn};
 use crate::native::{quantize_activations, NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
 use fpx_ir::ops::quant_matmul;
 use fpx_ir::pass::NodeEvaluator;
-use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorType, ValueId};
+use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorBudget, TensorType, ValueId};
 use fpx_quant::act8::Int8Activations;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct CpuExecutor {
     /// Values that two or more int8-activation native steps multiply (e.g. one layer's Q, K and
     /// V projections): quantized once per run and shared.
     shared_act8: HashSet<ValueId>,
+    /// The most bytes one tensor a kernel creates may take.
+    budget: TensorBudget,
 }
 
 impl std::fmt::Debug for CpuExecutor {
@@ -61,6 +64,8 @@ impl std::fmt::Debug for CpuExecutor {
 
 impl CpuExecutor {
     /// Prepares `graph` with the standard kernels. Fails on a cycle or an op with no kernel.
+    /// Its tensor budget is the one `FPX_MAX_TENSOR_BYTES` sets (default 4 GiB per tensor;
+    /// [`CpuExecutor::with_budget`] sets another); a malformed value is an error.
     pub fn new(graph: Graph) -> Result<Self, RuntimeError> {
         Self::with_kernels(graph, &KernelRegistry::standard())
     }
@@ -151,7 +156,25 @@ impl CpuExecutor {
             }
         }
         let shared_act8 = int8_readers.into_iter().filter(|&(_, n)| n > 1).map(|(v, _)| v).collect();
-        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_act8 })
+        let budget = TensorBudget::from_env()?;
+        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_act8, budget })
+    }
+
+    /// The same executor with another tensor budget: every tensor a kernel creates is checked
+    /// against it before it is allocated, and one over it is an error naming the node.
+    pub fn with_budget(mut self, budget: TensorBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Sets the tensor budget (see [`CpuExecutor::with_budget`]).
+    pub fn set_budget(&mut self, budget: TensorBudget) {
+        self.budget = budget;
+    }
+
+    /// The tensor budget kernels check their outputs against.
+    pub fn budget(&self) -> TensorBudget {
+        self.budget
     }
 
     /// The graph being run.
@@ -289,14 +312,14 @@ impl CpuExecutor {
                         })
                     })
                     .collect();
-                let result = match (step, owned) {
+                let result = alloc::with_budget(self.budget, || match (step, owned) {
                     (Step::Kernel(_), Some((slot, t, by_value))) => by_value(node, &args, slot, t),
                     (Step::Kernel(kernel), None) => kernel(node, &args),
                     (Step::Native(q), _) => {
                         let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_act8.contains(x));
                         run_native(q, &args, shared.map(|x| (x, &mut act8)))
                     }
-                };
+                });
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
             };
             if let (Some(p), Some(t)) = (profile.as_deref_mut(), started) {
@@ -375,33 +398,43 @@ fn run_native(q: &NativeQmm, args: &[Option<&Tensor>], shared: Option<(ValueId, 
         }
     };
     let m = xv.len() / k.max(1);
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    // The output (N comes from the node), checked against the budget before it is allocated.
+    let mut y = alloc::filled(&shape, 0f32)?;
     let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
-    let mut y = vec![0f32; m * n];
     let p = p.as_standard_layout();
     let s = s.as_standard_layout();
     let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
     q.run(xv, prepared, m, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("rank >= 1") = n;
     let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     Ok(vec![if x.dtype() == fpx_ir::DType::F32 { out } else { out.cast(x.dtype()) }])
 }
 
 /// Evaluates single nodes with the CPU kernels: the [`NodeEvaluator`] that constant folding uses.
+/// Its kernels check every tensor they create against its budget (default: 4 GiB per tensor).
 pub struct CpuEvaluator {
     kernels: KernelRegistry,
+    budget: TensorBudget,
 }
 
 impl Default for CpuEvaluator {
     fn default() -> Self {
-        CpuEvaluator { kernels: KernelRegistry::standard() }
+        CpuEvaluator::with_budget(TensorBudget::default())
+    }
+}
+
+impl CpuEvaluator {
+    /// The standard kernels under `budget`.
+    pub fn with_budget(budget: TensorBudget) -> Self {
+        CpuEvaluator { kernels: KernelRegistry::standard(), budget }
     }
 }
 
 impl NodeEvaluator for CpuEvaluator {
     fn evaluate(&self, node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>, String> {
         let k = self.kernels.get(&node.domain, &node.op_type).ok_or_else(|| format!("no CPU kernel for {}", node.op_type))?;
-        k(node, inputs).map_err(|KernelError(m)| m)
+        alloc::with_budget(self.budget, || k(node, inputs)).map_err(|KernelError(m)| m)
     }
 }
 

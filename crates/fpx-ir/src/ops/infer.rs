@@ -462,11 +462,19 @@ pub fn constant_of_shape(ctx: &InferCtx) -> Out {
     }
 }
 
-/// `Range`: 1-D of the start's type.
+/// `Range`: 1-D of the start's type; its length when start, limit and delta are constants.
 pub fn range(ctx: &InferCtx) -> Out {
     let Some(t) = ctx.input(0) else {
         return unknown();
     };
+    let scalar = |i| ctx.konst(i).filter(|c| c.len() == 1).map(|c| c.to_f64_vec()[0]);
+    if let (Some(start), Some(limit), Some(delta)) = (scalar(0), scalar(1), scalar(2)) {
+        let count = ((limit - start) / delta).ceil().max(0.0);
+        // A count beyond usize (or NaN, a zero delta) stays unknown; the kernel refuses it.
+        if delta != 0.0 && count.is_finite() && count < usize::MAX as f64 {
+            return one(TensorType::fixed(t.dtype, &[count as usize]));
+        }
+    }
     one(TensorType::of_rank(t.dtype, 1))
 }
 

@@ -1,7 +1,7 @@
 //! Elementwise kernels: unary math, broadcasting arithmetic, comparisons, logic, selection, casts.
 
 use super::fast::{self, Binary, BroadcastPlan, Unary};
-use super::{arg, bad_type, broadcast_shape, f32_slice, opt_arg, with_owned, KernelRegistry};
+use super::{alloc, arg, bad_type, broadcast_shape, f32_slice, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{ArrayD, IxDyn, Zip};
 use fpx_ir::{onnx_dtype, DType, Elem, Node, Tensor};
@@ -64,7 +64,9 @@ fn is_trailing_block(big: &[usize], small: &[usize]) -> bool {
 /// Applies `f` elementwise over two arrays with numpy broadcasting. Contiguous inputs of equal
 /// shape, or where one is a trailing block of the other (a bias over the last dims), take a
 /// flat loop; everything else goes through ndarray's broadcasting.
-pub(crate) fn zip2<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, KernelError> {
+pub(crate) fn zip2<A: Copy, B: Copy, C: Elem>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, KernelError> {
+    let shape = if a.shape() == b.shape() { a.shape().to_vec() } else { broadcast_shape(&[a.shape(), b.shape()])? };
+    alloc::check_t::<C>(&shape)?;
     if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
         if a.shape() == b.shape() {
             let v = x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect();
@@ -82,7 +84,6 @@ pub(crate) fn zip2<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn
     if a.shape() == b.shape() {
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
-    let shape = broadcast_shape(&[a.shape(), b.shape()])?;
     let (av, bv) = (a.broadcast(IxDyn(&shape)).expect("broadcastable"), b.broadcast(IxDyn(&shape)).expect("broadcastable"));
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
@@ -217,7 +218,10 @@ fn identity_owned(_: &Node, _: &[Option<&Tensor>], _: usize, t: Tensor) -> Res {
 fn cast(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let to = n.attr_i("to", 0);
     let Some(dt) = onnx_dtype(to) else { kbail!("cast to ONNX type {to} is not supported") };
-    Ok(vec![arg(i, 0)?.cast(dt)])
+    let x = arg(i, 0)?;
+    // A cast to a wider type (bool to int64) makes the output up to 8 times the input's size.
+    alloc::check(dt, x.shape())?;
+    Ok(vec![x.cast(dt)])
 }
 
 fn arith<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, ff: impl Fn(f64, f64) -> f64, fi: impl Fn(i64, i64) -> i64) -> Result<Tensor, KernelError> {
@@ -234,11 +238,13 @@ fn arith<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, ff: impl Fn(f64, f64) -> f64, fi
 /// `op` over two contiguous f32 tensors with broadcasting, or `None` when the fast path does
 /// not apply (other types or layouts; shapes that do not broadcast are left to the generic
 /// path's error).
-fn fast_binary(op: Binary, a: &Tensor, b: &Tensor) -> Option<Tensor> {
-    let (x, y) = (f32_slice(a)?, f32_slice(b)?);
-    let plan = BroadcastPlan::new(a.shape(), b.shape())?;
-    let v = fast::binary(op, &plan, x, y);
-    Some(Tensor::from(super::array(&plan.out_shape, v)))
+fn fast_binary(op: Binary, a: &Tensor, b: &Tensor) -> Result<Option<Tensor>, KernelError> {
+    let (Some(x), Some(y)) = (f32_slice(a), f32_slice(b)) else { return Ok(None) };
+    let Some(shape) = fpx_ir::shape::broadcast_shape(&[a.shape(), b.shape()]) else { return Ok(None) };
+    let mut v = alloc::filled(&shape, 0f32)?;
+    let Some(plan) = BroadcastPlan::new(a.shape(), b.shape()) else { return Ok(None) };
+    fast::binary(op, &plan, x, y, &mut v);
+    Ok(Some(Tensor::from(super::array(&plan.out_shape, v))))
 }
 
 /// `op` written into the owned input `slot` (0 = a, 1 = b) when it is contiguous f32 of the
@@ -268,7 +274,7 @@ macro_rules! arith_kernel {
     ($name:ident, $owned:ident, $op:expr, $ff:expr, $fi:expr) => {
         fn $name(_: &Node, i: &[Option<&Tensor>]) -> Res {
             let (a, b) = (arg(i, 0)?, arg(i, 1)?);
-            if let Some(out) = fast_binary($op, a, b) {
+            if let Some(out) = fast_binary($op, a, b)? {
                 return Ok(vec![out]);
             }
             Ok(vec![same_type2!(a, b, x, y => arith(x, y, $ff, $fi)?)])
@@ -385,6 +391,7 @@ fn xor(_: &Node, i: &[Option<&Tensor>]) -> Res {
 
 fn select<T: Elem>(c: &ArrayD<bool>, x: &ArrayD<T>, y: &ArrayD<T>) -> Result<Tensor, KernelError> {
     let shape = broadcast_shape(&[c.shape(), x.shape(), y.shape()])?;
+    alloc::check_t::<T>(&shape)?;
     let sh = IxDyn(&shape);
     let (cv, xv, yv) = (
         c.broadcast(sh.clone()).expect("broadcastable"),

@@ -4,10 +4,10 @@
 //! blocks of one product), so the executor's thread count is respected.
 
 use super::fast::SendPtr;
-use super::{arg, array, bad_type, broadcast_shape, opt_arg, KernelRegistry};
+use super::{alloc, arg, array, bad_type, broadcast_shape, opt_arg, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::IxDyn;
-use fpx_ir::{DType, Node, Tensor};
+use fpx_ir::{DType, Elem, Node, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -38,7 +38,7 @@ macro_rules! gemm_raw_calls {
 }
 
 /// Element types the GEMM computes in.
-trait Gemm: Copy + Default + Send + Sync + 'static {
+trait Gemm: Elem {
     /// `c = alpha * a·b + beta * c` for `(row, column)` strides of `a` and `b` given in
     /// elements; `c`'s rows are `ldc` elements apart.
     ///
@@ -62,7 +62,6 @@ trait Gemm: Copy + Default + Send + Sync + 'static {
     fn values(t: &Tensor) -> Vec<Self>;
     /// The tensor's data without a copy, when it already is of this type in standard layout.
     fn slice(t: &Tensor) -> Option<&[Self]>;
-    fn from_f64(v: f64) -> Self;
     fn tensor(shape: &[usize], v: Vec<Self>) -> Tensor;
 }
 
@@ -76,9 +75,6 @@ impl Gemm for f32 {
     }
     fn slice(t: &Tensor) -> Option<&[f32]> {
         super::f32_slice(t)
-    }
-    fn from_f64(v: f64) -> f32 {
-        v as f32
     }
     fn tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
         Tensor::from(array(shape, v))
@@ -95,9 +91,6 @@ impl Gemm for f64 {
             Tensor::F64(a) => a.as_slice(),
             _ => None,
         }
-    }
-    fn from_f64(v: f64) -> f64 {
-        v
     }
     fn tensor(shape: &[usize], v: Vec<f64>) -> Tensor {
         Tensor::from(array(shape, v))
@@ -225,10 +218,22 @@ fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
     }
     let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
     let batch = broadcast_shape(&[ab, bb])?;
+    let mut shape = batch.clone();
+    if sa.len() > 1 {
+        shape.push(m);
+    }
+    if sb.len() > 1 {
+        shape.push(n);
+    }
+    // The output, checked before anything (batch offsets, converted operands) is allocated.
+    let mut out = alloc::filled(&shape, T::default())?;
+    if out.is_empty() {
+        // Empty operands can carry huge batch dimensions: no offsets for an empty product.
+        return Ok(T::tensor(&shape, out));
+    }
     let (av, bv) = (operand::<T>(a), operand::<T>(b));
     let (oa, ob) = (batch_offsets(&batch, ab, m * k), batch_offsets(&batch, bb, k * n));
     let count = oa.len();
-    let mut out = vec![T::default(); count * m * n];
     if m * n > 0 && k > 0 {
         let one = T::from_f64(1.0);
         let zero = T::from_f64(0.0);
@@ -244,13 +249,6 @@ fn matmul_t<T: Gemm>(a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
         } else {
             par_gemm(m, k, n, one, &av[..m * k], ki, 1, &bv[..k * n], ni, 1, zero, &mut out);
         }
-    }
-    let mut shape = batch;
-    if sa.len() > 1 {
-        shape.push(m);
-    }
-    if sb.len() > 1 {
-        shape.push(n);
     }
     Ok(T::tensor(&shape, out))
 }
@@ -281,7 +279,7 @@ fn gemm_t<T: Gemm>(n: &Node, a: &Tensor, b: &Tensor, c: Option<&Tensor>) -> Resu
     }
     let alpha = T::from_f64(n.attr_f("alpha", 1.0) as f64);
     let beta = n.attr_f("beta", 1.0) as f64;
-    let mut out = vec![T::default(); m * nn];
+    let mut out = alloc::filled(&[m, nn], T::default())?;
     let mut beta_t = T::from_f64(0.0);
     if let Some(c) = c {
         let cf = c.to_f64();

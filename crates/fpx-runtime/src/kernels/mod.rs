@@ -1,6 +1,7 @@
 //! CPU kernels, one per op, registered by (domain, op type) — the same keys as the IR's
 //! op schema registry (`fpx_ir::ops::OpRegistry`).
 
+pub(crate) mod alloc;
 mod elementwise;
 mod fast;
 pub(crate) use fast::SendPtr;

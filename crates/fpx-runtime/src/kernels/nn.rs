@@ -1,6 +1,6 @@
 //! Normalizations and reductions: Softmax, LayerNormalization, Reduce*, CumSum.
 
-use super::{arg, array, axis, bad_type, f32_slice, fast, opt_arg, with_owned, KernelRegistry};
+use super::{alloc, arg, array, axis, bad_type, f32_slice, fast, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
 use fpx_ir::{dispatch, DType, Elem, Node, Tensor};
@@ -99,6 +99,10 @@ fn layer_norm_params(n: &Node, i: &[Option<&Tensor>], shape: &[usize]) -> Result
     let norm_shape = &shape[a..];
     let inner: usize = norm_shape.iter().product();
     let outer: usize = shape[..a].iter().product();
+    // An empty input can have a huge outer or normalized shape: the statistics (one per row)
+    // and the scale and bias (over the normalized shape) are checked before they are made.
+    alloc::check(DType::F64, &[outer])?;
+    alloc::check(DType::F64, norm_shape)?;
     let expand = |t: &Tensor, what: &str| -> Result<Vec<f64>, KernelError> {
         let f = t.to_f64();
         match f.broadcast(IxDyn(norm_shape)) {
@@ -254,19 +258,20 @@ fn reduce(n: &Node, i: &[Option<&Tensor>], how: Reduce) -> Res {
     if matches!(how, Reduce::Sum | Reduce::Mean) && x.dtype() == DType::Bool {
         return Err(bad_type(x));
     }
-    // f32 sums over trailing axes: rows of contiguous values.
+    // Reducing an empty axis of an empty input can make an output larger than the input.
     let r = x.rank();
+    let out_shape: Vec<usize> = (0..r).filter_map(|k| if axes.contains(&k) { keep.then_some(1) } else { Some(x.shape()[k]) }).collect();
+    alloc::check(x.dtype(), &out_shape)?;
+    // f32 sums over trailing axes: rows of contiguous values.
     if let (Some(src), Reduce::Sum | Reduce::Mean) = (f32_slice(x), how) {
         if axes.iter().enumerate().all(|(k, &a)| a == r - axes.len() + k) {
             let len: usize = x.shape()[r - axes.len()..].iter().product();
             let mean = matches!(how, Reduce::Mean);
             let v: Vec<f32> = if len == 0 {
-                vec![if mean { f32::NAN } else { 0.0 }; x.shape()[..r - axes.len()].iter().product()]
+                alloc::filled(&out_shape, if mean { f32::NAN } else { 0.0 })?
             } else {
                 fast::row_sums(len, src).into_iter().map(|s| (if mean { s / len as f64 } else { s }) as f32).collect()
             };
-            let out_shape: Vec<usize> =
-                (0..r).filter_map(|k| if axes.contains(&k) { keep.then_some(1) } else { Some(x.shape()[k]) }).collect();
             return Ok(vec![Tensor::from(array(&out_shape, v))]);
         }
     }

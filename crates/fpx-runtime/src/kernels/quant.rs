@@ -4,7 +4,7 @@
 //! (LLVM, CUDA) are checked against this.
 
 use super::matmul::sgemm_rows;
-use super::{arg, array, opt_arg, KernelRegistry};
+use super::{alloc, arg, array, opt_arg, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ops::{quant_matmul, FPX_DOMAIN};
 use fpx_ir::{DType, Node, Tensor};
@@ -27,7 +27,7 @@ pub fn dequantize(gemm: &QuantGemm, packed: &[u8], scales: &[f32]) -> Result<Vec
     }
     let codes = layout::unpack(packed, &shape);
     let table: Vec<f32> = (0..=255u8).map(|c| fold::stored_value(format, c)).collect();
-    let mut w = vec![0f32; k * n];
+    let mut w = alloc::filled(&[k, n], 0f32)?;
     for c in 0..n {
         for r in 0..k {
             let g = r.checked_div(group).unwrap_or(0);
@@ -49,6 +49,10 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     if x.shape().last() != Some(&k) {
         kbail!("X has shape {:?}, but the weight has K = {k}", x.shape());
     }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    // The output (N comes from the node's attributes), checked before the weight is unpacked.
+    let mut y = alloc::filled(&shape, 0f32)?;
     let w = dequantize(&gemm, p.as_standard_layout().as_slice().expect("standard"), s.as_standard_layout().as_slice().expect("standard"))?;
     let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
     let m = xv.len() / k;
@@ -56,7 +60,6 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
         // What the int8 kernels multiply in effect: the rows quantized per block of 32.
         xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized();
     }
-    let mut y = vec![0f32; m * n];
     sgemm_rows(m, k, n, &xv, &w, &mut y);
     if let Some(b) = opt_arg(i, 3) {
         let b = b.to_f32();
@@ -70,8 +73,6 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
             }
         }
     }
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("rank >= 1") = n;
     let out = Tensor::from(array(&shape, y));
     Ok(vec![if x.dtype() == DType::F32 { out } else { out.cast(x.dtype()) }])
 }

@@ -1,6 +1,6 @@
 //! Data-movement kernels: reshapes, transposes, gathers, slices, concatenation, shape queries.
 
-use super::{arg, array, axis, broadcast_shape, fast, opt_arg, with_owned, KernelRegistry};
+use super::{alloc, arg, array, axis, broadcast_shape, fast, opt_arg, with_owned, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 use fpx_ir::shape::merge_dims;
@@ -8,13 +8,12 @@ use fpx_ir::{dispatch, Attribute, Elem, Node, Tensor};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
-/// Upper bound on elements a shape-producing op may create (guards against absurd sizes).
-const MAX_ELEMENTS: usize = 1 << 32;
-
+/// The element count of a shape that only describes data (a reshape target): an error when it
+/// overflows. Shapes of new data are checked by the tensor budget ([`alloc`]).
 fn checked_len(shape: &[usize]) -> Result<usize, KernelError> {
     match shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
-        Some(n) if n <= MAX_ELEMENTS => Ok(n),
-        _ => kbail!("shape {shape:?} is too large"),
+        Some(n) => Ok(n),
+        None => kbail!("shape {shape:?} is too large"),
     }
 }
 
@@ -140,14 +139,14 @@ fn unsqueeze_dims(n: &Node, i: &[Option<&Tensor>], shape: &[usize], _: usize) ->
 /// The elements of a row-major array of `shape` with its axes permuted by `perm`, in
 /// row-major order: contiguous runs copied whole, dimensions that stay adjacent merged, rows
 /// split across threads when large.
-fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Result<Vec<T>, KernelError> {
     let st = super::row_major_strides(shape);
     // Output dimensions, innermost first, as (size, [stride in the source]), adjacent ones merged.
     let dims = merge_dims(perm.iter().rev().map(|&p| (shape[p], [st[p]])));
     let n: usize = shape.iter().product();
-    let Some(&(inner, [istride])) = dims.first() else { return src.to_vec() };
+    let Some(&(inner, [istride])) = dims.first() else { return alloc::collect(shape, src.iter().copied()) };
     if n == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     // The other dimensions, outermost first, as (size, stride in the source).
     let outer: Vec<(usize, usize)> = dims[1..].iter().rev().map(|&(size, [stride])| (size, stride)).collect();
@@ -179,9 +178,9 @@ fn permute<T: Elem>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
             }
         }
     };
-    let mut out = vec![T::default(); n];
+    let mut out = alloc::filled(shape, T::default())?;
     fast::for_row_chunks(&mut out, inner, fill);
-    out
+    Ok(out)
 }
 
 fn transpose(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -197,29 +196,30 @@ fn transpose(n: &Node, i: &[Option<&Tensor>]) -> Res {
     }
     let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     Ok(vec![dispatch!(x, a => match a.as_slice() {
-        Some(s) => Tensor::from(array(&out_shape, permute(s, a.shape(), &perm))),
+        Some(s) => Tensor::from(array(&out_shape, permute(s, a.shape(), &perm)?)),
         None => Tensor::from(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()),
     })])
 }
 
-fn gather_t<T: Elem>(a: &ArrayD<T>, ax: usize, idx: &[usize], idx_shape: &[usize]) -> Tensor {
-    let a = a.as_standard_layout();
+fn gather_t<T: Elem>(a: &ArrayD<T>, ax: usize, idx: &[usize], idx_shape: &[usize]) -> Result<Tensor, KernelError> {
     let s = a.shape();
+    let mut shape = s[..ax].to_vec();
+    shape.extend_from_slice(idx_shape);
+    shape.extend_from_slice(&s[ax + 1..]);
+    // Checked before anything is copied: a few indices over a wide table make a large output.
+    let mut out = alloc::reserve::<T>(&shape)?;
+    let a = a.as_standard_layout();
     let outer: usize = s[..ax].iter().product();
     let inner: usize = s[ax + 1..].iter().product();
     let dim = s[ax];
     let data = a.as_slice().expect("standard layout");
-    let mut out = Vec::with_capacity(outer * idx.len() * inner);
     for o in 0..outer {
         for &k in idx {
             let base = (o * dim + k) * inner;
             out.extend_from_slice(&data[base..base + inner]);
         }
     }
-    let mut shape = s[..ax].to_vec();
-    shape.extend_from_slice(idx_shape);
-    shape.extend_from_slice(&s[ax + 1..]);
-    Tensor::from(array(&shape, out))
+    Ok(Tensor::from(array(&shape, out)))
 }
 
 fn gather(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -241,10 +241,18 @@ fn gather(n: &Node, i: &[Option<&Tensor>]) -> Res {
             }
         })
         .collect::<Result<_, _>>()?;
-    Ok(vec![dispatch!(x, a => gather_t(a, ax, &idx, ind.shape()))])
+    Ok(vec![dispatch!(x, a => gather_t(a, ax, &idx, ind.shape())?)])
 }
 
 fn concat_t<T: Elem>(first: &ArrayD<T>, all: &[&Tensor], ax: usize) -> Result<Tensor, KernelError> {
+    // The output's size, checked before ndarray allocates it (mismatched shapes are its error).
+    let total = all.iter().try_fold(0usize, |acc, t| acc.checked_add(*t.shape().get(ax).unwrap_or(&0)));
+    let mut shape = first.shape().to_vec();
+    shape[ax] = total.unwrap_or(usize::MAX);
+    if total.is_none() {
+        kbail!("concatenated axis {ax} overflows");
+    }
+    alloc::check_t::<T>(&shape)?;
     let mut views: Vec<ArrayViewD<T>> = vec![first.view()];
     for t in &all[1..] {
         match T::view(t) {
@@ -334,8 +342,12 @@ fn expand(_: &Node, i: &[Option<&Tensor>]) -> Res {
     }
     let t: Vec<usize> = target.iter().map(|&d| d as usize).collect();
     let shape = broadcast_shape(&[x.shape(), &t])?;
-    checked_len(&shape)?;
-    Ok(vec![dispatch!(x, a => Tensor::from(a.broadcast(IxDyn(&shape)).expect("broadcastable").to_owned()))])
+    Ok(vec![dispatch!(x, a => {
+        // Reserved first: only a shape within the budget is handed to ndarray.
+        let mut v = alloc::reserve(&shape)?;
+        v.extend(a.broadcast(IxDyn(&shape)).expect("broadcastable, and its size fits").iter().copied());
+        Tensor::from(array(&shape, v))
+    })])
 }
 
 fn shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -353,12 +365,11 @@ fn constant_of_shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
         kbail!("shape {dims:?} has a negative dimension");
     }
     let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-    checked_len(&shape)?;
     let value = n.attr_tensor("value").cloned().unwrap_or_else(|| Tensor::scalar_f32(0.0));
     if value.len() != 1 {
         kbail!("value must hold exactly one element, has {}", value.len());
     }
-    Ok(vec![dispatch!(&value, a => Tensor::from(ArrayD::from_elem(IxDyn(&shape), *a.iter().next().expect("one element"))))])
+    Ok(vec![dispatch!(&value, a => Tensor::from(alloc::full(&shape, *a.iter().next().expect("one element"))?))])
 }
 
 fn range(_: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -371,15 +382,18 @@ fn range(_: &Node, i: &[Option<&Tensor>]) -> Res {
         kbail!("delta must not be 0");
     }
     let count = ((limit - start) / delta).ceil().max(0.0);
-    if !count.is_finite() || count > MAX_ELEMENTS as f64 {
+    if !count.is_finite() || count >= usize::MAX as f64 {
         kbail!("range({start}, {limit}, {delta}) is too long");
     }
     let count = count as usize;
+    // Built as int64 or f64, then cast: both sizes within the budget.
+    alloc::check(s.dtype(), &[count])?;
     Ok(vec![if s.dtype().is_int() {
         let (st, dl) = (s.to_i64_vec()[0], d.to_i64_vec()[0]);
-        Tensor::vec_i64((0..count as i64).map(|k| st + k * dl).collect()).cast(s.dtype())
+        let v = alloc::collect(&[count], (0..count as i64).map(|k| st.wrapping_add(k.wrapping_mul(dl))))?;
+        Tensor::from(array(&[count], v)).cast(s.dtype())
     } else {
-        Tensor::from(array(&[count], (0..count).map(|k| start + k as f64 * delta).collect::<Vec<f64>>())).cast(s.dtype())
+        Tensor::from(array(&[count], alloc::collect(&[count], (0..count).map(|k| start + k as f64 * delta))?)).cast(s.dtype())
     }])
 }
 

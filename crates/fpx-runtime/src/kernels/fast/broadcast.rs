@@ -175,11 +175,11 @@ fn binary_run(op: Binary, plan: &BroadcastPlan, a: Src<'_>, b: Src<'_>, out: &mu
     for_row_chunks(out, inner, |row0, o| binary_rows(op, plan, a, b, o, row0));
 }
 
-/// `op(a, b)` with broadcasting, into a new vector of `plan.out_shape`.
-pub(crate) fn binary(op: Binary, plan: &BroadcastPlan, a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; plan.len()];
-    binary_run(op, plan, Src::Data(a), Src::Data(b), &mut out);
-    out
+/// `op(a, b)` with broadcasting, into `out` of `plan.out_shape` (allocated by the caller within
+/// the tensor budget).
+pub(crate) fn binary(op: Binary, plan: &BroadcastPlan, a: &[f32], b: &[f32], out: &mut [f32]) {
+    debug_assert_eq!(out.len(), plan.len());
+    binary_run(op, plan, Src::Data(a), Src::Data(b), out);
 }
 
 /// `a = op(a, b)`: `a` must have the output's shape.
@@ -253,7 +253,9 @@ mod tests {
                 for threads in [1, 3] {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                     pool.install(|| {
-                        assert_eq!(binary(op, &plan, &a, &b), want, "{op:?} {sa:?} {sb:?}");
+                        let mut got = vec![0f32; want.len()];
+                        binary(op, &plan, &a, &b, &mut got);
+                        assert_eq!(got, want, "{op:?} {sa:?} {sb:?}");
                         if plan.out_shape.iter().product::<usize>() == a.len() && sa.len() == plan.out_shape.len() {
                             let mut x = a.clone();
                             binary_into_a(op, &plan, &mut x, &b);
