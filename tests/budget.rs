@@ -173,6 +173,14 @@ fn the_environment_variable_sets_the_budget() {
     let (code, err) = run(Some("lots"));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("invalid tensor budget 'lots'") && err.contains("FPX_MAX_TENSOR_BYTES"), "{err}");
+    // The command-line option says the same for one run (and wins over the environment).
+    let with_flag = |flag: &str, env: Option<&str>| {
+        fpx_cli(&["run", s(&path), "--input", &input, "--output-dir", s(&out), "--max-tensor-bytes", flag], env)
+    };
+    let (code, err) = with_flag("1MiB", None);
+    assert!(code == Some(1) && err.contains("node 'grow' (Expand)") && err.contains("tensor budget of 1 MiB"), "{err}");
+    let (code, err) = with_flag("8M", Some("1M"));
+    assert_eq!(code, Some(0), "the flag raises the budget: {err}");
 }
 
 /// The bundled example runs to the same outputs under the default budget and under one just

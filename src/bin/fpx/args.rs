@@ -125,6 +125,15 @@ multiple of {block}, and CPU code (--target cpu).",
     )
 }
 
+/// `--max-tensor-bytes`: the size budget of every tensor a run allocates.
+#[derive(Args, Clone, Copy)]
+pub struct BudgetArg {
+    /// Largest tensor a run may allocate, in bytes or with a binary suffix (512M, 8GiB); a node
+    /// whose output would be larger is refused, naming it. Default: FPX_MAX_TENSOR_BYTES, else 4 GiB.
+    #[arg(long, value_name = "BYTES")]
+    pub max_tensor_bytes: Option<fpx::ir::TensorBudget>,
+}
+
 /// `--device`.
 #[derive(Args, Clone, Copy)]
 pub struct DeviceArg {
@@ -179,6 +188,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub device: DeviceArg,
     #[command(flatten)]
+    pub budget: BudgetArg,
+    #[command(flatten)]
     pub quant: QuantArgs,
 }
 
@@ -200,6 +211,8 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub device: DeviceArg,
+    #[command(flatten)]
+    pub budget: BudgetArg,
     #[command(flatten)]
     pub quant: QuantArgs,
 }

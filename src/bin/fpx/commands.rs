@@ -1,7 +1,7 @@
 //! What each command does, given its parsed arguments: library calls plus the messages and
 //! files a person sees. Every failure is an `anyhow` error with the file, input or node at fault.
 
-use crate::args::{BenchArgs, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs};
+use crate::args::{BenchArgs, BudgetArg, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs};
 use anyhow::{bail, Context, Result};
 use fpx::runtime::npy;
 use fpx::{QuantizeOptions, WeightScheme};
@@ -51,16 +51,13 @@ fn check_model_file(model: &Path) -> Result<()> {
 
 /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact; `announce`
 /// prints what quantization did (off where stdout must hold only JSON).
-fn open_model(path: &Path, quant: &QuantArgs, announce: bool) -> Result<fpx::Runnable> {
+fn open_model(path: &Path, quant: &QuantArgs, budget: &BudgetArg, announce: bool) -> Result<fpx::Runnable> {
     check_model_file(path)?;
     let options = quantize_options(quant, WeightScheme::None)?;
-    if fpx::is_artifact(path) && options != QuantizeOptions::new(WeightScheme::None) {
-        bail!(
-            "--weights/--group-size/--scale-search/--activations apply to .onnx models; '{}' was quantized when it was compiled",
-            path.display()
-        );
+    let mut model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
+    if let Some(b) = budget.max_tensor_bytes {
+        model.set_budget(b);
     }
-    let model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
     if let Some(q) = model.quantization().filter(|_| announce) {
         println!(
             "weights: {} layers as {}, {:.2} MB -> {:.2} MB",
@@ -97,7 +94,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("--output-dir '{}' exists and is not a folder", out_dir.display());
     }
     let t0 = Instant::now();
-    let model = open_model(path, &args.quant, true)?;
+    let model = open_model(path, &args.quant, &args.budget, true)?;
     let load = t0.elapsed();
     // Every output's file is decided, and checked against the model and the input files, before
     // anything runs or is written.
@@ -289,7 +286,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
 pub fn bench(args: &BenchArgs) -> Result<()> {
     check_device(args.device.device)?;
     let path = &args.model.model;
-    let model = open_model(path, &args.quant, !args.json)?;
+    let model = open_model(path, &args.quant, &args.budget, !args.json)?;
     let feeds = read_inputs(&args.inputs.inputs)?;
     let threads = args.threads.unwrap_or_else(default_threads);
     let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
