@@ -132,7 +132,8 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
         let link = dir.join("zero");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        let cases = [(fifo, "is a FIFO, not a regular file"), ("/dev/zero".into(), "is a character device"), (link, "is a character device")];
+        let cases =
+            [(fifo, "is a FIFO, not a regular file"), ("/dev/zero".into(), "is a character device"), (link, "is a character device")];
         for (path, want) in cases {
             let e = within(move || read_regular(&path, NO_LIMIT).unwrap_err().to_string());
             assert!(e.contains(want), "{e}");

@@ -409,7 +409,9 @@ mod tests {
     #[test]
     fn huge_shapes_with_a_zero_dimension_are_errors() {
         // Found by fuzzing: 0 elements passed the length check, then ndarray refused the shape.
-        for shape in ["(0, 4611686018427387904, 64)", "(4611686018427387904, 64, 0)", "(0, 18446744073709551615)", "(0, 2305843009213693952,)"] {
+        for shape in
+            ["(0, 4611686018427387904, 64)", "(4611686018427387904, 64, 0)", "(0, 18446744073709551615)", "(0, 2305843009213693952,)"]
+        {
             let e = error_of(&npy(&format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n"), &[]));
             assert!(e.contains("is too large"), "{shape}: {e}");
             let e = error_of(&npy(&format!("{{'descr': '<f4', 'fortran_order': True, 'shape': {shape}, }}\n"), &[]));
@@ -438,7 +440,14 @@ mod tests {
             let e = error_of(&npy(&format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {bad}, }}\n"), &[0; 4]));
             assert!(e.contains("shape") || e.contains("malformed"), "{bad}: {e}");
         }
-        for (good, dims) in [("()", vec![]), ("(1,)", vec![1]), ("(1, 1)", vec![1, 1]), ("(1, 1,)", vec![1, 1]), ("( 1 ,1 , )", vec![1, 1]), ("(1L, 1L)", vec![1, 1])] {
+        for (good, dims) in [
+            ("()", vec![]),
+            ("(1,)", vec![1]),
+            ("(1, 1)", vec![1, 1]),
+            ("(1, 1,)", vec![1, 1]),
+            ("( 1 ,1 , )", vec![1, 1]),
+            ("(1L, 1L)", vec![1, 1]),
+        ] {
             let h = format!("{{ 'descr' : '<f4' ,'fortran_order':False,\t'shape': {good} }}   \n");
             let t = from_bytes(&npy(&h, &[0; 4]), Path::new("g.npy")).unwrap_or_else(|e| panic!("{good}: {e}"));
             assert_eq!(t.shape(), &dims[..], "{good}");
@@ -447,8 +456,27 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_errors() {
-        for h in ["", "{", "}", "{'descr': '<f4'", "{'descr' '<f4'}", "{'descr': '<f4', 'fortran_order': Maybe, 'shape': ()}", "{'descr': '<f4', 'fortran_order': False, 'shape': ()} x", "{'descr: '<f4'}"] {
+        for h in [
+            "",
+            "{",
+            "}",
+            "{'descr': '<f4'",
+            "{'descr' '<f4'}",
+            "{'descr': '<f4', 'fortran_order': Maybe, 'shape': ()}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': ()} x",
+            "{'descr: '<f4'}",
+        ] {
             error_of(&npy(h, &[0; 4]));
+        }
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_at_once() {
+        let dir = fpx_test_support::TempDir::new("npy-special");
+        for (path, want) in fpx_test_support::special::special_files(&dir, "input.npy") {
+            let shown = path.display().to_string();
+            let e = fpx_test_support::special::within_10s("npy::read", move || read(&path).unwrap_err().to_string());
+            assert!(e.contains(&shown) && e.contains(want), "{e}");
         }
     }
 }
