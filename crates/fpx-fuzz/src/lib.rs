@@ -204,6 +204,13 @@ fn varint(mut v: u64) -> Vec<u8> {
 /// mutation reaches the manifest's decoding and checks instead of the checksum test); otherwise
 /// the bytes as they are ([`mutate`]).
 pub fn mutate_for(target: Target, rng: &mut Rng, input: &mut Vec<u8>, pool: &[Vec<u8>], max_len: usize) {
+    if target == Target::Onnx && rng.below(3) == 0 {
+        if let Some(edited) = mutate_onnx_model(rng, input) {
+            *input = edited;
+            input.truncate(max_len);
+            return;
+        }
+    }
     if target == Target::Artifact && rng.below(4) != 0 {
         if let Some((manifest, sections_at)) = artifact_parts(input) {
             let mut m = manifest.to_vec();
@@ -214,6 +221,119 @@ pub fn mutate_for(target: Target, rng: &mut Rng, input: &mut Vec<u8>, pool: &[Ve
         }
     }
     mutate(rng, input, pool, max_len);
+}
+
+/// Op types a node may be switched to (attributes and inputs then rarely fit: that is the point).
+const OPS: [&str; 32] = [
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Mul",
+    "Div",
+    "Reshape",
+    "Transpose",
+    "Softmax",
+    "Gather",
+    "Concat",
+    "Slice",
+    "Expand",
+    "ConstantOfShape",
+    "Range",
+    "Tile",
+    "Pad",
+    "Conv",
+    "LayerNormalization",
+    "Split",
+    "Squeeze",
+    "Unsqueeze",
+    "ReduceMean",
+    "Where",
+    "Cast",
+    "Shape",
+    "Constant",
+    "Einsum",
+    "TopK",
+    "CumSum",
+    "OneHot",
+    "Flatten",
+    "Erf",
+];
+
+/// A structure-aware edit of a serialized ONNX model: an op type, an attribute's integers, a
+/// node's inputs, an initializer's dims or element type, or an opset version is changed, and
+/// the model re-serialized. `None` if the bytes do not parse as a model.
+fn mutate_onnx_model(rng: &mut Rng, bytes: &[u8]) -> Option<Vec<u8>> {
+    use fpx_onnx::onnx_protobuf::{Message, ModelProto};
+    let mut m = ModelProto::parse_from_bytes(bytes).ok()?;
+    let int = |rng: &mut Rng| -> i64 {
+        match rng.below(3) {
+            0 => INTERESTING[rng.below(INTERESTING.len())] as i64,
+            1 => rng.below(8) as i64 - 3,
+            _ => (INTERESTING[rng.below(INTERESTING.len())] as i64).wrapping_neg(),
+        }
+    };
+    let g = m.graph.as_mut()?;
+    let names: Vec<String> = g.node.iter().flat_map(|n| n.input.iter().chain(&n.output).cloned()).collect();
+    match rng.below(7) {
+        0 if !g.node.is_empty() => {
+            let i = rng.below(g.node.len());
+            g.node[i].op_type = OPS[rng.below(OPS.len())].to_string();
+        }
+        1 if !g.node.is_empty() => {
+            let i = rng.below(g.node.len());
+            let n = &mut g.node[i];
+            if n.attribute.is_empty() || rng.below(4) == 0 {
+                let mut a = fpx_onnx::onnx_protobuf::AttributeProto::new();
+                a.name = ["axis", "perm", "axes", "keepdims", "to", "group", "pads", "transA", "epsilon"][rng.below(9)].into();
+                n.attribute.push(a);
+            }
+            let j = rng.below(n.attribute.len());
+            let a = &mut n.attribute[j];
+            let kind = [1, 2, 3, 4, 6, 7][rng.below(6)];
+            a.type_ = protobuf::EnumOrUnknown::from_i32(kind);
+            a.i = int(rng);
+            a.ints = (0..rng.below(5)).map(|_| int(rng)).collect();
+        }
+        2 if !g.node.is_empty() && !names.is_empty() => {
+            let i = rng.below(g.node.len());
+            let n = &mut g.node[i];
+            let name = names[rng.below(names.len())].clone();
+            match rng.below(3) {
+                0 => n.input.push(name),
+                1 if !n.input.is_empty() => {
+                    let k = rng.below(n.input.len());
+                    n.input[k] = name;
+                }
+                _ => {
+                    n.input.pop();
+                }
+            }
+        }
+        3 if !g.initializer.is_empty() => {
+            let i = rng.below(g.initializer.len());
+            let t = &mut g.initializer[i];
+            if t.dims.is_empty() || rng.below(4) == 0 {
+                t.dims.push(int(rng));
+            } else {
+                let k = rng.below(t.dims.len());
+                t.dims[k] = int(rng);
+            }
+        }
+        4 if !g.initializer.is_empty() => {
+            let i = rng.below(g.initializer.len());
+            g.initializer[i].data_type = rng.below(26) as i32;
+        }
+        5 if !m.opset_import.is_empty() => {
+            let i = rng.below(m.opset_import.len());
+            m.opset_import[i].version = int(rng);
+        }
+        _ if g.node.len() > 1 => {
+            let (a, b) = (rng.below(g.node.len()), rng.below(g.node.len()));
+            g.node.swap(a, b);
+        }
+        _ => return None,
+    }
+    m.write_to_bytes().ok()
 }
 
 /// The manifest of artifact bytes and where its first section starts (see `fpx_artifact`'s
