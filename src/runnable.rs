@@ -21,9 +21,9 @@ pub enum Runnable {
 /// ends in `.fpx` (so a damaged artifact is reported as one, not as a bad ONNX model).
 pub fn is_artifact(path: &Path) -> bool {
     let mut head = [0u8; 8];
-    // Only a regular file is opened: opening a FIFO would wait for a writer.
-    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    let magic = regular && std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == fpx_artifact::MAGIC;
+    // Only a regular file is opened (fpx_ir::file::open_regular): opening a FIFO would wait for a
+    // writer. Anything else is not an artifact here; the ONNX loader then says what it is.
+    let magic = fpx_ir::file::open_regular(path).and_then(|(mut f, _)| f.read_exact(&mut head)).is_ok() && head == fpx_artifact::MAGIC;
     magic || path.extension().is_some_and(|e| e == "fpx")
 }
 

@@ -430,3 +430,19 @@ fn gpu_target_errors_name_the_node_and_the_fix() {
         assert!(!o.status.success() && (err.contains("no CUDA driver found") || err.contains("not built yet")), "{cmd}: {err}");
     }
 }
+
+#[test]
+fn open_refuses_fifos_and_devices_at_once() {
+    use fpx_test_support::special::{special_files, within_10s};
+    let dir = TempDir::new("open-special");
+    // Named as a model and as an artifact: `is_artifact` must not block, and both readers refuse.
+    for name in ["model.onnx", "model.fpx"] {
+        for (path, want) in special_files(&dir, name) {
+            let shown = path.display().to_string();
+            let p = path.clone();
+            assert!(!within_10s("is_artifact", move || fpx::is_artifact(&p)) || name.ends_with(".fpx"));
+            let e = within_10s("fpx::open", move || fpx::open(&path).unwrap_err().to_string());
+            assert!(e.contains(&shown) && e.contains(want), "{name}: {e}");
+        }
+    }
+}

@@ -10,7 +10,6 @@ use memmap2::Mmap;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::path::Path;
 
 /// Native CPU code of one target, borrowed from the artifact.
@@ -98,19 +97,12 @@ impl fmt::Debug for Artifact {
 impl Artifact {
     /// Opens (memory-maps) and checks the artifact at `path`.
     pub fn open(path: &Path) -> Result<Artifact, ArtifactError> {
-        let file = File::open(path).map_err(|e| ArtifactError::io("open", path, e))?;
-        let meta = file.metadata().map_err(|e| ArtifactError::io("read", path, e))?;
-        if meta.is_dir() {
-            return Err(ArtifactError::io(
-                "open",
-                path,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is a folder, not a file"),
-            ));
-        }
-        let len = meta.len();
+        // Only a regular file: a FIFO would block, a device would map or read without end.
+        let (file, len) = fpx_ir::file::open_regular(path).map_err(|e| ArtifactError::io("open", path, e))?;
         let bytes = if len < 4096 {
             // Tiny (so surely damaged or foreign) files are read: mapping an empty file fails on some systems.
-            Bytes::Owned(std::fs::read(path).map_err(|e| ArtifactError::io("read", path, e))?)
+            let read = fpx_ir::file::read_exact_len(file, len, len);
+            Bytes::Owned(read.map_err(|e| ArtifactError::io("read", path, e))?)
         } else {
             // SAFETY: the map is read-only; like every user of mmap we rely on nobody truncating
             // or rewriting the file while it is mapped (writers replace artifacts by rename).

@@ -674,3 +674,14 @@ fn newer_versions_are_refused() {
     d.extend_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(kind(&Artifact::from_bytes(d, "new.fpx").unwrap_err()), "NewerVersion");
 }
+
+#[test]
+fn fifos_and_devices_are_refused_at_once() {
+    use fpx_test_support::special::{special_files, within_10s};
+    let dir = TempDir::new("artifact-special");
+    for (path, want) in special_files(&dir, "model.fpx") {
+        let shown = path.display().to_string();
+        let e = within_10s("Artifact::open", move || Artifact::open(&path).unwrap_err().to_string());
+        assert!(e.contains(&shown) && e.contains(want), "{e}");
+    }
+}

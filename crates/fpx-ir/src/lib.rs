@@ -4,12 +4,14 @@
 //! them as named [`Value`]s with static [`TensorType`]s (dims may be symbolic). Op schemas
 //! (opset range, arity, attributes, shape inference) are registered in an
 //! [`ops::OpRegistry`]; [`verify`] checks a graph, and [`pass`] holds the pass manager.
+//! [`file`] opens input files safely (regular files only, read to their known size).
 //! [`shape`] is the concrete shape math (broadcasting, strides) the CPU and GPU kernels share.
 
 mod attr;
 pub mod budget;
 mod dtype;
 mod error;
+pub mod file;
 mod graph;
 pub mod ops;
 pub mod pass;

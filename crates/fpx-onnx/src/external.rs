@@ -7,7 +7,6 @@
 
 use crate::ImportError;
 use onnx_protobuf::TensorProto;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
@@ -42,14 +41,17 @@ pub(crate) fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>
             return Err(err(format!("'length' is {len} bytes, but the tensor's type and dims need {expected}")));
         }
     }
-    let file_len = std::fs::metadata(&path).map_err(|e| err(format!("cannot read '{}': {e}", path.display())))?.len();
+    // Opened as a regular file only (checked again on the open file, so a FIFO swapped in after
+    // `resolve` cannot block us); its size comes from the open file.
+    let (mut file, file_len) = fpx_ir::file::open_regular(&path).map_err(|e| err(format!("cannot open '{}': {e}", path.display())))?;
     let end = offset.checked_add(expected_u64).ok_or_else(|| err(format!("offset {offset} + length {expected} overflows")))?;
     if end > file_len {
         return Err(err(format!("offset {offset} + length {expected} is beyond the end of '{}' ({file_len} bytes)", path.display())));
     }
-    let mut file = File::open(&path).map_err(|e| err(format!("cannot open '{}': {e}", path.display())))?;
     file.seek(SeekFrom::Start(offset)).map_err(|e| err(format!("cannot seek in '{}': {e}", path.display())))?;
-    let mut buf = vec![0u8; expected];
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(expected).map_err(|_| err(format!("{expected} bytes do not fit in memory")))?;
+    buf.resize(expected, 0);
     file.read_exact(&mut buf).map_err(|e| err(format!("cannot read {expected} bytes at offset {offset} of '{}': {e}", path.display())))?;
     Ok(buf)
 }
@@ -78,9 +80,6 @@ fn resolve(location: &str, base_dir: Option<&Path>) -> Result<PathBuf, String> {
     })?;
     if !full.starts_with(&base) {
         return Err(format!("resolves to '{}', outside the model's folder '{}'", full.display(), base.display()));
-    }
-    if !full.is_file() {
-        return Err(format!("'{}' is not a regular file", full.display()));
     }
     Ok(full)
 }

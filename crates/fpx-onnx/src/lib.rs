@@ -21,8 +21,9 @@ use fpx_ir::Graph;
 use std::path::Path;
 
 /// Reads and imports the ONNX model at `path`; external data is resolved inside the model's folder.
+/// Only a regular file is read (a FIFO or device is refused at once, see [`fpx_ir::file`]).
 pub fn load_model(path: &Path) -> Result<Graph, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path)?;
     let base_dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -34,6 +35,11 @@ pub fn load_model(path: &Path) -> Result<Graph, ImportError> {
 /// a model that uses external data is an error.
 pub fn import_model_bytes(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, ImportError> {
     import::import(bytes, base_dir, "model bytes")
+}
+
+/// The bytes of the regular file at `path` (exactly its size; FIFOs and devices refused).
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ImportError> {
+    fpx_ir::file::read_regular(path, fpx_ir::file::NO_LIMIT).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
 /// Reads a file holding one serialized `TensorProto` (as the ONNX backend tests'
 /// `test_data_set_0/input_0.pb`) and returns its name and data.
 pub fn load_tensor_pb(path: &Path) -> Result<(String, Tensor), ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let bytes = crate::read_file(path)?;
     let t = TensorProto::parse_from_bytes(&bytes)
         .map_err(|e| ImportError::Parse { what: path.display().to_string(), message: format!("not a valid ONNX TensorProto: {e}") })?;
     let name = if t.name.is_empty() { path.display().to_string() } else { t.name.clone() };

@@ -230,3 +230,30 @@ fn every_backend_node_test_imports_or_fails_cleanly() {
     println!("{} node tests: {ok} import, {failed} fail cleanly", cases.len());
     assert!(panicked.is_empty(), "import panicked on {panicked:?}");
 }
+
+#[test]
+fn fifos_and_devices_are_refused_at_once() {
+    use fpx_test_support::special::{special_files, within_10s};
+    let dir = TempDir::new("onnx-special");
+    // As the model, and as a `.pb` tensor file.
+    for (path, want) in special_files(&dir, "model.onnx") {
+        let shown = path.display().to_string();
+        let p = path.clone();
+        let e = within_10s("load_model", move || load_model(&p).unwrap_err().to_string());
+        assert!(e.contains(&shown) && e.contains(want), "{e}");
+        let e = within_10s("load_tensor_pb", move || load_tensor_pb(&path).unwrap_err().to_string());
+        assert!(e.contains(&shown) && e.contains(want), "{e}");
+    }
+    // As external data: a FIFO inside the model's folder, and a symlink to /dev/zero (which
+    // resolves outside the folder).
+    let ext = TempDir::new("onnx-special-ext");
+    let status = std::process::Command::new("mkfifo").arg(ext.join("w.bin")).status().unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink("/dev/zero", ext.join("zero.bin")).unwrap();
+    for (location, want) in [("w.bin", "is a FIFO, not a regular file"), ("zero.bin", "outside the model's folder")] {
+        external_model(ext.path(), location, None, None);
+        let model_path = ext.join("model.onnx");
+        let e = within_10s("load_model", move || load_model(&model_path).unwrap_err().to_string());
+        assert!(e.contains(location) && e.contains(want), "{e}");
+    }
+}
