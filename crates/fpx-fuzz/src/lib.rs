@@ -19,7 +19,7 @@
 use fpx_artifact::{Artifact, ArtifactContents, CpuCode, CpuKernel, NodeKernels};
 use fpx_ir::ops::{quant_matmul, OpRegistry};
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
-use fpx_ir::Graph;
+use fpx_ir::{Graph, TensorBudget};
 use fpx_quant::KernelTable;
 use fpx_runtime::CpuEvaluator;
 use std::cell::RefCell;
@@ -59,7 +59,8 @@ impl Target {
     }
 }
 
-/// Largest constant (in elements) constant folding may create here, as in `fpx::simplify`.
+/// Largest constant (in elements) constant folding may create here: the pipeline of
+/// `fpx::simplify` (this test tool does not link the facade), with the default tensor budget.
 const FOLD_LIMIT: usize = 1 << 20;
 
 /// Runs one input through `target`; returns whether the target accepted it. Errors are fine;
@@ -70,7 +71,11 @@ pub fn run_input(target: Target, bytes: &[u8]) -> bool {
             let Ok(mut graph) = fpx_onnx::import_model_bytes(bytes, None) else { return false };
             let registry = OpRegistry::standard();
             let simplified = PassManager::new()
-                .with(ConstantFolding { evaluator: CpuEvaluator::default(), max_elements: FOLD_LIMIT })
+                .with(ConstantFolding {
+                    evaluator: CpuEvaluator::with_budget(TensorBudget::default()),
+                    max_elements: FOLD_LIMIT,
+                    budget: TensorBudget::default(),
+                })
                 .with(fpx_passes::FuseGelu)
                 .with(DeadNodeElimination)
                 .run(&mut graph, &registry);
