@@ -18,6 +18,12 @@ pub fn broadcast_shape(shapes: &[&[usize]]) -> Option<Vec<usize>> {
     out.iter().map(Dim::fixed).collect()
 }
 
+/// The product of `dims`, or `None` if it overflows `usize` (dimensions read from a model or a
+/// file can be anything).
+pub fn checked_product(dims: impl IntoIterator<Item = usize>) -> Option<usize> {
+    dims.into_iter().try_fold(1usize, |acc, d| acc.checked_mul(d))
+}
+
 /// Row-major element strides of `shape` (the innermost is 1).
 pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

@@ -270,8 +270,11 @@ pub fn reshape(ctx: &InferCtx) -> Out {
             d => Dim::Fixed(d as usize),
         });
     }
-    if let (Some(pos), Some(total)) = (target.iter().position(|&d| d == -1), t.fixed_dims().map(|d| d.iter().product::<usize>())) {
-        let known: Option<usize> = dims.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.fixed()).product();
+    // Dimensions come from the model: products that overflow are simply unknown.
+    let total = t.fixed_dims().and_then(|d| crate::shape::checked_product(d.iter().copied()));
+    if let (Some(pos), Some(total)) = (target.iter().position(|&d| d == -1), total) {
+        let known = dims.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.fixed()).collect::<Option<Vec<usize>>>();
+        let known = known.and_then(crate::shape::checked_product);
         if let Some(k) = known.filter(|&k| k > 0) {
             if total % k != 0 {
                 return Err(ctx.error(format!("cannot reshape {t} to {target:?}")));
@@ -295,7 +298,10 @@ pub fn flatten(ctx: &InferCtx) -> Out {
     if !(0..=s.len() as i64).contains(&a) {
         return Err(ctx.error(format!("axis {axis} out of range for {t}")));
     }
-    let prod = |ds: &[Dim]| ds.iter().map(Dim::fixed).product::<Option<usize>>().map(Dim::Fixed).unwrap_or(Dim::Unknown);
+    let prod = |ds: &[Dim]| {
+        let fixed = ds.iter().map(Dim::fixed).collect::<Option<Vec<usize>>>();
+        fixed.and_then(crate::shape::checked_product).map(Dim::Fixed).unwrap_or(Dim::Unknown)
+    };
     one(TensorType { dtype: t.dtype, shape: Some(vec![prod(&s[..a as usize]), prod(&s[a as usize..])]) })
 }
 
