@@ -179,12 +179,19 @@ pub struct CompileArgs {
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub model: ModelArg,
-    #[command(flatten)]
-    pub inputs: InputArgs,
+    pub model: RunModelArgs,
     /// Folder for the outputs (created if missing).
     #[arg(short, long, value_name = "DIR")]
     pub output_dir: PathBuf,
+}
+
+/// What `fpx run` and `fpx bench` share: the model, its inputs, where and how it runs.
+#[derive(Args)]
+pub struct RunModelArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub inputs: InputArgs,
     #[command(flatten)]
     pub device: DeviceArg,
     #[command(flatten)]
@@ -197,9 +204,7 @@ pub struct RunArgs {
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: ModelArg,
-    #[command(flatten)]
-    pub inputs: InputArgs,
+    pub model: RunModelArgs,
     /// Measured iterations (after one warm-up run), 1 to 1000000.
     #[arg(long, default_value_t = 20, value_parser = iters_parser())]
     pub iters: usize,
@@ -209,12 +214,6 @@ pub struct BenchArgs {
     /// Print JSON (field names carry their unit, e.g. median_us).
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub device: DeviceArg,
-    #[command(flatten)]
-    pub budget: BudgetArg,
-    #[command(flatten)]
-    pub quant: QuantArgs,
 }
 
 /// Arguments of `fpx report`.

@@ -1,7 +1,7 @@
 //! What each command does, given its parsed arguments: library calls plus the messages and
 //! files a person sees. Every failure is an `anyhow` error with the file, input or node at fault.
 
-use crate::args::{BenchArgs, BudgetArg, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs};
+use crate::args::{BenchArgs, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs, RunModelArgs};
 use anyhow::{bail, Context, Result};
 use fpx::runtime::npy;
 use fpx::{QuantizeOptions, WeightScheme};
@@ -51,11 +51,12 @@ fn check_model_file(model: &Path) -> Result<()> {
 
 /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact; `announce`
 /// prints what quantization did (off where stdout must hold only JSON).
-fn open_model(path: &Path, quant: &QuantArgs, budget: &BudgetArg, announce: bool) -> Result<fpx::Runnable> {
+fn open_model(args: &RunModelArgs, announce: bool) -> Result<fpx::Runnable> {
+    let path = &args.model.model;
     check_model_file(path)?;
-    let options = quantize_options(quant, WeightScheme::None)?;
+    let options = quantize_options(&args.quant, WeightScheme::None)?;
     let mut model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
-    if let Some(b) = budget.max_tensor_bytes {
+    if let Some(b) = args.budget.max_tensor_bytes {
         model.set_budget(b);
     }
     if let Some(q) = model.quantization().filter(|_| announce) {
@@ -87,24 +88,25 @@ fn check_device(device: Device) -> Result<()> {
 
 /// `fpx run`.
 pub fn run(args: &RunArgs) -> Result<()> {
-    check_device(args.device.device)?;
-    let path = &args.model.model;
+    let m = &args.model;
+    check_device(m.device.device)?;
+    let path = &m.model.model;
     let out_dir = &args.output_dir;
     if out_dir.exists() && !out_dir.is_dir() {
         bail!("--output-dir '{}' exists and is not a folder", out_dir.display());
     }
     let t0 = Instant::now();
-    let model = open_model(path, &args.quant, &args.budget, true)?;
+    let model = open_model(m, true)?;
     let load = t0.elapsed();
     // Every output's file is decided, and checked against the model and the input files, before
     // anything runs or is written.
     let mut sources = vec![("the model".to_string(), path.clone())];
-    for spec in &args.inputs.inputs {
+    for spec in &m.inputs.inputs {
         let (name, file) = parse_input(spec)?;
         sources.push((format!("input '{name}'"), file));
     }
     let files = output_files(model.graph(), out_dir, &sources)?;
-    let feeds = read_inputs(&args.inputs.inputs)?;
+    let feeds = read_inputs(&m.inputs.inputs)?;
     let t1 = Instant::now();
     let outputs = model.run(feeds).with_context(|| format!("cannot run model '{}'", path.display()))?;
     let run_time = t1.elapsed();
@@ -284,10 +286,11 @@ pub fn report(args: &ReportArgs) -> Result<()> {
 
 /// `fpx bench`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    check_device(args.device.device)?;
-    let path = &args.model.model;
-    let model = open_model(path, &args.quant, &args.budget, !args.json)?;
-    let feeds = read_inputs(&args.inputs.inputs)?;
+    let m = &args.model;
+    check_device(m.device.device)?;
+    let path = &m.model.model;
+    let model = open_model(m, !args.json)?;
+    let feeds = read_inputs(&m.inputs.inputs)?;
     let threads = args.threads.unwrap_or_else(default_threads);
     let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
         .with_context(|| format!("cannot run model '{}'", path.display()))?;
