@@ -11,7 +11,8 @@
 //!
 //! The readers' own limits bound memory: an input's size is capped, and every target only
 //! parses (nothing is executed), so a small input cannot make the fuzzer allocate without end
-//! unless a reader lets it (that would be a finding).
+//! unless a reader lets it. That is a finding too: under [`memcap::CappedAllocator`] (the binary
+//! and the tests register it) an input that passes the memory cap is saved before the abort.
 //!
 //! `fpx-fuzz` (the binary) runs it for minutes (`scripts/fuzz.sh`); the crate's tests run every
 //! target for a bounded number of iterations and replay `tests/data/fuzz/<target>/*`.
@@ -28,6 +29,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
+
+pub mod memcap;
 
 /// What is fuzzed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -516,6 +519,7 @@ pub fn fuzz(target: Target, seeds: &[Vec<u8>], seed: u64, budget: Budget) -> Rep
         let mut input = if pool.is_empty() { Vec::new() } else { pool[rng.below(pool.len())].clone() };
         mutate_for(target, &mut rng, &mut input, &pool, max_len);
         let t = Instant::now();
+        memcap::CappedAllocator::running(&input);
         let result = run_caught(target, &input);
         report.slowest = report.slowest.max(t.elapsed());
         report.executions += 1;

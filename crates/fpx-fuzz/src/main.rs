@@ -1,10 +1,19 @@
 //! `fpx-fuzz [--minutes N | --iterations N] [--target onnx|artifact|npy|all] [--seed S]`: fuzzes
 //! each target in turn, prints executions per second and totals, and saves each crash under
-//! `tests/data/fuzz/<target>/crash-<hash>`. Exits 1 if anything crashed.
+//! `tests/data/fuzz/<target>/crash-<hash>`. Exits 1 if anything crashed. Live heap memory is
+//! capped (`FPX_FUZZ_MEMORY_MIB`, default 2048): an input that needs more is saved to
+//! `$TMPDIR/fpx-fuzz-over-memory-cap` and the process aborts.
 
+use fpx_fuzz::memcap::CappedAllocator;
 use fpx_fuzz::{fuzz, seeds, workspace_root, Budget, Target};
 use std::process::ExitCode;
 use std::time::Duration;
+
+#[global_allocator]
+static ALLOCATOR: CappedAllocator = CappedAllocator;
+
+/// The default memory cap: far above what a reader needs for the fuzzer's inputs (kilobytes).
+const DEFAULT_MEMORY_MIB: usize = 2048;
 
 fn usage() -> ExitCode {
     eprintln!("usage: fpx-fuzz [--minutes N | --iterations N] [--target onnx|artifact|npy|all] [--seed S]");
@@ -44,6 +53,21 @@ fn main() -> ExitCode {
     }
     if minutes.is_none() && iterations.is_none() {
         minutes = Some(1.0);
+    }
+    let memory_mib = match std::env::var("FPX_FUZZ_MEMORY_MIB") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(m) if m > 0 => m,
+            _ => {
+                eprintln!("fpx-fuzz: FPX_FUZZ_MEMORY_MIB must be a positive number of MiB, not '{v}'");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => DEFAULT_MEMORY_MIB,
+    };
+    let sink = std::env::temp_dir().join("fpx-fuzz-over-memory-cap");
+    if let Err(e) = CappedAllocator::arm(memory_mib << 20, &sink) {
+        eprintln!("fpx-fuzz: cannot create {}: {e}", sink.display());
+        return ExitCode::from(2);
     }
     let budget = Budget { iterations, time: minutes.map(|m| Duration::from_secs_f64(m * 60.0)) };
     let mut crashed = false;

@@ -1,7 +1,22 @@
 //! The fuzzer in CI: every target for a bounded number of iterations with a fixed seed, and every
 //! saved input under `tests/data/fuzz/` replayed (none may panic).
 
+use fpx_fuzz::memcap::CappedAllocator;
 use fpx_fuzz::{fuzz, run_caught, saved_inputs, seeds, Budget, Target};
+
+/// Live heap bytes are capped here too, so an input that makes a reader allocate without end
+/// aborts this test binary (its input saved to `$TMPDIR/fpx-fuzz-tests-over-memory-cap`) instead
+/// of exhausting the CI machine.
+#[global_allocator]
+static ALLOCATOR: CappedAllocator = CappedAllocator;
+
+fn arm_memory_cap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let sink = std::env::temp_dir().join("fpx-fuzz-tests-over-memory-cap");
+        CappedAllocator::arm(1 << 30, &sink).expect("the memory-cap file can be created");
+    });
+}
 
 /// Iterations per target: seconds, not minutes, on two cores in the dev profile.
 const ITERATIONS: u64 = 3000;
@@ -21,6 +36,7 @@ fn every_seed_is_accepted() {
 
 #[test]
 fn a_bounded_fixed_seed_run_finds_no_crash() {
+    arm_memory_cap();
     for target in Target::ALL {
         let report = fuzz(target, &seeds(target), 12, Budget { iterations: Some(ITERATIONS), time: None });
         assert_eq!(report.executions, ITERATIONS);
@@ -32,9 +48,11 @@ fn a_bounded_fixed_seed_run_finds_no_crash() {
 
 #[test]
 fn saved_inputs_do_not_panic() {
+    arm_memory_cap();
     let mut replayed = 0;
     for target in Target::ALL {
         for (path, bytes) in saved_inputs(target) {
+            CappedAllocator::running(&bytes);
             if let Err(m) = run_caught(target, &bytes) {
                 panic!("{} panics: {m}", path.display());
             }

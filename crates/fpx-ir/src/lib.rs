@@ -27,7 +27,7 @@ pub use error::{IrError, Result};
 pub use graph::{Graph, Node, NodeId, Value, ValueId};
 pub use ops::canonical_domain;
 pub use tensor::{Elem, Tensor};
-pub use types::{Dim, TensorType};
+pub use types::{Dim, TensorType, MAX_INFERRED_RANK};
 
 pub use half;
 pub use ndarray;

@@ -51,14 +51,22 @@ pub struct TensorType {
     pub shape: Option<Vec<Dim>>,
 }
 
+/// The highest rank [`TensorType::of_rank`] records (real models stay below 10).
+pub const MAX_INFERRED_RANK: usize = 64;
+
 impl TensorType {
     /// A type with fully known dimensions.
     pub fn fixed(dtype: DType, dims: &[usize]) -> Self {
         TensorType { dtype, shape: Some(dims.iter().map(|&d| Dim::Fixed(d)).collect()) }
     }
 
-    /// A type of known rank whose dimensions are all unknown.
+    /// A type of known rank whose dimensions are all unknown. Ranks often come from a declared
+    /// dimension (the length of a shape input), which a model can set to anything: a rank above
+    /// [`MAX_INFERRED_RANK`] gives an unranked type instead of a vector of that many dimensions.
     pub fn of_rank(dtype: DType, rank: usize) -> Self {
+        if rank > MAX_INFERRED_RANK {
+            return TensorType::unranked(dtype);
+        }
         TensorType { dtype, shape: Some(vec![Dim::Unknown; rank]) }
     }
 
@@ -125,5 +133,18 @@ impl fmt::Display for TensorType {
                 f.write_str("]")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_from_a_huge_declared_dimension_is_unranked_not_allocated() {
+        // A shape input declared [24_102_250_584 / 8] once asked for a 24 GB vector of dims.
+        assert_eq!(TensorType::of_rank(DType::F32, 3_012_781_323).shape, None);
+        assert_eq!(TensorType::of_rank(DType::F32, MAX_INFERRED_RANK).rank(), Some(MAX_INFERRED_RANK));
+        assert_eq!(TensorType::of_rank(DType::F32, MAX_INFERRED_RANK + 1).rank(), None);
     }
 }
