@@ -73,7 +73,8 @@ pub enum Error {
 /// Largest constant (in elements) that constant folding may create.
 const FOLD_LIMIT: usize = 1 << 20;
 
-/// The standard clean-up pipeline: fold constants, fuse exporter op chains (erf GELU), then drop
+/// The standard clean-up pipeline: fold constants, fold the reads of known dimensions out of
+/// the exporters' shape arithmetic and fold again, fuse exporter op chains (erf GELU), then drop
 /// dead nodes. Folding creates no tensor over the budget `FPX_MAX_TENSOR_BYTES` sets (default
 /// [`fpx_ir::TensorBudget::DEFAULT_MAX_BYTES`]).
 pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
@@ -84,6 +85,8 @@ pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
 pub fn simplify_with(graph: &mut Graph, budget: fpx_ir::TensorBudget) -> Result<(), Error> {
     let registry = OpRegistry::standard();
     PassManager::new()
+        .with(ConstantFolding { evaluator: CpuEvaluator::with_budget(budget), max_elements: FOLD_LIMIT, budget })
+        .with(fpx_passes::FoldKnownShapes)
         .with(ConstantFolding { evaluator: CpuEvaluator::with_budget(budget), max_elements: FOLD_LIMIT, budget })
         .with(fpx_passes::FuseGelu)
         .with(DeadNodeElimination)

@@ -6,12 +6,16 @@
 mod fuse;
 mod quantize;
 mod scheme;
+mod shape_fold;
+#[cfg(test)]
+mod shape_fold_tests;
 #[cfg(test)]
 mod tests;
 
 pub use fuse::FuseGelu;
 pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};
+pub use shape_fold::FoldKnownShapes;
 
 use thiserror::Error;
 
