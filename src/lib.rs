@@ -13,6 +13,7 @@
 
 pub mod bench;
 mod compile;
+pub mod generate;
 pub mod report;
 mod runnable;
 mod summary;
@@ -29,6 +30,7 @@ pub use fpx_quant as quant;
 pub use fpx_quant::act8::Activations;
 pub use fpx_runtime as runtime;
 pub use fpx_runtime::LoadedArtifact;
+pub use generate::{GenerateOptions, Generation, Generator, SamplingOptions, SignatureNames};
 pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use summary::{weight_matmuls, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
 
@@ -65,6 +67,9 @@ pub enum Error {
     /// The tensor budget could not be read (a malformed `FPX_MAX_TENSOR_BYTES`).
     #[error(transparent)]
     Budget(#[from] fpx_ir::BudgetError),
+    /// Generation could not run (not a decoder graph, bad options, a malformed step output).
+    #[error(transparent)]
+    Generate(#[from] generate::GenerateError),
     /// The options do not fit each other or the model (e.g. int8 activations with a GPU target).
     #[error("{0}")]
     Options(String),

@@ -6,6 +6,7 @@ mod budget;
 mod cli;
 mod common;
 mod contract;
+mod generate;
 mod models;
 mod node_tests;
 mod quant;

@@ -54,6 +54,16 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
     /// its time and effective weight bandwidth (weight bytes / time).
     #[command(after_help = "Example:\n  fpx bench model.fpx --input input_ids=ids.npy --iters 50 --threads 2 --json")]
     Bench(BenchArgs),
+    /// Generate tokens with a decoder LLM exported with its KV cache (optimum's or
+    /// torch.onnx.export's `past_key_values.N.key/value` -> `present.N.key/value`): the prompt runs
+    /// in one step, then one token per step, each step's cache fed back; tokens are printed as they
+    /// come, then time to first token, prefill and decode tokens/s.
+    #[command(after_help = "Greedy unless --temperature is above 0. Inputs and outputs are found by name (input_ids, \
+attention_mask, position_ids, past_key_values.*, logits, present.*); the --*-name and --*-prefix flags name them where a \
+model differs.\n\n\
+Example:\n  fpx generate llama.fpx --prompt-ids 1,15043,29892 --max-new-tokens 32\n  \
+fpx generate llama-kv.onnx --prompt-ids prompt.npy --temperature 0.8 --top-p 0.95 --seed 7 --eos 2")]
+    Generate(crate::generate_cmd::GenerateArgs),
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite); for an artifact also its
     /// sections and, per node and range of M, the kernel that runs.

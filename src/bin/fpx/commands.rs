@@ -1,7 +1,7 @@
 //! What each command does, given its parsed arguments: library calls plus the messages and
 //! files a person sees. Every failure is an `anyhow` error with the file, input or node at fault.
 
-use crate::args::{BenchArgs, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs, RunModelArgs};
+use crate::args::{BenchArgs, BudgetArg, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs, RunModelArgs};
 use anyhow::{bail, Context, Result};
 use fpx::runtime::npy;
 use fpx::{QuantizeOptions, WeightScheme};
@@ -52,11 +52,16 @@ fn check_model_file(model: &Path) -> Result<()> {
 /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact; `announce`
 /// prints what quantization did (off where stdout must hold only JSON).
 fn open_model(args: &RunModelArgs, announce: bool) -> Result<fpx::Runnable> {
-    let path = &args.model.model;
+    open_model_at(&args.model.model, &args.budget, &args.quant, announce)
+}
+
+/// Opens the model at `path` with a budget and quantization options (in memory for an .onnx),
+/// printing what quantization did when `announce`.
+pub(crate) fn open_model_at(path: &Path, budget: &BudgetArg, quant: &QuantArgs, announce: bool) -> Result<fpx::Runnable> {
     check_model_file(path)?;
-    let options = quantize_options(&args.quant, WeightScheme::None)?;
+    let options = quantize_options(quant, WeightScheme::None)?;
     let mut model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
-    if let Some(b) = args.budget.max_tensor_bytes {
+    if let Some(b) = budget.max_tensor_bytes {
         model.set_budget(b);
     }
     if let Some(q) = model.quantization().filter(|_| announce) {
@@ -73,7 +78,7 @@ fn open_model(args: &RunModelArgs, announce: bool) -> Result<fpx::Runnable> {
 
 /// `--device`: cpu runs; cuda says what is missing (no driver, or the executor) instead of
 /// silently running on the CPU.
-fn check_device(device: Device) -> Result<()> {
+pub(crate) fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
         Device::Cuda => {

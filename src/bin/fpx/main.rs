@@ -1,8 +1,9 @@
-//! The `fpx` command line: argument parsing (`args.rs`) and the commands (`commands.rs`) over the
-//! `fpx` library.
+//! The `fpx` command line: argument parsing (`args.rs`) and the commands (`commands.rs`,
+//! `generate_cmd.rs`) over the `fpx` library.
 
 mod args;
 mod commands;
+mod generate_cmd;
 
 use args::{Cli, Command};
 use clap::Parser as _;
@@ -29,6 +30,7 @@ fn main() {
         Command::Run(a) => commands::run(a),
         Command::Report(a) => commands::report(a),
         Command::Bench(a) => commands::bench(a),
+        Command::Generate(a) => generate_cmd::generate(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Membw(a) => commands::membw(a),
     };

@@ -1,0 +1,128 @@
+//! Generation with a KV cache (`fpx::Generator`, `fpx generate`) on the model zoo's decoders:
+//! greedy tokens equal, token for token, an independent greedy loop driven through onnxruntime
+//! (`scripts/zoo/greedy_reference.py` wrote them to `greedy.json` beside each fixture); sampling
+//! with a seed repeats; end-of-sequence stops; graphs that are not decoders are refused by name.
+
+use fpx::generate::{GenerateError, SignatureError, StopReason};
+use fpx::{GenerateOptions, Generator, SamplingOptions, SignatureNames};
+use fpx_test_support::data::workspace_root;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The zoo fixtures with a greedy reference, with their references.
+fn greedy_fixtures() -> Vec<(PathBuf, serde_json::Value)> {
+    let dir = workspace_root().join("tests/data/zoo");
+    let mut v: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p.join("greedy.json")).ok()?;
+            Some((p, serde_json::from_str(&text).expect("greedy.json parses")))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn ids(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array().expect("a list of token ids").iter().map(|t| t.as_i64().expect("an integer")).collect()
+}
+
+fn open(fixture: &Path) -> fpx::Runnable {
+    fpx::open(&fixture.join("model.onnx")).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()))
+}
+
+#[test]
+fn greedy_generation_equals_onnxruntime_token_for_token_on_every_zoo_decoder() {
+    let fixtures = greedy_fixtures();
+    assert!(fixtures.len() >= 9, "the zoo has a greedy reference per decoder family, found {}", fixtures.len());
+    let mut failures = Vec::new();
+    for (fixture, reference) in &fixtures {
+        let name = fixture.file_name().unwrap().to_string_lossy().to_string();
+        let model = open(fixture);
+        let generator = Generator::new(&model, &SignatureNames::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = ids(&reference["tokens"]);
+        let options = GenerateOptions { max_new_tokens: want.len(), ..Default::default() };
+        let mut streamed = Vec::new();
+        let got = generator.generate(&ids(&reference["prompt"]), &options, |t| streamed.push(t)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.tokens, streamed, "{name}: the callback sees every token in order");
+        assert_eq!(got.stop, StopReason::MaxTokens);
+        println!(
+            "{name:28} {} tokens, min top-2 gap {:.1e}: {}",
+            want.len(),
+            reference["min_top2_logit_gap"].as_f64().unwrap_or(f64::NAN),
+            if got.tokens == want { "same" } else { "DIFFERENT" }
+        );
+        if got.tokens != want {
+            failures.push(format!("{name}: fpx {:?} vs onnxruntime {want:?}", got.tokens));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn seeded_sampling_repeats_and_eos_stops() {
+    let (fixture, reference) = greedy_fixtures().into_iter().find(|(p, _)| p.ends_with("llama-torchscript-kv")).expect("the LLaMA fixture");
+    let model = open(&fixture);
+    let generator = Generator::new(&model, &SignatureNames::default()).unwrap();
+    let prompt = ids(&reference["prompt"]);
+    let sampled = |seed| {
+        let sampling = SamplingOptions { temperature: 1.0, top_k: 50, top_p: 0.95, seed };
+        generator.generate(&prompt, &GenerateOptions { max_new_tokens: 12, sampling, eos: vec![] }, |_| {}).unwrap().tokens
+    };
+    let (a, b, c) = (sampled(7), sampled(7), sampled(8));
+    assert_eq!(a, b, "the same seed gives the same tokens");
+    assert_ne!(a, c, "another seed gives other tokens");
+    // Stopping at the third greedy token, which is then the last one returned.
+    let greedy = ids(&reference["tokens"]);
+    let options = GenerateOptions { max_new_tokens: 16, sampling: SamplingOptions::default(), eos: vec![greedy[2]] };
+    let stopped = generator.generate(&prompt, &options, |_| {}).unwrap();
+    let first = greedy.iter().position(|&t| t == greedy[2]).unwrap();
+    assert_eq!(stopped.tokens, greedy[..=first].to_vec());
+    assert_eq!(stopped.stop, StopReason::Eos);
+    assert_eq!(stopped.stats.generated_tokens, first + 1);
+    assert!(generator.generate(&[], &options, |_| {}).is_err_and(|e| matches!(e, fpx::Error::Generate(GenerateError::EmptyPrompt))));
+}
+
+#[test]
+fn graphs_that_are_not_decoders_are_refused_by_name() {
+    let zoo = workspace_root().join("tests/data/zoo");
+    // An encoder: no logits output.
+    let bert = open(&zoo.join("bert-torchscript"));
+    let err = Generator::new(&bert, &SignatureNames::default()).unwrap_err().to_string();
+    assert!(err.contains("no logits output named 'logits'") && err.contains("--logits-name"), "{err}");
+    // A decoder whose cache outputs are named otherwise: the pairing names the output it wanted.
+    let llama = open(&zoo.join("llama-torchscript-kv"));
+    let names = SignatureNames { present_prefix: "next.".into(), ..Default::default() };
+    match Generator::new(&llama, &names) {
+        Err(fpx::Error::Generate(GenerateError::Signature(SignatureError::UnpairedCache { input, output, .. }))) => {
+            assert_eq!((input.as_str(), output.as_str()), ("past_key_values.0.key", "next.0.key"));
+        }
+        other => panic!("expected an unpaired cache, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_cli_streams_the_same_tokens_and_prints_timings() {
+    let (fixture, reference) = greedy_fixtures().into_iter().find(|(p, _)| p.ends_with("llama-torchscript-kv")).expect("the LLaMA fixture");
+    let prompt: Vec<String> = ids(&reference["prompt"]).iter().map(i64::to_string).collect();
+    let want: Vec<String> = ids(&reference["tokens"]).iter().map(i64::to_string).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_fpx"))
+        .args(["generate", fixture.join("model.onnx").to_str().unwrap(), "--prompt-ids", &prompt.join(","), "--max-new-tokens"])
+        .arg(want.len().to_string())
+        .output()
+        .expect("fpx runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), want.join(" "));
+    for needle in ["time to first token", "prefill", "decode", "tokens/s"] {
+        assert!(stderr.contains(needle), "'{needle}' not in {stderr}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_fpx"))
+        .args(["generate", fixture.join("model.onnx").to_str().unwrap(), "--prompt-ids", "1,x", "--top-p", "0.5"])
+        .output()
+        .expect("fpx runs");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("'x' in --prompt-ids is not a token id"));
+}
