@@ -126,3 +126,58 @@ fn the_cli_streams_the_same_tokens_and_prints_timings() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("'x' in --prompt-ids is not a token id"));
 }
+
+#[test]
+fn the_tokenizer_matches_hugging_face_and_streams_whole_characters() {
+    let zoo = workspace_root().join("tests/data/zoo");
+    let codec = fpx::generate::TextCodec::open(&zoo.join("tokenizer.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(zoo.join("tokenizer-cases.json")).unwrap()).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let ids = ids(&case["ids"]);
+        if let Some(text) = case["text"].as_str() {
+            assert_eq!(codec.encode(text).unwrap(), ids, "encoding {text:?}");
+        }
+        let decoded = case["decoded"].as_str().unwrap();
+        assert_eq!(codec.decode(&ids).unwrap(), decoded);
+        // Streamed one id at a time, the pieces add up to the whole decoding, and no piece ends
+        // inside a multi-byte character.
+        let mut stream = codec.stream();
+        let mut pieces = String::new();
+        for &id in &ids {
+            pieces += &stream.push(id).unwrap();
+        }
+        pieces += &stream.finish().unwrap();
+        assert_eq!(pieces, decoded);
+    }
+    assert!(codec.decode(&[256]).is_err(), "an id outside the vocabulary is an error");
+    let err = fpx::generate::TextCodec::open(&zoo.join("manifest.json")).unwrap_err().to_string();
+    assert!(err.contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn the_cli_takes_text_with_a_tokenizer_and_prints_text() {
+    let zoo = workspace_root().join("tests/data/zoo");
+    let fixture = zoo.join("llama-torchscript-kv");
+    let codec = fpx::generate::TextCodec::open(&zoo.join("tokenizer.json")).unwrap();
+    let model = open(&fixture);
+    let generator = Generator::new(&model, &SignatureNames::default()).unwrap();
+    let prompt = codec.encode("Once upon a time").unwrap();
+    let tokens = generator.generate(&prompt, &GenerateOptions { max_new_tokens: 10, ..Default::default() }, |_| {}).unwrap().tokens;
+    let out = Command::new(env!("CARGO_BIN_EXE_fpx"))
+        .args([
+            "generate",
+            fixture.join("model.onnx").to_str().unwrap(),
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "10",
+            "--tokenizer",
+        ])
+        .arg(zoo.join("tokenizer.json"))
+        .output()
+        .expect("fpx runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), codec.decode(&tokens).unwrap());
+}

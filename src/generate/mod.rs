@@ -5,9 +5,11 @@
 
 mod sampling;
 mod signature;
+mod text;
 
 pub use sampling::{argmax, Sampler, SamplingOptions};
 pub use signature::{CacheSlot, DecoderSignature, SignatureError, SignatureNames};
+pub use text::{TextCodec, TextStream};
 
 use crate::{Error, Runnable};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
@@ -27,6 +29,14 @@ pub enum GenerateError {
     /// Bad sampling options.
     #[error("{0}")]
     Options(String),
+    /// The tokenizer could not be read, or could not encode or decode.
+    #[error("tokenizer '{path}': {message}")]
+    Tokenizer {
+        /// The `tokenizer.json`.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// An output of a step is not what a decoder returns.
     #[error("step {step}: {message}")]
     Step {

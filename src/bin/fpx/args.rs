@@ -62,7 +62,8 @@ Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_ma
 attention_mask, position_ids, past_key_values.*, logits, present.*); the --*-name and --*-prefix flags name them where a \
 model differs.\n\n\
 Example:\n  fpx generate llama.fpx --prompt-ids 1,15043,29892 --max-new-tokens 32\n  \
-fpx generate llama-kv.onnx --prompt-ids prompt.npy --temperature 0.8 --top-p 0.95 --seed 7 --eos 2")]
+fpx generate llama-kv.onnx --prompt-ids prompt.npy --temperature 0.8 --top-p 0.95 --seed 7 --eos 2\n  \
+fpx generate llama.fpx --tokenizer tokenizer.json --prompt 'Once upon a time' --max-new-tokens 64")]
     Generate(crate::generate_cmd::GenerateArgs),
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite); for an artifact also its

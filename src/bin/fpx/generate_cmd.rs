@@ -5,6 +5,7 @@ use crate::args::{BudgetArg, DeviceArg, ModelArg, QuantArgs};
 use crate::commands::{check_device, open_model_at};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use fpx::generate::{TextCodec, TextStream};
 use fpx::{GenerateOptions, Generator, SamplingOptions, SignatureNames};
 use std::io::Write;
 use std::path::Path;
@@ -18,8 +19,14 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArg,
     /// The prompt's token ids: comma-separated (1,15043,29892) or a .npy file of integers.
-    #[arg(long, value_name = "IDS|FILE.npy")]
-    pub prompt_ids: String,
+    #[arg(long, value_name = "IDS|FILE.npy", required_unless_present = "prompt", conflicts_with = "prompt")]
+    pub prompt_ids: Option<String>,
+    /// The prompt as text (needs --tokenizer).
+    #[arg(long, value_name = "TEXT", requires = "tokenizer")]
+    pub prompt: Option<String>,
+    /// A Hugging Face tokenizer.json: encodes --prompt, and the output is printed as text.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Most tokens to generate after the prompt, 1 to 1048576.
     #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_NEW_TOKENS))]
     pub max_new_tokens: usize,
@@ -105,7 +112,12 @@ fn prompt_ids(spec: &str) -> Result<Vec<i64>> {
 /// `fpx generate`.
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     check_device(args.device.device)?;
-    let prompt = prompt_ids(&args.prompt_ids)?;
+    let codec = args.tokenizer.as_deref().map(TextCodec::open).transpose()?;
+    let prompt = match (&args.prompt_ids, &args.prompt, &codec) {
+        (Some(ids), _, _) => prompt_ids(ids)?,
+        (None, Some(text), Some(codec)) => codec.encode(text)?,
+        _ => bail!("give the prompt as --prompt-ids, or as --prompt with --tokenizer"),
+    };
     if prompt.is_empty() || prompt.iter().any(|&t| t < 0) {
         bail!("--prompt-ids needs at least one token id, none negative");
     }
@@ -117,11 +129,27 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
     let options = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, eos: args.eos.clone() };
     let mut out = std::io::stdout().lock();
     let mut first = true;
+    let mut text = codec.as_ref().map(TextCodec::stream);
+    let mut decode_error = None;
     let generation = generator.generate(&prompt, &options, |token| {
-        let _ = write!(out, "{}{token}", if first { "" } else { " " });
+        match text.as_mut().map(|t| t.push(token)) {
+            Some(Ok(piece)) => {
+                let _ = write!(out, "{piece}");
+            }
+            Some(Err(e)) => decode_error = decode_error.take().or(Some(e)),
+            None => {
+                let _ = write!(out, "{}{token}", if first { "" } else { " " });
+            }
+        }
         let _ = out.flush();
         first = false;
     })?;
+    if let Some(e) = decode_error {
+        return Err(e.into());
+    }
+    if let Some(rest) = text.map(TextStream::finish).transpose()? {
+        let _ = write!(out, "{rest}");
+    }
     let _ = writeln!(out);
     drop(out);
     let s = generation.stats;
