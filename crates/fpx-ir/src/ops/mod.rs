@@ -2,7 +2,10 @@
 //! shape/type inference. Kernels live elsewhere (fpx-runtime) and are keyed by the same names.
 
 mod defs;
+mod defs_indexing;
+pub mod einsum;
 mod infer;
+mod infer_indexing;
 pub mod quant_matmul;
 
 pub use infer::{broadcast_dims, normalize_axis};

@@ -7,6 +7,7 @@ mod fast;
 pub(crate) use fast::SendPtr;
 #[cfg(test)]
 mod fast_path_tests;
+mod indexing;
 mod matmul;
 mod nn;
 pub mod quant;
@@ -41,6 +42,7 @@ impl KernelRegistry {
         nn::register(&mut r);
         matmul::register(&mut r);
         quant::register(&mut r);
+        indexing::register(&mut r);
         r
     }
 
