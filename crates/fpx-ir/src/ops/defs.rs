@@ -130,5 +130,6 @@ pub fn standard_defs() -> Vec<OpDef> {
     {
         v.push(comparison(op, since));
     }
+    v.extend(super::defs_nn::nn_defs());
     v
 }

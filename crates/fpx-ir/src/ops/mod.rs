@@ -2,10 +2,13 @@
 //! shape/type inference. Kernels live elsewhere (fpx-runtime) and are keyed by the same names.
 
 mod defs;
+mod defs_nn;
 mod infer;
+mod infer_nn;
 pub mod quant_matmul;
 
 pub use infer::{broadcast_dims, normalize_axis};
+pub use infer_nn::{conv_output_dim, AutoPad};
 
 use crate::{AttrKind, Graph, IrError, Node, Result, Tensor, TensorType};
 use std::collections::HashMap;

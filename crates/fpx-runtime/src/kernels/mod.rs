@@ -9,6 +9,7 @@ pub(crate) use fast::SendPtr;
 mod fast_path_tests;
 mod matmul;
 mod nn;
+mod nn_extra;
 pub mod quant;
 mod shape;
 
@@ -39,6 +40,7 @@ impl KernelRegistry {
         elementwise::register(&mut r);
         shape::register(&mut r);
         nn::register(&mut r);
+        nn_extra::register(&mut r);
         matmul::register(&mut r);
         quant::register(&mut r);
         r
