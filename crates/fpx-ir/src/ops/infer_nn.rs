@@ -384,6 +384,122 @@ pub fn attention(ctx: &InferCtx) -> Out {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Attribute, Graph, Node};
+
+    /// The output types of `op` at `opset` with `attrs` for inputs of types `ins` (`None`:
+    /// omitted) and `outputs` outputs.
+    fn infer(op: &str, opset: i64, attrs: &[(&str, Attribute)], ins: &[Option<TensorType>], outputs: usize) -> Out {
+        let mut g = Graph::new("t");
+        let mut ids = Vec::new();
+        for (k, t) in ins.iter().enumerate() {
+            ids.push(match t {
+                Some(t) => Some(g.add_input(&format!("x{k}"), t.clone())?),
+                None => None,
+            });
+        }
+        let outs = (0..outputs).map(|k| g.value_named(&format!("y{k}"))).collect();
+        let mut node = Node::new("the_node", op, opset, ids, outs);
+        for (k, v) in attrs {
+            node.attrs.insert(k.to_string(), v.clone());
+        }
+        super::super::OpRegistry::standard().infer_node(&g, &node)
+    }
+
+    fn ty(dims: &[&str]) -> TensorType {
+        let dim = |s: &&str| s.parse().map(Dim::Fixed).unwrap_or_else(|_| if *s == "?" { Dim::Unknown } else { Dim::Sym(s.to_string()) });
+        TensorType { dtype: DType::F32, shape: Some(dims.iter().map(dim).collect()) }
+    }
+
+    #[test]
+    fn conv_infers_output_sizes_and_keeps_unknown_dims_unknown() {
+        let attrs = [("strides", Attribute::Ints(vec![16, 16]))];
+        let y = infer("Conv", 22, &attrs, &[Some(ty(&["batch", "3", "224", "?"])), Some(ty(&["768", "3", "16", "16"]))], 1).unwrap();
+        assert_eq!(y, vec![Some(ty(&["batch", "768", "14", "?"]))]);
+        let attrs = [("auto_pad", Attribute::String("SAME_UPPER".into())), ("strides", Attribute::Ints(vec![2]))];
+        let y = infer("Conv", 11, &attrs, &[Some(ty(&["1", "80", "3000"])), Some(ty(&["384", "80", "3"])), Some(ty(&["384"]))], 1).unwrap();
+        assert_eq!(y, vec![Some(ty(&["1", "384", "1500"]))]);
+        let e =
+            infer("Conv", 22, &[("group", Attribute::Int(2))], &[Some(ty(&["1", "3", "8"])), Some(ty(&["4", "3", "3"]))], 1).unwrap_err();
+        assert!(e.to_string().contains("the_node") && e.to_string().contains("groups"), "{e}");
+        let e = infer("Conv", 22, &[], &[Some(ty(&["1", "3", "2"])), Some(ty(&["4", "3", "3"]))], 1).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+    }
+
+    #[test]
+    fn attention_infers_y_present_and_qk_for_3d_and_4d() {
+        let heads = [("q_num_heads", Attribute::Int(8)), ("kv_num_heads", Attribute::Int(2))];
+        let (q, kv) = (ty(&["b", "s", "512"]), ty(&["b", "s", "128"]));
+        let past = ty(&["b", "2", "p", "64"]);
+        let ins = [Some(q), Some(kv.clone()), Some(kv), None, Some(past.clone()), Some(past)];
+        let y = infer("Attention", 23, &heads, &ins, 4).unwrap();
+        assert_eq!(
+            y,
+            vec![
+                Some(ty(&["b", "s", "512"])),
+                Some(ty(&["b", "2", "?", "64"])),
+                Some(ty(&["b", "2", "?", "64"])),
+                Some(ty(&["b", "8", "s", "?"]))
+            ]
+        );
+        let ins = [Some(ty(&["2", "9", "4", "8"])), Some(ty(&["2", "3", "6", "8"])), Some(ty(&["2", "3", "6", "10"]))];
+        let y = infer("Attention", 23, &[], &ins, 4).unwrap();
+        assert_eq!(
+            y,
+            vec![
+                Some(ty(&["2", "9", "4", "10"])),
+                Some(ty(&["2", "3", "6", "8"])),
+                Some(ty(&["2", "3", "6", "10"])),
+                Some(ty(&["2", "9", "4", "6"]))
+            ]
+        );
+        // 3-D inputs need head counts; past_key needs past_value; nonpad_kv_seqlen needs opset 24.
+        assert!(
+            infer("Attention", 23, &[], &[Some(ty(&["1", "2", "8"])), Some(ty(&["1", "2", "8"])), Some(ty(&["1", "2", "8"]))], 1).is_err()
+        );
+        let x = Some(ty(&["1", "1", "2", "4"]));
+        assert!(infer("Attention", 23, &[], &[x.clone(), x.clone(), x.clone(), None, x.clone()], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("together"));
+        let lens = Some(TensorType::fixed(DType::I64, &[1]));
+        assert!(infer("Attention", 23, &[], &[x.clone(), x.clone(), x.clone(), None, None, None, lens.clone()], 1).is_err());
+        assert!(infer("Attention", 24, &[], &[x.clone(), x.clone(), x, None, None, None, lens], 1).is_ok());
+    }
+
+    #[test]
+    fn normalizations_check_their_opset_forms_and_refuse_training() {
+        let x = Some(ty(&["n", "6", "5"]));
+        let c6 = Some(ty(&["6"]));
+        let e = infer(
+            "BatchNormalization",
+            15,
+            &[("training_mode", Attribute::Int(1))],
+            &[x.clone(), c6.clone(), c6.clone(), c6.clone(), c6.clone()],
+            3,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("the_node") && e.contains("training_mode"), "{e}");
+        assert!(infer("BatchNormalization", 15, &[], &[x.clone(), c6.clone(), c6.clone(), c6.clone(), c6.clone()], 1).is_ok());
+        assert!(infer(
+            "BatchNormalization",
+            15,
+            &[("spatial", Attribute::Int(0))],
+            &[x.clone(), c6.clone(), c6.clone(), c6.clone(), c6.clone()],
+            1
+        )
+        .is_err());
+        let groups = [("num_groups", Attribute::Int(3))];
+        let g3 = Some(ty(&["3"]));
+        assert!(infer("GroupNormalization", 18, &groups, &[x.clone(), g3.clone(), g3.clone()], 1).is_ok());
+        assert!(infer("GroupNormalization", 21, &groups, &[x.clone(), g3.clone(), g3], 1).is_err());
+        assert!(infer("GroupNormalization", 21, &groups, &[x.clone(), c6.clone(), c6.clone()], 1).is_ok());
+        assert!(infer("GroupNormalization", 21, &[("num_groups", Attribute::Int(4))], &[x.clone(), c6.clone(), c6], 1).is_err());
+        assert!(infer("RMSNormalization", 23, &[("axis", Attribute::Int(3))], &[x.clone(), Some(ty(&["5"]))], 1).is_err());
+        let ints = Some(TensorType::fixed(DType::I64, &[2, 3]));
+        assert!(infer("Softplus", 22, &[], &[ints], 1).is_err());
+        assert_eq!(infer("LogSoftmax", 1, &[], std::slice::from_ref(&x), 1).unwrap(), vec![x]);
+    }
 
     #[test]
     fn conv_output_sizes_follow_the_onnx_formulas() {

@@ -292,3 +292,170 @@ pub(super) fn attention(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let q = arg(i, 0)?;
     with_real!(q, R => attention_t::<R>(n, i))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_close, rand, run};
+    use fpx_ir::ndarray::{ArrayD, IxDyn};
+    use fpx_ir::{Attribute, DType, Tensor};
+    use fpx_test_support::Rng;
+
+    /// Element `(b, h, s, d)` of a 3-D `[B, S, heads * size]` tensor's values.
+    fn at3(v: &[f64], (seq, heads, size): (usize, usize, usize), (b, h, s, d): (usize, usize, usize, usize)) -> f64 {
+        v[(b * seq + s) * heads * size + h * size + d]
+    }
+
+    /// What the naive attention computes, in 4-D notation.
+    struct Expected {
+        y: Vec<f64>,
+        qk: Vec<f64>,
+    }
+
+    /// Naive f64 attention: `q(b, h, i, d)`, `k(b, kvh, j, d)` and `v(b, kvh, j, e)` over the
+    /// whole (past + current) sequence of `t`; `bias(b, h, i, j)` is the mask; the qk output
+    /// is taken after the mask (mode 2).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_ref(
+        (b, hq, hkv, sq, t, d, dv): (usize, usize, usize, usize, usize, usize, usize),
+        q: impl Fn(usize, usize, usize, usize) -> f64,
+        k: impl Fn(usize, usize, usize, usize) -> f64,
+        v: impl Fn(usize, usize, usize, usize) -> f64,
+        bias: impl Fn(usize, usize, usize, usize) -> f64,
+        (scale, softcap, causal_past): (f64, f64, Option<usize>),
+    ) -> Expected {
+        let (mut y, mut qk) = (vec![0.0; b * hq * sq * dv], vec![0.0; b * hq * sq * t]);
+        for bi in 0..b {
+            for h in 0..hq {
+                let kvh = h / (hq / hkv);
+                for i in 0..sq {
+                    let mut s: Vec<f64> = (0..t)
+                        .map(|j| {
+                            let mut x = scale * (0..d).map(|e| q(bi, h, i, e) * k(bi, kvh, j, e)).sum::<f64>();
+                            if softcap > 0.0 {
+                                x = softcap * (x / softcap).tanh();
+                            }
+                            x += bias(bi, h, i, j);
+                            if causal_past.is_some_and(|p| j > p + i) {
+                                x = f64::NEG_INFINITY;
+                            }
+                            x
+                        })
+                        .collect();
+                    qk[((bi * hq + h) * sq + i) * t..][..t].copy_from_slice(&s);
+                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    s.iter_mut().for_each(|x| *x = if m == f64::NEG_INFINITY { 0.0 } else { (*x - m).exp() / total });
+                    for e in 0..dv {
+                        y[((bi * hq + h) * sq + i) * dv + e] = (0..t).map(|j| s[j] * v(bi, kvh, j, e)).sum();
+                    }
+                }
+            }
+        }
+        Expected { y, qk }
+    }
+
+    #[test]
+    fn gqa_3d_with_past_causal_bool_mask_and_softcap_matches_a_naive_attention() {
+        let mut rng = Rng::new(41);
+        let (b, hq, hkv, sq, skv, p, d, dv) = (2, 6, 2, 3, 3, 4, 4, 5);
+        let t = p + skv;
+        let q = rand(&[b, sq, hq * d], &mut rng);
+        let k = rand(&[b, skv, hkv * d], &mut rng);
+        let v = rand(&[b, skv, hkv * dv], &mut rng);
+        let (pk, pv) = (rand(&[b, hkv, p, d], &mut rng), rand(&[b, hkv, p, dv], &mut rng));
+        // A bool mask [Sq, 6] one shorter than the total 7: the last key is masked for everyone.
+        let keep: Vec<bool> = (0..sq * 6).map(|_| rng.uniform() > 0.3).collect();
+        let mask = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[sq, 6]), keep.clone()).unwrap());
+        let attrs = [
+            ("q_num_heads", Attribute::Int(hq as i64)),
+            ("kv_num_heads", Attribute::Int(hkv as i64)),
+            ("is_causal", Attribute::Int(1)),
+            ("softcap", Attribute::Float(1.5)),
+            ("qk_matmul_output_mode", Attribute::Int(2)),
+        ];
+        let out = run("Attention", 23, &attrs, &[Some(&q), Some(&k), Some(&v), Some(&mask), Some(&pk), Some(&pv)], 4).unwrap();
+        let (qv, kv, vv, pkv, pvv) = (q.to_f64_vec(), k.to_f64_vec(), v.to_f64_vec(), pk.to_f64_vec(), pv.to_f64_vec());
+        let key =
+            |bi, h, j: usize, e| if j < p { pkv[((bi * hkv + h) * p + j) * d + e] } else { at3(&kv, (skv, hkv, d), (bi, h, j - p, e)) };
+        let value =
+            |bi, h, j: usize, e| if j < p { pvv[((bi * hkv + h) * p + j) * dv + e] } else { at3(&vv, (skv, hkv, dv), (bi, h, j - p, e)) };
+        let want = attention_ref(
+            (b, hq, hkv, sq, t, d, dv),
+            |bi, h, i, e| at3(&qv, (sq, hq, d), (bi, h, i, e)),
+            key,
+            value,
+            |_, _, i, j| if j < 6 && keep[i * 6 + j] { 0.0 } else { f64::NEG_INFINITY },
+            (1.0 / (d as f64).sqrt(), 1.5, Some(p)),
+        );
+        // Y back to [B, Sq, Hq * Dv].
+        assert_eq!(out[0].shape(), &[b, sq, hq * dv]);
+        let y3: Vec<f64> = (0..b * sq * hq * dv)
+            .map(|r| {
+                let (bi, i, h, e) = (r / (sq * hq * dv), r / (hq * dv) % sq, r / dv % hq, r % dv);
+                want.y[((bi * hq + h) * sq + i) * dv + e]
+            })
+            .collect();
+        assert_close(&out[0], &y3, 1e-5);
+        let present_k: Vec<f64> = (0..b * hkv * t * d).map(|r| key(r / (hkv * t * d), r / (t * d) % hkv, r / d % t, r % d)).collect();
+        assert_eq!(out[1].shape(), &[b, hkv, t, d]);
+        assert_close(&out[1], &present_k, 0.0);
+        assert_eq!(out[2].shape(), &[b, hkv, t, dv]);
+        assert_close(&out[3], &want.qk, 1e-5);
+        // The mask and the causal rule did mask scores (kept as -inf in the mode-2 output).
+        assert!(out[3].to_f64_vec().contains(&f64::NEG_INFINITY));
+    }
+
+    #[test]
+    fn fully_masked_queries_get_zero_weights_and_4d_f16_matches_in_f32() {
+        let mut rng = Rng::new(42);
+        let (b, h, s, d) = (1, 2, 3, 4);
+        let (q, k, v) = (rand(&[b, h, s, d], &mut rng), rand(&[b, h, s, d], &mut rng), rand(&[b, h, s, d], &mut rng));
+        // Additive float mask [B, 1, S, S]: query 1 sees nothing.
+        let bias: Vec<f32> = (0..s * s).map(|k| if k / s == 1 { f32::NEG_INFINITY } else { (k as f32) * 0.1 }).collect();
+        let mask = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[b, 1, s, s]), bias.clone()).unwrap());
+        let scale = 0.3;
+        let cast = |t: &Tensor| t.cast(DType::F16);
+        let out = run(
+            "Attention",
+            23,
+            &[("scale", Attribute::Float(scale))],
+            &[Some(&cast(&q)), Some(&cast(&k)), Some(&cast(&v)), Some(&cast(&mask))],
+            1,
+        )
+        .unwrap();
+        assert_eq!(out[0].dtype(), DType::F16);
+        let (qv, kv, vv) = (cast(&q).to_f64_vec(), cast(&k).to_f64_vec(), cast(&v).to_f64_vec());
+        let idx = |bi: usize, hi: usize, i: usize, e: usize| ((bi * h + hi) * s + i) * d + e;
+        let want = attention_ref(
+            (b, h, h, s, s, d, d),
+            |bi, hi, i, e| qv[idx(bi, hi, i, e)],
+            |bi, hi, j, e| kv[idx(bi, hi, j, e)],
+            |bi, hi, j, e| vv[idx(bi, hi, j, e)],
+            |_, _, i, j| f16_round(bias[i * s + j] as f64),
+            (scale as f64, 0.0, None),
+        );
+        assert_close(&out[0], &want.y, 2e-3);
+        assert!(out[0].to_f64_vec()[d..2 * d].iter().all(|&x| x == 0.0));
+    }
+
+    fn f16_round(x: f64) -> f64 {
+        half::f16::from_f64(x).to_f64()
+    }
+
+    #[test]
+    fn inconsistent_inputs_are_errors() {
+        let mut rng = Rng::new(43);
+        let x3 = rand(&[1, 2, 8], &mut rng);
+        let e = run("Attention", 23, &[], &[Some(&x3), Some(&x3), Some(&x3)], 1).unwrap_err().0;
+        assert!(e.contains("head count"), "{e}");
+        let x4 = rand(&[1, 3, 2, 4], &mut rng);
+        let kv4 = rand(&[1, 2, 2, 4], &mut rng);
+        let e = run("Attention", 23, &[], &[Some(&x4), Some(&kv4), Some(&kv4)], 1).unwrap_err().0;
+        assert!(e.contains("do not group"), "{e}");
+        let e = run("Attention", 23, &[], &[Some(&x4), Some(&x4), Some(&x4), None, Some(&x4)], 1).unwrap_err().0;
+        assert!(e.contains("together"), "{e}");
+        let long_mask = rand(&[2, 3], &mut rng);
+        let e = run("Attention", 23, &[], &[Some(&x4), Some(&x4), Some(&x4), Some(&long_mask)], 1).unwrap_err().0;
+        assert!(e.contains("does not broadcast"), "{e}");
+    }
+}

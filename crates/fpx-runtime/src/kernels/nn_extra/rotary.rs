@@ -135,8 +135,7 @@ mod tests {
             for si in 0..s {
                 for hi in 0..h {
                     let base = ((bi * s + si) * h + hi) * d;
-                    for k in 0..dim / 2 {
-                        let a = theta[pos[bi * s + si]][k];
+                    for (k, &a) in theta[pos[bi * s + si]].iter().enumerate().take(dim / 2) {
                         let (i1, i2) = if interleaved { (base + 2 * k, base + 2 * k + 1) } else { (base + k, base + k + dim / 2) };
                         y[i1] = a.cos() * x[i1] - a.sin() * x[i2];
                         y[i2] = a.sin() * x[i1] + a.cos() * x[i2];
