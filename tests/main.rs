@@ -7,5 +7,6 @@ mod cli;
 mod common;
 mod contract;
 mod models;
+mod nn_ops;
 mod node_tests;
 mod quant;
