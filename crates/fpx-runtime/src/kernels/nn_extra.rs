@@ -265,6 +265,10 @@ fn log_softmax_layout(n: &Node, shape: &[usize]) -> Result<(usize, usize, usize)
 
 fn log_softmax_t<R: Real>(n: &Node, x: &Tensor) -> Result<Tensor, KernelError> {
     let (outer, len, inner) = log_softmax_layout(n, x.shape())?;
+    if x.is_empty() {
+        // An empty input can have huge other axes: nothing to loop over.
+        return Ok(x.clone());
+    }
     let mut v = values::<R>(x)?;
     for o in 0..outer {
         for k in 0..inner {
@@ -363,6 +367,30 @@ pub(crate) mod tests {
         assert_close(&y[0], &want, 1e-3);
         let e = run("Softplus", 22, &[], &[Some(&Tensor::vec_i64(vec![1]))], 1).unwrap_err().0;
         assert!(e.contains("int64"), "{e}");
+    }
+
+    /// Empty inputs are cheap to make with huge other axes: no kernel may loop over or allocate
+    /// for those axes.
+    #[test]
+    fn empty_inputs_with_huge_dimensions_stay_empty() {
+        let empty = |shape: &[usize]| Tensor::from(ArrayD::<f32>::zeros(IxDyn(shape)));
+        let huge = 1usize << 40;
+        let x = empty(&[huge, 0, 1 << 20]);
+        assert_eq!(run("LogSoftmax", 13, &[("axis", Attribute::Int(1))], &[Some(&x)], 1).unwrap()[0].shape(), x.shape());
+        let x = empty(&[1 << 30, 1 << 30, 0]);
+        let cache = empty(&[1 << 30, 1 << 30, 0]);
+        let y = run("RotaryEmbedding", 23, &[("num_heads", Attribute::Int(1 << 40))], &[Some(&x), Some(&cache), Some(&cache)], 1).unwrap();
+        assert_eq!(y[0].shape(), x.shape());
+        let q = empty(&[1 << 20, 1 << 20, 4, 0]);
+        let y = run("Attention", 23, &[], &[Some(&q), Some(&q), Some(&q)], 3).unwrap();
+        assert_eq!(y[0].shape(), q.shape());
+        let x = empty(&[0, 3, huge]);
+        let y = run("Conv", 22, &[], &[Some(&x), Some(&empty(&[2, 3, 1]))], 1).unwrap();
+        assert_eq!(y[0].shape(), &[0, 2, huge]);
+        // No keys at all: zero weights, Y = 0.
+        let (q, kv) = (Tensor::from(ArrayD::<f32>::ones(IxDyn(&[1, 1, 2, 4]))), empty(&[1, 1, 0, 4]));
+        let y = run("Attention", 23, &[], &[Some(&q), Some(&kv), Some(&kv)], 1).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![0.0; 8]);
     }
 
     #[test]

@@ -56,6 +56,9 @@ fn present<R: Real>(past: Option<&Tensor>, cur: &Tensor, l: &Heads, what: &str) 
     };
     let total = p + l.seq;
     let mut out = alloc::filled::<R>(&[l.batch, l.heads, total, l.size], R::ZERO)?;
+    if out.is_empty() {
+        return Ok((out, p));
+    }
     let cv = values::<R>(cur)?;
     let pv = past.map(values::<R>).transpose()?;
     let d = l.size;
@@ -133,6 +136,10 @@ impl<R: Real> Problem<'_, R> {
     /// of query head `h` of batch `b`.
     fn head(&self, b: usize, h: usize, y: &mut [R], qk: &mut [R]) -> Result<(), KernelError> {
         let (sq, t, d) = (self.ql.seq, self.total, self.ql.size);
+        if t == 0 {
+            // No keys at all: Y stays zero.
+            return Ok(());
+        }
         let kvh = h / (self.ql.heads / self.kv_heads);
         let kv = b * self.kv_heads + kvh;
         let mut s = Vec::new();
@@ -262,8 +269,12 @@ fn attention_t<R: Real>(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let mut qk = if want_qk { alloc::filled::<R>(&[b, hq, sq, total], R::ZERO)? } else { Vec::new() };
     // Each task's scores: checked here, on the thread whose budget applies.
     alloc::check(R::DTYPE, &[sq, total])?;
-    let (y_heads, qk_heads) = (per_head(&mut y, sq * dv, b * hq), per_head(&mut qk, if want_qk { sq * total } else { 0 }, b * hq));
-    y_heads.into_par_iter().zip(qk_heads).enumerate().try_for_each(|(bh, (y, qk))| problem.head(bh / hq, bh % hq, y, qk))?;
+    // Empty outputs can come with huge batch or head counts: then there is nothing to compute
+    // (otherwise the outputs' sizes, within the budget, bound the number of heads).
+    if !y.is_empty() || !qk.is_empty() {
+        let (y_heads, qk_heads) = (per_head(&mut y, sq * dv, b * hq), per_head(&mut qk, if want_qk { sq * total } else { 0 }, b * hq));
+        y_heads.into_par_iter().zip(qk_heads).enumerate().try_for_each(|(bh, (y, qk))| problem.head(bh / hq, bh % hq, y, qk))?;
+    }
     let y = if q.rank() == 4 {
         tensor(q.dtype(), &[b, hq, sq, dv], y)?
     } else {

@@ -134,17 +134,18 @@ fn conv_t<R: Real>(n: &Node, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resu
     let mut out_shape = vec![g.batch, g.maps];
     out_shape.extend_from_slice(&g.output);
     let mut y = alloc::filled::<R>(&out_shape, R::ZERO)?;
-    let positions: usize = g.output.iter().product();
-    let (cg, mg) = (g.channels / g.group, g.maps / g.group);
-    let taps: usize = g.kernel.iter().product();
-    let rows = cg * taps;
     let bias = match b {
         Some(b) if b.len() != g.maps => kbail!("B of shape {:?} must hold one value per output map ({})", b.shape(), g.maps),
         Some(b) if !b.dtype().is_float() => return Err(bad_type(b)),
         Some(b) => Some(values::<R>(b)?),
         None => None,
     };
+    // An empty output can have huge other axes; a non-empty one, within the budget, bounds them.
     if !y.is_empty() {
+        let positions: usize = g.output.iter().product();
+        let (cg, mg) = (g.channels / g.group, g.maps / g.group);
+        let taps: usize = g.kernel.iter().product();
+        let rows = cg * taps;
         let (xv, wv) = (values::<R>(x)?, values::<R>(w)?);
         let in_size: usize = g.input.iter().product();
         // A 1x1 kernel with unit strides and no padding reads X as it is.

@@ -82,6 +82,10 @@ fn rotary_t<R: Real>(n: &Node, x: &Tensor, cos: &Tensor, sin: &Tensor, pos: Opti
         kbail!("the head size {dim} must be even to rotate pairs");
     }
     let half = dim / 2;
+    if x.is_empty() {
+        // An empty input can have huge other axes (or head counts): nothing to rotate.
+        return Ok(x.clone());
+    }
     if cos.shape() != sin.shape() {
         kbail!("cos_cache {:?} and sin_cache {:?} differ in shape", cos.shape(), sin.shape());
     }
