@@ -1,4 +1,4 @@
-//! The NN ops added for exported vision, speech and LLaMA-style models (Conv, the
+//! The NN ops added for exported vision, speech and LLaMA-style models (Conv 1-D to 3-D, the
 //! normalizations, the activations, opset 23's RMSNormalization, RotaryEmbedding and Attention),
 //! chained the way exports use them, against onnxruntime: `$FPX_PYTHON` builds the models with
 //! onnx and runs them with onnxruntime (`tests/data/nn_ops_vs_onnxruntime.py`), and fpx runs the
@@ -25,7 +25,7 @@ fn nn_op_blocks_match_onnxruntime() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut models = dir.listing();
     models.sort();
-    assert_eq!(models.len(), 4, "{models:?}");
+    assert_eq!(models.len(), 5, "{models:?}");
     for name in models {
         let case = dir.join(&name);
         let files: Vec<String> = std::fs::read_dir(&case).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

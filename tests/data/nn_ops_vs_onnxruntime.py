@@ -93,6 +93,17 @@ save(
     {"x": rng.standard_normal((2, 6, 13, 11)).astype(np.float32)},
 )
 
+# A 3-D convolution (video/volumetric models): groups, dilation, strides and pads on three axes.
+save(
+    "conv3d",
+    [h.make_node("Conv", ["x", "w", "b"], ["y"], group=2, dilations=[1, 2, 1], strides=[2, 1, 1], pads=[1, 0, 2, 0, 1, 1])],
+    [value("x", [1, 4, 7, 8, 6])],
+    ["y"],
+    [weight("w", 6, 2, 3, 2, 3), weight("b", 6)],
+    22,
+    {"x": rng.standard_normal((1, 4, 7, 8, 6)).astype(np.float32)},
+)
+
 # An opset-23 LLaMA-style decoder step: RMSNormalization, projections, RotaryEmbedding (halves for
 # Q, interleaved for K) with position ids, grouped-query Attention with a past cache and is_causal.
 S, P, HQ, HKV, D = 12, 20, 8, 2, 16
