@@ -8,5 +8,6 @@ mod common;
 mod contract;
 mod generate;
 mod models;
+mod nn_ops;
 mod node_tests;
 mod quant;

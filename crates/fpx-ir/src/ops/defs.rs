@@ -131,5 +131,6 @@ pub fn standard_defs() -> Vec<OpDef> {
         v.push(comparison(op, since));
     }
     v.extend(super::defs_indexing::indexing_defs());
+    v.extend(super::defs_nn::nn_defs());
     v
 }

@@ -3,12 +3,15 @@
 
 mod defs;
 mod defs_indexing;
+mod defs_nn;
 pub mod einsum;
 mod infer;
 mod infer_indexing;
+mod infer_nn;
 pub mod quant_matmul;
 
 pub use infer::{broadcast_dims, normalize_axis};
+pub use infer_nn::{conv_output_dim, AutoPad};
 
 use crate::{AttrKind, Graph, IrError, Node, Result, Tensor, TensorType};
 use std::collections::HashMap;

@@ -10,6 +10,7 @@ mod fast_path_tests;
 mod indexing;
 mod matmul;
 mod nn;
+mod nn_extra;
 pub mod quant;
 mod shape;
 
@@ -40,6 +41,7 @@ impl KernelRegistry {
         elementwise::register(&mut r);
         shape::register(&mut r);
         nn::register(&mut r);
+        nn_extra::register(&mut r);
         matmul::register(&mut r);
         quant::register(&mut r);
         indexing::register(&mut r);
