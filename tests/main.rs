@@ -9,3 +9,4 @@ mod contract;
 mod models;
 mod node_tests;
 mod quant;
+mod zoo;
