@@ -11,3 +11,4 @@ mod models;
 mod nn_ops;
 mod node_tests;
 mod quant;
+mod zoo;
