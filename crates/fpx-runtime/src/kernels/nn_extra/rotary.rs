@@ -59,12 +59,20 @@ fn cache_rows(pos: Option<&Tensor>, cache_shape: &[usize], r: &Rows, half: usize
                 .collect()
         }
         None => {
-            if cache_shape != [r.batch, r.seq, half] {
-                kbail!(
-                    "without position_ids the cos/sin caches must be [batch, sequence, {half}] = [{}, {}, {half}], found {cache_shape:?}",
+            // [batch, sequence, half], or one batch row for all (the ONNX reference broadcasts it;
+            // the dynamo exporter emits such caches at opset 23).
+            let shared = match *cache_shape {
+                [b, s, h] if b == r.batch && s == r.seq && h == half => false,
+                [1, s, h] if s == r.seq && h == half => true,
+                _ => kbail!(
+                    "without position_ids the cos/sin caches must be [batch, sequence, {half}] = [{}, {}, {half}] (or [1, {}, {half}]), found {cache_shape:?}",
                     r.batch,
+                    r.seq,
                     r.seq
-                );
+                ),
+            };
+            if shared {
+                return Ok((0..r.batch * r.seq).map(|k| (k % r.seq) * half).collect());
             }
             Ok((0..r.batch * r.seq).map(|k| k * half).collect())
         }
@@ -177,5 +185,29 @@ mod tests {
         let e =
             run("RotaryEmbedding", 23, &attrs, &[Some(&x), Some(&cache(f64::cos)), Some(&cache(f64::sin)), Some(&far)], 1).unwrap_err().0;
         assert!(e.contains("position id 10"), "{e}");
+    }
+
+    #[test]
+    fn caches_without_position_ids_may_have_one_batch_row_for_all() {
+        // The dynamo exporter's opset-23 LLaMA passes [1, S, D/2] caches with a batch of 2; the
+        // result must be that of the caches repeated per batch row (positions 0..S each).
+        let mut rng = Rng::new(22);
+        let (b, s, h, d) = (2, 3, 2, 8);
+        let x = rand(&[b, s, h * d], &mut rng);
+        let theta: Vec<Vec<f64>> = (0..s).map(|p| (0..d / 2).map(|k| (p as f64 + 0.3) / 5f64.powf(k as f64 / 2.0)).collect()).collect();
+        let cache = |f: fn(f64) -> f64, batch: usize| {
+            let v: Vec<f32> = (0..batch).flat_map(|_| theta.iter().flatten().map(|&a| f(a) as f32)).collect();
+            Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[batch, s, d / 2]), v).unwrap())
+        };
+        let attrs = [("num_heads", Attribute::Int(h as i64))];
+        let pos: Vec<usize> = (0..b * s).map(|k| k % s).collect();
+        let want = rotary_ref(&x.to_f64_vec(), (b, s, h, d), d, &pos, &theta, false);
+        for batch in [b, 1] {
+            let y =
+                run("RotaryEmbedding", 23, &attrs, &[Some(&x), Some(&cache(f64::cos, batch)), Some(&cache(f64::sin, batch))], 1).unwrap();
+            assert_close(&y[0], &want, 1e-5);
+        }
+        let e = run("RotaryEmbedding", 23, &attrs, &[Some(&x), Some(&cache(f64::cos, 3)), Some(&cache(f64::sin, 3))], 1).unwrap_err().0;
+        assert!(e.contains("found [3, 3, 4]"), "{e}");
     }
 }
