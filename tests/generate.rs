@@ -181,3 +181,105 @@ fn the_cli_takes_text_with_a_tokenizer_and_prints_text() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), codec.decode(&tokens).unwrap());
 }
+
+/// The model as imported and simplified, without the KV-cache rewrite (the plain graph).
+fn plain_executor(path: &Path) -> fpx::runtime::CpuExecutor {
+    use fpx::ir::ops::OpRegistry;
+    use fpx::ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
+    let mut graph = fpx::onnx::load_model(path).unwrap();
+    let fold = || ConstantFolding {
+        evaluator: fpx::runtime::CpuEvaluator::default(),
+        max_elements: 1 << 20,
+        budget: fpx::ir::TensorBudget::default(),
+    };
+    PassManager::new()
+        .with(fold())
+        .with(fpx::passes::FoldKnownShapes)
+        .with(fold())
+        .with(fpx::passes::FuseGelu)
+        .with(DeadNodeElimination)
+        .run(&mut graph, &OpRegistry::standard())
+        .unwrap();
+    fpx::runtime::CpuExecutor::new(graph).unwrap()
+}
+
+#[test]
+fn the_in_place_cache_gives_the_plain_graphs_logits_at_every_step_of_a_50_step_generation() {
+    use fpx::ir::ndarray::{ArrayD, IxDyn};
+    use fpx::ir::Tensor;
+    let fixtures = greedy_fixtures();
+    assert!(fixtures.len() >= 9);
+    for (fixture, _) in &fixtures {
+        let name = fixture.file_name().unwrap().to_string_lossy().to_string();
+        let path = fixture.join("model.onnx");
+        let rewritten = fpx::open(&path).unwrap();
+        let appends = rewritten
+            .graph()
+            .node_ids()
+            .into_iter()
+            .filter(|&id| fpx::ir::ops::kv_append::is_kv_append(rewritten.graph().node(id)))
+            .count();
+        let signature = Generator::new(&rewritten, &SignatureNames::default()).unwrap().signature().clone();
+        assert_eq!(appends, signature.cache.len(), "{name}: every cache Concat is rewritten");
+        let plain = plain_executor(&path);
+        let steps = 50;
+        let empty = |capacity: usize| -> Vec<(String, Tensor)> {
+            signature
+                .cache
+                .iter()
+                .map(|s| {
+                    let shape: Vec<usize> =
+                        s.dims.iter().enumerate().map(|(a, d)| if a == s.seq_axis { 0 } else { d.fixed().unwrap_or(1) }).collect();
+                    (s.past.clone(), fpx::runtime::kernels::kv_append::cache_with_capacity(s.dtype, &shape, s.seq_axis, capacity).unwrap())
+                })
+                .collect()
+        };
+        let (mut plain_cache, mut cache) = (empty(0), empty(4 + steps));
+        let mut tokens = vec![3i64, 14, 15, 92];
+        let mut pointers: Option<Vec<*const f32>> = None;
+        for step in 0..steps {
+            let past = if step == 0 { 0 } else { 3 + step };
+            let new: Vec<i64> = if step == 0 { tokens.clone() } else { vec![*tokens.last().unwrap()] };
+            let row = |v: Vec<i64>| Tensor::from(ArrayD::from_shape_vec(IxDyn(&[1, v.len()]), v).unwrap());
+            let mut inputs =
+                vec![("input_ids".to_string(), row(new.clone())), ("attention_mask".to_string(), row(vec![1; past + new.len()]))];
+            if signature.position_ids.is_some() {
+                inputs.push(("position_ids".to_string(), row((past as i64..(past + new.len()) as i64).collect())));
+            }
+            let run = |cache: Vec<(String, Tensor)>, f: &dyn Fn(Vec<(String, Tensor)>) -> Vec<(String, Tensor)>| {
+                let mut all = inputs.clone();
+                all.extend(cache);
+                f(all)
+            };
+            let a = run(std::mem::take(&mut plain_cache), &|i| plain.run(i).unwrap());
+            let b = run(std::mem::take(&mut cache), &|i| rewritten.run(i).unwrap());
+            let (la, lb) = (a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
+            let scale = la.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let err = la.iter().zip(&lb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err <= 1e-5 * scale, "{name} step {step}: logits differ by {err} (scale {scale})");
+            let vocab = a[0].1.shape()[2];
+            let last = &la[la.len() - vocab..];
+            let next = (0..vocab).max_by(|&i, &j| last[i].total_cmp(&last[j]).then(j.cmp(&i))).unwrap() as i64;
+            tokens.push(next);
+            // The presents move (no copy) into the next step's pasts.
+            let pair = |mut out: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+                signature
+                    .cache
+                    .iter()
+                    .map(|s| {
+                        let i = out.iter().position(|(n, _)| *n == s.present).unwrap();
+                        (s.past.clone(), out.swap_remove(i).1)
+                    })
+                    .collect()
+            };
+            plain_cache = pair(a);
+            cache = pair(b);
+            // Every step after the first writes into the same buffers: nothing moved.
+            let now: Vec<*const f32> = cache.iter().map(|(_, t)| t.as_f32().unwrap().as_ptr()).collect();
+            if let Some(before) = &pointers {
+                assert_eq!(before, &now, "{name} step {step}: the cache was reallocated");
+            }
+            pointers = Some(now);
+        }
+    }
+}

@@ -130,8 +130,9 @@ impl<'m> Generator<'m> {
         &self.signature
     }
 
-    /// The empty cache (sequence length 0) of each slot, batch 1.
-    fn empty_cache(&self) -> Result<Vec<Tensor>, Error> {
+    /// The empty cache (sequence length 0) of each slot, batch 1, with room for `capacity`
+    /// positions so that every step appends in place (`fpx:KvAppend`).
+    fn empty_cache(&self, capacity: usize) -> Result<Vec<Tensor>, Error> {
         self.signature
             .cache
             .iter()
@@ -153,7 +154,9 @@ impl<'m> Generator<'m> {
                         }
                     });
                 }
-                Ok(Tensor::zeros(slot.dtype, &shape))
+                fpx_runtime::kernels::kv_append::cache_with_capacity(slot.dtype, &shape, slot.seq_axis, capacity).map_err(|e| {
+                    Error::from(GenerateError::Step { step: 0, message: format!("cache '{}' of {capacity} positions: {e}", slot.past) })
+                })
             })
             .collect()
     }
@@ -218,7 +221,8 @@ impl<'m> Generator<'m> {
             return Ok(Generation { tokens, stop: StopReason::MaxTokens, stats });
         }
         let start = Instant::now();
-        let (mut logits, mut cache) = self.step(0, prompt, 0, self.empty_cache()?)?;
+        let capacity = prompt.len().saturating_add(options.max_new_tokens);
+        let (mut logits, mut cache) = self.step(0, prompt, 0, self.empty_cache(capacity)?)?;
         stats.prefill = start.elapsed();
         let mut past = prompt.len();
         let decode_start = Instant::now();

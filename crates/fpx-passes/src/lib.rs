@@ -4,6 +4,7 @@
 //! folded, so the kernels dequantize with shifts and masks and scale once per output.
 
 mod fuse;
+mod kv_cache;
 mod quantize;
 mod scheme;
 mod shape_fold;
@@ -13,6 +14,7 @@ mod shape_fold_tests;
 mod tests;
 
 pub use fuse::FuseGelu;
+pub use kv_cache::AppendKvCache;
 pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};
 pub use shape_fold::FoldKnownShapes;

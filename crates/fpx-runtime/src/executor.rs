@@ -135,7 +135,9 @@ impl CpuExecutor {
                     Step::Kernel(_) => registry.get_owned(&node.domain, &node.op_type)?,
                     Step::Native(_) => return None,
                 };
+                let only = registry.owned_slot(&node.domain, &node.op_type);
                 let slots: Vec<usize> = (0..node.inputs.len())
+                    .filter(|&k| only.is_none_or(|s| s == k))
                     .filter(|&k| {
                         let Some(v) = node.inputs[k] else { return false };
                         last_use.get(&v) == Some(&i)

@@ -8,6 +8,7 @@ pub mod einsum;
 mod infer;
 mod infer_indexing;
 mod infer_nn;
+pub mod kv_append;
 pub mod quant_matmul;
 
 pub use infer::{broadcast_dims, normalize_axis};

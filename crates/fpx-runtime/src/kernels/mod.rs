@@ -8,6 +8,7 @@ pub(crate) use fast::SendPtr;
 #[cfg(test)]
 mod fast_path_tests;
 mod indexing;
+pub mod kv_append;
 mod matmul;
 mod nn;
 mod nn_extra;
@@ -32,6 +33,7 @@ pub type OwnedKernelFn = fn(&Node, &[Option<&Tensor>], usize, Tensor) -> Result<
 pub struct KernelRegistry {
     map: HashMap<(String, String), KernelFn>,
     owned: HashMap<(String, String), OwnedKernelFn>,
+    owned_slot: HashMap<(String, String), usize>,
 }
 
 impl KernelRegistry {
@@ -44,6 +46,7 @@ impl KernelRegistry {
         nn_extra::register(&mut r);
         matmul::register(&mut r);
         quant::register(&mut r);
+        kv_append::register(&mut r);
         indexing::register(&mut r);
         r
     }
@@ -64,6 +67,21 @@ impl KernelRegistry {
         self.owned.insert((String::new(), op_type.to_string()), k);
     }
 
+    /// Registers, for an op of `domain`, the by-value variant of its kernel; `slot`, if given, is
+    /// the only input it may take by value (otherwise the executor hands over the largest one).
+    pub fn add_owned_in(&mut self, domain: &str, op_type: &str, slot: Option<usize>, k: OwnedKernelFn) {
+        let key = (domain.to_string(), op_type.to_string());
+        if let Some(s) = slot {
+            self.owned_slot.insert(key.clone(), s);
+        }
+        self.owned.insert(key, k);
+    }
+
+    /// The one input an op's by-value kernel takes by value, if it is restricted to one.
+    pub fn owned_slot(&self, domain: &str, op_type: &str) -> Option<usize> {
+        self.owned_slot.get(&(fpx_ir::canonical_domain(domain).to_string(), op_type.to_string())).copied()
+    }
+
     /// The by-value variant of an op's kernel, if it has one.
     pub fn get_owned(&self, domain: &str, op_type: &str) -> Option<OwnedKernelFn> {
         self.owned.get(&(fpx_ir::canonical_domain(domain).to_string(), op_type.to_string())).copied()
@@ -73,6 +91,7 @@ impl KernelRegistry {
     #[cfg(test)]
     pub(crate) fn without_owned(mut self) -> Self {
         self.owned.clear();
+        self.owned_slot.clear();
         self
     }
 

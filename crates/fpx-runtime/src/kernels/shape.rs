@@ -266,7 +266,7 @@ fn concat_t<T: Elem>(first: &ArrayD<T>, all: &[&Tensor], ax: usize) -> Result<Te
     }
 }
 
-fn concat(n: &Node, i: &[Option<&Tensor>]) -> Res {
+pub(super) fn concat(n: &Node, i: &[Option<&Tensor>]) -> Res {
     let all: Vec<&Tensor> = (0..i.len()).map(|k| arg(i, k)).collect::<Result<_, _>>()?;
     let ax = axis(n.attr_i("axis", 0), all[0].rank())?;
     Ok(vec![dispatch!(all[0], a => concat_t(a, &all, ax)?)])
