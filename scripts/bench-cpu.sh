@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # fpx CPU benchmark: installs what is missing, builds the `fpx` binary (release), then prints the
 # read bandwidth of this machine, fpx FP6 (e3m2) matrix-product kernels vs onnxruntime FP32 MatMul
-# and int4 MatMulNBits (accuracy_level 0 and 4), and MiniLM end to end (scripts/bench_cpu.py).
+# and int4 MatMulNBits (accuracy_level 0 and 4), MiniLM end to end, and an LLM decoder with KV cache
+# (decode step and prefill vs onnxruntime FP32 / dynamic int8 / int4) (scripts/bench_cpu.py).
 #
-#   ./scripts/bench-cpu.sh                          # full run (a few minutes on 2 cores, 15 at most)
-#   ./scripts/bench-cpu.sh --quick                  # 4096x4096, M in 1, 8 (under a minute)
+#   ./scripts/bench-cpu.sh                          # full run (several minutes on 2 cores)
+#   ./scripts/bench-cpu.sh --quick                  # 4096x4096, M in 1, 8; LLM 2 layers, past 128 (a few minutes)
+#   ./scripts/bench-cpu.sh --quick --no-kernels --no-minilm   # only the LLM section
 #   ./scripts/bench-cpu.sh --shapes 4096x4096 --threads 1 --json bench.json
 #   ./scripts/bench-cpu.sh --help                   # every option
 #

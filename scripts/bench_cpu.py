@@ -9,12 +9,20 @@ Prints, in one run:
      targets each row meets; then fpx FP6 e2m3 with int8 activations (`--activations int8`, the
      like-for-like peer of int4 accuracy_level 4) and its targets;
   3. MiniLM-L6-v2 end to end (if ../shared/models/minilm-l6-v2 exists): ORT FP32 vs fpx FP32 vs fpx FP6
-     (e3m2) vs fpx FP6 e2m3 with int8 activations.
+     (e3m2) vs fpx FP6 e2m3 with int8 activations;
+  4. an LLM decoder with a KV cache (a LLaMA-shaped model generated with numpy + onnx: hidden 2048,
+     SiLU MLP 5632, 16 heads / 4 KV heads × 128, vocab 8192, 2 layers with --quick, else 4): a decode
+     step after 128 cached tokens (full run: also 1024, and a 128-token prefill), batch 1, onnxruntime
+     FP32 / dynamic int8 / int4 MatMulNBits level 4 vs fpx fp6-e3m2 and e2m3 + int8 activations: ms per
+     step, tokens/s, weight GB/s vs the read bandwidth, logits cosine vs onnxruntime FP32; first a
+     check that onnxruntime runs the model and that fpx FP32 gives the same logits (rel. error <= 1e-4).
 
 Normally started through scripts/bench-cpu.sh (setup, release build, then this script):
     ./scripts/bench-cpu.sh                  # full run (about 3 min on 2 cores with compiled fpx
                                             # kernels, models cached; 15 min at most)
-    ./scripts/bench-cpu.sh --quick          # 4096x4096, M in 1, 8 (under 1 min)
+    ./scripts/bench-cpu.sh --quick          # 4096x4096, M in 1, 8; LLM: 2 layers, past 128, 2 threads
+                                            # (a few minutes; the first run also builds the LLM models)
+    ./scripts/bench-cpu.sh --quick --no-kernels --no-minilm   # only the LLM section
     .venv/bin/python scripts/bench_cpu.py --fpx target/debug/fpx --quick --json out.json
 
 Models, inputs and compiled artifacts go to --workdir (default /tmp/fpx-bench) and are reused by
@@ -26,6 +34,7 @@ The fpx command-line contract this script relies on:
       -> {"threads": T, "bytes": N, "seconds": S, "gb_per_s": X}
   fpx compile MODEL.onnx -o MODEL.fpx --weights fp6-e3m2
   fpx bench MODEL.fpx|MODEL.onnx [--weights SCHEME] --input NAME=FILE.npy ... --iters I --threads T --json
+        [--output-dir DIR]   (LLM section: the warm-up run's outputs as DIR/logits.npy, ...)
       -> {"median_us": .., "min_us": .., "kernels": [{"node", "op", "native", "median_us",
           "weight_bytes", "weight_gb_per_s"}, ...], ...}
 When `fpx compile` fails, the fpx column falls back to `fpx bench MODEL.onnx --weights fp6-e3m2`
@@ -39,7 +48,9 @@ fpx cells come from `fpx bench` (one probe run with --iters 1 sizes the iteratio
 
 This file holds the options and the main flow; the work is in scripts/bench/: models.py (the ONNX
 models and their onnxruntime int4 peers), measure.py (bandwidth, onnxruntime timing, `fpx compile`
-and `fpx bench`), sections.py (the kernel and MiniLM sections), report.py (tables and JSON).
+and `fpx bench`), sections.py (the kernel and MiniLM sections), report.py (tables and JSON),
+llm_model.py (the LLaMA-shaped decoder; `python -m bench.llm_model` checks it against numpy),
+llm.py and report_llm.py (the LLM section).
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ from bench import report
 from bench.common import log
 from bench.measure import Fpx, machine_info, measure_membw, ort_overhead_us
 from bench.models import quantizer_note
+from bench.llm import bench_llm
+from bench.report_llm import print_llm
 from bench.sections import bench_kernels, bench_minilm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,9 +107,15 @@ def parse_int_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="CPU benchmark: fpx FP6 (e3m2) vs onnxruntime FP32 MatMul and int4 MatMulNBits.",
+        description="CPU benchmark: fpx FP6 (e3m2) vs onnxruntime FP32 MatMul and int4 MatMulNBits.\n"
+                    "Sections: 1. read bandwidth; 2. matrix-product kernels; 3. MiniLM end to end; 4. an LLM\n"
+                    "decoder with KV cache (LLaMA-shaped, generated with numpy + onnx and cached in --workdir):\n"
+                    "decode step after 128 cached tokens (full run: also 1024, and a 128-token prefill), batch 1,\n"
+                    "onnxruntime FP32 / dynamic int8 / int4 MatMulNBits lvl4 vs fpx fp6-e3m2 and e2m3 + int8\n"
+                    "activations: ms/step, tokens/s, weight GB/s vs read bandwidth, logits cosine vs ORT FP32.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Shapes are K x N of the weight W[K,N]; M is the number of activation rows (batch x tokens).",
+        epilog="Shapes are K x N of the weight W[K,N]; M is the number of activation rows (batch x tokens). "
+               "--quick: kernels 4096x4096 with M in 1,8; LLM 2 layers, past 128 only, 2 threads.",
     )
     p.add_argument("--fpx", default=str(ROOT / "target/release/fpx"),
                    help="fpx binary (default: target/release/fpx)")
@@ -117,6 +136,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--minilm", default=str(ROOT.parent / "shared/models/minilm-l6-v2"),
                    help="MiniLM model folder (default ../shared/models/minilm-l6-v2)")
     p.add_argument("--no-minilm", action="store_true", help="skip the MiniLM end-to-end section")
+    p.add_argument("--no-kernels", action="store_true", help="skip the matrix-product kernel section")
+    p.add_argument("--no-llm", action="store_true", help="skip the LLM decoder section")
+    p.add_argument("--llm-layers", type=int, default=None,
+                   help="decoder layers of the LLM section's model (default 2 with --quick, else 4)")
+    p.add_argument("--llm-vocab", type=int, default=8192, help="vocabulary of the LLM model (default 8192)")
+    p.add_argument("--llm-threads", type=parse_int_list, default=None,
+                   help="comma-separated thread counts of the LLM section (default 2 with --quick, else 1,2)")
+    p.add_argument("--llm-cell-seconds", type=float, default=3.0,
+                   help="time budget for the measured runs of one LLM cell (default 3)")
     p.add_argument("--membw-gib", type=int, default=1, help="GiB read by the bandwidth measurement (default 1)")
     p.add_argument("--recompile", action="store_true", help="recompile .fpx artifacts even if cached")
     p.add_argument("--cpu", default="native", choices=["native", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"],
@@ -130,6 +158,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.ms = a.ms or (QUICK_MS if a.quick else DEFAULT_MS)
     if a.iters < 1:
         p.error("--iters must be >= 1")
+    if a.llm_layers is not None and a.llm_layers < 1:
+        p.error("--llm-layers must be >= 1")
+    if a.llm_vocab < 8192:
+        p.error("--llm-vocab must be >= 8192")
     return a
 
 
@@ -137,7 +169,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
-    """Runs the sections in order (bandwidth, kernels, MiniLM), printing each as it completes."""
+    """Runs the sections in order (bandwidth, kernels, MiniLM, LLM), printing each as it completes."""
     args = parse_args(argv)
     wd = Path(args.workdir)
     wd.mkdir(parents=True, exist_ok=True)
@@ -164,13 +196,22 @@ def main(argv: list[str]) -> int:
 
     # 2. kernels
     overhead = ort_overhead_us()
-    kernel_rows = bench_kernels(args, wd, fpx, membw)
-    report.print_kernels(kernel_rows, overhead, quantizer_note(), fpx, fpx_note)
+    if args.no_kernels:
+        kernel_rows = []
+        print("2. Matrix product kernels: skipped (--no-kernels)\n")
+    else:
+        kernel_rows = bench_kernels(args, wd, fpx, membw)
+        report.print_kernels(kernel_rows, overhead, quantizer_note(), fpx, fpx_note)
 
     # 3. MiniLM
     log("MiniLM end to end")
     minilm = bench_minilm(args, wd, fpx)
     report.print_minilm(minilm, fpx)
+
+    # 4. LLM decoder
+    log("LLM decoder with KV cache")
+    llm = bench_llm(args, wd, fpx, membw)
+    print_llm(llm)
 
     try:
         info["loadavg_end"] = list(os.getloadavg())
@@ -182,7 +223,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         report.write_json(args, info=info, fpx_path=fpx_path, fpx_note=fpx_note, fpx=fpx, membw=membw,
                           membw_err=membw_err, overhead=overhead, quantizer=quantizer_note(),
-                          kernel_rows=kernel_rows, minilm=minilm, total=total)
+                          kernel_rows=kernel_rows, minilm=minilm, llm=llm, total=total)
     return 0
 
 

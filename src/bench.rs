@@ -74,6 +74,18 @@ fn median(v: &mut [f64]) -> f64 {
 /// Runs `executor` `iters` times (plus one warm-up) on `threads` threads.
 /// `iters` must be 1 to [`MAX_ITERS`] and `threads` 1 to [`MAX_THREADS`].
 pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, threads: usize) -> Result<BenchReport, Error> {
+    bench_with_outputs(executor, inputs, iters, threads).map(|(report, _)| report)
+}
+
+/// Like [`bench`], and also returns the outputs of the warm-up run (`fpx bench --output-dir`:
+/// what the timed runs computed, for an accuracy check beside the timing, without a second
+/// process or run).
+pub fn bench_with_outputs(
+    executor: &CpuExecutor,
+    inputs: &[(String, Tensor)],
+    iters: usize,
+    threads: usize,
+) -> Result<(BenchReport, Vec<(String, Tensor)>), Error> {
     if !(1..=MAX_ITERS).contains(&iters) {
         return Err(Error::Options(format!("{iters} iterations: the iteration count must be 1 to {MAX_ITERS}")));
     }
@@ -82,8 +94,8 @@ pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, 
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| fpx_passes::PassError::Option(format!("cannot start {threads} threads: {e}")))?;
-    pool.install(|| -> Result<BenchReport, Error> {
-        executor.run(inputs.to_vec())?;
+    pool.install(|| -> Result<(BenchReport, Vec<(String, Tensor)>), Error> {
+        let outputs = executor.run(inputs.to_vec())?;
         let mut totals = Vec::with_capacity(iters);
         let mut per_node: Vec<Vec<NodeTiming>> = Vec::with_capacity(iters);
         for _ in 0..iters.max(1) {
@@ -123,7 +135,7 @@ pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, 
             }
         }
         let (min, max) = (totals.iter().copied().fold(f64::INFINITY, f64::min), totals.iter().copied().fold(0.0, f64::max));
-        Ok(BenchReport {
+        let report = BenchReport {
             iters: iters.max(1),
             threads: threads.max(1),
             median_us: median(&mut totals),
@@ -131,7 +143,8 @@ pub fn bench(executor: &CpuExecutor, inputs: &[(String, Tensor)], iters: usize, 
             max_us: max,
             kernels,
             per_op_us: per_op,
-        })
+        };
+        Ok((report, outputs))
     })
 }
 

@@ -242,6 +242,41 @@ fn bench_and_membw_numbers_are_bounded() {
 }
 
 #[test]
+fn bench_output_dir_writes_the_warm_up_outputs() {
+    let dir = TempDir::new("cli-bench-out");
+    let ex = example();
+    let m = ex.join("model.onnx");
+    let out = dir.join("out");
+    let o = fpx(&[
+        "bench",
+        s(&m),
+        "--input",
+        &format!("input={}", s(&ex.join("input.npy"))),
+        "--iters",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stdout.trim_start().starts_with('{'), "stdout holds only the JSON: {}", o.stdout);
+    let got = crate::common::npy(&out.join("output.npy"));
+    let want = crate::common::npy(&ex.join("ref_output.npy"));
+    let err = crate::common::max_abs_diff(&got, &want);
+    assert!(err < 1e-4, "max abs error vs onnxruntime {err}");
+    // As with `fpx run`: an output that would replace an input is refused before anything runs.
+    let input = dir.join("output.npy");
+    std::fs::copy(ex.join("input.npy"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let o = fpx(&["bench", s(&m), "--input", &format!("input={}", s(&input)), "--iters", "1", "-o", s(dir.path())]);
+    fails_with(&o, &["output 'output'", "input 'input'"]);
+    assert_eq!(std::fs::read(&input).unwrap(), before, "the input changed");
+    fails_with(&fpx(&["bench", s(&m), "--input", &format!("input={}", s(&input)), "-o", s(&input)]), &["is not a folder"]);
+}
+
+#[test]
 fn compile_never_replaces_its_model() {
     let dir = TempDir::new("cli-same-output");
     let m = dir.join("m.onnx");

@@ -246,13 +246,13 @@ fn the_in_place_cache_gives_the_plain_graphs_logits_at_every_step_of_a_50_step_g
             if signature.position_ids.is_some() {
                 inputs.push(("position_ids".to_string(), row((past as i64..(past + new.len()) as i64).collect())));
             }
-            let run = |cache: Vec<(String, Tensor)>, f: &dyn Fn(Vec<(String, Tensor)>) -> Vec<(String, Tensor)>| {
+            let with = |cache: Vec<(String, Tensor)>| {
                 let mut all = inputs.clone();
                 all.extend(cache);
-                f(all)
+                all
             };
-            let a = run(std::mem::take(&mut plain_cache), &|i| plain.run(i).unwrap());
-            let b = run(std::mem::take(&mut cache), &|i| rewritten.run(i).unwrap());
+            let a = plain.run(with(std::mem::take(&mut plain_cache))).unwrap();
+            let b = rewritten.run(with(std::mem::take(&mut cache))).unwrap();
             let (la, lb) = (a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
             let scale = la.iter().fold(0f64, |m, x| m.max(x.abs()));
             let err = la.iter().zip(&lb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));

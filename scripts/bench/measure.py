@@ -279,8 +279,9 @@ class Fpx:
         return out
 
     def bench(self, model: Path, inputs: dict[str, Path], threads: int, max_iters: int, budget_s: float,
-              weights: str | None = None, min_iters: int = 3) -> dict:
-        """Two `fpx bench` runs: a probe (--iters 1) to estimate one run, then the measured one.
+              weights: str | None = None, min_iters: int = 3, output_dir: Path | None = None) -> dict:
+        """Two `fpx bench` runs: a probe (--iters 1) to estimate one run, then the measured one
+        (which also writes the outputs of its warm-up run to `output_dir` when given).
         Returns the parsed JSON, or {"error": why}."""
         base = [self.path, "bench", str(model)]
         if weights:
@@ -289,8 +290,8 @@ class Fpx:
             base += ["--input", f"{name}={f}"]
         base += ["--threads", str(threads), "--json"]
 
-        def go(iters: int) -> dict:
-            r = run_cmd(base + ["--iters", str(iters)])
+        def go(iters: int, extra: list[str]) -> dict:
+            r = run_cmd(base + ["--iters", str(iters)] + extra)
             if r["rc"] != 0:
                 return {"error": r["why"]}
             try:
@@ -302,12 +303,12 @@ class Fpx:
 
         # Let the intra-op workers of onnxruntime sessions that just ran stop spinning first.
         time.sleep(0.2)
-        probe = go(1)
+        probe = go(1, [])
         if "error" in probe:
             return probe
         est = max(float(probe.get("median_us") or 0.0), 1.0) / 1e6
         iters = max(min_iters, min(max_iters, int(budget_s / est)))
-        res = go(iters)
+        res = go(iters, ["--output-dir", str(output_dir)] if output_dir else [])
         if "error" not in res:
             res["cmd"] = " ".join(base + ["--iters", str(iters)])
         return res

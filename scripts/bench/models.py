@@ -80,36 +80,46 @@ def quantize_official(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_direct(model: onnx.ModelProto) -> onnx.ModelProto:
-    """What MatMulNBitsQuantizer (DEFAULT algorithm, QOperator, 4 bits, symmetric) does for a 2-D
-    MatMul weight, with the same onnxruntime C++ routine (quantize_matmul_4bits) and the same
-    initializer and node layout; used when the quantizer module cannot be imported (it needs the
-    onnx_ir package, which the project venv does not install)."""
+    """What MatMulNBitsQuantizer (DEFAULT algorithm, QOperator, 4 bits, symmetric) does for every
+    MatMul whose weight is a 2-D initializer, with the same onnxruntime C++ routine
+    (quantize_matmul_4bits) and the same initializer and node layout; used when the quantizer module
+    cannot be imported (it needs the onnx_ir package, which the project venv does not install)."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
-    (node,) = [nd for nd in g.node if nd.op_type == "MatMul"]
-    (init,) = [t for t in g.initializer if t.name == node.input[1]]
-    w = np.ascontiguousarray(numpy_helper.to_array(init), dtype=np.float32)
-    k, n = w.shape
-    k_blocks = (k + BLOCK_SIZE - 1) // BLOCK_SIZE
+    inits = {t.name: t for t in g.initializer}
+    uses: dict[str, int] = {}
+    for nd in g.node:
+        for name in nd.input:
+            uses[name] = uses.get(name, 0) + 1
     blob = BLOCK_SIZE // 2
-    if k_blocks * BLOCK_SIZE != k:
-        w = np.pad(w, ((0, k_blocks * BLOCK_SIZE - k), (0, 0)))
-    packed = np.zeros((n, k_blocks, blob), dtype=np.uint8)
-    scales = np.zeros((n, k_blocks), dtype=np.float32)
-    zero_point = np.zeros((n, (k_blocks + 1) // 2), dtype=np.uint8)
-    quantize_matmul_4bits(packed, w, scales, zero_point, BLOCK_SIZE, n, k, True)
-    g.initializer.remove(init)
-    g.initializer.extend([numpy_helper.from_array(packed, init.name + "_Q4"),
-                          numpy_helper.from_array(scales, init.name + "_scales")])
-    new = helper.make_node("MatMulNBits", [node.input[0], init.name + "_Q4", init.name + "_scales"],
-                           [node.output[0]], name=node.name + "_Q4", domain="com.microsoft",
-                           K=k, N=n, bits=4, block_size=BLOCK_SIZE)
-    idx = list(g.node).index(node)
-    g.node.remove(node)
-    g.node.insert(idx, new)
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    replaced = 0
+    for idx, node in enumerate(list(g.node)):
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if init is None or len(init.dims) != 2 or init.data_type != TensorProto.FLOAT or uses[init.name] != 1:
+            continue
+        w = np.ascontiguousarray(numpy_helper.to_array(init), dtype=np.float32)
+        k, n = w.shape
+        k_blocks = (k + BLOCK_SIZE - 1) // BLOCK_SIZE
+        if k_blocks * BLOCK_SIZE != k:
+            w = np.pad(w, ((0, k_blocks * BLOCK_SIZE - k), (0, 0)))
+        packed = np.zeros((n, k_blocks, blob), dtype=np.uint8)
+        scales = np.zeros((n, k_blocks), dtype=np.float32)
+        zero_point = np.zeros((n, (k_blocks + 1) // 2), dtype=np.uint8)
+        quantize_matmul_4bits(packed, w, scales, zero_point, BLOCK_SIZE, n, k, True)
+        g.initializer.remove(init)
+        g.initializer.extend([numpy_helper.from_array(packed, init.name + "_Q4"),
+                              numpy_helper.from_array(scales, init.name + "_scales")])
+        new = helper.make_node("MatMulNBits", [node.input[0], init.name + "_Q4", init.name + "_scales"],
+                               [node.output[0]], name=(node.name or f"matmul_{idx}") + "_Q4",
+                               domain="com.microsoft", K=k, N=n, bits=4, block_size=BLOCK_SIZE)
+        pos = list(g.node).index(node)
+        g.node.remove(node)
+        g.node.insert(pos, new)
+        replaced += 1
+    if replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
 
 

@@ -261,7 +261,7 @@ def print_total(total: float, info: dict) -> None:
 
 def write_json(args, *, info: dict, fpx_path: str | None, fpx_note: str | None, fpx: Fpx | None, membw: dict,
                membw_err: str | None, overhead: float, quantizer: str | None, kernel_rows: list[dict],
-               minilm: dict, total: float) -> None:
+               minilm: dict, total: float, llm: dict | None = None) -> None:
     """Every number of the run as one JSON document in args.json."""
     doc = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -278,6 +278,7 @@ def write_json(args, *, info: dict, fpx_path: str | None, fpx_note: str | None, 
                    "M>1: faster than all three",
         "kernels": kernel_rows,
         "minilm": minilm,
+        "llm": llm,
         "total_seconds": total,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -225,6 +225,10 @@ pub struct BenchArgs {
     /// Print JSON (field names carry their unit, e.g. median_us).
     #[arg(long)]
     pub json: bool,
+    /// Also write the outputs of the warm-up run to this folder, one NAME.npy per output (as
+    /// `fpx run` names them), to check accuracy beside the timing.
+    #[arg(short, long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 }
 
 /// Arguments of `fpx report`.

@@ -294,11 +294,30 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let m = &args.model;
     check_device(m.device.device)?;
     let path = &m.model.model;
+    if let Some(dir) = args.output_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+        bail!("--output-dir '{}' exists and is not a folder", dir.display());
+    }
     let model = open_model(m, !args.json)?;
+    // As in `fpx run`: every output's file is checked against the model and the inputs first.
+    let files = match &args.output_dir {
+        Some(dir) => {
+            let mut sources = vec![("the model".to_string(), path.clone())];
+            for spec in &m.inputs.inputs {
+                let (name, file) = parse_input(spec)?;
+                sources.push((format!("input '{name}'"), file));
+            }
+            Some((dir, output_files(model.graph(), dir, &sources)?))
+        }
+        None => None,
+    };
     let feeds = read_inputs(&m.inputs.inputs)?;
     let threads = args.threads.unwrap_or_else(default_threads);
-    let r = fpx::bench::bench(model.executor(), &feeds, args.iters, threads)
+    let (r, outputs) = fpx::bench::bench_with_outputs(model.executor(), &feeds, args.iters, threads)
         .with_context(|| format!("cannot run model '{}'", path.display()))?;
+    if let Some((dir, files)) = &files {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder '{}'", dir.display()))?;
+        write_outputs(&outputs, files)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
