@@ -345,9 +345,58 @@ fn expand(_: &Node, i: &[Option<&Tensor>]) -> Res {
     Ok(vec![dispatch!(x, a => {
         // Reserved first: only a shape within the budget is handed to ndarray.
         let mut v = alloc::reserve(&shape)?;
-        v.extend(a.broadcast(IxDyn(&shape)).expect("broadcastable, and its size fits").iter().copied());
+        expand_into(&a.as_standard_layout().view(), &shape, &mut v);
         Tensor::from(array(&shape, v))
     })])
+}
+
+/// Appends `a` broadcast to `shape` (which it broadcasts to) to `out`, by blocks: the trailing
+/// dimensions `a` has in full are copied as one slice per outer index (GQA's `repeat_kv` copies
+/// whole [sequence, head] blocks), trailing broadcast dimensions repeat one element as a fill.
+fn expand_into<T: Elem>(a: &ArrayViewD<T>, shape: &[usize], out: &mut Vec<T>) {
+    let src = a.as_slice().expect("standard layout");
+    let rank = shape.len();
+    let mut dims = vec![1usize; rank - a.ndim()];
+    dims.extend_from_slice(a.shape());
+    if shape.contains(&0) {
+        return;
+    }
+    // Source strides (0 along broadcast axes).
+    let mut strides = vec![0usize; rank];
+    let mut step = 1;
+    for j in (0..rank).rev() {
+        strides[j] = if dims[j] == 1 && shape[j] != 1 { 0 } else { step };
+        step *= dims[j];
+    }
+    // Trailing axes copied whole, else trailing axes filled from one element.
+    let copied = (0..rank).rev().take_while(|&j| dims[j] == shape[j]).count();
+    let filled = if copied == 0 { (0..rank).rev().take_while(|&j| dims[j] == 1).count() } else { 0 };
+    let block: usize = shape[rank - copied - filled..].iter().product();
+    let outer = rank - copied - filled;
+    let mut index = vec![0usize; outer];
+    let mut offset = 0usize;
+    loop {
+        if copied > 0 {
+            out.extend_from_slice(&src[offset..offset + block]);
+        } else {
+            out.extend(std::iter::repeat_n(src[offset], block));
+        }
+        // Odometer over the outer axes, keeping the source offset in step.
+        let mut j = outer;
+        loop {
+            if j == 0 {
+                return;
+            }
+            j -= 1;
+            index[j] += 1;
+            offset += strides[j];
+            if index[j] < shape[j] {
+                break;
+            }
+            offset -= strides[j] * index[j];
+            index[j] = 0;
+        }
+    }
 }
 
 fn shape(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -432,4 +481,38 @@ pub(super) fn register(r: &mut KernelRegistry) {
     r.add_owned("Flatten", flatten_owned);
     r.add_owned("Squeeze", squeeze_owned);
     r.add_owned("Unsqueeze", unsqueeze_owned);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_into;
+    use fpx_ir::ndarray::{ArrayD, IxDyn};
+    use fpx_test_support::Rng;
+
+    #[test]
+    fn block_expand_equals_ndarray_broadcast_on_random_shapes() {
+        let mut rng = Rng::new(77);
+        for case in 0..500 {
+            let rank = rng.below(5);
+            let out: Vec<usize> = (0..rank).map(|_| 1 + rng.below(4)).collect();
+            // The input: a suffix of the output's rank, each axis either in full or 1.
+            let drop = rng.below(rank + 1);
+            let input: Vec<usize> = out[drop..].iter().map(|&d| if rng.below(2) == 0 { 1 } else { d }).collect();
+            let n: usize = input.iter().product();
+            let a = ArrayD::from_shape_vec(IxDyn(&input), (0..n as i64).collect::<Vec<i64>>()).unwrap();
+            let want: Vec<i64> = a.broadcast(IxDyn(&out)).unwrap().iter().copied().collect();
+            let mut got = Vec::new();
+            expand_into(&a.view(), &out, &mut got);
+            assert_eq!(got, want, "case {case}: {input:?} -> {out:?}");
+        }
+        // GQA's repeat_kv: [1, 2, 1, 5, 3] -> [1, 2, 4, 5, 3] copies whole [5, 3] blocks.
+        let a = ArrayD::from_shape_vec(IxDyn(&[1, 2, 1, 5, 3]), (0..30).collect::<Vec<i64>>()).unwrap();
+        let mut got = Vec::new();
+        expand_into(&a.view(), &[1, 2, 4, 5, 3], &mut got);
+        assert_eq!(got, a.broadcast(IxDyn(&[1, 2, 4, 5, 3])).unwrap().iter().copied().collect::<Vec<_>>());
+        // Empty outputs write nothing.
+        let mut none = Vec::new();
+        expand_into(&a.view(), &[1, 2, 0, 5, 3], &mut none);
+        assert!(none.is_empty());
+    }
 }
