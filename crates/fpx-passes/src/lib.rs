@@ -4,6 +4,7 @@
 //! folded, so the kernels dequantize with shifts and masks and scale once per output.
 
 mod fuse;
+mod fuse_attention;
 mod quantize;
 mod scheme;
 mod shape_fold;
@@ -13,6 +14,7 @@ mod shape_fold_tests;
 mod tests;
 
 pub use fuse::FuseGelu;
+pub use fuse_attention::FuseAttention;
 pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};
 pub use shape_fold::FoldKnownShapes;
