@@ -5,6 +5,8 @@
 
 mod fuse;
 mod fuse_attention;
+#[cfg(test)]
+mod fuse_attention_tests;
 mod quantize;
 mod scheme;
 mod shape_fold;
