@@ -79,9 +79,9 @@ pub enum Error {
 const FOLD_LIMIT: usize = 1 << 20;
 
 /// The standard clean-up pipeline: fold constants, fold the reads of known dimensions out of
-/// the exporters' shape arithmetic and fold again, fuse exporter op chains (erf GELU), turn
-/// KV-cache concatenations into in-place appends (`fpx:KvAppend`), then drop dead nodes. Folding
-/// creates no tensor over the budget `FPX_MAX_TENSOR_BYTES` sets (default
+/// the exporters' shape arithmetic and fold again, fuse exporter op chains (erf GELU, attention),
+/// turn KV-cache concatenations into in-place appends (`fpx:KvAppend`), then drop dead nodes.
+/// Folding creates no tensor over the budget `FPX_MAX_TENSOR_BYTES` sets (default
 /// [`fpx_ir::TensorBudget::DEFAULT_MAX_BYTES`]).
 pub fn simplify(graph: &mut Graph) -> Result<(), Error> {
     simplify_with(graph, fpx_ir::TensorBudget::from_env()?)
@@ -95,6 +95,7 @@ pub fn simplify_with(graph: &mut Graph, budget: fpx_ir::TensorBudget) -> Result<
         .with(fpx_passes::FoldKnownShapes)
         .with(ConstantFolding { evaluator: CpuEvaluator::with_budget(budget), max_elements: FOLD_LIMIT, budget })
         .with(fpx_passes::FuseGelu)
+        .with(fpx_passes::FuseAttention)
         .with(fpx_passes::AppendKvCache)
         .with(DeadNodeElimination)
         .run(graph, &registry)?;

@@ -52,7 +52,7 @@ impl Pass for FuseGelu {
 }
 
 /// The scalar value of `v` if it is a one-element f32 constant.
-fn scalar(graph: &Graph, v: ValueId) -> Option<f32> {
+pub(crate) fn scalar(graph: &Graph, v: ValueId) -> Option<f32> {
     let t = graph.constant(v)?;
     (t.dtype() == DType::F32 && t.len() == 1).then(|| t.to_f64_vec()[0] as f32)
 }

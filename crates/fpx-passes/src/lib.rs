@@ -4,6 +4,9 @@
 //! folded, so the kernels dequantize with shifts and masks and scale once per output.
 
 mod fuse;
+mod fuse_attention;
+#[cfg(test)]
+mod fuse_attention_tests;
 mod kv_cache;
 mod quantize;
 mod scheme;
@@ -14,6 +17,7 @@ mod shape_fold_tests;
 mod tests;
 
 pub use fuse::FuseGelu;
+pub use fuse_attention::FuseAttention;
 pub use kv_cache::AppendKvCache;
 pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};

@@ -133,6 +133,15 @@ pub fn standard_defs() -> Vec<OpDef> {
         attrs: super::kv_append::ATTRS,
         infer: super::kv_append::infer,
     });
+    v.push(OpDef {
+        op_type: super::fused_attention::OP_TYPE,
+        domain: FPX_DOMAIN,
+        opsets: 1..=1,
+        inputs: 3..=4,
+        outputs: 1..=1,
+        attrs: super::fused_attention::ATTRS,
+        infer: super::fused_attention::infer,
+    });
     v.push(def("Pow", 7, (2, 2), (1, 1), &[], i::same_as_input_broadcast_base));
     for (op, since) in
         [("Equal", 7), ("Less", 7), ("LessOrEqual", 12), ("Greater", 7), ("GreaterOrEqual", 12), ("And", 7), ("Or", 7), ("Xor", 7)]

@@ -5,6 +5,7 @@ mod defs;
 mod defs_indexing;
 mod defs_nn;
 pub mod einsum;
+pub mod fused_attention;
 mod infer;
 mod infer_indexing;
 mod infer_nn;

@@ -1,7 +1,7 @@
 //! Reference kernels of the neural-network ops beyond the core set (schemas in
 //! `fpx_ir::ops`' `defs_nn`): the activations Softplus, HardSigmoid and Mish and LogSoftmax
 //! here; the normalizations in `norms`, Conv in `conv`, Attention in `attention` and
-//! RotaryEmbedding in `rotary`.
+//! RotaryEmbedding in `rotary`, and fpx's fused attention in `fused_attention`.
 //!
 //! Every kernel computes in a [`Real`]: f64 for double tensors, f32 for float, float16 and
 //! bfloat16 ones (converted on the way in and rounded once on the way out). Outputs and
@@ -9,6 +9,7 @@
 
 mod attention;
 mod conv;
+mod fused_attention;
 mod norms;
 mod rotary;
 
@@ -309,6 +310,7 @@ pub(super) fn register(r: &mut KernelRegistry) {
     for (op, k) in table {
         r.add(op, *k);
     }
+    r.add_in(fpx_ir::ops::FPX_DOMAIN, fpx_ir::ops::fused_attention::OP_TYPE, fused_attention::fused_attention);
 }
 
 #[cfg(test)]
