@@ -4,23 +4,11 @@ use super::infer as i;
 use super::{AttrSpec, OpDef, FPX_DOMAIN, MAX_ONNX_OPSET};
 use crate::AttrKind::*;
 
-/// An optional attribute (a struct literal, so `&[...]` of them is a promoted `'static`).
-macro_rules! opt {
-    ($name:literal, $kind:expr) => {
-        AttrSpec { name: $name, kind: $kind, required: false }
-    };
-}
+/// No upper bound on inputs or outputs.
+pub(super) const MANY: usize = usize::MAX;
 
-/// A required attribute.
-macro_rules! req {
-    ($name:literal, $kind:expr) => {
-        AttrSpec { name: $name, kind: $kind, required: true }
-    };
-}
-
-const MANY: usize = usize::MAX;
-
-fn def(
+/// A default-domain op supported from opset `since` to the newest.
+pub(super) fn def(
     op_type: &'static str,
     since: i64,
     inputs: (usize, usize),
@@ -29,6 +17,11 @@ fn def(
     infer: super::InferFn,
 ) -> OpDef {
     OpDef { op_type, domain: "", opsets: since..=MAX_ONNX_OPSET, inputs: inputs.0..=inputs.1, outputs: outputs.0..=outputs.1, attrs, infer }
+}
+
+/// One of fpx's own ops (domain [`FPX_DOMAIN`], opset 1, one output).
+fn fpx_op(op_type: &'static str, inputs: std::ops::RangeInclusive<usize>, attrs: &'static [AttrSpec], infer: super::InferFn) -> OpDef {
+    OpDef { op_type, domain: FPX_DOMAIN, opsets: 1..=1, inputs, outputs: 1..=1, attrs, infer }
 }
 
 fn unary(op: &'static str, since: i64) -> OpDef {
@@ -115,33 +108,9 @@ pub fn standard_defs() -> Vec<OpDef> {
     for (op, since) in [("Add", 7), ("Sub", 7), ("Mul", 7), ("Div", 7)] {
         v.push(binary(op, since));
     }
-    v.push(OpDef {
-        op_type: super::quant_matmul::OP_TYPE,
-        domain: FPX_DOMAIN,
-        opsets: 1..=1,
-        inputs: 3..=4,
-        outputs: 1..=1,
-        attrs: super::quant_matmul::ATTRS,
-        infer: i::quant_matmul,
-    });
-    v.push(OpDef {
-        op_type: super::kv_append::OP_TYPE,
-        domain: FPX_DOMAIN,
-        opsets: 1..=1,
-        inputs: 2..=MANY,
-        outputs: 1..=1,
-        attrs: super::kv_append::ATTRS,
-        infer: super::kv_append::infer,
-    });
-    v.push(OpDef {
-        op_type: super::fused_attention::OP_TYPE,
-        domain: FPX_DOMAIN,
-        opsets: 1..=1,
-        inputs: 3..=4,
-        outputs: 1..=1,
-        attrs: super::fused_attention::ATTRS,
-        infer: super::fused_attention::infer,
-    });
+    v.push(fpx_op(super::quant_matmul::OP_TYPE, 3..=4, super::quant_matmul::ATTRS, i::quant_matmul));
+    v.push(fpx_op(super::kv_append::OP_TYPE, 2..=MANY, super::kv_append::ATTRS, super::kv_append::infer));
+    v.push(fpx_op(super::fused_attention::OP_TYPE, 3..=4, super::fused_attention::ATTRS, super::fused_attention::infer));
     v.push(def("Pow", 7, (2, 2), (1, 1), &[], i::same_as_input_broadcast_base));
     for (op, since) in
         [("Equal", 7), ("Less", 7), ("LessOrEqual", 12), ("Greater", 7), ("GreaterOrEqual", 12), ("And", 7), ("Or", 7), ("Xor", 7)]

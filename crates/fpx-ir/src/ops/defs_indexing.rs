@@ -1,34 +1,15 @@
 //! Schemas of the indexing, data-movement and integer/elementwise ops: Split, GatherND,
 //! GatherElements, ScatterND, ScatterElements, Tile, Trilu, ArgMax, ArgMin, TopK, Einsum,
 //! Dropout, IsNaN, IsInf, Sign and Mod — each from the first opset whose form fpx reads up to
-//! [`MAX_ONNX_OPSET`]. Where a signature changed across opsets (Split's `split` attribute
+//! [`super::MAX_ONNX_OPSET`]. Where a signature changed across opsets (Split's `split` attribute
 //! becoming an input at 13 and `num_outputs` at 18, Dropout's `ratio` and `training_mode`
 //! inputs at 12, TopK's `k` input at 10, Tile's opset-1 `tiles`/`axis` inputs), the schema
 //! accepts every form and the inference function and kernel read the node's opset.
 
+use super::defs::{def, MANY};
 use super::infer_indexing as ix;
-use super::{AttrSpec, OpDef, MAX_ONNX_OPSET};
+use super::{AttrSpec, OpDef};
 use crate::AttrKind::*;
-
-const MANY: usize = usize::MAX;
-
-/// An optional attribute (a struct literal, so `&[...]` of them is a promoted `'static`).
-macro_rules! opt {
-    ($name:literal, $kind:expr) => {
-        AttrSpec { name: $name, kind: $kind, required: false }
-    };
-}
-
-fn def(
-    op_type: &'static str,
-    since: i64,
-    inputs: (usize, usize),
-    outputs: (usize, usize),
-    attrs: &'static [AttrSpec],
-    infer: super::InferFn,
-) -> OpDef {
-    OpDef { op_type, domain: "", opsets: since..=MAX_ONNX_OPSET, inputs: inputs.0..=inputs.1, outputs: outputs.0..=outputs.1, attrs, infer }
-}
 
 const ARG_REDUCE_ATTRS: &[AttrSpec] = &[opt!("axis", Int), opt!("keepdims", Int), opt!("select_last_index", Int)];
 

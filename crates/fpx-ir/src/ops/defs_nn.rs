@@ -3,35 +3,10 @@
 //! (BatchNormalization, InstanceNormalization, GroupNormalization, RMSNormalization), Conv, and
 //! opset 23's Attention and RotaryEmbedding. Their inference functions are in `infer_nn`.
 
+use super::defs::def;
 use super::infer_nn as i;
-use super::{AttrSpec, OpDef, MAX_ONNX_OPSET};
+use super::OpDef;
 use crate::AttrKind::*;
-
-/// An optional attribute.
-macro_rules! opt {
-    ($name:literal, $kind:expr) => {
-        AttrSpec { name: $name, kind: $kind, required: false }
-    };
-}
-
-/// A required attribute.
-macro_rules! req {
-    ($name:literal, $kind:expr) => {
-        AttrSpec { name: $name, kind: $kind, required: true }
-    };
-}
-
-/// A default-domain op supported from opset `since` to the newest.
-fn def(
-    op_type: &'static str,
-    since: i64,
-    inputs: (usize, usize),
-    outputs: (usize, usize),
-    attrs: &'static [AttrSpec],
-    infer: super::InferFn,
-) -> OpDef {
-    OpDef { op_type, domain: "", opsets: since..=MAX_ONNX_OPSET, inputs: inputs.0..=inputs.1, outputs: outputs.0..=outputs.1, attrs, infer }
-}
 
 /// The neural-network op schemas. Opsets before 6 (with `consumed_inputs`) are not supported,
 /// as for the core ops; where an op changed later, every form from its first supported opset

@@ -1,6 +1,21 @@
 //! The op schema registry: for each supported op, the opset range, arity, attributes and
 //! shape/type inference. Kernels live elsewhere (fpx-runtime) and are keyed by the same names.
 
+/// An optional attribute of a schema (a struct literal, so `&[...]` of them is a promoted
+/// `'static`); used by the `defs*` tables below.
+macro_rules! opt {
+    ($name:literal, $kind:expr) => {
+        $crate::ops::AttrSpec { name: $name, kind: $kind, required: false }
+    };
+}
+
+/// A required attribute of a schema.
+macro_rules! req {
+    ($name:literal, $kind:expr) => {
+        $crate::ops::AttrSpec { name: $name, kind: $kind, required: true }
+    };
+}
+
 mod defs;
 mod defs_indexing;
 mod defs_nn;
