@@ -429,7 +429,22 @@ pub fn expand(ctx: &InferCtx) -> Out {
         return unknown();
     };
     let Some(target) = ctx.konst(1) else {
-        return one(TensorType::unranked(t.dtype));
+        // A computed target of known length still fixes the rank, and every axis of the input
+        // that is known and not 1 (Expand cannot change those).
+        let len = ctx.input(1).and_then(|s| s.fixed_dims()).and_then(|d| (d.len() == 1).then(|| d[0]));
+        return one(match (len, &t.shape) {
+            (Some(len), Some(s)) if len <= crate::MAX_INFERRED_RANK => {
+                let rank = len.max(s.len());
+                let dims = (0..rank)
+                    .map(|k| match (k + s.len()).checked_sub(rank).map(|i| &s[i]) {
+                        Some(Dim::Fixed(n)) if *n != 1 => Dim::Fixed(*n),
+                        _ => Dim::Unknown,
+                    })
+                    .collect();
+                TensorType { dtype: t.dtype, shape: Some(dims) }
+            }
+            _ => TensorType::unranked(t.dtype),
+        });
     };
     let target: Vec<Dim> = target.to_i64_vec().into_iter().map(|d| Dim::Fixed(d.max(0) as usize)).collect();
     let Some(s) = &t.shape else {
@@ -565,5 +580,18 @@ mod tests {
         assert_eq!(normalize_axis(-1, 3), Some(2));
         assert_eq!(normalize_axis(3, 3), None);
         assert_eq!(normalize_axis(-4, 3), None);
+    }
+
+    #[test]
+    fn expand_to_a_computed_shape_of_known_length_keeps_the_rank_and_the_sure_axes() {
+        let x = TensorType { dtype: DType::F32, shape: Some(d(&[-1, 4, 1, -2, 128])) };
+        let out = infer("Expand", &[x.clone(), TensorType::fixed(DType::I64, &[5])]).unwrap();
+        let want = vec![Dim::Unknown, Dim::Fixed(4), Dim::Unknown, Dim::Unknown, Dim::Fixed(128)];
+        assert_eq!(out, vec![Some(TensorType { dtype: DType::F32, shape: Some(want) })]);
+        // A longer target adds leading axes; an unknown length or a huge declared one says nothing.
+        let out = infer("Expand", &[x.clone(), TensorType::fixed(DType::I64, &[6])]).unwrap();
+        assert_eq!(out[0].as_ref().and_then(|t| t.rank()), Some(6));
+        assert_eq!(infer("Expand", &[x.clone(), TensorType::of_rank(DType::I64, 1)]).unwrap()[0].as_ref().unwrap().shape, None);
+        assert_eq!(infer("Expand", &[x, TensorType::fixed(DType::I64, &[1 << 40])]).unwrap()[0].as_ref().unwrap().shape, None);
     }
 }

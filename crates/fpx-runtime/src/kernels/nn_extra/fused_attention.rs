@@ -18,8 +18,8 @@ use std::borrow::Cow;
 /// Keys per block of the streaming softmax.
 const KEY_BLOCK: usize = 128;
 
-/// A tensor's values as f32: borrowed for a float tensor, widened (within the budget) for
-/// float16 and bfloat16.
+/// A tensor's values as f32 in standard layout: borrowed for a standard float tensor, else
+/// copied (float16 and bfloat16 widened) within the budget.
 fn f32_values<'a>(t: &'a Tensor, what: &str) -> Result<Cow<'a, [f32]>, KernelError> {
     if let Some(s) = f32_slice(t) {
         return Ok(Cow::Borrowed(s));
@@ -30,6 +30,32 @@ fn f32_values<'a>(t: &'a Tensor, what: &str) -> Result<Cow<'a, [f32]>, KernelErr
         Tensor::BF16(a) => alloc::collect(t.shape(), a.iter().map(|x| x.to_f32()))?,
         other => kbail!("{what} is {}; fpx:Attention takes float, float16 or bfloat16", other.dtype()),
     }))
+}
+
+/// A 4-D tensor's values as f32 with its batch and head strides: each `[rows, cols]` head is
+/// contiguous. Borrowed for a float tensor whose heads are contiguous blocks — standard layout,
+/// or a KV cache with spare room (`fpx:KvAppend`'s layout) read where it lies; otherwise copied
+/// to standard layout (float16 and bfloat16 widened), within the budget.
+fn f32_heads<'a>(t: &'a Tensor, what: &str) -> Result<(Cow<'a, [f32]>, [usize; 2]), KernelError> {
+    let s = t.shape();
+    let standard = [s[1] * s[2] * s[3], s[2] * s[3]];
+    if let Some(v) = f32_slice(t) {
+        return Ok((Cow::Borrowed(v), standard));
+    }
+    if let (Tensor::F32(a), false) = (t, s.contains(&0)) {
+        let st = a.strides();
+        let heads_contiguous = st[3] == 1 && usize::try_from(st[2]) == Ok(s[3]) && st.iter().all(|&x| x >= 0);
+        if heads_contiguous {
+            let span = 1 + s.iter().zip(st).map(|(&n, &x)| (n - 1) * x as usize).sum::<usize>();
+            // SAFETY: every stride is non-negative, so the first element is at `as_ptr()` and the
+            // last at `span - 1` elements after it; both lie in the array's one initialized buffer
+            // (an `ArrayD<f32>` owns a `Vec<f32>`), and so does everything between them. The slice
+            // lives as long as the borrow of `t`.
+            let span = unsafe { std::slice::from_raw_parts(a.as_ptr(), span) };
+            return Ok((Cow::Borrowed(span), [st[0] as usize, st[1] as usize]));
+        }
+    }
+    Ok((f32_values(t, what)?, standard))
 }
 
 /// The mask as additive f32 values with strides over `[B, Hq, Sq, Skv]` (0 on broadcast axes).
@@ -64,6 +90,8 @@ struct Problem<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
+    /// Batch and head strides of Q, K and V (each head a contiguous block).
+    strides: [[usize; 2]; 3],
     mask: Option<Mask<'a>>,
     /// (query heads, key/value heads, queries, keys, head size, value head size).
     dims: (usize, usize, usize, usize, usize, usize),
@@ -89,13 +117,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 impl Problem<'_> {
     /// Y (`[Sq, Dv]`) of query head `h` of batch `b`.
     fn head(&self, b: usize, h: usize, y: &mut [f32]) {
-        let (hq, hkv, sq, skv, d, dv) = self.dims;
-        let kvh = b * hkv + h / (hq / hkv);
-        let k = &self.k[kvh * skv * d..][..skv * d];
-        let v = &self.v[kvh * skv * dv..][..skv * dv];
+        let (hq, hkv, _, skv, d, dv) = self.dims;
+        let [qs, ks, vs] = self.strides;
+        let kvh = h / (hq / hkv);
+        let k = &self.k[b * ks[0] + kvh * ks[1]..][..skv * d];
+        let v = &self.v[b * vs[0] + kvh * vs[1]..][..skv * dv];
         let mut scores = vec![0f32; KEY_BLOCK.min(skv)];
         for (i, yi) in y.chunks_mut(dv).enumerate() {
-            let q = &self.q[((b * hq + h) * sq + i) * d..][..d];
+            let q = &self.q[b * qs[0] + h * qs[1] + i * d..][..d];
             let mask_row = self.mask.as_ref().map(|m| (&m.values[b * m.strides[0] + h * m.strides[1] + i * m.strides[2]..], m.strides[3]));
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
             for j0 in (0..skv).step_by(KEY_BLOCK) {
@@ -167,11 +196,12 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
         false => 1.0 / (d as f32).sqrt(),
     };
     let mask = opt_arg(i, 3).map(|m| Mask::new(m, [b, hq, sq, skv])).transpose()?;
-    let (qv, kv, vv) = (f32_values(q, "Q")?, f32_values(k, "K")?, f32_values(v, "V")?);
+    let ((qv, qs), (kv, ks), (vv, vs)) = (f32_heads(q, "Q")?, f32_heads(k, "K")?, f32_heads(v, "V")?);
     let problem = Problem {
         q: &qv,
         k: &kv,
         v: &vv,
+        strides: [qs, ks, vs],
         mask,
         dims: (hq, hkv, sq, skv, d, dv),
         k_transposed,
@@ -185,4 +215,41 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
         y.par_chunks_mut(sq * dv).enumerate().for_each(|(bh, yh)| problem.head(bh / hq, bh % hq, yh));
     }
     Ok(vec![tensor::<f32>(q.dtype(), &shape, y)?])
+}
+
+#[cfg(test)]
+mod strided_tests {
+    use super::fused_attention;
+    use fpx_ir::ndarray::{s, ArrayD, IxDyn};
+    use fpx_ir::ops::{fused_attention as op, FPX_DOMAIN};
+    use fpx_ir::{Node, Tensor};
+    use fpx_test_support::Rng;
+
+    /// A `[b, h, len, d]` view, as a KV cache with room for `cap` positions holds it.
+    fn in_room(rng: &mut Rng, (b, h, len, d): (usize, usize, usize, usize), cap: usize) -> Tensor {
+        let mut room = ArrayD::from_shape_vec(IxDyn(&[b, h, cap, d]), rng.normals(b * h * cap * d)).unwrap();
+        room.slice_collapse(s![.., .., ..len, ..]);
+        Tensor::from(room)
+    }
+
+    #[test]
+    fn caches_with_spare_room_are_read_in_place_and_give_the_standard_result() {
+        let mut rng = Rng::new(9);
+        let mut node = Node::new("attention", op::OP_TYPE, 1, vec![], vec![]);
+        node.domain = FPX_DOMAIN.into();
+        let (b, hq, hkv, sq, skv, d) = (2, 8, 2, 3, 37, 16);
+        let q = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[b, hq, sq, d]), rng.normals(b * hq * sq * d)).unwrap());
+        let (k, v) = (in_room(&mut rng, (b, hkv, skv, d), 64), in_room(&mut rng, (b, hkv, skv, d), 50));
+        assert!(!k.as_f32().unwrap().is_standard_layout());
+        let standard = |t: &Tensor| Tensor::from(t.as_f32().unwrap().as_standard_layout().into_owned());
+        let strided = fused_attention(&node, &[Some(&q), Some(&k), Some(&v)]).unwrap();
+        let copied = fused_attention(&node, &[Some(&q), Some(&standard(&k)), Some(&standard(&v))]).unwrap();
+        assert_eq!(strided[0].to_f64_vec(), copied[0].to_f64_vec());
+        // A layout whose heads are not contiguous blocks (a transposed view) is copied first.
+        let kt = Tensor::from(standard(&k).as_f32().unwrap().clone().permuted_axes(IxDyn(&[0, 1, 3, 2])));
+        node.attrs.insert("k_transposed".into(), fpx_ir::Attribute::Int(1));
+        let transposed = fused_attention(&node, &[Some(&q), Some(&kt), Some(&v)]).unwrap();
+        let diff = transposed[0].to_f64_vec().iter().zip(copied[0].to_f64_vec()).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-5, "{diff}");
+    }
 }
