@@ -189,8 +189,16 @@ impl<'m> Generator<'m> {
         if shape.len() != 3 || shape[0] != 1 || shape[1] != n || shape[2] == 0 {
             return Err(bad(format!("logits have shape {shape:?}, expected [1, {n}, vocabulary]")));
         }
-        let last = logits.to_f32().as_slice().map(|s| s[(n - 1) * shape[2]..].to_vec());
-        let last = last.unwrap_or_else(|| logits.to_f32().iter().skip((n - 1) * shape[2]).copied().collect());
+        // The last position's row, converted once (no copy of the whole logits for f32).
+        let widened;
+        let all = match logits.as_f32() {
+            Some(a) => a,
+            None => {
+                widened = logits.to_f32();
+                &widened
+            }
+        };
+        let last: Vec<f32> = all.iter().skip((n - 1) * shape[2]).copied().collect();
         let mut grown = Vec::with_capacity(sig.cache.len());
         for slot in &sig.cache {
             let t = take(&mut outputs, &slot.present)?;

@@ -65,6 +65,25 @@ fn appended_shape(past: &[usize], new: &[usize], ax: usize) -> Result<Vec<usize>
     Ok(shape)
 }
 
+/// Writes `part` (any layout) into a cache buffer with `capacity` positions on `ax`, starting
+/// at position `at`.
+fn write_positions<T: Elem>(buffer: &mut [T], part: &ArrayD<T>, ax: usize, capacity: usize, at: usize) {
+    let (outer, inner) = split_sizes(part.shape(), ax);
+    let part = part.as_standard_layout();
+    let src = part.as_slice().expect("standard layout");
+    let rows = part.shape()[ax] * inner;
+    for o in 0..outer {
+        let start = (o * capacity + at) * inner;
+        buffer[start..start + rows].copy_from_slice(&src[o * rows..(o + 1) * rows]);
+    }
+}
+
+/// The cache tensor of `shape` over `buffer`, which has `capacity` positions on `ax`.
+fn cache_view<T: Elem>(shape: &[usize], ax: usize, capacity: usize, buffer: Vec<T>) -> Result<ArrayD<T>, KernelError> {
+    ArrayD::from_shape_vec(IxDyn(shape).strides(IxDyn(&cache_strides(shape, ax, capacity))), buffer)
+        .map_err(|e| KernelError(format!("cache layout: {e}")))
+}
+
 /// A cache tensor of `shape` with room for `capacity` positions on `ax`, its live part copied
 /// from `past` (which may be any layout) and then `new`.
 fn grown<T: Elem>(past: &ArrayD<T>, new: &ArrayD<T>, ax: usize, capacity: usize) -> Result<ArrayD<T>, KernelError> {
@@ -72,18 +91,9 @@ fn grown<T: Elem>(past: &ArrayD<T>, new: &ArrayD<T>, ax: usize, capacity: usize)
     let mut room = shape.clone();
     room[ax] = capacity;
     let mut buffer = alloc::filled::<T>(&room, T::default())?;
-    let (outer, inner) = split_sizes(&shape, ax);
-    for (part, offset) in [(past, 0), (new, past.shape()[ax])] {
-        let part = part.as_standard_layout();
-        let src = part.as_slice().expect("standard layout");
-        let rows = part.shape()[ax] * inner;
-        for o in 0..outer {
-            let at = (o * capacity + offset) * inner;
-            buffer[at..at + rows].copy_from_slice(&src[o * rows..(o + 1) * rows]);
-        }
-    }
-    ArrayD::from_shape_vec(IxDyn(&shape).strides(IxDyn(&cache_strides(&shape, ax, capacity))), buffer)
-        .map_err(|e| KernelError(format!("cache layout: {e}")))
+    write_positions(&mut buffer, past, ax, capacity, 0);
+    write_positions(&mut buffer, new, ax, capacity, past.shape()[ax]);
+    cache_view(&shape, ax, capacity, buffer)
 }
 
 /// Appends `new` to the owned `past` in place when its buffer has room, else grows it.
@@ -94,32 +104,27 @@ fn append_owned_t<T: Elem>(past: ArrayD<T>, new: &ArrayD<T>, ax: usize) -> Resul
     let Some(capacity) = layout_capacity(past.shape(), past.strides(), ax) else {
         return grown(&past, new, ax, shape[ax].max(live.saturating_mul(2)).max(MIN_CAPACITY));
     };
-    let past_shape = past.shape().to_vec();
     // An empty view reports no offset; a cache tensor's view always starts at its buffer's start.
     let (mut buffer, offset) = past.into_raw_vec_and_offset();
     let offset = offset.unwrap_or(0);
     let capacity = if ax == 0 { buffer.len().saturating_sub(offset) / inner } else { capacity };
     let room = outer.checked_mul(capacity).and_then(|n| n.checked_mul(inner));
     if capacity >= shape[ax] && offset == 0 && room.is_some_and(|n| n <= buffer.len()) {
-        let new = new.as_standard_layout();
-        let src = new.as_slice().expect("standard layout");
-        let rows = new.shape()[ax] * inner;
-        for o in 0..outer {
-            let at = (o * capacity + live) * inner;
-            buffer[at..at + rows].copy_from_slice(&src[o * rows..(o + 1) * rows]);
-        }
-        return ArrayD::from_shape_vec(IxDyn(&shape).strides(IxDyn(&cache_strides(&shape, ax, capacity))), buffer)
-            .map_err(|e| KernelError(format!("cache layout: {e}")));
+        write_positions(&mut buffer, new, ax, capacity, live);
+        return cache_view(&shape, ax, capacity, buffer);
     }
-    // No room: the live rows, read from the buffer by the same layout, move to a larger one.
-    let mut past_rows = Vec::with_capacity(outer * live * inner);
+    // No room: the live positions, read from the buffer by its layout, move to a larger one.
+    let larger_capacity = shape[ax].max(capacity.saturating_mul(2)).max(MIN_CAPACITY);
+    let mut room_shape = shape.clone();
+    room_shape[ax] = larger_capacity;
+    let mut larger = alloc::filled::<T>(&room_shape, T::default())?;
     for o in 0..outer {
-        let at = offset + o * capacity * inner;
-        past_rows.extend_from_slice(&buffer[at..at + live * inner]);
+        let (from, to) = (offset + o * capacity * inner, o * larger_capacity * inner);
+        larger[to..to + live * inner].copy_from_slice(&buffer[from..from + live * inner]);
     }
     drop(buffer);
-    let past = ArrayD::from_shape_vec(IxDyn(&past_shape), past_rows).map_err(|e| KernelError(format!("cache layout: {e}")))?;
-    grown(&past, new, ax, shape[ax].max(capacity.saturating_mul(2)).max(MIN_CAPACITY))
+    write_positions(&mut larger, new, ax, larger_capacity, live);
+    cache_view(&shape, ax, larger_capacity, larger)
 }
 
 fn kv_append_by_ref(n: &Node, i: &[Option<&Tensor>]) -> Res {
@@ -152,10 +157,7 @@ pub fn cache_with_capacity(dtype: DType, shape: &[usize], ax: usize, capacity: u
             return Ok(Tensor::zeros(T::DTYPE, shape));
         }
         let buffer = alloc::filled::<T>(&room, T::default())?;
-        let strides = cache_strides(shape, ax, room[ax]);
-        let a =
-            ArrayD::from_shape_vec(IxDyn(shape).strides(IxDyn(&strides)), buffer).map_err(|e| KernelError(format!("cache layout: {e}")))?;
-        Ok(Tensor::from(a))
+        Ok(Tensor::from(cache_view(shape, ax, room[ax], buffer)?))
     }
     if ax >= shape.len() {
         return Err(KernelError(format!("axis {ax} is out of range for a cache of shape {shape:?}")));

@@ -37,8 +37,8 @@ macro_rules! gemm_raw_calls {
     };
 }
 
-/// Element types the GEMM computes in.
-trait Gemm: Elem {
+/// Element types the GEMM computes in (also the supertrait of the NN kernels' `Real`).
+pub(crate) trait Gemm: Elem {
     /// `c = alpha * a·b + beta * c` for `(row, column)` strides of `a` and `b` given in
     /// elements; `c`'s rows are `ldc` elements apart.
     ///
@@ -108,9 +108,7 @@ fn operand<T: Gemm>(t: &Tensor) -> Cow<'_, [T]> {
 /// Multiply-adds below which one product stays on one thread.
 const PAR_GEMM_MIN: usize = 1 << 20;
 
-/// `c = alpha * a·b + beta * c` for a row-major `m × n` `c`, split across the current rayon
-/// pool when large: by blocks of columns (each thread packs only its part of `b`), or by blocks
-/// of rows when `c` is too narrow. Panics if a stride reaches outside `a` or `b`.
+/// `c = alpha * a·b + beta * c` for a row-major `m × n` `c` ([`gemm_into`] with rows `n` apart).
 #[allow(clippy::too_many_arguments)]
 fn par_gemm<T: Gemm>(
     m: usize,
@@ -126,10 +124,33 @@ fn par_gemm<T: Gemm>(
     beta: T,
     c: &mut [T],
 ) {
-    assert!(c.len() >= m * n);
+    gemm_into(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, n)
+}
+
+/// `c = alpha * a·b + beta * c` for a row-major `m × n` block of `c` whose rows are `ldc`
+/// elements apart, split across the current rayon pool when large: by blocks of columns (each
+/// thread packs only its part of `b`), or by blocks of rows when `c` is too narrow. Panics (a
+/// bug, never input data) if a stride reaches outside `a` or `b`, or a row outside `c`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into<T: Gemm>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: &[T],
+    rsa: isize,
+    csa: isize,
+    b: &[T],
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "GEMM output out of range");
     // The last element each operand's strides reach must be inside it.
     let reach = |rows: usize, cols: usize, rs: isize, cs: isize| (rows - 1) * rs.unsigned_abs() + (cols - 1) * cs.unsigned_abs();
     assert!(k == 0 || (reach(m, k, rsa, csa) < a.len() && reach(k, n, rsb, csb) < b.len()), "GEMM operand strides out of range");
@@ -149,8 +170,8 @@ fn par_gemm<T: Gemm>(
             (bp as *const T).offset(j0 as isize * csb),
             (rsb, csb),
             beta,
-            c.0.add(i0 * n + j0),
-            n as isize,
+            c.0.add(i0 * ldc + j0),
+            ldc as isize,
         )
     };
     if threads <= 1 || m * k * n < PAR_GEMM_MIN {

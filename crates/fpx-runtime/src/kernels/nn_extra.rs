@@ -13,18 +13,17 @@ mod fused_attention;
 mod norms;
 mod rotary;
 
-use super::{alloc, arg, array, axis, bad_type, KernelRegistry, SendPtr};
+use super::{alloc, arg, array, axis, bad_type, KernelRegistry};
 use crate::{kbail, KernelError};
 use fpx_ir::{DType, Elem, Node, Tensor};
 use half::{bf16, f16};
-use rayon::prelude::*;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
 /// The element type a kernel computes in: f32 or f64.
 pub(crate) trait Real:
-    Elem + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self> + AddAssign
+    super::matmul::Gemm + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self> + AddAssign
 {
     /// 0.
     const ZERO: Self;
@@ -42,29 +41,10 @@ pub(crate) trait Real:
     fn tanh(self) -> Self;
     /// The larger value (the other one when either is NaN).
     fn max(self, other: Self) -> Self;
-    /// `c = alpha * a·b + beta * c` through `matrixmultiply`, strides in elements.
-    ///
-    /// # Safety
-    /// Every element the sizes and strides reach must be inside its operand, and `c`'s
-    /// elements must be written by no one else during the call.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        a_strides: (isize, isize),
-        b: *const Self,
-        b_strides: (isize, isize),
-        beta: Self,
-        c: *mut Self,
-        c_strides: (isize, isize),
-    );
 }
 
 macro_rules! real {
-    ($t:ty, $gemm:path) => {
+    ($t:ty) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -84,27 +64,11 @@ macro_rules! real {
             fn max(self, other: Self) -> Self {
                 <$t>::max(self, other)
             }
-            unsafe fn gemm_raw(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: *const Self,
-                (rsa, csa): (isize, isize),
-                b: *const Self,
-                (rsb, csb): (isize, isize),
-                beta: Self,
-                c: *mut Self,
-                (rsc, csc): (isize, isize),
-            ) {
-                // SAFETY: the caller upholds the GEMM's contract.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-            }
         }
     };
 }
-real!(f32, matrixmultiply::sgemm);
-real!(f64, matrixmultiply::dgemm);
+real!(f32);
+real!(f64);
 
 /// Runs `$body` with `$r` the [`Real`] tensor `$t` computes in; other element types are an error.
 macro_rules! with_real {
@@ -151,13 +115,9 @@ pub(crate) fn tensor<R: Real>(dtype: DType, shape: &[usize], v: Vec<R>) -> Resul
     })
 }
 
-/// Multiply-adds below which a product stays on one thread.
-const PAR_GEMM_MIN: usize = 1 << 20;
-
 /// `c = alpha * a·b + beta * c` for a row-major `m × n` block of `c` whose rows are `ldc`
-/// elements apart, `a` and `b` read through (row, column) strides. Large products are split
-/// across the current rayon pool by blocks of columns, or of rows when `c` is narrow. Panics
-/// (a bug, never input data) if a stride reaches outside an operand.
+/// elements apart, `a` and `b` read through (row, column) strides: the MatMul kernels' parallel
+/// GEMM ([`super::matmul::gemm_into`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<R: Real>(
     (m, k, n): (usize, usize, usize),
@@ -170,48 +130,7 @@ pub(crate) fn gemm<R: Real>(
     c: &mut [R],
     ldc: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "GEMM output out of range");
-    if k == 0 {
-        for i in 0..m {
-            c[i * ldc..i * ldc + n].iter_mut().for_each(|v| *v = beta * *v);
-        }
-        return;
-    }
-    let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(reach(m, k, rsa, csa) < a.len() && reach(k, n, rsb, csb) < b.len(), "GEMM operand strides out of range");
-    let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), a.as_ptr() as usize, b.as_ptr() as usize);
-    let (rsa, csa, rsb, csb) = (rsa as isize, csa as isize, rsb as isize, csb as isize);
-    // SAFETY (every call): the extents were checked above, and each call writes its own block
-    // of `c` (disjoint rows or columns).
-    let run = |i0: usize, i1: usize, j0: usize, j1: usize| unsafe {
-        let c = cp;
-        R::gemm_raw(
-            i1 - i0,
-            k,
-            j1 - j0,
-            alpha,
-            (ap as *const R).offset(i0 as isize * rsa),
-            (rsa, csa),
-            (bp as *const R).offset(j0 as isize * csb),
-            (rsb, csb),
-            beta,
-            c.0.add(i0 * ldc + j0),
-            (ldc as isize, 1),
-        )
-    };
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || m.saturating_mul(k).saturating_mul(n) < PAR_GEMM_MIN {
-        run(0, m, 0, n);
-    } else if n >= 32 * threads {
-        let per = n.div_ceil(threads).div_ceil(16) * 16;
-        (0..n.div_ceil(per)).into_par_iter().for_each(|t| run(0, m, t * per, ((t + 1) * per).min(n)));
-    } else {
-        let per = m.div_ceil(threads);
-        (0..m.div_ceil(per)).into_par_iter().for_each(|t| run(t * per, ((t + 1) * per).min(m), 0, n));
-    }
+    super::matmul::gemm_into(m, k, n, alpha, a, rsa as isize, csa as isize, b, rsb as isize, csb as isize, beta, c, ldc)
 }
 
 /// `f` over every element of a float tensor, computed in `R`.
