@@ -6,6 +6,7 @@ mod budget;
 mod cli;
 mod common;
 mod contract;
+mod epilogue;
 mod generate;
 mod models;
 mod nn_ops;

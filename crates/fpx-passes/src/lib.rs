@@ -3,6 +3,9 @@
 //! layout with per-channel (or per-group) scales into which the format's bias-shift factor is
 //! folded, so the kernels dequantize with shifts and masks and scale once per output.
 
+mod epilogue;
+#[cfg(test)]
+mod epilogue_tests;
 mod fuse;
 mod fuse_attention;
 #[cfg(test)]
@@ -16,6 +19,7 @@ mod shape_fold_tests;
 #[cfg(test)]
 mod tests;
 
+pub use epilogue::{fuse_epilogues, FuseEpilogues};
 pub use fuse::FuseGelu;
 pub use fuse_attention::FuseAttention;
 pub use kv_cache::AppendKvCache;

@@ -276,6 +276,9 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
         });
     }
     graph.remove_unused_constants();
+    if opts.fuse_epilogues && !summary.layers.is_empty() {
+        crate::fuse_epilogues(graph, &OpRegistry::standard())?;
+    }
     Ok(summary)
 }
 

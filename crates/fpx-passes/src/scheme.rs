@@ -81,12 +81,16 @@ pub struct QuantizeOptions {
     /// values that the int8 kernels decode ([`fpx_quant::takes_int8_activations`]); `fp6-auto`
     /// then means fp6-e2m3.
     pub activations: Activations,
+    /// Fuse what follows each quantized product (bias, activation, gated MLP, residual add)
+    /// into it ([`crate::FuseEpilogues`]); on by default. Off, the products stay plain, as the
+    /// exporter wrote the graph.
+    pub fuse_epilogues: bool,
 }
 
 impl QuantizeOptions {
     /// Per-channel scales, no search.
     pub fn new(scheme: WeightScheme) -> Self {
-        QuantizeOptions { scheme, group_size: None, scale_search: false, activations: Activations::F32 }
+        QuantizeOptions { scheme, group_size: None, scale_search: false, activations: Activations::F32, fuse_epilogues: true }
     }
 
     /// The formats this scheme tries for a weight, given the activations.

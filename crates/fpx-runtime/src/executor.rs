@@ -4,7 +4,7 @@ use crate::kernels::alloc;
 use crate::kernels::{KernelFn, KernelRegistry, OwnedKernelFn};
 use crate::native::{quantize_activations, NativeLibrary, NativeQmm};
 use crate::{KernelError, RuntimeError};
-use fpx_ir::ops::quant_matmul;
+use fpx_ir::ops::quant_matmul::{self, Epilogue};
 use fpx_ir::pass::NodeEvaluator;
 use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorBudget, TensorType, ValueId};
 use fpx_quant::act8::Int8Activations;
@@ -15,7 +15,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 enum Step {
     Kernel(KernelFn),
-    Native(NativeQmm),
+    /// The compiled kernels and the node's fused epilogue.
+    Native(NativeQmm, Epilogue),
 }
 
 /// Wall time of one node in a profiled run.
@@ -100,7 +101,10 @@ impl CpuExecutor {
             // naming the node, whichever kernel would run it.
             let gemm = quant_matmul::is_quant_matmul(node).then(|| quant_matmul::read(node)).transpose()?;
             let step = match native.remove(&node.name) {
-                Some(q) if gemm == Some(q.gemm) => Step::Native(q),
+                Some(q) if gemm == Some(q.gemm) => {
+                    let epilogue = quant_matmul::epilogue(node, &q.gemm)?;
+                    Step::Native(q, epilogue)
+                }
                 Some(q) if gemm.is_some() => {
                     return Err(RuntimeError::Kernel {
                         node: node.name.clone(),
@@ -133,7 +137,7 @@ impl CpuExecutor {
                 let node = graph.node(*id);
                 let kernel = match step {
                     Step::Kernel(_) => registry.get_owned(&node.domain, &node.op_type)?,
-                    Step::Native(_) => return None,
+                    Step::Native(..) => return None,
                 };
                 let only = registry.owned_slot(&node.domain, &node.op_type);
                 let slots: Vec<usize> = (0..node.inputs.len())
@@ -151,7 +155,7 @@ impl CpuExecutor {
             .collect();
         let mut int8_readers: HashMap<ValueId, usize> = HashMap::new();
         for (id, step) in &steps {
-            if let (Step::Native(q), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
+            if let (Step::Native(q, _), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
                 if q.int8_activations() {
                     *int8_readers.entry(*x).or_default() += 1;
                 }
@@ -317,9 +321,9 @@ impl CpuExecutor {
                 let result = alloc::with_budget(self.budget, || match (step, owned) {
                     (Step::Kernel(_), Some((slot, t, by_value))) => by_value(node, &args, slot, t),
                     (Step::Kernel(kernel), None) => kernel(node, &args),
-                    (Step::Native(q), _) => {
+                    (Step::Native(q, epilogue), _) => {
                         let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_act8.contains(x));
-                        run_native(q, &args, shared.map(|x| (x, &mut act8)))
+                        run_native(q, epilogue, &args, shared.map(|x| (x, &mut act8)))
                     }
                 });
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
@@ -328,7 +332,7 @@ impl CpuExecutor {
                 p.push(NodeTiming {
                     node: node.name.clone(),
                     op: node.op_type.clone(),
-                    native: matches!(step, Step::Native(_)),
+                    native: matches!(step, Step::Native(..)),
                     seconds: t.elapsed().as_secs_f64(),
                 });
             }
@@ -380,9 +384,14 @@ impl CpuExecutor {
 /// Int8 activations of shared values ([`CpuExecutor`]'s `shared_act8`) during one run.
 type Act8Cache = HashMap<ValueId, Int8Activations>;
 
-/// Runs a QuantMatMul node through its compiled kernel. With `shared`, its X is a value other
-/// int8 steps also read: its quantized form comes from (or goes into) the cache.
-fn run_native(q: &NativeQmm, args: &[Option<&Tensor>], shared: Option<(ValueId, &mut Act8Cache)>) -> Result<Vec<Tensor>, KernelError> {
+/// Runs a QuantMatMul node through its compiled kernel and fused epilogue. With `shared`, its X
+/// is a value other int8 steps also read: its quantized form comes from (or goes into) the cache.
+fn run_native(
+    q: &NativeQmm,
+    epilogue: &Epilogue,
+    args: &[Option<&Tensor>],
+    shared: Option<(ValueId, &mut Act8Cache)>,
+) -> Result<Vec<Tensor>, KernelError> {
     let get = |i: usize| args.get(i).copied().flatten().ok_or_else(|| KernelError::new(format!("input {i} is required")));
     let (x, packed, scales) = (get(0)?, get(1)?, get(2)?);
     let (k, n) = (q.gemm.k, q.gemm.n);
@@ -401,14 +410,26 @@ fn run_native(q: &NativeQmm, args: &[Option<&Tensor>], shared: Option<(ValueId, 
     };
     let m = xv.len() / k.max(1);
     let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("rank >= 1") = n;
+    *shape.last_mut().expect("rank >= 1") = epilogue.output_columns(n);
     // The output (N comes from the node), checked against the budget before it is allocated.
     let mut y = alloc::filled(&shape, 0f32)?;
+    let residual_converted: Vec<f32>;
+    let residual: Option<&[f32]> = match args.get(quant_matmul::RESIDUAL_INPUT).copied().flatten() {
+        None => None,
+        Some(r) if r.shape() != shape.as_slice() => {
+            return Err(KernelError::new(format!("the residual has shape {:?}, but Y has {:?}", r.shape(), shape)))
+        }
+        Some(Tensor::F32(a)) if a.is_standard_layout() => Some(a.as_slice().expect("standard")),
+        Some(other) => {
+            residual_converted = other.to_f32().iter().copied().collect();
+            Some(&residual_converted)
+        }
+    };
     let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
     let p = p.as_standard_layout();
     let s = s.as_standard_layout();
     let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
-    q.run(xv, prepared, m, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), &mut y)?;
+    q.run(xv, prepared, m, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), epilogue, residual, &mut y)?;
     let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     Ok(vec![if x.dtype() == fpx_ir::DType::F32 { out } else { out.cast(x.dtype()) }])
 }

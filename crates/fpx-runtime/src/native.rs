@@ -2,8 +2,10 @@
 //! loading the shared object from memory without leaving a file behind, and calling the
 //! quantized-product kernels across threads.
 
+use crate::kernels::fast::{gated, unary_serial, Unary};
 use crate::kernels::SendPtr;
 use crate::{KernelError, RuntimeError};
+use fpx_ir::ops::quant_matmul::{Activation, Epilogue, GATE_BLOCK};
 use fpx_quant::act8::{Activations, Int8Activations};
 use fpx_quant::{KernelTable, QuantGemm};
 use std::ffi::CString;
@@ -126,10 +128,13 @@ impl NativeQmm {
         self.gemm.activations == Activations::Int8
     }
 
-    /// Runs `y[m][n] = x[m][k] · W + bias` with the kernel the table picks for `m`, splitting N
-    /// across the current rayon pool's threads at multiples of its column split. Kernels with
-    /// int8 activations take `prepared` ([`quantize_activations`] of this `x`, when several
-    /// kernels multiply the same `x`), or quantize `x` here when it is `None`.
+    /// Runs `P[m][n] = x[m][k] · W + bias` with the kernel the table picks for `m`, splitting N
+    /// across the current rayon pool's threads at multiples of its column split, and writes
+    /// `y = epilogue(P) (+ residual)` ([`Epilogue`]; `y` and `residual` are `m` rows of
+    /// `epilogue.output_columns(n)`). Each thread applies the epilogue to a block of columns as
+    /// soon as the kernel has written it, while it is in cache. Kernels with int8 activations
+    /// take `prepared` ([`quantize_activations`] of this `x`, when several kernels multiply the
+    /// same `x`), or quantize `x` here when it is `None`.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -139,11 +144,20 @@ impl NativeQmm {
         packed: &[u8],
         scales: &[f32],
         bias: Option<&[f32]>,
+        epilogue: &Epilogue,
+        residual: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
         let (k, n) = (self.gemm.k, self.gemm.n);
-        if x.len() != m * k || y.len() != m * n || bias.is_some_and(|b| b.len() != n) {
+        let width = epilogue.output_columns(n);
+        if x.len() != m * k || y.len() != m * width || bias.is_some_and(|b| b.len() != n) {
             return Err(KernelError::new(format!("native kernel: buffers do not match m={m}, k={k}, n={n}")));
+        }
+        if residual.is_some_and(|r| r.len() != m * width) || residual.is_some() != epilogue.residual {
+            return Err(KernelError::new(format!("native kernel: the residual does not match Y (m={m}, {width} columns)")));
+        }
+        if epilogue.gated && !n.is_multiple_of(2 * GATE_BLOCK) {
+            return Err(KernelError::new(format!("native kernel: a gated product needs N a multiple of {}", 2 * GATE_BLOCK)));
         }
         let shape = self.gemm.packed_shape();
         if packed.len() != shape.total_bytes() || scales.len() != self.gemm.groups() * n {
@@ -170,21 +184,44 @@ impl NativeQmm {
                 Some(&owned)
             }
         };
-        let split = kernel.column_split.max(1);
+        // A gated product's threads split at whole gate/up block pairs.
+        let pair = if epilogue.gated { 2 * GATE_BLOCK } else { 1 };
+        let split = lcm(kernel.column_split.max(1), pair);
+        // The product goes straight into y unless the epilogue narrows it (gated): then into a
+        // scratch of P's shape, of which each thread touches its own columns.
+        if epilogue.gated {
+            // The scratch is a tensor of P's shape: within the same budget as any output.
+            crate::kernels::alloc::check_t::<f32>(&[m, n])?;
+        }
+        let mut scratch = if epilogue.gated { take_scratch(m * n) } else { Vec::new() };
+        let product = SendPtr(if epilogue.gated { scratch.as_mut_ptr() } else { y.as_mut_ptr() });
+        let out = SendPtr(y.as_mut_ptr());
+        let fused = FusedEpilogue::new(epilogue, residual, width);
+        // Columns per kernel call: the whole chunk without an epilogue, else a block whose
+        // m rows stay in cache until the epilogue reads them.
+        let block = if fused.is_none() { usize::MAX } else { (EPILOGUE_BLOCK_ELEMS / m).max(1).div_ceil(split) * split };
         let threads = rayon::current_num_threads().max(1);
         let tiles = n.div_ceil(split);
         let per = tiles.div_ceil(threads).max(1);
-        let out = SendPtr(y.as_mut_ptr());
         let call = |t: usize| {
             let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
             let (b, e) = ((t * per * split).min(n), ((t + 1) * per * split).min(n));
-            if b < e {
-                let o = &out;
-                let x_ptr = int8.map_or(x.as_ptr(), |q| q.as_ptr());
+            let x_ptr = int8.map_or(x.as_ptr(), |q| q.as_ptr());
+            let mut c = b;
+            while c < e {
+                let c2 = e.min(c.saturating_add(block));
+                let p = &product;
                 // SAFETY: buffers were checked against m, k, n and the packed shape above (the
-                // int8 buffer was built from them); each call writes only columns [b, e) of every
-                // row, disjoint across threads (threads share the output through `SendPtr`).
-                unsafe { (kernel.f)(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, o.0, b as i64, e as i64) };
+                // int8 buffer was built from them; the scratch holds m × n); each call writes only
+                // columns [c, c2) of every row, disjoint across threads (threads share the output
+                // through `SendPtr`).
+                unsafe { (kernel.f)(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, p.0, c as i64, c2 as i64) };
+                if let Some(f) = &fused {
+                    let (p, o) = (&product, &out);
+                    // SAFETY: as above: this thread's columns of P (just written) and of y.
+                    unsafe { f.apply(p.0, o.0, m, n, c, c2) };
+                }
+                c = c2;
             }
         };
         let chunks = tiles.div_ceil(per);
@@ -198,7 +235,94 @@ impl NativeQmm {
                 }
             });
         }
+        if epilogue.gated {
+            put_back_scratch(scratch);
+        }
         Ok(())
+    }
+}
+
+/// Elements of P (rows × columns) a thread computes per kernel call when an epilogue follows:
+/// about 64 KiB, so the block is still in L1/L2 when the epilogue reads it.
+const EPILOGUE_BLOCK_ELEMS: usize = 16 * 1024;
+
+/// The largest scratch (elements) a thread keeps between gated products: 64 MiB.
+const SCRATCH_KEEP_ELEMS: usize = 16 << 20;
+
+thread_local! {
+    /// The calling thread's scratch for gated products, reused across calls so a decode step
+    /// neither allocates it nor faults its pages in again.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch of at least `len` elements (contents unspecified).
+fn take_scratch(len: usize) -> Vec<f32> {
+    let mut v = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Keeps `v` for the next gated product on this thread, unless it is very large.
+fn put_back_scratch(v: Vec<f32>) {
+    if v.len() <= SCRATCH_KEEP_ELEMS {
+        SCRATCH.with(|s| *s.borrow_mut() = v);
+    }
+}
+
+/// The least common multiple of two positive numbers.
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
+}
+
+/// An epilogue as the native path applies it: the activation's fast version, and the residual.
+struct FusedEpilogue<'a> {
+    activation: Option<Unary>,
+    gated: bool,
+    residual: Option<&'a [f32]>,
+    /// Y's columns.
+    width: usize,
+}
+
+impl<'a> FusedEpilogue<'a> {
+    /// `None` when the epilogue is the identity.
+    fn new(epilogue: &Epilogue, residual: Option<&'a [f32]>, width: usize) -> Option<FusedEpilogue<'a>> {
+        let activation = epilogue.activation.map(|a| match a {
+            Activation::Relu => Unary::Relu,
+            Activation::Silu => Unary::Silu,
+            Activation::Gelu => Unary::Gelu,
+        });
+        (!epilogue.is_identity()).then_some(FusedEpilogue { activation, gated: epilogue.gated, residual, width })
+    }
+
+    /// Applies the epilogue to P's columns `[c, c2)` of rows `0..m` (`p`: row stride `n`),
+    /// writing y's matching columns (row stride `width`; the same buffer as `p` unless gated).
+    ///
+    /// # Safety
+    /// `p` holds `m × n` and `y` `m × width` elements; the columns are this caller's alone, and
+    /// for a gated product `c` and `c2` are multiples of `2 · GATE_BLOCK` (or `c2 = n`).
+    unsafe fn apply(&self, p: *mut f32, y: *mut f32, m: usize, n: usize, c: usize, c2: usize) {
+        let (yc, yc2) = if self.gated { (c / 2, c2 / 2) } else { (c, c2) };
+        for r in 0..m {
+            // SAFETY: rows and columns in bounds (the caller's contract); p and y do not overlap
+            // when gated, and are the same row segment (used once, mutably) when not.
+            let yrow = unsafe { std::slice::from_raw_parts_mut(y.add(r * self.width + yc), yc2 - yc) };
+            if self.gated {
+                let prow = unsafe { std::slice::from_raw_parts(p.add(r * n + c), c2 - c) };
+                gated(self.activation, GATE_BLOCK, prow, yrow);
+            } else if let Some(a) = self.activation {
+                unary_serial(a, yrow);
+            }
+            if let Some(res) = self.residual {
+                let rrow = &res[r * self.width + yc..r * self.width + yc2];
+                yrow.iter_mut().zip(rrow).for_each(|(y, r)| *y += r);
+            }
+        }
     }
 }
 
@@ -261,12 +385,12 @@ mod tests {
         let prepared = quantize_activations(&x, m, k);
         assert_eq!(prepared, fpx_quant::act8::Int8Activations::quantize(&x, m, k));
         let mut y = vec![0f32; m * n];
-        q.run(&x, Some(&prepared), m, &packed, &scales, None, &mut y).unwrap();
+        q.run(&x, Some(&prepared), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
         assert_eq!(SEEN.load(Ordering::SeqCst), prepared.as_ptr() as usize, "the kernel got the prepared buffer");
         let wrong = quantize_activations(&x[..k], 1, k);
-        let err = q.run(&x, Some(&wrong), m, &packed, &scales, None, &mut y).unwrap_err();
+        let err = q.run(&x, Some(&wrong), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("not 2 x 40"), "{}", err.0);
-        let err = q.run(&x, None, m, &packed[1..], &scales, None, &mut y).unwrap_err();
+        let err = q.run(&x, None, m, &packed[1..], &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("do not match int4 k=40 n=16"), "{}", err.0);
     }
 }

@@ -111,6 +111,10 @@ pub struct QuantArgs {
     /// What quantized products multiply the weights with: f32 (exact) or int8 (byte dot products).
     #[arg(long, value_name = "f32|int8", default_value = "f32", long_help = activations_help())]
     pub activations: Activations,
+    /// Keep bias adds, activations, gated MLPs and residual adds as separate nodes instead of
+    /// fusing them into the quantized products (for comparison; fused is faster and equal to rounding).
+    #[arg(long)]
+    pub no_fused_epilogues: bool,
 }
 
 /// The long help of `--weights`, listing the schemes `WeightScheme` parses.

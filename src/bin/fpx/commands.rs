@@ -16,6 +16,7 @@ fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> Result<Quant
         group_size: q.scales.group_size,
         scale_search: q.scales.scale_search,
         activations: q.activations,
+        fuse_epilogues: !q.no_fused_epilogues,
     };
     o.validate()?;
     Ok(o)

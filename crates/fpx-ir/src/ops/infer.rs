@@ -531,9 +531,16 @@ pub fn quant_matmul(ctx: &InferCtx) -> Out {
     if !last.compatible(&Dim::Fixed(k)) {
         return Err(ctx.error(format!("X is {x} but the weight has K = {k}")));
     }
+    let epilogue = super::quant_matmul::epilogue(ctx.node, &gemm)?;
     let mut dims = s.clone();
-    *dims.last_mut().expect("rank >= 1") = Dim::Fixed(n);
-    one(TensorType { dtype: x.dtype, shape: Some(dims) })
+    *dims.last_mut().expect("rank >= 1") = Dim::Fixed(epilogue.output_columns(n));
+    let y = TensorType { dtype: x.dtype, shape: Some(dims) };
+    if let Some(r) = ctx.input(super::quant_matmul::RESIDUAL_INPUT) {
+        if r.dtype != x.dtype || !r.compatible(&y) {
+            return Err(ctx.error(format!("the residual is {r}, but Y is {y}: a residual must have Y's type and shape")));
+        }
+    }
+    one(y)
 }
 
 #[cfg(test)]

@@ -2,9 +2,15 @@
 //! schema, so the quantize pass, the verifier, the reference kernel and the code generators read
 //! and write its attributes in one place.
 //!
-//! `QuantMatMul(X[..., K], packed: uint8[bytes], scales: float[groups, N], bias?: float[N])`
-//! with attributes `format` (a [`Format`] name), `k`, `n`, `group_size` (0 = one scale per output
-//! channel; optional, default 0) and `activations` (`f32` or `int8`; optional, default `f32`).
+//! `QuantMatMul(X[..., K], packed: uint8[bytes], scales: float[groups, N], bias?: float[N],
+//! residual?: float[..., N'])` with attributes `format` (a [`Format`] name), `k`, `n`,
+//! `group_size` (0 = one scale per output channel; optional, default 0) and `activations` (`f32`
+//! or `int8`; optional, default `f32`).
+//!
+//! The node's [`Epilogue`] (attributes `activation` and `gated`, and the optional `residual`
+//! input) is what the node does to its product `P = X · W + bias` before writing `Y`: fused there
+//! by `fpx-passes`' `FuseEpilogues` so that an activation, a gated MLP's `act(gate) × up` and a
+//! residual add never make a second pass over memory.
 
 use super::{AttrSpec, FPX_DOMAIN};
 use crate::{AttrKind, Attribute, IrError, Node};
@@ -21,7 +27,149 @@ pub const ATTRS: &[AttrSpec] = &[
     AttrSpec { name: "n", kind: AttrKind::Int, required: true },
     AttrSpec { name: "group_size", kind: AttrKind::Int, required: false },
     AttrSpec { name: "activations", kind: AttrKind::String, required: false },
+    AttrSpec { name: "activation", kind: AttrKind::String, required: false },
+    AttrSpec { name: "gated", kind: AttrKind::Int, required: false },
 ];
+
+/// The input slot of the optional residual (added to `Y` last).
+pub const RESIDUAL_INPUT: usize = 4;
+
+/// Columns per block of a gated product's interleaved weight: W's columns
+/// `[2·B·j, 2·B·j + B)` are the gate's block `j` and the next `B` the up projection's, so every
+/// multiple of `2·B` columns (and every n-tile pair of the kernels) holds whole pairs.
+pub const GATE_BLOCK: usize = 16;
+
+/// An elementwise activation applied in a product's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)` (ONNX `Relu`).
+    Relu,
+    /// `x · sigmoid(x)` (SiLU / swish: `Mul(x, Sigmoid(x))` in exports).
+    Silu,
+    /// `0.5 · x · (1 + erf(x / √2))` (ONNX `Gelu`, exact form).
+    Gelu,
+}
+
+impl Activation {
+    /// Every activation.
+    pub const ALL: [Activation; 3] = [Activation::Relu, Activation::Silu, Activation::Gelu];
+
+    /// The attribute spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+            Activation::Gelu => "gelu",
+        }
+    }
+
+    /// The activation spelled `name`.
+    pub fn parse(name: &str) -> Option<Activation> {
+        Activation::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The activation in f64: the reference the fast versions are checked against.
+    pub fn apply_f64(self, x: f64) -> f64 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        }
+    }
+}
+
+/// What a `QuantMatMul` does to its product `P = X · W + bias` before writing `Y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Epilogue {
+    /// Applied to P, or, when `gated`, to the gate half.
+    pub activation: Option<Activation>,
+    /// W holds a gate and an up projection interleaved in blocks of [`GATE_BLOCK`] columns;
+    /// `Y[.., B·j + i] = act(P[.., 2·B·j + i]) · P[.., 2·B·j + B + i]`, N / 2 columns wide.
+    pub gated: bool,
+    /// Input [`RESIDUAL_INPUT`] (Y's shape) is added last.
+    pub residual: bool,
+}
+
+impl Epilogue {
+    /// Whether `Y = P` (nothing fused).
+    pub fn is_identity(&self) -> bool {
+        *self == Epilogue::default()
+    }
+
+    /// The columns of Y for a product of `n` columns.
+    pub fn output_columns(&self, n: usize) -> usize {
+        if self.gated {
+            n / 2
+        } else {
+            n
+        }
+    }
+
+    /// Y's column `o` of a gated product: the product columns of its gate and its up value.
+    pub fn gate_columns(o: usize) -> (usize, usize) {
+        let (j, i) = (o / GATE_BLOCK, o % GATE_BLOCK);
+        (2 * GATE_BLOCK * j + i, 2 * GATE_BLOCK * j + GATE_BLOCK + i)
+    }
+
+    /// One row of Y from one row of P (`p`, N wide) and of the residual, in f64: the definition
+    /// the reference kernel and the tests use.
+    pub fn apply_row_f64(&self, p: &[f64], residual: Option<&[f64]>) -> Vec<f64> {
+        let act = |x: f64| self.activation.map_or(x, |a| a.apply_f64(x));
+        let mut y: Vec<f64> = if self.gated {
+            (0..p.len() / 2)
+                .map(|o| {
+                    let (g, u) = Epilogue::gate_columns(o);
+                    act(p[g]) * p[u]
+                })
+                .collect()
+        } else {
+            p.iter().map(|&x| act(x)).collect()
+        };
+        if let Some(r) = residual {
+            y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+        }
+        y
+    }
+}
+
+/// The [`Epilogue`] of a `QuantMatMul` node whose product is `gemm`; an error names the node
+/// and the attribute at fault (an unknown activation, a gated product whose N is not a
+/// multiple of `2 ·` [`GATE_BLOCK`]).
+pub fn epilogue(node: &Node, gemm: &QuantGemm) -> Result<Epilogue, IrError> {
+    let bad = |message: String| IrError::BadAttribute { node: node.name.clone(), op: node.op_type.clone(), opset: node.opset, message };
+    let activation = match node.attrs.get("activation") {
+        None => None,
+        Some(Attribute::String(s)) => Some(Activation::parse(s).ok_or_else(|| {
+            let known: Vec<&str> = Activation::ALL.iter().map(|a| a.name()).collect();
+            bad(format!("unknown activation '{s}' (one of {})", known.join(", ")))
+        })?),
+        Some(other) => return Err(bad(format!("attribute 'activation' must be a string, found {}", other.kind()))),
+    };
+    let gated = match node.attrs.get("gated") {
+        None | Some(Attribute::Int(0)) => false,
+        Some(Attribute::Int(1)) => true,
+        Some(other) => return Err(bad(format!("attribute 'gated' must be 0 or 1, found {other:?}"))),
+    };
+    if gated && !gemm.n.is_multiple_of(2 * GATE_BLOCK) {
+        return Err(bad(format!("a gated product needs N a multiple of {}, but N = {}", 2 * GATE_BLOCK, gemm.n)));
+    }
+    let residual = node.inputs.get(RESIDUAL_INPUT).is_some_and(|v| v.is_some());
+    Ok(Epilogue { activation, gated, residual })
+}
+
+/// Writes `epilogue`'s attributes into `node` (absent where they are the defaults). The residual
+/// input is the caller's to set.
+pub fn write_epilogue(node: &mut Node, epilogue: &Epilogue) {
+    match epilogue.activation {
+        Some(a) => node.attrs.insert("activation".into(), Attribute::String(a.name().into())),
+        None => node.attrs.remove("activation"),
+    };
+    if epilogue.gated {
+        node.attrs.insert("gated".into(), Attribute::Int(1));
+    } else {
+        node.attrs.remove("gated");
+    }
+}
 
 /// Whether `node` is an `fpx:QuantMatMul`.
 pub fn is_quant_matmul(node: &Node) -> bool {
@@ -126,5 +274,63 @@ mod tests {
         let mut n = node_with(&g);
         n.attrs.remove("n");
         assert!(read(&n).unwrap_err().to_string().contains("required attribute 'n' is missing"));
+    }
+
+    #[test]
+    fn epilogue_attributes_round_trip_and_bad_ones_name_the_node() {
+        let g = QuantGemm { format: Format::Fp6E3M2, k: 64, n: 64, group_size: 0, activations: Activations::F32 };
+        let mut n = node_with(&g);
+        assert!(epilogue(&n, &g).unwrap().is_identity());
+        for activation in [None, Some(Activation::Silu), Some(Activation::Gelu), Some(Activation::Relu)] {
+            for gated in [false, true] {
+                let e = Epilogue { activation, gated, residual: false };
+                write_epilogue(&mut n, &e);
+                assert_eq!(epilogue(&n, &g).unwrap(), e);
+                assert_eq!(e.output_columns(64), if gated { 32 } else { 64 });
+            }
+        }
+        n.inputs.resize(RESIDUAL_INPUT + 1, None);
+        n.inputs[RESIDUAL_INPUT] = Some(crate::ValueId(3));
+        assert!(epilogue(&n, &g).unwrap().residual);
+        let cases: Vec<(&str, Attribute, &str)> = vec![
+            ("activation", Attribute::String("swish2".into()), "unknown activation 'swish2' (one of relu, silu, gelu)"),
+            ("activation", Attribute::Int(1), "'activation' must be a string"),
+            ("gated", Attribute::Int(2), "'gated' must be 0 or 1"),
+        ];
+        for (name, value, want) in cases {
+            let mut m = node_with(&g);
+            m.attrs.insert(name.into(), value);
+            let e = epilogue(&m, &g).unwrap_err().to_string();
+            assert!(e.contains("node 'qmm0'") && e.contains(want), "{name}: {e}");
+        }
+        let narrow = QuantGemm { n: 48, ..g };
+        let mut m = node_with(&narrow);
+        write_epilogue(&mut m, &Epilogue { gated: true, ..Epilogue::default() });
+        let e = epilogue(&m, &narrow).unwrap_err().to_string();
+        assert!(e.contains("multiple of 32, but N = 48"), "{e}");
+    }
+
+    /// Gated column `o` reads the gate and up columns of its block pair, exhaustively over two
+    /// pairs, with each activation against its closed form.
+    #[test]
+    fn gated_rows_pair_the_interleaved_blocks() {
+        let p: Vec<f64> = (0..4 * GATE_BLOCK).map(|i| i as f64 * 0.25 - 7.0).collect();
+        for act in [None, Some(Activation::Relu), Some(Activation::Silu), Some(Activation::Gelu)] {
+            let e = Epilogue { activation: act, gated: true, residual: true };
+            let r: Vec<f64> = (0..2 * GATE_BLOCK).map(|i| i as f64).collect();
+            let y = e.apply_row_f64(&p, Some(&r));
+            assert_eq!(y.len(), 2 * GATE_BLOCK);
+            for o in 0..2 * GATE_BLOCK {
+                let (block, i) = (o / GATE_BLOCK, o % GATE_BLOCK);
+                let (g, u) = (p[2 * GATE_BLOCK * block + i], p[2 * GATE_BLOCK * block + GATE_BLOCK + i]);
+                let a = match act {
+                    None => g,
+                    Some(Activation::Relu) => g.max(0.0),
+                    Some(Activation::Silu) => g * (1.0 / (1.0 + (-g).exp())),
+                    Some(Activation::Gelu) => 0.5 * g * (1.0 + libm::erf(g / 2f64.sqrt())),
+                };
+                assert!((y[o] - (a * u + r[o])).abs() < 1e-12, "{act:?} column {o}");
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 pub(crate) mod alloc;
 mod elementwise;
-mod fast;
+pub(crate) mod fast;
 pub(crate) use fast::SendPtr;
 #[cfg(test)]
 mod fast_path_tests;

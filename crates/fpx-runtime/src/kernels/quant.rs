@@ -6,7 +6,8 @@
 use super::matmul::sgemm_rows;
 use super::{alloc, arg, array, opt_arg, KernelRegistry};
 use crate::{kbail, KernelError};
-use fpx_ir::ops::{quant_matmul, FPX_DOMAIN};
+use fpx_ir::ops::quant_matmul::{self, Epilogue};
+use fpx_ir::ops::FPX_DOMAIN;
 use fpx_ir::{DType, Node, Tensor};
 use fpx_quant::act8::Activations;
 use fpx_quant::layout;
@@ -49,9 +50,10 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     if x.shape().last() != Some(&k) {
         kbail!("X has shape {:?}, but the weight has K = {k}", x.shape());
     }
+    let epilogue = quant_matmul::epilogue(node, &gemm).map_err(|e| KernelError::new(e.to_string()))?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
-    // The output (N comes from the node's attributes), checked before the weight is unpacked.
+    // The product (N comes from the node's attributes), checked before the weight is unpacked.
     let mut y = alloc::filled(&shape, 0f32)?;
     let w = dequantize(&gemm, p.as_standard_layout().as_slice().expect("standard"), s.as_standard_layout().as_slice().expect("standard"))?;
     let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
@@ -73,8 +75,39 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
             }
         }
     }
+    let (y, shape) = apply_epilogue(&epilogue, y, shape, opt_arg(i, quant_matmul::RESIDUAL_INPUT))?;
     let out = Tensor::from(array(&shape, y));
     Ok(vec![if x.dtype() == DType::F32 { out } else { out.cast(x.dtype()) }])
+}
+
+/// Y from the product `p` (of `shape`) by the node's epilogue, each row in f64
+/// ([`quant_matmul::Epilogue::apply_row_f64`]); returns Y and its shape.
+fn apply_epilogue(
+    epilogue: &Epilogue,
+    p: Vec<f32>,
+    mut shape: Vec<usize>,
+    residual: Option<&Tensor>,
+) -> Result<(Vec<f32>, Vec<usize>), KernelError> {
+    if epilogue.is_identity() {
+        return Ok((p, shape));
+    }
+    let n = *shape.last().expect("rank >= 1");
+    *shape.last_mut().expect("rank >= 1") = epilogue.output_columns(n);
+    let residual: Option<Vec<f64>> = match residual {
+        Some(r) if r.shape() != shape.as_slice() => kbail!("the residual has shape {:?}, but Y has {:?}", r.shape(), shape),
+        Some(r) => Some(r.to_f64_vec()),
+        None => None,
+    };
+    let width = epilogue.output_columns(n);
+    let mut y = alloc::filled(&shape, 0f32)?;
+    for (r, (prow, yrow)) in p.chunks(n.max(1)).zip(y.chunks_mut(width.max(1))).enumerate() {
+        let prow: Vec<f64> = prow.iter().map(|&v| v as f64).collect();
+        let rrow = residual.as_ref().map(|res| &res[r * width..(r + 1) * width]);
+        for (o, v) in yrow.iter_mut().zip(epilogue.apply_row_f64(&prow, rrow)) {
+            *o = v as f32;
+        }
+    }
+    Ok((y, shape))
 }
 
 pub(super) fn register(r: &mut KernelRegistry) {

@@ -111,6 +111,12 @@ pub(crate) fn gelu_f32<M: MulAdd>(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32::<M>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// SiLU (swish): `x · sigmoid(x)`.
+#[inline(always)]
+pub(crate) fn silu_f32<M: MulAdd>(x: f32) -> f32 {
+    x * sigmoid_f32::<M>(x)
+}
+
 /// A unary f32 op with a fast path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unary {
@@ -118,6 +124,7 @@ pub(crate) enum Unary {
     Gelu,
     Tanh,
     Sigmoid,
+    Silu,
     Sqrt,
     Neg,
     Abs,
@@ -150,12 +157,43 @@ multiversion! {
             Unary::Gelu => map(src, dst, gelu_f32::<M>),
             Unary::Tanh => map(src, dst, tanh_f32::<M>),
             Unary::Sigmoid => map(src, dst, sigmoid_f32::<M>),
+            Unary::Silu => map(src, dst, silu_f32::<M>),
             Unary::Sqrt => map(src, dst, f32::sqrt),
             Unary::Neg => map(src, dst, |x| -x),
             Unary::Abs => map(src, dst, f32::abs),
             Unary::Relu => map(src, dst, |x| if x > 0.0 { x } else { 0.0 }),
             Unary::Reciprocal => map(src, dst, |x| 1.0 / x),
             Unary::Square => map(src, dst, |x| x * x),
+        }
+    }
+}
+
+/// `op` over `buf` in place on the calling thread (for work already split across threads).
+pub(crate) fn unary_serial(op: Unary, buf: &mut [f32]) {
+    unary_chunk(op, None, buf)
+}
+
+/// `out[B·j + i] = f(p[2·B·j + i]) · p[2·B·j + B + i]` for blocks of `B = block` columns.
+#[inline(always)]
+fn gated_blocks<F: Fn(f32) -> f32>(f: F, block: usize, p: &[f32], out: &mut [f32]) {
+    for (pair, o) in p.chunks_exact(2 * block).zip(out.chunks_exact_mut(block)) {
+        let (gate, up) = pair.split_at(block);
+        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+            *o = f(g) * u;
+        }
+    }
+}
+
+multiversion! {
+    /// A gated product's epilogue over one row segment: `p` holds gate and up blocks of `block`
+    /// columns interleaved (`2 · block · j` gate, then up), `out` gets `act(gate) · up` (half
+    /// `p`'s length). `act` is one of the activations a product fuses (else the identity).
+    pub(crate) fn gated<M>(act: Option<Unary>, block: usize, p: &[f32], out: &mut [f32]) {
+        match act {
+            Some(Unary::Silu) => gated_blocks(silu_f32::<M>, block, p, out),
+            Some(Unary::Gelu) => gated_blocks(gelu_f32::<M>, block, p, out),
+            Some(Unary::Relu) => gated_blocks(|x| if x > 0.0 { x } else { 0.0 }, block, p, out),
+            _ => gated_blocks(|x| x, block, p, out),
         }
     }
 }
@@ -253,11 +291,12 @@ mod tests {
     fn unary_matches_scalar_reference_in_and_out_of_place() {
         let x = rand_vec(100_003, 7, -5.0, 5.0);
         type Case = (Unary, fn(f64) -> f64, f64);
-        let cases: [Case; 10] = [
+        let cases: [Case; 11] = [
             (Unary::Erf, libm::erf, 2e-7),
             (Unary::Gelu, |v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)), 1e-6),
             (Unary::Tanh, f64::tanh, 2e-7),
             (Unary::Sigmoid, |v| 1.0 / (1.0 + (-v).exp()), 2e-7),
+            (Unary::Silu, |v| v / (1.0 + (-v).exp()), 1e-6),
             (Unary::Sqrt, |v| v.abs().sqrt(), 0.0),
             (Unary::Neg, |v| -v, 0.0),
             (Unary::Abs, f64::abs, 0.0),

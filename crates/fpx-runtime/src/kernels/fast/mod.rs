@@ -12,15 +12,16 @@
 //! - `broadcast`: binary arithmetic with numpy broadcasting, walked as contiguous rows;
 //! - `rows`: LayerNormalization, Softmax and row sums over the last axis.
 
-mod simd;
+pub(crate) mod simd;
 
 mod broadcast;
 mod math;
 mod rows;
 
 pub(crate) use broadcast::{binary, binary_into_a, binary_into_b, Binary, BroadcastPlan};
-pub(crate) use math::{unary, unary_in_place, Unary};
+pub(crate) use math::{exp_f32, gated, unary, unary_in_place, unary_serial, Unary};
 pub(crate) use rows::{layer_norm, row_sums, softmax, LayerNormRows};
+pub(crate) use simd::{multiversion, MulAdd};
 
 use rayon::prelude::*;
 

@@ -68,4 +68,4 @@ macro_rules! multiversion {
     };
 }
 
-pub(super) use multiversion;
+pub(crate) use multiversion;
