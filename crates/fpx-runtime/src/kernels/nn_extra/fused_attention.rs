@@ -9,6 +9,7 @@
 //! are widened once and Y rounded once).
 
 use super::tensor;
+use crate::kernels::fast::{exp_f32, multiversion, MulAdd};
 use crate::kernels::{alloc, arg, f32_slice, opt_arg};
 use crate::{kbail, KernelError};
 use fpx_ir::{Node, Tensor};
@@ -100,29 +101,38 @@ struct Problem<'a> {
     zero_masked_rows: bool,
 }
 
-/// `a·b` with eight partial sums (vectorizes; f32 throughout).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+/// `a·b` with sixteen partial sums (one AVX-512 vector; f32 throughout).
+#[inline(always)]
+fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+        for l in 0..16 {
+            acc[l] = M::fma(x[l], y[l], acc[l]);
         }
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
 }
 
+multiversion! {
+    /// Y (`[Sq, Dv]`) of query head `h` of batch `b`, compiled for the host's vector width.
+    fn attend_head<M>(p: &Problem<'_>, b: usize, h: usize, y: &mut [f32]) {
+        p.head::<M>(b, h, y)
+    }
+}
+
 impl Problem<'_> {
     /// Y (`[Sq, Dv]`) of query head `h` of batch `b`.
-    fn head(&self, b: usize, h: usize, y: &mut [f32]) {
+    #[inline(always)]
+    fn head<M: MulAdd>(&self, b: usize, h: usize, y: &mut [f32]) {
         let (hq, hkv, _, skv, d, dv) = self.dims;
         let [qs, ks, vs] = self.strides;
         let kvh = h / (hq / hkv);
         let k = &self.k[b * ks[0] + kvh * ks[1]..][..skv * d];
         let v = &self.v[b * vs[0] + kvh * vs[1]..][..skv * dv];
-        let mut scores = vec![0f32; KEY_BLOCK.min(skv)];
+        let mut scores = [0f32; KEY_BLOCK];
         for (i, yi) in y.chunks_mut(dv).enumerate() {
             let q = &self.q[b * qs[0] + h * qs[1] + i * d..][..d];
             let mask_row = self.mask.as_ref().map(|m| (&m.values[b * m.strides[0] + h * m.strides[1] + i * m.strides[2]..], m.strides[3]));
@@ -132,12 +142,12 @@ impl Problem<'_> {
                 if self.k_transposed {
                     s.iter_mut().for_each(|x| *x = 0.0);
                     for (e, &qe) in q.iter().enumerate() {
-                        s.iter_mut().zip(&k[e * skv + j0..]).for_each(|(x, &ke)| *x += qe * ke);
+                        s.iter_mut().zip(&k[e * skv + j0..]).for_each(|(x, &ke)| *x = M::fma(qe, ke, *x));
                     }
                     s.iter_mut().for_each(|x| *x *= self.scale);
                 } else {
                     for (jj, x) in s.iter_mut().enumerate() {
-                        *x = self.scale * dot(q, &k[(j0 + jj) * d..][..d]);
+                        *x = self.scale * dot::<M>(q, &k[(j0 + jj) * d..][..d]);
                     }
                 }
                 if let Some((row, stride)) = mask_row {
@@ -149,15 +159,16 @@ impl Problem<'_> {
                 }
                 if block_max > max {
                     // Rescale what was summed under the old maximum (0 when there was none).
-                    let alpha = (max - block_max).exp();
+                    let alpha = exp_f32::<M>(max - block_max);
                     sum *= alpha;
                     yi.iter_mut().for_each(|a| *a *= alpha);
                     max = block_max;
                 }
-                for (jj, &x) in s.iter().enumerate() {
-                    let p = (x - max).exp();
-                    sum += p;
-                    yi.iter_mut().zip(&v[(j0 + jj) * dv..][..dv]).for_each(|(a, &ve)| *a += p * ve);
+                // The block's weights first (a vectorized exp over the block), then the values.
+                s.iter_mut().for_each(|x| *x = exp_f32::<M>(*x - max));
+                sum += s.iter().sum::<f32>();
+                for (jj, &p) in s.iter().enumerate() {
+                    yi.iter_mut().zip(&v[(j0 + jj) * dv..][..dv]).for_each(|(a, &ve)| *a = M::fma(p, ve, *a));
                 }
             }
             if max == f32::NEG_INFINITY {
@@ -212,7 +223,7 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
     let mut y = alloc::filled::<f32>(&shape, 0.0)?;
     // Empty outputs can come with huge batch or head counts: nothing to compute then.
     if !y.is_empty() {
-        y.par_chunks_mut(sq * dv).enumerate().for_each(|(bh, yh)| problem.head(bh / hq, bh % hq, yh));
+        y.par_chunks_mut(sq * dv).enumerate().for_each(|(bh, yh)| attend_head(&problem, bh / hq, bh % hq, yh));
     }
     Ok(vec![tensor::<f32>(q.dtype(), &shape, y)?])
 }
