@@ -1,10 +1,12 @@
 //! `fpx:Attention` (schema in `fpx_ir::ops::fused_attention`): the attention subgraphs that
 //! `fpx_passes::FuseAttention` replaces, in one pass over the keys.
 //!
-//! Each (batch, query head) runs on its own thread of the pool. For each query, the keys are
-//! visited in blocks of [`KEY_BLOCK`]: the block's scores (scale·q·k plus the mask) go into a
-//! buffer of one block, and a streaming ("online") softmax keeps the running maximum, the sum of
-//! the weights and the weighted sum of values, rescaling them when the maximum grows. So no
+//! The query rows that share a key/value head (one head's queries, or a GQA group's) are cut
+//! into tasks of up to [`ROWS`] rows, run across the pool. A task visits the keys in blocks of
+//! [`KEY_BLOCK`], loading each key and value row once for all its rows: the block's scores
+//! (scale·q·k plus the mask) go into a buffer of one block per row, and a streaming ("online")
+//! softmax keeps each row's running maximum, the sum of the weights and the weighted sum of
+//! values, rescaling them when the maximum grows. So no
 //! score tensor over all keys is ever made; everything is computed in f32 (f16 and bf16 inputs
 //! are widened once and Y rounded once).
 
@@ -18,6 +20,8 @@ use std::borrow::Cow;
 
 /// Keys per block of the streaming softmax.
 const KEY_BLOCK: usize = 128;
+/// Query rows one task computes (sharing each key and value row it loads).
+const ROWS: usize = 8;
 
 /// A tensor's values as f32 in standard layout: borrowed for a standard float tensor, else
 /// copied (float16 and bfloat16 widened) within the budget.
@@ -117,68 +121,113 @@ fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 multiversion! {
-    /// Y (`[Sq, Dv]`) of query head `h` of batch `b`, compiled for the host's vector width.
-    fn attend_head<M>(p: &Problem<'_>, b: usize, h: usize, y: &mut [f32]) {
-        p.head::<M>(b, h, y)
+    /// Y of the query rows `[r0, r0 + y.len() / Dv)` of key/value head `g` of batch `b`,
+    /// compiled for the host's vector width.
+    fn attend_rows<M>(p: &Problem<'_>, b: usize, g: usize, r0: usize, y: &mut [f32]) {
+        p.rows::<M>(b, g, r0, y)
     }
 }
 
 impl Problem<'_> {
-    /// Y (`[Sq, Dv]`) of query head `h` of batch `b`.
+    /// The query heads that share one key/value head.
+    fn group(&self) -> usize {
+        self.dims.0 / self.dims.1
+    }
+
+    /// Y of the query rows `[r0, r0 + n)` (`n = y.len() / Dv`, at most [`ROWS`]) of key/value
+    /// head `g` of batch `b`. The rows of a group are its query heads' queries, head-major
+    /// (row `r` is query `r % Sq` of head `g · group + r / Sq`), so Y's rows of a group are
+    /// one contiguous block. Each key and value row is loaded once for all the task's rows:
+    /// query heads sharing a key/value head (GQA) stream the cache once, not once per head.
     #[inline(always)]
-    fn head<M: MulAdd>(&self, b: usize, h: usize, y: &mut [f32]) {
-        let (hq, hkv, _, skv, d, dv) = self.dims;
+    fn rows<M: MulAdd>(&self, b: usize, g: usize, r0: usize, y: &mut [f32]) {
+        let (_, _, sq, skv, d, dv) = self.dims;
+        let group = self.group();
         let [qs, ks, vs] = self.strides;
-        let kvh = h / (hq / hkv);
-        let k = &self.k[b * ks[0] + kvh * ks[1]..][..skv * d];
-        let v = &self.v[b * vs[0] + kvh * vs[1]..][..skv * dv];
-        let mut scores = [0f32; KEY_BLOCK];
-        for (i, yi) in y.chunks_mut(dv).enumerate() {
-            let q = &self.q[b * qs[0] + h * qs[1] + i * d..][..d];
-            let mask_row = self.mask.as_ref().map(|m| (&m.values[b * m.strides[0] + h * m.strides[1] + i * m.strides[2]..], m.strides[3]));
-            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-            for j0 in (0..skv).step_by(KEY_BLOCK) {
-                let s = &mut scores[..KEY_BLOCK.min(skv - j0)];
-                if self.k_transposed {
+        let n = y.len() / dv;
+        let k = &self.k[b * ks[0] + g * ks[1]..][..skv * d];
+        let v = &self.v[b * vs[0] + g * vs[1]..][..skv * dv];
+        let head_query = |lr: usize| {
+            let r = r0 + lr;
+            (g * group + r / sq, r % sq)
+        };
+        let queries: [&[f32]; ROWS] = std::array::from_fn(|lr| {
+            if lr < n {
+                let (h, i) = head_query(lr);
+                &self.q[b * qs[0] + h * qs[1] + i * d..][..d]
+            } else {
+                &[]
+            }
+        });
+        let masks: [Option<(&[f32], usize)>; ROWS] = std::array::from_fn(|lr| {
+            let (h, i) = head_query(lr);
+            self.mask.as_ref().filter(|_| lr < n).map(|m| (&m.values[b * m.strides[0] + h * m.strides[1] + i * m.strides[2]..], m.strides[3]))
+        });
+        let mut scores = [[0f32; KEY_BLOCK]; ROWS];
+        let (mut max, mut sum) = ([f32::NEG_INFINITY; ROWS], [0f32; ROWS]);
+        for j0 in (0..skv).step_by(KEY_BLOCK) {
+            let nb = KEY_BLOCK.min(skv - j0);
+            // Scores, key-major: each key row is read once for every query row.
+            if self.k_transposed {
+                for (lr, q) in queries[..n].iter().enumerate() {
+                    let s = &mut scores[lr][..nb];
                     s.iter_mut().for_each(|x| *x = 0.0);
                     for (e, &qe) in q.iter().enumerate() {
                         s.iter_mut().zip(&k[e * skv + j0..]).for_each(|(x, &ke)| *x = M::fma(qe, ke, *x));
                     }
-                    s.iter_mut().for_each(|x| *x *= self.scale);
-                } else {
-                    for (jj, x) in s.iter_mut().enumerate() {
-                        *x = self.scale * dot::<M>(q, &k[(j0 + jj) * d..][..d]);
+                }
+            } else {
+                for jj in 0..nb {
+                    let kj = &k[(j0 + jj) * d..][..d];
+                    for (lr, q) in queries[..n].iter().enumerate() {
+                        scores[lr][jj] = dot::<M>(q, kj);
                     }
                 }
-                if let Some((row, stride)) = mask_row {
+            }
+            // Per row: scale, mask, and the streaming softmax's weights for the block.
+            for lr in 0..n {
+                let s = &mut scores[lr][..nb];
+                s.iter_mut().for_each(|x| *x *= self.scale);
+                if let Some((row, stride)) = masks[lr] {
                     s.iter_mut().enumerate().for_each(|(jj, x)| *x += row[(j0 + jj) * stride]);
                 }
                 let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if block_max == f32::NEG_INFINITY {
+                    // Every key of the block is masked: weight 0 (skipped below).
+                    s.iter_mut().for_each(|x| *x = 0.0);
                     continue;
                 }
-                if block_max > max {
+                if block_max > max[lr] {
                     // Rescale what was summed under the old maximum (0 when there was none).
-                    let alpha = exp_f32::<M>(max - block_max);
-                    sum *= alpha;
-                    yi.iter_mut().for_each(|a| *a *= alpha);
-                    max = block_max;
+                    let alpha = exp_f32::<M>(max[lr] - block_max);
+                    sum[lr] *= alpha;
+                    y[lr * dv..][..dv].iter_mut().for_each(|a| *a *= alpha);
+                    max[lr] = block_max;
                 }
-                // The block's weights first (a vectorized exp over the block), then the values.
-                s.iter_mut().for_each(|x| *x = exp_f32::<M>(*x - max));
-                sum += s.iter().sum::<f32>();
-                for (jj, &p) in s.iter().enumerate() {
-                    yi.iter_mut().zip(&v[(j0 + jj) * dv..][..dv]).for_each(|(a, &ve)| *a = M::fma(p, ve, *a));
+                let m = max[lr];
+                s.iter_mut().for_each(|x| *x = exp_f32::<M>(*x - m));
+                sum[lr] += s.iter().sum::<f32>();
+            }
+            // Values, key-major: each value row is read once for every query row.
+            for jj in 0..nb {
+                let vj = &v[(j0 + jj) * dv..][..dv];
+                for (lr, yr) in y.chunks_exact_mut(dv).enumerate() {
+                    let p = scores[lr][jj];
+                    if p != 0.0 {
+                        yr.iter_mut().zip(vj).for_each(|(a, &ve)| *a = M::fma(p, ve, *a));
+                    }
                 }
             }
-            if max == f32::NEG_INFINITY {
+        }
+        for (lr, yr) in y.chunks_exact_mut(dv).enumerate() {
+            if max[lr] == f32::NEG_INFINITY {
                 // Every score is -inf: the unfused softmax gives NaN (0/0), which the exporters'
                 // NaN guard (when present) turns into 0; with no keys the product is 0.
                 let fill = if self.zero_masked_rows || skv == 0 { 0.0 } else { f32::NAN };
-                yi.iter_mut().for_each(|a| *a = fill);
+                yr.iter_mut().for_each(|a| *a = fill);
             } else {
-                let inv = 1.0 / sum;
-                yi.iter_mut().for_each(|a| *a *= inv);
+                let inv = 1.0 / sum[lr];
+                yr.iter_mut().for_each(|a| *a *= inv);
             }
         }
     }
@@ -223,7 +272,12 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
     let mut y = alloc::filled::<f32>(&shape, 0.0)?;
     // Empty outputs can come with huge batch or head counts: nothing to compute then.
     if !y.is_empty() {
-        y.par_chunks_mut(sq * dv).enumerate().for_each(|(bh, yh)| attend_head(&problem, bh / hq, bh % hq, yh));
+        // One block of Y per (batch, key/value head): its query heads' rows, cut into tasks of
+        // at most ROWS rows.
+        let group_rows = problem.group() * sq;
+        y.par_chunks_mut(group_rows * dv).enumerate().for_each(|(bg, yg)| {
+            yg.par_chunks_mut(ROWS * dv).enumerate().for_each(|(c, yc)| attend_rows(&problem, bg / hkv, bg % hkv, c * ROWS, yc))
+        });
     }
     Ok(vec![tensor::<f32>(q.dtype(), &shape, y)?])
 }
