@@ -159,6 +159,8 @@ pub struct CpuKernelSpec {
     pub column_split: u32,
     /// `f32` or `int8`.
     pub activations: String,
+    /// What the node fuses after its product (`none`, or e.g. `silu-gated + residual`).
+    pub epilogue: String,
 }
 
 /// The GPU GEMM one node launches for a range of M.
@@ -172,6 +174,18 @@ pub struct GpuKernelSpec {
     pub kernel: String,
     /// The tile configuration (`key=value` words).
     pub config: String,
+}
+
+/// The fused epilogue of the quantized product named `node` (`none` when there is none, or
+/// the node is missing or malformed: the reader has checked the graph already).
+fn epilogue_of(graph: &Graph, node: &str) -> String {
+    let found = graph.node_ids().into_iter().map(|id| graph.node(id)).find(|n| n.name == node);
+    found
+        .and_then(|n| {
+            let gemm = fpx_ir::ops::quant_matmul::read(n).ok()?;
+            fpx_ir::ops::quant_matmul::epilogue(n, &gemm).ok()
+        })
+        .map_or_else(|| "none".to_string(), |e| e.to_string())
 }
 
 /// Consecutive rows of the same node, grouped (tables are stored node by node).
@@ -261,6 +275,7 @@ impl ArtifactSummary {
                                 symbol: e.symbol.clone(),
                                 column_split: e.column_split,
                                 activations: e.activations.to_string(),
+                                epilogue: epilogue_of(graph, &k.node),
                             })
                         })
                         .collect(),
@@ -338,11 +353,12 @@ impl ArtifactSummary {
                 let k = rows[0];
                 let _ = writeln!(
                     s,
-                    "  {}: {} [{} activations, columns split at {}]",
+                    "  {}: {} [{} activations, columns split at {}, epilogue {}]",
                     k.node,
                     choices.join(", "),
                     k.activations,
-                    k.column_split
+                    k.column_split,
+                    k.epilogue
                 );
             }
             if nodes.len() > 8 {

@@ -1,5 +1,6 @@
 //! Fused epilogues through the compiled CPU kernels: a transformer block (bias + residual on the
-//! output projection, a SiLU-gated MLP with residual, bias + ReLU on a ragged width, exact GELU)
+//! output projection, a SiLU-gated MLP with residual, bias + ReLU on a ragged width, exact GELU,
+//! a residual that broadcasts)
 //! compiled with and without fusion gives the same outputs, for f32 and int8 activations, at
 //! M from 1 (GEMV) to 201 (GEMM, several epilogue blocks per thread), on 1 and 2 threads; and
 //! the fused artifact equals the fused reference path.
@@ -36,6 +37,7 @@ fn write_block(path: &Path) {
         w("be", &[40]),
         w("wf", &[k, 32]),
     );
+    let wg2 = w("wg2", &[k, 32]);
     let nodes = vec![
         node("MatMul", "o_proj", &["x", &wo], &["o"]),
         node("Add", "o_bias", &["o", &bo], &["ob"]),
@@ -52,10 +54,18 @@ fn write_block(path: &Path) {
         node("Relu", "relu", &["eb"], &["relu_out"]),
         node("MatMul", "f_proj", &["out", &wf], &["f"]),
         node("Gelu", "gelu", &["f"], &["gelu_out"]),
+        // A residual that broadcasts over the product (one row per batch): added afterwards.
+        node("MatMul", "g_proj", &["out", &wg2], &["gp"]),
+        node("Add", "residual3", &["r", "gp"], &["bcast_out"]),
     ];
     let kd = K.to_string();
-    let inputs = vec![value("x", &["b", "s", &kd])];
-    let outputs = vec![value("out", &["b", "s", &kd]), value("relu_out", &["b", "s", "40"]), value("gelu_out", &["b", "s", "32"])];
+    let inputs = vec![value("x", &["b", "s", &kd]), value("r", &["b", "1", "32"])];
+    let outputs = vec![
+        value("out", &["b", "s", &kd]),
+        value("relu_out", &["b", "s", "40"]),
+        value("gelu_out", &["b", "s", "32"]),
+        value("bcast_out", &["b", "s", "32"]),
+    ];
     save(&model_with_opsets(nodes, inputs, outputs, inits, vec![opset("", 20)]), path);
 }
 
@@ -80,7 +90,7 @@ fn fused_epilogues_match_the_unfused_artifact_and_the_reference_path() {
     for activations in [Activations::F32, Activations::Int8] {
         let fused = fpx::compile(&model, &options(true, activations)).unwrap();
         let ops: Vec<&str> = fused.contents.graph.node_ids().into_iter().map(|id| fused.contents.graph.node(id).op_type.as_str()).collect();
-        assert_eq!(ops, vec!["QuantMatMul"; 5], "{activations:?}: every epilogue fused");
+        assert_eq!(ops, vec!["QuantMatMul"; 6], "{activations:?}: every epilogue fused");
         let fused = fused.load().unwrap();
         let plain = fpx::compile(&model, &options(false, activations)).unwrap().load().unwrap();
         let reference = fpx::Model::open_with(&model, &options(true, activations).quantize).unwrap();
@@ -89,7 +99,10 @@ fn fused_epilogues_match_the_unfused_artifact_and_the_reference_path() {
                 fpx::ir::ndarray::ArrayD::from_shape_vec(fpx::ir::ndarray::IxDyn(&[b, s, K]), Rng::new(s as u64).signeds(b * s * K))
                     .unwrap(),
             );
-            let feed = || vec![("x".to_string(), x.clone())];
+            let r = Tensor::from(
+                fpx::ir::ndarray::ArrayD::from_shape_vec(fpx::ir::ndarray::IxDyn(&[b, 1, 32]), Rng::new(9).signeds(b * 32)).unwrap(),
+            );
+            let feed = || vec![("x".to_string(), x.clone()), ("r".to_string(), r.clone())];
             let want = reference.run(feed()).unwrap();
             for threads in [1, 2] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -11,8 +11,9 @@
 //!    groups, activations) becomes one product of twice the columns whose weight interleaves
 //!    gate and up in blocks of [`GATE_BLOCK`] columns: x is read (and quantized) once, and the
 //!    gate, up and activation intermediates never reach memory;
-//! 4. **residual**: `Add(QMM, r)` with `r` of exactly Y's type and shape becomes the product's
-//!    residual input.
+//! 4. **residual**: `Add(QMM, r)` (f32) becomes the product's residual input, added with the
+//!    `Add`'s broadcasting (in place, per block, when `r` has Y's shape, as it has in a
+//!    transformer's residual stream).
 //!
 //! The fused node keeps the replaced chain's output value, so later nodes and graph outputs
 //! see no difference.
@@ -331,10 +332,9 @@ fn match_residual(graph: &Graph, add: NodeId) -> Option<ResidualMatch> {
         if p.epilogue.residual || graph.constant(r).is_some() {
             continue;
         }
-        // Exactly Y's type: fixed dims equal, symbolic dims the same symbol, nothing unknown.
+        // Any f32 residual: one of Y's shape is added in place, another with broadcasting.
         let (Some(yt), Some(rt)) = (&graph.value(y).ty, &graph.value(r).ty) else { continue };
-        let known = |t: &fpx_ir::TensorType| t.shape.as_ref().is_some_and(|s| s.iter().all(|d| !matches!(d, fpx_ir::Dim::Unknown)));
-        if yt.dtype == DType::F32 && yt == rt && yt == &out_ty && known(yt) {
+        if yt.dtype == DType::F32 && rt.dtype == DType::F32 && out_ty.dtype == DType::F32 {
             return Some((p.node, add, r));
         }
     }

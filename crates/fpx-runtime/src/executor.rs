@@ -414,11 +414,12 @@ fn run_native(
     // The output (N comes from the node), checked against the budget before it is allocated.
     let mut y = alloc::filled(&shape, 0f32)?;
     let residual_converted: Vec<f32>;
-    let residual: Option<&[f32]> = match args.get(quant_matmul::RESIDUAL_INPUT).copied().flatten() {
+    let residual_arg = args.get(quant_matmul::RESIDUAL_INPUT).copied().flatten();
+    // A residual of another shape than Y is added afterwards, with broadcasting.
+    let broadcast = residual_arg.filter(|r| r.shape() != shape.as_slice());
+    let epilogue = &Epilogue { residual: epilogue.residual && broadcast.is_none(), ..*epilogue };
+    let residual: Option<&[f32]> = match residual_arg.filter(|_| broadcast.is_none()) {
         None => None,
-        Some(r) if r.shape() != shape.as_slice() => {
-            return Err(KernelError::new(format!("the residual has shape {:?}, but Y has {:?}", r.shape(), shape)))
-        }
         Some(Tensor::F32(a)) if a.is_standard_layout() => Some(a.as_slice().expect("standard")),
         Some(other) => {
             residual_converted = other.to_f32().iter().copied().collect();
@@ -430,7 +431,10 @@ fn run_native(
     let s = s.as_standard_layout();
     let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
     q.run(xv, prepared, m, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), epilogue, residual, &mut y)?;
-    let out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
+    let mut out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
+    if let Some(r) = broadcast {
+        out = crate::kernels::quant::broadcast_residual(out, r)?;
+    }
     Ok(vec![if x.dtype() == fpx_ir::DType::F32 { out } else { out.cast(x.dtype()) }])
 }
 

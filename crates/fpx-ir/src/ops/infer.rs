@@ -535,12 +535,19 @@ pub fn quant_matmul(ctx: &InferCtx) -> Out {
     let mut dims = s.clone();
     *dims.last_mut().expect("rank >= 1") = Dim::Fixed(epilogue.output_columns(n));
     let y = TensorType { dtype: x.dtype, shape: Some(dims) };
-    if let Some(r) = ctx.input(super::quant_matmul::RESIDUAL_INPUT) {
-        if r.dtype != x.dtype || !r.compatible(&y) {
-            return Err(ctx.error(format!("the residual is {r}, but Y is {y}: a residual must have Y's type and shape")));
+    match ctx.input(super::quant_matmul::RESIDUAL_INPUT) {
+        None => one(y),
+        Some(r) if r.dtype != x.dtype => {
+            Err(ctx.error(format!("the residual is {r}, but the product is {y}: they must have one element type")))
         }
+        Some(r) => match (&y.shape, &r.shape) {
+            (Some(a), Some(b)) => match broadcast_dims(a, b) {
+                Some(d) => one(TensorType { dtype: x.dtype, shape: Some(d) }),
+                None => Err(ctx.error(format!("the residual {r} does not broadcast with the product {y}"))),
+            },
+            _ => one(TensorType::unranked(x.dtype)),
+        },
     }
-    one(y)
 }
 
 #[cfg(test)]

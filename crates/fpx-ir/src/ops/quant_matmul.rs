@@ -86,7 +86,9 @@ pub struct Epilogue {
     /// W holds a gate and an up projection interleaved in blocks of [`GATE_BLOCK`] columns;
     /// `Y[.., B·j + i] = act(P[.., 2·B·j + i]) · P[.., 2·B·j + B + i]`, N / 2 columns wide.
     pub gated: bool,
-    /// Input [`RESIDUAL_INPUT`] (Y's shape) is added last.
+    /// Input [`RESIDUAL_INPUT`] is added last, with ONNX (numpy) broadcasting like the `Add` it
+    /// replaces: Y's shape is the broadcast of the product's and the residual's (usually they
+    /// are the same shape, which the runtime adds in place).
     pub residual: bool,
 }
 
@@ -129,6 +131,27 @@ impl Epilogue {
             y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
         }
         y
+    }
+}
+
+impl std::fmt::Display for Epilogue {
+    /// `none`, or what is fused, e.g. `silu-gated + residual`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        match (self.activation, self.gated) {
+            (Some(a), true) => parts.push(format!("{}-gated", a.name())),
+            (None, true) => parts.push("gated".into()),
+            (Some(a), false) => parts.push(a.name().into()),
+            (None, false) => {}
+        }
+        if self.residual {
+            parts.push("residual".into());
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(" + "))
+        }
     }
 }
 
@@ -292,6 +315,8 @@ mod tests {
         n.inputs.resize(RESIDUAL_INPUT + 1, None);
         n.inputs[RESIDUAL_INPUT] = Some(crate::ValueId(3));
         assert!(epilogue(&n, &g).unwrap().residual);
+        assert_eq!(epilogue(&n, &g).unwrap().to_string(), "relu-gated + residual");
+        assert_eq!(Epilogue::default().to_string(), "none");
         let cases: Vec<(&str, Attribute, &str)> = vec![
             ("activation", Attribute::String("swish2".into()), "unknown activation 'swish2' (one of relu, silu, gelu)"),
             ("activation", Attribute::Int(1), "'activation' must be a string"),

@@ -75,9 +75,22 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
             }
         }
     }
-    let (y, shape) = apply_epilogue(&epilogue, y, shape, opt_arg(i, quant_matmul::RESIDUAL_INPUT))?;
-    let out = Tensor::from(array(&shape, y));
+    let residual = opt_arg(i, quant_matmul::RESIDUAL_INPUT);
+    let (y, shape) = apply_epilogue(&epilogue, y, shape, residual)?;
+    let mut out = Tensor::from(array(&shape, y));
+    if let Some(r) = residual.filter(|r| r.shape() != shape.as_slice()) {
+        out = broadcast_residual(out, r)?;
+    }
     Ok(vec![if x.dtype() == DType::F32 { out } else { out.cast(x.dtype()) }])
+}
+
+/// `y + residual` with ONNX broadcasting, for a residual whose shape is not Y's (the fused
+/// `Add`'s semantics), within the tensor budget.
+pub(crate) fn broadcast_residual(y: Tensor, residual: &Tensor) -> Result<Tensor, KernelError> {
+    let shape = super::broadcast_shape(&[y.shape(), residual.shape()])?;
+    alloc::check_t::<f32>(&shape)?;
+    let (Tensor::F32(a), r) = (&y, residual.to_f32()) else { kbail!("the product must be float") };
+    Ok(Tensor::from((a + &r).into_dyn()))
 }
 
 /// Y from the product `p` (of `shape`) by the node's epilogue, each row in f64
@@ -94,7 +107,8 @@ fn apply_epilogue(
     let n = *shape.last().expect("rank >= 1");
     *shape.last_mut().expect("rank >= 1") = epilogue.output_columns(n);
     let residual: Option<Vec<f64>> = match residual {
-        Some(r) if r.shape() != shape.as_slice() => kbail!("the residual has shape {:?}, but Y has {:?}", r.shape(), shape),
+        // A residual of another shape is added with broadcasting by the caller.
+        Some(r) if r.shape() != shape.as_slice() => None,
         Some(r) => Some(r.to_f64_vec()),
         None => None,
     };

@@ -260,9 +260,8 @@ fn concat_t<T: Elem>(first: &ArrayD<T>, all: &[&Tensor], ax: usize) -> Result<Te
             None => kbail!("inputs have different element types ({} and {})", T::DTYPE, t.dtype()),
         }
     }
-    let same_other_axes = views.iter().all(|v| {
-        v.ndim() == shape.len() && v.shape().iter().zip(&shape).enumerate().all(|(k, (a, b))| k == ax || a == b)
-    });
+    let same_other_axes =
+        views.iter().all(|v| v.ndim() == shape.len() && v.shape().iter().zip(&shape).enumerate().all(|(k, (a, b))| k == ax || a == b));
     if !same_other_axes {
         kbail!("cannot concatenate shapes {:?} on axis {ax}", all.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>());
     }
@@ -507,8 +506,8 @@ pub(super) fn register(r: &mut KernelRegistry) {
 #[cfg(test)]
 mod tests {
     use super::{concat_t, expand_into};
-    use fpx_ir::Tensor;
     use fpx_ir::ndarray::{ArrayD, IxDyn};
+    use fpx_ir::Tensor;
     use fpx_test_support::Rng;
 
     #[test]

@@ -161,7 +161,10 @@ impl Problem<'_> {
         });
         let masks: [Option<(&[f32], usize)>; ROWS] = std::array::from_fn(|lr| {
             let (h, i) = head_query(lr);
-            self.mask.as_ref().filter(|_| lr < n).map(|m| (&m.values[b * m.strides[0] + h * m.strides[1] + i * m.strides[2]..], m.strides[3]))
+            self.mask
+                .as_ref()
+                .filter(|_| lr < n)
+                .map(|m| (&m.values[b * m.strides[0] + h * m.strides[1] + i * m.strides[2]..], m.strides[3]))
         });
         let mut scores = [[0f32; KEY_BLOCK]; ROWS];
         let (mut max, mut sum) = ([f32::NEG_INFINITY; ROWS], [0f32; ROWS]);
