@@ -257,7 +257,7 @@ fn cli_compile_run_inspect_and_bench_an_artifact() {
         "weights: fp6-e2m3",
         "cpu shared object",
         "runs on this machine",
-        ": M <= 8 fpx_qmm_fp6_e2m3_k64_n256_g0_gemv, larger M fpx_qmm_fp6_e2m3_k64_n256_g0_gemm [f32 activations, columns split at 16]",
+        ": M <= 8 fpx_qmm_fp6_e2m3_k64_n256_g0_gemv, larger M fpx_qmm_fp6_e2m3_k64_n256_g0_gemm [f32 activations, columns split at 16, epilogue gelu]",
         "QuantMatMul",
     ] {
         assert!(text.contains(needle), "'{needle}' missing from:\n{text}");
