@@ -319,6 +319,57 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
     }
 }
 
+/// The AVX2 int8 kernels give a row the same bits whether it runs alone or with another row
+/// (the direct GEMV, `m <= 2`) or among nine (the panel loop): both compute each tile's exact
+/// `i32` dot products and convert and scale them in the same operations (K within one panel,
+/// 16 tiles, so the `f32` sums are rounded at the same points too).
+#[test]
+fn avx2_int8_direct_and_panel_rows_agree_bit_for_bit() {
+    let specs: Vec<QuantGemm> =
+        SHAPES.iter().filter(|s| s.2 % 32 == 0 && s.0 <= 512).map(|&(k, n, g)| spec8(Format::Fp6E2M3, k, n, g)).collect();
+    assert!(specs.len() >= 8);
+    let lib = Lib::load(&compile_cpu(&specs, CpuTarget::X86_64V3).unwrap());
+    let asm = fpx_llvm::emit_ir_and_asm(&specs[..1], CpuTarget::X86_64V3).unwrap().1;
+    assert!(asm.contains("vpsignb") && asm.contains("vpmaddubsw"), "the AVX2 int8 code lacks the direct kernel's byte operations");
+    for (i, s) in specs.iter().enumerate() {
+        let weight = Weight::new(*s, 600 + i as u64);
+        let bias = Rng::new(650 + i as u64).normals(s.n);
+        let x = Rng::new(660 + i as u64).normals(9 * s.k);
+        let run = |rows: std::ops::Range<usize>, variant: Variant| {
+            let m = rows.len();
+            let q = Int8Activations::quantize(&x[rows.start * s.k..rows.end * s.k], m, s.k);
+            let mut y = vec![f32::NAN; m * s.n];
+            let f = lib.kernel(&fpx_llvm::symbol(s, variant));
+            // SAFETY: buffers sized as the ABI requires.
+            unsafe {
+                f(q.as_ptr(), m as i64, weight.packed.as_ptr(), weight.scales.as_ptr(), bias.as_ptr(), y.as_mut_ptr(), 0, s.n as i64)
+            };
+            y
+        };
+        for variant in Variant::ALL {
+            let all = run(0..9, variant);
+            assert!(all.iter().all(|v| v.is_finite()));
+            for r in 0..9 {
+                let alone = run(r..r + 1, variant);
+                assert!(
+                    alone.iter().zip(&all[r * s.n..(r + 1) * s.n]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{}: row {r} alone differs from row {r} of nine",
+                    fpx_llvm::symbol(s, variant)
+                );
+            }
+            for r in (0..8).step_by(2) {
+                let pair = run(r..r + 2, variant);
+                assert!(
+                    pair.iter().zip(&all[r * s.n..(r + 2) * s.n]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{}: rows {r}..{} as a pair differ from the same rows of nine",
+                    fpx_llvm::symbol(s, variant),
+                    r + 2
+                );
+            }
+        }
+    }
+}
+
 /// x86-64-v4-vnni code (and native code on a VBMI + VNNI host) takes the 512-bit int8 path;
 /// plain x86-64-v4 code does not.
 #[test]

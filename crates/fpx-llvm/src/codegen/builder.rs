@@ -286,6 +286,16 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(self.b.build_indirect_call(fty, asm, &[p.into()], "")?.try_as_basic_value().basic().expect("asm returns").into_pointer_value())
     }
 
+    /// `v` passed through an empty inline asm that also takes `after`: the same value, but
+    /// LLVM must have computed `after` first. Keeps a streamed decode in program order (else
+    /// the scheduler hoists every T-vector's decode above the products and spills it).
+    pub(super) fn tie(&self, v: VectorValue<'ctx>, after: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let fty = v.get_type().fn_type(&[v.get_type().into(), after.get_type().into()], false);
+        let asm = self.ctx.create_inline_asm(fty, String::new(), "=x,0,x".to_string(), false, false, None, false);
+        let out = self.b.build_indirect_call(fty, asm, &[v.into(), after.into()], "")?;
+        Ok(out.try_as_basic_value().basic().expect("asm returns").into_vector_value())
+    }
+
     // ---------------------------------------------------------------- calls
 
     /// The declaration of intrinsic `name`, overloaded on `types`.

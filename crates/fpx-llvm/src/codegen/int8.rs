@@ -66,6 +66,11 @@ pub(super) struct RowsOut<'ctx> {
     per_channel: Option<VectorValue<'ctx>>,
 }
 
+/// Takes a tile's code bytes per half `j` and T-vector `v` ([`Gen::i8_tile_bytes`]); may return
+/// a value the next T-vector's decode must wait for.
+pub(super) type TileBytesSink<'s, 'm, 'ctx> =
+    dyn FnMut(&Gen<'m, 'ctx>, usize, usize, [VectorValue<'ctx>; 2]) -> R<Option<VectorValue<'ctx>>> + 's;
+
 /// Bytes of one int8 panel tile: 16 vectors of 32 unsigned weight bytes (`weight + 64`), then
 /// two vectors of `f32` scales in accumulator lane order (grouped weights only).
 const I8_TILE_BYTES: u64 = I8_SCALES_AT + 4 * TILE_N as u64;
@@ -79,16 +84,16 @@ const I8_ROWS: u32 = 3;
 
 /// How a format's codes become unsigned weight bytes `value · units + 64` for the int8 kernels.
 #[derive(Debug, Clone, Copy)]
-struct ByteDecode {
+pub(super) struct ByteDecode {
     /// `1 / units`: folded into the scales.
-    inv_units: f32,
+    pub(super) inv_units: f32,
     /// How a code byte becomes the weight byte.
-    kind: ByteKind,
+    pub(super) kind: ByteKind,
 }
 
 /// The byte decoder of a code width.
 #[derive(Debug, Clone, Copy)]
-enum ByteKind {
+pub(super) enum ByteKind {
     /// 4-bit codes: one table from the code to `value · units + 64`.
     Table([u8; 16]),
     /// FP6: the code byte `s << 7 | e << 4 | low nibble` (as the byte method assembles it);
@@ -98,7 +103,7 @@ enum ByteKind {
 
 impl ByteDecode {
     /// The byte decoder of `format` (an error if it has no integer form or is not 4 or 6 bits wide).
-    fn of(format: Format) -> R<ByteDecode> {
+    pub(super) fn of(format: Format) -> R<ByteDecode> {
         let units = fpx_quant::act8::int8_units(format)
             .ok_or_else(|| LlvmError::Llvm(format!("{format} has no integer form for int8 activations")))?;
         let value = |c: u8| fold::stored_value(format, c) * units;
@@ -150,29 +155,39 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         match dec.kind {
             ByteKind::Table(t) => to_bytes(self.pshufb(&t, self.b.build_bit_cast(r, self.vi32(w), "")?.into_vector_value())?),
             ByteKind::Fp6 { mag, identity0 } => {
-                let n = 4 * w;
-                let r32 = self.b.build_bit_cast(r, self.vi32(w), "")?.into_vector_value();
-                let nib = self.and(r32, 0x0f0f_0f0f)?;
-                let m0 = if identity0 { to_bytes(nib)? } else { to_bytes(self.pshufb(&mag[0], nib)?)? };
-                let m1 = to_bytes(self.pshufb(&mag[1], nib)?)?;
-                let rb = to_bytes(r)?;
-                let zero = self.ctx.i8_type().vec_type(n).const_zero();
-                // The exponent bit (bit 4) moved to each byte's sign by a 16-bit shift (bits
-                // from the neighbouring byte land below bit 7): one vpsllw, then vpblendvb.
-                let e = self.b.build_int_compare(IntPredicate::SLT, to_bytes(self.shift16(r32, 3)?)?, zero, "")?;
-                let m = self.b.build_select(e, m1, m0, "")?.into_vector_value();
+                let (m, rb) = self.fp6_magnitudes(&mag, identity0, r)?;
                 // vpsignb: the magnitude negated where the code's sign (bit 7) is set (a zero
                 // code byte is +0, whose magnitude is 0 anyway).
-                let psign = self.intrinsic("llvm.x86.avx2.psign.b", &[])?;
-                let signed = self.call(psign, &[m.into(), rb.into()])?.expect("returns").into_vector_value();
-                let off = self.splat_i8(fpx_quant::act8::WEIGHT_OFFSET as u8, n);
+                let signed = self.call_vec("llvm.x86.avx2.psign.b", &[m.into(), rb.into()])?;
+                let off = self.splat_i8(fpx_quant::act8::WEIGHT_OFFSET as u8, 4 * w);
                 Ok(self.b.build_int_add(signed, off, "")?)
             }
         }
     }
 
+    /// FP6 code bytes `r` (`s << 7 | e << 4 | low nibble`) to their unsigned magnitudes
+    /// `mag[e][nibble]`, and `r` as bytes (whose bit 7 is the sign).
+    pub(super) fn fp6_magnitudes(
+        &self,
+        mag: &[[u8; 16]; 2],
+        identity0: bool,
+        r: VectorValue<'ctx>,
+    ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>)> {
+        let w = self.w();
+        let to_bytes = |v: VectorValue<'ctx>| self.as_bytes(v);
+        let r32 = self.b.build_bit_cast(r, self.vi32(w), "")?.into_vector_value();
+        let nib = self.and(r32, 0x0f0f_0f0f)?;
+        let m0 = if identity0 { to_bytes(nib)? } else { to_bytes(self.pshufb(&mag[0], nib)?)? };
+        let m1 = to_bytes(self.pshufb(&mag[1], nib)?)?;
+        let zero = self.ctx.i8_type().vec_type(4 * w).const_zero();
+        // The exponent bit (bit 4) moved to each byte's sign by a 16-bit shift (bits from the
+        // neighbouring byte land below bit 7): one vpsllw, then vpblendvb.
+        let e = self.b.build_int_compare(IntPredicate::SLT, to_bytes(self.shift16(r32, 3)?)?, zero, "")?;
+        Ok((self.b.build_select(e, m1, m0, "")?.into_vector_value(), to_bytes(r)?))
+    }
+
     /// Row (0..8) of each `i32` lane of a T-vector: the same for every T-vector on AVX2.
-    fn i8_lane_rows(&self) -> R<Vec<usize>> {
+    pub(super) fn i8_lane_rows(&self) -> R<Vec<usize>> {
         let l = &self.lanes;
         let rows: Vec<usize> = l.order[0].iter().map(|w| w / 4).collect();
         for v in 0..l.nq {
@@ -183,9 +198,82 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(rows)
     }
 
-    /// Decodes tile `kt` (relative to the n-tile) into int8 panel slot `at`: for each half `j`
-    /// and T-vector `v`, the bytes of rows `g` then `g + 8` (4 codes per lane, columns
-    /// `c + [8, 0, 9, 1]`, `c = 16j + 2t`), then the grouped scales.
+    /// Hands `each(j, v, [row g, row g + 8])` the code bytes of tile `tile` (absolute) per half
+    /// `j` and T-vector `v`: 4 codes per lane, columns `c + [8, 0, 9, 1]` (`c = 16j + 2t`), as
+    /// [`ByteKind`] expects them. T-vector by T-vector, so that only one T-vector's high-plane
+    /// bytes are live at a time (half by half, all four stay live and spill); a value `each`
+    /// returns is computed before the next T-vector is decoded ([`Gen::tie`]).
+    pub(super) fn i8_tile_bytes(
+        &self,
+        plan: &Plan,
+        packed: PointerValue<'ctx>,
+        tile: IntValue<'ctx>,
+        each: &mut TileBytesSink<'_, 'm, 'ctx>,
+    ) -> R<()> {
+        let dq = plan.dq;
+        let lo = self.low_plane(packed, tile)?;
+        let high = if dq.h > 0 {
+            match self.high_words(&dq, self.high_plane(plan, packed, tile)?)? {
+                High::Fields(f) if dq.h == 2 => Some(f),
+                _ => return Err(LlvmError::Llvm("int8 kernels decode 4- and 6-bit codes only".into())),
+            }
+        } else {
+            None
+        };
+        let words = [self.low_words(lo, 0)?, self.low_words(lo, 1)?];
+        let mut token: Option<VectorValue<'ctx>> = None;
+        let after = |v: VectorValue<'ctx>, token: Option<VectorValue<'ctx>>| match token {
+            Some(t) => self.tie(v, t),
+            None => Ok(v),
+        };
+        for v in 0..self.lanes.nq {
+            let sets = match &high {
+                Some(h) => Some(self.fp6_sets(&[after(h[v], token)?])?[0]),
+                None => None,
+            };
+            for (j, words) in words.iter().enumerate() {
+                let low = after(words[v], token)?;
+                let low_n = self.and(low, 0x0f0f_0f0f)?;
+                let high_n = self.and(self.shift(low, -4)?, 0x0f0f_0f0f)?;
+                let (bl, bh) = match sets {
+                    Some(s) => {
+                        let (sl, sh) = s[j];
+                        (self.b.build_or(low_n, sl, "")?, self.b.build_or(high_n, sh, "")?)
+                    }
+                    None => (low_n, high_n),
+                };
+                // Word bytes: low nibbles [e6, e0, e7, e1], high nibbles [e4, e2, e5, e3]; row g
+                // is [e4, e0, e5, e1], row g + 8 [e6, e2, e7, e3].
+                if let Some(t) = each(self, j, v, [self.even_odd(bh, bl)?, self.even_odd(bl, bh)?])? {
+                    token = Some(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Grouped weights: the scales of tile `kt`'s group times `1 / units`, as the two
+    /// accumulators' lane order (`rows`) wants them.
+    pub(super) fn i8_group_scales(
+        &self,
+        plan: &Plan,
+        inv_units: f32,
+        scales: PointerValue<'ctx>,
+        kt: IntValue<'ctx>,
+        cols: Cols<'ctx>,
+        rows: &[usize],
+    ) -> R<[VectorValue<'ctx>; 2]> {
+        let w = self.w();
+        let s16 = self.scales16(plan, scales, self.tile_group(plan, kt)?, cols)?;
+        let half = |h: usize| -> R<VectorValue<'ctx>> {
+            let idx: Vec<u32> = rows.iter().map(|&g| (g + 8 * h) as u32).collect();
+            Ok(self.b.build_float_mul(self.shuf(s16, s16, &idx)?, self.splat_f32(inv_units, w), "")?)
+        };
+        Ok([half(0)?, half(1)?])
+    }
+
+    /// Decodes tile `kt` (relative to the n-tile) into int8 panel slot `dst`: the unsigned
+    /// weight bytes of [`Gen::i8_tile_bytes`], then the grouped scales.
     #[allow(clippy::too_many_arguments)]
     fn i8_build(
         &self,
@@ -197,45 +285,17 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         dst: PointerValue<'ctx>,
         rows: &[usize],
     ) -> R<()> {
-        let dq = plan.dq;
-        let tile = self.add(tile0, kt)?;
-        let lo = self.low_plane(packed, tile)?;
-        let sets = if dq.h > 0 {
-            match self.high_words(&dq, self.high_plane(plan, packed, tile)?)? {
-                High::Fields(f) if dq.h == 2 => Some(self.fp6_sets(&f)?),
-                _ => return Err(LlvmError::Llvm("int8 kernels decode 4- and 6-bit codes only".into())),
-            }
-        } else {
-            None
-        };
         let w = self.w() as u64;
-        for j in 0..2usize {
-            let words = self.low_words(lo, j as u64)?;
-            for (v, &low) in words.iter().enumerate() {
-                let low_n = self.and(low, 0x0f0f_0f0f)?;
-                let high_n = self.and(self.shift(low, -4)?, 0x0f0f_0f0f)?;
-                let (bl, bh) = match &sets {
-                    Some(s) => {
-                        let (sl, sh) = s[v][j];
-                        (self.b.build_or(low_n, sl, "")?, self.b.build_or(high_n, sh, "")?)
-                    }
-                    None => (low_n, high_n),
-                };
-                // Word bytes: low nibbles [e6, e0, e7, e1], high nibbles [e4, e2, e5, e3].
-                let row_g = self.even_odd(bh, bl)?; // [e4, e0, e5, e1]
-                let row_g8 = self.even_odd(bl, bh)?; // [e6, e2, e7, e3]
-                for (h, r) in [row_g, row_g8].into_iter().enumerate() {
-                    let u = self.decode_bytes(dec, r)?;
-                    let at = ((j * self.lanes.nq + v) * 2 + h) as u64 * 4 * w;
-                    self.store(u, self.gep(dst, self.i64c(at))?, 32)?;
-                }
+        self.i8_tile_bytes(plan, packed, self.add(tile0, kt)?, &mut |g, j, v, rows| {
+            for (h, r) in rows.into_iter().enumerate() {
+                let u = g.decode_bytes(dec, r)?;
+                let at = ((j * g.lanes.nq + v) * 2 + h) as u64 * 4 * w;
+                g.store(u, g.gep(dst, g.i64c(at))?, 32)?;
             }
-        }
+            Ok(None)
+        })?;
         if plan.groups > 1 {
-            let s16 = self.scales16(plan, scales, self.tile_group(plan, kt)?, cols)?;
-            for h in 0..2 {
-                let idx: Vec<u32> = rows.iter().map(|&g| (g + 8 * h) as u32).collect();
-                let s = self.b.build_float_mul(self.shuf(s16, s16, &idx)?, self.splat_f32(dec.inv_units, w as u32), "")?;
+            for (h, s) in self.i8_group_scales(plan, dec.inv_units, scales, kt, cols, rows)?.into_iter().enumerate() {
                 self.store(s, self.gep(dst, self.i64c(I8_SCALES_AT + h as u64 * 4 * w))?, 32)?;
             }
         }
@@ -334,18 +394,25 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
 
         let cols = self.cols(plan, self.mul(nt, TILE_N as u64)?, ne)?;
         let out = self.int8_rows_out(f, plan, (scales, bias, y), first, cols, dec.inv_units)?;
-        // Natural order: output n = lane_rows[f] + 8h comes from lane f of accumulator h.
-        let nat: Vec<u32> = (0..TILE_N)
-            .map(|n| {
-                let (h, g) = (n / 8, n % 8);
-                (h * w as usize + lane_rows.iter().position(|&r| r == g).expect("every row has a lane")) as u32
-            })
-            .collect();
+        let nat = self.i8_natural_order(lane_rows);
         for r in 0..rows_u {
             let vals = self.shuf(yf[2 * r].into_vector_value(), yf[2 * r + 1].into_vector_value(), &nat)?;
             self.int8_store_row(f, plan, &out, r, vals)?;
         }
         self.end_function(f)
+    }
+
+    /// The shuffle of a row's two accumulators (lanes as `lane_rows`, see [`Gen::i8_lane_rows`])
+    /// into its 16 outputs in natural order: output `n = lane_rows[f] + 8h` comes from lane
+    /// `f` of accumulator `h`.
+    pub(super) fn i8_natural_order(&self, lane_rows: &[usize]) -> Vec<u32> {
+        let w = self.w() as usize;
+        (0..TILE_N)
+            .map(|n| {
+                let (h, g) = (n / 8, n % 8);
+                (h * w + lane_rows.iter().position(|&r| r == g).expect("every row has a lane")) as u32
+            })
+            .collect()
     }
 
     // ---------------------------------------------------------------- shared with vnni

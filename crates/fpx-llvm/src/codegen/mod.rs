@@ -12,7 +12,8 @@
 //! The modules: [`builder`] (the [`Gen`] context and IR helpers), [`lanes`] (the transpose's
 //! lane bookkeeping), [`decode`] (format decoders: packed codes to FP16 and `f32`),
 //! [`epilogue`] (scales, bias, reduction, stores of y), [`f32`](mod@f32) (the
-//! `f32`-activation loops), [`int8`] (the AVX2 int8-activation loops) and [`vnni`] (the
+//! `f32`-activation loops), [`int8`] (the AVX2 int8-activation panel loops), [`int8_direct`]
+//! (the AVX2 int8 GEMV, tiles decoded in registers) and [`vnni`] (the
 //! AVX-512 VBMI/VNNI int8 loops). This module holds the entry points and the per-kernel
 //! driver.
 
@@ -34,6 +35,7 @@ mod decode;
 mod epilogue;
 mod f32;
 mod int8;
+mod int8_direct;
 mod lanes;
 mod vnni;
 
@@ -185,7 +187,9 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (direct, panel) = if vnni::runs(&self.isa, plan) {
             (Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS)), self.vn_panel_ntile(plan, &shared)?)
         } else if int8 {
-            (None, self.i8_ntile(plan, &shared)?)
+            let direct =
+                if int8_direct::runs(plan) { Some((self.i8_direct_ntile(plan, &shared)?, int8_direct::DIRECT_ROWS)) } else { None };
+            (direct, self.i8_ntile(plan, &shared)?)
         } else {
             let direct = if variant == Variant::Gemv && plan.tpg.is_some() {
                 Some((self.direct_ntile(plan, &name)?, self.isa.gemv_rows))
