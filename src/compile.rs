@@ -74,6 +74,10 @@ pub struct CompileOptions {
     /// Which CPU the CPU code is for (x86-64-v3 runs on any AVX2 machine; `Native` is fastest
     /// on the build machine only).
     pub cpu: CpuTarget,
+    /// Run an FP16/BF16 graph in `f32` between its inputs and outputs
+    /// ([`fpx_passes::UpcastHalfPrecision`]), so it takes the `f32` fast paths and kernels
+    /// (default); `false` keeps 16-bit tensors, which only the slow reference kernels take.
+    pub upcast_half: bool,
 }
 
 impl Default for CompileOptions {
@@ -82,6 +86,7 @@ impl Default for CompileOptions {
             quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2)),
             target: Target::Cpu,
             cpu: CpuTarget::X86_64V3,
+            upcast_half: true,
         }
     }
 }
@@ -91,7 +96,7 @@ impl Default for CompileOptions {
 pub enum Stage {
     /// Reading the ONNX model.
     Import,
-    /// Constant folding, dead nodes.
+    /// FP16/BF16 to `f32` (unless kept), constant folding, fusions, dead nodes.
     Simplify,
     /// Quantizing weights.
     Quantize,
@@ -155,6 +160,9 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     progress(Stage::Import);
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     progress(Stage::Simplify);
+    if options.upcast_half {
+        fpx_passes::upcast_half_precision(&mut graph)?;
+    }
     simplify(&mut graph)?;
     progress(Stage::Quantize);
     let quantization = fpx_passes::quantize_weights(&mut graph, &options.quantize)?;

@@ -8,6 +8,7 @@ mod common;
 mod contract;
 mod epilogue;
 mod generate;
+mod half;
 mod models;
 mod nn_ops;
 mod node_tests;

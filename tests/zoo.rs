@@ -20,39 +20,39 @@ const FP32_MAX_REL_ERR: f64 = 1e-4;
 /// An fp6-e2m3 artifact's outputs against the reference, over kept positions.
 const FP6_MIN_COSINE: f64 = 0.99;
 
-fn zoo_dir() -> PathBuf {
+pub(crate) fn zoo_dir() -> PathBuf {
     workspace_root().join("tests").join("data").join("zoo")
 }
 
-fn read_json(path: &Path) -> Value {
+pub(crate) fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// One output of a fixture and the axis of its positions (`None`: every element is compared).
-struct OutputSpec {
+pub(crate) struct OutputSpec {
     name: String,
     position_axis: Option<usize>,
 }
 
 /// One input set: its folder and, per batch row, which positions are compared.
-struct InputSet {
+pub(crate) struct InputSet {
     name: String,
     dir: PathBuf,
     keep: Option<Vec<Vec<bool>>>,
 }
 
 /// What the manifest of a fixture says.
-struct Fixture {
-    name: String,
-    model: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) name: String,
+    pub(crate) model: PathBuf,
     inputs: Vec<String>,
     outputs: Vec<OutputSpec>,
     sets: Vec<InputSet>,
 }
 
 impl Fixture {
-    fn load(dir: &Path) -> Fixture {
+    pub(crate) fn load(dir: &Path) -> Fixture {
         let m = read_json(&dir.join("manifest.json"));
         let strings = |v: &Value| -> Vec<String> {
             v.as_array().expect("a list").iter().map(|s| s.as_str().expect("a string").to_string()).collect()
@@ -90,7 +90,7 @@ impl Fixture {
 }
 
 /// The first line of an error (fpx errors can carry a chain on further lines).
-fn first_line(e: impl std::fmt::Display) -> String {
+pub(crate) fn first_line(e: impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
@@ -131,7 +131,10 @@ fn relative_max_error(got: &[f64], want: &[f64]) -> f64 {
 
 /// Runs every input set through `run` and measures each compared output against the reference:
 /// the worst relative max error and the lowest cosine.
-fn measure(fixture: &Fixture, run: impl Fn(Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, String>) -> Result<(f64, f64), String> {
+pub(crate) fn measure(
+    fixture: &Fixture,
+    run: impl Fn(Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, String>,
+) -> Result<(f64, f64), String> {
     let (mut worst_err, mut worst_cos) = (0f64, 1f64);
     for set in &fixture.sets {
         let inputs = fixture

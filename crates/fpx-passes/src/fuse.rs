@@ -74,7 +74,13 @@ fn pair(node: &Node) -> Option<(ValueId, ValueId)> {
 
 /// `(Div, Erf, Add, Mul, Mul)` node ids and `x` when `last` ends an erf-GELU chain.
 fn match_gelu(graph: &Graph, uses: &HashMap<ValueId, usize>, last: NodeId) -> Option<([NodeId; 5], ValueId)> {
-    let close = |v: f32, want: f32| (v - want).abs() <= 1e-6 * want.abs();
+    // A constant matches its value in f32, or as a 16-bit export stores it (√2 in FP16 is
+    // 1.4140625: an FP16 model computes that GELU, within its own precision).
+    let close = |v: f32, want: f32| {
+        (v - want).abs() <= 1e-6 * want.abs()
+            || v == fpx_ir::half::f16::from_f32(want).to_f32()
+            || v == fpx_ir::half::bf16::from_f32(want).to_f32()
+    };
     let n5 = graph.node(last);
     if n5.op_type != "Mul" || !n5.domain.is_empty() {
         return None;

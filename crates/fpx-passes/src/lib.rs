@@ -18,6 +18,9 @@ mod shape_fold;
 mod shape_fold_tests;
 #[cfg(test)]
 mod tests;
+mod upcast;
+#[cfg(test)]
+mod upcast_tests;
 
 pub use epilogue::{fuse_epilogues, FuseEpilogues};
 pub use fuse::FuseGelu;
@@ -26,6 +29,7 @@ pub use kv_cache::AppendKvCache;
 pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};
 pub use shape_fold::FoldKnownShapes;
+pub use upcast::{upcast_half_precision, UpcastHalfPrecision};
 
 use thiserror::Error;
 

@@ -286,6 +286,29 @@ fn erf_gelu_chains_fuse_into_one_gelu_with_the_same_values() {
     }
 }
 
+/// An FP16 (or BF16) export stores √2 as 1.4140625: the chain still fuses, and the fused GELU
+/// stays within the 16-bit constant's difference (1e-4 relative) of the chain.
+#[test]
+fn erf_gelu_chains_with_16_bit_constants_fuse() {
+    let x = tensor(&[3, 37], Rng::new(12).signeds(3 * 37).iter().map(|v| v * 6.0).collect());
+    for c in
+        [fpx_ir::half::f16::from_f32(std::f32::consts::SQRT_2).to_f32(), fpx_ir::half::bf16::from_f32(std::f32::consts::SQRT_2).to_f32()]
+    {
+        assert_ne!(c, std::f32::consts::SQRT_2);
+        let original = gelu_chain(c, 1.0, 0.5, false, false);
+        let want = run(original.clone(), x.clone());
+        let mut g = original;
+        assert!(fuse(&mut g), "√2 as {c}: the chain is fused");
+        let got = run(g, x.clone());
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 2e-3 * b.abs().max(1e-2), "fused {a} vs chain {b}");
+        }
+    }
+    // 1.41 is neither.
+    let mut g = gelu_chain(1.41, 1.0, 0.5, false, false);
+    assert!(!fuse(&mut g));
+}
+
 #[test]
 fn near_miss_chains_are_left_alone() {
     for (what, mut g) in [

@@ -185,6 +185,11 @@ pub struct CompileArgs {
     /// records the features its code needs and refuses to load on a CPU without them.
     #[arg(long, value_name = "CPU", default_value = "x86-64-v3")]
     pub cpu: CpuTarget,
+    /// Keep an FP16/BF16 model's 16-bit tensors. By default they become f32 between the model's inputs and outputs
+    /// (which keep their types), so an FP16 export runs on the same fast kernels as its FP32 twin and gives its
+    /// results; kept 16-bit tensors run through the slow reference kernels with 16-bit rounding.
+    #[arg(long)]
+    pub keep_half_precision: bool,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,

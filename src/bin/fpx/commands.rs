@@ -361,7 +361,7 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         );
     }
     check_artifact_path(&args.output, &args.model)?;
-    let options = fpx::CompileOptions { quantize, target: args.target, cpu: args.cpu };
+    let options = fpx::CompileOptions { quantize, target: args.target, cpu: args.cpu, upcast_half: !args.keep_half_precision };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
