@@ -51,7 +51,7 @@ LLVM_PREFIX="$(llvm-config-19 --prefix)"
 # (b) Python venv with the pinned test oracles and the CUDA 13.0 wheels
 VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
-PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1)
+PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1 onnxconverter-common==1.16.0)
 PIP_NODEPS_PKGS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96)
 
 if [ -x "$VPY" ] && ! "$VPY" -c 'pass' >/dev/null 2>&1; then
@@ -92,7 +92,7 @@ EOF
 
 missing="$(missing_pkgs)"
 if [ -z "$missing" ]; then
-    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
+    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
 else
     say "installing python packages into .venv: $(echo $missing)"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore

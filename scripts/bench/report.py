@@ -246,8 +246,22 @@ def print_minilm(minilm: dict, fpx: Fpx | None) -> None:
                  for r in minilm["rows"]]
         print(table(["T", "ORT fp32", "fpx fp32", "fpx fp6", "fpx e2m3·a8", "fpx fp32 vs ORT", "fpx fp6 vs ORT",
                      "e2m3·a8 vs ORT"], mrows))
+        if "fp16_skipped" in minilm:
+            print(f"   FP16 twin: skipped: {minilm['fp16_skipped']}")
+        elif any("ort_fp16" in r for r in minilm["rows"]):
+            def cos(d):
+                return f"{d['cosine_vs_fp32']:.5f}" if d and "cosine_vs_fp32" in d else "n/a"
+            print("   FP16 twin (onnxconverter_common float16, inputs/outputs FP32): ORT runs it in FP16; `fpx compile`"
+                  " runs it in f32 (FP6 e3m2 weights); cosine = last_hidden_state vs ORT FP32 of the FP32 model")
+            hrows = [[str(r["threads"]), ms(r.get("ort_fp16")), ms(r.get("fpx_fp6_of_fp32")), ms(r.get("fpx_fp6_of_fp16")),
+                      sp(r.get("fpx_fp6_of_fp16"), r.get("fpx_fp6_of_fp32"))
+                      if r.get("fpx_fp6_of_fp16") else "n/a",
+                      cos(r.get("fpx_fp6_of_fp32")), cos(r.get("fpx_fp6_of_fp16"))]
+                     for r in minilm["rows"]]
+            print(table(["T", "ORT fp16", "fpx fp6 of FP32", "fpx fp6 of FP16", "FP16 / FP32 time", "cos (of FP32)", "cos (of FP16)"],
+                        hrows))
         for r in minilm["rows"]:
-            for key in ("fpx_fp32", "fpx_fp6", "fpx_fp6_a8"):
+            for key in ("fpx_fp32", "fpx_fp6", "fpx_fp6_a8", "fpx_fp6_of_fp32", "fpx_fp6_of_fp16"):
                 if r.get(key) and "error" in r[key]:
                     print(f"   {key} T={r['threads']}: {r[key]['error']}")
     print()

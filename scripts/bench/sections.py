@@ -97,6 +97,24 @@ def bench_kernels(args, wd: Path, fpx: Fpx | None, membw: dict) -> list[dict]:
     return rows
 
 
+def half_twin(model: Path, wd: Path) -> Path | str:
+    """MiniLM's FP16 twin in `wd` (made once with onnxconverter_common, inputs and outputs kept
+    FP32), or why there is none."""
+    out = wd / "minilm-l6-v2-fp16.onnx"
+    if out.exists():
+        return out
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        return "onnxconverter-common is not installed (pip install onnxconverter-common)"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = float16.convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
+    onnx.save(m, str(out))
+    return out
+
+
 def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
     d = Path(args.minilm)
     model = d / "model.onnx"
@@ -122,6 +140,14 @@ def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
         mode = "compiled" if fp6 is not None else "reference"
         fp6_a8 = fpx.compile(model, wd / "minilm-l6-v2_fp6-e2m3-a8.fpx", weights="fp6-e2m3", activations="int8")
     out["fpx_fp6_mode"] = mode
+    # The FP16 twin, as GPU-targeted exports are (onnxconverter_common, I/O kept FP32).
+    fp16_model, fp16_art = half_twin(model, wd), None
+    if isinstance(fp16_model, str):
+        out["fp16_skipped"] = fp16_model
+        fp16_model = None
+    elif fpx is not None:
+        fp16_art = fpx.compile(fp16_model, wd / "minilm-l6-v2-fp16_fp6-e3m2.fpx")
+    ref = d / "ref_last_hidden_state.npy"
     for t in args.threads:
         row = {"threads": t}
         log(f"MiniLM T={t}: ORT fp32")
@@ -148,5 +174,22 @@ def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
                 r = fpx.bench(fp6_a8, inputs, t, args.iters, 2 * args.cell_seconds)
                 row["fpx_fp6_a8"] = ({"error": r["error"]} if "error" in r else
                                      {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters")})
+        if fp16_model is not None:
+            log(f"MiniLM T={t}: ORT fp16")
+            sess = ort_session(fp16_model, t)
+            row["ort_fp16"] = time_ort(sess, feed, args.iters, 2 * args.cell_seconds)
+            del sess
+            gc.collect()
+            for key, art in (("fpx_fp6_of_fp32", fp6), ("fpx_fp6_of_fp16", fp16_art)):
+                if art is None:
+                    continue
+                log(f"MiniLM T={t}: {key}")
+                od = wd / f"minilm-out-{key}"
+                r = fpx.bench(art, inputs, t, args.iters, 2 * args.cell_seconds, output_dir=od)
+                row[key] = {"error": r["error"]} if "error" in r else {"median_us": r["median_us"], "iters": r.get("iters")}
+                got = od / "last_hidden_state.npy"
+                if "error" not in r and ref.exists() and got.exists():
+                    a, b = np.load(got).astype(np.float64).ravel(), np.load(ref).astype(np.float64).ravel()
+                    row[key]["cosine_vs_fp32"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
         out["rows"].append(row)
     return out
