@@ -12,7 +12,7 @@ use fpx_llvm::CpuTarget;
 use fpx_quant::act8::Activations;
 use fpx_quant::{Format, QuantGemm};
 use fpx_runtime::LoadedArtifact;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 /// Which code an artifact carries.
@@ -160,12 +160,22 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     progress(Stage::Import);
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     progress(Stage::Simplify);
-    if options.upcast_half {
-        fpx_passes::upcast_half_precision(&mut graph)?;
-    }
+    // Bytes of each constant as the model stores it (the upcast makes 16-bit weights f32).
+    let stored: HashMap<String, usize> = graph
+        .value_ids()
+        .filter_map(|v| graph.value(v).constant.as_ref().map(|t| (graph.value(v).name.clone(), t.len() * t.dtype().size_bytes())))
+        .collect();
+    let upcast = options.upcast_half && fpx_passes::upcast_half_precision(&mut graph)?;
     simplify(&mut graph)?;
     progress(Stage::Quantize);
-    let quantization = fpx_passes::quantize_weights(&mut graph, &options.quantize)?;
+    let mut quantization = fpx_passes::quantize_weights(&mut graph, &options.quantize)?;
+    if upcast {
+        // Report the weights' size as stored, not as the f32 they were quantized from.
+        let weights: BTreeSet<&str> = quantization.layers.iter().map(|l| l.weight.as_str()).collect();
+        if let Some(bytes) = weights.iter().map(|w| stored.get(*w).copied()).sum::<Option<usize>>() {
+            quantization.weight_bytes_in = bytes;
+        }
+    }
     // Shape inference reads every QuantMatMul's attributes (an invalid one is an error naming
     // the node) and checks the rest of the graph, so what compiles also runs.
     fpx_ir::verify::verify(&graph, &OpRegistry::standard())?;
