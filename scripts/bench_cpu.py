@@ -147,9 +147,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="time budget for the measured runs of one LLM cell (default 3)")
     p.add_argument("--membw-gib", type=int, default=1, help="GiB read by the bandwidth measurement (default 1)")
     p.add_argument("--recompile", action="store_true", help="recompile .fpx artifacts even if cached")
-    p.add_argument("--cpu", default="native", choices=["native", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"],
-                   help="`fpx compile --cpu` for the artifacts (default native: the host's best vector code, as "
-                        "onnxruntime picks its kernels for the host at run time)")
+    p.add_argument("--cpu", default="auto", choices=["auto", "native", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"],
+                   help="`fpx compile --cpu` for the artifacts (default auto, fpx's default: x86-64-v4-vnni and "
+                        "x86-64-v3 code, the loader running the best this host has, as onnxruntime picks its kernels "
+                        "for the host at run time)")
     p.add_argument("--ort-quantizer", choices=["auto", "official", "direct"], default="auto",
                    help="auto: MatMulNBitsQuantizer if it imports, else the same C++ routine "
                         "(quantize_matmul_4bits) called directly; official/direct: force one")

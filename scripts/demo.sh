@@ -30,7 +30,7 @@ echo "demo: 1. FP32 reference path: $FPX run $EX/model.onnx"
 "$FPX" run "$EX/model.onnx" --input "input=$EX/input.npy" --output-dir "$OUT/fp32"
 
 echo "demo: 2. compile to FP6: $FPX compile $EX/model.onnx -o $OUT/model.fpx --weights ${FPX_DEMO_WEIGHTS:-fp6-e3m2}"
-"$FPX" compile "$EX/model.onnx" -o "$OUT/model.fpx" --weights "${FPX_DEMO_WEIGHTS:-fp6-e3m2}" --cpu "${FPX_DEMO_CPU:-x86-64-v3}"
+"$FPX" compile "$EX/model.onnx" -o "$OUT/model.fpx" --weights "${FPX_DEMO_WEIGHTS:-fp6-e3m2}" --cpu "${FPX_DEMO_CPU:-auto}"
 
 echo "demo: 3. run the artifact: $FPX run $OUT/model.fpx"
 "$FPX" run "$OUT/model.fpx" --input "input=$EX/input.npy" --output-dir "$OUT/fp6"

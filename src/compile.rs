@@ -64,6 +64,56 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Which CPU code an artifact carries: several instruction-set levels the loader picks from
+/// (the default: fast on AVX-512 VNNI hosts, still running on any AVX2 one), or one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuLevels {
+    /// x86-64-v4-vnni and x86-64-v3 code; the loader runs the first this CPU supports.
+    Auto,
+    /// Code for one target only.
+    Only(CpuTarget),
+}
+
+impl CpuLevels {
+    /// The targets compiled, fastest first (the order the loader tries them in).
+    pub fn targets(self) -> Vec<CpuTarget> {
+        match self {
+            CpuLevels::Auto => vec![CpuTarget::X86_64V4Vnni, CpuTarget::X86_64V3],
+            CpuLevels::Only(t) => vec![t],
+        }
+    }
+
+    /// The name `--cpu` takes: `auto` or a [`CpuTarget`] name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuLevels::Auto => "auto",
+            CpuLevels::Only(t) => t.name(),
+        }
+    }
+}
+
+impl std::str::FromStr for CpuLevels {
+    type Err = String;
+
+    /// Parses [`CpuLevels::name`].
+    fn from_str(s: &str) -> Result<CpuLevels, String> {
+        if s == "auto" {
+            return Ok(CpuLevels::Auto);
+        }
+        s.parse::<CpuTarget>().map(CpuLevels::Only).map_err(|_| {
+            let names: Vec<&str> = CpuTarget::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown CPU target '{s}'; choose auto, {}", names.join(", "))
+        })
+    }
+}
+
+impl std::fmt::Display for CpuLevels {
+    /// Writes [`CpuLevels::name`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything `fpx compile` decides.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompileOptions {
@@ -71,9 +121,10 @@ pub struct CompileOptions {
     pub quantize: QuantizeOptions,
     /// Which code to generate.
     pub target: Target,
-    /// Which CPU the CPU code is for (x86-64-v3 runs on any AVX2 machine; `Native` is fastest
-    /// on the build machine only).
-    pub cpu: CpuTarget,
+    /// Which CPU code to generate: by default two levels (x86-64-v4-vnni, x86-64-v3), of which
+    /// the loader runs the best the host has; or one target (`Native` is fastest on the build
+    /// machine only).
+    pub cpu: CpuLevels,
     /// Run an FP16/BF16 graph in `f32` between its inputs and outputs
     /// ([`fpx_passes::UpcastHalfPrecision`]), so it takes the `f32` fast paths and kernels
     /// (default); `false` keeps 16-bit tensors, which only the slow reference kernels take.
@@ -85,7 +136,7 @@ impl Default for CompileOptions {
         CompileOptions {
             quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2)),
             target: Target::Cpu,
-            cpu: CpuTarget::X86_64V3,
+            cpu: CpuLevels::Auto,
             upcast_half: true,
         }
     }
@@ -187,14 +238,14 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     let mut cpu = Vec::new();
     let mut kernels = 0;
     if options.target.has_cpu() && !gemms.is_empty() {
-        let code = fpx_llvm::cpu_code(&gemms, options.cpu)?;
-        kernels = code
+        let codes = options.cpu.targets().into_iter().map(|t| fpx_llvm::cpu_code(&gemms, t)).collect::<Result<Vec<_>, _>>()?;
+        kernels = codes[0]
             .kernels
             .iter()
             .flat_map(|k| k.table.rows().iter().map(|(_, e)| e.symbol.as_str()))
             .collect::<std::collections::BTreeSet<_>>()
             .len();
-        cpu.push(code);
+        cpu = codes;
     }
     progress(Stage::GpuCodegen);
     let ptx = if options.target.has_gpu() { fpx_cuda::plan::ptx_code(&gemms)? } else { Vec::new() };

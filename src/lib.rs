@@ -18,7 +18,7 @@ pub mod report;
 mod runnable;
 mod summary;
 
-pub use compile::{compile, compile_with_progress, quantized_products, CompileOptions, Compiled, Stage, Target};
+pub use compile::{compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Stage, Target};
 pub use fpx_artifact as artifact;
 pub use fpx_cuda as cuda;
 pub use fpx_ir as ir;

@@ -142,6 +142,9 @@ pub struct CpuCodeSpec {
     pub shared_object_bytes: usize,
     /// Whether this machine can run it.
     pub runs_here: bool,
+    /// Whether the loader picks it here: the first entry this machine can run (the compiler
+    /// lists the fastest level first).
+    pub picked_here: bool,
     /// Per node and range of M, the kernel that runs.
     pub kernels: Vec<CpuKernelSpec>,
 }
@@ -260,11 +263,18 @@ impl ArtifactSummary {
             cpu: a
                 .cpu_code()
                 .into_iter()
-                .map(|c| CpuCodeSpec {
+                .scan(false, |picked, c| {
+                    let runs_here = fpx_artifact::missing_cpu_features(c.features).is_empty();
+                    let picked_here = runs_here && !*picked;
+                    *picked |= runs_here;
+                    Some((c, runs_here, picked_here))
+                })
+                .map(|(c, runs_here, picked_here)| CpuCodeSpec {
                     target: c.target.to_string(),
                     features: c.features.to_vec(),
                     shared_object_bytes: c.shared_object.len(),
-                    runs_here: fpx_artifact::missing_cpu_features(c.features).is_empty(),
+                    runs_here,
+                    picked_here,
                     kernels: c
                         .kernels
                         .iter()
@@ -345,7 +355,11 @@ impl ArtifactSummary {
                 c.features.join(","),
                 c.shared_object_bytes as f64 / 1e3,
                 c.kernels.len(),
-                if c.runs_here { "runs on this machine" } else { "NOT runnable on this machine (missing CPU features)" }
+                match (c.picked_here, c.runs_here) {
+                    (true, _) => "runs on this machine (the loader picks it)",
+                    (false, true) => "runnable on this machine, but an earlier (faster) level is picked",
+                    (false, false) => "NOT runnable on this machine (missing CPU features)",
+                }
             );
             let nodes = by_node(&c.kernels, |k| &k.node);
             for rows in nodes.iter().take(8) {

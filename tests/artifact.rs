@@ -134,24 +134,54 @@ fn native_artifacts_load_on_this_host() {
     let ex = workspace_root().join("examples/tiny-transformer");
     let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
     for opts in [options(Format::Fp6E3M2), int8(Format::Fp6E2M3), int8(Format::Int4)] {
-        let opts = CompileOptions { cpu: fpx::llvm::CpuTarget::Native, ..opts };
+        let opts = CompileOptions { cpu: fpx::CpuLevels::Only(fpx::llvm::CpuTarget::Native), ..opts };
         artifact_matches_reference(&ex.join("model.onnx"), x.clone(), &opts, 1e-5);
     }
     // The portable VNNI target: recorded by name; where it runs, it equals the reference path
     // and gives exactly the outputs of the AVX2 int8 kernels.
-    let opts = CompileOptions { cpu: fpx::llvm::CpuTarget::X86_64V4Vnni, ..int8(Format::Fp6E2M3) };
+    let opts = CompileOptions { cpu: fpx::CpuLevels::Only(fpx::llvm::CpuTarget::X86_64V4Vnni), ..int8(Format::Fp6E2M3) };
     let compiled = fpx::compile(&ex.join("model.onnx"), &opts).unwrap();
     assert_eq!(compiled.contents.cpu[0].target, "x86-64-v4-vnni");
     match fpx::runtime::native::missing_cpu_features(&compiled.contents.cpu[0].features) {
         missing if missing.is_empty() => {
             let vnni = artifact_matches_reference(&ex.join("model.onnx"), x.clone(), &opts, 1e-5);
-            let avx2 = fpx::compile(&ex.join("model.onnx"), &int8(Format::Fp6E2M3)).unwrap().load().unwrap().run(x).unwrap();
+            let v3 = CompileOptions { cpu: fpx::CpuLevels::Only(fpx::llvm::CpuTarget::X86_64V3), ..int8(Format::Fp6E2M3) };
+            let avx2 = fpx::compile(&ex.join("model.onnx"), &v3).unwrap().load().unwrap().run(x).unwrap();
             assert_eq!(vnni, avx2, "512-bit VNNI and AVX2 int8 kernels must agree bit for bit");
         }
         missing => {
             skip(Requirement::Vnni, "native_artifacts_load_on_this_host (x86-64-v4-vnni part)", &format!("this CPU lacks {missing:?}"))
         }
     }
+}
+
+/// The default artifact carries x86-64-v4-vnni and x86-64-v3 code, fastest first; the loader
+/// runs the first this CPU supports (VNNI code on an AVX-512 VBMI + VNNI host, AVX2 code
+/// elsewhere), which gives exactly what an artifact of that level alone gives, and the reference
+/// path's outputs.
+#[test]
+fn default_artifacts_carry_two_cpu_levels_and_load_the_best() {
+    let ex = workspace_root().join("examples/tiny-transformer");
+    let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
+    let opts = int8(Format::Fp6E2M3);
+    assert_eq!(opts.cpu, fpx::CpuLevels::Auto);
+    let compiled = fpx::compile(&ex.join("model.onnx"), &opts).unwrap();
+    let targets: Vec<&str> = compiled.contents.cpu.iter().map(|c| c.target.as_str()).collect();
+    assert_eq!(targets, ["x86-64-v4-vnni", "x86-64-v3"]);
+    let vnni_host = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512vbmi", "avx512vnni"]
+        .iter()
+        .all(|f| fpx::runtime::native::missing_cpu_features(&[f.to_string()]).is_empty());
+    let picked = if vnni_host { "x86-64-v4-vnni" } else { "x86-64-v3" };
+    let loaded = compiled.load().unwrap();
+    assert_eq!(loaded.native_target(), Some(picked));
+    let level = if vnni_host { fpx::llvm::CpuTarget::X86_64V4Vnni } else { fpx::llvm::CpuTarget::X86_64V3 };
+    let alone = fpx::compile(&ex.join("model.onnx"), &CompileOptions { cpu: fpx::CpuLevels::Only(level), ..opts }).unwrap();
+    assert_eq!(loaded.run(x.clone()).unwrap(), alone.load().unwrap().run(x.clone()).unwrap());
+    artifact_matches_reference(&ex.join("model.onnx"), x, &opts, 1e-5);
+    // `--cpu` parses both forms.
+    assert_eq!("auto".parse::<fpx::CpuLevels>(), Ok(fpx::CpuLevels::Auto));
+    assert_eq!("x86-64-v3".parse::<fpx::CpuLevels>(), Ok(fpx::CpuLevels::Only(fpx::llvm::CpuTarget::X86_64V3)));
+    assert!("x86-64-v9".parse::<fpx::CpuLevels>().unwrap_err().contains("choose auto"));
 }
 
 #[test]
@@ -300,7 +330,9 @@ fn damaged_foreign_and_unrunnable_artifacts_are_clear_errors() {
     check("newer.fpx", &newer, "version");
     // Code for a CPU this machine is not: the loader refuses it by name.
     let mut alien = compiled.contents.clone();
-    alien.cpu[0].features.push("no-such-feature".into());
+    for code in &mut alien.cpu {
+        code.features.push("no-such-feature".into());
+    }
     let p = dir.join("alien.fpx");
     fpx::artifact::write(&p, &alien).unwrap();
     let o = fpx_cli(&["run", p.to_str().unwrap(), "--input", &input, "-o", dir.path().to_str().unwrap()]);

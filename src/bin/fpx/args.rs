@@ -3,8 +3,7 @@
 //! (`FromStr`), so a bad value is refused by clap with the type's message.
 
 use clap::{Args, Parser, Subcommand};
-use fpx::llvm::CpuTarget;
-use fpx::{Activations, Target, WeightScheme};
+use fpx::{Activations, CpuLevels, Target, WeightScheme};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -180,11 +179,13 @@ pub struct CompileArgs {
     /// per output channel, and NVRTC 13.0: scripts/setup.sh installs it), or all (both).
     #[arg(long, value_name = "cpu|cuda|all", default_value = "cpu")]
     pub target: Target,
-    /// The CPU the code is for: x86-64-v3 (AVX2+FMA+F16C, portable), x86-64-v4 (AVX-512), x86-64-v4-vnni (AVX-512 with
-    /// VBMI and VNNI: Ice Lake, Zen 4 and later; fastest int8 activations), or native (this machine). The artifact
-    /// records the features its code needs and refuses to load on a CPU without them.
-    #[arg(long, value_name = "CPU", default_value = "x86-64-v3")]
-    pub cpu: CpuTarget,
+    /// The CPU code to generate: auto (the default: x86-64-v4-vnni and x86-64-v3 code in one artifact; the loader
+    /// runs the best this CPU supports, so the artifact is fast on AVX-512 VNNI hosts and still runs on any AVX2 one),
+    /// or one target: x86-64-v3 (AVX2+FMA+F16C), x86-64-v4 (AVX-512), x86-64-v4-vnni (AVX-512 with VBMI and VNNI: Ice
+    /// Lake, Zen 4 and later; fastest int8 activations), or native (this machine only). An artifact records the
+    /// features each code needs and refuses to load on a CPU that has none of them.
+    #[arg(long, value_name = "CPU", default_value = "auto")]
+    pub cpu: CpuLevels,
     /// Keep an FP16/BF16 model's 16-bit tensors. By default they become f32 between the model's inputs and outputs
     /// (which keep their types), so an FP16 export runs on the same fast kernels as its FP32 twin and gives its
     /// results; kept 16-bit tensors run through the slow reference kernels with 16-bit rounding.
