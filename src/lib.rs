@@ -32,7 +32,9 @@ pub use fpx_runtime as runtime;
 pub use fpx_runtime::LoadedArtifact;
 pub use generate::{GenerateOptions, Generation, Generator, SamplingOptions, SignatureNames};
 pub use runnable::{is_artifact, open, open_with, Runnable};
-pub use summary::{weight_matmuls, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul};
+pub use summary::{
+    weight_matmuls, weight_storage, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul,
+};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};

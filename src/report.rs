@@ -45,7 +45,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool) 
                 PassError::Option("'none' is the FP32 baseline every scheme is compared with; leave it out of --schemes".into()).into()
             );
         }
-        let options = QuantizeOptions { scheme, group_size: group, scale_search, activations, fuse_epilogues: true };
+        let options = QuantizeOptions { group_size: group, scale_search, activations, ..QuantizeOptions::new(scheme) };
         options.validate()?;
         out.push(SchemeSpec { label: item.to_string(), options });
     }

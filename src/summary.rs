@@ -44,8 +44,55 @@ pub struct ModelSummary {
     pub outputs: Vec<IoSpec>,
     /// Elements over all constants.
     pub parameters: usize,
+    /// The weights the graph holds ([`weight_storage`]): quantized ones counted as the `k × n`
+    /// values they stand for.
+    pub weights: usize,
+    /// Bytes holding them (codes, scales, float constants).
+    pub weight_bytes: usize,
     /// MatMul/Gemm nodes with a constant weight, grouped by shape.
     pub weight_matmuls: Vec<WeightMatmul>,
+}
+
+/// The weights a graph holds and the bytes that hold them: each quantized weight (the packed
+/// input of `fpx:QuantMatMul` and `fpx:QuantGather`, once however many nodes read it) counts
+/// `k × n` weights and its bytes, its scales count bytes only, and every other float constant
+/// counts its elements and bytes. `8 × bytes / weights` is the artifact's bits per weight.
+pub fn weight_storage(graph: &Graph) -> (usize, usize) {
+    use fpx_ir::ops::{quant_gather, quant_matmul};
+    let mut quantized: BTreeMap<fpx_ir::ValueId, usize> = BTreeMap::new();
+    let mut scales = std::collections::BTreeSet::new();
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        let (packed_at, scales_at) = if quant_matmul::is_quant_matmul(node) {
+            (1, 2)
+        } else if quant_gather::is_quant_gather(node) {
+            (0, 1)
+        } else {
+            continue;
+        };
+        let Ok(gemm) = quant_matmul::read(node) else { continue };
+        if let Some(Some(p)) = node.inputs.get(packed_at) {
+            quantized.insert(*p, gemm.k * gemm.n);
+        }
+        if let Some(Some(s)) = node.inputs.get(scales_at) {
+            scales.insert(*s);
+        }
+    }
+    let (mut weights, mut bytes) = (0, 0);
+    for v in graph.value_ids() {
+        let Some(t) = graph.constant(v) else { continue };
+        let size = t.len() * t.dtype().size_bytes();
+        if let Some(&w) = quantized.get(&v) {
+            weights += w;
+            bytes += size;
+        } else if scales.contains(&v) {
+            bytes += size;
+        } else if t.dtype().is_float() {
+            weights += t.len();
+            bytes += size;
+        }
+    }
+    (weights, bytes)
 }
 
 /// The MatMul/Gemm nodes quantization will rewrite ([`fpx_passes::weight_sites`]), grouped by
@@ -81,6 +128,8 @@ impl ModelSummary {
             inputs: io(&graph.inputs),
             outputs: io(&graph.outputs),
             parameters: graph.parameter_count(),
+            weights: weight_storage(graph).0,
+            weight_bytes: weight_storage(graph).1,
             weight_matmuls: weight_matmuls(graph),
         }
     }
@@ -101,6 +150,15 @@ impl ModelSummary {
             let _ = writeln!(s, "  {}: {}", o.name, o.ty);
         }
         let _ = writeln!(s, "parameters: {} ({:.2} MB as f32)", self.parameters, self.parameters as f64 * 4.0 / 1e6);
+        if self.weights > 0 {
+            let _ = writeln!(
+                s,
+                "weights: {} in {:.2} MB: {:.2} bits per weight",
+                self.weights,
+                self.weight_bytes as f64 / 1e6,
+                8.0 * self.weight_bytes as f64 / self.weights as f64
+            );
+        }
         let _ = writeln!(s, "nodes: {}", self.nodes);
         let mut ops: Vec<_> = self.op_counts.iter().collect();
         ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

@@ -283,3 +283,57 @@ fn the_in_place_cache_gives_the_plain_graphs_logits_at_every_step_of_a_50_step_g
         }
     }
 }
+
+/// Logits cosine an int8 table may cost (per-row int8: 0.7 % RMS error on the table).
+const INT8_COSINE_DROP: f64 = 2e-4;
+/// Logits cosine a table tied to an fp6-e3m2 LM head may cost (it shares the head's 6-bit
+/// codes: 5 % RMS error on the table, for one copy of the weight).
+const TIED_COSINE_DROP: f64 = 3e-3;
+
+/// Int8 embedding tables (quantized whatever their size here; tied ones sharing the head's
+/// weight) against float tables, FP6 e3m2 weights and f32 activations in both, on every zoo
+/// decoder: on every input set of the fixture the logits' cosine to onnxruntime's FP32 reference
+/// drops by at most [`INT8_COSINE_DROP`] ([`TIED_COSINE_DROP`] when tied), and the first greedy
+/// token is the same. (Later tokens of these tiny random models can flip where two logits
+/// nearly tie; the table prints how many stay.)
+#[test]
+fn int8_embedding_tables_keep_logits_and_greedy_tokens() {
+    use crate::zoo::{first_line, measure, Fixture};
+    use fpx::quant::Format;
+    use fpx::{QuantizeOptions, WeightScheme};
+    let base = QuantizeOptions { embeddings: None, ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2)) };
+    let int8 = QuantizeOptions { embeddings: Some(Format::Int8), embedding_min_elements: 0, ..base };
+    let mut failures = Vec::new();
+    for (dir, reference) in greedy_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let fixture = Fixture::load(&dir);
+        let path = dir.join("model.onnx");
+        let (plain, quantized) = (fpx::open_with(&path, &base).unwrap(), fpx::open_with(&path, &int8).unwrap());
+        let g = quantized.graph();
+        let lookups: Vec<_> = g.node_ids().into_iter().filter(|&n| fpx::ir::ops::quant_gather::is_quant_gather(g.node(n))).collect();
+        assert!(!lookups.is_empty(), "{name}: no embedding table was quantized");
+        // Tied: a lookup reads the packed weight of a product (the LM head).
+        let tied = lookups.iter().any(|&l| {
+            let packed = g.node(l).inputs[0];
+            g.node_ids().into_iter().any(|n| fpx::ir::ops::quant_matmul::is_quant_matmul(g.node(n)) && g.node(n).inputs[1] == packed)
+        });
+        let allowed = if tied { TIED_COSINE_DROP } else { INT8_COSINE_DROP };
+        let (_, cos_plain) = measure(&fixture, |i| plain.run(i).map_err(first_line)).unwrap();
+        let (_, cos_int8) = measure(&fixture, |i| quantized.run(i).map_err(first_line)).unwrap();
+        let prompt = ids(&reference["prompt"]);
+        let options = GenerateOptions { max_new_tokens: 12, ..Default::default() };
+        let run =
+            |m: &fpx::Runnable| Generator::new(m, &SignatureNames::default()).unwrap().generate(&prompt, &options, |_| {}).unwrap().tokens;
+        let (a, b) = (run(&plain), run(&quantized));
+        let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let kind = if tied { "tied (head's fp6-e3m2)" } else { "int8" };
+        println!(
+            "{name:28} {} lookups, {kind:22} logits cosine {cos_plain:.6} -> {cos_int8:.6}, first {same} of 12 greedy tokens the same",
+            lookups.len()
+        );
+        if cos_int8.is_nan() || cos_int8 < cos_plain - allowed || a[0] != b[0] {
+            failures.push(format!("{name}: cosine {cos_plain:.6} -> {cos_int8:.6}, tokens {a:?} vs {b:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -3,6 +3,9 @@
 //! layout with per-channel (or per-group) scales into which the format's bias-shift factor is
 //! folded, so the kernels dequantize with shifts and masks and scale once per output.
 
+mod embedding;
+#[cfg(test)]
+mod embedding_tests;
 mod epilogue;
 #[cfg(test)]
 mod epilogue_tests;
@@ -22,6 +25,7 @@ mod upcast;
 #[cfg(test)]
 mod upcast_tests;
 
+pub use embedding::{EmbeddingQuant, MIN_TABLE_ELEMENTS};
 pub use epilogue::{fuse_epilogues, FuseEpilogues};
 pub use fuse::FuseGelu;
 pub use fuse_attention::FuseAttention;

@@ -47,6 +47,8 @@ pub struct QuantSummary {
     pub weight_bytes_in: usize,
     /// Bytes of packed codes plus scales, each distinct weight once.
     pub weight_bytes_out: usize,
+    /// The embedding tables quantized (see [`QuantizeOptions::embeddings`]).
+    pub embeddings: Vec<crate::EmbeddingQuant>,
 }
 
 /// A MatMul/Gemm the quantize rewrite applies to: its weight (input 1) is a constant 2-D float
@@ -155,6 +157,7 @@ fn bias_vector(c: &Tensor, beta: f32, n: usize) -> Option<Vec<f32>> {
 pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<QuantSummary, PassError> {
     opts.validate()?;
     let mut summary = QuantSummary::default();
+    // Scheme `none` keeps every weight as it is, embedding tables too (the FP32 reference).
     if opts.scheme.candidates().is_empty() {
         return Ok(summary);
     }
@@ -274,6 +277,20 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
             rel_rmse: q.choice.rel_rmse,
             tried: q.choice.tried.clone(),
         });
+    }
+    if let Some(format) = opts.embeddings {
+        let heads: Vec<crate::embedding::Head<'_>> = done
+            .iter()
+            .map(|(&(v, tr), q)| crate::embedding::Head {
+                node: summary.layers.iter().find(|l| l.weight == graph.value(v).name).map(|l| l.node.clone()).unwrap_or_default(),
+                packed: q.packed,
+                matrix: &q.choice.matrix,
+                source: v,
+                transposed: tr,
+            })
+            .collect();
+        let embeddings = crate::embedding::quantize_embeddings(graph, format, opts.embedding_min_elements, &heads)?;
+        summary.embeddings = embeddings;
     }
     graph.remove_unused_constants();
     if opts.fuse_epilogues && !summary.layers.is_empty() {

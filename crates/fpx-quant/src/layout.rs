@@ -222,23 +222,30 @@ pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
 /// `packed.len() != total_bytes()`.
 pub fn unpack(packed: &[u8], shape: &PackedShape) -> Vec<u8> {
     assert_eq!(packed.len(), shape.total_bytes(), "unpack: {} bytes for a packed shape of {} bytes", packed.len(), shape.total_bytes());
+    (0..shape.n).flat_map(|row| (0..shape.k).map(move |col| code_at(packed, shape, row, col))).collect()
+}
+
+/// The `k` codes of output channel (row) `row` alone: what an embedding lookup reads from a
+/// table stored transposed. Panics if `row >= n` or `packed.len() != total_bytes()`.
+pub fn unpack_row(packed: &[u8], shape: &PackedShape, row: usize) -> Vec<u8> {
+    assert_eq!(packed.len(), shape.total_bytes(), "unpack_row: {} bytes for a packed shape of {} bytes", packed.len(), shape.total_bytes());
+    assert!(row < shape.n, "unpack_row: row {row} of {}", shape.n);
+    (0..shape.k).map(|col| code_at(packed, shape, row, col)).collect()
+}
+
+/// The code at (`row`, `col`) of the packed planes.
+fn code_at(packed: &[u8], shape: &PackedShape, row: usize, col: usize) -> u8 {
     let h = shape.high_bits() as usize;
-    let high_mask = ((1u32 << h) - 1) as u8;
-    let mut codes = vec![0u8; shape.n * shape.k];
-    for row in 0..shape.n {
-        for col in 0..shape.k {
-            let s = slot_of(shape, row, col);
-            let bit = 4 * low_nibble_pos(s.elem) as usize;
-            let mut code = (packed[low_word_offset(s.tile, s.half, s.lane) + bit / 8] >> (bit % 8)) & 0xf;
-            if h > 0 {
-                let bit = h * high_field_pos(s.half, s.elem) as usize;
-                let byte = packed[high_field_offset(shape, s.tile, s.lane) + bit / 8];
-                code |= ((byte >> (bit % 8)) & high_mask) << 4;
-            }
-            codes[row * shape.k + col] = code;
-        }
+    let s = slot_of(shape, row, col);
+    let bit = 4 * low_nibble_pos(s.elem) as usize;
+    let mut code = (packed[low_word_offset(s.tile, s.half, s.lane) + bit / 8] >> (bit % 8)) & 0xf;
+    if h > 0 {
+        let high_mask = ((1u32 << h) - 1) as u8;
+        let bit = h * high_field_pos(s.half, s.elem) as usize;
+        let byte = packed[high_field_offset(shape, s.tile, s.lane) + bit / 8];
+        code |= ((byte >> (bit % 8)) & high_mask) << 4;
     }
-    codes
+    code
 }
 
 /// Register-level FP6 → FP16x2 extraction, exactly as the GPU kernel does it: from a lane's
@@ -293,6 +300,22 @@ mod tests {
         assert_eq!((s.tiles(), s.high_plane_bytes(), s.total_bytes()), (1, 0, 256));
         let s = PackedShape::new(0, 0, 8);
         assert_eq!(s.total_bytes(), 0);
+    }
+
+    /// Every row read alone equals that row of the whole unpack (each width, ragged shapes).
+    #[test]
+    fn rows_unpack_alone_as_in_the_whole() {
+        let mut rng = Rng::new(77);
+        for bits in [4, 5, 6, 8] {
+            for (n, k) in [(1, 1), (17, 33), (40, 100)] {
+                let shape = PackedShape::new(n, k, bits);
+                let codes = random_codes(&mut rng, n * k, bits);
+                let packed = pack(&codes, &shape);
+                for row in 0..n {
+                    assert_eq!(unpack_row(&packed, &shape, row), codes[row * k..(row + 1) * k], "bits {bits} [{n}][{k}] row {row}");
+                }
+            }
+        }
     }
 
     #[test]

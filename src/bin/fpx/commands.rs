@@ -12,11 +12,12 @@ use std::time::Instant;
 /// `default_scheme` when `--weights` is not given.
 fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> Result<QuantizeOptions> {
     let o = QuantizeOptions {
-        scheme: q.weights.unwrap_or(default_scheme),
         group_size: q.scales.group_size,
         scale_search: q.scales.scale_search,
         activations: q.activations,
         fuse_epilogues: !q.no_fused_epilogues,
+        embeddings: q.embeddings.0,
+        ..QuantizeOptions::new(q.weights.unwrap_or(default_scheme))
     };
     o.validate()?;
     Ok(o)
@@ -384,6 +385,21 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         q.weight_bytes_out as f64 / 1e6,
         q.weight_bytes_in as f64 / q.weight_bytes_out.max(1) as f64
     );
+    let (weights, bytes) = fpx::weight_storage(&compiled.contents.graph);
+    if weights > 0 {
+        println!(
+            "  overall: {weights} weights in {:.2} MB, {:.2} bits per weight",
+            bytes as f64 / 1e6,
+            8.0 * bytes as f64 / weights as f64
+        );
+    }
+    for e in &q.embeddings {
+        let how = match &e.tied_with {
+            Some(head) => format!("shares the quantized weight of '{head}' (tied LM head)"),
+            None => format!("{:.2} MB -> {:.2} MB", e.bytes_in as f64 / 1e6, e.bytes_out as f64 / 1e6),
+        };
+        println!("  embedding '{}' [{} x {}] as {} (rel. RMSE {:.4}): {how}", e.table, e.rows, e.width, e.format, e.rel_rmse);
+    }
     for code in &compiled.contents.cpu {
         let int8 = if quantize.activations == fpx::Activations::Int8 { ", int8 activations (byte dot products)" } else { "" };
         println!(

@@ -25,6 +25,7 @@ mod infer;
 mod infer_indexing;
 mod infer_nn;
 pub mod kv_append;
+pub mod quant_gather;
 pub mod quant_matmul;
 
 pub use infer::{broadcast_dims, normalize_axis};

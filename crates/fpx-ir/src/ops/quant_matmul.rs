@@ -20,13 +20,23 @@ use fpx_quant::{Format, QuantGemm};
 /// The op type of fpx's quantized product (domain [`FPX_DOMAIN`]).
 pub const OP_TYPE: &str = "QuantMatMul";
 
-/// The attributes of `fpx:QuantMatMul`, as its schema declares them.
-pub const ATTRS: &[AttrSpec] = &[
+/// The attributes that describe the quantized weight ([`read`]), shared with `fpx:QuantGather`.
+pub const WEIGHT_ATTRS: [AttrSpec; 5] = [
     AttrSpec { name: "format", kind: AttrKind::String, required: true },
     AttrSpec { name: "k", kind: AttrKind::Int, required: true },
     AttrSpec { name: "n", kind: AttrKind::Int, required: true },
     AttrSpec { name: "group_size", kind: AttrKind::Int, required: false },
     AttrSpec { name: "activations", kind: AttrKind::String, required: false },
+];
+
+/// The attributes of `fpx:QuantMatMul`, as its schema declares them: the weight's, then the
+/// epilogue's.
+pub const ATTRS: &[AttrSpec] = &[
+    WEIGHT_ATTRS[0],
+    WEIGHT_ATTRS[1],
+    WEIGHT_ATTRS[2],
+    WEIGHT_ATTRS[3],
+    WEIGHT_ATTRS[4],
     AttrSpec { name: "activation", kind: AttrKind::String, required: false },
     AttrSpec { name: "gated", kind: AttrKind::Int, required: false },
 ];

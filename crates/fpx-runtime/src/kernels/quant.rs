@@ -1,4 +1,4 @@
-//! `fpx:QuantMatMul` by the reference path: unpack the 4+2 planes, rebuild each weight from
+//! `fpx:QuantMatMul` by the reference path (and `fpx:QuantGather`, the quantized embedding lookup): unpack the 4+2 planes, rebuild each weight from
 //! its bias-shifted FP16 value and the folded scale, then multiply in f32 (with int8
 //! activations, X quantized and dequantized first). The fast kernels
 //! (LLVM, CUDA) are checked against this.
@@ -124,6 +124,44 @@ fn apply_epilogue(
     Ok((y, shape))
 }
 
+/// `fpx:QuantGather`: each index's row of the table (output channel of the stored `W[K, N]`),
+/// decoded and scaled alone; the rest of the table is never touched.
+fn quant_gather(node: &Node, i: &[Option<&Tensor>]) -> Res {
+    let (packed, scales, indices) = (arg(i, 0)?, arg(i, 1)?, arg(i, 2)?);
+    let gemm = quant_matmul::read(node).map_err(|e| KernelError::new(e.to_string()))?;
+    let QuantGemm { format, k, n, group_size, .. } = gemm;
+    let Tensor::U8(p) = packed else { kbail!("packed table must be uint8, got {}", packed.dtype()) };
+    let Tensor::F32(s) = scales else { kbail!("scales must be float, got {}", scales.dtype()) };
+    let (p, s) = (p.as_standard_layout(), s.as_standard_layout());
+    let (p, s) = (p.as_slice().expect("standard"), s.as_slice().expect("standard"));
+    let shape = gemm.packed_shape();
+    if p.len() != shape.total_bytes() || s.len() != gemm.groups() * n {
+        kbail!("the packed table ({} bytes, {} scales) does not hold {} [{n} rows x {k}]", p.len(), s.len(), format.name());
+    }
+    let idx: Vec<i64> = match indices {
+        Tensor::I64(a) => a.iter().copied().collect(),
+        Tensor::I32(a) => a.iter().map(|&v| v as i64).collect(),
+        t => kbail!("indices must be int32 or int64, got {}", t.dtype()),
+    };
+    let mut out_shape = indices.shape().to_vec();
+    out_shape.push(k);
+    let mut out = alloc::filled(&out_shape, 0f32)?;
+    let table: Vec<f32> = (0..=255u8).map(|c| fold::stored_value(format, c)).collect();
+    for (row_out, &ix) in out.chunks_mut(k.max(1)).zip(&idx) {
+        let row = if ix < 0 { ix + n as i64 } else { ix };
+        if !(0..n as i64).contains(&row) {
+            kbail!("index {ix} is out of range for a table of {n} rows");
+        }
+        let row = row as usize;
+        for (col, (o, code)) in row_out.iter_mut().zip(layout::unpack_row(p, &shape, row)).enumerate() {
+            let g = col.checked_div(group_size).unwrap_or(0);
+            *o = table[code as usize] * s[g * n + row];
+        }
+    }
+    Ok(vec![Tensor::from(array(&out_shape, out))])
+}
+
 pub(super) fn register(r: &mut KernelRegistry) {
     r.add_in(FPX_DOMAIN, quant_matmul::OP_TYPE, reference_quant_matmul);
+    r.add_in(FPX_DOMAIN, fpx_ir::ops::quant_gather::OP_TYPE, quant_gather);
 }

@@ -1,0 +1,173 @@
+//! Quantized embedding tables: `Gather(E[V, D], ids)` with a constant float table becomes
+//! `fpx:QuantGather`, which dequantizes only the rows it reads. The table is stored as the
+//! weight `W = Eᵀ[D, V]` of a quantized product (one output channel, and one scale, per token):
+//! exactly the LM head of a model whose head is tied to its embedding, so when a quantized
+//! product's weight equals `Eᵀ`, the lookup reads that product's packed weight and the model
+//! holds one quantized copy.
+
+use crate::PassError;
+use fpx_ir::ops::{quant_gather, quant_matmul, FPX_DOMAIN};
+use fpx_ir::{DType, Graph, Node, NodeId, Tensor, ValueId};
+use fpx_quant::act8::Activations;
+use fpx_quant::layout::{self, PackedShape};
+use fpx_quant::{fold, quantize, Format, QuantConfig, QuantGemm, QuantizedMatrix};
+use std::sync::Arc;
+
+/// Tables smaller than this (in elements) stay as they are by default: token-type tables and
+/// the like are a few KiB.
+pub const MIN_TABLE_ELEMENTS: usize = 1 << 16;
+
+/// What happened to one embedding table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingQuant {
+    /// The table (constant value name).
+    pub table: String,
+    /// Rows (tokens) and row width.
+    pub rows: usize,
+    /// Row width.
+    pub width: usize,
+    /// Format of its codes.
+    pub format: Format,
+    /// The quantized product whose weight it shares (a tied LM head), if any.
+    pub tied_with: Option<String>,
+    /// Relative RMS error of the dequantized table.
+    pub rel_rmse: f64,
+    /// Bytes of the table as stored in the model.
+    pub bytes_in: usize,
+    /// Bytes added for it: codes and scales (only scales when shared with a product).
+    pub bytes_out: usize,
+}
+
+/// A quantized product's weight that a tied table may share.
+pub(crate) struct Head<'a> {
+    /// The product node's name.
+    pub node: String,
+    /// The packed weight constant.
+    pub packed: ValueId,
+    /// Its quantization.
+    pub matrix: &'a QuantizedMatrix,
+    /// The weight constant before quantization (`[k, n]`, or `[n, k]` when `transposed`).
+    pub source: ValueId,
+    /// Whether the product reads `source` transposed (a Gemm with `transB`).
+    pub transposed: bool,
+}
+
+/// Whether `head`'s weight is the table `e[V, D]` transposed (equal values, element for element).
+fn ties(graph: &Graph, head: &Head<'_>, e: &Tensor) -> bool {
+    let (v, d) = (e.shape()[0], e.shape()[1]);
+    if head.matrix.k != d || head.matrix.n != v {
+        return false;
+    }
+    let Some(w) = graph.constant(head.source) else { return false };
+    let (w, e) = (w.to_f32(), e.to_f32());
+    if head.transposed {
+        // Stored [n, k] = [V, D]: the table itself.
+        w.shape() == e.shape() && w.iter().zip(e.iter()).all(|(a, b)| a == b)
+    } else {
+        w.shape() == [d, v] && w.t().iter().zip(e.iter()).all(|(a, b)| a == b)
+    }
+}
+
+/// The tables `Gather` reads on axis 0 and nothing else reads: `(table, [gather nodes])`.
+fn gathered_tables(graph: &Graph, min_elements: usize) -> Vec<(ValueId, Vec<NodeId>)> {
+    let mut out = Vec::new();
+    for v in graph.value_ids() {
+        let value = graph.value(v);
+        let Some(t) = value.constant.as_ref() else { continue };
+        if t.rank() != 2 || !t.dtype().is_float() || t.len() < min_elements.max(1) || graph.outputs.contains(&v) {
+            continue;
+        }
+        let mut nodes: Vec<NodeId> = value.consumers.clone();
+        nodes.dedup();
+        let all_gathers = !nodes.is_empty()
+            && nodes.iter().all(|&n| {
+                let node = graph.node(n);
+                let axis = node.attr_i("axis", 0);
+                node.domain.is_empty()
+                    && node.op_type == "Gather"
+                    && (axis == 0 || axis == -2)
+                    && node.inputs.first() == Some(&Some(v))
+                    && node.inputs.get(1).is_some_and(|i| *i != Some(v))
+            });
+        // A 16-bit table (kept so by the FP16 upcast) qualifies when every row it gives is cast
+        // to f32 right away: the lookup then gives f32 itself.
+        let rows_cast = |n: &NodeId| {
+            let rows = graph.node(*n).outputs[0];
+            !graph.outputs.contains(&rows)
+                && graph.value(rows).consumers.iter().all(|&c| {
+                    let c = graph.node(c);
+                    c.domain.is_empty() && c.op_type == "Cast" && c.attr_i("to", 0) == fpx_ir::onnx_code(DType::F32)
+                })
+        };
+        if all_gathers && (t.dtype() == DType::F32 || nodes.iter().all(rows_cast)) {
+            out.push((v, nodes));
+        }
+    }
+    out
+}
+
+/// `Eᵀ` of a `[V, D]` table as `[D][V]` f32 (the quantized weight's `[k][n]` order).
+fn transposed(t: &Tensor) -> (Vec<f32>, usize, usize) {
+    let a = t.to_f32();
+    let (v, d) = (t.shape()[0], t.shape()[1]);
+    (a.t().iter().copied().collect(), d, v)
+}
+
+/// A 1-D `u8` constant.
+fn bytes_tensor(b: Vec<u8>) -> Tensor {
+    let n = b.len();
+    Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[n]), b).expect("1-D"))
+}
+
+/// Rewrites every gathered table of at least `min_elements` into `fpx:QuantGather`s:
+/// sharing a head's packed weight where the head's weight is the table transposed, else
+/// quantized per row as `format`.
+pub(crate) fn quantize_embeddings(
+    graph: &mut Graph,
+    format: Format,
+    min_elements: usize,
+    heads: &[Head<'_>],
+) -> Result<Vec<EmbeddingQuant>, PassError> {
+    let mut out = Vec::new();
+    let fpx_opset = *graph.opsets.entry(FPX_DOMAIN.to_string()).or_insert(1);
+    for (table, gathers) in gathered_tables(graph, min_elements) {
+        let t = graph.constant(table).expect("a constant").clone();
+        let (w, k, n) = transposed(&t);
+        let name = graph.value(table).name.clone();
+        let bytes_in = t.len() * t.dtype().size_bytes();
+        let tied = heads.iter().find(|h| ties(graph, h, &t));
+        let (packed, matrix, tied_with, rel_rmse, bytes_out) = match tied {
+            Some(h) => (h.packed, h.matrix.clone(), Some(h.node.clone()), h.matrix.relative_rmse(&w), h.matrix.scales.len() * 4),
+            None => {
+                let m = quantize(&name, &w, k, n, &QuantConfig { format, group_size: None, scale_search: false })?;
+                let shape = PackedShape::new(n, k, format.bits());
+                let packed = layout::pack(&m.codes, &shape);
+                let bytes_out = packed.len() + m.scales.len() * 4;
+                let pv = graph.fresh_value(&format!("{name}__{}", format.name()));
+                graph.set_constant(pv, Arc::new(bytes_tensor(packed)));
+                let e = m.relative_rmse(&w);
+                (pv, m, None, e, bytes_out)
+            }
+        };
+        let gemm = QuantGemm { format: matrix.format, k, n, group_size: matrix.group_size.unwrap_or(0), activations: Activations::F32 };
+        gemm.validate().map_err(|source| PassError::Gemm { node: name.clone(), source })?;
+        let factor = fold::storage_factor(matrix.format);
+        let scales = graph.fresh_value(&format!("{name}__rows_scales"));
+        let sv: Vec<f32> = matrix.scales.iter().map(|s| s * factor).collect();
+        let st = fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[matrix.groups(), n]), sv).expect("shape");
+        graph.set_constant(scales, Arc::new(Tensor::from(st)));
+        for g in gathers {
+            let node = graph.remove_node(g).expect("the Gather exists");
+            let inputs = vec![Some(packed), Some(scales), node.inputs[1]];
+            let mut q = Node::new(node.name.clone(), quant_gather::OP_TYPE, fpx_opset, inputs, node.outputs.clone());
+            q.domain = FPX_DOMAIN.to_string();
+            quant_matmul::write(&mut q, &gemm);
+            let rows = node.outputs[0];
+            let ty = graph.value(rows).ty.clone().map(|t| fpx_ir::TensorType { dtype: DType::F32, ..t });
+            graph.set_type(rows, ty);
+            graph.add_node(q)?;
+        }
+        out.push(EmbeddingQuant { table: name, rows: n, width: k, format: matrix.format, tied_with, rel_rmse, bytes_in, bytes_out });
+    }
+    Ok(out)
+}
