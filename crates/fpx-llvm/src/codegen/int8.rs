@@ -417,6 +417,22 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
 
     // ---------------------------------------------------------------- shared with vnni
 
+    /// The n-tile function `fname` of a direct (register-decoding) int8 kernel: the rows in
+    /// blocks of `blocks.len()`, block `b` calling `blocks[b - 1]` with `(x, m, r0, packed,
+    /// scales, bias, y at row r0, nt, ne)`. Ends the function.
+    pub(super) fn direct_ntile_function(&self, plan: &Plan, fname: &str, blocks: &[FunctionValue<'ctx>]) -> R<FunctionValue<'ctx>> {
+        let (f, a) = self.ntile_function(fname);
+        self.row_blocks_at(f, blocks.len() as u32, a.m, &mut |g, b, r0| {
+            let yb = g.gep(a.y, g.mul(r0, 4 * plan.n())?)?;
+            g.call(
+                blocks[b as usize - 1],
+                &[a.x.into(), a.m.into(), r0.into(), a.packed.into(), a.scales.into(), a.bias, yb.into(), a.nt.into(), a.ne.into()],
+            )?;
+            Ok(())
+        })?;
+        self.end_function(f)
+    }
+
     /// The n-tile loop both int8 kernel families share: K in blocks of `per` tiles;
     /// `decode(i, kt0)` writes K tile `kt0 + i` into slot `i` of `panel`, then every block of
     /// rows (`blocks[b - 1]` for `b` rows) gets its activation arguments `head(r0)` and the

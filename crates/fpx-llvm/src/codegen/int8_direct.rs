@@ -52,16 +52,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let lane_rows = self.i8_lane_rows()?;
         let blocks: Vec<FunctionValue<'ctx>> =
             (1..=DIRECT_ROWS).map(|b| self.i8_direct_rows(plan, &dec, &lane_rows, name, b)).collect::<R<_>>()?;
-        let (f, a) = self.ntile_function(&fname);
-        self.row_blocks_at(f, DIRECT_ROWS, a.m, &mut |g, b, r0| {
-            let yb = g.gep(a.y, g.mul(r0, 4 * plan.n())?)?;
-            g.call(
-                blocks[b as usize - 1],
-                &[a.x.into(), a.m.into(), r0.into(), a.packed.into(), a.scales.into(), a.bias, yb.into(), a.nt.into(), a.ne.into()],
-            )?;
-            Ok(())
-        })?;
-        self.end_function(f)
+        self.direct_ntile_function(plan, &fname, &blocks)
     }
 
     /// The direct row block: `rows` rows of X against every tile of the n-tile.

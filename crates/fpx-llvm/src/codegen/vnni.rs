@@ -263,16 +263,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (table, inv_units) = code_table(plan.spec.format)?;
         let blocks: Vec<FunctionValue<'ctx>> =
             (1..=DIRECT_ROWS).map(|b| self.vn_direct_rows(plan, &table, inv_units, name, b)).collect::<R<_>>()?;
-        let (f, a) = self.ntile_function(&fname);
-        self.row_blocks_at(f, DIRECT_ROWS, a.m, &mut |g, b, r0| {
-            let yb = g.gep(a.y, g.mul(r0, 4 * plan.n())?)?;
-            g.call(
-                blocks[b as usize - 1],
-                &[a.x.into(), a.m.into(), r0.into(), a.packed.into(), a.scales.into(), a.bias, yb.into(), a.nt.into(), a.ne.into()],
-            )?;
-            Ok(())
-        })?;
-        self.end_function(f)
+        self.direct_ntile_function(plan, &fname, &blocks)
     }
 
     /// The direct row block: `rows` rows of X against every tile of the n-tile, each decoded
