@@ -212,10 +212,14 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     progress(Stage::Simplify);
     // Bytes of each constant as the model stores it (the upcast makes 16-bit weights f32).
-    let stored: HashMap<String, usize> = graph
-        .value_ids()
-        .filter_map(|v| graph.value(v).constant.as_ref().map(|t| (graph.value(v).name.clone(), t.len() * t.dtype().size_bytes())))
-        .collect();
+    let stored: HashMap<String, usize> = if options.upcast_half {
+        graph
+            .value_ids()
+            .filter_map(|v| graph.value(v).constant.as_ref().map(|t| (graph.value(v).name.clone(), t.len() * t.dtype().size_bytes())))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let upcast = options.upcast_half && fpx_passes::upcast_half_precision(&mut graph)?;
     simplify(&mut graph)?;
     progress(Stage::Quantize);

@@ -120,6 +120,7 @@ impl ModelSummary {
         let io = |ids: &[fpx_ir::ValueId]| {
             ids.iter().map(|&v| IoSpec { name: graph.value(v).name.clone(), ty: type_text(&graph.value(v).ty) }).collect()
         };
+        let (weights, weight_bytes) = weight_storage(graph);
         ModelSummary {
             name: graph.name.clone(),
             opsets: graph.opsets.clone(),
@@ -128,8 +129,8 @@ impl ModelSummary {
             inputs: io(&graph.inputs),
             outputs: io(&graph.outputs),
             parameters: graph.parameter_count(),
-            weights: weight_storage(graph).0,
-            weight_bytes: weight_storage(graph).1,
+            weights,
+            weight_bytes,
             weight_matmuls: weight_matmuls(graph),
         }
     }

@@ -478,3 +478,21 @@ fn open_refuses_fifos_and_devices_at_once() {
         }
     }
 }
+
+/// `fpx::weight_storage` counts a quantized weight as the `k × n` values it stands for: the
+/// tiny transformer compiled to FP6 holds as many weights as its float constants had, in 6 bits
+/// each plus scales and the float constants left (so between 6 and 32 bits per weight, and
+/// fewer bytes than the FP32 model).
+#[test]
+fn weight_storage_counts_quantized_weights_by_what_they_stand_for() {
+    let ex = workspace_root().join("examples/tiny-transformer");
+    let mut original = fpx::onnx::load_model(&ex.join("model.onnx")).unwrap();
+    fpx::simplify(&mut original).unwrap();
+    let (w32, b32) = fpx::weight_storage(&original);
+    assert_eq!(b32, 4 * w32, "an FP32 model: 4 bytes per weight");
+    let compiled = fpx::compile(&ex.join("model.onnx"), &options(Format::Fp6E2M3)).unwrap();
+    let (w6, b6) = fpx::weight_storage(&compiled.contents.graph);
+    assert_eq!(w6, w32, "quantized weights count as k x n");
+    let bits = 8.0 * b6 as f64 / w6 as f64;
+    assert!(bits > 6.0 && bits < 32.0 && b6 < b32, "{bits} bits per weight, {b6} vs {b32} bytes");
+}
