@@ -13,7 +13,7 @@ use fpx_quant::act8::Activations;
 use fpx_quant::{Format, QuantGemm};
 use fpx_runtime::LoadedArtifact;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which code an artifact carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl std::fmt::Display for CpuLevels {
 }
 
 /// Everything `fpx compile` decides.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompileOptions {
     /// How weights are quantized.
     pub quantize: QuantizeOptions,
@@ -129,6 +129,11 @@ pub struct CompileOptions {
     /// ([`fpx_passes::UpcastHalfPrecision`]), so it takes the `f32` fast paths and kernels
     /// (default); `false` keeps 16-bit tensors, which only the slow reference kernels take.
     pub upcast_half: bool,
+    /// Where the compile keeps large intermediate constants (packed weights and the like) so
+    /// that its memory follows the largest tensor, not the model: an unlinked scratch file in this
+    /// folder. `None` is the system's temporary folder; `fpx compile` uses the output's folder
+    /// (a `tmpfs` there would hold the spilled bytes in memory).
+    pub scratch_dir: Option<PathBuf>,
 }
 
 impl Default for CompileOptions {
@@ -138,6 +143,7 @@ impl Default for CompileOptions {
             target: Target::Cpu,
             cpu: CpuLevels::Auto,
             upcast_half: true,
+            scratch_dir: None,
         }
     }
 }
@@ -210,12 +216,25 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     check_options(options)?;
     progress(Stage::Import);
     let mut graph: Graph = fpx_onnx::load_model(path)?;
+    // Large external data stays in its files; large constants in memory and those the passes
+    // create (packed weights) go to a scratch file: memory follows the largest tensor.
+    let scratch = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spill = fpx_ir::stored::SpillFile::create_in(&scratch).map_err(|source| Error::Spill { dir: scratch.clone(), source })?;
+    graph.spill_large_constants(spill).map_err(|source| Error::Spill { dir: scratch.clone(), source })?;
     progress(Stage::Simplify);
     // Bytes of each constant as the model stores it (the upcast makes 16-bit weights f32).
     let stored: HashMap<String, usize> = if options.upcast_half {
         graph
             .value_ids()
-            .filter_map(|v| graph.value(v).constant.as_ref().map(|t| (graph.value(v).name.clone(), t.len() * t.dtype().size_bytes())))
+            .filter_map(|v| {
+                let value = graph.value(v);
+                let bytes = match (&value.constant, &value.stored) {
+                    (Some(t), _) => t.len() * t.dtype().size_bytes(),
+                    (None, Some(s)) => s.stored_bytes(),
+                    (None, None) => return None,
+                };
+                Some((value.name.clone(), bytes))
+            })
             .collect()
     } else {
         HashMap::new()
@@ -236,7 +255,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     fpx_ir::verify::verify(&graph, &OpRegistry::standard())?;
     // And the checks `fpx run` makes when it prepares the graph (a CPU kernel for every node),
     // so an artifact that could never run is refused here, naming the node, not at run time.
-    fpx_runtime::CpuExecutor::new(graph.clone())?;
+    fpx_runtime::CpuExecutor::check(graph.clone())?;
     let gemms = quantized_products(&graph)?;
     progress(Stage::Codegen);
     let mut cpu = Vec::new();

@@ -75,6 +75,14 @@ pub enum Error {
     /// The options do not fit each other or the model (e.g. int8 activations with a GPU target).
     #[error("{0}")]
     Options(String),
+    /// The compile's scratch file could not be created or written.
+    #[error("cannot use a spill file in '{dir}': {source}")]
+    Spill {
+        /// The folder it was to be created in.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Largest constant (in elements) that constant folding may create.

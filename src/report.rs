@@ -195,7 +195,7 @@ fn layer_histogram(fp32: &Model, layer: Option<&str>) -> Option<LayerHistogram> 
     let g = fp32.graph();
     let site = fpx_passes::weight_sites(g).ok()?.into_iter().find(|s| layer.is_none_or(|l| l == g.node(s.node).name))?;
     let node = g.node(site.node);
-    let w = g.constant(site.weight)?;
+    let w = g.load_constant(site.weight).ok()??;
     let transposed = site.transposed;
     let a = w.to_f32();
     let a = if transposed { a.t().to_owned() } else { a };

@@ -80,15 +80,16 @@ pub fn weight_storage(graph: &Graph) -> (usize, usize) {
     }
     let (mut weights, mut bytes) = (0, 0);
     for v in graph.value_ids() {
-        let Some(t) = graph.constant(v) else { continue };
-        let size = t.len() * t.dtype().size_bytes();
+        let Some((dtype, shape)) = graph.constant_type(v) else { continue };
+        let len: usize = shape.iter().product();
+        let size = len * dtype.size_bytes();
         if let Some(&w) = quantized.get(&v) {
             weights += w;
             bytes += size;
         } else if scales.contains(&v) {
             bytes += size;
-        } else if t.dtype().is_float() {
-            weights += t.len();
+        } else if dtype.is_float() {
+            weights += len;
             bytes += size;
         }
     }
@@ -100,7 +101,7 @@ pub fn weight_storage(graph: &Graph) -> (usize, usize) {
 pub fn weight_matmuls(graph: &Graph) -> Vec<WeightMatmul> {
     let mut groups: BTreeMap<(String, Vec<usize>, bool), usize> = BTreeMap::new();
     for site in fpx_passes::weight_sites(graph).unwrap_or_default() {
-        let shape = graph.constant(site.weight).map(|w| w.shape().to_vec()).unwrap_or_default();
+        let shape = graph.constant_type(site.weight).map(|(_, s)| s.to_vec()).unwrap_or_default();
         *groups.entry((graph.node(site.node).op_type.clone(), shape, site.transposed)).or_insert(0) += 1;
     }
     groups.into_iter().map(|((op, weight_shape, transposed), count)| WeightMatmul { op, weight_shape, transposed, count }).collect()

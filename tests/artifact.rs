@@ -175,7 +175,7 @@ fn default_artifacts_carry_two_cpu_levels_and_load_the_best() {
     let loaded = compiled.load().unwrap();
     assert_eq!(loaded.native_target(), Some(picked));
     let level = if vnni_host { fpx::llvm::CpuTarget::X86_64V4Vnni } else { fpx::llvm::CpuTarget::X86_64V3 };
-    let alone = fpx::compile(&ex.join("model.onnx"), &CompileOptions { cpu: fpx::CpuLevels::Only(level), ..opts }).unwrap();
+    let alone = fpx::compile(&ex.join("model.onnx"), &CompileOptions { cpu: fpx::CpuLevels::Only(level), ..opts.clone() }).unwrap();
     assert_eq!(loaded.run(x.clone()).unwrap(), alone.load().unwrap().run(x.clone()).unwrap());
     artifact_matches_reference(&ex.join("model.onnx"), x, &opts, 1e-5);
     // `--cpu` parses both forms.

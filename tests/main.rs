@@ -9,6 +9,7 @@ mod contract;
 mod epilogue;
 mod generate;
 mod half;
+mod memory;
 mod models;
 mod nn_ops;
 mod node_tests;

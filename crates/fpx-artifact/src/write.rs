@@ -7,7 +7,8 @@ use crate::format::{align_up, cpu_rows, gpu_rows, producer, FORMAT_VERSION, HEAD
 use crate::manifest as pb;
 use crate::validate::{check_code, check_tables};
 use crate::{ArtifactContents, ArtifactError, SectionInfo, WriteSummary};
-use fpx_ir::{Attribute, Dim, Graph, NodeId, Tensor, TensorType, ValueId};
+use fpx_ir::stored::StreamError;
+use fpx_ir::{Attribute, Dim, Graph, NodeId, StoredTensor, Tensor, TensorType, ValueId};
 use prost::Message;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,13 +20,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Where a section's bytes come from.
 enum Source<'a> {
     Tensor(&'a Tensor),
+    /// A constant kept in a file (external data, the compile's spill file): read chunk by chunk.
+    Stored(&'a StoredTensor),
     Bytes(&'a [u8]),
 }
 
 impl Source<'_> {
-    fn stream<E>(&self, sink: &mut dyn FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    /// Hands the section's bytes to `sink`; a stored constant that cannot be read is an error.
+    fn stream(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         match self {
             Source::Tensor(t) => stream_tensor(t, sink),
+            Source::Stored(s) => s.stream(sink).map_err(|e| match e {
+                StreamError::Read(message) => io::Error::other(message),
+                StreamError::Sink(e) => e,
+            }),
             Source::Bytes(b) => sink(b),
         }
     }
@@ -199,15 +207,19 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
     let mut values = Vec::with_capacity(n_values);
     for id in g.value_ids() {
         let v = g.value(id);
-        let constant = match &v.constant {
+        let data = match (&v.constant, &v.stored) {
+            (Some(t), _) => Some((t.dtype(), t.shape(), t.len(), Source::Tensor(t))),
+            (None, Some(s)) => Some((s.dtype(), s.shape(), s.len(), Source::Stored(s))),
+            (None, None) => None,
+        };
+        let constant = match data {
             None => None,
-            Some(t) => {
-                let t: &'a Tensor = t;
-                let length = (t.len() as u64)
-                    .checked_mul(t.dtype().size_bytes() as u64)
+            Some((dtype, shape, len, source)) => {
+                let length = (len as u64)
+                    .checked_mul(dtype.size_bytes() as u64)
                     .ok_or_else(|| bad(format!("constant '{}' is too large", v.name)))?;
-                let section = add_section(v.name.clone(), pb::SectionKind::Constant, length, Source::Tensor(t))?;
-                Some(pb::Constant { section, dtype: dtype_code(t.dtype()), shape: t.shape().iter().map(|&d| d as u64).collect() })
+                let section = add_section(v.name.clone(), pb::SectionKind::Constant, length, source)?;
+                Some(pb::Constant { section, dtype: dtype_code(dtype), shape: shape.iter().map(|&d| d as u64).collect() })
             }
         };
         values.push(pb::Value { name: v.name.clone(), r#type: v.ty.as_ref().map(type_to_pb), constant });
@@ -266,10 +278,11 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
 
     for (s, src) in sections.iter_mut().zip(&sources) {
         let mut h = crc32fast::Hasher::new();
-        let _ = src.stream::<()>(&mut |b| {
+        src.stream(&mut |b| {
             h.update(b);
             Ok(())
-        });
+        })
+        .map_err(|e| bad(format!("section '{}' cannot be read: {e}", s.name)))?;
         s.crc32 = h.finalize();
     }
 

@@ -5,6 +5,14 @@ use thiserror::Error;
 /// Something wrong with a graph or one of its nodes.
 #[derive(Debug, Error)]
 pub enum IrError {
+    /// A constant kept in a file could not be read.
+    #[error("constant '{value}': {message}")]
+    ConstantData {
+        /// The constant's name.
+        value: String,
+        /// What went wrong, naming the file and offset.
+        message: String,
+    },
     /// No schema is registered for this op in this domain.
     #[error("node '{node}': unsupported op '{op}' (domain '{domain}', opset {opset})")]
     UnknownOp {

@@ -1,6 +1,7 @@
 //! The graph: nodes (ops) in a petgraph `StableDiGraph`, connected through named tensor values.
 
-use crate::{Attribute, IrError, Result, Tensor, TensorType};
+use crate::stored::{SpillFile, StoredTensor, SPILL_MIN_BYTES};
+use crate::{Attribute, DType, IrError, Result, Tensor, TensorType};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,8 +22,11 @@ pub struct Value {
     pub ty: Option<TensorType>,
     /// The node output that defines it, if any.
     pub producer: Option<(NodeId, usize)>,
-    /// The data, for constants (initializers and folded values).
+    /// The data, for constants (initializers and folded values) held in memory.
     pub constant: Option<Arc<Tensor>>,
+    /// Where the data is, for constants kept in a file (large external data, spilled results):
+    /// read with [`Graph::load_constant`]. At most one of `constant` and `stored` is set.
+    pub stored: Option<StoredTensor>,
     /// Nodes that read it (a node appears once per input slot that reads it).
     pub consumers: Vec<NodeId>,
 }
@@ -127,6 +131,8 @@ pub struct Graph {
     pub outputs: Vec<ValueId>,
     /// Opset imports: domain (`""` = ONNX) → version.
     pub opsets: BTreeMap<String, i64>,
+    /// Where large constants go instead of memory ([`Graph::spill_large_constants`]).
+    spill: Option<Arc<SpillFile>>,
 }
 
 impl Graph {
@@ -141,7 +147,7 @@ impl Graph {
             return id;
         }
         let id = ValueId(self.values.len() as u32);
-        self.values.push(Value { name: name.to_string(), ty: None, producer: None, constant: None, consumers: Vec::new() });
+        self.values.push(Value { name: name.to_string(), ty: None, producer: None, constant: None, stored: None, consumers: Vec::new() });
         self.by_name.insert(name.to_string(), id);
         id
     }
@@ -188,11 +194,29 @@ impl Graph {
         Ok(id)
     }
 
-    /// Makes `id` a constant holding `data` (an initializer or a folded value).
+    /// Makes `id` a constant holding `data` (an initializer or a folded value). With a spill
+    /// file attached ([`Graph::spill_large_constants`]), data of [`SPILL_MIN_BYTES`] or more is
+    /// written there and kept as a [`StoredTensor`]; if that write fails it stays in memory.
     pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) {
         let v = &mut self.values[id.0 as usize];
         v.ty = Some(TensorType::fixed(data.dtype(), data.shape()));
+        if let Some(spill) = self.spill.as_ref().filter(|_| data.len() * data.dtype().size_bytes() >= SPILL_MIN_BYTES) {
+            if let Ok(stored) = spill.store(&data) {
+                v.constant = None;
+                v.stored = Some(stored);
+                return;
+            }
+        }
+        v.stored = None;
         v.constant = Some(data);
+    }
+
+    /// Makes `id` a constant whose data stays in a file until it is read.
+    pub fn set_stored(&mut self, id: ValueId, data: StoredTensor) {
+        let v = &mut self.values[id.0 as usize];
+        v.ty = Some(TensorType::fixed(data.dtype(), data.shape()));
+        v.constant = None;
+        v.stored = Some(data);
     }
 
     /// Adds a constant (initializer) value named `name`.
@@ -205,15 +229,99 @@ impl Graph {
         Ok(id)
     }
 
-    /// The constant data of a value, if it is a constant.
+    /// Adds a constant (initializer) named `name` whose data stays in a file.
+    pub fn add_stored(&mut self, name: &str, data: StoredTensor) -> Result<ValueId> {
+        let id = self.value_named(name);
+        if self.is_defined(id) {
+            return Err(IrError::MultipleProducers { value: name.to_string(), node: "<initializer>".into() });
+        }
+        self.set_stored(id, data);
+        Ok(id)
+    }
+
+    /// The data of a constant held in memory. `None` for a value that is not a constant and for
+    /// one kept in a file ([`Graph::is_constant`] tells them apart, [`Graph::load_constant`]
+    /// reads either): passes that look at small constants (shapes, scalars, biases) use this.
     pub fn constant(&self, id: ValueId) -> Option<&Arc<Tensor>> {
         self.value(id).constant.as_ref()
+    }
+
+    /// The file-kept data of a constant, if it is one.
+    pub fn stored(&self, id: ValueId) -> Option<&StoredTensor> {
+        self.value(id).stored.as_ref()
+    }
+
+    /// True for a constant, in memory or in a file.
+    pub fn is_constant(&self, id: ValueId) -> bool {
+        let v = self.value(id);
+        v.constant.is_some() || v.stored.is_some()
+    }
+
+    /// A constant's element type and shape, without reading file-kept data.
+    pub fn constant_type(&self, id: ValueId) -> Option<(DType, &[usize])> {
+        let v = self.value(id);
+        match (&v.constant, &v.stored) {
+            (Some(t), _) => Some((t.dtype(), t.shape())),
+            (None, Some(s)) => Some((s.dtype(), s.shape())),
+            (None, None) => None,
+        }
+    }
+
+    /// A constant's data, read from its file if it is kept in one (each call reads it again:
+    /// hold the result only while it is needed). `Ok(None)` for a value that is not a constant.
+    pub fn load_constant(&self, id: ValueId) -> Result<Option<Arc<Tensor>>> {
+        let v = self.value(id);
+        match (&v.constant, &v.stored) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(s)) => {
+                s.load().map(|t| Some(Arc::new(t))).map_err(|message| IrError::ConstantData { value: v.name.clone(), message })
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Drops a constant's data (memory or file): the value is left undefined.
+    pub fn clear_constant(&mut self, id: ValueId) {
+        let v = &mut self.values[id.0 as usize];
+        v.constant = None;
+        v.stored = None;
+    }
+
+    /// Reads every file-kept constant into memory (what an executor running the graph needs).
+    pub fn load_stored_constants(&mut self) -> Result<()> {
+        for i in 0..self.values.len() {
+            if let Some(s) = self.values[i].stored.take() {
+                match s.load() {
+                    Ok(t) => self.values[i].constant = Some(Arc::new(t)),
+                    Err(message) => {
+                        let value = self.values[i].name.clone();
+                        self.values[i].stored = Some(s);
+                        return Err(IrError::ConstantData { value, message });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// From now on, constants of [`SPILL_MIN_BYTES`] or more that passes create go to `spill`
+    /// instead of memory; those already in memory move there now. A compile does this so its
+    /// memory follows the largest tensor it works on, not the model's size.
+    pub fn spill_large_constants(&mut self, spill: Arc<SpillFile>) -> std::io::Result<()> {
+        for v in &mut self.values {
+            if let Some(t) = v.constant.as_ref().filter(|t| t.len() * t.dtype().size_bytes() >= SPILL_MIN_BYTES) {
+                v.stored = Some(spill.store(t)?);
+                v.constant = None;
+            }
+        }
+        self.spill = Some(spill);
+        Ok(())
     }
 
     /// True when a graph input, constant or node output defines the value.
     pub fn is_defined(&self, id: ValueId) -> bool {
         let v = self.value(id);
-        v.producer.is_some() || v.constant.is_some() || self.inputs.contains(&id)
+        v.producer.is_some() || v.constant.is_some() || v.stored.is_some() || self.inputs.contains(&id)
     }
 
     /// Adds a node, connecting it to the producers of its inputs and the consumers of its outputs.
@@ -331,8 +439,9 @@ impl Graph {
     pub fn remove_unused_constants(&mut self) -> usize {
         let mut dropped = 0;
         for (i, v) in self.values.iter_mut().enumerate() {
-            if v.constant.is_some() && v.consumers.is_empty() && !self.outputs.contains(&ValueId(i as u32)) {
+            if (v.constant.is_some() || v.stored.is_some()) && v.consumers.is_empty() && !self.outputs.contains(&ValueId(i as u32)) {
                 v.constant = None;
+                v.stored = None;
                 dropped += 1;
             }
         }
@@ -341,7 +450,7 @@ impl Graph {
 
     /// Number of elements over all constants (the parameter count).
     pub fn parameter_count(&self) -> usize {
-        self.values.iter().filter_map(|v| v.constant.as_ref()).map(|t| t.len()).sum()
+        self.values.iter().map(|v| v.constant.as_ref().map(|t| t.len()).or(v.stored.as_ref().map(|s| s.len())).unwrap_or(0)).sum()
     }
 }
 

@@ -114,13 +114,15 @@ impl<E: NodeEvaluator> Pass for ConstantFolding<E> {
         let mut changed = false;
         for id in graph.topo_order()? {
             let node = graph.node(id);
-            let inputs: Vec<Option<Arc<Tensor>>> = node.inputs.iter().map(|v| v.and_then(|v| graph.constant(v).cloned())).collect();
-            if node.inputs.iter().zip(&inputs).any(|(v, c)| v.is_some() && c.is_none()) {
+            if node.inputs.iter().flatten().any(|&v| !graph.is_constant(v)) {
                 continue;
             }
             if !self.small_enough(graph, registry, node) {
                 continue;
             }
+            // File-kept inputs (a large weight a Transpose or Cast reads) are read now, one node at a time.
+            let inputs: Vec<Option<Arc<Tensor>>> =
+                node.inputs.iter().map(|v| v.map(|v| graph.load_constant(v)).transpose().map(Option::flatten)).collect::<Result<_>>()?;
             let refs: Vec<Option<&Tensor>> = inputs.iter().map(|c| c.as_deref()).collect();
             let Ok(outs) = self.evaluator.evaluate(node, &refs) else {
                 continue;

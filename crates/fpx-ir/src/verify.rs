@@ -42,7 +42,7 @@ pub fn verify(graph: &Graph, registry: &OpRegistry) -> Result<()> {
         }
         for (slot, o) in node.outputs.iter().enumerate() {
             let val = graph.value(*o);
-            if val.producer != Some((id, slot)) || val.constant.is_some() || graph.inputs.contains(o) {
+            if val.producer != Some((id, slot)) || graph.is_constant(*o) || graph.inputs.contains(o) {
                 return Err(IrError::MultipleProducers { value: val.name.clone(), node: node.name.clone() });
             }
         }

@@ -6,12 +6,24 @@
 //! opened, so a rejected location is never read.
 
 use crate::ImportError;
+use fpx_ir::stored::FileBytes;
+use fpx_ir::{DType, StoredTensor};
 use onnx_protobuf::TensorProto;
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-/// Reads the `expected` bytes of tensor `name`'s external data, resolved against `base_dir`.
-pub(crate) fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>, expected: usize) -> Result<Vec<u8>, ImportError> {
+/// Where a tensor's external data is, checked: a regular file inside the model's folder that
+/// holds `expected` bytes at `offset`.
+struct Located {
+    path: PathBuf,
+    file: std::fs::File,
+    offset: u64,
+}
+
+/// Resolves and checks tensor `name`'s external data entries; `err` builds the error for them.
+fn locate(t: &TensorProto, name: &str, base_dir: Option<&Path>, expected: usize) -> Result<Located, ImportError> {
     let mut location = None;
     let mut offset = None;
     let mut length = None;
@@ -24,7 +36,7 @@ pub(crate) fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>
         }
     }
     let location = location.unwrap_or("");
-    let err = |message: String| ImportError::ExternalData { tensor: name.to_string(), location: location.to_string(), message };
+    let err = |message: String| external_error(name, location, message);
     if location.is_empty() {
         return Err(err("the tensor's external_data has no 'location'".into()));
     }
@@ -43,17 +55,52 @@ pub(crate) fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>
     }
     // Opened as a regular file only (checked again on the open file, so a FIFO swapped in after
     // `resolve` cannot block us); its size comes from the open file.
-    let (mut file, file_len) = fpx_ir::file::open_regular(&path).map_err(|e| err(format!("cannot open '{}': {e}", path.display())))?;
+    let (file, file_len) = fpx_ir::file::open_regular(&path).map_err(|e| err(format!("cannot open '{}': {e}", path.display())))?;
     let end = offset.checked_add(expected_u64).ok_or_else(|| err(format!("offset {offset} + length {expected} overflows")))?;
     if end > file_len {
         return Err(err(format!("offset {offset} + length {expected} is beyond the end of '{}' ({file_len} bytes)", path.display())));
     }
+    Ok(Located { path, file, offset })
+}
+
+fn external_error(name: &str, location: &str, message: String) -> ImportError {
+    ImportError::ExternalData { tensor: name.to_string(), location: location.to_string(), message }
+}
+
+/// Reads the `expected` bytes of tensor `name`'s external data, resolved against `base_dir`.
+pub(crate) fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>, expected: usize) -> Result<Vec<u8>, ImportError> {
+    let Located { path, mut file, offset } = locate(t, name, base_dir, expected)?;
+    let err = |message: String| external_error(name, &path.display().to_string(), message);
     file.seek(SeekFrom::Start(offset)).map_err(|e| err(format!("cannot seek in '{}': {e}", path.display())))?;
     let mut buf = Vec::new();
     buf.try_reserve_exact(expected).map_err(|_| err(format!("{expected} bytes do not fit in memory")))?;
     buf.resize(expected, 0);
     file.read_exact(&mut buf).map_err(|e| err(format!("cannot read {expected} bytes at offset {offset} of '{}': {e}", path.display())))?;
     Ok(buf)
+}
+
+/// The external data files of one import, each opened once and shared by the tensors in it.
+#[derive(Default)]
+pub(crate) struct ExternalFiles {
+    open: HashMap<PathBuf, Arc<FileBytes>>,
+}
+
+impl ExternalFiles {
+    /// Tensor `name`'s external data as a [`StoredTensor`]: checked like [`read_external`]
+    /// but left in its file, to be read when a pass needs it.
+    pub(crate) fn stored(
+        &mut self,
+        t: &TensorProto,
+        name: &str,
+        base_dir: Option<&Path>,
+        dtype: DType,
+        shape: &[usize],
+        expected: usize,
+    ) -> Result<StoredTensor, ImportError> {
+        let Located { path, file, offset } = locate(t, name, base_dir, expected)?;
+        let source = self.open.entry(path.clone()).or_insert_with(|| Arc::new(FileBytes::new(file, path))).clone();
+        Ok(StoredTensor::new(source, offset, dtype, shape.to_vec()))
+    }
 }
 
 /// The canonical path of `location` inside `base_dir`, or why it is not allowed.

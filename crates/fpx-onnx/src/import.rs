@@ -1,7 +1,8 @@
 //! `ModelProto` → [`Graph`]: opsets, initializers, typed inputs and outputs, nodes with
 //! attributes (checked against the op registry), `Constant` nodes folded into constants.
 
-use crate::tensor::{convert, dtype_name};
+use crate::external::ExternalFiles;
+use crate::tensor::{convert, dtype_name, initializer, Initializer};
 use crate::ImportError;
 use fpx_ir::ops::{OpRegistry, MAX_ONNX_OPSET};
 use fpx_ir::{onnx_dtype, Attribute, Dim, Graph, IrError, Node, Tensor, TensorType, ValueId};
@@ -59,12 +60,15 @@ fn build(g: &mut Graph, gp: &GraphProto, registry: &OpRegistry, base_dir: Option
         let name = s.values.as_ref().map(|v| v.name.as_str()).unwrap_or("");
         return Err(ImportError::Unsupported(format!("sparse initializer '{name}': sparse tensors are not supported")));
     }
+    let mut external = ExternalFiles::default();
     for t in &gp.initializer {
         if t.name.is_empty() {
             return Err(ImportError::Tensor { name: String::new(), message: "an initializer has no name".into() });
         }
-        let data = convert(t, &t.name, base_dir)?;
-        g.add_constant(&t.name, data)?;
+        match initializer(t, base_dir, &mut external)? {
+            Initializer::Loaded(data) => g.add_constant(&t.name, data)?,
+            Initializer::Stored(data) => g.add_stored(&t.name, data)?,
+        };
     }
     for vi in &gp.input {
         if vi.name.is_empty() {

@@ -1,10 +1,12 @@
 //! `TensorProto` ⇄ [`Tensor`]: every numeric element type, from `raw_data` (little-endian),
 //! the typed fields, or external data.
 
-use crate::external::read_external;
+use crate::external::{read_external, ExternalFiles};
 use crate::ImportError;
 use fpx_ir::half::{bf16, f16};
 use fpx_ir::ndarray::{ArrayD, IxDyn};
+use fpx_ir::stored::SPILL_MIN_BYTES;
+use fpx_ir::StoredTensor;
 use fpx_ir::{onnx_code, onnx_dtype, DType, Tensor};
 use onnx_protobuf::tensor_proto::{DataLocation, DataType};
 use onnx_protobuf::{Message, TensorProto};
@@ -73,6 +75,30 @@ pub(crate) fn dtype_name(code: i64) -> String {
             _ => format!("code {code}"),
         },
     }
+}
+
+/// An initializer as imported: in memory, or (large external data) left in its file.
+pub(crate) enum Initializer {
+    /// Read into memory.
+    Loaded(Tensor),
+    /// Kept in the external data file until a pass reads it.
+    Stored(StoredTensor),
+}
+
+/// Imports an initializer: external data of [`SPILL_MIN_BYTES`] or more stays in its file
+/// (checked, not read), everything else is read as [`convert`] reads it.
+pub(crate) fn initializer(t: &TensorProto, base_dir: Option<&Path>, files: &mut ExternalFiles) -> Result<Initializer, ImportError> {
+    if t.data_location.enum_value() == Ok(DataLocation::EXTERNAL) && t.segment.is_none() {
+        let dtype = onnx_dtype(i64::from(t.data_type));
+        let shape: Option<Vec<usize>> = t.dims.iter().map(|&d| usize::try_from(d).ok()).collect();
+        if let (Some(dtype), Some(shape)) = (dtype, shape) {
+            let bytes = shape.iter().try_fold(dtype.size_bytes(), |n, &d| n.checked_mul(d));
+            if let Some(bytes) = bytes.filter(|&b| b >= SPILL_MIN_BYTES) {
+                return files.stored(t, &t.name, base_dir, dtype, &shape, bytes).map(Initializer::Stored);
+            }
+        }
+    }
+    convert(t, &t.name, base_dir).map(Initializer::Loaded)
 }
 
 /// `tensor_from_proto` with the name used in errors given separately (attribute tensors are often unnamed).

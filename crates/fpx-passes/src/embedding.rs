@@ -10,7 +10,7 @@ use fpx_ir::ops::{quant_gather, quant_matmul, FPX_DOMAIN};
 use fpx_ir::{DType, Graph, Node, NodeId, Tensor, ValueId};
 use fpx_quant::act8::Activations;
 use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, quantize, Format, QuantConfig, QuantGemm, QuantizedMatrix};
+use fpx_quant::{fold, quantize_channels, Format, QuantConfig, QuantGemm, QuantizedMatrix};
 use std::sync::Arc;
 
 /// Tables smaller than this (in elements) stay as they are by default: token-type tables and
@@ -44,8 +44,10 @@ pub(crate) struct Head<'a> {
     pub node: String,
     /// The packed weight constant.
     pub packed: ValueId,
-    /// Its quantization.
+    /// Its quantization (scales and shape; the codes are in `packed` only).
     pub matrix: &'a QuantizedMatrix,
+    /// The relative RMS error of its quantization (a tied table's, as the values are the same).
+    pub rel_rmse: f64,
     /// The weight constant before quantization (`[k, n]`, or `[n, k]` when `transposed`).
     pub source: ValueId,
     /// Whether the product reads `source` transposed (a Gemm with `transB`).
@@ -53,18 +55,31 @@ pub(crate) struct Head<'a> {
 }
 
 /// Whether `head`'s weight is the table `e[V, D]` transposed (equal values, element for element).
-fn ties(graph: &Graph, head: &Head<'_>, e: &Tensor) -> bool {
+fn ties(graph: &Graph, head: &Head<'_>, table: ValueId, e: &Tensor) -> Result<bool, PassError> {
     let (v, d) = (e.shape()[0], e.shape()[1]);
     if head.matrix.k != d || head.matrix.n != v {
-        return false;
+        return Ok(false);
     }
-    let Some(w) = graph.constant(head.source) else { return false };
-    let (w, e) = (w.to_f32(), e.to_f32());
-    if head.transposed {
+    if head.source == table {
+        // One constant: the head reads it as [n, k] = [V, D] exactly when it transposes it.
+        return Ok(head.transposed);
+    }
+    let Some(w) = graph.load_constant(head.source)? else { return Ok(false) };
+    let equal = |a: f32, b: f32| a == b;
+    let (w, e) = (f32_cow(&w), f32_cow(e));
+    Ok(if head.transposed {
         // Stored [n, k] = [V, D]: the table itself.
-        w.shape() == e.shape() && w.iter().zip(e.iter()).all(|(a, b)| a == b)
+        w.shape() == e.shape() && w.iter().zip(e.iter()).all(|(a, b)| equal(*a, *b))
     } else {
-        w.shape() == [d, v] && w.t().iter().zip(e.iter()).all(|(a, b)| a == b)
+        w.shape() == [d, v] && w.t().iter().zip(e.iter()).all(|(a, b)| equal(*a, *b))
+    })
+}
+
+/// An f32 view of a float tensor, copied only when it is not f32 already.
+fn f32_cow(t: &Tensor) -> std::borrow::Cow<'_, fpx_ir::ndarray::ArrayD<f32>> {
+    match t {
+        Tensor::F32(a) => std::borrow::Cow::Borrowed(a),
+        other => std::borrow::Cow::Owned(other.to_f32()),
     }
 }
 
@@ -73,8 +88,9 @@ fn gathered_tables(graph: &Graph, min_elements: usize) -> Vec<(ValueId, Vec<Node
     let mut out = Vec::new();
     for v in graph.value_ids() {
         let value = graph.value(v);
-        let Some(t) = value.constant.as_ref() else { continue };
-        if t.rank() != 2 || !t.dtype().is_float() || t.len() < min_elements.max(1) || graph.outputs.contains(&v) {
+        let Some((dtype, shape)) = graph.constant_type(v) else { continue };
+        let len: usize = shape.iter().product();
+        if shape.len() != 2 || !dtype.is_float() || len < min_elements.max(1) || graph.outputs.contains(&v) {
             continue;
         }
         let mut nodes: Vec<NodeId> = value.consumers.clone();
@@ -99,18 +115,11 @@ fn gathered_tables(graph: &Graph, min_elements: usize) -> Vec<(ValueId, Vec<Node
                     c.domain.is_empty() && c.op_type == "Cast" && c.attr_i("to", 0) == fpx_ir::onnx_code(DType::F32)
                 })
         };
-        if all_gathers && (t.dtype() == DType::F32 || nodes.iter().all(rows_cast)) {
+        if all_gathers && (dtype == DType::F32 || nodes.iter().all(rows_cast)) {
             out.push((v, nodes));
         }
     }
     out
-}
-
-/// `Eᵀ` of a `[V, D]` table as `[D][V]` f32 (the quantized weight's `[k][n]` order).
-fn transposed(t: &Tensor) -> (Vec<f32>, usize, usize) {
-    let a = t.to_f32();
-    let (v, d) = (t.shape()[0], t.shape()[1]);
-    (a.t().iter().copied().collect(), d, v)
 }
 
 /// A 1-D `u8` constant.
@@ -131,21 +140,40 @@ pub(crate) fn quantize_embeddings(
     let mut out = Vec::new();
     let fpx_opset = *graph.opsets.entry(FPX_DOMAIN.to_string()).or_insert(1);
     for (table, gathers) in gathered_tables(graph, min_elements) {
-        let t = graph.constant(table).expect("a constant").clone();
-        let (w, k, n) = transposed(&t);
+        let t = graph.load_constant(table)?.expect("a constant");
+        // The table `[V, D]` is already `Eᵀ` channel-major: channel = row.
+        let (n, k) = (t.shape()[0], t.shape()[1]);
         let name = graph.value(table).name.clone();
-        let bytes_in = t.len() * t.dtype().size_bytes();
-        let tied = heads.iter().find(|h| ties(graph, h, &t));
+        let bytes_in = graph.stored(table).map_or(t.len() * t.dtype().size_bytes(), |s| s.stored_bytes());
+        let mut tied = None;
+        for h in heads {
+            if ties(graph, h, table, &t)? {
+                tied = Some(h);
+                break;
+            }
+        }
         let (packed, matrix, tied_with, rel_rmse, bytes_out) = match tied {
-            Some(h) => (h.packed, h.matrix.clone(), Some(h.node.clone()), h.matrix.relative_rmse(&w), h.matrix.scales.len() * 4),
+            Some(h) => (h.packed, h.matrix.clone(), Some(h.node.clone()), h.rel_rmse, h.matrix.scales.len() * 4),
             None => {
-                let m = quantize(&name, &w, k, n, &QuantConfig { format, group_size: None, scale_search: false })?;
+                let (mut m, e) = {
+                    let a = f32_cow(&t);
+                    let copy: Vec<f32>;
+                    let wt = match a.as_slice() {
+                        Some(s) => s,
+                        None => {
+                            copy = a.iter().copied().collect();
+                            &copy
+                        }
+                    };
+                    quantize_channels(&name, wt, k, n, &QuantConfig { format, group_size: None, scale_search: false })?
+                };
+                drop(t);
                 let shape = PackedShape::new(n, k, format.bits());
                 let packed = layout::pack(&m.codes, &shape);
+                m.codes = Vec::new();
                 let bytes_out = packed.len() + m.scales.len() * 4;
                 let pv = graph.fresh_value(&format!("{name}__{}", format.name()));
                 graph.set_constant(pv, Arc::new(bytes_tensor(packed)));
-                let e = m.relative_rmse(&w);
                 (pv, m, None, e, bytes_out)
             }
         };

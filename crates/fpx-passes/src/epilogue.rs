@@ -224,10 +224,9 @@ fn match_gated(graph: &Graph, mul: NodeId) -> Option<GatedMatch> {
         let same_x = graph.node(gate.node).inputs.first() == graph.node(up.node).inputs.first();
         let weights = |id: NodeId| {
             let n = graph.node(id);
-            let c = |slot: usize| n.inputs.get(slot).copied().flatten().and_then(|v| graph.constant(v));
-            let bias_constant =
-                n.inputs.get(BIAS_INPUT).copied().flatten().is_none_or(|v| c(BIAS_INPUT).is_some() && graph.constant(v).is_some());
-            bias_constant && matches!((c(1).map(|t| t.dtype()), c(2).map(|t| t.dtype())), (Some(DType::U8), Some(DType::F32)))
+            let c = |slot: usize| n.inputs.get(slot).copied().flatten().and_then(|v| graph.constant_type(v));
+            let bias_constant = n.inputs.get(BIAS_INPUT).copied().flatten().is_none_or(|v| graph.constant(v).is_some());
+            bias_constant && matches!((c(1).map(|t| t.0), c(2).map(|t| t.0)), (Some(DType::U8), Some(DType::F32)))
         };
         let alike = gate.gemm == up.gemm && gate.gemm.n.is_multiple_of(GATE_BLOCK) && weights(gate.node) && weights(up.node);
         if gate_ok && up.epilogue.is_identity() && same_x && alike {
@@ -237,21 +236,29 @@ fn match_gated(graph: &Graph, mul: NodeId) -> Option<GatedMatch> {
     None
 }
 
+// The gated weight's blocks of columns are whole rows of tiles, copied as packed.
+const _: () = assert!(GATE_BLOCK == layout::TILE_N);
+
 fn apply_gated(graph: &mut Graph, (gate, up, mul): GatedMatch) -> Result<(), PassError> {
     let (gn, un) = (graph.node(gate).clone(), graph.node(up).clone());
     let gemm = quant_matmul::read(&gn)?;
     let activation = quant_matmul::epilogue(&gn, &gemm)?.activation;
-    let input = |node: &Node, slot: usize| node.inputs.get(slot).copied().flatten().and_then(|v| graph.constant(v).cloned());
-    let (Some(gp), Some(gs), Some(up_p), Some(us)) = (input(&gn, 1), input(&gn, 2), input(&un, 1), input(&un, 2)) else {
+    let input = |node: &Node, slot: usize| -> Result<Option<Arc<Tensor>>, IrError> {
+        Ok(match node.inputs.get(slot).copied().flatten() {
+            Some(v) => graph.load_constant(v)?,
+            None => None,
+        })
+    };
+    let (Some(gp), Some(gs), Some(up_p), Some(us)) = (input(&gn, 1)?, input(&gn, 2)?, input(&un, 1)?, input(&un, 2)?) else {
         return Err(IrError::Invalid(format!("'{}' and '{}' have weights that are not constants", gn.name, un.name)).into());
     };
     let n = gemm.n;
     let shape = gemm.packed_shape();
-    let codes = |t: &Tensor| match t {
-        Tensor::U8(a) if a.len() == shape.total_bytes() => Some(layout::unpack(&a.iter().copied().collect::<Vec<u8>>(), &shape)),
+    let bytes = |t: &Tensor| match t {
+        Tensor::U8(a) if a.len() == shape.total_bytes() => a.as_slice().map(|s| s.to_vec()),
         _ => None,
     };
-    let (Some(gc), Some(uc)) = (codes(&gp), codes(&up_p)) else {
+    let (Some(gc), Some(uc)) = (bytes(&gp), bytes(&up_p)) else {
         return Err(IrError::Invalid(format!(
             "'{}' and '{}' have packed weights that are not {} uint8 bytes",
             gn.name,
@@ -260,16 +267,12 @@ fn apply_gated(graph: &mut Graph, (gate, up, mul): GatedMatch) -> Result<(), Pas
         ))
         .into());
     };
-    // Rows of the code matrix are output columns: interleave them in blocks of GATE_BLOCK.
-    let k = gemm.k;
-    let mut merged = Vec::with_capacity(2 * n * k);
-    for block in 0..n / GATE_BLOCK {
-        let rows = block * GATE_BLOCK * k..(block + 1) * GATE_BLOCK * k;
-        merged.extend_from_slice(&gc[rows.clone()]);
-        merged.extend_from_slice(&uc[rows]);
-    }
+    drop((gp, up_p));
+    // Rows of the code matrix are output columns: interleave them in blocks of GATE_BLOCK
+    // (= TILE_N: whole rows of tiles, copied as they are packed).
+    let packed = layout::interleave_tile_rows(&gc, &uc, &shape);
+    drop((gc, uc));
     let wide = QuantGemm { n: 2 * n, ..gemm };
-    let packed = layout::pack(&merged, &wide.packed_shape());
     let interleave = |g: &[f32], u: &[f32], rows: usize| -> Vec<f32> {
         let mut out = Vec::with_capacity(2 * g.len());
         for r in 0..rows {
@@ -284,9 +287,9 @@ fn apply_gated(graph: &mut Graph, (gate, up, mul): GatedMatch) -> Result<(), Pas
     let groups = gemm.groups();
     let floats = |t: &Tensor| t.to_f32().iter().copied().collect::<Vec<f32>>();
     let scales = interleave(&floats(&gs), &floats(&us), groups);
-    let bias_of = |node: &Node| input(node, BIAS_INPUT).map_or_else(|| vec![0f32; n], |t| floats(&t));
+    let bias_of = |node: &Node| -> Result<Vec<f32>, IrError> { Ok(input(node, BIAS_INPUT)?.map_or_else(|| vec![0f32; n], |t| floats(&t))) };
     let has_bias = gn.inputs.get(BIAS_INPUT).is_some_and(|b| b.is_some()) || un.inputs.get(BIAS_INPUT).is_some_and(|b| b.is_some());
-    let bias = has_bias.then(|| interleave(&bias_of(&gn), &bias_of(&un), 1));
+    let bias = if has_bias { Some(interleave(&bias_of(&gn)?, &bias_of(&un)?, 1)) } else { None };
 
     let name = format!("{}__gated", gn.name);
     let pv = graph.fresh_value(&format!("{name}__packed"));

@@ -41,7 +41,7 @@ impl Pass for AppendKvCache {
             }
             let (Some(past), Some(_)) = (n.inputs[0], n.inputs[1]) else { continue };
             let past = through_identities(graph, past);
-            let is_cache = graph.inputs.contains(&past) && graph.constant(past).is_none() && graph.outputs.contains(&n.outputs[0]);
+            let is_cache = graph.inputs.contains(&past) && !graph.is_constant(past) && graph.outputs.contains(&n.outputs[0]);
             if is_cache {
                 found.push((id, past));
             }

@@ -12,7 +12,7 @@ use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, Tensor, ValueId};
 use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, quantize, Format, QuantConfig, QuantGemm, QuantizedMatrix};
+use fpx_quant::{fold, quantize_channels, Format, QuantConfig, QuantGemm, QuantizedMatrix};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -63,6 +63,16 @@ pub struct WeightSite {
     pub transposed: bool,
 }
 
+/// The `(k, n)` of a site's product.
+fn site_kn(graph: &Graph, site: &WeightSite) -> (usize, usize) {
+    let (_, shape) = graph.constant_type(site.weight).expect("site weights are constants");
+    if site.transposed {
+        (shape[1], shape[0])
+    } else {
+        (shape[0], shape[1])
+    }
+}
+
 /// Which key identifies a quantized weight: the constant and whether it is used transposed.
 type WeightKey = (ValueId, bool);
 
@@ -72,6 +82,9 @@ struct Choice {
     tried: Vec<(Format, f64)>,
     rel_rmse: f64,
 }
+
+/// One weight quantized in a batch: its choice, its packed codes and its size as stored.
+type QuantizedWeight = (WeightKey, Choice, Vec<u8>, usize);
 
 struct Quantized {
     choice: Choice,
@@ -88,8 +101,8 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
             continue;
         }
         let Some(w) = n.inputs.get(1).copied().flatten() else { continue };
-        let Some(t) = graph.constant(w) else { continue };
-        if t.rank() != 2 || !t.dtype().is_float() || t.is_empty() {
+        let Some((dtype, shape)) = graph.constant_type(w) else { continue };
+        if shape.len() != 2 || !dtype.is_float() || shape.contains(&0) {
             continue;
         }
         let transposed = n.op_type == "Gemm" && n.attr_i("transB", 0) != 0;
@@ -98,25 +111,42 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
     Ok(out)
 }
 
-/// The weight as `[k][n]` f32 (transposing a Gemm `transB` weight).
-fn weight_kn(t: &Tensor, transposed: bool) -> (Vec<f32>, usize, usize) {
-    let a = t.to_f32();
+/// The weight as `[n][k]` f32, channel-major as the codes are: a MatMul weight `[k, n]` is
+/// transposed (in cache-sized blocks), a Gemm `transB` weight `[n, k]` already is.
+fn weight_nk(t: Arc<Tensor>, transposed: bool) -> (Vec<f32>, usize, usize) {
     let (r, c) = (t.shape()[0], t.shape()[1]);
+    // The loaded tensor is usually ours alone: take its f32 buffer instead of copying it.
+    let owned = Arc::try_unwrap(t).unwrap_or_else(|t| Tensor::clone(&t));
+    let rows: Vec<f32> = match owned {
+        Tensor::F32(a) if a.is_standard_layout() => a.into_raw_vec_and_offset().0,
+        other => other.to_f32().iter().copied().collect(),
+    };
     if transposed {
-        let v = a.t().iter().copied().collect();
-        (v, c, r)
-    } else {
-        (a.iter().copied().collect(), r, c)
+        return (rows, c, r);
     }
+    let (k, n) = (r, c);
+    let mut nk = vec![0f32; k * n];
+    // Blocks of 64 channels in parallel; each reads 64 contiguous floats per row.
+    const B: usize = 64;
+    nk.par_chunks_mut(k * B).enumerate().for_each(|(block, out)| {
+        let c0 = block * B;
+        let width = out.len() / k;
+        for (row, w) in rows.chunks_exact(n).enumerate() {
+            for (j, &v) in w[c0..c0 + width].iter().enumerate() {
+                out[j * k + row] = v;
+            }
+        }
+    });
+    (nk, k, n)
 }
 
-/// Quantizes one weight with every candidate format and keeps the one with the least error.
-fn quantize_best(name: &str, w: &[f32], k: usize, n: usize, opts: &QuantizeOptions) -> Result<Choice, PassError> {
+/// Quantizes one channel-major weight with every candidate format and keeps the one with the least error.
+fn quantize_best(name: &str, wt: &[f32], k: usize, n: usize, opts: &QuantizeOptions) -> Result<Choice, PassError> {
     let mut best: Option<(QuantizedMatrix, f64)> = None;
     let mut tried = Vec::new();
     for format in opts.candidates() {
-        let q = quantize(name, w, k, n, &QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search })?;
-        let e = q.relative_rmse(w);
+        let (q, e) =
+            quantize_channels(name, wt, k, n, &QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search })?;
         tried.push((format, e));
         if best.as_ref().is_none_or(|(_, b)| e < *b) {
             best = Some((q, e));
@@ -124,6 +154,34 @@ fn quantize_best(name: &str, w: &[f32], k: usize, n: usize, opts: &QuantizeOptio
     }
     let (matrix, rel_rmse) = best.ok_or_else(|| PassError::Option("scheme 'none' quantizes nothing".into()))?;
     Ok(Choice { matrix, tried, rel_rmse })
+}
+
+/// Bytes a weight of `elements` takes while it is quantized: loaded as f32, channel-major
+/// copy, codes, packed codes.
+fn working_set(elements: usize) -> usize {
+    elements * 10
+}
+
+/// Weights quantized at once share this much memory (a larger one runs alone), so a compile's
+/// memory follows its largest weight, not the model. Each weight's channels run in parallel too.
+const WORKING_SET_BUDGET: usize = 256 << 20;
+
+/// Splits `keys` into consecutive batches whose working sets add up to at most the budget.
+fn batches(keys: &[WeightKey], elements: impl Fn(&WeightKey) -> usize) -> Vec<&[WeightKey]> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, key) in keys.iter().enumerate() {
+        let need = working_set(elements(key));
+        if i > start && used + need > WORKING_SET_BUDGET {
+            out.push(&keys[start..i]);
+            (start, used) = (i, 0);
+        }
+        used += need;
+    }
+    if start < keys.len() {
+        out.push(&keys[start..]);
+    }
+    out
 }
 
 fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
@@ -162,46 +220,67 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
         return Ok(summary);
     }
     let sites = weight_sites(graph)?;
-    // Quantize each distinct weight once, in parallel.
+    // Every rewritten product must be one fpx can run, whichever candidate format a weight
+    // gets: check them all before the graph changes, so an error leaves the graph as it was.
+    for site in &sites {
+        let (k, n) = site_kn(graph, site);
+        for format in opts.candidates() {
+            let gemm = QuantGemm { format, k, n, group_size: opts.group_size.unwrap_or(0), activations: opts.activations };
+            gemm.validate().map_err(|source| PassError::Gemm { node: graph.node(site.node).name.clone(), source })?;
+        }
+    }
+    // Quantize each distinct weight once: in batches that fit the working-set budget, each
+    // batch's weights (and each weight's channels) in parallel, each packed weight stored
+    // (spilled to disk when the graph has a spill file) before the next batch is read.
     let mut keys: Vec<WeightKey> = sites.iter().map(|s| (s.weight, s.transposed)).collect();
     keys.sort();
     keys.dedup();
-    let results: Vec<Result<(WeightKey, Choice, usize), PassError>> = keys
-        .par_iter()
-        .map(|&(v, tr)| {
-            let t = graph.constant(v).expect("site weights are constants");
-            let (w, k, n) = weight_kn(t, tr);
-            let choice = quantize_best(&graph.value(v).name, &w, k, n, opts)?;
-            Ok(((v, tr), choice, t.len() * t.dtype().size_bytes()))
-        })
-        .collect();
-    let results = results.into_iter().collect::<Result<Vec<_>, PassError>>()?;
-    // Every rewritten product must be one fpx can run: check them all before the graph changes,
-    // so an error leaves the graph as it was.
+    let elements = |&(v, _): &WeightKey| graph.constant_type(v).map_or(0, |(_, s)| s.iter().product());
+    let plan = batches(&keys, elements);
+    let mut done: HashMap<WeightKey, Quantized> = HashMap::new();
+    let mut created = Vec::new();
+    let result = (|| {
+        for batch in plan {
+            let results: Vec<Result<QuantizedWeight, PassError>> = batch
+                .par_iter()
+                .map(|&(v, tr)| {
+                    let t = graph.load_constant(v)?.expect("site weights are constants");
+                    let bytes_in = graph.stored(v).map_or(t.len() * t.dtype().size_bytes(), |s| s.stored_bytes());
+                    let (wt, k, n) = weight_nk(t, tr);
+                    let mut choice = quantize_best(&graph.value(v).name, &wt, k, n, opts)?;
+                    drop(wt);
+                    let m = &mut choice.matrix;
+                    let packed = layout::pack(&m.codes, &PackedShape::new(m.n, m.k, m.format.bits()));
+                    // The codes live on in `packed` only.
+                    m.codes = Vec::new();
+                    Ok(((v, tr), choice, packed, bytes_in))
+                })
+                .collect();
+            for r in results {
+                let (key, choice, packed, bytes_in) = r?;
+                let bytes = packed.len();
+                let name = format!("{}__{}", graph.value(key.0).name, choice.matrix.format.name());
+                let pv = graph.fresh_value(&name);
+                graph.set_constant(pv, Arc::new(Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn())));
+                created.push(pv);
+                summary.weight_bytes_in += bytes_in;
+                summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4;
+                done.insert(key, Quantized { choice, packed: pv });
+            }
+        }
+        Ok::<(), PassError>(())
+    })();
+    if let Err(e) = result {
+        for v in created {
+            graph.clear_constant(v);
+        }
+        return Err(e);
+    }
     let mut gemms: HashMap<NodeId, QuantGemm> = HashMap::new();
     for site in &sites {
-        let (_, choice, _) =
-            results.iter().find(|(key, _, _)| *key == (site.weight, site.transposed)).expect("every site's weight was quantized");
-        let m = &choice.matrix;
+        let m = &done[&(site.weight, site.transposed)].choice.matrix;
         let gemm = QuantGemm { format: m.format, k: m.k, n: m.n, group_size: m.group_size.unwrap_or(0), activations: opts.activations };
-        gemm.validate().map_err(|source| PassError::Gemm { node: graph.node(site.node).name.clone(), source })?;
         gemms.insert(site.node, gemm);
-    }
-    let mut done: HashMap<WeightKey, Quantized> = HashMap::new();
-    for (key, choice, bytes_in) in results {
-        let matrix = &choice.matrix;
-        let shape = PackedShape::new(matrix.n, matrix.k, matrix.format.bits());
-        let packed = layout::pack(&matrix.codes, &shape);
-        let bytes = packed.len();
-        let name = format!("{}__{}", graph.value(key.0).name, matrix.format.name());
-        let pv = graph.fresh_value(&name);
-        graph.set_constant(
-            pv,
-            Arc::new(Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[bytes]), packed).expect("1-D"))),
-        );
-        summary.weight_bytes_in += bytes_in;
-        summary.weight_bytes_out += bytes + matrix.scales.len() * 4;
-        done.insert(key, Quantized { choice, packed: pv });
     }
     let fpx_opset = *graph.opsets.entry(FPX_DOMAIN.to_string()).or_insert(1);
     let mut scales_cache: BTreeMap<(WeightKey, u32), ValueId> = BTreeMap::new();
@@ -285,6 +364,7 @@ pub fn quantize_weights(graph: &mut Graph, opts: &QuantizeOptions) -> Result<Qua
                 node: summary.layers.iter().find(|l| l.weight == graph.value(v).name).map(|l| l.node.clone()).unwrap_or_default(),
                 packed: q.packed,
                 matrix: &q.choice.matrix,
+                rel_rmse: q.choice.rel_rmse,
                 source: v,
                 transposed: tr,
             })

@@ -89,7 +89,7 @@ impl Pass for UpcastHalfPrecision {
         // Gather reads its rows in 16 bits and a Cast makes them f32.
         for id in graph.value_ids().collect::<Vec<_>>() {
             let value = graph.value(id);
-            let Some(data) = value.constant.as_ref().filter(|d| is_half(d.dtype())) else { continue };
+            let Some(dtype) = graph.constant_type(id).map(|(d, _)| d).filter(|&d| is_half(d)) else { continue };
             let gathers = value.consumers.clone();
             let only_gathered = !gathers.is_empty()
                 && gathers.iter().all(|&n| {
@@ -99,7 +99,6 @@ impl Pass for UpcastHalfPrecision {
             if !only_gathered || graph.outputs.contains(&id) {
                 continue;
             }
-            let dtype = data.dtype();
             interface.push(id);
             let mut seen = Vec::new();
             for n in gathers {
@@ -130,6 +129,10 @@ impl Pass for UpcastHalfPrecision {
                     graph.set_constant(id, Arc::new(data.cast(DType::F32)));
                     changed = true;
                 }
+            } else if let Some(stored) = graph.stored(id).filter(|s| is_half(s.dtype())) {
+                // Left in its file, converted when it is read.
+                graph.set_stored(id, stored.cast(DType::F32));
+                changed = true;
             } else if let Some(ty) = half_type(graph, id) {
                 graph.set_type(id, Some(as_f32(&ty)));
                 changed = true;

@@ -198,21 +198,65 @@ pub fn high_field_offset(shape: &PackedShape, tile: usize, lane: usize) -> usize
 /// are used) into the 4+2 planes: `total_bytes()` bytes, low plane then high plane.
 /// Padding codes are 0. Panics if `codes.len() != n * k`.
 pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
+    use rayon::prelude::*;
     assert_eq!(codes.len(), shape.n * shape.k, "pack: {} codes for a [{}][{}] matrix", codes.len(), shape.n, shape.k);
     let mask = ((1u32 << shape.bits) - 1) as u8;
     let h = shape.high_bits() as usize;
     let mut out = vec![0u8; shape.total_bytes()];
-    for row in 0..shape.n {
-        for col in 0..shape.k {
-            let code = codes[row * shape.k + col] & mask;
-            let s = slot_of(shape, row, col);
-            let bit = 4 * low_nibble_pos(s.elem) as usize;
-            out[low_word_offset(s.tile, s.half, s.lane) + bit / 8] |= (code & 0xf) << (bit % 8);
-            if h > 0 {
-                // h divides 8, so a field never straddles a byte.
-                let bit = h * high_field_pos(s.half, s.elem) as usize;
-                out[high_field_offset(shape, s.tile, s.lane) + bit / 8] |= (code >> 4) << (bit % 8);
+    if out.is_empty() {
+        return out;
+    }
+    // Tiles are n-tile major in both planes: each row of 16 channels fills its own byte ranges,
+    // so the rows are packed in parallel.
+    let (low, high) = out.split_at_mut(shape.low_plane_bytes());
+    let low_row = shape.k_tiles() * 256;
+    let high_row = shape.k_tiles() * 64 * h;
+    let pack_row = |nt: usize, low: &mut [u8], high: &mut [u8]| {
+        let first_tile = nt * shape.k_tiles();
+        for row in nt * TILE_N..((nt + 1) * TILE_N).min(shape.n) {
+            for col in 0..shape.k {
+                let code = codes[row * shape.k + col] & mask;
+                let s = slot_of(shape, row, col);
+                let bit = 4 * low_nibble_pos(s.elem) as usize;
+                low[low_word_offset(s.tile, s.half, s.lane) - low_word_offset(first_tile, 0, 0) + bit / 8] |= (code & 0xf) << (bit % 8);
+                if h > 0 {
+                    // h divides 8, so a field never straddles a byte.
+                    let bit = h * high_field_pos(s.half, s.elem) as usize;
+                    let at = high_field_offset(shape, s.tile, s.lane) - high_field_offset(shape, first_tile, 0);
+                    high[at + bit / 8] |= (code >> 4) << (bit % 8);
+                }
             }
+        }
+    };
+    if h > 0 {
+        low.par_chunks_mut(low_row).zip(high.par_chunks_mut(high_row)).enumerate().for_each(|(nt, (l, hi))| pack_row(nt, l, hi));
+    } else {
+        low.par_chunks_mut(low_row).enumerate().for_each(|(nt, l)| pack_row(nt, l, &mut []));
+    }
+    out
+}
+
+/// Two packed weights of the same `shape` (`n` a multiple of [`TILE_N`]) merged into one of
+/// `2n` channels whose channels alternate in blocks of [`TILE_N`]: `a`'s first 16, `b`'s first
+/// 16, `a`'s next 16, … — what [`pack`] gives for the interleaved codes, built by copying whole
+/// rows of tiles (tiles are n-tile major in both planes), without unpacking a code.
+/// Panics if `n` is not a multiple of 16 or a buffer is not `shape.total_bytes()` long.
+pub fn interleave_tile_rows(a: &[u8], b: &[u8], shape: &PackedShape) -> Vec<u8> {
+    assert!(shape.n.is_multiple_of(TILE_N), "interleave_tile_rows: n = {} is not a multiple of {TILE_N}", shape.n);
+    assert!(
+        a.len() == shape.total_bytes() && b.len() == shape.total_bytes(),
+        "interleave_tile_rows: buffers are not {} bytes",
+        shape.total_bytes()
+    );
+    let mut out = Vec::with_capacity(2 * shape.total_bytes());
+    let n_tiles = shape.n_pad / TILE_N;
+    let low = shape.low_plane_bytes();
+    for (start, plane) in [(0, low), (low, shape.high_plane_bytes())] {
+        let row = plane / n_tiles.max(1);
+        for t in 0..n_tiles {
+            let range = start + t * row..start + (t + 1) * row;
+            out.extend_from_slice(&a[range.clone()]);
+            out.extend_from_slice(&b[range]);
         }
     }
     out
@@ -387,6 +431,27 @@ mod tests {
         // 1 * 3 + 1 = 4, same half/lane/elem.
         let shape = PackedShape::new(40, 70, 6);
         assert_eq!(slot_of(&shape, 25, 51), Slot { tile: 4, half: 1, lane: 5, elem: 3 });
+    }
+
+    #[test]
+    fn interleaved_tile_rows_are_the_packed_interleaved_codes() {
+        let mut rng = Rng::new(9);
+        for bits in [4, 5, 6, 8] {
+            for (n, k) in [(16, 32), (48, 70), (32, 100)] {
+                let shape = PackedShape::new(n, k, bits);
+                let mask = ((1u32 << bits) - 1) as u8;
+                let a: Vec<u8> = (0..n * k).map(|_| rng.next_u32() as u8 & mask).collect();
+                let b: Vec<u8> = (0..n * k).map(|_| rng.next_u32() as u8 & mask).collect();
+                let mut merged = Vec::new();
+                for block in 0..n / TILE_N {
+                    let rows = block * TILE_N * k..(block + 1) * TILE_N * k;
+                    merged.extend_from_slice(&a[rows.clone()]);
+                    merged.extend_from_slice(&b[rows]);
+                }
+                let expected = pack(&merged, &PackedShape::new(2 * n, k, bits));
+                assert_eq!(interleave_tile_rows(&pack(&a, &shape), &pack(&b, &shape), &shape), expected, "bits {bits}, [{n}][{k}]");
+            }
+        }
     }
 
     #[test]

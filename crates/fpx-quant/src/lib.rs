@@ -26,4 +26,4 @@ pub mod scale;
 pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
-pub use scale::{quantize, QuantConfig, QuantizedMatrix};
+pub use scale::{quantize, quantize_channels, QuantConfig, QuantizedMatrix};

@@ -61,31 +61,94 @@ pub fn quantize(tensor_name: &str, w: &[f32], k: usize, n: usize, cfg: &QuantCon
         return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row: i / n, col: i % n, value: w[i] });
     }
 
+    // Transpose to [n][k] so each channel's weights are contiguous (in blocks, cache-friendly).
+    let mut wt = vec![0f32; n * k];
+    const B: usize = 64;
+    for r0 in (0..k).step_by(B) {
+        for c0 in (0..n).step_by(B) {
+            for row in r0..(r0 + B).min(k) {
+                for col in c0..(c0 + B).min(n) {
+                    wt[col * k + row] = w[row * n + col];
+                }
+            }
+        }
+    }
+    Ok(quantize_checked(&wt, k, n, cfg).0)
+}
+
+/// [`quantize`] for a weight already channel-major: `wt` is `[n][k]` (an ONNX Gemm's `transB`
+/// weight, an embedding table), so no transposed copy is made. Also returns the relative RMS
+/// error of the dequantized weight ([`QuantizedMatrix::relative_rmse`]), computed as the codes
+/// are chosen. Channels are quantized in parallel.
+pub fn quantize_channels(
+    tensor_name: &str,
+    wt: &[f32],
+    k: usize,
+    n: usize,
+    cfg: &QuantConfig,
+) -> Result<(QuantizedMatrix, f64), QuantError> {
+    let shape_error = |message: String| QuantError::Shape { tensor: tensor_name.to_string(), message };
+    if k == 0 || n == 0 {
+        return Err(shape_error(format!("weight shape [{k}, {n}] has an empty dimension")));
+    }
+    if k.checked_mul(n) != Some(wt.len()) {
+        return Err(shape_error(format!("weight has {} values, expected {k} x {n}", wt.len())));
+    }
+    if cfg.group_size == Some(0) {
+        return Err(QuantError::BadGroupSize { tensor: tensor_name.to_string(), group: 0, k });
+    }
+    if let Some(i) = wt.iter().position(|v| !v.is_finite()) {
+        // Reported in the [k][n] weight's coordinates, as [`quantize`] reports them.
+        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row: i % k, col: i / k, value: wt[i] });
+    }
+    Ok(quantize_checked(wt, k, n, cfg))
+}
+
+/// Channels per parallel task.
+const CHANNELS_PER_TASK: usize = 64;
+
+/// Quantizes the checked `[n][k]` weight: codes, scales and the relative RMS error.
+fn quantize_checked(wt: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> (QuantizedMatrix, f64) {
+    use rayon::prelude::*;
     let format = cfg.format;
     let group = cfg.group_size.unwrap_or(k);
     let groups = k.div_ceil(group);
     let table = decode_table(format);
-    // Transpose to [n][k] so each channel's weights are contiguous.
-    let mut wt = vec![0f32; n * k];
-    for (row, w_row) in w.chunks_exact(n).enumerate() {
-        for (col, &v) in w_row.iter().enumerate() {
-            wt[col * k + row] = v;
-        }
-    }
     let mut codes = vec![0u8; n * k];
+    // Per channel: its scales (one per group) and its squared error and norm.
+    let per_channel: Vec<(Vec<f32>, f64, f64)> = codes
+        .par_chunks_mut(k * CHANNELS_PER_TASK)
+        .zip(wt.par_chunks(k * CHANNELS_PER_TASK))
+        .flat_map_iter(|(codes, wt)| {
+            let table = &table;
+            codes.chunks_mut(k).zip(wt.chunks(k)).map(move |(codes, w)| {
+                let (mut err, mut norm) = (0f64, 0f64);
+                let mut scales = Vec::with_capacity(groups);
+                for (codes, values) in codes.chunks_mut(group).zip(w.chunks(group)) {
+                    let s = choose_scale(format, table, values, cfg.scale_search);
+                    scales.push(s);
+                    for (code, &v) in codes.iter_mut().zip(values) {
+                        *code = format.encode(v / s);
+                        let d = v as f64 - (table[*code as usize] * s) as f64;
+                        err += d * d;
+                        norm += v as f64 * v as f64;
+                    }
+                }
+                (scales, err, norm)
+            })
+        })
+        .collect();
     let mut scales = vec![0f32; groups * n];
-    for col in 0..n {
-        for gi in 0..groups {
-            let range = col * k + gi * group..col * k + ((gi + 1) * group).min(k);
-            let values = &wt[range.clone()];
-            let s = choose_scale(format, &table, values, cfg.scale_search);
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (col, (s, e, w)) in per_channel.into_iter().enumerate() {
+        for (gi, s) in s.into_iter().enumerate() {
             scales[gi * n + col] = s;
-            for (code, &v) in codes[range].iter_mut().zip(values) {
-                *code = format.encode(v / s);
-            }
         }
+        err += e;
+        norm += w;
     }
-    Ok(QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes, scales })
+    let rel_rmse = if norm == 0.0 { 0.0 } else { (err / norm).sqrt() };
+    (QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes, scales }, rel_rmse)
 }
 
 /// Decoded value of every code in `0..2^bits`, for fast error evaluation.
@@ -324,6 +387,35 @@ mod tests {
         // A group larger than K is one group.
         let q = quantize("t", &w, 4, 3, &cfg(Format::Int4, Some(1000), false)).unwrap();
         assert_eq!(q.groups(), 1);
+    }
+
+    #[test]
+    fn channel_major_input_gives_the_same_codes_scales_and_error() {
+        let mut rng = Rng::new(41);
+        // More channels than one parallel task takes, a ragged last group, scale search on and off.
+        for (k, n, group, search) in [(70, 150, Some(32), false), (64, 129, None, true), (33, 1, Some(8), true)] {
+            let w: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            let mut wt = vec![0f32; k * n];
+            for r in 0..k {
+                for c in 0..n {
+                    wt[c * k + r] = w[r * n + c];
+                }
+            }
+            for format in [Format::Fp6E3M2, Format::Fp6E2M3, Format::Int4] {
+                let c = cfg(format, group, search);
+                let a = quantize("w", &w, k, n, &c).unwrap();
+                let (b, e) = quantize_channels("w", &wt, k, n, &c).unwrap();
+                assert_eq!(a, b, "{format:?} k={k} n={n}");
+                let reference = a.relative_rmse(&w);
+                assert!((e - reference).abs() <= 1e-12 * reference.max(1.0), "{format:?}: {e} vs {reference}");
+                assert!(e > 0.0);
+            }
+        }
+        let mut bad = vec![0.5f32; 6];
+        bad[4] = f32::NAN;
+        // [n=2][k=3]: element 4 is channel 1, row 1.
+        let err = quantize_channels("w", &bad, 3, 2, &cfg(Format::Fp6E3M2, None, false)).unwrap_err().to_string();
+        assert!(err.contains('w') && err.contains("NaN"), "{err}");
     }
 
     #[test]

@@ -77,8 +77,27 @@ impl CpuExecutor {
     }
 
     /// Prepares `graph`; the QuantMatMul nodes named in `native` run their compiled kernels
-    /// (kept alive by `libraries`), every other node its reference kernel.
+    /// (kept alive by `libraries`), every other node its reference kernel. Constants kept in a
+    /// file ([`fpx_ir::StoredTensor`]) are read into memory.
     pub fn with_native(
+        graph: Graph,
+        registry: &KernelRegistry,
+        native: HashMap<String, NativeQmm>,
+        libraries: Vec<Arc<NativeLibrary>>,
+    ) -> Result<Self, RuntimeError> {
+        let mut executor = Self::prepare(graph, registry, native, libraries)?;
+        executor.graph.load_stored_constants()?;
+        Ok(executor)
+    }
+
+    /// Makes every check [`CpuExecutor::new`] makes (a kernel for every node, valid quantized
+    /// products) without reading constants kept in a file: what `fpx compile` runs so that an
+    /// artifact that could never run is refused, at no memory cost.
+    pub fn check(graph: Graph) -> Result<(), RuntimeError> {
+        Self::prepare(graph, &KernelRegistry::standard(), HashMap::new(), Vec::new()).map(drop)
+    }
+
+    fn prepare(
         graph: Graph,
         registry: &KernelRegistry,
         mut native: HashMap<String, NativeQmm>,
@@ -146,7 +165,7 @@ impl CpuExecutor {
                         let Some(v) = node.inputs[k] else { return false };
                         last_use.get(&v) == Some(&i)
                             && !graph.outputs.contains(&v)
-                            && graph.constant(v).is_none()
+                            && !graph.is_constant(v)
                             && node.inputs.iter().filter(|u| **u == Some(v)).count() == 1
                     })
                     .collect();

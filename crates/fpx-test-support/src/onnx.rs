@@ -157,3 +157,21 @@ pub fn model(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<Va
 pub fn save(m: &ModelProto, path: &Path) {
     std::fs::write(path, m.write_to_bytes().expect("serializes")).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
+
+/// A float tensor `name` of `dims` whose data lies in the external file `location` (relative
+/// to the model's folder) at `offset`, as `onnx.save(..., save_as_external_data=True)` writes it.
+pub fn external_float_tensor(name: &str, dims: &[i64], location: &str, offset: u64) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.dims = dims.to_vec();
+    t.data_type = FLOAT;
+    t.data_location = EnumOrUnknown::new(onnx_protobuf::tensor_proto::DataLocation::EXTERNAL);
+    let bytes = 4 * dims.iter().product::<i64>() as u64;
+    for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", bytes.to_string())] {
+        let mut e = onnx_protobuf::StringStringEntryProto::new();
+        e.key = k.into();
+        e.value = v;
+        t.external_data.push(e);
+    }
+    t
+}

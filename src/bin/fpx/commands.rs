@@ -362,7 +362,18 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         );
     }
     check_artifact_path(&args.output, &args.model)?;
-    let options = fpx::CompileOptions { quantize, target: args.target, cpu: args.cpu, upcast_half: !args.keep_half_precision };
+    // Large intermediate constants spill next to the artifact, on the disk it goes to.
+    let scratch_dir = match args.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let options = fpx::CompileOptions {
+        quantize,
+        target: args.target,
+        cpu: args.cpu,
+        upcast_half: !args.keep_half_precision,
+        scratch_dir: Some(scratch_dir),
+    };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
