@@ -211,17 +211,35 @@ pub fn compile(path: &Path, options: &CompileOptions) -> Result<Compiled, Error>
     compile_with_progress(path, options, |_| {})
 }
 
-/// [`compile`], calling `progress` as each stage starts.
-pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress: impl FnMut(Stage)) -> Result<Compiled, Error> {
+/// What a compile reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A stage starts.
+    Stage(Stage),
+    /// Bytes of weights (as the model stores them) quantized so far, of `total`.
+    Weights {
+        /// Quantized so far.
+        done: u64,
+        /// All the weights to quantize.
+        total: u64,
+    },
+}
+
+/// [`compile`], calling `progress` as each stage starts and as weights are quantized.
+pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress: impl FnMut(Progress)) -> Result<Compiled, Error> {
     check_options(options)?;
-    progress(Stage::Import);
+    progress(Progress::Stage(Stage::Import));
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     // Large external data stays in its files; large constants in memory and those the passes
     // create (packed weights) go to a scratch file: memory follows the largest tensor.
+    // A folder where no file can be made (the write will say so, naming the artifact) falls
+    // back to the system's temporary folder, and failing that to memory.
     let scratch = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let spill = fpx_ir::stored::SpillFile::create_in(&scratch).map_err(|source| Error::Spill { dir: scratch.clone(), source })?;
-    graph.spill_large_constants(spill).map_err(|source| Error::Spill { dir: scratch.clone(), source })?;
-    progress(Stage::Simplify);
+    let spill = fpx_ir::stored::SpillFile::create_in(&scratch).or_else(|_| fpx_ir::stored::SpillFile::create_in(&std::env::temp_dir()));
+    if let Ok(spill) = spill {
+        graph.spill_large_constants(spill).map_err(|source| Error::Spill { dir: scratch.clone(), source })?;
+    }
+    progress(Progress::Stage(Stage::Simplify));
     // Bytes of each constant as the model stores it (the upcast makes 16-bit weights f32).
     let stored: HashMap<String, usize> = if options.upcast_half {
         graph
@@ -241,8 +259,10 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     };
     let upcast = options.upcast_half && fpx_passes::upcast_half_precision(&mut graph)?;
     simplify(&mut graph)?;
-    progress(Stage::Quantize);
-    let mut quantization = fpx_passes::quantize_weights(&mut graph, &options.quantize)?;
+    progress(Progress::Stage(Stage::Quantize));
+    let mut quantization = fpx_passes::quantize_weights_with_progress(&mut graph, &options.quantize, &mut |done, total| {
+        progress(Progress::Weights { done, total })
+    })?;
     if upcast {
         // Report the weights' size as stored, not as the f32 they were quantized from.
         let weights: BTreeSet<&str> = quantization.layers.iter().map(|l| l.weight.as_str()).collect();
@@ -257,7 +277,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     // so an artifact that could never run is refused here, naming the node, not at run time.
     fpx_runtime::CpuExecutor::check(graph.clone())?;
     let gemms = quantized_products(&graph)?;
-    progress(Stage::Codegen);
+    progress(Progress::Stage(Stage::Codegen));
     let mut cpu = Vec::new();
     let mut kernels = 0;
     if options.target.has_cpu() && !gemms.is_empty() {
@@ -270,9 +290,9 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
             .len();
         cpu = codes;
     }
-    progress(Stage::GpuCodegen);
+    progress(Progress::Stage(Stage::GpuCodegen));
     let ptx = if options.target.has_gpu() { fpx_cuda::plan::ptx_code(&gemms)? } else { Vec::new() };
-    progress(Stage::Package);
+    progress(Progress::Stage(Stage::Package));
     let metadata = metadata(path, &options.quantize);
     Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels })
 }

@@ -18,7 +18,17 @@ pub mod report;
 mod runnable;
 mod summary;
 
-pub use compile::{compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Stage, Target};
+/// This process's peak resident memory (`VmHWM` of `/proc/self/status`, Linux), which `fpx
+/// compile` reports. Unlike `getrusage`'s `ru_maxrss` it counts only what this program used,
+/// not the memory of the process it was started from before `exec`.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub use compile::{compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Progress, Stage, Target};
 pub use fpx_artifact as artifact;
 pub use fpx_cuda as cuda;
 pub use fpx_ir as ir;

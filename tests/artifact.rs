@@ -16,7 +16,7 @@ fn fpx_cli(args: &[&str]) -> std::process::Output {
 }
 
 fn options(format: Format) -> CompileOptions {
-    CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(format)), ..CompileOptions::default() }
+    CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(format)), ..crate::common::compile_options() }
 }
 
 /// The artifact's outputs equal the in-memory reference QuantMatMul path of the same scheme
@@ -53,7 +53,7 @@ fn example_compiles_for_every_cpu_format_and_matches_the_reference_path() {
     }
     let grouped = CompileOptions {
         quantize: QuantizeOptions { group_size: Some(32), ..QuantizeOptions::new(WeightScheme::Fp6Auto) },
-        ..CompileOptions::default()
+        ..crate::common::compile_options()
     };
     artifact_matches_reference(&ex.join("model.onnx"), x, &grouped, 1e-5);
 }
@@ -97,7 +97,7 @@ fn minilm_artifact_keeps_the_fp6_bars() {
 
 fn int8(format: Format) -> CompileOptions {
     let quantize = QuantizeOptions { activations: Activations::Int8, ..QuantizeOptions::new(WeightScheme::Fixed(format)) };
-    CompileOptions { quantize, ..CompileOptions::default() }
+    CompileOptions { quantize, ..crate::common::compile_options() }
 }
 
 /// Relative RMS difference of two outputs.
@@ -163,7 +163,7 @@ fn native_artifacts_load_on_this_host() {
 fn default_artifacts_carry_two_cpu_levels_and_load_the_best() {
     let ex = workspace_root().join("examples/tiny-transformer");
     let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
-    let opts = int8(Format::Fp6E2M3);
+    let opts = CompileOptions { cpu: fpx::CpuLevels::Auto, ..int8(Format::Fp6E2M3) };
     assert_eq!(opts.cpu, fpx::CpuLevels::Auto);
     let compiled = fpx::compile(&ex.join("model.onnx"), &opts).unwrap();
     let targets: Vec<&str> = compiled.contents.cpu.iter().map(|c| c.target.as_str()).collect();
@@ -208,7 +208,7 @@ fn int8_activations_on_minilm_keep_the_embedding() {
     assert!(diff < 0.1 && (approx - reference_cos).abs() < 1e-4, "{diff} {approx} {reference_cos}");
     // fp6-auto with int8 activations can only pick e2m3, so it is the same model.
     let auto = QuantizeOptions { activations: Activations::Int8, ..QuantizeOptions::new(WeightScheme::Fp6Auto) };
-    assert_eq!(cos(&CompileOptions { quantize: auto, ..CompileOptions::default() }), approx);
+    assert_eq!(cos(&CompileOptions { quantize: auto, ..crate::common::compile_options() }), approx);
     eprintln!("MiniLM fp6-e2m3: mean embedding cosine vs onnxruntime FP32 {exact:.5} (f32 activations), {approx:.5} (int8)");
     assert!(approx >= 0.99 && approx >= exact - 0.003, "int8 {approx} vs f32 {exact}");
 }

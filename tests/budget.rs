@@ -229,7 +229,7 @@ fn quantized_products_are_checked_on_both_paths() {
     assert_eq!(reference.run(x()).unwrap()[0].1.shape(), &[256, 64]);
     reference.set_budget(small);
     check(reference.run(x()).unwrap_err().to_string());
-    let opts = fpx::CompileOptions { quantize, ..fpx::CompileOptions::default() };
+    let opts = fpx::CompileOptions { quantize, ..crate::common::compile_options() };
     let mut native = fpx::compile(&path, &opts).unwrap().load().unwrap();
     assert!(native.native_target().is_some(), "native kernels are in use");
     assert_eq!(native.run(x()).unwrap()[0].1.shape(), &[256, 64]);

@@ -41,3 +41,10 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn npy(path: &Path) -> Tensor {
     fpx::runtime::npy::read(path).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Compile options for tests that are not about CPU levels: only the host's best code
+/// (`--cpu native`: AVX-512 VNNI where the host has it, AVX2 otherwise), half the LLVM work of
+/// the default two levels, so the suite stays quick. Tests of the levels set them.
+pub fn compile_options() -> fpx::CompileOptions {
+    fpx::CompileOptions { cpu: fpx::CpuLevels::Only(fpx::llvm::CpuTarget::Native), ..fpx::CompileOptions::default() }
+}

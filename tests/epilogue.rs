@@ -72,7 +72,7 @@ fn write_block(path: &Path) {
 fn options(fuse: bool, activations: Activations) -> CompileOptions {
     let format = if activations == Activations::Int8 { Format::Fp6E2M3 } else { Format::Fp6E3M2 };
     let quantize = QuantizeOptions { fuse_epilogues: fuse, activations, ..QuantizeOptions::new(WeightScheme::Fixed(format)) };
-    CompileOptions { quantize, ..CompileOptions::default() }
+    CompileOptions { quantize, ..crate::common::compile_options() }
 }
 
 fn max_rel(got: &Tensor, want: &Tensor) -> f64 {

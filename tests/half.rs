@@ -61,7 +61,8 @@ fn fp16_exports_compile_to_the_f32_twin_and_match_onnxruntime() {
         let fixture = Fixture::load(&dir.join(name));
         let manifest = read_json(&dir.join(name).join("manifest.json"));
         let twin = zoo_dir().join(manifest["fp16_of"].as_str().expect("fp16_of")).join("model.onnx");
-        let fp6 = CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E2M3)), ..CompileOptions::default() };
+        let fp6 =
+            CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E2M3)), ..crate::common::compile_options() };
 
         // In f32 (the reference executor on the upcast graph): onnxruntime's FP16 outputs
         // within FP16 precision.

@@ -32,26 +32,25 @@ fn chain(dir: &Path, layers: usize) {
 }
 
 /// Compiles `dir/model.onnx` with the `fpx` binary (one CPU level, to keep it quick) and
-/// returns the child's peak resident memory in bytes.
-// The child is reaped by `wait4`, which also gives its resource use.
-#[allow(clippy::zombie_processes)]
+/// returns the peak resident memory it reports (its own `VmHWM`: a child's `ru_maxrss` would
+/// count the test process it was spawned from).
 fn compile_peak(dir: &Path) -> u64 {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fpx"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fpx"))
         .args(["compile", "--quiet", "--cpu", "x86-64-v3", "-o"])
         .arg(dir.join("model.fpx"))
         .arg(dir.join("model.onnx"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
+        .output()
         .expect("fpx runs");
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, writing into the two locals.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4 failed");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "fpx compile failed: status {status}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fpx compile failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("model.fpx").is_file());
-    usage.ru_maxrss as u64 * 1024
+    let mib = stdout
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no peak memory in: {stdout}"));
+    (mib * (1u64 << 20) as f64) as u64
 }
 
 #[test]
@@ -65,6 +64,9 @@ fn compile_memory_tracks_the_largest_tensor_not_the_total() {
         let peak = compile_peak(dir.path());
         println!("{layers} weights of {:.0} MiB ({:.0} MiB in all): peak {:.0} MiB", mb(tensor), mb(layers as u64 * tensor), mb(peak));
         peaks.push(peak);
+        if layers == 6 {
+            runs_in_place(dir.path());
+        }
     }
     // 18 more weights (288 MiB) cost less than two of them: the passes hold a bounded working
     // set, the rest waits in its file (the spill file's pages are not this process's memory).
@@ -72,4 +74,26 @@ fn compile_memory_tracks_the_largest_tensor_not_the_total() {
     assert!(grew < 2 * tensor, "peak grew by {:.0} MiB for 18 more weights of {:.0} MiB", mb(grew), mb(tensor));
     // And the peak is well below what holding the model would take.
     assert!(peaks[1] < 24 * tensor, "peak {:.0} MiB for a {:.0} MiB model", mb(peaks[1]), mb(24 * tensor));
+}
+
+/// The artifact's packed weights are read in place from the mapped file (no copy), and the
+/// native kernels reading them give what the reference kernels give on copied constants.
+fn runs_in_place(dir: &Path) {
+    let artifact = fpx::artifact::Artifact::open(&dir.join("model.fpx")).unwrap();
+    let mapped = artifact.graph().unwrap();
+    let in_place = mapped.value_ids().filter(|&v| mapped.stored(v).is_some_and(|s| s.mapped_bytes().is_some())).count();
+    assert_eq!(in_place, 6, "every packed weight stays in the file");
+    let loaded = fpx::runtime::LoadedArtifact::from_artifact(artifact).unwrap();
+    let reference =
+        fpx::runtime::CpuExecutor::new(fpx::artifact::Artifact::open(&dir.join("model.fpx")).unwrap().graph_loaded().unwrap()).unwrap();
+    let mut rng = Rng::new(3);
+    let x: Vec<f32> = (0..D).map(|_| rng.uniform() as f32 - 0.5).collect();
+    let x = fpx::ir::Tensor::from(fpx::ir::ndarray::ArrayD::from_shape_vec(fpx::ir::ndarray::IxDyn(&[1, D]), x).unwrap());
+    let got = loaded.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1.to_f32();
+    let want = reference.run(vec![("x".into(), x)]).unwrap().remove(0).1.to_f32();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    for (a, b) in got.iter().zip(want.iter()) {
+        assert!((a - b).abs() <= 1e-3 * scale, "native in place {a} vs reference {b} (scale {scale})");
+    }
 }

@@ -208,7 +208,8 @@ fn check(fixture: &Fixture) -> Outcome {
         }
         Err(e) => return Outcome { error: Some(format!("run {e}")), ..out },
     }
-    let options = CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E2M3)), ..CompileOptions::default() };
+    let options =
+        CompileOptions { quantize: QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E2M3)), ..crate::common::compile_options() };
     let loaded = match fpx::compile(&fixture.model, &options) {
         Ok(compiled) => match compiled.load() {
             Ok(l) => l,

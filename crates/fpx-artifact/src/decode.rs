@@ -5,7 +5,8 @@
 use crate::data::{checked_shape, dtype_from_code, tensor_from_bytes};
 use crate::manifest as pb;
 use crate::{ArtifactError, SectionInfo, SectionKind};
-use fpx_ir::{Attribute, DType, Dim, Graph, Node, Tensor, TensorType, ValueId};
+use fpx_ir::stored::{ByteSource, SPILL_MIN_BYTES};
+use fpx_ir::{Attribute, DType, Dim, Graph, Node, StoredTensor, Tensor, TensorType, ValueId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -64,6 +65,9 @@ fn attr_from_pb(what: &str, a: &pb::Attribute, node: &str) -> Result<Attribute, 
 pub(crate) enum Constants<'a> {
     /// Copy it into tensors.
     Load(&'a [u8]),
+    /// Leave large `uint8` constants (packed weights) in the file's bytes as [`StoredTensor`]s
+    /// that kernels read in place; copy the rest into tensors.
+    Map(&'a Arc<dyn ByteSource>),
     /// Only check it (bools are 0 or 1); stand in empty tensors.
     Check(&'a [u8]),
     /// There is no data yet (the writer checking its own manifest); stand in empty tensors.
@@ -119,7 +123,20 @@ pub(crate) fn build_graph(
             let shape =
                 checked_shape(dt, &c.shape, s.length).map_err(|e| corrupt(format!("{who} (section #{} '{}'): {e}", c.section, s.name)))?;
             let bytes = |data| s.bytes_in(data).ok_or_else(|| corrupt(format!("{who}: section #{} lies outside the file", c.section)));
+            if let Constants::Map(source) = constants {
+                let data = source.mapped().expect("an artifact's bytes are in memory");
+                if dt == DType::U8 && s.length >= SPILL_MIN_BYTES as u64 {
+                    bytes(data)?;
+                    graph.set_stored(id, StoredTensor::new(source.clone(), s.offset, dt, shape));
+                } else {
+                    let t = tensor_from_bytes(dt, &shape, bytes(data)?).map_err(|e| corrupt(format!("{who}: {e}")))?;
+                    graph.set_constant(id, Arc::new(t));
+                }
+                graph.set_type(id, ty);
+                continue;
+            }
             let tensor = match constants {
+                Constants::Map(_) => unreachable!("handled above"),
                 Constants::Load(data) => tensor_from_bytes(dt, &shape, bytes(data)?).map_err(|e| corrupt(format!("{who}: {e}")))?,
                 Constants::Check(data) => {
                     if dt == DType::Bool && bytes(data)?.iter().any(|&b| b > 1) {

@@ -5,12 +5,14 @@ use crate::format::{align_up, NodeKernels, FORMAT_VERSION, HEADER_LEN, MAGIC};
 use crate::manifest as pb;
 use crate::validate::{check_code, check_tables, CheckedCpu, CheckedPtx};
 use crate::{ArtifactError, CpuKernel, GpuKernel, SectionInfo, SectionKind};
+use fpx_ir::stored::ByteSource;
 use fpx_ir::Graph;
 use memmap2::Mmap;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Native CPU code of one target, borrowed from the artifact.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +66,34 @@ impl Bytes {
     }
 }
 
+/// An artifact's bytes as the source of the constants its graph leaves in place.
+struct ArtifactBytes {
+    what: String,
+    bytes: Bytes,
+}
+
+impl fmt::Debug for ArtifactBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactBytes({})", self.what)
+    }
+}
+
+impl ByteSource for ArtifactBytes {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let data = self.bytes.as_slice();
+        let range = usize::try_from(offset).ok().and_then(|start| Some(start..start.checked_add(buf.len())?));
+        let src = range.and_then(|r| data.get(r)).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        format!("'{}'", self.what)
+    }
+    fn mapped(&self) -> Option<&[u8]> {
+        Some(self.bytes.as_slice())
+    }
+}
+
 /// An opened artifact: the file's bytes (memory-mapped) and its decoded, fully checked manifest.
 ///
 /// Opening checks the header, the format version, the manifest's checksum and contents (every
@@ -74,7 +104,7 @@ impl Bytes {
 /// An artifact contains native code: open only artifacts you trust.
 pub struct Artifact {
     what: String,
-    bytes: Bytes,
+    bytes: Arc<ArtifactBytes>,
     version: u32,
     manifest: pb::Manifest,
     sections: Vec<SectionInfo>,
@@ -131,12 +161,21 @@ impl Artifact {
         // Build the graph once without copying constants: every check `graph` makes happens now.
         let graph = build_graph(&what, &manifest, &sections, Constants::Check(bytes.as_slice()))?;
         check_tables(&what, &graph, &cpu, &ptx)?;
+        let bytes = Arc::new(ArtifactBytes { what: what.clone(), bytes });
         Ok(Artifact { what, bytes, version, manifest, sections, cpu, ptx })
     }
 
-    /// Rebuilds the graph; constants are copied out of the file into tensors.
+    /// Rebuilds the graph. Packed weights (`uint8` constants of 1 MiB or more) stay in the
+    /// mapped file as [`fpx_ir::StoredTensor`]s that kernels read in place, so opening a large
+    /// artifact costs its page-ins, not a copy; other constants are copied into tensors.
     pub fn graph(&self) -> Result<Graph, ArtifactError> {
-        build_graph(&self.what, &self.manifest, &self.sections, Constants::Load(self.bytes.as_slice()))
+        let source: Arc<dyn ByteSource> = self.bytes.clone();
+        build_graph(&self.what, &self.manifest, &self.sections, Constants::Map(&source))
+    }
+
+    /// Rebuilds the graph with every constant copied out of the file into a tensor.
+    pub fn graph_loaded(&self) -> Result<Graph, ArtifactError> {
+        build_graph(&self.what, &self.manifest, &self.sections, Constants::Load(self.bytes.bytes.as_slice()))
     }
 
     /// The native CPU code entries, in file order.
@@ -201,12 +240,12 @@ impl Artifact {
 
     /// The file's size in bytes.
     pub fn file_bytes(&self) -> u64 {
-        self.bytes.as_slice().len() as u64
+        self.bytes.bytes.as_slice().len() as u64
     }
 
     /// The bytes of section `i` (checked in bounds when the file was opened).
     fn section_bytes(&self, i: usize) -> &[u8] {
-        self.sections[i].bytes_in(self.bytes.as_slice()).unwrap_or_default()
+        self.sections[i].bytes_in(self.bytes.bytes.as_slice()).unwrap_or_default()
     }
 }
 

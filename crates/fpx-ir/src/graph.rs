@@ -289,7 +289,16 @@ impl Graph {
 
     /// Reads every file-kept constant into memory (what an executor running the graph needs).
     pub fn load_stored_constants(&mut self) -> Result<()> {
+        self.load_stored_constants_except(&|_| false)
+    }
+
+    /// Reads every file-kept constant into memory but those `keep` picks (which the caller
+    /// reads in place, e.g. packed weights a native kernel takes straight from a mapped artifact).
+    pub fn load_stored_constants_except(&mut self, keep: &dyn Fn(ValueId) -> bool) -> Result<()> {
         for i in 0..self.values.len() {
+            if self.values[i].stored.is_none() || keep(ValueId(i as u32)) {
+                continue;
+            }
             if let Some(s) = self.values[i].stored.take() {
                 match s.load() {
                     Ok(t) => self.values[i].constant = Some(Arc::new(t)),

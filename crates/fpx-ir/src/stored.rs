@@ -32,6 +32,11 @@ pub trait ByteSource: Send + Sync + fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// The file, for error messages.
     fn describe(&self) -> String;
+    /// The whole file, when it is mapped into memory (an opened artifact): stored tensors of it
+    /// can then be used in place, without a copy ([`StoredTensor::mapped_bytes`]).
+    fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// An open, regular file read by position (an ONNX model's external data file).
@@ -200,6 +205,16 @@ impl StoredTensor {
     /// computed when it is read (so a 16-bit weight made `f32` costs nothing until it is used).
     pub fn cast(&self, dtype: DType) -> StoredTensor {
         StoredTensor { dtype, ..self.clone() }
+    }
+
+    /// The bytes in place, without reading or copying them: for a tensor of a memory-mapped
+    /// file loaded as it is stored (kernels read packed weights straight from an artifact).
+    pub fn mapped_bytes(&self) -> Option<&[u8]> {
+        if self.stored != self.dtype {
+            return None;
+        }
+        let start = usize::try_from(self.offset).ok()?;
+        self.source.mapped()?.get(start..start.checked_add(self.stored_bytes())?)
     }
 
     /// Where it is, for errors.

@@ -30,7 +30,7 @@ pub use epilogue::{fuse_epilogues, FuseEpilogues};
 pub use fuse::FuseGelu;
 pub use fuse_attention::FuseAttention;
 pub use kv_cache::AppendKvCache;
-pub use quantize::{quantize_weights, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
+pub use quantize::{quantize_weights, quantize_weights_with_progress, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};
 pub use shape_fold::FoldKnownShapes;
 pub use upcast::{upcast_half_precision, UpcastHalfPrecision};

@@ -211,19 +211,32 @@ pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
     let (low, high) = out.split_at_mut(shape.low_plane_bytes());
     let low_row = shape.k_tiles() * 256;
     let high_row = shape.k_tiles() * 64 * h;
+    // Where each in-tile position (r, c) goes: byte and shift in the tile's low-plane bytes
+    // and in its high-plane bytes (the same for every tile).
+    let mut places = [[(0u16, 0u8, 0u16, 0u8); TILE_K]; TILE_N];
+    for (r, row) in places.iter_mut().enumerate() {
+        for (c, place) in row.iter_mut().enumerate() {
+            let s = slot_of(&PackedShape::new(TILE_N, TILE_K, shape.bits), r, c);
+            let bit = 4 * low_nibble_pos(s.elem) as usize;
+            let low = low_word_offset(0, s.half, s.lane) + bit / 8;
+            let hbit = h * high_field_pos(s.half, s.elem) as usize;
+            let high = s.lane * shape.high_lane_bytes() + hbit / 8;
+            *place = (low as u16, (bit % 8) as u8, high as u16, (hbit % 8) as u8);
+        }
+    }
     let pack_row = |nt: usize, low: &mut [u8], high: &mut [u8]| {
-        let first_tile = nt * shape.k_tiles();
         for row in nt * TILE_N..((nt + 1) * TILE_N).min(shape.n) {
-            for col in 0..shape.k {
-                let code = codes[row * shape.k + col] & mask;
-                let s = slot_of(shape, row, col);
-                let bit = 4 * low_nibble_pos(s.elem) as usize;
-                low[low_word_offset(s.tile, s.half, s.lane) - low_word_offset(first_tile, 0, 0) + bit / 8] |= (code & 0xf) << (bit % 8);
-                if h > 0 {
-                    // h divides 8, so a field never straddles a byte.
-                    let bit = h * high_field_pos(s.half, s.elem) as usize;
-                    let at = high_field_offset(shape, s.tile, s.lane) - high_field_offset(shape, first_tile, 0);
-                    high[at + bit / 8] |= (code >> 4) << (bit % 8);
+            let places = &places[row % TILE_N];
+            let codes = &codes[row * shape.k..(row + 1) * shape.k];
+            for (kt, chunk) in codes.chunks(TILE_K).enumerate() {
+                let (low, high) = (&mut low[kt * 256..(kt + 1) * 256], &mut high[kt * 64 * h..(kt + 1) * 64 * h]);
+                for (&code, &(lo, ls, hi, hs)) in chunk.iter().zip(places) {
+                    let code = code & mask;
+                    low[lo as usize] |= (code & 0xf) << ls;
+                    if h > 0 {
+                        // h divides 8, so a field never straddles a byte.
+                        high[hi as usize] |= (code >> 4) << hs;
+                    }
                 }
             }
         }

@@ -114,19 +114,32 @@ fn quantize_checked(wt: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> (Quant
     let group = cfg.group_size.unwrap_or(k);
     let groups = k.div_ceil(group);
     let table = decode_table(format);
+    let fast = crate::encode::ThresholdEncoder::new(format);
     let mut codes = vec![0u8; n * k];
     // Per channel: its scales (one per group) and its squared error and norm.
     let per_channel: Vec<(Vec<f32>, f64, f64)> = codes
         .par_chunks_mut(k * CHANNELS_PER_TASK)
         .zip(wt.par_chunks(k * CHANNELS_PER_TASK))
         .flat_map_iter(|(codes, wt)| {
-            let table = &table;
+            let (table, fast) = (&table, &fast);
             codes.chunks_mut(k).zip(wt.chunks(k)).map(move |(codes, w)| {
                 let (mut err, mut norm) = (0f64, 0f64);
                 let mut scales = Vec::with_capacity(groups);
                 for (codes, values) in codes.chunks_mut(group).zip(w.chunks(group)) {
                     let s = choose_scale(format, table, values, cfg.scale_search);
                     scales.push(s);
+                    if let Some(fast) = fast {
+                        let (e, n) = fast.encode_scaled(values, s, codes);
+                        err += e;
+                        norm += n;
+                        continue;
+                    }
+                    if matches!(format, Format::Int4 | Format::Int8) {
+                        let (e, n) = crate::encode::encode_int_scaled(format, values, s, codes);
+                        err += e;
+                        norm += n;
+                        continue;
+                    }
                     for (code, &v) in codes.iter_mut().zip(values) {
                         *code = format.encode(v / s);
                         let d = v as f64 - (table[*code as usize] * s) as f64;

@@ -86,7 +86,25 @@ impl CpuExecutor {
         libraries: Vec<Arc<NativeLibrary>>,
     ) -> Result<Self, RuntimeError> {
         let mut executor = Self::prepare(graph, registry, native, libraries)?;
-        executor.graph.load_stored_constants()?;
+        // Packed weights of a mapped artifact that only native kernels read stay where they
+        // are: the kernels read them in place (no copy, so a large model opens at once).
+        let g = &executor.graph;
+        let native_nodes: HashSet<NodeId> =
+            executor.steps.iter().filter(|(_, s)| matches!(s, Step::Native(..))).map(|(id, _)| *id).collect();
+        let in_place: HashSet<ValueId> = g
+            .value_ids()
+            .filter(|&v| {
+                let value = g.value(v);
+                value.stored.as_ref().is_some_and(|s| s.mapped_bytes().is_some())
+                    && !value.consumers.is_empty()
+                    && !g.outputs.contains(&v)
+                    && value
+                        .consumers
+                        .iter()
+                        .all(|n| native_nodes.contains(n) && g.node(*n).inputs.iter().enumerate().all(|(k, i)| *i != Some(v) || k == 1))
+            })
+            .collect();
+        executor.graph.load_stored_constants_except(&|v| in_place.contains(&v))?;
         Ok(executor)
     }
 
@@ -332,7 +350,8 @@ impl CpuExecutor {
                         if owned.as_ref().is_some_and(|(slot, _, _)| *slot == k) {
                             return None;
                         }
-                        v.map(|v| {
+                        // A packed weight read in place (a native step's input 1) is no tensor.
+                        v.filter(|&v| self.graph.stored(v).is_none()).map(|v| {
                             self.graph.constant(v).or_else(|| live.get(&v)).map(|t| &**t).expect("topological order defines inputs first")
                         })
                     })
@@ -342,7 +361,9 @@ impl CpuExecutor {
                     (Step::Kernel(kernel), None) => kernel(node, &args),
                     (Step::Native(q, epilogue), _) => {
                         let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_act8.contains(x));
-                        run_native(q, epilogue, &args, shared.map(|x| (x, &mut act8)))
+                        let in_place =
+                            node.inputs.get(1).copied().flatten().and_then(|v| self.graph.stored(v)).and_then(|s| s.mapped_bytes());
+                        run_native(q, epilogue, &args, in_place, shared.map(|x| (x, &mut act8)))
                     }
                 });
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
@@ -409,15 +430,28 @@ fn run_native(
     q: &NativeQmm,
     epilogue: &Epilogue,
     args: &[Option<&Tensor>],
+    in_place: Option<&[u8]>,
     shared: Option<(ValueId, &mut Act8Cache)>,
 ) -> Result<Vec<Tensor>, KernelError> {
     let get = |i: usize| args.get(i).copied().flatten().ok_or_else(|| KernelError::new(format!("input {i} is required")));
-    let (x, packed, scales) = (get(0)?, get(1)?, get(2)?);
+    let (x, scales) = (get(0)?, get(2)?);
     let (k, n) = (q.gemm.k, q.gemm.n);
     if x.shape().last() != Some(&k) {
         return Err(KernelError::new(format!("X has shape {:?}, but the weight has K = {k}", x.shape())));
     }
-    let (Tensor::U8(p), Tensor::F32(s)) = (packed, scales) else { return Err(KernelError::new("packed must be uint8 and scales float")) };
+    // The packed weight: in place in a mapped artifact, or a tensor.
+    let packed_tensor;
+    let p: &[u8] = match in_place {
+        Some(bytes) => bytes,
+        None => match get(1)? {
+            Tensor::U8(a) => {
+                packed_tensor = a.as_standard_layout();
+                packed_tensor.as_slice().expect("standard")
+            }
+            _ => return Err(KernelError::new("packed must be uint8")),
+        },
+    };
+    let Tensor::F32(s) = scales else { return Err(KernelError::new("scales must be float")) };
     // Borrow X when it already is contiguous f32 (the common case); convert otherwise.
     let converted: Vec<f32>;
     let xv: &[f32] = match x {
@@ -446,10 +480,9 @@ fn run_native(
         }
     };
     let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
-    let p = p.as_standard_layout();
     let s = s.as_standard_layout();
     let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
-    q.run(xv, prepared, m, p.as_slice().expect("standard"), s.as_slice().expect("standard"), bias.as_deref(), epilogue, residual, &mut y)?;
+    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias.as_deref(), epilogue, residual, &mut y)?;
     let mut out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     if let Some(r) = broadcast {
         out = crate::kernels::quant::broadcast_residual(out, r)?;

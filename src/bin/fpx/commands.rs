@@ -376,15 +376,35 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
     };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
-    let compiled = fpx::compile_with_progress(&args.model, &options, |stage| {
-        bar.set_message(stage.label());
-        bar.inc(1);
+    let stages = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template");
+    let bytes = indicatif::ProgressStyle::with_template("{bar:30} {msg}: {bytes}/{total_bytes} of weights, {bytes_per_sec}, {eta} left")
+        .expect("valid template");
+    bar.set_style(stages.clone());
+    let mut stage_count = 0;
+    let compiled = fpx::compile_with_progress(&args.model, &options, |p| match p {
+        fpx::Progress::Stage(stage) => {
+            stage_count += 1;
+            bar.set_style(stages.clone());
+            bar.set_length(fpx::Stage::ALL.len() as u64 + 1);
+            bar.set_position(stage_count);
+            bar.set_message(stage.label());
+        }
+        // Weights quantized so far: the bar shows bytes and their rate while the stage lasts.
+        fpx::Progress::Weights { done, total } => {
+            if done == 0 {
+                bar.set_style(bytes.clone());
+                bar.set_length(total);
+                bar.reset_eta();
+            }
+            bar.set_position(done);
+        }
     })
     .with_context(|| format!("cannot compile '{}'", args.model.display()))?;
+    bar.set_style(stages);
+    bar.set_length(fpx::Stage::ALL.len() as u64 + 1);
+    bar.set_position(stage_count + 1);
     bar.set_message("write artifact");
     let written = compiled.save(&args.output).with_context(|| format!("cannot write '{}'", args.output.display()))?;
-    bar.inc(1);
     bar.finish_and_clear();
     let q = &compiled.quantization;
     println!("compiled {} -> {} in {:.2} s", args.model.display(), args.output.display(), t0.elapsed().as_secs_f64());
@@ -433,6 +453,9 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         );
     }
     println!("  artifact: {:.2} MB in {} sections", written.bytes as f64 / 1e6, written.sections);
+    let seconds = t0.elapsed().as_secs_f64();
+    let peak = fpx::peak_memory_bytes().map(|b| format!(", peak memory {:.0} MiB", b as f64 / (1u64 << 20) as f64)).unwrap_or_default();
+    println!("  speed: {:.0} MB/s of weights as stored{peak}", q.weight_bytes_in as f64 / 1e6 / seconds.max(1e-9));
     Ok(())
 }
 
