@@ -158,7 +158,12 @@ pub fn bench_with_outputs(
                 .map(|id| g.node(id))
                 .find(|n| n.name == name && fpx_ir::ops::quant_matmul::is_quant_matmul(n))
                 .map(|n| {
-                    n.inputs[1..3].iter().flatten().filter_map(|v| g.constant(*v)).map(|t| (t.len() * t.dtype().size_bytes()) as u64).sum()
+                    n.inputs[1..3]
+                        .iter()
+                        .flatten()
+                        .filter_map(|v| g.constant_type(*v))
+                        .map(|(dtype, shape)| (shape.iter().product::<usize>() * dtype.size_bytes()) as u64)
+                        .sum()
                 })
                 .unwrap_or(0)
         };

@@ -59,6 +59,8 @@ pub fn standard_defs() -> Vec<OpDef> {
         def("Cast", 6, (1, 1), (1, 1), &[req!("to", Int), opt!("saturate", Int), opt!("round_mode", String)], i::cast),
         def("Where", 9, (3, 3), (1, 1), &[], i::where_),
         def("Not", 1, (1, 1), (1, 1), &[], i::same_as_input),
+        def("Sum", 8, (1, MANY), (1, 1), &[], i::broadcast),
+        def("Mean", 8, (1, MANY), (1, 1), &[], i::broadcast),
         def("Min", 8, (1, MANY), (1, 1), &[], i::broadcast),
         def("Max", 8, (1, MANY), (1, 1), &[], i::broadcast),
         def("Clip", 6, (1, 3), (1, 1), &[opt!("min", Float), opt!("max", Float)], i::same_as_input),

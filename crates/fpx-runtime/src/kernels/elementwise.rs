@@ -431,6 +431,22 @@ fn min_max(i: &[Option<&Tensor>], want_max: bool) -> Res {
     Ok(vec![acc])
 }
 
+/// `Sum`: the inputs added in order, with multidirectional broadcasting (as a chain of `Add`).
+fn sum(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let mut acc = arg(i, 0)?.clone();
+    for k in 1..i.len() {
+        acc = add(n, &[Some(&acc), Some(arg(i, k)?)])?.remove(0);
+    }
+    Ok(vec![acc])
+}
+
+/// `Mean`: [`sum`] divided by the number of inputs.
+fn mean(n: &Node, i: &[Option<&Tensor>]) -> Res {
+    let total = sum(n, i)?.remove(0);
+    let count = Tensor::scalar_f32(i.len() as f32).cast(total.dtype());
+    div_values(n, &[Some(&total), Some(&count)])
+}
+
 fn min(_: &Node, i: &[Option<&Tensor>]) -> Res {
     min_max(i, false)
 }
@@ -507,6 +523,8 @@ pub(super) fn register(r: &mut KernelRegistry) {
         ("Or", or),
         ("Xor", xor),
         ("Where", where_),
+        ("Sum", sum),
+        ("Mean", mean),
         ("Min", min),
         ("Max", max),
         ("Clip", clip),
