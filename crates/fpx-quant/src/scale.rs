@@ -114,7 +114,7 @@ fn quantize_checked(wt: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> (Quant
     let group = cfg.group_size.unwrap_or(k);
     let groups = k.div_ceil(group);
     let table = decode_table(format);
-    let fast = crate::encode::ThresholdEncoder::new(format);
+    let fast = crate::encode::FloatEncoder::new(format);
     let mut codes = vec![0u8; n * k];
     // Per channel: its scales (one per group) and its squared error and norm.
     let per_channel: Vec<(Vec<f32>, f64, f64)> = codes
