@@ -180,6 +180,18 @@ mod tests {
     use super::*;
     use fpx_test_support::Rng;
 
+    /// `codes` are `format.encode(v / s)` and `(err, norm)` the error and norm sums of them.
+    fn check_scaled(format: Format, values: &[f32], s: f32, codes: &[u8], (err, norm): (f64, f64)) {
+        let (mut e, mut n) = (0f64, 0f64);
+        for (&v, &c) in values.iter().zip(codes) {
+            assert_eq!(c, format.encode(v / s), "{format:?}: v = {v:e}");
+            let d = v as f64 - (format.decode(c) * s) as f64;
+            e += d * d;
+            n += v as f64 * v as f64;
+        }
+        assert!((err - e).abs() <= 1e-9 * e && (norm - n).abs() <= 1e-9 * n, "{format:?}: {err} vs {e}, {norm} vs {n}");
+    }
+
     fn small_floats() -> [Format; 4] {
         [Format::Fp6E3M2, Format::Fp6E2M3, Format::Fp5E2M2, Format::Fp4E2M1]
     }
@@ -213,15 +225,8 @@ mod tests {
             let values: Vec<f32> = probes.iter().copied().filter(|x| x.is_finite() && x.abs() < 1e6).collect();
             let s = 0.37f32;
             let mut codes = vec![0u8; values.len()];
-            let (err, norm) = enc.encode_scaled(&values, s, &mut codes);
-            let (mut e, mut n) = (0f64, 0f64);
-            for (&v, &c) in values.iter().zip(&codes) {
-                assert_eq!(c, format.encode(v / s), "{format:?}: v = {v:e}");
-                let d = v as f64 - (format.decode(c) * s) as f64;
-                e += d * d;
-                n += v as f64 * v as f64;
-            }
-            assert!((err - e).abs() <= 1e-9 * e && (norm - n).abs() <= 1e-9 * n, "{format:?}: {err} vs {e}, {norm} vs {n}");
+            let sums = enc.encode_scaled(&values, s, &mut codes);
+            check_scaled(format, &values, s, &codes, sums);
         }
         assert!(FloatEncoder::new(Format::Int4).is_none() && FloatEncoder::new(Format::Fp8E4M3).is_none());
     }
@@ -237,15 +242,8 @@ mod tests {
             values.extend((0..10_000).map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * 2.0 * max * s));
             values.extend([0.0, -0.0, 1e-30, -1e30, 1e30]);
             let mut codes = vec![0u8; values.len()];
-            let (err, norm) = encode_int_scaled(format, &values, s, &mut codes);
-            let (mut e, mut n) = (0f64, 0f64);
-            for (&v, &c) in values.iter().zip(&codes) {
-                assert_eq!(c, format.encode(v / s), "{format:?}: v = {v:e}");
-                let d = v as f64 - (format.decode(c) * s) as f64;
-                e += d * d;
-                n += v as f64 * v as f64;
-            }
-            assert!((err - e).abs() <= 1e-9 * e && (norm - n).abs() <= 1e-9 * n, "{format:?}");
+            let sums = encode_int_scaled(format, &values, s, &mut codes);
+            check_scaled(format, &values, s, &codes, sums);
         }
     }
 }

@@ -47,19 +47,7 @@ pub struct QuantizedMatrix {
 /// `tensor_name` (used in errors). Fails on a length mismatch or empty dimension, on a
 /// group size of 0, and on any NaN/inf weight (reporting the first, in row-major order).
 pub fn quantize(tensor_name: &str, w: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantError> {
-    let shape_error = |message: String| QuantError::Shape { tensor: tensor_name.to_string(), message };
-    if k == 0 || n == 0 {
-        return Err(shape_error(format!("weight shape [{k}, {n}] has an empty dimension")));
-    }
-    if k.checked_mul(n) != Some(w.len()) {
-        return Err(shape_error(format!("weight has {} values, expected {k} x {n}", w.len())));
-    }
-    if cfg.group_size == Some(0) {
-        return Err(QuantError::BadGroupSize { tensor: tensor_name.to_string(), group: 0, k });
-    }
-    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row: i / n, col: i % n, value: w[i] });
-    }
+    check_weight(tensor_name, w, k, n, cfg, |i| (i / n, i % n))?;
 
     // Transpose to [n][k] so each channel's weights are contiguous (in blocks, cache-friendly).
     let mut wt = vec![0f32; n * k];
@@ -87,21 +75,36 @@ pub fn quantize_channels(
     n: usize,
     cfg: &QuantConfig,
 ) -> Result<(QuantizedMatrix, f64), QuantError> {
+    // A non-finite weight is reported in the [k][n] weight's coordinates, as [`quantize`] reports it.
+    check_weight(tensor_name, wt, k, n, cfg, |i| (i % k, i / k))?;
+    Ok(quantize_checked(wt, k, n, cfg))
+}
+
+/// The checks both entry points make: a non-empty `k × n` weight, a group size other than 0,
+/// and finite values (`row_col` maps the first bad index to the `[k][n]` position reported).
+fn check_weight(
+    tensor_name: &str,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    cfg: &QuantConfig,
+    row_col: impl Fn(usize) -> (usize, usize),
+) -> Result<(), QuantError> {
     let shape_error = |message: String| QuantError::Shape { tensor: tensor_name.to_string(), message };
     if k == 0 || n == 0 {
         return Err(shape_error(format!("weight shape [{k}, {n}] has an empty dimension")));
     }
-    if k.checked_mul(n) != Some(wt.len()) {
-        return Err(shape_error(format!("weight has {} values, expected {k} x {n}", wt.len())));
+    if k.checked_mul(n) != Some(w.len()) {
+        return Err(shape_error(format!("weight has {} values, expected {k} x {n}", w.len())));
     }
     if cfg.group_size == Some(0) {
         return Err(QuantError::BadGroupSize { tensor: tensor_name.to_string(), group: 0, k });
     }
-    if let Some(i) = wt.iter().position(|v| !v.is_finite()) {
-        // Reported in the [k][n] weight's coordinates, as [`quantize`] reports them.
-        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row: i % k, col: i / k, value: wt[i] });
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        let (row, col) = row_col(i);
+        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value: w[i] });
     }
-    Ok(quantize_checked(wt, k, n, cfg))
+    Ok(())
 }
 
 /// Channels per parallel task.
