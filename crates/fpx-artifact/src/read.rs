@@ -334,18 +334,21 @@ fn parse_layout(what: &str, data: &[u8]) -> Result<(u32, pb::Manifest, Vec<Secti
         if data[pos as usize..s.offset as usize].iter().any(|&b| b != 0) {
             return Err(corrupt(format!("the padding before {label} is not zero")));
         }
-        let info = SectionInfo { name: s.name.clone(), kind, offset: s.offset, length: s.length, checksum: s.crc32 };
-        let computed = crc32fast::hash(&data[s.offset as usize..end as usize]);
-        if computed != s.crc32 {
-            return Err(ArtifactError::ChecksumMismatch {
-                what: what.into(),
-                section: format!("{label} ({kind})"),
-                expected: s.crc32,
-                found: computed,
-            });
-        }
-        sections.push(info);
+        sections.push(SectionInfo { name: s.name.clone(), kind, offset: s.offset, length: s.length, checksum: s.crc32 });
         pos = end;
+    }
+    // Every section's checksum, the sections in parallel (opening a large artifact is reading it
+    // once); the first mismatch in file order is the one reported.
+    use rayon::prelude::*;
+    let computed: Vec<u32> =
+        sections.par_iter().map(|s| crc32fast::hash(&data[s.offset as usize..(s.offset + s.length) as usize])).collect();
+    if let Some((i, (s, found))) = sections.iter().zip(computed).enumerate().find(|(_, (s, c))| *c != s.checksum) {
+        return Err(ArtifactError::ChecksumMismatch {
+            what: what.into(),
+            section: format!("section #{i} '{}' ({})", s.name, s.kind),
+            expected: s.checksum,
+            found,
+        });
     }
     if pos != n as u64 {
         let extra = n as u64 - pos;

@@ -108,7 +108,11 @@ pub fn tensor_from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<
         DType::I16 => Tensor::from(decode::<i16>(shape, bytes)?),
         DType::I32 => Tensor::from(decode::<i32>(shape, bytes)?),
         DType::I64 => Tensor::from(decode::<i64>(shape, bytes)?),
-        DType::U8 => Tensor::from(decode::<u8>(shape, bytes)?),
+        // Bytes are their own encoding: one copy, no per-element decoding.
+        DType::U8 => Tensor::from(
+            ArrayD::from_shape_vec(IxDyn(shape), bytes.to_vec())
+                .map_err(|e| format!("the elements do not fit the shape {shape:?}: {e}"))?,
+        ),
         DType::U16 => Tensor::from(decode::<u16>(shape, bytes)?),
         DType::U32 => Tensor::from(decode::<u32>(shape, bytes)?),
         DType::U64 => Tensor::from(decode::<u64>(shape, bytes)?),
