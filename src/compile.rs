@@ -242,18 +242,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     progress(Progress::Stage(Stage::Simplify));
     // Bytes of each constant as the model stores it (the upcast makes 16-bit weights f32).
     let stored: HashMap<String, usize> = if options.upcast_half {
-        graph
-            .value_ids()
-            .filter_map(|v| {
-                let value = graph.value(v);
-                let bytes = match (&value.constant, &value.stored) {
-                    (Some(t), _) => t.len() * t.dtype().size_bytes(),
-                    (None, Some(s)) => s.stored_bytes(),
-                    (None, None) => return None,
-                };
-                Some((value.name.clone(), bytes))
-            })
-            .collect()
+        graph.value_ids().filter_map(|v| Some((graph.value(v).name.clone(), graph.constant_stored_bytes(v)?))).collect()
     } else {
         HashMap::new()
     };

@@ -267,6 +267,17 @@ impl Graph {
         }
     }
 
+    /// Bytes of a constant's data as the model stores it (a 16-bit weight the upcast made `f32`
+    /// still counts 2 bytes per element while it is kept in its file).
+    pub fn constant_stored_bytes(&self, id: ValueId) -> Option<usize> {
+        let v = self.value(id);
+        match (&v.constant, &v.stored) {
+            (Some(t), _) => Some(t.len() * t.dtype().size_bytes()),
+            (None, Some(s)) => Some(s.stored_bytes()),
+            (None, None) => None,
+        }
+    }
+
     /// A constant's data, read from its file if it is kept in one (each call reads it again:
     /// hold the result only while it is needed). `Ok(None)` for a value that is not a constant.
     pub fn load_constant(&self, id: ValueId) -> Result<Option<Arc<Tensor>>> {

@@ -144,7 +144,7 @@ pub(crate) fn quantize_embeddings(
         // The table `[V, D]` is already `Eᵀ` channel-major: channel = row.
         let (n, k) = (t.shape()[0], t.shape()[1]);
         let name = graph.value(table).name.clone();
-        let bytes_in = graph.stored(table).map_or(t.len() * t.dtype().size_bytes(), |s| s.stored_bytes());
+        let bytes_in = graph.constant_stored_bytes(table).unwrap_or(0);
         let mut tied = None;
         for h in heads {
             if ties(graph, h, table, &t)? {

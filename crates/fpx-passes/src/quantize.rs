@@ -112,7 +112,7 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
 }
 
 /// The weight as `[n][k]` f32, channel-major as the codes are: a MatMul weight `[k, n]` is
-/// transposed (in cache-sized blocks), a Gemm `transB` weight `[n, k]` already is.
+/// transposed ([`fpx_quant::channel_major`]), a Gemm `transB` weight `[n, k]` already is.
 fn weight_nk(t: Arc<Tensor>, transposed: bool) -> (Vec<f32>, usize, usize) {
     let (r, c) = (t.shape()[0], t.shape()[1]);
     // The loaded tensor is usually ours alone: take its f32 buffer instead of copying it.
@@ -125,28 +125,7 @@ fn weight_nk(t: Arc<Tensor>, transposed: bool) -> (Vec<f32>, usize, usize) {
         return (rows, c, r);
     }
     let (k, n) = (r, c);
-    let mut nk = vec![0f32; k * n];
-    // Blocks of 64 channels in parallel; each reads 64 contiguous floats per row.
-    const B: usize = 64;
-    nk.par_chunks_mut(k * B).enumerate().for_each(|(block, out)| {
-        let c0 = block * B;
-        let width = out.len() / k;
-        // Eight rows at a time, so each channel gets 32 contiguous bytes per write.
-        const R: usize = 8;
-        let full = k - k % R;
-        for r0 in (0..full).step_by(R) {
-            let src: [&[f32]; R] = std::array::from_fn(|i| &rows[(r0 + i) * n + c0..(r0 + i) * n + c0 + width]);
-            for j in 0..width {
-                let dst: &mut [f32; R] = (&mut out[j * k + r0..j * k + r0 + R]).try_into().expect("R floats");
-                *dst = std::array::from_fn(|i| src[i][j]);
-            }
-        }
-        for row in full..k {
-            for j in 0..width {
-                out[j * k + row] = rows[row * n + c0 + j];
-            }
-        }
-    });
+    let nk = fpx_quant::channel_major(&rows, k, n);
     (nk, k, n)
 }
 
@@ -273,7 +252,7 @@ pub fn quantize_weights_with_progress(
                 .par_iter()
                 .map(|&(v, tr)| {
                     let t = graph.load_constant(v)?.expect("site weights are constants");
-                    let bytes_in = graph.stored(v).map_or(t.len() * t.dtype().size_bytes(), |s| s.stored_bytes());
+                    let bytes_in = graph.constant_stored_bytes(v).unwrap_or(0);
                     let (wt, k, n) = weight_nk(t, tr);
                     let mut choice = quantize_best(&graph.value(v).name, &wt, k, n, opts)?;
                     drop(wt);

@@ -28,4 +28,4 @@ pub mod scale;
 pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
-pub use scale::{quantize, quantize_channels, QuantConfig, QuantizedMatrix};
+pub use scale::{channel_major, quantize, quantize_channels, QuantConfig, QuantizedMatrix};
