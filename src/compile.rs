@@ -270,7 +270,9 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     let mut cpu = Vec::new();
     let mut kernels = 0;
     if options.target.has_cpu() && !gemms.is_empty() {
-        let codes = options.cpu.targets().into_iter().map(|t| fpx_llvm::cpu_code(&gemms, t)).collect::<Result<Vec<_>, _>>()?;
+        // Each level is its own LLVM context and module: they compile side by side.
+        use rayon::prelude::*;
+        let codes = options.cpu.targets().into_par_iter().map(|t| fpx_llvm::cpu_code(&gemms, t)).collect::<Result<Vec<_>, _>>()?;
         kernels = codes[0]
             .kernels
             .iter()

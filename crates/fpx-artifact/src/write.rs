@@ -59,7 +59,7 @@ pub fn to_bytes(contents: &ArtifactContents) -> Result<Vec<u8>, ArtifactError> {
 /// folder, which is flushed to disk and then renamed over `path`. On any error the temporary
 /// file is removed and `path` is left as it was. The same contents always give the same bytes.
 /// Memory use stays small whatever the size of the constants: they are streamed (twice: once
-/// for the checksums, once to the file).
+/// for the checksums, once to the file; spilled constants, whose checksums are known, once).
 pub fn write(path: &Path, contents: &ArtifactContents) -> Result<WriteSummary, ArtifactError> {
     let what = path.display().to_string();
     let plan = plan(contents, &what)?;
@@ -277,6 +277,13 @@ fn plan<'a>(contents: &'a ArtifactContents, what: &str) -> Result<Plan<'a>, Arti
     }
 
     for (s, src) in sections.iter_mut().zip(&sources) {
+        // A spilled constant's checksum was taken as it was written: no second read.
+        if let Source::Stored(t) = src {
+            if let Some(crc) = t.loaded_crc32() {
+                s.crc32 = crc;
+                continue;
+            }
+        }
         let mut h = crc32fast::Hasher::new();
         src.stream(&mut |b| {
             h.update(b);

@@ -102,12 +102,16 @@ impl SpillFile {
             offset
         };
         let mut pos = offset;
+        let mut crc = crc32fast::Hasher::new();
         stream_tensor(t, &mut |b: &[u8]| {
             self.file.write_all_at(b, pos)?;
+            crc.update(b);
             pos += b.len() as u64;
             Ok::<(), io::Error>(())
         })?;
-        Ok(StoredTensor::new(self.clone(), offset, t.dtype(), t.shape().to_vec()))
+        let mut stored = StoredTensor::new(self.clone(), offset, t.dtype(), t.shape().to_vec());
+        stored.crc32 = Some(crc.finalize());
+        Ok(stored)
     }
 
     /// Bytes written so far.
@@ -148,6 +152,9 @@ pub struct StoredTensor {
     stored: DType,
     dtype: DType,
     shape: Vec<usize>,
+    /// CRC-32 of the stored bytes, when known from writing them (a spilled tensor), so an
+    /// artifact writer need not read them back to checksum them.
+    crc32: Option<u32>,
 }
 
 impl fmt::Debug for StoredTensor {
@@ -163,7 +170,13 @@ impl fmt::Debug for StoredTensor {
 impl StoredTensor {
     /// `dtype` elements of `shape` at `offset` of `source` (the caller checked they lie inside it).
     pub fn new(source: Arc<dyn ByteSource>, offset: u64, dtype: DType, shape: Vec<usize>) -> Self {
-        StoredTensor { source, offset, stored: dtype, dtype, shape }
+        StoredTensor { source, offset, stored: dtype, dtype, shape, crc32: None }
+    }
+
+    /// CRC-32 of the bytes as loaded, when known without reading them: the checksum taken as
+    /// a spilled tensor was written, if it is loaded as stored (no cast).
+    pub fn loaded_crc32(&self) -> Option<u32> {
+        self.crc32.filter(|_| self.stored == self.dtype)
     }
 
     /// The element type it loads as.
@@ -268,6 +281,20 @@ impl StoredTensor {
         Ok(if self.stored == self.dtype { t } else { t.cast(self.dtype) })
     }
 
+    /// Reads the data as stored (little-endian bytes of [`StoredTensor::stored_dtype`], not
+    /// converted) into `buf`, replacing its contents and reusing its allocation: for a
+    /// consumer that converts while it rearranges (the quantizer's transpose).
+    pub fn read_stored_into(&self, buf: &mut Vec<u8>) -> Result<(), String> {
+        let len = self.stored_bytes();
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.try_reserve_exact(len - buf.len()).map_err(|_| format!("{len} bytes do not fit in memory"))?;
+            buf.resize(len, 0);
+        }
+        self.read(buf, 0)
+    }
+
     /// Hands the loaded data's little-endian bytes to `sink` chunk by chunk, reading (and
     /// converting) one chunk at a time.
     pub fn stream<E>(&self, sink: &mut dyn FnMut(&[u8]) -> Result<(), E>) -> Result<(), StreamError<E>> {
@@ -312,6 +339,14 @@ mod tests {
             let s = spill.store(&t).unwrap();
             assert_eq!(s.load().unwrap(), t, "{dtype}");
             let f32s = s.cast(DType::F32);
+            // The checksum taken while spilling is the stored bytes', and only a load without a cast has it.
+            assert_eq!(s.loaded_crc32(), Some(crc32fast::hash(&crate::le_bytes::tensor_bytes(&t))), "{dtype} checksum");
+            assert_eq!(f32s.loaded_crc32().is_some(), dtype == DType::F32, "{dtype} checksum after a cast");
+            // As stored, whatever the loaded type, into a buffer of another size.
+            for mut raw in [vec![7u8; 3], vec![7u8; n * 8 + 1]] {
+                f32s.read_stored_into(&mut raw).unwrap();
+                assert_eq!(raw, crate::le_bytes::tensor_bytes(&t), "{dtype} as stored");
+            }
             assert_eq!(f32s.load().unwrap(), t.cast(DType::F32), "{dtype} as f32");
             let mut streamed = Vec::new();
             f32s.stream::<()>(&mut |b| {

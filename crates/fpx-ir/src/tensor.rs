@@ -287,10 +287,21 @@ impl Tensor {
 
     /// The values as f32 (converted when the tensor holds another type).
     pub fn to_f32(&self) -> ArrayD<f32> {
-        match self {
-            Tensor::F32(a) => a.clone(),
-            other => cast_to::<f32>(other),
+        use half::slice::HalfFloatSliceExt;
+        // 16-bit floats in standard layout convert as slices (F16C where the CPU has it).
+        fn slice<T>(a: &ArrayD<T>, convert: impl Fn(&[T], &mut [f32])) -> Option<ArrayD<f32>> {
+            let s = a.as_slice()?;
+            let mut out = vec![0f32; s.len()];
+            convert(s, &mut out);
+            ArrayD::from_shape_vec(a.raw_dim(), out).ok()
         }
+        let fast = match self {
+            Tensor::F32(a) => return a.clone(),
+            Tensor::F16(a) => slice(a, |s, o| s.convert_to_f32_slice(o)),
+            Tensor::BF16(a) => slice(a, |s, o| s.convert_to_f32_slice(o)),
+            _ => None,
+        };
+        fast.unwrap_or_else(|| cast_to::<f32>(self))
     }
 
     /// The values as f64 (converted when the tensor holds another type).
@@ -338,6 +349,32 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sixteen_bit_tensors_convert_to_f32_in_any_layout() {
+        let bits: Vec<u16> = (0..=u16::MAX).step_by(7).collect();
+        let n = bits.len() - bits.len() % 6;
+        let halves = ArrayD::from_shape_vec(IxDyn(&[6, n / 6]), bits[..n].iter().map(|&b| f16::from_bits(b)).collect()).unwrap();
+        let brains = ArrayD::from_shape_vec(IxDyn(&[6, n / 6]), bits[..n].iter().map(|&b| bf16::from_bits(b)).collect()).unwrap();
+        let same = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
+            a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+        };
+        // Contiguous (the slice conversion) and transposed (element by element) give the same values.
+        for t in [Tensor::F16(halves.clone()), Tensor::F16(halves.t().to_owned()), Tensor::F16(halves.clone().reversed_axes())] {
+            let want = match &t {
+                Tensor::F16(a) => a.mapv(|v| v.to_f32()),
+                _ => unreachable!(),
+            };
+            assert!(same(&t.to_f32(), &want));
+        }
+        for t in [Tensor::BF16(brains.clone()), Tensor::BF16(brains.reversed_axes())] {
+            let want = match &t {
+                Tensor::BF16(a) => a.mapv(|v| v.to_f32()),
+                _ => unreachable!(),
+            };
+            assert!(same(&t.to_f32(), &want));
+        }
+    }
 
     #[test]
     fn cast_follows_onnx_rules() {

@@ -24,6 +24,7 @@ mod tests;
 mod upcast;
 #[cfg(test)]
 mod upcast_tests;
+mod weight_fetch;
 
 pub use embedding::{EmbeddingQuant, MIN_TABLE_ELEMENTS};
 pub use epilogue::{fuse_epilogues, FuseEpilogues};

@@ -7,6 +7,7 @@
 //! code's bias-shifted FP16 value (`fpx_quant::fold`): the format's power-of-two factor is
 //! already in `scales`, so kernels never multiply per weight.
 
+use crate::weight_fetch::{Buffers, Fetched, WeightSource};
 use crate::{PassError, QuantizeOptions};
 use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
@@ -63,10 +64,10 @@ pub struct WeightSite {
     pub transposed: bool,
 }
 
-/// The `(k, n)` of a site's product.
-fn site_kn(graph: &Graph, site: &WeightSite) -> (usize, usize) {
-    let (_, shape) = graph.constant_type(site.weight).expect("site weights are constants");
-    if site.transposed {
+/// The `(k, n)` of the product of weight `v`, used transposed or not.
+fn weight_kn(graph: &Graph, v: ValueId, transposed: bool) -> (usize, usize) {
+    let (_, shape) = graph.constant_type(v).expect("site weights are constants");
+    if transposed {
         (shape[1], shape[0])
     } else {
         (shape[0], shape[1])
@@ -109,24 +110,6 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
         out.push(WeightSite { node: id, weight: w, transposed });
     }
     Ok(out)
-}
-
-/// The weight as `[n][k]` f32, channel-major as the codes are: a MatMul weight `[k, n]` is
-/// transposed ([`fpx_quant::channel_major`]), a Gemm `transB` weight `[n, k]` already is.
-fn weight_nk(t: Arc<Tensor>, transposed: bool) -> (Vec<f32>, usize, usize) {
-    let (r, c) = (t.shape()[0], t.shape()[1]);
-    // The loaded tensor is usually ours alone: take its f32 buffer instead of copying it.
-    let owned = Arc::try_unwrap(t).unwrap_or_else(|t| Tensor::clone(&t));
-    let rows: Vec<f32> = match owned {
-        Tensor::F32(a) if a.is_standard_layout() => a.into_raw_vec_and_offset().0,
-        other => other.to_f32().iter().copied().collect(),
-    };
-    if transposed {
-        return (rows, c, r);
-    }
-    let (k, n) = (r, c);
-    let nk = fpx_quant::channel_major(&rows, k, n);
-    (nk, k, n)
 }
 
 /// Quantizes one channel-major weight with every candidate format and keeps the one with the least error.
@@ -222,7 +205,7 @@ pub fn quantize_weights_with_progress(
     // Every rewritten product must be one fpx can run, whichever candidate format a weight
     // gets: check them all before the graph changes, so an error leaves the graph as it was.
     for site in &sites {
-        let (k, n) = site_kn(graph, site);
+        let (k, n) = weight_kn(graph, site.weight, site.transposed);
         for format in opts.candidates() {
             let gemm = QuantGemm { format, k, n, group_size: opts.group_size.unwrap_or(0), activations: opts.activations };
             gemm.validate().map_err(|source| PassError::Gemm { node: graph.node(site.node).name.clone(), source })?;
@@ -246,16 +229,33 @@ pub fn quantize_weights_with_progress(
     progress(0, total);
     let mut done: HashMap<WeightKey, Quantized> = HashMap::new();
     let mut created = Vec::new();
-    let result = (|| {
-        for batch in plan {
+    // Each batch's data is fetched on a reader thread while the batch before it is quantized.
+    let sources: Vec<Vec<WeightSource>> = plan
+        .iter()
+        .map(|batch| batch.iter().map(|&(v, _)| WeightSource::of(graph, v).expect("site weights are constants")).collect())
+        .collect();
+    let buffers = Buffers::default();
+    let fetch_batch = |i: usize| -> Result<Vec<Fetched>, IrError> { sources[i].iter().map(|s| s.fetch(&buffers)).collect() };
+    let result = std::thread::scope(|scope| {
+        let fetch_batch = &fetch_batch;
+        let mut ahead = (!plan.is_empty()).then(|| scope.spawn(move || fetch_batch(0)));
+        for (i, batch) in plan.iter().enumerate() {
+            let fetched = ahead.take().expect("a batch is being read").join().expect("the weight reader does not panic")?;
+            if i + 1 < plan.len() {
+                ahead = Some(scope.spawn(move || fetch_batch(i + 1)));
+            }
             let results: Vec<Result<QuantizedWeight, PassError>> = batch
                 .par_iter()
-                .map(|&(v, tr)| {
-                    let t = graph.load_constant(v)?.expect("site weights are constants");
+                .zip(fetched)
+                .map(|(&(v, tr), fetched)| {
+                    let (k, n) = weight_kn(graph, v, tr);
                     let bytes_in = graph.constant_stored_bytes(v).unwrap_or(0);
-                    let (wt, k, n) = weight_nk(t, tr);
-                    let mut choice = quantize_best(&graph.value(v).name, &wt, k, n, opts)?;
+                    let mut floats = buffers.floats();
+                    let wt = fetched.into_channel_major(k, n, tr, &mut floats, &buffers);
+                    let choice = quantize_best(&graph.value(v).name, wt.values(), k, n, opts);
                     drop(wt);
+                    buffers.give_floats(floats);
+                    let mut choice = choice?;
                     let m = &mut choice.matrix;
                     let packed = layout::pack(&m.codes, &PackedShape::new(m.n, m.k, m.format.bits()));
                     // The codes live on in `packed` only.
@@ -278,7 +278,9 @@ pub fn quantize_weights_with_progress(
             progress(done_bytes, total);
         }
         Ok::<(), PassError>(())
-    })();
+    });
+    // The reused buffers go before the embedding tables are read.
+    drop(buffers);
     if let Err(e) = result {
         for v in created {
             graph.clear_constant(v);

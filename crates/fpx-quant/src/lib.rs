@@ -3,6 +3,8 @@
 //! Pure Rust, no I/O, no graph knowledge. It owns
 //! - [`Format`]: the weight formats (FP6 e3m2/e2m3, FP5 e2m2, FP4 e2m1, FP8 e4m3/e5m2,
 //!   INT4/INT8), exact decoding and round-to-nearest-even, saturating encoding;
+//! - [`channel_major`]: weights (f32, FP16, BF16) transposed to the channel-major f32 the
+//!   quantizer reads;
 //! - [`scale`]: per-channel (or per-group) scales, absmax or MSE-searched, and [`quantize`];
 //! - [`bias_shift`]: FP→FP16/BF16 conversion with shifts and masks only, the constant factor
 //!   being folded into the scales;
@@ -17,6 +19,7 @@
 
 pub mod act8;
 pub mod bias_shift;
+pub mod channel_major;
 pub mod encode;
 mod error;
 pub mod fold;
@@ -25,7 +28,8 @@ pub mod gemm;
 pub mod layout;
 pub mod scale;
 
+pub use channel_major::{channel_major, WeightValues};
 pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
-pub use scale::{channel_major, quantize, quantize_channels, QuantConfig, QuantizedMatrix};
+pub use scale::{quantize, quantize_channels, QuantConfig, QuantizedMatrix};

@@ -49,40 +49,8 @@ pub struct QuantizedMatrix {
 pub fn quantize(tensor_name: &str, w: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantError> {
     check_weight(tensor_name, w, k, n, cfg, |i| (i / n, i % n))?;
 
-    let wt = channel_major(w, k, n);
+    let wt = crate::channel_major(w, k, n);
     Ok(quantize_checked(&wt, k, n, cfg).0)
-}
-
-/// The `[k][n]` row-major weight `w` as `[n][k]` (each channel's weights contiguous), the
-/// layout codes are chosen in: blocks of 64 channels in parallel, eight rows at a time so each
-/// channel gets 32 contiguous bytes per write.
-pub fn channel_major(w: &[f32], k: usize, n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    assert_eq!(w.len(), k * n, "channel_major: {} values for [{k}][{n}]", w.len());
-    let mut nk = vec![0f32; k * n];
-    if nk.is_empty() {
-        return nk;
-    }
-    const B: usize = 64;
-    const R: usize = 8;
-    nk.par_chunks_mut(k * B).enumerate().for_each(|(block, out)| {
-        let c0 = block * B;
-        let width = out.len() / k;
-        let full = k - k % R;
-        for r0 in (0..full).step_by(R) {
-            let src: [&[f32]; R] = std::array::from_fn(|i| &w[(r0 + i) * n + c0..(r0 + i) * n + c0 + width]);
-            for j in 0..width {
-                let dst: &mut [f32; R] = (&mut out[j * k + r0..j * k + r0 + R]).try_into().expect("R floats");
-                *dst = std::array::from_fn(|i| src[i][j]);
-            }
-        }
-        for row in full..k {
-            for j in 0..width {
-                out[j * k + row] = w[row * n + c0 + j];
-            }
-        }
-    });
-    nk
 }
 
 /// [`quantize`] for a weight already channel-major: `wt` is `[n][k]` (an ONNX Gemm's `transB`
@@ -121,7 +89,11 @@ fn check_weight(
     if cfg.group_size == Some(0) {
         return Err(QuantError::BadGroupSize { tensor: tensor_name.to_string(), group: 0, k });
     }
-    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+    use rayon::prelude::*;
+    // Chunks in parallel (one value per task would cost more than the test).
+    const CHUNK: usize = 1 << 16;
+    let bad_chunk = w.par_chunks(CHUNK).position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()));
+    if let Some(i) = bad_chunk.map(|c| c * CHUNK + w[c * CHUNK..].iter().position(|v| !v.is_finite()).expect("a non-finite value")) {
         let (row, col) = row_col(i);
         return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value: w[i] });
     }
