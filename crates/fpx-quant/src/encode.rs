@@ -120,9 +120,12 @@ impl FloatEncoder {
         let rounded = (bits + ((1 << (shift - 1)) - 1) + ((bits >> shift) & 1)) >> shift;
         let exponent_offset = ((127 - bias) as u32) << m;
         let normal = rounded.saturating_sub(exponent_offset).min(self.max_magnitude);
-        // Below the smallest normal: a multiple of the subnormal step, rounded by the 1.5 · 2^23 trick.
+        // Below the smallest normal: a multiple of the subnormal step, rounded by the 1.5 · 2^23
+        // trick and read off the sum's bits (in that binade one unit is one ulp), not converted
+        // with `as`, whose saturating semantics the compiler does lane by lane. Values at or above
+        // the smallest normal give garbage here, which the select below discards.
         const ROUND: f32 = 12_582_912.0;
-        let sub = ((a * self.subnormal_scale + ROUND) - ROUND) as i32 as u32;
+        let sub = (a * self.subnormal_scale + ROUND).to_bits().wrapping_sub(ROUND.to_bits());
         let magnitude = if a < self.min_normal { sub } else { normal };
         let value = if magnitude < (1 << m) {
             magnitude as f32 * self.subnormal_step
@@ -167,7 +170,9 @@ fn encode_int_scaled_portable(format: Format, values: &[f32], s: f32, codes: &mu
     for (&v, code) in values.iter().zip(codes.iter_mut()) {
         // Clamped first (which also keeps the rounding trick in range), then rounded.
         let q = ((v / s).clamp(-max, max) + ROUND) - ROUND;
-        *code = (q as i32 as u8) & mask;
+        // `q` is an integer within ±127 and `q + ROUND` stays in ROUND's binade (one unit per
+        // ulp): its bits give `q` in two's complement without a lane-by-lane `as` conversion.
+        *code = ((q + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as u8) & mask;
         let d = v as f64 - (q * s) as f64;
         err += d * d;
         norm += v as f64 * v as f64;
