@@ -224,12 +224,42 @@ pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
             *place = (low as u16, (bit % 8) as u8, high as u16, (hbit % 8) as u8);
         }
     }
+    // The same map read the other way, for whole tiles: where each low-plane byte's two
+    // nibbles and each high-plane byte's `8 / h` fields come from, as offsets into the codes
+    // from the tile's first code. Gathering builds each byte once instead of or-ing every code
+    // into its byte.
+    let fields = if h > 0 { 8 / h } else { 0 };
+    let mut low_from = [[0usize; 2]; 256];
+    let mut high_from = vec![[0usize; 8]; 64 * h];
+    for (r, row) in places.iter().enumerate() {
+        for (c, &(lo, ls, hi, hs)) in row.iter().enumerate() {
+            let offset = r * shape.k + c;
+            low_from[lo as usize][ls as usize / 4] = offset;
+            if h > 0 {
+                high_from[hi as usize][hs as usize / h] = offset;
+            }
+        }
+    }
+    let high_mask = ((1u32 << h) - 1) as u8;
     let pack_row = |nt: usize, low: &mut [u8], high: &mut [u8]| {
-        for row in nt * TILE_N..((nt + 1) * TILE_N).min(shape.n) {
-            let places = &places[row % TILE_N];
-            let codes = &codes[row * shape.k..(row + 1) * shape.k];
-            for (kt, chunk) in codes.chunks(TILE_K).enumerate() {
-                let (low, high) = (&mut low[kt * 256..(kt + 1) * 256], &mut high[kt * 64 * h..(kt + 1) * 64 * h]);
+        let rows = nt * TILE_N..((nt + 1) * TILE_N).min(shape.n);
+        for kt in 0..shape.k_tiles() {
+            let (low, high) = (&mut low[kt * 256..(kt + 1) * 256], &mut high[kt * 64 * h..(kt + 1) * 64 * h]);
+            let cols = kt * TILE_K..((kt + 1) * TILE_K).min(shape.k);
+            if rows.len() == TILE_N && cols.len() == TILE_K {
+                let tile = &codes[rows.start * shape.k + cols.start..];
+                for (byte, [a, b]) in low.iter_mut().zip(&low_from) {
+                    *byte = (tile[*a] & 0xf) | (tile[*b] & 0xf) << 4;
+                }
+                for (byte, from) in high.iter_mut().zip(&high_from) {
+                    *byte = from[..fields].iter().enumerate().fold(0, |acc, (f, &o)| acc | ((tile[o] >> 4) & high_mask) << (f * h));
+                }
+                continue;
+            }
+            // A tile cut by the matrix's edge: each code or-ed into place, the padding left 0.
+            for row in rows.clone() {
+                let places = &places[row % TILE_N];
+                let chunk = &codes[row * shape.k + cols.start..row * shape.k + cols.end];
                 for (&code, &(lo, ls, hi, hs)) in chunk.iter().zip(places) {
                     let code = code & mask;
                     low[lo as usize] |= (code & 0xf) << ls;
