@@ -197,18 +197,20 @@ impl Graph {
     /// Makes `id` a constant holding `data` (an initializer or a folded value). With a spill
     /// file attached ([`Graph::spill_large_constants`]), data of [`SPILL_MIN_BYTES`] or more is
     /// written there and kept as a [`StoredTensor`]; if that write fails it stays in memory.
-    pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) {
+    /// Returns `data` when it went to the spill file instead, so a caller may reuse its buffer.
+    pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) -> Option<Arc<Tensor>> {
         let v = &mut self.values[id.0 as usize];
         v.ty = Some(TensorType::fixed(data.dtype(), data.shape()));
         if let Some(spill) = self.spill.as_ref().filter(|_| data.len() * data.dtype().size_bytes() >= SPILL_MIN_BYTES) {
             if let Ok(stored) = spill.store(&data) {
                 v.constant = None;
                 v.stored = Some(stored);
-                return;
+                return Some(data);
             }
         }
         v.stored = None;
         v.constant = Some(data);
+        None
     }
 
     /// Makes `id` a constant whose data stays in a file until it is read.

@@ -13,7 +13,7 @@ use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, Tensor, ValueId};
 use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, quantize_channels, Format, QuantConfig, QuantGemm, QuantizedMatrix};
+use fpx_quant::{fold, quantize_channels_reusing, Format, QuantConfig, QuantGemm, QuantizedMatrix};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -113,15 +113,20 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
 }
 
 /// Quantizes one channel-major weight with every candidate format and keeps the one with the least error.
-fn quantize_best(name: &str, wt: &[f32], k: usize, n: usize, opts: &QuantizeOptions) -> Result<Choice, PassError> {
+/// Codes are written into buffers from `buffers`, and a losing candidate's go back there.
+fn quantize_best(name: &str, wt: &[f32], k: usize, n: usize, opts: &QuantizeOptions, buffers: &Buffers) -> Result<Choice, PassError> {
     let mut best: Option<(QuantizedMatrix, f64)> = None;
     let mut tried = Vec::new();
     for format in opts.candidates() {
-        let (q, e) =
-            quantize_channels(name, wt, k, n, &QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search })?;
+        let cfg = QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search };
+        let (q, e) = quantize_channels_reusing(name, wt, k, n, &cfg, buffers.bytes(k * n))?;
         tried.push((format, e));
         if best.as_ref().is_none_or(|(_, b)| e < *b) {
-            best = Some((q, e));
+            if let Some((loser, _)) = best.replace((q, e)) {
+                buffers.give_bytes(loser.codes);
+            }
+        } else {
+            buffers.give_bytes(q.codes);
         }
     }
     let (matrix, rel_rmse) = best.ok_or_else(|| PassError::Option("scheme 'none' quantizes nothing".into()))?;
@@ -250,16 +255,18 @@ pub fn quantize_weights_with_progress(
                 .map(|(&(v, tr), fetched)| {
                     let (k, n) = weight_kn(graph, v, tr);
                     let bytes_in = graph.constant_stored_bytes(v).unwrap_or(0);
-                    let mut floats = buffers.floats();
+                    let mut floats = buffers.floats(k * n);
                     let wt = fetched.into_channel_major(k, n, tr, &mut floats, &buffers);
-                    let choice = quantize_best(&graph.value(v).name, wt.values(), k, n, opts);
+                    let choice = quantize_best(&graph.value(v).name, wt.values(), k, n, opts, &buffers);
                     drop(wt);
                     buffers.give_floats(floats);
                     let mut choice = choice?;
                     let m = &mut choice.matrix;
-                    let packed = layout::pack(&m.codes, &PackedShape::new(m.n, m.k, m.format.bits()));
+                    let shape = PackedShape::new(m.n, m.k, m.format.bits());
+                    let mut packed = buffers.bytes(shape.total_bytes());
+                    layout::pack_into(&m.codes, &shape, &mut packed);
                     // The codes live on in `packed` only.
-                    m.codes = Vec::new();
+                    buffers.give_bytes(std::mem::take(&mut m.codes));
                     Ok(((v, tr), choice, packed, bytes_in))
                 })
                 .collect();
@@ -268,7 +275,11 @@ pub fn quantize_weights_with_progress(
                 let bytes = packed.len();
                 let name = format!("{}__{}", graph.value(key.0).name, choice.matrix.format.name());
                 let pv = graph.fresh_value(&name);
-                graph.set_constant(pv, Arc::new(Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn())));
+                let spilled = graph.set_constant(pv, Arc::new(Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn())));
+                // Written to the spill file: its buffer packs a later weight.
+                if let Some(Ok(Tensor::U8(a))) = spilled.map(Arc::try_unwrap) {
+                    buffers.give_bytes(a.into_raw_vec_and_offset().0);
+                }
                 created.push(pv);
                 summary.weight_bytes_in += bytes_in;
                 summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4;

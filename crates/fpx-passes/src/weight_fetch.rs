@@ -36,7 +36,7 @@ impl WeightSource {
                 let error = |message: String| IrError::ConstantData { value: name.clone(), message };
                 let stored = tensor.stored_dtype();
                 if matches!(stored, DType::F32 | DType::F16 | DType::BF16) {
-                    let mut bytes = buffers.bytes();
+                    let mut bytes = buffers.bytes(tensor.stored_bytes());
                     tensor.read_stored_into(&mut bytes).map_err(error)?;
                     Ok(Fetched::Bytes { bytes, dtype: stored })
                 } else {
@@ -125,39 +125,45 @@ impl ChannelMajor<'_> {
     }
 }
 
-/// Buffers handed back after use and handed out again, the largest first: fetched bytes and
-/// converted floats. What they hold is bounded by the batches in flight (one quantized, one
-/// read ahead), so memory still follows the largest weights, not the model.
+/// Buffers handed back after use and handed out again: fetched bytes, codes and packed codes,
+/// and converted floats. Each request takes the smallest buffer that holds it (or the largest,
+/// to grow), so what the pools keep is bounded by the buffers in flight (a batch quantized, one
+/// read ahead) and memory still follows the largest weights, not the model.
 #[derive(Default)]
 pub(crate) struct Buffers {
     bytes: Mutex<Vec<Vec<u8>>>,
     floats: Mutex<Vec<Vec<f32>>>,
 }
 
-fn largest<T>(pool: &Mutex<Vec<Vec<T>>>) -> Vec<T> {
+fn best_fit<T>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    let best = (0..pool.len()).max_by_key(|&i| pool[i].capacity());
-    best.map(|i| pool.swap_remove(i)).unwrap_or_default()
+    let fits = (0..pool.len()).filter(|&i| pool[i].capacity() >= len).min_by_key(|&i| pool[i].capacity());
+    let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+    pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
 }
 
 impl Buffers {
-    /// A byte buffer (contents unspecified).
-    pub(crate) fn bytes(&self) -> Vec<u8> {
-        largest(&self.bytes)
+    /// A byte buffer for about `len` bytes (contents unspecified).
+    pub(crate) fn bytes(&self, len: usize) -> Vec<u8> {
+        best_fit(&self.bytes, len)
     }
 
     /// Hands a byte buffer back.
     pub(crate) fn give_bytes(&self, b: Vec<u8>) {
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+        if b.capacity() > 0 {
+            self.bytes.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+        }
     }
 
-    /// A float buffer (contents unspecified).
-    pub(crate) fn floats(&self) -> Vec<f32> {
-        largest(&self.floats)
+    /// A float buffer for about `len` values (contents unspecified).
+    pub(crate) fn floats(&self, len: usize) -> Vec<f32> {
+        best_fit(&self.floats, len)
     }
 
     /// Hands a float buffer back.
     pub(crate) fn give_floats(&self, f: Vec<f32>) {
-        self.floats.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+        if f.capacity() > 0 {
+            self.floats.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+        }
     }
 }

@@ -46,12 +46,8 @@ impl WeightValues<'_> {
                     *o = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 }
             }
-            WeightValues::F16(b) => {
-                half_chunks(&b[start * 2..(start + out.len()) * 2], out, |bits, o| bits.map(f16::from_bits).convert_to_f32_slice(o))
-            }
-            WeightValues::Bf16(b) => {
-                half_chunks(&b[start * 2..(start + out.len()) * 2], out, |bits, o| bits.map(bf16::from_bits).convert_to_f32_slice(o))
-            }
+            WeightValues::F16(b) => half_chunks(&b[start * 2..(start + out.len()) * 2], out, f16::from_bits),
+            WeightValues::Bf16(b) => half_chunks(&b[start * 2..(start + out.len()) * 2], out, bf16::from_bits),
         }
     }
 }
@@ -59,20 +55,19 @@ impl WeightValues<'_> {
 /// Values converted per step of [`half_chunks`] (a stack buffer of 16-bit values).
 const HALF_STEP: usize = 64;
 
-/// Converts little-endian 16-bit values `bytes` into `out`, [`HALF_STEP`] at a time.
-fn half_chunks(bytes: &[u8], out: &mut [f32], convert: impl Fn([u16; HALF_STEP], &mut [f32])) {
+/// Converts little-endian 16-bit floats `bytes` into `out`, [`HALF_STEP`] at a time through a
+/// stack buffer (whose slice conversion uses F16C where the CPU has it).
+fn half_chunks<T>(bytes: &[u8], out: &mut [f32], from_bits: fn(u16) -> T)
+where
+    T: Copy + Default,
+    [T]: HalfFloatSliceExt,
+{
+    let mut buf = [T::default(); HALF_STEP];
     for (b, o) in bytes.chunks(HALF_STEP * 2).zip(out.chunks_mut(HALF_STEP)) {
-        let mut bits = [0u16; HALF_STEP];
-        for (d, s) in bits.iter_mut().zip(b.chunks_exact(2)) {
-            *d = u16::from_le_bytes([s[0], s[1]]);
+        for (d, s) in buf.iter_mut().zip(b.chunks_exact(2)) {
+            *d = from_bits(u16::from_le_bytes([s[0], s[1]]));
         }
-        if o.len() == HALF_STEP {
-            convert(bits, o);
-        } else {
-            let mut full = [0f32; HALF_STEP];
-            convert(bits, &mut full);
-            o.copy_from_slice(&full[..o.len()]);
-        }
+        buf[..o.len()].convert_to_f32_slice(o);
     }
 }
 

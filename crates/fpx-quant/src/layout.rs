@@ -198,13 +198,23 @@ pub fn high_field_offset(shape: &PackedShape, tile: usize, lane: usize) -> usize
 /// are used) into the 4+2 planes: `total_bytes()` bytes, low plane then high plane.
 /// Padding codes are 0. Panics if `codes.len() != n * k`.
 pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
+    let mut out = Vec::new();
+    pack_into(codes, shape, &mut out);
+    out
+}
+
+/// [`pack`] into `out`, a buffer from an earlier weight (its contents are replaced, its
+/// allocation kept when large enough).
+pub fn pack_into(codes: &[u8], shape: &PackedShape, out: &mut Vec<u8>) {
     use rayon::prelude::*;
     assert_eq!(codes.len(), shape.n * shape.k, "pack: {} codes for a [{}][{}] matrix", codes.len(), shape.n, shape.k);
     let mask = ((1u32 << shape.bits) - 1) as u8;
     let h = shape.high_bits() as usize;
-    let mut out = vec![0u8; shape.total_bytes()];
+    // Edge tiles are or-ed into zeros (padding stays 0).
+    out.clear();
+    out.resize(shape.total_bytes(), 0);
     if out.is_empty() {
-        return out;
+        return;
     }
     // Tiles are n-tile major in both planes: each row of 16 channels fills its own byte ranges,
     // so the rows are packed in parallel.
@@ -228,15 +238,15 @@ pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
     // nibbles and each high-plane byte's `8 / h` fields come from, as offsets into the codes
     // from the tile's first code. Gathering builds each byte once instead of or-ing every code
     // into its byte.
-    let fields = if h > 0 { 8 / h } else { 0 };
+    let fields = 8usize.checked_div(h).unwrap_or(0);
     let mut low_from = [[0usize; 2]; 256];
     let mut high_from = vec![[0usize; 8]; 64 * h];
     for (r, row) in places.iter().enumerate() {
         for (c, &(lo, ls, hi, hs)) in row.iter().enumerate() {
             let offset = r * shape.k + c;
             low_from[lo as usize][ls as usize / 4] = offset;
-            if h > 0 {
-                high_from[hi as usize][hs as usize / h] = offset;
+            if let Some(field) = (hs as usize).checked_div(h) {
+                high_from[hi as usize][field] = offset;
             }
         }
     }
@@ -276,7 +286,6 @@ pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
     } else {
         low.par_chunks_mut(low_row).enumerate().for_each(|(nt, l)| pack_row(nt, l, &mut []));
     }
-    out
 }
 
 /// Two packed weights of the same `shape` (`n` a multiple of [`TILE_N`]) merged into one of
@@ -508,6 +517,10 @@ mod tests {
                 let packed = pack(&codes, &shape);
                 assert_eq!(packed.len(), shape.total_bytes());
                 assert_eq!(unpack(&packed, &shape), codes, "({n}, {k}) bits {bits}");
+                // Into a buffer left over from another weight: the same bytes.
+                let mut reused = vec![0xff; shape.total_bytes() / 2 + 3];
+                pack_into(&codes, &shape, &mut reused);
+                assert_eq!(reused, packed, "({n}, {k}) bits {bits} reused");
             }
         }
     }

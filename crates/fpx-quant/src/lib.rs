@@ -32,4 +32,4 @@ pub use channel_major::{channel_major, WeightValues};
 pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
-pub use scale::{quantize, quantize_channels, QuantConfig, QuantizedMatrix};
+pub use scale::{quantize, quantize_channels, quantize_channels_reusing, QuantConfig, QuantizedMatrix};

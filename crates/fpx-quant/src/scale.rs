@@ -50,7 +50,7 @@ pub fn quantize(tensor_name: &str, w: &[f32], k: usize, n: usize, cfg: &QuantCon
     check_weight(tensor_name, w, k, n, cfg, |i| (i / n, i % n))?;
 
     let wt = crate::channel_major(w, k, n);
-    Ok(quantize_checked(&wt, k, n, cfg).0)
+    Ok(quantize_checked(&wt, k, n, cfg, Vec::new()).0)
 }
 
 /// [`quantize`] for a weight already channel-major: `wt` is `[n][k]` (an ONNX Gemm's `transB`
@@ -65,8 +65,23 @@ pub fn quantize_channels(
     cfg: &QuantConfig,
 ) -> Result<(QuantizedMatrix, f64), QuantError> {
     // A non-finite weight is reported in the [k][n] weight's coordinates, as [`quantize`] reports it.
+    quantize_channels_reusing(tensor_name, wt, k, n, cfg, Vec::new())
+}
+
+/// [`quantize_channels`] writing the codes into `codes`, a buffer from an earlier weight
+/// (its contents are replaced, its allocation kept when large enough): a compile quantizing
+/// hundreds of weights does not fault in fresh pages for each one's codes.
+pub fn quantize_channels_reusing(
+    tensor_name: &str,
+    wt: &[f32],
+    k: usize,
+    n: usize,
+    cfg: &QuantConfig,
+    codes: Vec<u8>,
+) -> Result<(QuantizedMatrix, f64), QuantError> {
+    // A non-finite weight is reported in the [k][n] weight's coordinates, as [`quantize`] reports it.
     check_weight(tensor_name, wt, k, n, cfg, |i| (i % k, i / k))?;
-    Ok(quantize_checked(wt, k, n, cfg))
+    Ok(quantize_checked(wt, k, n, cfg, codes))
 }
 
 /// The checks both entry points make: a non-empty `k × n` weight, a group size other than 0,
@@ -104,14 +119,19 @@ fn check_weight(
 const CHANNELS_PER_TASK: usize = 64;
 
 /// Quantizes the checked `[n][k]` weight: codes, scales and the relative RMS error.
-fn quantize_checked(wt: &[f32], k: usize, n: usize, cfg: &QuantConfig) -> (QuantizedMatrix, f64) {
+fn quantize_checked(wt: &[f32], k: usize, n: usize, cfg: &QuantConfig, mut codes: Vec<u8>) -> (QuantizedMatrix, f64) {
     use rayon::prelude::*;
     let format = cfg.format;
     let group = cfg.group_size.unwrap_or(k);
     let groups = k.div_ceil(group);
     let table = decode_table(format);
     let fast = crate::encode::FloatEncoder::new(format);
-    let mut codes = vec![0u8; n * k];
+    // Every code is written below, so a reused buffer needs no clearing.
+    if codes.len() >= n * k {
+        codes.truncate(n * k);
+    } else {
+        codes.resize(n * k, 0);
+    }
     // Per channel: its scales (one per group) and its squared error and norm.
     let per_channel: Vec<(Vec<f32>, f64, f64)> = codes
         .par_chunks_mut(k * CHANNELS_PER_TASK)
@@ -415,6 +435,11 @@ mod tests {
                 let a = quantize("w", &w, k, n, &c).unwrap();
                 let (b, e) = quantize_channels("w", &wt, k, n, &c).unwrap();
                 assert_eq!(a, b, "{format:?} k={k} n={n}");
+                // Into buffers left over from other weights, shorter and longer, full of other codes.
+                for reused in [vec![0xaa; 5], vec![0x55; k * n + 17]] {
+                    let (r, re) = quantize_channels_reusing("w", &wt, k, n, &c, reused).unwrap();
+                    assert_eq!((r, re), (b.clone(), e), "{format:?} k={k} n={n} reused");
+                }
                 let reference = a.relative_rmse(&w);
                 assert!((e - reference).abs() <= 1e-12 * reference.max(1.0), "{format:?}: {e} vs {reference}");
                 assert!(e > 0.0);
