@@ -133,23 +133,25 @@ fn quantize_best(name: &str, wt: &[f32], k: usize, n: usize, opts: &QuantizeOpti
     Ok(Choice { matrix, tried, rel_rmse })
 }
 
-/// Bytes a weight of `elements` takes while it is quantized: loaded as f32, channel-major
-/// copy, codes, packed codes.
+/// Bytes a weight of `elements` takes while it is quantized: read as stored (up to 4 bytes
+/// each), channel-major f32, codes, packed codes.
 fn working_set(elements: usize) -> usize {
     elements * 10
 }
 
-/// Weights quantized at once share this much memory (a larger one runs alone), so a compile's
-/// memory follows its largest weight, not the model. Each weight's channels run in parallel too.
+/// The batch being quantized and the one read ahead share this much memory (a weight larger
+/// than half of it runs alone), so a compile's memory follows its largest weights, not the
+/// model. Each weight's channels run in parallel too.
 const WORKING_SET_BUDGET: usize = 256 << 20;
 
-/// Splits `keys` into consecutive batches whose working sets add up to at most the budget.
+/// Splits `keys` into consecutive batches whose working sets add up to at most half the budget
+/// (two batches are in memory at once: one quantized, the next read ahead).
 fn batches(keys: &[WeightKey], elements: impl Fn(&WeightKey) -> usize) -> Vec<&[WeightKey]> {
     let mut out = Vec::new();
     let (mut start, mut used) = (0, 0);
     for (i, key) in keys.iter().enumerate() {
         let need = working_set(elements(key));
-        if i > start && used + need > WORKING_SET_BUDGET {
+        if i > start && used + need > WORKING_SET_BUDGET / 2 {
             out.push(&keys[start..i]);
             (start, used) = (i, 0);
         }
