@@ -144,15 +144,17 @@ def measure(fpx, out, extra):
     # fpx reports its own peak (VmHWM): a child's ru_maxrss would include this Python process.
     peak = next((line.split("peak memory")[-1].strip() for line in run.stdout.splitlines() if "peak memory" in line), "?")
     bits = next((line.split(",")[-1].strip() for line in run.stdout.splitlines() if "bits per weight" in line), "?")
+    # The quantizer's own rate (reading, converting, quantizing and packing the weights).
+    quantizer = next((line.split("(quantizer ")[-1].split(")")[0] for line in run.stdout.splitlines() if "(quantizer " in line), "?")
     # Opening the artifact and one decode step (one token through every weight).
     np.save(os.path.join(out, "ids.npy"), np.array([[1]], dtype=np.int64))
     cmd = [fpx, "run", artifact, "--input", f"input_ids={os.path.join(out, 'ids.npy')}", "-o", os.path.join(out, "run")]
     ran = subprocess.run(cmd, capture_output=True, text=True)
     timing = next((line for line in ran.stdout.splitlines() if line.startswith("loaded in")), ran.stderr.strip()[-200:])
-    print("| model | FP16 weights | compile time | FP16 GB/s | peak memory | artifact | overall | fpx run |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | FP16 weights | compile time | FP16 GB/s | quantizer | peak memory | artifact | overall | fpx run |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {os.path.basename(os.path.abspath(out))} | {weights / 1e9:.2f} GB | {seconds:.1f} s | {weights / 1e9 / seconds:.2f} |"
-          f" {peak} | {os.path.getsize(artifact) / 1e9:.2f} GB | {bits} | {timing} |")
+          f" {quantizer} | {peak} | {os.path.getsize(artifact) / 1e9:.2f} GB | {bits} | {timing} |")
 
 
 if __name__ == "__main__":
