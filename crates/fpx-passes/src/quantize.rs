@@ -219,19 +219,15 @@ pub fn quantize_weights_with_progress(
         }
     }
     // Quantize each distinct weight once: in batches that fit the working-set budget, each
-    // batch's weights (and each weight's channels) in parallel, each packed weight stored
-    // (spilled to disk when the graph has a spill file) before the next batch is read.
+    // batch's weights (and each weight's channels) in parallel, the next batch read meanwhile,
+    // each packed weight stored (spilled to disk when the graph has a spill file) as its batch ends.
     let mut keys: Vec<WeightKey> = sites.iter().map(|s| (s.weight, s.transposed)).collect();
     keys.sort();
     keys.dedup();
     let elements = |&(v, _): &WeightKey| graph.constant_type(v).map_or(0, |(_, s)| s.iter().product());
     let plan = batches(&keys, elements);
-    let stored_bytes = |&(v, _): &WeightKey| {
-        graph.stored(v).map(|s| s.stored_bytes()).or_else(|| graph.constant(v).map(|t| t.len() * t.dtype().size_bytes())).unwrap_or(0)
-            as u64
-    };
-    let sizes: HashMap<WeightKey, u64> = keys.iter().map(|k| (*k, stored_bytes(k))).collect();
-    let total: u64 = sizes.values().sum();
+    let sizes: HashMap<WeightKey, usize> = keys.iter().map(|k| (*k, graph.constant_stored_bytes(k.0).unwrap_or(0))).collect();
+    let total = sizes.values().sum::<usize>() as u64;
     let mut done_bytes = 0u64;
     progress(0, total);
     let mut done: HashMap<WeightKey, Quantized> = HashMap::new();
@@ -256,7 +252,7 @@ pub fn quantize_weights_with_progress(
                 .zip(fetched)
                 .map(|(&(v, tr), fetched)| {
                     let (k, n) = weight_kn(graph, v, tr);
-                    let bytes_in = graph.constant_stored_bytes(v).unwrap_or(0);
+                    let bytes_in = sizes[&(v, tr)];
                     let mut floats = buffers.floats(k * n);
                     let wt = fetched.into_channel_major(k, n, tr, &mut floats, &buffers);
                     let choice = quantize_best(&graph.value(v).name, wt.values(), k, n, opts, &buffers);
@@ -287,7 +283,7 @@ pub fn quantize_weights_with_progress(
                 summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4;
                 done.insert(key, Quantized { choice, packed: pv });
             }
-            done_bytes += batch.iter().map(|k| sizes[k]).sum::<u64>();
+            done_bytes += batch.iter().map(|k| sizes[k] as u64).sum::<u64>();
             progress(done_bytes, total);
         }
         Ok::<(), PassError>(())

@@ -321,3 +321,59 @@ fn near_miss_chains_are_left_alone() {
         assert_eq!(g.node_count(), 5, "{what}");
     }
 }
+
+/// Weights kept in a file as FP16 (as large ONNX external data is) are read as stored,
+/// converted while transposed (a MatMul weight) or as they are (a Gemm `transB` weight), and
+/// quantize exactly as the same values in memory do; a file cut short under the graph is an
+/// error naming the weight, and the graph keeps its float products.
+#[test]
+fn stored_16_bit_weights_quantize_as_in_memory_and_a_short_file_is_named() {
+    use fpx_ir::half::f16;
+    use fpx_ir::stored::{FileBytes, StoredTensor};
+    use std::sync::Arc;
+    let (m, k, h, n) = (3, 70, 40, 33);
+    let halves = |len: usize, seed: u64| -> Vec<f16> { Rng::new(seed).signeds(len).iter().map(|&v| f16::from_f32(v)).collect() };
+    let (w1, w2) = (halves(k * h, 11), halves(n * h, 12));
+    let dir = fpx_test_support::TempDir::new("stored-f16");
+    let path = dir.path().join("weights.bin");
+    let bytes: Vec<u8> = w1.iter().chain(&w2).flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    // x [m, k] → MatMul(W1 [k, h]) → Gemm(transB, W2 [n, h]) → y [m, n].
+    let graph = |stored: bool| {
+        let mut g = Graph::new("two");
+        g.opsets.insert(String::new(), 17);
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[m, k])).unwrap();
+        let (a, b) = if stored {
+            let file = Arc::new(FileBytes::new(std::fs::File::open(&path).unwrap(), path.clone()));
+            let at = |offset: usize, shape: Vec<usize>| StoredTensor::new(file.clone(), offset as u64, DType::F16, shape).cast(DType::F32);
+            (g.add_stored("W1", at(0, vec![k, h])).unwrap(), g.add_stored("W2", at(k * h * 2, vec![n, h])).unwrap())
+        } else {
+            let f32s = |w: &[f16], shape: &[usize]| tensor(shape, w.iter().map(|v| v.to_f32()).collect());
+            (g.add_constant("W1", f32s(&w1, &[k, h])).unwrap(), g.add_constant("W2", f32s(&w2, &[n, h])).unwrap())
+        };
+        let (t, y) = (g.value_named("t"), g.value_named("y"));
+        g.add_node(Node::new("mm", "MatMul", 17, vec![Some(x), Some(a)], vec![t])).unwrap();
+        let mut gemm = Node::new("gemm", "Gemm", 17, vec![Some(t), Some(b)], vec![y]);
+        gemm.attrs.insert("transB".into(), Attribute::Int(1));
+        g.add_node(gemm).unwrap();
+        g.outputs.push(y);
+        g
+    };
+    let opts = QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E2M3));
+    let (mut from_file, mut in_memory) = (graph(true), graph(false));
+    let (s_file, s_memory) = (quantize_weights(&mut from_file, &opts).unwrap(), quantize_weights(&mut in_memory, &opts).unwrap());
+    assert_eq!(s_file.layers, s_memory.layers);
+    // Stored FP16 counts 2 bytes a weight, the in-memory f32 copy 4.
+    assert_eq!((s_file.weight_bytes_in, s_memory.weight_bytes_in), (2 * (k * h + n * h), 4 * (k * h + n * h)));
+    let x = tensor(&[m, k], Rng::new(13).signeds(m * k));
+    let (a, b) = (run(from_file, x.clone()), run(in_memory, x));
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "the same products");
+
+    // The file loses its second weight's last bytes after the graph was made.
+    let mut short = graph(true);
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    let e = quantize_weights(&mut short, &opts).unwrap_err().to_string();
+    assert!(e.contains("W2") && e.contains("weights.bin"), "{e}");
+    let ops: Vec<String> = short.node_ids().into_iter().map(|id| short.node(id).op_type.clone()).collect();
+    assert_eq!(ops, ["MatMul", "Gemm"], "the graph is left as it was");
+}
