@@ -66,7 +66,9 @@ fn matmul_becomes_quantmatmul_and_matches_the_dequantized_reference() {
             assert_eq!((node.op_type.as_str(), node.domain.as_str()), ("QuantMatMul", FPX_DOMAIN));
             assert!(g.find_value("W").and_then(|v| g.constant(v)).is_none(), "the float weight is dropped");
             let q = quantize("W", &w, k, n, &QuantConfig { format, group_size: group, scale_search: false }).unwrap();
-            assert!((s.layers[0].rel_rmse - q.relative_rmse(&w)).abs() < 1e-12);
+            // The encoder sums the error in f32 blocks: equal to about 1e-6 relative.
+            let rmse = q.relative_rmse(&w);
+            assert!((s.layers[0].rel_rmse - rmse).abs() <= 1e-6 * rmse, "{} vs {rmse}", s.layers[0].rel_rmse);
             let want = reference(&x, m, k, n, &q.dequantize(), None);
             assert_close(&run(g, tensor(&[m, k], x)), &want);
         }

@@ -95,11 +95,42 @@ pub fn channel_major_into(w: WeightValues<'_>, k: usize, n: usize, out: &mut Vec
         return;
     }
     out.par_chunks_mut(k * BLOCK).enumerate().for_each(|(block, out)| {
-        let c0 = block * BLOCK;
         let width = out.len() / k;
+        channel_block_into(&w, k, n, false, block * BLOCK, width, out);
+    });
+}
+
+/// Channels `c0..c0 + width` of the weight `w` as f32 into `out` (`width` runs of `k` values,
+/// `out.len() == width * k`): a quantizer's working block, converted (and transposed when the
+/// weight is `[k][n]`) where it is used, so no channel-major copy of the whole weight is made.
+/// `channel_major` says `w` is `[n][k]` already (a Gemm's `transB` weight).
+pub fn channel_block_into(w: &WeightValues<'_>, k: usize, n: usize, channel_major: bool, c0: usize, width: usize, out: &mut [f32]) {
+    assert!(
+        w.len() == k * n && c0 + width <= n && out.len() == width * k,
+        "channel_block_into: channels {c0}..{} of [{k}][{n}] into {}",
+        c0 + width,
+        out.len()
+    );
+    if channel_major {
+        w.convert(c0 * k, out);
+        return;
+    }
+    // Whole 8 × 8 tiles in registers where the CPU has AVX2 and F16C; the rest (ragged rows
+    // and channels) through a stack strip.
+    let (tiled_rows, tiled_channels) = x86::transpose_tiles(w, k, n, c0, width, out);
+    let first = if tiled_channels == width { tiled_rows } else { 0 };
+    transpose_rows(w, k, n, c0, first, out);
+}
+
+/// Rows `first..k` of the channels from `c0` that `out` holds (`out.len() / k` of them) into
+/// `out`, eight rows at a time through a stack strip.
+fn transpose_rows(w: &WeightValues<'_>, k: usize, n: usize, c0: usize, first: usize, out: &mut [f32]) {
+    // Channels per pass through the strip.
+    for (part, out) in out.chunks_mut(k * BLOCK).enumerate() {
+        let (c0, width) = (c0 + part * BLOCK, out.len() / k);
         let mut strip = [[0f32; BLOCK]; STRIP];
-        let full = k - k % STRIP;
-        for r0 in (0..full).step_by(STRIP) {
+        let full = first + (k - first) / STRIP * STRIP;
+        for r0 in (first..full).step_by(STRIP) {
             for (i, row) in strip.iter_mut().enumerate() {
                 w.convert((r0 + i) * n + c0, &mut row[..width]);
             }
@@ -114,7 +145,103 @@ pub fn channel_major_into(w: WeightValues<'_>, k: usize, n: usize, out: &mut Vec
                 out[j * k + r] = strip[0][j];
             }
         }
-    });
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    /// No vector transpose on this architecture: nothing done.
+    pub(super) fn transpose_tiles(_: &super::WeightValues<'_>, _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) -> (usize, usize) {
+        (0, 0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    //! The transpose's hot loop in AVX2 + F16C: eight rows of eight channels are loaded (and
+    //! converted to f32) as eight vectors, transposed in registers and stored as eight
+    //! channels' runs of eight rows, 32 bytes each.
+    use super::WeightValues;
+    use std::arch::x86_64::*;
+
+    /// Transposes the whole 8 × 8 tiles of channels `c0..c0 + width` of the `[k][n]` weight `w`
+    /// into `out` (`width` channels of `k`), and returns how many rows and channels that covered
+    /// (both multiples of 8; `(0, 0)` on a CPU without AVX2 and F16C).
+    pub(super) fn transpose_tiles(w: &WeightValues<'_>, k: usize, n: usize, c0: usize, width: usize, out: &mut [f32]) -> (usize, usize) {
+        let (rows, channels) = (k / 8 * 8, width / 8 * 8);
+        if rows == 0 || channels == 0 || !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
+            return (0, 0);
+        }
+        assert!(w.len() == k * n && c0 + width <= n && out.len() >= width * k, "transpose_tiles: a block outside the weight");
+        // SAFETY: the CPU has AVX2 and F16C (checked above), and every load and store is in
+        // bounds: rows < k, channels c0 + j < c0 + width <= n, and out holds width * k values.
+        unsafe { tiles(w, k, n, c0, rows, channels, out) };
+        (rows, channels)
+    }
+
+    /// Eight values from index `at` of `w` as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(w: &WeightValues<'_>, at: usize) -> __m256 {
+        // SAFETY (all arms): the caller keeps at + 8 within w's values.
+        unsafe {
+            match w {
+                WeightValues::F32(v) => _mm256_loadu_ps(v.as_ptr().add(at)),
+                WeightValues::F32Le(b) => _mm256_loadu_ps(b.as_ptr().add(at * 4).cast()),
+                WeightValues::F16(b) => _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(at * 2).cast())),
+                WeightValues::Bf16(b) => {
+                    let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(b.as_ptr().add(at * 2).cast()));
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn tiles(w: &WeightValues<'_>, k: usize, n: usize, c0: usize, rows: usize, channels: usize, out: &mut [f32]) {
+        let dst = out.as_mut_ptr();
+        for r0 in (0..rows).step_by(8) {
+            for j0 in (0..channels).step_by(8) {
+                // SAFETY: rows r0..r0 + 8 <= k and channels c0 + j0 + 8 <= n (the caller's
+                // bounds); the stores go to channels j0..j0 + 8 < width, rows r0..r0 + 8.
+                unsafe {
+                    let at = r0 * n + c0 + j0;
+                    let r: [__m256; 8] = std::array::from_fn(|i| load8(w, at + i * n));
+                    // Interleave pairs, then quads, then halves: the standard 8 × 8 transpose.
+                    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let c = [
+                        _mm256_permute2f128_ps::<0x20>(u0, u4),
+                        _mm256_permute2f128_ps::<0x20>(u1, u5),
+                        _mm256_permute2f128_ps::<0x20>(u2, u6),
+                        _mm256_permute2f128_ps::<0x20>(u3, u7),
+                        _mm256_permute2f128_ps::<0x31>(u0, u4),
+                        _mm256_permute2f128_ps::<0x31>(u1, u5),
+                        _mm256_permute2f128_ps::<0x31>(u2, u6),
+                        _mm256_permute2f128_ps::<0x31>(u3, u7),
+                    ];
+                    for (j, v) in c.into_iter().enumerate() {
+                        _mm256_storeu_ps(dst.add((j0 + j) * k + r0), v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The `[k][n]` row-major weight `w` as `[n][k]` (each channel's weights contiguous).

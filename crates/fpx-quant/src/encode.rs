@@ -5,6 +5,10 @@
 
 use crate::Format;
 
+/// Values whose error and norm [`FloatEncoder::encode_scaled`] sums in f32 before adding them
+/// to its f64 totals.
+const SUM_BLOCK: usize = 256;
+
 /// Encodes one ≤ 6-bit float format from the bits of an f32.
 #[derive(Debug, Clone)]
 pub struct FloatEncoder {
@@ -50,8 +54,9 @@ impl FloatEncoder {
     }
 
     /// Encodes `values / s` into `codes` and returns the squared error of the dequantized
-    /// values (`decode(code) · s`, in f32, as the kernels compute it) and the squared norm of
-    /// `values`, both summed in f64. Written without branches per element so that it vectorizes.
+    /// values (`decode(code) · s`) and the squared norm of `values`, to about 1e-6 relative
+    /// (the rounding of f32 sums over blocks of [`SUM_BLOCK`], added in f64): a diagnostic and
+    /// a format chooser, not a bit-exact figure. Without branches per element, so it vectorizes.
     pub fn encode_scaled(&self, values: &[f32], s: f32, codes: &mut [u8]) -> (f64, f64) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -73,37 +78,55 @@ impl FloatEncoder {
 
     #[inline(always)]
     fn encode_scaled_portable(&self, values: &[f32], s: f32, codes: &mut [u8]) -> (f64, f64) {
-        // Eight lanes with their own sums (so the f64 additions need not wait on each other).
-        const LANES: usize = 8;
-        let (mut err, mut norm) = ([0f64; LANES], [0f64; LANES]);
-        let mut chunks_v = values.chunks_exact(LANES);
-        let mut chunks_c = codes.chunks_exact_mut(LANES);
-        for (v, out) in (&mut chunks_v).zip(&mut chunks_c) {
-            for l in 0..LANES {
-                let (c, dq) = self.encode_one(v[l], s);
-                out[l] = c;
-                let d = v[l] as f64 - dq as f64;
-                err[l] += d * d;
-                norm[l] += v[l] as f64 * v[l] as f64;
-            }
-        }
-        let (mut err, mut norm) = (err.iter().sum::<f64>(), norm.iter().sum::<f64>());
-        for (&v, out) in chunks_v.remainder().iter().zip(chunks_c.into_remainder()) {
-            let (c, dq) = self.encode_one(v, s);
-            *out = c;
-            let d = v as f64 - dq as f64;
-            err += d * d;
-            norm += v as f64 * v as f64;
+        // Summed in the code's domain (`v / s` against the code's value, both bounded by the
+        // format's range, so f32 cannot overflow) block by block in f32 lanes, each block's
+        // sums scaled by `s²` into the f64 totals: f32 vector arithmetic per value, f64 only
+        // per block.
+        let s2 = s as f64 * s as f64;
+        let (mut err, mut norm) = (0f64, 0f64);
+        for (v, c) in values.chunks(SUM_BLOCK).zip(codes.chunks_mut(SUM_BLOCK)) {
+            let (e, n) = self.encode_block(v, s, c);
+            err += e as f64 * s2;
+            norm += n as f64 * s2;
         }
         (err, norm)
     }
 
-    /// The code of `v / s` and its dequantized value (`decode(code) · s` in f32).
+    /// Encodes up to [`SUM_BLOCK`] values `values / s` into `codes`; returns the squared error
+    /// and norm in the code's domain.
     #[inline(always)]
-    fn encode_one(&self, v: f32, s: f32) -> (u8, f32) {
-        let (c, magnitude) = self.round(v / s);
+    fn encode_block(&self, values: &[f32], s: f32, codes: &mut [u8]) -> (f32, f32) {
+        // Eight lanes with their own sums (so the additions need not wait on each other).
+        const LANES: usize = 8;
+        let (mut err, mut norm) = ([0f32; LANES], [0f32; LANES]);
+        let mut chunks_v = values.chunks_exact(LANES);
+        let mut chunks_c = codes.chunks_exact_mut(LANES);
+        for (v, out) in (&mut chunks_v).zip(&mut chunks_c) {
+            for l in 0..LANES {
+                let y = v[l] / s;
+                let (c, q) = self.encode_value(y);
+                out[l] = c;
+                err[l] += (y - q) * (y - q);
+                norm[l] += y * y;
+            }
+        }
+        let (mut err, mut norm) = (err.iter().sum::<f32>(), norm.iter().sum::<f32>());
+        for (&v, out) in chunks_v.remainder().iter().zip(chunks_c.into_remainder()) {
+            let y = v / s;
+            let (c, q) = self.encode_value(y);
+            *out = c;
+            err += (y - q) * (y - q);
+            norm += y * y;
+        }
+        (err, norm)
+    }
+
+    /// The code of `y` and its value (signed).
+    #[inline(always)]
+    fn encode_value(&self, y: f32) -> (u8, f32) {
+        let (c, magnitude) = self.round(y);
         let negative = ((c & self.sign != 0) as u32) << 31;
-        (c, f32::from_bits(magnitude.to_bits() | negative) * s)
+        (c, f32::from_bits(magnitude.to_bits() | negative))
     }
 
     /// The code of `y` (finite) and its decoded magnitude, by rounding the f32's bits: normal
@@ -194,7 +217,7 @@ mod tests {
             e += d * d;
             n += v as f64 * v as f64;
         }
-        assert!((err - e).abs() <= 1e-9 * e && (norm - n).abs() <= 1e-9 * n, "{format:?}: {err} vs {e}, {norm} vs {n}");
+        assert!((err - e).abs() <= 1e-5 * e && (norm - n).abs() <= 1e-5 * n, "{format:?}: {err} vs {e}, {norm} vs {n}");
     }
 
     fn small_floats() -> [Format; 4] {

@@ -4,8 +4,10 @@
 //! - [`Format`]: the weight formats (FP6 e3m2/e2m3, FP5 e2m2, FP4 e2m1, FP8 e4m3/e5m2,
 //!   INT4/INT8), exact decoding and round-to-nearest-even, saturating encoding;
 //! - [`channel_major`]: weights (f32, FP16, BF16) transposed to the channel-major f32 the
-//!   quantizer reads;
+//!   quantizer reads, block by block (8 × 8 tiles in AVX2 + F16C registers);
 //! - [`scale`]: per-channel (or per-group) scales, absmax or MSE-searched, and [`quantize`];
+//!   [`quantize_values`] takes a weight as stored (FP16/BF16 bytes, either layout) and
+//!   converts it in cache-sized blocks of channels;
 //! - [`bias_shift`]: FP→FP16/BF16 conversion with shifts and masks only, the constant factor
 //!   being folded into the scales;
 //! - [`fold`]: what kernels store per code and the factor folded into the stored scales;
@@ -14,7 +16,8 @@
 //! - [`act8`]: int8 activations (per row and block of 32) for the byte dot-product kernels;
 //! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
 //!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
-// No unsafe code but the one CPU-feature dispatch in `encode` (an AVX2 copy of a safe loop).
+// No unsafe code but the CPU-feature dispatch in `encode` (an AVX2 copy of a safe loop) and the
+// AVX2 + F16C transpose tiles in `channel_major::x86` (bounds asserted before they run).
 #![deny(unsafe_code)]
 
 pub mod act8;
@@ -32,4 +35,4 @@ pub use channel_major::{channel_major, WeightValues};
 pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
-pub use scale::{quantize, quantize_channels, quantize_channels_reusing, QuantConfig, QuantizedMatrix};
+pub use scale::{quantize, quantize_channels, quantize_channels_reusing, quantize_values, QuantConfig, QuantizedMatrix, WeightLayout};
