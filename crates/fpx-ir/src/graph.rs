@@ -197,20 +197,23 @@ impl Graph {
     /// Makes `id` a constant holding `data` (an initializer or a folded value). With a spill
     /// file attached ([`Graph::spill_large_constants`]), data of [`SPILL_MIN_BYTES`] or more is
     /// written there and kept as a [`StoredTensor`]; if that write fails it stays in memory.
-    /// Returns `data` when it went to the spill file instead, so a caller may reuse its buffer.
-    pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) -> Option<Arc<Tensor>> {
+    pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) {
+        if let Some(Ok(stored)) = self.spill(&data) {
+            self.set_stored(id, stored);
+            return;
+        }
         let v = &mut self.values[id.0 as usize];
         v.ty = Some(TensorType::fixed(data.dtype(), data.shape()));
-        if let Some(spill) = self.spill.as_ref().filter(|_| data.len() * data.dtype().size_bytes() >= SPILL_MIN_BYTES) {
-            if let Ok(stored) = spill.store(&data) {
-                v.constant = None;
-                v.stored = Some(stored);
-                return Some(data);
-            }
-        }
         v.stored = None;
         v.constant = Some(data);
-        None
+    }
+
+    /// Writes `data` to the spill file, when one is attached and `data` is large enough to go
+    /// there ([`Graph::set_constant`]'s rule); `None` otherwise. It takes `&self`, so a pass may
+    /// spill its results from several threads at once and then [`Graph::set_stored`] them.
+    pub fn spill(&self, data: &Tensor) -> Option<std::io::Result<StoredTensor>> {
+        let spill = self.spill.as_ref().filter(|_| data.len() * data.dtype().size_bytes() >= SPILL_MIN_BYTES)?;
+        Some(spill.store(data))
     }
 
     /// Makes `id` a constant whose data stays in a file until it is read.

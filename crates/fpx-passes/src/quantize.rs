@@ -11,9 +11,9 @@ use crate::weight_fetch::{Buffers, Fetched, WeightSource};
 use crate::{PassError, QuantizeOptions};
 use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
-use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, Tensor, ValueId};
+use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, StoredTensor, Tensor, ValueId};
 use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, quantize_channels_reusing, Format, QuantConfig, QuantGemm, QuantizedMatrix};
+use fpx_quant::{fold, quantize_values, Format, QuantConfig, QuantGemm, QuantizedMatrix, WeightLayout, WeightValues};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -84,8 +84,16 @@ struct Choice {
     rel_rmse: f64,
 }
 
-/// One weight quantized in a batch: its choice, its packed codes and its size as stored.
-type QuantizedWeight = (WeightKey, Choice, Vec<u8>, usize);
+/// One weight quantized in a batch: its choice, its packed codes, their size in bytes and the
+/// weight's size as stored.
+type QuantizedWeight = (WeightKey, Choice, PackedData, usize, usize);
+
+/// A weight's packed codes: written to the compile's spill file already, or kept in memory
+/// (no spill file attached, the codes small, or the spill write failed).
+enum PackedData {
+    Stored(StoredTensor),
+    Memory(Tensor),
+}
 
 struct Quantized {
     choice: Choice,
@@ -112,14 +120,23 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
     Ok(out)
 }
 
-/// Quantizes one channel-major weight with every candidate format and keeps the one with the least error.
+/// Quantizes one weight (its values as stored, laid out as `layout`) with every candidate format
+/// and keeps the one with the least error.
 /// Codes are written into buffers from `buffers`, and a losing candidate's go back there.
-fn quantize_best(name: &str, wt: &[f32], k: usize, n: usize, opts: &QuantizeOptions, buffers: &Buffers) -> Result<Choice, PassError> {
+fn quantize_best(
+    name: &str,
+    values: WeightValues<'_>,
+    layout: WeightLayout,
+    k: usize,
+    n: usize,
+    opts: &QuantizeOptions,
+    buffers: &Buffers,
+) -> Result<Choice, PassError> {
     let mut best: Option<(QuantizedMatrix, f64)> = None;
     let mut tried = Vec::new();
     for format in opts.candidates() {
         let cfg = QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search };
-        let (q, e) = quantize_channels_reusing(name, wt, k, n, &cfg, buffers.bytes(k * n))?;
+        let (q, e) = quantize_values(name, values, layout, k, n, &cfg, buffers.bytes(k * n))?;
         tried.push((format, e));
         if best.as_ref().is_none_or(|(_, b)| e < *b) {
             if let Some((loser, _)) = best.replace((q, e)) {
@@ -253,11 +270,9 @@ pub fn quantize_weights_with_progress(
                 .map(|(&(v, tr), fetched)| {
                     let (k, n) = weight_kn(graph, v, tr);
                     let bytes_in = sizes[&(v, tr)];
-                    let mut floats = buffers.floats(k * n);
-                    let wt = fetched.into_channel_major(k, n, tr, &mut floats, &buffers);
-                    let choice = quantize_best(&graph.value(v).name, wt.values(), k, n, opts, &buffers);
-                    drop(wt);
-                    buffers.give_floats(floats);
+                    let choice =
+                        fetched.with_values(tr, |values, layout| quantize_best(&graph.value(v).name, values, layout, k, n, opts, &buffers));
+                    fetched.recycle(&buffers);
                     let mut choice = choice?;
                     let m = &mut choice.matrix;
                     let shape = PackedShape::new(m.n, m.k, m.format.bits());
@@ -265,18 +280,29 @@ pub fn quantize_weights_with_progress(
                     layout::pack_into(&m.codes, &shape, &mut packed);
                     // The codes live on in `packed` only.
                     buffers.give_bytes(std::mem::take(&mut m.codes));
-                    Ok(((v, tr), choice, packed, bytes_in))
+                    let bytes = packed.len();
+                    let packed = Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn());
+                    // Spilled here, by each worker, rather than one after another below.
+                    let packed = match graph.spill(&packed) {
+                        Some(Ok(stored)) => {
+                            if let Tensor::U8(a) = packed {
+                                // Written to the spill file: its buffer packs a later weight.
+                                buffers.give_bytes(a.into_raw_vec_and_offset().0);
+                            }
+                            PackedData::Stored(stored)
+                        }
+                        _ => PackedData::Memory(packed),
+                    };
+                    Ok(((v, tr), choice, packed, bytes, bytes_in))
                 })
                 .collect();
             for r in results {
-                let (key, choice, packed, bytes_in) = r?;
-                let bytes = packed.len();
+                let (key, choice, packed, bytes, bytes_in) = r?;
                 let name = format!("{}__{}", graph.value(key.0).name, choice.matrix.format.name());
                 let pv = graph.fresh_value(&name);
-                let spilled = graph.set_constant(pv, Arc::new(Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn())));
-                // Written to the spill file: its buffer packs a later weight.
-                if let Some(Ok(Tensor::U8(a))) = spilled.map(Arc::try_unwrap) {
-                    buffers.give_bytes(a.into_raw_vec_and_offset().0);
+                match packed {
+                    PackedData::Stored(stored) => graph.set_stored(pv, stored),
+                    PackedData::Memory(t) => graph.set_constant(pv, Arc::new(t)),
                 }
                 created.push(pv);
                 summary.weight_bytes_in += bytes_in;

@@ -1,11 +1,11 @@
 //! Reading the quantizer's weights: each weight's data fetched as stored (from memory or its
 //! file) on a reader thread one batch ahead of the quantizer, into buffers reused from weight
-//! to weight, and made channel-major f32 in one parallel pass (16-bit weights converted while
-//! they are transposed). Reading overlaps quantizing, and a compile of hundreds of weights
-//! does not fault in fresh pages for each.
+//! to weight, and handed to the quantizer as stored (it converts and transposes block by block
+//! in cache). Reading overlaps quantizing, and a compile of hundreds of weights does not fault
+//! in fresh pages for each.
 
 use fpx_ir::{DType, Graph, IrError, StoredTensor, Tensor, ValueId};
-use fpx_quant::channel_major::{channel_major_into, to_f32_into, WeightValues};
+use fpx_quant::{WeightLayout, WeightValues};
 use std::sync::{Arc, Mutex};
 
 /// Where a weight's data is: taken from the graph before quantizing starts, so a reader
@@ -56,83 +56,44 @@ pub(crate) enum Fetched {
 }
 
 impl Fetched {
-    /// The values as f32 `[n][k]` (channel-major), where `transposed` says the data is `[n][k]`
-    /// already (a Gemm's `transB` weight) and is otherwise `[k][n]`. An f32 tensor that is
-    /// channel-major already is read where it is; anything else is converted into `floats`,
-    /// and its fetched bytes go back to `buffers` at once.
-    pub(crate) fn into_channel_major<'a>(
-        self,
-        k: usize,
-        n: usize,
-        transposed: bool,
-        floats: &'a mut Vec<f32>,
-        buffers: &Buffers,
-    ) -> ChannelMajor<'a> {
+    /// Calls `f` with the values as the quantizer takes them ([`fpx_quant::quantize_values`]):
+    /// fetched bytes and f32 tensors where they are, other tensors converted to f32 first.
+    /// `transposed` says the data is `[n][k]` (a Gemm's `transB` weight), not `[k][n]`.
+    pub(crate) fn with_values<R>(&self, transposed: bool, f: impl FnOnce(WeightValues<'_>, WeightLayout) -> R) -> R {
+        let layout = if transposed { WeightLayout::ChannelMajor } else { WeightLayout::InputMajor };
         match self {
-            Fetched::Tensor(t) if transposed && matches!(&*t, Tensor::F32(a) if a.is_standard_layout()) => ChannelMajor::Tensor(t),
-            Fetched::Tensor(t) => {
-                let converted;
-                let values: &[f32] = match &*t {
-                    Tensor::F32(a) if a.is_standard_layout() => a.as_slice().expect("standard layout"),
-                    other => {
-                        converted = other.to_f32();
-                        converted.as_slice().expect("a new array is in standard layout")
-                    }
-                };
-                convert(WeightValues::F32(values), k, n, transposed, floats);
-                ChannelMajor::Floats(floats)
-            }
-            Fetched::Bytes { bytes, dtype } => {
-                let values = match dtype {
-                    DType::F16 => WeightValues::F16(&bytes),
-                    DType::BF16 => WeightValues::Bf16(&bytes),
-                    _ => WeightValues::F32Le(&bytes),
-                };
-                convert(values, k, n, transposed, floats);
-                buffers.give_bytes(bytes);
-                ChannelMajor::Floats(floats)
-            }
-        }
-    }
-}
-
-fn convert(values: WeightValues<'_>, k: usize, n: usize, transposed: bool, floats: &mut Vec<f32>) {
-    if transposed {
-        to_f32_into(values, floats);
-    } else {
-        channel_major_into(values, k, n, floats);
-    }
-}
-
-/// A weight as channel-major f32: an f32 tensor read where it is, or the converted values.
-pub(crate) enum ChannelMajor<'a> {
-    /// An f32 tensor already `[n][k]`.
-    Tensor(Arc<Tensor>),
-    /// Converted values (a reused buffer).
-    Floats(&'a mut Vec<f32>),
-}
-
-impl ChannelMajor<'_> {
-    /// The `[n][k]` values.
-    pub(crate) fn values(&self) -> &[f32] {
-        match self {
-            ChannelMajor::Tensor(t) => match &**t {
-                Tensor::F32(a) => a.as_slice().expect("checked standard layout"),
-                _ => unreachable!("only f32 tensors are read in place"),
+            Fetched::Bytes { bytes, dtype } => f(
+                match dtype {
+                    DType::F16 => WeightValues::F16(bytes),
+                    DType::BF16 => WeightValues::Bf16(bytes),
+                    _ => WeightValues::F32Le(bytes),
+                },
+                layout,
+            ),
+            Fetched::Tensor(t) => match &**t {
+                Tensor::F32(a) if a.is_standard_layout() => f(WeightValues::F32(a.as_slice().expect("standard layout")), layout),
+                other => {
+                    let converted = other.to_f32();
+                    f(WeightValues::F32(converted.as_slice().expect("a new array is in standard layout")), layout)
+                }
             },
-            ChannelMajor::Floats(v) => v,
+        }
+    }
+
+    /// Hands fetched bytes back to `buffers` for a later weight.
+    pub(crate) fn recycle(self, buffers: &Buffers) {
+        if let Fetched::Bytes { bytes, .. } = self {
+            buffers.give_bytes(bytes);
         }
     }
 }
 
-/// Buffers handed back after use and handed out again: fetched bytes, codes and packed codes,
-/// and converted floats. Each request takes the smallest buffer that holds it (or the largest,
+/// Buffers handed back after use and handed out again: fetched bytes, codes and packed codes. Each request takes the smallest buffer that holds it (or the largest,
 /// to grow), so what the pools keep is bounded by the buffers in flight (a batch quantized, one
 /// read ahead) and memory still follows the largest weights, not the model.
 #[derive(Default)]
 pub(crate) struct Buffers {
     bytes: Mutex<Vec<Vec<u8>>>,
-    floats: Mutex<Vec<Vec<f32>>>,
 }
 
 fn best_fit<T>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
@@ -152,18 +113,6 @@ impl Buffers {
     pub(crate) fn give_bytes(&self, b: Vec<u8>) {
         if b.capacity() > 0 {
             self.bytes.lock().unwrap_or_else(|e| e.into_inner()).push(b);
-        }
-    }
-
-    /// A float buffer for about `len` values (contents unspecified).
-    pub(crate) fn floats(&self, len: usize) -> Vec<f32> {
-        best_fit(&self.floats, len)
-    }
-
-    /// Hands a float buffer back.
-    pub(crate) fn give_floats(&self, f: Vec<f32>) {
-        if f.capacity() > 0 {
-            self.floats.lock().unwrap_or_else(|e| e.into_inner()).push(f);
         }
     }
 }
