@@ -12,8 +12,8 @@ use crate::{PassError, QuantizeOptions};
 use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, StoredTensor, Tensor, ValueId};
-use fpx_quant::layout::{self, PackedShape};
-use fpx_quant::{fold, quantize_values, Format, QuantConfig, QuantGemm, QuantizedMatrix, WeightLayout, WeightValues};
+use fpx_quant::layout::PackedShape;
+use fpx_quant::{fold, quantize_values_packed, Format, QuantConfig, QuantGemm, QuantizedMatrix, WeightLayout, WeightValues};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -122,7 +122,8 @@ pub fn weight_sites(graph: &Graph) -> Result<Vec<WeightSite>, IrError> {
 
 /// Quantizes one weight (its values as stored, laid out as `layout`) with every candidate format
 /// and keeps the one with the least error.
-/// Codes are written into buffers from `buffers`, and a losing candidate's go back there.
+/// Codes are packed into buffers from `buffers` as they are chosen, and a losing candidate's
+/// go back there. Returns the choice (its matrix's `codes` empty) and its packed codes.
 fn quantize_best(
     name: &str,
     values: WeightValues<'_>,
@@ -131,27 +132,29 @@ fn quantize_best(
     n: usize,
     opts: &QuantizeOptions,
     buffers: &Buffers,
-) -> Result<Choice, PassError> {
-    let mut best: Option<(QuantizedMatrix, f64)> = None;
+) -> Result<(Choice, Vec<u8>), PassError> {
+    let mut best: Option<(QuantizedMatrix, Vec<u8>, f64)> = None;
     let mut tried = Vec::new();
     for format in opts.candidates() {
         let cfg = QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search };
-        let (q, e) = quantize_values(name, values, layout, k, n, &cfg, buffers.bytes(k * n))?;
+        let packed_bytes = PackedShape::new(n, k, format.bits()).total_bytes();
+        let (q, packed, e) = quantize_values_packed(name, values, layout, k, n, &cfg, buffers.bytes(packed_bytes))?;
         tried.push((format, e));
-        if best.as_ref().is_none_or(|(_, b)| e < *b) {
-            if let Some((loser, _)) = best.replace((q, e)) {
-                buffers.give_bytes(loser.codes);
+        if best.as_ref().is_none_or(|(_, _, b)| e < *b) {
+            if let Some((_, loser, _)) = best.replace((q, packed, e)) {
+                buffers.give_bytes(loser);
             }
         } else {
-            buffers.give_bytes(q.codes);
+            buffers.give_bytes(packed);
         }
     }
-    let (matrix, rel_rmse) = best.ok_or_else(|| PassError::Option("scheme 'none' quantizes nothing".into()))?;
-    Ok(Choice { matrix, tried, rel_rmse })
+    let (matrix, packed, rel_rmse) = best.ok_or_else(|| PassError::Option("scheme 'none' quantizes nothing".into()))?;
+    Ok((Choice { matrix, tried, rel_rmse }, packed))
 }
 
-/// Bytes a weight of `elements` takes while it is quantized: read as stored (up to 4 bytes
-/// each), channel-major f32, codes, packed codes.
+/// Bytes a weight of `elements` is budgeted while it is quantized: its bytes as stored (up to
+/// 4 a value), codes and packed codes (about 2), with as much again for what the buffer pools
+/// keep from weights of other sizes (the quantizer's f32 blocks are per worker and small).
 fn working_set(elements: usize) -> usize {
     elements * 10
 }
@@ -273,13 +276,7 @@ pub fn quantize_weights_with_progress(
                     let choice =
                         fetched.with_values(tr, |values, layout| quantize_best(&graph.value(v).name, values, layout, k, n, opts, &buffers));
                     fetched.recycle(&buffers);
-                    let mut choice = choice?;
-                    let m = &mut choice.matrix;
-                    let shape = PackedShape::new(m.n, m.k, m.format.bits());
-                    let mut packed = buffers.bytes(shape.total_bytes());
-                    layout::pack_into(&m.codes, &shape, &mut packed);
-                    // The codes live on in `packed` only.
-                    buffers.give_bytes(std::mem::take(&mut m.codes));
+                    let (choice, packed) = choice?;
                     let bytes = packed.len();
                     let packed = Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn());
                     // Spilled here, by each worker, rather than one after another below.

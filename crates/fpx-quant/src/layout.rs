@@ -208,68 +208,123 @@ pub fn pack(codes: &[u8], shape: &PackedShape) -> Vec<u8> {
 pub fn pack_into(codes: &[u8], shape: &PackedShape, out: &mut Vec<u8>) {
     use rayon::prelude::*;
     assert_eq!(codes.len(), shape.n * shape.k, "pack: {} codes for a [{}][{}] matrix", codes.len(), shape.n, shape.k);
-    let mask = ((1u32 << shape.bits) - 1) as u8;
-    let h = shape.high_bits() as usize;
-    // Edge tiles are or-ed into zeros (padding stays 0).
-    out.clear();
-    out.resize(shape.total_bytes(), 0);
+    let packer = TilePacker::new(shape);
+    packer.size(out);
     if out.is_empty() {
         return;
     }
     // Tiles are n-tile major in both planes: each row of 16 channels fills its own byte ranges,
     // so the rows are packed in parallel.
     let (low, high) = out.split_at_mut(shape.low_plane_bytes());
-    let low_row = shape.k_tiles() * 256;
-    let high_row = shape.k_tiles() * 64 * h;
-    // Where each in-tile position (r, c) goes: byte and shift in the tile's low-plane bytes
-    // and in its high-plane bytes (the same for every tile).
-    let mut places = [[(0u16, 0u8, 0u16, 0u8); TILE_K]; TILE_N];
-    for (r, row) in places.iter_mut().enumerate() {
-        for (c, place) in row.iter_mut().enumerate() {
-            let s = slot_of(&PackedShape::new(TILE_N, TILE_K, shape.bits), r, c);
-            let bit = 4 * low_nibble_pos(s.elem) as usize;
-            let low = low_word_offset(0, s.half, s.lane) + bit / 8;
-            let hbit = h * high_field_pos(s.half, s.elem) as usize;
-            let high = s.lane * shape.high_lane_bytes() + hbit / 8;
-            *place = (low as u16, (bit % 8) as u8, high as u16, (hbit % 8) as u8);
-        }
+    if packer.h > 0 {
+        low.par_chunks_mut(packer.low_row_bytes())
+            .zip(high.par_chunks_mut(packer.high_row_bytes()))
+            .enumerate()
+            .for_each(|(nt, (l, hi))| packer.pack_tile_row(nt, codes, 0, l, hi));
+    } else {
+        low.par_chunks_mut(packer.low_row_bytes()).enumerate().for_each(|(nt, l)| packer.pack_tile_row(nt, codes, 0, l, &mut []));
     }
-    // The same map read the other way, for whole tiles: where each low-plane byte's two
-    // nibbles and each high-plane byte's `8 / h` fields come from, as offsets into the codes
-    // from the tile's first code. Gathering builds each byte once instead of or-ing every code
-    // into its byte.
-    let fields = 8usize.checked_div(h).unwrap_or(0);
-    let mut low_from = [[0usize; 2]; 256];
-    let mut high_from = vec![[0usize; 8]; 64 * h];
-    for (r, row) in places.iter().enumerate() {
-        for (c, &(lo, ls, hi, hs)) in row.iter().enumerate() {
-            let offset = r * shape.k + c;
-            low_from[lo as usize][ls as usize / 4] = offset;
-            if let Some(field) = (hs as usize).checked_div(h) {
-                high_from[hi as usize][field] = offset;
+}
+
+/// Packs codes into the 4+2 planes one row of tiles (16 channels) at a time, so a quantizer
+/// can pack a block of channels while its codes are still in cache ([`crate::quantize_values_packed`]).
+/// Built once per shape: where each in-tile position goes, and for whole tiles, where each
+/// packed byte's fields come from.
+#[derive(Debug, Clone)]
+pub struct TilePacker {
+    shape: PackedShape,
+    /// High-plane bits per code.
+    h: usize,
+    /// Per in-tile position (r, c): byte and shift in the tile's low-plane bytes and in its
+    /// high-plane bytes (the same for every tile).
+    places: [[(u16, u8, u16, u8); TILE_K]; TILE_N],
+    /// For whole tiles, the same map read the other way: where each low-plane byte's two
+    /// nibbles and each high-plane byte's `8 / h` fields come from, as offsets into the codes
+    /// from the tile's first code. Gathering builds each byte once instead of or-ing every code
+    /// into its byte.
+    low_from: Vec<[usize; 2]>,
+    high_from: Vec<[usize; 8]>,
+}
+
+impl TilePacker {
+    /// The packer of `shape`.
+    pub fn new(shape: &PackedShape) -> TilePacker {
+        let h = shape.high_bits() as usize;
+        let mut places = [[(0u16, 0u8, 0u16, 0u8); TILE_K]; TILE_N];
+        for (r, row) in places.iter_mut().enumerate() {
+            for (c, place) in row.iter_mut().enumerate() {
+                let s = slot_of(&PackedShape::new(TILE_N, TILE_K, shape.bits), r, c);
+                let bit = 4 * low_nibble_pos(s.elem) as usize;
+                let low = low_word_offset(0, s.half, s.lane) + bit / 8;
+                let hbit = h * high_field_pos(s.half, s.elem) as usize;
+                let high = s.lane * shape.high_lane_bytes() + hbit / 8;
+                *place = (low as u16, (bit % 8) as u8, high as u16, (hbit % 8) as u8);
             }
         }
+        let mut low_from = vec![[0usize; 2]; 256];
+        let mut high_from = vec![[0usize; 8]; 64 * h];
+        for (r, row) in places.iter().enumerate() {
+            for (c, &(lo, ls, hi, hs)) in row.iter().enumerate() {
+                let offset = r * shape.k + c;
+                low_from[lo as usize][ls as usize / 4] = offset;
+                if let Some(field) = (hs as usize).checked_div(h) {
+                    high_from[hi as usize][field] = offset;
+                }
+            }
+        }
+        TilePacker { shape: shape.clone(), h, places, low_from, high_from }
     }
-    let high_mask = ((1u32 << h) - 1) as u8;
-    let pack_row = |nt: usize, low: &mut [u8], high: &mut [u8]| {
+
+    /// Low-plane bytes of one row of tiles (16 channels).
+    pub fn low_row_bytes(&self) -> usize {
+        self.shape.k_tiles() * 256
+    }
+
+    /// High-plane bytes of one row of tiles (0 for 4-bit codes).
+    pub fn high_row_bytes(&self) -> usize {
+        self.shape.k_tiles() * 64 * self.h
+    }
+
+    /// Makes `out` exactly `total_bytes()` long without clearing it (every byte is written by
+    /// packing all rows of tiles).
+    pub fn size(&self, out: &mut Vec<u8>) {
+        let total = self.shape.total_bytes();
+        if out.len() >= total {
+            out.truncate(total);
+        } else {
+            out.resize(total, 0);
+        }
+    }
+
+    /// Packs row of tiles `nt` (channels `16 nt..`) into its low-plane bytes `low` and
+    /// high-plane bytes `high`, from `codes`: `[rows][k]` codes whose first row is channel
+    /// `first_channel`. Every byte of `low` and `high` is written (padding as 0).
+    pub fn pack_tile_row(&self, nt: usize, codes: &[u8], first_channel: usize, low: &mut [u8], high: &mut [u8]) {
+        let (shape, h) = (&self.shape, self.h);
+        let mask = ((1u32 << shape.bits) - 1) as u8;
+        let fields = 8usize.checked_div(h).unwrap_or(0);
+        let high_mask = ((1u32 << h) - 1) as u8;
         let rows = nt * TILE_N..((nt + 1) * TILE_N).min(shape.n);
+        let at = |row: usize, col: usize| (row - first_channel) * shape.k + col;
         for kt in 0..shape.k_tiles() {
             let (low, high) = (&mut low[kt * 256..(kt + 1) * 256], &mut high[kt * 64 * h..(kt + 1) * 64 * h]);
             let cols = kt * TILE_K..((kt + 1) * TILE_K).min(shape.k);
             if rows.len() == TILE_N && cols.len() == TILE_K {
-                let tile = &codes[rows.start * shape.k + cols.start..];
-                for (byte, [a, b]) in low.iter_mut().zip(&low_from) {
+                let tile = &codes[at(rows.start, cols.start)..];
+                for (byte, [a, b]) in low.iter_mut().zip(&self.low_from) {
                     *byte = (tile[*a] & 0xf) | (tile[*b] & 0xf) << 4;
                 }
-                for (byte, from) in high.iter_mut().zip(&high_from) {
+                for (byte, from) in high.iter_mut().zip(&self.high_from) {
                     *byte = from[..fields].iter().enumerate().fold(0, |acc, (f, &o)| acc | ((tile[o] >> 4) & high_mask) << (f * h));
                 }
                 continue;
             }
             // A tile cut by the matrix's edge: each code or-ed into place, the padding left 0.
+            low.fill(0);
+            high.fill(0);
             for row in rows.clone() {
-                let places = &places[row % TILE_N];
-                let chunk = &codes[row * shape.k + cols.start..row * shape.k + cols.end];
+                let places = &self.places[row % TILE_N];
+                let chunk = &codes[at(row, cols.start)..at(row, cols.end)];
                 for (&code, &(lo, ls, hi, hs)) in chunk.iter().zip(places) {
                     let code = code & mask;
                     low[lo as usize] |= (code & 0xf) << ls;
@@ -280,11 +335,6 @@ pub fn pack_into(codes: &[u8], shape: &PackedShape, out: &mut Vec<u8>) {
                 }
             }
         }
-    };
-    if h > 0 {
-        low.par_chunks_mut(low_row).zip(high.par_chunks_mut(high_row)).enumerate().for_each(|(nt, (l, hi))| pack_row(nt, l, hi));
-    } else {
-        low.par_chunks_mut(low_row).enumerate().for_each(|(nt, l)| pack_row(nt, l, &mut []));
     }
 }
 

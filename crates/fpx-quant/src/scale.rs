@@ -14,6 +14,7 @@
 //!   `Some(g)` splits K into `ceil(k / g)` groups of `g` rows, the last possibly shorter.
 
 use crate::channel_major::{channel_block_into, WeightValues};
+use crate::layout::{PackedShape, TilePacker, TILE_N};
 use crate::{Format, QuantError};
 
 /// How to quantize a weight matrix.
@@ -105,11 +106,51 @@ pub fn quantize_values(
     codes: Vec<u8>,
 ) -> Result<(QuantizedMatrix, f64), QuantError> {
     check_shape(tensor_name, w.len(), k, n, cfg)?;
-    let (q, rel_rmse, bad) = quantize_blocks(&w, layout, k, n, cfg, codes);
+    let mut codes = codes;
+    // Every code is written, so a reused buffer needs no clearing.
+    if codes.len() >= n * k {
+        codes.truncate(n * k);
+    } else {
+        codes.resize(n * k, 0);
+    }
+    let (mut q, rel_rmse, bad) = quantize_blocks(&w, layout, k, n, cfg, CodesOut::Codes(&mut codes));
     if let Some((row, col, value)) = bad {
         return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value });
     }
+    q.codes = codes;
     Ok((q, rel_rmse))
+}
+
+/// [`quantize_values`] that packs as it goes: each block's codes are packed into the 4+2
+/// planes ([`crate::layout::pack`]'s bytes, written into the reused `packed`) while they are
+/// still in cache, and no `[n][k]` code array is made. Returns the matrix's scales and shape
+/// with its `codes` empty (they are in the packed bytes), the packed bytes and the relative
+/// RMS error.
+pub fn quantize_values_packed(
+    tensor_name: &str,
+    w: WeightValues<'_>,
+    layout: WeightLayout,
+    k: usize,
+    n: usize,
+    cfg: &QuantConfig,
+    mut packed: Vec<u8>,
+) -> Result<(QuantizedMatrix, Vec<u8>, f64), QuantError> {
+    check_shape(tensor_name, w.len(), k, n, cfg)?;
+    let shape = PackedShape::new(n, k, cfg.format.bits());
+    let packer = TilePacker::new(&shape);
+    if packer.high_row_bytes() == 0 {
+        // 4-bit codes: a low plane only; quantized, then packed.
+        let (mut q, rel_rmse) = quantize_values(tensor_name, w, layout, k, n, cfg, Vec::new())?;
+        crate::layout::pack_into(&q.codes, &shape, &mut packed);
+        q.codes = Vec::new();
+        return Ok((q, packed, rel_rmse));
+    }
+    packer.size(&mut packed);
+    let (q, rel_rmse, bad) = quantize_blocks(&w, layout, k, n, cfg, CodesOut::Packed(&packer, &mut packed));
+    if let Some((row, col, value)) = bad {
+        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value });
+    }
+    Ok((q, packed, rel_rmse))
 }
 
 /// The checks every entry point makes: a non-empty `k × n` weight of `len` values and a group
@@ -156,15 +197,26 @@ const CHANNELS_PER_TASK: usize = 32;
 /// non-finite value (row, value), if any.
 type ChannelResult = (Vec<f32>, f64, f64, Option<(usize, f32)>);
 
-/// Quantizes the shape-checked weight block by block: codes, scales, the relative RMS error
-/// and the first non-finite value as `(row, col, value)`, if any (the codes are then garbage).
+/// Where [`quantize_blocks`] puts the codes.
+enum CodesOut<'a> {
+    /// `[n][k]` codes.
+    Codes(&'a mut [u8]),
+    /// Packed by rows of tiles as each block is done (its codes still in cache), into the
+    /// 4+2 planes `packed` (`total_bytes()` long; codes of more than 4 bits, so that the high
+    /// plane has bytes in every row of tiles).
+    Packed(&'a TilePacker, &'a mut [u8]),
+}
+
+/// Quantizes the shape-checked weight block by block: codes (or packed codes) into `out`,
+/// scales, the relative RMS error and the first non-finite value as `(row, col, value)`, if
+/// any (the codes are then garbage). The returned matrix's `codes` are empty.
 fn quantize_blocks(
     w: &WeightValues<'_>,
     layout: WeightLayout,
     k: usize,
     n: usize,
     cfg: &QuantConfig,
-    mut codes: Vec<u8>,
+    out: CodesOut<'_>,
 ) -> (QuantizedMatrix, f64, Option<(usize, usize, f32)>) {
     use rayon::prelude::*;
     let format = cfg.format;
@@ -172,21 +224,17 @@ fn quantize_blocks(
     let groups = k.div_ceil(group);
     let table = decode_table(format);
     let fast = crate::encode::FloatEncoder::new(format);
-    // Every code is written below, so a reused buffer needs no clearing.
-    if codes.len() >= n * k {
-        codes.truncate(n * k);
-    } else {
-        codes.resize(n * k, 0);
-    }
     let quantize_channel = |codes: &mut [u8], w: &[f32]| -> ChannelResult {
-        if !all_finite(w) {
-            let row = w.iter().position(|v| !v.is_finite()).expect("a non-finite value");
-            return (vec![1.0; groups], 0.0, 0.0, Some((row, w[row])));
-        }
         let (mut err, mut norm) = (0f64, 0f64);
         let mut scales = Vec::with_capacity(groups);
         for (codes, values) in codes.chunks_mut(group).zip(w.chunks(group)) {
-            let s = choose_scale(format, &table, values, cfg.scale_search);
+            // One pass finds the group's absmax and whether it is all finite.
+            let (absmax, finite) = values.iter().fold((0f32, true), |(m, ok), v| (m.max(v.abs()), ok & v.is_finite()));
+            if !finite {
+                let row = w.iter().position(|v| !v.is_finite()).expect("a non-finite value");
+                return (vec![1.0; groups], 0.0, 0.0, Some((row, w[row])));
+            }
+            let s = choose_scale(format, &table, values, absmax, cfg.scale_search);
             scales.push(s);
             let (e, n) = if let Some(fast) = &fast {
                 fast.encode_scaled(values, s, codes)
@@ -207,23 +255,54 @@ fn quantize_blocks(
         }
         (scales, err, norm, None)
     };
-    // Per channel, in order.
-    let per_block: Vec<Vec<ChannelResult>> = codes
-        .par_chunks_mut(k * CHANNELS_PER_TASK)
-        .enumerate()
-        .map_init(Vec::new, |buffer: &mut Vec<f32>, (block, codes)| {
-            let (c0, width) = (block * CHANNELS_PER_TASK, codes.len() / k);
-            let values: &[f32] = match (w, layout) {
-                (WeightValues::F32(v), WeightLayout::ChannelMajor) => &v[c0 * k..(c0 + width) * k],
-                _ => {
-                    buffer.resize(width * k, 0.0);
-                    channel_block_into(w, k, n, layout == WeightLayout::ChannelMajor, c0, width, &mut buffer[..width * k]);
-                    &buffer[..width * k]
-                }
-            };
-            codes.chunks_mut(k).zip(values.chunks(k)).map(|(codes, w)| quantize_channel(codes, w)).collect()
-        })
-        .collect();
+    // A block of channels converted into `buffer` (unless it is f32 channel-major already)
+    // and quantized into `codes`: per channel, in order.
+    let quantize_block = |block: usize, codes: &mut [u8], buffer: &mut Vec<f32>| -> Vec<ChannelResult> {
+        let (c0, width) = (block * CHANNELS_PER_TASK, codes.len() / k);
+        let values: &[f32] = match (w, layout) {
+            (WeightValues::F32(v), WeightLayout::ChannelMajor) => &v[c0 * k..(c0 + width) * k],
+            _ => {
+                buffer.resize(width * k, 0.0);
+                channel_block_into(w, k, n, layout == WeightLayout::ChannelMajor, c0, width, &mut buffer[..width * k]);
+                &buffer[..width * k]
+            }
+        };
+        codes.chunks_mut(k).zip(values.chunks(k)).map(|(codes, w)| quantize_channel(codes, w)).collect()
+    };
+    let per_block: Vec<Vec<ChannelResult>> = match out {
+        CodesOut::Codes(codes) => codes
+            .par_chunks_mut(k * CHANNELS_PER_TASK)
+            .enumerate()
+            .map_init(Vec::new, |buffer, (block, codes)| quantize_block(block, codes, buffer))
+            .collect(),
+        CodesOut::Packed(packer, packed) => {
+            // Two rows of tiles a block; each block's codes go to a scratch buffer of the task's.
+            const ROWS: usize = CHANNELS_PER_TASK / TILE_N;
+            let (low, high) = packed.split_at_mut(packer.low_row_bytes() * n.div_ceil(TILE_N));
+            low.par_chunks_mut(packer.low_row_bytes() * ROWS)
+                .zip(high.par_chunks_mut(packer.high_row_bytes() * ROWS))
+                .enumerate()
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |(buffer, codes): &mut (Vec<f32>, Vec<u8>), (block, (low, high))| {
+                        let width = CHANNELS_PER_TASK.min(n - block * CHANNELS_PER_TASK);
+                        codes.resize(width * k, 0);
+                        let result = quantize_block(block, &mut codes[..width * k], buffer);
+                        for row in 0..ROWS {
+                            let nt = block * ROWS + row;
+                            if nt * TILE_N >= n {
+                                break;
+                            }
+                            let low = &mut low[row * packer.low_row_bytes()..(row + 1) * packer.low_row_bytes()];
+                            let high = &mut high[row * packer.high_row_bytes()..(row + 1) * packer.high_row_bytes()];
+                            packer.pack_tile_row(nt, codes, block * CHANNELS_PER_TASK, low, high);
+                        }
+                        result
+                    },
+                )
+                .collect()
+        }
+    };
     let mut scales = vec![0f32; groups * n];
     let (mut err, mut norm) = (0f64, 0f64);
     let mut bad = None;
@@ -238,7 +317,7 @@ fn quantize_blocks(
         norm += w;
     }
     let rel_rmse = if norm == 0.0 { 0.0 } else { (err / norm).sqrt() };
-    (QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes, scales }, rel_rmse, bad)
+    (QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes: Vec::new(), scales }, rel_rmse, bad)
 }
 
 /// Decoded value of every code in `0..2^bits`, for fast error evaluation.
@@ -271,9 +350,9 @@ fn squared_error(format: Format, table: &[f32], values: &[f32], s: f32) -> f64 {
         .sum()
 }
 
-/// The scale of one (group, channel): absmax, or the least-squared-error clipping ratio.
-fn choose_scale(format: Format, table: &[f32], values: &[f32], search: bool) -> f32 {
-    let absmax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+/// The scale of one (group, channel) whose largest magnitude is `absmax`: absmax, or the
+/// least-squared-error clipping ratio.
+fn choose_scale(format: Format, table: &[f32], values: &[f32], absmax: f32, search: bool) -> f32 {
     if absmax == 0.0 {
         return 1.0;
     }
@@ -572,6 +651,45 @@ mod tests {
             quantize_values("w", WeightValues::F16(&bytes), WeightLayout::InputMajor, 5, 2, &cfg(Format::Fp6E3M2, None, false), Vec::new())
                 .unwrap_err();
         assert!(matches!(err, QuantError::NonFinite { row: 3, col: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn packing_while_quantizing_gives_the_codes_packed_afterwards() {
+        use half::f16;
+        let mut rng = Rng::new(47);
+        // Whole and cut tiles (n not a multiple of 16 or 32, k not of 32), one block and several.
+        for (k, n) in [(64, 64), (70, 75), (33, 16), (5, 3), (96, 100)] {
+            let w: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            let h: Vec<u8> = w.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+            for format in Format::ALL {
+                for (values, layout) in
+                    [(WeightValues::F32(&w), WeightLayout::InputMajor), (WeightValues::F16(&h), WeightLayout::ChannelMajor)]
+                {
+                    let c = cfg(format, None, false);
+                    let (want, want_e) = quantize_values("w", values, layout, k, n, &c, Vec::new()).unwrap();
+                    let want_packed = crate::layout::pack(&want.codes, &PackedShape::new(n, k, format.bits()));
+                    // Into reused buffers, shorter and longer, full of other bytes.
+                    for reused in [vec![0xa5; 7], vec![0x5a; want_packed.len() + 9]] {
+                        let (q, packed, e) = quantize_values_packed("w", values, layout, k, n, &c, reused).unwrap();
+                        assert_eq!(packed, want_packed, "{format:?} {layout:?} [{k}][{n}]");
+                        assert_eq!((&q.scales, q.codes.len(), e), (&want.scales, 0, want_e), "{format:?} {layout:?} [{k}][{n}]");
+                    }
+                }
+            }
+        }
+        let mut bad = vec![0.5f32; 40 * 33];
+        bad[7 * 33 + 20] = f32::INFINITY;
+        let err = quantize_values_packed(
+            "w",
+            WeightValues::F32(&bad),
+            WeightLayout::InputMajor,
+            40,
+            33,
+            &cfg(Format::Fp6E2M3, None, false),
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, QuantError::NonFinite { row: 7, col: 20, .. }), "{err}");
     }
 
     #[test]
