@@ -135,6 +135,20 @@ pub struct Graph {
     spill: Option<Arc<SpillFile>>,
 }
 
+/// Writes large constants to a compile's spill file without borrowing the graph
+/// ([`Graph::spiller`]); empty when the graph has no spill file.
+#[derive(Debug, Clone, Default)]
+pub struct Spiller(Option<Arc<SpillFile>>);
+
+impl Spiller {
+    /// Writes `data` to the spill file, when there is one and `data` is large enough to go
+    /// there ([`Graph::set_constant`]'s rule: [`SPILL_MIN_BYTES`] or more); `None` otherwise.
+    pub fn spill(&self, data: &Tensor) -> Option<std::io::Result<StoredTensor>> {
+        let spill = self.0.as_ref().filter(|_| data.len() * data.dtype().size_bytes() >= SPILL_MIN_BYTES)?;
+        Some(spill.store(data))
+    }
+}
+
 impl Graph {
     /// An empty graph.
     pub fn new(name: impl Into<String>) -> Self {
@@ -198,7 +212,7 @@ impl Graph {
     /// file attached ([`Graph::spill_large_constants`]), data of [`SPILL_MIN_BYTES`] or more is
     /// written there and kept as a [`StoredTensor`]; if that write fails it stays in memory.
     pub fn set_constant(&mut self, id: ValueId, data: Arc<Tensor>) {
-        if let Some(Ok(stored)) = self.spill(&data) {
+        if let Some(Ok(stored)) = self.spiller().spill(&data) {
             self.set_stored(id, stored);
             return;
         }
@@ -208,12 +222,11 @@ impl Graph {
         v.constant = Some(data);
     }
 
-    /// Writes `data` to the spill file, when one is attached and `data` is large enough to go
-    /// there ([`Graph::set_constant`]'s rule); `None` otherwise. It takes `&self`, so a pass may
-    /// spill its results from several threads at once and then [`Graph::set_stored`] them.
-    pub fn spill(&self, data: &Tensor) -> Option<std::io::Result<StoredTensor>> {
-        let spill = self.spill.as_ref().filter(|_| data.len() * data.dtype().size_bytes() >= SPILL_MIN_BYTES)?;
-        Some(spill.store(data))
+    /// A handle that writes constants to this graph's spill file (if one is attached), apart
+    /// from the graph: a pass may spill its results on other threads while it changes the
+    /// graph, then [`Graph::set_stored`] them.
+    pub fn spiller(&self) -> Spiller {
+        Spiller(self.spill.clone())
     }
 
     /// Makes `id` a constant whose data stays in a file until it is read.
@@ -494,6 +507,24 @@ mod tests {
         let n1 = g.add_node(Node::new("n1", "Neg", 17, vec![Some(x)], vec![a])).unwrap();
         g.outputs.push(b);
         (g, vec![n1, n2])
+    }
+
+    #[test]
+    fn the_spiller_writes_large_constants_only_and_only_with_a_spill_file() {
+        let small = Tensor::from(ndarray::Array1::from_vec(vec![7u8; 16]).into_dyn());
+        let bytes = |len: usize| Tensor::from(ndarray::Array1::from_vec((0..len).map(|i| (i * 31 % 251) as u8).collect()).into_dyn());
+        let large = bytes(SPILL_MIN_BYTES + 3);
+        let mut g = Graph::new("t");
+        assert!(g.spiller().spill(&large).is_none(), "no spill file attached");
+        g.spill_large_constants(SpillFile::create_in(&std::env::temp_dir()).unwrap()).unwrap();
+        let spiller = g.spiller();
+        assert!(spiller.spill(&small).is_none(), "below SPILL_MIN_BYTES");
+        // From another thread, while the graph is free to change.
+        let stored = std::thread::spawn(move || spiller.spill(&large).unwrap().unwrap()).join().unwrap();
+        let v = g.value_named("w");
+        g.set_stored(v, stored.clone());
+        assert_eq!(g.load_constant(v).unwrap().as_deref(), Some(&bytes(SPILL_MIN_BYTES + 3)));
+        assert_eq!(stored.loaded_crc32(), Some(crc32fast::hash(&crate::le_bytes::tensor_bytes(&stored.load().unwrap()))));
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use attr::{AttrKind, Attribute};
 pub use budget::{BudgetError, TensorBudget};
 pub use dtype::{onnx_code, onnx_dtype, DType};
 pub use error::{IrError, Result};
-pub use graph::{Graph, Node, NodeId, Value, ValueId};
+pub use graph::{Graph, Node, NodeId, Spiller, Value, ValueId};
 pub use ops::canonical_domain;
 pub use stored::StoredTensor;
 pub use tensor::{Elem, Tensor};

@@ -84,9 +84,12 @@ struct Choice {
     rel_rmse: f64,
 }
 
-/// One weight quantized in a batch: its choice, its packed codes, their size in bytes and the
-/// weight's size as stored.
-type QuantizedWeight = (WeightKey, Choice, PackedData, usize, usize);
+/// One weight quantized in a batch: its choice, its packed codes and its size as stored.
+type QuantizedWeight = (WeightKey, Choice, Tensor, usize);
+
+/// A quantized weight after the writer: its packed codes spilled (or kept), their size in
+/// bytes, and the weight's size as stored.
+type SpilledWeight = (WeightKey, Choice, PackedData, usize, usize);
 
 /// A weight's packed codes: written to the compile's spill file already, or kept in memory
 /// (no spill file attached, the codes small, or the spill write failed).
@@ -240,7 +243,8 @@ pub fn quantize_weights_with_progress(
     }
     // Quantize each distinct weight once: in batches that fit the working-set budget, each
     // batch's weights (and each weight's channels) in parallel, the next batch read meanwhile,
-    // each packed weight stored (spilled to disk when the graph has a spill file) as its batch ends.
+    // each batch's packed weights written to the spill file (when the graph has one) on a writer
+    // thread while the next batch is quantized.
     let mut keys: Vec<WeightKey> = sites.iter().map(|s| (s.weight, s.transposed)).collect();
     keys.sort();
     keys.dedup();
@@ -259,55 +263,72 @@ pub fn quantize_weights_with_progress(
         .collect();
     let buffers = Buffers::default();
     let fetch_batch = |i: usize| -> Result<Vec<Fetched>, IrError> { sources[i].iter().map(|s| s.fetch(&buffers)).collect() };
+    // Each batch's packed weights are written to the spill file on a writer thread while the
+    // next batch is quantized, then added to the graph.
+    let spiller = graph.spiller();
+    let spill_batch = |quantized: Vec<QuantizedWeight>| -> Vec<SpilledWeight> {
+        quantized
+            .into_iter()
+            .map(|(key, choice, packed, bytes_in)| {
+                let bytes = packed.len();
+                let packed = match spiller.spill(&packed) {
+                    Some(Ok(stored)) => {
+                        if let Tensor::U8(a) = packed {
+                            // Written to the spill file: its buffer packs a later weight.
+                            buffers.give_bytes(a.into_raw_vec_and_offset().0);
+                        }
+                        PackedData::Stored(stored)
+                    }
+                    _ => PackedData::Memory(packed),
+                };
+                (key, choice, packed, bytes, bytes_in)
+            })
+            .collect()
+    };
+    let mut add_to_graph = |graph: &mut Graph, spilled: Vec<SpilledWeight>| {
+        for (key, choice, packed, bytes, bytes_in) in spilled {
+            let name = format!("{}__{}", graph.value(key.0).name, choice.matrix.format.name());
+            let pv = graph.fresh_value(&name);
+            match packed {
+                PackedData::Stored(stored) => graph.set_stored(pv, stored),
+                PackedData::Memory(t) => graph.set_constant(pv, Arc::new(t)),
+            }
+            created.push(pv);
+            summary.weight_bytes_in += bytes_in;
+            summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4;
+            done.insert(key, Quantized { choice, packed: pv });
+        }
+    };
     let result = std::thread::scope(|scope| {
-        let fetch_batch = &fetch_batch;
+        let (fetch_batch, spill_batch) = (&fetch_batch, &spill_batch);
         let mut ahead = (!plan.is_empty()).then(|| scope.spawn(move || fetch_batch(0)));
+        let mut writing: Option<std::thread::ScopedJoinHandle<Vec<SpilledWeight>>> = None;
         for (i, batch) in plan.iter().enumerate() {
             let fetched = ahead.take().expect("a batch is being read").join().expect("the weight reader does not panic")?;
             if i + 1 < plan.len() {
                 ahead = Some(scope.spawn(move || fetch_batch(i + 1)));
             }
-            let results: Vec<Result<QuantizedWeight, PassError>> = batch
+            let quantized = batch
                 .par_iter()
                 .zip(fetched)
                 .map(|(&(v, tr), fetched)| {
                     let (k, n) = weight_kn(graph, v, tr);
-                    let bytes_in = sizes[&(v, tr)];
                     let choice =
                         fetched.with_values(tr, |values, layout| quantize_best(&graph.value(v).name, values, layout, k, n, opts, &buffers));
                     fetched.recycle(&buffers);
                     let (choice, packed) = choice?;
-                    let bytes = packed.len();
-                    let packed = Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn());
-                    // Spilled here, by each worker, rather than one after another below.
-                    let packed = match graph.spill(&packed) {
-                        Some(Ok(stored)) => {
-                            if let Tensor::U8(a) = packed {
-                                // Written to the spill file: its buffer packs a later weight.
-                                buffers.give_bytes(a.into_raw_vec_and_offset().0);
-                            }
-                            PackedData::Stored(stored)
-                        }
-                        _ => PackedData::Memory(packed),
-                    };
-                    Ok(((v, tr), choice, packed, bytes, bytes_in))
+                    Ok(((v, tr), choice, Tensor::from(fpx_ir::ndarray::Array1::from_vec(packed).into_dyn()), sizes[&(v, tr)]))
                 })
-                .collect();
-            for r in results {
-                let (key, choice, packed, bytes, bytes_in) = r?;
-                let name = format!("{}__{}", graph.value(key.0).name, choice.matrix.format.name());
-                let pv = graph.fresh_value(&name);
-                match packed {
-                    PackedData::Stored(stored) => graph.set_stored(pv, stored),
-                    PackedData::Memory(t) => graph.set_constant(pv, Arc::new(t)),
-                }
-                created.push(pv);
-                summary.weight_bytes_in += bytes_in;
-                summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4;
-                done.insert(key, Quantized { choice, packed: pv });
+                .collect::<Result<Vec<QuantizedWeight>, PassError>>()?;
+            if let Some(w) = writing.take() {
+                add_to_graph(graph, w.join().expect("the weight writer does not panic"));
             }
+            writing = Some(scope.spawn(move || spill_batch(quantized)));
             done_bytes += batch.iter().map(|k| sizes[k] as u64).sum::<u64>();
             progress(done_bytes, total);
+        }
+        if let Some(w) = writing.take() {
+            add_to_graph(graph, w.join().expect("the weight writer does not panic"));
         }
         Ok::<(), PassError>(())
     });
