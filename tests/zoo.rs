@@ -180,6 +180,8 @@ const ATTENTION_LAYERS: usize = 2;
 const NOT_FUSED: &[(&str, &str)] = &[
     ("bloom-dynamo-kv", "ALiBi: baddbmm on [B*H, Sq, Skv] scores plus a 3-D bias, reshaped to 4-D before the mask"),
     ("bloom-torchscript-kv", "ALiBi: baddbmm on [B*H, Sq, Skv] scores plus a 3-D bias, reshaped to 4-D before the mask"),
+    ("mpnet-dynamo", "relative position bias: two additive terms (bias, then mask) before the Softmax"),
+    ("mpnet-torchscript", "relative position bias: two additive terms (bias, then mask) before the Softmax"),
 ];
 
 fn check(fixture: &Fixture) -> Outcome {

@@ -57,6 +57,8 @@ from transformers import (
     OPTConfig,
     Phi3Config,
     Qwen2Config,
+    MPNetConfig,
+    MPNetModel,
     RobertaConfig,
     RobertaModel,
     T5Config,
@@ -182,6 +184,26 @@ FAMILIES = [
         "encoder",
         lambda: RobertaModel(
             RobertaConfig(
+                vocab_size=VOCAB,
+                hidden_size=HIDDEN,
+                num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS,
+                intermediate_size=INTER,
+                max_position_embeddings=POSITIONS,
+                initializer_range=0.1,
+                pad_token_id=1,
+                bos_token_id=0,
+                eos_token_id=2,
+            ),
+            add_pooling_layer=False,
+        ),
+    ),
+    Family(
+        # sentence-transformers' all-mpnet-base-v2 family: relative position buckets, RoBERTa-style ids.
+        "mpnet",
+        "encoder",
+        lambda: MPNetModel(
+            MPNetConfig(
                 vocab_size=VOCAB,
                 hidden_size=HIDDEN,
                 num_hidden_layers=LAYERS,
@@ -388,8 +410,8 @@ def encoder_sets(rng, family: Family) -> list[InputSet]:
     for name, b, s, pads in [("b2-s16-rightpad", 2, 16, 5), ("b1-s1", 1, 1, 0), ("b2-s7", 2, 7, 0)]:
         mask = right_pad_mask(b, s, pads)
         ids = tokens(rng, b, s, mask)
-        if family.name == "roberta":
-            ids = np.where(mask == 0, 1, ids)  # RoBERTa's padding id
+        if family.name in ("roberta", "mpnet"):
+            ids = np.where(mask == 0, 1, ids)  # RoBERTa's and MPNet's padding id
         inputs = {"input_ids": ids, "attention_mask": mask}
         if family.token_type_ids:
             tt = np.zeros((b, s), dtype=np.int64)
