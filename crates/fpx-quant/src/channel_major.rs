@@ -335,6 +335,27 @@ mod tests {
     }
 
     #[test]
+    fn every_16_bit_pattern_transposes_exactly_through_the_tiles() {
+        // All 65,536 patterns as a [256][256] weight: whole 8 × 8 tiles (the AVX2 + F16C path
+        // where the CPU has it), subnormals, infinities, NaNs, signed zeros.
+        let all: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+        let same = |got: f32, want: f32| got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
+        for (values, to_f32) in [
+            (WeightValues::F16(&all), (|b| f16::from_bits(b).to_f32()) as fn(u16) -> f32),
+            (WeightValues::Bf16(&all), |b| bf16::from_bits(b).to_f32()),
+        ] {
+            let mut out = vec![7.0; 3];
+            channel_major_into(values, 256, 256, &mut out);
+            for r in 0..256 {
+                for c in 0..256 {
+                    let bits = (r * 256 + c) as u16;
+                    assert!(same(out[c * 256 + r], to_f32(bits)), "{bits:#06x}: {} vs {}", out[c * 256 + r], to_f32(bits));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn special_16_bit_values_convert_exactly() {
         // Subnormals, infinities, NaN, signed zeros: every FP16 bit pattern.
         let all: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
