@@ -1,12 +1,11 @@
 //! Weights as f32 `[n][k]` (each output channel's weights contiguous), the layout codes are
-//! chosen in, made in one parallel pass from the `[k][n]` weight as a model stores it:
-//! f32, or FP16/BF16 little-endian bytes converted while they are transposed (no f32 copy of
-//! the stored layout is made). The output buffer is the caller's, so a compile quantizing
-//! hundreds of weights reuses one allocation instead of faulting in fresh pages per weight.
+//! chosen in, made block by block of channels from the weight as a model stores it: f32, or
+//! FP16/BF16 little-endian bytes converted while they are transposed. The quantizer converts
+//! each block into a small buffer of its own just before encoding it
+//! ([`crate::quantize_values`]), so no channel-major copy of a whole weight is made.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// A weight's values as stored: f32, or 16-bit floats as little-endian bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,7 +31,7 @@ impl WeightValues<'_> {
     }
 
     /// Bytes per stored value.
-    fn len_bytes_per_value(&self) -> usize {
+    fn value_bytes(&self) -> usize {
         match self {
             WeightValues::F32(_) | WeightValues::F32Le(_) => 4,
             WeightValues::F16(_) | WeightValues::Bf16(_) => 2,
@@ -87,34 +86,10 @@ where
     }
 }
 
-/// Makes `out` exactly `len` long without writing what will be overwritten (a reused buffer
-/// is truncated; only a growing one is filled).
-fn sized(out: &mut Vec<f32>, len: usize) {
-    if out.len() >= len {
-        out.truncate(len);
-    } else {
-        out.resize(len, 0.0);
-    }
-}
-
-/// Channels per parallel task of the transpose.
+/// Channels per pass through the scalar transpose's stack strip.
 const BLOCK: usize = 64;
 /// Rows converted and written together: each channel gets 32 contiguous bytes per write.
 const STRIP: usize = 8;
-
-/// The `[k][n]` row-major weight `w` as `[n][k]` f32 in `out` (its old contents replaced):
-/// blocks of 64 channels in parallel, eight rows at a time.
-pub fn channel_major_into(w: WeightValues<'_>, k: usize, n: usize, out: &mut Vec<f32>) {
-    assert_eq!(w.len(), k * n, "channel_major: {} values for [{k}][{n}]", w.len());
-    sized(out, k * n);
-    if out.is_empty() {
-        return;
-    }
-    out.par_chunks_mut(k * BLOCK).enumerate().for_each(|(block, out)| {
-        let width = out.len() / k;
-        channel_block_into(&w, k, n, false, block * BLOCK, width, out);
-    });
-}
 
 /// Channels `c0..c0 + width` of the weight `w` as f32 into `out` (`width` runs of `k` values,
 /// `out.len() == width * k`): a quantizer's working block, converted (and transposed when the
@@ -221,7 +196,7 @@ mod x86 {
             // The rows two strips ahead (a 64-byte line per 32 FP16 channels): the stride between
             // rows, a whole row of the weight, is one the hardware prefetcher follows late.
             if r0 + 24 <= rows {
-                let bytes = w.len_bytes_per_value();
+                let bytes = w.value_bytes();
                 for i in 16..24 {
                     for line in (0..channels * bytes).step_by(64) {
                         // SAFETY: prefetching is a hint; the address is within w (row < rows).
@@ -271,21 +246,6 @@ mod x86 {
     }
 }
 
-/// The `[k][n]` row-major weight `w` as `[n][k]` (each channel's weights contiguous).
-pub fn channel_major(w: &[f32], k: usize, n: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    channel_major_into(WeightValues::F32(w), k, n, &mut out);
-    out
-}
-
-/// `w` as f32 in the same order into `out` (its old contents replaced), in parallel: for a
-/// weight stored channel-major already (a Gemm's `transB` weight).
-pub fn to_f32_into(w: WeightValues<'_>, out: &mut Vec<f32>) {
-    const CHUNK: usize = 1 << 16;
-    sized(out, w.len());
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| w.convert(i * CHUNK, o));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,33 +264,43 @@ mod tests {
         (0..n).flat_map(|c| (0..k).map(move |r| w[r * n + c])).collect()
     }
 
+    /// All channels of `w` through [`channel_block_into`], in blocks of `width` (the last
+    /// possibly narrower), each into a buffer full of other values first.
+    fn blocks(w: WeightValues<'_>, k: usize, n: usize, channel_major: bool, width: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        for c0 in (0..n).step_by(width) {
+            let mut block = vec![f32::NAN; width.min(n - c0) * k];
+            channel_block_into(&w, k, n, channel_major, c0, block.len() / k, &mut block);
+            out.extend(block);
+        }
+        out
+    }
+
     #[test]
     fn transposes_f32_and_16_bit_weights_of_ragged_shapes() {
         for (k, n) in [(1, 1), (7, 3), (8, 64), (9, 65), (33, 130), (70, 200)] {
             let w = values(k * n, (k * 1000 + n) as u64);
-            assert_eq!(channel_major(&w, k, n), transpose(&w, k, n), "f32 [{k}][{n}]");
             let le: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let mut out = Vec::new();
-            channel_major_into(WeightValues::F32Le(&le), k, n, &mut out);
-            assert_eq!(out, transpose(&w, k, n), "f32 bytes [{k}][{n}]");
-            to_f32_into(WeightValues::F32Le(&le), &mut out);
-            assert_eq!(out, w, "f32 bytes as is");
             let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
             let hb: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
             let hf: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
             let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let bb: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
             let bf: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
-            // A reused buffer, longer than needed and full of other values.
-            let mut out = vec![f32::NAN; k * n + 5];
-            channel_major_into(WeightValues::F16(&hb), k, n, &mut out);
-            assert_eq!(out, transpose(&hf, k, n), "f16 [{k}][{n}]");
-            channel_major_into(WeightValues::Bf16(&bb), k, n, &mut out);
-            assert_eq!(out, transpose(&bf, k, n), "bf16 [{k}][{n}]");
-            to_f32_into(WeightValues::F16(&hb), &mut out);
-            assert_eq!(out, hf, "f16 as is");
-            to_f32_into(WeightValues::Bf16(&bb), &mut out);
-            assert_eq!(out, bf, "bf16 as is");
+            let cases = [
+                ("f32", WeightValues::F32(&w), &w),
+                ("f32 bytes", WeightValues::F32Le(&le), &w),
+                ("f16", WeightValues::F16(&hb), &hf),
+                ("bf16", WeightValues::Bf16(&bb), &bf),
+            ];
+            for (name, values, floats) in cases {
+                // Whole-width blocks, blocks of 8 (each block's first channel c0 > 0) and of 24
+                // (whole tiles and a ragged tail per block).
+                for width in [n, 8, 24] {
+                    assert_eq!(blocks(values, k, n, false, width), transpose(floats, k, n), "{name} [{k}][{n}] by {width}");
+                    assert_eq!(&blocks(values, k, n, true, width), floats, "{name} as is, by {width}");
+                }
+            }
         }
     }
 
@@ -344,8 +314,7 @@ mod tests {
             (WeightValues::F16(&all), (|b| f16::from_bits(b).to_f32()) as fn(u16) -> f32),
             (WeightValues::Bf16(&all), |b| bf16::from_bits(b).to_f32()),
         ] {
-            let mut out = vec![7.0; 3];
-            channel_major_into(values, 256, 256, &mut out);
+            let out = blocks(values, 256, 256, false, 64);
             for r in 0..256 {
                 for c in 0..256 {
                     let bits = (r * 256 + c) as u16;
@@ -359,13 +328,12 @@ mod tests {
     fn special_16_bit_values_convert_exactly() {
         // Subnormals, infinities, NaN, signed zeros: every FP16 bit pattern.
         let all: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
-        let mut out = Vec::new();
-        to_f32_into(WeightValues::F16(&all), &mut out);
+        let out = blocks(WeightValues::F16(&all), 1, all.len() / 2, true, 4096);
         for (bits, v) in (0..=u16::MAX).zip(&out) {
             let want = f16::from_bits(bits).to_f32();
             assert!(want.to_bits() == v.to_bits() || (want.is_nan() && v.is_nan()), "f16 {bits:#06x}: {v} vs {want}");
         }
-        to_f32_into(WeightValues::Bf16(&all), &mut out);
+        let out = blocks(WeightValues::Bf16(&all), 1, all.len() / 2, true, 4096);
         for (bits, v) in (0..=u16::MAX).zip(&out) {
             let want = bf16::from_bits(bits).to_f32();
             assert!(want.to_bits() == v.to_bits() || (want.is_nan() && v.is_nan()), "bf16 {bits:#06x}: {v} vs {want}");

@@ -31,11 +31,8 @@ pub mod gemm;
 pub mod layout;
 pub mod scale;
 
-pub use channel_major::{channel_major, WeightValues};
+pub use channel_major::WeightValues;
 pub use error::QuantError;
 pub use format::Format;
 pub use gemm::{takes_int8_activations, GemmError, KernelTable, QuantGemm};
-pub use scale::{
-    quantize, quantize_channels, quantize_channels_reusing, quantize_values, quantize_values_packed, QuantConfig, QuantizedMatrix,
-    WeightLayout,
-};
+pub use scale::{quantize, quantize_channels, quantize_values, quantize_values_packed, QuantConfig, QuantizedMatrix, WeightLayout};

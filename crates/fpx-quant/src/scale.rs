@@ -64,21 +64,7 @@ pub fn quantize_channels(
     n: usize,
     cfg: &QuantConfig,
 ) -> Result<(QuantizedMatrix, f64), QuantError> {
-    quantize_channels_reusing(tensor_name, wt, k, n, cfg, Vec::new())
-}
-
-/// [`quantize_channels`] writing the codes into `codes`, a buffer from an earlier weight
-/// (its contents are replaced, its allocation kept when large enough): a compile quantizing
-/// hundreds of weights does not fault in fresh pages for each one's codes.
-pub fn quantize_channels_reusing(
-    tensor_name: &str,
-    wt: &[f32],
-    k: usize,
-    n: usize,
-    cfg: &QuantConfig,
-    codes: Vec<u8>,
-) -> Result<(QuantizedMatrix, f64), QuantError> {
-    quantize_values(tensor_name, WeightValues::F32(wt), WeightLayout::ChannelMajor, k, n, cfg, codes)
+    quantize_values(tensor_name, WeightValues::F32(wt), WeightLayout::ChannelMajor, k, n, cfg, Vec::new())
 }
 
 /// How a weight's values are laid out.
@@ -113,10 +99,7 @@ pub fn quantize_values(
     } else {
         codes.resize(n * k, 0);
     }
-    let (mut q, rel_rmse, bad) = quantize_blocks(&w, layout, k, n, cfg, CodesOut::Codes(&mut codes));
-    if let Some((row, col, value)) = bad {
-        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value });
-    }
+    let (mut q, rel_rmse) = quantize_blocks(tensor_name, &w, layout, k, n, cfg, CodesOut::Codes(&mut codes))?;
     q.codes = codes;
     Ok((q, rel_rmse))
 }
@@ -146,10 +129,7 @@ pub fn quantize_values_packed(
         return Ok((q, packed, rel_rmse));
     }
     packer.size(&mut packed);
-    let (q, rel_rmse, bad) = quantize_blocks(&w, layout, k, n, cfg, CodesOut::Packed(&packer, &mut packed));
-    if let Some((row, col, value)) = bad {
-        return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value });
-    }
+    let (q, rel_rmse) = quantize_blocks(tensor_name, &w, layout, k, n, cfg, CodesOut::Packed(&packer, &mut packed))?;
     Ok((q, packed, rel_rmse))
 }
 
@@ -208,16 +188,17 @@ enum CodesOut<'a> {
 }
 
 /// Quantizes the shape-checked weight block by block: codes (or packed codes) into `out`,
-/// scales, the relative RMS error and the first non-finite value as `(row, col, value)`, if
-/// any (the codes are then garbage). The returned matrix's `codes` are empty.
+/// scales and the relative RMS error (the returned matrix's `codes` are empty), or the error
+/// of the first non-finite value in channel order.
 fn quantize_blocks(
+    tensor_name: &str,
     w: &WeightValues<'_>,
     layout: WeightLayout,
     k: usize,
     n: usize,
     cfg: &QuantConfig,
     out: CodesOut<'_>,
-) -> (QuantizedMatrix, f64, Option<(usize, usize, f32)>) {
+) -> Result<(QuantizedMatrix, f64), QuantError> {
     use rayon::prelude::*;
     let format = cfg.format;
     let group = cfg.group_size.unwrap_or(k);
@@ -305,10 +286,9 @@ fn quantize_blocks(
     };
     let mut scales = vec![0f32; groups * n];
     let (mut err, mut norm) = (0f64, 0f64);
-    let mut bad = None;
     for (col, (s, e, w, non_finite)) in per_block.into_iter().flatten().enumerate() {
-        if let (None, Some((row, value))) = (bad, non_finite) {
-            bad = Some((row, col, value));
+        if let Some((row, value)) = non_finite {
+            return Err(QuantError::NonFinite { tensor: tensor_name.to_string(), row, col, value });
         }
         for (gi, s) in s.into_iter().enumerate() {
             scales[gi * n + col] = s;
@@ -317,7 +297,7 @@ fn quantize_blocks(
         norm += w;
     }
     let rel_rmse = if norm == 0.0 { 0.0 } else { (err / norm).sqrt() };
-    (QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes: Vec::new(), scales }, rel_rmse, bad)
+    Ok((QuantizedMatrix { format, k, n, group_size: cfg.group_size, codes: Vec::new(), scales }, rel_rmse))
 }
 
 /// Decoded value of every code in `0..2^bits`, for fast error evaluation.
@@ -577,7 +557,7 @@ mod tests {
                 assert_eq!(a, b, "{format:?} k={k} n={n}");
                 // Into buffers left over from other weights, shorter and longer, full of other codes.
                 for reused in [vec![0xaa; 5], vec![0x55; k * n + 17]] {
-                    let (r, re) = quantize_channels_reusing("w", &wt, k, n, &c, reused).unwrap();
+                    let (r, re) = quantize_values("w", WeightValues::F32(&wt), WeightLayout::ChannelMajor, k, n, &c, reused).unwrap();
                     assert_eq!((r, re), (b.clone(), e), "{format:?} k={k} n={n} reused");
                 }
                 let reference = a.relative_rmse(&w);
