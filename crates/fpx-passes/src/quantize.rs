@@ -162,19 +162,20 @@ fn working_set(elements: usize) -> usize {
     elements * 10
 }
 
-/// The batch being quantized and the one read ahead share this much memory (a weight larger
-/// than half of it runs alone), so a compile's memory follows its largest weights, not the
-/// model. Each weight's channels run in parallel too.
+/// The batch read ahead, the one being quantized and the one being spilled share this much
+/// memory (a weight larger than a third of it runs alone), so a compile's memory follows its
+/// largest weights, not the model. Each weight's channels run in parallel too.
 const WORKING_SET_BUDGET: usize = 256 << 20;
 
-/// Splits `keys` into consecutive batches whose working sets add up to at most half the budget
-/// (two batches are in memory at once: one quantized, the next read ahead).
+/// Splits `keys` into consecutive batches whose working sets add up to at most a third of the
+/// budget (three batches are in memory at once: one read ahead, one quantized, the one before
+/// being written to the spill file).
 fn batches(keys: &[WeightKey], elements: impl Fn(&WeightKey) -> usize) -> Vec<&[WeightKey]> {
     let mut out = Vec::new();
     let (mut start, mut used) = (0, 0);
     for (i, key) in keys.iter().enumerate() {
         let need = working_set(elements(key));
-        if i > start && used + need > WORKING_SET_BUDGET / 2 {
+        if i > start && used + need > WORKING_SET_BUDGET / 3 {
             out.push(&keys[start..i]);
             (start, used) = (i, 0);
         }
