@@ -13,6 +13,7 @@
 
 pub mod bench;
 mod compile;
+mod failure;
 pub mod generate;
 pub mod report;
 mod runnable;
@@ -29,6 +30,7 @@ pub fn peak_memory_bytes() -> Option<u64> {
 }
 
 pub use compile::{compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Progress, Stage, Target};
+pub use failure::{error_message, Action, Failure};
 pub use fpx_artifact as artifact;
 pub use fpx_cuda as cuda;
 pub use fpx_ir as ir;

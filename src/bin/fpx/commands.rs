@@ -62,7 +62,7 @@ fn open_model(args: &RunModelArgs, announce: bool) -> Result<fpx::Runnable> {
 pub(crate) fn open_model_at(path: &Path, budget: &BudgetArg, quant: &QuantArgs, announce: bool) -> Result<fpx::Runnable> {
     check_model_file(path)?;
     let options = quantize_options(quant, WeightScheme::None)?;
-    let mut model = fpx::open_with(path, &options).with_context(|| format!("cannot load model '{}'", path.display()))?;
+    let mut model = fpx::open_with(path, &options).map_err(|e| fpx::Failure::new(fpx::Action::LoadModel, path, e))?;
     if let Some(b) = budget.max_tensor_bytes {
         model.set_budget(b);
     }
@@ -115,7 +115,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let files = output_files(model.graph(), out_dir, &sources)?;
     let feeds = read_inputs(&m.inputs.inputs)?;
     let t1 = Instant::now();
-    let outputs = model.run(feeds).with_context(|| format!("cannot run model '{}'", path.display()))?;
+    let outputs = model.run(feeds).map_err(|e| fpx::Failure::new(fpx::Action::RunModel, path, e))?;
     let run_time = t1.elapsed();
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'", out_dir.display()))?;
     write_outputs(&outputs, &files)?;
@@ -278,8 +278,8 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         pool_mask: args.pool_mask.clone(),
     };
     let feeds = read_inputs(&args.inputs.inputs)?;
-    let r = fpx::report::accuracy_report(&args.model, feeds, &options)
-        .with_context(|| format!("cannot report on '{}'", args.model.display()))?;
+    let r =
+        fpx::report::accuracy_report(&args.model, feeds, &options).map_err(|e| fpx::Failure::new(fpx::Action::Report, &args.model, e))?;
     print!("{}", r.to_text());
     if let Some(path) = &args.html {
         let tmp = path.with_extension("html.tmp");
@@ -405,12 +405,12 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
             bar.set_position(done);
         }
     })
-    .with_context(|| format!("cannot compile '{}'", args.model.display()))?;
+    .map_err(|e| fpx::Failure::new(fpx::Action::Compile, &args.model, e))?;
     bar.set_style(stages);
     bar.set_length(fpx::Stage::ALL.len() as u64 + 1);
     bar.set_position(stage_count + 1);
     bar.set_message("write artifact");
-    let written = compiled.save(&args.output).with_context(|| format!("cannot write '{}'", args.output.display()))?;
+    let written = compiled.save(&args.output).map_err(|e| fpx::Failure::new(fpx::Action::WriteArtifact, &args.output, e))?;
     bar.finish_and_clear();
     let q = &compiled.quantization;
     println!("compiled {} -> {} in {:.2} s", args.model.display(), args.output.display(), t0.elapsed().as_secs_f64());

@@ -40,19 +40,8 @@ fn main() {
     }
 }
 
-/// The error and its causes joined by ": " (as `{:#}` does), leaving out a cause whose text an
-/// outer message already includes (many errors print their source, e.g. "cannot open 'x': No such
-/// file or directory", and also return it as their source).
+/// The error and its causes in one line ([`fpx::error_message`]: the Python package and the C API
+/// show the same text).
 fn message(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if text.is_empty() {
-            text = c;
-        } else if !text.contains(&c) {
-            text.push_str(": ");
-            text.push_str(&c);
-        }
-    }
-    text
+    fpx::error_message(e.as_ref())
 }
