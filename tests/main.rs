@@ -3,6 +3,7 @@
 
 mod artifact;
 mod budget;
+mod capi;
 mod cli;
 mod common;
 mod contract;
