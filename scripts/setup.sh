@@ -6,7 +6,8 @@
 # Idempotent: a second run only checks (about a second) and rewrites `.fpx-env`.
 #   - LLVM 19 (Debian packages; inkwell / llvm-sys 191 builds against it)
 #   - the project venv `.venv`: numpy, onnx 1.22.0 (ships the ONNX backend node tests),
-#     onnxruntime 1.31.1 (the reference executor), CUDA 13.0 NVRTC / ptxas / runtime wheels
+#     onnxruntime 1.31.1 (the reference executor), CUDA 13.0 NVRTC / ptxas / runtime wheels,
+#     maturin 1.16.0 (builds the Python package's wheel) and pytest 9.2.0 (its tests)
 #   - rustfmt (for `cargo fmt --check`), when rustup is there and the component is missing
 # Environment knobs: PYTHON (interpreter used to create the venv, default python3).
 set -euo pipefail
@@ -51,7 +52,7 @@ LLVM_PREFIX="$(llvm-config-19 --prefix)"
 # (b) Python venv with the pinned test oracles and the CUDA 13.0 wheels
 VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
-PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1 onnxconverter-common==1.16.0)
+PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1 onnxconverter-common==1.16.0 maturin==1.16.0 pytest==9.2.0)
 PIP_NODEPS_PKGS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96)
 
 if [ -x "$VPY" ] && ! "$VPY" -c 'pass' >/dev/null 2>&1; then
@@ -92,7 +93,7 @@ EOF
 
 missing="$(missing_pkgs)"
 if [ -z "$missing" ]; then
-    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
+    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, maturin, pytest, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
 else
     say "installing python packages into .venv: $(echo $missing)"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -135,6 +136,11 @@ export LLVM_SYS_191_PREFIX="$LLVM_PREFIX"
 export FPX_PYTHON="$VPY"
 export FPX_ONNX_NODE_TESTS="$NODE_TESTS"
 export FPX_CUDA_HOME="$CUDA_HOME"
+# The Python package (crates/fpx-python, PyO3): built for the venv's interpreter as an extension
+# module that leaves Python's symbols to the interpreter. maturin sets the same two, so its build
+# and cargo's share every compiled crate.
+export PYO3_PYTHON="$VPY"
+export PYO3_BUILD_EXTENSION_MODULE=1
 # libnvrtc.so.13 has no RUNPATH: it finds libnvrtc-builtins through LD_LIBRARY_PATH. ptxas is in bin/.
 case ":\${LD_LIBRARY_PATH:-}:" in
     *":\$FPX_CUDA_HOME/lib:"*) ;;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs fpx's whole test suite: installs what is missing (scripts/setup.sh), checks formatting,
-# then `cargo test --workspace` (unit, integration and doc tests). Tests that need something
-# absent (the ONNX node tests, ../shared/models, a GPU) skip with a printed reason.
+# Runs fpx's whole test suite: installs what is missing (scripts/setup.sh), checks formatting
+# and clippy, runs `cargo test --workspace` (unit, integration and doc tests; the C API's example
+# is built with the system C compiler and run there), then builds the Python package's wheel into
+# the project venv and runs its pytest suite. Tests that need something absent (the ONNX node
+# tests, ../shared/models, a GPU) skip with a printed reason.
 #
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -- --nocapture  # extra arguments go to `cargo test`
@@ -38,4 +40,16 @@ if ! cargo test --workspace "$@"; then
     exit 1
 fi
 
-summary "OK: formatting clean, cargo test --workspace passed"
+# The Python package: the wheel built from the test profile's crates (no second build of the
+# stack), installed into .venv, tested against the CLI that cargo test just built.
+echo "test: Python package (scripts/build-wheel.sh --dev, pytest crates/fpx-python/tests)"
+if ! bash scripts/build-wheel.sh --dev; then
+    summary "FAILED: building the Python wheel"
+    exit 1
+fi
+if ! FPX_CLI="${CARGO_TARGET_DIR:-$ROOT/target}/debug/fpx" "$FPX_PYTHON" -m pytest -q -rs crates/fpx-python/tests; then
+    summary "FAILED: pytest crates/fpx-python/tests"
+    exit 1
+fi
+
+summary "OK: formatting and clippy clean, cargo test --workspace and the Python tests passed"

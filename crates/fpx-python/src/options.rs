@@ -1,0 +1,53 @@
+//! Python keyword arguments to the library's typed options, parsed by the same parsers as the
+//! CLI's flags (so a bad value gets the CLI's message).
+
+use crate::FpxError;
+use fpx::quant::Format;
+use fpx::{Activations, QuantizeOptions, WeightScheme};
+use pyo3::prelude::*;
+
+/// How weights are quantized, from `weights=`, `activations=`, `group_size=`, `scale_search=`,
+/// `embeddings=` and `fused_epilogues=`.
+pub struct QuantKwargs<'a> {
+    /// A scheme name, or None for `default`.
+    pub weights: Option<&'a str>,
+    /// "f32" or "int8".
+    pub activations: &'a str,
+    /// Scales per group of this many along K (None: per output channel).
+    pub group_size: Option<usize>,
+    /// Search a clipping ratio per channel or group.
+    pub scale_search: bool,
+    /// A format name for embedding tables, or None / "none" to keep them.
+    pub embeddings: Option<&'a str>,
+    /// Fuse bias, activation and residual epilogues into the products.
+    pub fused_epilogues: bool,
+}
+
+impl QuantKwargs<'_> {
+    /// The options, `default` standing in for an absent `weights`.
+    pub fn options(&self, default: WeightScheme) -> PyResult<QuantizeOptions> {
+        let scheme = match self.weights {
+            Some(w) => w.parse::<WeightScheme>().map_err(|e| FpxError::new_err(format!("weights='{w}': {e}")))?,
+            None => default,
+        };
+        let activations =
+            self.activations.parse::<Activations>().map_err(|e| FpxError::new_err(format!("activations='{}': {e}", self.activations)))?;
+        let embeddings = match self.embeddings {
+            None | Some("none") => None,
+            Some(name) => Some(Format::parse(name).ok_or_else(|| {
+                let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+                FpxError::new_err(format!("embeddings='{name}': unknown embedding format; choose none or one of {}", names.join(", ")))
+            })?),
+        };
+        let options = QuantizeOptions {
+            group_size: self.group_size,
+            scale_search: self.scale_search,
+            activations,
+            fuse_epilogues: self.fused_epilogues,
+            embeddings,
+            ..QuantizeOptions::new(scheme)
+        };
+        options.validate().map_err(|e| crate::error(&e))?;
+        Ok(options)
+    }
+}
