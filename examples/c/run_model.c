@@ -44,7 +44,9 @@ static int read_npy(const char *path, Array *out) {
     if (!strstr(header, "'descr': '<f4'") || !strstr(header, "'fortran_order': False")) {
         fprintf(stderr, "'%s' is not a C-order float32 array\n", path); free(header); fclose(f); return -1;
     }
-    const char *p = strchr(strstr(header, "'shape':"), '(');
+    const char *p = strstr(header, "'shape':");
+    p = p ? strchr(p, '(') : NULL;
+    if (!p) { fprintf(stderr, "'%s' has no shape in its header\n", path); free(header); fclose(f); return -1; }
     out->rank = 0;
     out->count = 1;
     for (p++; *p && *p != ')';) {

@@ -17,7 +17,7 @@ mod tensors;
 
 pub use status::FpxStatus;
 use status::{guard, Failure};
-use tensors::{dtype_code, dtype_of, tensor_bytes, tensor_from_bytes};
+use tensors::{byte_size, dtype_code, dtype_of, tensor_from_bytes, write_bytes};
 pub use tensors::{
     FpxDType, FPX_DTYPE_BFLOAT16, FPX_DTYPE_BOOL, FPX_DTYPE_DOUBLE, FPX_DTYPE_FLOAT, FPX_DTYPE_FLOAT16, FPX_DTYPE_INT16, FPX_DTYPE_INT32,
     FPX_DTYPE_INT64, FPX_DTYPE_INT8, FPX_DTYPE_UINT16, FPX_DTYPE_UINT32, FPX_DTYPE_UINT64, FPX_DTYPE_UINT8,
@@ -139,8 +139,12 @@ pub struct FpxModel {
 }
 
 // SAFETY: the raw pointers in the info tables point into heap buffers the model owns and never
-// changes after loading; they are only read. `Runnable` itself is Send + Sync.
+// changes after loading; they are only read. `Runnable` itself is Send + Sync (asserted below).
 unsafe impl Send for FpxModel {}
+const _: () = {
+    fn send_and_sync<T: Send + Sync>() {}
+    let _ = send_and_sync::<Runnable>;
+};
 // SAFETY: as above: nothing behind the pointers is written after `fpx_load`.
 unsafe impl Sync for FpxModel {}
 
@@ -323,7 +327,6 @@ pub unsafe extern "C" fn fpx_run(
         // SAFETY: the caller passes `output_count` writable outputs.
         let outs = unsafe { std::slice::from_raw_parts_mut(outputs, output_count) };
         let mut too_small = Vec::new();
-        let mut bytes_of = Vec::with_capacity(results.len());
         for ((name, tensor), out) in results.iter().zip(outs.iter_mut()) {
             if tensor.rank() > FPX_MAX_RANK {
                 return Err(Failure::new(
@@ -337,22 +340,24 @@ pub unsafe extern "C" fn fpx_run(
             for (s, &d) in out.shape.iter_mut().zip(tensor.shape()) {
                 *s = d as i64;
             }
-            let bytes = tensor_bytes(tensor);
-            out.byte_size = bytes.len();
-            if bytes.len() > out.capacity || (out.data.is_null() && !bytes.is_empty()) {
-                too_small.push(format!("output '{name}' needs {} bytes, its buffer has {}", bytes.len(), out.capacity));
+            out.byte_size = byte_size(tensor);
+            if out.byte_size > out.capacity || (out.data.is_null() && out.byte_size > 0) {
+                too_small.push(format!("output '{name}' needs {} bytes, its buffer has {}", out.byte_size, out.capacity));
             }
-            bytes_of.push(bytes);
         }
         if !too_small.is_empty() {
             return Err(Failure::new(FpxStatus::BufferTooSmall, too_small.join("; ")));
         }
-        for (bytes, out) in bytes_of.iter().zip(outs.iter()) {
-            if !bytes.is_empty() {
-                // SAFETY: `data` holds `capacity` ≥ `bytes.len()` writable bytes (checked above).
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.data.cast::<u8>(), bytes.len()) };
+        for ((_, tensor), out) in results.iter().zip(outs.iter()) {
+            if out.byte_size > 0 {
+                // SAFETY: `data` holds `capacity` >= `byte_size` writable bytes (checked above).
+                let buffer = unsafe { std::slice::from_raw_parts_mut(out.data.cast::<u8>(), out.byte_size) };
+                write_bytes(tensor, buffer);
             }
         }
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -105,19 +105,30 @@ pub(crate) fn tensor_from_bytes(name: &str, dtype: DType, shape: &[usize], bytes
     })
 }
 
-/// Bytes of a tensor's elements in row-major order (bools as 0/1 bytes, 16-bit floats as bits).
-pub(crate) fn tensor_bytes(t: &Tensor) -> Vec<u8> {
-    fn raw<T: Copy>(a: &ArrayD<T>) -> Vec<u8> {
-        let values: Vec<T> = a.iter().copied().collect();
-        let mut out = vec![0u8; std::mem::size_of_val(values.as_slice())];
-        // SAFETY: `out` has exactly the byte length of `values`; plain data, no overlap.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), out.as_mut_ptr(), out.len()) };
-        out
+/// Bytes a tensor's elements take in row-major order (bools one byte, 16-bit floats two).
+pub(crate) fn byte_size(t: &Tensor) -> usize {
+    t.len() * t.dtype().size_bytes()
+}
+
+/// Writes a tensor's elements in row-major order into `out`, which holds [`byte_size`] bytes
+/// (any alignment): one copy of a contiguous tensor, element by element otherwise.
+pub(crate) fn write_bytes(t: &Tensor, out: &mut [u8]) {
+    fn copy<T: Copy>(a: &ArrayD<T>, out: &mut [u8]) {
+        assert_eq!(out.len(), a.len() * std::mem::size_of::<T>(), "the caller sized the buffer");
+        match a.as_slice() {
+            // SAFETY: `values` is `a.len()` plain-data elements; `out` has exactly their byte length.
+            Some(values) => unsafe { std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), out.as_mut_ptr(), out.len()) },
+            None => {
+                let base = out.as_mut_ptr().cast::<T>();
+                for (i, v) in a.iter().enumerate() {
+                    // SAFETY: element `i` < a.len() lies inside `out` (its length is checked
+                    // above); `T` is plain data; the write may be unaligned.
+                    unsafe { base.add(i).write_unaligned(*v) }
+                }
+            }
+        }
     }
-    match t {
-        Tensor::Bool(a) => a.iter().map(|&b| b as u8).collect(),
-        other => dispatch!(other, a => raw(a)),
-    }
+    dispatch!(t, a => copy(a, out))
 }
 
 #[cfg(test)]
@@ -129,7 +140,8 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(dtype_of(dtype_code(d)), Some(d));
             let t = Tensor::from(ndarray::Array::from_shape_fn(IxDyn(&[2, 3]), |ix| (ix[0] * 3 + ix[1]) as f64)).cast(d);
-            let bytes = tensor_bytes(&t);
+            let mut bytes = vec![0u8; byte_size(&t)];
+            write_bytes(&t, &mut bytes);
             assert_eq!(bytes.len(), 6 * d.size_bytes());
             // Unaligned on purpose: the caller's buffer may start anywhere.
             let mut shifted = vec![0u8; bytes.len() + 1];
@@ -137,6 +149,12 @@ mod tests {
             assert_eq!(tensor_from_bytes("x", d, &[2, 3], &shifted[1..]).ok(), Some(t), "{d:?}");
         }
         assert_eq!(dtype_of(8), None, "strings are not run");
+        // A transposed (non-contiguous) tensor is written in its logical row-major order.
+        let t = Tensor::from(ndarray::Array::from_shape_fn(IxDyn(&[3, 2]), |ix| (ix[0] * 2 + ix[1]) as i32).reversed_axes());
+        let mut bytes = vec![0u8; byte_size(&t)];
+        write_bytes(&t, &mut bytes);
+        let values: Vec<i32> = bytes.chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(values, [0, 2, 4, 1, 3, 5]);
     }
 
     #[test]

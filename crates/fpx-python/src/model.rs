@@ -19,19 +19,18 @@ pub struct TensorInfo {
     pub name: String,
     /// NumPy dtype name ("float32", "int64", ...).
     pub dtype: String,
-    /// One entry per dimension (None when even the rank is unknown).
-    pub shape: Option<Vec<DimValue>>,
+    /// One entry per dimension, None for a dimension nothing is known about (the whole shape
+    /// None when even the rank is unknown).
+    pub shape: Option<Vec<Option<DimValue>>>,
 }
 
-/// A dimension as Python sees it.
+/// A known dimension as Python sees it: an int or a str.
 #[derive(Debug, Clone, IntoPyObject)]
 pub enum DimValue {
     /// A fixed size.
     Fixed(usize),
     /// A symbolic size.
     Symbol(String),
-    /// Nothing known.
-    Unknown(Option<usize>),
 }
 
 #[pymethods]
@@ -43,9 +42,9 @@ impl TensorInfo {
                 let parts: Vec<String> = dims
                     .iter()
                     .map(|d| match d {
-                        DimValue::Fixed(n) => n.to_string(),
-                        DimValue::Symbol(s) => format!("'{s}'"),
-                        DimValue::Unknown(_) => "None".to_string(),
+                        Some(DimValue::Fixed(n)) => n.to_string(),
+                        Some(DimValue::Symbol(s)) => format!("'{s}'"),
+                        None => "None".to_string(),
                     })
                     .collect();
                 if parts.len() == 1 {
@@ -69,9 +68,9 @@ fn infos(graph: &Graph, ids: &[ValueId]) -> Vec<TensorInfo> {
             shape: v.ty.as_ref().and_then(|t| t.shape.as_ref()).map(|dims| {
                 dims.iter()
                     .map(|d| match d {
-                        Dim::Fixed(n) => DimValue::Fixed(*n),
-                        Dim::Sym(s) => DimValue::Symbol(s.clone()),
-                        Dim::Unknown => DimValue::Unknown(None),
+                        Dim::Fixed(n) => Some(DimValue::Fixed(*n)),
+                        Dim::Sym(s) => Some(DimValue::Symbol(s.clone())),
+                        Dim::Unknown => None,
                     })
                     .collect()
             }),
