@@ -7,7 +7,8 @@
 #   - LLVM 19 (Debian packages; inkwell / llvm-sys 191 builds against it)
 #   - the project venv `.venv`: numpy, onnx 1.22.0 (ships the ONNX backend node tests),
 #     onnxruntime 1.31.1 (the reference executor), CUDA 13.0 NVRTC / ptxas / runtime wheels,
-#     maturin 1.16.0 (builds the Python package's wheel) and pytest 9.2.0 (its tests)
+#     maturin 1.16.0 (builds the Python package's wheel), pytest 9.2.0 (its tests) and mypy 2.4.1
+#     (stubtest: its type stubs match the module)
 #   - rustfmt (for `cargo fmt --check`), when rustup is there and the component is missing
 # Environment knobs: PYTHON (interpreter used to create the venv, default python3).
 set -euo pipefail
@@ -52,7 +53,7 @@ LLVM_PREFIX="$(llvm-config-19 --prefix)"
 # (b) Python venv with the pinned test oracles and the CUDA 13.0 wheels
 VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
-PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1 onnxconverter-common==1.16.0 maturin==1.16.0 pytest==9.2.0)
+PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1 onnxconverter-common==1.16.0 maturin==1.16.0 pytest==9.2.0 mypy==2.4.1)
 PIP_NODEPS_PKGS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96)
 
 if [ -x "$VPY" ] && ! "$VPY" -c 'pass' >/dev/null 2>&1; then
@@ -93,7 +94,7 @@ EOF
 
 missing="$(missing_pkgs)"
 if [ -z "$missing" ]; then
-    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, maturin, pytest, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
+    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, maturin, pytest, mypy, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
 else
     say "installing python packages into .venv: $(echo $missing)"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore

@@ -51,5 +51,12 @@ if ! FPX_CLI="${CARGO_TARGET_DIR:-$ROOT/target}/debug/fpx" "$FPX_PYTHON" -m pyte
     summary "FAILED: pytest crates/fpx-python/tests"
     exit 1
 fi
+# The type stubs (python/fpx/_native.pyi) against the built module: names, signatures, defaults.
+# Run from an empty folder, so that mypy sees only the installed package.
+echo "test: mypy.stubtest fpx._native"
+if ! (cd "$(mktemp -d)" && "$FPX_PYTHON" -m mypy.stubtest fpx._native); then
+    summary "FAILED: the Python type stubs differ from the module (mypy.stubtest fpx._native)"
+    exit 1
+fi
 
-summary "OK: formatting and clippy clean, cargo test --workspace and the Python tests passed"
+summary "OK: formatting and clippy clean, cargo test --workspace, the Python tests and the stub check passed"

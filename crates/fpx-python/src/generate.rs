@@ -47,19 +47,25 @@ impl Generator {
     /// A generator over `model` (an `fpx.Model`); fails if the model is not a decoder with a
     /// KV cache under these names.
     #[new]
-    #[pyo3(signature = (model, *, input_ids = "input_ids".to_string(), attention_mask = "attention_mask".to_string(),
-        position_ids = "position_ids".to_string(), logits = "logits".to_string(), past_prefix = "past_key_values.".to_string(),
-        present_prefix = "present.".to_string()))]
+    #[pyo3(signature = (model, *, input_ids = "input_ids", attention_mask = "attention_mask", position_ids = "position_ids",
+        logits = "logits", past_prefix = "past_key_values.", present_prefix = "present."))]
     fn new(
         model: Py<Model>,
-        input_ids: String,
-        attention_mask: String,
-        position_ids: String,
-        logits: String,
-        past_prefix: String,
-        present_prefix: String,
+        input_ids: &str,
+        attention_mask: &str,
+        position_ids: &str,
+        logits: &str,
+        past_prefix: &str,
+        present_prefix: &str,
     ) -> PyResult<Generator> {
-        let names = SignatureNames { input_ids, attention_mask, position_ids, logits, past_prefix, present_prefix };
+        let names = SignatureNames {
+            input_ids: input_ids.into(),
+            attention_mask: attention_mask.into(),
+            position_ids: position_ids.into(),
+            logits: logits.into(),
+            past_prefix: past_prefix.into(),
+            present_prefix: present_prefix.into(),
+        };
         // Found once here so that a model that is no decoder fails now, not at the first call.
         fpx::Generator::new(&model.get().runnable, &names).map_err(|e| error(&e))?;
         Ok(Generator { model, names })

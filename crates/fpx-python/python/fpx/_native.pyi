@@ -1,19 +1,32 @@
 """Type stubs of fpx's extension module (re-exported as ``fpx``)."""
 
 from os import PathLike
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union, final
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 __version__: str
+__all__ = [
+    "__version__",
+    "CompileSummary",
+    "FpxError",
+    "Generation",
+    "Generator",
+    "Model",
+    "TensorInfo",
+    "compile",
+    "load",
+    "report",
+]
 
-StrPath = Union[str, PathLike[str]]
-Dim = Union[int, str, None]
+_StrPath = Union[str, PathLike[str]]
+_Dim = Union[int, str, None]
 
 class FpxError(Exception):
     """An fpx error: the message is the one the ``fpx`` command line prints."""
 
+@final
 class TensorInfo:
     """A graph input or output."""
 
@@ -21,9 +34,10 @@ class TensorInfo:
     """The value's name in the graph."""
     dtype: str
     """NumPy dtype name ("float32", "int64", ...)."""
-    shape: Optional[list[Dim]]
+    shape: Optional[list[_Dim]]
     """Per dimension: an int (fixed), a str (symbolic; equal names are equal sizes) or None."""
 
+@final
 class Model:
     """A loaded ``.fpx`` artifact (compiled kernels) or ``.onnx`` model (reference path)."""
 
@@ -47,6 +61,7 @@ class Model:
 
         Raises FpxError naming the input at fault (missing, wrong dtype or shape)."""
 
+@final
 class CompileSummary:
     """What a compile did."""
 
@@ -63,6 +78,7 @@ class CompileSummary:
     cpu_targets: list[str]
     gpu_archs: list[str]
 
+@final
 class Generation:
     """A finished generation."""
 
@@ -72,11 +88,12 @@ class Generation:
     prefill_tokens_per_second: float
     decode_tokens_per_second: float
 
+@final
 class Generator:
     """Token-by-token generation with a decoder's KV cache (batch 1)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model: Model,
         *,
         input_ids: str = "input_ids",
@@ -85,7 +102,8 @@ class Generator:
         logits: str = "logits",
         past_prefix: str = "past_key_values.",
         present_prefix: str = "present.",
-    ) -> None: ...
+    ) -> Generator:
+        """A generator over `model`; fails if it is not a decoder with a KV cache under these names."""
     @property
     def cache_inputs(self) -> list[str]:
         """The model's cache inputs as found."""
@@ -98,25 +116,25 @@ class Generator:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int = 0,
-        eos: Sequence[int] = (),
+        eos: Sequence[int] = ...,
         on_token: Optional[Callable[[int], Any]] = None,
     ) -> Generation:
         """Greedy at temperature 0, else sampled (same seed, same tokens); on_token streams each token."""
 
 def load(
-    path: StrPath,
+    path: _StrPath,
     *,
     weights: Optional[str] = None,
     activations: Literal["f32", "int8"] = "f32",
     group_size: Optional[int] = None,
     scale_search: bool = False,
-    embeddings: Optional[str] = "int8",
+    embeddings: Optional[str] = ...,
 ) -> Model:
     """Loads an .fpx artifact, or an .onnx model (quantized in memory when `weights` names a scheme)."""
 
 def compile(
-    model: StrPath,
-    output: StrPath,
+    model: _StrPath,
+    output: _StrPath,
     *,
     weights: str = "fp6-e3m2",
     activations: Literal["f32", "int8"] = "f32",
@@ -124,7 +142,7 @@ def compile(
     cpu: str = "auto",
     group_size: Optional[int] = None,
     scale_search: bool = False,
-    embeddings: Optional[str] = "int8",
+    embeddings: Optional[str] = ...,
     fused_epilogues: bool = True,
     keep_half_precision: bool = False,
     progress: Optional[Callable[[str, Optional[int], Optional[int]], Any]] = None,
@@ -132,7 +150,7 @@ def compile(
     """Compiles an ONNX model into an .fpx artifact (written atomically), as `fpx compile` does."""
 
 def report(
-    model: StrPath,
+    model: _StrPath,
     inputs: Mapping[str, ArrayLike],
     *,
     schemes: str = ...,
