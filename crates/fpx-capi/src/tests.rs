@@ -27,6 +27,29 @@ fn artifact() -> (PathBuf, Tensor, Tensor) {
     (path, x, y)
 }
 
+/// A tensor's shape as `fpx_run` takes it.
+fn dims(t: &Tensor) -> Vec<i64> {
+    t.shape().iter().map(|&d| d as i64).collect()
+}
+
+/// An `f32` input over borrowed name, shape and data (which must outlive the call).
+fn f32_input(name: &CString, shape: &[i64], data: &[f32]) -> FpxInput {
+    FpxInput {
+        name: name.as_ptr(),
+        dtype: FPX_DTYPE_FLOAT,
+        rank: shape.len(),
+        shape: shape.as_ptr(),
+        data: data.as_ptr().cast(),
+        byte_size: std::mem::size_of_val(data),
+    }
+}
+
+/// An output written into `buffer` (NULL with capacity 0 when it is empty).
+fn output_into(buffer: &mut [f32]) -> FpxOutput {
+    let data = if buffer.is_empty() { std::ptr::null_mut() } else { buffer.as_mut_ptr().cast() };
+    FpxOutput { data, capacity: std::mem::size_of_val(buffer), dtype: 0, rank: 0, shape: [0; FPX_MAX_RANK], byte_size: 0 }
+}
+
 #[test]
 fn the_exported_functions_check_their_arguments_and_run_the_model() {
     let (path, x, want) = artifact();
@@ -54,18 +77,10 @@ fn the_exported_functions_check_their_arguments_and_run_the_model() {
         assert!(names[2].is_null());
         assert_eq!(fpx_outputs(model, std::ptr::null_mut(), &mut count), FpxStatus::InvalidArgument);
 
-        let shape: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
+        let (name, shape) = (CString::new("input").unwrap(), dims(&x));
         let data = x.as_f32().unwrap().as_slice().unwrap();
-        let name = CString::new("input").unwrap();
-        let mut input = FpxInput {
-            name: name.as_ptr(),
-            dtype: FPX_DTYPE_FLOAT,
-            rank: 3,
-            shape: shape.as_ptr(),
-            data: data.as_ptr().cast(),
-            byte_size: std::mem::size_of_val(data),
-        };
-        let mut out = FpxOutput { data: std::ptr::null_mut(), capacity: 0, dtype: 0, rank: 0, shape: [0; FPX_MAX_RANK], byte_size: 0 };
+        let mut input = f32_input(&name, &shape, data);
+        let mut out = output_into(&mut []);
         assert_eq!(fpx_run(std::ptr::null(), &input, 1, &mut out, 1), FpxStatus::InvalidArgument);
         assert_eq!(fpx_run(model, &input, 1, &mut out, 2), FpxStatus::InvalidArgument);
         assert_eq!(last_error(), "fpx_run: the model has 1 outputs, output_count is 2");
@@ -109,27 +124,11 @@ fn one_model_runs_from_several_threads() {
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
-                let shape: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
-                let data = x.as_f32().unwrap().as_slice().unwrap();
-                let name = CString::new("input").unwrap();
-                let input = FpxInput {
-                    name: name.as_ptr(),
-                    dtype: FPX_DTYPE_FLOAT,
-                    rank: 3,
-                    shape: shape.as_ptr(),
-                    data: data.as_ptr().cast(),
-                    byte_size: std::mem::size_of_val(data),
-                };
+                let (name, shape) = (CString::new("input").unwrap(), dims(&x));
+                let input = f32_input(&name, &shape, x.as_f32().unwrap().as_slice().unwrap());
                 for _ in 0..10 {
                     let mut y = vec![0f32; want.len()];
-                    let mut out = FpxOutput {
-                        data: y.as_mut_ptr().cast(),
-                        capacity: y.len() * 4,
-                        dtype: 0,
-                        rank: 0,
-                        shape: [0; FPX_MAX_RANK],
-                        byte_size: 0,
-                    };
+                    let mut out = output_into(&mut y);
                     // SAFETY: the model lives until the scope ends; buffers as described.
                     assert_eq!(unsafe { fpx_run(shared as *const FpxModel, &input, 1, &mut out, 1) }, FpxStatus::Ok);
                     assert_eq!(y, want);
