@@ -36,7 +36,16 @@ fi
 export RUST_TEST_NOCAPTURE=1
 # fpx-capi-header (cbindgen) is built on its own: in the same build its syn features would change
 # every proc-macro, and the Python wheel below could not reuse this build.
-echo "test: cargo test --workspace --exclude fpx-capi-header $*"
+# The libraries first: `cargo test` builds crates as rlibs only, and the C example test needs
+# libfpx_c.so (the same package selection, so the same features: nothing is built twice).
+echo "test: cargo build --workspace --exclude fpx-capi-header --lib"
+if ! cargo build --workspace --exclude fpx-capi-header --lib; then
+    summary "FAILED: cargo build --workspace --lib"
+    exit 1
+fi
+# A C example test that cannot find libfpx_c.so or a C compiler fails here instead of skipping.
+export FPX_REQUIRE="${FPX_REQUIRE:+$FPX_REQUIRE,}capi"
+echo "test: cargo test --workspace --exclude fpx-capi-header $* (FPX_REQUIRE=$FPX_REQUIRE)"
 if ! cargo test --workspace --exclude fpx-capi-header "$@"; then
     summary "FAILED: cargo test --workspace"
     exit 1

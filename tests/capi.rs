@@ -5,12 +5,12 @@
 //! which scripts/test.sh runs.)
 
 use crate::common::{compile_options, npy};
-use fpx_test_support::{data::workspace_root, TempDir};
+use fpx_test_support::{data::workspace_root, skip, Requirement, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The folder holding `libfpx_c.so`: this test binary's profile folder (target/<profile>),
-/// where `cargo test --workspace` builds every workspace library.
+/// The folder holding `libfpx_c.so`: this test binary's profile folder (target/<profile>), where
+/// `cargo build` puts it (`cargo test` builds only the crate's rlib).
 fn library_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?.parent()?.to_path_buf();
@@ -21,7 +21,7 @@ fn library_dir() -> Option<PathBuf> {
 /// the library or a C compiler is missing.
 fn build_example(dir: &Path) -> Option<PathBuf> {
     let Some(lib) = library_dir() else {
-        eprintln!("SKIP capi: libfpx_c.so is not built beside this test (run `cargo test --workspace`, which builds it)");
+        skip(Requirement::Capi, "capi", "libfpx_c.so is not built beside this test (cargo build -p fpx-capi; scripts/test.sh builds it)");
         return None;
     };
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
@@ -42,7 +42,7 @@ fn build_example(dir: &Path) -> Option<PathBuf> {
     match status {
         Ok(s) => assert!(s.success(), "{cc} could not build examples/c/run_model.c"),
         Err(e) => {
-            eprintln!("SKIP capi: no C compiler '{cc}': {e}");
+            skip(Requirement::Capi, "capi", &format!("no C compiler '{cc}': {e}"));
             return None;
         }
     }

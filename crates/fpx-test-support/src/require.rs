@@ -2,7 +2,7 @@
 //!
 //! A test that needs something absent (a GPU, an AVX-512 VNNI CPU, the real models in
 //! `../shared/models`) skips with a printed reason. `FPX_REQUIRE` lists what this machine must
-//! have (any of `gpu`, `vnni`, `models`, comma-separated, or `all`); a skip of a listed
+//! have (any of `gpu`, `vnni`, `models`, `capi`, comma-separated, or `all`); a skip of a listed
 //! requirement panics instead, so a run on a machine that should have it cannot pass by
 //! skipping (`scripts/gpu-check.sh` sets `FPX_REQUIRE=gpu`).
 
@@ -17,11 +17,14 @@ pub enum Requirement {
     Vnni,
     /// The real models of `../shared/models` and the ONNX backend node tests.
     Models,
+    /// The C API's library `libfpx_c.so` built beside the tests, and a C compiler
+    /// (scripts/test.sh builds the one and requires both).
+    Capi,
 }
 
 impl Requirement {
     /// Every requirement.
-    pub const ALL: [Requirement; 3] = [Requirement::Gpu, Requirement::Vnni, Requirement::Models];
+    pub const ALL: [Requirement; 4] = [Requirement::Gpu, Requirement::Vnni, Requirement::Models, Requirement::Capi];
 
     /// The name `FPX_REQUIRE` uses.
     pub fn name(self) -> &'static str {
@@ -29,6 +32,7 @@ impl Requirement {
             Requirement::Gpu => "gpu",
             Requirement::Vnni => "vnni",
             Requirement::Models => "models",
+            Requirement::Capi => "capi",
         }
     }
 
@@ -53,7 +57,7 @@ pub fn required_in(list: Option<&str>, r: Requirement) -> bool {
         if word == "all" || word == r.name() {
             hit = true;
         } else if !Requirement::ALL.iter().any(|q| q.name() == word) {
-            panic!("FPX_REQUIRE='{list}': unknown requirement '{word}' (use gpu, vnni, models or all)");
+            panic!("FPX_REQUIRE='{list}': unknown requirement '{word}' (use gpu, vnni, models, capi or all)");
         }
     }
     hit
