@@ -1,5 +1,7 @@
 //! NumPy arrays in and out of fpx tensors. An output's buffer is handed to NumPy as it is (no
-//! copy); an input is copied once into the tensor the runtime owns (any strides, any array-like).
+//! copy); an input is copied once into a tensor the runtime owns (any strides, any array-like):
+//! the executor takes its inputs by value and may compute in place in one whose value no later
+//! node reads, which must never write into the caller's array.
 
 use fpx::ir::{DType, Tensor};
 use half::{bf16, f16};
