@@ -33,7 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crates/").join("fpx-capi");
+    // `cargo run` names this package's folder at run time; the compile-time one is the fallback
+    // (a binary built from another checkout would otherwise check that checkout's header).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
+    let crate_dir = manifest_dir.parent().expect("crates/").join("fpx-capi");
     let header = crate_dir.join("include/fpx.h");
     let generated = match generate(&crate_dir) {
         Ok(text) => text,

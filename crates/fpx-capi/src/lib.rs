@@ -206,8 +206,12 @@ pub unsafe extern "C" fn fpx_load(path: *const c_char, model: *mut *mut FpxModel
 #[no_mangle]
 pub unsafe extern "C" fn fpx_free(model: *mut FpxModel) {
     if !model.is_null() {
-        // SAFETY: the caller passes a model from fpx_load, freed once.
-        drop(unsafe { Box::from_raw(model) });
+        // Dropping unmaps the artifact and unloads its code; a panic there stays on this side too.
+        guard(|| {
+            // SAFETY: the caller passes a model from fpx_load, freed once.
+            drop(unsafe { Box::from_raw(model) });
+            Ok(())
+        });
     }
 }
 
