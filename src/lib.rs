@@ -15,6 +15,7 @@ pub mod bench;
 mod compile;
 mod failure;
 pub mod generate;
+mod paths;
 pub mod report;
 mod runnable;
 mod summary;
@@ -43,6 +44,7 @@ pub use fpx_quant::act8::Activations;
 pub use fpx_runtime as runtime;
 pub use fpx_runtime::LoadedArtifact;
 pub use generate::{GenerateOptions, Generation, Generator, SamplingOptions, SignatureNames};
+pub use paths::{check_artifact_path, check_model_file, same_file};
 pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use summary::{
     weight_matmuls, weight_storage, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul,
@@ -84,6 +86,9 @@ pub enum Error {
     /// Generation could not run (not a decoder graph, bad options, a malformed step output).
     #[error(transparent)]
     Generate(#[from] generate::GenerateError),
+    /// A model or output path cannot be used (missing, a folder, the model itself).
+    #[error("{0}")]
+    Path(String),
     /// The options do not fit each other or the model (e.g. int8 activations with a GPU target).
     #[error("{0}")]
     Options(String),

@@ -3,7 +3,7 @@
 //! (or its `.fpx` name).
 
 use crate::{Error, Model, QuantSummary, QuantizeOptions, WeightScheme};
-use fpx_ir::{Graph, Tensor};
+use fpx_ir::{Graph, Tensor, Value};
 use fpx_runtime::{CpuExecutor, LoadedArtifact};
 use std::io::Read;
 use std::path::Path;
@@ -81,6 +81,19 @@ impl Runnable {
     /// The graph that runs.
     pub fn graph(&self) -> &Graph {
         self.executor().graph()
+    }
+
+    /// The values a run takes, in order: the graph inputs that are not constants (older ONNX
+    /// exports also list initializers as inputs).
+    pub fn run_inputs(&self) -> Vec<&Value> {
+        let g = self.graph();
+        g.inputs.iter().filter(|&&v| !g.is_constant(v)).map(|&v| g.value(v)).collect()
+    }
+
+    /// The values a run returns, in order: every graph output.
+    pub fn run_outputs(&self) -> Vec<&Value> {
+        let g = self.graph();
+        g.outputs.iter().map(|&v| g.value(v)).collect()
     }
 
     /// What in-memory quantization did (`None` for a floating-point model or an artifact).

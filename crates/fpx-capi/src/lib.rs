@@ -23,7 +23,7 @@ pub use tensors::{
     FPX_DTYPE_INT64, FPX_DTYPE_INT8, FPX_DTYPE_UINT16, FPX_DTYPE_UINT32, FPX_DTYPE_UINT64, FPX_DTYPE_UINT8,
 };
 
-use fpx::ir::{Dim, Graph, ValueId};
+use fpx::ir::{Dim, Value};
 use fpx::{Action, Runnable};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -97,10 +97,10 @@ struct InfoTable {
 }
 
 impl InfoTable {
-    fn new(graph: &Graph, ids: &[ValueId]) -> InfoTable {
+    fn new(values: Vec<&Value>) -> InfoTable {
         let cstring = |s: &str| CString::new(s.replace('\0', " ")).expect("NULs were replaced");
         let (mut names, mut symbols, mut dims, mut dim_names, mut infos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for v in ids.iter().map(|&v| graph.value(v)).filter(|v| v.constant.is_none() && v.stored.is_none()) {
+        for v in values {
             let shape = v.ty.as_ref().and_then(|t| t.shape.as_deref()).unwrap_or(&[]);
             let sizes: Vec<i64> = shape.iter().map(|d| d.fixed().map_or(-1, |n| n as i64)).collect();
             let mut syms: Vec<*const c_char> = Vec::with_capacity(shape.len());
@@ -190,8 +190,7 @@ pub unsafe extern "C" fn fpx_load(path: *const c_char, model: *mut *mut FpxModel
         let path = PathBuf::from(unsafe { str_arg(path, "fpx_load: path") }?);
         let runnable =
             fpx::open(&path).map_err(|e| Failure::new(FpxStatus::Load, fpx::Failure::new(Action::LoadModel, &path, e).message()))?;
-        let graph = runnable.graph();
-        let (inputs, outputs) = (InfoTable::new(graph, &graph.inputs), InfoTable::new(graph, &graph.outputs));
+        let (inputs, outputs) = (InfoTable::new(runnable.run_inputs()), InfoTable::new(runnable.run_outputs()));
         let boxed = Box::new(FpxModel { runnable, path, inputs, outputs });
         // SAFETY: as above.
         unsafe { *model = Box::into_raw(boxed) };

@@ -2,7 +2,7 @@
 //! released and an optional progress callback.
 
 use crate::options::QuantKwargs;
-use crate::{failed, FpxError};
+use crate::{error, failed, FpxError};
 use fpx::{Action, CompileOptions, CpuLevels, Progress, Target, WeightScheme};
 use pyo3::prelude::*;
 use std::path::{Path, PathBuf};
@@ -53,32 +53,6 @@ impl CompileSummary {
     }
 }
 
-/// The checks `fpx compile` makes on `-o` before any work.
-fn check_output(output: &Path, model: &Path) -> PyResult<()> {
-    let same = match (std::fs::canonicalize(output), std::fs::canonicalize(model)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(FpxError::new_err(format!(
-            "output '{}' is the model '{}': writing the artifact there would replace the model; choose another output file",
-            output.display(),
-            model.display()
-        )));
-    }
-    if output.is_dir() {
-        return Err(FpxError::new_err(format!(
-            "output '{}' is a folder; give the artifact's file name (e.g. model.fpx)",
-            output.display()
-        )));
-    }
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        return Err(FpxError::new_err(format!("cannot write '{}': the folder '{}' does not exist", output.display(), parent.display())));
-    }
-    Ok(())
-}
-
 /// Compiles the ONNX model `model` into the artifact `output` (written atomically) and returns
 /// what it did. Options as `fpx compile`'s flags; `progress(stage, done, total)` is called as each
 /// stage starts (`done` and `total` None) and as weights are quantized (bytes).
@@ -105,11 +79,8 @@ pub fn compile(
     let quantize = kwargs.options(WeightScheme::None)?;
     let target: Target = target.parse().map_err(|e| FpxError::new_err(format!("target='{target}': {e}")))?;
     let cpu: CpuLevels = cpu.parse().map_err(|e| FpxError::new_err(format!("cpu='{cpu}': {e}")))?;
-    if !model.is_file() {
-        let what = if model.exists() { "is not a file" } else { "does not exist" };
-        return Err(FpxError::new_err(format!("model file '{}' {what}", model.display())));
-    }
-    check_output(&output, &model)?;
+    fpx::check_model_file(&model).map_err(|e| error(&e))?;
+    fpx::check_artifact_path(&output, &model, "output").map_err(|e| error(&e))?;
     let scratch_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let options = CompileOptions { quantize, target, cpu, upcast_half: !keep_half_precision, scratch_dir: Some(scratch_dir) };
     let start = Instant::now();

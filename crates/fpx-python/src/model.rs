@@ -3,7 +3,7 @@
 
 use crate::arrays::{numpy_name, tensor_from_py, tensor_to_py};
 use crate::{failed, FpxError};
-use fpx::ir::{Dim, Graph, Tensor, ValueId};
+use fpx::ir::{Dim, Tensor, Value};
 use fpx::{Action, Runnable};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -58,10 +58,9 @@ impl TensorInfo {
     }
 }
 
-fn infos(graph: &Graph, ids: &[ValueId]) -> Vec<TensorInfo> {
-    ids.iter()
-        .map(|&v| graph.value(v))
-        .filter(|v| v.constant.is_none() && v.stored.is_none())
+fn infos(values: Vec<&Value>) -> Vec<TensorInfo> {
+    values
+        .into_iter()
         .map(|v| TensorInfo {
             name: v.name.clone(),
             dtype: v.ty.as_ref().map_or("unknown", |t| numpy_name(t.dtype)).to_string(),
@@ -127,18 +126,16 @@ impl Model {
         Ok(dict)
     }
 
-    /// The graph inputs a run takes (constants left out).
+    /// The inputs a run takes (graph inputs that are not constants).
     #[getter]
     fn inputs(&self) -> Vec<TensorInfo> {
-        let g = self.runnable.graph();
-        infos(g, &g.inputs)
+        infos(self.runnable.run_inputs())
     }
 
     /// The graph outputs a run returns, in order.
     #[getter]
     fn outputs(&self) -> Vec<TensorInfo> {
-        let g = self.runnable.graph();
-        infos(g, &g.outputs)
+        infos(self.runnable.run_outputs())
     }
 
     /// The file the model was loaded from.

@@ -40,17 +40,6 @@ fn parse_input(spec: &str) -> Result<(String, PathBuf)> {
     }
 }
 
-/// Checks that `model` exists and is a file.
-fn check_model_file(model: &Path) -> Result<()> {
-    if !model.exists() {
-        bail!("model file '{}' does not exist", model.display());
-    }
-    if !model.is_file() {
-        bail!("'{}' is not a file", model.display());
-    }
-    Ok(())
-}
-
 /// Opens an .onnx (quantized in memory as `quant` says) or an .fpx artifact; `announce`
 /// prints what quantization did (off where stdout must hold only JSON).
 fn open_model(args: &RunModelArgs, announce: bool) -> Result<fpx::Runnable> {
@@ -60,7 +49,7 @@ fn open_model(args: &RunModelArgs, announce: bool) -> Result<fpx::Runnable> {
 /// Opens the model at `path` with a budget and quantization options (in memory for an .onnx),
 /// printing what quantization did when `announce`.
 pub(crate) fn open_model_at(path: &Path, budget: &BudgetArg, quant: &QuantArgs, announce: bool) -> Result<fpx::Runnable> {
-    check_model_file(path)?;
+    fpx::check_model_file(path)?;
     let options = quantize_options(quant, WeightScheme::None)?;
     let mut model = fpx::open_with(path, &options).map_err(|e| fpx::Failure::new(fpx::Action::LoadModel, path, e))?;
     if let Some(b) = budget.max_tensor_bytes {
@@ -146,7 +135,7 @@ fn output_files(graph: &fpx::ir::Graph, dir: &Path, sources: &[(String, PathBuf)
             bail!("output '{name}' would be written to '{}', which is a folder", out.display());
         }
         for (what, src) in sources {
-            if same_file(&out, src) {
+            if fpx::same_file(&out, src) {
                 bail!(
                     "output '{name}' would be written to '{}', which is {what} ('{}'); choose another --output-dir",
                     out.display(),
@@ -188,20 +177,10 @@ fn write_outputs(outputs: &[(String, fpx::ir::Tensor)], files: &[PathBuf]) -> Re
     Ok(())
 }
 
-/// Whether `a` and `b` name the same existing file: the same device and inode (hard links, and
-/// symbolic links, which are followed), or the same canonical path.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y),
-    }
-}
-
 /// `fpx inspect`.
 pub fn inspect(args: &InspectArgs) -> Result<()> {
     let path = &args.model.model;
-    check_model_file(path)?;
+    fpx::check_model_file(path)?;
     let artifact = fpx::is_artifact(path);
     if args.dump_ptx.is_some() && !artifact {
         bail!("--dump-ptx: '{}' is not an .fpx artifact (compile it with `fpx compile --target cuda` first)", path.display());
@@ -257,14 +236,14 @@ fn dump_ptx_modules(a: &fpx::artifact::Artifact, dir: &Path) -> Result<usize> {
 
 /// `fpx report`.
 pub fn report(args: &ReportArgs) -> Result<()> {
-    check_model_file(&args.model)?;
+    fpx::check_model_file(&args.model)?;
     if let Some(html) = &args.html {
         let mut sources = vec![("the model".to_string(), args.model.clone())];
         for spec in &args.inputs.inputs {
             let (name, file) = parse_input(spec)?;
             sources.push((format!("input '{name}'"), file));
         }
-        if let Some((what, src)) = sources.iter().find(|(_, src)| same_file(html, src)) {
+        if let Some((what, src)) = sources.iter().find(|(_, src)| fpx::same_file(html, src)) {
             bail!(
                 "--html '{}' is {what} ('{}'): writing the page there would replace it; choose another file",
                 html.display(),
@@ -354,14 +333,14 @@ pub fn membw(args: &MembwArgs) -> Result<()> {
 
 /// `fpx compile`.
 pub fn compile(args: &CompileArgs) -> Result<()> {
-    check_model_file(&args.model)?;
+    fpx::check_model_file(&args.model)?;
     let quantize = quantize_options(&args.quant, WeightScheme::Fixed(fpx::quant::Format::Fp6E3M2))?;
     if quantize.scheme == WeightScheme::None {
         bail!(
             "--weights none: an artifact holds quantized weights; pick a scheme (e.g. fp6-e3m2), or run the .onnx directly with `fpx run`"
         );
     }
-    check_artifact_path(&args.output, &args.model)?;
+    fpx::check_artifact_path(&args.output, &args.model, "-o")?;
     // Large intermediate constants spill next to the artifact, on the disk it goes to.
     let scratch_dir = match args.output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -470,25 +449,5 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         _ => String::new(),
     };
     println!("  speed: {:.0} MB/s of weights as stored{quantizer}{peak}", q.weight_bytes_in as f64 / 1e6 / seconds.max(1e-9));
-    Ok(())
-}
-
-/// Checks, before any work, that the artifact can go to `output`: not the model itself (by path,
-/// hard link or symbolic link), not a folder, and in a folder that exists.
-fn check_artifact_path(output: &Path, model: &Path) -> Result<()> {
-    if same_file(output, model) {
-        bail!(
-            "-o '{}' is the model '{}': writing the artifact there would replace the model; choose another output file",
-            output.display(),
-            model.display()
-        );
-    }
-    if output.is_dir() {
-        bail!("-o '{}' is a folder; give the artifact's file name (e.g. model.fpx)", output.display());
-    }
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!("cannot write '{}': the folder '{}' does not exist", output.display(), parent.display());
-    }
     Ok(())
 }
