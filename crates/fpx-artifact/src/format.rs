@@ -194,6 +194,88 @@ pub struct CpuKernel {
     pub column_split: u32,
     /// What the kernel multiplies the weights with: `f32` rows or an int8 activation buffer.
     pub activations: Activations,
+    /// Most threads the runtime splits N across; 0 = every thread of its pool. One thread can
+    /// beat several on a small product, where waking the pool costs more than the work.
+    pub threads: u32,
+    /// How the kernel was generated and who chose it (`None` in artifacts written before this
+    /// was recorded).
+    pub config: Option<CpuConfig>,
+}
+
+/// Which loop structure a CPU kernel uses; both compute the same result for any M.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Weights streamed once and dequantized in registers (small M).
+    Gemv,
+    /// Tiles dequantized once into an L1 panel reused over blocks of rows (larger M).
+    Gemm,
+}
+
+impl Variant {
+    /// Both variants, in symbol order.
+    pub const ALL: [Variant; 2] = [Variant::Gemv, Variant::Gemm];
+
+    /// The symbol suffix: `gemv` or `gemm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Gemv => "gemv",
+            Variant::Gemm => "gemm",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    /// Writes [`Variant::name`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The register and cache blocking of the `f32`-activation CPU kernels: what the auto-tuner
+/// searches besides the loop and the thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct CpuTiling {
+    /// Rows of X per register block in the GEMV loop (M up to this streams the weights from
+    /// registers; larger M takes the panel loop).
+    pub gemv_rows: u32,
+    /// Rows of X per register block in the panel loop.
+    pub gemm_rows: u32,
+    /// Tiles (of 32 K, 2 KiB of `f32` each) per dequantized panel.
+    pub panel_tiles: u32,
+}
+
+impl CpuTiling {
+    /// The largest value of each parameter a kernel may be generated with (register blocks
+    /// beyond this spill; a panel beyond this leaves L1).
+    pub const MAX: CpuTiling = CpuTiling { gemv_rows: 8, gemm_rows: 12, panel_tiles: 32 };
+
+    /// Whether every parameter is between 1 and [`CpuTiling::MAX`].
+    pub fn is_valid(&self) -> bool {
+        let within = |v: u32, max: u32| (1..=max).contains(&v);
+        within(self.gemv_rows, Self::MAX.gemv_rows)
+            && within(self.gemm_rows, Self::MAX.gemm_rows)
+            && within(self.panel_tiles, Self::MAX.panel_tiles)
+    }
+}
+
+impl fmt::Display for CpuTiling {
+    /// `gemv rows 2, gemm rows 3, panel 8 tiles` as `v2 r3 p8`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{} r{} p{}", self.gemv_rows, self.gemm_rows, self.panel_tiles)
+    }
+}
+
+/// How one CPU kernel entry was generated: its loop, its blocking, and whether the auto-tuner
+/// chose them (else fpx's heuristic did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CpuConfig {
+    /// The loop.
+    pub variant: Variant,
+    /// The blocking.
+    pub tiling: CpuTiling,
+    /// Chosen by the auto-tuner.
+    pub tuned: bool,
 }
 
 /// Native CPU code for one target: a shared object and the kernels it exports.
@@ -359,6 +441,17 @@ impl CpuKernel {
             symbol: self.symbol.clone(),
             column_split: self.column_split,
             activations: activations as i32,
+            threads: self.threads,
+            config: self.config.map(|c| pb::CpuConfig {
+                variant: match c.variant {
+                    Variant::Gemv => 0,
+                    Variant::Gemm => 1,
+                },
+                gemv_rows: c.tiling.gemv_rows,
+                gemm_rows: c.tiling.gemm_rows,
+                panel_tiles: c.tiling.panel_tiles,
+                tuned: c.tuned,
+            }),
         }
     }
 
@@ -368,7 +461,19 @@ impl CpuKernel {
             Ok(pb::Activations::Int8) => Activations::Int8,
             Err(_) => return Err(format!("node '{}': unknown activations code {}", g.node, g.activations)),
         };
-        Ok(CpuKernel { symbol: g.symbol.clone(), column_split: g.column_split, activations })
+        let config = match &g.config {
+            None => None,
+            Some(c) => {
+                let variant = match c.variant {
+                    0 => Variant::Gemv,
+                    1 => Variant::Gemm,
+                    v => return Err(format!("node '{}': unknown CPU kernel variant {v}", g.node)),
+                };
+                let tiling = CpuTiling { gemv_rows: c.gemv_rows, gemm_rows: c.gemm_rows, panel_tiles: c.panel_tiles };
+                Some(CpuConfig { variant, tiling, tuned: c.tuned })
+            }
+        };
+        Ok(CpuKernel { symbol: g.symbol.clone(), column_split: g.column_split, activations, threads: g.threads, config })
     }
 }
 

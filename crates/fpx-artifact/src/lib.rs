@@ -55,8 +55,8 @@ mod tests;
 
 pub use error::ArtifactError;
 pub use format::{
-    missing_cpu_features, ArtifactContents, CpuCode, CpuKernel, GpuActivations, GpuKernel, GpuTiles, NodeKernels, PtxCode, PtxModule,
-    SectionInfo, SectionKind, WriteSummary, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN,
+    missing_cpu_features, ArtifactContents, CpuCode, CpuConfig, CpuKernel, CpuTiling, GpuActivations, GpuKernel, GpuTiles, NodeKernels,
+    PtxCode, PtxModule, SectionInfo, SectionKind, Variant, WriteSummary, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN,
 };
 pub use read::{Artifact, CpuCodeRef, PtxCodeRef, PtxModuleRef};
 pub use validate::is_plain_name;

@@ -319,6 +319,32 @@ pub struct CpuGemm {
     /// What the kernel multiplies the weights with.
     #[prost(enumeration = "Activations", tag = "5")]
     pub activations: i32,
+    /// Most threads the runtime splits N across; 0 = every thread of its pool.
+    #[prost(uint32, tag = "6")]
+    pub threads: u32,
+    /// How the kernel was generated; absent in artifacts written before it was recorded.
+    #[prost(message, optional, tag = "7")]
+    pub config: Option<CpuConfig>,
+}
+
+/// The loop and blocking a CPU kernel was generated with, and where that choice came from.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CpuConfig {
+    /// 0 = GEMV loop (weights streamed once, dequantized in registers), 1 = GEMM (panel) loop.
+    #[prost(uint32, tag = "1")]
+    pub variant: u32,
+    /// Rows per register block of the GEMV loop.
+    #[prost(uint32, tag = "2")]
+    pub gemv_rows: u32,
+    /// Rows per register block of the panel loop.
+    #[prost(uint32, tag = "3")]
+    pub gemm_rows: u32,
+    /// Tiles of 32 K per dequantized panel.
+    #[prost(uint32, tag = "4")]
+    pub panel_tiles: u32,
+    /// Chosen by the auto-tuner (else by fpx's heuristic).
+    #[prost(bool, tag = "5")]
+    pub tuned: bool,
 }
 
 /// What a CPU kernel multiplies its weights with.

@@ -168,7 +168,7 @@ fn proto_file_matches_the_prost_declarations() {
     let rust = rust_schema(include_str!("manifest.rs"));
     let proto = proto_schema(include_str!("../artifact.proto"));
     // The parsers found something (not two empty schemas agreeing).
-    assert!(rust.messages.len() == 22 && rust.messages["Manifest"].0.len() == 6, "{rust:#?}");
+    assert!(rust.messages.len() == 23 && rust.messages["Manifest"].0.len() == 6, "{rust:#?}");
     assert!(rust.messages["Attribute"].0.contains(&("f".to_string(), 2)), "{rust:#?}");
     assert!(rust.messages["Value"].0.contains(&("type".to_string(), 2)), "{rust:#?}");
     assert_eq!(rust.enums["SectionKind"].len(), 5, "{rust:#?}");
@@ -213,8 +213,21 @@ fn small_contents() -> ArtifactContents {
         kernels: vec![NodeKernels {
             node: "qmm".into(),
             table: KernelTable::new(vec![
-                (8, CpuKernel { symbol: "g1".into(), column_split: 16, activations: Activations::Int8 }),
-                (0, CpuKernel { symbol: "g2".into(), column_split: 32, activations: Activations::Int8 }),
+                (8, CpuKernel { symbol: "g1".into(), column_split: 16, activations: Activations::Int8, threads: 0, config: None }),
+                (
+                    0,
+                    CpuKernel {
+                        symbol: "g2_v1r4p16".into(),
+                        column_split: 32,
+                        activations: Activations::Int8,
+                        threads: 1,
+                        config: Some(crate::CpuConfig {
+                            variant: crate::Variant::Gemm,
+                            tiling: crate::CpuTiling { gemv_rows: 1, gemm_rows: 4, panel_tiles: 16 },
+                            tuned: true,
+                        }),
+                    },
+                ),
             ])
             .unwrap(),
         }],
@@ -365,6 +378,10 @@ fn inconsistent_manifests_are_rejected() {
     });
     rejects("the CPU code for 'generic': node 'qmm': M ranges out of order (0, then 0)", |m, _| m.cpu_code[0].gemms[0].max_m = 0);
     rejects("node 'qmm' splits columns at multiples of 24, not of 16", |m, _| m.cpu_code[0].gemms[0].column_split = 24);
+    rejects("node 'qmm' records the kernel blocking v1 r0 p16, outside 1..=v8 r12 p32", |m, _| {
+        m.cpu_code[0].gemms[1].config.as_mut().unwrap().gemm_rows = 0
+    });
+    rejects("node 'qmm': unknown CPU kernel variant 5", |m, _| m.cpu_code[0].gemms[1].config.as_mut().unwrap().variant = 5);
     rejects("node 'qmm' has a kernel without a symbol", |m, _| m.cpu_code[0].gemms[1].symbol.clear());
     rejects("node 'qmm': unknown activations code 7", |m, _| m.cpu_code[0].gemms[0].activations = 7);
     rejects("the CPU code for 'generic': node 'neg' is not a quantized product of the graph", |m, _| {

@@ -5,7 +5,7 @@
 
 use crate::format::{cpu_tables, gpu_tables, NodeKernels};
 use crate::manifest as pb;
-use crate::{ArtifactError, CpuKernel, GpuKernel, SectionInfo, SectionKind};
+use crate::{ArtifactError, CpuKernel, CpuTiling, GpuKernel, SectionInfo, SectionKind};
 use fpx_ir::ops::quant_matmul;
 use fpx_ir::Graph;
 use fpx_quant::layout::TILE_N;
@@ -81,6 +81,11 @@ pub(crate) fn check_code(
                 }
                 if e.column_split == 0 || !(e.column_split as usize).is_multiple_of(TILE_N) {
                     let message = format!("{who}: node '{}' splits columns at multiples of {}, not of {TILE_N}", k.node, e.column_split);
+                    return Err(ArtifactError::corrupt(what, message));
+                }
+                if let Some(c) = e.config.filter(|c| !c.tiling.is_valid()) {
+                    let message =
+                        format!("{who}: node '{}' records the kernel blocking {}, outside 1..={}", k.node, c.tiling, CpuTiling::MAX);
                     return Err(ArtifactError::corrupt(what, message));
                 }
             }

@@ -113,8 +113,26 @@ fn rich_contents() -> ArtifactContents {
             kernels: vec![NodeKernels {
                 node: "quant".into(),
                 table: KernelTable::new(vec![
-                    (8, CpuKernel { symbol: "fpx_quant_gemv".into(), column_split: 16, activations: Activations::Int8 }),
-                    (0, CpuKernel { symbol: "fpx_quant_gemm".into(), column_split: 64, activations: Activations::Int8 }),
+                    (
+                        8,
+                        CpuKernel {
+                            symbol: "fpx_quant_gemv".into(),
+                            column_split: 16,
+                            activations: Activations::Int8,
+                            threads: 0,
+                            config: None,
+                        },
+                    ),
+                    (
+                        0,
+                        CpuKernel {
+                            symbol: "fpx_quant_gemm".into(),
+                            column_split: 64,
+                            activations: Activations::Int8,
+                            threads: 0,
+                            config: None,
+                        },
+                    ),
                 ])
                 .unwrap(),
             }],
@@ -126,7 +144,13 @@ fn rich_contents() -> ArtifactContents {
             shared_object: vec![],
             kernels: vec![NodeKernels {
                 node: "quant".into(),
-                table: KernelTable::single(CpuKernel { symbol: "q".into(), column_split: 16, activations: Activations::Int8 }),
+                table: KernelTable::single(CpuKernel {
+                    symbol: "q".into(),
+                    column_split: 16,
+                    activations: Activations::Int8,
+                    threads: 0,
+                    config: None,
+                }),
             }],
         },
     ];

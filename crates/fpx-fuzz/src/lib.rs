@@ -631,6 +631,8 @@ fn artifact_bytes(mut graph: Graph, quantized: bool) -> Vec<u8> {
                     symbol: symbol.into(),
                     column_split: fpx_quant::layout::TILE_N as u32,
                     activations: q.activations,
+                    threads: 0,
+                    config: None,
                 };
                 let table = KernelTable::new(vec![(8, kernel("gemv")), (0, kernel("gemm"))]).expect("table");
                 kernels.push(NodeKernels { node: n.name.clone(), table });

@@ -75,6 +75,16 @@ pub(crate) struct Isa {
 }
 
 impl Isa {
+    /// The blocking these parameters give.
+    pub fn tiling(&self) -> crate::CpuTiling {
+        crate::CpuTiling { gemv_rows: self.gemv_rows, gemm_rows: self.gemm_rows, panel_tiles: self.panel_tiles }
+    }
+
+    /// These parameters with `tiling`'s blocking.
+    pub fn with_tiling(self, tiling: crate::CpuTiling) -> Isa {
+        Isa { gemv_rows: tiling.gemv_rows, gemm_rows: tiling.gemm_rows, panel_tiles: tiling.panel_tiles, ..self }
+    }
+
     fn avx2() -> Isa {
         Isa { w: 8, gemv_rows: 2, gemm_rows: 3, panel_tiles: 8, vnni8: false }
     }

@@ -537,3 +537,46 @@ fn bad_specs_are_errors() {
     let err = fpx_llvm::cpu_code(&[("proj".to_string(), spec8(Format::Int4, 64, 16, 48))], CpuTarget::X86_64V3).unwrap_err();
     assert!(err.to_string().starts_with("node 'proj': no CPU kernel for fpx_qmm_int4_k64_n16_g48_a8_gemv"), "{err}");
 }
+
+/// Every blocking the tuner may pick computes the same product: non-default register blocks
+/// (including ones larger than the heuristic's and 1) and panel sizes, both variants, M around
+/// each block size, on shapes with tails and ragged groups. Int8-activation products ignore the
+/// blocking and keep their default symbols.
+#[test]
+fn every_tiling_computes_the_same_product() {
+    use fpx_llvm::{compile_cpu_tiled, default_tiling, symbol_for, CpuTiling};
+    let target = CpuTarget::X86_64V3;
+    let default = default_tiling(target).unwrap();
+    assert_eq!(default, CpuTiling { gemv_rows: 2, gemm_rows: 3, panel_tiles: 8 });
+    let tilings = [
+        CpuTiling { gemv_rows: 1, gemm_rows: 1, panel_tiles: 1 },
+        CpuTiling { gemv_rows: 3, gemm_rows: 4, panel_tiles: 4 },
+        CpuTiling { gemv_rows: 4, gemm_rows: 5, panel_tiles: 16 },
+        CpuTiling { gemv_rows: 2, gemm_rows: 2, panel_tiles: 3 },
+    ];
+    let specs = [spec(Format::Fp6E3M2, 300, 40, 0), spec(Format::Fp6E2M3, 100, 33, 20), spec(Format::Fp4E2M1, 256, 48, 64)];
+    let mut kernels: Vec<(QuantGemm, CpuTiling)> = specs.iter().flat_map(|s| tilings.map(|t| (*s, t))).collect();
+    let int8 = spec8(Format::Fp6E2M3, 128, 32, 0);
+    kernels.push((int8, tilings[1]));
+    let compiled = compile_cpu_tiled(&kernels, target).unwrap();
+    assert_eq!(compiled.symbols.len(), 2 * kernels.len());
+    assert!(compiled.symbols.iter().any(|(_, _, s)| *s == fpx_llvm::symbol(&int8, Variant::Gemv)), "int8 keeps its default symbol");
+    let lib = Lib::load(&compiled);
+    for (i, s) in specs.iter().enumerate() {
+        let weight = Weight::new(*s, 500 + i as u64);
+        for t in tilings {
+            for variant in Variant::ALL {
+                let symbol = symbol_for(s, variant, t, default);
+                assert!(symbol.ends_with(&format!("_v{}r{}p{}", t.gemv_rows, t.gemm_rows, t.panel_tiles)), "{symbol}");
+                let kernel = lib.kernel(&symbol);
+                for (j, m) in [1, 2, 3, 4, 5, 6, 7, 11, 40].into_iter().enumerate() {
+                    weight.check(kernel, m, 0..s.n, j % 2 == 1, 31 * j as u64 + i as u64, &symbol);
+                }
+                weight.check(kernel, 3, 16..s.n, true, 77, &symbol);
+            }
+        }
+    }
+    let bad = CpuTiling { gemv_rows: 0, ..default };
+    let err = compile_cpu_tiled(&[(specs[0], bad)], target).unwrap_err().to_string();
+    assert!(err.contains("outside 1..="), "{err}");
+}

@@ -227,6 +227,11 @@ impl<E> KernelTable<E> {
         let rows = self.rows.iter().map(|(m, e)| Ok((*m, f(e)?))).collect::<Result<Vec<_>, Er>>()?;
         Ok(KernelTable { rows })
     }
+
+    /// The same ranges of M with every entry mapped by `f`.
+    pub fn map<T>(&self, mut f: impl FnMut(&E) -> T) -> KernelTable<T> {
+        KernelTable { rows: self.rows.iter().map(|(m, e)| (*m, f(e))).collect() }
+    }
 }
 
 #[cfg(test)]

@@ -99,8 +99,13 @@ fn bind_kernels(graph: &Graph, code: &CpuCodeRef<'_>, lib: &NativeLibrary) -> Re
             return Err(bad(format!("kernels are given for a {} node, not a quantized product", node.op_type)));
         }
         let gemm = quant_matmul::read(node)?;
-        let kernels =
-            k.table.try_map(|e| Ok::<_, RuntimeError>(NativeKernel { f: lib.qmm(&e.symbol)?, column_split: e.column_split as usize }))?;
+        let kernels = k.table.try_map(|e| {
+            Ok::<_, RuntimeError>(NativeKernel {
+                f: lib.qmm(&e.symbol)?,
+                column_split: e.column_split as usize,
+                threads: e.threads as usize,
+            })
+        })?;
         bound.insert(k.node.clone(), NativeQmm { gemm, kernels });
     }
     Ok(bound)

@@ -103,11 +103,13 @@ pub struct NativeKernel {
     pub f: QmmFn,
     /// Threads split `[0, N)` at multiples of this (a multiple of the kernels' 16-row tile).
     pub column_split: usize,
+    /// Most threads N is split across; 0 = every thread of the current pool.
+    pub threads: usize,
 }
 
 impl std::fmt::Debug for NativeKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NativeKernel(split {})", self.column_split)
+        write!(f, "NativeKernel(split {}, threads {})", self.column_split, self.threads)
     }
 }
 
@@ -200,7 +202,8 @@ impl NativeQmm {
         // Columns per kernel call: the whole chunk without an epilogue, else a block whose
         // m rows stay in cache until the epilogue reads them.
         let block = if fused.is_none() { usize::MAX } else { (EPILOGUE_BLOCK_ELEMS / m).max(1).div_ceil(split) * split };
-        let threads = rayon::current_num_threads().max(1);
+        let pool = rayon::current_num_threads().max(1);
+        let threads = if kernel.threads == 0 { pool } else { kernel.threads.min(pool) };
         let tiles = n.div_ceil(split);
         let per = tiles.div_ceil(threads).max(1);
         let call = |t: usize| {
@@ -379,7 +382,7 @@ mod tests {
     fn prepared_activations_are_used_and_checked() {
         let (m, k, n) = (2, 40, 16);
         let gemm = QuantGemm { format: fpx_quant::Format::Int4, k, n, group_size: 0, activations: Activations::Int8 };
-        let q = NativeQmm { gemm, kernels: KernelTable::single(NativeKernel { f: probe, column_split: 16 }) };
+        let q = NativeQmm { gemm, kernels: KernelTable::single(NativeKernel { f: probe, column_split: 16, threads: 0 }) };
         let (packed, scales) = (vec![0u8; gemm.packed_shape().total_bytes()], vec![1f32; n]);
         let x: Vec<f32> = (0..m * k).map(|i| i as f32 - 30.0).collect();
         let prepared = quantize_activations(&x, m, k);

@@ -28,7 +28,7 @@ use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
 use crate::target::{Isa, Machine};
-use crate::{Activations, LlvmError, QuantGemm, Variant};
+use crate::{Activations, CpuTiling, LlvmError, QuantGemm, Variant};
 
 mod builder;
 mod decode;
@@ -128,8 +128,14 @@ struct NtileArgs<'ctx> {
     ne: IntValue<'ctx>,
 }
 
-/// Builds the module with every kernel of `specs` (already validated, sorted and deduplicated).
-fn build_module<'ctx>(ctx: &'ctx Context, specs: &[QuantGemm], machine: &Machine) -> R<Module<'ctx>> {
+/// Builds the module with every kernel of `specs` (already validated, sorted and deduplicated),
+/// each product in its blocking (`default` is the target's, which keeps the plain symbol).
+fn build_module<'ctx>(
+    ctx: &'ctx Context,
+    specs: &[(QuantGemm, Variant, CpuTiling)],
+    default: CpuTiling,
+    machine: &Machine,
+) -> R<Module<'ctx>> {
     let module = ctx.create_module("fpx_kernels");
     module.set_source_file_name("fpx_kernels");
     module.set_triple(&machine.tm.get_triple());
@@ -138,12 +144,24 @@ fn build_module<'ctx>(ctx: &'ctx Context, specs: &[QuantGemm], machine: &Machine
     // The int8 kernels are written for 256-bit vectors (AVX2 byte dot products), also on AVX-512.
     let isa8 = Isa { w: 8, vnni8: false, ..machine.isa };
     let gen8 = Gen { ctx, module: &module, b: ctx.create_builder(), isa: isa8, lanes: Lanes::new(8) };
-    for spec in specs {
+    for (spec, variant, tiling) in specs {
         let plan = Plan::new(spec);
-        let g = if spec.activations == Activations::Int8 && !vnni::runs(&machine.isa, &plan) { &gen8 } else { &gen };
-        for variant in Variant::ALL {
-            g.kernel(&plan, variant)?;
-        }
+        let tiled;
+        let g = if spec.activations == Activations::Int8 && !vnni::runs(&machine.isa, &plan) {
+            &gen8
+        } else if *tiling != default {
+            tiled = Gen {
+                ctx,
+                module: &module,
+                b: ctx.create_builder(),
+                isa: machine.isa.with_tiling(*tiling),
+                lanes: Lanes::new(machine.isa.w as usize),
+            };
+            &tiled
+        } else {
+            &gen
+        };
+        g.kernel(&plan, *variant, &crate::symbol_for(spec, *variant, *tiling, default))?;
     }
     module.verify().map_err(|e| LlvmError::Llvm(format!("generated IR does not verify: {e}")))?;
     Ok(module)
@@ -155,9 +173,9 @@ fn optimize(module: &Module<'_>, machine: &Machine) -> R<()> {
 }
 
 /// Generates, optimizes and emits the object file holding every kernel of `specs`.
-pub(crate) fn compile_object(specs: &[QuantGemm], machine: &Machine) -> R<Vec<u8>> {
+pub(crate) fn compile_object(specs: &[(QuantGemm, Variant, CpuTiling)], default: CpuTiling, machine: &Machine) -> R<Vec<u8>> {
     let ctx = Context::create();
-    let module = build_module(&ctx, specs, machine)?;
+    let module = build_module(&ctx, specs, default, machine)?;
     optimize(&module, machine)?;
     let buf =
         machine.tm.write_to_memory_buffer(&module, FileType::Object).map_err(|e| LlvmError::Llvm(format!("emitting the object: {e}")))?;
@@ -167,7 +185,9 @@ pub(crate) fn compile_object(specs: &[QuantGemm], machine: &Machine) -> R<Vec<u8
 /// The unoptimized IR and the optimized assembly of `specs`' kernels.
 pub(crate) fn ir_and_asm(specs: &[QuantGemm], machine: &Machine) -> R<(String, String)> {
     let ctx = Context::create();
-    let module = build_module(&ctx, specs, machine)?;
+    let default = machine.isa.tiling();
+    let specs: Vec<(QuantGemm, Variant, CpuTiling)> = specs.iter().flat_map(|g| Variant::ALL.map(|v| (*g, v, default))).collect();
+    let module = build_module(&ctx, &specs, default, machine)?;
     let ir = module.print_to_string().to_string();
     optimize(&module, machine)?;
     let buf =
@@ -176,11 +196,12 @@ pub(crate) fn ir_and_asm(specs: &[QuantGemm], machine: &Machine) -> R<(String, S
 }
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
-    /// Emits the exported kernel `crate::symbol(&plan.spec, variant)` and its internal helpers. Gemv runs the
+    /// Emits the exported kernel `name` (`crate::symbol_for` of the product, variant and this
+    /// generator's blocking) and its internal helpers. Gemv runs the
     /// register-streaming loop when `m` fits one register block of rows and the groups are
     /// tile-aligned, the panel loop otherwise (still one dequantization per weight).
-    fn kernel(&self, plan: &Plan, variant: Variant) -> R<()> {
-        let name = crate::symbol(&plan.spec, variant);
+    fn kernel(&self, plan: &Plan, variant: Variant, name: &str) -> R<()> {
+        let name = name.to_string();
         let int8 = plan.spec.activations == Activations::Int8;
         // Int8 kernels share their loops between both exported symbols.
         let shared = crate::symbol(&plan.spec, Variant::Gemm);
@@ -191,6 +212,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 if int8_direct::runs(plan) { Some((self.i8_direct_ntile(plan, &shared)?, int8_direct::DIRECT_ROWS)) } else { None };
             (direct, self.i8_ntile(plan, &shared)?)
         } else {
+            // `crate::loop_shape` mirrors this dispatch for the tuner.
             let direct = if variant == Variant::Gemv && plan.tpg.is_some() {
                 Some((self.direct_ntile(plan, &name)?, self.isa.gemv_rows))
             } else {
