@@ -8,9 +8,9 @@ use crate::{simplify, Error, QuantSummary, QuantizeOptions, WeightScheme};
 use fpx_artifact::{Artifact, ArtifactContents, WriteSummary};
 use fpx_ir::ops::{quant_matmul, OpRegistry};
 use fpx_ir::Graph;
-use fpx_llvm::CpuTarget;
+use fpx_llvm::{CpuChoice, CpuTarget};
 use fpx_quant::act8::Activations;
-use fpx_quant::{Format, QuantGemm};
+use fpx_quant::{Format, KernelTable, QuantGemm};
 use fpx_runtime::LoadedArtifact;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -134,6 +134,10 @@ pub struct CompileOptions {
     /// folder. `None` is the system's temporary folder; `fpx compile` uses the output's folder
     /// (a `tmpfs` there would hold the spilled bytes in memory).
     pub scratch_dir: Option<PathBuf>,
+    /// Tuned kernel choices (`fpx tune`): for each CPU level, a product this machine has
+    /// current entries for gets their tables; every other product (and every bucket without an
+    /// entry) the heuristic's. `None`: the heuristic everywhere.
+    pub tuning: Option<fpx_tune::TuningDb>,
 }
 
 impl Default for CompileOptions {
@@ -144,6 +148,7 @@ impl Default for CompileOptions {
             cpu: CpuLevels::Auto,
             upcast_half: true,
             scratch_dir: None,
+            tuning: None,
         }
     }
 }
@@ -191,6 +196,23 @@ pub struct Compiled {
     pub quantization: QuantSummary,
     /// Distinct CPU kernels generated (entry points in the shared object).
     pub kernels: usize,
+    /// How the tuning database was used, per CPU level (empty without one).
+    pub tuning: Vec<TuningUse>,
+}
+
+/// How a compile used the tuning database for one CPU level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TuningUse {
+    /// The CPU level.
+    pub target: CpuTarget,
+    /// Quantized products (nodes) in the model.
+    pub products: usize,
+    /// Of those, the ones with current tuned entries (the rest use the heuristic).
+    pub tuned: usize,
+    /// The distinct shapes of the tuned products.
+    pub tuned_shapes: Vec<QuantGemm>,
+    /// Entries for this machine and level made by another kernel generator, ignored.
+    pub stale_entries: usize,
 }
 
 impl Compiled {
@@ -228,6 +250,79 @@ pub enum Progress {
 /// [`compile`], calling `progress` as each stage starts and as weights are quantized.
 pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress: impl FnMut(Progress)) -> Result<Compiled, Error> {
     check_options(options)?;
+    let (graph, quantization) = quantized_graph(path, options, &mut progress)?;
+    let gemms = quantized_products(&graph)?;
+    progress(Progress::Stage(Stage::Codegen));
+    let mut cpu = Vec::new();
+    let mut kernels = 0;
+    let mut tuning = Vec::new();
+    if options.target.has_cpu() && !gemms.is_empty() {
+        // Each level is its own LLVM context and module: they compile side by side.
+        use rayon::prelude::*;
+        let machine = options.tuning.as_ref().map(|_| fpx_tune::CpuMachine::host());
+        let planned = options
+            .cpu
+            .targets()
+            .into_iter()
+            .map(|t| plan_cpu_kernels(&gemms, t, options.tuning.as_ref().zip(machine.as_ref())))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let codes = planned.par_iter().map(|(t, plans, _)| fpx_llvm::cpu_code_with(plans, *t)).collect::<Result<Vec<_>, _>>()?;
+        tuning = planned.into_iter().filter_map(|(_, _, used)| used).collect();
+        kernels = codes
+            .iter()
+            .map(|c| c.kernels.iter().flat_map(|k| k.table.rows().iter().map(|(_, e)| e.symbol.as_str())).collect::<BTreeSet<_>>().len())
+            .max()
+            .unwrap_or(0);
+        cpu = codes;
+    }
+    progress(Progress::Stage(Stage::GpuCodegen));
+    let ptx = if options.target.has_gpu() { fpx_cuda::plan::ptx_code(&gemms)? } else { Vec::new() };
+    progress(Progress::Stage(Stage::Package));
+    let metadata = metadata(path, &options.quantize);
+    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels, tuning })
+}
+
+/// Each product of `gemms` with the kernel table `db` holds for it on `target` of `machine`
+/// (`None`: the heuristic's), and how the database was used.
+type PlannedCpu = (CpuTarget, Vec<(String, QuantGemm, Option<KernelTable<CpuChoice>>)>, Option<TuningUse>);
+
+/// The kernel tables for one CPU level: tuned ones from the database where it has them.
+fn plan_cpu_kernels(
+    gemms: &[(String, QuantGemm)],
+    target: CpuTarget,
+    db: Option<(&fpx_tune::TuningDb, &fpx_tune::CpuMachine)>,
+) -> Result<PlannedCpu, Error> {
+    let Some((db, machine)) = db else {
+        return Ok((target, gemms.iter().map(|(n, g)| (n.clone(), *g, None)).collect(), None));
+    };
+    let default = fpx_llvm::default_tiling(target)?;
+    let mut used = TuningUse { target, products: gemms.len(), tuned: 0, tuned_shapes: Vec::new(), stale_entries: 0 };
+    let mut stale_shapes = BTreeSet::new();
+    let plans = gemms
+        .iter()
+        .map(|(n, g)| {
+            let lookup = db.cpu_table(machine, target.name(), g, default);
+            if lookup.table.is_some() {
+                used.tuned += 1;
+                if !used.tuned_shapes.contains(g) {
+                    used.tuned_shapes.push(*g);
+                }
+            }
+            if lookup.stale > 0 && stale_shapes.insert(*g) {
+                used.stale_entries += lookup.stale;
+            }
+            (n.clone(), *g, lookup.table)
+        })
+        .collect();
+    Ok((target, plans, Some(used)))
+}
+
+/// Import, simplify and quantize: the graph whose products the backends (and the tuner) take.
+pub(crate) fn quantized_graph(
+    path: &Path,
+    options: &CompileOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Graph, QuantSummary), Error> {
     progress(Progress::Stage(Stage::Import));
     let mut graph: Graph = fpx_onnx::load_model(path)?;
     // Large external data stays in its files; large constants in memory and those the passes
@@ -265,27 +360,7 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
     // And the checks `fpx run` makes when it prepares the graph (a CPU kernel for every node),
     // so an artifact that could never run is refused here, naming the node, not at run time.
     fpx_runtime::CpuExecutor::check(graph.clone())?;
-    let gemms = quantized_products(&graph)?;
-    progress(Progress::Stage(Stage::Codegen));
-    let mut cpu = Vec::new();
-    let mut kernels = 0;
-    if options.target.has_cpu() && !gemms.is_empty() {
-        // Each level is its own LLVM context and module: they compile side by side.
-        use rayon::prelude::*;
-        let codes = options.cpu.targets().into_par_iter().map(|t| fpx_llvm::cpu_code(&gemms, t)).collect::<Result<Vec<_>, _>>()?;
-        kernels = codes[0]
-            .kernels
-            .iter()
-            .flat_map(|k| k.table.rows().iter().map(|(_, e)| e.symbol.as_str()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        cpu = codes;
-    }
-    progress(Progress::Stage(Stage::GpuCodegen));
-    let ptx = if options.target.has_gpu() { fpx_cuda::plan::ptx_code(&gemms)? } else { Vec::new() };
-    progress(Progress::Stage(Stage::Package));
-    let metadata = metadata(path, &options.quantize);
-    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels })
+    Ok((graph, quantization))
 }
 
 /// Checks the options against each other before any work.

@@ -18,6 +18,8 @@ pub enum Action {
     WriteArtifact,
     /// Comparing a model's accuracy under weight schemes.
     Report,
+    /// Tuning a model's kernels.
+    Tune,
 }
 
 impl Action {
@@ -29,6 +31,7 @@ impl Action {
             Action::Compile => "compile",
             Action::WriteArtifact => "write",
             Action::Report => "report on",
+            Action::Tune => "tune",
         }
     }
 }

@@ -19,6 +19,7 @@ mod paths;
 pub mod report;
 mod runnable;
 mod summary;
+mod tune;
 
 /// This process's peak resident memory (`VmHWM` of `/proc/self/status`, Linux), which `fpx
 /// compile` reports. Unlike `getrusage`'s `ru_maxrss` it counts only what this program used,
@@ -30,7 +31,9 @@ pub fn peak_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-pub use compile::{compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Progress, Stage, Target};
+pub use compile::{
+    compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Progress, Stage, Target, TuningUse,
+};
 pub use failure::{error_message, Action, Failure};
 pub use fpx_artifact as artifact;
 pub use fpx_cuda as cuda;
@@ -43,12 +46,14 @@ pub use fpx_quant as quant;
 pub use fpx_quant::act8::Activations;
 pub use fpx_runtime as runtime;
 pub use fpx_runtime::LoadedArtifact;
+pub use fpx_tune as tuning;
 pub use generate::{GenerateOptions, Generation, Generator, SamplingOptions, SignatureNames};
 pub use paths::{check_artifact_path, check_model_file, same_file};
 pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use summary::{
     weight_matmuls, weight_storage, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul,
 };
+pub use tune::{host_level, tune, TuneOptions, TuneSummary, TuningSource};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};
@@ -86,6 +91,9 @@ pub enum Error {
     /// Generation could not run (not a decoder graph, bad options, a malformed step output).
     #[error(transparent)]
     Generate(#[from] generate::GenerateError),
+    /// Tuning failed, or the tuning database cannot be read or written.
+    #[error(transparent)]
+    Tune(#[from] fpx_tune::TuneError),
     /// A model or output path cannot be used (missing, a folder, the model itself).
     #[error("{0}")]
     Path(String),

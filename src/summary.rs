@@ -224,6 +224,13 @@ pub struct CpuKernelSpec {
     pub activations: String,
     /// What the node fuses after its product (`none`, or e.g. `silu-gated + residual`).
     pub epilogue: String,
+    /// The loop and blocking (`gemv v2 r3 p8`), or `unrecorded` (artifacts written before
+    /// fpx recorded them).
+    pub config: String,
+    /// Most threads N is split across (0 = all).
+    pub threads: u32,
+    /// Whether the auto-tuner chose this kernel (else fpx's heuristic did).
+    pub tuned: bool,
 }
 
 /// The GPU GEMM one node launches for a range of M.
@@ -346,6 +353,9 @@ impl ArtifactSummary {
                                 column_split: e.column_split,
                                 activations: e.activations.to_string(),
                                 epilogue: epilogue_of(graph, &k.node),
+                                config: e.config.map_or_else(|| "unrecorded".to_string(), |c| format!("{} {}", c.variant, c.tiling)),
+                                threads: e.threads,
+                                tuned: e.config.is_some_and(|c| c.tuned),
                             })
                         })
                         .collect(),
@@ -422,18 +432,34 @@ impl ArtifactSummary {
                 }
             );
             let nodes = by_node(&c.kernels, |k| &k.node);
+            let tuned = nodes.iter().filter(|rows| rows.iter().any(|k| k.tuned)).count();
+            if tuned > 0 {
+                let _ = writeln!(s, "  {tuned} of {} products use tuned kernels (fpx tune)", nodes.len());
+            }
             for rows in nodes.iter().take(8) {
-                let choices: Vec<String> = rows.iter().map(|k| format!("{} {}", m_range(k.max_m), k.symbol)).collect();
                 let k = rows[0];
                 let _ = writeln!(
                     s,
-                    "  {}: {} [{} activations, columns split at {}, epilogue {}]",
-                    k.node,
-                    choices.join(", "),
-                    k.activations,
-                    k.column_split,
-                    k.epilogue
+                    "  {}: [{} activations, columns split at {}, epilogue {}]",
+                    k.node, k.activations, k.column_split, k.epilogue
                 );
+                let mut lower = 1;
+                for k in rows {
+                    let threads = match k.threads {
+                        0 => "all threads".to_string(),
+                        1 => "1 thread".to_string(),
+                        t => format!("{t} threads"),
+                    };
+                    let range = if k.max_m == 0 { format!("M >= {lower}") } else { format!("M {lower}..={}", k.max_m) };
+                    let _ = writeln!(
+                        s,
+                        "    {range:<14} {:<16} {threads:<12} {:<9} {}",
+                        k.config,
+                        if k.tuned { "tuned" } else { "heuristic" },
+                        k.symbol
+                    );
+                    lower = k.max_m + 1;
+                }
             }
             if nodes.len() > 8 {
                 let _ = writeln!(s, "  ... {} more products", nodes.len() - 8);

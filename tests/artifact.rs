@@ -287,7 +287,9 @@ fn cli_compile_run_inspect_and_bench_an_artifact() {
         "weights: fp6-e2m3",
         "cpu shared object",
         "runs on this machine",
-        ": M <= 8 fpx_qmm_fp6_e2m3_k64_n256_g0_gemv, larger M fpx_qmm_fp6_e2m3_k64_n256_g0_gemm [f32 activations, columns split at 16, epilogue gelu]",
+        ": [f32 activations, columns split at 16, epilogue gelu]",
+        "M 1..=8        gemv v2 r3 p8    all threads  heuristic fpx_qmm_fp6_e2m3_k64_n256_g0_gemv",
+        "M >= 9         gemm v2 r3 p8    all threads  heuristic fpx_qmm_fp6_e2m3_k64_n256_g0_gemm",
         "QuantMatMul",
     ] {
         assert!(text.contains(needle), "'{needle}' missing from:\n{text}");

@@ -15,4 +15,5 @@ mod models;
 mod nn_ops;
 mod node_tests;
 mod quant;
+mod tune;
 mod zoo;

@@ -36,6 +36,10 @@ pub struct CompileSummary {
     pub cpu_targets: Vec<String>,
     /// The GPU architectures it carries PTX for (e.g. ["sm_80", "sm_90"]).
     pub gpu_archs: Vec<String>,
+    /// The tuning database used (`fpx tune`), if any.
+    pub tuning_db: Option<PathBuf>,
+    /// Products whose kernels came from it (on the CPU level this machine runs best).
+    pub tuned_products: usize,
 }
 
 #[pymethods]
@@ -58,7 +62,8 @@ impl CompileSummary {
 /// stage starts (`done` and `total` None) and as weights are quantized (bytes).
 #[pyfunction]
 #[pyo3(signature = (model, output, *, weights = "fp6-e3m2", activations = "f32", target = "cpu", cpu = "auto", group_size = None,
-    scale_search = false, embeddings = Some("int8"), fused_epilogues = true, keep_half_precision = false, progress = None))]
+    scale_search = false, embeddings = Some("int8"), fused_epilogues = true, keep_half_precision = false, tuning_db = None,
+    no_tuning = false, progress = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn compile(
     py: Python<'_>,
@@ -73,6 +78,8 @@ pub fn compile(
     embeddings: Option<&str>,
     fused_epilogues: bool,
     keep_half_precision: bool,
+    tuning_db: Option<PathBuf>,
+    no_tuning: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<CompileSummary> {
     let kwargs = QuantKwargs { weights: Some(weights), activations, group_size, scale_search, embeddings, fused_epilogues };
@@ -82,7 +89,15 @@ pub fn compile(
     fpx::check_model_file(&model).map_err(|e| error(&e))?;
     fpx::check_artifact_path(&output, &model, "output").map_err(|e| error(&e))?;
     let scratch_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let options = CompileOptions { quantize, target, cpu, upcast_half: !keep_half_precision, scratch_dir: Some(scratch_dir) };
+    if no_tuning && tuning_db.is_some() {
+        return Err(FpxError::new_err("tuning_db and no_tuning=True exclude each other"));
+    }
+    let tuning = if no_tuning { fpx::TuningSource::default() } else { fpx::TuningSource::resolve(tuning_db.as_deref()) };
+    if let Some(w) = &tuning.warning {
+        PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyUserWarning>(), &std::ffi::CString::new(w.as_str()).unwrap_or_default(), 1)?;
+    }
+    let options =
+        CompileOptions { quantize, target, cpu, upcast_half: !keep_half_precision, scratch_dir: Some(scratch_dir), tuning: tuning.db };
     let start = Instant::now();
     // The callback's first exception is raised after the compile (which cannot stop half-way).
     let mut callback_error: Option<PyErr> = None;
@@ -118,6 +133,8 @@ pub fn compile(
         weight_bytes_out: q.weight_bytes_out,
         bits_per_weight: if weights_held > 0 { 8.0 * bytes_held as f64 / weights_held as f64 } else { 0.0 },
         kernels: compiled.kernels,
+        tuning_db: tuning.path,
+        tuned_products: compiled.tuning.iter().map(|u| u.tuned).max().unwrap_or(0),
         cpu_targets: compiled.contents.cpu.iter().map(|c| c.target.clone()).collect(),
         gpu_archs: compiled.contents.ptx.iter().map(|c| c.arch.clone()).collect(),
     })

@@ -64,6 +64,18 @@ Example:\n  fpx generate llama.fpx --prompt-ids 1,15043,29892 --max-new-tokens 3
 fpx generate llama-kv.onnx --prompt-ids prompt.npy --temperature 0.8 --top-p 0.95 --seed 7 --eos 2\n  \
 fpx generate llama.fpx --tokenizer tokenizer.json --prompt 'Once upon a time' --max-new-tokens 64")]
     Generate(crate::generate_cmd::GenerateArgs),
+    /// Auto-tune the kernels of a model's quantized products on this machine: for each product and
+    /// range of M (1, 2-4, 5-8, ..., >256) search the loop (GEMV or GEMM), register blocking, panel
+    /// size and thread split, check every candidate against a reference before timing it, and keep
+    /// the fastest in the tuning database that `fpx compile` reads.
+    #[command(
+        after_help = "The budget is split over products by the bytes of weight they stream; a candidate is kept only if it beats fpx's heuristic by 3% head to head, so a tuned artifact is never slower than an untuned one by more than noise. Results are keyed by this machine (CPU model, features, threads), the CPU level, the kernel generator's checksum (a new fpx version makes old entries stale) and the product's shape, and merged into the database.\n\n\
+Default database: $FPX_TUNING_DB, else $XDG_CACHE_HOME/fpx/tuning.json, else ~/.cache/fpx/tuning.json.\n\n\
+Example:\n  fpx tune model.onnx --budget 120 --max-m 16     # decode-sized M only\n  \
+fpx compile model.onnx -o model.fpx              # uses the default database when present\n  \
+fpx inspect model.fpx                            # shows which kernels came from tuning"
+    )]
+    Tune(TuneArgs),
     /// Summarize a model: opsets, op counts, inputs/outputs, parameters, and every MatMul/Gemm
     /// with a constant weight (what quantization will rewrite); for an artifact also its
     /// sections and, per node and range of M, the kernel that runs.
@@ -214,6 +226,45 @@ pub struct CompileArgs {
     /// Keep an FP16/BF16 model's 16-bit tensors. By default they become f32 between the model's inputs and outputs
     /// (which keep their types), so an FP16 export runs on the same fast kernels as its FP32 twin and gives its
     /// results; kept 16-bit tensors run through the slow reference kernels with 16-bit rounding.
+    #[arg(long)]
+    pub keep_half_precision: bool,
+    /// The tuning database to take kernel choices from (written by `fpx tune`). By default the default database
+    /// ($FPX_TUNING_DB, else ~/.cache/fpx/tuning.json) when it exists; products or M ranges it has no current entry
+    /// for use fpx's heuristic, and a damaged database is reported and ignored.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_tuning")]
+    pub tuning_db: Option<PathBuf>,
+    /// Ignore every tuning database: fpx's heuristic kernel choices only.
+    #[arg(long)]
+    pub no_tuning: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `fpx tune`.
+#[derive(Args)]
+pub struct TuneArgs {
+    /// The model: an .onnx file (its products as `fpx compile` with the same quantization flags makes them) or an
+    /// .fpx artifact.
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Where to tune: cpu, or cuda (GPU tuning is not built yet).
+    #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
+    pub device: Device,
+    /// The search's time budget in seconds, compiling candidates included.
+    #[arg(long, value_name = "SECONDS", default_value = "60")]
+    pub budget: f64,
+    /// The tuning database to merge the results into (default: $FPX_TUNING_DB, else ~/.cache/fpx/tuning.json).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Tune the M ranges up to the one holding this M (1 for batch-1 decoding; default: all, up to >256).
+    #[arg(long, value_name = "M", default_value = "512")]
+    pub max_m: u64,
+    /// The CPU levels the artifact will hold (as `fpx compile --cpu`); the first this CPU runs is tuned.
+    #[arg(long, value_name = "CPU", default_value = "auto")]
+    pub cpu: CpuLevels,
+    /// Keep an FP16/BF16 model's 16-bit tensors (as `fpx compile --keep-half-precision`).
     #[arg(long)]
     pub keep_half_precision: bool,
     /// No progress bar.

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// The quantization options of `--weights/--group-size/--scale-search/--activations`, with
 /// `default_scheme` when `--weights` is not given.
-fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> Result<QuantizeOptions> {
+pub(crate) fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> Result<QuantizeOptions> {
     let o = QuantizeOptions {
         group_size: q.scales.group_size,
         scale_search: q.scales.scale_search,
@@ -331,6 +331,19 @@ pub fn membw(args: &MembwArgs) -> Result<()> {
     Ok(())
 }
 
+/// The tuning database `fpx compile` uses and its file (`fpx::TuningSource`), none with
+/// `--no-tuning`; why one could not be used goes to stderr.
+fn compile_tuning(args: &CompileArgs) -> (Option<fpx::tuning::TuningDb>, Option<PathBuf>) {
+    if args.no_tuning {
+        return (None, None);
+    }
+    let source = fpx::TuningSource::resolve(args.tuning_db.as_deref());
+    if let Some(w) = &source.warning {
+        eprintln!("warning: {w}");
+    }
+    (source.db, source.path)
+}
+
 /// `fpx compile`.
 pub fn compile(args: &CompileArgs) -> Result<()> {
     fpx::check_model_file(&args.model)?;
@@ -346,12 +359,14 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
+    let (tuning, tuning_path) = compile_tuning(args);
     let options = fpx::CompileOptions {
         quantize,
         target: args.target,
         cpu: args.cpu,
         upcast_half: !args.keep_half_precision,
         scratch_dir: Some(scratch_dir),
+        tuning,
     };
     let t0 = Instant::now();
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(fpx::Stage::ALL.len() as u64 + 1) };
@@ -401,6 +416,29 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         q.weight_bytes_out as f64 / 1e6,
         q.weight_bytes_in as f64 / q.weight_bytes_out.max(1) as f64
     );
+    if let Some(path) = &tuning_path {
+        if compiled.tuning.iter().all(|u| u.tuned == 0 && u.stale_entries == 0) {
+            println!("  tuning: {} has no entries for this machine and these products; every kernel uses the heuristic", path.display());
+        }
+        for u in compiled.tuning.iter().filter(|u| u.tuned > 0 || u.stale_entries > 0) {
+            let stale = if u.stale_entries > 0 {
+                format!("; {} entries from another kernel generator ignored (run `fpx tune` again)", u.stale_entries)
+            } else {
+                String::new()
+            };
+            println!(
+                "  tuning: {} of {} products tuned for {} on this machine ({}), the rest use the heuristic{stale}",
+                u.tuned,
+                u.products,
+                u.target,
+                path.display()
+            );
+            let shapes: Vec<String> = u.tuned_shapes.iter().map(|g| fpx::tuning::Shape::of(g).to_string()).collect();
+            if !shapes.is_empty() {
+                println!("    tuned shapes: {}", shapes.join(", "));
+            }
+        }
+    }
     let (weights, bytes) = fpx::weight_storage(&compiled.contents.graph);
     if weights > 0 {
         println!(

@@ -1,9 +1,10 @@
 //! The `fpx` command line: argument parsing (`args.rs`) and the commands (`commands.rs`,
-//! `generate_cmd.rs`) over the `fpx` library.
+//! `generate_cmd.rs`, `tune_cmd.rs`) over the `fpx` library.
 
 mod args;
 mod commands;
 mod generate_cmd;
+mod tune_cmd;
 
 use args::{Cli, Command};
 use clap::Parser as _;
@@ -31,6 +32,7 @@ fn main() {
         Command::Report(a) => commands::report(a),
         Command::Bench(a) => commands::bench(a),
         Command::Generate(a) => generate_cmd::generate(a),
+        Command::Tune(a) => tune_cmd::tune(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Membw(a) => commands::membw(a),
     };

@@ -77,6 +77,8 @@ class CompileSummary:
     kernels: int
     cpu_targets: list[str]
     gpu_archs: list[str]
+    tuning_db: Optional[str]
+    tuned_products: int
 
 @final
 class Generation:
@@ -145,6 +147,8 @@ def compile(
     embeddings: Optional[str] = ...,
     fused_epilogues: bool = True,
     keep_half_precision: bool = False,
+    tuning_db: Optional[_StrPath] = None,
+    no_tuning: bool = False,
     progress: Optional[Callable[[str, Optional[int], Optional[int]], Any]] = None,
 ) -> CompileSummary:
     """Compiles an ONNX model into an .fpx artifact (written atomically), as `fpx compile` does."""

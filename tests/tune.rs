@@ -1,0 +1,117 @@
+//! `fpx tune` → `fpx compile --tuning-db` → `fpx inspect` / `fpx run` end to end on the bundled
+//! model with a small budget, and the database's failure modes as a user meets them: a damaged
+//! database is refused by `tune` (and left as it was) and reported and skipped by `compile`.
+
+use fpx_test_support::data::workspace_root;
+use fpx_test_support::TempDir;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fpx(args: &[&str]) -> Output {
+    // No default database leaks in from the machine running the tests.
+    Command::new(env!("CARGO_BIN_EXE_fpx")).args(args).env("FPX_TUNING_DB", "/nonexistent/fpx-tuning.json").output().expect("fpx runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn model() -> PathBuf {
+    workspace_root().join("examples/tiny-transformer/model.onnx")
+}
+
+fn input() -> String {
+    format!("input={}", s(&workspace_root().join("examples/tiny-transformer/input.npy")))
+}
+
+#[test]
+fn tune_then_compile_uses_the_database_and_computes_the_same_outputs() {
+    let dir = TempDir::new("cli-tune");
+    let db = dir.join("tuning.json");
+    let m = model();
+    let o = fpx(&["tune", s(&m), "--budget", "8", "--max-m", "16", "--db", s(&db), "--cpu", "x86-64-v3", "-q"]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("tuned 3 products x 4 M ranges"), "{out}");
+    for needle in ["product", "speed-up", "fp6-e3m2 64x256", "9-16", "tuning database:"] {
+        assert!(out.contains(needle), "'{needle}' not in: {out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&db).unwrap()).unwrap();
+    assert_eq!(json["format"], "fpx-tuning-db");
+    assert_eq!(json["cpu"].as_array().unwrap().len(), 12, "3 products x 4 buckets");
+    assert_eq!(json["cpu"][0]["target"], "x86-64-v3");
+
+    let tuned = dir.join("tuned.fpx");
+    let o = fpx(&["compile", s(&m), "-o", s(&tuned), "--cpu", "x86-64-v3", "--tuning-db", s(&db), "-q"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains("tuning: 13 of 13 products tuned for x86-64-v3 on this machine"), "{out}");
+    let o = fpx(&["inspect", s(&tuned)]);
+    let out = text(&o.stdout);
+    assert!(out.contains("13 of 13 products use tuned kernels"), "{out}");
+    assert!(out.contains(" tuned ") && out.contains(" heuristic "), "buckets above 16 keep the heuristic: {out}");
+    let o = fpx(&["inspect", s(&tuned), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = json["cpu"][0]["kernels"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["tuned"] == true) && rows.iter().all(|r| r["config"].as_str().is_some_and(|c| c.contains(" v"))));
+
+    // The tuned artifact computes what the untuned one does.
+    let plain = dir.join("plain.fpx");
+    let o = fpx(&["compile", s(&m), "-o", s(&plain), "--cpu", "x86-64-v3", "--no-tuning", "-q"]);
+    assert!(o.status.success() && !text(&o.stdout).contains("tuning:"), "{}", text(&o.stdout));
+    let run = |a: &Path, out: &Path| {
+        let o = fpx(&["run", s(a), "--input", &input(), "--output-dir", s(out)]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        crate::common::npy(&out.join("output.npy"))
+    };
+    let (t, p) = (run(&tuned, &dir.join("t")), run(&plain, &dir.join("p")));
+    crate::common::compare(&t, &p, 1e-5, 1e-6).unwrap();
+}
+
+#[test]
+fn damaged_databases_stop_tune_and_are_skipped_by_compile() {
+    let dir = TempDir::new("cli-tune-bad");
+    let db = dir.join("tuning.json");
+    let damaged = "{\"format\": \"fpx-tuning-db\", \"version\": 1, \"cpu\": [ {";
+    std::fs::write(&db, damaged).unwrap();
+    let m = model();
+    let o = fpx(&["tune", s(&m), "--budget", "1", "--db", s(&db)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot tune") && err.contains("is damaged: not valid JSON"), "{err}");
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), damaged, "never clobbered");
+
+    let out = dir.join("m.fpx");
+    let o = fpx(&["compile", s(&m), "-o", s(&out), "--tuning-db", s(&db), "-q"]);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: the tuning database") && err.contains("compiling with fpx's heuristic kernel choices"), "{err}");
+    let o = fpx(&["inspect", s(&out)]);
+    assert!(!text(&o.stdout).contains(" tuned "), "{}", text(&o.stdout));
+
+    let foreign = dir.join("package.json");
+    std::fs::write(&foreign, "{\"name\": \"x\"}").unwrap();
+    let o = fpx(&["compile", s(&m), "-o", s(&out), "--tuning-db", s(&foreign), "-q"]);
+    assert!(o.status.success() && text(&o.stderr).contains("is not a tuning database this fpx reads"), "{}", text(&o.stderr));
+    let o = fpx(&["compile", s(&m), "-o", s(&out), "--tuning-db", s(&dir.join("absent.json")), "-q"]);
+    assert!(o.status.success() && text(&o.stderr).contains("does not exist"), "{}", text(&o.stderr));
+
+    for (args, want) in [
+        (vec!["--budget", "0"], "--budget 0: give a positive number of seconds"),
+        (vec!["--max-m", "0"], "--max-m 0"),
+        (vec!["--weights", "none"], "--weights none: only quantized products have kernels to tune"),
+    ] {
+        let mut all = vec!["tune", s(&m), "--db", s(&db)];
+        all.extend(args);
+        let o = fpx(&all);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(text(&o.stderr).contains(want), "{}", text(&o.stderr));
+    }
+    let o = fpx(&["tune", s(&m), "--device", "cuda", "--db", s(&db)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("--device cuda"), "{}", text(&o.stderr));
+}
