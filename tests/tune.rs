@@ -70,6 +70,11 @@ fn tune_then_compile_uses_the_database_and_computes_the_same_outputs() {
     };
     let (t, p) = (run(&tuned, &dir.join("t")), run(&plain, &dir.join("p")));
     crate::common::compare(&t, &p, 1e-5, 1e-6).unwrap();
+
+    // An artifact's products can be tuned too (the ones it holds, whatever flags say).
+    let db2 = dir.join("from-artifact.json");
+    let o = fpx(&["tune", s(&plain), "--budget", "2", "--max-m", "1", "--db", s(&db2), "--cpu", "x86-64-v3", "-q"]);
+    assert!(o.status.success() && text(&o.stdout).contains("tuned 3 products x 1 M ranges"), "{}", text(&o.stderr));
 }
 
 #[test]

@@ -16,6 +16,9 @@ import pytest
 
 import fpx
 
+# No default tuning database leaks in from the machine running the tests (compile reads it).
+os.environ.setdefault("FPX_TUNING_DB", "/nonexistent/fpx-tuning.json")
+
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 TINY = ROOT / "examples" / "tiny-transformer"
 MINILM = ROOT.parent / "shared" / "models" / "minilm-l6-v2"
@@ -51,6 +54,24 @@ def test_compile_reports_what_it_did(tiny):
     assert summary.cpu_targets == ["x86-64-v4-vnni", "x86-64-v3"] and summary.gpu_archs == []
     assert 0 < summary.weight_bytes_out < summary.weight_bytes_in
     assert model.kind == "artifact" and model.cpu_target in summary.cpu_targets
+
+
+def test_compile_uses_a_tuning_database_like_the_cli_and_warns_on_a_damaged_one(tmp_path):
+    db = tmp_path / "tuning.json"
+    code, _, err = cli("tune", TINY / "model.onnx", "--budget", "3", "--max-m", "1", "--db", db, "--cpu", "x86-64-v3", "-q")
+    assert code == 0, err
+    tuned = fpx.compile(TINY / "model.onnx", tmp_path / "py.fpx", cpu="x86-64-v3", tuning_db=db)
+    assert str(tuned.tuning_db) == str(db) and tuned.tuned_products == 13
+    code, _, err = cli("compile", TINY / "model.onnx", "-o", tmp_path / "cli.fpx", "--cpu", "x86-64-v3", "--tuning-db", db, "-q")
+    assert code == 0, err
+    assert (tmp_path / "py.fpx").read_bytes() == (tmp_path / "cli.fpx").read_bytes()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.warns(UserWarning, match="is damaged: not valid JSON.*heuristic"):
+        plain = fpx.compile(TINY / "model.onnx", tmp_path / "plain.fpx", cpu="x86-64-v3", tuning_db=bad)
+    assert plain.tuning_db is None and plain.tuned_products == 0
+    with pytest.raises(fpx.FpxError, match="exclude each other"):
+        fpx.compile(TINY / "model.onnx", tmp_path / "x.fpx", tuning_db=db, no_tuning=True)
 
 
 def test_inputs_and_outputs_describe_the_graph(tiny):

@@ -17,10 +17,11 @@ use crate::fixture::Fixture;
 use crate::timing::Bench;
 use crate::{CpuMachine, MBucket, TuneError};
 
-/// A candidate must beat the heuristic by this factor in the final head-to-head to be kept.
-const CONFIRM_MARGIN: f64 = 0.97;
+/// A candidate must beat the heuristic by 5 % in the final head-to-head to be kept (the
+/// benchmark saw differences of 3–5 % on repeated timing of the same kernels on a VM).
+const CONFIRM_MARGIN: f64 = 0.95;
 /// Rounds of the three phases: all candidates, the best third, best against the heuristic.
-const ROUNDS: [usize; 3] = [3, 7, 11];
+const ROUNDS: [usize; 3] = [3, 7, 15];
 
 /// What to tune on the CPU.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@
 //!   last-level cache twice (a decode step reads its weights from memory);
 //! - the budget goes where it matters: products by the bytes they stream, candidates pruned to
 //!   distinct loops ([`fpx_llvm::loop_shape`]) and by successive halving, and a winner is kept
-//!   only if it beats the heuristic's choice by 3 % head to head, so a tuned table is never
+//!   only if it beats the heuristic's choice by 5 % head to head, so a tuned table is never
 //!   slower than the untuned one by more than noise.
 //!
 //! The database keys each result by machine ([`CpuMachine`]), CPU level, kernel-generator

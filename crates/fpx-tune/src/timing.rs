@@ -10,6 +10,10 @@ use crate::fixture::{Fixture, SplitMix};
 
 /// A timed sample lasts about this long (several calls when one is shorter).
 pub(crate) const SAMPLE_SECONDS: f64 = 300e-6;
+/// Calls shorter than this get one untimed call before each timed sample: candidates differ in
+/// thread count, and the pool's workers fall asleep while a one-thread candidate runs, so the
+/// next candidate's first call would pay their wake-up — a cost of the interleaving, not of it.
+const SETTLE_BELOW_SECONDS: f64 = 2e-3;
 
 /// The timing bench for one product and bucket: activations per sample M, one output buffer,
 /// and the rotation through the weight copies.
@@ -18,6 +22,8 @@ pub(crate) struct Bench<'a> {
     samples: Vec<(usize, Vec<f32>)>,
     y: Vec<f32>,
     next_copy: usize,
+    /// Whether a timed sample starts with an untimed call ([`SETTLE_BELOW_SECONDS`]).
+    settle: bool,
 }
 
 impl<'a> Bench<'a> {
@@ -26,25 +32,33 @@ impl<'a> Bench<'a> {
         let mut rng = SplitMix::new(samples.iter().map(|&m| m as u64).sum());
         let samples: Vec<(usize, Vec<f32>)> = samples.iter().map(|&m| (m, rng.signed_vec(m * k))).collect();
         let rows = samples.iter().map(|s| s.0).max().unwrap_or(1);
-        Bench { fixture, samples, y: vec![0f32; rows * fixture.gemm.n], next_copy: 0 }
+        Bench { fixture, samples, y: vec![0f32; rows * fixture.gemm.n], next_copy: 0, settle: true }
     }
 
-    /// Seconds of one call (averaged over the sample M) of `qmm`, after three warm-up calls.
+    /// Seconds of one call (averaged over the sample M) of `qmm`, after three warm-up calls;
+    /// decides whether timed samples settle first.
     pub(crate) fn warm_up(&mut self, qmm: &NativeQmm) -> f64 {
+        self.settle = false;
         for _ in 0..3 {
             self.calls(qmm, 1);
         }
-        let best = (0..3).map(|_| self.calls(qmm, 1)).fold(f64::INFINITY, f64::min);
-        best / self.samples.len() as f64
+        let best = (0..3).map(|_| self.calls(qmm, 1)).fold(f64::INFINITY, f64::min) / self.samples.len() as f64;
+        self.settle = best < SETTLE_BELOW_SECONDS;
+        best
     }
 
-    /// Runs `qmm` `inner` times at every sample M, each call on the next weight copy; returns
-    /// seconds per call summed over the sample M.
+    /// Runs `qmm` `inner` times at every sample M (after one untimed call when settling), each
+    /// call on the next weight copy; returns seconds per call summed over the sample M.
     fn calls(&mut self, qmm: &NativeQmm, inner: usize) -> f64 {
         let mut total = 0.0;
         let epilogue = Epilogue::default();
         for (m, x) in &self.samples {
             let y = &mut self.y[..m * self.fixture.gemm.n];
+            if self.settle {
+                let packed = &self.fixture.packed[self.next_copy];
+                qmm.run(x, None, *m, packed, &self.fixture.scales, None, &epilogue, None, y)
+                    .expect("the bench's buffers match the product");
+            }
             let start = Instant::now();
             for _ in 0..inner {
                 let packed = &self.fixture.packed[self.next_copy];

@@ -69,7 +69,7 @@ fpx generate llama.fpx --tokenizer tokenizer.json --prompt 'Once upon a time' --
     /// size and thread split, check every candidate against a reference before timing it, and keep
     /// the fastest in the tuning database that `fpx compile` reads.
     #[command(
-        after_help = "The budget is split over products by the bytes of weight they stream; a candidate is kept only if it beats fpx's heuristic by 3% head to head, so a tuned artifact is never slower than an untuned one by more than noise. Results are keyed by this machine (CPU model, features, threads), the CPU level, the kernel generator's checksum (a new fpx version makes old entries stale) and the product's shape, and merged into the database.\n\n\
+        after_help = "The budget is split over products by the bytes of weight they stream; a candidate is kept only if it beats fpx's heuristic by 5% head to head, so a tuned artifact is never slower than an untuned one by more than noise. Results are keyed by this machine (CPU model, features, threads), the CPU level, the kernel generator's checksum (a new fpx version makes old entries stale) and the product's shape, and merged into the database.\n\n\
 Default database: $FPX_TUNING_DB, else $XDG_CACHE_HOME/fpx/tuning.json, else ~/.cache/fpx/tuning.json.\n\n\
 Example:\n  fpx tune model.onnx --budget 120 --max-m 16     # decode-sized M only\n  \
 fpx compile model.onnx -o model.fpx              # uses the default database when present\n  \
