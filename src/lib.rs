@@ -53,7 +53,7 @@ pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use summary::{
     weight_matmuls, weight_storage, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul,
 };
-pub use tune::{host_level, tune, TuneOptions, TuneSummary, TuningSource};
+pub use tune::{host_level, tune, tune_shapes, TuneOptions, TuneSummary, TuningSource};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};

@@ -56,8 +56,8 @@ pub fn host_level(levels: CpuLevels) -> Result<CpuTarget, Error> {
 /// The database is read first: a damaged or foreign one is an error before any tuning, and
 /// never overwritten.
 pub fn tune(path: &Path, options: &TuneOptions, progress: &mut dyn FnMut(TuneEvent)) -> Result<TuneSummary, Error> {
-    let mut db = TuningDb::open(&options.db).map_err(fpx_tune::TuneError::from)?.unwrap_or_default();
-    let before = db.cpu.len();
+    // A damaged database stops the run before the model is even read.
+    TuningDb::open(&options.db).map_err(fpx_tune::TuneError::from)?;
     let gemms = if crate::is_artifact(path) {
         let artifact = fpx_artifact::Artifact::open(path)?;
         quantized_products(&artifact.graph()?)?
@@ -68,6 +68,28 @@ pub fn tune(path: &Path, options: &TuneOptions, progress: &mut dyn FnMut(TuneEve
     if gemms.is_empty() {
         return Err(Error::Options(format!("'{}' has no quantized products to tune", path.display())));
     }
+    tune_products(gemms, options, progress)
+}
+
+/// Tunes a list of products (`--shape`), each counted once, and merges the results into
+/// `options.db` like [`tune`].
+pub fn tune_shapes(shapes: &[QuantGemm], options: &TuneOptions, progress: &mut dyn FnMut(TuneEvent)) -> Result<TuneSummary, Error> {
+    if shapes.is_empty() {
+        return Err(Error::Options("no product to tune".to_string()));
+    }
+    let named = shapes.iter().map(|g| (fpx_tune::Shape::of(g).to_string(), *g)).collect();
+    tune_products(named, options, progress)
+}
+
+/// Tunes `(node, product)` pairs (products weighted by their nodes) on the CPU level this host
+/// runs and merges the results into the database, read first so a damaged one stops here.
+fn tune_products(
+    gemms: Vec<(String, QuantGemm)>,
+    options: &TuneOptions,
+    progress: &mut dyn FnMut(TuneEvent),
+) -> Result<TuneSummary, Error> {
+    let mut db = TuningDb::open(&options.db).map_err(fpx_tune::TuneError::from)?.unwrap_or_default();
+    let before = db.cpu.len();
     let mut nodes: BTreeMap<QuantGemm, Vec<String>> = BTreeMap::new();
     for (n, g) in gemms {
         nodes.entry(g).or_default().push(n);

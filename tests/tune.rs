@@ -75,6 +75,32 @@ fn tune_then_compile_uses_the_database_and_computes_the_same_outputs() {
     let db2 = dir.join("from-artifact.json");
     let o = fpx(&["tune", s(&plain), "--budget", "2", "--max-m", "1", "--db", s(&db2), "--cpu", "x86-64-v3", "-q"]);
     assert!(o.status.success() && text(&o.stdout).contains("tuned 3 products x 1 M ranges"), "{}", text(&o.stderr));
+
+    // Or a list of products, merged into the same database.
+    let o = fpx(&[
+        "tune",
+        "--shape",
+        "fp6-e3m2:64x64",
+        "--shape",
+        "fp4-e2m1:128x64",
+        "--budget",
+        "2",
+        "--max-m",
+        "1",
+        "--db",
+        s(&db2),
+        "--cpu",
+        "x86-64-v3",
+        "-q",
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success() && out.contains("tuned 2 products x 1 M ranges of the --shape products"), "{out}{}", text(&o.stderr));
+    assert!(out.contains("(4 entries, 3 before)"), "one new product, one replaced: {out}");
+    let o = fpx(&["tune", "--shape", "fp7:4x4", "--db", s(&db2)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("unknown weight format 'fp7'"), "{}", text(&o.stderr));
+    let o = fpx(&["tune", "--db", s(&db2)]);
+    assert_eq!(o.status.code(), Some(2), "a model or --shape is required: {}", text(&o.stderr));
 }
 
 #[test]

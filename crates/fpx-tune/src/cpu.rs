@@ -14,11 +14,12 @@ use fpx_runtime::native::{NativeKernel, NativeLibrary, NativeQmm, QmmFn};
 
 use crate::db::{CpuEntry, Shape, TunedChoice};
 use crate::fixture::Fixture;
-use crate::timing::Bench;
+use crate::timing::{beats, median, Bench};
 use crate::{CpuMachine, MBucket, TuneError};
 
-/// A candidate must beat the heuristic by 5 % in the final head-to-head to be kept (the
-/// benchmark saw differences of 3–5 % on repeated timing of the same kernels on a VM).
+/// A candidate must beat the heuristic by 5 % in the final head-to-head (median of paired
+/// rounds, and in four rounds of five) to be kept: repeated timing of the same kernels on a VM
+/// differed by 3–7 %.
 const CONFIRM_MARGIN: f64 = 0.95;
 /// Rounds of the three phases: all candidates, the best third, best against the heuristic.
 const ROUNDS: [usize; 3] = [3, 7, 15];
@@ -393,10 +394,10 @@ fn search_bucket(
     // Phase 3: the best against the heuristic's, head to head.
     let best = *pool.iter().find(|&&i| i != default_at).unwrap_or(&default_at);
     let pair = if best == default_at { vec![default_at] } else { vec![default_at, best] };
-    let times = bench.time(&pick(&qmms, &pair), inner, rounds[2]);
-    let default_time = times[0];
-    let (choice, time, is_default) = if pair.len() == 2 && times[1] <= CONFIRM_MARGIN * default_time {
-        (candidates[best].0, times[1], false)
+    let rounds_of = bench.rounds(&pick(&qmms, &pair), inner, rounds[2]);
+    let default_time = median(rounds_of[0].clone());
+    let (choice, time, is_default) = if pair.len() == 2 && beats(&rounds_of[1], &rounds_of[0], CONFIRM_MARGIN) {
+        (candidates[best].0, median(rounds_of[1].clone()), false)
     } else {
         (default_choice, default_time, true)
     };

@@ -95,6 +95,31 @@ impl Shape {
     }
 }
 
+/// Parses a product as the command line writes it: `FORMAT:KxN`, then optionally `:gSIZE` (scale
+/// groups along K) and `:a8` (int8 activations), e.g. `fp6-e3m2:4096x11008` or
+/// `fp6-e2m3:4096x4096:a8`. The product must be valid ([`QuantGemm::validate`]).
+pub fn parse_product(spec: &str) -> Result<QuantGemm, String> {
+    let usage = || format!("'{spec}' is not FORMAT:KxN[:gSIZE][:a8] (e.g. fp6-e3m2:4096x11008)");
+    let mut parts = spec.split(':');
+    let format = parts.next().filter(|f| !f.is_empty()).ok_or_else(usage)?;
+    let format = Format::parse(format).ok_or_else(|| {
+        let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+        format!("'{spec}': unknown weight format '{format}' (one of {})", names.join(", "))
+    })?;
+    let (k, n) = parts.next().and_then(|d| d.split_once('x')).ok_or_else(usage)?;
+    let (k, n) = (k.parse::<usize>().map_err(|_| usage())?, n.parse::<usize>().map_err(|_| usage())?);
+    let mut gemm = QuantGemm { format, k, n, group_size: 0, activations: Activations::F32 };
+    for extra in parts {
+        match extra {
+            "a8" => gemm.activations = Activations::Int8,
+            g if g.starts_with('g') => gemm.group_size = g[1..].parse().map_err(|_| usage())?,
+            _ => return Err(usage()),
+        }
+    }
+    gemm.validate().map_err(|e| format!("'{spec}': {e}"))?;
+    Ok(gemm)
+}
+
 impl std::fmt::Display for Shape {
     /// `fp6-e3m2 384x1536` (`g64`, `a8` appended where they apply).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -316,5 +341,28 @@ impl TuningDb {
         }
         let table = (tuned_buckets > 0).then(|| KernelTable::new(rows).expect("buckets ascend and end unbounded"));
         CpuLookup { table, tuned_buckets, stale }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_parse_from_the_command_line_form() {
+        let g = parse_product("fp6-e2m3:4096x11008:g128:a8").unwrap();
+        assert_eq!((g.format, g.k, g.n, g.group_size, g.activations), (Format::Fp6E2M3, 4096, 11008, 128, Activations::Int8));
+        assert_eq!(Shape::of(&g).to_string(), "fp6-e2m3 4096x11008 g128 a8");
+        assert_eq!(parse_product("int4:64x32").unwrap().activations, Activations::F32);
+        for (bad, want) in [
+            ("fp7:4x4", "unknown weight format 'fp7'"),
+            ("fp6-e3m2:4096", "is not FORMAT:KxN"),
+            ("fp6-e3m2:0x4", "'fp6-e3m2:0x4': "),
+            ("fp6-e3m2:4x4:z", "is not FORMAT:KxN"),
+            ("fp8-e4m3:64x64:a8", "'fp8-e4m3:64x64:a8': "),
+        ] {
+            let e = parse_product(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 }

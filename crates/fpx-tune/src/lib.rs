@@ -14,8 +14,8 @@
 //!   last-level cache twice (a decode step reads its weights from memory);
 //! - the budget goes where it matters: products by the bytes they stream, candidates pruned to
 //!   distinct loops ([`fpx_llvm::loop_shape`]) and by successive halving, and a winner is kept
-//!   only if it beats the heuristic's choice by 5 % head to head, so a tuned table is never
-//!   slower than the untuned one by more than noise.
+//!   only if it beats the heuristic's choice by 5 % head to head in paired rounds (four in five
+//!   faster), so a tuned table is never slower than the untuned one by more than noise.
 //!
 //! The database keys each result by machine ([`CpuMachine`]), CPU level, kernel-generator
 //! checksum ([`fpx_llvm::CODEGEN_CHECKSUM`]: a changed generator makes its entries stale),
@@ -36,7 +36,7 @@ pub use cpu::{
     candidate_kernels, tune_cpu, tune_product, BucketResult, CpuTuneOptions, CpuTuneReport, KernelSet, ProductResult, Rejected, TuneEvent,
     TuneShape,
 };
-pub use db::{CpuEntry, CpuLookup, DbError, Shape, TunedChoice, TuningDb};
+pub use db::{parse_product, CpuEntry, CpuLookup, DbError, Shape, TunedChoice, TuningDb};
 pub use fixture::Fixture;
 pub use machine::{last_level_cache_bytes, CpuMachine};
 

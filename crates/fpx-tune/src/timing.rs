@@ -75,17 +75,52 @@ impl<'a> Bench<'a> {
     /// Seconds per call summed over the sample M of each of `qmms`: medians over `rounds`
     /// interleaved rounds (each once per round, in turn) of `inner` calls.
     pub(crate) fn time(&mut self, qmms: &[&NativeQmm], inner: usize, rounds: usize) -> Vec<f64> {
+        self.rounds(qmms, inner, rounds).into_iter().map(median).collect()
+    }
+
+    /// Every round's time of each of `qmms` (seconds per call summed over the sample M), the
+    /// rounds interleaved as in [`Bench::time`].
+    pub(crate) fn rounds(&mut self, qmms: &[&NativeQmm], inner: usize, rounds: usize) -> Vec<Vec<f64>> {
         let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); qmms.len()];
         for _ in 0..rounds.max(1) {
             for (j, q) in qmms.iter().enumerate() {
                 samples[j].push(self.calls(q, inner));
             }
         }
-        samples.into_iter().map(median).collect()
+        samples
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Whether `candidate` beats `baseline` by `margin` (e.g. 0.95) in paired rounds: the median of
+/// the per-round ratios is at most `margin` and at least four rounds in five are faster. Pairs
+/// taken in the same round see the same moment of a noisy machine, which separate medians do not.
+pub(crate) fn beats(candidate: &[f64], baseline: &[f64], margin: f64) -> bool {
+    let ratios: Vec<f64> = candidate.iter().zip(baseline).map(|(c, b)| c / b.max(1e-12)).collect();
+    if ratios.is_empty() {
+        return false;
+    }
+    let faster = ratios.iter().filter(|r| **r < 1.0).count();
+    median(ratios.clone()) <= margin && 5 * faster >= 4 * ratios.len()
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_must_win_most_paired_rounds_by_the_margin() {
+        assert!(beats(&[9.0, 9.0, 9.0, 9.0, 9.0], &[10.0; 5], 0.95));
+        // Faster by the margin in the median, but only in three rounds of five.
+        assert!(!beats(&[9.0, 9.0, 9.0, 11.0, 11.0], &[10.0; 5], 0.95));
+        // Faster every round, but not by the margin.
+        assert!(!beats(&[9.8; 5], &[10.0; 5], 0.95));
+        // A slow moment of the machine hits both of a pair alike.
+        assert!(beats(&[9.0, 18.0, 9.0, 9.0, 9.0], &[10.0, 20.0, 10.0, 10.0, 10.0], 0.95));
+        assert!(!beats(&[], &[], 0.95));
+    }
 }

@@ -72,6 +72,7 @@ fpx generate llama.fpx --tokenizer tokenizer.json --prompt 'Once upon a time' --
         after_help = "The budget is split over products by the bytes of weight they stream; a candidate is kept only if it beats fpx's heuristic by 5% head to head, so a tuned artifact is never slower than an untuned one by more than noise. Results are keyed by this machine (CPU model, features, threads), the CPU level, the kernel generator's checksum (a new fpx version makes old entries stale) and the product's shape, and merged into the database.\n\n\
 Default database: $FPX_TUNING_DB, else $XDG_CACHE_HOME/fpx/tuning.json, else ~/.cache/fpx/tuning.json.\n\n\
 Example:\n  fpx tune model.onnx --budget 120 --max-m 16     # decode-sized M only\n  \
+fpx tune --shape fp6-e3m2:4096x11008 --shape fp6-e3m2:11008x4096\n  \
 fpx compile model.onnx -o model.fpx              # uses the default database when present\n  \
 fpx inspect model.fpx                            # shows which kernels came from tuning"
     )]
@@ -245,8 +246,13 @@ pub struct CompileArgs {
 #[derive(Args)]
 pub struct TuneArgs {
     /// The model: an .onnx file (its products as `fpx compile` with the same quantization flags makes them) or an
-    /// .fpx artifact.
-    pub model: PathBuf,
+    /// .fpx artifact. Or give --shape instead.
+    #[arg(required_unless_present = "shapes", conflicts_with = "shapes")]
+    pub model: Option<PathBuf>,
+    /// A product to tune instead of a model's, as FORMAT:KxN[:gSIZE][:a8] (e.g. fp6-e3m2:4096x11008, or
+    /// fp6-e2m3:4096x4096:a8 for int8 activations); repeat for several.
+    #[arg(long = "shape", value_name = "FORMAT:KxN", value_parser = fpx::tuning::parse_product)]
+    pub shapes: Vec<fpx::quant::QuantGemm>,
     #[command(flatten)]
     pub quant: QuantArgs,
     /// Where to tune: cpu, or cuda (GPU tuning is not built yet).

@@ -1,5 +1,6 @@
 //! `fpx tune`: the auto-tuner over a model, with a progress bar and the table of what it chose.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,7 +12,9 @@ use crate::commands::quantize_options;
 
 /// `fpx tune`.
 pub fn tune(args: &TuneArgs) -> Result<()> {
-    fpx::check_model_file(&args.model)?;
+    if let Some(model) = &args.model {
+        fpx::check_model_file(model)?;
+    }
     if args.device == Device::Cuda {
         fpx::cuda::driver_available().context("--device cuda")?;
         bail!(
@@ -42,22 +45,27 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(1) };
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed} of the budget)").expect("valid template"));
     bar.set_message(format!("tuning {level} kernels"));
-    let summary = fpx::tune(&args.model, &options, &mut |e| match e {
+    let mut progress = |e| match e {
         TuneEvent::Compiling { index, total } => bar.set_message(format!("product {}/{total}: compiling candidates", index + 1)),
         TuneEvent::BucketDone { done, total } => {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message(format!("timing candidates on {level}"));
         }
-    })
-    .map_err(|e| fpx::Failure::new(fpx::Action::Tune, &args.model, e))?;
+    };
+    let what = args.model.clone().unwrap_or_else(|| PathBuf::from("the --shape products"));
+    let summary = match &args.model {
+        Some(model) => fpx::tune(model, &options, &mut progress),
+        None => fpx::tune_shapes(&args.shapes, &options, &mut progress),
+    }
+    .map_err(|e| fpx::Failure::new(fpx::Action::Tune, &what, e))?;
     bar.finish_and_clear();
     let r = &summary.report;
     println!(
         "tuned {} products x {} M ranges of {} for {} on {} in {:.1} s",
         summary.nodes.len(),
         options.buckets.len(),
-        args.model.display(),
+        what.display(),
         r.target,
         r.machine,
         r.elapsed.as_secs_f64()
