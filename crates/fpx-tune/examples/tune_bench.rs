@@ -4,7 +4,8 @@
 //! bucket with `compare_tables` (the artifact's code, the runtime's call, fresh data) and prints
 //! them side by side with the speed-up.
 //!
-//! `cargo run --release -p fpx-tune --example tune_bench -- [--budget SECONDS] [--family tiny|minilm|llama|all] [--rounds N] [--max-m M]`
+//! `cargo run --release -p fpx-tune --example tune_bench -- [--budget SECONDS] [--family tiny|minilm|llama|all] [--rounds N] [--max-m M] [--noise]`
+//! (`--noise` times the heuristic's table against itself: the noise floor of the comparison)
 //! (scripts/bench-tune.sh runs it).
 
 use std::time::Duration;
@@ -42,9 +43,11 @@ fn family(name: &str) -> Vec<TuneShape> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let budget: f64 = arg(&args, "--budget", 60.0);
-    let rounds: usize = arg(&args, "--rounds", 15);
+    let rounds: usize = arg(&args, "--rounds", 25);
     let max_m: u64 = arg(&args, "--max-m", 512);
     let which: String = arg(&args, "--family", "all".to_string());
+    // --noise: time the heuristic's table against itself instead of tuning (the noise floor).
+    let noise = args.iter().any(|a| a == "--noise");
     let families: Vec<&str> = if which == "all" { vec!["tiny", "minilm", "llama"] } else { vec![which.as_str()] };
     let target = [CpuTarget::X86_64V4Vnni, CpuTarget::X86_64V3]
         .into_iter()
@@ -61,6 +64,25 @@ fn main() {
     let mut all = Vec::new();
     for fam in families {
         let shapes = family(fam);
+        if noise {
+            for s in &shapes {
+                let same = fpx_llvm::default_choices(default);
+                for c in compare_tables(&s.gemm, target, &same, &buckets, rounds, 99).expect("compares") {
+                    println!(
+                        "{:<8} {:<26} {:>8} {:<30} {:>13.1} {:>10.1} {:>7.2}x",
+                        fam,
+                        Shape::of(&s.gemm).to_string(),
+                        c.bucket.label(),
+                        "heuristic vs itself",
+                        c.heuristic_micros,
+                        c.tuned_micros,
+                        c.speedup()
+                    );
+                    all.push((fam, c, true));
+                }
+            }
+            continue;
+        }
         let options = CpuTuneOptions { target, buckets: buckets.clone(), budget: Duration::from_secs_f64(budget), seed: 11 };
         let report = tune_cpu(&shapes, &options, &mut |_| {}).expect("tuning runs");
         assert!(report.rejected.is_empty(), "rejected candidates: {:?}", report.rejected);
@@ -81,26 +103,33 @@ fn main() {
                     c.tuned_micros,
                     c.speedup()
                 );
-                all.push((fam, c));
+                all.push((fam, c, chosen.is_default));
             }
         }
     }
     let n = all.len() as f64;
-    let geo = (all.iter().map(|(_, c)| c.speedup().ln()).sum::<f64>() / n).exp();
-    // Timing the same kernels again on this VM differs by up to about 5 %.
-    let slower: Vec<_> = all.iter().filter(|(_, c)| c.speedup() < 0.95).collect();
-    let min = all.iter().map(|(_, c)| c.speedup()).fold(f64::INFINITY, f64::min);
+    let geo = (all.iter().map(|(_, c, _)| c.speedup().ln()).sum::<f64>() / n).exp();
+    let min = all.iter().map(|(_, c, _)| c.speedup()).fold(f64::INFINITY, f64::min);
     println!("{} product x M cases: geometric-mean speed-up {geo:.2}x, lowest {min:.2}x", all.len());
+    // Where the tuned choice is the heuristic's, both tables run the same kernel: their ratio is
+    // the noise of the comparison itself.
+    let same: Vec<f64> = all.iter().filter(|(_, _, same)| *same).map(|(_, c, _)| c.speedup()).collect();
+    if !same.is_empty() {
+        let (lo, hi) = same.iter().fold((f64::INFINITY, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        println!("noise floor (same kernel in both tables, {} cases): {lo:.2}x to {hi:.2}x", same.len());
+    }
+    let slower: Vec<_> = all.iter().filter(|(_, c, same)| !same && c.speedup() < 0.95).collect();
+    let changed = all.iter().filter(|(_, _, same)| !same).count();
     if slower.is_empty() {
-        println!("tuned is at least as fast as the heuristic (within 5 % noise) in every case");
+        println!("where tuning changed the kernel ({changed} cases), tuned is at least as fast as the heuristic (within 5 % noise) in every case");
     } else {
-        for (fam, c) in &slower {
+        for (fam, c, _) in &slower {
             println!("SLOWER beyond noise: {fam} {} M {}: {:.2}x", Shape::of(&c.gemm), c.bucket, c.speedup());
         }
     }
     let mut best = all.clone();
     best.sort_by(|a, b| b.1.speedup().total_cmp(&a.1.speedup()));
-    for (fam, c) in best.iter().take(3) {
+    for (fam, c, _) in best.iter().take(3) {
         println!("helped most: {fam} {} M {}: {:.2}x", Shape::of(&c.gemm), c.bucket, c.speedup());
     }
 }

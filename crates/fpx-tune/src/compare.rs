@@ -66,7 +66,7 @@ pub fn compare_tables(
         let samples = bucket.samples();
         let mut bench = Bench::new(&fixture, &samples);
         let call = bench.warm_up(&qmms[1]).min(bench.warm_up(&qmms[0]));
-        let inner = (SAMPLE_SECONDS / call.max(1e-9)).ceil().clamp(1.0, 64.0) as usize;
+        let inner = (SAMPLE_SECONDS / call.max(1e-9)).ceil().clamp(1.0, 1024.0) as usize;
         let times = bench.time(&[&qmms[0], &qmms[1]], inner, rounds);
         let per_call = |t: f64| t * 1e6 / samples.len() as f64;
         out.push(Comparison { gemm: *gemm, bucket, tuned_micros: per_call(times[0]), heuristic_micros: per_call(times[1]) });

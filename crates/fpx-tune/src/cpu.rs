@@ -365,7 +365,7 @@ fn search_bucket(
     let qmms: Vec<NativeQmm> = candidates.iter().map(|c| qmm(fixture, c)).collect();
     // One call of the heuristic's choice per sample, after warming up: the unit of cost.
     let call = bench.warm_up(&qmms[default_at]);
-    let inner = (crate::timing::SAMPLE_SECONDS / call.max(1e-9)).ceil().clamp(1.0, 64.0) as usize;
+    let inner = (crate::timing::SAMPLE_SECONDS / call.max(1e-9)).ceil().clamp(1.0, 1024.0) as usize;
     let round_cost = inner as f64 * call * samples.len() as f64;
     let cost = |n: usize| round_cost * (ROUNDS[0] * n + ROUNDS[1] * n.div_ceil(3).max(2) + ROUNDS[2] * 2) as f64;
     // As many candidates as the slice pays for (the heuristic's always, one more at least).

@@ -8,8 +8,9 @@ use fpx_runtime::native::NativeQmm;
 
 use crate::fixture::{Fixture, SplitMix};
 
-/// A timed sample lasts about this long (several calls when one is shorter).
-pub(crate) const SAMPLE_SECONDS: f64 = 300e-6;
+/// A timed sample lasts about this long (several calls when one is shorter): long enough that
+/// a sample of a 10 µs product is not one scheduler hiccup.
+pub(crate) const SAMPLE_SECONDS: f64 = 1e-3;
 /// Calls shorter than this get one untimed call before each timed sample: candidates differ in
 /// thread count, and the pool's workers fall asleep while a one-thread candidate runs, so the
 /// next candidate's first call would pay their wake-up — a cost of the interleaving, not of it.
