@@ -155,4 +155,3 @@ fn damaged_and_foreign_databases_are_clear_errors() {
     // A folder is not a database.
     assert!(matches!(TuningDb::open(&dir.join(".")), Err(DbError::Read { .. })));
 }
-
