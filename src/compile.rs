@@ -397,6 +397,9 @@ fn metadata(path: &Path, q: &QuantizeOptions) -> BTreeMap<String, String> {
     m.insert("weights".to_string(), q.scheme.name().to_string());
     m.insert("group_size".to_string(), q.group_size.map_or("per-channel".to_string(), |g| g.to_string()));
     m.insert("scale_search".to_string(), q.scale_search.to_string());
+    if q.pow2_scales {
+        m.insert("scale_pow2".to_string(), "true".to_string());
+    }
     m.insert("activations".to_string(), q.activations.name().to_string());
     m.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     m

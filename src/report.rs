@@ -22,15 +22,20 @@ pub struct SchemeSpec {
     pub options: QuantizeOptions,
 }
 
-/// Parses `a,b:g128,c:a8,...`: scheme names, each optionally with `:gN` for a group size along K
-/// and then `:a8` for int8 activations.
-/// `group_size` and `scale_search` apply to every scheme without its own `:gN`.
-pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool) -> Result<Vec<SchemeSpec>, Error> {
+/// Parses `a,b:g128,c:a8,d:p2,...`: scheme names, each optionally with `:gN` for a group size
+/// along K, then `:p2` for power-of-two scales, then `:a8` for int8 activations.
+/// `group_size` applies to every scheme without its own `:gN`; `scale_search` and `pow2_scales`
+/// (`--scale-pow2`) to every scheme.
+pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, pow2_scales: bool) -> Result<Vec<SchemeSpec>, Error> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (base, activations) = match item.strip_suffix(":a8") {
             Some(b) => (b, Activations::Int8),
             None => (item, Activations::F32),
+        };
+        let (base, pow2_scales) = match base.strip_suffix(":p2") {
+            Some(b) => (b, true),
+            None => (base, pow2_scales),
         };
         let (name, group) = match base.split_once(":g") {
             Some((n, g)) => {
@@ -45,7 +50,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool) 
                 PassError::Option("'none' is the FP32 baseline every scheme is compared with; leave it out of --schemes".into()).into()
             );
         }
-        let options = QuantizeOptions { group_size: group, scale_search, activations, ..QuantizeOptions::new(scheme) };
+        let options = QuantizeOptions { group_size: group, scale_search, pow2_scales, activations, ..QuantizeOptions::new(scheme) };
         options.validate()?;
         out.push(SchemeSpec { label: item.to_string(), options });
     }
@@ -255,9 +260,11 @@ impl AccuracyReport {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "accuracy of weight schemes vs FP32 for {} (FP32 run: {:.1} ms)\n", self.model, self.fp32_ms);
+        // The scheme column fits the longest label (`fp4-e2m1:g128:p2:a8`).
+        let w = self.schemes.iter().map(|r| r.label.len()).max().unwrap_or(0).max(14);
         let _ = writeln!(
             s,
-            "{:<14} {:<24} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            "{:<w$} {:<24} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9}",
             "scheme", "output", "max_abs", "rel_err", "cosine", "row_cos", "pooled_cos", "weights", "ratio"
         );
         for r in &self.schemes {
@@ -265,7 +272,7 @@ impl AccuracyReport {
                 let ratio = if r.weight_bytes_out > 0 { r.weight_bytes_in as f64 / r.weight_bytes_out as f64 } else { 0.0 };
                 let _ = writeln!(
                     s,
-                    "{:<14} {:<24} {:>11.4e} {:>11.4e} {:>10.6} {:>10.6} {:>10} {:>8.2}M {:>8.2}x",
+                    "{:<w$} {:<24} {:>11.4e} {:>11.4e} {:>10.6} {:>10.6} {:>10} {:>8.2}M {:>8.2}x",
                     r.label,
                     o.name,
                     o.max_abs,
@@ -458,18 +465,23 @@ mod tests {
 
     #[test]
     fn scheme_lists_parse_with_groups() {
-        let v = parse_schemes("fp6-e3m2, int4:g128", None, false).unwrap();
+        let v = parse_schemes("fp6-e3m2, int4:g128", None, false, false).unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[1].options.group_size, Some(128));
         assert_eq!(v[0].options.group_size, None);
-        assert!(parse_schemes("fp6-e3m2,fp9", None, false).unwrap_err().to_string().contains("'fp9'"));
-        assert!(parse_schemes("int4:gx", None, false).is_err());
-        assert!(parse_schemes("int4:g0", None, false).unwrap_err().to_string().contains("at least 1"));
-        assert!(parse_schemes("none", None, false).is_err());
-        let v = parse_schemes("fp6-e2m3:a8,int4:g64:a8,int4", None, false).unwrap();
+        assert!(parse_schemes("fp6-e3m2,fp9", None, false, false).unwrap_err().to_string().contains("'fp9'"));
+        assert!(parse_schemes("int4:gx", None, false, false).is_err());
+        assert!(parse_schemes("int4:g0", None, false, false).unwrap_err().to_string().contains("at least 1"));
+        assert!(parse_schemes("none", None, false, false).is_err());
+        let v = parse_schemes("fp6-e2m3:a8,int4:g64:a8,int4", None, false, false).unwrap();
         assert_eq!(v.iter().map(|s| s.options.activations).collect::<Vec<_>>(), [Activations::Int8, Activations::Int8, Activations::F32]);
         assert_eq!((v[1].options.group_size, v[1].label.as_str()), (Some(64), "int4:g64:a8"));
-        assert!(parse_schemes("fp6-e3m2:a8", None, false).unwrap_err().to_string().contains("fp6-e3m2 has none"));
+        assert!(parse_schemes("fp6-e3m2:a8", None, false, false).unwrap_err().to_string().contains("fp6-e3m2 has none"));
+        let v = parse_schemes("fp4-e2m1:g128:p2,fp4-e2m1:p2:a8,int4", None, false, false).unwrap();
+        assert_eq!((v[0].options.group_size, v[0].options.pow2_scales), (Some(128), true));
+        assert_eq!((v[1].options.pow2_scales, v[1].options.activations), (true, Activations::Int8));
+        assert!(!v[2].options.pow2_scales);
+        assert!(parse_schemes("int4", None, false, true).unwrap()[0].options.pow2_scales, "--scale-pow2 applies to every scheme");
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn minilm_fp6_keeps_sentence_embeddings() {
     let d = reference.shape()[1];
     let want: Vec<Vec<f64>> = reference.to_f64_vec().chunks(d).map(|c| c.to_vec()).collect();
     let options = fpx::report::ReportOptions {
-        schemes: parse_schemes("fp6-e3m2,fp6-e2m3,fp6-auto,int4,int4:g128", None, false).unwrap(),
+        schemes: parse_schemes("fp6-e3m2,fp6-e2m3,fp6-auto,int4,int4:g128", None, false, false).unwrap(),
         histogram_layer: None,
         pool_mask: Some("attention_mask".into()),
     };
@@ -154,4 +154,43 @@ fn nan_weight_is_an_error_naming_the_tensor() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("'proj.weight'") && err.contains("NaN") && !err.contains("panicked"), "{err}");
+}
+
+/// `--scale-pow2` end to end: every scale of the compiled artifact (bias shift folded in) is a
+/// power of two, the artifact records it, and its outputs equal the reference path's with the
+/// same options (and stay close to FP32).
+#[test]
+fn pow2_scales_compile_to_powers_of_two_and_run() {
+    use fpx::{CompileOptions, QuantizeOptions, WeightScheme};
+    let ex = workspace_root().join("examples/tiny-transformer");
+    let quantize = QuantizeOptions {
+        pow2_scales: true,
+        group_size: Some(32),
+        ..QuantizeOptions::new(WeightScheme::Fixed(fpx::quant::Format::Fp4E2M1))
+    };
+    let compiled = fpx::compile(&ex.join("model.onnx"), &CompileOptions { quantize, ..crate::common::compile_options() }).unwrap();
+    assert_eq!(compiled.contents.metadata.get("scale_pow2").map(String::as_str), Some("true"));
+    let graph = &compiled.contents.graph;
+    let mut checked = 0;
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        if !fpx::ir::ops::quant_matmul::is_quant_matmul(node) {
+            continue;
+        }
+        let scales = graph.load_constant(node.inputs[2].unwrap()).unwrap().expect("constant scales");
+        for s in scales.to_f32().iter() {
+            assert_eq!(s.to_bits() & 0x007f_ffff, 0, "node '{}': scale {s} is not a power of two", node.name);
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 13);
+    let input = npy(&ex.join("input.npy"));
+    let artifact = compiled.load().unwrap();
+    let got = artifact.run(vec![("input".to_string(), input.clone())]).unwrap().remove(0).1;
+    let reference = fpx::Model::open_with(&ex.join("model.onnx"), &quantize).unwrap();
+    let want = reference.run(vec![("input".to_string(), input.clone())]).unwrap().remove(0).1;
+    crate::common::compare(&got, &want, 1e-4, 1e-5).unwrap();
+    let fp32 = fpx::Model::open(&ex.join("model.onnx")).unwrap().run(vec![("input".to_string(), input)]).unwrap().remove(0).1;
+    let c = cosine(&got.to_f64_vec(), &fp32.to_f64_vec());
+    assert!(c > 0.98, "cosine vs FP32 {c}");
 }

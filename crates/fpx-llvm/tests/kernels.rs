@@ -47,7 +47,12 @@ impl Weight {
     fn new(spec: QuantGemm, seed: u64) -> Weight {
         let mut rng = Rng::new(seed);
         let w = rng.normals(spec.k * spec.n);
-        let cfg = QuantConfig { format: spec.format, group_size: (spec.group_size > 0).then_some(spec.group_size), scale_search: false };
+        let cfg = QuantConfig {
+            format: spec.format,
+            group_size: (spec.group_size > 0).then_some(spec.group_size),
+            scale_search: false,
+            pow2_scales: false,
+        };
         let q = quantize("w", &w, spec.k, spec.n, &cfg).unwrap();
         let packed = pack(&q.codes, &PackedShape::new(spec.n, spec.k, spec.format.bits()));
         let factor = fold::storage_factor(spec.format);

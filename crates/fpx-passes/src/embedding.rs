@@ -165,7 +165,7 @@ pub(crate) fn quantize_embeddings(
                             &copy
                         }
                     };
-                    quantize_channels(&name, wt, k, n, &QuantConfig { format, group_size: None, scale_search: false })?
+                    quantize_channels(&name, wt, k, n, &QuantConfig::new(format))?
                 };
                 drop(t);
                 let shape = PackedShape::new(n, k, format.bits());

@@ -139,7 +139,7 @@ fn quantize_best(
     let mut best: Option<(QuantizedMatrix, Vec<u8>, f64)> = None;
     let mut tried = Vec::new();
     for format in opts.candidates() {
-        let cfg = QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search };
+        let cfg = QuantConfig { format, group_size: opts.group_size, scale_search: opts.scale_search, pow2_scales: opts.pow2_scales };
         let packed_bytes = PackedShape::new(n, k, format.bits()).total_bytes();
         let (q, packed, e) = quantize_values_packed(name, values, layout, k, n, &cfg, buffers.bytes(packed_bytes))?;
         tried.push((format, e));

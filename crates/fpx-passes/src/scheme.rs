@@ -76,6 +76,9 @@ pub struct QuantizeOptions {
     pub group_size: Option<usize>,
     /// Search a clipping ratio per channel (or group) that minimizes squared error.
     pub scale_search: bool,
+    /// Constrain every weight scale to a power of two, the exponent with the least error
+    /// (ZeroQuant-FP's constraint: scaling becomes an exponent add).
+    pub pow2_scales: bool,
     /// What the quantized products multiply their weights with (the `activations` attribute
     /// of `fpx:QuantMatMul`). Int8 limits the candidate formats to those with small integer
     /// values that the int8 kernels decode ([`fpx_quant::takes_int8_activations`]); `fp6-auto`
@@ -101,6 +104,7 @@ impl QuantizeOptions {
             scheme,
             group_size: None,
             scale_search: false,
+            pow2_scales: false,
             activations: Activations::F32,
             fuse_epilogues: true,
             embeddings: Some(Format::Int8),

@@ -65,7 +65,7 @@ fn matmul_becomes_quantmatmul_and_matches_the_dequantized_reference() {
             let node = g.node(g.node_ids()[0]);
             assert_eq!((node.op_type.as_str(), node.domain.as_str()), ("QuantMatMul", FPX_DOMAIN));
             assert!(g.find_value("W").and_then(|v| g.constant(v)).is_none(), "the float weight is dropped");
-            let q = quantize("W", &w, k, n, &QuantConfig { format, group_size: group, scale_search: false }).unwrap();
+            let q = quantize("W", &w, k, n, &QuantConfig { format, group_size: group, scale_search: false, pow2_scales: false }).unwrap();
             // The encoder sums the error in f32 blocks: equal to about 1e-6 relative.
             let rmse = q.relative_rmse(&w);
             assert!((s.layers[0].rel_rmse - rmse).abs() <= 1e-6 * rmse, "{} vs {rmse}", s.layers[0].rel_rmse);
@@ -111,7 +111,9 @@ fn gemm_variants_fold_alpha_beta_bias_and_transposes() {
         g.outputs.push(y);
         quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp6E3M2))).unwrap();
         verify::verify(&g, &OpRegistry::standard()).unwrap();
-        let q = quantize("B", &w, k, n, &QuantConfig { format: Format::Fp6E3M2, group_size: None, scale_search: false }).unwrap();
+        let q =
+            quantize("B", &w, k, n, &QuantConfig { format: Format::Fp6E3M2, group_size: None, scale_search: false, pow2_scales: false })
+                .unwrap();
         let dq: Vec<f32> = q.dequantize().iter().map(|v| v * 0.75).collect();
         let bias: Option<Vec<f32>> = (c_kind == 1).then(|| c.iter().map(|v| v * 1.5).collect());
         let mut want = reference(&x, m, k, n, &dq, bias.as_deref());
@@ -220,7 +222,8 @@ fn int8_activations_mark_the_node_and_quantize_x_in_the_reference_path() {
     let node = g.node(g.node_ids()[0]);
     assert_eq!(fpx_ir::ops::quant_matmul::read(node).unwrap().activations, fpx_quant::act8::Activations::Int8);
     // The product takes what the int8 codes stand for: an f64 reference on those rows.
-    let q = quantize("W", &w, k, n, &QuantConfig { format: Format::Fp6E2M3, group_size: None, scale_search: false }).unwrap();
+    let q = quantize("W", &w, k, n, &QuantConfig { format: Format::Fp6E2M3, group_size: None, scale_search: false, pow2_scales: false })
+        .unwrap();
     let xq = Int8Activations::quantize(&x, m, k).dequantized();
     assert_close(&run(g, tensor(&[m, k], x.clone())), &reference(&xq, m, k, n, &q.dequantize(), None));
     assert!(xq != x, "the rows were quantized");

@@ -62,7 +62,7 @@ impl CompileSummary {
 /// stage starts (`done` and `total` None) and as weights are quantized (bytes).
 #[pyfunction]
 #[pyo3(signature = (model, output, *, weights = "fp6-e3m2", activations = "f32", target = "cpu", cpu = "auto", group_size = None,
-    scale_search = false, embeddings = Some("int8"), fused_epilogues = true, keep_half_precision = false, tuning_db = None,
+    scale_search = false, scale_pow2 = false, embeddings = Some("int8"), fused_epilogues = true, keep_half_precision = false, tuning_db = None,
     no_tuning = false, progress = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn compile(
@@ -75,6 +75,7 @@ pub fn compile(
     cpu: &str,
     group_size: Option<usize>,
     scale_search: bool,
+    scale_pow2: bool,
     embeddings: Option<&str>,
     fused_epilogues: bool,
     keep_half_precision: bool,
@@ -82,7 +83,7 @@ pub fn compile(
     no_tuning: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<CompileSummary> {
-    let kwargs = QuantKwargs { weights: Some(weights), activations, group_size, scale_search, embeddings, fused_epilogues };
+    let kwargs = QuantKwargs { weights: Some(weights), activations, group_size, scale_search, scale_pow2, embeddings, fused_epilogues };
     let quantize = kwargs.options(WeightScheme::None)?;
     let target: Target = target.parse().map_err(|e| FpxError::new_err(format!("target='{target}': {e}")))?;
     let cpu: CpuLevels = cpu.parse().map_err(|e| FpxError::new_err(format!("cpu='{cpu}': {e}")))?;

@@ -31,7 +31,10 @@ pub(crate) fn failed(action: fpx::Action, path: &std::path::Path, error: impl In
 /// Loads an `.fpx` artifact (its compiled kernels) or an `.onnx` model (the reference path,
 /// quantized in memory when `weights` names a scheme).
 #[pyfunction]
-#[pyo3(signature = (path, *, weights = None, activations = "f32", group_size = None, scale_search = false, embeddings = Some("int8")))]
+#[pyo3(signature = (path, *, weights = None, activations = "f32", group_size = None, scale_search = false, scale_pow2 = false,
+    embeddings = Some("int8")))]
+// One argument per Python keyword.
+#[allow(clippy::too_many_arguments)]
 fn load(
     py: Python<'_>,
     path: PathBuf,
@@ -39,9 +42,10 @@ fn load(
     activations: &str,
     group_size: Option<usize>,
     scale_search: bool,
+    scale_pow2: bool,
     embeddings: Option<&str>,
 ) -> PyResult<model::Model> {
-    let kwargs = options::QuantKwargs { weights, activations, group_size, scale_search, embeddings, fused_epilogues: true };
+    let kwargs = options::QuantKwargs { weights, activations, group_size, scale_search, scale_pow2, embeddings, fused_epilogues: true };
     let options = kwargs.options(fpx::WeightScheme::None)?;
     let runnable =
         py.detach(|| fpx::open_with(&path, &options).map_err(|e| failed(fpx::Action::LoadModel, &path, e))).map_err(FpxError::new_err)?;

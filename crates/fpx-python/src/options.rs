@@ -7,7 +7,7 @@ use fpx::{Activations, QuantizeOptions, WeightScheme};
 use pyo3::prelude::*;
 
 /// How weights are quantized, from `weights=`, `activations=`, `group_size=`, `scale_search=`,
-/// `embeddings=` and `fused_epilogues=`.
+/// `scale_pow2=`, `embeddings=` and `fused_epilogues=`.
 pub struct QuantKwargs<'a> {
     /// A scheme name, or None for `default`.
     pub weights: Option<&'a str>,
@@ -17,6 +17,8 @@ pub struct QuantKwargs<'a> {
     pub group_size: Option<usize>,
     /// Search a clipping ratio per channel or group.
     pub scale_search: bool,
+    /// Power-of-two scales (`--scale-pow2`).
+    pub scale_pow2: bool,
     /// A format name for embedding tables, or None / "none" to keep them.
     pub embeddings: Option<&'a str>,
     /// Fuse bias, activation and residual epilogues into the products.
@@ -42,6 +44,7 @@ impl QuantKwargs<'_> {
         let options = QuantizeOptions {
             group_size: self.group_size,
             scale_search: self.scale_search,
+            pow2_scales: self.scale_pow2,
             activations,
             fuse_epilogues: self.fused_epilogues,
             embeddings,

@@ -58,7 +58,10 @@ fn to_dict<'py>(py: Python<'py>, r: &AccuracyReport) -> PyResult<Bound<'py, PyDi
 /// "format", "rel_rmse"}]}]}`. `schemes` as `fpx report --schemes` (e.g. "fp6-e3m2,int4:g128,fp6-e2m3:a8");
 /// `pool_mask` names a `[batch, seq]` input to mean-pool `[batch, seq, dim]` outputs over.
 #[pyfunction]
-#[pyo3(signature = (model, inputs, *, schemes = fpx::report::DEFAULT_SCHEMES, group_size = None, scale_search = false, pool_mask = None))]
+#[pyo3(signature = (model, inputs, *, schemes = fpx::report::DEFAULT_SCHEMES, group_size = None, scale_search = false, scale_pow2 = false,
+    pool_mask = None))]
+// One argument per Python keyword.
+#[allow(clippy::too_many_arguments)]
 pub fn report<'py>(
     py: Python<'py>,
     model: PathBuf,
@@ -66,10 +69,11 @@ pub fn report<'py>(
     schemes: &str,
     group_size: Option<usize>,
     scale_search: bool,
+    scale_pow2: bool,
     pool_mask: Option<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let feeds = Model::feeds(inputs)?;
-    let schemes = fpx::report::parse_schemes(schemes, group_size, scale_search).map_err(|e| error(&e))?;
+    let schemes = fpx::report::parse_schemes(schemes, group_size, scale_search, scale_pow2).map_err(|e| error(&e))?;
     let options = ReportOptions { schemes, histogram_layer: None, pool_mask };
     let report = py
         .detach(|| fpx::report::accuracy_report(&model, feeds, &options).map_err(|e| failed(Action::Report, &model, e)))

@@ -74,6 +74,21 @@ def test_compile_uses_a_tuning_database_like_the_cli_and_warns_on_a_damaged_one(
         fpx.compile(TINY / "model.onnx", tmp_path / "x.fpx", tuning_db=db, no_tuning=True)
 
 
+def test_pow2_scales_compile_like_the_cli(tmp_path):
+    py = fpx.compile(TINY / "model.onnx", tmp_path / "py.fpx", weights="fp4-e2m1", scale_pow2=True, cpu="x86-64-v3", no_tuning=True)
+    code, _, err = cli(
+        "compile", TINY / "model.onnx", "-o", tmp_path / "cli.fpx", "--weights", "fp4-e2m1", "--scale-pow2", "--cpu", "x86-64-v3", "-q"
+    )
+    assert code == 0, err
+    assert (tmp_path / "py.fpx").read_bytes() == (tmp_path / "cli.fpx").read_bytes()
+    plain = fpx.compile(TINY / "model.onnx", tmp_path / "plain.fpx", weights="fp4-e2m1", cpu="x86-64-v3", no_tuning=True)
+    assert (tmp_path / "plain.fpx").read_bytes() != (tmp_path / "py.fpx").read_bytes()
+    assert py.weight_bytes_out == plain.weight_bytes_out
+    r = fpx.report(TINY / "model.onnx", {"input": np.load(TINY / "input.npy")}, schemes="fp4-e2m1,fp4-e2m1:p2", scale_pow2=False)
+    labels = [s["label"] for s in r["schemes"]]
+    assert labels == ["fp4-e2m1", "fp4-e2m1:p2"], labels
+
+
 def test_inputs_and_outputs_describe_the_graph(tiny):
     _, model, _ = tiny
     (i,), (o,) = model.inputs, model.outputs

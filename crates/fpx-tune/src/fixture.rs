@@ -58,7 +58,7 @@ impl Fixture {
         let QuantGemm { format, k, n, group_size, .. } = *gemm;
         let mut rng = SplitMix::new(seed);
         let wt = rng.signed_vec(k * n);
-        let cfg = QuantConfig { format, group_size: (group_size > 0).then_some(group_size), scale_search: false };
+        let cfg = QuantConfig { format, group_size: (group_size > 0).then_some(group_size), scale_search: false, pow2_scales: false };
         let (q, _) = quantize_channels("tuning weight", &wt, k, n, &cfg).map_err(|e| TuneError::Fixture(e.to_string()))?;
         drop(wt);
         let packed = pack(&q.codes, &gemm.packed_shape());

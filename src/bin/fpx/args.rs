@@ -46,7 +46,8 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
     /// Compare weight schemes: run FP32 and each scheme on the same inputs and print, per scheme,
     /// each output's max-abs and relative error and cosine vs FP32, and per layer the weight
     /// relative RMSE. This is how to choose between FP6, FP4 and INT4.
-    #[command(after_help = "Schemes are comma-separated; add ':gN' for a group size along K (e.g. int4:g128).\n\n\
+    #[command(after_help = "Schemes are comma-separated; add ':gN' for a group size along K (e.g. int4:g128), ':p2' for \
+power-of-two scales (e.g. fp4-e2m1:g128:p2), ':a8' for int8 activations.\n\n\
 Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --schemes fp6-e3m2,fp6-e2m3,int4,int4:g128 --html report.html")]
     Report(ReportArgs),
     /// Time a model in-process: median/min/max latency over repeated runs, and per matrix product
@@ -110,6 +111,11 @@ pub struct ScaleArgs {
     /// Search a clipping ratio per channel/group that minimizes the weight's squared error.
     #[arg(long)]
     pub scale_search: bool,
+    /// Constrain every weight scale to a power of two: per channel/group the exponent with the least weight error
+    /// (not just the one above the absmax), as ZeroQuant-FP's W4A8 does so that scaling is an exponent add. With
+    /// --scale-search, the searched clipping ratios' exponents are candidates too.
+    #[arg(long)]
+    pub scale_pow2: bool,
 }
 
 /// How weights are quantized: the one flag group of `fpx compile`, `fpx run` and `fpx bench`.
@@ -330,11 +336,12 @@ pub struct ReportArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub inputs: InputArgs,
-    /// Schemes to compare with FP32, comma-separated; each may end in ':gN' (group size N along K) and then ':a8'
-    /// (int8 activations, as `--activations int8` artifacts run), e.g. fp6-e2m3:a8,int4:g128.
+    /// Schemes to compare with FP32, comma-separated; each may end in ':gN' (group size N along K), then ':p2'
+    /// (power-of-two scales) and then ':a8' (int8 activations, as `--activations int8` artifacts run), e.g.
+    /// fp6-e2m3:a8,int4:g128,fp4-e2m1:g128:p2.
     #[arg(long, value_name = "LIST", default_value = fpx::report::DEFAULT_SCHEMES)]
     pub schemes: String,
-    /// Group size and scale search for schemes without their own ':gN'.
+    /// Group size for schemes without their own ':gN'; scale search and power-of-two scales for every scheme.
     #[command(flatten)]
     pub scales: ScaleArgs,
     /// Also write one self-contained HTML page with plots.

@@ -14,6 +14,7 @@ pub(crate) fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> R
     let o = QuantizeOptions {
         group_size: q.scales.group_size,
         scale_search: q.scales.scale_search,
+        pow2_scales: q.scales.scale_pow2,
         activations: q.activations,
         fuse_epilogues: !q.no_fused_epilogues,
         embeddings: q.embeddings.0,
@@ -252,7 +253,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         }
     }
     let options = fpx::report::ReportOptions {
-        schemes: fpx::report::parse_schemes(&args.schemes, args.scales.group_size, args.scales.scale_search)?,
+        schemes: fpx::report::parse_schemes(&args.schemes, args.scales.group_size, args.scales.scale_search, args.scales.scale_pow2)?,
         histogram_layer: args.layer.clone(),
         pool_mask: args.pool_mask.clone(),
     };

@@ -130,6 +130,7 @@ def load(
     activations: Literal["f32", "int8"] = "f32",
     group_size: Optional[int] = None,
     scale_search: bool = False,
+    scale_pow2: bool = False,
     embeddings: Optional[str] = ...,
 ) -> Model:
     """Loads an .fpx artifact, or an .onnx model (quantized in memory when `weights` names a scheme)."""
@@ -144,6 +145,7 @@ def compile(
     cpu: str = "auto",
     group_size: Optional[int] = None,
     scale_search: bool = False,
+    scale_pow2: bool = False,
     embeddings: Optional[str] = ...,
     fused_epilogues: bool = True,
     keep_half_precision: bool = False,
@@ -160,6 +162,7 @@ def report(
     schemes: str = ...,
     group_size: Optional[int] = None,
     scale_search: bool = False,
+    scale_pow2: bool = False,
     pool_mask: Optional[str] = None,
 ) -> dict[str, Any]:
     """The accuracy of each weight scheme against FP32 on these inputs, as `fpx report` prints it, as data."""
