@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod act8;
+pub mod act_fp8;
 pub mod bias_shift;
 pub mod channel_major;
 pub mod encode;
