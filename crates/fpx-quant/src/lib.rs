@@ -31,6 +31,7 @@ pub mod format;
 pub mod gemm;
 pub mod layout;
 pub mod scale;
+mod scale_choice;
 
 pub use channel_major::WeightValues;
 pub use error::QuantError;

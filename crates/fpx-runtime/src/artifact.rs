@@ -2,7 +2,7 @@
 //! object from memory, bind each quantized product's kernel table to the node it serves, and
 //! prepare the executor (every other node runs its reference kernel).
 
-use crate::native::{missing_cpu_features, NativeKernel, NativeLibrary, NativeQmm};
+use crate::native::{missing_cpu_features, NativeLibrary, NativeQmm};
 use crate::{CpuExecutor, KernelRegistry, RuntimeError};
 use fpx_artifact::{Artifact, CpuCodeRef};
 use fpx_ir::ops::quant_matmul;
@@ -99,13 +99,7 @@ fn bind_kernels(graph: &Graph, code: &CpuCodeRef<'_>, lib: &NativeLibrary) -> Re
             return Err(bad(format!("kernels are given for a {} node, not a quantized product", node.op_type)));
         }
         let gemm = quant_matmul::read(node)?;
-        let kernels = k.table.try_map(|e| {
-            Ok::<_, RuntimeError>(NativeKernel {
-                f: lib.qmm(&e.symbol)?,
-                column_split: e.column_split as usize,
-                threads: e.threads as usize,
-            })
-        })?;
+        let kernels = lib.bind(&k.table)?;
         bound.insert(k.node.clone(), NativeQmm { gemm, kernels });
     }
     Ok(bound)

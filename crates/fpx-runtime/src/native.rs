@@ -88,6 +88,12 @@ impl NativeLibrary {
         }
     }
 
+    /// An artifact's kernel table bound to this library's entry points (each entry's symbol,
+    /// column split and thread cap).
+    pub fn bind(&self, table: &KernelTable<fpx_artifact::CpuKernel>) -> Result<KernelTable<NativeKernel>, RuntimeError> {
+        table.try_map(|e| Ok(NativeKernel { f: self.qmm(&e.symbol)?, column_split: e.column_split as usize, threads: e.threads as usize }))
+    }
+
     /// The kernel exported under `symbol`.
     pub fn qmm(&self, symbol: &str) -> Result<QmmFn, RuntimeError> {
         // SAFETY: the symbol was generated with exactly the `QmmFn` signature (fpx-llvm's ABI).

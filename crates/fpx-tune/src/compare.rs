@@ -6,7 +6,7 @@
 
 use fpx_llvm::{cpu_code_with, CpuChoice, CpuTarget, QuantGemm};
 use fpx_quant::KernelTable;
-use fpx_runtime::native::{NativeKernel, NativeLibrary, NativeQmm};
+use fpx_runtime::native::{NativeLibrary, NativeQmm};
 
 use crate::fixture::Fixture;
 use crate::timing::{Bench, SAMPLE_SECONDS};
@@ -46,20 +46,8 @@ pub fn compare_tables(
     let code = cpu_code_with(&nodes, target)?;
     // SAFETY: the library is fpx-llvm's output, just generated: plain functions.
     let lib = unsafe { NativeLibrary::load(&code.shared_object)? };
-    let qmms = code
-        .kernels
-        .iter()
-        .map(|k| {
-            let kernels = k.table.try_map(|e| {
-                Ok::<_, TuneError>(NativeKernel {
-                    f: lib.qmm(&e.symbol)?,
-                    column_split: e.column_split as usize,
-                    threads: e.threads as usize,
-                })
-            })?;
-            Ok(NativeQmm { gemm: *gemm, kernels })
-        })
-        .collect::<Result<Vec<_>, TuneError>>()?;
+    let qmms =
+        code.kernels.iter().map(|k| Ok(NativeQmm { gemm: *gemm, kernels: lib.bind(&k.table)? })).collect::<Result<Vec<_>, TuneError>>()?;
     let fixture = Fixture::new(gemm, seed, crate::last_level_cache_bytes())?;
     let mut out = Vec::new();
     for &bucket in buckets {
