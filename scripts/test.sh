@@ -20,6 +20,18 @@ command -v cargo >/dev/null 2>&1 || { echo "test: error: cargo not found (instal
 start=$SECONDS
 summary() { printf 'test: %s (%ds)\n' "$1" "$((SECONDS - start))"; }
 
+# A one-off build gains nothing from incremental state, and it doubles the target folder (about
+# 1.5 GB of 5 GB): a CI machine with little disk ran out of space on it. Set CARGO_INCREMENTAL=1
+# to keep it when running the suite repeatedly on a workstation.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+mkdir -p "$target_dir"
+free_kb=$(df -Pk "$target_dir" | awk 'NR == 2 { print $4 }')
+echo "test: ${free_kb:-?} KiB free for $target_dir (a fresh build needs about 4 GiB)"
+if [[ -n "${free_kb:-}" && "$free_kb" -lt 4194304 ]]; then
+    echo "test: warning: less than 4 GiB free; the build may fail with 'No space left on device'" >&2
+fi
+
 echo "test: cargo fmt --all -- --check"
 if ! cargo fmt --all -- --check; then
     summary "FAILED: formatting differs (run: cargo fmt --all)"
