@@ -371,10 +371,11 @@ fn check_options(options: &CompileOptions) -> Result<(), Error> {
             "an artifact holds quantized weights: pick a weight scheme (e.g. fp6-e3m2), or run the .onnx directly".into(),
         ));
     }
-    if options.quantize.activations == Activations::Int8 && options.target.has_gpu() {
-        return Err(Error::Options(
-            "int8 activations are for CPU code: the GPU kernels multiply FP16 activations; use --target cpu, or f32 activations for cuda|all".into(),
-        ));
+    let activations = options.quantize.activations;
+    if activations != Activations::F32 && options.target.has_gpu() {
+        return Err(Error::Options(format!(
+            "{activations} activations are for CPU code: the GPU kernels multiply FP16 activations; use --target cpu, or f32 activations for cuda|all"
+        )));
     }
     Ok(())
 }

@@ -22,35 +22,55 @@ pub struct SchemeSpec {
     pub options: QuantizeOptions,
 }
 
-/// Parses `a,b:g128,c:a8,d:p2,...`: scheme names, each optionally with `:gN` for a group size
-/// along K, then `:p2` for power-of-two scales, then `:a8` for int8 activations.
-/// `group_size` applies to every scheme without its own `:gN`; `scale_search` and `pow2_scales`
-/// (`--scale-pow2`) to every scheme.
+/// Parses `a,b:g128,c:a8,d:p2:fp8,...`: scheme names, each optionally followed by modifiers in
+/// any order: `:gN` for a group size along K, `:p2` for power-of-two scales, and the activations:
+/// `:a8` (int8), `:fp8` (FP8 e4m3, also `:fp8-e4m3`) or `:fp8-e5m2`. `group_size` applies to
+/// every scheme without its own `:gN`; `scale_search` and `pow2_scales` (`--scale-pow2`) to every
+/// scheme.
 pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, pow2_scales: bool) -> Result<Vec<SchemeSpec>, Error> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (base, activations) = match item.strip_suffix(":a8") {
-            Some(b) => (b, Activations::Int8),
-            None => (item, Activations::F32),
-        };
-        let (base, pow2_scales) = match base.strip_suffix(":p2") {
-            Some(b) => (b, true),
-            None => (base, pow2_scales),
-        };
-        let (name, group) = match base.split_once(":g") {
-            Some((n, g)) => {
-                let g: usize = g.parse().map_err(|_| PassError::Option(format!("'{item}': the group size after ':g' must be a number")))?;
-                (n, Some(g))
+        let bad = |message: String| Error::from(PassError::Option(format!("'{item}': {message}")));
+        let mut parts = item.split(':');
+        let name = parts.next().unwrap_or_default();
+        let (mut group, mut pow2, mut activations) = (None, pow2_scales, None);
+        for m in parts {
+            let act = match m {
+                "a8" | "int8" => Some(Activations::Int8),
+                "fp8" | "fp8-e4m3" | "e4m3" => Some(Activations::Fp8E4M3),
+                "fp8-e5m2" | "e5m2" => Some(Activations::Fp8E5M2),
+                _ => None,
+            };
+            if let Some(a) = act {
+                if activations.replace(a).is_some() {
+                    return Err(bad("the activations are given twice".into()));
+                }
+            } else if m == "p2" {
+                pow2 = true;
+            } else if let Some(g) = m.strip_prefix('g') {
+                let g: usize = g.parse().map_err(|_| bad("the group size after ':g' must be a number".into()))?;
+                if group.replace(g).is_some() {
+                    return Err(bad("the group size is given twice".into()));
+                }
+            } else {
+                return Err(bad(format!(
+                    "unknown modifier ':{m}' (use :gN for groups, :p2 for power-of-two scales, :a8, :fp8 or :fp8-e5m2 for the activations)"
+                )));
             }
-            None => (base, group_size),
-        };
+        }
         let scheme = WeightScheme::parse(name)?;
         if scheme == WeightScheme::None {
             return Err(
                 PassError::Option("'none' is the FP32 baseline every scheme is compared with; leave it out of --schemes".into()).into()
             );
         }
-        let options = QuantizeOptions { group_size: group, scale_search, pow2_scales, activations, ..QuantizeOptions::new(scheme) };
+        let options = QuantizeOptions {
+            group_size: group.or(group_size),
+            scale_search,
+            pow2_scales: pow2,
+            activations: activations.unwrap_or_default(),
+            ..QuantizeOptions::new(scheme)
+        };
         options.validate()?;
         out.push(SchemeSpec { label: item.to_string(), options });
     }
@@ -482,6 +502,16 @@ mod tests {
         assert_eq!((v[1].options.pow2_scales, v[1].options.activations), (true, Activations::Int8));
         assert!(!v[2].options.pow2_scales);
         assert!(parse_schemes("int4", None, false, true).unwrap()[0].options.pow2_scales, "--scale-pow2 applies to every scheme");
+        // Modifiers in any order; FP8 activations with any format.
+        let v = parse_schemes("fp4-e2m1:fp8:p2:g128,int4:fp8-e5m2,fp6-e3m2:e4m3", None, false, false).unwrap();
+        let got: Vec<_> = v.iter().map(|s| (s.options.activations, s.options.pow2_scales, s.options.group_size)).collect();
+        assert_eq!(
+            got,
+            [(Activations::Fp8E4M3, true, Some(128)), (Activations::Fp8E5M2, false, None), (Activations::Fp8E4M3, false, None)]
+        );
+        assert!(parse_schemes("int4:a8:fp8", None, false, false).unwrap_err().to_string().contains("twice"));
+        assert!(parse_schemes("int4:g32:g64", None, false, false).unwrap_err().to_string().contains("twice"));
+        assert!(parse_schemes("int4:q9", None, false, false).unwrap_err().to_string().contains("unknown modifier ':q9'"));
     }
 
     #[test]

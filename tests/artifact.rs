@@ -28,9 +28,11 @@ fn artifact_matches_reference(model: &Path, inputs: Vec<(String, Tensor)>, opts:
     for k in &compiled.contents.cpu[0].kernels {
         let rows = k.table.rows();
         assert_eq!(rows.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [fpx::llvm::GEMV_MAX_M, 0], "{}: gemv, then gemm", k.node);
-        assert!(rows
-            .iter()
-            .all(|(_, e)| e.activations == opts.quantize.activations && e.symbol.contains("_a8_") == int8 && e.column_split == 16));
+        let tag = opts.quantize.activations.tag();
+        assert!(rows.iter().all(|(_, e)| e.activations == opts.quantize.activations
+            && e.symbol.contains("_a8_") == int8
+            && (tag.is_empty() || e.symbol.contains(&format!("_{tag}_")))
+            && e.column_split == 16));
     }
     let loaded = compiled.load().expect("loads");
     assert!(loaded.native_target().is_some(), "native kernels are in use");
@@ -123,6 +125,31 @@ fn int8_activations_stay_close_to_the_f32_artifact() {
             eprintln!("tiny-transformer {f} int8 vs f32 activations, {n}: relative RMS {rel:.2e}");
             assert!(rel > 0.0 && rel < 2e-2, "{f} {n}: {rel}");
         }
+    }
+}
+
+/// FP8 activations (ZeroQuant-FP's W4A8): the artifact's kernels equal the reference path (which
+/// rounds X from FP8 codes), the rounding is visible but small, and e4m3 (3 mantissa bits) is
+/// closer to f32 activations than e5m2 (2 bits).
+#[test]
+fn fp8_activations_match_the_reference_path() {
+    let ex = workspace_root().join("examples/tiny-transformer");
+    let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
+    let model = ex.join("model.onnx");
+    for f in [Format::Fp4E2M1, Format::Fp6E3M2] {
+        let weights = QuantizeOptions { pow2_scales: true, ..QuantizeOptions::new(WeightScheme::Fixed(f)) };
+        let f32_opts = CompileOptions { quantize: weights, ..crate::common::compile_options() };
+        let exact = fpx::compile(&model, &f32_opts).unwrap().load().unwrap().run(x.clone()).unwrap();
+        let mut rels = Vec::new();
+        for act in [Activations::Fp8E4M3, Activations::Fp8E5M2] {
+            let quantize = QuantizeOptions { activations: act, ..weights };
+            let got = artifact_matches_reference(&model, x.clone(), &CompileOptions { quantize, ..crate::common::compile_options() }, 1e-5);
+            let rel = rel_rms(&got[0].1, &exact[0].1);
+            eprintln!("tiny-transformer {f} {act} vs f32 activations: relative RMS {rel:.2e}");
+            assert!(rel > 0.0 && rel < 0.1, "{f} {act}: {rel}");
+            rels.push(rel);
+        }
+        assert!(rels[0] < rels[1], "{f}: e4m3 {} vs e5m2 {}", rels[0], rels[1]);
     }
 }
 

@@ -434,6 +434,8 @@ impl CpuKernel {
         let activations = match self.activations {
             Activations::F32 => pb::Activations::F32,
             Activations::Int8 => pb::Activations::Int8,
+            Activations::Fp8E4M3 => pb::Activations::Fp8E4m3,
+            Activations::Fp8E5M2 => pb::Activations::Fp8E5m2,
         };
         pb::CpuGemm {
             node: node.to_string(),
@@ -459,6 +461,8 @@ impl CpuKernel {
         let activations = match pb::Activations::try_from(g.activations) {
             Ok(pb::Activations::F32) => Activations::F32,
             Ok(pb::Activations::Int8) => Activations::Int8,
+            Ok(pb::Activations::Fp8E4m3) => Activations::Fp8E4M3,
+            Ok(pb::Activations::Fp8E5m2) => Activations::Fp8E5M2,
             Err(_) => return Err(format!("node '{}': unknown activations code {}", g.node, g.activations)),
         };
         let config = match &g.config {

@@ -355,6 +355,10 @@ pub enum Activations {
     F32 = 0,
     /// An int8 activation buffer.
     Int8 = 1,
+    /// `f32` rows rounded to FP8 e4m3 per row (a power-of-two scale each).
+    Fp8E4m3 = 2,
+    /// `f32` rows rounded to FP8 e5m2 per row.
+    Fp8E5m2 = 3,
 }
 
 /// GPU code for one architecture: PTX modules and each node's GEMM kernels per range of M.

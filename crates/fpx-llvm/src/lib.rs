@@ -35,7 +35,10 @@
 //!
 //! Kernels of a product with [`Activations::Int8`] (symbols with `_a8`) have the same signature,
 //! but `x` points to an [`fpx_quant::act8::Int8Activations`] buffer for the `m` rows (scales,
-//! corrections, permuted int8 codes) instead of `f32` rows.
+//! corrections, permuted int8 codes) instead of `f32` rows. Kernels of a product with FP8
+//! activations (`_f8e4m3`, `_f8e5m2`) are the `f32` kernels: the caller hands them the rows
+//! rounded to FP8 ([`fpx_quant::act_fp8::round_rows`]: power-of-two scales, so the rounded
+//! values are exact in `f32`), which they multiply like any `f32` rows.
 //!
 //! # How the kernels work
 //!
@@ -151,9 +154,13 @@ pub const CODEGEN_CHECKSUM: &str = env!("FPX_LLVM_CODEGEN_CHECKSUM");
 pub const GEMV_MAX_M: u64 = 8;
 
 /// The exported symbol of `gemm`'s kernel in `variant`, e.g.
-/// `fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv` (int8 activations add `_a8` before the variant).
+/// `fpx_qmm_fp6_e3m2_k384_n1536_g0_gemv` (other activations than `f32` add their tag before the
+/// variant: `_a8` for int8, `_f8e4m3` for FP8 e4m3).
 pub fn symbol(gemm: &QuantGemm, variant: Variant) -> String {
-    let act = if gemm.activations == Activations::Int8 { "_a8" } else { "" };
+    let act = match gemm.activations.tag() {
+        "" => String::new(),
+        tag => format!("_{tag}"),
+    };
     format!("fpx_qmm_{}_k{}_n{}_g{}{act}_{}", gemm.format.name().replace('-', "_"), gemm.k, gemm.n, gemm.group_size, variant.name())
 }
 
@@ -181,10 +188,11 @@ pub fn target_features(target: CpuTarget) -> Result<Vec<String>, LlvmError> {
     Ok(target::machine(target)?.required_features)
 }
 
-/// Whether a [`CpuTiling`] changes `gemm`'s kernels: the `f32`-activation loops take it; the
-/// int8-activation loops have fixed blocking (and keep the default symbol).
+/// Whether a [`CpuTiling`] changes `gemm`'s kernels: the loops over `f32` rows take it (FP8
+/// activations reach the kernels as rounded `f32` rows); the int8-activation loops have fixed
+/// blocking (and keep the default symbol).
 pub fn tiling_applies(gemm: &QuantGemm) -> bool {
-    gemm.activations == Activations::F32
+    gemm.activations.kernels_read_f32()
 }
 
 /// The loop a kernel runs for a given M, as far as its speed goes: kernels of one product with

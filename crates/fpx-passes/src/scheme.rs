@@ -114,7 +114,7 @@ impl QuantizeOptions {
 
     /// The formats this scheme tries for a weight, given the activations.
     pub fn candidates(&self) -> Vec<Format> {
-        let fits = |f: &Format| self.activations == Activations::F32 || fpx_quant::takes_int8_activations(*f);
+        let fits = |f: &Format| self.activations != Activations::Int8 || fpx_quant::takes_int8_activations(*f);
         self.scheme.candidates().into_iter().filter(fits).collect()
     }
 

@@ -235,6 +235,33 @@ fn int8_activations_mark_the_node_and_quantize_x_in_the_reference_path() {
     }
 }
 
+#[test]
+fn fp8_activations_mark_the_node_and_round_x_per_row_in_the_reference_path() {
+    let (m, k, n) = (4, 70, 24);
+    let w = Rng::new(13).signeds(k * n);
+    // Rows of very different magnitudes: each gets its own power-of-two scale.
+    let mut x = Rng::new(14).signeds(m * k);
+    x.iter_mut().enumerate().for_each(|(i, v)| *v *= [1.0, 1e-3, 300.0, 7.0][i / k]);
+    for (format, act) in
+        [(Format::Fp4E2M1, Activations::Fp8E4M3), (Format::Fp6E3M2, Activations::Fp8E5M2), (Format::Int4, Activations::Fp8E4M3)]
+    {
+        let mut g = matmul_graph(m, k, n, &w);
+        let opts = QuantizeOptions { activations: act, group_size: Some(32), ..QuantizeOptions::new(WeightScheme::Fixed(format)) };
+        quantize_weights(&mut g, &opts).unwrap();
+        verify::verify(&g, &OpRegistry::standard()).unwrap();
+        assert_eq!(fpx_ir::ops::quant_matmul::read(g.node(g.node_ids()[0])).unwrap().activations, act);
+        let q = quantize("W", &w, k, n, &QuantConfig { format, group_size: Some(32), scale_search: false, pow2_scales: false }).unwrap();
+        let xq = fpx_quant::act_fp8::Fp8Activations::quantize(&x, m, k, act.fp8_format().unwrap()).unwrap();
+        assert!(xq.scales.windows(2).all(|s| s[0] != s[1]), "one scale per row: {:?}", xq.scales);
+        let xd = xq.dequantized();
+        assert_close(&run(g, tensor(&[m, k], x.clone())), &reference(&xd, m, k, n, &q.dequantize(), None));
+        assert!(xd != x, "the rows were rounded");
+    }
+    // FP8 activations take any format, fp6-auto keeps both candidates.
+    let opts = QuantizeOptions { activations: Activations::Fp8E4M3, ..QuantizeOptions::new(WeightScheme::Fp6Auto) };
+    assert_eq!(opts.candidates(), [Format::Fp6E3M2, Format::Fp6E2M3]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Erf-GELU fusion
 

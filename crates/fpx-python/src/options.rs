@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 pub struct QuantKwargs<'a> {
     /// A scheme name, or None for `default`.
     pub weights: Option<&'a str>,
-    /// "f32" or "int8".
+    /// "f32", "int8", "fp8-e4m3" or "fp8-e5m2".
     pub activations: &'a str,
     /// Scales per group of this many along K (None: per output channel).
     pub group_size: Option<usize>,

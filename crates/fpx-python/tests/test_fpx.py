@@ -171,6 +171,18 @@ def test_other_bad_calls_raise_clear_errors(tiny):
         fpx.compile(TINY / "model.onnx", "/tmp/never.fpx", weights="fp6-e2m3", activations="int8", target="cuda")
 
 
+def test_fp8_activations_compile_and_stay_close_to_f32(tmp_path):
+    x = np.load(TINY / "input.npy")
+    outs = {}
+    for act in ["f32", "fp8-e4m3"]:
+        summary = fpx.compile(TINY / "model.onnx", tmp_path / f"{act}.fpx", weights="fp4-e2m1", activations=act, scale_pow2=True)
+        outs[act] = fpx.load(summary.output).run({"input": x})["output"]
+    rel = np.linalg.norm(outs["fp8-e4m3"] - outs["f32"]) / np.linalg.norm(outs["f32"])
+    assert 0 < rel < 0.1, rel
+    with pytest.raises(fpx.FpxError, match="fp8-e4m3 activations are for CPU code"):
+        fpx.compile(TINY / "model.onnx", tmp_path / "never.fpx", activations="fp8-e4m3", target="cuda")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_a_damaged_artifact_raises_the_clis_message(tiny, tmp_path, damage):
     summary, _, _ = tiny

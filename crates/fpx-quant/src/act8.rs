@@ -18,57 +18,10 @@
 //!    the order in which the 4+2 layout's low-plane bytes carry one output row's codes.
 //!    Columns past `k` are zero.
 
-use std::fmt;
-
 use crate::fold;
 use crate::Format;
 
-/// What quantized products multiply their weights with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Activations {
-    /// `f32` activations: exact up to `f32` rounding.
-    #[default]
-    F32,
-    /// Activations quantized to int8 per row and block of 32 columns ([`Int8Activations`]):
-    /// byte dot products on the CPU, with the rounding error of int8 activations (like
-    /// onnxruntime's `MatMulNBits` at `accuracy_level` 4). Only for weight formats with small
-    /// integer values that the byte decoders unpack ([`crate::takes_int8_activations`]).
-    Int8,
-}
-
-impl Activations {
-    /// Every choice.
-    pub const ALL: [Activations; 2] = [Activations::F32, Activations::Int8];
-
-    /// The name used on the command line and in graphs and artifacts: `f32` or `int8`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Activations::F32 => "f32",
-            Activations::Int8 => "int8",
-        }
-    }
-
-    /// Parses [`Activations::name`].
-    pub fn parse(s: &str) -> Option<Activations> {
-        Activations::ALL.into_iter().find(|a| a.name() == s)
-    }
-}
-
-impl std::str::FromStr for Activations {
-    type Err = String;
-
-    /// Parses [`Activations::name`].
-    fn from_str(s: &str) -> Result<Activations, String> {
-        Activations::parse(s).ok_or_else(|| format!("unknown activations '{s}'; choose f32 or int8"))
-    }
-}
-
-impl fmt::Display for Activations {
-    /// Writes [`Activations::name`].
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::activations::Activations;
 
 /// Columns per activation block (one layout tile along K).
 pub const BLOCK: usize = 32;

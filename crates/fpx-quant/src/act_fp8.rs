@@ -1,18 +1,24 @@
 //! FP8 activations (ZeroQuant-FP's W4A8): the numerics of quantizing activations to FP8 e4m3 or
-//! e5m2 at run time, per row (token). This module is the definition — what a reference kernel
-//! and the report compute, and what CPU and GPU kernels must match.
+//! e5m2 at run time, per row (token), with power-of-two scales. This module is the definition —
+//! what the reference kernel and the report compute, and what CPU and GPU kernels must match.
 //!
 //! Per row `r` of `X[m][k]`:
-//! - the scale is `s = absmax / max`, `absmax` over the row's finite values and `max` the
-//!   format's largest finite value (448 for e4m3, 57344 for e5m2), computed in `f32`; a row
-//!   with no finite non-zero value gets `s = 1`;
-//! - each value becomes the FP8 code nearest to `fl32(x / s)`, ties to the even code, saturating
-//!   at `±max` (so `±∞` gives `±max`, as ONNX `QuantizeLinear` with `saturate = 1`); a NaN stays
-//!   NaN (the format's canonical NaN code); every zero (and what rounds to zero) is code 0.
+//! - the scale is the smallest power of two `s = 2^e` with `absmax / s <= max`, `absmax` over
+//!   the row's finite values and `max` the format's largest finite value (448 for e4m3, 57344
+//!   for e5m2), `e` clamped to `-126..=127` (normal `f32` scales); a row with no finite non-zero
+//!   value gets `s = 1`;
+//! - each value becomes the FP8 code nearest to `x / s` (exact: a power-of-two division), ties
+//!   to the even code, saturating at `±max` (so `±∞` gives `±max`, as ONNX `QuantizeLinear` with
+//!   `saturate = 1`); a NaN stays NaN (the format's canonical NaN code); every zero (and what
+//!   rounds to zero) is code 0.
 //!
-//! Dequantized, a value is `decode(code) · s`. FP4 and FP6 weights times e4m3 activations are
-//! exact in `f32` (at most 4 + 4 significant bits), so kernels can accumulate such products in
-//! `f32` without rounding each one.
+//! Dequantized, a value is `decode(code) · s`, **exact in `f32`**: the scale is a power of two.
+//! So a kernel that multiplies the dequantized rows in `f32` multiplies exactly the FP8 values
+//! (shifted by `e`), and FP4 and FP6 weights times e4m3 activations are exact products in `f32`
+//! (at most 4 + 4 significant bits): the only rounding left is the `f32` accumulation. Why a
+//! power of two costs nothing here: a floating-point grid is the same relative grid at every
+//! scale, so a non-power-of-two scale only moves where the range ends (by less than a binade);
+//! [`Fp8Activations::quantize`] keeps the whole range below `max`, the top binade included.
 
 use crate::{Format, QuantError};
 
@@ -25,7 +31,7 @@ pub struct Fp8Activations {
     pub rows: usize,
     /// Columns.
     pub k: usize,
-    /// One scale per row.
+    /// One scale per row, each a power of two.
     pub scales: Vec<f32>,
     /// Codes, row-major.
     pub codes: Vec<u8>,
@@ -37,21 +43,68 @@ pub fn nan_code(_format: Format) -> u8 {
     0x7f
 }
 
+/// Checks that `format` is an FP8 format and `x` holds `m × k` values.
+fn check(x: &[f32], m: usize, k: usize, format: Format) -> Result<(), QuantError> {
+    if !matches!(format, Format::Fp8E4M3 | Format::Fp8E5M2) {
+        return Err(QuantError::Shape { tensor: "activations".into(), message: format!("{format} is not an FP8 format") });
+    }
+    if Some(x.len()) != m.checked_mul(k) {
+        return Err(QuantError::Shape { tensor: "activations".into(), message: format!("{} values are not {m} x {k}", x.len()) });
+    }
+    Ok(())
+}
+
+/// The scale of one row (see the module docs): the smallest power of two `s` in
+/// `2^-126..=2^127` with `absmax / s <= max`, or 1 for a row with no finite non-zero value.
+pub fn row_scale(row: &[f32], format: Format) -> f32 {
+    let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+    if absmax == 0.0 {
+        return 1.0;
+    }
+    let max = format.max_value();
+    // In f64 every candidate `max · 2^e` is exact, so the comparison is too.
+    let mut e = (absmax as f64 / max).log2().ceil() as i32;
+    while e > -126 && absmax as f64 <= max * 2f64.powi(e - 1) {
+        e -= 1;
+    }
+    while absmax as f64 > max * 2f64.powi(e) {
+        e += 1;
+    }
+    2f32.powi(e.clamp(-126, 127))
+}
+
+/// `t` rounded to `format`'s grid (an FP8 format), ties to even, saturating at `±max`, as an
+/// `f32` (exact); NaN stays NaN and a zero result is `+0`. The same value as
+/// `format.decode(format.encode(t))` for non-NaN `t`, with arithmetic only: the grid step at
+/// `t` is `2^(max(exponent(t), emin) − mantissa bits)`, a power of two, so `t / step` rounded
+/// to an integer and multiplied back is exact.
+#[inline]
+pub fn round_to_fp8(t: f32, format: Format) -> f32 {
+    let (m, emin) = (format.mantissa_bits() as i32, 1 - format.bias());
+    let max = format.max_value() as f32;
+    let a = t.abs();
+    if a.is_nan() {
+        return t;
+    }
+    if a >= max {
+        // ±max and ±∞ saturate.
+        return max.copysign(t);
+    }
+    // |t| < 2^-126 is far below every FP8 step: its exponent bits read 0 and it rounds to 0.
+    let e = (((a.to_bits() >> 23) as i32) - 127).max(emin);
+    let step = 2f32.powi(e - m);
+    let q = (t / step).round_ties_even() * step;
+    q.min(max).max(-max) + 0.0
+}
+
 impl Fp8Activations {
     /// Quantizes the `m × k` rows `x` to `format` (an FP8 format) as the module docs define.
     pub fn quantize(x: &[f32], m: usize, k: usize, format: Format) -> Result<Fp8Activations, QuantError> {
-        if !matches!(format, Format::Fp8E4M3 | Format::Fp8E5M2) {
-            return Err(QuantError::Shape { tensor: "activations".into(), message: format!("{format} is not an FP8 format") });
-        }
-        if x.len() != m * k {
-            return Err(QuantError::Shape { tensor: "activations".into(), message: format!("{} values are not {m} x {k}", x.len()) });
-        }
-        let max = format.max_value() as f32;
+        check(x, m, k, format)?;
         let mut scales = Vec::with_capacity(m);
         let mut codes = vec![0u8; m * k];
         for (row, out) in x.chunks(k.max(1)).zip(codes.chunks_mut(k.max(1))).take(m) {
-            let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
-            let s = if absmax > 0.0 { (absmax / max).max(f32::from_bits(1)) } else { 1.0 };
+            let s = row_scale(row, format);
             scales.push(s);
             for (c, &v) in out.iter_mut().zip(row) {
                 *c = if v.is_nan() { nan_code(format) } else { format.encode(v / s) };
@@ -67,6 +120,33 @@ impl Fp8Activations {
             out.extend(row.iter().map(|&c| self.format.decode(c) * self.scales[r]));
         }
         out
+    }
+}
+
+/// `x` (`m × k`) rounded to FP8 per row in place of `out`: the values of
+/// `Fp8Activations::quantize(x, m, k, format)?.dequantized()`, bit for bit, computed without
+/// codes ([`round_to_fp8`]): what the runtime hands the `f32` kernels of a product with FP8
+/// activations.
+pub fn round_rows(x: &[f32], m: usize, k: usize, format: Format, out: &mut [f32]) -> Result<(), QuantError> {
+    check(x, m, k, format)?;
+    if out.len() != x.len() {
+        return Err(QuantError::Shape {
+            tensor: "activations".into(),
+            message: format!("the output has {} values, not {m} x {k}", out.len()),
+        });
+    }
+    for (row, o) in x.chunks(k.max(1)).zip(out.chunks_mut(k.max(1))) {
+        round_row(row, format, o);
+    }
+    Ok(())
+}
+
+/// One row of [`round_rows`].
+#[inline]
+pub fn round_row(row: &[f32], format: Format, out: &mut [f32]) {
+    let s = row_scale(row, format);
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = round_to_fp8(v / s, format) * s;
     }
 }
 
@@ -159,8 +239,18 @@ mod tests {
             for r in 0..m {
                 let row = &x[r * k..(r + 1) * k];
                 let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
-                let s = if absmax > 0.0 { absmax / max } else { 1.0 };
+                // The smallest power of two with absmax / s <= max, found by counting in f64.
+                let s = if absmax > 0.0 {
+                    let mut e = 200i32;
+                    while e > -126 && (absmax as f64) <= max as f64 * 2f64.powi(e - 1) {
+                        e -= 1;
+                    }
+                    2f64.powi(e) as f32
+                } else {
+                    1.0
+                };
                 assert_eq!(q.scales[r], s, "{format} row {r}");
+                assert!(absmax / s <= max && (absmax == 0.0 || s == 2f32.powi(-126) || absmax / s > max / 2.0));
                 for (c, &v) in row.iter().enumerate() {
                     let got = q.codes[r * k + c];
                     let want = if v.is_nan() {
@@ -188,6 +278,57 @@ mod tests {
         }
         assert!(Fp8Activations::quantize(&[1.0], 1, 1, Format::Int8).unwrap_err().to_string().contains("is not an FP8 format"));
         assert!(Fp8Activations::quantize(&[1.0], 2, 1, Format::Fp8E4M3).is_err());
+    }
+
+    /// `round_to_fp8` is `decode(encode(t))` on a sweep of every 4099th f32 bit pattern and on
+    /// every value halfway between two neighbouring FP8 values, one f32 step either side.
+    #[test]
+    fn rounding_without_codes_matches_encode_then_decode() {
+        for format in FP8 {
+            let want = |t: f32| if t.is_nan() { f32::NAN } else { format.decode(format.encode(t)) };
+            let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            let mut checked = 0;
+            for bits in (0..=u32::MAX).step_by(4099) {
+                let t = f32::from_bits(bits);
+                assert!(same(round_to_fp8(t, format), want(t)), "{format} {t:e} ({bits:#x})");
+                checked += 1;
+            }
+            let mut values: Vec<f64> = finite_values(format).into_iter().map(|(_, v)| v).collect();
+            values.sort_by(f64::total_cmp);
+            for w in values.windows(2) {
+                let mid = ((w[0] + w[1]) / 2.0) as f32;
+                for t in [mid, f32::from_bits(mid.to_bits() + 1), f32::from_bits(mid.to_bits().max(1) - 1)] {
+                    assert!(same(round_to_fp8(t, format), want(t)), "{format} near the midpoint {mid:e}: {t:e}");
+                    checked += 3;
+                }
+            }
+            assert!(checked > 1_000_000);
+        }
+    }
+
+    /// `round_rows` gives `quantize(..).dequantized()` bit for bit, specials included; the scales
+    /// are powers of two, so dequantizing is exact.
+    #[test]
+    fn rounded_rows_equal_dequantized_codes() {
+        let mut rng = Rng::new(82);
+        for format in FP8 {
+            let (m, k) = (5, 131);
+            let mut x: Vec<f32> = rng.normals(m * k).iter().map(|v| v * 7.0).collect();
+            x[3] = f32::INFINITY;
+            x[4] = f32::NAN;
+            x[5] = -0.0;
+            x[k..2 * k].iter_mut().for_each(|v| *v *= 1e-38);
+            x[2 * k..3 * k].fill(0.0);
+            x[3 * k..4 * k].iter_mut().for_each(|v| *v *= 3e37);
+            let q = Fp8Activations::quantize(&x, m, k, format).unwrap();
+            assert!(q.scales.iter().all(|s| s.to_bits() & 0x007f_ffff == 0), "{format}: powers of two {:?}", q.scales);
+            let mut out = vec![0f32; m * k];
+            round_rows(&x, m, k, format, &mut out).unwrap();
+            for (i, (a, b)) in out.iter().zip(q.dequantized()).enumerate() {
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{format} at {i}: {a:e} vs {b:e} (x = {:e})", x[i]);
+            }
+            assert!(round_rows(&x, m, k, format, &mut out[1..]).is_err());
+        }
     }
 
     /// FP4/FP6 weights times e4m3 activations are exact in f32: every product of two codes'

@@ -120,15 +120,16 @@ impl QuantGemm {
 }
 
 impl fmt::Display for QuantGemm {
-    /// `fp6-e3m2 k=384 n=1536 per-channel` (`g128` for groups, `a8` for int8 activations).
+    /// `fp6-e3m2 k=384 n=1536 per-channel` (`g128` for groups, then the activations' tag: `a8` for
+    /// int8, `f8e4m3` for FP8 e4m3).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} k={} n={}", self.format, self.k, self.n)?;
         match self.group_size {
             0 => f.write_str(" per-channel")?,
             g => write!(f, " g{g}")?,
         }
-        if self.activations == Activations::Int8 {
-            f.write_str(" a8")?;
+        if self.activations != Activations::F32 {
+            write!(f, " {}", self.activations.tag())?;
         }
         Ok(())
     }
@@ -258,7 +259,12 @@ mod tests {
             assert_eq!(gemm(f, 48, Activations::F32).validate(), Ok(()));
             let a8 = gemm(f, 64, Activations::Int8).validate();
             assert_eq!(a8.is_ok(), takes_int8_activations(f), "{f}");
+            // FP8 activations go with every format and any groups.
+            for fp8 in [Activations::Fp8E4M3, Activations::Fp8E5M2] {
+                assert_eq!(gemm(f, 48, fp8).validate(), Ok(()), "{f} {fp8}");
+            }
         }
+        assert_eq!(gemm(Format::Fp4E2M1, 128, Activations::Fp8E4M3).to_string(), "fp4-e2m1 k=256 n=64 g128 f8e4m3");
         assert_eq!(gemm(Format::Int4, 48, Activations::Int8).validate(), Err(GemmError::Int8Groups { group_size: 48 }));
         let mut g = gemm(Format::Fp6E3M2, 0, Activations::F32);
         g.k = 0;

@@ -13,7 +13,9 @@
 //! - [`fold`]: what kernels store per code and the factor folded into the stored scales;
 //! - [`gemm`]: [`QuantGemm`], the one typed contract of a quantized product, and
 //!   [`KernelTable`], which kernel serves which M;
+//! - [`Activations`]: what quantized products multiply (f32, int8, FP8 e4m3/e5m2);
 //! - [`act8`]: int8 activations (per row and block of 32) for the byte dot-product kernels;
+//! - [`act_fp8`]: FP8 activations (per row, power-of-two scales), ZeroQuant-FP's W4A8;
 //! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
 //!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
 // No unsafe code but the CPU-feature dispatch in `encode` (an AVX2 copy of a safe loop) and the
@@ -22,6 +24,7 @@
 
 pub mod act8;
 pub mod act_fp8;
+pub mod activations;
 pub mod bias_shift;
 pub mod channel_major;
 pub mod encode;
@@ -33,6 +36,7 @@ pub mod layout;
 pub mod scale;
 mod scale_choice;
 
+pub use activations::Activations;
 pub use channel_major::WeightValues;
 pub use error::QuantError;
 pub use format::Format;

@@ -2,12 +2,11 @@
 
 use crate::kernels::alloc;
 use crate::kernels::{KernelFn, KernelRegistry, OwnedKernelFn};
-use crate::native::{quantize_activations, NativeLibrary, NativeQmm};
+use crate::native::{prepare_activations, NativeLibrary, NativeQmm, PreparedActivations};
 use crate::{KernelError, RuntimeError};
 use fpx_ir::ops::quant_matmul::{self, Epilogue};
 use fpx_ir::pass::NodeEvaluator;
 use fpx_ir::{Dim, Graph, Node, NodeId, Tensor, TensorBudget, TensorType, ValueId};
-use fpx_quant::act8::Int8Activations;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -50,9 +49,9 @@ pub struct CpuExecutor {
     _libraries: Vec<Arc<NativeLibrary>>,
     /// For each value, the index of the last step that reads it (values not read: none).
     last_use: HashMap<ValueId, usize>,
-    /// Values that two or more int8-activation native steps multiply (e.g. one layer's Q, K and
-    /// V projections): quantized once per run and shared.
-    shared_act8: HashSet<ValueId>,
+    /// Values that two or more native steps with int8 or FP8 activations multiply (e.g. one
+    /// layer's Q, K and V projections): prepared once per run and shared.
+    shared_prepared: HashSet<ValueId>,
     /// The most bytes one tensor a kernel creates may take.
     budget: TensorBudget,
 }
@@ -190,17 +189,17 @@ impl CpuExecutor {
                 (!slots.is_empty()).then_some(Consume { kernel, slots })
             })
             .collect();
-        let mut int8_readers: HashMap<ValueId, usize> = HashMap::new();
+        let mut prepared_readers: HashMap<ValueId, usize> = HashMap::new();
         for (id, step) in &steps {
             if let (Step::Native(q, _), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
-                if q.int8_activations() {
-                    *int8_readers.entry(*x).or_default() += 1;
+                if q.prepares_activations() {
+                    *prepared_readers.entry(*x).or_default() += 1;
                 }
             }
         }
-        let shared_act8 = int8_readers.into_iter().filter(|&(_, n)| n > 1).map(|(v, _)| v).collect();
+        let shared_prepared = prepared_readers.into_iter().filter(|&(_, n)| n > 1).map(|(v, _)| v).collect();
         let budget = TensorBudget::from_env()?;
-        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_act8, budget })
+        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_prepared, budget })
     }
 
     /// The same executor with another tensor budget: every tensor a kernel creates is checked
@@ -318,7 +317,7 @@ impl CpuExecutor {
         mut profile: Option<&mut Vec<NodeTiming>>,
     ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut live = self.bind_inputs(inputs)?;
-        let mut act8: Act8Cache = HashMap::new();
+        let mut prepared: PreparedCache = HashMap::new();
         let keep: Vec<ValueId> = self.graph.outputs.clone();
         for (i, (id, step)) in self.steps.iter().enumerate() {
             let node = self.graph.node(*id);
@@ -360,10 +359,10 @@ impl CpuExecutor {
                     (Step::Kernel(_), Some((slot, t, by_value))) => by_value(node, &args, slot, t),
                     (Step::Kernel(kernel), None) => kernel(node, &args),
                     (Step::Native(q, epilogue), _) => {
-                        let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_act8.contains(x));
+                        let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_prepared.contains(x));
                         let in_place =
                             node.inputs.get(1).copied().flatten().and_then(|v| self.graph.stored(v)).and_then(|s| s.mapped_bytes());
-                        run_native(q, epilogue, &args, in_place, shared.map(|x| (x, &mut act8)))
+                        run_native(q, epilogue, &args, in_place, shared.map(|x| (x, &mut prepared)))
                     }
                 });
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
@@ -388,7 +387,7 @@ impl CpuExecutor {
             }
             for v in node.inputs.iter().flatten() {
                 if self.last_use.get(v) == Some(&i) {
-                    act8.remove(v);
+                    prepared.retain(|(x, _), _| x != v);
                     if !keep.contains(v) {
                         live.remove(v);
                     }
@@ -421,17 +420,19 @@ impl CpuExecutor {
     }
 }
 
-/// Int8 activations of shared values ([`CpuExecutor`]'s `shared_act8`) during one run.
-type Act8Cache = HashMap<ValueId, Int8Activations>;
+/// Prepared activations (int8 or FP8) of shared values ([`CpuExecutor`]'s `shared_prepared`)
+/// during one run, by value and activations.
+type PreparedCache = HashMap<(ValueId, fpx_quant::Activations), Option<PreparedActivations>>;
 
 /// Runs a QuantMatMul node through its compiled kernel and fused epilogue. With `shared`, its X
-/// is a value other int8 steps also read: its quantized form comes from (or goes into) the cache.
+/// is a value other int8 or FP8 steps also read: its prepared form comes from (or goes into) the
+/// cache.
 fn run_native(
     q: &NativeQmm,
     epilogue: &Epilogue,
     args: &[Option<&Tensor>],
     in_place: Option<&[u8]>,
-    shared: Option<(ValueId, &mut Act8Cache)>,
+    shared: Option<(ValueId, &mut PreparedCache)>,
 ) -> Result<Vec<Tensor>, KernelError> {
     let get = |i: usize| args.get(i).copied().flatten().ok_or_else(|| KernelError::new(format!("input {i} is required")));
     let (x, scales) = (get(0)?, get(2)?);
@@ -481,7 +482,9 @@ fn run_native(
     };
     let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
     let s = s.as_standard_layout();
-    let prepared = shared.map(|(v, cache)| &*cache.entry(v).or_insert_with(|| quantize_activations(xv, m, k)));
+    let activations = q.gemm.activations;
+    let prepared =
+        shared.and_then(|(v, cache)| cache.entry((v, activations)).or_insert_with(|| prepare_activations(activations, xv, m, k)).as_ref());
     q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias.as_deref(), epilogue, residual, &mut y)?;
     let mut out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     if let Some(r) = broadcast {

@@ -130,24 +130,24 @@ pub struct NativeQmm {
 }
 
 impl NativeQmm {
-    /// Whether the kernels take int8 activations: `run` quantizes X once per call
-    /// ([`fpx_quant::act8::Int8Activations`]) and hands every thread that buffer.
-    pub fn int8_activations(&self) -> bool {
-        self.gemm.activations == Activations::Int8
+    /// Whether the kernels take X prepared ([`PreparedActivations`]: int8 or FP8): `run`
+    /// prepares X once per call (or takes it prepared) and hands every thread that buffer.
+    pub fn prepares_activations(&self) -> bool {
+        self.gemm.activations != Activations::F32
     }
 
     /// Runs `P[m][n] = x[m][k] · W + bias` with the kernel the table picks for `m`, splitting N
     /// across the current rayon pool's threads at multiples of its column split, and writes
     /// `y = epilogue(P) (+ residual)` ([`Epilogue`]; `y` and `residual` are `m` rows of
     /// `epilogue.output_columns(n)`). Each thread applies the epilogue to a block of columns as
-    /// soon as the kernel has written it, while it is in cache. Kernels with int8 activations
-    /// take `prepared` ([`quantize_activations`] of this `x`, when several kernels multiply the
-    /// same `x`), or quantize `x` here when it is `None`.
+    /// soon as the kernel has written it, while it is in cache. Kernels with int8 or FP8
+    /// activations take `prepared` ([`prepare_activations`] of this `x`, when several kernels
+    /// multiply the same `x`), or prepare `x` here when it is `None`.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         x: &[f32],
-        prepared: Option<&Int8Activations>,
+        prepared: Option<&PreparedActivations>,
         m: usize,
         packed: &[u8],
         scales: &[f32],
@@ -176,20 +176,27 @@ impl NativeQmm {
                 self.gemm
             )));
         }
-        if prepared.is_some_and(|q| q.rows() != m || q.k() != k) {
-            return Err(KernelError::new(format!("native kernel: the quantized activations are not {m} x {k}")));
+        if let Some(q) = prepared {
+            if q.rows() != m || q.k() != k || q.activations() != self.gemm.activations {
+                return Err(KernelError::new(format!(
+                    "native kernel: the prepared activations ({} x {}, {}) are not {m} x {k}, {}",
+                    q.rows(),
+                    q.k(),
+                    q.activations(),
+                    self.gemm.activations
+                )));
+            }
         }
         if m == 0 {
             return Ok(());
         }
         let kernel = *self.kernels.pick(m);
         let owned;
-        let int8 = match (self.int8_activations(), prepared) {
-            (false, _) => None,
-            (true, Some(q)) => Some(q),
-            (true, None) => {
-                owned = quantize_activations(x, m, k);
-                Some(&owned)
+        let prepared = match prepared {
+            Some(q) => Some(q),
+            None => {
+                owned = prepare_activations(self.gemm.activations, x, m, k);
+                owned.as_ref()
             }
         };
         // A gated product's threads split at whole gate/up block pairs.
@@ -215,13 +222,13 @@ impl NativeQmm {
         let call = |t: usize| {
             let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
             let (b, e) = ((t * per * split).min(n), ((t + 1) * per * split).min(n));
-            let x_ptr = int8.map_or(x.as_ptr(), |q| q.as_ptr());
+            let x_ptr = prepared.map_or(x.as_ptr(), |q| q.as_ptr());
             let mut c = b;
             while c < e {
                 let c2 = e.min(c.saturating_add(block));
                 let p = &product;
                 // SAFETY: buffers were checked against m, k, n and the packed shape above (the
-                // int8 buffer was built from them; the scratch holds m × n); each call writes only
+                // prepared buffer was built from them; the scratch holds m × n); each call writes only
                 // columns [c, c2) of every row, disjoint across threads (threads share the output
                 // through `SendPtr`).
                 unsafe { (kernel.f)(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, p.0, c as i64, c2 as i64) };
@@ -335,6 +342,82 @@ impl<'a> FusedEpilogue<'a> {
     }
 }
 
+/// Activations prepared for the kernels of a product with int8 or FP8 activations: built once
+/// per run for every product that reads the same X.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PreparedActivations {
+    /// The buffer int8 kernels read ([`quantize_activations`]).
+    Int8(Int8Activations),
+    /// The rows rounded to FP8 ([`fpx_quant::act_fp8::round_rows`]): exact `f32` values, which
+    /// the `f32` kernels of an FP8 product read.
+    Fp8 {
+        /// `fp8-e4m3` or `fp8-e5m2`.
+        activations: Activations,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        k: usize,
+        /// The rounded rows, row-major.
+        values: Vec<f32>,
+    },
+}
+
+impl PreparedActivations {
+    /// The activations these are prepared for.
+    pub fn activations(&self) -> Activations {
+        match self {
+            PreparedActivations::Int8(_) => Activations::Int8,
+            PreparedActivations::Fp8 { activations, .. } => *activations,
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            PreparedActivations::Int8(q) => q.rows(),
+            PreparedActivations::Fp8 { rows, .. } => *rows,
+        }
+    }
+
+    /// Columns.
+    pub fn k(&self) -> usize {
+        match self {
+            PreparedActivations::Int8(q) => q.k(),
+            PreparedActivations::Fp8 { k, .. } => *k,
+        }
+    }
+
+    /// The pointer a kernel's `x` argument takes.
+    pub fn as_ptr(&self) -> *const f32 {
+        match self {
+            PreparedActivations::Int8(q) => q.as_ptr(),
+            PreparedActivations::Fp8 { values, .. } => values.as_ptr(),
+        }
+    }
+}
+
+/// `x` (`m × k`) prepared for kernels of a product with `activations`: `None` for `f32` (the
+/// kernels read `x` itself), else int8 buffers or FP8-rounded rows, rows in parallel on the
+/// current rayon pool when there are many.
+pub fn prepare_activations(activations: Activations, x: &[f32], m: usize, k: usize) -> Option<PreparedActivations> {
+    use rayon::prelude::*;
+    match activations {
+        Activations::F32 => None,
+        Activations::Int8 => Some(PreparedActivations::Int8(quantize_activations(x, m, k))),
+        Activations::Fp8E4M3 | Activations::Fp8E5M2 => {
+            let format = activations.fp8_format().expect("an FP8 choice");
+            let mut values = vec![0f32; m * k];
+            let rows = x.chunks(k.max(1)).zip(values.chunks_mut(k.max(1)));
+            if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
+                rows.collect::<Vec<_>>().into_par_iter().for_each(|(r, o)| fpx_quant::act_fp8::round_row(r, format, o));
+            } else {
+                rows.for_each(|(r, o)| fpx_quant::act_fp8::round_row(r, format, o));
+            }
+            Some(PreparedActivations::Fp8 { activations, rows: m, k, values })
+        }
+    }
+}
+
 /// The `m × k` activations `x` quantized for int8 kernels ([`fpx_quant::act8`]), rows in
 /// parallel on the current rayon pool when there are many.
 pub fn quantize_activations(x: &[f32], m: usize, k: usize) -> Int8Activations {
@@ -391,14 +474,29 @@ mod tests {
         let q = NativeQmm { gemm, kernels: KernelTable::single(NativeKernel { f: probe, column_split: 16, threads: 0 }) };
         let (packed, scales) = (vec![0u8; gemm.packed_shape().total_bytes()], vec![1f32; n]);
         let x: Vec<f32> = (0..m * k).map(|i| i as f32 - 30.0).collect();
-        let prepared = quantize_activations(&x, m, k);
-        assert_eq!(prepared, fpx_quant::act8::Int8Activations::quantize(&x, m, k));
+        let prepared = prepare_activations(Activations::Int8, &x, m, k).unwrap();
+        assert_eq!(prepared, PreparedActivations::Int8(fpx_quant::act8::Int8Activations::quantize(&x, m, k)));
         let mut y = vec![0f32; m * n];
         q.run(&x, Some(&prepared), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
         assert_eq!(SEEN.load(Ordering::SeqCst), prepared.as_ptr() as usize, "the kernel got the prepared buffer");
-        let wrong = quantize_activations(&x[..k], 1, k);
+        let wrong = prepare_activations(Activations::Int8, &x[..k], 1, k).unwrap();
         let err = q.run(&x, Some(&wrong), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("not 2 x 40"), "{}", err.0);
+        // FP8 rows prepared for another product (or another FP8 format) are refused too.
+        let fp8 = prepare_activations(Activations::Fp8E4M3, &x, m, k).unwrap();
+        let err = q.run(&x, Some(&fp8), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
+        assert!(err.0.contains("fp8-e4m3") && err.0.contains("int8"), "{}", err.0);
+        let q8 = NativeQmm { gemm: QuantGemm { activations: Activations::Fp8E4M3, ..gemm }, ..q.clone() };
+        q8.run(&x, Some(&fp8), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
+        assert_eq!(SEEN.load(Ordering::SeqCst), fp8.as_ptr() as usize);
+        // Unprepared: the kernel reads the FP8-rounded rows, not x.
+        q8.run(&x, None, m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
+        assert_ne!(SEEN.load(Ordering::SeqCst), x.as_ptr() as usize);
+        let PreparedActivations::Fp8 { values, .. } = &fp8 else { panic!("fp8") };
+        let mut want = vec![0f32; m * k];
+        fpx_quant::act_fp8::round_rows(&x, m, k, fpx_quant::Format::Fp8E4M3, &mut want).unwrap();
+        assert_eq!(values, &want);
+        assert!(prepare_activations(Activations::F32, &x, m, k).is_none());
         let err = q.run(&x, None, m, &packed[1..], &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("do not match int4 k=40 n=16"), "{}", err.0);
     }

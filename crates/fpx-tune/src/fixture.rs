@@ -83,12 +83,19 @@ impl Fixture {
     }
 
     /// Runs `kernel` on `m` random rows (seeded) for the checked columns and compares each
-    /// output with the f64 reference; `Err` says where it differs. Kernels with int8
-    /// activations get the rows quantized, and the reference multiplies what the codes stand for.
+    /// output with the f64 reference; `Err` says where it differs. Kernels with int8 or FP8
+    /// activations get the rows quantized (as the runtime prepares them), and the reference
+    /// multiplies what the codes stand for.
     pub fn verify(&self, kernel: QmmFn, m: usize, seed: u64) -> Result<(), String> {
         let QuantGemm { k, n, .. } = self.gemm;
         let mut rng = SplitMix::new(seed);
         let mut x = rng.signed_vec(m * k);
+        if let Some(format) = self.gemm.activations.fp8_format() {
+            // What the runtime hands an FP8 product's kernels: the rows rounded to FP8.
+            let raw = std::mem::take(&mut x);
+            x = vec![0f32; m * k];
+            fpx_quant::act_fp8::round_rows(&raw, m, k, format, &mut x).map_err(|e| e.to_string())?;
+        }
         let int8 = (self.gemm.activations == Activations::Int8).then(|| Int8Activations::quantize(&x, m, k));
         let x_ptr = match &int8 {
             Some(q) => {

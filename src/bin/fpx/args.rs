@@ -46,8 +46,9 @@ Example:\n  fpx run model.onnx --input input_ids=ids.npy --input attention_mask=
     /// Compare weight schemes: run FP32 and each scheme on the same inputs and print, per scheme,
     /// each output's max-abs and relative error and cosine vs FP32, and per layer the weight
     /// relative RMSE. This is how to choose between FP6, FP4 and INT4.
-    #[command(after_help = "Schemes are comma-separated; add ':gN' for a group size along K (e.g. int4:g128), ':p2' for \
-power-of-two scales (e.g. fp4-e2m1:g128:p2), ':a8' for int8 activations.\n\n\
+    #[command(after_help = "Schemes are comma-separated, each with modifiers in any order: ':gN' for a group size along K \
+(e.g. int4:g128), ':p2' for power-of-two scales (e.g. fp4-e2m1:g128:p2), and the activations: ':a8' for int8, ':fp8' \
+for FP8 e4m3 per token, ':fp8-e5m2' for FP8 e5m2 (e.g. fp4-e2m1:fp8:p2, ZeroQuant-FP's W4A8).\n\n\
 Example:\n  fpx report model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --schemes fp6-e3m2,fp6-e2m3,int4,int4:g128 --html report.html")]
     Report(ReportArgs),
     /// Time a model in-process: median/min/max latency over repeated runs, and per matrix product
@@ -127,7 +128,7 @@ pub struct QuantArgs {
     #[command(flatten)]
     pub scales: ScaleArgs,
     /// What quantized products multiply the weights with: f32 (exact) or int8 (byte dot products).
-    #[arg(long, value_name = "f32|int8", default_value = "f32", long_help = activations_help())]
+    #[arg(long, value_name = "f32|int8|fp8-e4m3|fp8-e5m2", default_value = "f32", long_help = activations_help())]
     pub activations: Activations,
     /// Keep bias adds, activations, gated MLPs and residual adds as separate nodes instead of
     /// fusing them into the quantized products (for comparison; fused is faster and equal to rounding).
@@ -177,8 +178,11 @@ fn activations_help() -> String {
     format!(
         "What quantized products multiply the weights with: f32 (exact), or int8 (activations quantized per row and \
 block of {block} columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: byte dot products, with int8 \
-rounding). int8 needs weights with small integer values ({}), one scale per channel or groups that are a \
-multiple of {block}, and CPU code (--target cpu).",
+rounding), or fp8-e4m3 / fp8-e5m2 (ZeroQuant-FP's W4A8: each row rounded to FP8 at run time with a \
+power-of-two scale per row, saturating; the FP8 values are exact in f32, so the kernels multiply them exactly and \
+only accumulate in f32: the accuracy of FP8 activations, at f32 speed on CPUs). int8 needs weights with small \
+integer values ({}), one scale per channel or groups that are a multiple of {block}; int8 and fp8 need CPU code \
+(--target cpu).",
         fpx::quant::gemm::int8_format_list()
     )
 }

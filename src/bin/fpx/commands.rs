@@ -456,7 +456,12 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         println!("  embedding '{}' [{} x {}] as {} (rel. RMSE {:.4}): {how}", e.table, e.rows, e.width, e.format, e.rel_rmse);
     }
     for code in &compiled.contents.cpu {
-        let int8 = if quantize.activations == fpx::Activations::Int8 { ", int8 activations (byte dot products)" } else { "" };
+        let int8 = match quantize.activations {
+            fpx::Activations::F32 => "",
+            fpx::Activations::Int8 => ", int8 activations (byte dot products)",
+            fpx::Activations::Fp8E4M3 => ", FP8 e4m3 activations (rows rounded per token)",
+            fpx::Activations::Fp8E5M2 => ", FP8 e5m2 activations (rows rounded per token)",
+        };
         println!(
             "  cpu code: {} ({}), {} kernels for {} products{int8}, {:.1} KB shared object",
             code.target,

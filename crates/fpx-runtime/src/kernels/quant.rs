@@ -62,6 +62,10 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
         // What the int8 kernels multiply in effect: the rows quantized per block of 32.
         xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized();
     }
+    if let Some(format) = activations.fp8_format() {
+        // The rows rounded to FP8 per row, from the codes (the definition, not the fast path).
+        xv = fpx_quant::act_fp8::Fp8Activations::quantize(&xv, m, k, format).map_err(|e| KernelError::new(e.to_string()))?.dequantized();
+    }
     sgemm_rows(m, k, n, &xv, &w, &mut y);
     if let Some(b) = opt_arg(i, 3) {
         let b = b.to_f32();
