@@ -371,6 +371,11 @@ fn check_options(options: &CompileOptions) -> Result<(), Error> {
             "an artifact holds quantized weights: pick a weight scheme (e.g. fp6-e3m2), or run the .onnx directly".into(),
         ));
     }
+    if options.quantize.lorc_rank.is_some() && options.target.has_gpu() {
+        return Err(Error::Options(
+            "LoRC corrections (--lorc) are applied by the CPU runtime: the GPU kernels do not add them; use --target cpu".into(),
+        ));
+    }
     let activations = options.quantize.activations;
     if activations != Activations::F32 && options.target.has_gpu() {
         return Err(Error::Options(format!(
@@ -402,6 +407,9 @@ fn metadata(path: &Path, q: &QuantizeOptions) -> BTreeMap<String, String> {
         m.insert("scale_pow2".to_string(), "true".to_string());
     }
     m.insert("activations".to_string(), q.activations.name().to_string());
+    if let Some(rank) = q.lorc_rank {
+        m.insert("lorc_rank".to_string(), rank.to_string());
+    }
     m.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     m
 }

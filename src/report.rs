@@ -22,9 +22,10 @@ pub struct SchemeSpec {
     pub options: QuantizeOptions,
 }
 
-/// Parses `a,b:g128,c:a8,d:p2:fp8,...`: scheme names, each optionally followed by modifiers in
-/// any order: `:gN` for a group size along K, `:p2` for power-of-two scales, and the activations:
-/// `:a8` (int8), `:fp8` (FP8 e4m3, also `:fp8-e4m3`) or `:fp8-e5m2`. `group_size` applies to
+/// Parses `a,b:g128,c:a8,d:p2:fp8:lorc8,...`: scheme names, each optionally followed by modifiers
+/// in any order: `:gN` for a group size along K, `:p2` for power-of-two scales, the activations
+/// (`:a8` for int8, `:fp8` for FP8 e4m3, also `:fp8-e4m3`, or `:fp8-e5m2`) and `:lorcR` for a
+/// LoRC correction of rank R. `group_size` applies to
 /// every scheme without its own `:gN`; `scale_search` and `pow2_scales` (`--scale-pow2`) to every
 /// scheme.
 pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, pow2_scales: bool) -> Result<Vec<SchemeSpec>, Error> {
@@ -33,7 +34,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
         let bad = |message: String| Error::from(PassError::Option(format!("'{item}': {message}")));
         let mut parts = item.split(':');
         let name = parts.next().unwrap_or_default();
-        let (mut group, mut pow2, mut activations) = (None, pow2_scales, None);
+        let (mut group, mut pow2, mut activations, mut lorc) = (None, pow2_scales, None, None);
         for m in parts {
             let act = match m {
                 "a8" | "int8" => Some(Activations::Int8),
@@ -47,6 +48,11 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
                 }
             } else if m == "p2" {
                 pow2 = true;
+            } else if let Some(r) = m.strip_prefix("lorc") {
+                let r: usize = r.parse().map_err(|_| bad("the rank after ':lorc' must be a number".into()))?;
+                if lorc.replace(r).is_some() {
+                    return Err(bad("the LoRC rank is given twice".into()));
+                }
             } else if let Some(g) = m.strip_prefix('g') {
                 let g: usize = g.parse().map_err(|_| bad("the group size after ':g' must be a number".into()))?;
                 if group.replace(g).is_some() {
@@ -54,7 +60,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
                 }
             } else {
                 return Err(bad(format!(
-                    "unknown modifier ':{m}' (use :gN for groups, :p2 for power-of-two scales, :a8, :fp8 or :fp8-e5m2 for the activations)"
+                    "unknown modifier ':{m}' (use :gN for groups, :p2 for power-of-two scales, :a8, :fp8 or :fp8-e5m2 for the activations, :lorcR for a LoRC rank)"
                 )));
             }
         }
@@ -69,6 +75,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
             scale_search,
             pow2_scales: pow2,
             activations: activations.unwrap_or_default(),
+            lorc_rank: lorc,
             ..QuantizeOptions::new(scheme)
         };
         options.validate()?;
@@ -143,8 +150,11 @@ pub struct SchemeResult {
     pub layers: Vec<LayerQuant>,
     /// Bytes of the original weights.
     pub weight_bytes_in: usize,
-    /// Bytes of codes plus scales.
+    /// Bytes of codes plus scales (plus LoRC factors).
     pub weight_bytes_out: usize,
+    /// Parameters of the quantized weights (each distinct weight once): what bytes per
+    /// parameter divide by.
+    pub weight_params: usize,
     /// Time of one run on the reference path.
     pub run_ms: f64,
     /// The model's outputs under this scheme (for callers that compare further).
@@ -262,17 +272,28 @@ pub fn accuracy_report(path: &Path, inputs: Vec<(String, Tensor)>, options: &Rep
         let (values, run_ms) = time(|| model.run(inputs.clone()))?;
         let q = model.quantization().cloned().unwrap_or_default();
         let outputs = values.iter().zip(&fp32).map(|((n, v), (_, w))| compare_output(n, v, w, mask.as_ref())).collect();
+        let mut seen = std::collections::HashSet::new();
+        let weight_params = q.layers.iter().filter(|l| seen.insert(l.weight.as_str())).map(|l| l.k * l.n).sum();
         results.push(SchemeResult {
             label: spec.label.clone(),
             outputs,
             layers: q.layers,
             weight_bytes_in: q.weight_bytes_in,
             weight_bytes_out: q.weight_bytes_out,
+            weight_params,
             run_ms,
             values,
         });
     }
     Ok(AccuracyReport { model: path.display().to_string(), fp32, fp32_ms, schemes: results, histogram })
+}
+
+impl SchemeResult {
+    /// Bytes of the quantized weights (codes, scales, LoRC factors) per parameter: 4 for FP32,
+    /// 0.75 for FP6 codes alone.
+    pub fn bytes_per_param(&self) -> f64 {
+        self.weight_bytes_out as f64 / self.weight_params.max(1) as f64
+    }
 }
 
 impl AccuracyReport {
@@ -284,15 +305,15 @@ impl AccuracyReport {
         let w = self.schemes.iter().map(|r| r.label.len()).max().unwrap_or(0).max(14);
         let _ = writeln!(
             s,
-            "{:<w$} {:<24} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9}",
-            "scheme", "output", "max_abs", "rel_err", "cosine", "row_cos", "pooled_cos", "weights", "ratio"
+            "{:<w$} {:<24} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9} {:>8}",
+            "scheme", "output", "max_abs", "rel_err", "cosine", "row_cos", "pooled_cos", "weights", "ratio", "B/param"
         );
         for r in &self.schemes {
             for o in &r.outputs {
                 let ratio = if r.weight_bytes_out > 0 { r.weight_bytes_in as f64 / r.weight_bytes_out as f64 } else { 0.0 };
                 let _ = writeln!(
                     s,
-                    "{:<w$} {:<24} {:>11.4e} {:>11.4e} {:>10.6} {:>10.6} {:>10} {:>8.2}M {:>8.2}x",
+                    "{:<w$} {:<24} {:>11.4e} {:>11.4e} {:>10.6} {:>10.6} {:>10} {:>8.2}M {:>8.2}x {:>8.4}",
                     r.label,
                     o.name,
                     o.max_abs,
@@ -301,7 +322,8 @@ impl AccuracyReport {
                     o.mean_row_cosine,
                     o.pooled_cosine.map_or("-".to_string(), |c| format!("{c:.6}")),
                     r.weight_bytes_out as f64 / 1e6,
-                    ratio
+                    ratio,
+                    r.bytes_per_param()
                 );
             }
         }
@@ -351,7 +373,7 @@ impl AccuracyReport {
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>fpx accuracy report</title><style>\
 body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} \
 th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}} .legend span{{display:inline-block;margin-right:1em}}</style></head><body>\
-<h1>fpx accuracy report</h1><p>Model <code>{}</code>; FP32 run {:.1} ms.</p><h2>Outputs vs FP32</h2><table><tr><th>scheme</th><th>output</th><th>max abs</th><th>rel err</th><th>cosine</th><th>row cosine</th><th>pooled cosine</th><th>weights (MB)</th></tr>",
+<h1>fpx accuracy report</h1><p>Model <code>{}</code>; FP32 run {:.1} ms.</p><h2>Outputs vs FP32</h2><table><tr><th>scheme</th><th>output</th><th>max abs</th><th>rel err</th><th>cosine</th><th>row cosine</th><th>pooled cosine</th><th>weights (MB)</th><th>bytes/param</th></tr>",
             esc(&self.model),
             self.fp32_ms
         );
@@ -359,7 +381,7 @@ th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}} .lege
             for o in &r.outputs {
                 let _ = write!(
                     h,
-                    "<tr><td>{}</td><td>{}</td><td>{:.4e}</td><td>{:.4e}</td><td>{:.6}</td><td>{:.6}</td><td>{}</td><td>{:.2}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td>{:.4e}</td><td>{:.4e}</td><td>{:.6}</td><td>{:.6}</td><td>{}</td><td>{:.2}</td><td>{:.4}</td></tr>",
                     esc(&r.label),
                     esc(&o.name),
                     o.max_abs,
@@ -367,7 +389,8 @@ th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}} .lege
                     o.cosine,
                     o.mean_row_cosine,
                     o.pooled_cosine.map_or("-".to_string(), |c| format!("{c:.6}")),
-                    r.weight_bytes_out as f64 / 1e6
+                    r.weight_bytes_out as f64 / 1e6,
+                    r.bytes_per_param()
                 );
             }
         }

@@ -51,6 +51,38 @@ pub struct ModelSummary {
     pub weight_bytes: usize,
     /// MatMul/Gemm nodes with a constant weight, grouped by shape.
     pub weight_matmuls: Vec<WeightMatmul>,
+    /// The LoRC corrections the quantized products carry ([`lorc_storage`]), if any.
+    pub lorc: Option<LorcStorage>,
+}
+
+/// The LoRC factors of a graph's quantized products.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LorcStorage {
+    /// Products with factors.
+    pub products: usize,
+    /// The largest rank.
+    pub max_rank: usize,
+    /// Bytes of the factors (each distinct factor once).
+    pub bytes: usize,
+}
+
+/// The LoRC factors (inputs 5 and 6 of `fpx:QuantMatMul`) a graph holds: `None` without any.
+pub fn lorc_storage(graph: &Graph) -> Option<LorcStorage> {
+    use fpx_ir::ops::quant_matmul::{is_quant_matmul, LORC_U_INPUT, LORC_V_INPUT};
+    let (mut products, mut max_rank) = (0, 0);
+    let mut factors = std::collections::BTreeSet::new();
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        let Some(Some(u)) = node.inputs.get(LORC_U_INPUT).copied().filter(|_| is_quant_matmul(node)) else { continue };
+        products += 1;
+        if let Some((_, shape)) = graph.constant_type(u) {
+            max_rank = max_rank.max(shape.get(1).copied().unwrap_or(0));
+        }
+        factors.insert(u);
+        factors.extend(node.inputs.get(LORC_V_INPUT).copied().flatten());
+    }
+    let bytes = factors.iter().filter_map(|&v| graph.constant_type(v)).map(|(t, s)| s.iter().product::<usize>() * t.size_bytes()).sum();
+    (products > 0).then_some(LorcStorage { products, max_rank, bytes })
 }
 
 /// The weights a graph holds and the bytes that hold them: each quantized weight (the packed
@@ -76,6 +108,12 @@ pub fn weight_storage(graph: &Graph) -> (usize, usize) {
         }
         if let Some(Some(s)) = node.inputs.get(scales_at) {
             scales.insert(*s);
+        }
+        // LoRC factors count bytes only, like scales: they correct weights already counted.
+        if quant_matmul::is_quant_matmul(node) {
+            scales.extend(
+                [quant_matmul::LORC_U_INPUT, quant_matmul::LORC_V_INPUT].iter().filter_map(|&i| node.inputs.get(i).copied().flatten()),
+            );
         }
     }
     let (mut weights, mut bytes) = (0, 0);
@@ -133,6 +171,7 @@ impl ModelSummary {
             weights,
             weight_bytes,
             weight_matmuls: weight_matmuls(graph),
+            lorc: lorc_storage(graph),
         }
     }
 
@@ -159,6 +198,16 @@ impl ModelSummary {
                 self.weights,
                 self.weight_bytes as f64 / 1e6,
                 8.0 * self.weight_bytes as f64 / self.weights as f64
+            );
+        }
+        if let Some(l) = &self.lorc {
+            let _ = writeln!(
+                s,
+                "LoRC: {} products corrected at rank {} by FP16 factors: {:.3} MB added ({:.2}% of the weight bytes)",
+                l.products,
+                l.max_rank,
+                l.bytes as f64 / 1e6,
+                100.0 * l.bytes as f64 / self.weight_bytes.max(1) as f64
             );
         }
         let _ = writeln!(s, "nodes: {}", self.nodes);

@@ -153,6 +153,36 @@ fn fp8_activations_match_the_reference_path() {
     }
 }
 
+/// LoRC (`--lorc RANK`): the artifact's products add the stored correction exactly as the
+/// reference path does, the model moves closer to FP32 as the rank grows, `fpx inspect` shows
+/// the bytes the factors add, and GPU targets are refused.
+#[test]
+fn lorc_artifacts_match_the_reference_path_and_inspect_shows_the_bytes() {
+    let ex = workspace_root().join("examples/tiny-transformer");
+    let x = vec![("input".to_string(), npy(&ex.join("input.npy")))];
+    let model = ex.join("model.onnx");
+    let fp32 = fpx::Model::open(&model).unwrap().run(x.clone()).unwrap();
+    let mut last = f64::INFINITY;
+    for rank in [None, Some(4), Some(16)] {
+        let quantize = QuantizeOptions { lorc_rank: rank, ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1)) };
+        let got = artifact_matches_reference(&model, x.clone(), &CompileOptions { quantize, ..crate::common::compile_options() }, 1e-5);
+        let rel = rel_rms(&got[0].1, &fp32[0].1);
+        eprintln!("tiny-transformer fp4-e2m1, LoRC rank {rank:?}: relative RMS vs FP32 {rel:.4}");
+        assert!(rel < last, "rank {rank:?}: {rel} after {last}");
+        last = rel;
+    }
+    let dir = TempDir::new("lorc");
+    let out = dir.join("m.fpx");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let c = fpx_cli(&["compile", m, "-o", o, "--weights", "fp4-e2m1", "--lorc", "8", "--cpu", "x86-64-v3"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let text = String::from_utf8_lossy(&fpx_cli(&["inspect", o]).stdout).to_string();
+    assert!(text.contains("lorc_rank: 8") && text.contains("products corrected at rank 8 by FP16 factors"), "{text}");
+    let gpu = fpx_cli(&["compile", m, "-o", o, "--lorc", "8", "--target", "cuda"]);
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    assert!(!gpu.status.success() && err.contains("--lorc") && err.contains("--target cpu"), "{err}");
+}
+
 /// `--cpu native` artifacts load on the machine that compiled them (they record every feature
 /// LLVM reports for the host) and equal the reference path; on a CPU with AVX-512 VBMI and VNNI
 /// the int8 artifact runs the 512-bit int8 kernels.
@@ -255,7 +285,7 @@ fn int8_activations_with_unsuitable_weights_name_the_node() {
     let gpu = CompileOptions { target: fpx::Target::All, ..int8(Format::Fp6E2M3) };
     assert!(fpx::compile(&model, &gpu).unwrap_err().to_string().contains("int8 activations are for CPU code"));
     let o = fpx_cli(&["compile", model.to_str().unwrap(), "-o", "/nonexistent/x.fpx", "--activations", "int9"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("choose f32 or int8"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("choose f32, int8, fp8-e4m3 or fp8-e5m2"));
     // The CLI's help lists the formats from the one rule.
     let help = String::from_utf8_lossy(&fpx_cli(&["compile", "--help"]).stdout).to_string();
     assert!(help.contains(&format!("({})", fpx::quant::gemm::int8_format_list())), "{help}");

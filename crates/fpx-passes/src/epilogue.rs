@@ -8,7 +8,7 @@
 //!    the product's bias input (PyTorch's `Linear` on 3-D inputs exports as `MatMul` + `Add`);
 //! 2. **activation**: `Relu(QMM)`, `Gelu(QMM)` (exact form) and SiLU `Mul(QMM, Sigmoid(QMM))`;
 //! 3. **gated MLP**: `Mul(act(QMM_gate(x)), QMM_up(x))` with both products alike (format, K, N,
-//!    groups, activations) becomes one product of twice the columns whose weight interleaves
+//!    groups, activations; neither with LoRC factors) becomes one product of twice the columns whose weight interleaves
 //!    gate and up in blocks of [`GATE_BLOCK`] columns: x is read (and quantized) once, and the
 //!    gate, up and activation intermediates never reach memory;
 //! 4. **residual**: `Add(QMM, r)` (f32) becomes the product's residual input, added with the
@@ -119,6 +119,15 @@ fn replace(graph: &mut Graph, product: NodeId, consumed: &[NodeId], out: ValueId
     Ok(())
 }
 
+/// Sets input `slot` of `node` to `v`, growing the input list if needed (and never shrinking
+/// it: later slots, such as the LoRC factors, stay).
+fn set_input(node: &mut Node, slot: usize, v: ValueId) {
+    if node.inputs.len() <= slot {
+        node.inputs.resize(slot + 1, None);
+    }
+    node.inputs[slot] = Some(v);
+}
+
 // ---- 1. bias -----------------------------------------------------------------------------
 
 /// `Add(QMM(x), c)`: the product, the Add, and the bias vector.
@@ -152,8 +161,7 @@ fn apply_bias(graph: &mut Graph, (product, add, bias): BiasMatch) -> Result<(), 
     let n = bias.len();
     graph.set_constant(v, Arc::new(f32_vector(&[n], bias)));
     replace(graph, product, &[add], out, |node| {
-        node.inputs.resize(BIAS_INPUT + 1, None);
-        node.inputs[BIAS_INPUT] = Some(v);
+        set_input(node, BIAS_INPUT, v);
     })
 }
 
@@ -226,7 +234,9 @@ fn match_gated(graph: &Graph, mul: NodeId) -> Option<GatedMatch> {
             let n = graph.node(id);
             let c = |slot: usize| n.inputs.get(slot).copied().flatten().and_then(|v| graph.constant_type(v));
             let bias_constant = n.inputs.get(BIAS_INPUT).copied().flatten().is_none_or(|v| graph.constant(v).is_some());
-            bias_constant && matches!((c(1).map(|t| t.0), c(2).map(|t| t.0)), (Some(DType::U8), Some(DType::F32)))
+            // Products with LoRC factors stay apart (their corrections are per product).
+            let no_lorc = n.inputs.get(quant_matmul::LORC_U_INPUT).copied().flatten().is_none();
+            bias_constant && no_lorc && matches!((c(1).map(|t| t.0), c(2).map(|t| t.0)), (Some(DType::U8), Some(DType::F32)))
         };
         let alike = gate.gemm == up.gemm && gate.gemm.n.is_multiple_of(GATE_BLOCK) && weights(gate.node) && weights(up.node);
         if gate_ok && up.epilogue.is_identity() && same_x && alike {
@@ -347,7 +357,6 @@ fn match_residual(graph: &Graph, add: NodeId) -> Option<ResidualMatch> {
 fn apply_residual(graph: &mut Graph, (product, add, r): ResidualMatch) -> Result<(), PassError> {
     let out = graph.node(add).outputs[0];
     replace(graph, product, &[add], out, |node| {
-        node.inputs.resize(RESIDUAL_INPUT + 1, None);
-        node.inputs[RESIDUAL_INPUT] = Some(r);
+        set_input(node, RESIDUAL_INPUT, r);
     })
 }

@@ -1,6 +1,7 @@
 //! The quantize rewrite: MatMul / Gemm with a constant weight → `fpx:QuantMatMul`.
 //!
 //! `QuantMatMul(X[..., K], packed: uint8[bytes], scales: float[groups, N], bias?: float[N])`
+//! (plus, with LoRC, the FP16 factors `U` `[K, r]` and `V` `[r, N]` as inputs 5 and 6)
 //! with attributes `format`, `k`, `n`, `group_size` (0 = per channel) and optionally
 //! `activations` (`int8`: X is first quantized per row and block of 32, `fpx_quant::act8`)
 //! computes `Y = X · W + bias` where `W[k, n] = v(code[n, k]) · scales[k / group, n]` and `v` is the
@@ -13,6 +14,7 @@ use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, StoredTensor, Tensor, ValueId};
 use fpx_quant::layout::PackedShape;
+use fpx_quant::lorc::LowRank;
 use fpx_quant::{fold, quantize_values_packed, Format, QuantConfig, QuantGemm, QuantizedMatrix, WeightLayout, WeightValues};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +39,11 @@ pub struct LayerQuant {
     pub rel_rmse: f64,
     /// Every format tried, with its error (more than one for `fp6-auto`).
     pub tried: Vec<(Format, f64)>,
+    /// The rank of its LoRC correction (0: none); `rel_rmse` is then the error of the
+    /// corrected weight `Q(W) + U · V`.
+    pub lorc_rank: usize,
+    /// Bytes of the LoRC factors (FP16), counted in the summary's `weight_bytes_out`.
+    pub lorc_bytes: usize,
 }
 
 /// The result of quantizing a graph's weights.
@@ -82,6 +89,8 @@ struct Choice {
     matrix: QuantizedMatrix,
     tried: Vec<(Format, f64)>,
     rel_rmse: f64,
+    /// The LoRC factors (FP16 values), when asked for.
+    lorc: Option<LowRank>,
 }
 
 /// One weight quantized in a batch: its choice, its packed codes and its size as stored.
@@ -151,8 +160,22 @@ fn quantize_best(
             buffers.give_bytes(packed);
         }
     }
-    let (matrix, packed, rel_rmse) = best.ok_or_else(|| PassError::Option("scheme 'none' quantizes nothing".into()))?;
-    Ok((Choice { matrix, tried, rel_rmse }, packed))
+    let (matrix, packed, mut rel_rmse) = best.ok_or_else(|| PassError::Option("scheme 'none' quantizes nothing".into()))?;
+    let lorc = match opts.lorc_rank {
+        None => None,
+        Some(rank) => {
+            let error = fpx_quant::lorc::weight_error(&values, layout, &matrix, &packed);
+            let factors = LowRank::of(&error, k, n, rank)?.rounded_to_f16();
+            // The corrected weight's error, relative to ‖W‖ = ‖E‖ / rel_rmse.
+            let left: f64 = error.iter().zip(factors.reconstruct()).map(|(e, c)| (*e as f64 - c as f64).powi(2)).sum();
+            let before: f64 = error.iter().map(|e| (*e as f64).powi(2)).sum();
+            if before > 0.0 {
+                rel_rmse *= (left / before).sqrt();
+            }
+            Some(factors)
+        }
+    };
+    Ok((Choice { matrix, tried, rel_rmse, lorc }, packed))
 }
 
 /// Bytes a weight of `elements` is budgeted while it is quantized: its bytes as stored (up to
@@ -188,6 +211,12 @@ fn batches(keys: &[WeightKey], elements: impl Fn(&WeightKey) -> usize) -> Vec<&[
 }
 
 fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
+    Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(shape), v).expect("shape matches"))
+}
+
+/// An FP16 tensor of `shape` from `values · factor` (LoRC factors, FP16 values already).
+fn f16_tensor(shape: &[usize], values: &[f32], factor: f32) -> Tensor {
+    let v: Vec<fpx_ir::half::f16> = values.iter().map(|x| fpx_ir::half::f16::from_f32(x * factor)).collect();
     Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(shape), v).expect("shape matches"))
 }
 
@@ -296,7 +325,7 @@ pub fn quantize_weights_with_progress(
             }
             created.push(pv);
             summary.weight_bytes_in += bytes_in;
-            summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4;
+            summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4 + choice.lorc.as_ref().map_or(0, LowRank::f16_bytes);
             done.insert(key, Quantized { choice, packed: pv });
         }
     };
@@ -349,6 +378,7 @@ pub fn quantize_weights_with_progress(
     }
     let fpx_opset = *graph.opsets.entry(FPX_DOMAIN.to_string()).or_insert(1);
     let mut scales_cache: BTreeMap<(WeightKey, u32), ValueId> = BTreeMap::new();
+    let mut lorc_cache: BTreeMap<(WeightKey, u32), (ValueId, ValueId)> = BTreeMap::new();
     for site in sites {
         let node = graph.node(site.node).clone();
         let q = &done[&(site.weight, site.transposed)];
@@ -391,6 +421,25 @@ pub fn quantize_weights_with_progress(
         if let Some(b) = bias_value {
             qm.inputs.push(Some(b));
         }
+        if let Some(lr) = &q.choice.lorc {
+            let key = ((site.weight, site.transposed), alpha.to_bits());
+            let (u, v) = match lorc_cache.get(&key) {
+                Some(&uv) => uv,
+                None => {
+                    let base = graph.value(q.packed).name.clone();
+                    let u = graph.fresh_value(&format!("{base}__lorc_u"));
+                    graph.set_constant(u, Arc::new(f16_tensor(&[lr.k, lr.rank], &lr.u, 1.0)));
+                    // Gemm's alpha scales the product, the correction too.
+                    let v = graph.fresh_value(&format!("{base}__lorc_v"));
+                    graph.set_constant(v, Arc::new(f16_tensor(&[lr.rank, lr.n], &lr.v, alpha)));
+                    lorc_cache.insert(key, (u, v));
+                    (u, v)
+                }
+            };
+            qm.inputs.resize(quant_matmul::LORC_V_INPUT + 1, None);
+            qm.inputs[quant_matmul::LORC_U_INPUT] = Some(u);
+            qm.inputs[quant_matmul::LORC_V_INPUT] = Some(v);
+        }
         quant_matmul::write(&mut qm, &gemms[&site.node]);
         extra.push(qm);
         if let Some(c) = add_c {
@@ -420,6 +469,8 @@ pub fn quantize_weights_with_progress(
             format: m.format,
             rel_rmse: q.choice.rel_rmse,
             tried: q.choice.tried.clone(),
+            lorc_rank: q.choice.lorc.as_ref().map_or(0, |l| l.rank),
+            lorc_bytes: q.choice.lorc.as_ref().map_or(0, LowRank::f16_bytes),
         });
     }
     if let Some(format) = opts.embeddings {

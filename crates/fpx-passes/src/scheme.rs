@@ -84,6 +84,11 @@ pub struct QuantizeOptions {
     /// values that the int8 kernels decode ([`fpx_quant::takes_int8_activations`]); `fp6-auto`
     /// then means fp6-e2m3.
     pub activations: Activations,
+    /// LoRC: correct each quantized weight's error `W − Q(W)` with a rank-`r` product `U · V`
+    /// (its truncated SVD, factors stored as FP16, [`fpx_quant::lorc`]) that the product adds
+    /// (`X · Q(W) + (X · U) · V`). `None` (the default) for none; the rank is capped at
+    /// `min(K, N)`. CPU code only.
+    pub lorc_rank: Option<usize>,
     /// Fuse what follows each quantized product (bias, activation, gated MLP, residual add)
     /// into it ([`crate::FuseEpilogues`]); on by default. Off, the products stay plain, as the
     /// exporter wrote the graph.
@@ -97,6 +102,9 @@ pub struct QuantizeOptions {
     pub embedding_min_elements: usize,
 }
 
+/// The largest LoRC rank the options take.
+pub const MAX_LORC_RANK: usize = 1024;
+
 impl QuantizeOptions {
     /// Per-channel scales, no search, fused epilogues, int8 embedding tables.
     pub fn new(scheme: WeightScheme) -> Self {
@@ -106,6 +114,7 @@ impl QuantizeOptions {
             scale_search: false,
             pow2_scales: false,
             activations: Activations::F32,
+            lorc_rank: None,
             fuse_epilogues: true,
             embeddings: Some(Format::Int8),
             embedding_min_elements: crate::MIN_TABLE_ELEMENTS,
@@ -125,6 +134,15 @@ impl QuantizeOptions {
             Some(0) => return Err(PassError::Option("group size must be at least 1 (omit it for one scale per output channel)".into())),
             Some(g) => fpx_quant::gemm::check_group_size(g, self.activations).map_err(|e| PassError::Option(e.to_string()))?,
             None => {}
+        }
+        if self.lorc_rank == Some(0) {
+            return Err(PassError::Option("the LoRC rank must be at least 1 (omit --lorc for none)".into()));
+        }
+        if self.lorc_rank.is_some_and(|r| r > MAX_LORC_RANK) {
+            return Err(PassError::Option(format!(
+                "a LoRC rank of {} is more than {MAX_LORC_RANK}: LoRC is a small correction (ranks 4 to 64 are usual)",
+                self.lorc_rank.unwrap_or_default()
+            )));
         }
         if self.activations == Activations::Int8 && self.candidates().is_empty() {
             return Err(PassError::Option(match self.scheme {

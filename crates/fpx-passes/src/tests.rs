@@ -262,6 +262,109 @@ fn fp8_activations_mark_the_node_and_round_x_per_row_in_the_reference_path() {
     assert_eq!(opts.candidates(), [Format::Fp6E3M2, Format::Fp6E2M3]);
 }
 
+/// The LoRC factors of the one QuantMatMul in `g`, as f32 `[k][r]` and `[r][n]`.
+fn lorc_factors(g: &Graph) -> (Vec<f32>, Vec<f32>, usize) {
+    let node = g.node(g.node_ids().into_iter().find(|&id| g.node(id).op_type == "QuantMatMul").unwrap());
+    let get = |i: usize| g.load_constant(node.inputs[i].unwrap()).unwrap().unwrap();
+    let (u, v) = (get(fpx_ir::ops::quant_matmul::LORC_U_INPUT), get(fpx_ir::ops::quant_matmul::LORC_V_INPUT));
+    assert_eq!((u.dtype(), v.dtype()), (DType::F16, DType::F16), "factors are stored as FP16");
+    let r = u.shape()[1];
+    (u.to_f32().iter().copied().collect(), v.to_f32().iter().copied().collect(), r)
+}
+
+/// `‖a − b‖ / ‖b‖` in f64.
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    (d / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
+}
+
+#[test]
+fn lorc_adds_the_stored_low_rank_correction_and_shrinks_the_error_with_rank() {
+    let (m, k, n) = (6, 96, 48);
+    let (w, x) = (Rng::new(31).signeds(k * n), Rng::new(32).signeds(m * k));
+    let exact = reference(&x, m, k, n, &w, None);
+    let cfg = QuantConfig { format: Format::Fp4E2M1, group_size: None, scale_search: false, pow2_scales: false };
+    let dq = quantize("W", &w, k, n, &cfg).unwrap().dequantize();
+    let plain = rel_err(&reference(&x, m, k, n, &dq, None), &exact);
+    let mut last = (plain, f64::INFINITY);
+    for rank in [2, 8, 32, 48] {
+        let mut g = matmul_graph(m, k, n, &w);
+        let opts = QuantizeOptions { lorc_rank: Some(rank), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1)) };
+        let s = quantize_weights(&mut g, &opts).unwrap();
+        verify::verify(&g, &OpRegistry::standard()).unwrap();
+        let (u, v, r) = lorc_factors(&g);
+        assert_eq!((r, s.layers[0].lorc_rank, s.layers[0].lorc_bytes), (rank, rank, 2 * rank * (k + n)));
+        // The graph computes X · (Q(W) + U · V) with the stored FP16 factors.
+        let corrected: Vec<f32> = (0..k * n).map(|i| dq[i] + (0..r).map(|j| u[(i / n) * r + j] * v[j * n + i % n]).sum::<f32>()).collect();
+        let got = run(g, tensor(&[m, k], x.clone()));
+        assert_close(&got, &reference(&x, m, k, n, &corrected, None));
+        let err = rel_err(&got, &exact);
+        eprintln!(
+            "fp4-e2m1 {k}x{n} LoRC rank {rank}: output error {err:.4} (without {plain:.4}), weight error {:.4}",
+            s.layers[0].rel_rmse
+        );
+        assert!(err < last.0 && s.layers[0].rel_rmse < last.1, "rank {rank}: {err} after {}", last.0);
+        last = (err, s.layers[0].rel_rmse);
+    }
+    // Full rank (48 = min(K, N)) leaves only FP16 rounding of the factors.
+    assert!(last.0 < 2e-3 * plain.max(1.0) && last.1 < 2e-3, "{last:?}");
+    for (rank, needle) in [(0, "at least 1"), (5000, "more than 1024")] {
+        let opts = QuantizeOptions { lorc_rank: Some(rank), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1)) };
+        assert!(opts.validate().unwrap_err().to_string().contains(needle));
+    }
+}
+
+/// Fusing a bias add and a residual add into a product keeps its LoRC factors (inputs 5 and 6
+/// come after the bias and residual slots).
+#[test]
+fn lorc_factors_survive_epilogue_fusion() {
+    let (m, k, n) = (2, 64, 32);
+    let (w, x, b) = (Rng::new(51).signeds(k * n), Rng::new(52).signeds(m * k), Rng::new(53).signeds(n));
+    let mut g = matmul_graph(m, k, n, &w);
+    // y = MatMul(x, W) + b, renamed so the Add writes the graph output.
+    let mm_out = g.outputs.pop().unwrap();
+    let bv = g.add_constant("b", tensor(&[n], b.clone())).unwrap();
+    let y = g.value_named("y_biased");
+    g.add_node(Node::new("add", "Add", 17, vec![Some(mm_out), Some(bv)], vec![y])).unwrap();
+    g.outputs.push(y);
+    let opts = QuantizeOptions { lorc_rank: Some(32), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1)) };
+    quantize_weights(&mut g, &opts).unwrap();
+    let node = g.node(g.node_ids()[0]);
+    assert_eq!(g.node_ids().len(), 1, "the Add is fused");
+    assert!(node.inputs[3].is_some() && node.inputs[5].is_some() && node.inputs[6].is_some(), "{:?}", node.inputs);
+    // Full rank: X · W + b up to FP16 rounding of the factors.
+    let got = run(g, tensor(&[m, k], x.clone()));
+    let err = rel_err(&got, &reference(&x, m, k, n, &w, Some(&b)));
+    assert!(err < 2e-3, "{err}");
+}
+
+/// A Gemm with `transB` and `alpha`: the correction is of W as the product uses it, scaled by
+/// alpha like the scales.
+#[test]
+fn lorc_follows_gemm_transposes_and_alpha() {
+    let (m, k, n) = (3, 40, 24);
+    let b_t = Rng::new(41).signeds(n * k);
+    let x = Rng::new(42).signeds(m * k);
+    let w: Vec<f32> = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
+    let mut g = Graph::new("gemm");
+    g.opsets.insert(String::new(), 13);
+    let xv = g.add_input("x", TensorType::fixed(DType::F32, &[m, k])).unwrap();
+    let bv = g.add_constant("B", tensor(&[n, k], b_t)).unwrap();
+    let y = g.value_named("y");
+    let mut node = Node::new("gemm", "Gemm", 13, vec![Some(xv), Some(bv)], vec![y]);
+    node.attrs.insert("transB".into(), Attribute::Int(1));
+    node.attrs.insert("alpha".into(), Attribute::Float(0.5));
+    g.add_node(node).unwrap();
+    g.outputs.push(y);
+    let opts = QuantizeOptions { lorc_rank: Some(24), ..QuantizeOptions::new(WeightScheme::Fixed(Format::Int4)) };
+    quantize_weights(&mut g, &opts).unwrap();
+    let half_w: Vec<f32> = w.iter().map(|v| v * 0.5).collect();
+    // Full rank: the product is 0.5 · X · W up to FP16 rounding of the factors.
+    let got = run(g, tensor(&[m, k], x.clone()));
+    let err = rel_err(&got, &reference(&x, m, k, n, &half_w, None));
+    assert!(err < 2e-3, "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Erf-GELU fusion
 

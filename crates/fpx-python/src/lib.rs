@@ -32,7 +32,7 @@ pub(crate) fn failed(action: fpx::Action, path: &std::path::Path, error: impl In
 /// quantized in memory when `weights` names a scheme).
 #[pyfunction]
 #[pyo3(signature = (path, *, weights = None, activations = "f32", group_size = None, scale_search = false, scale_pow2 = false,
-    embeddings = Some("int8")))]
+    embeddings = Some("int8"), lorc = None))]
 // One argument per Python keyword.
 #[allow(clippy::too_many_arguments)]
 fn load(
@@ -44,8 +44,10 @@ fn load(
     scale_search: bool,
     scale_pow2: bool,
     embeddings: Option<&str>,
+    lorc: Option<usize>,
 ) -> PyResult<model::Model> {
-    let kwargs = options::QuantKwargs { weights, activations, group_size, scale_search, scale_pow2, embeddings, fused_epilogues: true };
+    let kwargs =
+        options::QuantKwargs { weights, activations, group_size, scale_search, scale_pow2, embeddings, fused_epilogues: true, lorc };
     let options = kwargs.options(fpx::WeightScheme::None)?;
     let runnable =
         py.detach(|| fpx::open_with(&path, &options).map_err(|e| failed(fpx::Action::LoadModel, &path, e))).map_err(FpxError::new_err)?;

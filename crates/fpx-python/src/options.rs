@@ -7,7 +7,7 @@ use fpx::{Activations, QuantizeOptions, WeightScheme};
 use pyo3::prelude::*;
 
 /// How weights are quantized, from `weights=`, `activations=`, `group_size=`, `scale_search=`,
-/// `scale_pow2=`, `embeddings=` and `fused_epilogues=`.
+/// `scale_pow2=`, `embeddings=`, `fused_epilogues=` and `lorc=`.
 pub struct QuantKwargs<'a> {
     /// A scheme name, or None for `default`.
     pub weights: Option<&'a str>,
@@ -23,6 +23,8 @@ pub struct QuantKwargs<'a> {
     pub embeddings: Option<&'a str>,
     /// Fuse bias, activation and residual epilogues into the products.
     pub fused_epilogues: bool,
+    /// The LoRC rank (`--lorc`), or None.
+    pub lorc: Option<usize>,
 }
 
 impl QuantKwargs<'_> {
@@ -46,6 +48,7 @@ impl QuantKwargs<'_> {
             scale_search: self.scale_search,
             pow2_scales: self.scale_pow2,
             activations,
+            lorc_rank: self.lorc,
             fuse_epilogues: self.fused_epilogues,
             embeddings,
             ..QuantizeOptions::new(scheme)

@@ -19,6 +19,7 @@ fn to_dict<'py>(py: Python<'py>, r: &AccuracyReport) -> PyResult<Bound<'py, PyDi
         d.set_item("label", &s.label)?;
         d.set_item("weight_bytes_in", s.weight_bytes_in)?;
         d.set_item("weight_bytes_out", s.weight_bytes_out)?;
+        d.set_item("bytes_per_param", s.bytes_per_param())?;
         d.set_item("run_ms", s.run_ms)?;
         let outputs = PyList::empty(py);
         for o in &s.outputs {
@@ -53,7 +54,7 @@ fn to_dict<'py>(py: Python<'py>, r: &AccuracyReport) -> PyResult<Bound<'py, PyDi
 
 /// Runs the ONNX model `model` in FP32 and under each weight scheme on `inputs` (a dict of input
 /// name to array) and returns how far each drifts: `{"model", "fp32_ms", "schemes": [{"label",
-/// "weight_bytes_in", "weight_bytes_out", "run_ms", "outputs": [{"name", "max_abs", "rel",
+/// "weight_bytes_in", "weight_bytes_out", "bytes_per_param", "run_ms", "outputs": [{"name", "max_abs", "rel",
 /// "cosine", "mean_row_cosine", "pooled_cosine"}], "layers": [{"node", "op", "weight", "k", "n",
 /// "format", "rel_rmse"}]}]}`. `schemes` as `fpx report --schemes` (e.g. "fp6-e3m2,int4:g128,fp6-e2m3:a8");
 /// `pool_mask` names a `[batch, seq]` input to mean-pool `[batch, seq, dim]` outputs over.

@@ -482,10 +482,18 @@ fn run_native(
     };
     let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
     let s = s.as_standard_layout();
+    let correction = crate::kernels::quant::lorc_correction(
+        args.get(quant_matmul::LORC_U_INPUT).copied().flatten(),
+        args.get(quant_matmul::LORC_V_INPUT).copied().flatten(),
+        xv,
+        m,
+        k,
+        n,
+    )?;
     let activations = q.gemm.activations;
     let prepared =
         shared.and_then(|(v, cache)| cache.entry((v, activations)).or_insert_with(|| prepare_activations(activations, xv, m, k)).as_ref());
-    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias.as_deref(), epilogue, residual, &mut y)?;
+    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias.as_deref(), correction.as_deref(), epilogue, residual, &mut y)?;
     let mut out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     if let Some(r) = broadcast {
         out = crate::kernels::quant::broadcast_residual(out, r)?;

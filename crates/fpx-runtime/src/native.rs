@@ -136,7 +136,8 @@ impl NativeQmm {
         self.gemm.activations != Activations::F32
     }
 
-    /// Runs `P[m][n] = x[m][k] · W + bias` with the kernel the table picks for `m`, splitting N
+    /// Runs `P[m][n] = x[m][k] · W + bias (+ correction)` with the kernel the table picks for `m`
+    /// (`correction`: `m × n` values added to P, a LoRC product's `(X · U) · V`), splitting N
     /// across the current rayon pool's threads at multiples of its column split, and writes
     /// `y = epilogue(P) (+ residual)` ([`Epilogue`]; `y` and `residual` are `m` rows of
     /// `epilogue.output_columns(n)`). Each thread applies the epilogue to a block of columns as
@@ -152,6 +153,7 @@ impl NativeQmm {
         packed: &[u8],
         scales: &[f32],
         bias: Option<&[f32]>,
+        correction: Option<&[f32]>,
         epilogue: &Epilogue,
         residual: Option<&[f32]>,
         y: &mut [f32],
@@ -187,6 +189,9 @@ impl NativeQmm {
                 )));
             }
         }
+        if correction.is_some_and(|c| c.len() != m * n) {
+            return Err(KernelError::new(format!("native kernel: the LoRC correction is not {m} x {n}")));
+        }
         if m == 0 {
             return Ok(());
         }
@@ -212,9 +217,10 @@ impl NativeQmm {
         let product = SendPtr(if epilogue.gated { scratch.as_mut_ptr() } else { y.as_mut_ptr() });
         let out = SendPtr(y.as_mut_ptr());
         let fused = FusedEpilogue::new(epilogue, residual, width);
-        // Columns per kernel call: the whole chunk without an epilogue, else a block whose
-        // m rows stay in cache until the epilogue reads them.
-        let block = if fused.is_none() { usize::MAX } else { (EPILOGUE_BLOCK_ELEMS / m).max(1).div_ceil(split) * split };
+        // Columns per kernel call: the whole chunk without an epilogue or correction, else a
+        // block whose m rows stay in cache until they are read again.
+        let block =
+            if fused.is_none() && correction.is_none() { usize::MAX } else { (EPILOGUE_BLOCK_ELEMS / m).max(1).div_ceil(split) * split };
         let pool = rayon::current_num_threads().max(1);
         let threads = if kernel.threads == 0 { pool } else { kernel.threads.min(pool) };
         let tiles = n.div_ceil(split);
@@ -232,6 +238,13 @@ impl NativeQmm {
                 // columns [c, c2) of every row, disjoint across threads (threads share the output
                 // through `SendPtr`).
                 unsafe { (kernel.f)(x_ptr, m as i64, packed.as_ptr(), scales.as_ptr(), bias_ptr, p.0, c as i64, c2 as i64) };
+                if let Some(corr) = correction {
+                    for r in 0..m {
+                        // SAFETY: as above: row r's columns [c, c2) of P, this thread's own.
+                        let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + c), c2 - c) };
+                        row.iter_mut().zip(&corr[r * n + c..r * n + c2]).for_each(|(y, d)| *y += d);
+                    }
+                }
                 if let Some(f) = &fused {
                     let (p, o) = (&product, &out);
                     // SAFETY: as above: this thread's columns of P (just written) and of y.
@@ -477,27 +490,27 @@ mod tests {
         let prepared = prepare_activations(Activations::Int8, &x, m, k).unwrap();
         assert_eq!(prepared, PreparedActivations::Int8(fpx_quant::act8::Int8Activations::quantize(&x, m, k)));
         let mut y = vec![0f32; m * n];
-        q.run(&x, Some(&prepared), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
+        q.run(&x, Some(&prepared), m, &packed, &scales, None, None, &Epilogue::default(), None, &mut y).unwrap();
         assert_eq!(SEEN.load(Ordering::SeqCst), prepared.as_ptr() as usize, "the kernel got the prepared buffer");
         let wrong = prepare_activations(Activations::Int8, &x[..k], 1, k).unwrap();
-        let err = q.run(&x, Some(&wrong), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
+        let err = q.run(&x, Some(&wrong), m, &packed, &scales, None, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("not 2 x 40"), "{}", err.0);
         // FP8 rows prepared for another product (or another FP8 format) are refused too.
         let fp8 = prepare_activations(Activations::Fp8E4M3, &x, m, k).unwrap();
-        let err = q.run(&x, Some(&fp8), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
+        let err = q.run(&x, Some(&fp8), m, &packed, &scales, None, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("fp8-e4m3") && err.0.contains("int8"), "{}", err.0);
         let q8 = NativeQmm { gemm: QuantGemm { activations: Activations::Fp8E4M3, ..gemm }, ..q.clone() };
-        q8.run(&x, Some(&fp8), m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
+        q8.run(&x, Some(&fp8), m, &packed, &scales, None, None, &Epilogue::default(), None, &mut y).unwrap();
         assert_eq!(SEEN.load(Ordering::SeqCst), fp8.as_ptr() as usize);
         // Unprepared: the kernel reads the FP8-rounded rows, not x.
-        q8.run(&x, None, m, &packed, &scales, None, &Epilogue::default(), None, &mut y).unwrap();
+        q8.run(&x, None, m, &packed, &scales, None, None, &Epilogue::default(), None, &mut y).unwrap();
         assert_ne!(SEEN.load(Ordering::SeqCst), x.as_ptr() as usize);
         let PreparedActivations::Fp8 { values, .. } = &fp8 else { panic!("fp8") };
         let mut want = vec![0f32; m * k];
         fpx_quant::act_fp8::round_rows(&x, m, k, fpx_quant::Format::Fp8E4M3, &mut want).unwrap();
         assert_eq!(values, &want);
         assert!(prepare_activations(Activations::F32, &x, m, k).is_none());
-        let err = q.run(&x, None, m, &packed[1..], &scales, None, &Epilogue::default(), None, &mut y).unwrap_err();
+        let err = q.run(&x, None, m, &packed[1..], &scales, None, None, &Epilogue::default(), None, &mut y).unwrap_err();
         assert!(err.0.contains("do not match int4 k=40 n=16"), "{}", err.0);
     }
 }

@@ -57,7 +57,7 @@ impl<'a> Bench<'a> {
             let y = &mut self.y[..m * self.fixture.gemm.n];
             if self.settle {
                 let packed = &self.fixture.packed[self.next_copy];
-                qmm.run(x, None, *m, packed, &self.fixture.scales, None, &epilogue, None, y)
+                qmm.run(x, None, *m, packed, &self.fixture.scales, None, None, &epilogue, None, y)
                     .expect("the bench's buffers match the product");
             }
             let start = Instant::now();
@@ -65,7 +65,7 @@ impl<'a> Bench<'a> {
                 let packed = &self.fixture.packed[self.next_copy];
                 self.next_copy = (self.next_copy + 1) % self.fixture.packed.len();
                 // The fixture's buffers match the product; an error would be a bug in the bench.
-                qmm.run(x, None, *m, packed, &self.fixture.scales, None, &epilogue, None, y)
+                qmm.run(x, None, *m, packed, &self.fixture.scales, None, None, &epilogue, None, y)
                     .expect("the bench's buffers match the product");
             }
             total += start.elapsed().as_secs_f64() / inner as f64;

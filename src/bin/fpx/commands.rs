@@ -16,6 +16,7 @@ pub(crate) fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> R
         scale_search: q.scales.scale_search,
         pow2_scales: q.scales.scale_pow2,
         activations: q.activations,
+        lorc_rank: q.lorc,
         fuse_epilogues: !q.no_fused_epilogues,
         embeddings: q.embeddings.0,
         ..QuantizeOptions::new(q.weights.unwrap_or(default_scheme))

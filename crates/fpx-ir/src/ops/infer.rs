@@ -521,7 +521,38 @@ pub fn same_as_input_broadcast_base(ctx: &InferCtx) -> Out {
     broadcast_all(ctx, t.dtype, 0)
 }
 
-/// `fpx:QuantMatMul(X[..., K], packed, scales, bias?)`: `[..., N]` in X's type.
+/// The LoRC factors of a `QuantMatMul` (inputs [`LORC_U_INPUT`], [`LORC_V_INPUT`]): both or
+/// neither, float, `U` `[K, r]` and `V` `[r, N]` with one rank `r >= 1`.
+///
+/// [`LORC_U_INPUT`]: super::quant_matmul::LORC_U_INPUT
+/// [`LORC_V_INPUT`]: super::quant_matmul::LORC_V_INPUT
+fn lorc_factors(ctx: &InferCtx, k: usize, n: usize) -> Result<(), crate::IrError> {
+    use super::quant_matmul::{LORC_U_INPUT, LORC_V_INPUT};
+    let (u, v) = (ctx.input(LORC_U_INPUT), ctx.input(LORC_V_INPUT));
+    let present = |i: usize| ctx.node.inputs.get(i).is_some_and(|v| v.is_some());
+    if present(LORC_U_INPUT) != present(LORC_V_INPUT) {
+        return Err(ctx.error("the LoRC factors U (input 5) and V (input 6) go together: give both or neither"));
+    }
+    let (Some(u), Some(v)) = (u, v) else { return Ok(()) };
+    if !u.dtype.is_float() || !v.dtype.is_float() {
+        return Err(ctx.error(format!("the LoRC factors must be float tensors, not {u} and {v}")));
+    }
+    if let (Some(su), Some(sv)) = (&u.shape, &v.shape) {
+        let fixed = |d: &[Dim]| d.iter().map(|x| if let Dim::Fixed(v) = x { Some(*v) } else { None }).collect::<Option<Vec<_>>>();
+        match (fixed(su).as_deref(), fixed(sv).as_deref()) {
+            (Some(&[uk, ur]), Some(&[vr, vn])) if uk == k && vn == n && ur == vr && ur >= 1 => {}
+            _ => {
+                return Err(
+                    ctx.error(format!("the LoRC factors must be U [K={k}, r] and V [r, N={n}] with one rank r >= 1, not {u} and {v}"))
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `fpx:QuantMatMul(X[..., K], packed, scales, bias?, residual?, lorc_u?, lorc_v?)`: `[..., N]`
+/// in X's type.
 pub fn quant_matmul(ctx: &InferCtx) -> Out {
     let gemm = super::quant_matmul::read(ctx.node)?;
     let Some(x) = ctx.input(0) else { return unknown() };
@@ -532,6 +563,7 @@ pub fn quant_matmul(ctx: &InferCtx) -> Out {
         return Err(ctx.error(format!("X is {x} but the weight has K = {k}")));
     }
     let epilogue = super::quant_matmul::epilogue(ctx.node, &gemm)?;
+    lorc_factors(ctx, k, n)?;
     let mut dims = s.clone();
     *dims.last_mut().expect("rank >= 1") = Dim::Fixed(epilogue.output_columns(n));
     let y = TensorType { dtype: x.dtype, shape: Some(dims) };

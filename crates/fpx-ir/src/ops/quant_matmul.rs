@@ -3,9 +3,11 @@
 //! and write its attributes in one place.
 //!
 //! `QuantMatMul(X[..., K], packed: uint8[bytes], scales: float[groups, N], bias?: float[N],
-//! residual?: float[..., N'])` with attributes `format` (a [`Format`] name), `k`, `n`,
-//! `group_size` (0 = one scale per output channel; optional, default 0) and `activations` (`f32`
-//! or `int8`; optional, default `f32`).
+//! residual?: float[..., N'], lorc_u?: float[K, r], lorc_v?: float[r, N])` with attributes
+//! `format` (a [`Format`] name), `k`, `n`, `group_size` (0 = one scale per output channel;
+//! optional, default 0) and `activations` (`f32`, `int8`, `fp8-e4m3` or `fp8-e5m2`; optional,
+//! default `f32`). The LoRC factors, both or neither, add a low-rank correction of the weight's
+//! quantization error: `P = X · W + (X · U) · V + bias`.
 //!
 //! The node's [`Epilogue`] (attributes `activation` and `gated`, and the optional `residual`
 //! input) is what the node does to its product `P = X · W + bias` before writing `Y`: fused there
@@ -43,6 +45,14 @@ pub const ATTRS: &[AttrSpec] = &[
 
 /// The input slot of the optional residual (added to `Y` last).
 pub const RESIDUAL_INPUT: usize = 4;
+
+/// The input slot of the optional LoRC factor `U` (`[K, r]`, FP16 or f32; [`fpx_quant::lorc`]).
+pub const LORC_U_INPUT: usize = 5;
+
+/// The input slot of the optional LoRC factor `V` (`[r, N]`): with `U`, the product adds
+/// `(X · U) · V` to `X · W` before the bias and the epilogue (`X` as given, not rounded to the
+/// node's activations).
+pub const LORC_V_INPUT: usize = 6;
 
 /// Columns per block of a gated product's interleaved weight: W's columns
 /// `[2·B·j, 2·B·j + B)` are the gate's block `j` and the next `B` the up projection's, so every
@@ -236,7 +246,8 @@ pub fn read(node: &Node) -> Result<QuantGemm, IrError> {
         bad(format!("unknown weight format '{format_name}' (one of {})", known.join(", ")))
     })?;
     let act_name = string("activations", Some("f32"))?;
-    let activations = Activations::parse(&act_name).ok_or_else(|| bad(format!("unknown activations '{act_name}' (f32 or int8)")))?;
+    let activations =
+        Activations::parse(&act_name).ok_or_else(|| bad(format!("unknown activations '{act_name}' ({})", Activations::choices())))?;
     let gemm = QuantGemm { format, k: size("k", None)?, n: size("n", None)?, group_size: size("group_size", Some(0))?, activations };
     gemm.validate().map_err(|e| bad(e.to_string()))?;
     Ok(gemm)
@@ -280,7 +291,7 @@ mod tests {
                     let n = node_with(&g);
                     assert!(is_quant_matmul(&n));
                     assert_eq!(read(&n).unwrap(), g);
-                    assert_eq!(n.attrs.contains_key("activations"), activations == Activations::Int8);
+                    assert_eq!(n.attrs.contains_key("activations"), activations != Activations::F32);
                 }
             }
         }

@@ -132,6 +132,7 @@ def load(
     scale_search: bool = False,
     scale_pow2: bool = False,
     embeddings: Optional[str] = ...,
+    lorc: Optional[int] = None,
 ) -> Model:
     """Loads an .fpx artifact, or an .onnx model (quantized in memory when `weights` names a scheme)."""
 
@@ -152,6 +153,7 @@ def compile(
     tuning_db: Optional[_StrPath] = None,
     no_tuning: bool = False,
     progress: Optional[Callable[[str, Optional[int], Optional[int]], Any]] = None,
+    lorc: Optional[int] = None,
 ) -> CompileSummary:
     """Compiles an ONNX model into an .fpx artifact (written atomically), as `fpx compile` does."""
 

@@ -15,6 +15,47 @@ use fpx_quant::{fold, QuantGemm};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
+/// The LoRC correction `(X · U) · V` (`m × n`, row-major) of a QuantMatMul whose inputs
+/// [`quant_matmul::LORC_U_INPUT`] and [`quant_matmul::LORC_V_INPUT`] are `u` (`[k, r]`) and `v`
+/// (`[r, n]`), for the `m` rows `x`; `None` when the node has no factors. Both the reference
+/// path and the native one add it to the product before the bias and the epilogue.
+pub fn lorc_correction(
+    u: Option<&Tensor>,
+    v: Option<&Tensor>,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<Option<Vec<f32>>, KernelError> {
+    use rayon::prelude::*;
+    let (u, v) = match (u, v) {
+        (None, None) => return Ok(None),
+        (Some(u), Some(v)) => (u, v),
+        _ => kbail!("the LoRC factors U (input 5) and V (input 6) go together: give both or neither"),
+    };
+    let r = match (u.shape(), v.shape()) {
+        (&[uk, ur], &[vr, vn]) if uk == k && vn == n && ur == vr && ur > 0 => ur,
+        (a, b) => kbail!("the LoRC factors are {a:?} and {b:?}, not [{k}, r] and [r, {n}]"),
+    };
+    let (uf, vf): (Vec<f32>, Vec<f32>) = (u.to_f32().iter().copied().collect(), v.to_f32().iter().copied().collect());
+    let mut out = alloc::filled(&[m, n], 0f32)?;
+    let row = |(xr, o): (&[f32], &mut [f32])| {
+        let mut t = vec![0f32; r];
+        for (xp, ur) in xr.iter().zip(uf.chunks_exact(r)) {
+            t.iter_mut().zip(ur).for_each(|(t, u)| *t += xp * u);
+        }
+        for (tj, vr) in t.iter().zip(vf.chunks_exact(n)) {
+            o.iter_mut().zip(vr).for_each(|(o, v)| *o += tj * v);
+        }
+    };
+    if m * n * r >= 1 << 16 && rayon::current_num_threads() > 1 {
+        x.par_chunks(k).zip(out.par_chunks_mut(n)).for_each(row);
+    } else {
+        x.chunks(k).zip(out.chunks_mut(n)).for_each(row);
+    }
+    Ok(Some(out))
+}
+
 /// The dequantized weight `[k][n]` of the product `gemm`: `v(code) * scales[group][n]`.
 pub fn dequantize(gemm: &QuantGemm, packed: &[u8], scales: &[f32]) -> Result<Vec<f32>, KernelError> {
     let QuantGemm { format, k, n, group_size: group, .. } = *gemm;
@@ -58,6 +99,8 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     let w = dequantize(&gemm, p.as_standard_layout().as_slice().expect("standard"), s.as_standard_layout().as_slice().expect("standard"))?;
     let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
     let m = xv.len() / k;
+    // The low-rank correction multiplies X as given (before the activations are rounded).
+    let correction = lorc_correction(opt_arg(i, quant_matmul::LORC_U_INPUT), opt_arg(i, quant_matmul::LORC_V_INPUT), &xv, m, k, n)?;
     if activations == Activations::Int8 {
         // What the int8 kernels multiply in effect: the rows quantized per block of 32.
         xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized();
@@ -67,6 +110,9 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
         xv = fpx_quant::act_fp8::Fp8Activations::quantize(&xv, m, k, format).map_err(|e| KernelError::new(e.to_string()))?.dequantized();
     }
     sgemm_rows(m, k, n, &xv, &w, &mut y);
+    if let Some(c) = correction {
+        y.iter_mut().zip(c).for_each(|(y, c)| *y += c);
+    }
     if let Some(b) = opt_arg(i, 3) {
         let b = b.to_f32();
         if b.len() != n {
