@@ -119,6 +119,30 @@ fn cli_runs_quantized_and_reports_with_html() {
     }
 }
 
+/// `fpx report` with ZeroQuant-FP's schemes (modifiers in any order): FP8 activations, power-of-two
+/// scales and LoRC rows, each with its bytes per parameter; LoRC lowers the error and adds bytes.
+#[test]
+fn report_compares_w4a8_schemes_with_lorc_and_bytes_per_parameter() {
+    let ex = workspace_root().join("examples/tiny-transformer");
+    let (m, i) = (ex.join("model.onnx"), format!("input={}", ex.join("input.npy").display()));
+    let schemes = "fp4-e2m1:fp8:p2,fp4-e2m1:lorc8:p2:fp8,int4:g32";
+    let out = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", schemes]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.lines().nth(2).is_some_and(|h| h.trim_end().ends_with("B/param")), "{stdout}");
+    // scheme, output, max_abs, rel_err, cosine, row_cos, pooled_cos, weights, ratio, B/param.
+    let row = |label: &str| -> (f64, f64) {
+        let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(label)).unwrap_or_else(|| panic!("{label}:\n{stdout}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols[3].parse().unwrap(), cols[9].parse().unwrap())
+    };
+    let (plain, lorc, int4) = (row("fp4-e2m1:fp8:p2"), row("fp4-e2m1:lorc8:p2:fp8"), row("int4:g32"));
+    assert!(lorc.0 < plain.0 && lorc.1 > plain.1, "LoRC: less error, more bytes: {lorc:?} vs {plain:?}");
+    assert!((plain.1 - 0.5).abs() < 0.05 && int4.1 > plain.1, "{plain:?} {int4:?}");
+    let bad = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", "fp4-e2m1:lorcx"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("the rank after ':lorc' must be a number"));
+}
+
 #[test]
 fn nan_weight_is_an_error_naming_the_tensor() {
     use fpx_test_support::onnx::{model, node, save, value};

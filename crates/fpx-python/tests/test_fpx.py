@@ -183,6 +183,19 @@ def test_fp8_activations_compile_and_stay_close_to_f32(tmp_path):
         fpx.compile(TINY / "model.onnx", tmp_path / "never.fpx", activations="fp8-e4m3", target="cuda")
 
 
+def test_lorc_compiles_and_moves_closer_to_fp32(tmp_path):
+    x = np.load(TINY / "input.npy")
+    want = fpx.load(TINY / "model.onnx").run({"input": x})["output"]
+    errors = []
+    for rank in [None, 16]:
+        summary = fpx.compile(TINY / "model.onnx", tmp_path / f"r{rank}.fpx", weights="fp4-e2m1", lorc=rank)
+        got = fpx.load(summary.output).run({"input": x})["output"]
+        errors.append(np.linalg.norm(got - want) / np.linalg.norm(want))
+    assert errors[1] < errors[0], errors
+    with pytest.raises(fpx.FpxError, match="LoRC rank must be at least 1"):
+        fpx.compile(TINY / "model.onnx", tmp_path / "never.fpx", lorc=0)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_a_damaged_artifact_raises_the_clis_message(tiny, tmp_path, damage):
     summary, _, _ = tiny
