@@ -75,26 +75,40 @@ pub fn row_scale(row: &[f32], format: Format) -> f32 {
 
 /// `t` rounded to `format`'s grid (an FP8 format), ties to even, saturating at `±max`, as an
 /// `f32` (exact); NaN stays NaN and a zero result is `+0`. The same value as
-/// `format.decode(format.encode(t))` for non-NaN `t`, with arithmetic only: the grid step at
-/// `t` is `2^(max(exponent(t), emin) − mantissa bits)`, a power of two, so `t / step` rounded
-/// to an integer and multiplied back is exact.
+/// `format.decode(format.encode(t))` for non-NaN `t`, with arithmetic only ([`Fp8Grid`]).
 #[inline]
 pub fn round_to_fp8(t: f32, format: Format) -> f32 {
-    let (m, emin) = (format.mantissa_bits() as i32, 1 - format.bias());
-    let max = format.max_value() as f32;
-    let a = t.abs();
-    if a.is_nan() {
-        return t;
+    Fp8Grid::new(format).round(t)
+}
+
+/// The grid of an FP8 format, for rounding many values ([`Fp8Grid::round`]) without a branch:
+/// the step at `t` is `2^(max(exponent(t), emin) − mantissa bits)`, a power of two built from
+/// bits, so `t · 2^-step` rounded to an integer and multiplied back is exact; saturation is a
+/// clamp (which keeps NaN).
+#[derive(Debug, Clone, Copy)]
+pub struct Fp8Grid {
+    mantissa_bits: i32,
+    emin: i32,
+    max: f32,
+}
+
+impl Fp8Grid {
+    /// The grid of `format` (an FP8 format).
+    pub fn new(format: Format) -> Fp8Grid {
+        Fp8Grid { mantissa_bits: format.mantissa_bits() as i32, emin: 1 - format.bias(), max: format.max_value() as f32 }
     }
-    if a >= max {
-        // ±max and ±∞ saturate.
-        return max.copysign(t);
+
+    /// `t` rounded to the grid (see [`round_to_fp8`]).
+    #[inline(always)]
+    pub fn round(&self, t: f32) -> f32 {
+        // f32 exponent of |t| (zero and f32 subnormals read -127: far below every FP8 step; NaN
+        // and ∞ read 128), raised to the format's smallest normal exponent.
+        let e = (((t.to_bits() >> 23) & 0xff) as i32 - 127).max(self.emin) - self.mantissa_bits;
+        // 2^e and 2^-e: both normal f32 for every e here (-24..=126).
+        let step = f32::from_bits(((e + 127) as u32) << 23);
+        let inverse = f32::from_bits(((127 - e) as u32) << 23);
+        ((t * inverse).round_ties_even() * step).clamp(-self.max, self.max) + 0.0
     }
-    // |t| < 2^-126 is far below every FP8 step: its exponent bits read 0 and it rounds to 0.
-    let e = (((a.to_bits() >> 23) as i32) - 127).max(emin);
-    let step = 2f32.powi(e - m);
-    let q = (t / step).round_ties_even() * step;
-    q.min(max).max(-max) + 0.0
 }
 
 impl Fp8Activations {
@@ -141,12 +155,15 @@ pub fn round_rows(x: &[f32], m: usize, k: usize, format: Format, out: &mut [f32]
     Ok(())
 }
 
-/// One row of [`round_rows`].
-#[inline]
+/// One row of [`round_rows`]. Inlined, so that a caller compiled for a wider vector ISA (the
+/// runtime's AVX2 version) vectorizes it; the results do not depend on the ISA.
+#[inline(always)]
 pub fn round_row(row: &[f32], format: Format, out: &mut [f32]) {
     let s = row_scale(row, format);
+    // 1 / s is exact (a power of two), so multiplying by it equals dividing by s.
+    let (inverse, grid) = (1.0 / s, Fp8Grid::new(format));
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = round_to_fp8(v / s, format) * s;
+        *o = grid.round(v * inverse) * s;
     }
 }
 

@@ -185,7 +185,7 @@ fn activations_help() -> String {
 block of {block} columns at run time, like onnxruntime's MatMulNBits accuracy_level 4: byte dot products, with int8 \
 rounding), or fp8-e4m3 / fp8-e5m2 (ZeroQuant-FP's W4A8: each row rounded to FP8 at run time with a \
 power-of-two scale per row, saturating; the FP8 values are exact in f32, so the kernels multiply them exactly and \
-only accumulate in f32: the accuracy of FP8 activations, at f32 speed on CPUs). int8 needs weights with small \
+only accumulate in f32: the accuracy of FP8 activations on CPUs, plus one rounding pass over each X). int8 needs weights with small \
 integer values ({}), one scale per channel or groups that are a multiple of {block}; int8 and fp8 need CPU code \
 (--target cpu).",
         fpx::quant::gemm::int8_format_list()
