@@ -27,16 +27,19 @@
 // the block. A pipeline stage holds KT k-tiles (32 K each) of the block's weights (both planes,
 // copied verbatim with 16-byte cp.async, evict-first L2 hint: each weight is read once) and the
 // matching M_TILE x 32*KT slice of X (rows >= M and columns >= K_PAD zero-filled by cp.async's
-// src-size operand). Grid: x = n-tile blocks, y = token tiles, z = K splits.
+// src-size operand). Each thread's copies form three ChunkStreams whose per-chunk offsets are
+// compile-time constants from one per-thread pointer, so a copy is one cp.async plus its guards
+// (fpx_cuda::sass counts them). Grid: x = n-tile blocks, y = token tiles, z = K splits; split z
+// runs STEPS / SPLIT_K steps, one more for the first STEPS % SPLIT_K splits.
 //
 // Dequantization mirrors fpx_quant::layout::fp6_pair_to_f16x2 exactly: per lane one low-plane
 // word per k16 half and one high-plane word per tile; (low << 2 | >> 2 | << 6 | << 10) &
 // 0x3c003c00 gives the 4 low bits of a pair, (high << 2*(4*half + pair)) & 0xc000c000 the two
 // top bits; then the bias shift (x & 0x80008000) | ((x & 0x7c007c00) >> (FORMAT ? 3 : 2)).
-// BF16 (ACT = 1) uses fpx_quant::bias_shift::bf16_offset_bits instead (true magnitude, no BF16
-// subnormals, which tensor cores flush): exponent re-biased, subnormal codes built as a normal
-// minus +-2^(1-bias) with one exact fma.rn.bf16x2; its factor is 1, so the epilogue multiplies
-// the folded scale by 1/f16_factor (an exact power of two).
+// BF16 (ACT = 1) shifts into the BF16 fields instead (fpx_quant::bias_shift::bf16_bits) and
+// multiplies by 2^(127 - bias) with one exact fma.rn.bf16x2 (bias_shift::bf16_factor): true
+// magnitude, no BF16 subnormals for the tensor cores to flush; its factor is 1, so the epilogue
+// multiplies the folded scale by 1/f16_factor (an exact power of two).
 
 typedef unsigned int fpx_u32;
 typedef unsigned short fpx_u16;
@@ -56,7 +59,7 @@ __device__ __forceinline__ fpx_u64 evict_first_policy() {
     return p;
 }
 
-// 16-byte async copy global -> shared; src_bytes 0 zero-fills (src must still be a valid address).
+// 16-byte async copy global -> shared; src_bytes 0 zero-fills the 16 bytes and reads nothing.
 __device__ __forceinline__ void cp_async16_hint(fpx_u32 dst, const void* src, fpx_u32 src_bytes, fpx_u64 policy) {
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(dst), "l"(src), "r"(src_bytes), "l"(policy)
                  : "memory");
@@ -96,29 +99,39 @@ __device__ __forceinline__ fpx_u32 fp6_pair_bits(fpx_u32 low, fpx_u32 high) {
 }
 
 // FORMAT 0 = fp6 e3m2 (bias 3, 2 mantissa bits), 1 = fp6 e2m3 (bias 1, 3 mantissa bits).
+// FP16 (ACT 0): fpx_quant::bias_shift::f16_bits, two at a time: sign kept, exponent and mantissa
+// moved down so the exponent lands in the low bits of the FP16 exponent field; the value is the
+// code's times 2^(15 - bias) (the "bias shift", folded into the scales), subnormal codes
+// included (FP16 subnormals, which tensor cores take).
+// BF16 (ACT 1): the same placement in the BF16 fields (value: the code's times 2^(bias - 127),
+// a BF16 subnormal for e = 0 codes, which tensor cores would flush), then one exact
+// fma.rn.bf16x2 by 2^(127 - bias) (plus -0, keeping the sign of zeros): true magnitude, every
+// result a BF16 normal or zero. fma.bf16x2 keeps subnormal inputs (PTX: it has no .ftz form).
 template <int FORMAT, int ACT>
 __device__ __forceinline__ fpx_u32 fp6_to_x2(fpx_u32 x) {
+    const int SHIFT = ACT == 0 ? (FORMAT == 0 ? 2 : 3) : (FORMAT == 0 ? 5 : 6);
+    const fpx_u32 placed = (x & 0x80008000u) | ((x & 0x7c007c00u) >> SHIFT);
     if (ACT == 0) {
-        // fpx_quant::bias_shift::f16_bits, two at a time.
-        return (x & 0x80008000u) | ((x & 0x7c007c00u) >> (FORMAT == 0 ? 2 : 3));
+        return placed;
     } else {
-        // fpx_quant::bias_shift::bf16_offset_bits, two at a time.
-        const int MBITS = FORMAT == 0 ? 2 : 3;
-        const fpx_u32 BIAS = FORMAT == 0 ? 3u : 1u;
-        const fpx_u32 NORM = ((127u - BIAS) << 7) * 0x10001u;  // exponent offset for normal codes
-        const fpx_u32 ONE = ((128u - BIAS) << 7) * 0x10001u;   // 2^(1-bias): subnormal codes' exponent
-        const fpx_u32 EXPM = FORMAT == 0 ? 0x70007000u : 0x60006000u;
-        fpx_u32 sign = x & 0x80008000u;
-        fpx_u32 mag = (x & 0x7c007c00u) >> (3 + MBITS);  // (exp, mant) at bits 7-MBITS.. of each half
-        fpx_u32 e = x & EXPM;
-        fpx_u32 sub = ((e & 0xffffu) == 0 ? 0x0000ffffu : 0u) | ((e >> 16) == 0 ? 0xffff0000u : 0u);
-        fpx_u32 w = sign | (mag + ((ONE & sub) | (NORM & ~sub)));  // no carry between halves
-        fpx_u32 s = sub & (sign | ONE);                             // +-2^(1-bias) for e == 0, else +0
+        const fpx_u32 REBIAS = (FORMAT == 0 ? 251u : 253u) << 7;  // BF16 2^(127 - bias): exponent 127 + 124 / 126
         fpx_u32 d;
-        // d = w - s exactly (the difference is a BF16 normal or zero).
-        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(s), "r"(0xbf80bf80u), "r"(w));
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(placed), "r"(REBIAS * 0x10001u), "r"(0x80008000u));
         return d;
     }
+}
+
+// Fragment register PAIR of k16 half HALF (two weights) from a lane's low- and high-plane words.
+// Probe build FPX_PROBE=1 (SASS cost accounting only, never launched): no dequantization, just
+// four distinct values from both words at 3 instructions per 4 registers (fpx_cuda::sass adds
+// those back), so liveness and shared loads stay as shipped.
+template <int FORMAT, int ACT, int HALF, int PAIR>
+__device__ __forceinline__ fpx_u32 dequant_pair(fpx_u32 low, fpx_u32 high) {
+#if defined(FPX_PROBE) && FPX_PROBE == 1
+    return ((PAIR & 1) ? high : low) ^ (PAIR * 0x01010101u);
+#else
+    return fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, PAIR>(low, high));
+#endif
 }
 
 template <int ACT>
@@ -139,6 +152,63 @@ __device__ __forceinline__ float scale_adjust() {
     return ACT == 0 ? 1.0f : (FORMAT == 0 ? 1.0f / 4096.0f : 1.0f / 16384.0f);
 }
 
+// A thread's share of one operand's slice of a pipeline stage: ROWS rows of ROW 16-byte chunks,
+// chunk c = tid + j * THREADS (j = 0..ITERS) at row c / ROW, column c % ROW. THREADS and ROW
+// divide one another, so relative to the thread's first chunk (tid / ROW, tid % ROW) chunk j
+// sits row_add(j) rows and col_add(j) columns on: compile-time constants once the copy loop is
+// unrolled, which leaves one cp.async (and its guards) per chunk.
+template <int ROWS, int ROW, int THREADS>
+struct ChunkMap {
+    static_assert(THREADS % ROW == 0 || ROW % THREADS == 0, "threads per block and chunks per row must divide one another");
+    static constexpr int ITERS = (ROWS * ROW + THREADS - 1) / THREADS;
+    static constexpr bool EVEN = (ROWS * ROW) % THREADS == 0;  // no thread runs past the last row
+    static constexpr int ROWS_PER_ITER = THREADS >= ROW ? THREADS / ROW : 1;
+    static constexpr int ITERS_PER_ROW = ROW > THREADS ? ROW / THREADS : 1;
+    static __device__ __forceinline__ constexpr int row_add(int j) { return THREADS >= ROW ? j * ROWS_PER_ITER : j / ITERS_PER_ROW; }
+    static __device__ __forceinline__ constexpr int col_add(int j) { return THREADS >= ROW ? 0 : (j % ITERS_PER_ROW) * THREADS; }
+};
+
+// One operand's cp.async stream for one thread: `src` points at the thread's first chunk of the
+// next stage to load and advances by `step_bytes` per stage; bit j of `in_rows` says whether
+// chunk j lies in the stage slice at all (row < ROWS; only a thread past the last row has a
+// zero bit, only when !EVEN) and bit j of `rows_ok` whether its row exists in the matrix
+// (n-tile < N_TILES, token < M; zero-filled otherwise), both fixed for the whole K loop;
+// `k_left` counts the k-tiles left from the thread's first column, for the K tail (K_GUARD:
+// the last stage is short). CPT: chunks per k-tile along a row. GROW: global bytes between
+// rows; SROW: stage bytes between rows.
+template <int ROWS, int ROW, int THREADS, int CPT, long long GROW, int SROW, bool ROW_GUARD, bool K_GUARD, bool HINT>
+struct ChunkStream {
+    using Map = ChunkMap<ROWS, ROW, THREADS>;
+    const unsigned char* src;
+    fpx_u32 dst;
+    fpx_u32 in_rows;
+    fpx_u32 rows_ok;
+    int k_left;
+
+    // Queues this thread's chunks of one stage into the stage at shared address `stage`;
+    // chunks outside the matrix are zero-filled (src-size 0).
+    __device__ __forceinline__ void issue(fpx_u32 stage, fpx_u64 policy, int kt_per_stage, long long step_bytes) {
+#pragma unroll
+        for (int j = 0; j < Map::ITERS; ++j) {
+            if (!Map::EVEN && !((in_rows >> j) & 1u)) continue;
+            bool ok = true;
+            if (ROW_GUARD) ok = (rows_ok >> j) & 1u;
+            if (K_GUARD) ok = ok && Map::col_add(j) / CPT < k_left;
+            // With src-size 0 nothing is read, so `p` may point past the matrix (as CUTLASS's
+            // zero-fill copies do); no select keeps it in bounds.
+            const unsigned char* p = src + (long long)Map::row_add(j) * GROW + Map::col_add(j) * 16;
+            const fpx_u32 d = stage + dst + Map::row_add(j) * SROW + Map::col_add(j) * 16;
+            if (HINT) {
+                cp_async16_hint(d, p, ok ? 16 : 0, policy);
+            } else {
+                cp_async16(d, p, ok ? 16 : 0);
+            }
+        }
+        src += step_bytes;
+        k_left -= kt_per_stage;
+    }
+};
+
 template <int FORMAT, int ACT, int N, int K, int M_TILE, int WARPS, int WNT, int KT, int STAGES, int SPLIT_K>
 struct Gemm {
     static constexpr int N_PAD = (N + 15) / 16 * 16;
@@ -157,47 +227,81 @@ struct Gemm {
     static constexpr int SHARED_BYTES = STAGES * STAGE_BYTES;
     static constexpr fpx_u64 LOW_PLANE_BYTES = (fpx_u64)N_TILES * K_TILES * 256;
     static constexpr int STEPS = (K_TILES + KT - 1) / KT;
-    static constexpr int STEPS_PER_SPLIT = (STEPS + SPLIT_K - 1) / SPLIT_K;
+    // Split z runs STEPS_BASE steps, one more for z < STEPS_REM: the remainder is spread, so no
+    // split is more than one step longer than another.
+    static constexpr int STEPS_BASE = STEPS / SPLIT_K;
+    static constexpr int STEPS_REM = STEPS % SPLIT_K;
+    // The stage's three cp.async streams: low plane (KT*16 chunks per n-tile), high plane (KT*8),
+    // activations (K_STEP/8 chunks of 8 halves per token row).
+    static constexpr bool K_TAIL = K_TILES % KT != 0;
+    using LowStream = ChunkStream<BLOCK_NT, KT * 16, THREADS, 16, (long long)K_TILES * 256, KT * 256, N_TILES % BLOCK_NT != 0, K_TAIL, true>;
+    using HighStream = ChunkStream<BLOCK_NT, KT * 8, THREADS, 8, (long long)K_TILES * 128, KT * 128, N_TILES % BLOCK_NT != 0, K_TAIL, true>;
+    using XStream = ChunkStream<M_TILE, K_STEP / 8, THREADS, 4, (long long)K_PAD * 2, X_STRIDE * 2, true, K_TAIL, false>;
 
     static_assert(M_TILE == 8 || M_TILE == 16 || M_TILE == 32 || M_TILE == 64, "token tile must be 8, 16, 32 or 64");
+    static_assert(KT == 1 || KT == 2 || KT == 4, "1, 2 or 4 k-tiles per stage");
     static_assert(STAGES >= 2 && STAGES <= 8, "2..8 pipeline stages");
-    static_assert(SPLIT_K >= 1, "SPLIT_K >= 1");
+    static_assert(SPLIT_K >= 1 && SPLIT_K <= STEPS, "1..STEPS K splits");
     static_assert(FORMAT == 0 || FORMAT == 1, "FORMAT 0 = e3m2, 1 = e2m3");
     static_assert(ACT == 0 || ACT == 1, "ACT 0 = fp16, 1 = bf16");
 
-    // Issue the cp.asyncs of pipeline step `step` into stage buffer `slot`.
-    static __device__ __forceinline__ void load_stage(fpx_u32 sbase, int slot, int step, const fpx_u16* X, const unsigned char* W, int M,
-                                                      int nt0, int m0, fpx_u64 policy) {
-        const int tid = threadIdx.x;
-        const int kt0 = step * KT;
-        const fpx_u32 dst0 = sbase + slot * STAGE_BYTES;
-        // Low plane: per n-tile, KT consecutive k-tiles are contiguous (KT * 16 chunks).
+    // The thread's three streams, positioned at K step `step0` of block (nt0, m0); the row
+    // guards (n-tiles past N, tokens past M) are worked out here, once.
+    static __device__ __forceinline__ void open_streams(LowStream& lo, HighStream& hi, XStream& xs, const fpx_u16* X, const unsigned char* W,
+                                                        int M, int nt0, int m0, int step0) {
+        const fpx_u32 tid = threadIdx.x;
+        const int kt0 = step0 * KT;
+        {
+            const fpx_u32 row0 = tid / (KT * 16), col0 = tid % (KT * 16);
+            lo.src = W + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 256 + col0 * 16;
+            lo.dst = tid * 16;
+            lo.k_left = K_TILES - kt0 - (int)(col0 / 16);
+            lo.in_rows = 0;
+            lo.rows_ok = 0;
 #pragma unroll
-        for (int c = tid; c < BLOCK_NT * KT * 16; c += THREADS) {
-            const int i = c / (KT * 16), r = c % (KT * 16), kt = r / 16;
-            const int nt = nt0 + i;
-            const bool ok = nt < N_TILES && kt0 + kt < K_TILES;
-            const unsigned char* src = ok ? W + ((fpx_u64)nt * K_TILES + kt0 + kt) * 256 + (r % 16) * 16 : W;
-            cp_async16_hint(dst0 + c * 16, src, ok ? 16 : 0, policy);
+            for (int j = 0; j < LowStream::Map::ITERS; ++j) {
+                const int row = (int)row0 + LowStream::Map::row_add(j);
+                lo.in_rows |= (fpx_u32)(row < BLOCK_NT) << j;
+                lo.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;
+            }
         }
-        // High plane: 128 bytes per tile (KT * 8 chunks per n-tile).
+        {
+            const fpx_u32 row0 = tid / (KT * 8), col0 = tid % (KT * 8);
+            hi.src = W + LOW_PLANE_BYTES + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 128 + col0 * 16;
+            hi.dst = W_LOW_BYTES + tid * 16;
+            hi.k_left = K_TILES - kt0 - (int)(col0 / 8);
+            hi.in_rows = 0;
+            hi.rows_ok = 0;
 #pragma unroll
-        for (int c = tid; c < BLOCK_NT * KT * 8; c += THREADS) {
-            const int i = c / (KT * 8), r = c % (KT * 8), kt = r / 8;
-            const int nt = nt0 + i;
-            const bool ok = nt < N_TILES && kt0 + kt < K_TILES;
-            const unsigned char* src = ok ? W + LOW_PLANE_BYTES + ((fpx_u64)nt * K_TILES + kt0 + kt) * 128 + (r % 8) * 16 : W;
-            cp_async16_hint(dst0 + W_LOW_BYTES + c * 16, src, ok ? 16 : 0, policy);
+            for (int j = 0; j < HighStream::Map::ITERS; ++j) {
+                const int row = (int)row0 + HighStream::Map::row_add(j);
+                hi.in_rows |= (fpx_u32)(row < BLOCK_NT) << j;
+                hi.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;
+            }
         }
-        // Activations: M_TILE rows x K_STEP halves, 8 halves per chunk.
+        {
+            const fpx_u32 row0 = tid / (K_STEP / 8), col0 = tid % (K_STEP / 8);
+            xs.src = (const unsigned char*)(X + (fpx_u64)(m0 + row0) * K_PAD + kt0 * 32 + col0 * 8);
+            xs.dst = W_LOW_BYTES + W_HIGH_BYTES + row0 * (X_STRIDE * 2) + col0 * 16;
+            xs.k_left = K_TILES - kt0 - (int)(col0 / 4);
+            xs.in_rows = 0;
+            xs.rows_ok = 0;
 #pragma unroll
-        for (int c = tid; c < M_TILE * (K_STEP / 8); c += THREADS) {
-            const int row = c / (K_STEP / 8), col = (c % (K_STEP / 8)) * 8;
-            const int gm = m0 + row, gk = kt0 * 32 + col;
-            const bool ok = gm < M && gk < K_PAD;
-            const fpx_u16* src = ok ? X + (fpx_u64)gm * K_PAD + gk : X;
-            cp_async16(dst0 + W_LOW_BYTES + W_HIGH_BYTES + (row * X_STRIDE + col) * 2, src, ok ? 16 : 0);
+            for (int j = 0; j < XStream::Map::ITERS; ++j) {
+                const int row = (int)row0 + XStream::Map::row_add(j);
+                xs.in_rows |= (fpx_u32)(row < M_TILE) << j;
+                xs.rows_ok |= (fpx_u32)(m0 + row < M) << j;
+            }
         }
+    }
+
+    // Queues the cp.asyncs of the streams' next K step into the stage at shared address `stage`.
+    static __device__ __forceinline__ void load_stage(fpx_u32 stage, LowStream& lo, HighStream& hi, XStream& xs, fpx_u64 policy) {
+#if !defined(FPX_PROBE) || FPX_PROBE != 2
+        lo.issue(stage, policy, KT, KT * 256);
+        hi.issue(stage, policy, KT, KT * 128);
+        xs.issue(stage, policy, KT, K_STEP * 2);
+#endif
     }
 
     template <int HALF>
@@ -214,10 +318,10 @@ struct Gemm {
 #pragma unroll
         for (int i = 0; i < WNT; ++i) {
             fpx_u32 a[4];
-            a[0] = fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, 0>(lw[i][HALF], hw[i]));
-            a[1] = fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, 1>(lw[i][HALF], hw[i]));
-            a[2] = fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, 2>(lw[i][HALF], hw[i]));
-            a[3] = fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, 3>(lw[i][HALF], hw[i]));
+            a[0] = dequant_pair<FORMAT, ACT, HALF, 0>(lw[i][HALF], hw[i]);
+            a[1] = dequant_pair<FORMAT, ACT, HALF, 1>(lw[i][HALF], hw[i]);
+            a[2] = dequant_pair<FORMAT, ACT, HALF, 2>(lw[i][HALF], hw[i]);
+            a[3] = dequant_pair<FORMAT, ACT, HALF, 3>(lw[i][HALF], hw[i]);
 #pragma unroll
             for (int mb = 0; mb < MB; ++mb) mma_16816<ACT>(acc[i][mb], a, b[mb][0], b[mb][1]);
         }
@@ -250,11 +354,15 @@ struct Gemm {
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
         const int nt0 = blockIdx.x * BLOCK_NT;
         const int m0 = blockIdx.y * M_TILE;
-        const int step_begin = blockIdx.z * STEPS_PER_SPLIT;
-        const int step_end = step_begin + STEPS_PER_SPLIT < STEPS ? step_begin + STEPS_PER_SPLIT : STEPS;
-        const int nsteps = step_end > step_begin ? step_end - step_begin : 0;
+        const int z = blockIdx.z;
+        const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);
+        const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);
         const fpx_u64 policy = evict_first_policy();
         const fpx_u32 sbase = smem_addr(fpx_smem);
+        LowStream lo;
+        HighStream hi;
+        XStream xs;
+        open_streams(lo, hi, xs, X, W, M, nt0, m0, step_begin);
 
         float acc[WNT][MB][4];
 #pragma unroll
@@ -266,18 +374,21 @@ struct Gemm {
 
 #pragma unroll
         for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < nsteps) load_stage(sbase, s, step_begin + s, X, W, M, nt0, m0, policy);
+            if (s < nsteps) load_stage(sbase + s * STAGE_BYTES, lo, hi, xs, policy);
             cp_async_commit();
         }
+        // Ring positions: `read` holds step it, `write` receives step it + STAGES - 1.
+        int read = 0, write = STAGES - 1;
         for (int it = 0; it < nsteps; ++it) {
             cp_async_wait<STAGES - 2>();
             __syncthreads();
             // The slot refilled here was consumed in iteration it - 1, which every thread has
             // finished (the barrier above).
-            const int next = it + STAGES - 1;
-            if (next < nsteps) load_stage(sbase, next % STAGES, step_begin + next, X, W, M, nt0, m0, policy);
+            if (it + STAGES - 1 < nsteps) load_stage(sbase + write * STAGE_BYTES, lo, hi, xs, policy);
             cp_async_commit();
-            compute_stage(acc, fpx_smem + (it % STAGES) * STAGE_BYTES);
+            compute_stage(acc, fpx_smem + read * STAGE_BYTES);
+            read = read == STAGES - 1 ? 0 : read + 1;
+            write = write == STAGES - 1 ? 0 : write + 1;
         }
         cp_async_wait<0>();
 

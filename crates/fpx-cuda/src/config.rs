@@ -21,8 +21,6 @@ pub const DEFAULT_SHARED_LIMIT: usize = 48 * 1024;
 pub const MAX_SHARED_BYTES: usize = 163 * 1024;
 /// Threads per block of the split-K reduction kernel.
 pub const REDUCE_THREADS: u32 = 256;
-/// Wave efficiency FP6-LLM's split-K rule asks for.
-pub const TARGET_WAVE_EFFICIENCY: f64 = 0.8;
 
 /// The FP6 weight format (the template's `FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,7 +112,7 @@ pub struct GemmConfig {
     pub warps: usize,
     /// 16-channel tiles per warp (1..=8).
     pub warp_ntiles: usize,
-    /// 32-K tiles per pipeline stage (1..=4).
+    /// 32-K tiles per pipeline stage (1, 2 or 4; 4 with 1 or an even number of warps).
     pub k_tiles: usize,
     /// cp.async pipeline stages (2..=8).
     pub stages: usize,
@@ -182,7 +180,7 @@ impl GemmConfig {
     }
 
     /// The GEMM kernel's name, unique per config: e.g.
-    /// `fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6`.
+    /// `fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk12`.
     pub fn kernel_name(&self) -> String {
         let [n, k, m, w, wn, kt, s, sk] = self.sizes();
         format!("fpx_fp6_gemm_{}_{}_n{n}_k{k}_m{m}_w{w}x{wn}_kt{kt}_s{s}_sk{sk}", self.format.tag(), self.act.tag())
@@ -213,8 +211,13 @@ impl GemmConfig {
         if !matches!(self.m_tile, 8 | 16 | 32 | 64) {
             return bad(format!("m_tile {} is not 8, 16, 32 or 64", self.m_tile));
         }
-        if !(1..=8).contains(&self.warps) || !(1..=8).contains(&self.warp_ntiles) || !(1..=4).contains(&self.k_tiles) {
-            return bad("warps and warp_ntiles must be 1..=8, k_tiles 1..=4".into());
+        if !(1..=8).contains(&self.warps) || !(1..=8).contains(&self.warp_ntiles) || !matches!(self.k_tiles, 1 | 2 | 4) {
+            return bad("warps and warp_ntiles must be 1..=8, k_tiles 1, 2 or 4".into());
+        }
+        // The copy loops need the block's threads and a stage row's 16-byte chunks (16 per k-tile
+        // of the low plane) to divide one another (`ChunkMap` in the template).
+        if self.k_tiles == 4 && self.warps % 2 == 1 && self.warps > 1 {
+            return bad(format!("k_tiles 4 needs 1 or an even number of warps, not {}", self.warps));
         }
         if !(2..=8).contains(&self.stages) {
             return bad(format!("stages {} is not 2..=8", self.stages));
@@ -315,14 +318,55 @@ pub fn configs_by_m(format: Fp6Format, act: Act, n: usize, k: usize, sm_count: u
     KernelTable::new(rows).expect("buckets ascend and end with the unbounded one")
 }
 
-/// Wave efficiency of `blocks` equal blocks on `sm_count` SMs, one block per SM at a time:
-/// `blocks / (ceil(blocks / sm_count) * sm_count)`.
-pub fn wave_efficiency(blocks: usize, sm_count: usize) -> f64 {
-    let sm = sm_count.max(1);
+/// Wave efficiency of `blocks` equal blocks on `slots` places that run one block each at a
+/// time (SMs, or SMs times resident blocks per SM): `blocks / (ceil(blocks / slots) * slots)`.
+pub fn wave_efficiency(blocks: usize, slots: usize) -> f64 {
+    let slots = slots.max(1);
     if blocks == 0 {
         return 0.0;
     }
-    blocks as f64 / (blocks.div_ceil(sm) * sm) as f64
+    blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
+}
+
+/// Resident blocks per SM the split-K plan aims for: one 4-warp block per SM cannot issue the
+/// ~650 instructions per 12 KiB K step fast enough to keep up with HBM (one warp per
+/// scheduler), two can (FP6-LLM's rule, in effect).
+pub const TARGET_BLOCKS_PER_SM: usize = 2;
+
+/// Per-SM limits of the smallest target (sm_80, A100): what [`blocks_per_sm`] assumes.
+pub const SM_SHARED_BYTES: usize = 164 * 1024;
+/// 32-bit registers per SM (sm_80 and sm_90).
+pub const SM_REGISTERS: usize = 64 * 1024;
+/// Resident threads per SM (sm_80 and sm_90).
+pub const SM_THREADS: usize = 2048;
+
+/// Registers per thread the heuristic assumes for `cfg` before ptxas has counted them: the FP32
+/// accumulators, one k-tile's weight words, the activation fragments, the copy streams and a
+/// fixed 40 for addresses, indices and the epilogue. ptxas's counts for the heuristic's configs
+/// stay at or below it (checked by the SASS report test).
+pub fn estimated_registers(cfg: &GemmConfig) -> usize {
+    let mb = cfg.m_tile / 8;
+    (4 * cfg.warp_ntiles * mb + 3 * cfg.warp_ntiles + 2 * mb + 15 + 40).min(255)
+}
+
+/// Blocks of `cfg` an SM holds at once, given `registers` per thread: the least of the shared
+/// memory, register file and thread limits ([`SM_SHARED_BYTES`], [`SM_REGISTERS`] in
+/// allocation units of 256 per warp, [`SM_THREADS`]), at most 32.
+pub fn blocks_per_sm(cfg: &GemmConfig, registers: usize) -> usize {
+    let by_shared = SM_SHARED_BYTES / cfg.shared_bytes().max(1);
+    let regs_per_warp = (registers.max(1) * 32).div_ceil(256) * 256;
+    let by_regs = SM_REGISTERS / (regs_per_warp * cfg.warps);
+    let by_threads = SM_THREADS / cfg.threads();
+    by_shared.min(by_regs).min(by_threads).min(32)
+}
+
+/// How well `splits` K splits of `blocks` output blocks use the GPU, in (0, 1]: the wave
+/// efficiency over `slots` (SMs times the resident blocks aimed for), times the share of the
+/// DRAM traffic that is weights rather than split-K partial sums (each split writes and the
+/// reduction reads `m * n` FP32 values).
+pub fn split_score(blocks: usize, splits: usize, slots: usize, weight_bytes: usize, m: usize, n: usize) -> f64 {
+    let partials = if splits > 1 { 2 * splits * m * n * 4 } else { 0 };
+    wave_efficiency(blocks * splits, slots) * weight_bytes as f64 / (weight_bytes + partials) as f64
 }
 
 /// The analytic default config for an `[n][k]` weight and `m` tokens on a GPU with `sm_count`
@@ -334,9 +378,10 @@ pub fn wave_efficiency(blocks: usize, sm_count: usize) -> f64 {
 ///   FP32 accumulators stay at 64 registers per thread; up to 4 warps (fewer when N is small);
 /// - 2 k-tiles (64 K) per stage, as FP6-LLM; the most stages (at most 4) within 48 KiB of
 ///   shared memory, at least 2;
-/// - split-K, FP6-LLM's rule: with `b` blocks from the N and M tiling, the smallest split `s`
-///   (1..=K steps, at most 32) whose wave efficiency `b*s / (ceil(b*s / SMs) * SMs)` is at
-///   least 0.8; if none reaches it, the most efficient (smallest on ties).
+/// - split-K from a parallelism model: `slots` = SMs x min([`TARGET_BLOCKS_PER_SM`], the
+///   blocks an SM holds ([`blocks_per_sm`] with [`estimated_registers`])); among splits
+///   1..=min(32, K steps / 2) (every split at least 2 steps, so its pipeline fills), the
+///   smallest whose [`split_score`] reaches [`TARGET_SPLIT_SCORE`], else the best.
 pub fn heuristic_config(n: usize, k: usize, m: usize, sm_count: usize) -> GemmConfig {
     let m_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= m).unwrap_or(64);
     let warp_ntiles = if m_tile <= 32 { 4 } else { 2 };
@@ -346,24 +391,69 @@ pub fn heuristic_config(n: usize, k: usize, m: usize, sm_count: usize) -> GemmCo
     let mut cfg = GemmConfig { format: Fp6Format::E3M2, act: Act::F16, n, k, m_tile, warps, warp_ntiles, k_tiles, stages: 2, split_k: 1 };
     cfg.stages = (2..=4).rev().find(|&s| s * cfg.stage_bytes() <= DEFAULT_SHARED_LIMIT).unwrap_or(2);
     let blocks = n_tiles.div_ceil(cfg.block_n_tiles()) * m.max(1).div_ceil(m_tile);
-    cfg.split_k = split_k_rule(blocks, cfg.k_steps().min(32), sm_count);
+    let slots = sm_count.max(1) * TARGET_BLOCKS_PER_SM.min(blocks_per_sm(&cfg, estimated_registers(&cfg)).max(1));
+    let weight_bytes = fpx_quant::layout::PackedShape::new(n, k, 6).total_bytes();
+    cfg.split_k = split_k_rule((cfg.k_steps() / 2).clamp(1, 32), |s| split_score(blocks, s, slots, weight_bytes, m.max(1), n));
     cfg
 }
 
-/// FP6-LLM's split-K rule (see [`heuristic_config`]): the smallest split in `1..=max_split`
-/// reaching [`TARGET_WAVE_EFFICIENCY`], else the most efficient one.
-pub fn split_k_rule(blocks: usize, max_split: usize, sm_count: usize) -> usize {
+/// The score a split-K choice must reach for [`split_k_rule`] to stop looking (FP6-LLM's 0.8
+/// wave efficiency, here on the model's [`split_score`]).
+pub const TARGET_SPLIT_SCORE: f64 = 0.8;
+
+/// The split-K choice (see [`heuristic_config`]): the smallest split in `1..=max_split` whose
+/// `score` reaches [`TARGET_SPLIT_SCORE`], else the best-scoring one (the smallest on ties).
+pub fn split_k_rule(max_split: usize, score: impl Fn(usize) -> f64) -> usize {
     let max_split = max_split.max(1);
-    if let Some(s) = (1..=max_split).find(|&s| wave_efficiency(blocks * s, sm_count) >= TARGET_WAVE_EFFICIENCY) {
+    if let Some(s) = (1..=max_split).find(|&s| score(s) >= TARGET_SPLIT_SCORE) {
         return s;
     }
     let mut best = 1;
     for s in 2..=max_split {
-        if wave_efficiency(blocks * s, sm_count) > wave_efficiency(blocks * best, sm_count) {
+        if score(s) > score(best) {
             best = s;
         }
     }
     best
+}
+
+/// The configs a GPU tuner may time for an `[n][k]` weight and `m` tokens (issue 17's search
+/// space; the heuristic's choice is always among them): token tiles from the one holding `m`
+/// (at most 64) up; warps 1..=8, no more than N's n-tiles need; 1, 2, 4 or 8 tiles per warp
+/// with at most 64 FP32 accumulators per thread; 1, 2 or 4 k-tiles per stage; 2..=4 stages;
+/// split-K 1, 2, 3, 4, 6, 8, 12, 16 (at most the K steps); every config [`GemmConfig::validate`]s.
+pub fn search_space(n: usize, k: usize, m: usize) -> Vec<GemmConfig> {
+    let first_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= m).unwrap_or(64);
+    let n_tiles = n.div_ceil(TILE_N).max(1);
+    let mut out = Vec::new();
+    for m_tile in [8, 16, 32, 64].into_iter().filter(|&t| t >= first_tile) {
+        for warp_ntiles in [1, 2, 4, 8].into_iter().filter(|&w| w * m_tile <= 128) {
+            for warps in 1..=n_tiles.div_ceil(warp_ntiles).min(8) {
+                for k_tiles in [1, 2, 4] {
+                    for stages in 2..=4 {
+                        for split_k in [1, 2, 3, 4, 6, 8, 12, 16] {
+                            let cfg = GemmConfig {
+                                format: Fp6Format::E3M2,
+                                act: Act::F16,
+                                n,
+                                k,
+                                m_tile,
+                                warps,
+                                warp_ntiles,
+                                k_tiles,
+                                stages,
+                                split_k,
+                            };
+                            if cfg.validate().is_ok() {
+                                out.push(cfg);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `(grid, block, dynamic shared bytes)` of the GEMM kernel for `m` tokens: grid x over
@@ -466,12 +556,15 @@ mod tests {
         if let Some(bad) = hits.iter().position(|&h| h != 1) {
             panic!("output ({}, {}) written {} times by {cfg:?} for m = {m}", bad / cfg.n, bad % cfg.n, hits[bad]);
         }
-        // Split-K: contiguous step ranges of ceil(steps / split) cover 0..steps once.
+        // Split-K: contiguous step ranges, the remainder spread over the first splits (the
+        // template's STEPS_BASE / STEPS_REM), cover 0..steps once and differ by at most a step.
         let steps = cfg.k_steps();
-        let per = steps.div_ceil(cfg.split_k);
+        let (base, rem) = (steps / cfg.split_k, steps % cfg.split_k);
         let mut step_hits = vec![0u8; steps];
         for z in 0..grid[2] as usize {
-            for h in &mut step_hits[(z * per).min(steps)..((z + 1) * per).min(steps)] {
+            let (begin, count) = (z * base + z.min(rem), base + usize::from(z < rem));
+            assert!(count >= 1 && count <= base + 1, "{cfg:?}: split {z} runs {count} steps");
+            for h in &mut step_hits[begin..begin + count] {
                 *h += 1;
             }
         }
@@ -510,40 +603,68 @@ mod tests {
     }
 
     #[test]
-    fn split_k_rule_on_a100_and_h100() {
+    fn split_k_plan_on_a100_and_h100() {
         assert_eq!(wave_efficiency(108, 108), 1.0);
         assert_eq!(wave_efficiency(109, 108), 109.0 / 216.0);
         assert_eq!(wave_efficiency(0, 108), 0.0);
-        // 4096 x 4096, one token: 256 n-tiles / 16 per block = 16 blocks. A100: 6 splits give
-        // 96 / 108 = 0.89 (5 give 0.74); H100: 7 give 112 / 132 = 0.85 (6 give 0.73).
-        assert_eq!(heuristic_config(4096, 4096, 1, 108).split_k, 6);
-        assert_eq!(heuristic_config(4096, 4096, 1, 132).split_k, 7);
-        // N = 28672: 112 blocks. H100: 112 / 132 = 0.85, no split. A100: 2 splits 224 / 324 =
-        // 0.69, 3 splits 336 / 432 = 0.78, 4 splits 448 / 540 = 0.83.
-        assert_eq!(heuristic_config(28672, 8192, 1, 132).split_k, 1);
-        assert_eq!(heuristic_config(28672, 8192, 1, 108).split_k, 4);
+        // The heuristic's 4-warp tiles fit at least the 2 blocks per SM the plan aims for.
+        let c = heuristic_config(4096, 4096, 16, 132);
+        assert!(blocks_per_sm(&c, estimated_registers(&c)) >= TARGET_BLOCKS_PER_SM);
+        assert_eq!(blocks_per_sm(&c, 255), 2, "255 registers x 128 threads: 2 blocks of 64K");
+        // 4096 x 4096, one token: 16 blocks, 2 slots per SM. H100 (264 slots): 14 splits give
+        // 224 / 264 = 0.85 (13: 0.79); A100 (216 slots): 12 give 192 / 216 = 0.89 (11: 0.81,
+        // less the partial-sum traffic: 0.79). About twice FP6-LLM's one-block-per-SM rule (7, 6).
+        let split = |n, k, m, sms| heuristic_config(n, k, m, sms).split_k;
+        assert_eq!((split(4096, 4096, 1, 132), split(4096, 4096, 1, 108)), (14, 12));
+        // N = 28672: 112 blocks; H100: 2 splits fill 224 / 264 = 0.85.
+        assert_eq!(split(28672, 8192, 1, 132), 2);
+        // K = 28672, N = 8192: 32 blocks; H100: 7 splits, 224 / 264.
+        assert_eq!(split(8192, 28672, 1, 132), 7);
+        // 16 tokens of 4096 x 4096 on H100: the FP32 partial sums (2 x 16 x 4096 x 4 bytes per
+        // split) cost traffic, nothing reaches 0.8, the best score wins (16 splits, 0.58).
+        assert_eq!(split(4096, 4096, 16, 132), 16);
+        let blocks16 = 16;
+        let w = fpx_quant::layout::PackedShape::new(4096, 4096, 6).total_bytes();
+        assert!(split_score(blocks16, 16, 264, w, 16, 4096) > split_score(blocks16, 8, 264, w, 16, 4096));
         // 128 tokens of 8192 x 28672: 64-token tiles, 8 n-tiles per block: 224 x 2 = 448 blocks.
         let c = heuristic_config(28672, 8192, 128, 108);
         assert_eq!((c.m_tile, c.block_n_tiles(), c.split_k), (64, 8, 1));
-        // MiniLM 384 x 384: 2 blocks, only 6 K steps: no split reaches 0.8, take the best (6).
-        assert_eq!(heuristic_config(384, 384, 1, 108).split_k, 6);
-        assert_eq!(split_k_rule(2, 6, 108), 6);
-        // Never more splits than K steps, never zero.
-        assert_eq!(split_k_rule(1, 1, 132), 1);
-        assert_eq!(split_k_rule(1, 0, 132), 1);
-        // 54 blocks: 2 splits fill 108 SMs exactly.
-        assert_eq!(split_k_rule(54, 4, 108), 2);
-        // 70 blocks, at most 2 splits: both 70 / 108 and 140 / 216 = 0.648; a tie keeps 1.
-        assert_eq!(split_k_rule(70, 2, 108), 1);
+        // MiniLM 384 x 384: 2 blocks, 6 K steps: at most 3 splits (2 steps each).
+        assert_eq!(split(384, 384, 1, 108), 3);
+        // The rule: smallest reaching the target, else the best (smallest on ties), never 0.
+        assert_eq!(split_k_rule(8, |s| s as f64 / 10.0), 8);
+        assert_eq!(split_k_rule(8, |s| if s >= 3 { 0.85 } else { 0.5 }), 3);
+        assert_eq!(split_k_rule(4, |_| 0.5), 1);
+        assert_eq!(split_k_rule(0, |_| 0.5), 1);
         for (k, n) in [(384, 384), (4096, 11008), (28672, 8192)] {
             for m in [1, 16, 128] {
                 for sms in [108, 132] {
                     let c = heuristic_config(n, k, m, sms);
-                    assert!(c.split_k >= 1 && c.split_k <= c.k_steps());
+                    assert!(c.split_k >= 1 && c.split_k <= (c.k_steps() / 2).max(1));
                     assert!(c.shared_bytes() <= DEFAULT_SHARED_LIMIT);
+                    assert!(search_space(n, k, m).contains(&GemmConfig { split_k: 1, ..c.clone() }), "{c}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn search_space_is_valid_and_holds_the_heuristic_tiling() {
+        for (n, k, m) in [(384, 384, 1), (40, 200, 17), (4096, 4096, 16), (100, 70, 100)] {
+            let space = search_space(n, k, m);
+            assert!(!space.is_empty());
+            for c in &space {
+                c.validate().unwrap();
+                assert!(c.warp_ntiles * c.m_tile <= 128, "{c}: more than 64 accumulators");
+                assert!(c.m_tile >= m.min(64));
+            }
+            let unique: std::collections::HashSet<_> = space.iter().collect();
+            assert_eq!(unique.len(), space.len());
+            let h = heuristic_config(n, k, m, 132);
+            let tiling = GemmConfig { split_k: 1, ..h.clone() };
+            assert!(space.contains(&tiling), "{h}");
+        }
+        assert_eq!(search_space(4096, 4096, 1).len(), search_space(4096, 4096, 8).len());
     }
 
     #[test]
@@ -585,15 +706,17 @@ mod tests {
     #[test]
     fn instantiation_names_and_source() {
         let c = heuristic_config(4096, 4096, 1, 108);
-        assert_eq!(c.kernel_name(), "fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6");
+        assert_eq!(c.kernel_name(), "fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk12");
         let src = instantiate(&c).unwrap();
         assert!(src.starts_with(FP6_GEMM_TEMPLATE));
-        assert!(src.contains("extern \"C\" __global__ void __launch_bounds__(128) fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6("));
-        assert!(src.contains("fpx::Gemm<0, 0, 4096, 4096, 8, 4, 4, 2, 3, 6>::run("));
-        assert!(src.contains(&format!("static_assert(fpx::Gemm<0, 0, 4096, 4096, 8, 4, 4, 2, 3, 6>::SHARED_BYTES == {}", c.shared_bytes())));
-        assert!(src.contains("fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk6_reduce("));
-        assert!(src.contains("fpx::gemm_reduce<0, 0, 4096, 6>("));
-        assert_eq!(c.workspace_bytes(16), 6 * 16 * 4096 * 4);
+        assert!(src.contains("extern \"C\" __global__ void __launch_bounds__(128) fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk12("));
+        assert!(src.contains("fpx::Gemm<0, 0, 4096, 4096, 8, 4, 4, 2, 3, 12>::run("));
+        assert!(
+            src.contains(&format!("static_assert(fpx::Gemm<0, 0, 4096, 4096, 8, 4, 4, 2, 3, 12>::SHARED_BYTES == {}", c.shared_bytes()))
+        );
+        assert!(src.contains("fpx_fp6_gemm_e3m2_f16_n4096_k4096_m8_w4x4_kt2_s3_sk12_reduce("));
+        assert!(src.contains("fpx::gemm_reduce<0, 0, 4096, 12>("));
+        assert_eq!(c.workspace_bytes(16), 12 * 16 * 4096 * 4);
         let c = GemmConfig { format: Fp6Format::E2M3, act: Act::Bf16, split_k: 1, ..c };
         assert_eq!(c.kernel_name(), "fpx_fp6_gemm_e2m3_bf16_n4096_k4096_m8_w4x4_kt2_s3_sk1");
         assert_eq!(c.reduce_kernel_name(), None);

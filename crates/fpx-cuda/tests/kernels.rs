@@ -175,8 +175,10 @@ fn driver_probe_never_panics() {
     }
 }
 
-/// A Rust mirror of the template's `fp6_pair_bits` + `fp6_to_x2` (the text is checked below).
-fn mirror_fp6_to_x2(low: u32, high: u32, half: u32, pair: u32, format: Fp6Format, act: Act) -> (u32, u32) {
+/// A Rust mirror of the template's `fp6_pair_bits` + `fp6_to_x2` (the text is checked below):
+/// the two 16-bit values the MMA receives. BF16: the shifted bits times 2^(127 - bias) plus -0,
+/// as `fma.rn.bf16x2` computes it (subnormal inputs kept; the result is exact, checked).
+fn mirror_fp6_to_x2(low: u32, high: u32, half: u32, pair: u32, format: Fp6Format, act: Act) -> u32 {
     let lo = match pair {
         0 => low << 2,
         1 => low >> 2,
@@ -185,31 +187,47 @@ fn mirror_fp6_to_x2(low: u32, high: u32, half: u32, pair: u32, format: Fp6Format
     };
     let x = (lo & 0x3c00_3c00) | ((high << (2 * (4 * half + pair))) & 0xc000_c000);
     let e3m2 = format == Fp6Format::E3M2;
-    match act {
-        // (value bits, 0): the FP16 path has nothing to subtract.
-        Act::F16 => ((x & 0x8000_8000) | ((x & 0x7c00_7c00) >> if e3m2 { 2 } else { 3 }), 0),
-        // (w, s) with the kernel's result w - s (one fma.rn.bf16x2 per pair).
+    let shift = match act {
+        Act::F16 => {
+            if e3m2 {
+                2
+            } else {
+                3
+            }
+        }
         Act::Bf16 => {
-            let (mbits, bias) = if e3m2 { (2, 3u32) } else { (3, 1u32) };
-            let norm = ((127 - bias) << 7) * 0x10001;
-            let one = ((128 - bias) << 7) * 0x10001;
-            let expm = if e3m2 { 0x7000_7000 } else { 0x6000_6000 };
-            let sign = x & 0x8000_8000;
-            let mag = (x & 0x7c00_7c00) >> (3 + mbits);
-            let e = x & expm;
-            let sub = (if e & 0xffff == 0 { 0x0000_ffff } else { 0 }) | (if e >> 16 == 0 { 0xffff_0000 } else { 0 });
-            (sign | (mag + ((one & sub) | (norm & !sub))), sub & (sign | one))
+            if e3m2 {
+                5
+            } else {
+                6
+            }
+        }
+    };
+    let placed = (x & 0x8000_8000) | ((x & 0x7c00_7c00) >> shift);
+    match act {
+        Act::F16 => placed,
+        Act::Bf16 => {
+            let rebias = (if e3m2 { 251u32 } else { 253 }) << 7;
+            let factor = half::bf16::from_bits(rebias as u16).to_f64();
+            let fma = |bits: u16| {
+                let exact = half::bf16::from_bits(bits).to_f64() * factor + -0.0;
+                let rounded = half::bf16::from_f64(exact);
+                assert_eq!(rounded.to_f64(), exact, "the BF16 re-bias fma must be exact");
+                rounded.to_bits() as u32
+            };
+            fma(placed as u16) | (fma((placed >> 16) as u16) << 16)
         }
     }
 }
 
 #[test]
 fn template_dequant_matches_fpx_quant_for_every_code() {
-    use fpx_quant::bias_shift::{bf16_offset_bits, f16_bits};
+    use fpx_quant::bias_shift::{bf16_bits, bf16_factor, f16_bits};
     use fpx_quant::layout::{fp6_pair_to_f16x2, high_field_pos, low_nibble_pos};
     use half::bf16;
     for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
         let qf = format.quant_format();
+        assert_eq!(bf16_factor(qf), if format == Fp6Format::E3M2 { 2f32.powi(124) } else { 2f32.powi(126) });
         for c0 in 0..64u8 {
             for c1 in [c0, 63 - c0, c0.wrapping_mul(7) & 63] {
                 for half in 0..2u32 {
@@ -221,25 +239,19 @@ fn template_dequant_matches_fpx_quant_for_every_code() {
                             low |= ((c & 0xf) as u32) << (4 * low_nibble_pos(e));
                             high |= ((c >> 4) as u32) << (2 * high_field_pos(half as usize, e));
                         }
-                        let (f16x2, zero) = mirror_fp6_to_x2(low, high, half, pair, format, Act::F16);
-                        assert_eq!(zero, 0);
+                        let f16x2 = mirror_fp6_to_x2(low, high, half, pair, format, Act::F16);
                         assert_eq!(f16x2, fp6_pair_to_f16x2(low, high, half as usize, pair as usize, qf));
                         assert_eq!(f16x2, f16_bits(qf, c0) as u32 | (f16_bits(qf, c1) as u32) << 16);
-                        let (w, s) = mirror_fp6_to_x2(low, high, half, pair, format, Act::Bf16);
+                        let bf16x2 = mirror_fp6_to_x2(low, high, half, pair, format, Act::Bf16);
                         for (i, c) in [(0, c0), (1, c1)] {
-                            let (wi, si) = ((w >> (16 * i)) as u16, (s >> (16 * i)) as u16);
-                            // Neither operand of the fma is a BF16 subnormal (tensor cores and
-                            // bf16 arithmetic would flush it).
-                            for v in [wi, si] {
-                                assert!(v & 0x7f80 != 0 || v & 0x7f == 0, "{format:?} code {c:#x}: subnormal operand {v:#x}");
-                            }
-                            let value = bf16::from_bits(wi).to_f32() - bf16::from_bits(si).to_f32();
-                            assert_eq!(value, qf.decode(c), "{format:?} code {c:#x}");
-                            assert_eq!(bf16::from_f32(value).to_f32(), value, "w - s must be exact in BF16");
-                            let (bits, sub) = bf16_offset_bits(qf, c);
-                            if c & 0x1f != 0 {
-                                assert_eq!((wi, bf16::from_bits(si).to_f32()), (bits, sub), "{format:?} code {c:#x}");
-                            }
+                            let v = bf16::from_bits((bf16x2 >> (16 * i)) as u16);
+                            // True magnitude, and never a BF16 subnormal (tensor cores flush those).
+                            assert_eq!(v.to_f32(), qf.decode(c), "{format:?} code {c:#x}");
+                            assert!(v.is_normal() || v.to_f32() == 0.0, "{format:?} code {c:#x}: {v} reaches the MMA subnormal");
+                            assert_eq!(v.is_sign_negative(), c & 0x20 != 0, "{format:?} code {c:#x}: sign");
+                            // The shifted bits are fpx_quant's bf16_bits.
+                            let placed = bf16_bits(qf, c);
+                            assert_eq!(bf16::from_bits(placed).to_f64() * bf16_factor(qf) as f64, qf.decode(c) as f64);
                         }
                     }
                 }
@@ -250,14 +262,11 @@ fn template_dequant_matches_fpx_quant_for_every_code() {
     for needle in [
         "PAIR == 0 ? (low << 2) : PAIR == 1 ? (low >> 2) : PAIR == 2 ? (low << 6) : (low << 10)",
         "(lo & 0x3c003c00u) | ((high << (2 * (4 * HALF + PAIR))) & 0xc000c000u)",
-        "(x & 0x80008000u) | ((x & 0x7c007c00u) >> (FORMAT == 0 ? 2 : 3))",
-        "const fpx_u32 NORM = ((127u - BIAS) << 7) * 0x10001u;",
-        "const fpx_u32 ONE = ((128u - BIAS) << 7) * 0x10001u;",
-        "const fpx_u32 EXPM = FORMAT == 0 ? 0x70007000u : 0x60006000u;",
-        "fpx_u32 mag = (x & 0x7c007c00u) >> (3 + MBITS);",
-        "fpx_u32 w = sign | (mag + ((ONE & sub) | (NORM & ~sub)));",
-        "fpx_u32 s = sub & (sign | ONE);",
-        "fma.rn.bf16x2 %0, %1, %2, %3;\" : \"=r\"(d) : \"r\"(s), \"r\"(0xbf80bf80u), \"r\"(w)",
+        "const int SHIFT = ACT == 0 ? (FORMAT == 0 ? 2 : 3) : (FORMAT == 0 ? 5 : 6);",
+        "const fpx_u32 placed = (x & 0x80008000u) | ((x & 0x7c007c00u) >> SHIFT);",
+        "const fpx_u32 REBIAS = (FORMAT == 0 ? 251u : 253u) << 7;",
+        "asm(\"fma.rn.bf16x2 %0, %1, %2, %3;\" : \"=r\"(d) : \"r\"(placed), \"r\"(REBIAS * 0x10001u), \"r\"(0x80008000u));",
+        "return fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, PAIR>(low, high));",
     ] {
         assert!(FP6_GEMM_TEMPLATE.contains(needle), "template lost: {needle}");
     }
@@ -270,19 +279,54 @@ fn act_to_f32(bits: u16, act: Act) -> f32 {
     }
 }
 
-/// Emulates the template's GEMM on the CPU, step by step as the kernel does it: per block the
-/// cp.async chunk mapping (with zero-fill) into a byte image of each shared stage, the per-lane
-/// fragment reads from it, the dequantization mirror, `mma.m16n8k16` by its PTX fragment
-/// definition, the guarded epilogue and the split-K workspace + reduction. Returns Y in FP32
-/// (before the final rounding to FP16/BF16).
-fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+/// The template's `ChunkMap` for thread `tid`: `(row, column)` of each chunk it copies into a
+/// stage slice of `rows` rows of `row` 16-byte chunks (chunk `tid + j * threads`, chunks past
+/// the last row skipped), from the thread's first chunk plus `row_add(j)` / `col_add(j)`.
+fn thread_chunks(rows: usize, row: usize, threads: usize, tid: usize) -> Vec<(usize, usize)> {
+    assert!(threads.is_multiple_of(row) || row.is_multiple_of(threads), "ChunkMap's static_assert");
+    let iters = (rows * row).div_ceil(threads);
+    let (row0, col0) = (tid / row, tid % row);
+    (0..iters)
+        .map(|j| {
+            if threads >= row {
+                (row0 + j * (threads / row), col0)
+            } else {
+                (row0 + j / (row / threads), col0 + (j % (row / threads)) * threads)
+            }
+        })
+        .filter(|&(r, _)| r < rows)
+        .collect()
+}
+
+/// Split `z`'s K steps `(begin, count)`: the template's remainder spreading.
+fn split_range(steps: usize, split_k: usize, z: usize) -> (usize, usize) {
+    let (base, rem) = (steps / split_k, steps % split_k);
+    (z * base + z.min(rem), base + usize::from(z < rem))
+}
+
+/// Emulates the template's GEMM on the CPU, step by step as the kernel does it: per block and
+/// thread the three cp.async streams (`ChunkMap` placement, row and K-tail guards, zero-fill)
+/// into a byte image of the shared stage (every byte written exactly once, none read unwritten),
+/// the per-lane fragment reads from it, the dequantization mirror, `mma.m16n8k16` by its PTX
+/// fragment definition, the guarded epilogue and the split-K workspace + reduction. The
+/// fragments each MMA receives are checked bit for bit against the operands' definition
+/// (`dequant_w(ch, k)`: the weight as the MMA must see it, zero past N and K; `x`). Returns Y
+/// in FP32 (before the final rounding to FP16/BF16).
+fn emulate(
+    cfg: &GemmConfig,
+    x: &[u16],
+    w: &[u8],
+    dequant_w: &dyn Fn(usize, usize) -> f32,
+    (scales, bias): (&[f32], Option<&[f32]>),
+    m: usize,
+    only_block: &dyn Fn(usize) -> bool,
+) -> Vec<f32> {
     let (n_tiles, k_tiles, kt_n, bnt, wnt) = (cfg.n_tiles(), cfg.k_pad() / 32, cfg.k_tiles, cfg.block_n_tiles(), cfg.warp_ntiles);
     let (k_pad, n, mb_n, k_step) = (cfg.k_pad(), cfg.n, cfg.m_tile / 8, 32 * cfg.k_tiles);
     let x_stride = k_step + 8;
     let (w_low, w_high) = (bnt * kt_n * 256, bnt * kt_n * 128);
     let low_plane = n_tiles * k_tiles * 256;
     let steps = cfg.k_steps();
-    let per_split = steps.div_ceil(cfg.split_k);
     let adj = match (cfg.act, cfg.format) {
         (Act::F16, _) => 1.0,
         (Act::Bf16, Fp6Format::E3M2) => 1.0 / 4096.0,
@@ -292,55 +336,62 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
     let threads = block[0] as usize;
     let mut ws = vec![0f32; cfg.split_k * m * n];
     let mut y = vec![0f32; m * n];
+    let mut step_hits = vec![0usize; steps];
     for bz in 0..grid[2] as usize {
+        let (s0, count) = split_range(steps, cfg.split_k, bz);
+        (s0..s0 + count).for_each(|s| step_hits[s] += 1);
         for by in 0..grid[1] as usize {
-            for bx in 0..grid[0] as usize {
+            for bx in (0..grid[0] as usize).filter(|&bx| only_block(bx)) {
                 let (nt0, m0) = (bx * bnt, by * cfg.m_tile);
-                let (s0, s1) = ((bz * per_split).min(steps), ((bz + 1) * per_split).min(steps));
                 // acc[warp][lane][i][mb][4]
                 let mut acc = vec![[0f32; 4]; cfg.warps * 32 * wnt * mb_n];
                 let ai = |warp: usize, lane: usize, i: usize, mb: usize| ((warp * 32 + lane) * wnt + i) * mb_n + mb;
-                for step in s0..s1 {
+                for step in s0..s0 + count {
                     let mut st = vec![0xAAu8; cfg.stage_bytes()]; // garbage where nothing is copied
+                    let mut written = vec![false; cfg.stage_bytes()];
                     let kt0 = step * kt_n;
+                    let mut copy = |dst: usize, src: Option<&[u8]>| {
+                        for b in 0..16 {
+                            assert!(!written[dst + b], "{cfg}: stage byte {} written twice", dst + b);
+                            written[dst + b] = true;
+                            st[dst + b] = src.map_or(0, |s| s[b]);
+                        }
+                    };
                     for tid in 0..threads {
-                        for c in (tid..bnt * kt_n * 16).step_by(threads) {
-                            let (i, r) = (c / (kt_n * 16), c % (kt_n * 16));
-                            let (nt, kt) = (nt0 + i, r / 16);
-                            let ok = nt < n_tiles && kt0 + kt < k_tiles;
-                            let src = (nt * k_tiles + kt0 + kt) * 256 + (r % 16) * 16;
-                            for b in 0..16 {
-                                st[c * 16 + b] = if ok { w[src + b] } else { 0 };
-                            }
+                        // Low plane: rows = the block's n-tiles, KT*16 chunks, 16 per k-tile.
+                        for (i, r) in thread_chunks(bnt, kt_n * 16, threads, tid) {
+                            let ok = nt0 + i < n_tiles && kt0 + r / 16 < k_tiles;
+                            let src = (nt0 + i) * k_tiles * 256 + kt0 * 256 + r * 16;
+                            copy((i * kt_n * 16 + r) * 16, ok.then(|| &w[src..src + 16]));
                         }
-                        for c in (tid..bnt * kt_n * 8).step_by(threads) {
-                            let (i, r) = (c / (kt_n * 8), c % (kt_n * 8));
-                            let (nt, kt) = (nt0 + i, r / 8);
-                            let ok = nt < n_tiles && kt0 + kt < k_tiles;
-                            let src = low_plane + (nt * k_tiles + kt0 + kt) * 128 + (r % 8) * 16;
-                            for b in 0..16 {
-                                st[w_low + c * 16 + b] = if ok { w[src + b] } else { 0 };
-                            }
+                        // High plane: KT*8 chunks per n-tile, 8 per k-tile.
+                        for (i, r) in thread_chunks(bnt, kt_n * 8, threads, tid) {
+                            let ok = nt0 + i < n_tiles && kt0 + r / 8 < k_tiles;
+                            let src = low_plane + (nt0 + i) * k_tiles * 128 + kt0 * 128 + r * 16;
+                            copy(w_low + (i * kt_n * 8 + r) * 16, ok.then(|| &w[src..src + 16]));
                         }
-                        for c in (tid..cfg.m_tile * (k_step / 8)).step_by(threads) {
-                            let (row, col) = (c / (k_step / 8), (c % (k_step / 8)) * 8);
-                            let (gm, gk) = (m0 + row, kt0 * 32 + col);
-                            let ok = gm < m && gk < k_pad;
-                            for h in 0..8 {
-                                let v = if ok { x[gm * k_pad + gk + h] } else { 0 };
-                                let d = w_low + w_high + (row * x_stride + col + h) * 2;
-                                st[d..d + 2].copy_from_slice(&v.to_le_bytes());
-                            }
+                        // Activations: rows = tokens, K_STEP/8 chunks of 8 halves, 4 per k-tile.
+                        for (row, col) in thread_chunks(cfg.m_tile, k_step / 8, threads, tid) {
+                            let (gm, gk) = (m0 + row, kt0 * 32 + col * 8);
+                            let ok = gm < m && kt0 + col / 4 < k_tiles;
+                            let bytes: Vec<u8> =
+                                (0..8).flat_map(|h| x.get(gm * k_pad + gk + h).copied().unwrap_or(0).to_le_bytes()).collect();
+                            copy(w_low + w_high + row * x_stride * 2 + col * 16, ok.then_some(&bytes[..]));
                         }
                     }
-                    let word = |byte: usize| u32::from_le_bytes(st[byte..byte + 4].try_into().unwrap());
-                    let half_at =
-                        |idx: usize| u16::from_le_bytes(st[w_low + w_high + 2 * idx..w_low + w_high + 2 * idx + 2].try_into().unwrap());
+                    let read = |byte: usize, len: usize| -> &[u8] {
+                        assert!(written[byte..byte + len].iter().all(|&w| w), "{cfg}: reads stage byte {byte}, never copied");
+                        &st[byte..byte + len]
+                    };
+                    let word = |byte: usize| u32::from_le_bytes(read(byte, 4).try_into().unwrap());
+                    let half_at = |idx: usize| u16::from_le_bytes(read(w_low + w_high + 2 * idx, 2).try_into().unwrap());
                     for warp in 0..cfg.warps {
                         for kt in 0..kt_n {
                             for hf in 0..2u32 {
+                                let k_base = (kt0 + kt) * 32 + hf as usize * 16;
                                 for i in 0..wnt {
                                     let tile = (warp * wnt + i) * kt_n + kt;
+                                    let ch_base = (nt0 + warp * wnt + i) * 16;
                                     // A[16][16] and, per token block, B[16][8] from all lanes' registers.
                                     let mut a = [[0f32; 16]; 16];
                                     for lane in 0..32 {
@@ -348,12 +399,15 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
                                         let low = word(4 * (tile * 64 + hf as usize * 32 + lane));
                                         let high = word(w_low + 4 * (tile * 32 + lane));
                                         for pair in 0..4u32 {
-                                            let (v, s) = mirror_fp6_to_x2(low, high, hf, pair, cfg.format, cfg.act);
+                                            let v = mirror_fp6_to_x2(low, high, hf, pair, cfg.format, cfg.act);
                                             for q in 0..2 {
                                                 let e = 2 * pair as usize + q;
-                                                let val = act_to_f32((v >> (16 * q)) as u16, cfg.act)
-                                                    - act_to_f32((s >> (16 * q)) as u16, cfg.act);
-                                                a[g + 8 * ((e >> 1) & 1)][2 * t + (e & 1) + 8 * (e >> 2)] = val;
+                                                let (row, kk) = (g + 8 * ((e >> 1) & 1), 2 * t + (e & 1) + 8 * (e >> 2));
+                                                let val = act_to_f32((v >> (16 * q)) as u16, cfg.act);
+                                                let (ch, kg) = (ch_base + row, k_base + kk);
+                                                let want = if ch < n && kg < cfg.k { dequant_w(ch, kg) } else { 0.0 };
+                                                assert_eq!(val.to_bits(), want.to_bits(), "{cfg}: A fragment of channel {ch}, k {kg}");
+                                                a[row][kk] = val;
                                             }
                                         }
                                     }
@@ -364,7 +418,13 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
                                             let p = (mb * 8 + g) * x_stride + kt * 32 + hf as usize * 16 + 2 * t;
                                             for (r, off) in [(0, 0), (1, 8)] {
                                                 for q in 0..2 {
-                                                    b[2 * t + q + 8 * r][g] = act_to_f32(half_at(p + off + q), cfg.act);
+                                                    let kk = 2 * t + q + 8 * r;
+                                                    let val = act_to_f32(half_at(p + off + q), cfg.act);
+                                                    let (tok, kg) = (m0 + mb * 8 + g, k_base + kk);
+                                                    let want =
+                                                        if tok < m && kg < k_pad { act_to_f32(x[tok * k_pad + kg], cfg.act) } else { 0.0 };
+                                                    assert_eq!(val.to_bits(), want.to_bits(), "{cfg}: B fragment of token {tok}, k {kg}");
+                                                    b[kk][g] = val;
                                                 }
                                             }
                                         }
@@ -414,6 +474,7 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
             }
         }
     }
+    assert!(step_hits.iter().all(|&h| h == 1), "{cfg}: K steps per split {step_hits:?}");
     if cfg.split_k > 1 {
         for idx in 0..m * n {
             let s: f32 = (0..cfg.split_k).map(|z| ws[z * m * n + idx]).sum();
@@ -423,65 +484,134 @@ fn emulate(cfg: &GemmConfig, x: &[u16], w: &[u8], scales: &[f32], bias: Option<&
     y
 }
 
+/// One emulated product on random data (fixed seed), checked against decode-then-multiply in
+/// f64: random FP6 codes (every code, subnormals included), scales, bias and activations;
+/// `only_block` limits the emulation (and the check) to some blocks of channels.
+fn check_emulated(cfg: &GemmConfig, m: usize, rng: &mut Rng, only_block: &dyn Fn(usize) -> bool) {
+    use fpx_quant::layout::{pack, PackedShape};
+    cfg.validate().unwrap();
+    let (n, k, act) = (cfg.n, cfg.k, cfg.act);
+    let qf = cfg.format.quant_format();
+    // Random codes from a seeded multiplicative hash (one rng draw per product: LLaMA-sized
+    // weights hold 235M codes).
+    let salt = rng.next_u32() as u64 | 1;
+    let codes: Vec<u8> =
+        (0..(n * k) as u64).map(|i| ((i.wrapping_add(salt).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) & 63) as u8).collect();
+    let w = pack(&codes, &PackedShape::new(n, k, 6));
+    // What the MMA must receive: FP16 the bias-shifted value, BF16 the true value.
+    let dequant_w = |ch: usize, kk: usize| {
+        let c = codes[ch * k + kk];
+        match act {
+            Act::F16 => half::f16::from_bits(fpx_quant::bias_shift::f16_bits(qf, c)).to_f32(),
+            Act::Bf16 => qf.decode(c),
+        }
+    };
+    let true_scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.signed().abs() * 0.1).collect();
+    let stored: Vec<f32> = true_scales.iter().map(|s| s * fpx_quant::fold::storage_factor(qf)).collect();
+    let bias: Vec<f32> = (0..n).map(|_| rng.signed()).collect();
+    let k_pad = cfg.k_pad();
+    let mut x = vec![0u16; m * k_pad];
+    for r in 0..m {
+        for c in 0..k {
+            let v = rng.signed() * 4.0;
+            x[r * k_pad + c] = match act {
+                Act::F16 => half::f16::from_f32(v).to_bits(),
+                Act::Bf16 => half::bf16::from_f32(v).to_bits(),
+            };
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let y = emulate(cfg, &x, &w, &dequant_w, (&stored, Some(&bias)), m, only_block);
+    if std::env::var_os("FPX_EMU_TIMES").is_some() {
+        eprintln!("{cfg} m={m}: emulated in {:?}", t0.elapsed());
+    }
+    for c in (0..n).filter(|&c| only_block(c / cfg.block_n())) {
+        for r in 0..m {
+            let (mut want, mut mag) = (0f64, 0f64);
+            for kk in 0..k {
+                let t = act_to_f32(x[r * k_pad + kk], act) as f64 * qf.decode(codes[c * k + kk]) as f64;
+                want += t;
+                mag += t.abs();
+            }
+            let want = want * true_scales[c] as f64 + bias[c] as f64;
+            let got = y[r * n + c] as f64;
+            let tol = 1e-5 * (mag * true_scales[c] as f64 + 1.0);
+            assert!((got - want).abs() <= tol, "{} y[{r}][{c}] = {got}, want {want}", cfg.kernel_name());
+        }
+    }
+}
+
 /// The kernel's index math and arithmetic, emulated, match decode-then-multiply on random
-/// data for awkward shapes, both formats, both activation types, split or not.
+/// data for awkward shapes, both formats, both activation types, split or not, with every
+/// fragment bit-exact: the heuristic's configs on both SM counts, hand-made tilings, and
+/// every config of the tuner's search space for three awkward shapes.
 #[test]
 fn emulated_kernel_matches_the_reference() {
-    use fpx_quant::layout::{pack, PackedShape};
     let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+    let all = |_: usize| true;
     let cases = [
-        (100, 70, 3, 108, None),
-        (40, 200, 17, 132, None),
+        (100, 70, 3, None),
+        (40, 200, 17, None),
+        (33, 96, 9, Some(GemmConfig { warps: 3, warp_ntiles: 1, k_tiles: 1, stages: 2, split_k: 2, ..heuristic_config(33, 96, 9, 108) })),
+        (257, 64, 1, None),
+        (48, 130, 70, Some(GemmConfig { split_k: 3, ..heuristic_config(48, 130, 70, 108) })),
+        (16, 32, 8, None),
+        (384, 1536, 2, None),
         (
-            33,
-            96,
-            9,
-            108,
-            Some(GemmConfig { warps: 3, warp_ntiles: 1, k_tiles: 1, stages: 2, split_k: 2, ..heuristic_config(33, 96, 9, 108) }),
+            70,
+            1000,
+            5,
+            Some(GemmConfig { warps: 2, warp_ntiles: 2, k_tiles: 4, stages: 3, split_k: 5, ..heuristic_config(70, 1000, 5, 108) }),
         ),
-        (257, 64, 1, 132, None),
-        (48, 130, 70, 108, Some(GemmConfig { split_k: 3, ..heuristic_config(48, 130, 70, 108) })),
-        (16, 32, 8, 108, None),
     ];
-    for (n, k, m, sms, custom) in cases {
-        for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
-            for act in [Act::F16, Act::Bf16] {
-                let cfg = GemmConfig { format, act, ..custom.clone().unwrap_or_else(|| heuristic_config(n, k, m, sms)) };
-                cfg.validate().unwrap();
-                let qf = format.quant_format();
-                let codes: Vec<u8> = (0..n * k).map(|_| (rng.next_u32() & 63) as u8).collect();
-                let w = pack(&codes, &PackedShape::new(n, k, 6));
-                let true_scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.signed().abs() * 0.1).collect();
-                let stored: Vec<f32> = true_scales.iter().map(|s| s * fpx_quant::fold::storage_factor(qf)).collect();
-                let bias: Vec<f32> = (0..n).map(|_| rng.signed()).collect();
-                let k_pad = cfg.k_pad();
-                let mut x = vec![0u16; m * k_pad];
-                let mut xf = vec![0f32; m * k];
-                for r in 0..m {
-                    for c in 0..k {
-                        let v = rng.signed() * 4.0;
-                        x[r * k_pad + c] = match act {
-                            Act::F16 => half::f16::from_f32(v).to_bits(),
-                            Act::Bf16 => half::bf16::from_f32(v).to_bits(),
-                        };
-                        xf[r * k + c] = act_to_f32(x[r * k_pad + c], act);
-                    }
+    for (n, k, m, custom) in cases {
+        for sms in [108, 132] {
+            for format in [Fp6Format::E3M2, Fp6Format::E2M3] {
+                for act in [Act::F16, Act::Bf16] {
+                    let cfg = GemmConfig { format, act, ..custom.clone().unwrap_or_else(|| heuristic_config(n, k, m, sms)) };
+                    check_emulated(&cfg, m, &mut rng, &all);
                 }
-                let y = emulate(&cfg, &x, &w, &stored, Some(&bias), m);
-                for r in 0..m {
-                    for c in 0..n {
-                        let (mut want, mut mag) = (0f64, 0f64);
-                        for kk in 0..k {
-                            let t = xf[r * k + kk] as f64 * qf.decode(codes[c * k + kk]) as f64;
-                            want += t;
-                            mag += t.abs();
-                        }
-                        let want = want * true_scales[c] as f64 + bias[c] as f64;
-                        let got = y[r * n + c] as f64;
-                        let tol = 1e-5 * (mag * true_scales[c] as f64 + 1.0);
-                        assert!((got - want).abs() <= tol, "{} y[{r}][{c}] = {got}, want {want}", cfg.kernel_name());
-                    }
+            }
+        }
+    }
+}
+
+/// Every config the tuner's search space holds for three awkward shapes (K tails, partial
+/// n-blocks, partial token tiles), emulated bit-exact; format and activation type rotate.
+#[test]
+fn emulated_search_space_matches_the_reference() {
+    let mut rng = Rng::new(0x005e_ed0f_5ace);
+    let all = |_: usize| true;
+    let mut count = 0;
+    for (n, k, m) in [(40, 200, 17), (100, 70, 3), (33, 290, 1)] {
+        for (i, base) in search_space(n, k, m).into_iter().enumerate() {
+            let format = if i % 2 == 0 { Fp6Format::E3M2 } else { Fp6Format::E2M3 };
+            let act = if (i / 2) % 2 == 0 { Act::F16 } else { Act::Bf16 };
+            check_emulated(&GemmConfig { format, act, ..base }, m, &mut rng, &all);
+            count += 1;
+        }
+    }
+    eprintln!("{count} search-space configs emulated");
+    assert!(count > 500, "{count}");
+}
+
+/// The heuristic's configs for the model shapes (MiniLM, LLaMA-2 7B/70B) at M = 1 and 16 (and
+/// 64 for MiniLM's) on both SM counts, emulated on their first and last block of channels (all
+/// splits and tokens).
+#[test]
+fn emulated_model_shapes_match_the_reference() {
+    let mut rng = Rng::new(0x11a3_a70b);
+    let mut seen = std::collections::HashSet::new();
+    for (k, n) in SHAPES {
+        for m in [1, 16, 64].into_iter().filter(|&m| m < 64 || k * n <= 1536 * 384) {
+            for sms in SMS {
+                let cfg = heuristic_config(n, k, m, sms);
+                if !seen.insert(cfg.clone()) {
+                    continue;
                 }
+                let last = cfg.n_tiles().div_ceil(cfg.block_n_tiles()) - 1;
+                let act = if seen.len() % 2 == 0 { Act::F16 } else { Act::Bf16 };
+                check_emulated(&GemmConfig { act, ..cfg }, m, &mut rng, &|bx| bx == 0 || bx == last);
             }
         }
     }
@@ -491,14 +621,31 @@ fn emulated_kernel_matches_the_reference() {
 #[test]
 fn emulation_mirrors_the_template_text() {
     for needle in [
-        "W + ((fpx_u64)nt * K_TILES + kt0 + kt) * 256 + (r % 16) * 16",
-        "W + LOW_PLANE_BYTES + ((fpx_u64)nt * K_TILES + kt0 + kt) * 128 + (r % 8) * 16",
-        "const int i = c / (KT * 16), r = c % (KT * 16), kt = r / 16;",
-        "const int i = c / (KT * 8), r = c % (KT * 8), kt = r / 8;",
-        "const int row = c / (K_STEP / 8), col = (c % (K_STEP / 8)) * 8;",
-        "const bool ok = gm < M && gk < K_PAD;",
-        "X + (fpx_u64)gm * K_PAD + gk",
-        "(row * X_STRIDE + col) * 2",
+        "static __device__ __forceinline__ constexpr int row_add(int j) { return THREADS >= ROW ? j * ROWS_PER_ITER : j / ITERS_PER_ROW; }",
+        "static __device__ __forceinline__ constexpr int col_add(int j) { return THREADS >= ROW ? 0 : (j % ITERS_PER_ROW) * THREADS; }",
+        "if (!Map::EVEN && !((in_rows >> j) & 1u)) continue;",
+        "if (ROW_GUARD) ok = (rows_ok >> j) & 1u;",
+        "if (K_GUARD) ok = ok && Map::col_add(j) / CPT < k_left;",
+        "const unsigned char* p = src + (long long)Map::row_add(j) * GROW + Map::col_add(j) * 16;",
+        "const fpx_u32 d = stage + dst + Map::row_add(j) * SROW + Map::col_add(j) * 16;",
+        "using LowStream = ChunkStream<BLOCK_NT, KT * 16, THREADS, 16, (long long)K_TILES * 256, KT * 256, N_TILES % BLOCK_NT != 0, K_TAIL, true>;",
+        "using HighStream = ChunkStream<BLOCK_NT, KT * 8, THREADS, 8, (long long)K_TILES * 128, KT * 128, N_TILES % BLOCK_NT != 0, K_TAIL, true>;",
+        "using XStream = ChunkStream<M_TILE, K_STEP / 8, THREADS, 4, (long long)K_PAD * 2, X_STRIDE * 2, true, K_TAIL, false>;",
+        "lo.src = W + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 256 + col0 * 16;",
+        "lo.dst = tid * 16;",
+        "lo.k_left = K_TILES - kt0 - (int)(col0 / 16);",
+        "hi.src = W + LOW_PLANE_BYTES + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 128 + col0 * 16;",
+        "hi.dst = W_LOW_BYTES + tid * 16;",
+        "hi.k_left = K_TILES - kt0 - (int)(col0 / 8);",
+        "xs.src = (const unsigned char*)(X + (fpx_u64)(m0 + row0) * K_PAD + kt0 * 32 + col0 * 8);",
+        "xs.dst = W_LOW_BYTES + W_HIGH_BYTES + row0 * (X_STRIDE * 2) + col0 * 16;",
+        "xs.k_left = K_TILES - kt0 - (int)(col0 / 4);",
+        "lo.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;",
+        "xs.rows_ok |= (fpx_u32)(m0 + row < M) << j;",
+        "xs.in_rows |= (fpx_u32)(row < M_TILE) << j;",
+        "lo.issue(stage, policy, KT, KT * 256);",
+        "hi.issue(stage, policy, KT, KT * 128);",
+        "xs.issue(stage, policy, KT, K_STEP * 2);",
         "static constexpr int X_STRIDE = K_STEP + 8;",
         "sx + (mb * 8 + g) * X_STRIDE + HALF * 16 + 2 * t",
         "b[mb][1] = *(const fpx_u32*)(p + 8);",
@@ -512,7 +659,8 @@ fn emulation_mirrors_the_template_text() {
         "const float v = acc[i][mb][2 * hrow + q];",
         "Y[(fpx_u64)tok * N + ch] = from_f32<ACT>(v * sc + bi);",
         "ws[((fpx_u64)blockIdx.z * M + tok) * N + ch] = v;",
-        "const int step_begin = blockIdx.z * STEPS_PER_SPLIT;",
+        "const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);",
+        "const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);",
         "for (int z = 0; z < SPLIT_K; ++z) s += ws[(fpx_u64)z * total + idx];",
     ] {
         assert!(FP6_GEMM_TEMPLATE.contains(needle), "template changed: {needle}");

@@ -14,10 +14,11 @@
 //! | fp8-e4m3 | 2^8 | 2^120 |
 //! | fp8-e5m2 | 1 | 2^112 |
 //!
-//! BF16 has a catch: the naive shift ([`bf16_bits`]) turns FP6 subnormal codes into BF16
-//! *subnormals*, which tensor cores flush to zero. fpx's BF16 path therefore uses
-//! [`bf16_offset_bits`]: the exponent is re-biased so values keep their true magnitude
-//! (factor 1), and subnormal codes are built as a normal BF16 minus a constant.
+//! BF16 has a catch: the shift ([`bf16_bits`]) turns FP6 subnormal codes into BF16
+//! *subnormals*, which tensor cores flush to zero. fpx's BF16 GPU path therefore multiplies the
+//! shifted value by [`bf16_factor`] in BF16 arithmetic before the MMA (one exact
+//! `fma.rn.bf16x2` per register pair: BF16 FMAs keep subnormal inputs), so tensor cores see
+//! the true magnitude, a normal BF16 or zero, and the scale keeps factor 1.
 //!
 //! All functions take a code in the low `bits()` bits (higher bits ignored) and panic for
 //! integer formats, which have no exponent to shift.
@@ -66,40 +67,6 @@ pub fn bf16_bits(format: Format, code: u8) -> u16 {
 pub fn bf16_factor(format: Format) -> f32 {
     assert!(format.is_float(), "no BF16 factor for {format}");
     pow2(127 - format.bias())
-}
-
-/// The BF16 conversion fpx uses: `(bits, subtrahend)` with
-/// `decode(code) == bf16::from_bits(bits).to_f32() - subtrahend` exactly (factor 1), where
-/// `bits` is never a BF16 subnormal, so tensor cores cannot flush it.
-///
-/// - normal codes (exponent field `e >= 1`):
-///   `bits = (sign << 15) | ((e + 127 - bias) << 7) | (mant << (7 - mbits))`, subtrahend 0;
-/// - subnormal codes (`e == 0`, `mant != 0`): the exponent field is set to `1 + 127 - bias`,
-///   which adds the implicit one `2^(1 - bias)`; the subtrahend `±2^(1 - bias)` (the code's
-///   sign) removes it again;
-/// - zero: `bits = sign << 15`, subtrahend 0.
-///
-/// A kernel can do this branch-free: re-bias the exponent of every code with a nonzero
-/// exponent field, or that of subnormals, and subtract `subtrahend` (a per-code select).
-/// FP8 NaN/Inf codes give meaningless finite values. Panics for integer formats.
-pub fn bf16_offset_bits(format: Format, code: u8) -> (u16, f32) {
-    let (sign, low) = split(format, code);
-    let m = format.mantissa_bits();
-    let bias = format.bias();
-    let exp = low >> m;
-    let mant = low & ((1 << m) - 1);
-    let mant_bits = mant << (7 - m);
-    if exp == 0 && mant == 0 {
-        return (sign << 15, 0.0);
-    }
-    if exp == 0 {
-        let bits = (sign << 15) | (((128 - bias) as u16) << 7) | mant_bits;
-        let implicit = pow2(1 - bias);
-        let subtrahend = if sign == 1 { -implicit } else { implicit };
-        return (bits, subtrahend);
-    }
-    let bits = (sign << 15) | (((exp as i32 + 127 - bias) as u16) << 7) | mant_bits;
-    (bits, 0.0)
 }
 
 #[cfg(test)]
@@ -168,7 +135,7 @@ mod tests {
 
     #[test]
     fn naive_bf16_makes_fp6_subnormals_bf16_subnormals() {
-        // The reason bf16_offset_bits exists: tensor cores flush BF16 subnormals to zero.
+        // Why the BF16 path multiplies by bf16_factor first: tensor cores flush BF16 subnormals.
         for f in [Format::Fp6E3M2, Format::Fp6E2M3] {
             let m = f.mantissa_bits();
             let mut subnormal_codes = 0;
@@ -186,28 +153,20 @@ mod tests {
     }
 
     #[test]
-    fn bf16_offset_bits_exact_and_never_subnormal() {
+    fn bf16_factor_times_shifted_code_is_a_normal_bf16_exactly() {
+        // The GPU's BF16 path: bf16_bits, then one BF16 multiply by bf16_factor (exact, since a
+        // power of two times a value with at most 3 significant bits that lands in the normal
+        // range is representable).
         for f in float_formats() {
+            if f.bias() > 127 - 1 || f.bits() > 6 {
+                continue;
+            }
             for c in f.codes() {
-                let (bits, sub) = bf16_offset_bits(f, c);
-                let v = bf16::from_bits(bits).to_f32() - sub;
-                assert_eq!(v, f.decode(c), "{f} code {c:#x}");
-                // Also exact when computed in f64 (no rounding hides anything).
-                let v64 = bf16::from_bits(bits).to_f64() - sub as f64;
-                assert_eq!(v64, f.decode(c) as f64, "{f} code {c:#x}");
-                let exp_field = (bits >> 7) & 0xff;
-                if bits & 0x7fff == 0 {
-                    assert_eq!(f.decode(c), 0.0, "{f} code {c:#x}");
-                } else {
-                    assert_ne!(exp_field, 0, "{f} code {c:#x} is a BF16 subnormal");
-                    assert!(bf16::from_bits(bits).is_normal(), "{f} code {c:#x}");
-                }
-                let is_sub_code = (c & (f.code_mask() >> 1)) >> f.mantissa_bits() == 0;
-                if !is_sub_code || f.decode(c) == 0.0 {
-                    assert_eq!(sub, 0.0, "{f} code {c:#x}");
-                } else {
-                    assert_eq!(sub.abs(), 2f32.powi(1 - f.bias()));
-                }
+                let v = bf16::from_bits(bf16_bits(f, c)).to_f64() * bf16_factor(f) as f64;
+                assert_eq!(v, f.decode(c) as f64, "{f} code {c:#x}");
+                let b = bf16::from_f64(v);
+                assert_eq!(b.to_f64(), v, "{f} code {c:#x}: not exact in BF16");
+                assert!(b.is_normal() || v == 0.0, "{f} code {c:#x}: {v} is not a BF16 normal");
             }
         }
     }
