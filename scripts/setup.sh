@@ -54,7 +54,9 @@ LLVM_PREFIX="$(llvm-config-19 --prefix)"
 VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
 PIP_PKGS=(numpy onnx==1.22.0 onnxruntime==1.31.1 onnxconverter-common==1.16.0 maturin==1.16.0 pytest==9.2.0 mypy==2.4.1)
-PIP_NODEPS_PKGS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96)
+# nvdisasm: PyPI has no 13.0 wheel; 13.2.51 (the oldest) disassembles ptxas 13.0's sm_80/sm_90
+# cubins for the GEMM's static SASS budgets (fpx_cuda::sass).
+PIP_NODEPS_PKGS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvdisasm==13.2.51)
 
 if [ -x "$VPY" ] && ! "$VPY" -c 'pass' >/dev/null 2>&1; then
     say "existing .venv is broken (its interpreter does not run); recreating it"
@@ -94,7 +96,7 @@ EOF
 
 missing="$(missing_pkgs)"
 if [ -z "$missing" ]; then
-    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, maturin, pytest, mypy, CUDA 13.0 NVRTC/nvcc/runtime wheels)"
+    say "python packages present (numpy, onnx 1.22.0, onnxruntime 1.31.1, onnxconverter-common 1.16.0, maturin, pytest, mypy, CUDA 13.0 NVRTC/nvcc/runtime wheels, nvdisasm 13.2)"
 else
     say "installing python packages into .venv: $(echo $missing)"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -112,6 +114,7 @@ CUDA_HOME="$SITE/nvidia/cu13"
 [ -d "$NODE_TESTS" ] || die "ONNX backend node tests not found at $NODE_TESTS"
 [ -e "$CUDA_HOME/lib/libnvrtc.so.13" ] || die "libnvrtc.so.13 not found under $CUDA_HOME/lib"
 [ -x "$CUDA_HOME/bin/ptxas" ] || die "ptxas not found under $CUDA_HOME/bin"
+[ -x "$CUDA_HOME/bin/nvdisasm" ] || die "nvdisasm not found under $CUDA_HOME/bin"
 
 # ---------------------------------------------------------------------------------------------
 # rustfmt (scripts/test.sh runs `cargo fmt --check`); rustup's minimal profile lacks it.

@@ -196,13 +196,19 @@ pub fn find_ptxas() -> Option<PathBuf> {
 
 /// Assembles `ptx` with `ptxas -arch=sm_XX -v` and parses the resource report.
 pub fn ptxas_check(ptx: &Ptx, arch: Arch) -> Result<PtxasReport, CudaError> {
+    assemble(&ptx.src, arch).map(|(report, _)| report)
+}
+
+/// Assembles PTX text with `ptxas -arch=sm_XX -v`: the resource report and the cubin (ELF)
+/// bytes, which `nvdisasm` reads ([`crate::sass`]).
+pub fn assemble(ptx: &str, arch: Arch) -> Result<(PtxasReport, Vec<u8>), CudaError> {
     let ptxas = find_ptxas().ok_or_else(|| CudaError::NoPtxas("not on PATH and no FPX_CUDA_HOME/bin/ptxas".into()))?;
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let stem = std::env::temp_dir().join(format!("fpx-ptxas-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let stem = temp_stem("ptxas");
     let (ptx_path, cubin_path) = (stem.with_extension("ptx"), stem.with_extension("cubin"));
-    std::fs::write(&ptx_path, ptx.src.as_bytes())?;
+    std::fs::write(&ptx_path, ptx.as_bytes())?;
     let out = Command::new(&ptxas).arg(format!("-arch={}", arch.sm())).arg("-v").arg(&ptx_path).arg("-o").arg(&cubin_path).output();
     let _ = std::fs::remove_file(&ptx_path);
+    let cubin = std::fs::read(&cubin_path);
     let _ = std::fs::remove_file(&cubin_path);
     let out = out.map_err(|e| CudaError::NoPtxas(format!("cannot run {}: {e}", ptxas.display())))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -213,7 +219,14 @@ pub fn ptxas_check(ptx: &Ptx, arch: Arch) -> Result<PtxasReport, CudaError> {
     if report.kernels.is_empty() {
         return Err(CudaError::Ptxas { arch, message: format!("no resource report in ptxas output: {stderr}") });
     }
-    Ok(report)
+    let cubin = cubin.map_err(|e| CudaError::Ptxas { arch, message: format!("ptxas wrote no cubin: {e}") })?;
+    Ok((report, cubin))
+}
+
+/// A fresh path stem in the temp folder for one external tool run (process id + sequence).
+pub(crate) fn temp_stem(tool: &str) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!("fpx-{tool}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// The number before `unit` in `line` (`"40 registers"` → 40).

@@ -6,11 +6,14 @@
 //! that says what is missing ([`CudaError::NoNvrtc`], [`CudaError::NoDriver`]), never a panic.
 //!
 //! - [`config`]: [`GemmConfig`] (format, activation type, N, K, token tile, warps, stages,
-//!   split-K), [`heuristic_config`] (the analytic default, FP6-LLM's split-K rule),
+//!   split-K), [`heuristic_config`] (the analytic default: a parallelism model picks the split),
+//!   [`search_space`] (what a tuner may time),
 //!   [`launch_geometry`] and [`instantiate`] (template source + `extern "C"` kernels).
 //! - [`compile`]: [`compile_ptx`] (NVRTC, with an in-memory cache keyed by template hash,
 //!   config and arch), [`ptxas_check`] (registers, spills, shared memory from `ptxas -v`),
 //!   [`driver_available`].
+//! - [`sass`]: static SASS evidence (nvdisasm): the main loop's instructions per K step for
+//!   dequantization, copies and MMAs, registers and blocks per SM, by probe builds.
 //! - [`plan`]: the GPU half of an artifact: per architecture, a kernel table per quantized
 //!   product ([`plan::ptx_code`]) and one PTX module per distinct config.
 //! - [`ops`]: the rest of a transformer on the GPU: header-free templates (elementwise unary and
@@ -25,10 +28,14 @@
 //!
 //! Checked here (tests): every config [`heuristic_config`] picks for the MiniLM and LLaMA-2
 //! linear shapes compiles with NVRTC for sm_80 and sm_90 and assembles with `ptxas` with no
-//! spills and no stack; a CPU emulation of the kernel (cp.async chunk mapping into shared
-//! memory, fragment reads, dequantization, `mma.m16n8k16` by its PTX fragment definition,
-//! guarded epilogue, split-K reduction) matches decode-then-multiply; the launch geometry
-//! covers every output exactly once; the split-K rule; the no-NVRTC / no-driver errors.
+//! spills and no stack; a CPU emulation of the kernel (the cp.async streams' chunk placement and
+//! guards into a byte image of shared memory, every byte written once, fragment reads,
+//! dequantization, `mma.m16n8k16` by its PTX fragment definition, guarded epilogue, split-K
+//! ranges and reduction) hands every MMA bit-exact operands and matches decode-then-multiply,
+//! for the heuristic's configs, every config of the tuner's [`search_space`] on awkward shapes
+//! and the model shapes' first and last blocks; the static SASS budgets ([`sass`]: instructions
+//! per copy, BF16 vs FP16 dequantization, blocks per SM); the launch geometry covers every
+//! output exactly once; the split-K plan; the no-NVRTC / no-driver errors.
 //!
 //! Not checked without a GPU: that the hardware executes the PTX as the emulation assumes
 //! (numerical results on a device), `cp.async` zero-fill and the evict-first policy at run
@@ -44,11 +51,14 @@ pub mod config;
 pub mod device;
 pub mod ops;
 pub mod plan;
+pub mod sass;
 
 pub use compile::{
     compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,
 };
-pub use config::{heuristic_config, instantiate, launch_geometry, reduce_geometry, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE};
+pub use config::{
+    heuristic_config, instantiate, launch_geometry, reduce_geometry, search_space, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE,
+};
 pub use ops::{
     binary_plan, broadcast_args, compile_family_ptx, compile_ops_ptx, gather_plan, transpose_plan, BcastArgs, BinaryOp, BinaryPlan, CastOp,
     Elem, GatherPlan, OpFamily, OpKernel, OpShapeError, OpsPtx, PermArgs, ReduceOp, TransposePlan, UnaryOp, Width,
@@ -105,6 +115,9 @@ pub enum CudaError {
     /// ptxas could not be found or run.
     #[error("no ptxas found: {0} (put FPX_CUDA_HOME/bin on PATH or set FPX_CUDA_HOME)")]
     NoPtxas(String),
+    /// nvdisasm (for the static SASS report) could not be found, run or understood.
+    #[error("nvdisasm: {0} (scripts/setup.sh installs nvidia-cuda-nvdisasm into FPX_CUDA_HOME/bin)")]
+    Nvdisasm(String),
     /// NVRTC rejected the kernel source.
     #[error("NVRTC failed to compile {kernel} for {arch}: {message}")]
     Compile {

@@ -8,3 +8,4 @@ mod common;
 mod gpu;
 mod gpu_ops;
 mod kernels;
+mod sass;
