@@ -4,8 +4,7 @@
 // `unsigned short` bits, tensor cores and async copies through inline PTX. Needs sm_80 or newer.
 //
 // This file holds templates only. fpx-cuda (crates/fpx-cuda, `instantiate`) appends one
-// `extern "C" __global__` wrapper per GEMM config, named after the config, plus a reduction
-// kernel `<name>_reduce` when SPLIT_K > 1.
+// `extern "C" __global__` wrapper per GEMM config, named after the config.
 //
 // Operands (all device pointers, row-major):
 //   X       [M][K_PAD] FP16 (ACT = 0) or BF16 (ACT = 1) activations; columns K..K_PAD must be
@@ -16,10 +15,14 @@
 //           bias-shift factor 2^12 / 2^14) folded in, exactly as the CPU kernels take them.
 //   bias    [N] FP32 or null.
 //   Y       [M][N] FP16/BF16 output (only rows < M and channels < N are written).
-//   ws      SPLIT_K > 1 only: FP32 workspace [SPLIT_K][M][N]; every split writes its whole
-//           slice (zeros for an empty split), so it needs no zeroing; `<name>_reduce` then
-//           sums the splits in a fixed order (deterministic), applies scale and bias and
-//           writes Y. SPLIT_K == 1: ws is unused (may be null) and the GEMM kernel writes Y.
+//   ws      SPLIT_K > 1 only: FP32 partial sums [SPLIT_K][M][N]; every split writes its block's
+//           slice, so it needs no zeroing.
+//   counters SPLIT_K > 1 only: one u32 per output block (gridDim.x * gridDim.y), zero before
+//           the first launch. Each split block counts itself in after writing its partials; the
+//           last of a block's SPLIT_K to arrive sums the splits in the fixed order 0..SPLIT_K
+//           (deterministic), applies scale and bias, writes Y and sets the counter back to zero,
+//           so every launch leaves the counters as it found them. One launch, no reduce kernel.
+//           SPLIT_K == 1: ws and counters are unused (may be null) and the GEMM writes Y.
 //
 // Mapping: weights are the A operand of mma.sync.aligned.m16n8k16.row.col (MMA M = 16 output
 // channels = one layout tile row block), tokens the B operand (MMA N = 8 tokens). A block has
@@ -74,6 +77,13 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int PENDING>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+
+// A float from L2 (ld.global.cg): another block's split-K partial sum, never a stale L1 line.
+__device__ __forceinline__ float load_cg(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
 }
 
 template <int ACT>
@@ -349,7 +359,7 @@ struct Gemm {
 
     static __device__ __forceinline__ void run(const fpx_u16* __restrict__ X, const unsigned char* __restrict__ W,
                                                const float* __restrict__ scales, const float* __restrict__ bias, fpx_u16* __restrict__ Y,
-                                               float* __restrict__ ws, int M) {
+                                               float* __restrict__ ws, unsigned* __restrict__ counters, int M) {
         extern __shared__ __align__(16) unsigned char fpx_smem[];
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
         const int nt0 = blockIdx.x * BLOCK_NT;
@@ -418,23 +428,37 @@ struct Gemm {
                 }
             }
         }
+        if (SPLIT_K > 1) finish_split(scales, bias, Y, ws, counters, M, nt0, m0);
+    }
+
+    // Split-K: the last of the output block's SPLIT_K blocks to arrive sums the partials in
+    // split order, scales, adds the bias and writes Y; it resets the block's counter.
+    static __device__ __forceinline__ void finish_split(const float* __restrict__ scales, const float* __restrict__ bias,
+                                                        fpx_u16* __restrict__ Y, const float* ws, unsigned* counters, int M, int nt0,
+                                                        int m0) {
+        __shared__ unsigned fpx_last_split;
+        __threadfence();  // this thread's partials are visible GPU-wide before the block counts itself in
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+            const unsigned arrived = atomicAdd(counter, 1u);
+            fpx_last_split = arrived == SPLIT_K - 1 ? 1u : 0u;
+            if (arrived == SPLIT_K - 1) *counter = 0u;  // every split is in: ready for the next launch
+        }
+        __syncthreads();
+        if (fpx_last_split == 0u) return;
+        __threadfence();  // the other splits' partials, counted in before the atomic, are read after it
+        const float adj = scale_adjust<FORMAT, ACT>();
+        constexpr int BLOCK_N = BLOCK_NT * 16;
+        for (int idx = threadIdx.x; idx < M_TILE * BLOCK_N; idx += THREADS) {
+            const int tok = m0 + idx / BLOCK_N, ch = nt0 * 16 + idx % BLOCK_N;
+            if (tok >= M || ch >= N) continue;
+            float s = 0.0f;
+#pragma unroll
+            for (int z = 0; z < SPLIT_K; ++z) s += load_cg(ws + ((fpx_u64)z * M + tok) * N + ch);
+            Y[(fpx_u64)tok * N + ch] = from_f32<ACT>(s * (scales[ch] * adj) + (bias ? bias[ch] : 0.0f));
+        }
     }
 };
-
-// Split-K reduction: Y[m][n] = (sum over splits of ws[z][m][n]) * scale[n] + bias[n], splits
-// summed in order 0..SPLIT_K (deterministic). One thread per output element, grid-stride.
-template <int FORMAT, int ACT, int N, int SPLIT_K>
-__device__ __forceinline__ void gemm_reduce(const float* __restrict__ ws, const float* __restrict__ scales, const float* __restrict__ bias,
-                                            fpx_u16* __restrict__ Y, int M) {
-    const fpx_u64 total = (fpx_u64)M * N;
-    const float adj = scale_adjust<FORMAT, ACT>();
-    for (fpx_u64 idx = (fpx_u64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (fpx_u64)gridDim.x * blockDim.x) {
-        const int ch = (int)(idx % N);
-        float s = 0.0f;
-#pragma unroll
-        for (int z = 0; z < SPLIT_K; ++z) s += ws[(fpx_u64)z * total + idx];
-        Y[idx] = from_f32<ACT>(s * (scales[ch] * adj) + (bias ? bias[ch] : 0.0f));
-    }
-}
 
 }  // namespace fpx

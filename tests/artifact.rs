@@ -463,10 +463,10 @@ fn gpu_code_goes_into_the_artifact() {
         if fpx::cuda::find_ptxas().is_some() {
             let m = &p.modules[0];
             let arch = if p.arch == "sm_80" { fpx::cuda::Arch::Sm80 } else { fpx::cuda::Arch::Sm90 };
+            assert_eq!(m.entries.len(), 1, "one entry per module: split-K finishes inside the GEMM");
             let ptx = fpx::cuda::Ptx {
                 arch,
                 kernel: m.entries[0].clone(),
-                reduce_kernel: m.entries.get(1).cloned(),
                 src: std::fs::read_to_string(dump.join(p.arch).join(format!("{}.ptx", m.name))).unwrap().into(),
             };
             let report = fpx::cuda::ptxas_check(&ptx, arch).unwrap();

@@ -333,7 +333,8 @@ pub struct GpuKernel {
     pub module: String,
     /// The GEMM entry point.
     pub kernel: String,
-    /// The split-K reduction entry point, if the kernel splits K.
+    /// Legacy split-K reduction entry point: `None` from this fpx on (split-K finishes inside the
+    /// GEMM kernel); `Some` marks GPU code from an older fpx, which the GPU runtime refuses.
     pub reduce: Option<String>,
     /// The tile configuration.
     pub tiles: GpuTiles,

@@ -407,7 +407,8 @@ pub struct GpuGemm {
     /// The GEMM entry point.
     #[prost(string, tag = "4")]
     pub kernel: String,
-    /// The split-K reduction entry point, empty if none.
+    /// Legacy split-K reduction entry point: empty since split-K finishes inside the GEMM; a
+    /// non-empty one marks GPU code from an older fpx, which `fpx_cuda::device::GpuGemm` refuses.
     #[prost(string, tag = "5")]
     pub reduce: String,
     /// The tile configuration the kernel was instantiated with.

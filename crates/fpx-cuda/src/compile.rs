@@ -25,8 +25,6 @@ pub struct Ptx {
     pub arch: Arch,
     /// The GEMM kernel's entry name.
     pub kernel: String,
-    /// The split-K reduction kernel's entry name, when `split_k > 1`.
-    pub reduce_kernel: Option<String>,
     /// The PTX source (what the artifact stores and the driver JIT-loads).
     pub src: Arc<str>,
 }
@@ -128,7 +126,7 @@ pub fn compile_ptx(cfg: &GemmConfig, arch: Arch) -> Result<Ptx, CudaError> {
     let src = instantiate(cfg)?;
     let kernel = cfg.kernel_name();
     let ptx = nvrtc_ptx(&src, &kernel, arch, &COMPILATIONS)?;
-    let ptx = Ptx { arch, kernel, reduce_kernel: cfg.reduce_kernel_name(), src: ptx };
+    let ptx = Ptx { arch, kernel, src: ptx };
     cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, ptx.clone());
     Ok(ptx)
 }

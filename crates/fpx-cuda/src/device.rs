@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 
-use crate::config::{launch_geometry, reduce_geometry, DEFAULT_SHARED_LIMIT};
+use crate::config::{launch_geometry, DEFAULT_SHARED_LIMIT};
 use crate::{compile_ptx, driver_available, Arch, CudaError, GemmConfig};
 
 fn driver(what: &str) -> impl Fn(DriverError) -> CudaError + '_ {
@@ -28,6 +28,8 @@ pub struct Gpu {
     pub sm_count: usize,
     /// Compute capability (major, minor).
     pub capability: (i32, i32),
+    /// Bytes of L2 cache (what a benchmark must evict between timed runs).
+    pub l2_bytes: usize,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -48,9 +50,10 @@ impl Gpu {
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
+        let l2_bytes = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
         let name = ctx.name().map_err(driver("cannot query the GPU"))?;
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream, name, sm_count, capability })
+        Ok(Gpu { ctx, stream, name, sm_count, capability, l2_bytes })
     }
 
     /// The newest architecture fpx emits PTX for that this GPU runs (sm_90 PTX needs 9.x or
@@ -113,6 +116,60 @@ impl Gpu {
         Ok(times[times.len() / 2])
     }
 
+    /// Microseconds one `work` takes from DRAM, median of `reps`: every repetition is queued
+    /// behind a write of `flush` (a buffer of at least twice the L2, see [`Gpu::l2_flush_buffer`])
+    /// that evicts the previous repetition's data from L2, and is bracketed by its own pair of
+    /// events; nothing waits on the host until all are queued, so launch latency is not inside
+    /// the samples (the queue runs ahead of the GPU).
+    pub fn time_cold_us(
+        &self,
+        reps: usize,
+        flush: &mut CudaSlice<u8>,
+        mut work: impl FnMut() -> Result<(), CudaError>,
+    ) -> Result<f64, CudaError> {
+        work()?;
+        self.synchronize()?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            self.stream.memset_zeros(flush).map_err(driver("cannot flush L2"))?;
+            let start = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+            let end = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+            start.record(&self.stream).map_err(driver("cannot record an event"))?;
+            work()?;
+            end.record(&self.stream).map_err(driver("cannot record an event"))?;
+            events.push((start, end));
+        }
+        self.synchronize()?;
+        let mut times = Vec::with_capacity(events.len());
+        for (start, end) in &events {
+            times.push(start.elapsed_ms(end).map_err(driver("cannot time GPU work"))? as f64 * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    /// Microseconds per `work` when `reps` run back to back between one pair of events (after
+    /// a warm-up): the steady state of a decode loop, launch gaps and L2 reuse included.
+    pub fn time_back_to_back_us(&self, reps: usize, mut work: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        work()?;
+        self.synchronize()?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+        let end = self.ctx.new_event(flags).map_err(driver("cannot create an event"))?;
+        start.record(&self.stream).map_err(driver("cannot record an event"))?;
+        for _ in 0..reps.max(1) {
+            work()?;
+        }
+        end.record(&self.stream).map_err(driver("cannot record an event"))?;
+        Ok(start.elapsed_ms(&end).map_err(driver("cannot time GPU work"))? as f64 * 1e3 / reps.max(1) as f64)
+    }
+
+    /// A scratch buffer twice the L2 size (at least 64 MiB) for [`Gpu::time_cold_us`].
+    pub fn l2_flush_buffer(&self) -> Result<CudaSlice<u8>, CudaError> {
+        self.zeros((2 * self.l2_bytes).max(64 << 20))
+    }
+
     /// Device-to-device copy bandwidth in GB/s (bytes read + bytes written, over `bytes` per
     /// copy): the "HBM bandwidth" the GEMM's weight streaming is compared with.
     pub fn copy_bandwidth_gbs(&self, bytes: usize) -> Result<f64, CudaError> {
@@ -123,12 +180,38 @@ impl Gpu {
     }
 }
 
-/// One GEMM config loaded on a GPU: its kernel and (with split-K) its reduction kernel.
+/// One GEMM config loaded on a GPU: its kernel (split-K sums in the kernel itself).
 pub struct GpuGemm {
     /// The config.
     pub cfg: GemmConfig,
     gemm: CudaFunction,
-    reduce: Option<CudaFunction>,
+}
+
+/// What a split-K config needs beside its operands, for up to `max_m` tokens: FP32 partial sums
+/// (`split_k x m x n`) and one arrival counter per output block, zeroed here once; every launch
+/// leaves the counters zero, so one workspace serves any number of launches with `m <= max_m`
+/// (on one stream: concurrent launches must not share it).
+pub struct SplitKWorkspace {
+    partials: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+    max_m: usize,
+}
+
+impl SplitKWorkspace {
+    /// Allocates (zeroed) a workspace for `cfg` and up to `max_m` tokens.
+    pub fn new(gpu: &Gpu, cfg: &GemmConfig, max_m: usize) -> Result<SplitKWorkspace, CudaError> {
+        Ok(SplitKWorkspace { partials: gpu.zeros(cfg.workspace_bytes(max_m) / 4)?, counters: gpu.zeros(cfg.counter_slots(max_m))?, max_m })
+    }
+
+    /// The most tokens a launch may use it for.
+    pub fn max_m(&self) -> usize {
+        self.max_m
+    }
+
+    /// The arrival counters, copied to the host (all zero between launches; for tests).
+    pub fn counters(&self, gpu: &Gpu) -> Result<Vec<u32>, CudaError> {
+        gpu.download(&self.counters)
+    }
 }
 
 /// The device operands of one product `Y[M][N] = X[M][K_PAD] · dequant(W)` (see the template's
@@ -144,8 +227,9 @@ pub struct GemmOperands<'a> {
     pub bias: Option<&'a CudaSlice<f32>>,
     /// Output, `[m][n]`.
     pub y: &'a mut CudaSlice<u16>,
-    /// Split-K workspace of at least `cfg.workspace_bytes(m) / 4` floats (unused when split_k = 1).
-    pub ws: Option<&'a mut CudaSlice<f32>>,
+    /// The split-K workspace, made for this config ([`SplitKWorkspace::new`]) and at least `m`
+    /// tokens; required when `split_k > 1`, unused otherwise.
+    pub ws: Option<&'a mut SplitKWorkspace>,
 }
 
 impl GpuGemm {
@@ -158,27 +242,36 @@ impl GpuGemm {
             ))
         })?;
         let ptx = compile_ptx(cfg, arch)?;
-        Self::from_ptx(gpu, cfg, &ptx.src, &ptx.kernel, ptx.reduce_kernel.as_deref())
+        Self::from_ptx(gpu, cfg, &ptx.src, &ptx.kernel, None)
     }
 
-    /// Loads a GEMM from PTX text (e.g. an artifact's module) with the given entry names.
+    /// Loads a GEMM from PTX text (e.g. an artifact's module) with the given entry name. A
+    /// separate `reduce` entry marks PTX from before split-K was fused into the GEMM (fpx
+    /// artifacts of format 3 compiled before this change, whose GEMM takes no counters): it is
+    /// refused with a message to recompile.
     pub fn from_ptx(gpu: &Gpu, cfg: &GemmConfig, ptx: &str, kernel: &str, reduce: Option<&str>) -> Result<GpuGemm, CudaError> {
+        if let Some(r) = reduce {
+            return Err(CudaError::Config(format!(
+                "{kernel} comes with a separate split-K reduction kernel '{r}': GPU code from an older fpx, whose GEMM arguments \
+                 differ; recompile the model with this fpx"
+            )));
+        }
         let module = gpu.load_module(ptx)?;
         let gemm = module.load_function(kernel).map_err(driver("the PTX lacks the GEMM entry"))?;
         if cfg.shared_bytes() > DEFAULT_SHARED_LIMIT {
             gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_bytes() as i32)
                 .map_err(driver("cannot raise the shared-memory limit"))?;
         }
-        let reduce = match (cfg.split_k > 1, reduce) {
-            (true, Some(r)) => Some(module.load_function(r).map_err(driver("the PTX lacks the reduction entry"))?),
-            (true, None) => return Err(CudaError::Config(format!("{} splits K but no reduction kernel was given", cfg.kernel_name()))),
-            (false, _) => None,
-        };
-        Ok(GpuGemm { cfg: cfg.clone(), gemm, reduce })
+        Ok(GpuGemm { cfg: cfg.clone(), gemm })
     }
 
-    /// Queues the product for `m` rows on `gpu`'s stream (the workspace is required when the
-    /// config splits K; buffer sizes are checked).
+    /// A zeroed split-K workspace for this config and up to `max_m` tokens.
+    pub fn workspace(&self, gpu: &Gpu, max_m: usize) -> Result<SplitKWorkspace, CudaError> {
+        SplitKWorkspace::new(gpu, &self.cfg, max_m)
+    }
+
+    /// Queues the product for `m` rows on `gpu`'s stream: one launch (the workspace is required
+    /// when the config splits K; buffer sizes are checked).
     pub fn launch(&self, gpu: &Gpu, m: usize, ops: GemmOperands<'_>) -> Result<(), CudaError> {
         let c = &self.cfg;
         let short = |what: &str, have: usize, need: usize| {
@@ -204,43 +297,45 @@ impl GpuGemm {
         let (grid, block, shared) = launch_geometry(c, m);
         let cfg =
             LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared };
-        let mut ws = ops.ws;
-        if c.split_k > 1 {
-            let have = ws.as_ref().map_or(0, |w| w.len());
-            if have < c.workspace_bytes(m) / 4 {
-                return Err(short("workspace", have, c.workspace_bytes(m) / 4));
+        let ws = match ops.ws {
+            Some(ws) if c.split_k > 1 => {
+                if ws.max_m < m || ws.partials.len() < c.workspace_bytes(m) / 4 || ws.counters.len() < c.counter_slots(m) {
+                    return Err(CudaError::Config(format!(
+                        "{}: the split-K workspace holds {} tokens ({} partials, {} counters), M = {m} needs {} and {}",
+                        c.kernel_name(),
+                        ws.max_m,
+                        ws.partials.len(),
+                        ws.counters.len(),
+                        c.workspace_bytes(m) / 4,
+                        c.counter_slots(m)
+                    )));
+                }
+                Some(ws)
             }
-        }
-        {
-            let mut b = gpu.stream.launch_builder(&self.gemm);
-            b.arg(ops.x).arg(ops.w).arg(ops.scales);
-            match ops.bias {
-                Some(bias) => b.arg(bias),
-                None => b.arg(&null),
-            };
-            b.arg(&mut *ops.y);
-            match ws.as_deref_mut() {
-                Some(w) if c.split_k > 1 => b.arg(w),
-                _ => b.arg(&null),
-            };
-            b.arg(&m_arg);
-            // SAFETY: the arguments match the kernel's signature (see `instantiate`) and the
-            // buffers were checked to be large enough for `m`.
-            unsafe { b.launch(cfg) }.map_err(driver("the GEMM launch failed"))?;
-        }
-        if let (Some(reduce), Some(([gx, gy, gz], [bx, by, bz]))) = (&self.reduce, reduce_geometry(c, m)) {
-            let w = ws.expect("checked above");
-            let mut r = gpu.stream.launch_builder(reduce);
-            r.arg(&*w).arg(ops.scales);
-            match ops.bias {
-                Some(bias) => r.arg(bias),
-                None => r.arg(&null),
-            };
-            r.arg(&mut *ops.y).arg(&m_arg);
-            let rc = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (bx, by, bz), shared_mem_bytes: 0 };
-            // SAFETY: as above, for the reduction's signature.
-            unsafe { r.launch(rc) }.map_err(driver("the split-K reduction launch failed"))?;
-        }
+            None if c.split_k > 1 => {
+                return Err(CudaError::Config(format!(
+                    "{} splits K {} ways and needs a split-K workspace (GpuGemm::workspace), none was given",
+                    c.kernel_name(),
+                    c.split_k
+                )))
+            }
+            _ => None,
+        };
+        let mut b = gpu.stream.launch_builder(&self.gemm);
+        b.arg(ops.x).arg(ops.w).arg(ops.scales);
+        match ops.bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        b.arg(&mut *ops.y);
+        match ws {
+            Some(ws) => b.arg(&mut ws.partials).arg(&mut ws.counters),
+            None => b.arg(&null).arg(&null),
+        };
+        b.arg(&m_arg);
+        // SAFETY: the arguments match the kernel's signature (see `instantiate`) and the buffers
+        // were checked to be large enough for `m`; the counters are zero between launches.
+        unsafe { b.launch(cfg) }.map_err(driver("the GEMM launch failed"))?;
         Ok(())
     }
 }

@@ -56,9 +56,7 @@ pub mod sass;
 pub use compile::{
     compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,
 };
-pub use config::{
-    heuristic_config, instantiate, launch_geometry, reduce_geometry, search_space, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE,
-};
+pub use config::{heuristic_config, instantiate, launch_geometry, search_space, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE};
 pub use ops::{
     binary_plan, broadcast_args, compile_family_ptx, compile_ops_ptx, gather_plan, transpose_plan, BcastArgs, BinaryOp, BinaryPlan, CastOp,
     Elem, GatherPlan, OpFamily, OpKernel, OpShapeError, OpsPtx, PermArgs, ReduceOp, TransposePlan, UnaryOp, Width,

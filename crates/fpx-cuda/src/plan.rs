@@ -58,7 +58,9 @@ pub fn ptx_code(gemms: &[(String, QuantGemm)]) -> Result<Vec<PtxCode>, CudaError
                 Ok::<_, CudaError>(GpuKernel {
                     module: kernel.clone(),
                     kernel,
-                    reduce: cfg.reduce_kernel_name(),
+                    // Split-K sums in the GEMM kernel itself (its last split block per output
+                    // block); the artifact's reduce entry is from the two-launch design.
+                    reduce: None,
                     tiles: GpuTiles::from(cfg),
                 })
             })?;
@@ -69,7 +71,7 @@ pub fn ptx_code(gemms: &[(String, QuantGemm)]) -> Result<Vec<PtxCode>, CudaError
             .par_iter()
             .map(|(name, cfg)| {
                 let ptx = crate::compile_ptx(cfg, arch)?;
-                let entries = std::iter::once(ptx.kernel.clone()).chain(ptx.reduce_kernel.clone()).collect();
+                let entries = vec![ptx.kernel.clone()];
                 Ok(PtxModule { name: name.clone(), ptx: ptx.src.to_string(), entries })
             })
             .collect::<Result<Vec<_>, CudaError>>()?;

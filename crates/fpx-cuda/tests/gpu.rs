@@ -75,9 +75,15 @@ fn check(gpu: &Gpu, gemm: &GpuGemm, p: &Problem, m: usize, seed: u64) -> f64 {
     let (dx, dw, ds) = (gpu.upload(&x).unwrap(), gpu.upload(&packed).unwrap(), gpu.upload(&folded).unwrap());
     let db = p.bias.as_ref().map(|b| gpu.upload(b).unwrap());
     let mut dy = gpu.upload(&vec![0xffffu16; m * p.n]).unwrap();
-    let mut ws = gpu.zeros::<f32>(cfg.workspace_bytes(m) / 4).unwrap();
+    let mut ws = gemm.workspace(gpu, m).unwrap();
     gemm.launch(gpu, m, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: db.as_ref(), y: &mut dy, ws: Some(&mut ws) }).unwrap();
     let y = gpu.download(&dy).unwrap();
+    // Split-K: the last split of each output block reset its counter, and a second launch on the
+    // same workspace gives the same bits (the splits are summed in a fixed order).
+    assert!(ws.counters(gpu).unwrap().iter().all(|&c| c == 0), "{}: counters left non-zero", cfg.kernel_name());
+    let mut dy2 = gpu.upload(&vec![0xffffu16; m * p.n]).unwrap();
+    gemm.launch(gpu, m, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: db.as_ref(), y: &mut dy2, ws: Some(&mut ws) }).unwrap();
+    assert!(gpu.download(&dy2).unwrap() == y, "{}: M={m} a second launch gave other bits", cfg.kernel_name());
 
     let mut r = Rng::new(seed ^ 0x5eed);
     let rows: Vec<usize> = if m <= 64 { (0..m).collect() } else { (0..24).map(|_| r.below(m)).chain([0, m - 1]).collect() };
@@ -162,7 +168,7 @@ fn bf16_activations_match_the_reference() {
             let (dx, dw, ds) = (gpu.upload(&x).unwrap(), gpu.upload(&pack(&p.codes, &shape)).unwrap(), gpu.upload(&folded).unwrap());
             let db = gpu.upload(p.bias.as_ref().unwrap()).unwrap();
             let mut dy = gpu.upload(&vec![0xffffu16; m * p.n]).unwrap();
-            let mut ws = gpu.zeros::<f32>(cfg.workspace_bytes(m) / 4).unwrap();
+            let mut ws = gemm.workspace(&gpu, m).unwrap();
             gemm.launch(&gpu, m, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: Some(&db), y: &mut dy, ws: Some(&mut ws) }).unwrap();
             let y = gpu.download(&dy).unwrap();
             let xf: Vec<u16> = x.iter().map(|&b| f16::from_f32(half::bf16::from_bits(b).to_f32()).to_bits()).collect();
@@ -192,7 +198,10 @@ fn undersized_operands_are_refused() {
     let e = gemm.launch(&gpu, 5, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: None, y: &mut dy, ws: None }).unwrap_err();
     assert!(e.to_string().contains("the X buffer has"), "{e}");
     let e = gemm.launch(&gpu, 4, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: None, y: &mut dy, ws: None }).unwrap_err();
-    assert!(e.to_string().contains("the workspace buffer has 0 elements"), "{e}");
+    assert!(e.to_string().contains("needs a split-K workspace"), "{e}");
+    let mut small = gemm.workspace(&gpu, 1).unwrap();
+    let e = gemm.launch(&gpu, 4, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: None, y: &mut dy, ws: Some(&mut small) }).unwrap_err();
+    assert!(e.to_string().contains("the split-K workspace holds 1 tokens"), "{e}");
     gemm.launch(&gpu, 0, GemmOperands { x: &dx, w: &dw, scales: &ds, bias: None, y: &mut dy, ws: None }).unwrap();
 }
 

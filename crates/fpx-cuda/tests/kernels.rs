@@ -25,11 +25,7 @@ fn compile_and_check(cfg: &GemmConfig, arch: Arch) -> PtxasReport {
     let ptx = compile_ptx(cfg, arch).unwrap_or_else(|e| panic!("{e}"));
     let report = ptxas_check(&ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", cfg.kernel_name()));
     let names: BTreeSet<&str> = report.kernels.iter().map(|k| k.name.as_str()).collect();
-    let mut want = BTreeSet::from([ptx.kernel.as_str()]);
-    if let Some(r) = &ptx.reduce_kernel {
-        want.insert(r.as_str());
-    }
-    assert_eq!(names, want, "entry functions of {}", cfg.kernel_name());
+    assert_eq!(names, BTreeSet::from([ptx.kernel.as_str()]), "entry functions of {}", cfg.kernel_name());
     assert_eq!((report.spill_stores, report.spill_loads), (0, 0), "{} spills on {arch}: {report:?}", cfg.kernel_name());
     assert!(report.kernels.iter().all(|k| k.stack_bytes == 0), "{} uses a stack frame on {arch}: {report:?}", cfg.kernel_name());
     assert!(report.registers <= 255);
@@ -73,15 +69,7 @@ fn heuristic_configs_compile_without_spills() {
                         .step_by(workers)
                         .map(|(cfg, arch)| {
                             let r = compile_and_check(cfg, *arch);
-                            let regs =
-                                |reduce: bool| r.kernels.iter().find(|x| x.name.ends_with("_reduce") == reduce).map_or(0, |x| x.registers);
-                            format!(
-                                "{arch} {:<58} regs {:>3} (reduce {:>2}) spills 0 shared {}",
-                                cfg.kernel_name(),
-                                regs(false),
-                                regs(true),
-                                cfg.shared_bytes()
-                            )
+                            format!("{arch} {:<58} regs {:>3} spills 0 shared {}", cfg.kernel_name(), r.registers, cfg.shared_bytes())
                         })
                         .collect::<Vec<_>>()
                 })
@@ -138,6 +126,14 @@ fn ptx_uses_tensor_cores_async_copies_and_the_evict_first_hint() {
         }
         assert_eq!(ptx.arch, Arch::Sm90);
         assert!(ptx.src.contains(".target sm_90"));
+        // Split-K finishes in the kernel: a GPU-wide fence, the arrival atomic, L2 reads of the
+        // partials; without a split none of it is compiled in.
+        assert!(cfg.split_k > 1);
+        for needle in ["membar.gl", "atom.global.add.u32", "ld.global.cg.f32", "bar.sync"] {
+            assert!(ptx.src.contains(needle), "{needle} missing from the PTX of {}", cfg.kernel_name());
+        }
+        let unsplit = compile_ptx(&GemmConfig { split_k: 1, ..cfg.clone() }, Arch::Sm90).unwrap();
+        assert!(!unsplit.src.contains("atom.global") && !unsplit.src.contains("membar.gl"));
     }
 }
 
@@ -308,7 +304,8 @@ fn split_range(steps: usize, split_k: usize, z: usize) -> (usize, usize) {
 /// thread the three cp.async streams (`ChunkMap` placement, row and K-tail guards, zero-fill)
 /// into a byte image of the shared stage (every byte written exactly once, none read unwritten),
 /// the per-lane fragment reads from it, the dequantization mirror, `mma.m16n8k16` by its PTX
-/// fragment definition, the guarded epilogue and the split-K workspace + reduction. The
+/// fragment definition, the guarded epilogue, and split-K's partials and in-kernel finish (the
+/// last split block per output block sums, counters back to zero). The
 /// fragments each MMA receives are checked bit for bit against the operands' definition
 /// (`dequant_w(ch, k)`: the weight as the MMA must see it, zero past N and K; `x`). Returns Y
 /// in FP32 (before the final rounding to FP16/BF16).
@@ -476,9 +473,39 @@ fn emulate(
     }
     assert!(step_hits.iter().all(|&h| h == 1), "{cfg}: K steps per split {step_hits:?}");
     if cfg.split_k > 1 {
-        for idx in 0..m * n {
-            let s: f32 = (0..cfg.split_k).map(|z| ws[z * m * n + idx]).sum();
-            y[idx] = s * (scales[idx % n] * adj) + bias.map_or(0.0, |b| b[idx % n]);
+        // finish_split: every block counts itself in (counters[by][bx]); the last of an output
+        // block's splits sums the partials in split order over its M_TILE x BLOCK_N outputs and
+        // resets the counter. Arrival order does not change the result, so the emulation lets
+        // the split that is last in launch order finish.
+        let block_n = bnt * 16;
+        let mut counters = vec![0usize; cfg.counter_slots(m)];
+        let mut written = vec![0u8; m * n];
+        for bz in 0..grid[2] as usize {
+            for by in 0..grid[1] as usize {
+                for bx in (0..grid[0] as usize).filter(|&bx| only_block(bx)) {
+                    let counter = &mut counters[by * grid[0] as usize + bx];
+                    *counter += 1;
+                    if *counter < cfg.split_k {
+                        continue;
+                    }
+                    assert_eq!(bz, cfg.split_k - 1);
+                    *counter = 0;
+                    let (nt0, m0) = (bx * bnt, by * cfg.m_tile);
+                    for idx in 0..cfg.m_tile * block_n {
+                        let (tok, ch) = (m0 + idx / block_n, nt0 * 16 + idx % block_n);
+                        if tok >= m || ch >= n {
+                            continue;
+                        }
+                        let s: f32 = (0..cfg.split_k).map(|z| ws[(z * m + tok) * n + ch]).sum();
+                        y[tok * n + ch] = s * (scales[ch] * adj) + bias.map_or(0.0, |b| b[ch]);
+                        written[tok * n + ch] += 1;
+                    }
+                }
+            }
+        }
+        assert!(counters.iter().all(|&c| c == 0), "{cfg}: counters left non-zero");
+        for (i, &w) in written.iter().enumerate() {
+            assert!(w == u8::from(only_block((i % n) / block_n)), "{cfg}: output ({}, {}) written {w} times", i / n, i % n);
         }
     }
     y
@@ -661,7 +688,12 @@ fn emulation_mirrors_the_template_text() {
         "ws[((fpx_u64)blockIdx.z * M + tok) * N + ch] = v;",
         "const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);",
         "const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);",
-        "for (int z = 0; z < SPLIT_K; ++z) s += ws[(fpx_u64)z * total + idx];",
+        "const int tok = m0 + idx / BLOCK_N, ch = nt0 * 16 + idx % BLOCK_N;",
+        "for (int idx = threadIdx.x; idx < M_TILE * BLOCK_N; idx += THREADS) {",
+        "for (int z = 0; z < SPLIT_K; ++z) s += load_cg(ws + ((fpx_u64)z * M + tok) * N + ch);",
+        "Y[(fpx_u64)tok * N + ch] = from_f32<ACT>(s * (scales[ch] * adj) + (bias ? bias[ch] : 0.0f));",
+        "unsigned* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;",
+        "if (arrived == SPLIT_K - 1) *counter = 0u;",
     ] {
         assert!(FP6_GEMM_TEMPLATE.contains(needle), "template changed: {needle}");
     }

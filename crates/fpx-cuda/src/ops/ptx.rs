@@ -29,7 +29,7 @@ impl OpsPtx {
     /// As the crate's [`Ptx`] (for [`ptxas_check`](crate::ptxas_check)); its `kernel` is the
     /// module name.
     pub fn to_ptx(&self) -> Ptx {
-        Ptx { arch: self.arch, kernel: self.module_name(), reduce_kernel: None, src: self.src.clone() }
+        Ptx { arch: self.arch, kernel: self.module_name(), src: self.src.clone() }
     }
 }
 
