@@ -28,12 +28,13 @@
 // channels = one layout tile row block), tokens the B operand (MMA N = 8 tokens). A block has
 // WARPS warps; warp w owns WNT consecutive n-tiles (16 channels each) and all M_TILE tokens of
 // the block. A pipeline stage holds KT k-tiles (32 K each) of the block's weights (both planes,
-// copied verbatim with 16-byte cp.async, evict-first L2 hint: each weight is read once) and the
-// matching M_TILE x 32*KT slice of X (rows >= M and columns >= K_PAD zero-filled by cp.async's
-// src-size operand). Each thread's copies form three ChunkStreams whose per-chunk offsets are
-// compile-time constants from one per-thread pointer, so a copy is one cp.async plus its guards
-// (fpx_cuda::sass counts them). Grid: x = n-tile blocks, y = token tiles, z = K splits; split z
-// runs STEPS / SPLIT_K steps, one more for the first STEPS % SPLIT_K splits.
+// copied verbatim with 16-byte cp.async; L2 evict-first when a single token tile reads each
+// weight once) and the matching M_TILE x 32*KT slice of X (rows >= M and columns >= K_PAD
+// zero-filled by cp.async's src-size operand). Each thread's copies form three ChunkStreams
+// whose per-chunk offsets are compile-time constants from one per-thread pointer, so a copy is
+// one cp.async plus its guards (fpx_cuda::sass counts them). Grid: x = token tiles (fastest, so
+// blocks sharing weights run together), y = n-tile blocks, z = K splits; split z runs
+// STEPS / SPLIT_K steps, one more for the first STEPS % SPLIT_K splits.
 //
 // Dequantization mirrors fpx_quant::layout::fp6_pair_to_f16x2 exactly: per lane one low-plane
 // word per k16 half and one high-plane word per tile; (low << 2 | >> 2 | << 6 | << 10) &
@@ -56,9 +57,15 @@ __device__ __forceinline__ fpx_u32 smem_addr(const void* p) {
     return a;
 }
 
-__device__ __forceinline__ fpx_u64 evict_first_policy() {
+// L2 policy of the weight copies: evict-first when one token tile reads each weight once;
+// normal when several token tiles (adjacent blocks, run together) read the same weights.
+__device__ __forceinline__ fpx_u64 weight_policy(bool read_once) {
     fpx_u64 p;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+    if (read_once) {
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+    } else {
+        asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
+    }
     return p;
 }
 
@@ -362,12 +369,13 @@ struct Gemm {
                                                float* __restrict__ ws, unsigned* __restrict__ counters, int M) {
         extern __shared__ __align__(16) unsigned char fpx_smem[];
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-        const int nt0 = blockIdx.x * BLOCK_NT;
-        const int m0 = blockIdx.y * M_TILE;
+        // Token tiles run fastest (x), so the blocks reading the same weights run together.
+        const int m0 = blockIdx.x * M_TILE;
+        const int nt0 = blockIdx.y * BLOCK_NT;
         const int z = blockIdx.z;
         const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);
         const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);
-        const fpx_u64 policy = evict_first_policy();
+        const fpx_u64 policy = weight_policy(gridDim.x == 1);
         const fpx_u32 sbase = smem_addr(fpx_smem);
         LowStream lo;
         HighStream hi;

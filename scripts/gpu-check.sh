@@ -6,7 +6,9 @@
 #   3. compute-sanitizer memcheck and racecheck over the GEMM tests (a reduced set: the sanitizers
 #      slow kernels down 10-100x);
 #   4. the GPU benchmark: fpx FP6 GEMM vs cuBLAS FP16 (cublasGemmEx, what torch.matmul calls) in
-#      one run, plus torch.matmul itself when python3 has torch;
+#      one run, timed from DRAM (L2 flushed before every timed launch, no host wait between
+#      launches), beside the HBM floor and a back-to-back (L2-warm) column; plus torch.matmul
+#      itself when python3 has torch;
 #   5. one table at the end.
 # FPX_REQUIRE=gpu is set for every test run, so a missing GPU, driver or NVRTC fails a test
 # rather than skipping it.

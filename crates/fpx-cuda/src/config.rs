@@ -460,12 +460,16 @@ pub fn search_space(n: usize, k: usize, m: usize) -> Vec<GemmConfig> {
     out
 }
 
-/// `(grid, block, dynamic shared bytes)` of the GEMM kernel for `m` tokens: grid x over
-/// blocks of `block_n()` channels, y over token tiles, z over K splits. `m == 0` gives a grid
-/// with y = 0: nothing to launch. Shared memory above 48 KiB needs
-/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` set before the launch.
+/// The most blocks a grid's y and z dimensions take.
+pub const MAX_GRID_YZ: usize = 65535;
+
+/// `(grid, block, dynamic shared bytes)` of the GEMM kernel for `m` tokens: grid x over token
+/// tiles (fastest: the blocks that read the same weights run together), y over blocks of
+/// `block_n()` channels, z over K splits. `m == 0` gives a grid with x = 0: nothing to launch.
+/// Shared memory above 48 KiB needs `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` set
+/// before the launch; y above [`MAX_GRID_YZ`] cannot launch (N over a million channels).
 pub fn launch_geometry(cfg: &GemmConfig, m: usize) -> ([u32; 3], [u32; 3], u32) {
-    let grid = [cfg.n_tiles().div_ceil(cfg.block_n_tiles()) as u32, m.div_ceil(cfg.m_tile) as u32, cfg.split_k as u32];
+    let grid = [m.div_ceil(cfg.m_tile) as u32, cfg.n_tiles().div_ceil(cfg.block_n_tiles()) as u32, cfg.split_k as u32];
     (grid, [cfg.threads() as u32, 1, 1], cfg.shared_bytes() as u32)
 }
 
@@ -512,8 +516,8 @@ mod tests {
         assert_eq!(block, [cfg.threads() as u32, 1, 1]);
         assert_eq!(shared as usize, cfg.shared_bytes());
         let mut hits = vec![0u8; m * cfg.n];
-        for bx in 0..grid[0] as usize {
-            for by in 0..grid[1] as usize {
+        for by in 0..grid[0] as usize {
+            for bx in 0..grid[1] as usize {
                 let (nt0, m0) = (bx * cfg.block_n_tiles(), by * cfg.m_tile);
                 for warp in 0..cfg.warps {
                     for lane in 0..32 {
@@ -585,7 +589,7 @@ mod tests {
             assert_covers(&cfg, 3);
         }
         let cfg = heuristic_config(384, 384, 16, 108);
-        assert_eq!(launch_geometry(&cfg, 0).0[1], 0, "m = 0: nothing to launch");
+        assert_eq!(launch_geometry(&cfg, 0).0[0], 0, "m = 0: nothing to launch");
         assert_eq!(cfg.counter_slots(0), 0);
     }
 

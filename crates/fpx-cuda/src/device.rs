@@ -295,6 +295,15 @@ impl GpuGemm {
         let m_arg = i32::try_from(m).map_err(|_| CudaError::Config(format!("M = {m} does not fit the kernel's int")))?;
         let null: u64 = 0;
         let (grid, block, shared) = launch_geometry(c, m);
+        if grid[1] as usize > crate::config::MAX_GRID_YZ {
+            return Err(CudaError::Config(format!(
+                "{}: {} blocks of {} channels exceed the grid's {} (N too large for this tiling)",
+                c.kernel_name(),
+                grid[1],
+                c.block_n(),
+                crate::config::MAX_GRID_YZ
+            )));
+        }
         let cfg =
             LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared };
         let ws = match ops.ws {

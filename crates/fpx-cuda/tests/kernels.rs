@@ -337,8 +337,9 @@ fn emulate(
     for bz in 0..grid[2] as usize {
         let (s0, count) = split_range(steps, cfg.split_k, bz);
         (s0..s0 + count).for_each(|s| step_hits[s] += 1);
-        for by in 0..grid[1] as usize {
-            for bx in (0..grid[0] as usize).filter(|&bx| only_block(bx)) {
+        // Grid x: token tiles (`by` here), y: blocks of channels (`bx`).
+        for by in 0..grid[0] as usize {
+            for bx in (0..grid[1] as usize).filter(|&bx| only_block(bx)) {
                 let (nt0, m0) = (bx * bnt, by * cfg.m_tile);
                 // acc[warp][lane][i][mb][4]
                 let mut acc = vec![[0f32; 4]; cfg.warps * 32 * wnt * mb_n];
@@ -481,9 +482,10 @@ fn emulate(
         let mut counters = vec![0usize; cfg.counter_slots(m)];
         let mut written = vec![0u8; m * n];
         for bz in 0..grid[2] as usize {
-            for by in 0..grid[1] as usize {
-                for bx in (0..grid[0] as usize).filter(|&bx| only_block(bx)) {
-                    let counter = &mut counters[by * grid[0] as usize + bx];
+            for by in 0..grid[0] as usize {
+                for bx in (0..grid[1] as usize).filter(|&bx| only_block(bx)) {
+                    // blockIdx.y * gridDim.x + blockIdx.x
+                    let counter = &mut counters[bx * grid[0] as usize + by];
                     *counter += 1;
                     if *counter < cfg.split_k {
                         continue;
@@ -687,6 +689,8 @@ fn emulation_mirrors_the_template_text() {
         "Y[(fpx_u64)tok * N + ch] = from_f32<ACT>(v * sc + bi);",
         "ws[((fpx_u64)blockIdx.z * M + tok) * N + ch] = v;",
         "const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);",
+        "const int m0 = blockIdx.x * M_TILE;",
+        "const int nt0 = blockIdx.y * BLOCK_NT;",
         "const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);",
         "const int tok = m0 + idx / BLOCK_N, ch = nt0 * 16 + idx % BLOCK_N;",
         "for (int idx = threadIdx.x; idx < M_TILE * BLOCK_N; idx += THREADS) {",
