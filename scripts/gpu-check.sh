@@ -35,7 +35,7 @@ for a in "$@"; do
     case "$a" in
         --build-only) BUILD_ONLY=1 ;;
         --quick) QUICK="--quick" ;;
-        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,24p "$0"; exit 0 ;;
         *) echo "gpu-check: unknown option '$a' (see --help)" >&2; exit 2 ;;
     esac
 done
