@@ -14,8 +14,28 @@ use std::sync::Arc;
 #[derive(Clone)]
 enum Step {
     Kernel(KernelFn),
-    /// The compiled kernels and the node's fused epilogue.
-    Native(NativeQmm, Epilogue),
+    /// The compiled kernels, the node's fused epilogue and its constant operands in f32.
+    Native(NativeQmm, Epilogue, Arc<NativeConstants>),
+}
+
+/// A native QuantMatMul's constant operands (graph constants), converted to f32 once when the
+/// executor is built rather than on every run; `None` where the operand is absent or computed.
+#[derive(Debug, Default)]
+struct NativeConstants {
+    bias: Option<Vec<f32>>,
+    lorc: Option<crate::kernels::quant::LorcFactors>,
+}
+
+impl NativeConstants {
+    fn of(graph: &Graph, node: &fpx_ir::Node, gemm: &fpx_quant::QuantGemm) -> Result<NativeConstants, KernelError> {
+        let constant = |i: usize| node.inputs.get(i).copied().flatten().and_then(|v| graph.value(v).constant.as_deref());
+        let bias = constant(3).map(|b| b.to_f32().iter().copied().collect());
+        let lorc = match (constant(quant_matmul::LORC_U_INPUT), constant(quant_matmul::LORC_V_INPUT)) {
+            (Some(u), Some(v)) => crate::kernels::quant::LorcFactors::from_tensors(Some(u), Some(v), gemm.k, gemm.n)?,
+            _ => None,
+        };
+        Ok(NativeConstants { bias, lorc })
+    }
 }
 
 /// Wall time of one node in a profiled run.
@@ -139,7 +159,12 @@ impl CpuExecutor {
             let step = match native.remove(&node.name) {
                 Some(q) if gemm == Some(q.gemm) => {
                     let epilogue = quant_matmul::epilogue(node, &q.gemm)?;
-                    Step::Native(q, epilogue)
+                    let constants = NativeConstants::of(&graph, node, &q.gemm).map_err(|e| RuntimeError::Kernel {
+                        node: node.name.clone(),
+                        op: node.op_type.clone(),
+                        message: e.to_string(),
+                    })?;
+                    Step::Native(q, epilogue, Arc::new(constants))
                 }
                 Some(q) if gemm.is_some() => {
                     return Err(RuntimeError::Kernel {
@@ -191,7 +216,7 @@ impl CpuExecutor {
             .collect();
         let mut prepared_readers: HashMap<ValueId, usize> = HashMap::new();
         for (id, step) in &steps {
-            if let (Step::Native(q, _), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
+            if let (Step::Native(q, ..), Some(Some(x))) = (step, graph.node(*id).inputs.first()) {
                 if q.prepares_activations() {
                     *prepared_readers.entry(*x).or_default() += 1;
                 }
@@ -358,11 +383,11 @@ impl CpuExecutor {
                 let result = alloc::with_budget(self.budget, || match (step, owned) {
                     (Step::Kernel(_), Some((slot, t, by_value))) => by_value(node, &args, slot, t),
                     (Step::Kernel(kernel), None) => kernel(node, &args),
-                    (Step::Native(q, epilogue), _) => {
+                    (Step::Native(q, epilogue, constants), _) => {
                         let shared = node.inputs.first().copied().flatten().filter(|x| self.shared_prepared.contains(x));
                         let in_place =
                             node.inputs.get(1).copied().flatten().and_then(|v| self.graph.stored(v)).and_then(|s| s.mapped_bytes());
-                        run_native(q, epilogue, &args, in_place, shared.map(|x| (x, &mut prepared)))
+                        run_native(q, epilogue, constants, &args, in_place, shared.map(|x| (x, &mut prepared)))
                     }
                 });
                 result.map_err(|e| RuntimeError::Kernel { node: node.name.clone(), op: node.op_type.clone(), message: e.0 })?
@@ -430,6 +455,7 @@ type PreparedCache = HashMap<(ValueId, fpx_quant::Activations), Option<PreparedA
 fn run_native(
     q: &NativeQmm,
     epilogue: &Epilogue,
+    constants: &NativeConstants,
     args: &[Option<&Tensor>],
     in_place: Option<&[u8]>,
     shared: Option<(ValueId, &mut PreparedCache)>,
@@ -480,20 +506,31 @@ fn run_native(
             Some(&residual_converted)
         }
     };
-    let bias: Option<Vec<f32>> = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
+    // Constant bias and LoRC factors were converted when the executor was built.
+    let bias_converted: Option<Vec<f32>>;
+    let bias = match &constants.bias {
+        Some(b) => Some(b.as_slice()),
+        None => {
+            bias_converted = args.get(3).copied().flatten().map(|b| b.to_f32().iter().copied().collect());
+            bias_converted.as_deref()
+        }
+    };
     let s = s.as_standard_layout();
-    let correction = crate::kernels::quant::lorc_correction(
-        args.get(quant_matmul::LORC_U_INPUT).copied().flatten(),
-        args.get(quant_matmul::LORC_V_INPUT).copied().flatten(),
-        xv,
-        m,
-        k,
-        n,
-    )?;
+    let correction = match &constants.lorc {
+        Some(f) => Some(f.apply(xv, m)?),
+        None => crate::kernels::quant::lorc_correction(
+            args.get(quant_matmul::LORC_U_INPUT).copied().flatten(),
+            args.get(quant_matmul::LORC_V_INPUT).copied().flatten(),
+            xv,
+            m,
+            k,
+            n,
+        )?,
+    };
     let activations = q.gemm.activations;
     let prepared =
         shared.and_then(|(v, cache)| cache.entry((v, activations)).or_insert_with(|| prepare_activations(activations, xv, m, k)).as_ref());
-    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias.as_deref(), correction.as_deref(), epilogue, residual, &mut y)?;
+    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias, correction.as_deref(), epilogue, residual, &mut y)?;
     let mut out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     if let Some(r) = broadcast {
         out = crate::kernels::quant::broadcast_residual(out, r)?;

@@ -15,6 +15,60 @@ use fpx_quant::{fold, QuantGemm};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
+/// The LoRC factors of a QuantMatMul in f32, ready to apply: `u` `[k, r]` and `v` `[r, n]`
+/// (inputs [`quant_matmul::LORC_U_INPUT`] and [`quant_matmul::LORC_V_INPUT`], stored FP16). The
+/// executor converts constant factors once, when it is built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LorcFactors {
+    u: Vec<f32>,
+    v: Vec<f32>,
+    rank: usize,
+    k: usize,
+    n: usize,
+}
+
+impl LorcFactors {
+    /// The factors of a node whose inputs 5 and 6 are `u` and `v`, checked against `[k, r]` and
+    /// `[r, n]`; `None` when the node has neither.
+    pub fn from_tensors(u: Option<&Tensor>, v: Option<&Tensor>, k: usize, n: usize) -> Result<Option<LorcFactors>, KernelError> {
+        let (u, v) = match (u, v) {
+            (None, None) => return Ok(None),
+            (Some(u), Some(v)) => (u, v),
+            _ => kbail!("the LoRC factors U (input 5) and V (input 6) go together: give both or neither"),
+        };
+        let rank = match (u.shape(), v.shape()) {
+            (&[uk, ur], &[vr, vn]) if uk == k && vn == n && ur == vr && ur > 0 => ur,
+            (a, b) => kbail!("the LoRC factors are {a:?} and {b:?}, not [{k}, r] and [r, {n}]"),
+        };
+        Ok(Some(LorcFactors { u: u.to_f32().iter().copied().collect(), v: v.to_f32().iter().copied().collect(), rank, k, n }))
+    }
+
+    /// The correction `(X · U) · V` (`m × n`, row-major) for the `m` rows `x` (`m × k`).
+    pub fn apply(&self, x: &[f32], m: usize) -> Result<Vec<f32>, KernelError> {
+        use rayon::prelude::*;
+        let (r, k, n) = (self.rank, self.k, self.n);
+        if x.len() != m * k {
+            kbail!("X holds {} values, not {m} rows of {k}", x.len());
+        }
+        let mut out = alloc::filled(&[m, n], 0f32)?;
+        let row = |(xr, o): (&[f32], &mut [f32])| {
+            let mut t = vec![0f32; r];
+            for (xp, ur) in xr.iter().zip(self.u.chunks_exact(r)) {
+                t.iter_mut().zip(ur).for_each(|(t, u)| *t += xp * u);
+            }
+            for (tj, vr) in t.iter().zip(self.v.chunks_exact(n)) {
+                o.iter_mut().zip(vr).for_each(|(o, v)| *o += tj * v);
+            }
+        };
+        if m * n * r >= 1 << 16 && rayon::current_num_threads() > 1 {
+            x.par_chunks(k).zip(out.par_chunks_mut(n)).for_each(row);
+        } else {
+            x.chunks(k).zip(out.chunks_mut(n)).for_each(row);
+        }
+        Ok(out)
+    }
+}
+
 /// The LoRC correction `(X · U) · V` (`m × n`, row-major) of a QuantMatMul whose inputs
 /// [`quant_matmul::LORC_U_INPUT`] and [`quant_matmul::LORC_V_INPUT`] are `u` (`[k, r]`) and `v`
 /// (`[r, n]`), for the `m` rows `x`; `None` when the node has no factors. Both the reference
@@ -27,33 +81,7 @@ pub fn lorc_correction(
     k: usize,
     n: usize,
 ) -> Result<Option<Vec<f32>>, KernelError> {
-    use rayon::prelude::*;
-    let (u, v) = match (u, v) {
-        (None, None) => return Ok(None),
-        (Some(u), Some(v)) => (u, v),
-        _ => kbail!("the LoRC factors U (input 5) and V (input 6) go together: give both or neither"),
-    };
-    let r = match (u.shape(), v.shape()) {
-        (&[uk, ur], &[vr, vn]) if uk == k && vn == n && ur == vr && ur > 0 => ur,
-        (a, b) => kbail!("the LoRC factors are {a:?} and {b:?}, not [{k}, r] and [r, {n}]"),
-    };
-    let (uf, vf): (Vec<f32>, Vec<f32>) = (u.to_f32().iter().copied().collect(), v.to_f32().iter().copied().collect());
-    let mut out = alloc::filled(&[m, n], 0f32)?;
-    let row = |(xr, o): (&[f32], &mut [f32])| {
-        let mut t = vec![0f32; r];
-        for (xp, ur) in xr.iter().zip(uf.chunks_exact(r)) {
-            t.iter_mut().zip(ur).for_each(|(t, u)| *t += xp * u);
-        }
-        for (tj, vr) in t.iter().zip(vf.chunks_exact(n)) {
-            o.iter_mut().zip(vr).for_each(|(o, v)| *o += tj * v);
-        }
-    };
-    if m * n * r >= 1 << 16 && rayon::current_num_threads() > 1 {
-        x.par_chunks(k).zip(out.par_chunks_mut(n)).for_each(row);
-    } else {
-        x.chunks(k).zip(out.chunks_mut(n)).for_each(row);
-    }
-    Ok(Some(out))
+    LorcFactors::from_tensors(u, v, k, n)?.map(|f| f.apply(x, m)).transpose()
 }
 
 /// The dequantized weight `[k][n]` of the product `gemm`: `v(code) * scales[group][n]`.
