@@ -149,23 +149,20 @@ pub fn run_caught(target: Target, bytes: &[u8]) -> Result<bool, String> {
     result.map_err(|_| if message.is_empty() { "panic (no message)".to_string() } else { message })
 }
 
-/// A small seeded generator (splitmix64): the same seed gives the same run.
+/// A small seeded generator (SplitMix64, [`fpx_quant::seeded`]): the same seed gives the same
+/// run.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(fpx_quant::seeded::SplitMix64);
 
 impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+        Rng(fpx_quant::seeded::SplitMix64::new(seed ^ 0x5851_f42d_4c95_7f2d))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` (`n > 0`).

@@ -37,6 +37,7 @@ pub mod layout;
 pub mod lorc;
 pub mod scale;
 mod scale_choice;
+pub mod seeded;
 
 pub use activations::Activations;
 pub use channel_major::WeightValues;

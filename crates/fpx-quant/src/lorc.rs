@@ -153,8 +153,9 @@ fn top_eigenvectors(g: DMatrix<f64>, count: usize) -> DMatrix<f64> {
 fn randomized(m: &DMatrix<f64>, rank: usize) -> (DMatrix<f64>, DMatrix<f64>) {
     let (k, n) = m.shape();
     let l = (rank + OVERSAMPLE).min(k).min(n);
-    let mut rng = Gaussian::new(0x10c0_5eed);
-    let omega = DMatrix::from_fn(n, l, |_, _| rng.next());
+    // The sketch matrix: standard normals from a fixed seed, the same on every run.
+    let mut rng = crate::seeded::SplitMix64::new(0x10c0_5eed);
+    let omega = DMatrix::from_fn(n, l, |_, _| rng.normal());
     let mut q = (m * omega).qr().q();
     for _ in 0..POWER_ITERATIONS {
         let z = (m.transpose() * &q).qr().q();
@@ -163,31 +164,6 @@ fn randomized(m: &DMatrix<f64>, rank: usize) -> (DMatrix<f64>, DMatrix<f64>) {
     let b = q.transpose() * m;
     let (ub, sv) = exact(&b, rank);
     (q * ub, sv)
-}
-
-/// Standard normal numbers from a seeded SplitMix64 stream (Box–Muller): the sketch matrix of
-/// the range finder, the same on every run.
-struct Gaussian(u64);
-
-impl Gaussian {
-    fn new(seed: u64) -> Self {
-        Gaussian(seed)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // In (0, 1]: never 0, so the logarithm below is finite.
-        ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    fn next(&mut self) -> f64 {
-        let (a, b) = (self.uniform(), self.uniform());
-        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use fpx_quant::act8::{Activations, Int8Activations};
 use fpx_quant::layout::{pack, TILE_N};
+use fpx_quant::seeded::SplitMix64;
 use fpx_quant::{fold, quantize_channels, QuantConfig, QuantGemm};
 use fpx_runtime::native::QmmFn;
 
@@ -13,25 +14,17 @@ use crate::TuneError;
 /// Most bytes the rotated weight copies may take together.
 const MAX_ROTATION_BYTES: usize = 1 << 30;
 
-/// A small seeded generator (SplitMix64): tuning data is random but reproducible.
-pub(crate) struct SplitMix(u64);
+/// The tuner's seeded generator: tuning data is random but reproducible.
+pub(crate) struct SplitMix(SplitMix64);
 
 impl SplitMix {
     pub(crate) fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        SplitMix(SplitMix64::new(seed))
     }
 
     /// Uniform in [-1, 1).
     pub(crate) fn signed(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        self.0.signed_f32()
     }
 
     pub(crate) fn signed_vec(&mut self, len: usize) -> Vec<f32> {
