@@ -171,10 +171,23 @@ fn driver_probe_never_panics() {
     }
 }
 
-/// A Rust mirror of the template's `fp6_pair_bits` + `fp6_to_x2` (the text is checked below):
-/// the two 16-bit values the MMA receives. BF16: the shifted bits times 2^(127 - bias) plus -0,
-/// as `fma.rn.bf16x2` computes it (subnormal inputs kept; the result is exact, checked).
+/// A Rust mirror of the template's `prepare_high` + `dequant_pair` (the text is checked below):
+/// the two 16-bit values the MMA receives from a lane's low- and high-plane words. e3m2 FP16:
+/// the rotated high word; otherwise `fp6_pair_bits` + `fp6_to_x2`, where BF16 is the shifted
+/// bits times 2^(127 - bias) plus -0, as `fma.rn.bf16x2` computes it (subnormal inputs kept; the
+/// result is exact, checked).
 fn mirror_fp6_to_x2(low: u32, high: u32, half: u32, pair: u32, format: Fp6Format, act: Act) -> u32 {
+    if (format, act) == (Fp6Format::E3M2, Act::F16) {
+        let e2 = high & 0x5555_5555;
+        let prepared = (high & 0xaaaa_aaaa) | (e2 >> 2) | (e2 << 30);
+        let nibbles = match pair {
+            0 => low,
+            1 => low >> 4,
+            2 => low << 4,
+            _ => low << 8,
+        };
+        return (prepared.rotate_left(2 * (4 * half + pair)) & 0x9000_9000) | (nibbles & 0x0f00_0f00);
+    }
     let lo = match pair {
         0 => low << 2,
         1 => low >> 2,
@@ -263,6 +276,13 @@ fn template_dequant_matches_fpx_quant_for_every_code() {
         "const fpx_u32 REBIAS = (FORMAT == 0 ? 251u : 253u) << 7;",
         "asm(\"fma.rn.bf16x2 %0, %1, %2, %3;\" : \"=r\"(d) : \"r\"(placed), \"r\"(REBIAS * 0x10001u), \"r\"(0x80008000u));",
         "return fp6_to_x2<FORMAT, ACT>(fp6_pair_bits<HALF, PAIR>(low, high));",
+        "static constexpr bool ON = FORMAT == 0 && ACT == 0;",
+        "const fpx_u32 e2 = high & 0x55555555u;",
+        "return (high & 0xaaaaaaaau) | (e2 >> 2) | (e2 << 30);",
+        "const fpx_u32 nibbles = PAIR == 0 ? low : PAIR == 1 ? (low >> 4) : PAIR == 2 ? (low << 4) : (low << 8);",
+        "return (rotl<2 * (4 * HALF + PAIR)>(high) & 0x90009000u) | (nibbles & 0x0f000f00u);",
+        "return N == 0 ? x : (x << (N & 31)) | (x >> ((32 - N) & 31));",
+        "hw[i] = prepare_high<FORMAT, ACT>(shigh[tile * 32 + lane]);",
     ] {
         assert!(FP6_GEMM_TEMPLATE.contains(needle), "template lost: {needle}");
     }
