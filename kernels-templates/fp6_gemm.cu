@@ -200,7 +200,8 @@ __device__ __forceinline__ fpx_u16 from_f32(float v) {
 }
 
 // Multiplier applied to the (storage-factor-folded) scale in the epilogue: 1 for FP16; for
-// BF16 the offset path has factor 1, so undo the folded FP16 factor (2^12 e3m2, 2^14 e2m3).
+// BF16 the dequantized weights have their true magnitude (factor 1), so undo the folded FP16
+// factor (2^12 e3m2, 2^14 e2m3).
 template <int FORMAT, int ACT>
 __device__ __forceinline__ float scale_adjust() {
     return ACT == 0 ? 1.0f : (FORMAT == 0 ? 1.0f / 4096.0f : 1.0f / 16384.0f);
