@@ -701,7 +701,7 @@ fn emulation_mirrors_the_template_text() {
         "const int tile = (warp * WNT + i) * KT + kt;",
         "lw[i][0] = slow[tile * 64 + lane];",
         "lw[i][1] = slow[tile * 64 + 32 + lane];",
-        "hw[i] = shigh[tile * 32 + lane];",
+        "hw[i] = prepare_high<FORMAT, ACT>(shigh[tile * 32 + lane]);",
         "mma_half<0>(acc, lw, hw, sx + kt * 32);",
         "const int ch = (nt0 + warp * WNT + i) * 16 + g + 8 * hrow;",
         "const int tok = m0 + mb * 8 + 2 * t + q;",
