@@ -188,8 +188,13 @@ pub struct PtxasReport {
 
 /// `ptxas` on PATH, else `<cuda home>/bin/ptxas`.
 pub fn find_ptxas() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("ptxas")).find(|p| p.is_file()));
-    on_path.or_else(|| cuda_home().map(|h| h.join("bin").join("ptxas")).filter(|p| p.is_file()))
+    find_cuda_tool("ptxas")
+}
+
+/// The CUDA command-line tool `name` on PATH, else in `<cuda home>/bin`.
+pub(crate) fn find_cuda_tool(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()));
+    on_path.or_else(|| cuda_home().map(|h| h.join("bin").join(name)).filter(|p| p.is_file()))
 }
 
 /// Assembles `ptx` with `ptxas -arch=sm_XX -v` and parses the resource report.

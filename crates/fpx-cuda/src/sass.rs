@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::compile::{assemble, nvrtc_ptx, temp_stem};
+use crate::compile::{assemble, find_cuda_tool, nvrtc_ptx, temp_stem};
 use crate::config::{blocks_per_sm, instantiate, GemmConfig};
 use crate::{Arch, CudaError};
 
@@ -37,6 +37,11 @@ impl SassInstruction {
     /// The opcode's base name (`HMMA` for `HMMA.16816.F32`).
     pub fn base(&self) -> &str {
         self.opcode.split('.').next().unwrap_or_default()
+    }
+
+    /// The label a `BRA` jumps to (`` `(.L_x_5) `` → `.L_x_5`); `None` for other instructions.
+    pub fn branch_target(&self) -> Option<&str> {
+        (self.base() == "BRA").then(|| self.operands.trim_start_matches('`').trim_start_matches('(').split(')').next().unwrap_or_default())
     }
 }
 
@@ -91,10 +96,7 @@ impl SassFunction {
         let index_of = |addr: u32| self.instructions.iter().position(|i| i.address == addr);
         let mut out = Vec::new();
         for (last, ins) in self.instructions.iter().enumerate() {
-            if ins.base() != "BRA" {
-                continue;
-            }
-            let target = ins.operands.trim_start_matches('`').trim_start_matches('(').split(')').next().unwrap_or_default();
+            let Some(target) = ins.branch_target() else { continue };
             if let Some(first) = self.labels.get(target).and_then(|&a| index_of(a)).filter(|&first| first <= last) {
                 out.push((first, last));
             }
@@ -116,11 +118,7 @@ pub fn copy_block<'a>(body: &'a [SassInstruction], labels: &HashMap<String, u32>
     let copies = body.iter().filter(|i| i.base() == "LDGSTS").count();
     let mut best: Option<&[SassInstruction]> = None;
     for (at, ins) in body.iter().enumerate() {
-        if ins.base() != "BRA" {
-            continue;
-        }
-        let target = ins.operands.trim_start_matches('`').trim_start_matches('(').split(')').next().unwrap_or_default();
-        let Some(&addr) = labels.get(target) else { continue };
+        let Some(&addr) = ins.branch_target().and_then(|t| labels.get(t)) else { continue };
         let Some(end) = body.iter().position(|i| i.address == addr).filter(|&end| end > at) else { continue };
         let block = &body[at + 1..end];
         if copies > 0 && block.iter().filter(|i| i.base() == "LDGSTS").count() == copies && best.is_none_or(|b| block.len() < b.len()) {
@@ -176,8 +174,7 @@ impl OpcodeCounts {
 
 /// `nvdisasm` on PATH, else `<cuda home>/bin/nvdisasm`.
 pub fn find_nvdisasm() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("nvdisasm")).find(|p| p.is_file()));
-    on_path.or_else(|| crate::cuda_home().map(|h| h.join("bin").join("nvdisasm")).filter(|p| p.is_file()))
+    find_cuda_tool("nvdisasm")
 }
 
 /// Disassembles a cubin with `nvdisasm -c`.
@@ -348,5 +345,6 @@ mod tests {
         assert_eq!((c.total, c.mma, c.copies, c.shared_loads, c.sync), (9.0, 2.0, 1.0, 1.0, 2.0));
         assert_eq!(c.scaled(0.5).total, 4.5);
         assert_eq!(body[6].base(), "HMMA");
+        assert_eq!((k.instructions[3].branch_target(), body[6].branch_target()), (Some(".L_x_5"), None));
     }
 }
