@@ -93,6 +93,27 @@ __device__ __forceinline__ float load_cg(const float* p) {
     return v;
 }
 
+// Split-K arrival: after every thread of the block wrote its partials, the block counts itself
+// in on its output block's counter; true (for the whole block) in the last of the SPLIT_K
+// blocks to arrive, which resets the counter for the next launch and may then read every
+// split's partials (ld.global.cg).
+template <int SPLIT_K>
+__device__ __forceinline__ bool last_split_arrived(unsigned* counters) {
+    __shared__ unsigned fpx_last_split;
+    __threadfence();  // this thread's partials are visible GPU-wide before the block counts itself in
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+        const unsigned arrived = atomicAdd(counter, 1u);
+        fpx_last_split = arrived == SPLIT_K - 1 ? 1u : 0u;
+        if (arrived == SPLIT_K - 1) *counter = 0u;  // every split is in: ready for the next launch
+    }
+    __syncthreads();
+    if (fpx_last_split == 0u) return false;
+    __threadfence();  // the other splits' partials, counted in before the atomic, are read after it
+    return true;
+}
+
 template <int ACT>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const fpx_u32 (&a)[4], fpx_u32 b0, fpx_u32 b1) {
     if (ACT == 0) {
@@ -482,18 +503,7 @@ struct Gemm {
     static __device__ __forceinline__ void finish_split(const float* __restrict__ scales, const float* __restrict__ bias,
                                                         fpx_u16* __restrict__ Y, const float* ws, unsigned* counters, int M, int nt0,
                                                         int m0) {
-        __shared__ unsigned fpx_last_split;
-        __threadfence();  // this thread's partials are visible GPU-wide before the block counts itself in
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            unsigned* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
-            const unsigned arrived = atomicAdd(counter, 1u);
-            fpx_last_split = arrived == SPLIT_K - 1 ? 1u : 0u;
-            if (arrived == SPLIT_K - 1) *counter = 0u;  // every split is in: ready for the next launch
-        }
-        __syncthreads();
-        if (fpx_last_split == 0u) return;
-        __threadfence();  // the other splits' partials, counted in before the atomic, are read after it
+        if (!last_split_arrived<SPLIT_K>(counters)) return;
         const float adj = scale_adjust<FORMAT, ACT>();
         constexpr int BLOCK_N = BLOCK_NT * 16;
         for (int idx = threadIdx.x; idx < M_TILE * BLOCK_N; idx += THREADS) {

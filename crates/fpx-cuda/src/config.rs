@@ -203,6 +203,20 @@ impl GemmConfig {
 
     /// Checks the config is one the template instantiates and that fits every target.
     pub fn validate(&self) -> Result<(), CudaError> {
+        self.validate_tiling()?;
+        if self.shared_bytes() > MAX_SHARED_BYTES {
+            return Err(CudaError::Config(format!(
+                "{} bytes of shared memory (at most {MAX_SHARED_BYTES}) in {self:?}",
+                self.shared_bytes()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks of [`GemmConfig::validate`] but the shared-memory size: the tiling rules the
+    /// copy streams and the pipeline share with the W4A8 GEMM ([`crate::w4a8`]), whose stages
+    /// are smaller.
+    pub fn validate_tiling(&self) -> Result<(), CudaError> {
         let bad = |what: String| Err(CudaError::Config(format!("{what} in {self:?}")));
         if self.n == 0 || self.k == 0 {
             return bad("n and k must be positive".into());
@@ -228,9 +242,6 @@ impl GemmConfig {
         }
         if self.split_k == 0 || self.split_k > self.k_steps() {
             return bad(format!("split_k {} is not 1..={} (the K steps)", self.split_k, self.k_steps()));
-        }
-        if self.shared_bytes() > MAX_SHARED_BYTES {
-            return bad(format!("{} bytes of shared memory (at most {MAX_SHARED_BYTES})", self.shared_bytes()));
         }
         Ok(())
     }

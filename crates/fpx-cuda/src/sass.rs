@@ -39,6 +39,12 @@ impl SassInstruction {
         self.opcode.split('.').next().unwrap_or_default()
     }
 
+    /// Whether this is a tensor-core MMA: `HMMA` (FP16/BF16, and FP8 lowered on sm_90) or
+    /// `QMMA` (native FP8, sm_89).
+    pub fn is_mma(&self) -> bool {
+        matches!(self.base(), "HMMA" | "QMMA")
+    }
+
     /// The label a `BRA` jumps to (`` `(.L_x_5) `` → `.L_x_5`); `None` for other instructions.
     pub fn branch_target(&self) -> Option<&str> {
         (self.base() == "BRA").then(|| self.operands.trim_start_matches('`').trim_start_matches('(').split(')').next().unwrap_or_default())
@@ -104,9 +110,9 @@ impl SassFunction {
         out
     }
 
-    /// The main K loop: the loop whose body holds the most `HMMA`s (the longest on ties).
+    /// The main K loop: the loop whose body holds the most MMAs (the longest on ties).
     pub fn main_loop(&self) -> Option<&[SassInstruction]> {
-        let hmma = |(a, b): (usize, usize)| self.instructions[a..=b].iter().filter(|i| i.base() == "HMMA").count();
+        let hmma = |(a, b): (usize, usize)| self.instructions[a..=b].iter().filter(|i| i.is_mma()).count();
         self.loops().into_iter().filter(|&r| hmma(r) > 0).max_by_key(|&r| (hmma(r), r.1 - r.0)).map(|(a, b)| &self.instructions[a..=b])
     }
 }
@@ -133,7 +139,7 @@ pub fn copy_block<'a>(body: &'a [SassInstruction], labels: &HashMap<String, u32>
 pub struct OpcodeCounts {
     /// Every instruction.
     pub total: f64,
-    /// Tensor-core MMAs (`HMMA`).
+    /// Tensor-core MMAs (`HMMA`, `QMMA`).
     pub mma: f64,
     /// Async global→shared copies (`LDGSTS`).
     pub copies: f64,
@@ -150,7 +156,7 @@ impl OpcodeCounts {
         for i in instructions {
             c.total += 1.0;
             match i.base() {
-                "HMMA" => c.mma += 1.0,
+                _ if i.is_mma() => c.mma += 1.0,
                 "LDGSTS" => c.copies += 1.0,
                 "LDS" | "LDSM" => c.shared_loads += 1.0,
                 "BAR" | "DEPBAR" | "LDGDEPBAR" => c.sync += 1.0,
