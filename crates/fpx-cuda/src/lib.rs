@@ -14,6 +14,8 @@
 //!   [`driver_available`].
 //! - [`sass`]: static SASS evidence (nvdisasm): the main loop's instructions per K step for
 //!   dequantization, copies and MMAs, registers and blocks per SM, by probe builds.
+//! - [`w4a8`]: the W4A8 GEMM of ZeroQuant-FP (FP4 weights, FP8 activations quantized per token,
+//!   FP8 tensor cores on sm_90): its config, row quantizer and template instantiation.
 //! - [`plan`]: the GPU half of an artifact: per architecture, a kernel table per quantized
 //!   product ([`plan::ptx_code`]) and one PTX module per distinct config.
 //! - [`ops`]: the rest of a transformer on the GPU: header-free templates (elementwise unary and
@@ -52,6 +54,7 @@ pub mod device;
 pub mod ops;
 pub mod plan;
 pub mod sass;
+pub mod w4a8;
 
 pub use compile::{
     compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,
@@ -67,18 +70,23 @@ pub use ops::{
 pub enum Arch {
     /// Ampere (A100): `compute_80` / `sm_80`.
     Sm80,
+    /// Ada (L4, L40S): `compute_89` / `sm_89`, the first with FP8 `mma.sync`. Only the W4A8
+    /// GEMM ([`w4a8`]) targets it; artifacts carry sm_80 and sm_90 code ([`Arch::ALL`]), and
+    /// sm_80 PTX runs on Ada.
+    Sm89,
     /// Hopper (H100/H200): `compute_90` / `sm_90`.
     Sm90,
 }
 
 impl Arch {
-    /// Both architectures, oldest first.
+    /// The architectures artifacts carry code for, oldest first.
     pub const ALL: [Arch; 2] = [Arch::Sm80, Arch::Sm90];
 
     /// The NVRTC virtual architecture (`compute_80`).
     pub fn compute(self) -> &'static str {
         match self {
             Arch::Sm80 => "compute_80",
+            Arch::Sm89 => "compute_89",
             Arch::Sm90 => "compute_90",
         }
     }
@@ -87,6 +95,7 @@ impl Arch {
     pub fn sm(self) -> &'static str {
         match self {
             Arch::Sm80 => "sm_80",
+            Arch::Sm89 => "sm_89",
             Arch::Sm90 => "sm_90",
         }
     }

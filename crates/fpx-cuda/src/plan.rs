@@ -10,10 +10,11 @@ use fpx_quant::QuantGemm;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
-/// The SM count fpx plans tiles for on each architecture (A100: 108, H100 SXM: 132).
+/// The SM count fpx plans tiles for on each architecture (A100: 108, L40S: 142, H100 SXM: 132).
 pub fn planned_sm_count(arch: Arch) -> usize {
     match arch {
         Arch::Sm80 => 108,
+        Arch::Sm89 => 142,
         Arch::Sm90 => 132,
     }
 }

@@ -298,7 +298,7 @@ fn act_to_f32(bits: u16, act: Act) -> f32 {
 /// The template's `ChunkMap` for thread `tid`: `(row, column)` of each chunk it copies into a
 /// stage slice of `rows` rows of `row` 16-byte chunks (chunk `tid + j * threads`, chunks past
 /// the last row skipped), from the thread's first chunk plus `row_add(j)` / `col_add(j)`.
-fn thread_chunks(rows: usize, row: usize, threads: usize, tid: usize) -> Vec<(usize, usize)> {
+pub fn thread_chunks(rows: usize, row: usize, threads: usize, tid: usize) -> Vec<(usize, usize)> {
     assert!(threads.is_multiple_of(row) || row.is_multiple_of(threads), "ChunkMap's static_assert");
     let iters = (rows * row).div_ceil(threads);
     let (row0, col0) = (tid / row, tid % row);
@@ -315,7 +315,7 @@ fn thread_chunks(rows: usize, row: usize, threads: usize, tid: usize) -> Vec<(us
 }
 
 /// Split `z`'s K steps `(begin, count)`: the template's remainder spreading.
-fn split_range(steps: usize, split_k: usize, z: usize) -> (usize, usize) {
+pub fn split_range(steps: usize, split_k: usize, z: usize) -> (usize, usize) {
     let (base, rem) = (steps / split_k, steps % split_k);
     (z * base + z.min(rem), base + usize::from(z < rem))
 }
