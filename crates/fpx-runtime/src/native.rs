@@ -275,28 +275,44 @@ impl NativeQmm {
 /// about 64 KiB, so the block is still in L1/L2 when the epilogue reads it.
 const EPILOGUE_BLOCK_ELEMS: usize = 16 * 1024;
 
-/// The largest scratch (elements) a thread keeps between gated products: 64 MiB.
+/// The largest scratch (elements) a thread keeps between products: 64 MiB.
 const SCRATCH_KEEP_ELEMS: usize = 16 << 20;
 
+/// Scratch buffers a thread keeps (a gated product's P beside the FP8 rows of one or two X).
+const SCRATCH_KEEP_BUFFERS: usize = 4;
+
 thread_local! {
-    /// The calling thread's scratch for gated products, reused across calls so a decode step
-    /// neither allocates it nor faults its pages in again.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's scratch buffers — gated products' P, FP8-rounded activations —
+    /// reused across calls so a decode step neither allocates them nor faults their pages in
+    /// again.
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A scratch of at least `len` elements (contents unspecified).
+/// A scratch of at least `len` elements (contents unspecified): the smallest kept buffer that
+/// holds `len` (the most recently kept of equal ones), else the largest, grown.
 fn take_scratch(len: usize) -> Vec<f32> {
-    let mut v = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let mut v = SCRATCH.with(|s| {
+        let mut pool = s.borrow_mut();
+        // Newest first among equals (`min_by_key` keeps the first minimum): the warmest in cache.
+        let fits = pool.iter().enumerate().rev().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+        let pick = fits.or_else(|| pool.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
+        pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+    });
     if v.len() < len {
         v.resize(len, 0.0);
     }
     v
 }
 
-/// Keeps `v` for the next gated product on this thread, unless it is very large.
+/// Keeps `v` for the next product on this thread, unless it is very large or enough are kept.
 fn put_back_scratch(v: Vec<f32>) {
-    if v.len() <= SCRATCH_KEEP_ELEMS {
-        SCRATCH.with(|s| *s.borrow_mut() = v);
+    if v.capacity() <= SCRATCH_KEEP_ELEMS && v.capacity() > 0 {
+        SCRATCH.with(|s| {
+            let mut pool = s.borrow_mut();
+            if pool.len() < SCRATCH_KEEP_BUFFERS {
+                pool.push(v);
+            }
+        });
     }
 }
 
@@ -362,7 +378,8 @@ pub enum PreparedActivations {
     /// The buffer int8 kernels read ([`quantize_activations`]).
     Int8(Int8Activations),
     /// The rows rounded to FP8 ([`fpx_quant::act_fp8::round_rows`]): exact `f32` values, which
-    /// the `f32` kernels of an FP8 product read.
+    /// the `f32` kernels of an FP8 product read (in a thread scratch buffer, kept for reuse when
+    /// this is dropped).
     Fp8 {
         /// `fp8-e4m3` or `fp8-e5m2`.
         activations: Activations,
@@ -373,6 +390,15 @@ pub enum PreparedActivations {
         /// The rounded rows, row-major.
         values: Vec<f32>,
     },
+}
+
+impl Drop for PreparedActivations {
+    /// FP8 rows go back to the thread's scratch buffers for the next product.
+    fn drop(&mut self) {
+        if let PreparedActivations::Fp8 { values, .. } = self {
+            put_back_scratch(std::mem::take(values));
+        }
+    }
 }
 
 impl PreparedActivations {
@@ -419,7 +445,9 @@ pub fn prepare_activations(activations: Activations, x: &[f32], m: usize, k: usi
         Activations::Int8 => Some(PreparedActivations::Int8(quantize_activations(x, m, k))),
         Activations::Fp8E4M3 | Activations::Fp8E5M2 => {
             let format = activations.fp8_format().expect("an FP8 choice");
-            let mut values = vec![0f32; m * k];
+            // A kept scratch (returned when the preparation is dropped): no fresh pages per product.
+            let mut values = take_scratch(m * k);
+            values.truncate(m * k);
             let rows = x.chunks(k.max(1)).zip(values.chunks_mut(k.max(1)));
             if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
                 rows.collect::<Vec<_>>().into_par_iter().for_each(|(r, o)| round_fp8_row(r, format, o));
@@ -525,6 +553,15 @@ mod tests {
         let PreparedActivations::Fp8 { values, .. } = &fp8 else { panic!("fp8") };
         let mut want = vec![0f32; m * k];
         fpx_quant::act_fp8::round_rows(&x, m, k, fpx_quant::Format::Fp8E4M3, &mut want).unwrap();
+        assert_eq!(values, &want);
+        // Dropped FP8 rows go back to this thread's scratch: the next preparation (here of the
+        // other rows, a buffer of the same size) reuses them and still computes its own values.
+        let (kept, reversed) = (fp8.as_ptr(), x.iter().rev().copied().collect::<Vec<f32>>());
+        drop(fp8);
+        let again = prepare_activations(Activations::Fp8E4M3, &reversed, m, k).unwrap();
+        assert_eq!(again.as_ptr(), kept, "the kept buffer is reused");
+        let PreparedActivations::Fp8 { values, .. } = &again else { panic!("fp8") };
+        fpx_quant::act_fp8::round_rows(&reversed, m, k, fpx_quant::Format::Fp8E4M3, &mut want).unwrap();
         assert_eq!(values, &want);
         assert!(prepare_activations(Activations::F32, &x, m, k).is_none());
         let err = q.run(&x, None, m, &packed[1..], &scales, None, None, &Epilogue::default(), None, &mut y).unwrap_err();
