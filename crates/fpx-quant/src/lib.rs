@@ -16,7 +16,9 @@
 //! - [`Activations`]: what quantized products multiply (f32, int8, FP8 e4m3/e5m2);
 //! - [`act8`]: int8 activations (per row and block of 32) for the byte dot-product kernels;
 //! - [`act_fp8`]: FP8 activations (per row, power-of-two scales), ZeroQuant-FP's W4A8;
-//! - [`lorc`]: low-rank compensation (truncated SVD of the quantization error, LoRC);
+//! - [`lorc`]: low-rank compensation (truncated SVD of the quantization error, LoRC), its
+//!   factors stored as FP16 or as float-format codes;
+//! - [`dense`]: dense bit packing of small code tensors (the quantized LoRC factors);
 //! - [`layout`]: the "4+2" bit-plane layout in tensor-core fragment order, with its inverse,
 //!   the one definition shared by the CPU kernels, the GPU kernels and the tests.
 // No unsafe code but the CPU-feature dispatch in `encode` (an AVX2 copy of a safe loop) and the
@@ -28,6 +30,7 @@ pub mod act_fp8;
 pub mod activations;
 pub mod bias_shift;
 pub mod channel_major;
+pub mod dense;
 pub mod encode;
 mod error;
 pub mod fold;

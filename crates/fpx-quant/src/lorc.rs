@@ -13,7 +13,7 @@
 //! The singular values are split evenly (`U·√σ`, `√σ·V`) so both factors have FP16's range.
 
 use crate::layout::{self, PackedShape};
-use crate::{QuantError, QuantizedMatrix, WeightLayout, WeightValues};
+use crate::{Format, QuantError, QuantizedMatrix, WeightLayout, WeightValues};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// The quantization error `W − Q(W)` (`[k][n]` row-major) of the weight `w` as stored (`layout`)
@@ -107,6 +107,161 @@ impl LowRank {
     /// Bytes of both factors in FP16: `2 · r · (k + n)`.
     pub fn f16_bytes(&self) -> usize {
         2 * self.rank * (self.k + self.n)
+    }
+}
+
+/// How LoRC factors are stored: FP16 (the default, as ZeroQuant-V2) or the codes of a float
+/// format ([`QuantizedFactors`]: FP8 as ZeroQuant-FP, or fpx's narrower FP6/FP5/FP4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FactorStorage {
+    /// FP16 values: `2 · r · (k + n)` bytes.
+    #[default]
+    F16,
+    /// Codes of a float format with one scale per rank component and factor.
+    Quantized(Format),
+}
+
+impl FactorStorage {
+    /// `f16` (or `fp16`), or a float format's name (`fp8-e4m3`, `fp6-e2m3`, ...); `None` for
+    /// anything else (integer formats included: the factors' values are not integers).
+    pub fn parse(s: &str) -> Option<FactorStorage> {
+        match s {
+            "f16" | "fp16" => Some(FactorStorage::F16),
+            other => Format::parse(other).filter(|f| f.is_float()).map(FactorStorage::Quantized),
+        }
+    }
+
+    /// `f16` or the format's name (what [`FactorStorage::parse`] reads).
+    pub fn name(self) -> &'static str {
+        match self {
+            FactorStorage::F16 => "f16",
+            FactorStorage::Quantized(f) => f.name(),
+        }
+    }
+
+    /// Bytes of rank-`rank` factors of a `[k][n]` weight stored this way (codes and scales).
+    pub fn bytes(self, k: usize, n: usize, rank: usize) -> usize {
+        match self {
+            FactorStorage::F16 => 2 * rank * (k + n),
+            FactorStorage::Quantized(f) => {
+                crate::dense::packed_len(rank * k, f.bits()) + crate::dense::packed_len(rank * n, f.bits()) + 4 * 2 * rank
+            }
+        }
+    }
+
+    /// `lr` as this storage holds it: the values a product multiplies (FP16-rounded or
+    /// dequantized) and, when quantized, the stored codes.
+    pub fn store(self, lr: &LowRank) -> Result<(LowRank, Option<QuantizedFactors>), QuantError> {
+        match self {
+            FactorStorage::F16 => Ok((lr.rounded_to_f16(), None)),
+            FactorStorage::Quantized(f) => {
+                let q = QuantizedFactors::quantize(lr, f)?;
+                Ok((q.dequantize(), Some(q)))
+            }
+        }
+    }
+}
+
+/// LoRC factors quantized to a float format: per rank component `i`, `U`'s column `i` (`k`
+/// values) and `V`'s row `i` (`n` values) each get a scale (their absmax over the format's
+/// largest value; 1 when all are zero) and codes rounded to nearest, ties to even. The codes are
+/// densely packed ([`crate::dense`]), component-major: `u_codes` holds `U`'s columns one after
+/// the other, `v_codes` `V`'s rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedFactors {
+    /// The codes' format (a float format).
+    pub format: Format,
+    /// The weight's K.
+    pub k: usize,
+    /// The weight's N.
+    pub n: usize,
+    /// The rank `r`.
+    pub rank: usize,
+    /// `U`'s codes, column by column (`r · k` codes, packed).
+    pub u_codes: Vec<u8>,
+    /// `V`'s codes, row by row (`r · n` codes, packed).
+    pub v_codes: Vec<u8>,
+    /// `2 · r` scales: `U`'s columns, then `V`'s rows.
+    pub scales: Vec<f32>,
+}
+
+impl QuantizedFactors {
+    /// `lr`'s factors in `format` (a float format), as the type's docs define.
+    pub fn quantize(lr: &LowRank, format: Format) -> Result<QuantizedFactors, QuantError> {
+        if !format.is_float() {
+            return Err(QuantError::Shape { tensor: "low-rank factors".into(), message: format!("{format} is not a float format") });
+        }
+        let (k, n, r) = (lr.k, lr.n, lr.rank);
+        let max = format.max_value() as f32;
+        let mut scales = Vec::with_capacity(2 * r);
+        let mut quantize = |values: &[f32], codes: &mut Vec<u8>| {
+            let absmax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = if absmax > 0.0 { absmax / max } else { 1.0 };
+            scales.push(s);
+            codes.extend(values.iter().map(|v| format.encode(v / s)));
+        };
+        let (mut u, mut v) = (Vec::with_capacity(r * k), Vec::with_capacity(r * n));
+        for i in 0..r {
+            let column: Vec<f32> = (0..k).map(|row| lr.u[row * r + i]).collect();
+            quantize(&column, &mut u);
+        }
+        for row in lr.v.chunks_exact(n.max(1)).take(r) {
+            quantize(row, &mut v);
+        }
+        let bits = format.bits();
+        Ok(QuantizedFactors { format, k, n, rank: r, u_codes: crate::dense::pack(&u, bits), v_codes: crate::dense::pack(&v, bits), scales })
+    }
+
+    /// Factors read back from their stored parts, checked: `scales` gives the rank (`2 · r`
+    /// values), the code buffers must be exactly `r · k` and `r · n` packed codes.
+    pub fn from_parts(
+        format: Format,
+        k: usize,
+        n: usize,
+        u_codes: Vec<u8>,
+        v_codes: Vec<u8>,
+        scales: Vec<f32>,
+    ) -> Result<QuantizedFactors, QuantError> {
+        let bad = |message: String| QuantError::Shape { tensor: "low-rank factors".into(), message };
+        if !format.is_float() {
+            return Err(bad(format!("{format} is not a float format")));
+        }
+        if scales.is_empty() || !scales.len().is_multiple_of(2) {
+            return Err(bad(format!("{} scales are not two per rank component", scales.len())));
+        }
+        let rank = scales.len() / 2;
+        let (bits, want_u, want_v) =
+            (format.bits(), crate::dense::packed_len(rank * k, format.bits()), crate::dense::packed_len(rank * n, format.bits()));
+        if u_codes.len() != want_u || v_codes.len() != want_v {
+            return Err(bad(format!(
+                "U holds {} bytes and V {} bytes; rank {rank} {} codes of [{k}, {rank}] and [{rank}, {n}] take {want_u} and {want_v} ({bits} bits each)",
+                u_codes.len(),
+                v_codes.len(),
+                format.name()
+            )));
+        }
+        Ok(QuantizedFactors { format, k, n, rank, u_codes, v_codes, scales })
+    }
+
+    /// The factors' values: `decode(code) · scale`, as `U` `[k][r]` and `V` `[r][n]`.
+    pub fn dequantize(&self) -> LowRank {
+        let (k, n, r, bits) = (self.k, self.n, self.rank, self.format.bits());
+        let u_codes = crate::dense::unpack(&self.u_codes, bits, r * k).expect("checked lengths");
+        let v_codes = crate::dense::unpack(&self.v_codes, bits, r * n).expect("checked lengths");
+        let table: Vec<f32> = (0..1u16 << bits).map(|c| self.format.decode(c as u8)).collect();
+        let mut u = vec![0f32; k * r];
+        for i in 0..r {
+            for row in 0..k {
+                u[row * r + i] = table[u_codes[i * k + row] as usize] * self.scales[i];
+            }
+        }
+        let v = (0..r * n).map(|j| table[v_codes[j] as usize] * self.scales[r + j / n.max(1)]).collect();
+        LowRank { k, n, rank: r, u, v }
+    }
+
+    /// Bytes stored: both code buffers and the scales.
+    pub fn bytes(&self) -> usize {
+        self.u_codes.len() + self.v_codes.len() + 4 * self.scales.len()
     }
 }
 
@@ -269,5 +424,53 @@ mod tests {
         // A zero error (an exactly representable weight) gives zero factors, not NaN.
         let z = LowRank::of(&vec![0.0; k * n], k, n, 3).unwrap();
         assert!(z.u.iter().chain(&z.v).all(|v| *v == 0.0));
+    }
+
+    /// Quantized factors: every stored value is a code of the format times its component's
+    /// scale, the largest magnitude of each component is exactly representable (absmax scale),
+    /// the error of `U·V` against the unquantized factors shrinks with the format's width, the
+    /// bytes match the storage formula, and bad parts are refused.
+    #[test]
+    fn quantized_factors_round_trip_and_cost_what_they_say() {
+        let (k, n, r) = (48, 40, 6);
+        let e = Rng::new(5).normals(k * n);
+        let lr = LowRank::of(&e, k, n, r).unwrap();
+        let exact = lr.reconstruct();
+        let mut last_error = f64::INFINITY;
+        for format in [Format::Fp4E2M1, Format::Fp6E3M2, Format::Fp8E4M3] {
+            let storage = FactorStorage::Quantized(format);
+            let (values, stored) = storage.store(&lr).unwrap();
+            let q = stored.unwrap();
+            assert_eq!(q.bytes(), storage.bytes(k, n, r));
+            let bits = format.bits() as usize;
+            assert_eq!(q.bytes(), (r * k * bits).div_ceil(8) + (r * n * bits).div_ceil(8) + 4 * 2 * r);
+            for i in 0..r {
+                let column: Vec<f32> = (0..k).map(|row| values.u[row * r + i]).collect();
+                let original: Vec<f32> = (0..k).map(|row| lr.u[row * r + i]).collect();
+                let (s, codes) = (q.scales[i], column.iter().map(|v| v / q.scales[i]));
+                for (c, v) in codes.zip(&column) {
+                    assert_eq!(format.decode(format.encode(c)) * s, *v, "{format}: a stored value is a code times the scale");
+                }
+                let absmax = original.iter().fold(0f32, |a, v| a.max(v.abs()));
+                assert_eq!(column.iter().fold(0f32, |a, v| a.max(v.abs())), absmax, "{format}: the absmax is kept");
+            }
+            let error = frobenius_diff(&values.reconstruct(), &exact);
+            assert!(error < last_error, "{format}: {error} vs {last_error}");
+            last_error = error;
+            let back = QuantizedFactors::from_parts(format, k, n, q.u_codes.clone(), q.v_codes.clone(), q.scales.clone()).unwrap();
+            assert_eq!(back.dequantize(), values);
+            assert!(QuantizedFactors::from_parts(format, k, n, q.u_codes[1..].to_vec(), q.v_codes.clone(), q.scales.clone()).is_err());
+            assert!(QuantizedFactors::from_parts(format, k, n, q.u_codes.clone(), q.v_codes.clone(), q.scales[1..].to_vec()).is_err());
+        }
+        // FP8 factors: within a few percent of the exact correction.
+        assert!(last_error < 0.05 * frobenius_diff(&exact, &vec![0.0; k * n]), "{last_error}");
+        assert_eq!(FactorStorage::F16.bytes(k, n, r), lr.f16_bytes());
+        assert_eq!(FactorStorage::parse("fp8-e4m3"), Some(FactorStorage::Quantized(Format::Fp8E4M3)));
+        assert_eq!(FactorStorage::parse("f16"), Some(FactorStorage::F16));
+        assert_eq!(FactorStorage::parse("int4"), None);
+        assert!(QuantizedFactors::quantize(&lr, Format::Int8).is_err());
+        // Zero factors: scale 1, codes 0.
+        let z = QuantizedFactors::quantize(&LowRank::of(&vec![0.0; k * n], k, n, 2).unwrap(), Format::Fp8E4M3).unwrap();
+        assert!(z.scales.iter().all(|&s| s == 1.0) && z.dequantize().u.iter().all(|&v| v == 0.0));
     }
 }
