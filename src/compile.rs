@@ -409,6 +409,7 @@ fn metadata(path: &Path, q: &QuantizeOptions) -> BTreeMap<String, String> {
     m.insert("activations".to_string(), q.activations.name().to_string());
     if let Some(rank) = q.lorc_rank {
         m.insert("lorc_rank".to_string(), rank.to_string());
+        m.insert("lorc_factors".to_string(), q.lorc_factors.name().to_string());
     }
     m.insert("source".to_string(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     m

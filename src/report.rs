@@ -5,6 +5,7 @@
 use crate::{Activations, Error, Model, QuantizeOptions, WeightScheme};
 use fpx_ir::Tensor;
 use fpx_passes::{LayerQuant, PassError};
+use fpx_quant::lorc::FactorStorage;
 use fpx_quant::Format;
 use std::fmt::Write;
 use std::path::Path;
@@ -25,7 +26,8 @@ pub struct SchemeSpec {
 /// Parses `a,b:g128,c:a8,d:p2:fp8:lorc8,...`: scheme names, each optionally followed by modifiers
 /// in any order: `:gN` for a group size along K, `:p2` for power-of-two scales, the activations
 /// (`:a8` for int8, `:fp8` for FP8 e4m3, also `:fp8-e4m3`, or `:fp8-e5m2`) and `:lorcR` for a
-/// LoRC correction of rank R. `group_size` applies to
+/// LoRC correction of rank R (`:lorcR@FORMAT` with factors stored in a float format, e.g.
+/// `:lorc8@fp8-e4m3`). `group_size` applies to
 /// every scheme without its own `:gN`; `scale_search` and `pow2_scales` (`--scale-pow2`) to every
 /// scheme.
 pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, pow2_scales: bool) -> Result<Vec<SchemeSpec>, Error> {
@@ -48,9 +50,18 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
                 }
             } else if m == "p2" {
                 pow2 = true;
-            } else if let Some(r) = m.strip_prefix("lorc") {
+            } else if let Some(spec) = m.strip_prefix("lorc") {
+                // `lorcR` or `lorcR@FORMAT` (the factors' storage).
+                let (r, storage) = match spec.split_once('@') {
+                    None => (spec, FactorStorage::F16),
+                    Some((r, f)) => (
+                        r,
+                        FactorStorage::parse(f)
+                            .ok_or_else(|| bad(format!("unknown LoRC factor storage '{f}' after '@' (f16 or a float format)")))?,
+                    ),
+                };
                 let r: usize = r.parse().map_err(|_| bad("the rank after ':lorc' must be a number".into()))?;
-                if lorc.replace(r).is_some() {
+                if lorc.replace((r, storage)).is_some() {
                     return Err(bad("the LoRC rank is given twice".into()));
                 }
             } else if let Some(g) = m.strip_prefix('g') {
@@ -60,7 +71,7 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
                 }
             } else {
                 return Err(bad(format!(
-                    "unknown modifier ':{m}' (use :gN for groups, :p2 for power-of-two scales, :a8, :fp8 or :fp8-e5m2 for the activations, :lorcR for a LoRC rank)"
+                    "unknown modifier ':{m}' (use :gN for groups, :p2 for power-of-two scales, :a8, :fp8 or :fp8-e5m2 for the activations, :lorcR or :lorcR@FORMAT for a LoRC rank and factor storage)"
                 )));
             }
         }
@@ -75,7 +86,8 @@ pub fn parse_schemes(list: &str, group_size: Option<usize>, scale_search: bool, 
             scale_search,
             pow2_scales: pow2,
             activations: activations.unwrap_or_default(),
-            lorc_rank: lorc,
+            lorc_rank: lorc.map(|(r, _)| r),
+            lorc_factors: lorc.map_or(FactorStorage::F16, |(_, s)| s),
             ..QuantizeOptions::new(scheme)
         };
         options.validate()?;

@@ -62,27 +62,36 @@ pub struct LorcStorage {
     pub products: usize,
     /// The largest rank.
     pub max_rank: usize,
-    /// Bytes of the factors (each distinct factor once).
+    /// Bytes of the factors, codes and scales (each distinct factor once).
     pub bytes: usize,
+    /// How they are stored (`f16`, or a float format such as `fp8-e4m3`); `mixed` when
+    /// products differ.
+    pub storage: String,
 }
 
-/// The LoRC factors (inputs 5 and 6 of `fpx:QuantMatMul`) a graph holds: `None` without any.
+/// The LoRC factors (inputs 5 and 6 of `fpx:QuantMatMul`, and 7, the scales of quantized ones) a
+/// graph holds: `None` without any.
 pub fn lorc_storage(graph: &Graph) -> Option<LorcStorage> {
-    use fpx_ir::ops::quant_matmul::{is_quant_matmul, LORC_U_INPUT, LORC_V_INPUT};
+    use fpx_ir::ops::quant_matmul::{is_quant_matmul, lorc_storage, LORC_SCALES_INPUT, LORC_U_INPUT, LORC_V_INPUT};
     let (mut products, mut max_rank) = (0, 0);
     let mut factors = std::collections::BTreeSet::new();
+    let mut storages = std::collections::BTreeSet::new();
     for id in graph.node_ids() {
         let node = graph.node(id);
         let Some(Some(u)) = node.inputs.get(LORC_U_INPUT).copied().filter(|_| is_quant_matmul(node)) else { continue };
         products += 1;
-        if let Some((_, shape)) = graph.constant_type(u) {
+        storages.insert(lorc_storage(node).map_or("unknown", |s| s.name()));
+        // The rank: U's columns ([K, r]), or the scales' ([2, r]) of quantized factors.
+        let scales = node.inputs.get(LORC_SCALES_INPUT).copied().flatten();
+        if let Some((_, shape)) = graph.constant_type(scales.unwrap_or(u)) {
             max_rank = max_rank.max(shape.get(1).copied().unwrap_or(0));
         }
         factors.insert(u);
-        factors.extend(node.inputs.get(LORC_V_INPUT).copied().flatten());
+        factors.extend([LORC_V_INPUT, LORC_SCALES_INPUT].iter().filter_map(|&i| node.inputs.get(i).copied().flatten()));
     }
     let bytes = factors.iter().filter_map(|&v| graph.constant_type(v)).map(|(t, s)| s.iter().product::<usize>() * t.size_bytes()).sum();
-    (products > 0).then_some(LorcStorage { products, max_rank, bytes })
+    let storage = if storages.len() == 1 { storages.first().copied().unwrap_or_default() } else { "mixed" }.to_string();
+    (products > 0).then_some(LorcStorage { products, max_rank, bytes, storage })
 }
 
 /// The weights a graph holds and the bytes that hold them: each quantized weight (the packed
@@ -112,7 +121,9 @@ pub fn weight_storage(graph: &Graph) -> (usize, usize) {
         // LoRC factors count bytes only, like scales: they correct weights already counted.
         if quant_matmul::is_quant_matmul(node) {
             scales.extend(
-                [quant_matmul::LORC_U_INPUT, quant_matmul::LORC_V_INPUT].iter().filter_map(|&i| node.inputs.get(i).copied().flatten()),
+                [quant_matmul::LORC_U_INPUT, quant_matmul::LORC_V_INPUT, quant_matmul::LORC_SCALES_INPUT]
+                    .iter()
+                    .filter_map(|&i| node.inputs.get(i).copied().flatten()),
             );
         }
     }
@@ -203,9 +214,10 @@ impl ModelSummary {
         if let Some(l) = &self.lorc {
             let _ = writeln!(
                 s,
-                "LoRC: {} products corrected at rank {} by FP16 factors: {:.3} MB added ({:.2}% of the weight bytes)",
+                "LoRC: {} products corrected at rank {} by {} factors: {:.3} MB added ({:.2}% of the weight bytes)",
                 l.products,
                 l.max_rank,
+                l.storage,
                 l.bytes as f64 / 1e6,
                 100.0 * l.bytes as f64 / self.weight_bytes.max(1) as f64
             );

@@ -4,6 +4,7 @@
 use crate::common::{max_abs_diff, npy};
 use fpx::ir::Tensor;
 use fpx::llvm::Activations;
+use fpx::quant::lorc::FactorStorage;
 use fpx::quant::Format;
 use fpx::report::{cosine, mean_pool};
 use fpx::{CompileOptions, QuantizeOptions, WeightScheme};
@@ -171,13 +172,33 @@ fn lorc_artifacts_match_the_reference_path_and_inspect_shows_the_bytes() {
         assert!(rel < last, "rank {rank:?}: {rel} after {last}");
         last = rel;
     }
+    // Factors stored as FP8 / FP6 codes: the artifact decodes them as the reference path does,
+    // and keeps (nearly) all of the FP16 factors' gain.
+    for storage in [FactorStorage::Quantized(Format::Fp8E4M3), FactorStorage::Quantized(Format::Fp6E2M3)] {
+        let quantize =
+            QuantizeOptions { lorc_rank: Some(16), lorc_factors: storage, ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1)) };
+        let got = artifact_matches_reference(&model, x.clone(), &CompileOptions { quantize, ..crate::common::compile_options() }, 1e-5);
+        let rel = rel_rms(&got[0].1, &fp32[0].1);
+        eprintln!("tiny-transformer fp4-e2m1, LoRC rank 16, {} factors: relative RMS vs FP32 {rel:.4}", storage.name());
+        assert!(rel < 1.05 * last, "{}: {rel} vs f16 factors {last}", storage.name());
+    }
     let dir = TempDir::new("lorc");
     let out = dir.join("m.fpx");
     let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
     let c = fpx_cli(&["compile", m, "-o", o, "--weights", "fp4-e2m1", "--lorc", "8", "--cpu", "x86-64-v3"]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     let text = String::from_utf8_lossy(&fpx_cli(&["inspect", o]).stdout).to_string();
-    assert!(text.contains("lorc_rank: 8") && text.contains("products corrected at rank 8 by FP16 factors"), "{text}");
+    assert!(text.contains("lorc_rank: 8") && text.contains("products corrected at rank 8 by f16 factors"), "{text}");
+    let f16_bytes = std::fs::metadata(&out).unwrap().len();
+    let c = fpx_cli(&["compile", m, "-o", o, "--weights", "fp4-e2m1", "--lorc", "8", "--lorc-factors", "fp8-e4m3", "--cpu", "x86-64-v3"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let text = String::from_utf8_lossy(&fpx_cli(&["inspect", o]).stdout).to_string();
+    assert!(text.contains("lorc_factors: fp8-e4m3") && text.contains("products corrected at rank 8 by fp8-e4m3 factors"), "{text}");
+    assert!(std::fs::metadata(&out).unwrap().len() < f16_bytes, "FP8 factors take fewer bytes");
+    let bad = fpx_cli(&["compile", m, "-o", o, "--lorc-factors", "int4", "--lorc", "8"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown LoRC factor storage 'int4'"));
+    let bad = fpx_cli(&["compile", m, "-o", o, "--lorc-factors", "fp8-e4m3"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("need a LoRC rank"), "{}", String::from_utf8_lossy(&bad.stderr));
     let gpu = fpx_cli(&["compile", m, "-o", o, "--lorc", "8", "--target", "cuda"]);
     let err = String::from_utf8_lossy(&gpu.stderr);
     assert!(!gpu.status.success() && err.contains("--lorc") && err.contains("--target cpu"), "{err}");

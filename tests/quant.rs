@@ -125,7 +125,7 @@ fn cli_runs_quantized_and_reports_with_html() {
 fn report_compares_w4a8_schemes_with_lorc_and_bytes_per_parameter() {
     let ex = workspace_root().join("examples/tiny-transformer");
     let (m, i) = (ex.join("model.onnx"), format!("input={}", ex.join("input.npy").display()));
-    let schemes = "fp4-e2m1:fp8:p2,fp4-e2m1:lorc8:p2:fp8,int4:g32";
+    let schemes = "fp4-e2m1:fp8:p2,fp4-e2m1:lorc8:p2:fp8,fp4-e2m1:fp8:lorc8@fp8-e4m3:p2,int4:g32";
     let out = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", schemes]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -138,9 +138,14 @@ fn report_compares_w4a8_schemes_with_lorc_and_bytes_per_parameter() {
     };
     let (plain, lorc, int4) = (row("fp4-e2m1:fp8:p2"), row("fp4-e2m1:lorc8:p2:fp8"), row("int4:g32"));
     assert!(lorc.0 < plain.0 && lorc.1 > plain.1, "LoRC: less error, more bytes: {lorc:?} vs {plain:?}");
+    // FP8 factors: about the same error as FP16 ones for fewer bytes.
+    let fp8 = row("fp4-e2m1:fp8:lorc8@fp8-e4m3:p2");
+    assert!(fp8.0 < plain.0 && fp8.1 < lorc.1 && fp8.1 > plain.1, "{fp8:?} vs {lorc:?} and {plain:?}");
     assert!((plain.1 - 0.5).abs() < 0.05 && int4.1 > plain.1, "{plain:?} {int4:?}");
     let bad = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", "fp4-e2m1:lorcx"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("the rank after ':lorc' must be a number"));
+    let bad = fpx(&["report", m.to_str().unwrap(), "--input", &i, "--schemes", "fp4-e2m1:lorc8@int4"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown LoRC factor storage 'int4'"));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use fpx_ir::ops::{quant_matmul, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, Graph, IrError, Node, NodeId, StoredTensor, Tensor, ValueId};
 use fpx_quant::layout::PackedShape;
-use fpx_quant::lorc::LowRank;
+use fpx_quant::lorc::{LowRank, QuantizedFactors};
 use fpx_quant::{fold, quantize_values_packed, Format, QuantConfig, QuantGemm, QuantizedMatrix, WeightLayout, WeightValues};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +42,8 @@ pub struct LayerQuant {
     /// The rank of its LoRC correction (0: none); `rel_rmse` is then the error of the
     /// corrected weight `Q(W) + U · V`.
     pub lorc_rank: usize,
-    /// Bytes of the LoRC factors (FP16), counted in the summary's `weight_bytes_out`.
+    /// Bytes of the LoRC factors (FP16, or codes and scales), counted in the summary's
+    /// `weight_bytes_out`.
     pub lorc_bytes: usize,
 }
 
@@ -89,8 +90,22 @@ struct Choice {
     matrix: QuantizedMatrix,
     tried: Vec<(Format, f64)>,
     rel_rmse: f64,
-    /// The LoRC factors (FP16 values), when asked for.
-    lorc: Option<LowRank>,
+    /// The LoRC factors as stored (FP16 values, or quantized codes), when asked for.
+    lorc: Option<StoredFactors>,
+}
+
+/// One weight's LoRC factors: the values its products multiply (FP16-rounded or dequantized)
+/// and, for a quantized storage, the codes the graph keeps.
+struct StoredFactors {
+    values: LowRank,
+    codes: Option<QuantizedFactors>,
+}
+
+impl StoredFactors {
+    /// Bytes the graph stores for them.
+    fn bytes(&self) -> usize {
+        self.codes.as_ref().map_or_else(|| self.values.f16_bytes(), QuantizedFactors::bytes)
+    }
 }
 
 /// One weight quantized in a batch: its choice, its packed codes and its size as stored.
@@ -165,14 +180,14 @@ fn quantize_best(
         None => None,
         Some(rank) => {
             let error = fpx_quant::lorc::weight_error(&values, layout, &matrix, &packed);
-            let factors = LowRank::of(&error, k, n, rank)?.rounded_to_f16();
+            let (values, codes) = opts.lorc_factors.store(&LowRank::of(&error, k, n, rank)?)?;
             // The corrected weight's error, relative to ‖W‖ = ‖E‖ / rel_rmse.
-            let left: f64 = error.iter().zip(factors.reconstruct()).map(|(e, c)| (*e as f64 - c as f64).powi(2)).sum();
+            let left: f64 = error.iter().zip(values.reconstruct()).map(|(e, c)| (*e as f64 - c as f64).powi(2)).sum();
             let before: f64 = error.iter().map(|e| (*e as f64).powi(2)).sum();
             if before > 0.0 {
                 rel_rmse *= (left / before).sqrt();
             }
-            Some(factors)
+            Some(StoredFactors { values, codes })
         }
     };
     Ok((Choice { matrix, tried, rel_rmse, lorc }, packed))
@@ -325,7 +340,7 @@ pub fn quantize_weights_with_progress(
             }
             created.push(pv);
             summary.weight_bytes_in += bytes_in;
-            summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4 + choice.lorc.as_ref().map_or(0, LowRank::f16_bytes);
+            summary.weight_bytes_out += bytes + choice.matrix.scales.len() * 4 + choice.lorc.as_ref().map_or(0, StoredFactors::bytes);
             done.insert(key, Quantized { choice, packed: pv });
         }
     };
@@ -378,7 +393,7 @@ pub fn quantize_weights_with_progress(
     }
     let fpx_opset = *graph.opsets.entry(FPX_DOMAIN.to_string()).or_insert(1);
     let mut scales_cache: BTreeMap<(WeightKey, u32), ValueId> = BTreeMap::new();
-    let mut lorc_cache: BTreeMap<(WeightKey, u32), (ValueId, ValueId)> = BTreeMap::new();
+    let mut lorc_cache: BTreeMap<(WeightKey, u32), (ValueId, ValueId, Option<ValueId>)> = BTreeMap::new();
     for site in sites {
         let node = graph.node(site.node).clone();
         let q = &done[&(site.weight, site.transposed)];
@@ -421,24 +436,48 @@ pub fn quantize_weights_with_progress(
         if let Some(b) = bias_value {
             qm.inputs.push(Some(b));
         }
-        if let Some(lr) = &q.choice.lorc {
+        if let Some(stored) = &q.choice.lorc {
             let key = ((site.weight, site.transposed), alpha.to_bits());
-            let (u, v) = match lorc_cache.get(&key) {
-                Some(&uv) => uv,
+            let (u, v, s) = match lorc_cache.get(&key) {
+                Some(&uvs) => uvs,
                 None => {
                     let base = graph.value(q.packed).name.clone();
-                    let u = graph.fresh_value(&format!("{base}__lorc_u"));
-                    graph.set_constant(u, Arc::new(f16_tensor(&[lr.k, lr.rank], &lr.u, 1.0)));
-                    // Gemm's alpha scales the product, the correction too.
-                    let v = graph.fresh_value(&format!("{base}__lorc_v"));
-                    graph.set_constant(v, Arc::new(f16_tensor(&[lr.rank, lr.n], &lr.v, alpha)));
-                    lorc_cache.insert(key, (u, v));
-                    (u, v)
+                    let (u, v) = (graph.fresh_value(&format!("{base}__lorc_u")), graph.fresh_value(&format!("{base}__lorc_v")));
+                    // Gemm's alpha scales the product, the correction too (through V).
+                    let s = match &stored.codes {
+                        None => {
+                            let lr = &stored.values;
+                            graph.set_constant(u, Arc::new(f16_tensor(&[lr.k, lr.rank], &lr.u, 1.0)));
+                            graph.set_constant(v, Arc::new(f16_tensor(&[lr.rank, lr.n], &lr.v, alpha)));
+                            None
+                        }
+                        Some(c) => {
+                            let bytes = |b: &[u8]| {
+                                Tensor::from(
+                                    fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[b.len()]), b.to_vec()).expect("1-D"),
+                                )
+                            };
+                            graph.set_constant(u, Arc::new(bytes(&c.u_codes)));
+                            graph.set_constant(v, Arc::new(bytes(&c.v_codes)));
+                            let mut scales = c.scales.clone();
+                            scales[c.rank..].iter_mut().for_each(|x| *x *= alpha);
+                            let s = graph.fresh_value(&format!("{base}__lorc_scales"));
+                            graph.set_constant(s, Arc::new(f32_tensor(&[2, c.rank], scales)));
+                            Some(s)
+                        }
+                    };
+                    lorc_cache.insert(key, (u, v, s));
+                    (u, v, s)
                 }
             };
-            qm.inputs.resize(quant_matmul::LORC_V_INPUT + 1, None);
+            let last = if s.is_some() { quant_matmul::LORC_SCALES_INPUT } else { quant_matmul::LORC_V_INPUT };
+            qm.inputs.resize(last + 1, None);
             qm.inputs[quant_matmul::LORC_U_INPUT] = Some(u);
             qm.inputs[quant_matmul::LORC_V_INPUT] = Some(v);
+            if let Some(s) = s {
+                qm.inputs[quant_matmul::LORC_SCALES_INPUT] = Some(s);
+            }
+            quant_matmul::set_lorc_storage(&mut qm, opts.lorc_factors);
         }
         quant_matmul::write(&mut qm, &gemms[&site.node]);
         extra.push(qm);
@@ -469,8 +508,8 @@ pub fn quantize_weights_with_progress(
             format: m.format,
             rel_rmse: q.choice.rel_rmse,
             tried: q.choice.tried.clone(),
-            lorc_rank: q.choice.lorc.as_ref().map_or(0, |l| l.rank),
-            lorc_bytes: q.choice.lorc.as_ref().map_or(0, LowRank::f16_bytes),
+            lorc_rank: q.choice.lorc.as_ref().map_or(0, |l| l.values.rank),
+            lorc_bytes: q.choice.lorc.as_ref().map_or(0, StoredFactors::bytes),
         });
     }
     if let Some(format) = opts.embeddings {

@@ -2,6 +2,7 @@
 
 use crate::PassError;
 use fpx_quant::act8::Activations;
+use fpx_quant::lorc::FactorStorage;
 use fpx_quant::Format;
 
 /// How weights are quantized.
@@ -85,10 +86,13 @@ pub struct QuantizeOptions {
     /// then means fp6-e2m3.
     pub activations: Activations,
     /// LoRC: correct each quantized weight's error `W − Q(W)` with a rank-`r` product `U · V`
-    /// (its truncated SVD, factors stored as FP16, [`fpx_quant::lorc`]) that the product adds
+    /// (its truncated SVD, [`fpx_quant::lorc`]) that the product adds
     /// (`X · Q(W) + (X · U) · V`). `None` (the default) for none; the rank is capped at
     /// `min(K, N)`. CPU code only.
     pub lorc_rank: Option<usize>,
+    /// How LoRC factors are stored: FP16 (the default) or a float format's codes with one
+    /// scale per rank component ([`FactorStorage`]).
+    pub lorc_factors: FactorStorage,
     /// Fuse what follows each quantized product (bias, activation, gated MLP, residual add)
     /// into it ([`crate::FuseEpilogues`]); on by default. Off, the products stay plain, as the
     /// exporter wrote the graph.
@@ -115,6 +119,7 @@ impl QuantizeOptions {
             pow2_scales: false,
             activations: Activations::F32,
             lorc_rank: None,
+            lorc_factors: FactorStorage::F16,
             fuse_epilogues: true,
             embeddings: Some(Format::Int8),
             embedding_min_elements: crate::MIN_TABLE_ELEMENTS,
@@ -143,6 +148,9 @@ impl QuantizeOptions {
                 "a LoRC rank of {} is more than {MAX_LORC_RANK}: LoRC is a small correction (ranks 4 to 64 are usual)",
                 self.lorc_rank.unwrap_or_default()
             )));
+        }
+        if self.lorc_rank.is_none() && self.lorc_factors != FactorStorage::F16 {
+            return Err(PassError::Option(format!("LoRC factors in {} need a LoRC rank (--lorc RANK)", self.lorc_factors.name())));
         }
         if self.activations == Activations::Int8 && self.candidates().is_empty() {
             return Err(PassError::Option(match self.scheme {

@@ -365,6 +365,101 @@ fn lorc_follows_gemm_transposes_and_alpha() {
     assert!(err < 2e-3, "{err}");
 }
 
+/// LoRC factors stored as float-format codes (`--lorc-factors`): the node holds `uint8` code
+/// buffers, `[2, r]` scales and `lorc_format`; the graph computes `X · (Q(W) + U·V)` with the
+/// factors decoded from those codes (recomputed here from the stored bytes with
+/// `fpx_quant::dense` and the format's decoder), through a Gemm's alpha and a fused bias; the
+/// stored bytes are the formula's; the correction keeps most of the FP16 factors' gain and
+/// fewer bits lose more.
+#[test]
+fn lorc_factors_stored_as_float_codes() {
+    use fpx_ir::ops::quant_matmul::{lorc_storage, LORC_SCALES_INPUT, LORC_U_INPUT, LORC_V_INPUT};
+    use fpx_quant::lorc::FactorStorage;
+    let (m, k, n, rank) = (5, 96, 40, 8);
+    let b_t = Rng::new(61).signeds(n * k);
+    let (x, bias) = (Rng::new(62).signeds(m * k), Rng::new(63).signeds(n));
+    let w: Vec<f32> = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
+    let alpha = 0.5f32;
+    let graph = || {
+        let mut g = Graph::new("gemm");
+        g.opsets.insert(String::new(), 13);
+        let xv = g.add_input("x", TensorType::fixed(DType::F32, &[m, k])).unwrap();
+        let bv = g.add_constant("B", tensor(&[n, k], b_t.clone())).unwrap();
+        let cv = g.add_constant("C", tensor(&[n], bias.clone())).unwrap();
+        let y = g.value_named("y");
+        let mut node = Node::new("gemm", "Gemm", 13, vec![Some(xv), Some(bv), Some(cv)], vec![y]);
+        node.attrs.insert("transB".into(), Attribute::Int(1));
+        node.attrs.insert("alpha".into(), Attribute::Float(alpha));
+        g.add_node(node).unwrap();
+        g.outputs.push(y);
+        g
+    };
+    let scaled_w: Vec<f32> = w.iter().map(|v| v * alpha).collect();
+    let exact = reference(&x, m, k, n, &scaled_w, Some(&bias));
+    let error_with = |storage: FactorStorage| {
+        let mut g = graph();
+        let opts =
+            QuantizeOptions { lorc_rank: Some(rank), lorc_factors: storage, ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1)) };
+        let s = quantize_weights(&mut g, &opts).unwrap();
+        verify::verify(&g, &OpRegistry::standard()).unwrap();
+        assert_eq!(s.layers[0].lorc_bytes, storage.bytes(k, n, rank), "{storage:?}");
+        let node = g.node(g.node_ids().into_iter().find(|&id| g.node(id).op_type == "QuantMatMul").unwrap()).clone();
+        assert_eq!(lorc_storage(&node).unwrap(), storage);
+        if let FactorStorage::Quantized(format) = storage {
+            let get = |i: usize| g.load_constant(node.inputs[i].unwrap()).unwrap().unwrap();
+            let (u, v, sc) = (get(LORC_U_INPUT), get(LORC_V_INPUT), get(LORC_SCALES_INPUT));
+            assert_eq!((u.dtype(), v.dtype(), sc.shape()), (DType::U8, DType::U8, &[2, rank][..]));
+            let bytes = |t: &Tensor| t.to_f32().iter().map(|&b| b as u8).collect::<Vec<u8>>();
+            let bits = format.bits();
+            let uc = fpx_quant::dense::unpack(&bytes(&u), bits, rank * k).unwrap();
+            let vc = fpx_quant::dense::unpack(&bytes(&v), bits, rank * n).unwrap();
+            let sc: Vec<f32> = sc.to_f32().iter().copied().collect();
+            // W · alpha + U · V, from the codes (V's scales carry alpha).
+            let q = quantize(
+                "W",
+                &w,
+                k,
+                n,
+                &QuantConfig { format: Format::Fp4E2M1, group_size: None, scale_search: false, pow2_scales: false },
+            )
+            .unwrap()
+            .dequantize();
+            let corrected: Vec<f32> = (0..k * n)
+                .map(|i| {
+                    let (row, col) = (i / n, i % n);
+                    q[i] * alpha
+                        + (0..rank)
+                            .map(|j| format.decode(uc[j * k + row]) * sc[j] * format.decode(vc[j * n + col]) * sc[rank + j])
+                            .sum::<f32>()
+                })
+                .collect();
+            let got = run(g.clone(), tensor(&[m, k], x.clone()));
+            assert_close(&got, &reference(&x, m, k, n, &corrected, Some(&bias)));
+        }
+        rel_err(&run(g, tensor(&[m, k], x.clone())), &exact)
+    };
+    let f16 = error_with(FactorStorage::F16);
+    let fp8 = error_with(FactorStorage::Quantized(Format::Fp8E4M3));
+    let fp6 = error_with(FactorStorage::Quantized(Format::Fp6E2M3));
+    let fp4 = error_with(FactorStorage::Quantized(Format::Fp4E2M1));
+    let mut g = graph();
+    quantize_weights(&mut g, &QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1))).unwrap();
+    let none = rel_err(&run(g, tensor(&[m, k], x.clone())), &exact);
+    eprintln!(
+        "fp4-e2m1 {k}x{n} LoRC rank {rank}: output error none {none:.4}, f16 {f16:.4}, fp8-e4m3 {fp8:.4}, fp6-e2m3 {fp6:.4}, fp4 {fp4:.4}"
+    );
+    assert!(f16 < none && fp8 < none && fp6 < none, "{none} {f16} {fp8} {fp6}");
+    // FP8 factors keep at least 90 % of the FP16 factors' gain; FP4 loses more than FP6.
+    assert!(none - fp8 >= 0.9 * (none - f16), "{none} {f16} {fp8}");
+    assert!(fp4 > fp6, "{fp4} {fp6}");
+    // A factor storage without a rank is refused.
+    let opts = QuantizeOptions {
+        lorc_factors: FactorStorage::Quantized(Format::Fp8E4M3),
+        ..QuantizeOptions::new(WeightScheme::Fixed(Format::Fp4E2M1))
+    };
+    assert!(opts.validate().unwrap_err().to_string().contains("need a LoRC rank"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Erf-GELU fusion
 

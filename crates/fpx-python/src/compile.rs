@@ -63,7 +63,7 @@ impl CompileSummary {
 #[pyfunction]
 #[pyo3(signature = (model, output, *, weights = "fp6-e3m2", activations = "f32", target = "cpu", cpu = "auto", group_size = None,
     scale_search = false, scale_pow2 = false, embeddings = Some("int8"), fused_epilogues = true, keep_half_precision = false, tuning_db = None,
-    no_tuning = false, progress = None, lorc = None))]
+    no_tuning = false, progress = None, lorc = None, lorc_factors = "f16"))]
 #[allow(clippy::too_many_arguments)]
 pub fn compile(
     py: Python<'_>,
@@ -83,9 +83,19 @@ pub fn compile(
     no_tuning: bool,
     progress: Option<Py<PyAny>>,
     lorc: Option<usize>,
+    lorc_factors: &str,
 ) -> PyResult<CompileSummary> {
-    let kwargs =
-        QuantKwargs { weights: Some(weights), activations, group_size, scale_search, scale_pow2, embeddings, fused_epilogues, lorc };
+    let kwargs = QuantKwargs {
+        weights: Some(weights),
+        activations,
+        group_size,
+        scale_search,
+        scale_pow2,
+        embeddings,
+        fused_epilogues,
+        lorc,
+        lorc_factors,
+    };
     let quantize = kwargs.options(WeightScheme::None)?;
     let target: Target = target.parse().map_err(|e| FpxError::new_err(format!("target='{target}': {e}")))?;
     let cpu: CpuLevels = cpu.parse().map_err(|e| FpxError::new_err(format!("cpu='{cpu}': {e}")))?;

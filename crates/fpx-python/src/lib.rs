@@ -32,7 +32,7 @@ pub(crate) fn failed(action: fpx::Action, path: &std::path::Path, error: impl In
 /// quantized in memory when `weights` names a scheme).
 #[pyfunction]
 #[pyo3(signature = (path, *, weights = None, activations = "f32", group_size = None, scale_search = false, scale_pow2 = false,
-    embeddings = Some("int8"), lorc = None))]
+    embeddings = Some("int8"), lorc = None, lorc_factors = "f16"))]
 // One argument per Python keyword.
 #[allow(clippy::too_many_arguments)]
 fn load(
@@ -45,9 +45,19 @@ fn load(
     scale_pow2: bool,
     embeddings: Option<&str>,
     lorc: Option<usize>,
+    lorc_factors: &str,
 ) -> PyResult<model::Model> {
-    let kwargs =
-        options::QuantKwargs { weights, activations, group_size, scale_search, scale_pow2, embeddings, fused_epilogues: true, lorc };
+    let kwargs = options::QuantKwargs {
+        weights,
+        activations,
+        group_size,
+        scale_search,
+        scale_pow2,
+        embeddings,
+        fused_epilogues: true,
+        lorc,
+        lorc_factors,
+    };
     let options = kwargs.options(fpx::WeightScheme::None)?;
     let runnable =
         py.detach(|| fpx::open_with(&path, &options).map_err(|e| failed(fpx::Action::LoadModel, &path, e))).map_err(FpxError::new_err)?;

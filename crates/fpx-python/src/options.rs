@@ -2,12 +2,13 @@
 //! CLI's flags (so a bad value gets the CLI's message).
 
 use crate::FpxError;
+use fpx::quant::lorc::FactorStorage;
 use fpx::quant::Format;
 use fpx::{Activations, QuantizeOptions, WeightScheme};
 use pyo3::prelude::*;
 
 /// How weights are quantized, from `weights=`, `activations=`, `group_size=`, `scale_search=`,
-/// `scale_pow2=`, `embeddings=`, `fused_epilogues=` and `lorc=`.
+/// `scale_pow2=`, `embeddings=`, `fused_epilogues=`, `lorc=` and `lorc_factors=`.
 pub struct QuantKwargs<'a> {
     /// A scheme name, or None for `default`.
     pub weights: Option<&'a str>,
@@ -25,6 +26,8 @@ pub struct QuantKwargs<'a> {
     pub fused_epilogues: bool,
     /// The LoRC rank (`--lorc`), or None.
     pub lorc: Option<usize>,
+    /// How LoRC factors are stored (`--lorc-factors`): "f16" or a float format's name.
+    pub lorc_factors: &'a str,
 }
 
 impl QuantKwargs<'_> {
@@ -43,12 +46,16 @@ impl QuantKwargs<'_> {
                 FpxError::new_err(format!("embeddings='{name}': unknown embedding format; choose none or one of {}", names.join(", ")))
             })?),
         };
+        let lorc_factors = FactorStorage::parse(self.lorc_factors).ok_or_else(|| {
+            FpxError::new_err(format!("lorc_factors='{}': choose f16 or a float format such as fp8-e4m3 or fp6-e2m3", self.lorc_factors))
+        })?;
         let options = QuantizeOptions {
             group_size: self.group_size,
             scale_search: self.scale_search,
             pow2_scales: self.scale_pow2,
             activations,
             lorc_rank: self.lorc,
+            lorc_factors,
             fuse_epilogues: self.fused_epilogues,
             embeddings,
             ..QuantizeOptions::new(scheme)

@@ -192,8 +192,16 @@ def test_lorc_compiles_and_moves_closer_to_fp32(tmp_path):
         got = fpx.load(summary.output).run({"input": x})["output"]
         errors.append(np.linalg.norm(got - want) / np.linalg.norm(want))
     assert errors[1] < errors[0], errors
+    # FP8 factors: fewer bytes, most of the correction kept.
+    summary = fpx.compile(TINY / "model.onnx", tmp_path / "r16f8.fpx", weights="fp4-e2m1", lorc=16, lorc_factors="fp8-e4m3")
+    got = fpx.load(summary.output).run({"input": x})["output"]
+    fp8_error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert fp8_error < errors[0], (fp8_error, errors)
+    assert (tmp_path / "r16f8.fpx").stat().st_size < (tmp_path / "r16.fpx").stat().st_size
     with pytest.raises(fpx.FpxError, match="LoRC rank must be at least 1"):
         fpx.compile(TINY / "model.onnx", tmp_path / "never.fpx", lorc=0)
+    with pytest.raises(fpx.FpxError, match="lorc_factors='int4'"):
+        fpx.compile(TINY / "model.onnx", tmp_path / "never.fpx", lorc=4, lorc_factors="int4")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

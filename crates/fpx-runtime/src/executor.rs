@@ -24,17 +24,27 @@ enum Step {
 struct NativeConstants {
     bias: Option<Vec<f32>>,
     lorc: Option<crate::kernels::quant::LorcFactors>,
+    /// How the node stores its LoRC factors (for factors computed at run time).
+    lorc_storage: fpx_quant::lorc::FactorStorage,
 }
 
 impl NativeConstants {
     fn of(graph: &Graph, node: &fpx_ir::Node, gemm: &fpx_quant::QuantGemm) -> Result<NativeConstants, KernelError> {
         let constant = |i: usize| node.inputs.get(i).copied().flatten().and_then(|v| graph.value(v).constant.as_deref());
         let bias = constant(3).map(|b| b.to_f32().iter().copied().collect());
-        let lorc = match (constant(quant_matmul::LORC_U_INPUT), constant(quant_matmul::LORC_V_INPUT)) {
-            (Some(u), Some(v)) => crate::kernels::quant::LorcFactors::from_tensors(Some(u), Some(v), gemm.k, gemm.n)?,
-            _ => None,
-        };
-        Ok(NativeConstants { bias, lorc })
+        let lorc_storage = quant_matmul::lorc_storage(node).map_err(|e| KernelError::new(e.to_string()))?;
+        let scales_given = node.inputs.get(quant_matmul::LORC_SCALES_INPUT).copied().flatten().is_some();
+        let lorc =
+            match (constant(quant_matmul::LORC_U_INPUT), constant(quant_matmul::LORC_V_INPUT), constant(quant_matmul::LORC_SCALES_INPUT)) {
+                // Every factor input given is a constant: convert once.
+                (Some(u), Some(v), scales) if scales.is_some() == scales_given => crate::kernels::quant::LorcFactors::from_inputs(
+                    crate::kernels::quant::LorcInputs { u: Some(u), v: Some(v), scales, storage: lorc_storage },
+                    gemm.k,
+                    gemm.n,
+                )?,
+                _ => None,
+            };
+        Ok(NativeConstants { bias, lorc, lorc_storage })
     }
 }
 
@@ -516,21 +526,29 @@ fn run_native(
         }
     };
     let s = s.as_standard_layout();
-    let correction = match &constants.lorc {
-        Some(f) => Some(f.apply(xv, m)?),
-        None => crate::kernels::quant::lorc_correction(
-            args.get(quant_matmul::LORC_U_INPUT).copied().flatten(),
-            args.get(quant_matmul::LORC_V_INPUT).copied().flatten(),
-            xv,
-            m,
-            k,
-            n,
-        )?,
+    // LoRC: T = X · U now; each thread adds T · V to its block of columns in the epilogue.
+    let computed_factors;
+    let factors = match &constants.lorc {
+        Some(f) => Some(f),
+        None => {
+            computed_factors = crate::kernels::quant::LorcFactors::from_inputs(
+                crate::kernels::quant::LorcInputs {
+                    u: args.get(quant_matmul::LORC_U_INPUT).copied().flatten(),
+                    v: args.get(quant_matmul::LORC_V_INPUT).copied().flatten(),
+                    scales: args.get(quant_matmul::LORC_SCALES_INPUT).copied().flatten(),
+                    storage: constants.lorc_storage,
+                },
+                k,
+                n,
+            )?;
+            computed_factors.as_ref()
+        }
     };
+    let correction = factors.map(|f| f.project(xv, m)).transpose()?;
     let activations = q.gemm.activations;
     let prepared =
         shared.and_then(|(v, cache)| cache.entry((v, activations)).or_insert_with(|| prepare_activations(activations, xv, m, k)).as_ref());
-    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias, correction.as_deref(), epilogue, residual, &mut y)?;
+    q.run(xv, prepared, m, p, s.as_slice().expect("standard"), bias, correction.as_ref(), epilogue, residual, &mut y)?;
     let mut out = Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&shape), y).expect("shape matches"));
     if let Some(r) = broadcast {
         out = crate::kernels::quant::broadcast_residual(out, r)?;

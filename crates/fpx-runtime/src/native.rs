@@ -3,6 +3,7 @@
 //! quantized-product kernels across threads.
 
 use crate::kernels::fast::{gated, unary_serial, Unary};
+use crate::kernels::quant::LorcProjection;
 use crate::kernels::SendPtr;
 use crate::{KernelError, RuntimeError};
 use fpx_ir::ops::quant_matmul::{Activation, Epilogue, GATE_BLOCK};
@@ -137,7 +138,8 @@ impl NativeQmm {
     }
 
     /// Runs `P[m][n] = x[m][k] · W + bias (+ correction)` with the kernel the table picks for `m`
-    /// (`correction`: `m × n` values added to P, a LoRC product's `(X · U) · V`), splitting N
+    /// (`correction`: a LoRC product's `(X · U) · V`, of which each thread adds its block of
+    /// columns right after the kernel wrote them, before the epilogue), splitting N
     /// across the current rayon pool's threads at multiples of its column split, and writes
     /// `y = epilogue(P) (+ residual)` ([`Epilogue`]; `y` and `residual` are `m` rows of
     /// `epilogue.output_columns(n)`). Each thread applies the epilogue to a block of columns as
@@ -153,7 +155,7 @@ impl NativeQmm {
         packed: &[u8],
         scales: &[f32],
         bias: Option<&[f32]>,
-        correction: Option<&[f32]>,
+        correction: Option<&LorcProjection<'_>>,
         epilogue: &Epilogue,
         residual: Option<&[f32]>,
         y: &mut [f32],
@@ -189,7 +191,7 @@ impl NativeQmm {
                 )));
             }
         }
-        if correction.is_some_and(|c| c.len() != m * n) {
+        if correction.is_some_and(|c| c.rows() != m || c.n() != n) {
             return Err(KernelError::new(format!("native kernel: the LoRC correction is not {m} x {n}")));
         }
         if m == 0 {
@@ -242,7 +244,7 @@ impl NativeQmm {
                     for r in 0..m {
                         // SAFETY: as above: row r's columns [c, c2) of P, this thread's own.
                         let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * n + c), c2 - c) };
-                        row.iter_mut().zip(&corr[r * n + c..r * n + c2]).for_each(|(y, d)| *y += d);
+                        corr.add_to(row, r, c);
                     }
                 }
                 if let Some(f) = &fused {

@@ -131,10 +131,16 @@ pub struct QuantArgs {
     #[arg(long, value_name = "f32|int8|fp8-e4m3|fp8-e5m2", default_value = "f32", long_help = activations_help())]
     pub activations: Activations,
     /// LoRC: correct each quantized weight with a rank-RANK product U·V, the truncated SVD of its quantization
-    /// error W − Q(W) (factors stored as FP16: 2·RANK·(K+N) bytes per weight), which the product adds as
-    /// (X·U)·V. Ranks 4 to 16 recover much of FP4's error for ~3% more bytes on 384-wide layers. CPU code only.
+    /// error W − Q(W) (factors stored as --lorc-factors says: FP16 by default, 2·RANK·(K+N) bytes per weight), which
+    /// the product adds as (X·U)·V. Ranks 4 to 16 recover much of FP4's error for ~3% more bytes on 384-wide layers
+    /// (FP16 factors). CPU code only.
     #[arg(long, value_name = "RANK")]
     pub lorc: Option<usize>,
+    /// How LoRC factors are stored: f16, or a float format's codes with one scale per rank component and factor:
+    /// fp8-e4m3 (ZeroQuant-FP's choice, half the bytes of f16), fp8-e5m2, fp6-e2m3 or fp6-e3m2 (3/8 of f16),
+    /// fp5-e2m2, fp4-e2m1. The product multiplies the decoded factors in f32. Needs --lorc.
+    #[arg(long, value_name = "f16|FORMAT", default_value = "f16", value_parser = parse_factor_storage)]
+    pub lorc_factors: fpx::quant::lorc::FactorStorage,
     /// Keep bias adds, activations, gated MLPs and residual adds as separate nodes instead of
     /// fusing them into the quantized products (for comparison; fused is faster and equal to rounding).
     #[arg(long)]
@@ -145,6 +151,14 @@ pub struct QuantArgs {
     /// Only with quantized weights: --weights none keeps every weight.
     #[arg(long, value_name = "FORMAT|none", default_value = "int8")]
     pub embeddings: EmbeddingFormat,
+}
+
+/// `--lorc-factors`: `f16` or a float format's name.
+fn parse_factor_storage(s: &str) -> Result<fpx::quant::lorc::FactorStorage, String> {
+    fpx::quant::lorc::FactorStorage::parse(s).ok_or_else(|| {
+        let floats: Vec<&str> = fpx::quant::Format::ALL.iter().filter(|f| f.is_float()).map(|f| f.name()).collect();
+        format!("unknown LoRC factor storage '{s}'; choose f16 or one of {}", floats.join(", "))
+    })
 }
 
 /// `--embeddings`: a weight format, or none.
@@ -345,9 +359,10 @@ pub struct ReportArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub inputs: InputArgs,
-    /// Schemes to compare with FP32, comma-separated; each may end in ':gN' (group size N along K), then ':p2'
-    /// (power-of-two scales) and then ':a8' (int8 activations, as `--activations int8` artifacts run), e.g.
-    /// fp6-e2m3:a8,int4:g128,fp4-e2m1:g128:p2.
+    /// Schemes to compare with FP32, comma-separated; each may take modifiers in any order: ':gN' (group size N
+    /// along K), ':p2' (power-of-two scales), ':a8' (int8 activations), ':fp8' or ':fp8-e5m2' (FP8 activations),
+    /// ':lorcR' (LoRC rank R, FP16 factors) or ':lorcR@FORMAT' (factors stored in a float format), e.g.
+    /// fp6-e2m3:a8,int4:g128,fp4-e2m1:g128:p2,fp4-e2m1:fp8:p2:lorc8@fp8-e4m3.
     #[arg(long, value_name = "LIST", default_value = fpx::report::DEFAULT_SCHEMES)]
     pub schemes: String,
     /// Group size for schemes without their own ':gN'; scale search and power-of-two scales for every scheme.

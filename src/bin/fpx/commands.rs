@@ -17,6 +17,7 @@ pub(crate) fn quantize_options(q: &QuantArgs, default_scheme: WeightScheme) -> R
         pow2_scales: q.scales.scale_pow2,
         activations: q.activations,
         lorc_rank: q.lorc,
+        lorc_factors: q.lorc_factors,
         fuse_epilogues: !q.no_fused_epilogues,
         embeddings: q.embeddings.0,
         ..QuantizeOptions::new(q.weights.unwrap_or(default_scheme))

@@ -110,7 +110,7 @@ pub fn standard_defs() -> Vec<OpDef> {
     for (op, since) in [("Add", 7), ("Sub", 7), ("Mul", 7), ("Div", 7)] {
         v.push(binary(op, since));
     }
-    v.push(fpx_op(super::quant_matmul::OP_TYPE, 3..=7, super::quant_matmul::ATTRS, i::quant_matmul));
+    v.push(fpx_op(super::quant_matmul::OP_TYPE, 3..=8, super::quant_matmul::ATTRS, i::quant_matmul));
     v.push(fpx_op(super::quant_gather::OP_TYPE, 3..=3, super::quant_gather::ATTRS, super::quant_gather::infer));
     v.push(fpx_op(super::kv_append::OP_TYPE, 2..=MANY, super::kv_append::ATTRS, super::kv_append::infer));
     v.push(fpx_op(super::fused_attention::OP_TYPE, 3..=4, super::fused_attention::ATTRS, super::fused_attention::infer));

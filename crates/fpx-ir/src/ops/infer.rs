@@ -522,36 +522,72 @@ pub fn same_as_input_broadcast_base(ctx: &InferCtx) -> Out {
 }
 
 /// The LoRC factors of a `QuantMatMul` (inputs [`LORC_U_INPUT`], [`LORC_V_INPUT`]): both or
-/// neither, float, `U` `[K, r]` and `V` `[r, N]` with one rank `r >= 1`.
+/// neither; stored as float tensors (`U` `[K, r]`, `V` `[r, N]`, one rank `r >= 1`) or, with
+/// attribute `lorc_format`, as `uint8` code buffers of the lengths the rank (from the
+/// `[2, r]` scales, input [`LORC_SCALES_INPUT`]) and the format's width give.
 ///
 /// [`LORC_U_INPUT`]: super::quant_matmul::LORC_U_INPUT
 /// [`LORC_V_INPUT`]: super::quant_matmul::LORC_V_INPUT
+/// [`LORC_SCALES_INPUT`]: super::quant_matmul::LORC_SCALES_INPUT
 fn lorc_factors(ctx: &InferCtx, k: usize, n: usize) -> Result<(), crate::IrError> {
-    use super::quant_matmul::{LORC_U_INPUT, LORC_V_INPUT};
+    use super::quant_matmul::{LORC_SCALES_INPUT, LORC_U_INPUT, LORC_V_INPUT};
+    use fpx_quant::lorc::FactorStorage;
     let (u, v) = (ctx.input(LORC_U_INPUT), ctx.input(LORC_V_INPUT));
     let present = |i: usize| ctx.node.inputs.get(i).is_some_and(|v| v.is_some());
     if present(LORC_U_INPUT) != present(LORC_V_INPUT) {
         return Err(ctx.error("the LoRC factors U (input 5) and V (input 6) go together: give both or neither"));
     }
+    let storage = super::quant_matmul::lorc_storage(ctx.node)?;
+    let fixed = |d: &[Dim]| d.iter().map(|x| if let Dim::Fixed(v) = x { Some(*v) } else { None }).collect::<Option<Vec<_>>>();
+    let format = match storage {
+        FactorStorage::F16 if present(LORC_SCALES_INPUT) => {
+            return Err(ctx.error("LoRC scales (input 7) belong to quantized factors: the node has no 'lorc_format'"))
+        }
+        FactorStorage::Quantized(_) if present(LORC_U_INPUT) != present(LORC_SCALES_INPUT) => {
+            return Err(ctx.error("quantized LoRC factors (attribute 'lorc_format') need their scales (input 7)"))
+        }
+        FactorStorage::F16 => None,
+        FactorStorage::Quantized(f) => Some(f),
+    };
     let (Some(u), Some(v)) = (u, v) else { return Ok(()) };
-    if !u.dtype.is_float() || !v.dtype.is_float() {
-        return Err(ctx.error(format!("the LoRC factors must be float tensors, not {u} and {v}")));
-    }
-    if let (Some(su), Some(sv)) = (&u.shape, &v.shape) {
-        let fixed = |d: &[Dim]| d.iter().map(|x| if let Dim::Fixed(v) = x { Some(*v) } else { None }).collect::<Option<Vec<_>>>();
-        match (fixed(su).as_deref(), fixed(sv).as_deref()) {
-            (Some(&[uk, ur]), Some(&[vr, vn])) if uk == k && vn == n && ur == vr && ur >= 1 => {}
-            _ => {
-                return Err(
-                    ctx.error(format!("the LoRC factors must be U [K={k}, r] and V [r, N={n}] with one rank r >= 1, not {u} and {v}"))
-                )
+    let Some(format) = format else {
+        if !u.dtype.is_float() || !v.dtype.is_float() {
+            return Err(ctx.error(format!("the LoRC factors must be float tensors, not {u} and {v}")));
+        }
+        if let (Some(su), Some(sv)) = (&u.shape, &v.shape) {
+            match (fixed(su).as_deref(), fixed(sv).as_deref()) {
+                (Some(&[uk, ur]), Some(&[vr, vn])) if uk == k && vn == n && ur == vr && ur >= 1 => {}
+                _ => {
+                    return Err(
+                        ctx.error(format!("the LoRC factors must be U [K={k}, r] and V [r, N={n}] with one rank r >= 1, not {u} and {v}"))
+                    )
+                }
             }
+        }
+        return Ok(());
+    };
+    let Some(scales) = ctx.input(LORC_SCALES_INPUT) else { return Ok(()) };
+    if u.dtype != DType::U8 || v.dtype != DType::U8 || scales.dtype != DType::F32 {
+        return Err(ctx.error(format!("{} LoRC factors are uint8 codes with float scales, not {u}, {v} and {scales}", format.name())));
+    }
+    let rank = match scales.shape.as_deref().and_then(fixed).as_deref() {
+        Some(&[2, r]) if r >= 1 => r,
+        Some(_) => return Err(ctx.error(format!("the LoRC scales must be [2, r] with r >= 1, not {scales}"))),
+        None => return Ok(()),
+    };
+    let (want_u, want_v) = (fpx_quant::dense::packed_len(rank * k, format.bits()), fpx_quant::dense::packed_len(rank * n, format.bits()));
+    if let (Some(su), Some(sv)) = (&u.shape, &v.shape) {
+        if fixed(su).as_deref() != Some(&[want_u]) || fixed(sv).as_deref() != Some(&[want_v]) {
+            return Err(ctx.error(format!(
+                "rank-{rank} {} LoRC codes of [K={k}, r] and [r, N={n}] take [{want_u}] and [{want_v}] bytes, not {u} and {v}",
+                format.name()
+            )));
         }
     }
     Ok(())
 }
 
-/// `fpx:QuantMatMul(X[..., K], packed, scales, bias?, residual?, lorc_u?, lorc_v?)`: `[..., N]`
+/// `fpx:QuantMatMul(X[..., K], packed, scales, bias?, residual?, lorc_u?, lorc_v?, lorc_scales?)`: `[..., N]`
 /// in X's type.
 pub fn quant_matmul(ctx: &InferCtx) -> Out {
     let gemm = super::quant_matmul::read(ctx.node)?;

@@ -3,11 +3,15 @@
 //! and write its attributes in one place.
 //!
 //! `QuantMatMul(X[..., K], packed: uint8[bytes], scales: float[groups, N], bias?: float[N],
-//! residual?: float[..., N'], lorc_u?: float[K, r], lorc_v?: float[r, N])` with attributes
-//! `format` (a [`Format`] name), `k`, `n`, `group_size` (0 = one scale per output channel;
-//! optional, default 0) and `activations` (`f32`, `int8`, `fp8-e4m3` or `fp8-e5m2`; optional,
-//! default `f32`). The LoRC factors, both or neither, add a low-rank correction of the weight's
-//! quantization error: `P = X · W + (X · U) · V + bias`.
+//! residual?: float[..., N'], lorc_u?: float[K, r], lorc_v?: float[r, N], lorc_scales?:
+//! float[2, r])` with attributes `format` (a [`Format`] name), `k`, `n`, `group_size` (0 = one
+//! scale per output channel; optional, default 0), `activations` (`f32`, `int8`, `fp8-e4m3` or
+//! `fp8-e5m2`; optional, default `f32`) and `lorc_format` (optional). The LoRC factors, both or
+//! neither, add a low-rank correction of the weight's quantization error:
+//! `P = X · W + (X · U) · V + bias`. Without `lorc_format` they are float tensors (FP16 as fpx
+//! writes them); with it (a float format's name, [`FactorStorage`]) they are `uint8` buffers of
+//! densely packed codes ([`fpx_quant::lorc::QuantizedFactors`]: `U` column by column, `V` row by
+//! row) and `lorc_scales` holds the scales (row 0: `U`'s columns, row 1: `V`'s rows).
 //!
 //! The node's [`Epilogue`] (attributes `activation` and `gated`, and the optional `residual`
 //! input) is what the node does to its product `P = X · W + bias` before writing `Y`: fused there
@@ -17,6 +21,7 @@
 use super::{AttrSpec, FPX_DOMAIN};
 use crate::{AttrKind, Attribute, IrError, Node};
 use fpx_quant::act8::Activations;
+use fpx_quant::lorc::FactorStorage;
 use fpx_quant::{Format, QuantGemm};
 
 /// The op type of fpx's quantized product (domain [`FPX_DOMAIN`]).
@@ -41,6 +46,7 @@ pub const ATTRS: &[AttrSpec] = &[
     WEIGHT_ATTRS[4],
     AttrSpec { name: "activation", kind: AttrKind::String, required: false },
     AttrSpec { name: "gated", kind: AttrKind::Int, required: false },
+    AttrSpec { name: "lorc_format", kind: AttrKind::String, required: false },
 ];
 
 /// The input slot of the optional residual (added to `Y` last).
@@ -53,6 +59,29 @@ pub const LORC_U_INPUT: usize = 5;
 /// `(X · U) · V` to `X · W` before the bias and the epilogue (`X` as given, not rounded to the
 /// node's activations).
 pub const LORC_V_INPUT: usize = 6;
+
+/// The input slot of the scales of quantized LoRC factors (`[2, r]`; only with `lorc_format`).
+pub const LORC_SCALES_INPUT: usize = 7;
+
+/// How `node`'s LoRC factors are stored: attribute `lorc_format`, [`FactorStorage::F16`] (float
+/// tensors) when absent.
+pub fn lorc_storage(node: &Node) -> Result<FactorStorage, IrError> {
+    let bad = |message: String| IrError::BadAttribute { node: node.name.clone(), op: node.op_type.clone(), opset: node.opset, message };
+    match node.attrs.get("lorc_format") {
+        None => Ok(FactorStorage::F16),
+        Some(Attribute::String(s)) => FactorStorage::parse(s)
+            .ok_or_else(|| bad(format!("unknown LoRC factor format '{s}' (f16 or a float format such as fp8-e4m3 or fp6-e2m3)"))),
+        Some(other) => Err(bad(format!("attribute 'lorc_format' must be a string, found {}", other.kind()))),
+    }
+}
+
+/// Records how `node`'s LoRC factors are stored (no attribute for [`FactorStorage::F16`]).
+pub fn set_lorc_storage(node: &mut Node, storage: FactorStorage) {
+    match storage {
+        FactorStorage::F16 => node.attrs.remove("lorc_format"),
+        FactorStorage::Quantized(f) => node.attrs.insert("lorc_format".into(), Attribute::String(f.name().to_string())),
+    };
+}
 
 /// Columns per block of a gated product's interleaved weight: W's columns
 /// `[2·B·j, 2·B·j + B)` are the gate's block `j` and the next `B` the up projection's, so every

@@ -133,6 +133,7 @@ def load(
     scale_pow2: bool = False,
     embeddings: Optional[str] = ...,
     lorc: Optional[int] = None,
+    lorc_factors: str = "f16",
 ) -> Model:
     """Loads an .fpx artifact, or an .onnx model (quantized in memory when `weights` names a scheme)."""
 
@@ -154,6 +155,7 @@ def compile(
     no_tuning: bool = False,
     progress: Optional[Callable[[str, Optional[int], Optional[int]], Any]] = None,
     lorc: Optional[int] = None,
+    lorc_factors: str = "f16",
 ) -> CompileSummary:
     """Compiles an ONNX model into an .fpx artifact (written atomically), as `fpx compile` does."""
 

@@ -11,13 +11,15 @@ use fpx_ir::ops::FPX_DOMAIN;
 use fpx_ir::{DType, Node, Tensor};
 use fpx_quant::act8::Activations;
 use fpx_quant::layout;
+use fpx_quant::lorc::{FactorStorage, QuantizedFactors};
 use fpx_quant::{fold, QuantGemm};
 
 type Res = Result<Vec<Tensor>, KernelError>;
 
 /// The LoRC factors of a QuantMatMul in f32, ready to apply: `u` `[k, r]` and `v` `[r, n]`
-/// (inputs [`quant_matmul::LORC_U_INPUT`] and [`quant_matmul::LORC_V_INPUT`], stored FP16). The
-/// executor converts constant factors once, when it is built.
+/// (inputs [`quant_matmul::LORC_U_INPUT`] and [`quant_matmul::LORC_V_INPUT`], stored FP16 or as
+/// quantized codes with scales in [`quant_matmul::LORC_SCALES_INPUT`]). The executor converts
+/// constant factors once, when it is built.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LorcFactors {
     u: Vec<f32>,
@@ -27,61 +29,142 @@ pub struct LorcFactors {
     n: usize,
 }
 
+/// A QuantMatMul's LoRC inputs as given: `U`, `V`, the scales of quantized factors, and how
+/// the node says they are stored.
+#[derive(Debug, Clone, Copy)]
+pub struct LorcInputs<'a> {
+    /// Input 5.
+    pub u: Option<&'a Tensor>,
+    /// Input 6.
+    pub v: Option<&'a Tensor>,
+    /// Input 7 (quantized factors only).
+    pub scales: Option<&'a Tensor>,
+    /// The node's `lorc_format`.
+    pub storage: FactorStorage,
+}
+
+impl<'a> LorcInputs<'a> {
+    /// The LoRC inputs of `node` among its arguments `args`.
+    pub fn of(node: &Node, args: &[Option<&'a Tensor>]) -> Result<LorcInputs<'a>, KernelError> {
+        let storage = quant_matmul::lorc_storage(node).map_err(|e| KernelError::new(e.to_string()))?;
+        Ok(LorcInputs {
+            u: opt_arg(args, quant_matmul::LORC_U_INPUT),
+            v: opt_arg(args, quant_matmul::LORC_V_INPUT),
+            scales: opt_arg(args, quant_matmul::LORC_SCALES_INPUT),
+            storage,
+        })
+    }
+}
+
 impl LorcFactors {
-    /// The factors of a node whose inputs 5 and 6 are `u` and `v`, checked against `[k, r]` and
-    /// `[r, n]`; `None` when the node has neither.
-    pub fn from_tensors(u: Option<&Tensor>, v: Option<&Tensor>, k: usize, n: usize) -> Result<Option<LorcFactors>, KernelError> {
-        let (u, v) = match (u, v) {
+    /// The factors a node's LoRC inputs hold, checked against `[k, r]` and `[r, n]` (float
+    /// tensors) or against the code lengths the scales' rank gives (quantized); `None` when
+    /// the node has none.
+    pub fn from_inputs(inputs: LorcInputs<'_>, k: usize, n: usize) -> Result<Option<LorcFactors>, KernelError> {
+        let (u, v) = match (inputs.u, inputs.v) {
             (None, None) => return Ok(None),
             (Some(u), Some(v)) => (u, v),
             _ => kbail!("the LoRC factors U (input 5) and V (input 6) go together: give both or neither"),
         };
-        let rank = match (u.shape(), v.shape()) {
-            (&[uk, ur], &[vr, vn]) if uk == k && vn == n && ur == vr && ur > 0 => ur,
-            (a, b) => kbail!("the LoRC factors are {a:?} and {b:?}, not [{k}, r] and [r, {n}]"),
-        };
-        Ok(Some(LorcFactors { u: u.to_f32().iter().copied().collect(), v: v.to_f32().iter().copied().collect(), rank, k, n }))
+        match inputs.storage {
+            FactorStorage::F16 => {
+                let rank = match (u.shape(), v.shape()) {
+                    (&[uk, ur], &[vr, vn]) if uk == k && vn == n && ur == vr && ur > 0 => ur,
+                    (a, b) => kbail!("the LoRC factors are {a:?} and {b:?}, not [{k}, r] and [r, {n}]"),
+                };
+                Ok(Some(LorcFactors { u: u.to_f32().iter().copied().collect(), v: v.to_f32().iter().copied().collect(), rank, k, n }))
+            }
+            FactorStorage::Quantized(format) => {
+                let bytes = |t: &Tensor, what: &str| match t {
+                    Tensor::U8(a) => Ok(a.iter().copied().collect::<Vec<u8>>()),
+                    other => {
+                        Err(KernelError::new(format!("{} LoRC factor {what} must be uint8 codes, not {}", format.name(), other.dtype())))
+                    }
+                };
+                let Some(scales) = inputs.scales else { kbail!("quantized LoRC factors need their scales (input 7)") };
+                if scales.shape().len() != 2 || scales.shape()[0] != 2 {
+                    kbail!("the LoRC scales are {:?}, not [2, r]", scales.shape());
+                }
+                let scales: Vec<f32> = scales.to_f32().iter().copied().collect();
+                let q = QuantizedFactors::from_parts(format, k, n, bytes(u, "U")?, bytes(v, "V")?, scales)
+                    .map_err(|e| KernelError::new(e.to_string()))?;
+                let lr = q.dequantize();
+                Ok(Some(LorcFactors { u: lr.u, v: lr.v, rank: lr.rank, k, n }))
+            }
+        }
     }
 
-    /// The correction `(X · U) · V` (`m × n`, row-major) for the `m` rows `x` (`m × k`).
-    pub fn apply(&self, x: &[f32], m: usize) -> Result<Vec<f32>, KernelError> {
+    /// `T = X · U` (`m × r`) for the `m` rows `x` (`m × k`): the first half of the correction,
+    /// whose second half ([`LorcProjection::add_to`]) a product adds block by block in its
+    /// epilogue, so no `m × n` correction is ever stored.
+    pub fn project(&self, x: &[f32], m: usize) -> Result<LorcProjection<'_>, KernelError> {
         use rayon::prelude::*;
-        let (r, k, n) = (self.rank, self.k, self.n);
+        let (r, k) = (self.rank, self.k);
         if x.len() != m * k {
             kbail!("X holds {} values, not {m} rows of {k}", x.len());
         }
-        let mut out = alloc::filled(&[m, n], 0f32)?;
-        let row = |(xr, o): (&[f32], &mut [f32])| {
-            let mut t = vec![0f32; r];
+        let mut t = alloc::filled(&[m, r], 0f32)?;
+        let row = |(xr, tr): (&[f32], &mut [f32])| {
             for (xp, ur) in xr.iter().zip(self.u.chunks_exact(r)) {
-                t.iter_mut().zip(ur).for_each(|(t, u)| *t += xp * u);
-            }
-            for (tj, vr) in t.iter().zip(self.v.chunks_exact(n)) {
-                o.iter_mut().zip(vr).for_each(|(o, v)| *o += tj * v);
+                tr.iter_mut().zip(ur).for_each(|(t, u)| *t += xp * u);
             }
         };
-        if m * n * r >= 1 << 16 && rayon::current_num_threads() > 1 {
-            x.par_chunks(k).zip(out.par_chunks_mut(n)).for_each(row);
+        if m * k * r >= 1 << 16 && rayon::current_num_threads() > 1 {
+            x.par_chunks(k).zip(t.par_chunks_mut(r)).for_each(row);
         } else {
-            x.chunks(k).zip(out.chunks_mut(n)).for_each(row);
+            x.chunks(k).zip(t.chunks_mut(r)).for_each(row);
+        }
+        Ok(LorcProjection { factors: self, t })
+    }
+
+    /// The whole correction `(X · U) · V` (`m × n`, row-major) for the `m` rows `x` (`m × k`):
+    /// what the reference path adds.
+    pub fn apply(&self, x: &[f32], m: usize) -> Result<Vec<f32>, KernelError> {
+        let projection = self.project(x, m)?;
+        let n = self.n;
+        let mut out = alloc::filled(&[m, n], 0f32)?;
+        for (row, o) in out.chunks_mut(n.max(1)).enumerate().take(m) {
+            projection.add_to(o, row, 0);
         }
         Ok(out)
     }
 }
 
-/// The LoRC correction `(X · U) · V` (`m × n`, row-major) of a QuantMatMul whose inputs
-/// [`quant_matmul::LORC_U_INPUT`] and [`quant_matmul::LORC_V_INPUT`] are `u` (`[k, r]`) and `v`
-/// (`[r, n]`), for the `m` rows `x`; `None` when the node has no factors. Both the reference
-/// path and the native one add it to the product before the bias and the epilogue.
-pub fn lorc_correction(
-    u: Option<&Tensor>,
-    v: Option<&Tensor>,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<Option<Vec<f32>>, KernelError> {
-    LorcFactors::from_tensors(u, v, k, n)?.map(|f| f.apply(x, m)).transpose()
+/// A LoRC correction ready for a product's epilogue: `T = X · U` and the factors
+/// ([`LorcFactors::project`]).
+#[derive(Debug)]
+pub struct LorcProjection<'a> {
+    factors: &'a LorcFactors,
+    t: Vec<f32>,
+}
+
+impl LorcProjection<'_> {
+    /// Adds row `row` of the correction's columns `c .. c + p.len()` to `p`:
+    /// `p[i] += Σ_j T[row][j] · V[j][c + i]`.
+    pub fn add_to(&self, p: &mut [f32], row: usize, c: usize) {
+        let (r, n) = (self.factors.rank, self.factors.n);
+        let (t, width) = (&self.t[row * r..(row + 1) * r], p.len());
+        for (tj, vr) in t.iter().zip(self.factors.v.chunks_exact(n)) {
+            p.iter_mut().zip(&vr[c..c + width]).for_each(|(o, v)| *o += tj * v);
+        }
+    }
+
+    /// Rows projected.
+    pub fn rows(&self) -> usize {
+        self.t.len() / self.factors.rank.max(1)
+    }
+
+    /// The corrected product's N.
+    pub fn n(&self) -> usize {
+        self.factors.n
+    }
+}
+
+/// The LoRC correction `(X · U) · V` (`m × n`, row-major) of a QuantMatMul with LoRC inputs
+/// `inputs`, for the `m` rows `x`; `None` when the node has no factors. Both the reference path
+/// and the native one add it to the product before the bias and the epilogue.
+pub fn lorc_correction(inputs: LorcInputs<'_>, x: &[f32], m: usize, k: usize, n: usize) -> Result<Option<Vec<f32>>, KernelError> {
+    LorcFactors::from_inputs(inputs, k, n)?.map(|f| f.apply(x, m)).transpose()
 }
 
 /// The dequantized weight `[k][n]` of the product `gemm`: `v(code) * scales[group][n]`.
@@ -128,7 +211,7 @@ fn reference_quant_matmul(node: &Node, i: &[Option<&Tensor>]) -> Res {
     let mut xv: Vec<f32> = x.to_f32().iter().copied().collect();
     let m = xv.len() / k;
     // The low-rank correction multiplies X as given (before the activations are rounded).
-    let correction = lorc_correction(opt_arg(i, quant_matmul::LORC_U_INPUT), opt_arg(i, quant_matmul::LORC_V_INPUT), &xv, m, k, n)?;
+    let correction = lorc_correction(LorcInputs::of(node, i)?, &xv, m, k, n)?;
     if activations == Activations::Int8 {
         // What the int8 kernels multiply in effect: the rows quantized per block of 32.
         xv = fpx_quant::act8::Int8Activations::quantize(&xv, m, k).dequantized();
