@@ -2,7 +2,8 @@
 # fpx GPU check, in one call on a machine with an NVIDIA GPU (sm_80 or newer):
 #   1. build the GPU test binaries and the GPU benchmark (or use prebuilt ones, see below);
 #   2. run every GPU test: the FP6 GEMM vs the CPU reference (MiniLM + LLaMA-2 shapes, M 1..1000,
-#      both formats, FP16 and BF16) and every op kernel vs its CPU reference;
+#      both formats, FP16 and BF16), the W4A8 pair (row quantizer + FP8-mma GEMM, 8.9 or newer) and
+#      every op kernel vs its CPU reference;
 #   3. compute-sanitizer memcheck and racecheck over the GEMM tests (a reduced set: the sanitizers
 #      slow kernels down 10-100x);
 #   4. the GPU benchmark: fpx FP6 GEMM vs cuBLAS FP16 (cublasGemmEx, what torch.matmul calls) in
@@ -112,6 +113,7 @@ run_tests() { # name filter... (test-name filters of the fpx-cuda test binary)
 
 echo "gpu-check: GPU tests"
 run_tests "GEMM vs CPU reference" gpu::
+run_tests "W4A8 GEMM (FP8 mma) vs CPU reference" w4a8::device_
 run_tests "op kernels vs CPU reference" gpu_ops::
 
 if command -v compute-sanitizer >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
-//! Running fpx's FP6 GEMM on a GPU through the CUDA driver API (cudarc): open a device, load
-//! a config's PTX, launch the GEMM (and its split-K reduction), time it with CUDA events.
+//! Running fpx's GEMMs on a GPU through the CUDA driver API (cudarc): open a device, load a
+//! config's PTX, launch the FP6 GEMM ([`GpuGemm`]) or the W4A8 pair ([`GpuW4a8`]: row quantizer
+//! and FP8 GEMM), time them with CUDA events.
 //!
 //! Nothing here runs without a GPU: [`Gpu::open`] turns a missing driver or device into a
 //! [`CudaError`] (cudarc would panic on a missing library; [`crate::driver_available`] is
@@ -12,6 +13,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 
 use crate::config::{launch_geometry, DEFAULT_SHARED_LIMIT};
+use crate::w4a8::W4a8Config;
 use crate::{compile_ptx, driver_available, Arch, CudaError, GemmConfig};
 
 fn driver(what: &str) -> impl Fn(DriverError) -> CudaError + '_ {
@@ -294,42 +296,9 @@ impl GpuGemm {
         }
         let m_arg = i32::try_from(m).map_err(|_| CudaError::Config(format!("M = {m} does not fit the kernel's int")))?;
         let null: u64 = 0;
-        let (grid, block, shared) = launch_geometry(c, m);
-        if grid[1] as usize > crate::config::MAX_GRID_YZ {
-            return Err(CudaError::Config(format!(
-                "{}: {} blocks of {} channels exceed the grid's {} (N too large for this tiling)",
-                c.kernel_name(),
-                grid[1],
-                c.block_n(),
-                crate::config::MAX_GRID_YZ
-            )));
-        }
-        let cfg =
-            LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared };
-        let ws = match ops.ws {
-            Some(ws) if c.split_k > 1 => {
-                if ws.max_m < m || ws.partials.len() < c.workspace_bytes(m) / 4 || ws.counters.len() < c.counter_slots(m) {
-                    return Err(CudaError::Config(format!(
-                        "{}: the split-K workspace holds {} tokens ({} partials, {} counters), M = {m} needs {} and {}",
-                        c.kernel_name(),
-                        ws.max_m,
-                        ws.partials.len(),
-                        ws.counters.len(),
-                        c.workspace_bytes(m) / 4,
-                        c.counter_slots(m)
-                    )));
-                }
-                Some(ws)
-            }
-            None if c.split_k > 1 => {
-                return Err(CudaError::Config(format!(
-                    "{} splits K {} ways and needs a split-K workspace (GpuGemm::workspace), none was given",
-                    c.kernel_name(),
-                    c.split_k
-                )))
-            }
-            _ => None,
-        };
+        let name = c.kernel_name();
+        let cfg = gemm_launch_config(c, &name, c.shared_bytes(), m)?;
+        let ws = checked_workspace(c, &name, m, ops.ws)?;
         let mut b = gpu.stream.launch_builder(&self.gemm);
         b.arg(ops.x).arg(ops.w).arg(ops.scales);
         match ops.bias {
@@ -345,6 +314,163 @@ impl GpuGemm {
         // SAFETY: the arguments match the kernel's signature (see `instantiate`) and the buffers
         // were checked to be large enough for `m`; the counters are zero between launches.
         unsafe { b.launch(cfg) }.map_err(driver("the GEMM launch failed"))?;
+        Ok(())
+    }
+}
+
+/// The launch config of a GEMM with `cfg`'s tiling (`name` for messages) and `shared` bytes of
+/// dynamic shared memory for `m` tokens, refused when the channel blocks exceed the grid.
+fn gemm_launch_config(cfg: &GemmConfig, name: &str, shared: usize, m: usize) -> Result<LaunchConfig, CudaError> {
+    let (grid, block, _) = launch_geometry(cfg, m);
+    if grid[1] as usize > crate::config::MAX_GRID_YZ {
+        return Err(CudaError::Config(format!(
+            "{name}: {} blocks of {} channels exceed the grid's {} (N too large for this tiling)",
+            grid[1],
+            cfg.block_n(),
+            crate::config::MAX_GRID_YZ
+        )));
+    }
+    Ok(LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared as u32 })
+}
+
+/// The split-K workspace of a launch of `cfg`'s tiling for `m` tokens: required and checked
+/// against `m` when the tiling splits K, ignored otherwise.
+fn checked_workspace<'w>(
+    cfg: &GemmConfig,
+    name: &str,
+    m: usize,
+    ws: Option<&'w mut SplitKWorkspace>,
+) -> Result<Option<&'w mut SplitKWorkspace>, CudaError> {
+    match ws {
+        Some(ws) if cfg.split_k > 1 => {
+            if ws.max_m < m || ws.partials.len() < cfg.workspace_bytes(m) / 4 || ws.counters.len() < cfg.counter_slots(m) {
+                return Err(CudaError::Config(format!(
+                    "{name}: the split-K workspace holds {} tokens ({} partials, {} counters), M = {m} needs {} and {}",
+                    ws.max_m,
+                    ws.partials.len(),
+                    ws.counters.len(),
+                    cfg.workspace_bytes(m) / 4,
+                    cfg.counter_slots(m)
+                )));
+            }
+            Ok(Some(ws))
+        }
+        None if cfg.split_k > 1 => Err(CudaError::Config(format!(
+            "{name} splits K {} ways and needs a split-K workspace (its `workspace`), none was given",
+            cfg.split_k
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// The W4A8 kernel pair ([`crate::w4a8`]) loaded on a GPU with FP8 `mma` (compute capability
+/// 8.9 or newer): the row quantizer and the GEMM.
+pub struct GpuW4a8 {
+    /// The config it was compiled for.
+    pub cfg: W4a8Config,
+    quantize: CudaFunction,
+    gemm: CudaFunction,
+}
+
+/// The device operands of one W4A8 product (see `kernels-templates/w4a8_gemm.cu`).
+pub struct W4a8Operands<'a> {
+    /// FP16 activations, `[m][k]` (no padding).
+    pub x: &'a CudaSlice<u16>,
+    /// The quantizer's output and the GEMM's input: FP8 codes `[m][k_pad]`.
+    pub xq: &'a mut CudaSlice<u8>,
+    /// The quantizer's per-row scales, `[m]`.
+    pub xscale: &'a mut CudaSlice<f32>,
+    /// The FP4 codes in the 4+2 layout (no high plane).
+    pub w: &'a CudaSlice<u8>,
+    /// Per-channel scales with the FP16 storage factor folded in, `[n]`.
+    pub scales: &'a CudaSlice<f32>,
+    /// Optional bias, `[n]`.
+    pub bias: Option<&'a CudaSlice<f32>>,
+    /// FP16 output, `[m][n]`.
+    pub y: &'a mut CudaSlice<u16>,
+    /// The split-K workspace ([`GpuW4a8::workspace`]) when the config splits K.
+    pub ws: Option<&'a mut SplitKWorkspace>,
+}
+
+impl GpuW4a8 {
+    /// Compiles `cfg` for the GPU (sm_89 code on 8.9, sm_90 on 9.0 and newer) and loads both
+    /// kernels; a GPU without FP8 `mma` is a [`CudaError::Driver`] naming its capability.
+    pub fn load(gpu: &Gpu, cfg: &W4a8Config) -> Result<GpuW4a8, CudaError> {
+        let arch = match gpu.capability {
+            (8, minor) if minor >= 9 => Arch::Sm89,
+            (major, _) if major >= 9 => Arch::Sm90,
+            (major, minor) => {
+                return Err(CudaError::Driver(format!(
+                    "{} has compute capability {major}.{minor}; the W4A8 GEMM needs FP8 mma (8.9 or newer)",
+                    gpu.name
+                )))
+            }
+        };
+        let ptx = crate::w4a8::compile_ptx(cfg, arch)?;
+        let module = gpu.load_module(&ptx.src)?;
+        let gemm = module.load_function(&ptx.kernel).map_err(driver("the PTX lacks the W4A8 GEMM entry"))?;
+        let quantize = module.load_function(&cfg.quantize_kernel_name()).map_err(driver("the PTX lacks the row quantizer entry"))?;
+        if cfg.shared_bytes() > DEFAULT_SHARED_LIMIT {
+            gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_bytes() as i32)
+                .map_err(driver("cannot raise the shared-memory limit"))?;
+        }
+        Ok(GpuW4a8 { cfg: cfg.clone(), quantize, gemm })
+    }
+
+    /// A zeroed split-K workspace for this config and up to `max_m` tokens.
+    pub fn workspace(&self, gpu: &Gpu, max_m: usize) -> Result<SplitKWorkspace, CudaError> {
+        SplitKWorkspace::new(gpu, &self.cfg.tiling(), max_m)
+    }
+
+    /// Queues the row quantizer and the GEMM for `m` rows on `gpu`'s stream (buffer sizes
+    /// checked; the workspace required when the config splits K).
+    pub fn launch(&self, gpu: &Gpu, m: usize, ops: W4a8Operands<'_>) -> Result<(), CudaError> {
+        let c = &self.cfg;
+        let (tiling, name) = (c.tiling(), c.kernel_name());
+        let need_w = fpx_quant::layout::PackedShape::new(c.n, c.k, 4).total_bytes();
+        for (what, have, need) in [
+            ("X", ops.x.len(), m * c.k),
+            ("Xq", ops.xq.len(), m * c.k_pad()),
+            ("row scales", ops.xscale.len(), m),
+            ("W", ops.w.len(), need_w),
+            ("scales", ops.scales.len(), c.n),
+            ("Y", ops.y.len(), m * c.n),
+            ("bias", ops.bias.map_or(c.n, |b| b.len()), c.n),
+        ] {
+            if have < need {
+                return Err(CudaError::Config(format!("{name}: the {what} buffer has {have} elements, {need} needed for M = {m}")));
+            }
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let m_arg = i32::try_from(m).map_err(|_| CudaError::Config(format!("M = {m} does not fit the kernel's int")))?;
+        let null: u64 = 0;
+        let gemm_cfg = gemm_launch_config(&tiling, &name, c.shared_bytes(), m)?;
+        let ws = checked_workspace(&tiling, &name, m, ops.ws)?;
+        let (qgrid, qblock) = c.quantize_geometry(m);
+        let qcfg =
+            LaunchConfig { grid_dim: (qgrid[0], qgrid[1], qgrid[2]), block_dim: (qblock[0], qblock[1], qblock[2]), shared_mem_bytes: 0 };
+        let mut q = gpu.stream.launch_builder(&self.quantize);
+        q.arg(ops.x).arg(&mut *ops.xq).arg(&mut *ops.xscale).arg(&m_arg);
+        // SAFETY: the arguments match the quantizer's signature (`w4a8::instantiate`); X holds m
+        // rows of k, Xq m rows of k_pad, the scales m values (checked above).
+        unsafe { q.launch(qcfg) }.map_err(driver("the row quantizer launch failed"))?;
+        let mut b = gpu.stream.launch_builder(&self.gemm);
+        b.arg(&*ops.xq).arg(&*ops.xscale).arg(ops.w).arg(ops.scales);
+        match ops.bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        b.arg(&mut *ops.y);
+        match ws {
+            Some(ws) => b.arg(&mut ws.partials).arg(&mut ws.counters),
+            None => b.arg(&null).arg(&null),
+        };
+        b.arg(&m_arg);
+        // SAFETY: the arguments match the GEMM's signature (`w4a8::instantiate`), the buffers were
+        // checked for `m`, the stream orders it after the quantizer; counters are zero between launches.
+        unsafe { b.launch(gemm_cfg) }.map_err(driver("the W4A8 GEMM launch failed"))?;
         Ok(())
     }
 }

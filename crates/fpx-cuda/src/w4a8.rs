@@ -10,7 +10,9 @@
 //! [`Arch::Sm89`] (native FP8 MMAs) and [`Arch::Sm90`] (where ptxas lowers them to FP16 MMAs on
 //! unpacked bytes, see [`compile_ptx`]). Checked without a GPU (tests): NVRTC + ptxas for both with no spills,
 //! the SASS main loop, and a CPU emulation of both kernels (fragment bytes bit-exact against
-//! `fpx_quant`'s decoders). Not checked: results and speed on a device.
+//! `fpx_quant`'s decoders). On a GPU, `device::GpuW4a8` runs the pair and the
+//! `w4a8::device_` test (in `scripts/gpu-check.sh`) checks it against the CPU reference; not run
+//! on a device yet, and its speed is unmeasured.
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;

@@ -13,7 +13,7 @@ use fpx_cuda::{heuristic_config, Arch};
 use fpx_quant::Format;
 use fpx_test_support::{skip, Requirement, Rng};
 
-use crate::common::{toolchain_or_skip, LINEAR_SHAPES};
+use crate::common::{open_gpu, toolchain_or_skip, LINEAR_SHAPES};
 use crate::kernels::{split_range, thread_chunks};
 
 /// Compiles `cfg` for `arch` and assembles it: both entries present, no spills, no stack.
@@ -547,5 +547,103 @@ fn w4a8_emulation_mirrors_the_template_text() {
         "for (int z = 0; z < SPLIT_K; ++z) s += load_cg(ws + ((fpx_u64)z * M + tok) * N + ch);",
     ] {
         assert!(W4A8_GEMM_TEMPLATE.contains(needle), "template changed: {needle}");
+    }
+}
+
+/// On a GPU with FP8 `mma` (compute capability 8.9 or newer; `scripts/gpu-check.sh`): the row
+/// quantizer's scales equal the CPU definition bit for bit and its codes decode to the same
+/// values (the emulation above, which `act_fp8` checks); the GEMM's Y matches decode-then-multiply
+/// in f64 on those activations within FP16 output rounding, split or not, with and without bias;
+/// a second launch gives the same bits and leaves the split-K counters zero. Skips (SKIP) without
+/// such a GPU; fails instead under `FPX_REQUIRE=gpu`.
+#[test]
+fn device_w4a8_matches_the_cpu_reference() {
+    use fpx_cuda::device::{GpuW4a8, W4a8Operands};
+    const TEST: &str = "device_w4a8_matches_the_cpu_reference";
+    let Some((gpu, _)) = open_gpu(TEST) else { return };
+    if gpu.capability < (8, 9) {
+        skip(Requirement::Gpu, TEST, &format!("{} has compute capability {:?}; FP8 mma needs 8.9", gpu.name, gpu.capability));
+        return;
+    }
+    let mut rng = Rng::new(0xde_1ce);
+    let cases = [
+        (4096, 4096, 1, Fp8Act::E4M3),
+        (4096, 4096, 16, Fp8Act::E4M3),
+        (11008, 4096, 8, Fp8Act::E4M3),
+        (384, 1536, 64, Fp8Act::E4M3),
+        (70, 100, 3, Fp8Act::E5M2),
+        (1000, 70, 5, Fp8Act::E4M3),
+        (4096, 4096, 200, Fp8Act::E5M2),
+    ];
+    for (i, (k, n, m, act)) in cases.into_iter().enumerate() {
+        let cfg = W4a8Config::heuristic(act, n, k, m, gpu.sm_count);
+        let g = GpuW4a8::load(&gpu, &cfg).unwrap_or_else(|e| panic!("{}: {e}", cfg.kernel_name()));
+        let codes: Vec<u8> = (0..n * k).map(|_| (rng.next_u32() & 15) as u8).collect();
+        let w = fpx_quant::layout::pack(&codes, &fpx_quant::layout::PackedShape::new(n, k, 4));
+        let scales: Vec<f32> = (0..n).map(|_| ((0.25 + rng.uniform()) / (k as f64).sqrt()) as f32).collect();
+        let folded: Vec<f32> = scales.iter().map(|s| s * fpx_quant::fold::storage_factor(Format::Fp4E2M1)).collect();
+        let bias: Option<Vec<f32>> = (i % 2 == 0).then(|| (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect());
+        // Rows of different magnitudes: each gets its own scale.
+        let x: Vec<u16> =
+            (0..m * k).map(|j| half::f16::from_f64(rng.range(-1.0, 1.0) * [1.0, 0.01, 30.0][(j / k) % 3]).to_bits()).collect();
+        let (dx, dw, ds) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&folded).unwrap());
+        let db = bias.as_ref().map(|b| gpu.upload(b).unwrap());
+        let (mut dxq, mut dxs) = (gpu.zeros::<u8>(m * cfg.k_pad()).unwrap(), gpu.zeros::<f32>(m).unwrap());
+        let mut ws = g.workspace(&gpu, m).unwrap();
+        let launch = |y: &mut _, ws: &mut _, xq: &mut _, xs: &mut _| {
+            let ops = W4a8Operands { x: &dx, xq, xscale: xs, w: &dw, scales: &ds, bias: db.as_ref(), y, ws: Some(ws) };
+            g.launch(&gpu, m, ops).unwrap_or_else(|e| panic!("{}: {e}", cfg.kernel_name()));
+        };
+        let mut dy = gpu.upload(&vec![0xffffu16; m * n]).unwrap();
+        launch(&mut dy, &mut ws, &mut dxq, &mut dxs);
+        let y = gpu.download(&dy).unwrap();
+        let (xq, xs) = (gpu.download(&dxq).unwrap(), gpu.download(&dxs).unwrap());
+        let mut dy2 = gpu.upload(&vec![0xffffu16; m * n]).unwrap();
+        launch(&mut dy2, &mut ws, &mut dxq, &mut dxs);
+        assert!(gpu.download(&dy2).unwrap() == y, "{}: a second launch gave other bits", cfg.kernel_name());
+        assert!(ws.counters(&gpu).unwrap().iter().all(|&c| c == 0), "{}: counters left non-zero", cfg.kernel_name());
+        // The quantizer against the CPU definition.
+        let (want_q, want_s) = emulate_quantizer(&cfg, &x, m);
+        assert_eq!(xs, want_s, "{}: row scales", cfg.kernel_name());
+        let fmt = act.quant_format();
+        for (j, (&g8, &c8)) in xq.iter().zip(&want_q).enumerate() {
+            assert_eq!(
+                fmt.decode(g8),
+                fmt.decode(c8),
+                "{}: Xq[{}][{}] = {g8:#04x}, want {c8:#04x}",
+                cfg.kernel_name(),
+                j / cfg.k_pad(),
+                j % cfg.k_pad()
+            );
+        }
+        // Y against f64 on the quantized activations.
+        let k_pad = cfg.k_pad();
+        let mut worst = 0f64;
+        for r in 0..m {
+            let mut xv = vec![0f64; k];
+            for pos in 0..k_pad {
+                let c = pos / 32 * 32 + perm_column(pos % 32);
+                if c < k {
+                    xv[c] = fmt.decode(want_q[r * k_pad + pos]) as f64 * want_s[r] as f64;
+                }
+            }
+            let want: Vec<f64> = (0..n)
+                .map(|c| {
+                    let dot: f64 = (0..k).map(|kk| xv[kk] * Format::Fp4E2M1.decode(codes[c * k + kk]) as f64).sum();
+                    dot * scales[c] as f64 + bias.as_ref().map_or(0.0, |b| b[c] as f64)
+                })
+                .collect();
+            let rms = (want.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+            for (c, w) in want.iter().enumerate() {
+                let got = half::f16::from_bits(y[r * n + c]).to_f64();
+                assert!(
+                    got.is_finite() && (got - w).abs() <= 2e-3 * w.abs() + 2e-3 * rms,
+                    "{}: y[{r}][{c}] = {got}, want {w}",
+                    cfg.kernel_name()
+                );
+                worst = worst.max((got - w).abs() / rms.max(1e-30));
+            }
+        }
+        eprintln!("GPU: {} M={m}: worst |y - ref| / rms {worst:.2e}", cfg.kernel_name());
     }
 }
