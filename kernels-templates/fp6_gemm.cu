@@ -285,6 +285,89 @@ struct ChunkStream {
     }
 };
 
+// Opens stream `s` (a ChunkStream over BLOCK_NT tile rows) on a weight plane of TILE_BYTES per
+// 16x32 tile (tiles n-tile major, K_TILES per n-tile): this thread's first chunk of the block's
+// n-tiles nt0.. at k-tile kt0, its stage slice at shared offset dst0. The row guards (n-tiles
+// past N_TILES: zero-filled) are worked out here, once.
+template <typename S, int BLOCK_NT, int N_TILES, int K_TILES, int KT, int TILE_BYTES>
+__device__ __forceinline__ void open_tile_stream(S& s, const unsigned char* plane, fpx_u32 dst0, int nt0, int kt0) {
+    constexpr int CPT = TILE_BYTES / 16;  // 16-byte chunks per tile
+    const fpx_u32 tid = threadIdx.x;
+    const fpx_u32 row0 = tid / (KT * CPT), col0 = tid % (KT * CPT);
+    s.src = plane + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * TILE_BYTES + col0 * 16;
+    s.dst = dst0 + tid * 16;
+    s.k_left = K_TILES - kt0 - (int)(col0 / CPT);
+    s.in_rows = 0;
+    s.rows_ok = 0;
+#pragma unroll
+    for (int j = 0; j < S::Map::ITERS; ++j) {
+        const int row = (int)row0 + S::Map::row_add(j);
+        s.in_rows |= (fpx_u32)(row < BLOCK_NT) << j;
+        s.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;
+    }
+}
+
+// Opens stream `s` (a ChunkStream over M_TILE token rows) on activations of ROW_BYTES global
+// bytes per row and CPT 16-byte chunks per k-tile: this thread's first chunk of tokens m0.. at
+// k-tile kt0, the stage's rows SROW bytes apart from shared offset dst0. Tokens past M are
+// zero-filled.
+template <typename S, int M_TILE, int K_TILES, int KT, int CPT, long long ROW_BYTES, int SROW>
+__device__ __forceinline__ void open_token_stream(S& s, const unsigned char* x, fpx_u32 dst0, int M, int m0, int kt0) {
+    const fpx_u32 tid = threadIdx.x;
+    const fpx_u32 row0 = tid / (KT * CPT), col0 = tid % (KT * CPT);
+    s.src = x + (fpx_u64)(m0 + row0) * ROW_BYTES + kt0 * (CPT * 16) + col0 * 16;
+    s.dst = dst0 + row0 * SROW + col0 * 16;
+    s.k_left = K_TILES - kt0 - (int)(col0 / CPT);
+    s.in_rows = 0;
+    s.rows_ok = 0;
+#pragma unroll
+    for (int j = 0; j < S::Map::ITERS; ++j) {
+        const int row = (int)row0 + S::Map::row_add(j);
+        s.in_rows |= (fpx_u32)(row < M_TILE) << j;
+        s.rows_ok |= (fpx_u32)(m0 + row < M) << j;
+    }
+}
+
+// The K steps of split z (blockIdx.z): STEPS / SPLIT_K each, one more for the first
+// STEPS % SPLIT_K splits, so no split is more than one step longer than another.
+template <int STEPS, int SPLIT_K>
+struct SplitSteps {
+    int begin;
+    int count;
+    __device__ __forceinline__ explicit SplitSteps(int z) {
+        constexpr int BASE = STEPS / SPLIT_K, REM = STEPS % SPLIT_K;
+        begin = z * BASE + (z < REM ? z : REM);
+        count = BASE + (z < REM ? 1 : 0);
+    }
+};
+
+// A block's K loop over `nsteps` steps through a ring of STAGES stages (STAGE_BYTES each) at
+// shared address `sbase` (generic pointer `smem`), STAGES - 1 steps in flight: `load(stage)`
+// queues one step's cp.asyncs into the stage at shared address `stage`, `compute(p)` consumes
+// the stage at `p`. Every thread of the block calls it; all copies are waited for on return.
+template <int STAGES, int STAGE_BYTES, typename Load, typename Compute>
+__device__ __forceinline__ void k_pipeline(int nsteps, fpx_u32 sbase, const unsigned char* smem, Load&& load, Compute&& compute) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < nsteps) load(sbase + s * STAGE_BYTES);
+        cp_async_commit();
+    }
+    // Ring positions: `read` holds step it, `write` receives step it + STAGES - 1.
+    int read = 0, write = STAGES - 1;
+    for (int it = 0; it < nsteps; ++it) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        // The slot refilled here was consumed in iteration it - 1, which every thread has
+        // finished (the barrier above).
+        if (it + STAGES - 1 < nsteps) load(sbase + write * STAGE_BYTES);
+        cp_async_commit();
+        compute(smem + read * STAGE_BYTES);
+        read = read == STAGES - 1 ? 0 : read + 1;
+        write = write == STAGES - 1 ? 0 : write + 1;
+    }
+    cp_async_wait<0>();
+}
+
 template <int FORMAT, int ACT, int N, int K, int M_TILE, int WARPS, int WNT, int KT, int STAGES, int SPLIT_K>
 struct Gemm {
     static constexpr int N_PAD = (N + 15) / 16 * 16;
@@ -303,10 +386,6 @@ struct Gemm {
     static constexpr int SHARED_BYTES = STAGES * STAGE_BYTES;
     static constexpr fpx_u64 LOW_PLANE_BYTES = (fpx_u64)N_TILES * K_TILES * 256;
     static constexpr int STEPS = (K_TILES + KT - 1) / KT;
-    // Split z runs STEPS_BASE steps, one more for z < STEPS_REM: the remainder is spread, so no
-    // split is more than one step longer than another.
-    static constexpr int STEPS_BASE = STEPS / SPLIT_K;
-    static constexpr int STEPS_REM = STEPS % SPLIT_K;
     // The stage's three cp.async streams: low plane (KT*16 chunks per n-tile), high plane (KT*8),
     // activations (K_STEP/8 chunks of 8 halves per token row).
     static constexpr bool K_TAIL = K_TILES % KT != 0;
@@ -321,54 +400,14 @@ struct Gemm {
     static_assert(FORMAT == 0 || FORMAT == 1, "FORMAT 0 = e3m2, 1 = e2m3");
     static_assert(ACT == 0 || ACT == 1, "ACT 0 = fp16, 1 = bf16");
 
-    // The thread's three streams, positioned at K step `step0` of block (nt0, m0); the row
-    // guards (n-tiles past N, tokens past M) are worked out here, once.
+    // The thread's three streams, positioned at K step `step0` of block (nt0, m0).
     static __device__ __forceinline__ void open_streams(LowStream& lo, HighStream& hi, XStream& xs, const fpx_u16* X, const unsigned char* W,
                                                         int M, int nt0, int m0, int step0) {
-        const fpx_u32 tid = threadIdx.x;
         const int kt0 = step0 * KT;
-        {
-            const fpx_u32 row0 = tid / (KT * 16), col0 = tid % (KT * 16);
-            lo.src = W + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 256 + col0 * 16;
-            lo.dst = tid * 16;
-            lo.k_left = K_TILES - kt0 - (int)(col0 / 16);
-            lo.in_rows = 0;
-            lo.rows_ok = 0;
-#pragma unroll
-            for (int j = 0; j < LowStream::Map::ITERS; ++j) {
-                const int row = (int)row0 + LowStream::Map::row_add(j);
-                lo.in_rows |= (fpx_u32)(row < BLOCK_NT) << j;
-                lo.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;
-            }
-        }
-        {
-            const fpx_u32 row0 = tid / (KT * 8), col0 = tid % (KT * 8);
-            hi.src = W + LOW_PLANE_BYTES + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 128 + col0 * 16;
-            hi.dst = W_LOW_BYTES + tid * 16;
-            hi.k_left = K_TILES - kt0 - (int)(col0 / 8);
-            hi.in_rows = 0;
-            hi.rows_ok = 0;
-#pragma unroll
-            for (int j = 0; j < HighStream::Map::ITERS; ++j) {
-                const int row = (int)row0 + HighStream::Map::row_add(j);
-                hi.in_rows |= (fpx_u32)(row < BLOCK_NT) << j;
-                hi.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;
-            }
-        }
-        {
-            const fpx_u32 row0 = tid / (K_STEP / 8), col0 = tid % (K_STEP / 8);
-            xs.src = (const unsigned char*)(X + (fpx_u64)(m0 + row0) * K_PAD + kt0 * 32 + col0 * 8);
-            xs.dst = W_LOW_BYTES + W_HIGH_BYTES + row0 * (X_STRIDE * 2) + col0 * 16;
-            xs.k_left = K_TILES - kt0 - (int)(col0 / 4);
-            xs.in_rows = 0;
-            xs.rows_ok = 0;
-#pragma unroll
-            for (int j = 0; j < XStream::Map::ITERS; ++j) {
-                const int row = (int)row0 + XStream::Map::row_add(j);
-                xs.in_rows |= (fpx_u32)(row < M_TILE) << j;
-                xs.rows_ok |= (fpx_u32)(m0 + row < M) << j;
-            }
-        }
+        open_tile_stream<LowStream, BLOCK_NT, N_TILES, K_TILES, KT, 256>(lo, W, 0, nt0, kt0);
+        open_tile_stream<HighStream, BLOCK_NT, N_TILES, K_TILES, KT, 128>(hi, W + LOW_PLANE_BYTES, W_LOW_BYTES, nt0, kt0);
+        open_token_stream<XStream, M_TILE, K_TILES, KT, 4, (long long)K_PAD * 2, X_STRIDE * 2>(xs, (const unsigned char*)X, W_LOW_BYTES + W_HIGH_BYTES,
+                                                                                              M, m0, kt0);
     }
 
     // Queues the cp.asyncs of the streams' next K step into the stage at shared address `stage`.
@@ -431,15 +470,12 @@ struct Gemm {
         // Token tiles run fastest (x), so the blocks reading the same weights run together.
         const int m0 = blockIdx.x * M_TILE;
         const int nt0 = blockIdx.y * BLOCK_NT;
-        const int z = blockIdx.z;
-        const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);
-        const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);
+        const SplitSteps<STEPS, SPLIT_K> steps(blockIdx.z);
         const fpx_u64 policy = weight_policy(gridDim.x == 1);
-        const fpx_u32 sbase = smem_addr(fpx_smem);
         LowStream lo;
         HighStream hi;
         XStream xs;
-        open_streams(lo, hi, xs, X, W, M, nt0, m0, step_begin);
+        open_streams(lo, hi, xs, X, W, M, nt0, m0, steps.begin);
 
         float acc[WNT][MB][4];
 #pragma unroll
@@ -449,25 +485,9 @@ struct Gemm {
 #pragma unroll
                 for (int q = 0; q < 4; ++q) acc[i][mb][q] = 0.0f;
 
-#pragma unroll
-        for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < nsteps) load_stage(sbase + s * STAGE_BYTES, lo, hi, xs, policy);
-            cp_async_commit();
-        }
-        // Ring positions: `read` holds step it, `write` receives step it + STAGES - 1.
-        int read = 0, write = STAGES - 1;
-        for (int it = 0; it < nsteps; ++it) {
-            cp_async_wait<STAGES - 2>();
-            __syncthreads();
-            // The slot refilled here was consumed in iteration it - 1, which every thread has
-            // finished (the barrier above).
-            if (it + STAGES - 1 < nsteps) load_stage(sbase + write * STAGE_BYTES, lo, hi, xs, policy);
-            cp_async_commit();
-            compute_stage(acc, fpx_smem + read * STAGE_BYTES);
-            read = read == STAGES - 1 ? 0 : read + 1;
-            write = write == STAGES - 1 ? 0 : write + 1;
-        }
-        cp_async_wait<0>();
+        k_pipeline<STAGES, STAGE_BYTES>(
+            steps.count, smem_addr(fpx_smem), fpx_smem, [&](fpx_u32 stage) { load_stage(stage, lo, hi, xs, policy); },
+            [&](const unsigned char* stage) { compute_stage(acc, stage); });
 
         // Epilogue. Accumulator (i, mb): c0,c1 = channel g, tokens 2t, 2t+1; c2,c3 = channel g+8.
         const float adj = scale_adjust<FORMAT, ACT>();

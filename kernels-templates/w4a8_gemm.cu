@@ -176,8 +176,6 @@ struct W4a8Gemm {
     static constexpr int STAGE_BYTES = W_BYTES + X_BYTES;
     static constexpr int SHARED_BYTES = STAGES * STAGE_BYTES;
     static constexpr int STEPS = (K_TILES + KT - 1) / KT;
-    static constexpr int STEPS_BASE = STEPS / SPLIT_K;
-    static constexpr int STEPS_REM = STEPS % SPLIT_K;
     static constexpr bool K_TAIL = K_TILES % KT != 0;
     using WStream = ChunkStream<BLOCK_NT, KT * 16, THREADS, 16, (long long)K_TILES * 256, KT * 256, N_TILES % BLOCK_NT != 0, K_TAIL, true>;
     using XStream = ChunkStream<M_TILE, K_STEP / 16, THREADS, 2, (long long)K_PAD, X_STRIDE, true, K_TAIL, false>;
@@ -188,44 +186,17 @@ struct W4a8Gemm {
     static_assert(SPLIT_K >= 1 && SPLIT_K <= STEPS, "1..STEPS K splits");
     static_assert(FP8 == 0 || FP8 == 1, "FP8 0 = e4m3, 1 = e5m2");
 
-    static __device__ __forceinline__ void open_streams(WStream& ws_, XStream& xs, const unsigned char* Xq, const unsigned char* W, int M,
+    static __device__ __forceinline__ void open_streams(WStream& wst, XStream& xst, const unsigned char* Xq, const unsigned char* W, int M,
                                                         int nt0, int m0, int step0) {
-        const fpx_u32 tid = threadIdx.x;
         const int kt0 = step0 * KT;
-        {
-            const fpx_u32 row0 = tid / (KT * 16), col0 = tid % (KT * 16);
-            ws_.src = W + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 256 + col0 * 16;
-            ws_.dst = tid * 16;
-            ws_.k_left = K_TILES - kt0 - (int)(col0 / 16);
-            ws_.in_rows = 0;
-            ws_.rows_ok = 0;
-#pragma unroll
-            for (int j = 0; j < WStream::Map::ITERS; ++j) {
-                const int row = (int)row0 + WStream::Map::row_add(j);
-                ws_.in_rows |= (fpx_u32)(row < BLOCK_NT) << j;
-                ws_.rows_ok |= (fpx_u32)(nt0 + row < N_TILES) << j;
-            }
-        }
-        {
-            const fpx_u32 row0 = tid / (K_STEP / 16), col0 = tid % (K_STEP / 16);
-            xs.src = Xq + (fpx_u64)(m0 + row0) * K_PAD + kt0 * 32 + col0 * 16;
-            xs.dst = W_BYTES + row0 * X_STRIDE + col0 * 16;
-            xs.k_left = K_TILES - kt0 - (int)(col0 / 2);
-            xs.in_rows = 0;
-            xs.rows_ok = 0;
-#pragma unroll
-            for (int j = 0; j < XStream::Map::ITERS; ++j) {
-                const int row = (int)row0 + XStream::Map::row_add(j);
-                xs.in_rows |= (fpx_u32)(row < M_TILE) << j;
-                xs.rows_ok |= (fpx_u32)(m0 + row < M) << j;
-            }
-        }
+        open_tile_stream<WStream, BLOCK_NT, N_TILES, K_TILES, KT, 256>(wst, W, 0, nt0, kt0);
+        open_token_stream<XStream, M_TILE, K_TILES, KT, 2, (long long)K_PAD, X_STRIDE>(xst, Xq, W_BYTES, M, m0, kt0);
     }
 
-    static __device__ __forceinline__ void load_stage(fpx_u32 stage, WStream& ws_, XStream& xs, fpx_u64 policy) {
+    static __device__ __forceinline__ void load_stage(fpx_u32 stage, WStream& wst, XStream& xst, fpx_u64 policy) {
 #if !defined(FPX_PROBE) || FPX_PROBE != 2
-        ws_.issue(stage, policy, KT, KT * 256);
-        xs.issue(stage, policy, KT, K_STEP);
+        wst.issue(stage, policy, KT, KT * 256);
+        xst.issue(stage, policy, KT, K_STEP);
 #endif
     }
 
@@ -262,14 +233,11 @@ struct W4a8Gemm {
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
         const int m0 = blockIdx.x * M_TILE;
         const int nt0 = blockIdx.y * BLOCK_NT;
-        const int z = blockIdx.z;
-        const int step_begin = z * STEPS_BASE + (z < STEPS_REM ? z : STEPS_REM);
-        const int nsteps = STEPS_BASE + (z < STEPS_REM ? 1 : 0);
+        const SplitSteps<STEPS, SPLIT_K> steps(blockIdx.z);
         const fpx_u64 policy = weight_policy(gridDim.x == 1);
-        const fpx_u32 sbase = smem_addr(fpx_smem);
         WStream wst;
         XStream xst;
-        open_streams(wst, xst, Xq, W, M, nt0, m0, step_begin);
+        open_streams(wst, xst, Xq, W, M, nt0, m0, steps.begin);
 
         float acc[WNT][MB][4];
 #pragma unroll
@@ -279,22 +247,9 @@ struct W4a8Gemm {
 #pragma unroll
                 for (int q = 0; q < 4; ++q) acc[i][mb][q] = 0.0f;
 
-#pragma unroll
-        for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < nsteps) load_stage(sbase + s * STAGE_BYTES, wst, xst, policy);
-            cp_async_commit();
-        }
-        int read = 0, write = STAGES - 1;
-        for (int it = 0; it < nsteps; ++it) {
-            cp_async_wait<STAGES - 2>();
-            __syncthreads();
-            if (it + STAGES - 1 < nsteps) load_stage(sbase + write * STAGE_BYTES, wst, xst, policy);
-            cp_async_commit();
-            compute_stage(acc, fpx_smem + read * STAGE_BYTES);
-            read = read == STAGES - 1 ? 0 : read + 1;
-            write = write == STAGES - 1 ? 0 : write + 1;
-        }
-        cp_async_wait<0>();
+        k_pipeline<STAGES, STAGE_BYTES>(
+            steps.count, smem_addr(fpx_smem), fpx_smem, [&](fpx_u32 stage) { load_stage(stage, wst, xst, policy); },
+            [&](const unsigned char* stage) { compute_stage(acc, stage); });
 
         // Epilogue. Accumulator (i, mb): c0,c1 = channel g, tokens 2t, 2t+1; c2,c3 = channel g+8.
 #pragma unroll

@@ -527,17 +527,18 @@ fn emulated_w4a8_gemm_matches_the_reference() {
     }
 }
 
-/// The emulation above transcribes these lines of the template; if they change, it must too.
+/// The emulation above transcribes these lines of the template (the stream openers and the
+/// K loop it shares with the FP6 GEMM are pinned by `kernels::emulation_mirrors_the_template_text`);
+/// if they change, it must too.
 #[test]
 fn w4a8_emulation_mirrors_the_template_text() {
     for needle in [
         "using WStream = ChunkStream<BLOCK_NT, KT * 16, THREADS, 16, (long long)K_TILES * 256, KT * 256, N_TILES % BLOCK_NT != 0, K_TAIL, true>;",
         "using XStream = ChunkStream<M_TILE, K_STEP / 16, THREADS, 2, (long long)K_PAD, X_STRIDE, true, K_TAIL, false>;",
         "static constexpr int X_STRIDE = K_STEP + 16;",
-        "xs.src = Xq + (fpx_u64)(m0 + row0) * K_PAD + kt0 * 32 + col0 * 16;",
-        "xs.dst = W_BYTES + row0 * X_STRIDE + col0 * 16;",
-        "xs.k_left = K_TILES - kt0 - (int)(col0 / 2);",
-        "ws_.src = W + ((fpx_u64)(nt0 + row0) * K_TILES + kt0) * 256 + col0 * 16;",
+        "open_tile_stream<WStream, BLOCK_NT, N_TILES, K_TILES, KT, 256>(wst, W, 0, nt0, kt0);",
+        "open_token_stream<XStream, M_TILE, K_TILES, KT, 2, (long long)K_PAD, X_STRIDE>(xst, Xq, W_BYTES, M, m0, kt0);",
+        "open_streams(wst, xst, Xq, W, M, nt0, m0, steps.begin);",
         "const unsigned char* p = sx + (mb * 8 + g) * X_STRIDE + kt * 32 + 4 * t;",
         "b[mb][1] = *(const fpx_u32*)(p + 16);",
         "fp4_to_e4m3(sw[tile * 64 + lane], a[0], a[1]);",
