@@ -30,20 +30,32 @@ struct NativeConstants {
 
 impl NativeConstants {
     fn of(graph: &Graph, node: &fpx_ir::Node, gemm: &fpx_quant::QuantGemm) -> Result<NativeConstants, KernelError> {
-        let constant = |i: usize| node.inputs.get(i).copied().flatten().and_then(|v| graph.value(v).constant.as_deref());
-        let bias = constant(3).map(|b| b.to_f32().iter().copied().collect());
+        // Constants a mapped artifact keeps in its file (uint8 tensors of 1 MiB or more, such as
+        // the quantized LoRC factors of a very wide product) are read here, once.
+        let loaded = |i: usize| -> Result<Option<std::sync::Arc<fpx_ir::Tensor>>, KernelError> {
+            match node.inputs.get(i).copied().flatten() {
+                Some(v) => graph.load_constant(v).map_err(|e| KernelError::new(e.to_string())),
+                None => Ok(None),
+            }
+        };
+        let (bias, u, v, scales) = (
+            loaded(3)?,
+            loaded(quant_matmul::LORC_U_INPUT)?,
+            loaded(quant_matmul::LORC_V_INPUT)?,
+            loaded(quant_matmul::LORC_SCALES_INPUT)?,
+        );
+        let bias = bias.map(|b| b.to_f32().iter().copied().collect());
         let lorc_storage = quant_matmul::lorc_storage(node).map_err(|e| KernelError::new(e.to_string()))?;
         let scales_given = node.inputs.get(quant_matmul::LORC_SCALES_INPUT).copied().flatten().is_some();
-        let lorc =
-            match (constant(quant_matmul::LORC_U_INPUT), constant(quant_matmul::LORC_V_INPUT), constant(quant_matmul::LORC_SCALES_INPUT)) {
-                // Every factor input given is a constant: convert once.
-                (Some(u), Some(v), scales) if scales.is_some() == scales_given => crate::kernels::quant::LorcFactors::from_inputs(
-                    crate::kernels::quant::LorcInputs { u: Some(u), v: Some(v), scales, storage: lorc_storage },
-                    gemm.k,
-                    gemm.n,
-                )?,
-                _ => None,
-            };
+        let lorc = match (u.as_deref(), v.as_deref(), scales.as_deref()) {
+            // Every factor input given is a constant: convert once.
+            (Some(u), Some(v), scales) if scales.is_some() == scales_given => crate::kernels::quant::LorcFactors::from_inputs(
+                crate::kernels::quant::LorcInputs { u: Some(u), v: Some(v), scales, storage: lorc_storage },
+                gemm.k,
+                gemm.n,
+            )?,
+            _ => None,
+        };
         Ok(NativeConstants { bias, lorc, lorc_storage })
     }
 }
