@@ -454,6 +454,20 @@ fn emulate_gemm(cfg: &W4a8Config, xq: &[u8], xs: &[f32], w: &[u8], codes: &[u8],
     y
 }
 
+/// Row `r` of the quantized activations in column order, as values (`decode(code) · scale`):
+/// the quantizer's K permutation undone.
+fn quantized_row(cfg: &W4a8Config, xq: &[u8], xs: &[f32], r: usize) -> Vec<f64> {
+    let (k, k_pad, fmt) = (cfg.k, cfg.k_pad(), cfg.act.quant_format());
+    let mut xv = vec![0f64; k];
+    for pos in 0..k_pad {
+        let c = pos / 32 * 32 + perm_column(pos % 32);
+        if c < k {
+            xv[c] = fmt.decode(xq[r * k_pad + pos]) as f64 * xs[r] as f64;
+        }
+    }
+    xv
+}
+
 /// One emulated W4A8 product on random data (fixed seed) against decode-then-multiply in f64
 /// over the quantizer's codes: random FP4 codes (all 16), scales, bias, FP16 activations.
 fn check_gemm(cfg: &W4a8Config, m: usize, rng: &mut Rng) {
@@ -470,17 +484,8 @@ fn check_gemm(cfg: &W4a8Config, m: usize, rng: &mut Rng) {
     let x: Vec<u16> = (0..m * k).map(|_| half::f16::from_f64(rng.range(-4.0, 4.0)).to_bits()).collect();
     let (xq, xs) = emulate_quantizer(cfg, &x, m);
     let y = emulate_gemm(cfg, &xq, &xs, &w, &codes, (&stored, &bias), m);
-    let fmt = cfg.act.quant_format();
-    let k_pad = cfg.k_pad();
     for r in 0..m {
-        // The quantized activations by column.
-        let mut xv = vec![0f64; k];
-        for pos in 0..k_pad {
-            let c = pos / 32 * 32 + perm_column(pos % 32);
-            if c < k {
-                xv[c] = fmt.decode(xq[r * k_pad + pos]) as f64 * xs[r] as f64;
-            }
-        }
+        let xv = quantized_row(cfg, &xq, &xs, r);
         for c in 0..n {
             let (mut want, mut mag) = (0f64, 0f64);
             for kk in 0..k {
@@ -618,16 +623,9 @@ fn device_w4a8_matches_the_cpu_reference() {
             );
         }
         // Y against f64 on the quantized activations.
-        let k_pad = cfg.k_pad();
         let mut worst = 0f64;
         for r in 0..m {
-            let mut xv = vec![0f64; k];
-            for pos in 0..k_pad {
-                let c = pos / 32 * 32 + perm_column(pos % 32);
-                if c < k {
-                    xv[c] = fmt.decode(want_q[r * k_pad + pos]) as f64 * want_s[r] as f64;
-                }
-            }
+            let xv = quantized_row(&cfg, &want_q, &want_s, r);
             let want: Vec<f64> = (0..n)
                 .map(|c| {
                     let dot: f64 = (0..k).map(|kk| xv[kk] * Format::Fp4E2M1.decode(codes[c * k + kk]) as f64).sum();

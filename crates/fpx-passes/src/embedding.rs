@@ -123,7 +123,7 @@ fn gathered_tables(graph: &Graph, min_elements: usize) -> Vec<(ValueId, Vec<Node
 }
 
 /// A 1-D `u8` constant.
-fn bytes_tensor(b: Vec<u8>) -> Tensor {
+pub(crate) fn bytes_tensor(b: Vec<u8>) -> Tensor {
     let n = b.len();
     Tensor::from(fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[n]), b).expect("1-D"))
 }

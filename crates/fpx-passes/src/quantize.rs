@@ -452,13 +452,8 @@ pub fn quantize_weights_with_progress(
                             None
                         }
                         Some(c) => {
-                            let bytes = |b: &[u8]| {
-                                Tensor::from(
-                                    fpx_ir::ndarray::ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[b.len()]), b.to_vec()).expect("1-D"),
-                                )
-                            };
-                            graph.set_constant(u, Arc::new(bytes(&c.u_codes)));
-                            graph.set_constant(v, Arc::new(bytes(&c.v_codes)));
+                            graph.set_constant(u, Arc::new(crate::embedding::bytes_tensor(c.u_codes.clone())));
+                            graph.set_constant(v, Arc::new(crate::embedding::bytes_tensor(c.v_codes.clone())));
                             let mut scales = c.scales.clone();
                             scales[c.rank..].iter_mut().for_each(|x| *x *= alpha);
                             let s = graph.fresh_value(&format!("{base}__lorc_scales"));
