@@ -198,6 +198,26 @@ pub struct Compiled {
     pub kernels: usize,
     /// How the tuning database was used, per CPU level (empty without one).
     pub tuning: Vec<TuningUse>,
+    /// How it was used for the GPU code, per architecture that has tuned results (empty
+    /// without one, or without GPU code).
+    pub gpu_tuning: Vec<GpuTuningUse>,
+}
+
+/// How a compile used the tuning database for one GPU architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuTuningUse {
+    /// The architecture.
+    pub arch: fpx_cuda::Arch,
+    /// The GPU whose results were used ([`fpx_tune::TuningDb::gpu_for`]).
+    pub gpu: fpx_tune::GpuMachine,
+    /// Quantized products (nodes) in the model.
+    pub products: usize,
+    /// Of those, the ones with current tuned results (the rest use the heuristic).
+    pub tuned: usize,
+    /// The distinct shapes of the tuned products.
+    pub tuned_shapes: Vec<QuantGemm>,
+    /// Results for these products made with another GEMM template, ignored.
+    pub stale_entries: usize,
 }
 
 /// How a compile used the tuning database for one CPU level.
@@ -276,10 +296,46 @@ pub fn compile_with_progress(path: &Path, options: &CompileOptions, mut progress
         cpu = codes;
     }
     progress(Progress::Stage(Stage::GpuCodegen));
-    let ptx = if options.target.has_gpu() { fpx_cuda::plan::ptx_code(&gemms)? } else { Vec::new() };
+    let (ptx, gpu_tuning) = if options.target.has_gpu() {
+        let (tables, used) = plan_gpu_tables(&gemms, options.tuning.as_ref())?;
+        (fpx_cuda::plan::ptx_code(&gemms, &|arch, g| tables.get(&(arch, *g)).cloned())?, used)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     progress(Progress::Stage(Stage::Package));
     let metadata = metadata(path, &options.quantize);
-    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels, tuning })
+    Ok(Compiled { contents: ArtifactContents { graph, cpu, ptx, metadata }, quantization, kernels, tuning, gpu_tuning })
+}
+
+/// The tuned GPU kernel tables `db` holds for `gemms`, per architecture from the GPU with the
+/// most results for them, and how the database was used; empty without a database.
+type PlannedGpu = (BTreeMap<(fpx_cuda::Arch, QuantGemm), fpx_cuda::plan::TunedTable>, Vec<GpuTuningUse>);
+
+fn plan_gpu_tables(gemms: &[(String, QuantGemm)], db: Option<&fpx_tune::TuningDb>) -> Result<PlannedGpu, Error> {
+    let mut tables = BTreeMap::new();
+    let mut uses = Vec::new();
+    let Some(db) = db else { return Ok((tables, uses)) };
+    let products: Vec<QuantGemm> = gemms.iter().map(|(_, g)| *g).collect();
+    for arch in fpx_cuda::Arch::ALL {
+        let Some(gpu) = db.gpu_for(arch, &products) else { continue };
+        let mut used = GpuTuningUse { arch, gpu: gpu.clone(), products: gemms.len(), tuned: 0, tuned_shapes: Vec::new(), stale_entries: 0 };
+        let mut seen = BTreeSet::new();
+        for (_, g) in gemms {
+            let lookup = db.gpu_table(&gpu, arch, g, fpx_cuda::plan::planned_sm_count(arch)).map_err(fpx_tune::TuneError::from)?;
+            if seen.insert(*g) {
+                used.stale_entries += lookup.stale;
+            }
+            if let Some(table) = lookup.table {
+                used.tuned += 1;
+                if !used.tuned_shapes.contains(g) {
+                    used.tuned_shapes.push(*g);
+                }
+                tables.insert((arch, *g), table);
+            }
+        }
+        uses.push(used);
+    }
+    Ok((tables, uses))
 }
 
 /// Each product of `gemms` with the kernel table `db` holds for it on `target` of `machine`

@@ -32,7 +32,8 @@ pub fn peak_memory_bytes() -> Option<u64> {
 }
 
 pub use compile::{
-    compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, Progress, Stage, Target, TuningUse,
+    compile, compile_with_progress, quantized_products, CompileOptions, Compiled, CpuLevels, GpuTuningUse, Progress, Stage, Target,
+    TuningUse,
 };
 pub use failure::{error_message, Action, Failure};
 pub use fpx_artifact as artifact;
@@ -53,7 +54,7 @@ pub use runnable::{is_artifact, open, open_with, Runnable};
 pub use summary::{
     weight_matmuls, weight_storage, ArtifactSummary, CpuKernelSpec, GpuKernelSpec, IoSpec, ModelSummary, PtxCodeSpec, WeightMatmul,
 };
-pub use tune::{host_level, tune, tune_shapes, TuneOptions, TuneSummary, TuningSource};
+pub use tune::{host_level, tune, tune_gpu, tune_gpu_shapes, tune_shapes, GpuTuneSummary, TuneOptions, TuneSummary, TuningSource};
 
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::{ConstantFolding, DeadNodeElimination, PassManager};

@@ -305,6 +305,8 @@ pub struct GpuKernelSpec {
     pub kernel: String,
     /// The tile configuration (`key=value` words).
     pub config: String,
+    /// Chosen by the auto-tuner (`fpx tune --device cuda`), else by fpx's heuristic.
+    pub tuned: bool,
 }
 
 /// The fused epilogue of the quantized product named `node` (`none` when there is none, or
@@ -439,6 +441,7 @@ impl ArtifactSummary {
                                 kernel: g.kernel.clone(),
                                 config: fpx_cuda::GemmConfig::try_from(&g.tiles)
                                     .map_or_else(|e| format!("invalid: {e}"), |c| c.to_string()),
+                                tuned: g.tuned,
                             })
                         })
                         .collect(),
@@ -538,10 +541,15 @@ impl ArtifactSummary {
                 p.gemms.len()
             );
             let nodes = by_node(&p.gemms, |g| &g.node);
+            let tuned = nodes.iter().filter(|rows| rows.iter().any(|g| g.tuned)).count();
+            if tuned > 0 {
+                let _ = writeln!(s, "  {tuned} of {} products use tuned tile configs (fpx tune --device cuda)", nodes.len());
+            }
             for rows in nodes.iter().take(4) {
                 let _ = writeln!(s, "  {}:", rows[0].node);
                 for g in rows {
-                    let _ = writeln!(s, "    {}: {} [{}]", m_range(g.max_m), g.kernel, g.config);
+                    let how = if g.tuned { "tuned" } else { "heuristic" };
+                    let _ = writeln!(s, "    {}: {} [{}] ({how})", m_range(g.max_m), g.kernel, g.config);
                 }
             }
             if nodes.len() > 4 {

@@ -1,6 +1,6 @@
 //! `fpx::tune`: the auto-tuner over a model — its quantized products found as `compile` would
-//! make them (or read from an artifact), tuned on the CPU level this machine runs, the results
-//! merged into the tuning database that `compile` reads.
+//! make them (or read from an artifact), tuned on the CPU level this machine runs or on a GPU
+//! (the GEMM's tile configs), the results merged into the tuning database that `compile` reads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fpx_llvm::CpuTarget;
 use fpx_quant::QuantGemm;
+use fpx_tune::gpu::{GemmRunner, GpuTuneOptions, GpuTuneReport};
 use fpx_tune::{CpuTuneOptions, CpuTuneReport, MBucket, TuneEvent, TuneShape, TuningDb};
 
 use crate::compile::quantized_graph;
@@ -56,7 +57,13 @@ pub fn host_level(levels: CpuLevels) -> Result<CpuTarget, Error> {
 /// The database is read first: a damaged or foreign one is an error before any tuning, and
 /// never overwritten.
 pub fn tune(path: &Path, options: &TuneOptions, progress: &mut dyn FnMut(TuneEvent)) -> Result<TuneSummary, Error> {
-    // A damaged database stops the run before the model is even read.
+    let gemms = model_products(path, options)?;
+    tune_products(gemms, options, progress)
+}
+
+/// The quantized products (node, product) of the model at `path`, after checking that the
+/// database can be read: a damaged one stops the run before the model is even read.
+fn model_products(path: &Path, options: &TuneOptions) -> Result<Vec<(String, QuantGemm)>, Error> {
     TuningDb::open(&options.db).map_err(fpx_tune::TuneError::from)?;
     let gemms = if crate::is_artifact(path) {
         let artifact = fpx_artifact::Artifact::open(path)?;
@@ -68,7 +75,77 @@ pub fn tune(path: &Path, options: &TuneOptions, progress: &mut dyn FnMut(TuneEve
     if gemms.is_empty() {
         return Err(Error::Options(format!("'{}' has no quantized products to tune", path.display())));
     }
-    tune_products(gemms, options, progress)
+    Ok(gemms)
+}
+
+/// What a GPU tuning run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuTuneSummary {
+    /// The search's results.
+    pub report: GpuTuneReport,
+    /// Per distinct product, the nodes that compute it.
+    pub nodes: BTreeMap<QuantGemm, Vec<String>>,
+    /// The database written.
+    pub db: PathBuf,
+    /// Its GPU entries before and after the merge.
+    pub entries: (usize, usize),
+}
+
+/// Tunes the GPU GEMM's tile configs for the quantized products of the model at `path` (as
+/// [`tune`] finds them; each must be one the GPU GEMM takes: FP6, per-channel scales, f32
+/// activations) on `runner` (a [`fpx_tune::gpu::DeviceRunner`] on a GPU) and merges the results
+/// into the database.
+pub fn tune_gpu(
+    path: &Path,
+    options: &TuneOptions,
+    runner: &mut dyn GemmRunner,
+    progress: &mut dyn FnMut(TuneEvent),
+) -> Result<GpuTuneSummary, Error> {
+    let gemms = model_products(path, options)?;
+    tune_gpu_products(gemms, options, runner, progress)
+}
+
+/// [`tune_gpu`] for a list of products (`--shape`), each counted once.
+pub fn tune_gpu_shapes(
+    shapes: &[QuantGemm],
+    options: &TuneOptions,
+    runner: &mut dyn GemmRunner,
+    progress: &mut dyn FnMut(TuneEvent),
+) -> Result<GpuTuneSummary, Error> {
+    if shapes.is_empty() {
+        return Err(Error::Options("no product to tune".to_string()));
+    }
+    let named = shapes.iter().map(|g| (fpx_tune::Shape::of(g).to_string(), *g)).collect();
+    tune_gpu_products(named, options, runner, progress)
+}
+
+fn tune_gpu_products(
+    gemms: Vec<(String, QuantGemm)>,
+    options: &TuneOptions,
+    runner: &mut dyn GemmRunner,
+    progress: &mut dyn FnMut(TuneEvent),
+) -> Result<GpuTuneSummary, Error> {
+    let mut db = TuningDb::open(&options.db).map_err(fpx_tune::TuneError::from)?.unwrap_or_default();
+    for (node, g) in &gemms {
+        fpx_cuda::plan::gpu_format(node, g)?;
+    }
+    let nodes = by_product(gemms);
+    let shapes: Vec<TuneShape> = nodes.iter().map(|(g, n)| TuneShape { gemm: *g, uses: n.len() }).collect();
+    let gpu = GpuTuneOptions { buckets: options.buckets.clone(), budget: options.budget, seed: 0x5eed };
+    let report = fpx_tune::gpu::tune_gpu(runner, &shapes, &gpu, progress)?;
+    let before = db.gpu.len();
+    db.merge_gpu(report.entries());
+    db.save(&options.db).map_err(fpx_tune::TuneError::from)?;
+    Ok(GpuTuneSummary { report, nodes, db: options.db.clone(), entries: (before, db.gpu.len()) })
+}
+
+/// The nodes of each distinct product.
+fn by_product(gemms: Vec<(String, QuantGemm)>) -> BTreeMap<QuantGemm, Vec<String>> {
+    let mut nodes: BTreeMap<QuantGemm, Vec<String>> = BTreeMap::new();
+    for (n, g) in gemms {
+        nodes.entry(g).or_default().push(n);
+    }
+    nodes
 }
 
 /// Tunes a list of products (`--shape`), each counted once, and merges the results into
@@ -90,10 +167,7 @@ fn tune_products(
 ) -> Result<TuneSummary, Error> {
     let mut db = TuningDb::open(&options.db).map_err(fpx_tune::TuneError::from)?.unwrap_or_default();
     let before = db.cpu.len();
-    let mut nodes: BTreeMap<QuantGemm, Vec<String>> = BTreeMap::new();
-    for (n, g) in gemms {
-        nodes.entry(g).or_default().push(n);
-    }
+    let nodes = by_product(gemms);
     let shapes: Vec<TuneShape> = nodes.iter().map(|(g, n)| TuneShape { gemm: *g, uses: n.len() }).collect();
     let target = host_level(options.compile.cpu)?;
     let cpu = CpuTuneOptions { target, buckets: options.buckets.clone(), budget: options.budget, seed: 0x5eed };

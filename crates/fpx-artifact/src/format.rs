@@ -338,6 +338,8 @@ pub struct GpuKernel {
     pub reduce: Option<String>,
     /// The tile configuration.
     pub tiles: GpuTiles,
+    /// Chosen by the auto-tuner (else fpx's heuristic did).
+    pub tuned: bool,
 }
 
 /// GPU code for one architecture.
@@ -544,6 +546,7 @@ pub(crate) fn gpu_rows(kernels: &[NodeKernels<GpuKernel>]) -> Vec<pb::GpuGemm> {
         kernel: g.kernel.clone(),
         reduce: g.reduce.clone().unwrap_or_default(),
         tiles: Some(g.tiles.to_pb()),
+        tuned: g.tuned,
     })
 }
 
@@ -556,7 +559,7 @@ pub(crate) fn gpu_tables(p: &pb::PtxCode) -> Result<Vec<NodeKernels<GpuKernel>>,
             let tiles = g.tiles.as_ref().ok_or_else(|| format!("node '{}' has a GEMM without its tile configuration", g.node))?;
             let tiles = GpuTiles::from_pb(tiles).map_err(|e| format!("node '{}': {e}", g.node))?;
             let reduce = (!g.reduce.is_empty()).then(|| g.reduce.clone());
-            Ok((g.node.clone(), g.max_m, GpuKernel { module: g.module.clone(), kernel: g.kernel.clone(), reduce, tiles }))
+            Ok((g.node.clone(), g.max_m, GpuKernel { module: g.module.clone(), kernel: g.kernel.clone(), reduce, tiles, tuned: g.tuned }))
         })
         .collect::<Result<Vec<_>, String>>()?;
     group_rows(rows)

@@ -414,6 +414,10 @@ pub struct GpuGemm {
     /// The tile configuration the kernel was instantiated with.
     #[prost(message, optional, tag = "6")]
     pub tiles: Option<GpuTiles>,
+    /// Chosen by the auto-tuner (`fpx tune --device cuda`) rather than fpx's heuristic; absent
+    /// (false) in artifacts written before GPU tuning existed.
+    #[prost(bool, tag = "7")]
+    pub tuned: bool,
 }
 
 /// The tile configuration of one GPU GEMM kernel.

@@ -249,6 +249,8 @@ fn small_contents() -> ArtifactContents {
         kernel: kernel.into(),
         reduce: (!reduce.is_empty()).then(|| reduce.into()),
         tiles,
+        // One tuned row among heuristic ones: the flag must survive the round trip per row.
+        tuned: kernel == "k128",
     };
     let ptx = vec![PtxCode {
         arch: "sm_90".into(),

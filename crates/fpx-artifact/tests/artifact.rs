@@ -179,6 +179,7 @@ fn rich_contents() -> ArtifactContents {
             stages: 4,
             split_k,
         },
+        tuned: split_k > 1,
     };
     let ptx = vec![
         PtxCode {

@@ -7,9 +7,7 @@
 //! else `FPX_CUDA_HOME`); the dynamic loader then resolves cudarc's bare-name `dlopen` (and
 //! NVRTC's own `dlopen` of the builtins) to the already-loaded copies.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,14 +96,18 @@ fn cache() -> &'static Mutex<HashMap<CacheKey, Ptx>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// A hash of the GEMM template text (part of the cache key).
+/// A hash of the GEMM template text (part of the cache key): 64-bit FNV-1a, the same on every
+/// machine and Rust version, so the tuning database can record it ([`template_checksum`]).
 pub fn template_hash() -> u64 {
     static HASH: OnceLock<u64> = OnceLock::new();
-    *HASH.get_or_init(|| {
-        let mut h = DefaultHasher::new();
-        FP6_GEMM_TEMPLATE.hash(&mut h);
-        h.finish()
-    })
+    *HASH
+        .get_or_init(|| FP6_GEMM_TEMPLATE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)))
+}
+
+/// [`template_hash`] as 16 hex digits: what the tuning database keys GPU results by, so that a
+/// changed GEMM template makes the configs tuned for the old one stale.
+pub fn template_checksum() -> String {
+    format!("{:016x}", template_hash())
 }
 
 /// Number of NVRTC compilations this process has run (cache misses); for tests and logs.
@@ -323,7 +325,12 @@ ptxas info    : Used 255 registers, used 1 barriers, 1024 bytes smem, 400 bytes 
     }
 
     #[test]
-    fn template_hash_is_stable() {
-        assert_eq!(template_hash(), template_hash());
+    fn template_checksum_is_fnv1a_of_the_template() {
+        // FNV-1a's published test vector, then the template's own hash recomputed byte by byte.
+        let fnv = |bytes: &[u8]| bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(template_hash(), fnv(FP6_GEMM_TEMPLATE.as_bytes()));
+        assert_eq!(template_checksum(), format!("{:016x}", fnv(FP6_GEMM_TEMPLATE.as_bytes())));
+        assert_eq!(template_checksum().len(), 16);
     }
 }

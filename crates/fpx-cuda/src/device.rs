@@ -32,6 +32,8 @@ pub struct Gpu {
     pub capability: (i32, i32),
     /// Bytes of L2 cache (what a benchmark must evict between timed runs).
     pub l2_bytes: usize,
+    /// The CUDA version the driver supports, e.g. `13.0` (`cuDriverGetVersion`).
+    pub driver: String,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -55,7 +57,11 @@ impl Gpu {
         let l2_bytes = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
         let name = ctx.name().map_err(driver("cannot query the GPU"))?;
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream, name, sm_count, capability, l2_bytes })
+        let mut version: std::ffi::c_int = 0;
+        // SAFETY: the driver library is loaded (the context exists); the call writes one int.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result().map_err(driver("cannot query the driver version"))?;
+        let driver = format!("{}.{}", version / 1000, version % 1000 / 10);
+        Ok(Gpu { ctx, stream, name, sm_count, capability, l2_bytes, driver })
     }
 
     /// The newest architecture fpx emits PTX for that this GPU runs (sm_90 PTX needs 9.x or

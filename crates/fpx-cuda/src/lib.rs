@@ -57,7 +57,8 @@ pub mod sass;
 pub mod w4a8;
 
 pub use compile::{
-    compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, KernelResources, Ptx, PtxasReport,
+    compile_ptx, cuda_home, driver_available, find_ptxas, load_nvrtc, ptxas_check, set_cuda_home, template_checksum, KernelResources, Ptx,
+    PtxasReport,
 };
 pub use config::{heuristic_config, instantiate, launch_geometry, search_space, Act, Fp6Format, GemmConfig, FP6_GEMM_TEMPLATE};
 pub use ops::{

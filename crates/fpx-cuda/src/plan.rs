@@ -1,12 +1,13 @@
 //! The GPU half of an artifact (`fpx compile --target cuda|all`): for each architecture (sm_80
-//! and sm_90), every quantized product gets a kernel table — a tile config per range of M from
-//! [`configs_by_m`] — and each distinct config is compiled once with NVRTC into its own PTX
-//! module.
+//! and sm_90), every quantized product gets a kernel table — a tile config per range of M, from
+//! the auto-tuner's database where it has the product ([`TunedTables`]) and from
+//! [`configs_by_m`] (the heuristic) elsewhere — and each distinct config is compiled once with
+//! NVRTC into its own PTX module.
 
 use crate::config::{configs_by_m, Act, Fp6Format};
 use crate::{Arch, CudaError, GemmConfig};
 use fpx_artifact::{GpuKernel, GpuTiles, NodeKernels, PtxCode, PtxModule};
-use fpx_quant::QuantGemm;
+use fpx_quant::{KernelTable, QuantGemm};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -43,9 +44,23 @@ pub fn gpu_format(node: &str, gemm: &QuantGemm) -> Result<Fp6Format, CudaError> 
     Ok(format)
 }
 
+/// A product's kernel table from tuning: per range of M the config and whether the tuner chose
+/// it (rows it has no result for carry the heuristic's config, marked `false`).
+pub type TunedTable = KernelTable<(GemmConfig, bool)>;
+
+/// Where tuned kernel tables come from: for an architecture and a product, the table the tuning
+/// database holds, or `None` to use the heuristic's ([`configs_by_m`]).
+pub type TunedTables<'a> = &'a (dyn Fn(Arch, &QuantGemm) -> Option<TunedTable> + Sync);
+
+/// No tuned tables: every product gets the heuristic's.
+pub fn untuned(_: Arch, _: &QuantGemm) -> Option<TunedTable> {
+    None
+}
+
 /// The GPU code of every architecture for the quantized products `gemms` (node name, product):
-/// per architecture the PTX modules and, per node, its kernel table.
-pub fn ptx_code(gemms: &[(String, QuantGemm)]) -> Result<Vec<PtxCode>, CudaError> {
+/// per architecture the PTX modules and, per node, its kernel table (`tuned`'s where it gives
+/// one; each of its configs must be valid for the product).
+pub fn ptx_code(gemms: &[(String, QuantGemm)], tuned: TunedTables<'_>) -> Result<Vec<PtxCode>, CudaError> {
     let mut out = Vec::new();
     for arch in Arch::ALL {
         let sm_count = planned_sm_count(arch);
@@ -53,7 +68,15 @@ pub fn ptx_code(gemms: &[(String, QuantGemm)]) -> Result<Vec<PtxCode>, CudaError
         let mut configs: BTreeMap<String, GemmConfig> = BTreeMap::new();
         for (node, gemm) in gemms {
             let format = gpu_format(node, gemm)?;
-            let table = configs_by_m(format, Act::F16, gemm.n, gemm.k, sm_count).try_map(|cfg| {
+            let table = match tuned(arch, gemm) {
+                Some(t) => t,
+                None => configs_by_m(format, Act::F16, gemm.n, gemm.k, sm_count).map(|c| (c.clone(), false)),
+            };
+            let table = table.try_map(|(cfg, was_tuned)| {
+                if (cfg.format, cfg.act, cfg.n, cfg.k) != (format, Act::F16, gemm.n, gemm.k) {
+                    return Err(CudaError::Config(format!("node '{node}': a tuned GPU config ({cfg}) is for another product")));
+                }
+                cfg.validate()?;
                 let kernel = cfg.kernel_name();
                 configs.insert(kernel.clone(), cfg.clone());
                 Ok::<_, CudaError>(GpuKernel {
@@ -63,6 +86,7 @@ pub fn ptx_code(gemms: &[(String, QuantGemm)]) -> Result<Vec<PtxCode>, CudaError
                     // block); the artifact's reduce entry is from the two-launch design.
                     reduce: None,
                     tiles: GpuTiles::from(cfg),
+                    tuned: *was_tuned,
                 })
             })?;
             kernels.push(NodeKernels { node: node.clone(), table });

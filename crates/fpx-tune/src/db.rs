@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use fpx_llvm::{default_choices, Activations, CpuChoice, CpuTiling, QuantGemm, Variant};
 use fpx_quant::{Format, KernelTable};
 
+use crate::gpu::GpuEntry;
 use crate::{CpuMachine, MBucket};
 
 /// What the file's `format` field says.
@@ -212,11 +213,14 @@ pub struct TuningDb {
     pub version: u32,
     /// CPU results.
     pub cpu: Vec<CpuEntry>,
+    /// GPU results (absent in files written before GPU tuning: read as none).
+    #[serde(default)]
+    pub gpu: Vec<GpuEntry>,
 }
 
 impl Default for TuningDb {
     fn default() -> Self {
-        TuningDb { format: DB_FORMAT.to_string(), version: DB_VERSION, cpu: Vec::new() }
+        TuningDb { format: DB_FORMAT.to_string(), version: DB_VERSION, cpu: Vec::new(), gpu: Vec::new() }
     }
 }
 
@@ -284,6 +288,9 @@ impl TuningDb {
             if !e.choice.tiling.is_valid() {
                 return Err(damaged(format!("entry {i}: the blocking {} is outside 1..={}", e.choice.tiling, CpuTiling::MAX)));
             }
+        }
+        for (i, e) in db.gpu.iter().enumerate() {
+            e.validate().map_err(|m| damaged(format!("GPU entry {i}: {m}")))?;
         }
         Ok(db)
     }

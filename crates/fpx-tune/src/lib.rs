@@ -19,14 +19,20 @@
 //!
 //! The database keys each result by machine ([`CpuMachine`]), CPU level, kernel-generator
 //! checksum ([`fpx_llvm::CODEGEN_CHECKSUM`]: a changed generator makes its entries stale),
-//! product shape and bucket; tuning again merges. GPU tuning is not here yet: it needs a GPU
-//! machine to be measured on.
+//! product shape and bucket; tuning again merges.
+//!
+//! On a GPU ([`gpu`]): the FP6 GEMM template's tile configs (token tile, warps, tiles per warp,
+//! k-tiles per stage, stages, split-K) by a local search from the heuristic's config, each
+//! candidate compiled with NVRTC and checked on the device against the f64 reference before it
+//! is timed from DRAM with CUDA events; results keyed by GPU (name, compute capability, SMs,
+//! driver), PTX architecture and GEMM-template checksum ([`fpx_cuda::template_checksum`]).
 
 mod bucket;
 mod compare;
 mod cpu;
 pub mod db;
 mod fixture;
+pub mod gpu;
 mod machine;
 mod timing;
 
@@ -38,7 +44,7 @@ pub use cpu::{
 };
 pub use db::{parse_product, CpuEntry, CpuLookup, DbError, Shape, TunedChoice, TuningDb};
 pub use fixture::Fixture;
-pub use machine::{last_level_cache_bytes, CpuMachine};
+pub use machine::{last_level_cache_bytes, CpuMachine, GpuMachine};
 
 /// Why tuning failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,4 +64,7 @@ pub enum TuneError {
     /// The database could not be read or written.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The GPU could not be used.
+    #[error(transparent)]
+    Cuda(#[from] fpx_cuda::CudaError),
 }

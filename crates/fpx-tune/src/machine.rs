@@ -62,3 +62,36 @@ pub fn last_level_cache_bytes() -> usize {
         best
     }
 }
+
+/// The GPU a result was measured on: results hold for the same GPU model, SM count and driver.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuMachine {
+    /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability, e.g. `9.0`.
+    pub capability: String,
+    /// Streaming multiprocessors.
+    pub sm_count: usize,
+    /// The CUDA version the driver supports, e.g. `13.0`.
+    pub driver: String,
+}
+
+impl GpuMachine {
+    /// The GPU `gpu` is.
+    pub fn of(gpu: &fpx_cuda::device::Gpu) -> GpuMachine {
+        GpuMachine {
+            name: gpu.name.clone(),
+            capability: format!("{}.{}", gpu.capability.0, gpu.capability.1),
+            sm_count: gpu.sm_count,
+            driver: gpu.driver.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for GpuMachine {
+    /// `name (compute 9.0, 132 SMs, CUDA 13.0 driver)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (compute {}, {} SMs, CUDA {} driver)", self.name, self.capability, self.sm_count, self.driver)
+    }
+}

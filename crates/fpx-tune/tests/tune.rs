@@ -2,6 +2,8 @@
 //! one rejected), results that make valid kernel tables, and the database's rules (merge,
 //! stale checksums, damaged and foreign files).
 
+mod gpu;
+
 use std::time::{Duration, Instant};
 
 use fpx_llvm::{compile_cpu_tiled, default_tiling, symbol_for, Activations, CpuChoice, CpuTarget, CpuTiling, QuantGemm, Variant};

@@ -284,7 +284,10 @@ pub struct TuneArgs {
     pub shapes: Vec<fpx::quant::QuantGemm>,
     #[command(flatten)]
     pub quant: QuantArgs,
-    /// Where to tune: cpu, or cuda (GPU tuning is not built yet).
+    /// Where to tune: cpu (the CPU kernels' loops, blockings and thread split, for the CPU level this machine
+    /// runs), or cuda (the GPU GEMM's tile configs on GPU 0: token tile, warps, tiles per warp, k-tiles per stage,
+    /// stages, split-K; products must be FP6 with per-channel scales and f32 activations). `fpx compile --target
+    /// cuda|all` then uses the tuned configs for that GPU's architecture.
     #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
     pub device: Device,
     /// The search's time budget in seconds, compiling candidates included.

@@ -420,7 +420,10 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
         q.weight_bytes_in as f64 / q.weight_bytes_out.max(1) as f64
     );
     if let Some(path) = &tuning_path {
-        if compiled.tuning.iter().all(|u| u.tuned == 0 && u.stale_entries == 0) {
+        let unused = |tuned: usize, stale: usize| tuned == 0 && stale == 0;
+        if compiled.tuning.iter().all(|u| unused(u.tuned, u.stale_entries))
+            && compiled.gpu_tuning.iter().all(|u| unused(u.tuned, u.stale_entries))
+        {
             println!("  tuning: {} has no entries for this machine and these products; every kernel uses the heuristic", path.display());
         }
         for u in compiled.tuning.iter().filter(|u| u.tuned > 0 || u.stale_entries > 0) {
@@ -440,6 +443,21 @@ pub fn compile(args: &CompileArgs) -> Result<()> {
             if !shapes.is_empty() {
                 println!("    tuned shapes: {}", shapes.join(", "));
             }
+        }
+        for u in &compiled.gpu_tuning {
+            let stale = if u.stale_entries > 0 {
+                format!("; {} results from another GEMM template ignored (run `fpx tune --device cuda` again)", u.stale_entries)
+            } else {
+                String::new()
+            };
+            println!(
+                "  tuning: {} of {} products use {} tile configs tuned on {} ({}), the rest the heuristic{stale}",
+                u.tuned,
+                u.products,
+                u.arch,
+                u.gpu,
+                path.display()
+            );
         }
     }
     let (weights, bytes) = fpx::weight_storage(&compiled.contents.graph);
