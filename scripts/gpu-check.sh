@@ -6,11 +6,14 @@
 #      every op kernel vs its CPU reference;
 #   3. compute-sanitizer memcheck and racecheck over the GEMM tests (a reduced set: the sanitizers
 #      slow kernels down 10-100x);
-#   4. the GPU benchmark: fpx FP6 GEMM vs cuBLAS FP16 (cublasGemmEx, what torch.matmul calls) in
+#   4. the GPU tuner: its device test (a planted wrong kernel rejected, kept configs re-checked) and
+#      the tuning benchmark (LLaMA-2 and MiniLM shapes tuned for M = 1..256, then the untuned vs
+#      tuned kernel tables vs cuBLAS FP16, from DRAM, side by side; --tune-budget SECONDS, default 120);
+#   5. the GPU benchmark: fpx FP6 GEMM vs cuBLAS FP16 (cublasGemmEx, what torch.matmul calls) in
 #      one run, timed from DRAM (L2 flushed before every timed launch, no host wait between
 #      launches), beside the HBM floor and a back-to-back (L2-warm) column; plus torch.matmul
 #      itself when python3 has torch;
-#   5. one table at the end.
+#   6. one table at the end.
 # FPX_REQUIRE=gpu is set for every test run, so a missing GPU, driver or NVRTC fails a test
 # rather than skipping it.
 # Whole-graph GPU execution (`fpx run --device cuda`, MiniLM on the GPU) is not built yet: the
@@ -18,7 +21,7 @@
 #
 #   scripts/gpu-check.sh                 # build if cargo is here, else use target/gpu-check/bin
 #   scripts/gpu-check.sh --build-only    # on a build machine: put the binaries in target/gpu-check/bin
-#   scripts/gpu-check.sh --quick         # fewer benchmark shapes
+#   scripts/gpu-check.sh --quick         # fewer benchmark shapes, a shorter tuning budget
 #
 # A GPU machine without Rust: run `--build-only` on an x86-64 build machine, carry
 # target/gpu-check to the GPU machine, run this script there. NVRTC (libnvrtc.so.13) and cuBLAS
@@ -32,11 +35,13 @@ BIN="$OUTDIR/bin"
 LOG="$OUTDIR/logs"
 BUILD_ONLY=0
 QUICK=""
+TUNE_BUDGET=120
 for a in "$@"; do
     case "$a" in
         --build-only) BUILD_ONLY=1 ;;
-        --quick) QUICK="--quick" ;;
-        -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+        --quick) QUICK="--quick"; TUNE_BUDGET=40 ;;
+        --tune-budget=*) TUNE_BUDGET="${a#--tune-budget=}" ;;
+        -h|--help) sed -n 2,27p "$0"; exit 0 ;;
         *) echo "gpu-check: unknown option '$a' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -47,13 +52,19 @@ build() {
     echo "gpu-check: building GPU tests and benchmark (release)"
     local json
     json=$(cargo test -p fpx-cuda --release --no-run --message-format=json --test cuda 2>"$LOG/build.err") || { cat "$LOG/build.err" >&2; return 1; }
+    json="$json
+$(cargo test -p fpx-tune --release --no-run --message-format=json --test tune 2>>"$LOG/build.err")" || { cat "$LOG/build.err" >&2; return 1; }
     cargo build -p fpx-cuda --release --example gpu_bench 2>>"$LOG/build.err" || { cat "$LOG/build.err" >&2; return 1; }
+    cargo build -p fpx-tune --release --example gpu_tune_bench 2>>"$LOG/build.err" || { cat "$LOG/build.err" >&2; return 1; }
     echo "$json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | while read -r exe; do
         case "$(basename "$exe")" in
             cuda-*) cp "$exe" "$BIN/cuda_tests" ;;
+            tune-*) cp "$exe" "$BIN/tune_tests" ;;
         esac
     done
-    cp target/release/examples/gpu_bench "$BIN/gpu_bench"
+    local target_dir="${CARGO_TARGET_DIR:-target}"
+    cp "$target_dir/release/examples/gpu_bench" "$BIN/gpu_bench"
+    cp "$target_dir/release/examples/gpu_tune_bench" "$BIN/gpu_tune_bench"
     echo "gpu-check: binaries in $BIN: $(ls "$BIN" | tr '\n' ' ')"
 }
 
@@ -94,10 +105,11 @@ echo "gpu-check: FPX_REQUIRE=$FPX_REQUIRE"
 declare -a ROWS
 row() { ROWS+=("$(printf '%-46s %-8s %s' "$1" "$2" "$3")"); }
 
-run_tests() { # name filter... (test-name filters of the fpx-cuda test binary)
+run_tests() { # binary name filter... (test-name filters of that test binary)
+    local bin="$1"; shift
     local name="$1"; shift
     local log="$LOG/$name.log"
-    RUST_TEST_NOCAPTURE=1 "$BIN/cuda_tests" --test-threads=1 "$@" >"$log" 2>&1
+    RUST_TEST_NOCAPTURE=1 "$BIN/$bin" --test-threads=1 "$@" >"$log" 2>&1
     local rc=$?
     local summary
     summary=$(grep -E "^test result" "$log" | tail -1 | sed 's/test result: //')
@@ -112,9 +124,10 @@ run_tests() { # name filter... (test-name filters of the fpx-cuda test binary)
 }
 
 echo "gpu-check: GPU tests"
-run_tests "GEMM vs CPU reference" gpu::
-run_tests "W4A8 GEMM (FP8 mma) vs CPU reference" w4a8::device_
-run_tests "op kernels vs CPU reference" gpu_ops::
+run_tests cuda_tests "GEMM vs CPU reference" gpu::
+run_tests cuda_tests "W4A8 GEMM (FP8 mma) vs CPU reference" w4a8::device_
+run_tests cuda_tests "op kernels vs CPU reference" gpu_ops::
+run_tests tune_tests "GPU tuner on the device (planted kernel)" gpu::device::
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck; do
@@ -130,6 +143,14 @@ else
 fi
 
 row "MiniLM end to end on the GPU" "NOT BUILT" "whole-graph CUDA executor (fpx run --device cuda) does not exist yet"
+
+echo "gpu-check: tuning benchmark (budget $TUNE_BUDGET s)"
+"$BIN/gpu_tune_bench" $QUICK --budget "$TUNE_BUDGET" --db "$OUTDIR/tuning.json" 2>&1 | tee "$LOG/gpu_tune_bench.log"
+if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    row "tuned vs untuned vs cuBLAS" "ok" "$(grep -E '^tuned table faster' "$LOG/gpu_tune_bench.log") ($OUTDIR/tuning.json)"
+else
+    row "tuned vs untuned vs cuBLAS" "FAILED" "see $LOG/gpu_tune_bench.log"
+fi
 
 echo "gpu-check: benchmark"
 "$BIN/gpu_bench" $QUICK --json "$OUTDIR/gpu_bench.json" 2>&1 | tee "$LOG/gpu_bench.log"

@@ -95,7 +95,7 @@ fn tune_then_compile_uses_the_database_and_computes_the_same_outputs() {
     ]);
     let out = text(&o.stdout);
     assert!(o.status.success() && out.contains("tuned 2 products x 1 M ranges of the --shape products"), "{out}{}", text(&o.stderr));
-    assert!(out.contains("(4 entries, 3 before)"), "one new product, one replaced: {out}");
+    assert!(out.contains("(4 CPU entries, 3 before)"), "one new product, one replaced: {out}");
     let o = fpx(&["tune", "--shape", "fp7:4x4", "--db", s(&db2)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("unknown weight format 'fp7'"), "{}", text(&o.stderr));
@@ -145,4 +145,81 @@ fn damaged_databases_stop_tune_and_are_skipped_by_compile() {
     let o = fpx(&["tune", s(&m), "--device", "cuda", "--db", s(&db)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("--device cuda"), "{}", text(&o.stderr));
+}
+
+/// GPU results in the database (as `fpx tune --device cuda` writes them) go into the sm_90 code of
+/// `fpx compile --target cuda`: the tuned bucket's config, marked tuned in the artifact and by
+/// `fpx inspect`, the heuristic's elsewhere and on sm_80; a result from another GEMM template is
+/// ignored and counted.
+#[test]
+fn gpu_results_in_the_database_go_into_the_gpu_code() {
+    use fpx::tuning::gpu::{heuristic_for, GpuEntry, GpuTiling};
+    use fpx::tuning::{GpuMachine, MBucket, Shape, TuningDb};
+    if let Err(e) = fpx::cuda::load_nvrtc(None) {
+        return fpx_test_support::skip(
+            fpx_test_support::Requirement::Gpu,
+            "gpu_results_in_the_database_go_into_the_gpu_code",
+            &format!("NVRTC is not loadable ({e}); scripts/setup.sh installs it"),
+        );
+    }
+    let dir = TempDir::new("cli-tune-gpu");
+    let m = model();
+    let options = fpx::CompileOptions { target: fpx::Target::Cuda, ..Default::default() };
+    let products = fpx::quantized_products(&fpx::compile(&m, &options).unwrap().contents.graph).unwrap();
+    let mut shapes: Vec<fpx::quant::QuantGemm> = products.iter().map(|(_, g)| *g).collect();
+    shapes.sort();
+    shapes.dedup();
+    assert_eq!(shapes.len(), 3);
+    let gpu = GpuMachine { name: "Test GPU".into(), capability: "9.0".into(), sm_count: 132, driver: "13.0".into() };
+    let format = fpx::cuda::Fp6Format::E3M2;
+    // For M = 1: the heuristic's config with other stages (so the artifact shows which it took).
+    let tuned_cfg = |g: &fpx::quant::QuantGemm| {
+        let h = heuristic_for(g, format, MBucket::M1, 132);
+        fpx::cuda::GemmConfig { stages: if h.stages == 2 { 3 } else { 2 }, ..h }
+    };
+    let entry = |g: &fpx::quant::QuantGemm, bucket: MBucket, checksum: String| GpuEntry {
+        machine: gpu.clone(),
+        arch: "sm_90".into(),
+        template_checksum: checksum,
+        shape: Shape::of(g),
+        bucket,
+        tiling: GpuTiling::of(&tuned_cfg(g)),
+        micros: 10.0,
+        default_micros: 12.0,
+    };
+    let mut db = TuningDb::default();
+    db.merge_gpu(shapes.iter().map(|g| entry(g, MBucket::M1, fpx::cuda::template_checksum())));
+    db.merge_gpu([entry(&shapes[0], MBucket::M9To16, "0123456789abcdef".into())]);
+    let path = dir.join("tuning.json");
+    db.save(&path).unwrap();
+
+    let out = dir.join("gpu.fpx");
+    let o = fpx(&["compile", s(&m), "-o", s(&out), "--target", "cuda", "--tuning-db", s(&path), "-q"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        stdout.contains(&format!("tuning: {n} of {n} products use sm_90 tile configs tuned on Test GPU", n = products.len())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 results from another GEMM template ignored"), "{stdout}");
+    let artifact = fpx::artifact::Artifact::open(&out).unwrap();
+    for code in artifact.ptx_code() {
+        for node in code.kernels {
+            let g = products.iter().find(|(n, _)| *n == node.node).unwrap().1;
+            let rows = node.table.rows();
+            if code.arch == "sm_90" {
+                let (max_m, first) = &rows[0];
+                assert_eq!(*max_m, 1, "{}: the tuned M = 1 row", node.node);
+                assert!(first.tuned);
+                assert_eq!(fpx::cuda::GemmConfig::try_from(&first.tiles).unwrap(), tuned_cfg(&g));
+                assert!(rows[1..].iter().all(|(_, k)| !k.tuned), "only M = 1 was tuned");
+            } else {
+                assert!(rows.iter().all(|(_, k)| !k.tuned), "{} has no tuned results", code.arch);
+            }
+        }
+    }
+    let o = fpx(&["inspect", s(&out)]);
+    let stdout = text(&o.stdout);
+    assert!(stdout.contains(&format!("{n} of {n} products use tuned tile configs", n = products.len())), "{stdout}");
+    assert!(stdout.contains("(tuned)") && stdout.contains("(heuristic)"), "{stdout}");
 }
