@@ -148,6 +148,8 @@ echo "gpu-check: tuning benchmark (budget $TUNE_BUDGET s)"
 "$BIN/gpu_tune_bench" $QUICK --budget "$TUNE_BUDGET" --db "$OUTDIR/tuning.json" 2>&1 | tee "$LOG/gpu_tune_bench.log"
 if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     row "tuned vs untuned vs cuBLAS" "ok" "$(grep -E '^tuned table faster' "$LOG/gpu_tune_bench.log") ($OUTDIR/tuning.json)"
+elif grep -q "no CUDA driver found" "$LOG/gpu_tune_bench.log"; then
+    row "tuned vs untuned vs cuBLAS" "SKIPPED" "no CUDA driver on this machine"
 else
     row "tuned vs untuned vs cuBLAS" "FAILED" "see $LOG/gpu_tune_bench.log"
 fi

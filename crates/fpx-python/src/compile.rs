@@ -38,7 +38,7 @@ pub struct CompileSummary {
     pub gpu_archs: Vec<String>,
     /// The tuning database used (`fpx tune`), if any.
     pub tuning_db: Option<PathBuf>,
-    /// Products whose kernels came from it (on the CPU level this machine runs best).
+    /// Products whose kernels came from it (the most over the CPU levels and GPU architectures).
     pub tuned_products: usize,
 }
 
@@ -147,7 +147,7 @@ pub fn compile(
         bits_per_weight: if weights_held > 0 { 8.0 * bytes_held as f64 / weights_held as f64 } else { 0.0 },
         kernels: compiled.kernels,
         tuning_db: tuning.path,
-        tuned_products: compiled.tuning.iter().map(|u| u.tuned).max().unwrap_or(0),
+        tuned_products: compiled.tuning.iter().map(|u| u.tuned).chain(compiled.gpu_tuning.iter().map(|u| u.tuned)).max().unwrap_or(0),
         cpu_targets: compiled.contents.cpu.iter().map(|c| c.target.clone()).collect(),
         gpu_archs: compiled.contents.ptx.iter().map(|c| c.arch.clone()).collect(),
     })
