@@ -40,7 +40,10 @@ fn run(budget: f64, reps: usize, quick: bool, db_path: Option<String>) -> Result
     let shapes: &[(usize, usize)] = if quick { &SHAPES[..2] } else { &SHAPES };
     let products: Vec<TuneShape> = shapes
         .iter()
-        .map(|&(k, n)| TuneShape { gemm: QuantGemm { format: Format::Fp6E3M2, k, n, group_size: 0, activations: Activations::F32 }, uses: 1 })
+        .map(|&(k, n)| TuneShape {
+            gemm: QuantGemm { format: Format::Fp6E3M2, k, n, group_size: 0, activations: Activations::F32 },
+            uses: 1,
+        })
         .collect();
     let options = GpuTuneOptions { buckets: MBucket::up_to(256), budget: Duration::from_secs_f64(budget), seed: 0x5eed };
     let report = tune_gpu(&mut runner, &products, &options, &mut |_| {}).map_err(|e| e.to_string())?;
