@@ -1,7 +1,7 @@
 //! Times the FP6 (e3m2, per-channel) GEMV kernel at M = 1 (and a few larger M) with 1 and 2
 //! threads splitting N, and prints GB/s of packed weight bytes read.
 //!
-//! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4|v4vnni] [--sizes 4096,8192] [--reps N]
+//! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4|v4vnni] [--sizes 4096,8192,384x1536] [--reps N]
 //!  [--ms 1,8,32] [--format fp6-e2m3] [--activations f32|int8] [--variant gemv|gemm|both]`
 //!
 //! "cold" rotates over enough copies of the weight to exceed the last-level cache, so every
@@ -107,7 +107,15 @@ fn main() {
         Some("v4vnni") => CpuTarget::X86_64V4Vnni,
         Some(t) => panic!("unknown target {t}"),
     };
-    let sizes: Vec<usize> = get("--sizes").unwrap_or_else(|| "4096,8192".into()).split(',').map(|s| s.parse().unwrap()).collect();
+    // Each size is K x N ("384x1536") or a square N ("4096").
+    let sizes: Vec<(usize, usize)> = get("--sizes")
+        .unwrap_or_else(|| "4096,8192".into())
+        .split(',')
+        .map(|s| match s.split_once('x') {
+            Some((k, n)) => (k.parse().expect("K"), n.parse().expect("N")),
+            None => (s.parse().expect("size"), s.parse().expect("size")),
+        })
+        .collect();
     let reps: usize = get("--reps").map(|s| s.parse().unwrap()).unwrap_or(50);
     let ms: Vec<usize> = get("--ms").unwrap_or_else(|| "1,2,4,8".into()).split(',').map(|s| s.parse().unwrap()).collect();
     let format = get("--format").map(|f| Format::parse(&f).expect("format")).unwrap_or(Format::Fp6E3M2);
@@ -119,7 +127,7 @@ fn main() {
         Some(v) => panic!("unknown variant {v}"),
     };
 
-    let specs: Vec<QuantGemm> = sizes.iter().map(|&s| QuantGemm { format, k: s, n: s, group_size: 0, activations }).collect();
+    let specs: Vec<QuantGemm> = sizes.iter().map(|&(k, n)| QuantGemm { format, k, n, group_size: 0, activations }).collect();
     let t0 = Instant::now();
     let compiled = compile_cpu(&specs, target).expect("compile");
     println!(

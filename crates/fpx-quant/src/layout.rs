@@ -374,9 +374,46 @@ pub fn unpack(packed: &[u8], shape: &PackedShape) -> Vec<u8> {
 /// The `k` codes of output channel (row) `row` alone: what an embedding lookup reads from a
 /// table stored transposed. Panics if `row >= n` or `packed.len() != total_bytes()`.
 pub fn unpack_row(packed: &[u8], shape: &PackedShape, row: usize) -> Vec<u8> {
+    let mut out = vec![0u8; shape.k];
+    unpack_row_into(packed, shape, row, &mut out);
+    out
+}
+
+/// [`unpack_row`] into `out` (`k` codes). A row's codes sit at the same places in every k-tile
+/// of its n-tile, so the places of one k-tile's 32 columns are worked out once and the tiles
+/// are read at a fixed stride. Panics as [`unpack_row`] does, or if `out.len() != k`.
+pub fn unpack_row_into(packed: &[u8], shape: &PackedShape, row: usize, out: &mut [u8]) {
     assert_eq!(packed.len(), shape.total_bytes(), "unpack_row: {} bytes for a packed shape of {} bytes", packed.len(), shape.total_bytes());
     assert!(row < shape.n, "unpack_row: row {row} of {}", shape.n);
-    (0..shape.k).map(|col| code_at(packed, shape, row, col)).collect()
+    assert_eq!(out.len(), shape.k, "unpack_row: room for {} codes, the row has {}", out.len(), shape.k);
+    let h = shape.high_bits() as usize;
+    let high_mask = ((1u32 << h) - 1) as u8;
+    // Per column of a k-tile: (low byte, low shift, high byte, high shift), the bytes relative
+    // to the k-tile's first low word and first high field.
+    let first = slot_of(shape, row, 0);
+    let places: Vec<(usize, u32, usize, u32)> = (0..TILE_K)
+        .map(|c| {
+            let s = slot_of(shape, row, c);
+            let bit = 4 * low_nibble_pos(s.elem) as usize;
+            let low = low_word_offset(s.tile, s.half, s.lane) + bit / 8 - low_word_offset(first.tile, 0, 0);
+            let hbit = h * high_field_pos(s.half, s.elem) as usize;
+            let high = high_field_offset(shape, s.tile, s.lane) + hbit / 8 - high_field_offset(shape, first.tile, 0);
+            (low, (bit % 8) as u32, high, (hbit % 8) as u32)
+        })
+        .collect();
+    let (low_stride, high_stride) = (low_word_offset(1, 0, 0), 64 * h);
+    for (j, cols) in out.chunks_mut(TILE_K).enumerate() {
+        let low_base = low_word_offset(first.tile + j, 0, 0);
+        debug_assert_eq!(low_base, low_word_offset(first.tile, 0, 0) + j * low_stride);
+        let high_base = high_field_offset(shape, first.tile, 0) + j * high_stride;
+        for (o, &(low, ls, high, hs)) in cols.iter_mut().zip(&places) {
+            let mut code = (packed[low_base + low] >> ls) & 0xf;
+            if h > 0 {
+                code |= ((packed[high_base + high] >> hs) & high_mask) << 4;
+            }
+            *o = code;
+        }
+    }
 }
 
 /// The code at (`row`, `col`) of the packed planes.
@@ -453,7 +490,7 @@ mod tests {
     fn rows_unpack_alone_as_in_the_whole() {
         let mut rng = Rng::new(77);
         for bits in [4, 5, 6, 8] {
-            for (n, k) in [(1, 1), (17, 33), (40, 100)] {
+            for (n, k) in [(1, 1), (17, 33), (40, 100), (33, 384)] {
                 let shape = PackedShape::new(n, k, bits);
                 let codes = random_codes(&mut rng, n * k, bits);
                 let packed = pack(&codes, &shape);

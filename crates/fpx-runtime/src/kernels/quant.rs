@@ -308,15 +308,21 @@ fn quant_gather(node: &Node, i: &[Option<&Tensor>]) -> Res {
     out_shape.push(k);
     let mut out = alloc::filled(&out_shape, 0f32)?;
     let table: Vec<f32> = (0..=255u8).map(|c| fold::stored_value(format, c)).collect();
+    let mut codes = vec![0u8; k];
+    // Per scale group of the row: the code table times the group's scale.
+    let group = if group_size == 0 { k.max(1) } else { group_size };
     for (row_out, &ix) in out.chunks_mut(k.max(1)).zip(&idx) {
         let row = if ix < 0 { ix + n as i64 } else { ix };
         if !(0..n as i64).contains(&row) {
             kbail!("index {ix} is out of range for a table of {n} rows");
         }
         let row = row as usize;
-        for (col, (o, code)) in row_out.iter_mut().zip(layout::unpack_row(p, &shape, row)).enumerate() {
-            let g = col.checked_div(group_size).unwrap_or(0);
-            *o = table[code as usize] * s[g * n + row];
+        layout::unpack_row_into(p, &shape, row, &mut codes);
+        for (g, (outs, cs)) in row_out.chunks_mut(group).zip(codes.chunks(group)).enumerate() {
+            let scale = s[g * n + row];
+            for (o, &c) in outs.iter_mut().zip(cs) {
+                *o = table[c as usize] * scale;
+            }
         }
     }
     Ok(vec![Tensor::from(array(&out_shape, out))])
