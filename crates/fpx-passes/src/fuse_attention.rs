@@ -46,6 +46,9 @@ impl Pass for FuseAttention {
             return Ok(false);
         }
         let opset = *graph.opsets.entry(FPX_DOMAIN.to_string()).or_insert(1);
+        for f in &mut fusions {
+            fold_head_transposes(graph, f);
+        }
         for mut f in fusions {
             for n in f.remove {
                 graph.remove_node(n);
@@ -55,6 +58,44 @@ impl Pass for FuseAttention {
         }
         graph.remove_unused_constants();
         Ok(true)
+    }
+}
+
+/// Folds the exporters' `Transpose`s into and out of heads into the fused node: when Q and V
+/// are `Transpose(x, [0, 2, 1, 3])` of `[B, S, H, D]` projections and K is the same (or,
+/// transposed, `Transpose(x, [0, 2, 3, 1])`), each read only here, the node reads the
+/// projections at their row stride (`bshd_inputs`); when Y's only reader is a
+/// `Transpose(Y, [0, 2, 1, 3])`, the node writes that layout itself (`bshd_output`). Each fold
+/// removes a full copy of the tensor.
+fn fold_head_transposes(graph: &Graph, f: &mut Fusion) {
+    const TO_HEADS: [i64; 4] = [0, 2, 1, 3];
+    let transposed_k = f.node.attr_i("k_transposed", 0) == 1;
+    let from_heads = |v: Option<ValueId>, perm: &[i64]| -> Option<(NodeId, ValueId)> {
+        let t = producer(graph, v?, "Transpose")?;
+        let node = graph.node(t);
+        (node.attr_ints("perm") == Some(perm)).then_some((t, input(node, 0)?)).filter(|(_, x)| rank(graph, *x) == Some(4))
+    };
+    let k_perm: &[i64] = if transposed_k { &[0, 2, 3, 1] } else { &TO_HEADS };
+    let folded =
+        (from_heads(input(&f.node, 0), &TO_HEADS), from_heads(input(&f.node, 1), k_perm), from_heads(input(&f.node, 2), &TO_HEADS));
+    if let (Some(q), Some(k), Some(v)) = folded {
+        for (i, (t, x)) in [q, k, v].into_iter().enumerate() {
+            f.remove.push(t);
+            f.node.inputs[i] = Some(x);
+        }
+        f.node.attrs.remove("k_transposed");
+        f.node.attrs.insert("bshd_inputs".to_string(), Attribute::Int(1));
+    }
+    let y = f.node.outputs[0];
+    let consumers = &graph.value(y).consumers;
+    if consumers.len() == 1 && !graph.outputs.contains(&y) {
+        let t = consumers[0];
+        let node = graph.node(t);
+        if node.op_type == "Transpose" && node.domain.is_empty() && node.attr_ints("perm") == Some(&TO_HEADS) && node.outputs.len() == 1 {
+            f.remove.push(t);
+            f.node.outputs[0] = node.outputs[0];
+            f.node.attrs.insert("bshd_output".to_string(), Attribute::Int(1));
+        }
     }
 }
 

@@ -31,6 +31,9 @@ struct Case {
     split_scale: bool,
     /// Add a mask (padding + causal, -inf) and the NaN guard.
     masked: bool,
+    /// Q, K and V come as `[B, S, H, D]` projections transposed into heads (K straight to Kᵀ
+    /// by `[0, 2, 3, 1]` without GQA, as BERT exports do), and Y is transposed back.
+    bshd: bool,
 }
 
 struct Builder {
@@ -74,7 +77,11 @@ fn build(c: &Case, rng: &mut Rng) -> (Graph, Vec<(String, Tensor)>) {
     let (b, hq, hkv, sq, t, d) = (c.batch, c.kv_heads * c.group, c.kv_heads, c.queries, c.past + c.queries, c.head);
     let mut g = Graph::new("attention");
     g.opsets.insert(String::new(), 17);
-    let shapes = [("q", [b, hq, sq, d]), ("k", [b, hkv, t, d]), ("v", [b, hkv, t, d])];
+    let shapes = if c.bshd {
+        [("q", [b, sq, hq, d]), ("k", [b, t, hkv, d]), ("v", [b, t, hkv, d])]
+    } else {
+        [("q", [b, hq, sq, d]), ("k", [b, hkv, t, d]), ("v", [b, hkv, t, d])]
+    };
     let mut inputs = Vec::new();
     let mut ids = Vec::new();
     for (name, shape) in shapes {
@@ -83,10 +90,21 @@ fn build(c: &Case, rng: &mut Rng) -> (Graph, Vec<(String, Tensor)>) {
         inputs.push((name.to_string(), tensor(&shape, rng.signeds(n).iter().map(|x| x * 2.0).collect())));
     }
     let mut bld = Builder { g, count: 0 };
-    let (q, k, v) = (ids[0], ids[1], ids[2]);
-    let k = bld.expand_heads(k, c, d);
+    let (mut q, mut k, mut v) = (ids[0], ids[1], ids[2]);
+    let to_heads = |bld: &mut Builder, x: ValueId, perm: Vec<i64>| bld.node("Transpose", vec![x], &[("perm", Attribute::Ints(perm))]);
+    let direct_kt = c.bshd && c.group == 1;
+    if c.bshd {
+        q = to_heads(&mut bld, q, vec![0, 2, 1, 3]);
+        v = to_heads(&mut bld, v, vec![0, 2, 1, 3]);
+        k = to_heads(&mut bld, k, if direct_kt { vec![0, 2, 3, 1] } else { vec![0, 2, 1, 3] });
+    }
+    let kt = if direct_kt {
+        k
+    } else {
+        let k = bld.expand_heads(k, c, d);
+        bld.node("Transpose", vec![k], &[("perm", Attribute::Ints(vec![0, 1, 3, 2]))])
+    };
     let v = bld.expand_heads(v, c, d);
-    let kt = bld.node("Transpose", vec![k], &[("perm", Attribute::Ints(vec![0, 1, 3, 2]))]);
     let scores = if c.split_scale {
         let root = bld.constant(Tensor::scalar_f32((1.0 / (d as f32).sqrt()).sqrt()));
         let qs = bld.node("Mul", vec![q, root], &[]);
@@ -123,6 +141,7 @@ fn build(c: &Case, rng: &mut Rng) -> (Graph, Vec<(String, Tensor)>) {
         let p = bld.node("Softmax", vec![scores], &[("axis", Attribute::Int(-1))]);
         bld.node("MatMul", vec![p, v], &[])
     };
+    let y = if c.bshd { to_heads(&mut bld, y, vec![0, 2, 1, 3]) } else { y };
     bld.g.outputs.push(y);
     verify::infer_types(&mut bld.g, &OpRegistry::standard()).unwrap();
     (bld.g, inputs)
@@ -142,8 +161,10 @@ fn fused_attention_matches_the_unfused_graph_on_random_shapes() {
     let mut cases = Vec::new();
     for group in [1, 2, 4, 8] {
         for (queries, past) in [(1, 0), (7, 0), (1, 1024), (3, 130), (5, 5)] {
-            for (split_scale, masked) in [(true, true), (false, false), (false, true)] {
-                cases.push(Case { batch: 2, kv_heads: 2, group, queries, past, head: 8 + group, split_scale, masked });
+            for (split_scale, masked, bshd) in
+                [(true, true, false), (false, false, false), (false, true, false), (false, true, true), (true, false, true)]
+            {
+                cases.push(Case { batch: 2, kv_heads: 2, group, queries, past, head: 8 + group, split_scale, masked, bshd });
             }
         }
     }
@@ -155,8 +176,11 @@ fn fused_attention_matches_the_unfused_graph_on_random_shapes() {
         let nodes: Vec<&Node> = fused.node_ids().into_iter().map(|n| fused.node(n)).collect();
         assert_eq!(nodes.len(), 1, "{c:?}: {:?}", nodes.iter().map(|n| &n.op_type).collect::<Vec<_>>());
         assert!(is_fused_attention(nodes[0]), "{c:?}");
-        // GQA expansions are folded: K and V are the graph inputs with kv_heads heads.
+        // GQA expansions and the transposes into and out of heads are folded: K and V are the
+        // graph inputs with kv_heads heads.
         assert_eq!(nodes[0].inputs[1], fused.find_value("k"), "{c:?}");
+        let flag = |name: &str| nodes[0].attr_i(name, 0) == 1;
+        assert_eq!((flag("bshd_inputs"), flag("bshd_output")), (c.bshd, c.bshd), "{c:?}");
         verify::verify(&fused, &OpRegistry::standard()).unwrap();
         let got = run(fused, &inputs);
         assert_eq!(got.len(), want.len());
@@ -171,7 +195,7 @@ fn fused_attention_matches_the_unfused_graph_on_random_shapes() {
 #[test]
 fn chains_whose_probabilities_have_other_readers_are_left_alone() {
     let mut rng = Rng::new(7);
-    let c = Case { batch: 1, kv_heads: 1, group: 1, queries: 2, past: 0, head: 4, split_scale: false, masked: false };
+    let c = Case { batch: 1, kv_heads: 1, group: 1, queries: 2, past: 0, head: 4, split_scale: false, masked: false, bshd: false };
     let (mut g, _) = build(&c, &mut rng);
     // The softmax probabilities are also a graph output: nothing fuses.
     let softmax = g.node_ids().into_iter().find(|&n| g.node(n).op_type == "Softmax").unwrap();
@@ -180,4 +204,27 @@ fn chains_whose_probabilities_have_other_readers_are_left_alone() {
     let before = g.node_count();
     fuse(&mut g);
     assert_eq!(g.node_count(), before);
+}
+
+#[test]
+fn head_transposes_fold_only_when_all_three_inputs_allow_it() {
+    let mut rng = Rng::new(8);
+    let c = Case { batch: 2, kv_heads: 2, group: 1, queries: 3, past: 4, head: 8, split_scale: false, masked: true, bshd: true };
+    let (mut g, inputs) = build(&c, &mut rng);
+    // V's transpose into heads is also a graph output: it must stay, so Q and K stay too (the
+    // kernel reads all three in one layout); Y's transpose back still folds.
+    let v_heads =
+        g.node_ids().into_iter().map(|n| g.node(n)).find(|n| n.op_type == "Transpose" && n.inputs[0] == g.find_value("v")).unwrap();
+    let out = v_heads.outputs[0];
+    g.outputs.push(out);
+    let want = CpuExecutor::new(g.clone()).unwrap().run(inputs.clone()).unwrap()[0].1.to_f64_vec();
+    fuse(&mut g);
+    let nodes: Vec<&Node> = g.node_ids().into_iter().map(|n| g.node(n)).collect();
+    let fused = nodes.iter().find(|n| is_fused_attention(n)).unwrap();
+    assert_eq!((fused.attr_i("bshd_inputs", 0), fused.attr_i("bshd_output", 0)), (0, 1));
+    assert_eq!(nodes.iter().filter(|n| n.op_type == "Transpose").count(), 3, "Q's, K's and V's transposes kept");
+    verify::verify(&g, &OpRegistry::standard()).unwrap();
+    let got = run(g, &inputs);
+    let scale = want.iter().fold(0f64, |a, b| a.max(b.abs()));
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * scale));
 }

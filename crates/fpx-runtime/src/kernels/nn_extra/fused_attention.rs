@@ -37,27 +37,34 @@ fn f32_values<'a>(t: &'a Tensor, what: &str) -> Result<Cow<'a, [f32]>, KernelErr
     }))
 }
 
-/// A 4-D tensor's values as f32 with its batch and head strides: each `[rows, cols]` head is
-/// contiguous. Borrowed for a float tensor whose heads are contiguous blocks — standard layout,
-/// or a KV cache with spare room (`fpx:KvAppend`'s layout) read where it lies; otherwise copied
-/// to standard layout (float16 and bfloat16 widened), within the budget.
-fn f32_heads<'a>(t: &'a Tensor, what: &str) -> Result<(Cow<'a, [f32]>, [usize; 2]), KernelError> {
+/// A 4-D tensor's values as f32 with its batch, head and row strides (in elements; a row is the
+/// innermost axis, contiguous). `bshd`: the tensor is `[B, S, H, D]` rather than `[B, H, S, D]`.
+/// Borrowed for a float tensor whose rows are contiguous — standard layout, or a KV cache with
+/// spare room (`fpx:KvAppend`'s layout) read where it lies; `packed_heads` also asks that each
+/// head's rows follow one another with no gap (what the transposed-K path reads). Otherwise
+/// copied to standard layout (float16 and bfloat16 widened), within the budget.
+fn f32_heads<'a>(t: &'a Tensor, what: &str, bshd: bool, packed_heads: bool) -> Result<(Cow<'a, [f32]>, [usize; 3]), KernelError> {
     let s = t.shape();
-    let standard = [s[1] * s[2] * s[3], s[2] * s[3]];
+    // Physical strides of a standard layout, then in (batch, head, row) order.
+    let logical = |st: [usize; 3]| if bshd { [st[0], st[2], st[1]] } else { st };
+    let standard = logical([s[1] * s[2] * s[3], s[2] * s[3], s[3]]);
     if let Some(v) = f32_slice(t) {
+        // A standard `[B, H, S, D]` layout packs each head's rows (`bshd` never comes with
+        // `packed_heads`: the kernel refuses a transposed K in that layout).
         return Ok((Cow::Borrowed(v), standard));
     }
     if let (Tensor::F32(a), false) = (t, s.contains(&0)) {
         let st = a.strides();
-        let heads_contiguous = st[3] == 1 && usize::try_from(st[2]) == Ok(s[3]) && st.iter().all(|&x| x >= 0);
-        if heads_contiguous {
+        let rows_contiguous = st[3] == 1 && st.iter().all(|&x| x >= 0);
+        let heads_packed = !bshd && usize::try_from(st[2]) == Ok(s[3]);
+        if rows_contiguous && (heads_packed || !packed_heads) {
             let span = 1 + s.iter().zip(st).map(|(&n, &x)| (n - 1) * x as usize).sum::<usize>();
             // SAFETY: every stride is non-negative, so the first element is at `as_ptr()` and the
             // last at `span - 1` elements after it; both lie in the array's one initialized buffer
             // (an `ArrayD<f32>` owns a `Vec<f32>`), and so does everything between them. The slice
             // lives as long as the borrow of `t`.
             let span = unsafe { std::slice::from_raw_parts(a.as_ptr(), span) };
-            return Ok((Cow::Borrowed(span), [st[0] as usize, st[1] as usize]));
+            return Ok((Cow::Borrowed(span), logical([st[0] as usize, st[1] as usize, st[2] as usize])));
         }
     }
     Ok((f32_values(t, what)?, standard))
@@ -95,8 +102,9 @@ struct Problem<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
-    /// Batch and head strides of Q, K and V (each head a contiguous block).
-    strides: [[usize; 2]; 3],
+    /// Batch, head and row strides of Q, K and V (rows contiguous; with `k_transposed`, each
+    /// head of K a contiguous `[D, Skv]` block).
+    strides: [[usize; 3]; 3],
     mask: Option<Mask<'a>>,
     /// (query heads, key/value heads, queries, keys, head size, value head size).
     dims: (usize, usize, usize, usize, usize, usize),
@@ -145,8 +153,8 @@ impl Problem<'_> {
         let group = self.group();
         let [qs, ks, vs] = self.strides;
         let n = y.len() / dv;
-        let k = &self.k[b * ks[0] + g * ks[1]..][..skv * d];
-        let v = &self.v[b * vs[0] + g * vs[1]..][..skv * dv];
+        let k = &self.k[b * ks[0] + g * ks[1]..];
+        let v = &self.v[b * vs[0] + g * vs[1]..];
         let head_query = |lr: usize| {
             let r = r0 + lr;
             (g * group + r / sq, r % sq)
@@ -154,7 +162,7 @@ impl Problem<'_> {
         let queries: [&[f32]; ROWS] = std::array::from_fn(|lr| {
             if lr < n {
                 let (h, i) = head_query(lr);
-                &self.q[b * qs[0] + h * qs[1] + i * d..][..d]
+                &self.q[b * qs[0] + h * qs[1] + i * qs[2]..][..d]
             } else {
                 &[]
             }
@@ -181,7 +189,7 @@ impl Problem<'_> {
                 }
             } else {
                 for jj in 0..nb {
-                    let kj = &k[(j0 + jj) * d..][..d];
+                    let kj = &k[(j0 + jj) * ks[2]..][..d];
                     for (lr, q) in queries[..n].iter().enumerate() {
                         scores[lr][jj] = dot::<M>(q, kj);
                     }
@@ -213,7 +221,7 @@ impl Problem<'_> {
             }
             // Values, key-major: each value row is read once for every query row.
             for jj in 0..nb {
-                let vj = &v[(j0 + jj) * dv..][..dv];
+                let vj = &v[(j0 + jj) * vs[2]..][..dv];
                 for (lr, yr) in y.chunks_exact_mut(dv).enumerate() {
                     let p = scores[lr][jj];
                     if p != 0.0 {
@@ -242,13 +250,24 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
         kbail!("Q, K and V must have one element type, found {}, {} and {}", q.dtype(), k.dtype(), v.dtype());
     }
-    let (&[b, hq, sq, d], &[kb, hkv, k2, k3], &[vb, vh, skv, dv]) = (q.shape(), k.shape(), v.shape()) else {
+    let (&[b, q1, q2, d], &[kb, k1, k2, k3], &[vb, v1, v2, dv]) = (q.shape(), k.shape(), v.shape()) else {
         kbail!("Q, K and V must be 4-D, found {:?}, {:?} and {:?}", q.shape(), k.shape(), v.shape());
     };
     let k_transposed = n.attr_i("k_transposed", 0) != 0;
+    let (bshd_in, bshd_out) = (n.attr_i("bshd_inputs", 0) != 0, n.attr_i("bshd_output", 0) != 0);
+    if bshd_in && k_transposed {
+        kbail!("'bshd_inputs' takes K as [B, Skv, Hkv, D]: it cannot be combined with 'k_transposed'");
+    }
+    // (heads, rows) of Q and V, and K's second and third axes, in [B, H, S, D] terms.
+    let ((hq, sq), (vh, skv), (hkv, k2, k3)) =
+        if bshd_in { ((q2, q1), (v2, v1), (k2, k1, k3)) } else { ((q1, q2), (v1, v2), (k1, k2, k3)) };
     let (kd, ks) = if k_transposed { (k2, k3) } else { (k3, k2) };
     if kb != b || vb != b || vh != hkv || ks != skv || kd != d {
-        let k_layout = if k_transposed { "[B, Hkv, D, Skv]" } else { "[B, Hkv, Skv, D]" };
+        let k_layout = match (k_transposed, bshd_in) {
+            (true, _) => "[B, Hkv, D, Skv]",
+            (false, true) => "[B, Skv, Hkv, D]",
+            (false, false) => "[B, Hkv, Skv, D]",
+        };
         kbail!("Q {:?}, K {:?} ({k_layout}) and V {:?} disagree on batch, heads, keys or head size", q.shape(), k.shape(), v.shape());
     }
     if hkv == 0 || hq % hkv != 0 {
@@ -259,7 +278,8 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
         false => 1.0 / (d as f32).sqrt(),
     };
     let mask = opt_arg(i, 3).map(|m| Mask::new(m, [b, hq, sq, skv])).transpose()?;
-    let ((qv, qs), (kv, ks), (vv, vs)) = (f32_heads(q, "Q")?, f32_heads(k, "K")?, f32_heads(v, "V")?);
+    let ((qv, qs), (kv, ks), (vv, vs)) =
+        (f32_heads(q, "Q", bshd_in, false)?, f32_heads(k, "K", bshd_in, k_transposed)?, f32_heads(v, "V", bshd_in, false)?);
     let problem = Problem {
         q: &qv,
         k: &kv,
@@ -271,18 +291,54 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
         scale,
         zero_masked_rows: n.attr_i("zero_masked_rows", 0) != 0,
     };
-    let shape = [b, hq, sq, dv];
+    let shape = if bshd_out { [b, sq, hq, dv] } else { [b, hq, sq, dv] };
     let mut y = alloc::filled::<f32>(&shape, 0.0)?;
     // Empty outputs can come with huge batch or head counts: nothing to compute then.
     if !y.is_empty() {
-        // One block of Y per (batch, key/value head): its query heads' rows, cut into tasks of
-        // at most ROWS rows.
+        // Tasks of at most ROWS rows of one (batch, key/value head): its query heads' rows.
         let group_rows = problem.group() * sq;
-        y.par_chunks_mut(group_rows * dv).enumerate().for_each(|(bg, yg)| {
-            yg.par_chunks_mut(ROWS * dv).enumerate().for_each(|(c, yc)| attend_rows(&problem, bg / hkv, bg % hkv, c * ROWS, yc))
-        });
+        if bshd_out {
+            // A task's rows are strided in Y ([B, Sq, Hq, Dv]): computed in a buffer of their
+            // own, then written to their places, which no other task writes.
+            let out = SharedOut(y.as_mut_ptr());
+            let tasks = group_rows.div_ceil(ROWS);
+            (0..b * hkv * tasks).into_par_iter().for_each(|t| {
+                let (bg, c) = (t / tasks, t % tasks);
+                let rows = ROWS.min(group_rows - c * ROWS);
+                let mut buf = vec![0f32; rows * dv];
+                attend_rows(&problem, bg / hkv, bg % hkv, c * ROWS, &mut buf);
+                for (lr, row) in buf.chunks_exact(dv).enumerate() {
+                    let r = c * ROWS + lr;
+                    let (h, i) = ((bg % hkv) * problem.group() + r / sq, r % sq);
+                    let at = ((bg / hkv * sq + i) * hq + h) * dv;
+                    // SAFETY: (batch, head, query) → `at` is one-to-one and `at + dv` is within Y
+                    // (`[b, sq, hq, dv]`, allocated above and alive until the loop ends); each
+                    // (batch, head, query) row belongs to exactly one task, so no two writes overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(at), dv) };
+                }
+            });
+        } else {
+            y.par_chunks_mut(group_rows * dv).enumerate().for_each(|(bg, yg)| {
+                yg.par_chunks_mut(ROWS * dv).enumerate().for_each(|(c, yc)| attend_rows(&problem, bg / hkv, bg % hkv, c * ROWS, yc))
+            });
+        }
     }
     Ok(vec![tensor::<f32>(q.dtype(), &shape, y)?])
+}
+
+/// Y's buffer, written by the tasks at disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: only used to write disjoint rows of a buffer that outlives the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `at` of the buffer.
+    fn at(self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
 }
 
 #[cfg(test)]
