@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""fpx CPU benchmark: fpx FP6 (e3m2) matrix products vs onnxruntime FP32 MatMul and int4 MatMulNBits.
+"""fpx CPU benchmark: fpx FP6 matrix products and models vs onnxruntime FP32, dynamic int8 and int4 MatMulNBits.
 
 Prints, in one run:
   1. the machine's read bandwidth, measured now (`fpx membw`, or numpy when that is missing);
-  2. a kernel table per (K×N, M, threads): onnxruntime FP32 MatMul, MatMulNBits (4 bits, block 32,
-     symmetric) with accuracy_level 0 and 4, fpx FP6 e3m2 (the QuantMatMul kernel time that
+  2. a kernel table per (K×N, M, threads): onnxruntime FP32 MatMul, its `quantize_dynamic` int8 model
+     (per-channel, the usual CPU choice), MatMulNBits (4 bits, block 32, symmetric) with accuracy_level 0 and 4, fpx FP6 e3m2 (the QuantMatMul kernel time that
      `fpx bench --json` measures in-process), speed-ups, weight bandwidth, and which of the issue's
      targets each row meets; then fpx FP6 e2m3 with int8 activations (`--activations int8`, the
      like-for-like peer of int4 accuracy_level 4) and its targets;
-  3. MiniLM-L6-v2 end to end (if ../shared/models/minilm-l6-v2 exists): ORT FP32 vs fpx FP32 vs fpx FP6
-     (e3m2) vs fpx FP6 e2m3 with int8 activations;
+  3. MiniLM-L6-v2 end to end (if ../shared/models/minilm-l6-v2 exists): ORT FP32, dynamic int8 and int4
+     MatMulNBits level 4 (each made by onnxruntime's own tools) vs fpx FP32, FP6 (e3m2) and FP6 e2m3 with
+     int8 activations, with each path's sentence-embedding cosine vs FP32 and the CPU-speed targets;
   4. an LLM decoder with a KV cache (a LLaMA-shaped model generated with numpy + onnx: hidden 2048,
      SiLU MLP 5632, 16 heads / 4 KV heads × 128, vocab 8192, 2 layers with --quick, else 4): a decode
      step after 128 cached tokens (full run: also 1024, and a 128-token prefill), batch 1, onnxruntime
@@ -107,7 +108,7 @@ def parse_int_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="CPU benchmark: fpx FP6 (e3m2) vs onnxruntime FP32 MatMul and int4 MatMulNBits.\n"
+        description="CPU benchmark: fpx FP6 vs onnxruntime FP32, dynamic int8 and int4 MatMulNBits.\n"
                     "Sections: 1. read bandwidth; 2. matrix-product kernels; 3. MiniLM end to end; 4. an LLM\n"
                     "decoder with KV cache (LLaMA-shaped, generated with numpy + onnx and cached in --workdir):\n"
                     "decode step after 128 cached tokens (full run: also 1024, and a 128-token prefill), batch 1,\n"

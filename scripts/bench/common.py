@@ -7,6 +7,7 @@ import time
 
 ORT_VARIANTS = [  # (key, label)
     ("ort_fp32", "ORT fp32"),
+    ("ort_int8", "ORT int8 dyn"),
     ("ort_int4_l0", "ORT int4 lvl0"),
     ("ort_int4_l4", "ORT int4 lvl4"),
 ]

@@ -167,6 +167,40 @@ def make_int4_models(wd: Path, k: int, n: int, seed: int, mode: str) -> dict[int
     return paths
 
 
+def dynamic_int8(src: Path, dst: Path) -> Path:
+    """`dst`: onnxruntime's `quantize_dynamic` of `src` (per-channel, QInt8 weights; activations
+    quantized per call) — the usual CPU choice — made once and cached."""
+    if not dst.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        log(f"quantize_dynamic(per_channel=True, QInt8) -> {dst.name}")
+        logging.getLogger().setLevel(logging.WARNING)
+        tmp = dst.with_name(dst.name + ".tmp.onnx")
+        quantize_dynamic(str(src), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+        tmp.replace(dst)
+    return dst
+
+
+def make_int8_model(wd: Path, k: int, n: int, seed: int) -> Path:
+    """The one-MatMul model quantized by onnxruntime's `quantize_dynamic` (per-channel int8)."""
+    return dynamic_int8(make_fp32_model(wd, k, n, seed), wd / f"matmul_k{k}_n{n}_seed{seed}_int8_dyn.onnx")
+
+
+def make_int4_model_of(src: Path, dst: Path, mode: str, level: int = 4) -> Path:
+    """`dst`: every weight MatMul of `src` as MatMulNBits (4 bits, block 32, symmetric) with
+    `accuracy_level` `level`, made once and cached."""
+    if not dst.exists():
+        log(f"int4 MatMulNBits (block {BLOCK_SIZE}, symmetric, accuracy_level {level}) -> {dst.name}")
+        q = quantize_int4(onnx.load(str(src)), mode)
+        for nd in q.graph.node:
+            if nd.op_type == "MatMulNBits":
+                for a in [a for a in nd.attribute if a.name == "accuracy_level"]:
+                    nd.attribute.remove(a)
+                nd.attribute.append(helper.make_attribute("accuracy_level", level))
+        atomic_save_model(q, dst)
+    return dst
+
+
 def make_input(wd: Path, m: int, k: int, seed: int) -> Path:
     path = wd / f"x_m{m}_k{k}_seed{seed}.npy"
     if not path.exists():

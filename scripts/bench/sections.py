@@ -12,7 +12,8 @@ import onnx
 
 from bench.common import ORT_VARIANTS, log
 from bench.measure import Fpx, ort_session, quant_kernel, time_ort, time_ort_interleaved
-from bench.models import BLOCK_SIZE, make_fp32_model, make_input, make_int4_models
+from bench.models import (BLOCK_SIZE, dynamic_int8, make_fp32_model, make_input, make_int4_model_of, make_int4_models,
+                          make_int8_model)
 from bench.report import targets_for, ws_note
 
 
@@ -21,7 +22,8 @@ def bench_kernels(args, wd: Path, fpx: Fpx | None, membw: dict) -> list[dict]:
     for (k, n) in args.shapes:
         fp32_path = make_fp32_model(wd, k, n, args.seed)
         int4_paths = make_int4_models(wd, k, n, args.seed, args.ort_quantizer)
-        models = {"ort_fp32": fp32_path, "ort_int4_l0": int4_paths[0], "ort_int4_l4": int4_paths[4]}
+        models = {"ort_fp32": fp32_path, "ort_int8": make_int8_model(wd, k, n, args.seed), "ort_int4_l0": int4_paths[0],
+                  "ort_int4_l4": int4_paths[4]}
         xs = {m: make_input(wd, m, k, args.seed) for m in args.ms}
         fpx_model, fpx_mode, fpx_a8 = None, None, None
         if fpx is not None:
@@ -39,13 +41,15 @@ def bench_kernels(args, wd: Path, fpx: Fpx | None, membw: dict) -> list[dict]:
                                                          for key, lbl in ORT_VARIANTS))
                 r["weight_bytes"] = {
                     "fp32": k * n * 4,
+                    "int8": k * n + 4 * n,
                     "int4_b32": n * ((k + BLOCK_SIZE - 1) // BLOCK_SIZE) * (BLOCK_SIZE // 2 + 4),
                 }
                 for key in ("ort_int4_l0", "ort_int4_l4"):
                     o = r["ort"][key]
                     o["weight_gb_per_s"] = r["weight_bytes"]["int4_b32"] / (o["median_us"] * 1e-6) / 1e9
-                o = r["ort"]["ort_fp32"]
-                o["weight_gb_per_s"] = r["weight_bytes"]["fp32"] / (o["median_us"] * 1e-6) / 1e9
+                for key, wkey in (("ort_fp32", "fp32"), ("ort_int8", "int8")):
+                    o = r["ort"][key]
+                    o["weight_gb_per_s"] = r["weight_bytes"][wkey] / (o["median_us"] * 1e-6) / 1e9
                 r["fpx"] = None
                 if fpx is not None:
                     if fpx_mode == "compiled":
@@ -148,13 +152,36 @@ def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
     elif fpx is not None:
         fp16_art = fpx.compile(fp16_model, wd / "minilm-l6-v2-fp16_fp6-e3m2.fpx")
     ref = d / "ref_last_hidden_state.npy"
+    mask = feed.get("attention_mask")
+
+    def pooled(h) -> np.ndarray:
+        """Sentence embeddings: last_hidden_state mean-pooled over the attention mask (the
+        sentence-transformers pooling), one row per sentence."""
+        h = np.asarray(h, dtype=np.float64)
+        m = np.ones(h.shape[:2]) if mask is None else mask.astype(np.float64)
+        return (h * m[..., None]).sum(axis=1) / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+
+    want = pooled(np.load(ref)) if ref.exists() else None
+
+    def cosine(got) -> float | None:
+        """Mean cosine of the sentence embeddings vs the FP32 reference's (as `fpx report`'s pooled_cos)."""
+        if want is None or got is None or np.shape(got) != np.load(ref).shape:
+            return None
+        a = pooled(got)
+        return float(np.mean([x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) for x, y in zip(a, want)]))
+
+    # The CPU peers, each made by onnxruntime's own tools from the same FP32 model.
+    peers = {"ort_fp32": model, "ort_int8": dynamic_int8(model, wd / "minilm-l6-v2_int8_dyn.onnx"),
+             "ort_int4_l4": make_int4_model_of(model, wd / "minilm-l6-v2_int4_b32_lvl4.onnx", args.ort_quantizer)}
     for t in args.threads:
         row = {"threads": t}
-        log(f"MiniLM T={t}: ORT fp32")
-        sess = ort_session(model, t)
-        row["ort_fp32"] = time_ort(sess, feed, args.iters, 2 * args.cell_seconds)
-        del sess
-        gc.collect()
+        for key, path in peers.items():
+            log(f"MiniLM T={t}: {key}")
+            sess = ort_session(path, t)
+            row[key] = time_ort(sess, feed, args.iters, 2 * args.cell_seconds)
+            row[key]["cosine_vs_fp32"] = cosine(sess.run(None, feed)[0])
+            del sess
+            gc.collect()
         if fpx is not None:
             log(f"MiniLM T={t}: fpx fp32")
             r = fpx.bench(model, inputs, t, args.iters, 2 * args.cell_seconds)
@@ -162,18 +189,25 @@ def bench_minilm(args, wd: Path, fpx: Fpx | None) -> dict:
                                {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
                                 "per_op_us": r.get("per_op_us")})
             log(f"MiniLM T={t}: fpx fp6-e3m2 ({mode})")
+            od = wd / "minilm-out-fp6"
             if fp6 is not None:
-                r = fpx.bench(fp6, inputs, t, args.iters, 2 * args.cell_seconds)
+                r = fpx.bench(fp6, inputs, t, args.iters, 2 * args.cell_seconds, output_dir=od)
             else:
-                r = fpx.bench(model, inputs, t, args.iters, 2 * args.cell_seconds, weights="fp6-e3m2")
+                r = fpx.bench(model, inputs, t, args.iters, 2 * args.cell_seconds, weights="fp6-e3m2", output_dir=od)
             row["fpx_fp6"] = ({"error": r["error"], "mode": mode} if "error" in r else
                               {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
-                               "mode": mode, "per_op_us": r.get("per_op_us")})
+                               "mode": mode, "per_op_us": r.get("per_op_us"),
+                               "cosine_vs_fp32": cosine(np.load(od / "last_hidden_state.npy"))
+                               if (od / "last_hidden_state.npy").exists() else None})
             if fp6_a8 is not None:
                 log(f"MiniLM T={t}: fpx fp6-e2m3, int8 activations")
-                r = fpx.bench(fp6_a8, inputs, t, args.iters, 2 * args.cell_seconds)
+                od = wd / "minilm-out-fp6-a8"
+                r = fpx.bench(fp6_a8, inputs, t, args.iters, 2 * args.cell_seconds, output_dir=od)
                 row["fpx_fp6_a8"] = ({"error": r["error"]} if "error" in r else
-                                     {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters")})
+                                     {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
+                                      "per_op_us": r.get("per_op_us"),
+                                      "cosine_vs_fp32": cosine(np.load(od / "last_hidden_state.npy"))
+                                      if (od / "last_hidden_state.npy").exists() else None})
         if fp16_model is not None:
             log(f"MiniLM T={t}: ORT fp16")
             sess = ort_session(fp16_model, t)
