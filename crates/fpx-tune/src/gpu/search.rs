@@ -217,8 +217,14 @@ impl BucketSearch<'_> {
         for r in 0..CONFIRM_ROUNDS {
             for j in 0..pair.len() {
                 let j = if r % 2 == 0 { j } else { pair.len() - 1 - j };
-                let t = self.sample(&pair[j]).ok()?;
-                rounds[j].push(t);
+                match self.sample(&pair[j]) {
+                    Ok(t) => rounds[j].push(t),
+                    Err(reason) => {
+                        // A launch that failed while confirming: said, and the bucket left untuned.
+                        self.rejected.push(GpuRejected { gemm, candidate: GpuTiling::of(&pair[j]), reason });
+                        return None;
+                    }
+                }
             }
         }
         let default_time = median(rounds[0].clone());
