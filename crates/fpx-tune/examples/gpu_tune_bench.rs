@@ -3,7 +3,10 @@
 //! untuned artifact carries (the heuristic's, `configs_by_m`) against the tuned one (from the
 //! results, as `fpx compile --tuning-db` builds it) and cuBLAS FP16 (`cublasGemmEx`, what
 //! `torch.matmul` calls) in one run, all from DRAM (L2 flushed before every timed launch), and
-//! prints them side by side with the speed-ups.
+//! prints them side by side with the speed-ups. Before tuning it checks the checker on the
+//! device: a kernel of the other FP6 format planted under a config must fail the reference check;
+//! before timing, every tuned config is checked again at the M it is timed at. Either failure
+//! ends the run with an error.
 //!
 //! `cargo run --release -p fpx-tune --example gpu_tune_bench -- [--budget SECONDS] [--quick] [--db FILE] [--reps N]`
 //! (`scripts/gpu-check.sh` runs it; `--db` merges the results into a tuning database).
@@ -14,7 +17,7 @@ use fpx_cuda::config::configs_by_m;
 use fpx_cuda::device::{Cublas, Gpu};
 use fpx_cuda::{Act, Fp6Format};
 use fpx_quant::{Activations, Format, QuantGemm};
-use fpx_tune::gpu::{tune_gpu, DeviceRunner, GemmRunner, GpuProblem, GpuTiling, GpuTuneOptions};
+use fpx_tune::gpu::{check_candidate, heuristic_for, tune_gpu, DeviceRunner, GemmRunner, GpuProblem, GpuTiling, GpuTuneOptions};
 use fpx_tune::{MBucket, TuneShape, TuningDb};
 
 const SHAPES: [(usize, usize); 5] = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)];
@@ -45,6 +48,24 @@ fn run(budget: f64, reps: usize, quick: bool, db_path: Option<String>) -> Result
             uses: 1,
         })
         .collect();
+    // The checker on the device: the e2m3 kernel under an e3m2 config computes another product.
+    {
+        let g = products[0].gemm;
+        let mut problem = GpuProblem::new(&g, 2).map_err(|e| e.to_string())?;
+        runner.set_problem(&mut problem, &[1, 16])?;
+        let good = heuristic_for(&g, Fp6Format::E3M2, MBucket::M1, machine.sm_count);
+        let planted = fpx_cuda::GemmConfig { stages: if good.stages > 2 { good.stages - 1 } else { 3 }, ..good.clone() };
+        runner.plant(&planted, Fp6Format::E2M3);
+        for r in runner.prepare(&[good.clone(), planted.clone()]) {
+            r?;
+        }
+        check_candidate(&mut runner, &mut problem, &good, &[1, 16]).map_err(|e| format!("the heuristic's config fails its check: {e}"))?;
+        match check_candidate(&mut runner, &mut problem, &planted, &[1, 16]) {
+            Err(why) => println!("planted wrong kernel ({}) rejected: {why}", GpuTiling::of(&planted)),
+            Ok(()) => return Err(format!("a planted wrong kernel ({}) passed the reference check", GpuTiling::of(&planted))),
+        }
+        runner.unplant(&planted);
+    }
     let options = GpuTuneOptions { buckets: MBucket::up_to(256), budget: Duration::from_secs_f64(budget), seed: 0x5eed };
     let report = tune_gpu(&mut runner, &products, &options, &mut |_| {}).map_err(|e| e.to_string())?;
     println!("tuned {} products x {} M ranges in {:.0} s", products.len(), options.buckets.len(), report.elapsed.as_secs_f64());
@@ -84,6 +105,10 @@ fn run(budget: f64, reps: usize, quick: bool, db_path: Option<String>) -> Result
             let (cfg, was_tuned) = tuned.as_ref().map_or((base.clone(), false), |t| t.pick(m).clone());
             for r in runner.prepare(&[base.clone(), cfg.clone()]) {
                 r?;
+            }
+            for c in [&base, &cfg] {
+                check_candidate(&mut runner, &mut problem, c, &[m])
+                    .map_err(|e| format!("{}x{} M={m} {}: {e}", g.k, g.n, GpuTiling::of(c)))?;
             }
             // Interleaved rounds; each sample is the median of the runner's cold launches.
             let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -64,6 +64,12 @@ impl DeviceRunner {
         self.loaded.remove(cfg);
     }
 
+    /// Undoes [`DeviceRunner::plant`]: `cfg` runs its own kernel again.
+    pub fn unplant(&mut self, cfg: &GemmConfig) {
+        self.planted.remove(cfg);
+        self.loaded.remove(cfg);
+    }
+
     fn operands(&mut self) -> Result<&mut Operands, String> {
         self.operands.as_mut().ok_or_else(|| "no problem set".to_string())
     }

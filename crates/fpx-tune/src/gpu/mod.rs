@@ -17,7 +17,7 @@ mod search;
 pub use device::DeviceRunner;
 pub use entry::{bucket_m, heuristic_for, GpuEntry, GpuLookup, GpuTiling};
 pub use problem::GpuProblem;
-pub use search::{neighbours, tune_gpu, tune_gpu_product, GpuBucketResult, GpuRejected, GpuTuneOptions, GpuTuneReport};
+pub use search::{check_candidate, neighbours, tune_gpu, tune_gpu_product, GpuBucketResult, GpuRejected, GpuTuneOptions, GpuTuneReport};
 
 use fpx_cuda::{Arch, GemmConfig};
 

@@ -249,10 +249,7 @@ impl BucketSearch<'_> {
         let prepared = self.runner.prepare(cfgs);
         for (cfg, ready) in cfgs.iter().zip(prepared) {
             let checked = ready.and_then(|_| {
-                for &m in &self.samples {
-                    let y = self.runner.run(cfg, m)?;
-                    self.problem.verify(m, &y)?;
-                }
+                check_candidate(&mut *self.runner, &mut *self.problem, cfg, &self.samples)?;
                 let mut samples = Vec::with_capacity(SEARCH_SAMPLES);
                 for _ in 0..SEARCH_SAMPLES {
                     samples.push(self.sample(cfg)?);
@@ -279,6 +276,17 @@ impl BucketSearch<'_> {
         }
         Ok(total)
     }
+}
+
+/// The check every candidate passes before it is timed: prepared `cfg`'s output on `runner`'s
+/// problem at each M of `ms` against `problem`'s f64 reference; `Err` says where it differs (or
+/// why it could not run).
+pub fn check_candidate(runner: &mut dyn GemmRunner, problem: &mut GpuProblem, cfg: &GemmConfig, ms: &[usize]) -> Result<(), String> {
+    for &m in ms {
+        let y = runner.run(cfg, m)?;
+        problem.verify(m, &y)?;
+    }
+    Ok(())
 }
 
 /// The configs one step from `cfg` for up to `m` tokens: split-K at each of its values; one
