@@ -185,9 +185,11 @@ struct BucketSearch<'a> {
 impl BucketSearch<'_> {
     fn run(&mut self, default: GemmConfig, deadline: Instant, sm_count: usize) -> Option<GpuBucketResult> {
         let gemm = self.problem.gemm;
+        // The cost per candidate (compile, check, time) is measured from here, the heuristic's
+        // config included, so the first batch is cut to what the slice pays for too.
+        let started = Instant::now();
         self.evaluate(std::slice::from_ref(&default));
         self.times.get(&default)?;
-        let started = Instant::now();
         let mut current = default.clone();
         let top_m = *self.samples.iter().max().unwrap_or(&1);
         loop {
