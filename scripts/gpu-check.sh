@@ -160,25 +160,23 @@ fi
 
 row "MiniLM end to end on the GPU" "NOT BUILT" "whole-graph CUDA executor (fpx run --device cuda) does not exist yet"
 
+bench_row() { # name exit-status log summary-line-pattern output-file
+    if [ "$2" -eq 0 ]; then
+        row "$1" "ok" "$(grep -E "$4" "$3") ($5)"
+    elif grep -q "no CUDA driver found" "$3"; then
+        row "$1" "SKIPPED" "no CUDA driver on this machine"
+    else
+        row "$1" "FAILED" "see $3"
+    fi
+}
+
 echo "gpu-check: tuning benchmark (budget $TUNE_BUDGET s)"
 "$BIN/gpu_tune_bench" $QUICK --budget "$TUNE_BUDGET" --db "$OUTDIR/tuning.json" 2>&1 | tee "$LOG/gpu_tune_bench.log"
-if [ "${PIPESTATUS[0]}" -eq 0 ]; then
-    row "tuned vs untuned vs cuBLAS" "ok" "$(grep -E '^tuned table faster' "$LOG/gpu_tune_bench.log") ($OUTDIR/tuning.json)"
-elif grep -q "no CUDA driver found" "$LOG/gpu_tune_bench.log"; then
-    row "tuned vs untuned vs cuBLAS" "SKIPPED" "no CUDA driver on this machine"
-else
-    row "tuned vs untuned vs cuBLAS" "FAILED" "see $LOG/gpu_tune_bench.log"
-fi
+bench_row "tuned vs untuned vs cuBLAS" "${PIPESTATUS[0]}" "$LOG/gpu_tune_bench.log" '^tuned table faster' "$OUTDIR/tuning.json"
 
 echo "gpu-check: benchmark"
 "$BIN/gpu_bench" $QUICK --json "$OUTDIR/gpu_bench.json" 2>&1 | tee "$LOG/gpu_bench.log"
-if [ "${PIPESTATUS[0]}" -eq 0 ]; then
-    row "benchmark fpx vs cuBLAS" "ok" "$(grep -E '^targets missed' "$LOG/gpu_bench.log") ($OUTDIR/gpu_bench.json)"
-elif grep -q "no CUDA driver found" "$LOG/gpu_bench.log"; then
-    row "benchmark fpx vs cuBLAS" "SKIPPED" "no CUDA driver on this machine"
-else
-    row "benchmark fpx vs cuBLAS" "FAILED" "see $LOG/gpu_bench.log"
-fi
+bench_row "benchmark fpx vs cuBLAS" "${PIPESTATUS[0]}" "$LOG/gpu_bench.log" '^targets missed' "$OUTDIR/gpu_bench.json"
 if command -v python3 >/dev/null 2>&1 && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     python3 - "$QUICK" <<'EOF' | tee "$LOG/torch.log"
 import sys, torch

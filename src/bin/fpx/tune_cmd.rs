@@ -73,6 +73,28 @@ struct Row {
     timed: usize,
 }
 
+impl Row {
+    /// The row of `gemm`'s result in `bucket` (`nodes` of the model compute it).
+    fn new(
+        gemm: &fpx::quant::QuantGemm,
+        nodes: &std::collections::BTreeMap<fpx::quant::QuantGemm, Vec<String>>,
+        bucket: MBucket,
+        chosen: String,
+        times: (f64, f64, usize),
+    ) -> Row {
+        let (micros, default_micros, timed) = times;
+        Row {
+            shape: Shape::of(gemm).to_string(),
+            nodes: nodes.get(gemm).map_or(1, Vec::len),
+            bucket,
+            chosen,
+            micros,
+            default_micros,
+            timed,
+        }
+    }
+}
+
 fn print_table(rows: &[Row], unit: &str) {
     println!(
         "{:<28} {:>5} {:>8} {:<34} {:>10} {:>10} {:>8} {:>6}",
@@ -141,14 +163,9 @@ fn tune_cpu(args: &TuneArgs, options: &fpx::TuneOptions, what: &std::path::Path)
     let rows: Vec<Row> = r
         .results
         .iter()
-        .map(|b| Row {
-            shape: Shape::of(&b.gemm).to_string(),
-            nodes: summary.nodes.get(&b.gemm).map_or(1, Vec::len),
-            bucket: b.bucket,
-            chosen: if b.is_default { "heuristic".to_string() } else { fpx::tuning::TunedChoice::from(b.choice).to_string() },
-            micros: b.micros,
-            default_micros: b.default_micros,
-            timed: b.timed,
+        .map(|b| {
+            let chosen = if b.is_default { "heuristic".to_string() } else { fpx::tuning::TunedChoice::from(b.choice).to_string() };
+            Row::new(&b.gemm, &summary.nodes, b.bucket, chosen, (b.micros, b.default_micros, b.timed))
         })
         .collect();
     print_table(&rows, "µs");
@@ -187,15 +204,8 @@ fn tune_cuda(args: &TuneArgs, options: &fpx::TuneOptions, what: &std::path::Path
         .iter()
         .map(|b| {
             let tiling = fpx::tuning::gpu::GpuTiling::of(&b.config);
-            Row {
-                shape: Shape::of(&b.gemm).to_string(),
-                nodes: summary.nodes.get(&b.gemm).map_or(1, Vec::len),
-                bucket: b.bucket,
-                chosen: if b.is_default { format!("heuristic ({tiling})") } else { tiling.to_string() },
-                micros: b.micros,
-                default_micros: b.default_micros,
-                timed: b.timed,
-            }
+            let chosen = if b.is_default { format!("heuristic ({tiling})") } else { tiling.to_string() };
+            Row::new(&b.gemm, &summary.nodes, b.bucket, chosen, (b.micros, b.default_micros, b.timed))
         })
         .collect();
     print_table(&rows, "µs");

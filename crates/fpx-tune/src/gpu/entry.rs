@@ -1,26 +1,20 @@
 //! GPU results in the tuning database: the tile config kept per GPU, architecture, GEMM
 //! template checksum, product and M bucket, and the kernel table a compile builds from them.
 
+use fpx_cuda::config::configs_by_m;
 use fpx_cuda::plan::TunedTable;
-use fpx_cuda::{heuristic_config, Act, Arch, Fp6Format, GemmConfig};
+use fpx_cuda::{Act, Arch, Fp6Format, GemmConfig};
 use fpx_quant::{KernelTable, QuantGemm};
 
 use crate::db::{DbError, Shape, TuningDb};
 use crate::{GpuMachine, MBucket};
 
-/// The M the heuristic's config is asked for in a bucket: its largest M, 512 above 256 (as
-/// [`fpx_cuda::config::LARGE_M`]).
-pub fn bucket_m(bucket: MBucket) -> usize {
-    match bucket {
-        MBucket::Above256 => fpx_cuda::config::LARGE_M,
-        b => b.range().1 as usize,
-    }
-}
-
-/// The heuristic's config for `gemm` in `bucket` on a GPU with `sm_count` SMs: what the tuner
-/// must beat, and what a compile uses where nothing is tuned.
+/// The heuristic's config for `gemm` in `bucket` on a GPU with `sm_count` SMs: the row of the
+/// untuned artifact's table ([`fpx_cuda::config::configs_by_m`]) that serves the bucket's largest
+/// M — what the tuner must beat, and what a compile uses where nothing is tuned.
 pub fn heuristic_for(gemm: &QuantGemm, format: Fp6Format, bucket: MBucket, sm_count: usize) -> GemmConfig {
-    GemmConfig { format, act: Act::F16, ..heuristic_config(gemm.n, gemm.k, bucket_m(bucket), sm_count) }
+    let top = bucket.range().1.min(1 << 20) as usize;
+    configs_by_m(format, Act::F16, gemm.n, gemm.k, sm_count).pick(top).clone()
 }
 
 /// A GEMM tile config as the database writes it: the [`GemmConfig`] fields a tuner chooses (the

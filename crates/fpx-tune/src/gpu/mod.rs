@@ -15,7 +15,7 @@ mod problem;
 mod search;
 
 pub use device::DeviceRunner;
-pub use entry::{bucket_m, heuristic_for, GpuEntry, GpuLookup, GpuTiling};
+pub use entry::{heuristic_for, GpuEntry, GpuLookup, GpuTiling};
 pub use problem::GpuProblem;
 pub use search::{check_candidate, neighbours, tune_gpu, tune_gpu_product, GpuBucketResult, GpuRejected, GpuTuneOptions, GpuTuneReport};
 

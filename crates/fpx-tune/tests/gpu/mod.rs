@@ -238,10 +238,13 @@ fn results_merge_into_the_database_and_make_the_tables_compile_uses() {
             assert_eq!(cfg, &r.config, "product {i} bucket {}", r.bucket);
             assert!(*tuned);
         }
-        // Buckets without a result: the heuristic's config, marked untuned.
-        let (cfg, tuned) = table.pick(5);
-        assert!(!tuned);
-        assert_eq!(cfg, &heuristic_for(&s.gemm, cfg.format, MBucket::M5To8, 132));
+        // Buckets without a result: the untuned artifact's config for that M, marked untuned.
+        for m in [5, 300] {
+            let (cfg, tuned) = table.pick(m);
+            assert!(!tuned);
+            let untuned = fpx_cuda::config::configs_by_m(cfg.format, fpx_cuda::Act::F16, s.gemm.n, s.gemm.k, 132);
+            assert_eq!(cfg, untuned.pick(m), "M = {m}");
+        }
     }
     // Another template's results are stale: counted, not used.
     for e in &mut db.gpu {
