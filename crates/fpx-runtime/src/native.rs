@@ -475,15 +475,18 @@ pub fn quantize_activations(x: &[f32], m: usize, k: usize) -> Int8Activations {
     q
 }
 
-/// One row of activations quantized, vectorized for AVX2 where the CPU has it (the same results
-/// either way: the quantizer uses no fused operations). Not AVX-512: its 512-bit version
-/// measured slower (the 32-column blocks fill one vector, and the byte interleave crosses lanes).
+/// One row of activations quantized: in AVX-512 where the CPU has it
+/// ([`fpx_quant::act8::RowMut::quantize_fast`]), else the portable loop compiled for AVX2 where
+/// the CPU has that; the same results every way (the quantizer uses no fused operations).
 fn quantize_row(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
             row.quantize(x)
+        }
+        if std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") {
+            return row.quantize_fast(x);
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: this CPU supports AVX2.
