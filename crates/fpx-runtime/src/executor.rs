@@ -96,6 +96,9 @@ pub struct CpuExecutor {
     shared_prepared: HashSet<ValueId>,
     /// The most bytes one tensor a kernel creates may take.
     budget: TensorBudget,
+    /// Buffers of the last run's dead intermediates, reused by the next run's outputs
+    /// (`alloc::Recycled`); a run that finds them taken by a concurrent one starts empty.
+    recycled: std::sync::Mutex<alloc::Recycled>,
 }
 
 impl std::fmt::Debug for CpuExecutor {
@@ -246,7 +249,7 @@ impl CpuExecutor {
         }
         let shared_prepared = prepared_readers.into_iter().filter(|&(_, n)| n > 1).map(|(v, _)| v).collect();
         let budget = TensorBudget::from_env()?;
-        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_prepared, budget })
+        Ok(CpuExecutor { graph, steps, consume, _libraries: libraries, last_use, shared_prepared, budget, recycled: Default::default() })
     }
 
     /// The same executor with another tensor budget: every tensor a kernel creates is checked
@@ -361,6 +364,20 @@ impl CpuExecutor {
     pub fn run_profiled(
         &self,
         inputs: Vec<(String, Tensor)>,
+        profile: Option<&mut Vec<NodeTiming>>,
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let pool = self.recycled.try_lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        let (result, pool) = alloc::with_recycling(pool, || self.run_steps(inputs, profile));
+        if let Ok(mut kept) = self.recycled.try_lock() {
+            *kept = pool;
+        }
+        result
+    }
+
+    /// The body of [`CpuExecutor::run_profiled`], inside its recycling scope.
+    fn run_steps(
+        &self,
+        inputs: Vec<(String, Tensor)>,
         mut profile: Option<&mut Vec<NodeTiming>>,
     ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut live = self.bind_inputs(inputs)?;
@@ -436,7 +453,10 @@ impl CpuExecutor {
                 if self.last_use.get(v) == Some(&i) {
                     prepared.retain(|(x, _), _| x != v);
                     if !keep.contains(v) {
-                        live.remove(v);
+                        // Its buffer serves a later output when no one else holds it.
+                        if let Some(Ok(t)) = live.remove(v).map(Arc::try_unwrap) {
+                            alloc::recycle(t);
+                        }
                     }
                 }
             }
@@ -513,8 +533,9 @@ fn run_native(
     let m = xv.len() / k.max(1);
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank >= 1") = epilogue.output_columns(n);
-    // The output (N comes from the node), checked against the budget before it is allocated.
-    let mut y = alloc::filled(&shape, 0f32)?;
+    // The output (N comes from the node), checked against the budget before it is allocated;
+    // the kernels and epilogues write every element.
+    let mut y = alloc::overwritten_f32(&shape)?;
     let residual_converted: Vec<f32>;
     let residual_arg = args.get(quant_matmul::RESIDUAL_INPUT).copied().flatten();
     // A residual of another shape than Y is added afterwards, with broadcasting.

@@ -17,7 +17,7 @@
 
 use crate::KernelError;
 use fpx_ir::ndarray::ArrayD;
-use fpx_ir::{DType, Elem, TensorBudget};
+use fpx_ir::{DType, Elem, Tensor, TensorBudget};
 use std::cell::Cell;
 
 thread_local! {
@@ -80,9 +80,117 @@ pub(crate) fn collect<T: Elem>(shape: &[usize], items: impl IntoIterator<Item = 
     Ok(v)
 }
 
+/// f32 buffers of tensors that died during a run, handed to the kernels that overwrite every
+/// element of their output ([`overwritten_f32`]): a steady-state run reuses its intermediates'
+/// memory instead of asking the allocator (and the kernel, for fresh pages) each time. The
+/// executor owns the buffers between runs ([`with_recycling`]); outside such a scope nothing is
+/// kept.
+#[derive(Debug, Default)]
+pub struct Recycled {
+    buffers: Vec<Vec<f32>>,
+}
+
+impl Recycled {
+    /// Buffers kept at most.
+    const MAX_BUFFERS: usize = 32;
+    /// Elements kept at most, all buffers together (256 MiB of f32).
+    const MAX_ELEMS: usize = 64 << 20;
+
+    fn kept_elems(&self) -> usize {
+        self.buffers.iter().map(Vec::capacity).sum()
+    }
+}
+
+thread_local! {
+    static RECYCLED: std::cell::RefCell<Option<Recycled>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `pool` as this thread's recycled buffers (see [`Recycled`]) and hands it back
+/// after, with what `f`'s kernels left in it.
+pub fn with_recycling<R>(pool: Recycled, f: impl FnOnce() -> R) -> (R, Recycled) {
+    struct Restore(Option<Recycled>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RECYCLED.with(|r| *r.borrow_mut() = self.0.take());
+        }
+    }
+    let restore = Restore(RECYCLED.with(|r| r.borrow_mut().replace(pool)));
+    let out = f();
+    let pool = RECYCLED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    (out, pool)
+}
+
+/// Keeps the buffer of `t` for a later output, when it is an owned f32 tensor, this thread is
+/// in a [`with_recycling`] scope and the pool has room; otherwise just drops it.
+pub(crate) fn recycle(t: Tensor) {
+    let Tensor::F32(a) = t else { return };
+    if a.len() < 1024 || !a.is_standard_layout() {
+        return;
+    }
+    let (v, offset) = a.into_raw_vec_and_offset();
+    if offset != Some(0) {
+        return;
+    }
+    RECYCLED.with(|r| {
+        if let Some(pool) = r.borrow_mut().as_mut() {
+            if pool.buffers.len() < Recycled::MAX_BUFFERS && pool.kept_elems() + v.capacity() <= Recycled::MAX_ELEMS {
+                pool.buffers.push(v);
+            }
+        }
+    });
+}
+
+/// Data for an f32 tensor of `shape` whose every element the caller overwrites before it is
+/// read: a recycled buffer when one fits (its old values left in place), else zeros; within
+/// the budget either way.
+pub(crate) fn overwritten_f32(shape: &[usize]) -> Result<Vec<f32>, KernelError> {
+    let n = check_t::<f32>(shape)?;
+    let reused = RECYCLED.with(|r| {
+        let mut r = r.borrow_mut();
+        let pool = r.as_mut()?;
+        // The smallest that holds n, and not more than 4 times n (a big buffer stays for a big
+        // output); the newest among equals, the warmest in cache.
+        let fit = pool.buffers.iter().enumerate().rev().filter(|(_, b)| b.capacity() >= n && b.capacity() <= 4 * n.max(256));
+        let i = fit.min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i)?;
+        Some(pool.buffers.swap_remove(i))
+    });
+    match reused {
+        Some(mut v) => {
+            // Old values stay (the caller overwrites them); only a shortfall is zero-filled.
+            if v.len() >= n {
+                v.truncate(n);
+            } else {
+                v.resize(n, 0.0);
+            }
+            Ok(v)
+        }
+        None => filled(shape, 0.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recycled_buffers_are_reused_only_inside_a_scope_and_fit_the_shape() {
+        let big = Tensor::from(ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[64, 64]), vec![7f32; 4096]).unwrap());
+        // Outside a scope nothing is kept: a fresh, zeroed buffer.
+        recycle(big.clone());
+        assert!(overwritten_f32(&[64, 64]).unwrap().iter().all(|&x| x == 0.0));
+        let ((), pool) = with_recycling(Recycled::default(), || {
+            recycle(big.clone());
+            // Too large a buffer for a tiny output is left for a bigger one.
+            assert_eq!(overwritten_f32(&[8]).unwrap(), vec![0.0; 8]);
+            let v = overwritten_f32(&[32, 64]).unwrap();
+            assert_eq!((v.len(), v[0]), (2048, 7.0), "the recycled buffer, cut to the shape");
+            recycle(Tensor::from(ArrayD::from_shape_vec(fpx_ir::ndarray::IxDyn(&[2048]), v).unwrap()));
+        });
+        assert_eq!(pool.buffers.len(), 1, "handed back to the owner");
+        // The budget still applies to recycled outputs.
+        with_budget(TensorBudget::new(64), || assert!(overwritten_f32(&[64, 64]).is_err()));
+    }
 
     #[test]
     fn the_budget_is_scoped_and_restored() {

@@ -22,6 +22,12 @@ use std::borrow::Cow;
 const KEY_BLOCK: usize = 128;
 /// Query rows one task computes (sharing each key and value row it loads).
 const ROWS: usize = 8;
+/// The most keys the whole-row path takes (see [`Problem::whole_rows`]); longer contexts stream.
+const WHOLE_ROW_KEYS: usize = 1024;
+/// The fewest queries per head for which the whole-row path pays (decode steps stream).
+const WHOLE_ROW_QUERIES: usize = 4;
+/// Score elements (rows × keys) one whole-row task holds at most: 64 KiB, L2-resident.
+const WHOLE_ROW_SCORES: usize = 1 << 14;
 
 /// A tensor's values as f32 in standard layout: borrowed for a standard float tensor, else
 /// copied (float16 and bfloat16 widened) within the budget.
@@ -129,6 +135,48 @@ fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 multiversion! {
+    /// The whole-row path for the query rows `[i0, i0 + n)` of head `h` of batch `b`, compiled
+    /// for the host's vector width (see [`Problem::whole_rows`]).
+    fn attend_whole_rows<M>(p: &Problem<'_>, b: usize, h: usize, i0: usize, n: usize, scores: &mut Vec<f32>, y: YRows) {
+        p.whole_rows::<M>(b, h, i0, n, scores, y)
+    }
+}
+
+/// Where one task's Y rows go: the first row's element and the row stride (the rows of a head
+/// are evenly spaced in both of Y's layouts).
+#[derive(Clone, Copy)]
+struct YRows {
+    first: *mut f32,
+    stride: usize,
+}
+
+/// Lane-parallel maximum of `s` (a multiple of 16 values; NaN-free).
+#[inline(always)]
+fn max_of(s: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    for c in s.chunks_exact(16) {
+        for l in 0..16 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    m.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `s[j] = e^(s[j] - max)` for every `j` (a multiple of 16 values), returning their sum
+/// (sixteen partial sums).
+#[inline(always)]
+fn exp_sum<M: MulAdd>(s: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    for c in s.chunks_exact_mut(16) {
+        for l in 0..16 {
+            c[l] = exp_f32::<M>(c[l] - max);
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum()
+}
+
+multiversion! {
     /// Y of the query rows `[r0, r0 + y.len() / Dv)` of key/value head `g` of batch `b`,
     /// compiled for the host's vector width.
     fn attend_rows<M>(p: &Problem<'_>, b: usize, g: usize, r0: usize, y: &mut [f32]) {
@@ -140,6 +188,110 @@ impl Problem<'_> {
     /// The query heads that share one key/value head.
     fn group(&self) -> usize {
         self.dims.0 / self.dims.1
+    }
+
+    /// Whether the whole-row path runs: several queries per head (prefill, encoders) over at
+    /// most [`WHOLE_ROW_KEYS`] keys. Decode steps and long contexts stream instead.
+    fn takes_whole_rows(&self) -> bool {
+        let (_, _, sq, skv, _, _) = self.dims;
+        sq >= WHOLE_ROW_QUERIES && (1..=WHOLE_ROW_KEYS).contains(&skv)
+    }
+
+    /// Query rows per whole-row task: as many as keep its scores within [`WHOLE_ROW_SCORES`].
+    fn whole_row_chunk(&self) -> usize {
+        let (_, _, sq, skv, _, _) = self.dims;
+        (WHOLE_ROW_SCORES / skv.max(1)).clamp(1, sq.max(1))
+    }
+
+    /// Y of the query rows `[i0, i0 + n)` of query head `h` of batch `b` written at `y`, with
+    /// each row's scores over all keys at once: `S = scale · Q Kᵀ` by a GEMM into `scores`
+    /// (`n × Skv`), the mask added, each row's softmax in place, then `Y = P V` by a second
+    /// GEMM. For short key counts (encoders, prefill) this is GEMM work instead of one dot
+    /// product, horizontal sum and scalar softmax step per key.
+    #[inline(always)]
+    fn whole_rows<M: MulAdd>(&self, b: usize, h: usize, i0: usize, n: usize, scores: &mut Vec<f32>, y: YRows) {
+        let (_, _, _, skv, d, dv) = self.dims;
+        let g = h / self.group();
+        let [qs, ks, vs] = self.strides;
+        let q = &self.q[b * qs[0] + h * qs[1] + i0 * qs[2]..];
+        let k = &self.k[b * ks[0] + g * ks[1]..];
+        let v = &self.v[b * vs[0] + g * vs[1]..];
+        // Kᵀ's (row, column) strides: element (e, j) is key j's e-th value.
+        // Kᵀ's (row, column) strides: element (e, j) is key j's e-th value.
+        let (k_rs, k_cs) = if self.k_transposed { (skv, 1) } else { (1, ks[2]) };
+        // Score rows padded to whole vectors with -inf (weight 0): no scalar tails below.
+        let width = skv.next_multiple_of(16);
+        scores.clear();
+        scores.resize(n * width, f32::NEG_INFINITY);
+        // SAFETY: Q's rows i0..i0+n of this head (stride qs[2], d values each), K's skv keys of
+        // d values at the strides above and `scores` (n rows of `width` ≥ skv) are in bounds.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                d,
+                skv,
+                self.scale,
+                q.as_ptr(),
+                qs[2] as isize,
+                1,
+                k.as_ptr(),
+                k_rs as isize,
+                k_cs as isize,
+                0.0,
+                scores.as_mut_ptr(),
+                width as isize,
+                1,
+            );
+        }
+        let mut masked_rows = Vec::new();
+        for (lr, s) in scores.chunks_exact_mut(width).enumerate() {
+            if let Some(m) = &self.mask {
+                let row = &m.values[b * m.strides[0] + h * m.strides[1] + (i0 + lr) * m.strides[2]..];
+                if m.strides[3] == 0 {
+                    let add = row[0];
+                    s[..skv].iter_mut().for_each(|x| *x += add);
+                } else {
+                    s[..skv].iter_mut().zip(&row[..skv]).for_each(|(x, &a)| *x += a);
+                }
+            }
+            let max = max_of(s);
+            if max == f32::NEG_INFINITY {
+                // Every key masked: weight 0 here, the row filled after the product.
+                s.iter_mut().for_each(|x| *x = 0.0);
+                masked_rows.push(lr);
+                continue;
+            }
+            let inv = 1.0 / exp_sum::<M>(s, max);
+            s.iter_mut().for_each(|x| *x *= inv);
+        }
+        // SAFETY: P is n rows of `width` (skv used); V's skv rows of dv values (stride vs[2])
+        // are in bounds; Y's n rows at `y` (stride y.stride, dv values) are this task's alone
+        // and inside Y.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                skv,
+                dv,
+                1.0,
+                scores.as_ptr(),
+                width as isize,
+                1,
+                v.as_ptr(),
+                vs[2] as isize,
+                1,
+                0.0,
+                y.first,
+                y.stride as isize,
+                1,
+            );
+        }
+        // As in the streaming path: NaN like the unfused softmax (0/0) unless the exporters'
+        // guard zeroes such rows; with no keys the product is 0.
+        let fill = if self.zero_masked_rows || skv == 0 { 0.0 } else { f32::NAN };
+        for lr in masked_rows {
+            // SAFETY: row lr of this task's rows, as above.
+            unsafe { std::slice::from_raw_parts_mut(y.first.add(lr * y.stride), dv) }.fill(fill);
+        }
     }
 
     /// Y of the query rows `[r0, r0 + n)` (`n = y.len() / Dv`, at most [`ROWS`]) of key/value
@@ -292,9 +444,21 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
         zero_masked_rows: n.attr_i("zero_masked_rows", 0) != 0,
     };
     let shape = if bshd_out { [b, sq, hq, dv] } else { [b, hq, sq, dv] };
-    let mut y = alloc::filled::<f32>(&shape, 0.0)?;
+    // The whole-row path writes every element; the streaming one accumulates into zeros.
+    let mut y = if problem.takes_whole_rows() { alloc::overwritten_f32(&shape)? } else { alloc::filled::<f32>(&shape, 0.0)? };
     // Empty outputs can come with huge batch or head counts: nothing to compute then.
-    if !y.is_empty() {
+    if !y.is_empty() && problem.takes_whole_rows() {
+        // Tasks of up to `chunk` query rows of one (batch, query head), written in place.
+        let (chunk, out) = (problem.whole_row_chunk(), SharedOut(y.as_mut_ptr()));
+        let chunks = sq.div_ceil(chunk);
+        (0..b * hq * chunks).into_par_iter().for_each(|t| {
+            let (bh, c) = (t / chunks, t % chunks);
+            let (bi, h, i0) = (bh / hq, bh % hq, c * chunk);
+            let (at, stride) = if bshd_out { ((bi * sq + i0) * hq + h, hq) } else { (bh * sq + i0, 1) };
+            let rows = YRows { first: out.at(at * dv), stride: stride * dv };
+            WHOLE_ROW_SCRATCH.with_borrow_mut(|scores| attend_whole_rows(&problem, bi, h, i0, chunk.min(sq - i0), scores, rows));
+        });
+    } else if !y.is_empty() {
         // Tasks of at most ROWS rows of one (batch, key/value head): its query heads' rows.
         let group_rows = problem.group() * sq;
         if bshd_out {
@@ -324,6 +488,11 @@ pub(super) fn fused_attention(n: &Node, i: &[Option<&Tensor>]) -> Result<Vec<Ten
         }
     }
     Ok(vec![tensor::<f32>(q.dtype(), &shape, y)?])
+}
+
+thread_local! {
+    /// Each worker's scores buffer for the whole-row path (kept between calls).
+    static WHOLE_ROW_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Y's buffer, written by the tasks at disjoint rows.
@@ -361,19 +530,23 @@ mod strided_tests {
         let mut rng = Rng::new(9);
         let mut node = Node::new("attention", op::OP_TYPE, 1, vec![], vec![]);
         node.domain = FPX_DOMAIN.into();
-        let (b, hq, hkv, sq, skv, d) = (2, 8, 2, 3, 37, 16);
-        let q = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[b, hq, sq, d]), rng.normals(b * hq * sq * d)).unwrap());
-        let (k, v) = (in_room(&mut rng, (b, hkv, skv, d), 64), in_room(&mut rng, (b, hkv, skv, d), 50));
-        assert!(!k.as_f32().unwrap().is_standard_layout());
-        let standard = |t: &Tensor| Tensor::from(t.as_f32().unwrap().as_standard_layout().into_owned());
-        let strided = fused_attention(&node, &[Some(&q), Some(&k), Some(&v)]).unwrap();
-        let copied = fused_attention(&node, &[Some(&q), Some(&standard(&k)), Some(&standard(&v))]).unwrap();
-        assert_eq!(strided[0].to_f64_vec(), copied[0].to_f64_vec());
-        // A layout whose heads are not contiguous blocks (a transposed view) is copied first.
-        let kt = Tensor::from(standard(&k).as_f32().unwrap().clone().permuted_axes(IxDyn(&[0, 1, 3, 2])));
-        node.attrs.insert("k_transposed".into(), fpx_ir::Attribute::Int(1));
-        let transposed = fused_attention(&node, &[Some(&q), Some(&kt), Some(&v)]).unwrap();
-        let diff = transposed[0].to_f64_vec().iter().zip(copied[0].to_f64_vec()).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff < 1e-5, "{diff}");
+        // 3 queries stream over key blocks, 6 take the whole-row path.
+        for sq in [3, 6] {
+            node.attrs.remove("k_transposed");
+            let (b, hq, hkv, skv, d) = (2, 8, 2, 37, 16);
+            let q = Tensor::from(ArrayD::from_shape_vec(IxDyn(&[b, hq, sq, d]), rng.normals(b * hq * sq * d)).unwrap());
+            let (k, v) = (in_room(&mut rng, (b, hkv, skv, d), 64), in_room(&mut rng, (b, hkv, skv, d), 50));
+            assert!(!k.as_f32().unwrap().is_standard_layout());
+            let standard = |t: &Tensor| Tensor::from(t.as_f32().unwrap().as_standard_layout().into_owned());
+            let strided = fused_attention(&node, &[Some(&q), Some(&k), Some(&v)]).unwrap();
+            let copied = fused_attention(&node, &[Some(&q), Some(&standard(&k)), Some(&standard(&v))]).unwrap();
+            assert_eq!(strided[0].to_f64_vec(), copied[0].to_f64_vec());
+            // A layout whose heads are not contiguous blocks (a transposed view) is copied first.
+            let kt = Tensor::from(standard(&k).as_f32().unwrap().clone().permuted_axes(IxDyn(&[0, 1, 3, 2])));
+            node.attrs.insert("k_transposed".into(), fpx_ir::Attribute::Int(1));
+            let transposed = fused_attention(&node, &[Some(&q), Some(&kt), Some(&v)]).unwrap();
+            let diff = transposed[0].to_f64_vec().iter().zip(copied[0].to_f64_vec()).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 1e-5, "{sq} queries: {diff}");
+        }
     }
 }
