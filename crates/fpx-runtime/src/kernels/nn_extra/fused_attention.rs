@@ -150,7 +150,7 @@ struct YRows {
     stride: usize,
 }
 
-/// Lane-parallel maximum of `s` (a multiple of 16 values; NaN-free).
+/// Lane-parallel maximum of `s` (a multiple of 16 values; NaN-free), reduced as a tree.
 #[inline(always)]
 fn max_of(s: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 16];
@@ -159,7 +159,18 @@ fn max_of(s: &[f32]) -> f32 {
             m[l] = if c[l] > m[l] { c[l] } else { m[l] };
         }
     }
-    m.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    let max = |a: f32, b: f32| if b > a { b } else { a };
+    let m8: [f32; 8] = std::array::from_fn(|l| max(m[l], m[l + 8]));
+    let m4: [f32; 4] = std::array::from_fn(|l| max(m8[l], m8[l + 4]));
+    max(max(m4[0], m4[2]), max(m4[1], m4[3]))
+}
+
+/// The sum of sixteen lanes, as a tree.
+#[inline(always)]
+fn lane_sum(a: [f32; 16]) -> f32 {
+    let a8: [f32; 8] = std::array::from_fn(|l| a[l] + a[l + 8]);
+    let a4: [f32; 4] = std::array::from_fn(|l| a8[l] + a8[l + 4]);
+    (a4[0] + a4[2]) + (a4[1] + a4[3])
 }
 
 /// `s[j] = e^(s[j] - max)` for every `j` (a multiple of 16 values), returning their sum
@@ -173,7 +184,7 @@ fn exp_sum<M: MulAdd>(s: &mut [f32], max: f32) -> f32 {
             acc[l] += c[l];
         }
     }
-    acc.iter().sum()
+    lane_sum(acc)
 }
 
 multiversion! {
@@ -204,10 +215,11 @@ impl Problem<'_> {
     }
 
     /// Y of the query rows `[i0, i0 + n)` of query head `h` of batch `b` written at `y`, with
-    /// each row's scores over all keys at once: `S = scale · Q Kᵀ` by a GEMM into `scores`
-    /// (`n × Skv`), the mask added, each row's softmax in place, then `Y = P V` by a second
-    /// GEMM. For short key counts (encoders, prefill) this is GEMM work instead of one dot
-    /// product, horizontal sum and scalar softmax step per key.
+    /// each row's scores over all keys at once: `S = scale · Q Kᵀ` into `scores`
+    /// (`n` rows padded to whole vectors), the mask added, each row's softmax in place, then
+    /// `Y = P V`, both products by `matrixmultiply`'s GEMM. For short key counts
+    /// (encoders, prefill) this is GEMM work instead of one dot product, horizontal sum and
+    /// scalar softmax step per key.
     #[inline(always)]
     fn whole_rows<M: MulAdd>(&self, b: usize, h: usize, i0: usize, n: usize, scores: &mut Vec<f32>, y: YRows) {
         let (_, _, _, skv, d, dv) = self.dims;
@@ -216,7 +228,6 @@ impl Problem<'_> {
         let q = &self.q[b * qs[0] + h * qs[1] + i0 * qs[2]..];
         let k = &self.k[b * ks[0] + g * ks[1]..];
         let v = &self.v[b * vs[0] + g * vs[1]..];
-        // Kᵀ's (row, column) strides: element (e, j) is key j's e-th value.
         // Kᵀ's (row, column) strides: element (e, j) is key j's e-th value.
         let (k_rs, k_cs) = if self.k_transposed { (skv, 1) } else { (1, ks[2]) };
         // Score rows padded to whole vectors with -inf (weight 0): no scalar tails below.
@@ -264,9 +275,9 @@ impl Problem<'_> {
             let inv = 1.0 / exp_sum::<M>(s, max);
             s.iter_mut().for_each(|x| *x *= inv);
         }
-        // SAFETY: P is n rows of `width` (skv used); V's skv rows of dv values (stride vs[2])
-        // are in bounds; Y's n rows at `y` (stride y.stride, dv values) are this task's alone
-        // and inside Y.
+        // SAFETY: P is n rows of `width` (skv used); V's skv rows of dv values (stride vs[2]) are
+        // in bounds; Y's n rows at `y` (stride y.stride, dv values) are this task's alone and
+        // inside Y.
         unsafe {
             matrixmultiply::sgemm(
                 n,
