@@ -242,8 +242,27 @@ impl Int8Activations {
     /// A buffer for `m × k` activations, all codes and scales zero; fill it through
     /// [`Int8Activations::rows_mut`] (e.g. from several threads).
     pub fn zeroed(m: usize, k: usize) -> Int8Activations {
+        Int8Activations { words: vec![0u32; Self::words_for(m, k)], rows: m, k }
+    }
+
+    /// The 32-bit words a buffer for `m × k` activations takes.
+    pub fn words_for(m: usize, k: usize) -> usize {
         let blocks = m * k.div_ceil(BLOCK);
-        Int8Activations { words: vec![0u32; 2 * blocks + blocks * BLOCK / 4], rows: m, k }
+        2 * blocks + blocks * BLOCK / 4
+    }
+
+    /// [`Int8Activations::zeroed`] in the memory of `words` (a buffer kept from an earlier
+    /// product, of any length): no allocation when it is large enough.
+    pub fn zeroed_in(m: usize, k: usize, mut words: Vec<u32>) -> Int8Activations {
+        words.clear();
+        words.resize(Self::words_for(m, k), 0);
+        Int8Activations { words, rows: m, k }
+    }
+
+    /// Hands the buffer's memory back (for [`Int8Activations::zeroed_in`]), leaving this empty.
+    pub fn take_words(&mut self) -> Vec<u32> {
+        self.rows = 0;
+        std::mem::take(&mut self.words)
     }
 
     /// Rows of activations held.
@@ -349,6 +368,23 @@ mod tests {
                 b.rows_mut().pop().unwrap().quantize_fast(&x);
                 assert_eq!(a.words, b.words, "k {k}, special {special:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_gives_the_same_activations_as_a_fresh_one() {
+        let (m, k) = (3, 70);
+        let x = fpx_test_support::Rng::new(5).normals(m * k);
+        let want = Int8Activations::quantize(&x, m, k);
+        for dirty in [Vec::new(), vec![0xdead_beef; 7], vec![0xdead_beef; 4 * Int8Activations::words_for(m, k)]] {
+            let mut q = Int8Activations::zeroed_in(m, k, dirty);
+            for (r, row) in q.rows_mut().into_iter().enumerate() {
+                row.quantize(&x[r * k..(r + 1) * k]);
+            }
+            assert_eq!(q, want);
+            let words = q.take_words();
+            assert_eq!(words.len(), Int8Activations::words_for(m, k));
+            assert_eq!(q.rows(), 0);
         }
     }
 

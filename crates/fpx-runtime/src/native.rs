@@ -283,39 +283,50 @@ const SCRATCH_KEEP_ELEMS: usize = 16 << 20;
 /// Scratch buffers a thread keeps (a gated product's P beside the FP8 rows of one or two X).
 const SCRATCH_KEEP_BUFFERS: usize = 4;
 
+/// A thread's kept buffers of one element type (see [`SCRATCH`] and [`WORD_SCRATCH`]).
+struct ScratchPool<T>(Vec<Vec<T>>);
+
+impl<T: Copy + Default> ScratchPool<T> {
+    /// A buffer of at least `len` elements (contents unspecified): the smallest kept one that
+    /// holds `len` (the most recently kept of equal ones), else the largest, grown.
+    fn take(&mut self, len: usize) -> Vec<T> {
+        let pool = &mut self.0;
+        // Newest first among equals (`min_by_key` keeps the first minimum): the warmest in cache.
+        let fits = pool.iter().enumerate().rev().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+        let pick = fits.or_else(|| pool.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
+        let mut v = pick.map(|i| pool.swap_remove(i)).unwrap_or_default();
+        if v.len() < len {
+            v.resize(len, T::default());
+        }
+        v
+    }
+
+    /// Keeps `v` for a later product, unless it is very large or enough are kept.
+    fn put(&mut self, v: Vec<T>) {
+        let bytes = v.capacity() * std::mem::size_of::<T>();
+        if bytes <= SCRATCH_KEEP_ELEMS * 4 && bytes > 0 && self.0.len() < SCRATCH_KEEP_BUFFERS {
+            self.0.push(v);
+        }
+    }
+}
+
 thread_local! {
     /// The calling thread's scratch buffers — gated products' P, FP8-rounded activations —
     /// reused across calls so a decode step neither allocates them nor faults their pages in
     /// again.
-    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<ScratchPool<f32>> = const { std::cell::RefCell::new(ScratchPool(Vec::new())) };
+    /// The calling thread's int8 activation buffers ([`Int8Activations`] words), likewise.
+    static WORD_SCRATCH: std::cell::RefCell<ScratchPool<u32>> = const { std::cell::RefCell::new(ScratchPool(Vec::new())) };
 }
 
-/// A scratch of at least `len` elements (contents unspecified): the smallest kept buffer that
-/// holds `len` (the most recently kept of equal ones), else the largest, grown.
+/// A scratch of at least `len` elements (contents unspecified), from this thread's pool.
 fn take_scratch(len: usize) -> Vec<f32> {
-    let mut v = SCRATCH.with(|s| {
-        let mut pool = s.borrow_mut();
-        // Newest first among equals (`min_by_key` keeps the first minimum): the warmest in cache.
-        let fits = pool.iter().enumerate().rev().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
-        let pick = fits.or_else(|| pool.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
-        pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
-    });
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    v
+    SCRATCH.with_borrow_mut(|p| p.take(len))
 }
 
 /// Keeps `v` for the next product on this thread, unless it is very large or enough are kept.
 fn put_back_scratch(v: Vec<f32>) {
-    if v.capacity() <= SCRATCH_KEEP_ELEMS && v.capacity() > 0 {
-        SCRATCH.with(|s| {
-            let mut pool = s.borrow_mut();
-            if pool.len() < SCRATCH_KEEP_BUFFERS {
-                pool.push(v);
-            }
-        });
-    }
+    SCRATCH.with_borrow_mut(|p| p.put(v))
 }
 
 /// The least common multiple of two positive numbers.
@@ -395,10 +406,11 @@ pub enum PreparedActivations {
 }
 
 impl Drop for PreparedActivations {
-    /// FP8 rows go back to the thread's scratch buffers for the next product.
+    /// The buffers go back to the thread's scratch pools for the next product.
     fn drop(&mut self) {
-        if let PreparedActivations::Fp8 { values, .. } = self {
-            put_back_scratch(std::mem::take(values));
+        match self {
+            PreparedActivations::Fp8 { values, .. } => put_back_scratch(std::mem::take(values)),
+            PreparedActivations::Int8(q) => WORD_SCRATCH.with_borrow_mut(|p| p.put(q.take_words())),
         }
     }
 }
@@ -465,7 +477,7 @@ pub fn prepare_activations(activations: Activations, x: &[f32], m: usize, k: usi
 /// parallel on the current rayon pool when there are many.
 pub fn quantize_activations(x: &[f32], m: usize, k: usize) -> Int8Activations {
     use rayon::prelude::*;
-    let mut q = Int8Activations::zeroed(m, k);
+    let mut q = Int8Activations::zeroed_in(m, k, WORD_SCRATCH.with_borrow_mut(|p| p.take(Int8Activations::words_for(m, k))));
     let rows = q.rows_mut();
     if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
         rows.into_par_iter().enumerate().for_each(|(r, row)| quantize_row(row, &x[r * k..(r + 1) * k]));
