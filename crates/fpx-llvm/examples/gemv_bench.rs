@@ -1,6 +1,11 @@
 //! Times the FP6 (e3m2, per-channel) GEMV kernel at M = 1 (and a few larger M) with 1 and 2
 //! threads splitting N, and prints GB/s of packed weight bytes read.
 //!
+//! With `--activations int8` the median includes quantizing the rows (as the runtime does per
+//! product, with the same AVX-512 quantizer where the CPU has it); "kernel GOP/s" times the
+//! kernel alone, and "% peak" sets it against this machine's `vpdpbusd` throughput, measured
+//! first (AVX-512 VNNI hosts only).
+//!
 //! `cargo run -p fpx-llvm --release --example gemv_bench -- [--target native|v3|v4|v4vnni] [--sizes 4096,8192,384x1536] [--reps N]
 //!  [--ms 1,8,32] [--format fp6-e2m3] [--activations f32|int8] [--variant gemv|gemm|both]`
 //!
@@ -145,9 +150,15 @@ fn main() {
     let lib = unsafe { libloading::Library::new(&path) }.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
+    let peak = (activations == Activations::Int8).then(vnni_peak_gops).flatten();
+    match peak {
+        Some(p) => println!("int8 multiply-add peak (vpdpbusd zmm, one core, measured): {p:.0} GOP/s"),
+        None if activations == Activations::Int8 => println!("int8 peak: not measured (no AVX-512 VNNI here)"),
+        None => {}
+    }
     println!(
-        "{:<22} {:>3} {:>7} {:>5} {:>11} {:>6} {:>14} {:>9}",
-        "kernel", "thr", "cache", "m", "median", "GB/s", "(best GB/s)", "GFLOP/s"
+        "{:<22} {:>3} {:>7} {:>5} {:>11} {:>6} {:>14} {:>9} {:>12} {:>7}",
+        "kernel", "thr", "cache", "m", "median", "GB/s", "(best GB/s)", "GFLOP/s", "kernel GOP/s", "% peak"
     );
     for spec in &specs {
         let (k, n) = (spec.k, spec.n);
@@ -167,23 +178,28 @@ fn main() {
                 let pool = Pool::new(threads);
                 for &m in &ms {
                     for cold in [true, false] {
-                        let mut times = Vec::with_capacity(reps);
+                        let (mut times, mut kernel_times) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
                         for rep in 0..reps + 3 {
                             let w = if cold { &packed[rep % copies] } else { &packed[0] };
                             let t = Instant::now();
                             // Int8 kernels take the rows quantized: timed, as the runtime does it per call.
-                            let q = (activations == Activations::Int8).then(|| Int8Activations::quantize(&x[..m * k], m, k));
+                            let q = (activations == Activations::Int8).then(|| quantize_rows(&x[..m * k], m, k));
                             let xp = q.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
+                            let tk = Instant::now();
                             pool.run(f, (xp, m), w, &scales, &mut y, n);
                             if rep >= 3 {
                                 times.push(t.elapsed().as_secs_f64());
+                                kernel_times.push(tk.elapsed().as_secs_f64());
                             }
                         }
                         times.sort_by(f64::total_cmp);
+                        kernel_times.sort_by(f64::total_cmp);
                         let med = times[times.len() / 2];
                         let best = times[0];
+                        let kernel_gops = 2.0 * (m * k * n) as f64 / kernel_times[kernel_times.len() / 2] / 1e9;
+                        let of_peak = peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * kernel_gops / (p * threads as f64)));
                         println!(
-                            "{:<22} {:>3} {:>7} {:>5} {:>8.3} ms {:>6.1} {:>14} {:>9.1}",
+                            "{:<22} {:>3} {:>7} {:>5} {:>8.3} ms {:>6.1} {:>14} {:>9.1} {:>12.1} {:>7}",
                             format!("{}x{} {}", k, n, variant),
                             threads,
                             if cold { "cold" } else { "hot" },
@@ -191,11 +207,55 @@ fn main() {
                             med * 1e3,
                             bytes as f64 / med / 1e9,
                             format!("({:.1})", bytes as f64 / best / 1e9),
-                            2.0 * (m * k * n) as f64 / med / 1e9
+                            2.0 * (m * k * n) as f64 / med / 1e9,
+                            kernel_gops,
+                            of_peak
                         );
                     }
                 }
             }
         }
     }
+}
+
+/// The rows quantized for an int8 kernel as the runtime does it: the AVX-512 quantizer where the
+/// CPU has it.
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> Int8Activations {
+    let mut q = Int8Activations::zeroed(m, k);
+    for (r, row) in q.rows_mut().into_iter().enumerate() {
+        row.quantize_fast(&x[r * k..(r + 1) * k]);
+    }
+    q
+}
+
+/// One core's `vpdpbusd` (512-bit) throughput in GOP/s (2 operations per byte product),
+/// measured with twelve independent chains; `None` without AVX-512 VNNI.
+fn vnni_peak_gops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn chains(iters: u64) -> i32 {
+            let (a, b) = (_mm512_set1_epi32(0x0101_0101), _mm512_set1_epi32(0x0202_0202));
+            let mut acc = [_mm512_setzero_si512(); 12];
+            for _ in 0..iters {
+                for c in acc.iter_mut() {
+                    *c = _mm512_dpbusd_epi32(*c, a, b);
+                }
+            }
+            acc.iter().fold(0, |s, c| s.wrapping_add(_mm512_reduce_add_epi32(*c)))
+        }
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) {
+            return None;
+        }
+        let iters = 20_000_000u64;
+        // SAFETY: the CPU has AVX-512 F and VNNI (checked above).
+        std::hint::black_box(unsafe { chains(iters / 10) });
+        let t = Instant::now();
+        // SAFETY: as above.
+        std::hint::black_box(unsafe { chains(iters) });
+        Some(iters as f64 * 12.0 * 64.0 * 2.0 / t.elapsed().as_secs_f64() / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
