@@ -183,7 +183,7 @@ fn main() {
                             let w = if cold { &packed[rep % copies] } else { &packed[0] };
                             let t = Instant::now();
                             // Int8 kernels take the rows quantized: timed, as the runtime does it per call.
-                            let q = (activations == Activations::Int8).then(|| quantize_rows(&x[..m * k], m, k));
+                            let q = (activations == Activations::Int8).then(|| Int8Activations::quantize(&x[..m * k], m, k));
                             let xp = q.as_ref().map_or(x.as_ptr(), |q| q.as_ptr());
                             let tk = Instant::now();
                             pool.run(f, (xp, m), w, &scales, &mut y, n);
@@ -216,16 +216,6 @@ fn main() {
             }
         }
     }
-}
-
-/// The rows quantized for an int8 kernel as the runtime does it: the AVX-512 quantizer where the
-/// CPU has it.
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> Int8Activations {
-    let mut q = Int8Activations::zeroed(m, k);
-    for (r, row) in q.rows_mut().into_iter().enumerate() {
-        row.quantize_fast(&x[r * k..(r + 1) * k]);
-    }
-    q
 }
 
 /// One core's `vpdpbusd` (512-bit) throughput in GOP/s (2 operations per byte product),

@@ -85,7 +85,7 @@ pub struct RowMut<'a> {
 
 impl RowMut<'_> {
     /// Quantizes one row of `k` activations into this row's scales, corrections and codes.
-    /// Inlined, so that a caller compiled for a wider vector ISA (the runtime's AVX2 version)
+    /// Inlined, so that a caller compiled for a wider vector ISA ([`RowMut::quantize_fast`]'s AVX2 form)
     /// vectorizes it; the results do not depend on the ISA.
     #[inline(always)]
     pub fn quantize(self, row: &[f32]) {
@@ -104,14 +104,12 @@ impl RowMut<'_> {
             }
         }
     }
-}
 
-impl RowMut<'_> {
-    /// [`RowMut::quantize`] with AVX-512 (F/BW/VL) where the CPU has it, else the portable
-    /// loop; bit-identical results (no fused operations, the same rounding). One block of 32
-    /// columns is two vectors: their absolute maximum and code sum are reduced in registers and
-    /// the codes narrowed and reordered by `vpmovdb` and one `vpshufb`, where the portable loop
-    /// (even auto-vectorized) goes through the stack per block.
+    /// [`RowMut::quantize`] in the widest form this CPU runs, bit-identical every way (no fused
+    /// operations, the same rounding): AVX-512 (F/BW/VL), where one block of 32 columns is two
+    /// vectors whose absolute maximum and code sum are reduced in registers and whose codes are
+    /// narrowed and reordered by `vpmovdb` and one `vpshufb`; else the portable loop compiled
+    /// for AVX2; else the portable loop as it is.
     pub fn quantize_fast(self, row: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         return x86::quantize_fast(self, row);
@@ -126,14 +124,24 @@ mod x86 {
     use super::{block_inverse, RowMut, BLOCK, WEIGHT_OFFSET};
     use std::arch::x86_64::*;
 
-    /// [`RowMut::quantize_fast`]: the AVX-512 loop where the CPU has it, else the portable one.
+    /// [`RowMut::quantize_fast`]: the AVX-512 loop, else the portable one compiled for AVX2,
+    /// else the portable one.
     pub(super) fn quantize_fast(row: RowMut<'_>, x: &[f32]) {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
             // SAFETY: the CPU has AVX-512 F, BW and VL (checked just above).
             unsafe { quantize_row(row, x) }
+        } else if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { portable_avx2(row, x) }
         } else {
             row.quantize(x)
         }
+    }
+
+    /// [`RowMut::quantize`] (inlined) compiled for AVX2, which vectorizes it.
+    #[target_feature(enable = "avx2")]
+    unsafe fn portable_avx2(row: RowMut<'_>, x: &[f32]) {
+        row.quantize(x)
     }
 
     /// [`RowMut::quantize`] in AVX-512; the CPU must have AVX-512 F, BW and VL.
@@ -234,7 +242,7 @@ impl Int8Activations {
         assert_eq!(x.len(), m * k, "x must be m × k");
         let mut q = Int8Activations::zeroed(m, k);
         for (r, row) in q.rows_mut().into_iter().enumerate() {
-            row.quantize(&x[r * k..(r + 1) * k]);
+            row.quantize_fast(&x[r * k..(r + 1) * k]);
         }
         q
     }

@@ -277,8 +277,8 @@ impl NativeQmm {
 /// about 64 KiB, so the block is still in L1/L2 when the epilogue reads it.
 const EPILOGUE_BLOCK_ELEMS: usize = 16 * 1024;
 
-/// The largest scratch (elements) a thread keeps between products: 64 MiB.
-const SCRATCH_KEEP_ELEMS: usize = 16 << 20;
+/// The largest scratch buffer a thread keeps between products: 64 MiB.
+const SCRATCH_KEEP_BYTES: usize = 64 << 20;
 
 /// Scratch buffers a thread keeps (a gated product's P beside the FP8 rows of one or two X).
 const SCRATCH_KEEP_BUFFERS: usize = 4;
@@ -304,7 +304,7 @@ impl<T: Copy + Default> ScratchPool<T> {
     /// Keeps `v` for a later product, unless it is very large or enough are kept.
     fn put(&mut self, v: Vec<T>) {
         let bytes = v.capacity() * std::mem::size_of::<T>();
-        if bytes <= SCRATCH_KEEP_ELEMS * 4 && bytes > 0 && self.0.len() < SCRATCH_KEEP_BUFFERS {
+        if bytes <= SCRATCH_KEEP_BYTES && bytes > 0 && self.0.len() < SCRATCH_KEEP_BUFFERS {
             self.0.push(v);
         }
     }
@@ -480,32 +480,11 @@ pub fn quantize_activations(x: &[f32], m: usize, k: usize) -> Int8Activations {
     let mut q = Int8Activations::zeroed_in(m, k, WORD_SCRATCH.with_borrow_mut(|p| p.take(Int8Activations::words_for(m, k))));
     let rows = q.rows_mut();
     if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
-        rows.into_par_iter().enumerate().for_each(|(r, row)| quantize_row(row, &x[r * k..(r + 1) * k]));
+        rows.into_par_iter().enumerate().for_each(|(r, row)| row.quantize_fast(&x[r * k..(r + 1) * k]));
     } else {
-        rows.into_iter().enumerate().for_each(|(r, row)| quantize_row(row, &x[r * k..(r + 1) * k]));
+        rows.into_iter().enumerate().for_each(|(r, row)| row.quantize_fast(&x[r * k..(r + 1) * k]));
     }
     q
-}
-
-/// One row of activations quantized: in AVX-512 where the CPU has it
-/// ([`fpx_quant::act8::RowMut::quantize_fast`]), else the portable loop compiled for AVX2 where
-/// the CPU has that; the same results every way (the quantizer uses no fused operations).
-fn quantize_row(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(row: fpx_quant::act8::RowMut<'_>, x: &[f32]) {
-            row.quantize(x)
-        }
-        if std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") {
-            return row.quantize_fast(x);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: this CPU supports AVX2.
-            return unsafe { avx2(row, x) };
-        }
-    }
-    row.quantize(x)
 }
 
 /// One row rounded to FP8 ([`fpx_quant::act_fp8::round_row`]), vectorized for AVX2 where the

@@ -121,8 +121,9 @@ pub fn with_recycling<R>(pool: Recycled, f: impl FnOnce() -> R) -> (R, Recycled)
     (out, pool)
 }
 
-/// Keeps the buffer of `t` for a later output, when it is an owned f32 tensor, this thread is
-/// in a [`with_recycling`] scope and the pool has room; otherwise just drops it.
+/// Keeps the buffer of `t` for a later output, when it is an owned f32 tensor of at least 1024
+/// elements (smaller ones cost the allocator little), this thread is in a [`with_recycling`]
+/// scope and the pool has room; otherwise just drops it.
 pub(crate) fn recycle(t: Tensor) {
     let Tensor::F32(a) = t else { return };
     if a.len() < 1024 || !a.is_standard_layout() {

@@ -142,6 +142,12 @@ multiversion! {
     }
 }
 
+/// Whether `sq` queries per head over `skv` keys take the whole-row path
+/// ([`Problem::takes_whole_rows`]).
+fn whole_rows_for(sq: usize, skv: usize) -> bool {
+    sq >= WHOLE_ROW_QUERIES && (1..=WHOLE_ROW_KEYS).contains(&skv)
+}
+
 /// Where one task's Y rows go: the first row's element and the row stride (the rows of a head
 /// are evenly spaced in both of Y's layouts).
 #[derive(Clone, Copy)]
@@ -205,7 +211,7 @@ impl Problem<'_> {
     /// most [`WHOLE_ROW_KEYS`] keys. Decode steps and long contexts stream instead.
     fn takes_whole_rows(&self) -> bool {
         let (_, _, sq, skv, _, _) = self.dims;
-        sq >= WHOLE_ROW_QUERIES && (1..=WHOLE_ROW_KEYS).contains(&skv)
+        whole_rows_for(sq, skv)
     }
 
     /// Query rows per whole-row task: as many as keep its scores within [`WHOLE_ROW_SCORES`].
@@ -297,8 +303,8 @@ impl Problem<'_> {
             );
         }
         // As in the streaming path: NaN like the unfused softmax (0/0) unless the exporters'
-        // guard zeroes such rows; with no keys the product is 0.
-        let fill = if self.zero_masked_rows || skv == 0 { 0.0 } else { f32::NAN };
+        // guard zeroes such rows (this path always has keys).
+        let fill = if self.zero_masked_rows { 0.0 } else { f32::NAN };
         for lr in masked_rows {
             // SAFETY: row lr of this task's rows, as above.
             unsafe { std::slice::from_raw_parts_mut(y.first.add(lr * y.stride), dv) }.fill(fill);
@@ -542,6 +548,7 @@ mod strided_tests {
         let mut node = Node::new("attention", op::OP_TYPE, 1, vec![], vec![]);
         node.domain = FPX_DOMAIN.into();
         // 3 queries stream over key blocks, 6 take the whole-row path.
+        assert!(!super::whole_rows_for(3, 37) && super::whole_rows_for(6, 37));
         for sq in [3, 6] {
             node.attrs.remove("k_transposed");
             let (b, hq, hkv, skv, d) = (2, 8, 2, 37, 16);
