@@ -119,8 +119,9 @@ fn spec8(format: Format, k: usize, n: usize, group_size: usize) -> QuantGemm {
     QuantGemm { activations: Activations::Int8, ..spec(format, k, n, group_size) }
 }
 
-/// Shapes (K, N, group size): tails in K and N, per-channel, aligned and ragged groups.
-const SHAPES: [(usize, usize, usize); 12] = [
+/// Shapes (K, N, group size): tails in K and N, per-channel, aligned and ragged groups; the last
+/// two span several int8 K panels (16 tiles each), the last with groups across panel ends.
+const SHAPES: [(usize, usize, usize); 14] = [
     (1, 1, 0),
     (31, 15, 0),
     (33, 17, 0),
@@ -133,6 +134,8 @@ const SHAPES: [(usize, usize, usize); 12] = [
     (100, 15, 64),
     (70, 33, 20),
     (64, 48, 0),
+    (600, 40, 0),
+    (1056, 40, 96),
 ];
 
 fn ms_for(k: usize, n: usize) -> &'static [usize] {
@@ -326,16 +329,31 @@ fn vnni_and_avx2_int8_kernels_agree_bit_for_bit() {
 
 /// The AVX2 int8 kernels give a row the same bits whether it runs alone or with another row
 /// (the direct GEMV, `m <= 6`) or among nine (the panel loop): both compute each tile's exact
-/// `i32` dot products and convert and scale them in the same operations (K within one panel,
-/// 16 tiles, so the `f32` sums are rounded at the same points too).
+/// `i32` dot products, convert and scale them in the same operations, and fold the `f32` sums
+/// into the outputs at the same K tiles (every 16), so at any K.
 #[test]
 fn avx2_int8_direct_and_panel_rows_agree_bit_for_bit() {
-    let specs: Vec<QuantGemm> =
-        SHAPES.iter().filter(|s| s.2 % 32 == 0 && s.0 <= 512).map(|&(k, n, g)| spec8(Format::Fp6E2M3, k, n, g)).collect();
-    assert!(specs.len() >= 8);
-    let lib = Lib::load(&compile_cpu(&specs, CpuTarget::X86_64V3).unwrap());
-    let asm = fpx_llvm::emit_ir_and_asm(&specs[..1], CpuTarget::X86_64V3).unwrap().1;
+    let asm = fpx_llvm::emit_ir_and_asm(&[spec8(Format::Fp6E2M3, 384, 384, 0)], CpuTarget::X86_64V3).unwrap().1;
     assert!(asm.contains("vpsignb") && asm.contains("vpmaddubsw"), "the AVX2 int8 code lacks the direct kernel's byte operations");
+    check_rows_agree(CpuTarget::X86_64V3);
+}
+
+/// The same for the VNNI int8 kernels: a row alone (direct, `m <= 8`), in a pair, or among nine
+/// (the pair kernel over two n-tiles at a time, the single n-tile panel kernel for an odd last
+/// one).
+#[test]
+fn vnni_int8_direct_panel_and_pair_rows_agree_bit_for_bit() {
+    if !host_has_vnni8("vnni_int8_direct_panel_and_pair_rows_agree_bit_for_bit") {
+        return;
+    }
+    check_rows_agree(CpuTarget::X86_64V4Vnni);
+}
+
+/// Rows 0..9 of an int8 product computed alone, in pairs and all together give the same bits.
+fn check_rows_agree(target: CpuTarget) {
+    let specs: Vec<QuantGemm> = SHAPES.iter().filter(|s| s.2 % 32 == 0).map(|&(k, n, g)| spec8(Format::Fp6E2M3, k, n, g)).collect();
+    assert!(specs.len() >= 10 && specs.iter().any(|s| s.k > 512));
+    let lib = Lib::load(&compile_cpu(&specs, target).unwrap());
     for (i, s) in specs.iter().enumerate() {
         let weight = Weight::new(*s, 600 + i as u64);
         let bias = Rng::new(650 + i as u64).normals(s.n);

@@ -76,8 +76,10 @@ pub(super) type TileBytesSink<'s, 'm, 'ctx> =
 const I8_TILE_BYTES: u64 = I8_SCALES_AT + 4 * TILE_N as u64;
 /// Where the scales start in an int8 panel tile (after one byte per weight).
 const I8_SCALES_AT: u64 = (TILE_N * TILE_K) as u64;
-/// Tiles per int8 panel (9 KiB: L1-resident with the activations).
-const I8_PANEL_TILES: u64 = 16;
+/// Tiles per int8 panel (9 KiB: L1-resident with the activations), and the K block at whose
+/// end every int8 kernel, panel or direct, folds its `f32` sums into the outputs
+/// ([`Gen::int8_direct_k_blocks`]): so a row's outputs do not depend on the kernel or ISA.
+pub(super) const I8_PANEL_TILES: u64 = 16;
 /// Rows of X per int8 row block: 2 `f32` accumulators each, plus one row's 2 `i32` ones at a time
 /// (3 measured at least as fast as 4 or 5 on Zen 3 and spills least).
 const I8_ROWS: u32 = 3;
@@ -519,13 +521,44 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         r: usize,
         vals: VectorValue<'ctx>,
     ) -> R<()> {
+        let yrow = self.gep(out.y, self.i64c(r as u64 * 4 * plan.n()))?;
+        let old = self.y_or_bias(f, &out.prior, yrow)?;
+        let vals = self.int8_fold(out, vals, old)?;
+        self.store16(f, yrow, out.prior.cols, vals)
+    }
+
+    /// A K block's 16 sums `vals` (natural order) added to the outputs so far (`old`): times
+    /// the per-channel scales, plus `old`.
+    fn int8_fold(&self, out: &RowsOut<'ctx>, vals: VectorValue<'ctx>, old: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
         let vals = match out.per_channel {
             Some(s) => self.b.build_float_mul(vals, s, "")?,
             None => vals,
         };
-        let yrow = self.gep(out.y, self.i64c(r as u64 * 4 * plan.n()))?;
-        let old = self.y_or_bias(f, &out.prior, yrow)?;
-        let vals = self.b.build_float_add(vals, old, "")?;
-        self.store16(f, yrow, out.prior.cols, vals)
+        Ok(self.b.build_float_add(vals, old, "")?)
+    }
+
+    /// The K loop of a direct row block (`rows` rows, every tile decoded in registers): K in
+    /// blocks of [`I8_PANEL_TILES`] tiles, `sums(kt0, count)` giving each row's 16 sums over a
+    /// block (natural order), folded into running outputs ([`Gen::int8_fold`], from the bias)
+    /// exactly as the panel loop folds them into y; then the rows are stored.
+    pub(super) fn int8_direct_k_blocks(
+        &self,
+        f: FunctionValue<'ctx>,
+        plan: &Plan,
+        out: &RowsOut<'ctx>,
+        rows: usize,
+        sums: &mut dyn FnMut(&Self, IntValue<'ctx>, IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>>,
+    ) -> R<()> {
+        let (per, kt) = (I8_PANEL_TILES, plan.kt);
+        let init: Vec<BasicValueEnum<'ctx>> = vec![out.prior.bias16.into(); rows];
+        let run = self.for_loop(f, self.i64c(0), self.i64c(kt.div_ceil(per)), init, &mut |g, kb, carried| {
+            let block = sums(g, g.mul(kb, per)?, g.tiles_in_block(kb, per, kt)?)?;
+            block.into_iter().zip(&carried).map(|(v, old)| Ok(g.int8_fold(out, v, old.into_vector_value())?.into())).collect()
+        })?;
+        for (r, vals) in run.iter().enumerate() {
+            let yrow = self.gep(out.y, self.i64c(r as u64 * 4 * plan.n()))?;
+            self.store16(f, yrow, out.prior.cols, vals.into_vector_value())?;
+        }
+        Ok(())
     }
 }

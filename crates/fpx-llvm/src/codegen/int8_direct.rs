@@ -76,70 +76,68 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let ones = self.splat_i16(1, 2 * w);
         let i32t = self.ctx.i32_type();
 
-        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(w).into(); 2 * rows_u];
-        let acc = self.for_loop(f, self.i64c(0), self.i64c(kt), init, &mut |g, k, carried| {
-            let ws =
-                if grouped { Some(g.i8_group_scales(plan, dec.inv_units, scales, k, g.cols(plan, n0, ne)?, lane_rows)?) } else { None };
-            // Per row and accumulator half: the `i32` dot products so far, and a 16-bit sum
-            // waiting for its partner.
-            let mut dots: Vec<[Option<VectorValue<'ctx>>; 2]> = vec![[None, None]; rows_u];
-            let mut pending: Vec<[Option<VectorValue<'ctx>>; 2]> = vec![[None, None]; rows_u];
-            g.i8_tile_bytes(plan, packed, g.add(tile0, k)?, &mut |g, j, v, bytes| {
-                let t = g.lanes.chunk_t(v, 0) as u64;
-                let xoff = g.add(g.mul(k, TILE_K as u64)?, g.i64c((4 * j as u64 + t) * 4))?;
-                let mut last = None;
-                let codes = [g.fp6_magnitudes(&mag, identity0, bytes[0])?, g.fp6_magnitudes(&mag, identity0, bytes[1])?];
-                for (r, xr) in xr.iter().enumerate() {
-                    let xd = g.load(i32t, g.gep(xr.q, xoff)?, 4)?;
-                    let xb = g.as_bytes(g.splat_scalar(xd, g.vi32(w))?)?;
-                    for (h, code) in codes.iter().enumerate() {
-                        let (magnitude, sign) = *code;
-                        let signed_x = g.call_vec("llvm.x86.avx2.psign.b", &[xb.into(), sign.into()])?;
-                        let prod = g.call_vec("llvm.x86.avx2.pmadd.ub.sw", &[magnitude.into(), signed_x.into()])?;
-                        last = Some(prod);
-                        let sum16 = match pending[r][h].take() {
-                            // Two products added in 16 bits (no overflow: see [`PAIRED_MAGNITUDE`]).
-                            Some(prev) => g.b.build_int_add(prev, prod, "")?,
-                            None if paired => {
-                                pending[r][h] = Some(prod);
-                                continue;
-                            }
-                            None => prod,
-                        };
-                        let wide = g.call_vec("llvm.x86.avx2.pmadd.wd", &[sum16.into(), ones.into()])?;
-                        dots[r][h] = Some(match dots[r][h] {
-                            Some(d) => g.b.build_int_add(d, wide, "")?,
-                            None => wide,
-                        });
-                    }
-                }
-                Ok(last)
-            })?;
-            let mut out = Vec::with_capacity(2 * rows_u);
-            for (r, xr) in xr.iter().enumerate() {
-                let s = g.load(g.ctx.f32_type(), g.gep(xr.s, g.mul(k, 4)?)?, 4)?;
-                let sv = g.splat_scalar(s, g.vf32(w))?;
-                for (h, dot) in dots[r].into_iter().enumerate() {
-                    let dot = dot.expect("every tile has products");
-                    let af = g.b.build_signed_int_to_float(dot, g.vf32(w), "")?;
-                    let scale = match ws {
-                        Some(ws) => g.b.build_float_mul(sv, ws[h], "")?,
-                        None => sv,
-                    };
-                    out.push(g.fma(af, scale, carried[2 * r + h].into_vector_value())?.into());
-                }
-            }
-            Ok(out)
-        })?;
-
         let cols = self.cols(plan, n0, ne)?;
         let first = self.ctx.bool_type().const_int(1, false);
         let out = self.int8_rows_out(f, plan, (scales, bias, y), first, cols, dec.inv_units)?;
         let nat = self.i8_natural_order(lane_rows);
-        for r in 0..rows_u {
-            let vals = self.shuf(acc[2 * r].into_vector_value(), acc[2 * r + 1].into_vector_value(), &nat)?;
-            self.int8_store_row(f, plan, &out, r, vals)?;
-        }
+        self.int8_direct_k_blocks(f, plan, &out, rows_u, &mut |g, kt0, count| {
+            let init: Vec<BasicValueEnum<'ctx>> = vec![g.fzero(w).into(); 2 * rows_u];
+            let acc = g.for_loop(f, kt0, g.add(kt0, count)?, init, &mut |g, k, carried| {
+                let ws =
+                    if grouped { Some(g.i8_group_scales(plan, dec.inv_units, scales, k, g.cols(plan, n0, ne)?, lane_rows)?) } else { None };
+                // Per row and accumulator half: the `i32` dot products so far, and a 16-bit sum
+                // waiting for its partner.
+                let mut dots: Vec<[Option<VectorValue<'ctx>>; 2]> = vec![[None, None]; rows_u];
+                let mut pending: Vec<[Option<VectorValue<'ctx>>; 2]> = vec![[None, None]; rows_u];
+                g.i8_tile_bytes(plan, packed, g.add(tile0, k)?, &mut |g, j, v, bytes| {
+                    let t = g.lanes.chunk_t(v, 0) as u64;
+                    let xoff = g.add(g.mul(k, TILE_K as u64)?, g.i64c((4 * j as u64 + t) * 4))?;
+                    let mut last = None;
+                    let codes = [g.fp6_magnitudes(&mag, identity0, bytes[0])?, g.fp6_magnitudes(&mag, identity0, bytes[1])?];
+                    for (r, xr) in xr.iter().enumerate() {
+                        let xd = g.load(i32t, g.gep(xr.q, xoff)?, 4)?;
+                        let xb = g.as_bytes(g.splat_scalar(xd, g.vi32(w))?)?;
+                        for (h, code) in codes.iter().enumerate() {
+                            let (magnitude, sign) = *code;
+                            let signed_x = g.call_vec("llvm.x86.avx2.psign.b", &[xb.into(), sign.into()])?;
+                            let prod = g.call_vec("llvm.x86.avx2.pmadd.ub.sw", &[magnitude.into(), signed_x.into()])?;
+                            last = Some(prod);
+                            let sum16 = match pending[r][h].take() {
+                                // Two products added in 16 bits (no overflow: see [`PAIRED_MAGNITUDE`]).
+                                Some(prev) => g.b.build_int_add(prev, prod, "")?,
+                                None if paired => {
+                                    pending[r][h] = Some(prod);
+                                    continue;
+                                }
+                                None => prod,
+                            };
+                            let wide = g.call_vec("llvm.x86.avx2.pmadd.wd", &[sum16.into(), ones.into()])?;
+                            dots[r][h] = Some(match dots[r][h] {
+                                Some(d) => g.b.build_int_add(d, wide, "")?,
+                                None => wide,
+                            });
+                        }
+                    }
+                    Ok(last)
+                })?;
+                let mut out = Vec::with_capacity(2 * rows_u);
+                for (r, xr) in xr.iter().enumerate() {
+                    let s = g.load(g.ctx.f32_type(), g.gep(xr.s, g.mul(k, 4)?)?, 4)?;
+                    let sv = g.splat_scalar(s, g.vf32(w))?;
+                    for (h, dot) in dots[r].into_iter().enumerate() {
+                        let dot = dot.expect("every tile has products");
+                        let af = g.b.build_signed_int_to_float(dot, g.vf32(w), "")?;
+                        let scale = match ws {
+                            Some(ws) => g.b.build_float_mul(sv, ws[h], "")?,
+                            None => sv,
+                        };
+                        out.push(g.fma(af, scale, carried[2 * r + h].into_vector_value())?.into());
+                    }
+                }
+                Ok(out)
+            })?;
+            (0..rows_u).map(|r| g.shuf(acc[2 * r].into_vector_value(), acc[2 * r + 1].into_vector_value(), &nat)).collect()
+        })?;
         self.end_function(f)
     }
 }

@@ -205,7 +205,10 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let int8 = plan.spec.activations == Activations::Int8;
         // Int8 kernels share their loops between both exported symbols.
         let shared = crate::symbol(&plan.spec, Variant::Gemm);
+        // The pair kernel, where there is one, takes the panel loop's n-tiles two at a time.
+        let mut pair = None;
         let (direct, panel) = if vnni::runs(&self.isa, plan) {
+            pair = Some(self.vn_pair_ntile(plan, &shared)?);
             (Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS)), self.vn_panel_ntile(plan, &shared)?)
         } else if int8 {
             let direct =
@@ -243,6 +246,25 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                     Ok(vec![])
                 })
             };
+            // The panel loop: pairs of n-tiles through the pair kernel, an odd last one alone.
+            let loop_panel = |g: &Self| -> R<()> {
+                let Some(pair) = pair else {
+                    loop_over(g, panel)?;
+                    return Ok(());
+                };
+                let tiles = g.b.build_int_nsw_sub(nte, ntb, "")?;
+                let pairs = g.b.build_right_shift(tiles, g.i64c(1), false, "")?;
+                g.for_loop(f, g.i64c(0), pairs, vec![], &mut |g, i, _| {
+                    g.call(pair, &args(g.add(ntb, g.mul(i, 2)?)?))?;
+                    Ok(vec![])
+                })?;
+                let odd = g.b.build_int_compare(IntPredicate::NE, g.b.build_and(tiles, g.i64c(1), "")?, g.i64c(0), "")?;
+                g.if_then(f, odd, vec![], &mut |g| {
+                    g.call(panel, &args(g.b.build_int_nsw_sub(nte, g.i64c(1), "")?))?;
+                    Ok(vec![])
+                })?;
+                Ok(())
+            };
             match direct {
                 Some((d, rows)) => {
                     let few = g.b.build_int_compare(IntPredicate::SLE, m, g.i64c(rows as u64), "")?;
@@ -252,13 +274,11 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                     loop_over(g, d)?;
                     g.b.build_unconditional_branch(done)?;
                     g.b.position_at_end(pb);
-                    loop_over(g, panel)?;
+                    loop_panel(g)?;
                     g.b.build_unconditional_branch(done)?;
                     g.b.position_at_end(done);
                 }
-                None => {
-                    loop_over(g, panel)?;
-                }
+                None => loop_panel(g)?,
             }
             Ok(vec![])
         })?;

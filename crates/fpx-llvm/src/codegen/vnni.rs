@@ -25,6 +25,12 @@
 //! [`DIRECT_ROWS`] every tile is decoded in registers and streamed once; otherwise
 //! [`PANEL_TILES`] tiles at a time are decoded into an 8 KiB panel that blocks of
 //! [`PANEL_ROWS`] rows reuse.
+//!
+//! Where two n-tiles lie side by side, the pair kernel ([`Gen::vn_pair_ntile`]) decodes both
+//! into one 16 KiB panel and runs blocks of [`PAIR_ROWS`] rows over 32 columns: each broadcast
+//! activation word feeds two `vpdpbusd`, halving the loads per product, which otherwise bind
+//! before the multiply units do on cores with two load ports (Ice Lake). Its integer sums are
+//! the same, so its outputs are bit-identical to the single n-tile kernel's.
 
 use fpx_quant::act8::{int8_units, WEIGHT_OFFSET};
 use fpx_quant::layout::{high_field_pos, low_nibble_pos, TILE_K, TILE_N};
@@ -33,7 +39,7 @@ use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 
 use super::decode::HALF_BYTES;
-use super::int8::{Act8Rows, PanelRowArgs};
+use super::int8::{Act8Rows, PanelRowArgs, I8_PANEL_TILES};
 use super::{Gen, Plan, R};
 use crate::target::Isa;
 use crate::{Activations, LlvmError};
@@ -43,8 +49,13 @@ use crate::{Activations, LlvmError};
 pub(super) const DIRECT_ROWS: u32 = 8;
 /// Rows of X per panel row block.
 const PANEL_ROWS: u32 = 8;
-/// Tiles per panel: 16 × 512 code bytes = 8 KiB, L1-resident with the activations.
-const PANEL_TILES: u64 = 16;
+/// Tiles per panel: 16 × 512 code bytes = 8 KiB, L1-resident with the activations. The AVX2
+/// kernels' K blocks, so that both round their `f32` sums at the same tiles.
+const PANEL_TILES: u64 = I8_PANEL_TILES;
+/// Rows of X per block of the pair kernel ([`Gen::vn_pair_ntile`]): 6 rows × 2 n-tiles keep 12
+/// `i32` dot chains and 12 `f32` accumulators in registers beside 2 code vectors and one
+/// broadcast activation word.
+const PAIR_ROWS: u32 = 6;
 /// Code bytes of one decoded tile (one per weight): 8 vectors of 64.
 const TILE_CODE_BYTES: u64 = (TILE_N * TILE_K) as u64;
 /// Elements of a lane word in the byte order of the activation groups, per row set:
@@ -95,8 +106,7 @@ fn lane_row(l: usize) -> usize {
 type TileCodes<'s, 'm, 'ctx> = dyn FnMut(&Gen<'m, 'ctx>, IntValue<'ctx>, IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> + 's;
 
 /// A row block's inputs: the activation buffer `x` of `m` rows, the block's first row `r0` and
-/// row count, the K tiles `kt0 .. kt0 + count` it covers, and whether those start K (`first`:
-/// add the bias, else what y holds).
+/// row count, and the K tiles `kt0 .. kt0 + count` it covers.
 struct RowsIn<'ctx> {
     x: PointerValue<'ctx>,
     m: IntValue<'ctx>,
@@ -104,7 +114,11 @@ struct RowsIn<'ctx> {
     rows: u32,
     kt0: IntValue<'ctx>,
     count: IntValue<'ctx>,
-    first: IntValue<'ctx>,
+}
+
+/// The shuffle from accumulator lanes ([`lane_row`]) to natural column order.
+fn natural_order() -> Vec<u32> {
+    (0..TILE_N).map(|n| (0..TILE_N).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect()
 }
 
 impl<'m, 'ctx> Gen<'m, 'ctx> {
@@ -208,29 +222,29 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         self.fma(f, scale, acc)
     }
 
-    /// The body of a row block: for each of `count` tiles from K tile `kt0`, the code vectors
+    /// A row block's sums over `count` tiles from K tile `kt0`: for each tile the code vectors
     /// from `codes(ti, tile)` (the tile relative to the block and to the n-tile's K) and every
-    /// row's products (activations from memory as `vpdpbusd` broadcast operands); then each
-    /// row's 16 outputs.
-    fn vn_rows_loop(
+    /// row's products (activations from memory as `vpdpbusd` broadcast operands); returns each
+    /// row's 16 sums in natural column order (before the per-channel scales).
+    fn vn_rows_sums(
         &self,
         f: FunctionValue<'ctx>,
         plan: &Plan,
         inv_units: f32,
         rin: &RowsIn<'ctx>,
-        (scales, bias, y, nt, ne): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        (scales, nt, ne): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
         codes: &mut TileCodes<'_, 'm, 'ctx>,
-    ) -> R<()> {
+    ) -> R<Vec<VectorValue<'ctx>>> {
         let kt = plan.kt;
         let n0 = self.mul(nt, TILE_N as u64)?;
         let xr: Vec<Act8Rows<'ctx>> =
             (0..rin.rows as u64).map(|r| self.act8_rows(rin.x, rin.m, self.add(rin.r0, self.i64c(r))?, kt)).collect::<R<_>>()?;
         let grouped = plan.groups > 1;
         let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); rin.rows as usize];
-        // The columns' mask is made where it is used (per tile, and after the loop): made once
-        // before the loop it stays live across it and costs a spill.
-        let acc = self.for_loop(f, self.i64c(0), rin.count, init, &mut |g, ti, carried| {
-            let tile = g.add(rin.kt0, ti)?;
+        // The columns' mask is made where it is used (per tile): made once before the loop it
+        // stays live across it and costs a spill.
+        let acc = self.for_loop(f, rin.kt0, self.add(rin.kt0, rin.count)?, init, &mut |g, tile, carried| {
+            let ti = g.b.build_int_nsw_sub(tile, rin.kt0, "")?;
             let ws = if grouped {
                 let s16 = g.scales16(plan, scales, g.tile_group(plan, tile)?, g.cols(plan, n0, ne)?)?;
                 Some(g.vn_lane_scales(s16, inv_units)?)
@@ -243,14 +257,8 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 .map(|(x, acc)| Ok(g.vn_row_tile(x, tile, &mut |i| Ok(codes[i]), ws, acc.into_vector_value())?.into()))
                 .collect()
         })?;
-        let cols = self.cols(plan, n0, ne)?;
-        let out = self.int8_rows_out(f, plan, (scales, bias, y), rin.first, cols, inv_units)?;
-        let natural: Vec<u32> = (0..TILE_N).map(|n| (0..TILE_N).position(|l| lane_row(l) == n).expect("a lane per row") as u32).collect();
-        for (r, a) in acc.iter().enumerate() {
-            let a = a.into_vector_value();
-            self.int8_store_row(f, plan, &out, r, self.shuf(a, a, &natural)?)?;
-        }
-        Ok(())
+        let natural = natural_order();
+        acc.iter().map(|a| self.shuf(a.into_vector_value(), a.into_vector_value(), &natural)).collect()
     }
 
     /// The n-tile function for `m ≤ DIRECT_ROWS`: every tile decoded in registers once, all
@@ -275,10 +283,13 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         let (packed, scales, bias, y) = (a.ptr(3), a.ptr(4), a.ptr(5), a.ptr(6));
         let (nt, ne) = (a.int(7), a.int(8));
         let tile0 = self.mul(nt, plan.kt)?;
-        let rows_in =
-            RowsIn { x, m, r0, rows, kt0: self.i64c(0), count: self.i64c(plan.kt), first: self.ctx.bool_type().const_int(1, false) };
-        self.vn_rows_loop(f, plan, inv_units, &rows_in, (scales, bias, y, nt, ne), &mut |g, _, tile| {
-            g.vn_codes(plan, table, packed, g.add(tile0, tile)?)
+        let cols = self.cols(plan, self.mul(nt, TILE_N as u64)?, ne)?;
+        let out = self.int8_rows_out(f, plan, (scales, bias, y), self.ctx.bool_type().const_int(1, false), cols, inv_units)?;
+        self.int8_direct_k_blocks(f, plan, &out, rows as usize, &mut |g, kt0, count| {
+            let rows_in = RowsIn { x, m, r0, rows, kt0, count };
+            g.vn_rows_sums(f, plan, inv_units, &rows_in, (scales, nt, ne), &mut |g, _, tile| {
+                g.vn_codes(plan, table, packed, g.add(tile0, tile)?)
+            })
         })?;
         self.end_function(f)
     }
@@ -315,12 +326,119 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             self.int8_rows_function(&format!("{name}.vn_rows{rows}"), [p, i, i]);
         let (x, m, r0) = (a.ptr(0), a.int(1), a.int(2));
         let bytes = self.ctx.i8_type().vec_type(64);
-        let rows_in = RowsIn { x, m, r0, rows, kt0, count, first };
+        let rows_in = RowsIn { x, m, r0, rows, kt0, count };
         // The tile's 8 code vectors are loaded once and stay in registers for every row.
-        self.vn_rows_loop(f, plan, inv_units, &rows_in, (scales, bias, y, nt, ne), &mut |g, ti, _| {
+        let sums = self.vn_rows_sums(f, plan, inv_units, &rows_in, (scales, nt, ne), &mut |g, ti, _| {
             let src = g.gep(panel, g.mul(ti, TILE_CODE_BYTES)?)?;
             (0..8).map(|i| Ok(g.load(bytes, g.gep(src, g.i64c(64 * i as u64))?, 64)?.into_vector_value())).collect()
         })?;
+        let cols = self.cols(plan, self.mul(nt, TILE_N as u64)?, ne)?;
+        let out = self.int8_rows_out(f, plan, (scales, bias, y), first, cols, inv_units)?;
+        for (r, vals) in sums.into_iter().enumerate() {
+            self.int8_store_row(f, plan, &out, r, vals)?;
+        }
+        self.end_function(f)
+    }
+}
+
+impl<'m, 'ctx> Gen<'m, 'ctx> {
+    /// The n-tile function for two n-tiles `nt` and `nt + 1` (the second with at least one
+    /// column in range) and any `m`: K in panels of [`PANEL_TILES`] tiles of both n-tiles,
+    /// decoded once and consumed by blocks of [`PAIR_ROWS`] rows.
+    pub(super) fn vn_pair_ntile(&self, plan: &Plan, name: &str) -> R<FunctionValue<'ctx>> {
+        let fname = format!("{name}.vn_pair");
+        if let Some(f) = self.module.get_function(&fname) {
+            return Ok(f);
+        }
+        let (table, inv_units) = code_table(plan.spec.format)?;
+        let blocks: Vec<FunctionValue<'ctx>> = (1..=PAIR_ROWS).map(|b| self.vn_pair_rows(plan, inv_units, name, b)).collect::<R<_>>()?;
+        let (f, a) = self.ntile_function(&fname);
+        let panel = self.aligned_alloca(self.ctx.i8_type().array_type((2 * PANEL_TILES * TILE_CODE_BYTES) as u32), "vnpair")?;
+        let tile0 = self.mul(a.nt, plan.kt)?;
+        let mut decode = |g: &Self, i: IntValue<'ctx>, kt0: IntValue<'ctx>| {
+            for c in 0..2u64 {
+                let tile = g.add(g.add(tile0, g.i64c(c * plan.kt))?, g.add(kt0, i)?)?;
+                let codes = g.vn_codes(plan, &table, a.packed, tile)?;
+                let dst = g.gep(panel, g.add(g.mul(i, 2 * TILE_CODE_BYTES)?, g.i64c(c * TILE_CODE_BYTES))?)?;
+                for (v, code) in codes.iter().enumerate() {
+                    g.store(*code, g.gep(dst, g.i64c(64 * v as u64))?, 64)?;
+                }
+            }
+            Ok(())
+        };
+        let mut head = |_: &Self, r0: IntValue<'ctx>| Ok([a.x.into(), a.m.into(), r0.into()]);
+        self.int8_panel_loop(f, plan, &a, (panel, PANEL_TILES), &blocks, &mut decode, &mut head)
+    }
+
+    /// The pair row block: `rows` rows against the panel's tiles of two n-tiles. Per tile, code
+    /// vector `v` of both n-tiles is loaded once, each row's activation word `(j, t) = (v / 4,
+    /// v % 4)` is broadcast once and multiplied into both of its chains; after the tile's 8
+    /// steps each chain, less the correction, is converted and scaled as [`Gen::vn_row_tile`]
+    /// does (the same `i32` sums, so the same `f32` results).
+    fn vn_pair_rows(&self, plan: &Plan, inv_units: f32, name: &str, rows: u32) -> R<FunctionValue<'ctx>> {
+        let (p, i) = (self.ptr_t(), self.i64_t());
+        let (f, a, PanelRowArgs { panel, kt0, count, first, scales, bias, y, nt, ne }) =
+            self.int8_rows_function(&format!("{name}.vn_pair{rows}"), [p, i, i]);
+        let (x, m, r0) = (a.ptr(0), a.int(1), a.int(2));
+        let kt = plan.kt;
+        let (i32t, f32t) = (self.ctx.i32_type(), self.ctx.f32_type());
+        let n0 = [self.mul(nt, TILE_N as u64)?, self.add(self.mul(nt, TILE_N as u64)?, self.i64c(TILE_N as u64))?];
+        let xr: Vec<Act8Rows<'ctx>> = (0..rows as u64).map(|r| self.act8_rows(x, m, self.add(r0, self.i64c(r))?, kt)).collect::<R<_>>()?;
+        let grouped = plan.groups > 1;
+        let init: Vec<BasicValueEnum<'ctx>> = vec![self.fzero(16).into(); 2 * rows as usize];
+        let acc = self.for_loop(f, self.i64c(0), count, init, &mut |g, ti, carried| {
+            let tile = g.add(kt0, ti)?;
+            let src = g.gep(panel, g.mul(ti, 2 * TILE_CODE_BYTES)?)?;
+            let mut chains = vec![g.vi32(16).const_zero(); 2 * rows as usize];
+            for v in 0..8u64 {
+                let w: Vec<BasicValueEnum<'ctx>> =
+                    (0..2u64).map(|c| g.load(g.vi32(16), g.gep(src, g.i64c(c * TILE_CODE_BYTES + 64 * v))?, 64)).collect::<R<_>>()?;
+                let within = 16 * (v / 4) + 4 * (v % 4);
+                for (r, xrow) in xr.iter().enumerate() {
+                    let off = g.add(g.mul(tile, TILE_K as u64)?, g.i64c(within))?;
+                    let xb = g.splat_scalar(g.load(i32t, g.gep(xrow.q, off)?, 1)?, g.vi32(16))?;
+                    for (c, wc) in w.iter().enumerate() {
+                        let chain = &mut chains[2 * r + c];
+                        *chain = g.call_vec("llvm.x86.avx512.vpdpbusd.512", &[(*chain).into(), *wc, xb.into()])?;
+                    }
+                }
+            }
+            let ws: Option<Vec<VectorValue<'ctx>>> = if grouped {
+                let group = g.tile_group(plan, tile)?;
+                Some(
+                    n0.iter()
+                        .map(|&n| g.vn_lane_scales(g.scales16(plan, scales, group, g.cols(plan, n, ne)?)?, inv_units))
+                        .collect::<R<_>>()?,
+                )
+            } else {
+                None
+            };
+            let mut out = Vec::with_capacity(2 * rows as usize);
+            for (r, xrow) in xr.iter().enumerate() {
+                let at = g.mul(tile, 4)?;
+                let corr = g.splat_scalar(g.load(i32t, g.gep(xrow.c, at)?, 4)?, g.vi32(16))?;
+                let sv = g.splat_scalar(g.load(f32t, g.gep(xrow.s, at)?, 4)?, g.vf32(16))?;
+                for c in 0..2 {
+                    let dot = g.b.build_int_sub(chains[2 * r + c], corr, "")?;
+                    let fdot = g.b.build_signed_int_to_float(dot, g.vf32(16), "")?;
+                    let scale = match &ws {
+                        Some(ws) => g.b.build_float_mul(sv, ws[c], "")?,
+                        None => sv,
+                    };
+                    out.push(g.fma(fdot, scale, carried[2 * r + c].into_vector_value())?.into());
+                }
+            }
+            Ok(out)
+        })?;
+        let natural = natural_order();
+        for (c, &n) in n0.iter().enumerate() {
+            let cols = self.cols(plan, n, ne)?;
+            let out = self.int8_rows_out(f, plan, (scales, bias, y), first, cols, inv_units)?;
+            for r in 0..rows as usize {
+                let a = acc[2 * r + c].into_vector_value();
+                self.int8_store_row(f, plan, &out, r, self.shuf(a, a, &natural)?)?;
+            }
+        }
         self.end_function(f)
     }
 }
