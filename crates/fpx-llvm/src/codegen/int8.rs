@@ -71,6 +71,9 @@ pub(super) struct RowsOut<'ctx> {
 pub(super) type TileBytesSink<'s, 'm, 'ctx> =
     dyn FnMut(&Gen<'m, 'ctx>, usize, usize, [VectorValue<'ctx>; 2]) -> R<Option<VectorValue<'ctx>>> + 's;
 
+/// Gives a direct row block's 16 sums per row (natural order) over the K tiles `kt0 .. kt0 + count`.
+pub(super) type BlockSums<'s, 'm, 'ctx> = dyn FnMut(&Gen<'m, 'ctx>, IntValue<'ctx>, IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> + 's;
+
 /// Bytes of one int8 panel tile: 16 vectors of 32 unsigned weight bytes (`weight + 64`), then
 /// two vectors of `f32` scales in accumulator lane order (grouped weights only).
 const I8_TILE_BYTES: u64 = I8_SCALES_AT + 4 * TILE_N as u64;
@@ -547,7 +550,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         plan: &Plan,
         out: &RowsOut<'ctx>,
         rows: usize,
-        sums: &mut dyn FnMut(&Self, IntValue<'ctx>, IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>>,
+        sums: &mut BlockSums<'_, 'm, 'ctx>,
     ) -> R<()> {
         let (per, kt) = (I8_PANEL_TILES, plan.kt);
         let init: Vec<BasicValueEnum<'ctx>> = vec![out.prior.bias16.into(); rows];

@@ -8,6 +8,7 @@
 //! temporaries that can outgrow the inputs are allocated through `alloc`, within the budget.
 
 mod attention;
+mod attention_blocks;
 mod conv;
 mod fused_attention;
 mod norms;

@@ -10,6 +10,7 @@
 //! score tensor over all keys is ever made; everything is computed in f32 (f16 and bf16 inputs
 //! are widened once and Y rounded once).
 
+use super::attention_blocks::{block_scores, block_values, Rows};
 use super::tensor;
 use crate::kernels::fast::{exp_f32, multiversion, MulAdd};
 use crate::kernels::{alloc, arg, f32_slice, opt_arg};
@@ -356,7 +357,7 @@ impl Problem<'_> {
                         s.iter_mut().zip(&k[e * skv + j0..]).for_each(|(x, &ke)| *x = M::fma(qe, ke, *x));
                     }
                 }
-            } else {
+            } else if !block_scores(&queries[..n], Rows { data: k, stride: ks[2] }, j0, nb, &mut scores) {
                 for jj in 0..nb {
                     let kj = &k[(j0 + jj) * ks[2]..][..d];
                     for (lr, q) in queries[..n].iter().enumerate() {
@@ -388,7 +389,11 @@ impl Problem<'_> {
                 s.iter_mut().for_each(|x| *x = exp_f32::<M>(*x - m));
                 sum[lr] += s.iter().sum::<f32>();
             }
-            // Values, key-major: each value row is read once for every query row.
+            // Values: each row's outputs kept in registers over the block (AVX-512), else
+            // key-major, each value row read once for every query row.
+            if block_values(&scores, Rows { data: v, stride: vs[2] }, j0, nb, dv, y) {
+                continue;
+            }
             for jj in 0..nb {
                 let vj = &v[(j0 + jj) * vs[2]..][..dv];
                 for (lr, yr) in y.chunks_exact_mut(dv).enumerate() {
