@@ -303,19 +303,29 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         }
         let (table, inv_units) = code_table(plan.spec.format)?;
         let blocks: Vec<FunctionValue<'ctx>> = (1..=PANEL_ROWS).map(|b| self.vn_panel_rows(plan, inv_units, name, b)).collect::<R<_>>()?;
-        let (f, a) = self.ntile_function(&fname);
-        let panel = self.aligned_alloca(self.ctx.i8_type().array_type((PANEL_TILES * TILE_CODE_BYTES) as u32), "vnpanel")?;
+        self.vn_panels(plan, &fname, 1, &table, &blocks)
+    }
+
+    /// The n-tile function `fname` over `width` adjacent n-tiles from `nt`: K in panels of
+    /// [`PANEL_TILES`] tiles, tile `i` of n-tile `nt + c` decoded into panel slot `width · i + c`,
+    /// then consumed by every block of rows (`blocks[b - 1]` for `b` rows).
+    fn vn_panels(&self, plan: &Plan, fname: &str, width: u64, table: &[u8; 64], blocks: &[FunctionValue<'ctx>]) -> R<FunctionValue<'ctx>> {
+        let (f, a) = self.ntile_function(fname);
+        let panel = self.aligned_alloca(self.ctx.i8_type().array_type((width * PANEL_TILES * TILE_CODE_BYTES) as u32), "vnpanel")?;
         let tile0 = self.mul(a.nt, plan.kt)?;
         let mut decode = |g: &Self, i: IntValue<'ctx>, kt0: IntValue<'ctx>| {
-            let codes = g.vn_codes(plan, &table, a.packed, g.add(tile0, g.add(kt0, i)?)?)?;
-            let dst = g.gep(panel, g.mul(i, TILE_CODE_BYTES)?)?;
-            for (v, c) in codes.iter().enumerate() {
-                g.store(*c, g.gep(dst, g.i64c(64 * v as u64))?, 64)?;
+            for c in 0..width {
+                let tile = g.add(g.add(tile0, g.i64c(c * plan.kt))?, g.add(kt0, i)?)?;
+                let codes = g.vn_codes(plan, table, a.packed, tile)?;
+                let dst = g.gep(panel, g.add(g.mul(i, width * TILE_CODE_BYTES)?, g.i64c(c * TILE_CODE_BYTES))?)?;
+                for (v, code) in codes.iter().enumerate() {
+                    g.store(*code, g.gep(dst, g.i64c(64 * v as u64))?, 64)?;
+                }
             }
             Ok(())
         };
         let mut head = |_: &Self, r0: IntValue<'ctx>| Ok([a.x.into(), a.m.into(), r0.into()]);
-        self.int8_panel_loop(f, plan, &a, (panel, PANEL_TILES), &blocks, &mut decode, &mut head)
+        self.int8_panel_loop(f, plan, &a, (panel, PANEL_TILES), blocks, &mut decode, &mut head)
     }
 
     /// The panel row block: `rows` rows against the panel's tiles; adds to y (or the bias,
@@ -352,22 +362,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         }
         let (table, inv_units) = code_table(plan.spec.format)?;
         let blocks: Vec<FunctionValue<'ctx>> = (1..=PAIR_ROWS).map(|b| self.vn_pair_rows(plan, inv_units, name, b)).collect::<R<_>>()?;
-        let (f, a) = self.ntile_function(&fname);
-        let panel = self.aligned_alloca(self.ctx.i8_type().array_type((2 * PANEL_TILES * TILE_CODE_BYTES) as u32), "vnpair")?;
-        let tile0 = self.mul(a.nt, plan.kt)?;
-        let mut decode = |g: &Self, i: IntValue<'ctx>, kt0: IntValue<'ctx>| {
-            for c in 0..2u64 {
-                let tile = g.add(g.add(tile0, g.i64c(c * plan.kt))?, g.add(kt0, i)?)?;
-                let codes = g.vn_codes(plan, &table, a.packed, tile)?;
-                let dst = g.gep(panel, g.add(g.mul(i, 2 * TILE_CODE_BYTES)?, g.i64c(c * TILE_CODE_BYTES))?)?;
-                for (v, code) in codes.iter().enumerate() {
-                    g.store(*code, g.gep(dst, g.i64c(64 * v as u64))?, 64)?;
-                }
-            }
-            Ok(())
-        };
-        let mut head = |_: &Self, r0: IntValue<'ctx>| Ok([a.x.into(), a.m.into(), r0.into()]);
-        self.int8_panel_loop(f, plan, &a, (panel, PANEL_TILES), &blocks, &mut decode, &mut head)
+        self.vn_panels(plan, &fname, 2, &table, &blocks)
     }
 
     /// The pair row block: `rows` rows against the panel's tiles of two n-tiles. Per tile, code
