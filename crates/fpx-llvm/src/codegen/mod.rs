@@ -206,14 +206,13 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         // Int8 kernels share their loops between both exported symbols.
         let shared = crate::symbol(&plan.spec, Variant::Gemm);
         // The pair kernel, where there is one, takes the panel loop's n-tiles two at a time.
-        let mut pair = None;
-        let (direct, panel) = if vnni::runs(&self.isa, plan) {
-            pair = Some(self.vn_pair_ntile(plan, &shared)?);
-            (Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS)), self.vn_panel_ntile(plan, &shared)?)
+        let (direct, panel, pair) = if vnni::runs(&self.isa, plan) {
+            let direct = Some((self.vn_direct_ntile(plan, &shared)?, vnni::DIRECT_ROWS));
+            (direct, self.vn_panel_ntile(plan, &shared)?, Some(self.vn_pair_ntile(plan, &shared)?))
         } else if int8 {
             let direct =
                 if int8_direct::runs(plan) { Some((self.i8_direct_ntile(plan, &shared)?, int8_direct::DIRECT_ROWS)) } else { None };
-            (direct, self.i8_ntile(plan, &shared)?)
+            (direct, self.i8_ntile(plan, &shared)?, None)
         } else {
             // `crate::loop_shape` mirrors this dispatch for the tuner.
             let direct = if variant == Variant::Gemv && plan.tpg.is_some() {
@@ -221,7 +220,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
             } else {
                 None
             };
-            (direct, self.panel_ntile(plan, &name)?)
+            (direct, self.panel_ntile(plan, &name)?, None)
         };
 
         let (f, a) = self.begin_function(&name, &self.kernel_params(), false);
