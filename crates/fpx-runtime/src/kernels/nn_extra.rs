@@ -9,6 +9,7 @@
 
 mod attention;
 mod attention_blocks;
+mod attention_tiles;
 mod conv;
 mod fused_attention;
 mod norms;

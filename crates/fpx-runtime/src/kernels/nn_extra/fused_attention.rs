@@ -11,6 +11,7 @@
 //! are widened once and Y rounded once).
 
 use super::attention_blocks::{block_scores, block_values, Rows};
+use super::attention_tiles::{self, Task};
 use super::tensor;
 use crate::kernels::fast::{exp_f32, multiversion, MulAdd};
 use crate::kernels::{alloc, arg, f32_slice, opt_arg};
@@ -222,11 +223,12 @@ impl Problem<'_> {
     }
 
     /// Y of the query rows `[i0, i0 + n)` of query head `h` of batch `b` written at `y`, with
-    /// each row's scores over all keys at once: `S = scale · Q Kᵀ` into `scores`
-    /// (`n` rows padded to whole vectors), the mask added, each row's softmax in place, then
-    /// `Y = P V`, both products by `matrixmultiply`'s GEMM. For short key counts
-    /// (encoders, prefill) this is GEMM work instead of one dot product, horizontal sum and
-    /// scalar softmax step per key.
+    /// each row's scores over all keys at once. Where the host has AVX-512, the register-tiled
+    /// path of [`attention_tiles`] runs (skipping each row's dead keys); otherwise, and for
+    /// what it declines, `S = scale · Q Kᵀ` into `scores` (`n` rows padded to whole vectors),
+    /// the mask added, each row's softmax in place, then `Y = P V`, both products by
+    /// `matrixmultiply`'s GEMM. For short key counts (encoders, prefill) this is GEMM work
+    /// instead of one dot product, horizontal sum and scalar softmax step per key.
     #[inline(always)]
     fn whole_rows<M: MulAdd>(&self, b: usize, h: usize, i0: usize, n: usize, scores: &mut Vec<f32>, y: YRows) {
         let (_, _, _, skv, d, dv) = self.dims;
@@ -235,6 +237,24 @@ impl Problem<'_> {
         let q = &self.q[b * qs[0] + h * qs[1] + i0 * qs[2]..];
         let k = &self.k[b * ks[0] + g * ks[1]..];
         let v = &self.v[b * vs[0] + g * vs[1]..];
+        let task = Task {
+            q: Rows { data: q, stride: qs[2] },
+            n,
+            d,
+            k: Rows { data: k, stride: if self.k_transposed { skv } else { ks[2] } },
+            k_transposed: self.k_transposed,
+            v: Rows { data: v, stride: vs[2] },
+            skv,
+            dv,
+            mask: self.mask.as_ref().map(|m| {
+                (Rows { data: &m.values[b * m.strides[0] + h * m.strides[1] + i0 * m.strides[2]..], stride: m.strides[2] }, m.strides[3])
+            }),
+            scale: self.scale,
+        };
+        // SAFETY: Y's n rows at `y` (stride y.stride, dv values) are this task's alone.
+        if unsafe { attention_tiles::whole_rows(&task, scores, y.first, y.stride) } {
+            return;
+        }
         // Kᵀ's (row, column) strides: element (e, j) is key j's e-th value.
         let (k_rs, k_cs) = if self.k_transposed { (skv, 1) } else { (1, ks[2]) };
         // Score rows padded to whole vectors with -inf (weight 0): no scalar tails below.
