@@ -80,6 +80,7 @@ pub fn run_input(target: Target, bytes: &[u8]) -> bool {
                     budget: TensorBudget::default(),
                 })
                 .with(fpx_passes::FuseGelu)
+                .with(fpx_passes::FuseRmsNorm)
                 .with(DeadNodeElimination)
                 .run(&mut graph, &registry);
             if simplified.is_ok() {

@@ -21,15 +21,7 @@ impl Pass for FuseGelu {
     }
 
     fn run(&self, graph: &mut Graph, _: &OpRegistry) -> fpx_ir::Result<bool> {
-        let mut uses: HashMap<ValueId, usize> = HashMap::new();
-        for id in graph.node_ids() {
-            for v in graph.node(id).inputs.iter().flatten() {
-                *uses.entry(*v).or_default() += 1;
-            }
-        }
-        for v in &graph.outputs {
-            *uses.entry(*v).or_default() += 1;
-        }
+        let uses = use_counts(graph);
         let mut matches = Vec::new();
         for id in graph.node_ids() {
             if let Some(m) = match_gelu(graph, &uses, id) {
@@ -51,6 +43,20 @@ impl Pass for FuseGelu {
     }
 }
 
+/// How many node inputs and graph outputs read each value.
+pub(crate) fn use_counts(graph: &Graph) -> HashMap<ValueId, usize> {
+    let mut uses: HashMap<ValueId, usize> = HashMap::new();
+    for id in graph.node_ids() {
+        for v in graph.node(id).inputs.iter().flatten() {
+            *uses.entry(*v).or_default() += 1;
+        }
+    }
+    for v in &graph.outputs {
+        *uses.entry(*v).or_default() += 1;
+    }
+    uses
+}
+
 /// The scalar value of `v` if it is a one-element f32 constant.
 pub(crate) fn scalar(graph: &Graph, v: ValueId) -> Option<f32> {
     let t = graph.constant(v)?;
@@ -58,14 +64,14 @@ pub(crate) fn scalar(graph: &Graph, v: ValueId) -> Option<f32> {
 }
 
 /// The node producing `v` if it is a `op` in the ONNX domain whose output feeds exactly one use.
-fn single_use_producer(graph: &Graph, uses: &HashMap<ValueId, usize>, v: ValueId, op: &str) -> Option<NodeId> {
+pub(crate) fn single_use_producer(graph: &Graph, uses: &HashMap<ValueId, usize>, v: ValueId, op: &str) -> Option<NodeId> {
     let (n, _) = graph.value(v).producer?;
     let node = graph.node(n);
     (node.op_type == op && node.domain.is_empty() && node.outputs.len() == 1 && uses.get(&v) == Some(&1)).then_some(n)
 }
 
 /// The two inputs of a binary node, if it has exactly two.
-fn pair(node: &Node) -> Option<(ValueId, ValueId)> {
+pub(crate) fn pair(node: &Node) -> Option<(ValueId, ValueId)> {
     match node.inputs.as_slice() {
         [Some(a), Some(b)] => Some((*a, *b)),
         _ => None,

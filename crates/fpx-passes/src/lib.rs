@@ -13,6 +13,9 @@ mod fuse;
 mod fuse_attention;
 #[cfg(test)]
 mod fuse_attention_tests;
+mod fuse_norm;
+#[cfg(test)]
+mod fuse_norm_tests;
 mod kv_cache;
 mod quantize;
 mod scheme;
@@ -30,6 +33,7 @@ pub use embedding::{EmbeddingQuant, MIN_TABLE_ELEMENTS};
 pub use epilogue::{fuse_epilogues, FuseEpilogues};
 pub use fuse::FuseGelu;
 pub use fuse_attention::FuseAttention;
+pub use fuse_norm::FuseRmsNorm;
 pub use kv_cache::AppendKvCache;
 pub use quantize::{quantize_weights, quantize_weights_with_progress, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};

@@ -131,7 +131,7 @@ fn layer_norm_f32(n: &Node, p: &LayerNormParams, shape: &[usize], src: Option<&[
     let (mut means, mut invs) = (vec![0f64; p.outer], vec![0f64; p.outer]);
     let mut out = out;
     let Tensor::F32(a) = &mut out else { unreachable!("f32 output") };
-    let rows = fast::LayerNormRows { inner: p.inner, eps: p.eps, scale: &p.scale, bias: &p.bias };
+    let rows = fast::LayerNormRows { inner: p.inner, eps: p.eps, scale: &p.scale, bias: &p.bias, center: true };
     fast::layer_norm(&rows, src, a.as_slice_mut().expect("standard layout"), &mut means, &mut invs);
     let [m, v] = layer_norm_stats(n, shape, p.a, Tensor::from(array(&[p.outer], means)), Tensor::from(array(&[p.outer], invs)));
     vec![out, m, v]

@@ -54,6 +54,9 @@ pub(crate) struct LayerNormRows<'a> {
     pub(crate) eps: f64,
     pub(crate) scale: &'a [f64],
     pub(crate) bias: &'a [f64],
+    /// Whether rows are centered (LayerNormalization); without, the mean is taken as 0, the
+    /// statistic is the mean square (RMSNormalization).
+    pub(crate) center: bool,
 }
 
 multiversion! {
@@ -64,7 +67,7 @@ multiversion! {
                 Some(s) => &s[r * n..(r + 1) * n],
                 None => o,
             };
-            let mean = sum_f64(row) / n as f64;
+            let mean = if p.center { sum_f64(row) / n as f64 } else { 0.0 };
             let var = sq_dev_f64(row, mean) / n as f64;
             let inv = 1.0 / (var + p.eps).sqrt();
             match src {
@@ -165,7 +168,7 @@ mod tests {
             let x = rand_vec(rows * n, (rows * n) as u64, -4.0, 4.0);
             let scale: Vec<f64> = rand_vec(n, 1, 0.5, 1.5).iter().map(|&v| v as f64).collect();
             let bias: Vec<f64> = rand_vec(n, 2, -1.0, 1.0).iter().map(|&v| v as f64).collect();
-            let p = LayerNormRows { inner: n, eps: 1e-5, scale: &scale, bias: &bias };
+            let p = LayerNormRows { inner: n, eps: 1e-5, scale: &scale, bias: &bias, center: true };
             for threads in [1, 2] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {

@@ -2,7 +2,8 @@
 //! RMSNormalization. Statistics are accumulated in f64 whatever the element type.
 
 use super::{tensor, values, with_real, Real, Res};
-use crate::kernels::{alloc, arg, axis, bad_type};
+use crate::kernels::fast::{self, LayerNormRows};
+use crate::kernels::{alloc, arg, array, axis, bad_type, f32_slice};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::IxDyn;
 use fpx_ir::{DType, Elem, Node, Tensor};
@@ -142,6 +143,14 @@ pub(super) fn rms_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
         None => kbail!("scale of shape {:?} does not broadcast to the normalized shape {norm_shape:?}", s.shape()),
     };
     let eps = n.attr_f("epsilon", 1e-5) as f64;
+    if let (Some(src), true) = (f32_slice(x), len > 0) {
+        // The f32 path: vectorized rows, statistics in f64 as below, across the pool.
+        let mut out = alloc::overwritten_f32(shape)?;
+        let (bias, mut means, mut invs) = (vec![0f64; len], vec![0f64; src.len() / len], vec![0f64; src.len() / len]);
+        let rows = LayerNormRows { inner: len, eps, scale: &scale, bias: &bias, center: false };
+        fast::layer_norm(&rows, Some(src), &mut out, &mut means, &mut invs);
+        return Ok(vec![Tensor::from(array(shape, out))]);
+    }
     Ok(vec![with_real!(x, R => {
         let mut v = values::<R>(x)?;
         normalize_rows(&mut v, len, eps, false, |_, j| (scale[j], 0.0));
