@@ -267,5 +267,10 @@ mod tests {
             })
             .collect();
         assert_close(&y[0], &want, 2e-3);
+        // f32 rows take the vectorized row kernel: the same values to f32 rounding.
+        let (x32, s32) = (x.cast(DType::F32), s.cast(DType::F32));
+        let y = run("RMSNormalization", 23, &[("axis", Attribute::Int(1))], &[Some(&x32), Some(&s32)], 1).unwrap();
+        assert_eq!(y[0].dtype(), DType::F32);
+        assert_close(&y[0], &want, 1e-6);
     }
 }
