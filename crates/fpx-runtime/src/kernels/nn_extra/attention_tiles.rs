@@ -2,9 +2,10 @@
 //! over at most a thousand keys), in place of two small general GEMMs and scalar softmax loops.
 //!
 //! Per task (one head's query rows): K is transposed once into rows of keys (`Kᵀ`, sixteen-key
-//! blocks by an in-register 16 × 16 transpose); the scores of 8 query rows × 16 keys are summed
-//! in registers, each `Kᵀ` vector loaded once for the 8 rows; the softmax runs over each row's
-//! live keys; `P·V` keeps a few output rows in registers over the keys. A row's live keys end at
+//! blocks by an in-register 16 × 16 transpose); the scores of 12 query rows × 16 keys are summed
+//! in registers, each `Kᵀ` vector loaded once for the 12 rows; the softmax runs over each row's
+//! live keys with a vector `exp`; `P·V` keeps a block of output rows × up to 64 columns in
+//! registers over the keys. A row's live keys end at
 //! its last key whose mask is above [`DEAD`]: every key after it (a causal mask's future, the
 //! padding of a shorter sentence) has weight exactly 0 — its score plus a mask at or below
 //! `-1e30` is at least `1e30` below the row's maximum, and `e^x` of that is 0 in f32 — so
