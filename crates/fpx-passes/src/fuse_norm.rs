@@ -5,14 +5,15 @@
 use crate::fuse::{pair, scalar, single_use_producer, use_counts};
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::Pass;
-use fpx_ir::{Attribute, Graph, Node, NodeId, ValueId};
+use fpx_ir::{Attribute, DType, Graph, Node, NodeId, ValueId};
 use std::collections::HashMap;
 
 /// Fuses `Mul(w, Mul(x, Div(1, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), ε)))))` into
 /// `RMSNormalization(x, w, axis = -1, epsilon = ε)`. Accepted variants: `Mul(x, x)` for the
 /// square, `Reciprocal` for `Div(1, ·)`, `Div(x, Sqrt(…))` for the product with the
-/// reciprocal, the commutative operands in either order, and the reduced axes as an attribute
-/// (opsets before 18) or a constant input. `w` must be a constant of at most one dimension
+/// reciprocal, the commutative operands in either order, the reduced axes as an attribute
+/// (opsets before 18) or a constant input, and a no-op `Cast` to f32 before the weight (the
+/// TorchScript export of an f32 model has one). `w` must be a constant of at most one dimension
 /// (the norm's weight). Only chains whose intermediates feed nothing else are rewritten; the
 /// last node's name and output value are kept.
 pub struct FuseRmsNorm;
@@ -60,6 +61,13 @@ fn is_scalar(graph: &Graph, v: ValueId, want: f32) -> bool {
     scalar(graph, v) == Some(want)
 }
 
+/// Whether a `Cast` node casts an f32 value to f32 (changes nothing).
+fn is_f32_to_f32(graph: &Graph, cast: &Node) -> bool {
+    let input_f32 =
+        cast.inputs.first().copied().flatten().is_some_and(|v| graph.value(v).ty.as_ref().is_some_and(|t| t.dtype == DType::F32));
+    cast.attr_i("to", 0) == fpx_ir::onnx_code(DType::F32) && input_f32
+}
+
 /// Whether a `ReduceMean` node averages the last axis only, keeping it.
 fn means_last_axis(graph: &Graph, node: &Node, x: ValueId) -> bool {
     if node.attr_i("keepdims", 1) != 1 {
@@ -89,7 +97,14 @@ fn match_rms(graph: &Graph, uses: &HashMap<ValueId, usize>, last: NodeId) -> Opt
         if w.shape().len() > 1 || !w.dtype().is_float() {
             continue;
         }
+        // LlamaRMSNorm computes in f32 and casts back (`.to(input_dtype)`): in an f32 model that
+        // cast is a no-op, seen through (and removed with the chain).
+        let (normed, cast) = match single_use_producer(graph, uses, normed, "Cast") {
+            Some(c) if is_f32_to_f32(graph, graph.node(c)) => (graph.node(c).inputs[0]?, Some(c)),
+            _ => (normed, None),
+        };
         let Some((x, mut nodes, sqrt_out)) = normalized(graph, uses, normed) else { continue };
+        nodes.extend(cast);
         let n_sqrt = single_use_producer(graph, uses, sqrt_out, "Sqrt")?;
         let added = graph.node(n_sqrt).inputs.first().copied().flatten()?;
         let n_add = single_use_producer(graph, uses, added, "Add")?;

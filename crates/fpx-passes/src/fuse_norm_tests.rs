@@ -21,6 +21,9 @@ struct Spelling {
     axes_input: bool,
     /// Commutative operands swapped.
     swap: bool,
+    /// The TorchScript export's `Cast(x, f32)` before and `Cast(·, f32)` after the
+    /// normalization (no-ops in an f32 model).
+    casts: bool,
 }
 
 /// What a chain gets wrong (then it must not fuse).
@@ -60,6 +63,14 @@ fn rms_chain(sp: Spelling, flaw: Flaw, weight: &[f32]) -> Graph {
     };
     let ord = |p: ValueId, q: ValueId| if sp.swap { vec![Some(q), Some(p)] } else { vec![Some(p), Some(q)] };
     let [sq, mean, added, root, normed, y] = ["sq", "mean", "added", "root", "normed", "y"].map(|n| g.value_named(n));
+    let to_f32 = |g: &mut Graph, name: &str, v: ValueId| {
+        let out = g.value_named(&format!("{name}_out"));
+        let mut cast = Node::new(name, "Cast", opset, vec![Some(v)], vec![out]);
+        cast.attrs.insert("to".into(), Attribute::Int(fpx_ir::onnx_code(DType::F32)));
+        g.add_node(cast).unwrap();
+        out
+    };
+    let x = if sp.casts { to_f32(&mut g, "cast_in", x) } else { x };
     if sp.square_by_mul {
         g.add_node(Node::new("square", "Mul", opset, vec![Some(x), Some(x)], vec![sq])).unwrap();
     } else {
@@ -97,8 +108,14 @@ fn rms_chain(sp: Spelling, flaw: Flaw, weight: &[f32]) -> Graph {
             g.add_node(Node::new("div", "Div", opset, vec![Some(x), Some(root)], vec![normed])).unwrap();
         }
     }
+    let normed = if sp.casts { to_f32(&mut g, "cast_out", normed) } else { normed };
     g.add_node(Node::new("weigh", "Mul", opset, ord(w, normed), vec![y])).unwrap();
     g.outputs = if flaw == Flaw::Leak { vec![y, root] } else { vec![y] };
+    // Typed as an import leaves it (the no-op casts are known by their input's type); without
+    // keepdims the graph does not type (its shapes do not broadcast) and stays untyped.
+    if flaw != Flaw::NoKeepDims {
+        fpx_ir::verify::infer_types(&mut g, &OpRegistry::standard()).unwrap();
+    }
     g
 }
 
@@ -124,8 +141,10 @@ fn rms_norm_chains_fuse_into_one_node_with_the_same_values() {
     let (x, w) = (tensor(&[ROWS, WIDTH], xs.clone()), tensor(&[WIDTH], weight.clone()));
     let mut spellings = Vec::new();
     for reciprocal in 0..3 {
-        for (square_by_mul, axes_input, swap) in [(false, false, false), (true, true, true), (false, true, true), (true, false, false)] {
-            spellings.push(Spelling { square_by_mul, reciprocal, axes_input, swap });
+        for (square_by_mul, axes_input, swap, casts) in
+            [(false, false, false, false), (true, true, true, false), (false, true, true, true), (true, false, false, true)]
+        {
+            spellings.push(Spelling { square_by_mul, reciprocal, axes_input, swap, casts });
         }
     }
     for sp in spellings {
@@ -133,9 +152,11 @@ fn rms_norm_chains_fuse_into_one_node_with_the_same_values() {
         let want = run(original.clone(), &x, &w, Flaw::None);
         let mut g = original;
         assert!(fuse(&mut g), "{sp:?}: the chain is fused");
-        let ops: Vec<String> = g.node_ids().into_iter().map(|id| g.node(id).op_type.clone()).collect();
-        assert_eq!(ops, ["RMSNormalization"], "{sp:?}");
-        let node = g.node(g.node_ids()[0]);
+        let mut ops: Vec<String> = g.node_ids().into_iter().map(|id| g.node(id).op_type.clone()).collect();
+        ops.sort();
+        // The cast of the input stays (it feeds the norm); the one after the chain goes with it.
+        assert_eq!(ops, if sp.casts { vec!["Cast", "RMSNormalization"] } else { vec!["RMSNormalization"] }, "{sp:?}");
+        let node = g.node(*g.node_ids().iter().find(|&&id| g.node(id).op_type == "RMSNormalization").unwrap());
         assert_eq!((node.name.as_str(), node.opset, node.outputs[0]), ("weigh", 23, g.outputs[0]), "{sp:?}");
         assert_eq!(node.attr_f("epsilon", 0.0), EPS);
         assert!(g.find_value("eps").and_then(|v| g.constant(v)).is_none(), "{sp:?}: the chain's constants are dropped");
