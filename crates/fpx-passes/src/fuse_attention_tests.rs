@@ -171,10 +171,18 @@ fn fused_attention_matches_the_unfused_graph_on_random_shapes() {
         }
     }
     // LLM head sizes (64, 128), where the streaming path's blocks run in AVX-512 on hosts with it:
-    // decode over a long cache and a ragged last key block, masked and not.
-    for (group, queries, past, head, masked) in
-        [(4, 1, 1024, 128, true), (2, 3, 130, 64, false), (8, 1, 77, 128, false), (1, 2, 300, 64, true)]
-    {
+    // decode over a long cache and a ragged last key block, masked and not; and prefill-like
+    // query counts, which take the whole-row path's register tiles there (causal rows after a
+    // padded start, skipping their masked keys).
+    for (group, queries, past, head, masked) in [
+        (4, 1, 1024, 128, true),
+        (2, 3, 130, 64, false),
+        (8, 1, 77, 128, false),
+        (1, 2, 300, 64, true),
+        (4, 29, 6, 128, true),
+        (2, 13, 40, 64, true),
+        (1, 17, 3, 128, false),
+    ] {
         cases.push(Case { batch: 1, kv_heads: 2, group, queries, past, head, split_scale: false, masked, bshd: false });
     }
     for c in cases {
