@@ -93,8 +93,9 @@ fn match_rms(graph: &Graph, uses: &HashMap<ValueId, usize>, last: NodeId) -> Opt
     }
     let (a, b) = pair(top)?;
     for (weight, normed) in [(a, b), (b, a)] {
-        let Some(w) = graph.constant(weight) else { continue };
-        if w.shape().len() > 1 || !w.dtype().is_float() {
+        // In memory or file-kept (a large model's external data): its type, without reading it.
+        let Some((dtype, shape)) = graph.constant_type(weight) else { continue };
+        if shape.len() > 1 || !dtype.is_float() {
             continue;
         }
         // LlamaRMSNorm computes in f32 and casts back (`.to(input_dtype)`): in an f32 model that
