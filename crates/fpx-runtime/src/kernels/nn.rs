@@ -93,6 +93,24 @@ struct LayerNormParams {
     bias: Vec<f64>,
 }
 
+/// A normalization's scale or bias `t` as f64 values over `norm_shape` (broadcast). A float
+/// tensor that already has those values in order (the usual one-per-channel weight) is
+/// converted straight from its slice: a decode step normalizes one row, and going through a
+/// dynamic-rank broadcast iterator cost more than the row itself.
+pub(crate) fn norm_param(t: &Tensor, norm_shape: &[usize], what: &str) -> Result<Vec<f64>, KernelError> {
+    let significant = |s: &[usize]| s.iter().position(|&d| d != 1).map_or(0, |k| s.len() - k);
+    let (ts, ns) = (t.shape(), norm_shape);
+    if ts[ts.len() - significant(ts)..] == ns[ns.len() - significant(ns)..] {
+        if let Some(v) = f32_slice(t) {
+            return Ok(v.iter().map(|&x| x as f64).collect());
+        }
+    }
+    match t.to_f64().broadcast(IxDyn(norm_shape)) {
+        Some(b) => Ok(b.iter().copied().collect()),
+        None => kbail!("{what} of shape {:?} does not broadcast to the normalized shape {norm_shape:?}", t.shape()),
+    }
+}
+
 fn layer_norm_params(n: &Node, i: &[Option<&Tensor>], shape: &[usize]) -> Result<LayerNormParams, KernelError> {
     let a = axis(n.attr_i("axis", -1), shape.len())?;
     let eps = n.attr_f("epsilon", 1e-5) as f64;
@@ -103,13 +121,7 @@ fn layer_norm_params(n: &Node, i: &[Option<&Tensor>], shape: &[usize]) -> Result
     // and the scale and bias (over the normalized shape) are checked before they are made.
     alloc::check(DType::F64, &[outer])?;
     alloc::check(DType::F64, norm_shape)?;
-    let expand = |t: &Tensor, what: &str| -> Result<Vec<f64>, KernelError> {
-        let f = t.to_f64();
-        match f.broadcast(IxDyn(norm_shape)) {
-            Some(b) => Ok(b.iter().copied().collect()),
-            None => kbail!("{what} of shape {:?} does not broadcast to the normalized shape {norm_shape:?}", t.shape()),
-        }
-    };
+    let expand = |t: &Tensor, what: &str| norm_param(t, norm_shape, what);
     let scale = expand(arg(i, 1)?, "scale")?;
     let bias = match opt_arg(i, 2) {
         Some(b) => expand(b, "bias")?,

@@ -5,7 +5,6 @@ use super::{tensor, values, with_real, Real, Res};
 use crate::kernels::fast::{self, LayerNormRows};
 use crate::kernels::{alloc, arg, array, axis, bad_type, f32_slice};
 use crate::{kbail, KernelError};
-use fpx_ir::ndarray::IxDyn;
 use fpx_ir::{DType, Elem, Node, Tensor};
 use rayon::prelude::*;
 
@@ -138,10 +137,7 @@ pub(super) fn rms_norm(n: &Node, i: &[Option<&Tensor>]) -> Res {
     if !s.dtype().is_float() {
         return Err(bad_type(s));
     }
-    let scale: Vec<f64> = match s.to_f64().broadcast(IxDyn(norm_shape)) {
-        Some(b) => b.iter().copied().collect(),
-        None => kbail!("scale of shape {:?} does not broadcast to the normalized shape {norm_shape:?}", s.shape()),
-    };
+    let scale = crate::kernels::nn::norm_param(s, norm_shape, "scale")?;
     let eps = n.attr_f("epsilon", 1e-5) as f64;
     if let (Some(src), true) = (f32_slice(x), len > 0) {
         // The f32 path: vectorized rows, statistics in f64 as below, across the pool.
@@ -272,5 +268,42 @@ mod tests {
         let y = run("RMSNormalization", 23, &[("axis", Attribute::Int(1))], &[Some(&x32), Some(&s32)], 1).unwrap();
         assert_eq!(y[0].dtype(), DType::F32);
         assert_close(&y[0], &want, 1e-6);
+    }
+
+    /// A scale that already lies in the normalized shape's order (with or without leading ones:
+    /// read straight from its slice) and one that must be broadcast give the f64 result.
+    #[test]
+    fn rms_norm_scales_of_every_spelling_match_f64() {
+        let mut rng = Rng::new(10);
+        let x = rand(&[2, 3, 8], &mut rng);
+        let xv = x.to_f64_vec();
+        let s8 = rand(&[8], &mut rng);
+        let sv = s8.to_f64_vec();
+        let want = |norm: usize, scale: &dyn Fn(usize) -> f64| -> Vec<f64> {
+            (0..48)
+                .map(|k| {
+                    let row = &xv[k / norm * norm..(k / norm + 1) * norm];
+                    let ms = row.iter().map(|v| v * v).sum::<f64>() / norm as f64;
+                    xv[k] / (ms + 1e-5).sqrt() * scale(k)
+                })
+                .collect()
+        };
+        let last_axis = want(8, &|k| sv[k % 8]);
+        for shape in [&[8][..], &[1, 8], &[1, 1, 8]] {
+            let s = s8.reshape(shape).unwrap();
+            let y = run("RMSNormalization", 23, &[("axis", Attribute::Int(-1))], &[Some(&x), Some(&s)], 1).unwrap();
+            assert_close(&y[0], &last_axis, 1e-6);
+        }
+        // Over the last two axes: [8] and [1, 8] broadcast across the 3 rows of 8, [3, 8] not.
+        let two_axes = want(24, &|k| sv[k % 8]);
+        for shape in [&[8][..], &[1, 8]] {
+            let s = s8.reshape(shape).unwrap();
+            let y = run("RMSNormalization", 23, &[("axis", Attribute::Int(1))], &[Some(&x), Some(&s)], 1).unwrap();
+            assert_close(&y[0], &two_axes, 1e-6);
+        }
+        let s24 = rand(&[3, 8], &mut rng);
+        let s24v = s24.to_f64_vec();
+        let y = run("RMSNormalization", 23, &[("axis", Attribute::Int(1))], &[Some(&x), Some(&s24)], 1).unwrap();
+        assert_close(&y[0], &want(24, &|k| s24v[k % 24]), 1e-6);
     }
 }
