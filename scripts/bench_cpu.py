@@ -146,6 +146,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated thread counts of the LLM section (default 2 with --quick, else 1,2)")
     p.add_argument("--llm-cell-seconds", type=float, default=3.0,
                    help="time budget for the measured runs of one LLM cell (default 3)")
+    p.add_argument("--llm-rounds", type=int, default=2,
+                   help="rounds of each LLM cell (ORT peers interleaved, then each fpx peer); each peer keeps its "
+                        "round with the lowest median, so a slow minute on a shared host does not decide a ratio "
+                        "(default 2)")
     p.add_argument("--membw-gib", type=int, default=1, help="GiB read by the bandwidth measurement (default 1)")
     p.add_argument("--recompile", action="store_true", help="recompile .fpx artifacts even if cached")
     p.add_argument("--cpu", default="auto", choices=["auto", "native", "x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"],

@@ -97,6 +97,11 @@ def write_inputs(cfg: LlamaConfig, wd: Path, case: dict, seed: int) -> tuple[dic
     return feed, files
 
 
+def better(new: dict, old: dict | None) -> bool:
+    """Whether timing `new` replaces `old` (none yet, an error, or a higher median)."""
+    return old is None or "median_us" not in old or float(new["median_us"]) < float(old["median_us"])
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
@@ -168,32 +173,41 @@ def bench_llm(args, wd: Path, fpx: Fpx | None, membw: dict) -> dict:
             sessions = {key: ort_session(paths[key], t) for key, _ in ORT_PEERS}
             logits = {key: s.run(["logits"], feed)[0] for key, s in sessions.items()}
             ref = logits["ort_fp32"]
-            timed = time_ort_interleaved(sessions, feed, args.iters, args.llm_cell_seconds, min_iters=3)
+            row = {"case": case["name"], "past": case["past"], "new_tokens": case["new"], "threads": t, "peers": {},
+                   "rounds": max(1, args.llm_rounds)}
+            # Rounds of (the ORT peers interleaved, then each fpx peer): on a host whose load
+            # from other processes moves by tens of percent from minute to minute, each peer
+            # keeps its round with the lowest median, so one slow minute does not decide a ratio.
+            for rnd in range(row["rounds"]):
+                timed = time_ort_interleaved(sessions, feed, args.iters, args.llm_cell_seconds, min_iters=3)
+                for key, _ in ORT_PEERS:
+                    if better(timed[key], row["peers"].get(key)):
+                        row["peers"][key] = dict(timed[key], weight_bytes=wbytes[key], cosine=cosine(logits[key], ref),
+                                                 round=rnd)
+                for key, label, _, _ in FPX_PEERS:
+                    art = artifacts.get(key)
+                    if art is None:
+                        why = "no fpx binary" if fpx is None else fpx.compile_errors.get(paths["ort_fp32"].name, "compile failed")
+                        row["peers"][key] = {"error": why}
+                        continue
+                    log(f"LLM {case['name']} T={t}: {label} (round {rnd + 1} of {row['rounds']})")
+                    od = wd / f"llama_out_{key}"
+                    shutil.rmtree(od, ignore_errors=True)
+                    r = fpx.bench(art, files, t, args.iters, args.llm_cell_seconds, output_dir=od)
+                    if "error" in r:
+                        row["peers"][key] = {"error": r["error"]}
+                        continue
+                    if not better(r, row["peers"].get(key)):
+                        continue
+                    got = fpx_logits(od)
+                    wb = sum(int(k.get("weight_bytes") or 0) for k in r.get("kernels", []) if k.get("op") == "QuantMatMul")
+                    row["peers"][key] = {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
+                                         "weight_bytes": wb or None, "cmd": r.get("cmd"), "round": rnd,
+                                         "cosine": cosine(got, ref) if got is not None and got.shape == ref.shape else None,
+                                         "per_op_us": r.get("per_op_us"),
+                                         "quant_matmul_us": (r.get("per_op_us") or {}).get("QuantMatMul")}
             del sessions
             gc.collect()
-            row = {"case": case["name"], "past": case["past"], "new_tokens": case["new"], "threads": t, "peers": {}}
-            for key, _ in ORT_PEERS:
-                row["peers"][key] = dict(timed[key], weight_bytes=wbytes[key], cosine=cosine(logits[key], ref))
-            for key, label, _, _ in FPX_PEERS:
-                art = artifacts.get(key)
-                if art is None:
-                    why = "no fpx binary" if fpx is None else fpx.compile_errors.get(paths["ort_fp32"].name, "compile failed")
-                    row["peers"][key] = {"error": why}
-                    continue
-                log(f"LLM {case['name']} T={t}: {label}")
-                od = wd / f"llama_out_{key}"
-                shutil.rmtree(od, ignore_errors=True)
-                r = fpx.bench(art, files, t, args.iters, args.llm_cell_seconds, output_dir=od)
-                if "error" in r:
-                    row["peers"][key] = {"error": r["error"]}
-                    continue
-                got = fpx_logits(od)
-                wb = sum(int(k.get("weight_bytes") or 0) for k in r.get("kernels", []) if k.get("op") == "QuantMatMul")
-                row["peers"][key] = {"median_us": r["median_us"], "min_us": r.get("min_us"), "iters": r.get("iters"),
-                                     "weight_bytes": wb or None, "cmd": r.get("cmd"),
-                                     "cosine": cosine(got, ref) if got is not None and got.shape == ref.shape else None,
-                                     "per_op_us": r.get("per_op_us"),
-                                     "quant_matmul_us": (r.get("per_op_us") or {}).get("QuantMatMul")}
             bw = (membw.get(t) or {}).get("gb_per_s")
             for p in row["peers"].values():
                 us = p.get("median_us")

@@ -39,6 +39,10 @@ def print_llm(llm: dict, section: int = 4) -> None:
           f"QInt8); int4 lvl4 = MatMulNBits bits 4, block 32, symmetric, accuracy_level 4 ({llm['int4_quantizer']}).")
     print("   fpx: fp6-e3m2 = `fpx compile` default weights; e2m3·a8 = `--weights fp6-e2m3 --activations int8`; "
           "timed by `fpx bench ARTIFACT --json` (in-process, after a warm-up).")
+    rounds = max((r.get("rounds", 1) for r in llm.get("rows", [])), default=1)
+    if rounds > 1:
+        print(f"   Each cell: {rounds} rounds of (the ORT peers interleaved, then each fpx peer); every peer shows its "
+              "round with the lowest median (a shared host's load moves from minute to minute).")
     print("   ORT = session.run wall time in-process (3 sessions interleaved, warm-up first). Inputs: .npy written "
           "before timing. Weights = bytes of all weight MatMuls a step streams (embedding excluded; fpx: its "
           "QuantMatMul weights + scales); GB/s = weights / step time, % of the read bandwidth measured above. "
