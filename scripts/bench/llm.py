@@ -195,7 +195,9 @@ def bench_llm(args, wd: Path, fpx: Fpx | None, membw: dict) -> dict:
                     shutil.rmtree(od, ignore_errors=True)
                     r = fpx.bench(art, files, t, args.iters, args.llm_cell_seconds, output_dir=od)
                     if "error" in r:
-                        row["peers"][key] = {"error": r["error"]}
+                        # A failed later round does not replace a timing an earlier round made.
+                        if "median_us" not in row["peers"].get(key, {}):
+                            row["peers"][key] = {"error": r["error"]}
                         continue
                     if not better(r, row["peers"].get(key)):
                         continue
