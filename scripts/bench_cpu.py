@@ -16,7 +16,10 @@ Prints, in one run:
      step after 128 cached tokens (full run: also 1024, and a 128-token prefill), batch 1, onnxruntime
      FP32 / dynamic int8 / int4 MatMulNBits level 4 vs fpx fp6-e3m2 and e2m3 + int8 activations: ms per
      step, tokens/s, weight GB/s vs the read bandwidth, logits cosine vs onnxruntime FP32; first a
-     check that onnxruntime runs the model and that fpx FP32 gives the same logits (rel. error <= 1e-4).
+     check that onnxruntime runs the model and that fpx FP32 gives the same logits (rel. error <= 1e-4);
+  5. compute-bound products (M = 128, 512 on MiniLM's and the bench LLaMA's K×N): onnxruntime FP32 and
+     dynamic int8 vs fpx FP6 (f32 activations) and FP6 e2m3 + int8 activations, µs and GOPS, and fpx's
+     share of this core's int8 / f32 peak (`fpx peak`, measured in the same run).
 
 Normally started through scripts/bench-cpu.sh (setup, release build, then this script):
     ./scripts/bench-cpu.sh                  # full run (about 3 min on 2 cores with compiled fpx
@@ -33,6 +36,8 @@ binary is unchanged).
 The fpx command-line contract this script relies on:
   fpx membw --threads T --gib 1 --json
       -> {"threads": T, "bytes": N, "seconds": S, "gb_per_s": X}
+  fpx peak --threads T --json
+      -> {"threads": T, "int8_gops": G, "int8_instruction": "..", "f32_gflops": F, "f32_instruction": "..", ...}
   fpx compile MODEL.onnx -o MODEL.fpx --weights fp6-e3m2
   fpx bench MODEL.fpx|MODEL.onnx [--weights SCHEME] --input NAME=FILE.npy ... --iters I --threads T --json
         [--output-dir DIR]   (LLM section: the warm-up run's outputs as DIR/logits.npy, ...)
@@ -51,7 +56,7 @@ This file holds the options and the main flow; the work is in scripts/bench/: mo
 models and their onnxruntime int4 peers), measure.py (bandwidth, onnxruntime timing, `fpx compile`
 and `fpx bench`), sections.py (the kernel and MiniLM sections), report.py (tables and JSON),
 llm_model.py (the LLaMA-shaped decoder; `python -m bench.llm_model` checks it against numpy),
-llm.py and report_llm.py (the LLM section).
+llm.py and report_llm.py (the LLM section), compute.py (the peaks and the compute-bound section).
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report
+from bench import compute, report
 from bench.common import log
 from bench.measure import Fpx, machine_info, measure_membw, ort_overhead_us
 from bench.models import quantizer_note
@@ -113,7 +118,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "decoder with KV cache (LLaMA-shaped, generated with numpy + onnx and cached in --workdir):\n"
                     "decode step after 128 cached tokens (full run: also 1024, and a 128-token prefill), batch 1,\n"
                     "onnxruntime FP32 / dynamic int8 / int4 MatMulNBits lvl4 vs fpx fp6-e3m2 and e2m3 + int8\n"
-                    "activations: ms/step, tokens/s, weight GB/s vs read bandwidth, logits cosine vs ORT FP32.",
+                    "activations: ms/step, tokens/s, weight GB/s vs read bandwidth, logits cosine vs ORT FP32;\n"
+                    "5. compute-bound products (M = 128, 512): GOPS and share of this core's int8 / f32 peak.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Shapes are K x N of the weight W[K,N]; M is the number of activation rows (batch x tokens). "
                "--quick: kernels 4096x4096 with M in 1,8; LLM 2 layers, past 128 only, 2 threads.",
@@ -139,6 +145,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-minilm", action="store_true", help="skip the MiniLM end-to-end section")
     p.add_argument("--no-kernels", action="store_true", help="skip the matrix-product kernel section")
     p.add_argument("--no-llm", action="store_true", help="skip the LLM decoder section")
+    p.add_argument("--no-compute", action="store_true", help="skip the compute-bound product section (5)")
+    p.add_argument("--compute-shapes", type=parse_shapes, default=None,
+                   help="K×N shapes of section 5 (default 384x1536,1536x384,2048x5632,5632x2048: MiniLM's and "
+                        "the bench LLaMA's; --quick: 384x1536,2048x5632)")
+    p.add_argument("--compute-ms", type=parse_int_list, default=None,
+                   help="M values of section 5 (default 128,512; --quick: 128)")
     p.add_argument("--llm-layers", type=int, default=None,
                    help="decoder layers of the LLM section's model (default 2 with --quick, else 4)")
     p.add_argument("--llm-vocab", type=int, default=8192, help="vocabulary of the LLM model (default 8192)")
@@ -162,6 +174,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.shapes = a.shapes or (QUICK_SHAPES if a.quick else DEFAULT_SHAPES)
     a.ms = a.ms or (QUICK_MS if a.quick else DEFAULT_MS)
+    a.compute_shapes = a.compute_shapes or (compute.QUICK_SHAPES if a.quick else compute.DEFAULT_SHAPES)
+    a.compute_ms = a.compute_ms or (compute.QUICK_MS if a.quick else compute.DEFAULT_MS)
     if a.iters < 1:
         p.error("--iters must be >= 1")
     if a.llm_layers is not None and a.llm_layers < 1:
@@ -219,6 +233,16 @@ def main(argv: list[str]) -> int:
     llm = bench_llm(args, wd, fpx, membw)
     print_llm(llm)
 
+    # 5. compute-bound products, against the arithmetic peaks measured now
+    peak, peak_err, compute_rows = {}, None, []
+    if args.no_compute:
+        print("5. Compute-bound products: skipped (--no-compute)\n")
+    else:
+        log("measuring the arithmetic peaks")
+        peak, peak_err = compute.measure_peak(fpx_path, args.threads)
+        compute_rows = compute.bench_compute(args, wd, fpx, peak)
+        compute.print_compute(compute_rows, peak, peak_err)
+
     try:
         info["loadavg_end"] = list(os.getloadavg())
     except OSError:
@@ -229,7 +253,8 @@ def main(argv: list[str]) -> int:
     if args.json:
         report.write_json(args, info=info, fpx_path=fpx_path, fpx_note=fpx_note, fpx=fpx, membw=membw,
                           membw_err=membw_err, overhead=overhead, quantizer=quantizer_note(),
-                          kernel_rows=kernel_rows, minilm=minilm, llm=llm, total=total)
+                          kernel_rows=kernel_rows, minilm=minilm, llm=llm, total=total, peak=peak,
+                          peak_err=peak_err, compute_rows=compute_rows)
     return 0
 
 

@@ -19,7 +19,8 @@ pub const MAX_THREADS: usize = 1024;
 /// Largest buffer [`read_bandwidth`] reads, in GiB (`fpx membw --gib`).
 pub const MAX_GIB: f64 = 64.0;
 
-fn check_threads(threads: usize) -> Result<(), Error> {
+/// Refuses a thread count outside 1 to [`MAX_THREADS`].
+pub(crate) fn check_threads(threads: usize) -> Result<(), Error> {
     if !(1..=MAX_THREADS).contains(&threads) {
         return Err(Error::Options(format!("{threads} threads: the thread count must be 1 to {MAX_THREADS}")));
     }

@@ -16,6 +16,7 @@ mod compile;
 mod failure;
 pub mod generate;
 mod paths;
+pub mod peak;
 pub mod report;
 mod runnable;
 mod summary;

@@ -237,8 +237,26 @@ fn bench_and_membw_numbers_are_bounded() {
         refused(&fpx_within(60, &["membw", "--gib", gib]), &["--gib"]);
     }
     refused(&fpx_within(60, &["membw", "--threads", "1000000"]), &["--threads"]);
+    refused(&fpx_within(60, &["peak", "--threads", "0"]), &["--threads"]);
     let help = fpx(&["bench", "--help"]);
     assert!(help.stdout.contains("1 to 1000000") && help.stdout.contains("1 to 1024"), "{}", help.stdout);
+}
+
+#[test]
+fn peak_reports_the_rates_of_the_loops_it_ran() {
+    let o = fpx_within(60, &["peak", "--threads", "1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("valid JSON");
+    assert_eq!(v["threads"], 1);
+    for (rate, instruction) in [("int8_gops", "int8_instruction"), ("f32_gflops", "f32_instruction")] {
+        let name = v[instruction].as_str().expect("an instruction name");
+        if name.starts_with("none") {
+            println!("skipped {rate}: {name}");
+            continue;
+        }
+        let r = v[rate].as_f64().expect("a rate");
+        assert!(r > 0.0 && r.is_finite(), "{rate} = {r} ({name})");
+    }
 }
 
 #[test]

@@ -301,7 +301,8 @@ def print_total(total: float, info: dict) -> None:
 
 def write_json(args, *, info: dict, fpx_path: str | None, fpx_note: str | None, fpx: Fpx | None, membw: dict,
                membw_err: str | None, overhead: float, quantizer: str | None, kernel_rows: list[dict],
-               minilm: dict, total: float, llm: dict | None = None) -> None:
+               minilm: dict, total: float, llm: dict | None = None, peak: dict | None = None,
+               peak_err: str | None = None, compute_rows: list[dict] | None = None) -> None:
     """Every number of the run as one JSON document in args.json."""
     doc = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -319,6 +320,9 @@ def write_json(args, *, info: dict, fpx_path: str | None, fpx_note: str | None, 
         "kernels": kernel_rows,
         "minilm": minilm,
         "llm": llm,
+        "peak": {str(t): v for t, v in (peak or {}).items()},
+        "peak_error": peak_err,
+        "compute_bound": compute_rows or [],
         "total_seconds": total,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

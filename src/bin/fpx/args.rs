@@ -86,6 +86,9 @@ fpx inspect model.fpx                            # shows which kernels came from
     /// Measure this machine's memory read bandwidth (a max-reduction over a large buffer), the
     /// ceiling a weight-streaming kernel is compared with.
     Membw(MembwArgs),
+    /// Measure this machine's arithmetic peaks: int8 dot products (vpdpbusd, or the AVX2
+    /// sequence) and f32 FMAs per second, the ceilings a compute-bound product is compared with.
+    Peak(PeakArgs),
 }
 
 /// The model argument of commands that take an .onnx model or an .fpx artifact.
@@ -406,6 +409,17 @@ pub struct MembwArgs {
     /// now (use well above the last-level cache).
     #[arg(long, default_value_t = 1.0, value_parser = parse_gib, allow_negative_numbers = true)]
     pub gib: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `fpx peak`.
+#[derive(Args)]
+pub struct PeakArgs {
+    /// Threads run at once, each on its own loop, 1 to 1024 (default: all cores).
+    #[arg(long, value_parser = threads_parser())]
+    pub threads: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,7 +1,9 @@
 //! What each command does, given its parsed arguments: library calls plus the messages and
 //! files a person sees. Every failure is an `anyhow` error with the file, input or node at fault.
 
-use crate::args::{BenchArgs, BudgetArg, CompileArgs, Device, InspectArgs, MembwArgs, QuantArgs, ReportArgs, RunArgs, RunModelArgs};
+use crate::args::{
+    BenchArgs, BudgetArg, CompileArgs, Device, InspectArgs, MembwArgs, PeakArgs, QuantArgs, ReportArgs, RunArgs, RunModelArgs,
+};
 use anyhow::{bail, Context, Result};
 use fpx::runtime::npy;
 use fpx::{QuantizeOptions, WeightScheme};
@@ -330,6 +332,20 @@ pub fn membw(args: &MembwArgs) -> Result<()> {
             r.bytes as f64 / (1u64 << 30) as f64,
             r.passes
         );
+    }
+    Ok(())
+}
+
+/// `fpx peak`.
+pub fn peak(args: &PeakArgs) -> Result<()> {
+    let threads = args.threads.unwrap_or_else(default_threads);
+    let p = fpx::peak::measure(threads)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&p)?);
+    } else {
+        println!("int8: {:.0} GOPS with {} ({} threads)", p.int8_gops, p.int8_instruction, p.threads);
+        println!("f32:  {:.0} GFLOPS with {} ({} threads)", p.f32_gflops, p.f32_instruction, p.threads);
+        println!("(a multiply-add counts as 2 operations; best of 3 passes of {:.2} s)", p.seconds);
     }
     Ok(())
 }

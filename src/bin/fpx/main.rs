@@ -35,6 +35,7 @@ fn main() {
         Command::Tune(a) => tune_cmd::tune(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Membw(a) => commands::membw(a),
+        Command::Peak(a) => commands::peak(a),
     };
     if let Err(e) = res {
         eprintln!("error: {}", message(&e));
