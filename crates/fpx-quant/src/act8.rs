@@ -118,74 +118,48 @@ impl RowMut<'_> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod x86 {
-    use super::{block_inverse, RowMut, BLOCK, WEIGHT_OFFSET};
-    use std::arch::x86_64::*;
+/// Consecutive rows' parts of an [`Int8Activations`] buffer, to fill independently of other
+/// rows: a thread's share of a product's activations.
+#[derive(Debug)]
+pub struct RowsMut<'a> {
+    scales: &'a mut [u32],
+    corrections: &'a mut [u32],
+    codes: &'a mut [u32],
+    k: usize,
+}
 
-    /// [`RowMut::quantize_fast`]: the AVX-512 loop, else the portable one compiled for AVX2,
-    /// else the portable one.
-    pub(super) fn quantize_fast(row: RowMut<'_>, x: &[f32]) {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
-            // SAFETY: the CPU has AVX-512 F, BW and VL (checked just above).
-            unsafe { quantize_row(row, x) }
-        } else if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { portable_avx2(row, x) }
-        } else {
-            row.quantize(x)
+impl RowsMut<'_> {
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.scales.len() / self.k.div_ceil(BLOCK).max(1)
+    }
+
+    /// Quantizes `x` (these rows' `rows × k` activations, row-major) as [`RowMut::quantize`]
+    /// does row by row, bit for bit. When `k` is a multiple of 32 the rows' blocks lie back to
+    /// back in `x` and in the buffer, and on AVX-512 VBMI CPUs they are quantized 16 at a time
+    /// across row ends (MiniLM's K = 384 is 12 blocks a row); otherwise row by row with
+    /// [`RowMut::quantize_fast`].
+    pub fn quantize_fast(self, x: &[f32]) {
+        let (k, rows) = (self.k, self.rows());
+        assert_eq!(x.len(), rows * k, "x must be the rows' {rows} x {k} activations");
+        #[cfg(target_arch = "x86_64")]
+        if k.is_multiple_of(BLOCK) && x86::quantize_blocks_batched(x, self.scales, self.corrections, self.codes) {
+            return;
         }
-    }
-
-    /// [`RowMut::quantize`] (inlined) compiled for AVX2, which vectorizes it.
-    #[target_feature(enable = "avx2")]
-    unsafe fn portable_avx2(row: RowMut<'_>, x: &[f32]) {
-        row.quantize(x)
-    }
-
-    /// [`RowMut::quantize`] in AVX-512; the CPU must have AVX-512 F, BW and VL.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-    unsafe fn quantize_row(row: RowMut<'_>, x: &[f32]) {
-        const ROUND: f32 = 12_582_912.0;
-        // Within each 16-column half, byte 2i takes column 8 + i and byte 2i + 1 column i.
-        const ORDER: [i8; 16] = [8, 0, 9, 1, 10, 2, 11, 3, 12, 4, 13, 5, 14, 6, 15, 7];
-        // SAFETY: ORDER is 16 bytes.
-        let order = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(ORDER.as_ptr().cast()) });
-        let (round, lo, hi) = (_mm512_set1_ps(ROUND), _mm512_set1_ps(ROUND - 127.0), _mm512_set1_ps(ROUND + 127.0));
-        let (abs_bits, round_bits) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(ROUND.to_bits() as i32));
-        assert!(row.codes.len() * 4 >= x.len().div_ceil(BLOCK) * BLOCK && row.scales.len() >= x.len().div_ceil(BLOCK));
-        for (b, cols) in x.chunks(BLOCK).enumerate() {
-            // Columns past the row's end read as 0 (masked loads), as the portable loop pads.
-            let (n0, n1) = (cols.len().min(16), cols.len().saturating_sub(16));
-            let (m0, m1) = ((1u32 << n0).wrapping_sub(1) as u16, ((1u64 << n1) - 1) as u16);
-            // SAFETY: the masks cover only the chunk's own columns.
-            let (v0, v1) = unsafe { (_mm512_maskz_loadu_ps(m0, cols.as_ptr()), _mm512_maskz_loadu_ps(m1, cols.as_ptr().add(n0))) };
-            // The largest |x| as bits (a NaN's exceed every number's), as in the portable loop.
-            let a =
-                _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(v0), abs_bits), _mm512_and_si512(_mm512_castps_si512(v1), abs_bits));
-            let absmax = f32::from_bits(_mm512_reduce_max_epu32(a));
-            let scale = absmax / 127.0;
-            let inv = block_inverse(scale);
-            let (q0, q1) = if inv != 0.0 {
-                let inv = _mm512_set1_ps(inv);
-                let code = |v: __m512| {
-                    let y = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(v, inv), round), lo), hi);
-                    _mm512_sub_epi32(_mm512_castps_si512(y), round_bits)
-                };
-                (code(v0), code(v1))
-            } else {
-                (_mm512_setzero_si512(), _mm512_setzero_si512())
-            };
-            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            let bytes = _mm256_set_m128i(_mm512_cvtepi32_epi8(q1), _mm512_cvtepi32_epi8(q0));
-            row.scales[b] = scale.to_bits();
-            row.corrections[b] = (sum * WEIGHT_OFFSET) as u32;
-            // SAFETY: block b's 8 code words are in `row.codes` (asserted above).
-            unsafe { _mm256_storeu_si256(row.codes.as_mut_ptr().add(b * BLOCK / 4).cast(), _mm256_shuffle_epi8(bytes, order)) };
+        let kt = k.div_ceil(BLOCK);
+        if kt == 0 {
+            return;
+        }
+        let parts = self.scales.chunks_mut(kt).zip(self.corrections.chunks_mut(kt)).zip(self.codes.chunks_mut(kt * BLOCK / 4));
+        for (((scales, corrections), codes), row) in parts.zip(x.chunks(k)) {
+            RowMut { scales, corrections, codes }.quantize_fast(row);
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86;
 
 /// `1 / scale` for a block's codes, or 0 (all codes 0) when the scale is 0, NaN or infinite,
 /// or so small (subnormal) that its inverse overflows: such a block's values are below
@@ -241,8 +215,8 @@ impl Int8Activations {
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Int8Activations {
         assert_eq!(x.len(), m * k, "x must be m × k");
         let mut q = Int8Activations::zeroed(m, k);
-        for (r, row) in q.rows_mut().into_iter().enumerate() {
-            row.quantize_fast(&x[r * k..(r + 1) * k]);
+        if let Some(all) = q.row_chunks_mut(m.max(1)).pop() {
+            all.quantize_fast(x);
         }
         q
     }
@@ -297,6 +271,25 @@ impl Int8Activations {
             .zip(corrections.chunks_mut(kt))
             .zip(codes.chunks_mut(kt * BLOCK / 4))
             .map(|((scales, corrections), codes)| RowMut { scales, corrections, codes })
+            .collect()
+    }
+
+    /// The buffer's rows in chunks of `rows_per_chunk` consecutive rows (the last may be
+    /// shorter), to fill independently; none when a row has no blocks.
+    pub fn row_chunks_mut(&mut self, rows_per_chunk: usize) -> Vec<RowsMut<'_>> {
+        let (k, kt) = (self.k, self.k_blocks());
+        let blocks = self.rows * kt;
+        let (scales, rest) = self.words.split_at_mut(blocks);
+        let (corrections, codes) = rest.split_at_mut(blocks);
+        if kt == 0 || rows_per_chunk == 0 {
+            return Vec::new();
+        }
+        let per = rows_per_chunk * kt;
+        scales
+            .chunks_mut(per)
+            .zip(corrections.chunks_mut(per))
+            .zip(codes.chunks_mut(per * BLOCK / 4))
+            .map(|((scales, corrections), codes)| RowsMut { scales, corrections, codes, k })
             .collect()
     }
 
@@ -377,6 +370,62 @@ mod tests {
                 assert_eq!(a.words, b.words, "k {k}, special {special:?}");
             }
         }
+    }
+
+    /// The portable quantizer, row by row: the reference the fast forms must equal bit for bit.
+    fn portable(x: &[f32], m: usize, k: usize) -> Int8Activations {
+        let mut q = Int8Activations::zeroed(m, k);
+        for (r, row) in q.rows_mut().into_iter().enumerate() {
+            row.quantize(&x[r * k..(r + 1) * k]);
+        }
+        q
+    }
+
+    #[test]
+    fn chunks_of_rows_match_the_portable_quantizer_bit_for_bit() {
+        // Blocks per row around the 16-block steps of the batched form, rows whose blocks make
+        // partial steps across row ends, and K that is not a multiple of 32 (row by row).
+        let mut rng = fpx_test_support::Rng::new(91);
+        let specials = [0.0, f32::NAN, f32::INFINITY, -f32::INFINITY, 1e-40, -1e-42, 3e38, f32::MIN_POSITIVE];
+        for (m, k) in [(1, 32), (1, 512), (1, 544), (3, 384), (5, 160), (2, 1536), (16, 32), (7, 2048), (4, 70), (2, 1000), (33, 96)] {
+            for case in 0..4 {
+                let mut x: Vec<f32> = rng.normals(m * k).iter().map(|v| v * [1.0, 8.0, 1e-3, 300.0][case]).collect();
+                // Whole zero blocks and special values in a few others.
+                for b in (0..m * k / 32).step_by(5) {
+                    x[b * 32..(b * 32 + 32).min(m * k)].iter_mut().for_each(|v| *v = 0.0);
+                }
+                for (i, &v) in specials.iter().enumerate() {
+                    if case > 0 && (i * 97 + case * 31) * 13 < m * k {
+                        x[(i * 97 + case * 31) * 13] = v;
+                    }
+                }
+                let want = portable(&x, m, k);
+                for per in [1, 2, 3, m] {
+                    let mut got = Int8Activations::zeroed_in(m, k, vec![0xdead_beef; 9]);
+                    let chunks = got.row_chunks_mut(per);
+                    assert_eq!(chunks.len(), m.div_ceil(per));
+                    let mut r0 = 0;
+                    for c in chunks {
+                        let rows = c.rows();
+                        c.quantize_fast(&x[r0 * k..(r0 + rows) * k]);
+                        r0 += rows;
+                    }
+                    assert_eq!(r0, m);
+                    if got.words != want.words {
+                        let i = got.words.iter().zip(&want.words).position(|(a, b)| a != b).unwrap();
+                        let blocks = m * k.div_ceil(32);
+                        panic!(
+                            "m {m}, k {k}, case {case}, {per} rows a chunk: word {i} of {} (blocks {blocks}): got {:#x} want {:#x}",
+                            got.words.len(),
+                            got.words[i],
+                            want.words[i]
+                        );
+                    }
+                }
+                assert!(Int8Activations::quantize(&x, m, k).words == want.words, "m {m}, k {k}, case {case}");
+            }
+        }
+        assert!(Int8Activations::zeroed(3, 0).row_chunks_mut(2).is_empty());
     }
 
     #[test]

@@ -478,11 +478,18 @@ pub fn prepare_activations(activations: Activations, x: &[f32], m: usize, k: usi
 pub fn quantize_activations(x: &[f32], m: usize, k: usize) -> Int8Activations {
     use rayon::prelude::*;
     let mut q = Int8Activations::zeroed_in(m, k, WORD_SCRATCH.with_borrow_mut(|p| p.take(Int8Activations::words_for(m, k))));
-    let rows = q.rows_mut();
-    if m * k >= PARALLEL_QUANTIZE && rayon::current_num_threads() > 1 {
-        rows.into_par_iter().enumerate().for_each(|(r, row)| row.quantize_fast(&x[r * k..(r + 1) * k]));
+    let threads = rayon::current_num_threads();
+    // Chunks of consecutive rows (quantized many blocks at a time across row ends): two per
+    // thread when the work is worth splitting, else one.
+    let per = if m * k >= PARALLEL_QUANTIZE && threads > 1 { m.div_ceil(2 * threads) } else { m }.max(1);
+    let chunks = q.row_chunks_mut(per);
+    if chunks.len() > 1 {
+        chunks.into_par_iter().enumerate().for_each(|(c, rows)| {
+            let (r0, r1) = (c * per, c * per + rows.rows());
+            rows.quantize_fast(&x[r0 * k..r1 * k]);
+        });
     } else {
-        rows.into_iter().enumerate().for_each(|(r, row)| row.quantize_fast(&x[r * k..(r + 1) * k]));
+        chunks.into_iter().for_each(|rows| rows.quantize_fast(x));
     }
     q
 }
