@@ -146,14 +146,22 @@ impl RowsMut<'_> {
         if k.is_multiple_of(BLOCK) && x86::quantize_blocks_batched(x, self.scales, self.corrections, self.codes) {
             return;
         }
-        let kt = k.div_ceil(BLOCK);
-        if kt == 0 {
-            return;
+        for (row, values) in self.into_rows().zip(x.chunks(k)) {
+            row.quantize_fast(values);
         }
-        let parts = self.scales.chunks_mut(kt).zip(self.corrections.chunks_mut(kt)).zip(self.codes.chunks_mut(kt * BLOCK / 4));
-        for (((scales, corrections), codes), row) in parts.zip(x.chunks(k)) {
-            RowMut { scales, corrections, codes }.quantize_fast(row);
-        }
+    }
+}
+
+impl<'a> RowsMut<'a> {
+    /// The chunk's rows, in order. (A chunk has at least one block a row:
+    /// [`Int8Activations::row_chunks_mut`] makes none otherwise.)
+    fn into_rows(self) -> impl Iterator<Item = RowMut<'a>> {
+        let kt = self.k.div_ceil(BLOCK);
+        self.scales
+            .chunks_mut(kt)
+            .zip(self.corrections.chunks_mut(kt))
+            .zip(self.codes.chunks_mut(kt * BLOCK / 4))
+            .map(|((scales, corrections), codes)| RowMut { scales, corrections, codes })
     }
 }
 
@@ -259,19 +267,8 @@ impl Int8Activations {
 
     /// Every row's parts of the buffer, in row order, to fill independently.
     pub fn rows_mut(&mut self) -> Vec<RowMut<'_>> {
-        let kt = self.k_blocks();
-        let blocks = self.rows * kt;
-        let (scales, rest) = self.words.split_at_mut(blocks);
-        let (corrections, codes) = rest.split_at_mut(blocks);
-        if kt == 0 {
-            return Vec::new();
-        }
-        scales
-            .chunks_mut(kt)
-            .zip(corrections.chunks_mut(kt))
-            .zip(codes.chunks_mut(kt * BLOCK / 4))
-            .map(|((scales, corrections), codes)| RowMut { scales, corrections, codes })
-            .collect()
+        let rows = self.rows.max(1);
+        self.row_chunks_mut(rows).into_iter().flat_map(RowsMut::into_rows).collect()
     }
 
     /// The buffer's rows in chunks of `rows_per_chunk` consecutive rows (the last may be
