@@ -311,6 +311,21 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         Ok(self.b.build_call(f, &args, "")?.try_as_basic_value().basic())
     }
 
+    /// Prefetches the cache line `off` bytes from `base` for reading with `locality` (0:
+    /// non-temporal, 3: keep in every level). The address need not lie in `base`'s buffer (a
+    /// plain, not in-bounds, offset): a prefetch never faults.
+    pub(super) fn prefetch(&self, base: PointerValue<'ctx>, off: IntValue<'ctx>, locality: u64) -> R<()> {
+        // SAFETY: the pointer is only prefetched, never dereferenced.
+        let ptr = unsafe { self.b.build_gep(self.ctx.i8_type(), base, &[off], "")? };
+        let f = self.intrinsic("llvm.prefetch", &[self.ctx.ptr_type(inkwell::AddressSpace::default()).into()])?;
+        let i32t = self.ctx.i32_type();
+        self.call(
+            f,
+            &[ptr.into(), i32t.const_int(0, false).into(), i32t.const_int(locality, false).into(), i32t.const_int(1, false).into()],
+        )?;
+        Ok(())
+    }
+
     /// Calls the intrinsic `name` (not overloaded) and returns its vector result.
     pub(super) fn call_vec(&self, name: &str, args: &[BasicValueEnum<'ctx>]) -> R<VectorValue<'ctx>> {
         let f = self.intrinsic(name, &[])?;

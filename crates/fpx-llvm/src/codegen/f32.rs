@@ -95,6 +95,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         // The tile body: FMAs of every chunk into its row's accumulator.
         let tile = |g: &Self, acc: &mut Vec<Vec<VectorValue<'ctx>>>, kt: IntValue<'ctx>, kvalid: u32| -> R<()> {
             let t = g.add(tile0, kt)?;
+            g.prefetch_tile_ahead(plan, packed, t)?;
             g.tile(plan, packed, cvt, t, kvalid, &mut |g, ch| {
                 for (r, xr) in xrows.iter().enumerate() {
                     let xv = g.xpair(*xr, kt, ch.info.col, kvalid)?;

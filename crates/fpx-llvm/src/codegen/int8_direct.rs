@@ -89,6 +89,7 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
                 // waiting for its partner.
                 let mut dots: Vec<[Option<VectorValue<'ctx>>; 2]> = vec![[None, None]; rows_u];
                 let mut pending: Vec<[Option<VectorValue<'ctx>>; 2]> = vec![[None, None]; rows_u];
+                g.prefetch_tile_ahead(plan, packed, g.add(tile0, k)?)?;
                 g.i8_tile_bytes(plan, packed, g.add(tile0, k)?, &mut |g, j, v, bytes| {
                     let t = g.lanes.chunk_t(v, 0) as u64;
                     let xoff = g.add(g.mul(k, TILE_K as u64)?, g.i64c((4 * j as u64 + t) * 4))?;

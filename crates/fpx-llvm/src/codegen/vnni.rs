@@ -288,7 +288,9 @@ impl<'m, 'ctx> Gen<'m, 'ctx> {
         self.int8_direct_k_blocks(f, plan, &out, rows as usize, &mut |g, kt0, count| {
             let rows_in = RowsIn { x, m, r0, rows, kt0, count };
             g.vn_rows_sums(f, plan, inv_units, &rows_in, (scales, nt, ne), &mut |g, _, tile| {
-                g.vn_codes(plan, table, packed, g.add(tile0, tile)?)
+                let tile = g.add(tile0, tile)?;
+                g.prefetch_tile_ahead(plan, packed, tile)?;
+                g.vn_codes(plan, table, packed, tile)
             })
         })?;
         self.end_function(f)
