@@ -116,7 +116,8 @@ pub enum Error {
 const FOLD_LIMIT: usize = 1 << 20;
 
 /// The standard clean-up pipeline: fold constants, fold the reads of known dimensions out of
-/// the exporters' shape arithmetic and fold again, fuse exporter op chains (erf GELU, RMS norm, attention),
+/// the exporters' shape arithmetic and fold again, fuse exporter op chains (erf GELU, RMS norm,
+/// rotary embedding, attention),
 /// turn KV-cache concatenations into in-place appends (`fpx:KvAppend`), then drop dead nodes.
 /// Folding creates no tensor over the budget `FPX_MAX_TENSOR_BYTES` sets (default
 /// [`fpx_ir::TensorBudget::DEFAULT_MAX_BYTES`]).
@@ -133,6 +134,7 @@ pub fn simplify_with(graph: &mut Graph, budget: fpx_ir::TensorBudget) -> Result<
         .with(ConstantFolding { evaluator: CpuEvaluator::with_budget(budget), max_elements: FOLD_LIMIT, budget })
         .with(fpx_passes::FuseGelu)
         .with(fpx_passes::FuseRmsNorm)
+        .with(fpx_passes::FuseRotateHalf)
         .with(fpx_passes::FuseAttention)
         .with(fpx_passes::AppendKvCache)
         .with(DeadNodeElimination)

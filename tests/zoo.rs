@@ -184,6 +184,13 @@ const NOT_FUSED: &[(&str, &str)] = &[
     ("mpnet-torchscript", "relative position bias: two additive terms (bias, then mask) before the Softmax"),
 ];
 
+/// Fixtures whose rotary embeddings (`q·cos + rotate_half(q)·sin`, and the same for k) must each
+/// fuse into one `fpx:RotateHalf`: the dynamo exports, whose slice bounds are constants. The
+/// TorchScript exports compute the half from `x.shape[-1]` at run time (not fused yet); the
+/// opset-23 exports use `RotaryEmbedding`; the rest have no rotary embedding.
+const ROPE_FUSED: &[&str] =
+    &["gemma-dynamo-kv", "gpt-neox-dynamo-kv", "llama-dynamo-kv", "mistral-dynamo-kv", "phi3-dynamo-kv", "qwen2-dynamo-kv"];
+
 fn check(fixture: &Fixture) -> Outcome {
     let mut out = Outcome::default();
     let model = match fpx::Model::open(&fixture.model) {
@@ -196,6 +203,10 @@ fn check(fixture: &Fixture) -> Outcome {
     let expected = if NOT_FUSED.iter().any(|(n, _)| *n == fixture.name) { 0 } else { ATTENTION_LAYERS };
     if fused != expected {
         out.error = Some(format!("{fused} attention nodes fused, expected {expected}"));
+    }
+    let rotations = graph.node_ids().into_iter().filter(|&n| fpx::ir::ops::rotate_half::is_rotate_half(graph.node(n))).count();
+    if ROPE_FUSED.contains(&fixture.name.as_str()) && rotations != 2 * ATTENTION_LAYERS {
+        out.error = Some(format!("{rotations} rotary embeddings fused, expected {} (q and k per layer)", 2 * ATTENTION_LAYERS));
     }
     match measure(fixture, |inputs| model.run(inputs).map_err(first_line)) {
         Ok((err, _)) => {

@@ -81,6 +81,7 @@ pub fn run_input(target: Target, bytes: &[u8]) -> bool {
                 })
                 .with(fpx_passes::FuseGelu)
                 .with(fpx_passes::FuseRmsNorm)
+                .with(fpx_passes::FuseRotateHalf)
                 .with(DeadNodeElimination)
                 .run(&mut graph, &registry);
             if simplified.is_ok() {

@@ -16,6 +16,9 @@ mod fuse_attention_tests;
 mod fuse_norm;
 #[cfg(test)]
 mod fuse_norm_tests;
+mod fuse_rope;
+#[cfg(test)]
+mod fuse_rope_tests;
 mod kv_cache;
 mod quantize;
 mod scheme;
@@ -34,6 +37,7 @@ pub use epilogue::{fuse_epilogues, FuseEpilogues};
 pub use fuse::FuseGelu;
 pub use fuse_attention::FuseAttention;
 pub use fuse_norm::FuseRmsNorm;
+pub use fuse_rope::FuseRotateHalf;
 pub use kv_cache::AppendKvCache;
 pub use quantize::{quantize_weights, quantize_weights_with_progress, weight_sites, LayerQuant, QuantSummary, QuantizeWeights, WeightSite};
 pub use scheme::{QuantizeOptions, WeightScheme, SCHEME_NAMES};

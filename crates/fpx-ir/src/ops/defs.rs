@@ -114,6 +114,7 @@ pub fn standard_defs() -> Vec<OpDef> {
     v.push(fpx_op(super::quant_gather::OP_TYPE, 3..=3, super::quant_gather::ATTRS, super::quant_gather::infer));
     v.push(fpx_op(super::kv_append::OP_TYPE, 2..=MANY, super::kv_append::ATTRS, super::kv_append::infer));
     v.push(fpx_op(super::fused_attention::OP_TYPE, 3..=4, super::fused_attention::ATTRS, super::fused_attention::infer));
+    v.push(fpx_op(super::rotate_half::OP_TYPE, 3..=3, super::rotate_half::ATTRS, super::rotate_half::infer));
     v.push(def("Pow", 7, (2, 2), (1, 1), &[], i::same_as_input_broadcast_base));
     for (op, since) in
         [("Equal", 7), ("Less", 7), ("LessOrEqual", 12), ("Greater", 7), ("GreaterOrEqual", 12), ("And", 7), ("Or", 7), ("Xor", 7)]

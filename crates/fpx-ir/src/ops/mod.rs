@@ -27,6 +27,7 @@ mod infer_nn;
 pub mod kv_append;
 pub mod quant_gather;
 pub mod quant_matmul;
+pub mod rotate_half;
 
 pub use infer::{broadcast_dims, normalize_axis};
 pub use infer_nn::{conv_output_dim, AutoPad};

@@ -14,6 +14,7 @@ mod conv;
 mod fused_attention;
 mod norms;
 mod rotary;
+mod rotate_half;
 
 use super::{alloc, arg, array, axis, bad_type, KernelRegistry};
 use crate::{kbail, KernelError};
@@ -232,6 +233,7 @@ pub(super) fn register(r: &mut KernelRegistry) {
         r.add(op, *k);
     }
     r.add_in(fpx_ir::ops::FPX_DOMAIN, fpx_ir::ops::fused_attention::OP_TYPE, fused_attention::fused_attention);
+    r.add_in(fpx_ir::ops::FPX_DOMAIN, fpx_ir::ops::rotate_half::OP_TYPE, rotate_half::rotate_half);
 }
 
 #[cfg(test)]
