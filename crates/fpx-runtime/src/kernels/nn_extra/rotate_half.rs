@@ -4,10 +4,11 @@
 //! the unfused `Mul`s and `Add` compute it (float16 and bfloat16 in f32, rounded once).
 
 use super::{tensor, values, with_real, Real, Res};
+use crate::kernels::fast::multiversion;
 use crate::kernels::{alloc, arg, array, f32_slice, fast};
 use crate::{kbail, KernelError};
 use fpx_ir::ndarray::{concatenate, ArrayD, Axis};
-use fpx_ir::shape::{broadcast_shape, broadcast_strides, unravel_index};
+use fpx_ir::shape::{broadcast_shape, broadcast_strides};
 use fpx_ir::{Node, Tensor};
 
 /// Where each row (all axes but the last) of X finds its row of a cache of shape `cache` that
@@ -16,8 +17,22 @@ use fpx_ir::{Node, Tensor};
 fn broadcast_rows(cache: &[usize], x: &[usize]) -> (Vec<usize>, usize) {
     let rank = x.len();
     let strides = broadcast_strides(cache, rank);
-    let rows: usize = x[..rank - 1].iter().product();
-    let firsts = (0..rows).map(|r| unravel_index(r, &x[..rank - 1]).iter().zip(&strides).map(|(i, s)| i * s).sum()).collect();
+    let outer = &x[..rank - 1];
+    let mut firsts = Vec::with_capacity(outer.iter().product());
+    // The row's multi-index, advanced like an odometer (last axis fastest), and its offset.
+    let (mut index, mut at) = (vec![0usize; rank - 1], 0usize);
+    for _ in 0..firsts.capacity() {
+        firsts.push(at);
+        for k in (0..rank - 1).rev() {
+            index[k] += 1;
+            at += strides[k];
+            if index[k] < outer[k] {
+                break;
+            }
+            at -= strides[k] * index[k];
+            index[k] = 0;
+        }
+    }
     (firsts, strides[rank - 1])
 }
 
@@ -28,18 +43,39 @@ struct Cache<'a, R> {
     step: usize,
 }
 
-/// Rotates the rows of `x` (`d` values each) from row `first` into `y`.
+/// Rotates the rows of `x` (`d` values each) from row `first` into `y`. Caches whose rows are
+/// whole (the exporters') are read as slices, which vectorizes; a cache broadcast along the
+/// last axis is read element by element.
+#[inline(always)]
 fn rotate_rows<R: Real>(x: &[R], (c, s): (&Cache<'_, R>, &Cache<'_, R>), d: usize, first: usize, y: &mut [R]) {
     let h = d / 2;
     for (r, yr) in y.chunks_exact_mut(d).enumerate() {
         let row = first + r;
-        let xr = &x[row * d..(row + 1) * d];
+        let (x1, x2) = x[row * d..(row + 1) * d].split_at(h);
+        let (y1, y2) = yr.split_at_mut(h);
         let (c0, s0) = (c.rows[row], s.rows[row]);
-        for i in 0..h {
-            let (a, b) = (xr[i], xr[i + h]);
-            yr[i] = a * c.values[c0 + i * c.step] + (-b) * s.values[s0 + i * s.step];
-            yr[i + h] = b * c.values[c0 + (i + h) * c.step] + a * s.values[s0 + (i + h) * s.step];
+        if c.step == 1 && s.step == 1 {
+            let ((c1, c2), (s1, s2)) = (c.values[c0..c0 + d].split_at(h), s.values[s0..s0 + d].split_at(h));
+            for ((((y, &a), &b), &cc), &ss) in y1.iter_mut().zip(x1).zip(x2).zip(c1).zip(s1) {
+                *y = a * cc + (-b) * ss;
+            }
+            for ((((y, &a), &b), &cc), &ss) in y2.iter_mut().zip(x1).zip(x2).zip(c2).zip(s2) {
+                *y = b * cc + a * ss;
+            }
+        } else {
+            for i in 0..h {
+                let (a, b) = (x1[i], x2[i]);
+                y1[i] = a * c.values[c0 + i * c.step] + (-b) * s.values[s0 + i * s.step];
+                y2[i] = b * c.values[c0 + (i + h) * c.step] + a * s.values[s0 + (i + h) * s.step];
+            }
         }
+    }
+}
+
+multiversion! {
+    /// [`rotate_rows`] on f32, compiled for the host's vector width.
+    fn rotate_rows_f32<M>(x: &[f32], c: &Cache<'_, f32>, s: &Cache<'_, f32>, d: usize, first: usize, y: &mut [f32]) {
+        rotate_rows(x, (c, s), d, first, y)
     }
 }
 
@@ -83,7 +119,7 @@ pub(super) fn rotate_half(n: &Node, i: &[Option<&Tensor>]) -> Res {
         let (cos, sin) = (Cache { values: cv, rows: c_rows, step: c_step }, Cache { values: sv, rows: s_rows, step: s_step });
         let mut y = alloc::overwritten_f32(shape)?;
         if d > 0 {
-            fast::for_row_chunks(&mut y, d, |first, out| rotate_rows(xv, (&cos, &sin), d, first, out));
+            fast::for_row_chunks(&mut y, d, |first, out| rotate_rows_f32(xv, &cos, &sin, d, first, out));
         }
         return Ok(vec![Tensor::from(array(shape, y))]);
     }
