@@ -185,11 +185,23 @@ const NOT_FUSED: &[(&str, &str)] = &[
 ];
 
 /// Fixtures whose rotary embeddings (`q·cos + rotate_half(q)·sin`, and the same for k) must each
-/// fuse into one `fpx:RotateHalf`: the dynamo exports, whose slice bounds are constants. The
-/// TorchScript exports compute the half from `x.shape[-1]` at run time (not fused yet); the
-/// opset-23 exports use `RotaryEmbedding`; the rest have no rotary embedding.
-const ROPE_FUSED: &[&str] =
-    &["gemma-dynamo-kv", "gpt-neox-dynamo-kv", "llama-dynamo-kv", "mistral-dynamo-kv", "phi3-dynamo-kv", "qwen2-dynamo-kv"];
+/// fuse into one `fpx:RotateHalf`: both exporters' decoders (dynamo's slice bounds are constants,
+/// TorchScript's compute `x.shape[-1] / 2` in the graph). The opset-23 exports use
+/// `RotaryEmbedding`; the rest have no rotary embedding.
+const ROPE_FUSED: &[&str] = &[
+    "gemma-dynamo-kv",
+    "gemma-torchscript-kv",
+    "gpt-neox-dynamo-kv",
+    "gpt-neox-torchscript-kv",
+    "llama-dynamo-kv",
+    "llama-torchscript-kv",
+    "mistral-dynamo-kv",
+    "mistral-torchscript-kv",
+    "phi3-dynamo-kv",
+    "phi3-torchscript-kv",
+    "qwen2-dynamo-kv",
+    "qwen2-torchscript-kv",
+];
 
 fn check(fixture: &Fixture) -> Outcome {
     let mut out = Outcome::default();

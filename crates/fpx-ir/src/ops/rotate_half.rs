@@ -19,8 +19,9 @@ use crate::{AttrKind, DType, Dim, Node, Result, TensorType};
 /// The op type (domain [`FPX_DOMAIN`]).
 pub const OP_TYPE: &str = "RotateHalf";
 
-/// Its one attribute: `half`, where the last axis is cut (the exporters' `D / 2`).
-pub const ATTRS: &[AttrSpec] = &[AttrSpec { name: "half", kind: AttrKind::Int, required: true }];
+/// Its one attribute: `half`, where the last axis is cut (positive); absent, the middle, `D / 2`
+/// rounded down at run time (the TorchScript exports compute it from the shape).
+pub const ATTRS: &[AttrSpec] = &[AttrSpec { name: "half", kind: AttrKind::Int, required: false }];
 
 /// Whether `node` is an `fpx:RotateHalf`.
 pub fn is_rotate_half(node: &Node) -> bool {
@@ -30,7 +31,7 @@ pub fn is_rotate_half(node: &Node) -> bool {
 /// Shape and type inference: Y has X's element type (float, float16 or bfloat16, as `cos` and
 /// `sin`) and the broadcast shape of X, `cos` and `sin`; `half` is positive.
 pub fn infer(ctx: &InferCtx) -> Result<Vec<Option<TensorType>>> {
-    if ctx.node.attr_i("half", 0) <= 0 {
+    if ctx.node.attrs.contains_key("half") && ctx.node.attr_i("half", 0) <= 0 {
         return Err(ctx.error("attribute 'half' must be positive"));
     }
     let Some(x) = ctx.input(0) else { return Ok(vec![None]) };

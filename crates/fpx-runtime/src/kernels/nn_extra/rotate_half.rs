@@ -97,15 +97,19 @@ pub(super) fn rotate_half(n: &Node, i: &[Option<&Tensor>]) -> Res {
     if c.dtype() != x.dtype() || s.dtype() != x.dtype() {
         kbail!("X, cos and sin must have one element type, found {}, {} and {}", x.dtype(), c.dtype(), s.dtype());
     }
-    let half = usize::try_from(n.attr_i("half", 0)).ok().filter(|&h| h > 0);
-    let Some(half) = half else { kbail!("attribute 'half' must be positive") };
     let shape = x.shape();
     let Some(&d) = shape.last() else { kbail!("X must have at least one dimension") };
+    let half = match n.attrs.contains_key("half") {
+        true => usize::try_from(n.attr_i("half", 0)).ok().filter(|&h| h > 0),
+        false => Some(d / 2),
+    };
+    let Some(half) = half else { kbail!("attribute 'half' must be positive") };
     let Some(out_shape) = broadcast_shape(&[shape, c.shape(), s.shape()]) else {
         kbail!("X {shape:?}, cos {:?} and sin {:?} do not broadcast together", c.shape(), s.shape());
     };
     alloc::check(x.dtype(), &out_shape)?;
-    let rows = (out_shape == shape && d == 2 * half).then(|| (broadcast_rows(c.shape(), shape), broadcast_rows(s.shape(), shape)));
+    let rows =
+        (out_shape == shape && half > 0 && d == 2 * half).then(|| (broadcast_rows(c.shape(), shape), broadcast_rows(s.shape(), shape)));
     let Some(((c_rows, c_step), (s_rows, s_step))) = rows else {
         return Ok(vec![with_real!(x, R => {
             let array_of = |t: &Tensor| -> Result<ArrayD<R>, KernelError> { Ok(array(t.shape(), values::<R>(t)?)) };
@@ -216,6 +220,14 @@ mod tests {
             let out = fpx_ir::shape::broadcast_shape(&[xs, cs, cs]).unwrap();
             assert_eq!(y[0].shape(), out.as_slice());
             assert_close(&y[0], &reference(&x, &c, &s, half, &out), 1e-6);
+        }
+        // Without 'half' the middle: D / 2 rounded down (an odd D takes the op-by-op path).
+        for d in [8, 7] {
+            let (x, c, s) = (rand(&[2, 3, d], &mut rng), rand(&[3, d], &mut rng), rand(&[3, d], &mut rng));
+            let mut middle = node(1);
+            middle.attrs.remove("half");
+            let y = rotate_half(&middle, &[Some(&x), Some(&c), Some(&s)]).unwrap();
+            assert_close(&y[0], &reference(&x, &c, &s, d / 2, &[2, 3, d]), 1e-6);
         }
     }
 
