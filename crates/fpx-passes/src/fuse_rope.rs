@@ -14,10 +14,10 @@ use std::collections::HashMap;
 /// `x.shape[-1] / 2` computed in the graph (`Unsqueeze(Div(Gather(Shape(x), -1), 2))`, casts
 /// between: the TorchScript exports; the fused node then cuts in the middle at run time), the
 /// axis as `-1` or `rank - 1`, steps absent or 1, and `end` open (`i32::MAX` or more, the
-/// exporters' "to the end") or at least the last dimension where that is known. `x` must be f32. The shapes
-/// need not be known: the fused node computes any of them as the chain did (see
-/// `fpx_ir::ops::rotate_half`). Only chains whose intermediates feed nothing else are rewritten;
-/// the `Add`'s name and output value are kept.
+/// exporters' "to the end") or at least the last dimension where that is known. `x` must be
+/// f32. The shapes need not be known: the fused node computes any of them as the chain did (see
+/// `fpx_ir::ops::rotate_half`). Only chains whose intermediates feed nothing else are
+/// rewritten; the `Add`'s name and output value are kept.
 pub struct FuseRotateHalf;
 
 /// A matched chain: its nodes (removed), X, cos and sin, and where the last axis is cut
