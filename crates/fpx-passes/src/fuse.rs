@@ -70,6 +70,16 @@ pub(crate) fn single_use_producer(graph: &Graph, uses: &HashMap<ValueId, usize>,
     (node.op_type == op && node.domain.is_empty() && node.outputs.len() == 1 && uses.get(&v) == Some(&1)).then_some(n)
 }
 
+/// A node's int list given as attribute `attr` (the older opsets' form: `Unsqueeze` axes before
+/// 13, `Slice` bounds before 10, `ReduceMean` axes before 18) or as constant input `slot` (the
+/// newer form); `None` when it is neither.
+pub(crate) fn int_list(graph: &Graph, node: &Node, slot: usize, attr: &str) -> Option<Vec<i64>> {
+    match node.attr_ints(attr) {
+        Some(a) => Some(a.to_vec()),
+        None => Some(graph.constant(node.inputs.get(slot).copied().flatten()?)?.to_i64_vec()),
+    }
+}
+
 /// The two inputs of a binary node, if it has exactly two.
 pub(crate) fn pair(node: &Node) -> Option<(ValueId, ValueId)> {
     match node.inputs.as_slice() {

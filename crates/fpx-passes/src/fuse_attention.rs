@@ -2,7 +2,7 @@
 //! `Attention` (opset 23), become one `fpx:Attention` node (`fpx_ir::ops::fused_attention`)
 //! whose kernel streams over the keys instead of materialising `[B, H, Sq, Skv]` scores.
 
-use crate::fuse::scalar;
+use crate::fuse::{int_list, scalar};
 use fpx_ir::ops::{fused_attention, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, DType, Graph, Node, NodeId, ValueId};
@@ -154,14 +154,6 @@ fn strip_scale(graph: &Graph, v: ValueId, scale: &mut f32, removed: &mut Vec<Nod
     }
 }
 
-/// The int list an `Unsqueeze` node's axes are (attribute before opset 13, input after).
-fn unsqueeze_axes(graph: &Graph, node: &Node) -> Option<Vec<i64>> {
-    match node.attr_ints("axes") {
-        Some(a) => Some(a.to_vec()),
-        None => Some(graph.constant(input(node, 1)?)?.to_i64_vec()),
-    }
-}
-
 /// Folds a grouped-query expansion `Reshape(Expand(Unsqueeze(x, axes=[2])))` of a 4-D `x`
 /// into the kernel's head mapping: `x` and the three nodes, or `v` itself.
 fn strip_head_expansion(graph: &Graph, v: ValueId, removed: &mut Vec<NodeId>) -> ValueId {
@@ -170,7 +162,7 @@ fn strip_head_expansion(graph: &Graph, v: ValueId, removed: &mut Vec<NodeId>) ->
         let expand = producer(graph, input(graph.node(reshape), 0)?, "Expand")?;
         let unsqueeze = producer(graph, input(graph.node(expand), 0)?, "Unsqueeze")?;
         let x = input(graph.node(unsqueeze), 0)?;
-        let axes = unsqueeze_axes(graph, graph.node(unsqueeze))?;
+        let axes = int_list(graph, graph.node(unsqueeze), 1, "axes")?;
         let expanded = graph.node(expand).outputs[0];
         let ok = matches!(axes.as_slice(), [2] | [-3])
             && rank(graph, x) == Some(4)

@@ -2,7 +2,7 @@
 //! Qwen2, Mistral): `w · (x · 1/√(mean(x²) + ε))` in seven nodes, fused into one ONNX
 //! `RMSNormalization` (opset 23) that reads each row once and writes it once.
 
-use crate::fuse::{pair, scalar, single_use_producer, use_counts};
+use crate::fuse::{int_list, pair, scalar, single_use_producer, use_counts};
 use fpx_ir::ops::OpRegistry;
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, DType, Graph, Node, NodeId, ValueId};
@@ -73,14 +73,7 @@ fn means_last_axis(graph: &Graph, node: &Node, x: ValueId) -> bool {
     if node.attr_i("keepdims", 1) != 1 {
         return false;
     }
-    let axes: Vec<i64> = match (node.attr_ints("axes"), node.inputs.get(1).copied().flatten()) {
-        (Some(a), _) => a.to_vec(),
-        (None, Some(v)) => match graph.constant(v) {
-            Some(t) => t.to_i64_vec(),
-            None => return false,
-        },
-        (None, None) => return false,
-    };
+    let Some(axes) = int_list(graph, node, 1, "axes") else { return false };
     let rank = graph.value(x).ty.as_ref().and_then(|t| t.rank());
     matches!(axes.as_slice(), [-1]) || (axes.len() == 1 && rank.is_some_and(|r| r >= 1 && axes[0] == r as i64 - 1))
 }

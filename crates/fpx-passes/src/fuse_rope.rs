@@ -2,7 +2,7 @@
 //! (`apply_rotary_pos_emb` of `transformers`: `q·cos + rotate_half(q)·sin`), seven nodes per
 //! projection, fused into one `fpx:RotateHalf` (see `fpx_ir::ops::rotate_half`).
 
-use crate::fuse::{pair, single_use_producer, use_counts};
+use crate::fuse::{int_list, pair, single_use_producer, use_counts};
 use fpx_ir::ops::{rotate_half, OpRegistry, FPX_DOMAIN};
 use fpx_ir::pass::Pass;
 use fpx_ir::{Attribute, DType, Dim, Graph, Node, NodeId, ValueId};
@@ -72,15 +72,6 @@ fn is_f32(graph: &Graph, x: ValueId) -> bool {
     graph.value(x).ty.as_ref().is_some_and(|t| t.dtype == DType::F32)
 }
 
-/// The constant integers of input `k` of `node`, or of its attribute `attr` (Slice before opset 10).
-fn ints(graph: &Graph, node: &Node, k: usize, attr: &str) -> Option<Vec<i64>> {
-    match node.inputs.get(k).copied().flatten() {
-        Some(v) => graph.constant(v).map(|t| t.to_i64_vec()),
-        None if node.inputs.len() <= 1 => node.attr_ints(attr).map(|a| a.to_vec()),
-        None => None,
-    }
-}
-
 /// Whether `axis` names the last axis of a value of rank `rank` (when known).
 fn is_last_axis(axis: i64, rank: Option<usize>) -> bool {
     axis == -1 || rank.is_some_and(|r| axis == r as i64 - 1)
@@ -100,11 +91,16 @@ fn through_casts(graph: &Graph, mut v: ValueId) -> ValueId {
 
 /// Whether `v` is `Unsqueeze(Div(Gather(Shape(x), last axis), 2), [0])` (casts to int64
 /// anywhere between): the last dimension of `x` halved, as a one-element tensor.
-fn is_middle_of(graph: &Graph, v: ValueId, x: ValueId, rank: Option<usize>) -> Option<()> {
+fn is_middle_of(graph: &Graph, v: ValueId, x: ValueId, rank: Option<usize>) -> bool {
+    middle_of(graph, v, rank) == Some(x)
+}
+
+/// The `x` whose last dimension `v` halves (see [`is_middle_of`]).
+fn middle_of(graph: &Graph, v: ValueId, rank: Option<usize>) -> Option<ValueId> {
     let producer =
         |v: ValueId, op: &str| graph.value(v).producer.map(|(n, _)| graph.node(n)).filter(|n| n.op_type == op && n.domain.is_empty());
     let unsq = producer(v, "Unsqueeze")?;
-    let axes = ints(graph, unsq, 1, "axes")?;
+    let axes = int_list(graph, unsq, 1, "axes")?;
     let div = producer(through_casts(graph, unsq.inputs.first().copied().flatten()?), "Div")?;
     let (num, two) = pair(div)?;
     if axes != [0] || graph.constant(two).map(|t| t.to_i64_vec()) != Some(vec![2]) {
@@ -116,26 +112,26 @@ fn is_middle_of(graph: &Graph, v: ValueId, x: ValueId, rank: Option<usize>) -> O
     let index = graph.constant(index)?.to_i64_vec();
     let whole_shape = !shape.attrs.contains_key("start") && !shape.attrs.contains_key("end");
     let last = index.len() == 1 && is_last_axis(index[0], rank);
-    (gather.attr_i("axis", 0) == 0 && whole_shape && last && shape.inputs.first().copied().flatten() == Some(x)).then_some(())
+    (gather.attr_i("axis", 0) == 0 && whole_shape && last).then_some(shape.inputs.first().copied().flatten()).flatten()
 }
 
 /// A slice bound: input `k` of `node` (or its attribute `attr` before opset 10), a one-element
 /// constant or the middle of `x`'s last axis.
 fn bound(graph: &Graph, node: &Node, k: usize, attr: &str, x: ValueId, rank: Option<usize>) -> Option<Bound> {
-    if let Some(v) = ints(graph, node, k, attr) {
+    if let Some(v) = int_list(graph, node, k, attr) {
         return (v.len() == 1).then(|| Bound::Const(v[0]));
     }
     let v = node.inputs.get(k).copied().flatten()?;
-    is_middle_of(graph, v, x, rank).map(|_| Bound::Middle)
+    is_middle_of(graph, v, x, rank).then_some(Bound::Middle)
 }
 
-/// `(data, start, end)` of a step-1 `Slice` of `x` over its last axis.
+/// `(start, end)` of a step-1 `Slice` of `x` over its last axis.
 fn last_axis_slice(graph: &Graph, node: &Node, x: ValueId, rank: Option<usize>) -> Option<(Bound, Bound)> {
     if node.inputs.first().copied().flatten() != Some(x) {
         return None;
     }
     let (start, end) = (bound(graph, node, 1, "starts", x, rank)?, bound(graph, node, 2, "ends", x, rank)?);
-    let axes = ints(graph, node, 3, "axes")?;
+    let axes = int_list(graph, node, 3, "axes")?;
     let steps = match node.inputs.get(4).copied().flatten() {
         Some(v) => graph.constant(v)?.to_i64_vec(),
         None => vec![1],

@@ -1,7 +1,8 @@
 //! `fpx:RotateHalf(X, cos, sin)` (schema in `fpx_ir::ops::rotate_half`): `X·cos +
 //! rotate_half(X)·sin` in one pass over X, each row of the last axis at a time, the caches read
-//! at their broadcast rows (other shapes op by op, as the unfused nodes). Each element is `x·c + (±x')·s` with both products rounded, as
-//! the unfused `Mul`s and `Add` compute it (float16 and bfloat16 in f32, rounded once).
+//! at their broadcast rows (other shapes op by op, as the unfused nodes). Each element is
+//! `x·c + (±x')·s` with both products rounded, as the unfused `Mul`s and `Add` compute it
+//! (float16 and bfloat16 in f32, rounded once).
 
 use super::{tensor, values, with_real, Real, Res};
 use crate::kernels::fast::multiversion;
@@ -108,6 +109,7 @@ pub(super) fn rotate_half(n: &Node, i: &[Option<&Tensor>]) -> Res {
         kbail!("X {shape:?}, cos {:?} and sin {:?} do not broadcast together", c.shape(), s.shape());
     };
     alloc::check(x.dtype(), &out_shape)?;
+    // The row path: X keeps its shape and is cut in the middle (so d ≥ 2).
     let rows =
         (out_shape == shape && half > 0 && d == 2 * half).then(|| (broadcast_rows(c.shape(), shape), broadcast_rows(s.shape(), shape)));
     let Some(((c_rows, c_step), (s_rows, s_step))) = rows else {
@@ -122,18 +124,14 @@ pub(super) fn rotate_half(n: &Node, i: &[Option<&Tensor>]) -> Res {
         // f32 in standard layout, read where it lies; large tensors (prefill) across the pool.
         let (cos, sin) = (Cache { values: cv, rows: c_rows, step: c_step }, Cache { values: sv, rows: s_rows, step: s_step });
         let mut y = alloc::overwritten_f32(shape)?;
-        if d > 0 {
-            fast::for_row_chunks(&mut y, d, |first, out| rotate_rows_f32(xv, &cos, &sin, d, first, out));
-        }
+        fast::for_row_chunks(&mut y, d, |first, out| rotate_rows_f32(xv, &cos, &sin, d, first, out));
         return Ok(vec![Tensor::from(array(shape, y))]);
     }
     Ok(vec![with_real!(x, R => {
         let (xv, cv, sv) = (values::<R>(x)?, values::<R>(c)?, values::<R>(s)?);
         let (cos, sin) = (Cache { values: &cv, rows: c_rows, step: c_step }, Cache { values: &sv, rows: s_rows, step: s_step });
         let mut y = alloc::collect(shape, std::iter::repeat_n(R::ZERO, xv.len()))?;
-        if d > 0 {
-            rotate_rows(&xv, (&cos, &sin), d, 0, &mut y);
-        }
+        rotate_rows(&xv, (&cos, &sin), d, 0, &mut y);
         tensor(x.dtype(), shape, y)?
     })])
 }
